@@ -1,0 +1,148 @@
+/*
+ * lib.h - the shared library of Sorter: allocation, diagnostics and logging,
+ * bounded strings, the configuration table, RFC 5321 address parsing, queue
+ * ids and small file-system helpers.
+ *
+ * Nothing here does network I/O or blocks on anything but the local disk.
+ */
+#ifndef SORTER_LIB_H
+#define SORTER_LIB_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+#include <sys/types.h>
+#include <time.h>
+
+/* ---- allocation: never returns NULL (alloc.c) ---- */
+void *xmalloc(size_t n);
+void *xcalloc(size_t n, size_t size);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* ---- dynamic string with a hard limit (alloc.c) ----
+ * Appends past `limit` bytes are refused (return -1) and leave the string
+ * as it was; `limit` 0 means "bounded only by memory". */
+struct dstr {
+	char *s;      /* always NUL-terminated once anything was appended */
+	size_t len;
+	size_t cap;
+	size_t limit;
+};
+void dstr_init(struct dstr *d, size_t limit);
+int dstr_append(struct dstr *d, const void *p, size_t n);
+int dstr_printf(struct dstr *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void dstr_reset(struct dstr *d);
+void dstr_free(struct dstr *d);
+
+/* ---- diagnostics and logging (log.c) ----
+ * Log lines are written with one non-blocking write each; when the sink
+ * cannot take a line it is dropped and counted, never waited for. */
+enum log_sink { LOG_SINK_STDERR, LOG_SINK_SYSLOG };
+void log_open(const char *progname, enum log_sink sink);
+void log_set_progname(const char *progname);
+void msg_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void msg_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* the environment is broken: log and exit(1) */
+void msg_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+/* a bug: log and abort() */
+void msg_panic(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+uint64_t log_dropped(void);
+
+/* ---- configuration (config.c) ----
+ * Every parameter is declared once in config.c's table with its type,
+ * default and bounds. */
+enum listen_role { ROLE_MX, ROLE_SUBMISSION };
+
+struct listen_spec {
+	char *host;               /* numeric address */
+	char *port;               /* numeric port */
+	enum listen_role role;
+};
+
+struct config {
+	char *file;                     /* path it was read from, or NULL */
+	char *hostname;
+	char *spool_dir;
+	char *user;
+	struct listen_spec *listen;
+	size_t nlisten;
+	char **local_domains;           /* lower-cased, NULL-terminated */
+	size_t nlocal_domains;
+	char *alias_map, *user_map, *node_map, *failover_node;
+	char *relay_host;
+	int smtp_port;
+	char *recipient_delimiter;
+	char *dns_servers;
+	char *tls_cert_file, *tls_key_file;
+	char *auth_map;
+	long long message_size_limit;   /* bytes */
+	enum log_sink log;
+	int workers;                    /* smtpd worker processes; 0 = one per core */
+	int io_threads;                 /* spool commit threads per worker */
+	int smtpd_max_sessions;         /* concurrent sessions, all workers together */
+	int smtpd_client_connection_limit; /* concurrent sessions per client address */
+	int smtpd_recipient_limit;      /* recipients per message */
+	int smtpd_line_limit;           /* command line length, CRLF included */
+	int smtpd_timeout;              /* seconds waiting for a command */
+	int smtpd_data_timeout;         /* seconds waiting for DATA content */
+	int smtpd_hard_error_limit;     /* errors per session before disconnect */
+	long long queue_minfree;        /* bytes that must stay free on the spool fs */
+};
+
+/* Parses `path` (or built-in defaults when path is NULL). On error returns
+ * NULL and writes "FILE:LINE: reason" into err. */
+struct config *config_load(const char *path, char *err, size_t errlen);
+/* Same, from a string; `name` is used in error messages. */
+struct config *config_parse(const char *name, const char *text, size_t len,
+			    char *err, size_t errlen);
+void config_free(struct config *cf);
+bool config_is_local_domain(const struct config *cf, const char *domain);
+
+/* ---- RFC 5321 addresses (address.c) ---- */
+#define ADDR_LOCAL_MAX 64       /* RFC 5321 4.5.3.1.1 */
+#define ADDR_DOMAIN_MAX 255     /* RFC 5321 4.5.3.1.2 */
+#define ADDR_PATH_MAX 256       /* RFC 5321 4.5.3.1.3 */
+
+struct address {
+	char local[ADDR_LOCAL_MAX + 3];   /* as written (quoted form kept) */
+	char domain[ADDR_DOMAIN_MAX + 1]; /* as written; "" for <> and <postmaster> */
+	bool null;                        /* the null path <> */
+	bool literal;                     /* domain is an address literal [..] */
+};
+
+enum addr_flags {
+	ADDR_ALLOW_NULL = 1,        /* <> is acceptable (MAIL FROM) */
+	ADDR_ALLOW_POSTMASTER = 2,  /* bare <postmaster> is acceptable (RCPT TO) */
+};
+
+/* Parses an RFC 5321 Path ("<" [A-d-l ":"] Mailbox ">") at the start of s;
+ * a missing pair of angle brackets is tolerated. On success returns the
+ * number of bytes consumed and fills *a; on error returns -1 and points
+ * *why at a static reason. Source routes are parsed and discarded. */
+int address_parse(const char *s, size_t len, int flags, struct address *a,
+		  const char **why);
+/* Writes local@domain (or "" for the null path) into buf. */
+void address_format(const struct address *a, char *buf, size_t buflen);
+
+/* ---- queue ids and time (util.c) ----
+ * Ids are 12 characters of Crockford base32: 11 for the microseconds since
+ * the epoch (monotonic within a process) and 1 for the issuing process's
+ * slot, so they sort by time and never repeat. */
+#define QID_LEN 12
+void qid_init(unsigned slot);
+void qid_next(char out[QID_LEN + 1]);
+bool qid_valid(const char *s);
+uint64_t now_usec(void);
+/* RFC 5322 date-time for Received: and logs */
+void rfc5322_date(time_t t, char *buf, size_t buflen);
+
+/* ---- file system (util.c) ---- */
+int fsync_dir(const char *path);
+int write_all(int fd, const void *p, size_t n);
+int mkdir_p(const char *path, mode_t mode);
+
+#endif

@@ -1,0 +1,130 @@
+/*
+ * queue.h - the spool: its on-disk record format, the durable commit of new
+ * messages (I/O threads, group directory fsync), and reading it back.
+ *
+ * Spool layout under spool_dir:
+ *   tmp/       files being written; never acknowledged, removed at start
+ *   incoming/  committed messages waiting for the queue manager
+ *   active/ deferred/ hold/   queue manager states
+ *   corrupt/   files that failed to parse, moved aside (never deleted)
+ *
+ * A queue file is a sequence of records: one type byte, a 4-byte big-endian
+ * length, then that many bytes. The last record is SPOOL_REC_END with length
+ * 0; a file without it, or with a record running past the end of the file,
+ * is torn. The only in-place change ever made to a committed file is the
+ * type byte of a recipient record (SPOOL_REC_RCPT -> a final state).
+ */
+#ifndef SORTER_QUEUE_H
+#define SORTER_QUEUE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+#include <sys/types.h>
+
+#include "lib/lib.h"
+
+#define SPOOL_VERSION "1"
+
+enum spool_rec {
+	SPOOL_REC_VERSION = 'V',   /* "1" */
+	SPOOL_REC_TIME = 'T',      /* arrival, microseconds since the epoch, decimal */
+	SPOOL_REC_CLIENT = 'C',    /* client address, e.g. "127.0.0.1" */
+	SPOOL_REC_HELO = 'H',      /* HELO/EHLO argument */
+	SPOOL_REC_PROTO = 'P',     /* "SMTP", "ESMTP", "ESMTPS", ... */
+	SPOOL_REC_SENDER = 'S',    /* envelope sender, "" for <> */
+	SPOOL_REC_SPARAM = 's',    /* sender DSN parameters: "RET=FULL ENVID=..." */
+	SPOOL_REC_RCPT = 'R',      /* pending recipient: "address" [SP params] */
+	SPOOL_REC_RCPT_DONE = 'D', /* recipient delivered (in-place type change) */
+	SPOOL_REC_RCPT_BOUNCED = 'B', /* recipient bounced, DSN queued */
+	SPOOL_REC_RCPT_DELETED = 'X', /* recipient removed by the admin */
+	SPOOL_REC_CONTENT = 'M',   /* the message, CRLF line ends, Received: first */
+	SPOOL_REC_END = 'E',       /* end marker, length 0 */
+};
+
+#define SPOOL_REC_HDR 5          /* type + 4-byte length */
+
+/* What a new message needs to become a queue file. */
+struct spool_envelope {
+	uint64_t arrival_usec;
+	const char *client;
+	const char *helo;
+	const char *proto;
+	const char *sender;        /* "" for <> */
+	const char *sender_params; /* may be NULL */
+	const char **rcpts;        /* "address" or "address params" */
+	size_t nrcpt;
+};
+
+/* Appends the records before the content, including the content record's
+ * header for a content of content_len bytes. */
+void spool_encode_head(const struct spool_envelope *env, size_t content_len,
+		       struct dstr *out);
+/* The end-marker record (SPOOL_REC_HDR bytes) */
+void spool_encode_end(unsigned char out[SPOOL_REC_HDR]);
+
+enum rcpt_state { RCPT_PENDING, RCPT_DONE, RCPT_BOUNCED, RCPT_DELETED };
+
+struct spool_rcpt {
+	char *addr;                /* the address */
+	char *params;              /* may be NULL */
+	enum rcpt_state state;
+	size_t type_offset;        /* file offset of this record's type byte */
+};
+
+struct spool_msg {
+	char id[QID_LEN + 1];
+	uint64_t arrival_usec;
+	char *client, *helo, *proto;
+	char *sender;
+	char *sender_params;
+	struct spool_rcpt *rcpts;
+	size_t nrcpt;
+	size_t content_offset;     /* file offset of the content */
+	size_t content_len;
+	size_t file_size;
+};
+
+/* Parses a whole queue file image. Returns 0, or -1 with a reason in err
+ * ("torn: no end marker", "record at offset N runs past end of file", ...).
+ * Never reads outside buf. */
+int spool_parse(const unsigned char *buf, size_t len, struct spool_msg *m,
+		char *err, size_t errlen);
+/* Reads and parses the file at path (the id is taken from its name).
+ * Returns 0; -1 when it is corrupt or torn (err says why); -2 on an I/O
+ * error (errno set, err says what). */
+int spool_read(const char *path, struct spool_msg *m, char *err, size_t errlen);
+void spool_msg_free(struct spool_msg *m);
+
+/* Creates spool_dir and its folders (0700). Returns 0 or -1 with errno. */
+int spool_prepare(const char *spool_dir);
+/* Moves a bad file into corrupt/ and logs why. */
+void spool_quarantine(const char *spool_dir, const char *path, const char *why);
+
+/* ---- durable commit (commit.c) ----
+ * A job is written to tmp/, fsync'd, renamed into incoming/ and covered by
+ * an fsync of incoming/ on a pool thread; its callback then runs in the
+ * event loop that owns the pool. Renames that finish before one directory
+ * fsync starts all share it. */
+struct event_base;
+struct commit_pool;
+
+struct commit_job {
+	/* filled by the submitter */
+	struct dstr head;          /* spool_encode_head() output */
+	struct dstr content;       /* the message (the job owns both) */
+	char id[QID_LEN + 1];      /* assigned by the submitter (qid_next) */
+	void (*done)(struct commit_job *job, void *arg);
+	void *arg;
+	/* filled by the pool */
+	int error;                 /* 0 = durable; else an errno value */
+	struct commit_job *next;
+};
+
+struct commit_pool *commit_pool_create(struct event_base *base, const char *spool_dir,
+				       int nthreads);
+void commit_submit(struct commit_pool *p, struct commit_job *job);
+/* Waits for queued jobs, joins the threads. */
+void commit_pool_destroy(struct commit_pool *p);
+
+#endif

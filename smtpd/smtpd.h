@@ -1,0 +1,112 @@
+/*
+ * smtpd.h - the SMTP server: pure parsers for command lines and DATA
+ * content, the session state machine, the worker process that runs
+ * sessions, and the master that supervises workers.
+ */
+#ifndef SORTER_SMTPD_H
+#define SORTER_SMTPD_H
+
+#include <stddef.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "lib/lib.h"
+
+/* ---- command lines (command.c): pure, no I/O ---- */
+enum smtp_verb {
+	VERB_UNKNOWN = 0,
+	VERB_HELO, VERB_EHLO, VERB_MAIL, VERB_RCPT, VERB_DATA, VERB_RSET,
+	VERB_NOOP, VERB_QUIT, VERB_VRFY, VERB_EXPN, VERB_HELP, VERB_STARTTLS,
+	VERB_AUTH, VERB_BDAT,
+	VERB_MAX
+};
+
+enum body_type { BODY_UNSPEC = 0, BODY_7BIT, BODY_8BITMIME };
+
+/* MAIL FROM and RCPT TO parameters (RFC 1870, 6152, 3461) */
+#define XTEXT_MAX 100   /* ENVID / ORCPT limit, RFC 3461 */
+struct smtp_params {
+	long long size;         /* SIZE=, -1 when absent */
+	enum body_type body;
+	int ret;                /* RET=: 0 absent, 1 FULL, 2 HDRS */
+	char envid[XTEXT_MAX + 1];
+	int notify;             /* NOTIFY= bit set: 1 SUCCESS, 2 FAILURE, 4 DELAY, 8 NEVER; 0 absent */
+	char orcpt[ADDR_PATH_MAX + 16];
+};
+
+struct smtp_cmd {
+	enum smtp_verb verb;
+	const char *arg;        /* points into the parsed line, after the verb and spaces */
+	size_t arglen;
+	struct address addr;    /* MAIL/RCPT */
+	struct smtp_params params;
+};
+
+/* Result of parsing one command line (CRLF already removed). */
+enum cmd_status {
+	CMD_OK = 0,
+	CMD_ERR_UNKNOWN,        /* 500 5.5.2 unrecognized command */
+	CMD_ERR_SYNTAX,         /* 501 5.5.4 syntax error in parameters */
+	CMD_ERR_ADDRESS,        /* 501 5.1.7 (MAIL) / 501 5.1.3 (RCPT) bad address */
+	CMD_ERR_PARAM,          /* 555 5.5.4 unsupported or malformed parameter */
+};
+
+/* Parses `line` (len bytes, no CRLF). Fills *cmd; on error also sets *why to
+ * a static explanation suited to the reply text. */
+enum cmd_status command_parse(const char *line, size_t len, struct smtp_cmd *cmd,
+			      const char **why);
+const char *verb_name(enum smtp_verb v);
+
+/* ---- DATA content (data.c): pure, no I/O ----
+ * End of data is only CRLF "." CRLF. Lines end only with CRLF. A bare CR or
+ * a bare LF anywhere in the content is never a line end: it is passed
+ * through and flagged, and the message is rejected at the real end of data
+ * (554 5.6.0), so no byte sequence can make one DATA carry two messages.
+ * A line starting with "." loses that dot (RFC 5321 4.5.2). */
+enum data_state { DS_LINE_START = 0, DS_DOT, DS_DOT_CR, DS_MID, DS_CR };
+
+struct data_parser {
+	enum data_state state;
+	bool bare_cr_lf;        /* a bare CR or LF was seen */
+	bool in_headers;        /* still in the header section */
+	bool header_line_start; /* at the start of a header-section line */
+	unsigned received;      /* Received: header count */
+	uint64_t bytes;         /* content bytes produced (after unstuffing) */
+};
+
+void data_parser_init(struct data_parser *p);
+/* Consumes up to len bytes of in, appending unstuffed content to out (which
+ * must have room for len + 2 bytes) and setting *outlen. Returns the number
+ * of input bytes consumed; sets *done when CRLF.CRLF was consumed (the final
+ * CRLF of the content is in out, the "." CRLF is not). Bytes after the end
+ * are left unconsumed. */
+size_t data_parse(struct data_parser *p, const char *in, size_t len,
+		  char *out, size_t *outlen, bool *done);
+
+/* ---- the daemon ---- */
+struct listener {
+	int fd;
+	struct listen_spec spec;
+};
+
+/* Shared-memory session table, created by the master before forking so that
+ * every worker sees every worker's sessions (limits across workers). */
+struct session_table;
+struct session_table *session_table_create(int nworkers, int max_sessions);
+/* Registers a session for `addr` (16 bytes, IPv4 mapped to IPv6) in worker
+ * `w`'s slice. Returns a slot number, or -1 (total limit) / -2 (per-client
+ * limit). */
+int session_table_enter(struct session_table *t, int w, const unsigned char addr[16],
+			int max_total, int max_per_client);
+void session_table_leave(struct session_table *t, int w, int slot);
+/* Forgets every session of worker w (after that worker died). */
+void session_table_clear(struct session_table *t, int w);
+
+/* worker.c: runs one smtpd worker until told to stop; returns exit status */
+int worker_main(struct config *cf, struct listener *ls, size_t nls,
+		struct session_table *st, int index, void *tls_ctx);
+
+/* tls.c: an SSL_CTX for the server side, or NULL with err set */
+void *tls_server_ctx(const struct config *cf, char *err, size_t errlen);
+
+#endif
