@@ -1,0 +1,173 @@
+/*
+ * log.c - diagnostics and Postfix-style log lines.
+ *
+ * Each line goes out in one write(2) on a non-blocking descriptor (stderr,
+ * or a datagram socket to /dev/log). A sink that cannot take the line right
+ * now loses it and the loss is counted: logging must never hold up mail.
+ * Lines are capped below PIPE_BUF so that processes sharing stderr never
+ * interleave inside a line.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <syslog.h>
+#include <unistd.h>
+
+#include "lib/lib.h"
+
+#define LOG_LINE_MAX 2048
+
+static char progname[64] = "sorter";
+static enum log_sink sink = LOG_SINK_STDERR;
+static int syslog_fd = -1;
+static _Atomic uint64_t dropped;
+static _Atomic uint64_t dropped_reported;
+
+void
+log_set_progname(const char *name)
+{
+	snprintf(progname, sizeof(progname), "%s", name);
+}
+
+void
+log_open(const char *name, enum log_sink s)
+{
+	int fl;
+
+	log_set_progname(name);
+	sink = s;
+	if (s == LOG_SINK_SYSLOG) {
+		struct sockaddr_un sun;
+
+		if (syslog_fd >= 0)
+			close(syslog_fd);
+		syslog_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		memset(&sun, 0, sizeof(sun));
+		sun.sun_family = AF_UNIX;
+		snprintf(sun.sun_path, sizeof(sun.sun_path), "/dev/log");
+		if (syslog_fd >= 0 &&
+		    connect(syslog_fd, (struct sockaddr *)&sun, sizeof(sun)) < 0) {
+			close(syslog_fd);
+			syslog_fd = -1;
+		}
+		if (syslog_fd < 0)
+			sink = LOG_SINK_STDERR;
+	}
+	if (sink == LOG_SINK_STDERR) {
+		fl = fcntl(STDERR_FILENO, F_GETFL);
+		if (fl >= 0 && !(fl & O_NONBLOCK))
+			(void)fcntl(STDERR_FILENO, F_SETFL, fl | O_NONBLOCK);
+	}
+}
+
+uint64_t
+log_dropped(void)
+{
+	return atomic_load(&dropped);
+}
+
+static int
+emit(const char *line, size_t len)
+{
+	ssize_t n;
+
+	if (sink == LOG_SINK_SYSLOG && syslog_fd >= 0)
+		n = send(syslog_fd, line, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+	else
+		n = write(STDERR_FILENO, line, len);
+	return n == (ssize_t)len ? 0 : -1;
+}
+
+static void
+vlog(int prio, const char *prefix, const char *fmt, va_list ap)
+{
+	char line[LOG_LINE_MAX];
+	size_t off = 0, cap = sizeof(line) - 1;
+	int n;
+	uint64_t d, r;
+
+	if (sink == LOG_SINK_SYSLOG)
+		n = snprintf(line, cap, "<%d>%s[%ld]: %s", LOG_MAIL | prio, progname,
+			     (long)getpid(), prefix);
+	else
+		n = snprintf(line, cap, "%s[%ld]: %s", progname, (long)getpid(), prefix);
+	if (n > 0)
+		off = (size_t)n < cap ? (size_t)n : cap;
+	n = vsnprintf(line + off, cap - off, fmt, ap);
+	if (n > 0)
+		off += (size_t)n < cap - off ? (size_t)n : cap - off - 1;
+	/* one line per event: never let a newline inside split it */
+	for (size_t i = 0; i < off; i++)
+		if (line[i] == '\n' || line[i] == '\r')
+			line[i] = ' ';
+	if (sink == LOG_SINK_STDERR)
+		line[off++] = '\n';
+	if (emit(line, off) < 0) {
+		atomic_fetch_add(&dropped, 1);
+		return;
+	}
+	/* the sink took a line again: say how many were lost */
+	d = atomic_load(&dropped);
+	r = atomic_load(&dropped_reported);
+	if (d != r && atomic_compare_exchange_strong(&dropped_reported, &r, d)) {
+		if (sink == LOG_SINK_SYSLOG)
+			n = snprintf(line, cap, "<%d>%s[%ld]: warning: %llu log lines dropped: log sink was full",
+				     LOG_MAIL | LOG_WARNING, progname, (long)getpid(),
+				     (unsigned long long)(d - r));
+		else
+			n = snprintf(line, cap, "%s[%ld]: warning: %llu log lines dropped: log sink was full\n",
+				     progname, (long)getpid(), (unsigned long long)(d - r));
+		if (n > 0)
+			(void)emit(line, (size_t)n < cap ? (size_t)n : cap);
+	}
+}
+
+void
+msg_info(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vlog(LOG_INFO, "", fmt, ap);
+	va_end(ap);
+}
+
+void
+msg_warn(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vlog(LOG_WARNING, "warning: ", fmt, ap);
+	va_end(ap);
+}
+
+void
+msg_fatal(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vlog(LOG_CRIT, "fatal: ", fmt, ap);
+	va_end(ap);
+	exit(1);
+}
+
+void
+msg_panic(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vlog(LOG_CRIT, "panic: ", fmt, ap);
+	va_end(ap);
+	abort();
+}

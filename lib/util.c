@@ -1,0 +1,130 @@
+/*
+ * util.c - queue ids, time formatting and small crash-safe file helpers.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include "lib/lib.h"
+
+static const char b32[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+static unsigned qid_slot;
+static uint64_t qid_last;
+
+uint64_t
+now_usec(void)
+{
+	struct timeval tv;
+
+	gettimeofday(&tv, NULL);
+	return (uint64_t)tv.tv_sec * 1000000u + (uint64_t)tv.tv_usec;
+}
+
+void
+qid_init(unsigned slot)
+{
+	qid_slot = slot & 31;
+	qid_last = 0;
+}
+
+/* Not thread-safe: each process issues ids from its event loop only. */
+void
+qid_next(char out[QID_LEN + 1])
+{
+	uint64_t t = now_usec();
+	int i;
+
+	if (t <= qid_last)
+		t = qid_last + 1;
+	qid_last = t;
+	for (i = QID_LEN - 2; i >= 0; i--) {
+		out[i] = b32[t & 31];
+		t >>= 5;
+	}
+	out[QID_LEN - 1] = b32[qid_slot];
+	out[QID_LEN] = '\0';
+}
+
+bool
+qid_valid(const char *s)
+{
+	size_t i;
+
+	for (i = 0; i < QID_LEN; i++)
+		if (s[i] == '\0' || strchr(b32, s[i]) == NULL)
+			return false;
+	return s[QID_LEN] == '\0';
+}
+
+void
+rfc5322_date(time_t t, char *buf, size_t buflen)
+{
+	struct tm tm;
+
+	localtime_r(&t, &tm);
+	if (strftime(buf, buflen, "%a, %d %b %Y %H:%M:%S %z", &tm) == 0 && buflen)
+		buf[0] = '\0';
+}
+
+int
+fsync_dir(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int rc, saved;
+
+	if (fd < 0)
+		return -1;
+	rc = fsync(fd);
+	saved = errno;
+	close(fd);
+	errno = saved;
+	return rc;
+}
+
+int
+write_all(int fd, const void *p, size_t n)
+{
+	const char *c = p;
+	ssize_t w;
+
+	while (n > 0) {
+		w = write(fd, c, n);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		c += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+int
+mkdir_p(const char *path, mode_t mode)
+{
+	char buf[4096];
+	size_t i, len = strlen(path);
+
+	if (len == 0 || len >= sizeof(buf)) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	memcpy(buf, path, len + 1);
+	for (i = 1; i <= len; i++) {
+		if (buf[i] != '/' && buf[i] != '\0')
+			continue;
+		buf[i] = '\0';
+		if (mkdir(buf, mode) < 0 && errno != EEXIST)
+			return -1;
+		if (i < len)
+			buf[i] = '/';
+	}
+	return 0;
+}
