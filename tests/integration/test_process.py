@@ -56,7 +56,14 @@ class SignalTest(SorterTestCase):
         c.send("second half\r\n.\r\n")
         r = c.reply(timeout=30)
         self.assertReply(r, 250, "2.0.0")
-        self.assertReply(c.cmd("QUIT"), 221, "2.0.0")
+        # the transaction is over: the server may end the session now (421) or at QUIT
+        try:
+            c.send("QUIT\r\n")
+        except OSError:
+            pass
+        r = c.reply()
+        self.assertIn((r.code, r.enhanced), [(221, "2.0.0"), (421, "4.3.2")], str(r))
+        self.assertTrue(c.closed())
         c.close()
         d.proc.wait(20)
         self.assertEqual(d.proc.returncode, 0)
@@ -80,11 +87,13 @@ class SignalTest(SorterTestCase):
         d.reload(message_size_limit=20000)
 
         def new_size():
-            with Client(d.port) as c:
-                c.reply()
-                size = c.ehlo().keywords().get("SIZE")
-                c.cmd("QUIT")
-                return size == "20000"
+            # a session greeted by a worker that is being replaced may be told 421: retry
+            try:
+                with Client(d.port) as c:
+                    c.reply()
+                    return c.ehlo().keywords().get("SIZE") == "20000"
+            except (OSError, SMTPClosed, AssertionError):
+                return False
         self.assertTrue(wait_until(new_size, 10, interval=0.2), "SIZE not 20000 after SIGHUP")
         # the session opened before the reload was not dropped
         self.assertReply(old.cmd("NOOP"), 250, "2.0.0")
@@ -152,7 +161,7 @@ class ConfigCheckTest(SorterTestCase):
                                            LOCAL_DOMAIN))
 
     def test_good_config(self):
-        path = self.write("good.conf", self.base() + "# a comment\n\nmessage_size_limit = 1000\n")
+        path = self.write("good.conf", self.base() + "# a comment\n\nmessage_size_limit = 100000\n")
         rc, out = check_config(build_dir(), path)
         self.assertEqual(rc, 0, out)
 
@@ -199,7 +208,20 @@ class LogStallTest(SorterTestCase):
         self.assertEqual(errors, [])
         self.assertEqual(len(acked), 1000)
         self.assertEqual(len(d.queue()), 1000)
-        print("\n  log stall: 1000 messages in %.1fs" % elapsed)
+        # the sink really was stalled: the pipe holds (at least) a pipe buffer's worth
+        os.set_blocking(rfd, False)
+        held = 0
+        try:
+            while True:
+                chunk = os.read(rfd, 65536)
+                if not chunk:
+                    break
+                held += len(chunk)
+        except BlockingIOError:
+            pass
+        self.assertGreaterEqual(held, 32768, "the log pipe never filled: the test proves nothing")
+        print("\n  log stall: 1000 messages in %.1fs, %d bytes of log stuck in the pipe"
+              % (elapsed, held))
 
 
 if __name__ == "__main__":
