@@ -280,11 +280,15 @@ class Sorterd:
             fields.setdefault(key.strip(), []).append(value.strip())
         return fields, message
 
-    def incoming_files(self):
-        try:
-            return sorted(os.listdir(os.path.join(self.spool, "incoming")))
-        except FileNotFoundError:
-            return []
+    def queue_files(self):
+        """Names of the queue files in the spool's queue folders (not tmp/ or corrupt/)."""
+        names = []
+        for state in ("incoming", "active", "deferred", "hold"):
+            try:
+                names += os.listdir(os.path.join(self.spool, state))
+            except FileNotFoundError:
+                pass
+        return sorted(names)
 
 
 def check_config(build, path):

@@ -68,7 +68,7 @@ class SizeLimitTest(SorterTestCase):
         self.assertReply(r, 552, "5.3.4")
         self.assertIsNone(qid)
         self.assertEqual(self.d.queue(), [])
-        self.assertEqual(self.d.incoming_files(), [])
+        self.assertEqual(self.d.queue_files(), [])
         # the session goes on: a small message on the same connection is queued
         r, qid = c.send_message(SENDER, [RCPT], message("small", "z" * 1000), ehlo=False)
         self.assertQueued(r, qid)

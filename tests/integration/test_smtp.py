@@ -172,7 +172,7 @@ class SMTPTest(SorterTestCase):
         r, qid = c.send_message(SENDER, [RCPT, "other@" + LOCAL_DOMAIN],
                                 message("queued", body))
         self.assertQueued(r, qid)
-        self.assertIn(qid, self.d.incoming_files())
+        self.assertIn(qid, self.d.queue_files())
         [m] = [m for m in self.d.queue() if m["id"] == qid]
         self.assertEqual(m["sender"], SENDER)
         self.assertEqual(sorted(x["address"] for x in m["recipients"]),
