@@ -24,6 +24,8 @@
 
 #include "lib/lib.h"
 
+struct event_base;
+
 #define SPOOL_VERSION "1"
 
 enum spool_rec {
@@ -101,12 +103,28 @@ int spool_prepare(const char *spool_dir);
 /* Moves a bad file into corrupt/ and logs why. */
 void spool_quarantine(const char *spool_dir, const char *path, const char *why);
 
+/* ---- disk work off the event loop (iopool.c) ----
+ * work() runs on a pool thread; done() then runs in the loop's thread. */
+struct iopool;
+struct iopool *iopool_create(struct event_base *base, int nthreads);
+void iopool_run(struct iopool *p, void (*work)(void *), void (*done)(void *), void *arg);
+/* Finishes queued work, runs the pending done() calls, joins the threads. */
+void iopool_destroy(struct iopool *p);
+
+/* Shared directory fsyncs: call dirsync_wait() after changing the
+ * directory (rename, unlink); it returns 0 once an fsync of it that began
+ * after the change has completed, else an errno value. Thread-safe. */
+struct dirsync;
+struct dirsync *dirsync_open(const char *path);
+int dirsync_fd(const struct dirsync *d);
+int dirsync_wait(struct dirsync *d);
+void dirsync_close(struct dirsync *d);
+
 /* ---- durable commit (commit.c) ----
  * A job is written to tmp/, fsync'd, renamed into incoming/ and covered by
  * an fsync of incoming/ on a pool thread; its callback then runs in the
  * event loop that owns the pool. Renames that finish before one directory
  * fsync starts all share it. */
-struct event_base;
 struct commit_pool;
 
 struct commit_job {
@@ -118,7 +136,7 @@ struct commit_job {
 	void *arg;
 	/* filled by the pool */
 	int error;                 /* 0 = durable; else an errno value */
-	struct commit_job *next;
+	struct commit_pool *pool;
 };
 
 struct commit_pool *commit_pool_create(struct event_base *base, const char *spool_dir,
