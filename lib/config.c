@@ -105,6 +105,23 @@ static const struct param params[] = {
 	{ "smtpd_data_timeout", P_TIME, 0, "300", 1, 3600, INT(smtpd_data_timeout), 0, NULL },
 	{ "smtpd_hard_error_limit", P_INT, 0, "20", 1, 1000, INT(smtpd_hard_error_limit), 0, NULL },
 	{ "queue_minfree", P_SIZE, 0, "52428800", 0, 1LL << 50, LLONG(queue_minfree), 0, NULL },
+	/* the queue manager and delivery */
+	{ "queue_run_delay", P_TIME, 0, "300", 1, 86400, INT(queue_run_delay), 0, NULL },
+	{ "minimal_backoff_time", P_TIME, 0, "300", 1, 86400 * 10, INT(minimal_backoff_time), 0, NULL },
+	{ "maximal_backoff_time", P_TIME, 0, "4000", 1, 86400 * 10, INT(maximal_backoff_time), 0, NULL },
+	{ "maximal_queue_lifetime", P_TIME, 0, "5d", 0, 86400 * 100, INT(maximal_queue_lifetime), 0, NULL },
+	{ "bounce_queue_lifetime", P_TIME, 0, "5d", 0, 86400 * 100, INT(bounce_queue_lifetime), 0, NULL },
+	{ "delay_warning_time", P_TIME, 0, "4h", 0, 86400 * 100, INT(delay_warning_time), 0, NULL },
+	{ "qmgr_message_active_limit", P_INT, 0, "2000", 1, 1000000,
+	  INT(qmgr_message_active_limit), 0, NULL },
+	{ "lmtp_destination_concurrency_limit", P_INT, 0, "20", 1, 1000,
+	  INT(lmtp_destination_concurrency_limit), 0, NULL },
+	{ "lmtp_connect_timeout", P_TIME, 0, "30", 1, 3600, INT(lmtp_connect_timeout), 0, NULL },
+	{ "lmtp_timeout", P_TIME, 0, "300", 1, 3600, INT(lmtp_timeout), 0, NULL },
+	{ "lmtp_idle_timeout", P_TIME, 0, "10", 1, 3600, INT(lmtp_idle_timeout), 0, NULL },
+	{ "endpoint_dead_time", P_TIME, 0, "60", 0, 3600, INT(endpoint_dead_time), 0, NULL },
+	{ "hopcount_limit", P_INT, 0, "50", 1, 1000, INT(hopcount_limit), 0, NULL },
+	{ "bounce_notice_recipient", P_STR, 0, NULL, 0, 0, STR(bounce_notice_recipient), 0, NULL },
 };
 
 #define NPARAMS (sizeof(params) / sizeof(params[0]))

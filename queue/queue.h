@@ -7,6 +7,7 @@
  *   incoming/  committed messages waiting for the queue manager
  *   active/ deferred/ hold/   queue manager states
  *   corrupt/   files that failed to parse, moved aside (never deleted)
+ *   defer/     status beside a deferred message (status.c), same name
  *
  * A queue file is a sequence of records: one type byte, a 4-byte big-endian
  * length, then that many bytes. The last record is SPOOL_REC_END with length
@@ -144,5 +145,35 @@ struct commit_pool *commit_pool_create(struct event_base *base, const char *spoo
 void commit_submit(struct commit_pool *p, struct commit_job *job);
 /* Waits for queued jobs, joins the threads. */
 void commit_pool_destroy(struct commit_pool *p);
+
+/* ---- per-message status of deferred mail (status.c) ---- */
+enum qstatus_kind { QS_ERROR, QS_DONE };
+
+struct qstatus_item {
+	enum qstatus_kind kind;
+	size_t index;              /* spool recipient index */
+	char *text;                /* error text, or the final expanded address */
+};
+
+struct qstatus {
+	unsigned attempts;
+	bool warned;               /* a delay DSN went out */
+	struct qstatus_item *items;
+	size_t nitems;
+};
+
+void qstatus_init(struct qstatus *st);
+void qstatus_free(struct qstatus *st);
+void qstatus_set_error(struct qstatus *st, size_t index, const char *text);
+const char *qstatus_error(const struct qstatus *st, size_t index);
+void qstatus_add_done(struct qstatus *st, size_t index, const char *address);
+bool qstatus_is_done(const struct qstatus *st, size_t index, const char *address);
+/* 0 (also for a missing file: empty status) or -1 for a bad file */
+int qstatus_read(const char *path, struct qstatus *st);
+int qstatus_parse(const char *buf, size_t len, struct qstatus *st);
+void qstatus_format(const struct qstatus *st, struct dstr *out);
+/* Atomically replaces dirfd/id; with ds, waits for the directory fsync.
+ * Returns 0 or an errno value. */
+int qstatus_write(int dirfd, struct dirsync *ds, const char *id, const struct qstatus *st);
 
 #endif

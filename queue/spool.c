@@ -23,7 +23,7 @@
 
 /* The folders spool_prepare() creates, besides spool_dir itself. */
 static const char *const spool_subdirs[] = {
-	"tmp", "incoming", "active", "deferred", "hold", "corrupt",
+	"tmp", "incoming", "active", "deferred", "hold", "corrupt", "defer",
 };
 
 /* ---- writer ---- */
