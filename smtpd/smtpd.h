@@ -71,6 +71,7 @@ struct data_parser {
 	bool in_headers;        /* still in the header section */
 	bool header_line_start; /* at the start of a header-section line */
 	unsigned received;      /* Received: header count */
+	unsigned char hdr_match; /* bytes of "Received:" matched on this header line */
 	uint64_t bytes;         /* content bytes produced (after unstuffing) */
 };
 
@@ -87,6 +88,7 @@ size_t data_parse(struct data_parser *p, const char *in, size_t len,
 struct listener {
 	int fd;
 	struct listen_spec spec;
+	void *owner;            /* the worker that accepts on it (worker.c) */
 };
 
 /* Shared-memory session table, created by the master before forking so that
@@ -101,6 +103,10 @@ int session_table_enter(struct session_table *t, int w, const unsigned char addr
 void session_table_leave(struct session_table *t, int w, int slot);
 /* Forgets every session of worker w (after that worker died). */
 void session_table_clear(struct session_table *t, int w);
+
+/* master.c: binds, drops privileges, runs and supervises the children
+ * until SIGTERM; returns the exit status. */
+int master_main(const char *config_path, struct config *cf);
 
 /* worker.c: runs one smtpd worker until told to stop; returns exit status */
 int worker_main(struct config *cf, struct listener *ls, size_t nls,

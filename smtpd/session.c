@@ -1,0 +1,800 @@
+/*
+ * session.c - one SMTP session (RFC 5321) on a libevent bufferevent.
+ *
+ * Input is taken one complete line at a time (or, during DATA, one chunk at
+ * a time through the pure DATA parser); replies are queued in order and go
+ * out when the input buffer is exhausted, which is PIPELINING (RFC 2920).
+ * A message is acknowledged with 250 only from the commit callback, i.e.
+ * after its queue file and directory entry are durable.
+ *
+ * This file must never answer 250 to DATA before the commit completed, never
+ * act on bytes that arrived before a TLS handshake, and never let one DATA
+ * carry more than one message.
+ */
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+#include "lib/lib.h"
+#include "queue/queue.h"
+#include "smtpd/session.h"
+#include "smtpd/smtpd.h"
+
+#define PIPELINE_OUTPUT_MAX (64 * 1024)   /* stop reading while replies pile up */
+#define READ_HIGH_WATER (256 * 1024)
+#define RECEIVED_MAX 1024                 /* our own Received: header */
+
+enum sstate {
+	SS_INIT,        /* no HELO/EHLO yet */
+	SS_READY,       /* greeted, no transaction */
+	SS_MAIL,        /* MAIL accepted */
+	SS_RCPT,        /* at least one RCPT accepted */
+	SS_DATA,        /* reading content */
+	SS_COMMIT,      /* content complete, waiting for the spool */
+	SS_CLOSING,     /* final reply queued; close once it is written */
+};
+
+/* in which states a verb may be used; else 503 */
+#define ST(x) (1u << (x))
+#define ANY (ST(SS_INIT) | ST(SS_READY) | ST(SS_MAIL) | ST(SS_RCPT))
+
+struct session {
+	struct worker *w;
+	struct bufferevent *bev;
+	struct session *prev, *next;
+	const struct listener *listener;
+	int table_slot;
+	enum sstate state;
+	char addr[INET6_ADDRSTRLEN];
+	char *helo;
+	bool esmtp;
+	bool tls;
+	char tls_desc[160];            /* "TLSv1.3 with cipher ..." */
+	int errors;
+	bool long_line;                /* discarding the rest of an over-long line */
+	bool drain;                    /* end at the next command boundary */
+	bool gone;                     /* the client went away during a commit */
+
+	/* the transaction */
+	char *sender;
+	char *sender_params;
+	char **rcpts;
+	size_t nrcpt;
+	char id[QID_LEN + 1];
+	struct data_parser dp;
+	struct dstr content;
+	bool too_big;
+	struct commit_job *job;
+
+	/* counters for the disconnect line */
+	unsigned n_msgs;
+	char *linebuf;
+};
+
+static void process_input(struct session *s);
+static void session_close(struct session *s);
+
+static void
+reply(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void
+reply(struct session *s, const char *fmt, ...)
+{
+	struct evbuffer *out = bufferevent_get_output(s->bev);
+	va_list ap;
+
+	va_start(ap, fmt);
+	evbuffer_add_vprintf(out, fmt, ap);
+	va_end(ap);
+	evbuffer_add(out, "\r\n", 2);
+}
+
+/* Queues a final reply and closes once it has been written. */
+static void
+reply_close(struct session *s, const char *text)
+{
+	reply(s, "%s", text);
+	s->state = SS_CLOSING;
+	bufferevent_disable(s->bev, EV_READ);
+}
+
+/* An error reply: counted towards smtpd_hard_error_limit. */
+static void
+reply_error(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void
+reply_error(struct session *s, const char *fmt, ...)
+{
+	struct evbuffer *out = bufferevent_get_output(s->bev);
+	va_list ap;
+	char buf[256];
+
+	va_start(ap, fmt);
+	evbuffer_add_vprintf(out, fmt, ap);
+	va_end(ap);
+	evbuffer_add(out, "\r\n", 2);
+	if (++s->errors >= s->w->cf->smtpd_hard_error_limit) {
+		msg_info("too many errors after %s from [%s]", s->state == SS_DATA ? "DATA" : "command",
+			 s->addr);
+		snprintf(buf, sizeof(buf), "421 4.7.0 %s Error: too many errors", s->w->cf->hostname);
+		reply_close(s, buf);
+	}
+}
+
+static void
+transaction_reset(struct session *s)
+{
+	size_t i;
+
+	free(s->sender);
+	free(s->sender_params);
+	s->sender = s->sender_params = NULL;
+	for (i = 0; i < s->nrcpt; i++)
+		free(s->rcpts[i]);
+	free(s->rcpts);
+	s->rcpts = NULL;
+	s->nrcpt = 0;
+	s->id[0] = '\0';
+	dstr_free(&s->content);
+	s->too_big = false;
+	if (s->state != SS_INIT && s->state != SS_CLOSING)
+		s->state = SS_READY;
+}
+
+static const char *
+proto_name(const struct session *s)
+{
+	if (!s->esmtp)
+		return "SMTP";
+	return s->tls ? "ESMTPS" : "ESMTP";
+}
+
+static void
+set_read_timeout(struct session *s, int secs)
+{
+	struct timeval rt = { secs, 0 }, wt = { s->w->cf->smtpd_timeout, 0 };
+
+	bufferevent_set_timeouts(s->bev, &rt, &wt);
+}
+
+/* ---- command handlers ---- */
+
+static void
+do_helo(struct session *s, struct smtp_cmd *c)
+{
+	const struct config *cf = s->w->cf;
+
+	transaction_reset(s);
+	free(s->helo);
+	s->helo = xstrndup(c->arg, c->arglen);
+	s->esmtp = c->verb == VERB_EHLO;
+	s->state = SS_READY;
+	if (!s->esmtp) {
+		reply(s, "250 %s", cf->hostname);
+		return;
+	}
+	reply(s, "250-%s", cf->hostname);
+	reply(s, "250-PIPELINING");
+	reply(s, "250-SIZE %lld", cf->message_size_limit);
+	if (s->w->tls_ctx && !s->tls)
+		reply(s, "250-STARTTLS");
+	reply(s, "250-ENHANCEDSTATUSCODES");
+	reply(s, "250 8BITMIME");
+}
+
+static bool
+spool_has_room(struct session *s, long long want)
+{
+	struct statvfs sv;
+	unsigned long long avail;
+
+	if (statvfs(s->w->cf->spool_dir, &sv) < 0)
+		return true;            /* the commit will tell */
+	avail = (unsigned long long)sv.f_bavail * sv.f_frsize;
+	return avail >= (unsigned long long)s->w->cf->queue_minfree + (unsigned long long)(want > 0 ? want : 0);
+}
+
+static void
+do_mail(struct session *s, struct smtp_cmd *c)
+{
+	char buf[ADDR_PATH_MAX + 8];
+
+	if (c->params.size > s->w->cf->message_size_limit) {
+		reply_error(s, "552 5.3.4 Message size exceeds fixed limit");
+		return;
+	}
+	if (!spool_has_room(s, c->params.size)) {
+		msg_warn("not enough free space in %s for mail from [%s]", s->w->cf->spool_dir, s->addr);
+		reply_error(s, "452 4.3.1 Insufficient system storage");
+		return;
+	}
+	address_format(&c->addr, buf, sizeof(buf));
+	s->sender = xstrdup(buf);
+	s->sender_params = NULL;
+	if (c->params.ret || c->params.envid[0]) {
+		s->sender_params = xasprintf("%s%s%s%s",
+		    c->params.ret == 1 ? "RET=FULL" : c->params.ret == 2 ? "RET=HDRS" : "",
+		    c->params.ret && c->params.envid[0] ? " " : "",
+		    c->params.envid[0] ? "ENVID=" : "", c->params.envid);
+	}
+	s->state = SS_MAIL;
+	reply(s, "250 2.1.0 Ok");
+}
+
+static void
+format_rcpt_params(const struct smtp_params *p, char *buf, size_t len)
+{
+	size_t off = 0;
+
+	buf[0] = '\0';
+	if (p->notify) {
+		off += (size_t)snprintf(buf + off, len - off, "NOTIFY=%s%s%s%s",
+		    (p->notify & 8) ? "NEVER" : "",
+		    (p->notify & 1) ? "SUCCESS," : "",
+		    (p->notify & 2) ? "FAILURE," : "",
+		    (p->notify & 4) ? "DELAY," : "");
+		if (off > 0 && buf[off - 1] == ',')
+			buf[--off] = '\0';
+	}
+	if (p->orcpt[0] && off < len)
+		snprintf(buf + off, len - off, "%sORCPT=%s", off ? " " : "", p->orcpt);
+}
+
+static void
+do_rcpt(struct session *s, struct smtp_cmd *c)
+{
+	const struct config *cf = s->w->cf;
+	char addr[ADDR_PATH_MAX + 8], params[ADDR_PATH_MAX + 64];
+
+	if (s->nrcpt >= (size_t)cf->smtpd_recipient_limit) {
+		reply(s, "452 4.5.3 Error: too many recipients");
+		return;
+	}
+	address_format(&c->addr, addr, sizeof(addr));
+	if (c->addr.domain[0] != '\0' &&
+	    (c->addr.literal || !config_is_local_domain(cf, c->addr.domain))) {
+		msg_info("reject: RCPT from [%s]: 554 5.7.1 <%s>: Relay access denied; from=<%s> to=<%s>",
+			 s->addr, addr, s->sender, addr);
+		reply_error(s, "554 5.7.1 <%s>: Relay access denied", addr);
+		return;
+	}
+	format_rcpt_params(&c->params, params, sizeof(params));
+	s->rcpts = xrealloc(s->rcpts, (s->nrcpt + 1) * sizeof(*s->rcpts));
+	s->rcpts[s->nrcpt++] = params[0] ? xasprintf("%s %s", addr, params) : xstrdup(addr);
+	s->state = SS_RCPT;
+	reply(s, "250 2.1.5 Ok");
+}
+
+static void
+add_received(struct session *s)
+{
+	char date[64];
+	const char *for_rcpt = "";
+	char forbuf[ADDR_PATH_MAX + 16] = "";
+
+	rfc5322_date(time(NULL), date, sizeof(date));
+	if (s->nrcpt == 1) {
+		size_t n = strcspn(s->rcpts[0], " ");
+
+		snprintf(forbuf, sizeof(forbuf), "\r\n\tfor <%.*s>", (int)n, s->rcpts[0]);
+		for_rcpt = forbuf;
+	}
+	dstr_printf(&s->content, "Received: from %s ([%s])\r\n", s->helo, s->addr);
+	if (s->tls)
+		dstr_printf(&s->content, "\t(using %s)\r\n", s->tls_desc);
+	dstr_printf(&s->content, "\tby %s (Sorter) with %s id %s%s;\r\n\t%s\r\n",
+		    s->w->cf->hostname, proto_name(s), s->id, for_rcpt, date);
+}
+
+static void
+do_data(struct session *s, struct smtp_cmd *c)
+{
+	const struct config *cf = s->w->cf;
+
+	qid_next(s->id);
+	/* the limit leaves room for our Received: header on top of the content */
+	dstr_init(&s->content, (size_t)cf->message_size_limit + RECEIVED_MAX + 4096);
+	add_received(s);
+	data_parser_init(&s->dp);
+	s->too_big = false;
+	s->state = SS_DATA;
+	set_read_timeout(s, cf->smtpd_data_timeout);
+	reply(s, "354 End data with <CR><LF>.<CR><LF>");
+}
+
+static void
+do_rset(struct session *s, struct smtp_cmd *c)
+{
+	transaction_reset(s);
+	reply(s, "250 2.0.0 Ok");
+}
+
+static void
+do_noop(struct session *s, struct smtp_cmd *c)
+{
+	reply(s, "250 2.0.0 Ok");
+}
+
+static void
+do_quit(struct session *s, struct smtp_cmd *c)
+{
+	reply_close(s, "221 2.0.0 Bye");
+}
+
+static void
+do_vrfy(struct session *s, struct smtp_cmd *c)
+{
+	reply(s, "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery");
+}
+
+static void
+do_help(struct session *s, struct smtp_cmd *c)
+{
+	reply(s, "214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP%s",
+	      s->w->tls_ctx && !s->tls ? " STARTTLS" : "");
+}
+
+static void
+do_not_implemented(struct session *s, struct smtp_cmd *c)
+{
+	reply_error(s, "502 5.5.1 Error: command not implemented");
+}
+
+static void on_event(struct bufferevent *bev, short what, void *arg);
+static void on_read(struct bufferevent *bev, void *arg);
+static void on_write(struct bufferevent *bev, void *arg);
+
+static void
+do_starttls(struct session *s, struct smtp_cmd *c)
+{
+	struct bufferevent *tbev;
+	SSL *ssl;
+
+	if (s->tls) {
+		reply_error(s, "503 5.5.1 Error: TLS already active");
+		return;
+	}
+	if (s->w->tls_ctx == NULL) {
+		reply_error(s, "502 5.5.1 Error: command not implemented");
+		return;
+	}
+	ssl = SSL_new(s->w->tls_ctx);
+	if (ssl == NULL) {
+		reply(s, "454 4.7.0 TLS not available due to local problem");
+		return;
+	}
+	reply(s, "220 2.0.0 Ready to start TLS");
+	/* RFC 3207 5 / CVE-2011-0411: nothing sent before the handshake counts */
+	evbuffer_drain(bufferevent_get_input(s->bev), evbuffer_get_length(bufferevent_get_input(s->bev)));
+	tbev = bufferevent_openssl_filter_new(s->w->base, s->bev, ssl, BUFFEREVENT_SSL_ACCEPTING,
+					      BEV_OPT_CLOSE_ON_FREE);
+	if (tbev == NULL) {
+		SSL_free(ssl);
+		reply_close(s, "421 4.7.0 TLS not available due to local problem");
+		return;
+	}
+	bufferevent_openssl_set_allow_dirty_shutdown(tbev, 1);
+	s->bev = tbev;
+	bufferevent_setcb(tbev, on_read, on_write, on_event, s);
+	bufferevent_setwatermark(tbev, EV_READ, 0, READ_HIGH_WATER);
+	set_read_timeout(s, s->w->cf->smtpd_timeout);
+	bufferevent_enable(tbev, EV_READ | EV_WRITE);
+	/* forget everything learned before TLS */
+	transaction_reset(s);
+	free(s->helo);
+	s->helo = NULL;
+	s->esmtp = false;
+	s->state = SS_INIT;
+	s->tls = true;
+}
+
+/* One table: handler, and the states in which the verb is allowed. */
+static const struct {
+	void (*fn)(struct session *, struct smtp_cmd *);
+	unsigned states;
+	const char *out_of_state;   /* the 503 text */
+} verbs[VERB_MAX] = {
+	[VERB_HELO] = { do_helo, ANY, NULL },
+	[VERB_EHLO] = { do_helo, ANY, NULL },
+	[VERB_MAIL] = { do_mail, ST(SS_READY), NULL },
+	[VERB_RCPT] = { do_rcpt, ST(SS_MAIL) | ST(SS_RCPT), "503 5.5.1 Error: need MAIL command" },
+	[VERB_DATA] = { do_data, ST(SS_RCPT), NULL },
+	[VERB_RSET] = { do_rset, ANY, NULL },
+	[VERB_NOOP] = { do_noop, ANY, NULL },
+	[VERB_QUIT] = { do_quit, ANY, NULL },
+	[VERB_VRFY] = { do_vrfy, ANY, NULL },
+	[VERB_EXPN] = { do_not_implemented, ANY, NULL },
+	[VERB_HELP] = { do_help, ANY, NULL },
+	[VERB_STARTTLS] = { do_starttls, ST(SS_INIT) | ST(SS_READY), "503 5.5.1 Error: MAIL transaction in progress" },
+	[VERB_AUTH] = { do_not_implemented, ANY, NULL },
+	[VERB_BDAT] = { do_not_implemented, ANY, NULL },
+};
+
+static const char *
+out_of_state_text(struct session *s, enum smtp_verb v)
+{
+	if (s->state == SS_INIT && v != VERB_STARTTLS)
+		return "503 5.5.1 Error: send HELO/EHLO first";
+	if (v == VERB_MAIL)
+		return "503 5.5.1 Error: nested MAIL command";
+	if (v == VERB_DATA)
+		return s->state == SS_MAIL ? "503 5.5.1 Error: need RCPT command"
+					   : "503 5.5.1 Error: need MAIL command";
+	return verbs[v].out_of_state ? verbs[v].out_of_state : "503 5.5.1 Error: bad sequence of commands";
+}
+
+static void
+dispatch(struct session *s, const char *line, size_t len)
+{
+	struct smtp_cmd cmd;
+	const char *why = "";
+	enum cmd_status st;
+
+	st = command_parse(line, len, &cmd, &why);
+	switch (st) {
+	case CMD_OK:
+		break;
+	case CMD_ERR_UNKNOWN:
+		reply_error(s, "500 5.5.2 Error: command not recognized");
+		return;
+	case CMD_ERR_SYNTAX:
+		reply_error(s, "501 5.5.4 Syntax error: %s", why);
+		return;
+	case CMD_ERR_ADDRESS:
+		if (cmd.verb == VERB_MAIL)
+			reply_error(s, "501 5.1.7 Bad sender address syntax: %s", why);
+		else
+			reply_error(s, "501 5.1.3 Bad recipient address syntax: %s", why);
+		return;
+	case CMD_ERR_PARAM:
+		reply_error(s, "555 5.5.4 Unsupported option: %s", why);
+		return;
+	}
+	if (cmd.verb <= VERB_UNKNOWN || cmd.verb >= VERB_MAX || verbs[cmd.verb].fn == NULL) {
+		reply_error(s, "500 5.5.2 Error: command not recognized");
+		return;
+	}
+	if (!(verbs[cmd.verb].states & ST(s->state))) {
+		reply_error(s, "%s", out_of_state_text(s, cmd.verb));
+		return;
+	}
+	verbs[cmd.verb].fn(s, &cmd);
+}
+
+/* ---- end of data and the commit ---- */
+
+static void
+commit_done(struct commit_job *job, void *arg)
+{
+	struct session *s = arg;
+
+	if (job->error == 0)
+		msg_info("%s: from=<%s>, size=%zu, nrcpt=%zu, client=[%s]%s%s", job->id,
+			 s->sender, job->content.len, s->nrcpt, s->addr,
+			 s->tls ? ", tls=" : "", s->tls ? s->tls_desc : "");
+	else
+		msg_warn("%s: queue file write error: %s", job->id, strerror(job->error));
+	if (s->gone) {
+		if (job->error == 0)
+			msg_info("%s: client [%s] left before the reply", job->id, s->addr);
+		s->job = NULL;
+		dstr_free(&job->head);
+		dstr_free(&job->content);
+		free(job);
+		session_close(s);
+		return;
+	}
+	if (job->error == 0) {
+		reply(s, "250 2.0.0 Ok: queued as %s", job->id);
+		s->n_msgs++;
+	} else if (job->error == ENOSPC || job->error == EDQUOT) {
+		reply(s, "452 4.3.1 Insufficient system storage");
+	} else {
+		reply(s, "451 4.3.0 Error: queue file write error");
+	}
+	s->job = NULL;
+	dstr_free(&job->head);
+	dstr_free(&job->content);
+	free(job);
+	s->state = SS_READY;
+	transaction_reset(s);
+	set_read_timeout(s, s->w->cf->smtpd_timeout);
+	process_input(s);
+}
+
+static void
+end_of_data(struct session *s)
+{
+	struct spool_envelope env;
+	struct commit_job *job;
+
+	set_read_timeout(s, s->w->cf->smtpd_timeout);
+	if (s->dp.bare_cr_lf) {
+		msg_info("%s: reject: bare CR or LF in message content from [%s]", s->id, s->addr);
+		reply_error(s, "554 5.6.0 Error: message contains bare CR or LF (RFC 5321 2.3.8)");
+		transaction_reset(s);
+		return;
+	}
+	if (s->too_big) {
+		msg_info("%s: reject: message from [%s] exceeds message_size_limit", s->id, s->addr);
+		reply_error(s, "552 5.3.4 Error: message file too big");
+		transaction_reset(s);
+		return;
+	}
+	job = xcalloc(1, sizeof(*job));
+	memcpy(job->id, s->id, sizeof(job->id));
+	env.arrival_usec = now_usec();
+	env.client = s->addr;
+	env.helo = s->helo;
+	env.proto = proto_name(s);
+	env.sender = s->sender;
+	env.sender_params = s->sender_params;
+	env.rcpts = (const char **)s->rcpts;
+	env.nrcpt = s->nrcpt;
+	dstr_init(&job->head, 0);
+	spool_encode_head(&env, s->content.len, &job->head);
+	job->content = s->content;       /* the job owns the content now */
+	dstr_init(&s->content, 0);
+	job->done = commit_done;
+	job->arg = s;
+	s->job = job;
+	s->state = SS_COMMIT;
+	commit_submit(s->w->commit, job);
+}
+
+/* Feeds buffered DATA content to the parser. Returns true when the end of
+ * data was reached. */
+static bool
+take_data(struct session *s, struct evbuffer *in)
+{
+	struct evbuffer_iovec v;
+	char chunk[16384 + 2];
+	size_t used, outlen, take;
+	bool done = false;
+
+	while (!done && evbuffer_get_length(in) > 0) {
+		if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+			break;
+		take = v.iov_len < sizeof(chunk) - 2 ? v.iov_len : sizeof(chunk) - 2;
+		used = data_parse(&s->dp, v.iov_base, take, chunk, &outlen, &done);
+		if (!s->too_big) {
+			if (s->dp.bytes > (uint64_t)s->w->cf->message_size_limit ||
+			    dstr_append(&s->content, chunk, outlen) < 0) {
+				s->too_big = true;
+				dstr_free(&s->content);
+			}
+		}
+		evbuffer_drain(in, used);
+	}
+	return done;
+}
+
+static void
+process_input(struct session *s)
+{
+	struct evbuffer *in = bufferevent_get_input(s->bev);
+	struct evbuffer *out = bufferevent_get_output(s->bev);
+	const struct config *cf = s->w->cf;
+	struct evbuffer_ptr p;
+	size_t eol_len, len, limit = (size_t)cf->smtpd_line_limit;
+
+	for (;;) {
+		if (s->state == SS_COMMIT || s->state == SS_CLOSING)
+			return;
+		if (evbuffer_get_length(out) > PIPELINE_OUTPUT_MAX)
+			return;         /* on_write resumes once the client reads */
+		if (s->state == SS_DATA) {
+			if (!take_data(s, in))
+				return;
+			end_of_data(s);
+			continue;
+		}
+		if (evbuffer_get_length(in) == 0) {
+			if (s->drain && s->state <= SS_READY) {
+				reply_close(s, "421 4.3.2 Service shutting down, closing transmission channel");
+				return;
+			}
+			return;
+		}
+		p = evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_LF);
+		if (p.pos < 0) {
+			if (evbuffer_get_length(in) >= limit) {
+				/* no end in sight: drop what we have, the rest when it comes */
+				evbuffer_drain(in, evbuffer_get_length(in));
+				if (!s->long_line)
+					reply_error(s, "500 5.5.2 Error: line too long");
+				s->long_line = true;
+			}
+			return;
+		}
+		len = (size_t)p.pos;
+		if (s->long_line || len + 1 > limit) {
+			evbuffer_drain(in, len + 1);
+			if (!s->long_line)
+				reply_error(s, "500 5.5.2 Error: line too long");
+			s->long_line = false;
+			continue;
+		}
+		evbuffer_remove(in, s->linebuf, len + 1);
+		if (len == 0 || s->linebuf[len - 1] != '\r') {
+			reply_error(s, "500 5.5.2 Error: bare <LF> received; lines must end with <CR><LF>");
+			continue;
+		}
+		len--;
+		s->linebuf[len] = '\0';
+		if (s->drain && s->state <= SS_READY) {
+			reply_close(s, "421 4.3.2 Service shutting down, closing transmission channel");
+			return;
+		}
+		dispatch(s, s->linebuf, len);
+	}
+}
+
+/* ---- events ---- */
+
+static void
+on_read(struct bufferevent *bev, void *arg)
+{
+	process_input(arg);
+}
+
+static void
+on_write(struct bufferevent *bev, void *arg)
+{
+	struct session *s = arg;
+
+	if (s->state == SS_CLOSING) {
+		session_close(s);
+		return;
+	}
+	process_input(s);
+}
+
+static void
+on_event(struct bufferevent *bev, short what, void *arg)
+{
+	struct session *s = arg;
+	char buf[256];
+
+	if (what & BEV_EVENT_CONNECTED) {
+		SSL *ssl = bufferevent_openssl_get_ssl(bev);
+
+		if (ssl) {
+			snprintf(s->tls_desc, sizeof(s->tls_desc), "%s with cipher %s",
+				 SSL_get_version(ssl), SSL_get_cipher_name(ssl));
+			msg_info("TLS established from [%s]: %s", s->addr, s->tls_desc);
+		}
+		return;
+	}
+	if (what & BEV_EVENT_TIMEOUT) {
+		msg_info("timeout after %s from [%s]", s->state == SS_DATA ? "DATA" : "command", s->addr);
+		if (s->state == SS_CLOSING) {
+			session_close(s);
+			return;
+		}
+		snprintf(buf, sizeof(buf), "421 4.4.2 %s Error: timeout exceeded", s->w->cf->hostname);
+		transaction_reset(s);
+		reply_close(s, buf);
+		bufferevent_enable(s->bev, EV_WRITE);
+		return;
+	}
+	if (what & BEV_EVENT_ERROR) {
+		unsigned long e;
+
+		while ((e = bufferevent_get_openssl_error(bev)) != 0) {
+			ERR_error_string_n(e, buf, sizeof(buf));
+			msg_info("TLS error from [%s]: %s", s->addr, buf);
+		}
+	}
+	/* EOF or error: the client is gone */
+	if (s->state == SS_COMMIT) {
+		s->gone = true;
+		bufferevent_disable(bev, EV_READ | EV_WRITE);
+		return;
+	}
+	if (s->state == SS_DATA)
+		msg_info("%s: lost connection after DATA from [%s]", s->id, s->addr);
+	session_close(s);
+}
+
+/* ---- life cycle ---- */
+
+void
+session_start(struct worker *w, int fd, const struct sockaddr *sa, socklen_t salen,
+	      const struct listener *l, int table_slot)
+{
+	struct session *s = xcalloc(1, sizeof(*s));
+	char buf[256];
+
+	s->w = w;
+	s->listener = l;
+	s->table_slot = table_slot;
+	s->state = SS_INIT;
+	s->linebuf = xmalloc((size_t)w->cf->smtpd_line_limit + 1);
+	dstr_init(&s->content, 0);
+	if (sa->sa_family == AF_INET)
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, s->addr, sizeof(s->addr));
+	else if (sa->sa_family == AF_INET6)
+		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, s->addr, sizeof(s->addr));
+	else
+		snprintf(s->addr, sizeof(s->addr), "unknown");
+	s->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	if (s->bev == NULL) {
+		close(fd);
+		session_table_leave(w->st, w->index, table_slot);
+		free(s->linebuf);
+		free(s);
+		return;
+	}
+	s->next = w->sessions;
+	if (w->sessions)
+		w->sessions->prev = s;
+	w->sessions = s;
+	w->nsessions++;
+	bufferevent_setcb(s->bev, on_read, on_write, on_event, s);
+	bufferevent_setwatermark(s->bev, EV_READ, 0, READ_HIGH_WATER);
+	set_read_timeout(s, w->cf->smtpd_timeout);
+	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+	msg_info("connect from [%s]", s->addr);
+	snprintf(buf, sizeof(buf), "220 %s ESMTP Sorter", w->cf->hostname);
+	reply(s, "%s", buf);
+	(void)salen;
+}
+
+static void
+session_close(struct session *s)
+{
+	struct worker *w = s->w;
+
+	if (s->job) {
+		/* a commit is in flight: it finishes the job and then closes */
+		s->gone = true;
+		return;
+	}
+	msg_info("disconnect from [%s] messages=%u", s->addr, s->n_msgs);
+	transaction_reset(s);
+	if (s->bev)
+		bufferevent_free(s->bev);
+	if (s->prev)
+		s->prev->next = s->next;
+	else
+		w->sessions = s->next;
+	if (s->next)
+		s->next->prev = s->prev;
+	w->nsessions--;
+	session_table_leave(w->st, w->index, s->table_slot);
+	free(s->helo);
+	free(s->linebuf);
+	free(s);
+	if (w->draining && w->nsessions == 0)
+		event_base_loopexit(w->base, NULL);
+}
+
+void
+session_drain_all(struct worker *w)
+{
+	struct session *s, *next;
+
+	for (s = w->sessions; s; s = next) {
+		next = s->next;
+		s->drain = true;
+		if (s->state <= SS_READY && evbuffer_get_length(bufferevent_get_input(s->bev)) == 0)
+			reply_close(s, "421 4.3.2 Service shutting down, closing transmission channel");
+	}
+}

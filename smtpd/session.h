@@ -1,0 +1,41 @@
+/*
+ * session.h - what the smtpd worker and its sessions share inside one
+ * worker process. Not an interface for other modules (that is smtpd.h).
+ */
+#ifndef SORTER_SMTPD_SESSION_H
+#define SORTER_SMTPD_SESSION_H
+
+#include <stdbool.h>
+#include <sys/socket.h>
+
+#include "lib/lib.h"
+#include "queue/queue.h"
+#include "smtpd/smtpd.h"
+
+struct event_base;
+struct session;
+
+struct worker {
+	struct config *cf;
+	struct event_base *base;
+	struct commit_pool *commit;
+	struct session_table *st;
+	int index;
+	void *tls_ctx;                 /* SSL_CTX, or NULL when TLS is off */
+	struct listener *ls;
+	size_t nls;
+	struct event **lev;            /* one accept event per listener */
+	struct event *sigterm_ev, *drain_timer;
+	struct session *sessions;      /* doubly linked, for draining */
+	int nsessions;
+	bool draining;
+};
+
+/* Takes over a connected socket; never fails (a session that cannot be set
+ * up is closed with a 421). */
+void session_start(struct worker *w, int fd, const struct sockaddr *sa, socklen_t salen,
+		   const struct listener *l, int table_slot);
+/* Asks every session to end at its next command boundary. */
+void session_drain_all(struct worker *w);
+
+#endif

@@ -1,0 +1,169 @@
+/*
+ * worker.c - an smtpd worker process: accepts connections on the listeners
+ * inherited from the master and runs their sessions in one event loop.
+ *
+ * SIGTERM: stop accepting, let sessions finish their transaction (they get
+ * 421 at their next command boundary), exit when none is left or after a
+ * grace period. A worker holds nothing that a crash could lose after a 250.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <openssl/ssl.h>
+
+#include "lib/lib.h"
+#include "queue/queue.h"
+#include "smtpd/session.h"
+#include "smtpd/smtpd.h"
+
+#define DRAIN_GRACE_SECONDS 60
+#define ACCEPTS_PER_WAKEUP 32
+
+static void
+addr_key(const struct sockaddr_storage *ss, unsigned char key[16])
+{
+	memset(key, 0, 16);
+	if (ss->ss_family == AF_INET) {
+		key[10] = key[11] = 0xff;
+		memcpy(key + 12, &((const struct sockaddr_in *)ss)->sin_addr, 4);
+	} else if (ss->ss_family == AF_INET6) {
+		memcpy(key, &((const struct sockaddr_in6 *)ss)->sin6_addr, 16);
+	}
+}
+
+static void
+refuse(int fd, const char *host, const char *why)
+{
+	char buf[512];
+	int n;
+
+	n = snprintf(buf, sizeof(buf), "421 4.7.0 %s Error: %s\r\n", host, why);
+	/* best effort: the socket is non-blocking and fresh, the line fits */
+	if (n > 0 && send(fd, buf, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
+		(void)0;
+	close(fd);
+}
+
+static void
+on_accept(evutil_socket_t lfd, short what, void *arg)
+{
+	struct listener *l = arg;
+	struct worker *w = l->owner;
+	struct sockaddr_storage ss;
+	socklen_t sl;
+	unsigned char key[16];
+	int fd, slot, i;
+
+	for (i = 0; i < ACCEPTS_PER_WAKEUP; i++) {
+		sl = sizeof(ss);
+		fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0) {
+			if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
+			    errno != ECONNABORTED)
+				msg_warn("accept: %s", strerror(errno));
+			return;
+		}
+		if (w->draining) {
+			refuse(fd, w->cf->hostname, "service shutting down");
+			continue;
+		}
+		addr_key(&ss, key);
+		slot = session_table_enter(w->st, w->index, key, w->cf->smtpd_max_sessions,
+					   w->cf->smtpd_client_connection_limit);
+		if (slot == -1) {
+			msg_warn("too many sessions (smtpd_max_sessions=%d): refusing a client",
+				 w->cf->smtpd_max_sessions);
+			refuse(fd, w->cf->hostname, "too many connections");
+			continue;
+		}
+		if (slot < 0) {
+			msg_warn("too many sessions from one client (smtpd_client_connection_limit=%d)",
+				 w->cf->smtpd_client_connection_limit);
+			refuse(fd, w->cf->hostname, "too many connections from your address");
+			continue;
+		}
+		session_start(w, fd, (struct sockaddr *)&ss, sl, l, slot);
+	}
+}
+
+static void
+on_drain_timeout(evutil_socket_t fd, short what, void *arg)
+{
+	struct worker *w = arg;
+
+	msg_warn("drain grace period over with %d sessions open; exiting", w->nsessions);
+	event_base_loopexit(w->base, NULL);
+}
+
+static void
+on_sigterm(evutil_socket_t sig, short what, void *arg)
+{
+	struct worker *w = arg;
+	struct timeval tv = { DRAIN_GRACE_SECONDS, 0 };
+	size_t i;
+
+	if (w->draining)
+		return;
+	w->draining = true;
+	for (i = 0; i < w->nls; i++)
+		event_del(w->lev[i]);
+	session_drain_all(w);
+	if (w->nsessions == 0) {
+		event_base_loopexit(w->base, NULL);
+		return;
+	}
+	w->drain_timer = evtimer_new(w->base, on_drain_timeout, w);
+	evtimer_add(w->drain_timer, &tv);
+}
+
+int
+worker_main(struct config *cf, struct listener *ls, size_t nls, struct session_table *st,
+	    int index, void *tls_ctx)
+{
+	struct worker w;
+	size_t i;
+
+	memset(&w, 0, sizeof(w));
+	w.cf = cf;
+	w.st = st;
+	w.index = index;
+	w.tls_ctx = tls_ctx;
+	w.ls = ls;
+	w.nls = nls;
+	qid_init((unsigned)index);
+	signal(SIGPIPE, SIG_IGN);
+	signal(SIGHUP, SIG_IGN);
+	w.base = event_base_new();
+	if (w.base == NULL)
+		msg_fatal("cannot create event loop");
+	w.commit = commit_pool_create(w.base, cf->spool_dir, cf->io_threads);
+	w.lev = xcalloc(nls, sizeof(*w.lev));
+	for (i = 0; i < nls; i++) {
+		ls[i].owner = &w;
+		w.lev[i] = event_new(w.base, ls[i].fd, EV_READ | EV_PERSIST, on_accept, &ls[i]);
+		event_add(w.lev[i], NULL);
+	}
+	w.sigterm_ev = evsignal_new(w.base, SIGTERM, on_sigterm, &w);
+	event_add(w.sigterm_ev, NULL);
+
+	event_base_dispatch(w.base);
+
+	commit_pool_destroy(w.commit);
+	for (i = 0; i < nls; i++)
+		event_free(w.lev[i]);
+	free(w.lev);
+	event_free(w.sigterm_ev);
+	if (w.drain_timer)
+		event_free(w.drain_timer);
+	event_base_free(w.base);
+	return 0;
+}
