@@ -111,7 +111,7 @@ parse_domain(struct cursor *c, size_t *dlen)
 			/* nothing since the start or since the last dot */
 			if (c->p < c->end && *c->p == '.')
 				return "empty label in domain";
-			if (c->p < c->end && strchr("> ,:", *c->p) == NULL)
+			if (c->p < c->end && (*c->p == '\0' || strchr("> ,:", *c->p) == NULL))
 				return misplaced(c, "invalid character in domain");
 			return c->p == start ? "missing domain" : "trailing dot in domain";
 		} else {
@@ -280,7 +280,7 @@ parse_local(struct cursor *c)
  * dropped.
  */
 static const char *
-parse_route(struct cursor *c)
+parse_route(struct cursor *c, const char *path)
 {
 	const char *r;
 	size_t dlen;
@@ -289,6 +289,8 @@ parse_route(struct cursor *c)
 		c->p++;         /* the '@' */
 		if ((r = parse_domain(c, &dlen)) != NULL)
 			return r;
+		if ((size_t)(c->p - path) > ADDR_PATH_MAX)
+			return "address too long";
 		if (c->p >= c->end)
 			return "missing closing angle bracket";
 		if (*c->p == ':') {
@@ -324,7 +326,7 @@ parse_path(struct cursor *c, int flags, struct address *a)
 			return NULL;
 		}
 		if (c->p < c->end && *c->p == '@') {
-			if ((r = parse_route(c)) != NULL)
+			if ((r = parse_route(c, path)) != NULL)
 				return r;
 			route = true;
 		}

@@ -13,7 +13,6 @@
 #include "config.h"
 
 #include <limits.h>
-#include <stdio.h>
 #include <string.h>
 #include <strings.h>
 
@@ -357,12 +356,12 @@ enum cmd_status
 command_parse(const char *line, size_t len, struct smtp_cmd *cmd, const char **why)
 {
 	const struct verb_def *d = NULL;
-	const char *unused, *end = line + len, *p;
+	const char *ignored, *end = line + len, *p;
 	enum cmd_status st;
 	size_t i, vlen;
 
 	if (why == NULL)
-		why = &unused;
+		why = &ignored;
 	*why = NULL;
 	memset(cmd, 0, sizeof(*cmd));
 	cmd->verb = VERB_UNKNOWN;

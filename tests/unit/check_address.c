@@ -164,6 +164,8 @@ static const struct acase bad[] = {
 	{ "<us\0er@x.example>", 17, 0, -1, .why = "control character in address" },
 	{ "<user@x.example\0>", 17, 0, -1, .why = "control character in address" },
 	{ "user@x.example\r\n", 0, 0, -1, .why = "control character in address" },
+	{ "<u@\0>", 5, 0, -1, .why = "control character in address" },
+	{ "<u@x.\0>", 7, 0, -1, .why = "control character in address" },
 };
 
 static void
@@ -231,6 +233,7 @@ static const struct lcase limits[] = {
 	{ 1, false, 5000, false, 0, "domain too long" },
 	{ 10, false, 10, true, 233, NULL },             /* route fills the path to 256 */
 	{ 10, false, 10, true, 234, "address too long" },
+	{ 10, false, 10, true, 5000, "domain too long" },
 };
 
 /* a domain of n bytes in labels of at most 49 */
@@ -289,6 +292,40 @@ START_TEST(test_limits)
 	} else {
 		ck_assert_msg(r == -1, "case %d: accepted, want \"%s\"", _i, c->why);
 		ck_assert_str_eq(why, c->why);
+	}
+	free(buf);
+}
+END_TEST
+
+/* a source route of many short hops is bounded by the path limit too */
+START_TEST(test_long_route)
+{
+	static const int hops[] = { 21, 22, 23, 1000 };     /* 11 bytes each */
+	char *buf = xmalloc(16384);
+	struct address a;
+	const char *why;
+	size_t n;
+	int i, r;
+
+	for (i = 0; i < N_(hops); i++) {
+		int h;
+
+		n = 0;
+		buf[n++] = '<';
+		for (h = 0; h < hops[i]; h++) {
+			memcpy(buf + n, h ? ",@r.example" : "@r.example", h ? 11 : 10);
+			n += h ? 11 : 10;
+		}
+		memcpy(buf + n, ":u@x.example>", 13);
+		n += 13;
+		r = address_parse(buf, n, 0, &a, &why);
+		if (n <= ADDR_PATH_MAX) {
+			ck_assert_int_eq(r, (int)n);
+			ck_assert_str_eq(a.local, "u");
+		} else {
+			ck_assert_int_eq(r, -1);
+			ck_assert_str_eq(why, "address too long");
+		}
 	}
 	free(buf);
 }
@@ -403,6 +440,7 @@ address_suite(void)
 	tcase_add_loop_test(tc, test_good, 0, N_(good));
 	tcase_add_loop_test(tc, test_bad, 0, N_(bad));
 	tcase_add_loop_test(tc, test_limits, 0, N_(limits));
+	tcase_add_test(tc, test_long_route);
 	tcase_add_loop_test(tc, test_label, 0, N_(labels));
 	tcase_add_loop_test(tc, test_format, 0, N_(fmt));
 	tcase_add_test(tc, test_format_truncates);
