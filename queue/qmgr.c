@@ -191,3 +191,194 @@ exp_set(struct qexp *e, enum outcome out, const char *status, const char *diag)
 	snprintf(e->diag, sizeof(e->diag), "%s", diag);
 }
 
+static void
+dest_key(const struct route *rt, char *key, size_t len)
+{
+	if (rt->node[0])
+		snprintf(key, len, "%s", rt->node);
+	else
+		endpoint_format(&rt->endpoints[0], key, len);
+}
+
+/* ---- delivery ---- */
+
+static void
+log_result(struct qmsg *mq, const struct qrcpt *qr, const struct qexp *e, const char *what)
+{
+	const char *orig = mq->m.rcpts[qr->index].addr;
+	double delay = (double)(now_usec() - mq->m.arrival_usec) / 1e6;
+
+	msg_info("%s: to=<%s>%s%s%s, node=%s, relay=%s, delay=%.2f, dsn=%s, status=%s (%s)",
+		 mq->id, e->addr, strcmp(orig, e->addr) ? ", orig_to=<" : "",
+		 strcmp(orig, e->addr) ? orig : "", strcmp(orig, e->addr) ? ">" : "",
+		 e->node[0] ? e->node : "none", e->relay[0] ? e->relay : "none", delay,
+		 e->status, what, e->diag);
+}
+
+static struct qrcpt *
+rcpt_of(struct qmsg *mq, const struct qexp *e)
+{
+	size_t i;
+
+	for (i = 0; i < mq->nr; i++)
+		if (e >= mq->r[i].exps && e < mq->r[i].exps + mq->r[i].nexps)
+			return &mq->r[i];
+	msg_panic("%s: expansion without a recipient", mq->id);
+}
+
+static void
+dest_done(struct lmtp_txn *txn, void *arg)
+{
+	struct qdest *qd = arg;
+	struct qmsg *mq = qd->msg;
+	size_t i;
+
+	for (i = 0; i < txn->nrcpt; i++) {
+		struct qexp *e = qd->exps[i];
+		struct lmtp_rcpt_result *res = &qd->results[i];
+		int cls = res->code / 100;
+
+		snprintf(e->relay, sizeof(e->relay), "%s", res->relay);
+		snprintf(e->diag, sizeof(e->diag), "%s", res->text);
+		if (res->status[0])
+			snprintf(e->status, sizeof(e->status), "%s", res->status);
+		else
+			snprintf(e->status, sizeof(e->status), "%d.0.0", cls == 2 ? 2 : cls == 5 ? 5 : 4);
+		if (cls == 2) {
+			e->out = OUT_DELIVERED;
+			atomic_fetch_add(&mq->q->ctr->delivered, 1);
+			log_result(mq, rcpt_of(mq, e), e, "sent");
+		} else if (cls == 5) {
+			e->out = OUT_BOUNCED;
+		} else {
+			e->out = OUT_DEFERRED;
+		}
+	}
+	free(qd->rcpts);
+	free(qd->exps);
+	free(qd->results);
+	free(qd);
+	if (--mq->inflight == 0)
+		msg_finish(mq);
+}
+
+static void
+msg_deliver(struct qmsg *mq)
+{
+	struct qmgr *q = mq->q;
+	size_t i, k, a, b, n;
+	char key[ADDR_PATH_MAX + 64], key2[ADDR_PATH_MAX + 64];
+
+	mq->inflight++;         /* held until every transaction has started */
+	for (i = 0; i < mq->nr; i++) {
+		for (k = 0; k < mq->r[i].nexps; k++) {
+			struct qexp *e = &mq->r[i].exps[k];
+			struct route *rt = &mq->r[i].rl.v[k];
+			struct qdest *qd;
+
+			if (e->out != OUT_PENDING || e->claimed)
+				continue;
+			dest_key(rt, key, sizeof(key));
+			n = 0;
+			for (a = i; a < mq->nr; a++)
+				for (b = 0; b < mq->r[a].nexps; b++)
+					if (mq->r[a].exps[b].out == OUT_PENDING && !mq->r[a].exps[b].claimed)
+						n++;
+			qd = xcalloc(1, sizeof(*qd));
+			qd->msg = mq;
+			qd->rcpts = xcalloc(n, sizeof(*qd->rcpts));
+			qd->exps = xcalloc(n, sizeof(*qd->exps));
+			qd->results = xcalloc(n, sizeof(*qd->results));
+			n = 0;
+			for (a = i; a < mq->nr; a++) {
+				for (b = 0; b < mq->r[a].nexps; b++) {
+					struct qexp *x = &mq->r[a].exps[b];
+
+					if (x->out != OUT_PENDING || x->claimed)
+						continue;
+					dest_key(&mq->r[a].rl.v[b], key2, sizeof(key2));
+					if (strcmp(key, key2) != 0)
+						continue;
+					x->claimed = true;
+					qd->rcpts[n] = x->addr;
+					qd->exps[n] = x;
+					n++;
+				}
+			}
+			qd->txn.sender = mq->m.sender;
+			qd->txn.rcpts = qd->rcpts;
+			qd->txn.nrcpt = n;
+			qd->txn.content = mq->image + mq->m.content_offset;
+			qd->txn.content_len = mq->m.content_len;
+			qd->txn.results = qd->results;
+			qd->txn.done = dest_done;
+			qd->txn.arg = qd;
+			mq->inflight++;
+			lmtp_deliver(q->lmtp, key, rt->endpoints, rt->nendpoints, &qd->txn);
+		}
+	}
+	if (--mq->inflight == 0)
+		msg_finish(mq);
+}
+
+/* Routes every pending recipient: fills mq->r. */
+static void
+msg_route(struct qmsg *mq)
+{
+	struct qrcpt *qr;
+	struct route *rt;
+	size_t i, k;
+	unsigned hops;
+	const char *why;
+
+	hops = count_received(mq->image + mq->m.content_offset, mq->m.content_len);
+	mq->r = xcalloc(mq->m.nrcpt, sizeof(*mq->r));
+	for (i = 0; i < mq->m.nrcpt; i++) {
+		if (mq->m.rcpts[i].state != RCPT_PENDING)
+			continue;
+		qr = &mq->r[mq->nr++];
+		qr->index = i;
+		if (mq->m.rcpts[i].params == NULL ||
+		    dsn_parse_rcpt_params(mq->m.rcpts[i].params, &qr->dsn, &why) < 0)
+			memset(&qr->dsn, 0, sizeof(qr->dsn));
+		if (hops > (unsigned)mq->q->cf->hopcount_limit) {
+			qr->exps = xcalloc(1, sizeof(*qr->exps));
+			qr->nexps = 1;
+			snprintf(qr->exps[0].addr, sizeof(qr->exps[0].addr), "%s", mq->m.rcpts[i].addr);
+			exp_set(&qr->exps[0], OUT_BOUNCED, "5.4.6",
+				"mail forwarding loop: too many Received: headers");
+			continue;
+		}
+		router_resolve(mq->q->router, mq->m.rcpts[i].addr, &qr->rl, NULL);
+		qr->nexps = qr->rl.n;
+		qr->exps = xcalloc(qr->nexps ? qr->nexps : 1, sizeof(*qr->exps));
+		for (k = 0; k < qr->nexps; k++) {
+			struct qexp *e = &qr->exps[k];
+
+			rt = &qr->rl.v[k];
+			snprintf(e->addr, sizeof(e->addr), "%s", rt->address);
+			snprintf(e->node, sizeof(e->node), "%s", rt->node);
+			if (qstatus_is_done(&mq->st, i, e->addr)) {
+				e->out = OUT_DONE_BEFORE;
+				continue;
+			}
+			switch (rt->kind) {
+			case ROUTE_LOCAL:
+				e->out = rt->nendpoints ? OUT_PENDING : OUT_DEFERRED;
+				if (!rt->nendpoints)
+					exp_set(e, OUT_DEFERRED, "4.3.0", "node has no endpoints");
+				break;
+			case ROUTE_REMOTE:
+				exp_set(e, OUT_DEFERRED, "4.4.0",
+					"no transport for other domains: the SMTP client is not available");
+				break;
+			case ROUTE_BOUNCE:
+				exp_set(e, OUT_BOUNCED, rt->status[0] ? rt->status : "5.1.1", rt->reason);
+				break;
+			case ROUTE_TEMPFAIL:
+				exp_set(e, OUT_DEFERRED, rt->status[0] ? rt->status : "4.3.0", rt->reason);
+				break;
+			}
+		}
+	}
+}
