@@ -397,9 +397,9 @@ set_param(struct config *cf, const struct param *p, const char *v,
 {
 	char **sp;
 
-	if (*v == '\0' && (p->flags & F_NONEMPTY || p->type == P_INT ||
-	    p->type == P_SIZE || p->type == P_TIME || p->type == P_ENUM ||
-	    p->type == P_LISTEN))
+	/* only a string or a list can be meaningfully empty */
+	if (*v == '\0' && ((p->flags & F_NONEMPTY) ||
+	    (p->type != P_STR && p->type != P_LIST)))
 		return reason(why, whylen, "%s: missing value", p->name);
 	switch (p->type) {
 	case P_STR:
