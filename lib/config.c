@@ -43,6 +43,7 @@ enum pflag {
 	F_NONEMPTY = 1,		/* an empty value is an error, not NULL */
 	F_REPEAT = 2,		/* may appear more than once */
 	F_DEF_HOST = 4,		/* default: the hostname (configured or the system's) */
+	F_DOMAIN = 8,		/* a domain name: goes into EHLO, Received: and local_domains */
 };
 
 struct param {
@@ -72,12 +73,12 @@ _Static_assert(sizeof(enum log_sink) == sizeof(int), "enums are stored as int");
 static const char *const log_names[] = { "stderr", "syslog", NULL };
 
 static const struct param params[] = {
-	{ "hostname", P_STR, F_NONEMPTY | F_DEF_HOST, NULL, 0, 0, STR(hostname), 0, NULL },
+	{ "hostname", P_STR, F_NONEMPTY | F_DEF_HOST | F_DOMAIN, NULL, 0, 0, STR(hostname), 0, NULL },
 	{ "spool_dir", P_STR, F_NONEMPTY, "/var/spool/sorter", 0, 0, STR(spool_dir), 0, NULL },
 	{ "user", P_STR, F_NONEMPTY, "sorter", 0, 0, STR(user), 0, NULL },
 	{ "listen", P_LISTEN, F_REPEAT, "0.0.0.0:25 mx", 0, 0,
 	  FIELD(listen, struct listen_spec *), COUNT(nlisten), NULL },
-	{ "local_domains", P_LIST, F_DEF_HOST, NULL, 0, 0,
+	{ "local_domains", P_LIST, F_DEF_HOST | F_DOMAIN, NULL, 0, 0,
 	  FIELD(local_domains, char **), COUNT(nlocal_domains), NULL },
 	{ "alias_map", P_STR, 0, NULL, 0, 0, STR(alias_map), 0, NULL },
 	{ "user_map", P_STR, 0, NULL, 0, 0, STR(user_map), 0, NULL },
@@ -158,6 +159,23 @@ reason(char *why, size_t whylen, const char *fmt, ...)
 	vsnprintf(why, whylen, fmt, ap);
 	va_end(ap);
 	return -1;
+}
+
+/* Letters, digits, '-', '.', '_' (seen in real host names), at most 255
+ * bytes: nothing that could break a reply line or a header. */
+static bool
+domain_ok(const char *s, size_t n)
+{
+	size_t i;
+
+	if (n == 0 || n > DOMAIN_MAX)
+		return false;
+	for (i = 0; i < n; i++)
+		if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
+		      (s[i] >= '0' && s[i] <= '9') || s[i] == '-' || s[i] == '.' ||
+		      s[i] == '_'))
+			return false;
+	return true;
 }
 
 static bool
@@ -270,11 +288,11 @@ set_list(struct config *cf, const struct param *p, const char *v,
 
 	while (*v != '\0') {
 		len = strcspn(v, " \t\r\f\v,");
-		if (len > DOMAIN_MAX) {
+		if (len > 0 && (p->flags & F_DOMAIN) && !domain_ok(v, len)) {
 			char *w = xstrndup(v, len);
 
-			reason(why, whylen, "%s: '%s' is longer than %d bytes",
-			       p->name, show(w, shown, sizeof(shown)), DOMAIN_MAX);
+			reason(why, whylen, "%s: '%s' is not a domain name", p->name,
+			       show(w, shown, sizeof(shown)));
 			free(w);
 			return -1;
 		}
@@ -396,12 +414,18 @@ set_param(struct config *cf, const struct param *p, const char *v,
 {
 	char **sp;
 
-	if (*v == '\0' && (p->flags & F_NONEMPTY || p->type == P_INT ||
-	    p->type == P_SIZE || p->type == P_TIME || p->type == P_ENUM ||
-	    p->type == P_LISTEN))
+	/* only a string or a list can be meaningfully empty */
+	if (*v == '\0' && ((p->flags & F_NONEMPTY) ||
+	    (p->type != P_STR && p->type != P_LIST)))
 		return reason(why, whylen, "%s: missing value", p->name);
 	switch (p->type) {
 	case P_STR:
+		if (*v && (p->flags & F_DOMAIN) && !domain_ok(v, strlen(v))) {
+			char shown[80];
+
+			return reason(why, whylen, "%s: '%s' is not a domain name",
+				      p->name, show(v, shown, sizeof(shown)));
+		}
 		sp = AT(cf, p->off, char *);
 		free(*sp);
 		*sp = *v ? xstrdup(v) : NULL;
@@ -434,9 +458,11 @@ find_param(const char *name)
 static void
 system_hostname(char *buf, size_t buflen)
 {
-	if (gethostname(buf, buflen) < 0 || buf[0] == '\0')
-		snprintf(buf, buflen, "localhost");
+	if (gethostname(buf, buflen) < 0)
+		buf[0] = '\0';
 	buf[buflen - 1] = '\0';
+	if (!domain_ok(buf, strlen(buf)))
+		snprintf(buf, buflen, "localhost");
 }
 
 /* The defaults go through the same setters as the file, so that a bad

@@ -168,6 +168,10 @@ static const struct errcase errcases[] = {
 	{ "smtpd_timeout = 1\nsmtpd_timeout = 1\n", "t.conf:2: duplicate parameter 'smtpd_timeout'" },
 	{ "local_domains = a\nlocal_domains = b\n", "t.conf:2: duplicate parameter 'local_domains'" },
 	{ "hostname =\n", "t.conf:1: hostname: missing value" },
+	{ "hostname = mx 1\n", "t.conf:1: hostname: 'mx 1' is not a domain name" },
+	{ "hostname = a,b\n", "t.conf:1: hostname: 'a,b' is not a domain name" },
+	{ "hostname = mx\xc3\xa9\n", "t.conf:1: hostname: 'mx?" "?' is not a domain name" },
+	{ "local_domains = ok.test bad/x\n", "t.conf:1: local_domains: 'bad/x' is not a domain name" },
 	{ "spool_dir = # none\n", "t.conf:1: spool_dir: missing value" },
 	{ "user=", "t.conf:1: user: missing value" },
 	{ "smtp_port =", "t.conf:1: smtp_port: missing value" },
@@ -341,6 +345,22 @@ START_TEST(test_local_domains)
 	ck_assert(!config_is_local_domain(cf, ""));
 	ck_assert(!config_is_local_domain(cf, NULL));
 	config_free(cf);
+
+	/* 255 bytes is the most a domain may have */
+	{
+		char text[300];
+
+		snprintf(text, sizeof(text), "local_domains = x %0255d", 0);
+		cf = parse(text, err, sizeof(err));
+		ck_assert_msg(cf != NULL, "%s", err);
+		ck_assert_uint_eq(strlen(cf->local_domains[1]), 255);
+		config_free(cf);
+		snprintf(text, sizeof(text), "hostname = %0256d", 0);
+		cf = parse(text, err, sizeof(err));
+		ck_assert_ptr_null(cf);
+		ck_assert_str_eq(err, "t.conf:1: hostname: '000000000000000000000000000000000000"
+				 "0000000000000000000000000000000000000000...' is not a domain name");
+	}
 
 	/* default: the configured hostname, lower-cased */
 	cf = parse("hostname = MX.Example.TEST\n", err, sizeof(err));
