@@ -177,16 +177,16 @@ class TLSTest(SorterTestCase):
                         srv.wrap_socket(conn, server_side=True).close()
                 except (OSError, ssl.SSLError):
                     pass
-            t = threading.Thread(target=serve, daemon=True)
-            t.start()
+            server = threading.Thread(target=serve, daemon=True)
+            server.start()
             try:
                 with socket.create_connection(ls.getsockname(), timeout=10) as s:
-                    with ctx.wrap_socket(s) as t:
-                        return t.version() == "TLSv1.1"
+                    with ctx.wrap_socket(s) as tls:
+                        return tls.version() == "TLSv1.1"
             except (OSError, ssl.SSLError):
                 return False
             finally:
-                t.join(10)
+                server.join(10)
 
     def test_tls11_refused(self):
         ctx = self.tls11_context()
