@@ -184,7 +184,7 @@ class SMTPTest(SorterTestCase):
         fields, stored = self.d.show(qid)
         self.assertEqual(fields["id"], [qid])
         self.assertIn("state", fields)
-        self.assertEqual(fields["sender"], [SENDER])
+        self.assertEqual(fields["sender"], ["<%s>" % SENDER])
         self.assertEqual(len(fields["recipient"]), 2, fields)
         self.assertTrue(any(RCPT in v for v in fields["recipient"]), fields)
         self.assertTrue(stored.startswith("Received:"), stored[:200])
