@@ -11,6 +11,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <sys/types.h>
 #include <time.h>
@@ -91,6 +92,18 @@ struct config {
 	int smtpd_data_timeout;         /* seconds waiting for DATA content */
 	int smtpd_hard_error_limit;     /* errors per session before disconnect */
 	long long queue_minfree;        /* bytes that must stay free on the spool fs */
+	/* queue manager and delivery */
+	int queue_run_delay;            /* seconds between scans of deferred/ */
+	int minimal_backoff_time, maximal_backoff_time;  /* retry spacing, seconds */
+	int maximal_queue_lifetime;     /* seconds before a deferred recipient bounces */
+	int bounce_queue_lifetime;      /* the same for DSNs (null sender) */
+	int delay_warning_time;         /* seconds before a delay DSN; 0 = never */
+	int qmgr_message_active_limit;  /* messages held in memory at once */
+	int lmtp_destination_concurrency_limit; /* connections per node */
+	int lmtp_connect_timeout, lmtp_timeout, lmtp_idle_timeout;
+	int endpoint_dead_time;         /* seconds a failed endpoint is skipped */
+	int hopcount_limit;             /* Received: headers before 5.4.6 */
+	char *bounce_notice_recipient;  /* gets DSNs that cannot be returned; NULL = drop */
 };
 
 /* Parses `path` (or built-in defaults when path is NULL). On error returns
@@ -139,6 +152,21 @@ bool qid_valid(const char *s);
 uint64_t now_usec(void);
 /* RFC 5322 date-time for Received: and logs */
 void rfc5322_date(time_t t, char *buf, size_t buflen);
+
+/* ---- counters shared by all sorterd processes (util.c) ----
+ * One anonymous shared mapping made by the master before it forks, so that
+ * `sorterctl stats` sees the sum of every process's work. */
+struct counters {
+	_Atomic uint64_t connections;      /* SMTP sessions accepted */
+	_Atomic uint64_t refused;          /* connections refused by a session limit */
+	_Atomic uint64_t messages_in;      /* messages queued (250 after DATA) */
+	_Atomic uint64_t rejected;         /* messages refused at end of DATA */
+	_Atomic uint64_t delivered;        /* recipients delivered */
+	_Atomic uint64_t deferred;         /* recipient deferrals */
+	_Atomic uint64_t bounced;          /* recipients bounced */
+	_Atomic uint64_t dsn_sent;         /* DSNs queued */
+};
+struct counters *counters_create(void);
 
 /* ---- file system (util.c) ---- */
 int fsync_dir(const char *path);

@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -127,4 +128,16 @@ mkdir_p(const char *path, mode_t mode)
 			buf[i] = '/';
 	}
 	return 0;
+}
+
+struct counters *
+counters_create(void)
+{
+	struct counters *c = mmap(NULL, sizeof(*c), PROT_READ | PROT_WRITE,
+				  MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+
+	if (c == MAP_FAILED)
+		msg_fatal("mmap counters: %s", strerror(errno));
+	memset(c, 0, sizeof(*c));
+	return c;
 }

@@ -7,6 +7,7 @@
  *   incoming/  committed messages waiting for the queue manager
  *   active/ deferred/ hold/   queue manager states
  *   corrupt/   files that failed to parse, moved aside (never deleted)
+ *   defer/     status beside a deferred message (status.c), same name
  *
  * A queue file is a sequence of records: one type byte, a 4-byte big-endian
  * length, then that many bytes. The last record is SPOOL_REC_END with length
@@ -23,6 +24,8 @@
 #include <sys/types.h>
 
 #include "lib/lib.h"
+
+struct event_base;
 
 #define SPOOL_VERSION "1"
 
@@ -101,12 +104,28 @@ int spool_prepare(const char *spool_dir);
 /* Moves a bad file into corrupt/ and logs why. */
 void spool_quarantine(const char *spool_dir, const char *path, const char *why);
 
+/* ---- disk work off the event loop (iopool.c) ----
+ * work() runs on a pool thread; done() then runs in the loop's thread. */
+struct iopool;
+struct iopool *iopool_create(struct event_base *base, int nthreads);
+void iopool_run(struct iopool *p, void (*work)(void *), void (*done)(void *), void *arg);
+/* Finishes queued work, runs the pending done() calls, joins the threads. */
+void iopool_destroy(struct iopool *p);
+
+/* Shared directory fsyncs: call dirsync_wait() after changing the
+ * directory (rename, unlink); it returns 0 once an fsync of it that began
+ * after the change has completed, else an errno value. Thread-safe. */
+struct dirsync;
+struct dirsync *dirsync_open(const char *path);
+int dirsync_fd(const struct dirsync *d);
+int dirsync_wait(struct dirsync *d);
+void dirsync_close(struct dirsync *d);
+
 /* ---- durable commit (commit.c) ----
  * A job is written to tmp/, fsync'd, renamed into incoming/ and covered by
  * an fsync of incoming/ on a pool thread; its callback then runs in the
  * event loop that owns the pool. Renames that finish before one directory
  * fsync starts all share it. */
-struct event_base;
 struct commit_pool;
 
 struct commit_job {
@@ -118,7 +137,7 @@ struct commit_job {
 	void *arg;
 	/* filled by the pool */
 	int error;                 /* 0 = durable; else an errno value */
-	struct commit_job *next;
+	struct commit_pool *pool;
 };
 
 struct commit_pool *commit_pool_create(struct event_base *base, const char *spool_dir,
@@ -126,5 +145,35 @@ struct commit_pool *commit_pool_create(struct event_base *base, const char *spoo
 void commit_submit(struct commit_pool *p, struct commit_job *job);
 /* Waits for queued jobs, joins the threads. */
 void commit_pool_destroy(struct commit_pool *p);
+
+/* ---- per-message status of deferred mail (status.c) ---- */
+enum qstatus_kind { QS_ERROR, QS_DONE };
+
+struct qstatus_item {
+	enum qstatus_kind kind;
+	size_t index;              /* spool recipient index */
+	char *text;                /* error text, or the final expanded address */
+};
+
+struct qstatus {
+	unsigned attempts;
+	bool warned;               /* a delay DSN went out */
+	struct qstatus_item *items;
+	size_t nitems;
+};
+
+void qstatus_init(struct qstatus *st);
+void qstatus_free(struct qstatus *st);
+void qstatus_set_error(struct qstatus *st, size_t index, const char *text);
+const char *qstatus_error(const struct qstatus *st, size_t index);
+void qstatus_add_done(struct qstatus *st, size_t index, const char *address);
+bool qstatus_is_done(const struct qstatus *st, size_t index, const char *address);
+/* 0 (also for a missing file: empty status) or -1 for a bad file */
+int qstatus_read(const char *path, struct qstatus *st);
+int qstatus_parse(const char *buf, size_t len, struct qstatus *st);
+void qstatus_format(const struct qstatus *st, struct dstr *out);
+/* Atomically replaces dirfd/id; with ds, waits for the directory fsync.
+ * Returns 0 or an errno value. */
+int qstatus_write(int dirfd, struct dirsync *ds, const char *id, const struct qstatus *st);
 
 #endif

@@ -268,7 +268,7 @@ reload(struct master *m)
 		SSL_CTX_free(m->tls);
 	m->tls = ntls;
 	m->generation++;
-	signal_children(m, SIGTERM, true);
+	signal_children(m, SIGUSR2, true);
 	start_generation(m);
 	msg_info("reloaded %s", m->config_path);
 }

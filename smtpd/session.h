@@ -25,7 +25,7 @@ struct worker {
 	struct listener *ls;
 	size_t nls;
 	struct event **lev;            /* one accept event per listener */
-	struct event *sigterm_ev, *drain_timer;
+	struct event *sigterm_ev, *sigusr2_ev, *drain_timer;
 	struct session *sessions;      /* doubly linked, for draining */
 	int nsessions;
 	bool draining;

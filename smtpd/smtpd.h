@@ -71,6 +71,7 @@ struct data_parser {
 	bool in_headers;        /* still in the header section */
 	bool header_line_start; /* at the start of a header-section line */
 	unsigned received;      /* Received: header count */
+	unsigned char hdr_match; /* bytes of "Received:" matched on this header line */
 	uint64_t bytes;         /* content bytes produced (after unstuffing) */
 };
 

@@ -4,7 +4,10 @@
  *
  * SIGTERM: stop accepting, let sessions finish their transaction (they get
  * 421 at their next command boundary), exit when none is left or after a
- * grace period. A worker holds nothing that a crash could lose after a 250.
+ * grace period. SIGUSR2 (a reload retired this worker): stop accepting and
+ * exit once the open sessions have ended on their own; their clients never
+ * notice the reload. A worker holds nothing that a crash could lose after
+ * a 250.
  */
 #include "config.h"
 
@@ -105,17 +108,24 @@ on_drain_timeout(evutil_socket_t fd, short what, void *arg)
 }
 
 static void
-on_sigterm(evutil_socket_t sig, short what, void *arg)
+on_signal(evutil_socket_t sig, short what, void *arg)
 {
 	struct worker *w = arg;
 	struct timeval tv = { DRAIN_GRACE_SECONDS, 0 };
 	size_t i;
 
-	if (w->draining)
+	if (!w->draining) {
+		w->draining = true;
+		for (i = 0; i < w->nls; i++)
+			event_del(w->lev[i]);
+	}
+	if (sig == SIGUSR2) {
+		if (w->nsessions == 0)
+			event_base_loopexit(w->base, NULL);
 		return;
-	w->draining = true;
-	for (i = 0; i < w->nls; i++)
-		event_del(w->lev[i]);
+	}
+	if (w->drain_timer)
+		return;
 	session_drain_all(w);
 	if (w->nsessions == 0) {
 		event_base_loopexit(w->base, NULL);
@@ -152,8 +162,10 @@ worker_main(struct config *cf, struct listener *ls, size_t nls, struct session_t
 		w.lev[i] = event_new(w.base, ls[i].fd, EV_READ | EV_PERSIST, on_accept, &ls[i]);
 		event_add(w.lev[i], NULL);
 	}
-	w.sigterm_ev = evsignal_new(w.base, SIGTERM, on_sigterm, &w);
+	w.sigterm_ev = evsignal_new(w.base, SIGTERM, on_signal, &w);
 	event_add(w.sigterm_ev, NULL);
+	w.sigusr2_ev = evsignal_new(w.base, SIGUSR2, on_signal, &w);
+	event_add(w.sigusr2_ev, NULL);
 
 	event_base_dispatch(w.base);
 
@@ -162,6 +174,7 @@ worker_main(struct config *cf, struct listener *ls, size_t nls, struct session_t
 		event_free(w.lev[i]);
 	free(w.lev);
 	event_free(w.sigterm_ev);
+	event_free(w.sigusr2_ev);
 	if (w.drain_timer)
 		event_free(w.drain_timer);
 	event_base_free(w.base);

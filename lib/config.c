@@ -1,0 +1,685 @@
+/*
+ * config.c - the configuration file: one table of parameters, each declared
+ * once with its type, default and bounds, and the parser that fills a
+ * struct config from "key = value" lines.
+ *
+ * It must never accept a file it does not fully understand: an unknown key,
+ * a value out of bounds or a repeated key stops parsing with "FILE:LINE:
+ * reason", so that `sorterd -t` and a reload catch every mistake before any
+ * mail sees it. It must never exit or log either: callers decide what an
+ * error means (fatal at start, a warning on SIGHUP).
+ */
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "lib/lib.h"
+
+#define CONF_LINE_MAX	8192		/* bytes per line, newline excluded */
+#define CONF_FILE_MAX	(16 << 20)	/* a config file is never this big */
+#define DOMAIN_MAX	255
+
+enum ptype {
+	P_STR,		/* char *; empty means NULL */
+	P_INT,		/* int, min..max */
+	P_SIZE,		/* long long bytes; k, m, g suffixes (1024-based) */
+	P_TIME,		/* int seconds; s, m, h, d suffixes */
+	P_LIST,		/* char ** NULL-terminated, count at off2; lower-cased words */
+	P_ENUM,		/* an enum stored as int; names[i] is value i */
+	P_LISTEN,	/* struct listen_spec *, count at off2; repeatable */
+};
+
+enum pflag {
+	F_NONEMPTY = 1,		/* an empty value is an error, not NULL */
+	F_REPEAT = 2,		/* may appear more than once */
+	F_DEF_HOST = 4,		/* default: the hostname (configured or the system's) */
+	F_DOMAIN = 8,		/* a domain name: goes into EHLO, Received: and local_domains */
+};
+
+struct param {
+	const char *name;
+	enum ptype type;
+	int flags;
+	const char *def;	/* parsed like a value from the file; NULL = none */
+	long long min, max;	/* P_INT, P_SIZE, P_TIME */
+	size_t off;		/* the field in struct config */
+	size_t off2;		/* its count, for P_LIST and P_LISTEN */
+	const char *const *names; /* P_ENUM */
+};
+
+/*
+ * The offset macros refuse to compile when a field's C type does not match
+ * the parameter type, because the setters write through these offsets.
+ */
+#define FIELD(f, T) (offsetof(struct config, f) + 0 * sizeof(char[ \
+	_Generic(((struct config *)0)->f, T: 1, default: -1)]))
+#define STR(f)		FIELD(f, char *)
+#define INT(f)		FIELD(f, int)
+#define LLONG(f)	FIELD(f, long long)
+#define COUNT(f)	FIELD(f, size_t)
+
+_Static_assert(sizeof(enum log_sink) == sizeof(int), "enums are stored as int");
+
+static const char *const log_names[] = { "stderr", "syslog", NULL };
+
+static const struct param params[] = {
+	{ "hostname", P_STR, F_NONEMPTY | F_DEF_HOST | F_DOMAIN, NULL, 0, 0, STR(hostname), 0, NULL },
+	{ "spool_dir", P_STR, F_NONEMPTY, "/var/spool/sorter", 0, 0, STR(spool_dir), 0, NULL },
+	{ "user", P_STR, F_NONEMPTY, "sorter", 0, 0, STR(user), 0, NULL },
+	{ "listen", P_LISTEN, F_REPEAT, "0.0.0.0:25 mx", 0, 0,
+	  FIELD(listen, struct listen_spec *), COUNT(nlisten), NULL },
+	{ "local_domains", P_LIST, F_DEF_HOST | F_DOMAIN, NULL, 0, 0,
+	  FIELD(local_domains, char **), COUNT(nlocal_domains), NULL },
+	{ "alias_map", P_STR, 0, NULL, 0, 0, STR(alias_map), 0, NULL },
+	{ "user_map", P_STR, 0, NULL, 0, 0, STR(user_map), 0, NULL },
+	{ "node_map", P_STR, 0, NULL, 0, 0, STR(node_map), 0, NULL },
+	{ "failover_node", P_STR, 0, NULL, 0, 0, STR(failover_node), 0, NULL },
+	{ "relay_host", P_STR, 0, NULL, 0, 0, STR(relay_host), 0, NULL },
+	{ "dns_servers", P_STR, 0, NULL, 0, 0, STR(dns_servers), 0, NULL },
+	{ "tls_cert_file", P_STR, 0, NULL, 0, 0, STR(tls_cert_file), 0, NULL },
+	{ "tls_key_file", P_STR, 0, NULL, 0, 0, STR(tls_key_file), 0, NULL },
+	{ "auth_map", P_STR, 0, NULL, 0, 0, STR(auth_map), 0, NULL },
+	{ "recipient_delimiter", P_STR, 0, NULL, 0, 0, STR(recipient_delimiter), 0, NULL },
+	{ "smtp_port", P_INT, 0, "25", 1, 65535, INT(smtp_port), 0, NULL },
+	{ "message_size_limit", P_SIZE, 0, "10240000", 1024, 2147483647LL,
+	  LLONG(message_size_limit), 0, NULL },
+	{ "log", P_ENUM, 0, "stderr", 0, 0, FIELD(log, enum log_sink), 0, log_names },
+	{ "workers", P_INT, 0, "0", 0, 64, INT(workers), 0, NULL },
+	{ "io_threads", P_INT, 0, "16", 1, 256, INT(io_threads), 0, NULL },
+	{ "smtpd_max_sessions", P_INT, 0, "100", 1, 100000, INT(smtpd_max_sessions), 0, NULL },
+	{ "smtpd_client_connection_limit", P_INT, 0, "50", 1, 100000,
+	  INT(smtpd_client_connection_limit), 0, NULL },
+	{ "smtpd_recipient_limit", P_INT, 0, "1000", 1, 100000,
+	  INT(smtpd_recipient_limit), 0, NULL },
+	{ "smtpd_line_limit", P_INT, 0, "2048", 512, 65536, INT(smtpd_line_limit), 0, NULL },
+	{ "smtpd_timeout", P_TIME, 0, "300", 1, 3600, INT(smtpd_timeout), 0, NULL },
+	{ "smtpd_data_timeout", P_TIME, 0, "300", 1, 3600, INT(smtpd_data_timeout), 0, NULL },
+	{ "smtpd_hard_error_limit", P_INT, 0, "20", 1, 1000, INT(smtpd_hard_error_limit), 0, NULL },
+	{ "queue_minfree", P_SIZE, 0, "52428800", 0, 1LL << 50, LLONG(queue_minfree), 0, NULL },
+	/* the queue manager and delivery */
+	{ "queue_run_delay", P_TIME, 0, "300", 1, 86400, INT(queue_run_delay), 0, NULL },
+	{ "minimal_backoff_time", P_TIME, 0, "300", 1, 86400 * 10, INT(minimal_backoff_time), 0, NULL },
+	{ "maximal_backoff_time", P_TIME, 0, "4000", 1, 86400 * 10, INT(maximal_backoff_time), 0, NULL },
+	{ "maximal_queue_lifetime", P_TIME, 0, "5d", 0, 86400 * 100, INT(maximal_queue_lifetime), 0, NULL },
+	{ "bounce_queue_lifetime", P_TIME, 0, "5d", 0, 86400 * 100, INT(bounce_queue_lifetime), 0, NULL },
+	{ "delay_warning_time", P_TIME, 0, "4h", 0, 86400 * 100, INT(delay_warning_time), 0, NULL },
+	{ "qmgr_message_active_limit", P_INT, 0, "2000", 1, 1000000,
+	  INT(qmgr_message_active_limit), 0, NULL },
+	{ "lmtp_destination_concurrency_limit", P_INT, 0, "20", 1, 1000,
+	  INT(lmtp_destination_concurrency_limit), 0, NULL },
+	{ "lmtp_connect_timeout", P_TIME, 0, "30", 1, 3600, INT(lmtp_connect_timeout), 0, NULL },
+	{ "lmtp_timeout", P_TIME, 0, "300", 1, 3600, INT(lmtp_timeout), 0, NULL },
+	{ "lmtp_idle_timeout", P_TIME, 0, "10", 1, 3600, INT(lmtp_idle_timeout), 0, NULL },
+	{ "endpoint_dead_time", P_TIME, 0, "60", 0, 3600, INT(endpoint_dead_time), 0, NULL },
+	{ "hopcount_limit", P_INT, 0, "50", 1, 1000, INT(hopcount_limit), 0, NULL },
+	{ "bounce_notice_recipient", P_STR, 0, NULL, 0, 0, STR(bounce_notice_recipient), 0, NULL },
+};
+
+#define NPARAMS (sizeof(params) / sizeof(params[0]))
+
+#define AT(cf, off, T) ((T *)(void *)((char *)(cf) + (off)))
+
+/* Values quoted in errors may be anything: keep the message one short,
+ * printable line. */
+static const char *
+show(const char *s, char *buf, size_t buflen)
+{
+	size_t i, n = 0;
+
+	for (i = 0; s[i] != '\0' && n + 4 < buflen; i++)
+		buf[n++] = (s[i] >= 0x20 && s[i] < 0x7f) ? s[i] : '?';
+	if (s[i] != '\0') {
+		memcpy(buf + n, "...", 3);
+		n += 3;
+	}
+	buf[n] = '\0';
+	return buf;
+}
+
+static int
+reason(char *why, size_t whylen, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static int
+reason(char *why, size_t whylen, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(why, whylen, fmt, ap);
+	va_end(ap);
+	return -1;
+}
+
+/* Letters, digits, '-', '.', '_' (seen in real host names), at most 255
+ * bytes: nothing that could break a reply line or a header. */
+static bool
+domain_ok(const char *s, size_t n)
+{
+	size_t i;
+
+	if (n == 0 || n > DOMAIN_MAX)
+		return false;
+	for (i = 0; i < n; i++)
+		if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
+		      (s[i] >= '0' && s[i] <= '9') || s[i] == '-' || s[i] == '.' ||
+		      s[i] == '_'))
+			return false;
+	return true;
+}
+
+static bool
+is_space(int c)
+{
+	return c == ' ' || c == '\t' || c == '\r' || c == '\f' || c == '\v';
+}
+
+/* Trims s in place; returns the start of the trimmed text. */
+static char *
+trim(char *s)
+{
+	size_t n;
+
+	while (is_space((unsigned char)*s))
+		s++;
+	n = strlen(s);
+	while (n > 0 && is_space((unsigned char)s[n - 1]))
+		s[--n] = '\0';
+	return s;
+}
+
+/*
+ * An optionally signed decimal with one optional suffix character from
+ * `units` whose multiplier is in `mult`. Returns 0, 1 (not a number of that
+ * kind) or 2 (too large to represent).
+ */
+static int
+parse_scaled(const char *s, const char *units, const long long *mult, long long *out)
+{
+	const char *u;
+	long long v = 0, m = 1;
+	bool neg = false;
+
+	if (*s == '-' || *s == '+')
+		neg = *s++ == '-';
+	if (*s < '0' || *s > '9')
+		return 1;
+	for (; *s >= '0' && *s <= '9'; s++) {
+		if (v > (LLONG_MAX - (*s - '0')) / 10)
+			return 2;
+		v = v * 10 + (*s - '0');
+	}
+	if (*s != '\0') {
+		if (units == NULL || (u = strchr(units, *s)) == NULL || s[1] != '\0')
+			return 1;
+		m = mult[u - units];
+	}
+	if (v > LLONG_MAX / m)
+		return 2;
+	*out = neg ? -v * m : v * m;
+	return 0;
+}
+
+static const long long size_mult[] = {
+	1LL << 10, 1LL << 10, 1LL << 20, 1LL << 20, 1LL << 30, 1LL << 30,
+};
+/* lower case only: "M" would be ambiguous between minutes and months */
+static const long long time_mult[] = { 1, 60, 3600, 86400 };
+
+static int
+set_number(struct config *cf, const struct param *p, const char *v,
+	   char *why, size_t whylen)
+{
+	char shown[80];
+	long long n = 0;
+	int rc;
+
+	switch (p->type) {
+	case P_SIZE:
+		rc = parse_scaled(v, "kKmMgG", size_mult, &n);
+		if (rc == 1)
+			return reason(why, whylen, "%s: '%s' is not a size (use k, m, g)",
+				      p->name, show(v, shown, sizeof(shown)));
+		break;
+	case P_TIME:
+		rc = parse_scaled(v, "smhd", time_mult, &n);
+		if (rc == 1)
+			return reason(why, whylen, "%s: '%s' is not a time (use s, m, h, d)",
+				      p->name, show(v, shown, sizeof(shown)));
+		break;
+	default:
+		rc = parse_scaled(v, NULL, NULL, &n);
+		if (rc == 1)
+			return reason(why, whylen, "%s: '%s' is not a number",
+				      p->name, show(v, shown, sizeof(shown)));
+		break;
+	}
+	if (rc == 2 || n > p->max)
+		return reason(why, whylen, "%s: %s is above the maximum %lld",
+			      p->name, show(v, shown, sizeof(shown)), p->max);
+	if (n < p->min)
+		return reason(why, whylen, "%s: %s is below the minimum %lld",
+			      p->name, show(v, shown, sizeof(shown)), p->min);
+	if (p->type == P_SIZE)
+		*AT(cf, p->off, long long) = n;
+	else
+		*AT(cf, p->off, int) = (int)n;
+	return 0;
+}
+
+static int
+set_list(struct config *cf, const struct param *p, const char *v,
+	 char *why, size_t whylen)
+{
+	char ***listp = AT(cf, p->off, char **);
+	size_t *np = AT(cf, p->off2, size_t);
+	char shown[80];
+	size_t len, i;
+
+	while (*v != '\0') {
+		len = strcspn(v, " \t\r\f\v,");
+		if (len > 0 && (p->flags & F_DOMAIN) && !domain_ok(v, len)) {
+			char *w = xstrndup(v, len);
+
+			reason(why, whylen, "%s: '%s' is not a domain name", p->name,
+			       show(w, shown, sizeof(shown)));
+			free(w);
+			return -1;
+		}
+		if (len > 0) {
+			*listp = xrealloc(*listp, (*np + 2) * sizeof(char *));
+			(*listp)[*np] = xstrndup(v, len);
+			for (i = 0; i < len; i++)
+				if ((*listp)[*np][i] >= 'A' && (*listp)[*np][i] <= 'Z')
+					(*listp)[*np][i] += 'a' - 'A';
+			(*np)++;
+			(*listp)[*np] = NULL;
+		}
+		v += len;
+		v += strspn(v, " \t\r\f\v,");
+	}
+	/* an explicitly empty list is still a valid NULL-terminated list */
+	if (*listp == NULL)
+		*listp = xcalloc(1, sizeof(char *));
+	return 0;
+}
+
+static int
+set_enum(struct config *cf, const struct param *p, const char *v,
+	 char *why, size_t whylen)
+{
+	char shown[80], all[128] = "";
+	int i;
+
+	for (i = 0; p->names[i] != NULL; i++)
+		if (strcmp(v, p->names[i]) == 0) {
+			*AT(cf, p->off, int) = i;
+			return 0;
+		}
+	for (i = 0; p->names[i] != NULL; i++)
+		snprintf(all + strlen(all), sizeof(all) - strlen(all), "%s%s",
+			 i ? " or " : "", p->names[i]);
+	return reason(why, whylen, "%s: '%s' is not %s", p->name,
+		      show(v, shown, sizeof(shown)), all);
+}
+
+/* "HOST:PORT [ROLE]": HOST is dotted IPv4 or [IPv6], stored canonical and
+ * without brackets so that two spellings of one address are caught as a
+ * repeat here rather than as EADDRINUSE at bind time. */
+static int
+set_listen(struct config *cf, const struct param *p, const char *v,
+	   char *why, size_t whylen)
+{
+	struct listen_spec **lp = AT(cf, p->off, struct listen_spec *);
+	size_t *np = AT(cf, p->off2, size_t);
+	char buf[CONF_LINE_MAX + 1], shown[80], host[INET6_ADDRSTRLEN];
+	unsigned char bin[16];
+	char *addr, *role, *port, *end, *h;
+	int af;
+	long long pn;
+	enum listen_role r = ROLE_MX;
+	size_t i;
+
+	snprintf(buf, sizeof(buf), "%s", v);
+	addr = buf;
+	role = addr + strcspn(addr, " \t");
+	if (*role != '\0') {
+		*role++ = '\0';
+		role = trim(role);
+	}
+	if (*role == '\0' || strcmp(role, "mx") == 0)
+		r = ROLE_MX;
+	else if (strcmp(role, "submission") == 0)
+		r = ROLE_SUBMISSION;
+	else
+		return reason(why, whylen, "%s: role '%s' is not mx or submission",
+			      p->name, show(role, shown, sizeof(shown)));
+
+	if (addr[0] == '[') {
+		af = AF_INET6;
+		h = addr + 1;
+		if ((end = strchr(h, ']')) == NULL || end[1] != ':')
+			return reason(why, whylen, "%s: '%s' is not HOST:PORT or [IPv6]:PORT",
+				      p->name, show(addr, shown, sizeof(shown)));
+		*end = '\0';
+		port = end + 2;
+	} else {
+		af = AF_INET;
+		h = addr;
+		if ((end = strchr(h, ':')) == NULL)
+			return reason(why, whylen, "%s: '%s' is not HOST:PORT or [IPv6]:PORT",
+				      p->name, show(addr, shown, sizeof(shown)));
+		*end = '\0';
+		port = end + 1;
+	}
+	if (inet_pton(af, h, bin) != 1)
+		return reason(why, whylen, "%s: '%s' is not a numeric %s address",
+			      p->name, show(h, shown, sizeof(shown)),
+			      af == AF_INET ? "IPv4" : "IPv6");
+	if (inet_ntop(af, bin, host, sizeof(host)) == NULL)
+		msg_panic("inet_ntop: %s", strerror(errno));
+	if (port[0] == '+' || port[0] == '-' ||
+	    parse_scaled(port, NULL, NULL, &pn) != 0 || pn < 1 || pn > 65535)
+		return reason(why, whylen, "%s: port '%s' is not a number in 1..65535",
+			      p->name, show(port, shown, sizeof(shown)));
+	snprintf(buf, sizeof(buf), "%lld", pn);
+	for (i = 0; i < *np; i++)
+		if (strcmp((*lp)[i].host, host) == 0 && strcmp((*lp)[i].port, buf) == 0)
+			return reason(why, whylen, "%s: %s%s%s:%s is given twice", p->name,
+				      af == AF_INET6 ? "[" : "", host,
+				      af == AF_INET6 ? "]" : "", buf);
+	*lp = xrealloc(*lp, (*np + 1) * sizeof(**lp));
+	(*lp)[*np].host = xstrdup(host);
+	(*lp)[*np].port = xstrdup(buf);
+	(*lp)[*np].role = r;
+	(*np)++;
+	return 0;
+}
+
+/* Sets one parameter from its trimmed value; on error writes the reason
+ * (without FILE:LINE) into why and returns -1. */
+static int
+set_param(struct config *cf, const struct param *p, const char *v,
+	  char *why, size_t whylen)
+{
+	char **sp;
+
+	/* only a string or a list can be meaningfully empty */
+	if (*v == '\0' && ((p->flags & F_NONEMPTY) ||
+	    (p->type != P_STR && p->type != P_LIST)))
+		return reason(why, whylen, "%s: missing value", p->name);
+	switch (p->type) {
+	case P_STR:
+		if (*v && (p->flags & F_DOMAIN) && !domain_ok(v, strlen(v))) {
+			char shown[80];
+
+			return reason(why, whylen, "%s: '%s' is not a domain name",
+				      p->name, show(v, shown, sizeof(shown)));
+		}
+		sp = AT(cf, p->off, char *);
+		free(*sp);
+		*sp = *v ? xstrdup(v) : NULL;
+		return 0;
+	case P_INT:
+	case P_SIZE:
+	case P_TIME:
+		return set_number(cf, p, v, why, whylen);
+	case P_LIST:
+		return set_list(cf, p, v, why, whylen);
+	case P_ENUM:
+		return set_enum(cf, p, v, why, whylen);
+	case P_LISTEN:
+		return set_listen(cf, p, v, why, whylen);
+	}
+	msg_panic("config: parameter %s has unknown type %d", p->name, (int)p->type);
+}
+
+static const struct param *
+find_param(const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < NPARAMS; i++)
+		if (strcmp(params[i].name, name) == 0)
+			return &params[i];
+	return NULL;
+}
+
+static void
+system_hostname(char *buf, size_t buflen)
+{
+	if (gethostname(buf, buflen) < 0)
+		buf[0] = '\0';
+	buf[buflen - 1] = '\0';
+	if (!domain_ok(buf, strlen(buf)))
+		snprintf(buf, buflen, "localhost");
+}
+
+/* The defaults go through the same setters as the file, so that a bad
+ * default in the table is caught by the first test that loads one. */
+static void
+apply_defaults(struct config *cf, const bool *seen)
+{
+	char host[256], why[256];
+	const char *v;
+	size_t i;
+	int ncpu;
+
+	for (i = 0; i < NPARAMS; i++) {
+		const struct param *p = &params[i];
+
+		if (seen[i])
+			continue;
+		v = p->def;
+		if (p->flags & F_DEF_HOST) {
+			if (cf->hostname != NULL) {
+				v = cf->hostname;
+			} else {
+				system_hostname(host, sizeof(host));
+				v = host;
+			}
+		}
+		if (v != NULL && set_param(cf, p, v, why, sizeof(why)) < 0)
+			msg_panic("config: bad built-in default: %s", why);
+	}
+	if (cf->workers == 0) {
+		/* "one per core", capped by the table's own bound */
+		ncpu = (int)sysconf(_SC_NPROCESSORS_ONLN);
+		cf->workers = ncpu < 1 ? 1 : ncpu;
+		if (cf->workers > find_param("workers")->max)
+			cf->workers = (int)find_param("workers")->max;
+	}
+}
+
+static void
+set_err(char *err, size_t errlen, const char *name, unsigned line, const char *why)
+{
+	if (err == NULL || errlen == 0)
+		return;
+	if (line)
+		snprintf(err, errlen, "%s:%u: %s", name, line, why);
+	else
+		snprintf(err, errlen, "%s: %s", name, why);
+}
+
+struct config *
+config_parse(const char *name, const char *text, size_t len,
+	     char *err, size_t errlen)
+{
+	struct config *cf = xcalloc(1, sizeof(*cf));
+	const char *where = name ? name : "(config)";
+	const char *p = text, *end = text + len, *nl;
+	char buf[CONF_LINE_MAX + 1], why[512], shown[80];
+	char *line, *key, *val, *eq;
+	const struct param *pm;
+	bool seen[NPARAMS] = { false };
+	unsigned lineno = 0;
+	size_t n;
+
+	if (err && errlen)
+		err[0] = '\0';
+	cf->file = name ? xstrdup(name) : NULL;
+	while (p < end) {
+		lineno++;
+		nl = memchr(p, '\n', (size_t)(end - p));
+		n = nl ? (size_t)(nl - p) : (size_t)(end - p);
+		if (n > CONF_LINE_MAX) {
+			snprintf(why, sizeof(why), "line is longer than %d bytes", CONF_LINE_MAX);
+			goto fail;
+		}
+		if (memchr(p, '\0', n) != NULL) {
+			snprintf(why, sizeof(why), "line contains a NUL byte");
+			goto fail;
+		}
+		memcpy(buf, p, n);
+		buf[n] = '\0';
+		p = nl ? nl + 1 : end;
+
+		/* '#' ends the line even inside a value: no quoting exists */
+		if ((line = strchr(buf, '#')) != NULL)
+			*line = '\0';
+		line = trim(buf);
+		if (*line == '\0')
+			continue;
+		if ((eq = strchr(line, '=')) == NULL) {
+			snprintf(why, sizeof(why), "missing '='");
+			goto fail;
+		}
+		*eq = '\0';
+		key = trim(line);
+		val = trim(eq + 1);
+		if (*key == '\0') {
+			snprintf(why, sizeof(why), "missing parameter name before '='");
+			goto fail;
+		}
+		if ((pm = find_param(key)) == NULL) {
+			snprintf(why, sizeof(why), "unknown parameter '%s'",
+				 show(key, shown, sizeof(shown)));
+			goto fail;
+		}
+		if (seen[pm - params] && !(pm->flags & F_REPEAT)) {
+			snprintf(why, sizeof(why), "duplicate parameter '%s'", pm->name);
+			goto fail;
+		}
+		seen[pm - params] = true;
+		if (set_param(cf, pm, val, why, sizeof(why)) < 0)
+			goto fail;
+	}
+	apply_defaults(cf, seen);
+	return cf;
+
+fail:
+	set_err(err, errlen, where, lineno, why);
+	config_free(cf);
+	return NULL;
+}
+
+struct config *
+config_load(const char *path, char *err, size_t errlen)
+{
+	struct config *cf;
+	struct dstr text;
+	char chunk[65536], why[256];
+	ssize_t r;
+	int fd;
+
+	if (path == NULL)
+		return config_parse(NULL, "", 0, err, errlen);
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
+		snprintf(why, sizeof(why), "cannot read: %s", strerror(errno));
+		set_err(err, errlen, path, 0, why);
+		return NULL;
+	}
+	dstr_init(&text, CONF_FILE_MAX);
+	for (;;) {
+		r = read(fd, chunk, sizeof(chunk));
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			snprintf(why, sizeof(why), "cannot read: %s", strerror(errno));
+			goto fail;
+		}
+		if (r == 0)
+			break;
+		if (dstr_append(&text, chunk, (size_t)r) < 0) {
+			snprintf(why, sizeof(why), "cannot read: larger than %d bytes",
+				 CONF_FILE_MAX);
+			goto fail;
+		}
+	}
+	close(fd);
+	cf = config_parse(path, text.s ? text.s : "", text.len, err, errlen);
+	dstr_free(&text);
+	return cf;
+
+fail:
+	set_err(err, errlen, path, 0, why);
+	close(fd);
+	dstr_free(&text);
+	return NULL;
+}
+
+void
+config_free(struct config *cf)
+{
+	size_t i;
+
+	if (cf == NULL)
+		return;
+	for (i = 0; i < NPARAMS; i++) {
+		const struct param *p = &params[i];
+
+		switch (p->type) {
+		case P_STR:
+			free(*AT(cf, p->off, char *));
+			break;
+		case P_LIST: {
+			char **l = *AT(cf, p->off, char **);
+			size_t j, n = *AT(cf, p->off2, size_t);
+
+			for (j = 0; j < n; j++)
+				free(l[j]);
+			free(l);
+			break;
+		}
+		case P_LISTEN: {
+			struct listen_spec *l = *AT(cf, p->off, struct listen_spec *);
+			size_t j, n = *AT(cf, p->off2, size_t);
+
+			for (j = 0; j < n; j++) {
+				free(l[j].host);
+				free(l[j].port);
+			}
+			free(l);
+			break;
+		}
+		default:
+			break;
+		}
+	}
+	free(cf->file);
+	free(cf);
+}
+
+bool
+config_is_local_domain(const struct config *cf, const char *domain)
+{
+	size_t i;
+
+	if (cf == NULL || domain == NULL || cf->local_domains == NULL)
+		return false;
+	for (i = 0; i < cf->nlocal_domains; i++)
+		if (strcasecmp(cf->local_domains[i], domain) == 0)
+			return true;
+	return false;
+}

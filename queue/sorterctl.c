@@ -1,0 +1,549 @@
+/*
+ * sorterctl.c - the administrator's view of the queue: `sorterctl queue`
+ * lists the spool and `sorterctl show ID` prints one message.
+ *
+ * Both read the spool directly, so they work while sorterd is down. This
+ * program must never change the spool: not a byte, not a file name. A file
+ * it cannot parse is reported as corrupt and the listing goes on; moving
+ * files aside is the daemon's business.
+ *
+ * Exit codes: 0 ok, 1 runtime error (the message names the file and the
+ * errno text), 2 usage.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "lib/lib.h"
+#include "queue/queue.h"
+
+#ifndef SYSCONFDIR
+#define SYSCONFDIR "/etc"
+#endif
+#define DEFAULT_CONFIG SYSCONFDIR "/sorter/sorter.conf"
+
+#define EXIT_RUNTIME 1
+#define EXIT_USAGE 2
+
+/* Spool folders that hold queued messages, in pipeline order, and the
+ * state each one means to an administrator. */
+static const struct {
+	const char *dir;
+	const char *state;
+} state_dirs[] = {
+	{ "incoming", "active" },
+	{ "active", "active" },
+	{ "deferred", "deferred" },
+	{ "hold", "hold" },
+};
+#define NSTATE_DIRS (sizeof(state_dirs) / sizeof(state_dirs[0]))
+
+static const char *const rcpt_state_names[] = {
+	[RCPT_PENDING] = "pending",
+	[RCPT_DONE] = "delivered",
+	[RCPT_BOUNCED] = "bounced",
+	[RCPT_DELETED] = "deleted",
+};
+
+static void
+usage(void)
+{
+	fprintf(stderr,
+		"usage: sorterctl [-c FILE] queue [--json]\n"
+		"       sorterctl [-c FILE] show ID\n");
+	exit(EXIT_USAGE);
+}
+
+/* ---- reading queue files ---- */
+
+/* A whole file image; content is shown straight from it. */
+struct qfile {
+	unsigned char *buf;
+	size_t len;
+};
+
+/* Returns 0, or -1 with errno set. */
+static int
+read_whole(const char *path, struct qfile *f)
+{
+	struct stat st;
+	size_t cap;
+	ssize_t n;
+	int fd, saved;
+
+	f->buf = NULL;
+	f->len = 0;
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)) < 0)
+		return -1;
+	if (fstat(fd, &st) < 0)
+		goto fail;
+	if (!S_ISREG(st.st_mode)) {
+		errno = EINVAL;
+		goto fail;
+	}
+	if ((unsigned long long)st.st_size >= SIZE_MAX / 4) {
+		errno = EFBIG;
+		goto fail;
+	}
+	cap = (size_t)st.st_size + 1;
+	f->buf = xmalloc(cap);
+	for (;;) {
+		if (f->len == cap) {
+			if (cap >= SIZE_MAX / 4) {
+				errno = EFBIG;
+				goto fail;
+			}
+			cap *= 2;
+			f->buf = xrealloc(f->buf, cap);
+		}
+		n = read(fd, f->buf + f->len, cap - f->len);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			goto fail;
+		}
+		if (n == 0)
+			break;
+		f->len += (size_t)n;
+	}
+	close(fd);
+	return 0;
+fail:
+	saved = errno;
+	close(fd);
+	free(f->buf);
+	f->buf = NULL;
+	errno = saved;
+	return -1;
+}
+
+/* Finds id in the state folders. Returns the folder index with the file
+ * read into f, -1 when it is in none of them, -2 on an I/O error (errno
+ * set, path holds the file name). */
+static int
+find_message(const char *spool_dir, const char *id, struct qfile *f,
+	     char *path, size_t pathlen)
+{
+	size_t i;
+
+	for (i = 0; i < NSTATE_DIRS; i++) {
+		snprintf(path, pathlen, "%s/%s/%s", spool_dir, state_dirs[i].dir, id);
+		if (read_whole(path, f) == 0)
+			return (int)i;
+		if (errno != ENOENT)
+			return -2;
+	}
+	return -1;
+}
+
+/* ---- output helpers ---- */
+
+/* Envelope fields come from the network: keep control characters off the
+ * administrator's terminal. */
+static void
+put_text(const char *s)
+{
+	for (; *s; s++)
+		putchar((unsigned char)*s < 0x20 || *s == 0x7f ? '?' : *s);
+}
+
+static void
+format_local(uint64_t usec, const char *fmt, char *buf, size_t buflen)
+{
+	time_t t = (time_t)(usec / 1000000u);
+	struct tm tm;
+
+	if (localtime_r(&t, &tm) == NULL || strftime(buf, buflen, fmt, &tm) == 0)
+		snprintf(buf, buflen, "?");
+}
+
+static void
+format_utc(uint64_t usec, char *buf, size_t buflen)
+{
+	time_t t = (time_t)(usec / 1000000u);
+	struct tm tm;
+
+	if (gmtime_r(&t, &tm) == NULL ||
+	    strftime(buf, buflen, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+		snprintf(buf, buflen, "?");
+}
+
+/* Length of a valid UTF-8 sequence at s (at most n bytes), or 0. */
+static size_t
+utf8_len(const unsigned char *s, size_t n)
+{
+	size_t len, i;
+	unsigned cp;
+
+	if (s[0] < 0x80)
+		return 1;
+	if (s[0] >= 0xc2 && s[0] <= 0xdf) {
+		len = 2;
+		cp = s[0] & 0x1f;
+	} else if (s[0] >= 0xe0 && s[0] <= 0xef) {
+		len = 3;
+		cp = s[0] & 0x0f;
+	} else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
+		len = 4;
+		cp = s[0] & 0x07;
+	} else {
+		return 0;
+	}
+	if (n < len)
+		return 0;
+	for (i = 1; i < len; i++) {
+		if ((s[i] & 0xc0) != 0x80)
+			return 0;
+		cp = cp << 6 | (s[i] & 0x3f);
+	}
+	/* overlong forms, surrogates, beyond U+10FFFF */
+	if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
+	    (cp >= 0xd800 && cp <= 0xdfff))
+		return 0;
+	return len;
+}
+
+/* A JSON string. Bytes that are not UTF-8 become U+FFFD so that the
+ * output is always valid JSON, whatever a client put in its envelope. */
+static void
+put_json_str(const char *str)
+{
+	const unsigned char *s = (const unsigned char *)str;
+	size_t n = strlen(str), k;
+
+	putchar('"');
+	while (n > 0) {
+		if (*s == '"' || *s == '\\') {
+			printf("\\%c", *s);
+			k = 1;
+		} else if (*s < 0x20 || *s == 0x7f) {
+			printf("\\u%04x", *s);
+			k = 1;
+		} else if ((k = utf8_len(s, n)) == 0) {
+			fputs("\\ufffd", stdout);
+			k = 1;
+		} else {
+			fwrite(s, 1, k, stdout);
+		}
+		s += k;
+		n -= k;
+	}
+	putchar('"');
+}
+
+/* ---- sorterctl queue ---- */
+
+struct entry {
+	char id[QID_LEN + 1];
+	size_t dir;                /* index into state_dirs */
+};
+
+static int
+entry_cmp(const void *a, const void *b)
+{
+	const struct entry *x = a, *y = b;
+	int c = strcmp(x->id, y->id);
+
+	if (c != 0)
+		return c;
+	return x->dir < y->dir ? -1 : x->dir > y->dir;
+}
+
+/* Collects the queue ids in every state folder, sorted by id (which is
+ * arrival order). Returns -1 with a message on stderr when a folder cannot
+ * be read. */
+static int
+collect(const char *spool_dir, struct entry **out, size_t *nout)
+{
+	struct entry *v = NULL;
+	size_t n = 0, cap = 0, i, j;
+	struct dirent *de;
+	char path[4096];
+	DIR *d;
+
+	for (i = 0; i < NSTATE_DIRS; i++) {
+		snprintf(path, sizeof(path), "%s/%s", spool_dir, state_dirs[i].dir);
+		if ((d = opendir(path)) == NULL) {
+			fprintf(stderr, "sorterctl: open %s: %s\n", path, strerror(errno));
+			free(v);
+			return -1;
+		}
+		while ((de = readdir(d)) != NULL) {
+			if (!qid_valid(de->d_name))
+				continue;      /* ".", "..", anything not a queue file */
+			if (n == cap) {
+				cap = cap ? cap * 2 : 64;
+				v = xrealloc(v, cap * sizeof(*v));
+			}
+			memcpy(v[n].id, de->d_name, QID_LEN + 1);
+			v[n].dir = i;
+			n++;
+		}
+		closedir(d);
+	}
+	if (n > 0)
+		qsort(v, n, sizeof(*v), entry_cmp);
+	/* A message moved between two folders while they were read shows up
+	 * twice: list it once. */
+	for (i = j = 0; i < n; i++)
+		if (j == 0 || strcmp(v[j - 1].id, v[i].id) != 0)
+			v[j++] = v[i];
+	*out = v;
+	*nout = j;
+	return 0;
+}
+
+struct listed {
+	const char *state;
+	struct spool_msg msg;
+	char reason[256];          /* set when corrupt */
+};
+
+static void
+print_plain(const struct entry *e, const struct listed *l)
+{
+	char when[32];
+	size_t i;
+
+	if (l->reason[0] != '\0') {
+		printf("%-12s  %8s  %-19s  %-8s  (", e->id, "-", "-", "corrupt");
+		put_text(l->reason);
+		printf(")\n\n");
+		return;
+	}
+	format_local(l->msg.arrival_usec, "%Y-%m-%d %H:%M:%S", when, sizeof(when));
+	printf("%-12s  %8zu  %-19s  %-8s  <", e->id, l->msg.content_len, when, l->state);
+	put_text(l->msg.sender);
+	printf(">\n");
+	for (i = 0; i < l->msg.nrcpt; i++) {
+		printf("    ");
+		put_text(l->msg.rcpts[i].addr);
+		if (l->msg.rcpts[i].state != RCPT_PENDING)
+			printf(" (%s)", rcpt_state_names[l->msg.rcpts[i].state]);
+		putchar('\n');
+	}
+	putchar('\n');
+}
+
+static void
+print_json(const struct entry *e, const struct listed *l)
+{
+	char when[32];
+	size_t i;
+
+	if (l->reason[0] != '\0') {
+		printf("{\"id\":\"%s\",\"state\":\"corrupt\",\"error\":", e->id);
+		put_json_str(l->reason);
+		putchar('}');
+		return;
+	}
+	format_utc(l->msg.arrival_usec, when, sizeof(when));
+	printf("{\"id\":\"%s\",\"size\":%zu,\"arrival\":\"%s\",\"arrival_usec\":%llu,"
+	       "\"state\":\"%s\",\"sender\":", e->id, l->msg.content_len, when,
+	       (unsigned long long)l->msg.arrival_usec, l->state);
+	put_json_str(l->msg.sender);
+	printf(",\"recipients\":[");
+	for (i = 0; i < l->msg.nrcpt; i++) {
+		printf("%s{\"address\":", i ? "," : "");
+		put_json_str(l->msg.rcpts[i].addr);
+		printf(",\"state\":\"%s\"}", rcpt_state_names[l->msg.rcpts[i].state]);
+	}
+	printf("],\"last_error\":null}");
+}
+
+/* Reads one listed message. Returns 1 when it has left the queue since the
+ * folder was read (nothing to list), 0 when l is filled in (parsed or
+ * corrupt), -1 on an I/O error (reported). */
+static int
+load_entry(const char *spool_dir, const struct entry *e, struct listed *l)
+{
+	char path[4096];
+	struct qfile f;
+	int where;
+
+	memset(l, 0, sizeof(*l));
+	where = find_message(spool_dir, e->id, &f, path, sizeof(path));
+	if (where == -1)
+		return 1;
+	if (where == -2) {
+		fprintf(stderr, "sorterctl: read %s: %s\n", path, strerror(errno));
+		return -1;
+	}
+	l->state = state_dirs[where].state;
+	if (spool_parse(f.buf, f.len, &l->msg, l->reason, sizeof(l->reason)) < 0 &&
+	    l->reason[0] == '\0')
+		snprintf(l->reason, sizeof(l->reason), "unparseable");
+	free(f.buf);
+	return 0;
+}
+
+static int
+cmd_queue(const char *spool_dir, bool json)
+{
+	struct entry *v;
+	struct listed l;
+	size_t n, i, shown = 0;
+	unsigned long long bytes = 0;
+	int rc = 0, r;
+
+	if (collect(spool_dir, &v, &n) < 0)
+		return EXIT_RUNTIME;
+	if (json)
+		putchar('[');
+	else if (n > 0)
+		printf("%-12s  %8s  %-19s  %-8s  %s\n", "-Queue ID---", "--Size--",
+		       "----Arrival Time---", "-State--", "-Sender/Recipient-------");
+	for (i = 0; i < n; i++) {
+		r = load_entry(spool_dir, &v[i], &l);
+		if (r < 0)
+			rc = EXIT_RUNTIME;
+		if (r != 0)
+			continue;
+		if (json) {
+			fputs(shown ? ",\n" : "\n", stdout);
+			print_json(&v[i], &l);
+		} else {
+			print_plain(&v[i], &l);
+		}
+		bytes += l.msg.content_len;
+		shown++;
+		spool_msg_free(&l.msg);
+	}
+	if (json)
+		fputs(shown ? "\n]\n" : "]\n", stdout);
+	else if (shown == 0)
+		printf("Queue is empty\n");
+	else
+		printf("-- %zu message%s, %llu KiB\n", shown, shown == 1 ? "" : "s",
+		       (bytes + 1023) / 1024);
+	free(v);
+	return rc;
+}
+
+/* ---- sorterctl show ---- */
+
+static int
+cmd_show(const char *spool_dir, const char *id)
+{
+	char path[4096], err[256], when[64];
+	struct spool_msg m;
+	struct qfile f;
+	size_t i;
+	int where;
+
+	if (!qid_valid(id)) {
+		fprintf(stderr, "sorterctl: %s: not a queue id (%d characters from "
+			"0-9 and A-Z without I, L, O, U)\n", id, QID_LEN);
+		return EXIT_USAGE;
+	}
+	/* a wrong spool_dir must not read as "no such message" */
+	snprintf(path, sizeof(path), "%s/%s", spool_dir, state_dirs[0].dir);
+	if (access(path, X_OK) < 0) {
+		fprintf(stderr, "sorterctl: open %s: %s\n", path, strerror(errno));
+		return EXIT_RUNTIME;
+	}
+	where = find_message(spool_dir, id, &f, path, sizeof(path));
+	if (where == -2) {
+		fprintf(stderr, "sorterctl: read %s: %s\n", path, strerror(errno));
+		return EXIT_RUNTIME;
+	}
+	if (where == -1) {
+		/* moved aside by the daemon: say so rather than "no such message" */
+		snprintf(path, sizeof(path), "%s/corrupt/%s", spool_dir, id);
+		if (access(path, F_OK) == 0)
+			fprintf(stderr, "sorterctl: %s: moved to corrupt/ (it cannot be parsed): %s\n",
+				id, path);
+		else
+			fprintf(stderr, "sorterctl: %s: no such message in the queue\n", id);
+		return EXIT_RUNTIME;
+	}
+	if (spool_parse(f.buf, f.len, &m, err, sizeof(err)) < 0) {
+		fprintf(stderr, "sorterctl: %s: corrupt queue file: %s\n", path, err);
+		free(f.buf);
+		return EXIT_RUNTIME;
+	}
+	format_local(m.arrival_usec, "%Y-%m-%d %H:%M:%S %z", when, sizeof(when));
+	printf("id: %s\nstate: %s\narrival: %s\nsize: %zu\nclient: ", id,
+	       state_dirs[where].state, when, m.content_len);
+	put_text(m.client);
+	printf("\nhelo: ");
+	put_text(m.helo);
+	printf("\nprotocol: ");
+	put_text(m.proto);
+	printf("\nsender: <");
+	put_text(m.sender);
+	printf(">\n");
+	if (m.sender_params != NULL) {
+		printf("sender params: ");
+		put_text(m.sender_params);
+		putchar('\n');
+	}
+	for (i = 0; i < m.nrcpt; i++) {
+		printf("recipient: ");
+		put_text(m.rcpts[i].addr);
+		printf(" (%s)\n", rcpt_state_names[m.rcpts[i].state]);
+	}
+	putchar('\n');
+	fwrite(f.buf + m.content_offset, 1, m.content_len, stdout);
+	spool_msg_free(&m);
+	free(f.buf);
+	return 0;
+}
+
+int
+main(int argc, char **argv)
+{
+	const char *config_file = DEFAULT_CONFIG, *cmd;
+	struct config *cf;
+	char err[512];
+	int c, rc;
+
+	while ((c = getopt(argc, argv, "+c:")) != -1) {
+		switch (c) {
+		case 'c':
+			config_file = optarg;
+			break;
+		default:
+			usage();
+		}
+	}
+	argc -= optind;
+	argv += optind;
+	if (argc < 1)
+		usage();
+	cmd = argv[0];
+	/* check the command line before touching the config */
+	if (strcmp(cmd, "queue") == 0) {
+		if (argc > 2 || (argc == 2 && strcmp(argv[1], "--json") != 0))
+			usage();
+	} else if (strcmp(cmd, "show") == 0) {
+		if (argc != 2)
+			usage();
+	} else {
+		fprintf(stderr, "sorterctl: unknown command \"%s\"\n", cmd);
+		usage();
+	}
+
+	if ((cf = config_load(config_file, err, sizeof(err))) == NULL) {
+		fprintf(stderr, "sorterctl: %s\n", err);
+		return EXIT_RUNTIME;
+	}
+	if (strcmp(cmd, "queue") == 0)
+		rc = cmd_queue(cf->spool_dir, argc == 2);
+	else
+		rc = cmd_show(cf->spool_dir, argv[1]);
+	config_free(cf);
+	if (fflush(stdout) != 0 || ferror(stdout)) {
+		fprintf(stderr, "sorterctl: write to standard output: %s\n", strerror(errno));
+		return EXIT_RUNTIME;
+	}
+	return rc;
+}

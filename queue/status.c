@@ -1,0 +1,211 @@
+/*
+ * status.c - the per-message status file kept beside a deferred message
+ * (defer/ID): attempt count, whether a delay warning went out, each
+ * pending recipient's last error, and which alias-expanded addresses of a
+ * still pending recipient are already final (so that a retry does not
+ * deliver them twice).
+ *
+ * The queue file itself is never rewritten (only recipient marks change),
+ * so this is where what a retry must know lives. It is replaced atomically
+ * (temp file, fsync, rename, directory fsync). A missing or unreadable
+ * status file only loses history, never mail.
+ *
+ * Format, one item per line (TAB separated, no TAB/CR/LF inside fields):
+ *   attempts N
+ *   warned 0|1
+ *   error INDEX TEXT       last error of spool recipient INDEX
+ *   done INDEX ADDRESS     ADDRESS, expanded from recipient INDEX, is final
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "lib/lib.h"
+#include "queue/queue.h"
+
+#define STATUS_MAX (1024 * 1024)
+
+void
+qstatus_init(struct qstatus *st)
+{
+	memset(st, 0, sizeof(*st));
+}
+
+void
+qstatus_free(struct qstatus *st)
+{
+	size_t i;
+
+	for (i = 0; i < st->nitems; i++)
+		free(st->items[i].text);
+	free(st->items);
+	qstatus_init(st);
+}
+
+static void
+add_item(struct qstatus *st, enum qstatus_kind kind, size_t index, const char *text, size_t len)
+{
+	struct qstatus_item *it;
+
+	st->items = xrealloc(st->items, (st->nitems + 1) * sizeof(*st->items));
+	it = &st->items[st->nitems++];
+	it->kind = kind;
+	it->index = index;
+	it->text = xstrndup(text, len);
+}
+
+void
+qstatus_set_error(struct qstatus *st, size_t index, const char *text)
+{
+	char clean[512];
+	size_t i, n;
+
+	for (n = 0; text[n] && n < sizeof(clean) - 1; n++)
+		clean[n] = (text[n] == '\t' || text[n] == '\r' || text[n] == '\n') ? ' ' : text[n];
+	clean[n] = '\0';
+	for (i = 0; i < st->nitems; i++)
+		if (st->items[i].kind == QS_ERROR && st->items[i].index == index) {
+			free(st->items[i].text);
+			st->items[i].text = xstrdup(clean);
+			return;
+		}
+	add_item(st, QS_ERROR, index, clean, n);
+}
+
+void
+qstatus_add_done(struct qstatus *st, size_t index, const char *address)
+{
+	if (!qstatus_is_done(st, index, address))
+		add_item(st, QS_DONE, index, address, strlen(address));
+}
+
+bool
+qstatus_is_done(const struct qstatus *st, size_t index, const char *address)
+{
+	size_t i;
+
+	for (i = 0; i < st->nitems; i++)
+		if (st->items[i].kind == QS_DONE && st->items[i].index == index &&
+		    strcmp(st->items[i].text, address) == 0)
+			return true;
+	return false;
+}
+
+const char *
+qstatus_error(const struct qstatus *st, size_t index)
+{
+	size_t i;
+
+	for (i = 0; i < st->nitems; i++)
+		if (st->items[i].kind == QS_ERROR && st->items[i].index == index)
+			return st->items[i].text;
+	return NULL;
+}
+
+int
+qstatus_parse(const char *buf, size_t len, struct qstatus *st)
+{
+	const char *p = buf, *end = buf + len, *nl, *tab, *tab2;
+	unsigned long v;
+	char *e, num[32];
+
+	qstatus_init(st);
+	while (p < end) {
+		nl = memchr(p, '\n', (size_t)(end - p));
+		if (nl == NULL)
+			return -1;          /* torn: every line ends in LF */
+		tab = memchr(p, '\t', (size_t)(nl - p));
+		if (tab == NULL)
+			goto bad;
+		tab2 = memchr(tab + 1, '\t', (size_t)(nl - tab - 1));
+		if ((size_t)((tab2 ? tab2 : nl) - tab - 1) >= sizeof(num))
+			goto bad;
+		memcpy(num, tab + 1, (size_t)((tab2 ? tab2 : nl) - tab - 1));
+		num[(tab2 ? tab2 : nl) - tab - 1] = '\0';
+		errno = 0;
+		v = strtoul(num, &e, 10);
+		if (errno || e == num || *e)
+			goto bad;
+		if (tab - p == 8 && memcmp(p, "attempts", 8) == 0 && !tab2)
+			st->attempts = (unsigned)v;
+		else if (tab - p == 6 && memcmp(p, "warned", 6) == 0 && !tab2)
+			st->warned = v != 0;
+		else if (tab - p == 5 && memcmp(p, "error", 5) == 0 && tab2)
+			add_item(st, QS_ERROR, v, tab2 + 1, (size_t)(nl - tab2 - 1));
+		else if (tab - p == 4 && memcmp(p, "done", 4) == 0 && tab2)
+			add_item(st, QS_DONE, v, tab2 + 1, (size_t)(nl - tab2 - 1));
+		else
+			goto bad;
+		p = nl + 1;
+	}
+	return 0;
+bad:
+	qstatus_free(st);
+	return -1;
+}
+
+int
+qstatus_read(const char *path, struct qstatus *st)
+{
+	struct dstr d;
+	char buf[8192];
+	ssize_t n;
+	int fd, rc;
+
+	qstatus_init(st);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return errno == ENOENT ? 0 : -1;
+	dstr_init(&d, STATUS_MAX);
+	while ((n = read(fd, buf, sizeof(buf))) > 0)
+		if (dstr_append(&d, buf, (size_t)n) < 0)
+			break;
+	close(fd);
+	rc = qstatus_parse(d.s ? d.s : "", d.len, st);
+	dstr_free(&d);
+	return rc;
+}
+
+void
+qstatus_format(const struct qstatus *st, struct dstr *out)
+{
+	size_t i;
+
+	dstr_printf(out, "attempts\t%u\nwarned\t%d\n", st->attempts, st->warned ? 1 : 0);
+	for (i = 0; i < st->nitems; i++)
+		dstr_printf(out, "%s\t%zu\t%s\n", st->items[i].kind == QS_DONE ? "done" : "error",
+			    st->items[i].index, st->items[i].text);
+}
+
+int
+qstatus_write(int dirfd, struct dirsync *ds, const char *id, const struct qstatus *st)
+{
+	char tmp[QID_LEN + 8];
+	struct dstr d;
+	int fd, err = 0;
+
+	snprintf(tmp, sizeof(tmp), "%s.tmp", id);
+	dstr_init(&d, 0);
+	qstatus_format(st, &d);
+	fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		dstr_free(&d);
+		return errno;
+	}
+	if (write_all(fd, d.s, d.len) < 0 || fsync(fd) < 0)
+		err = errno;
+	close(fd);
+	dstr_free(&d);
+	if (err == 0 && renameat(dirfd, tmp, dirfd, id) < 0)
+		err = errno;
+	if (err) {
+		unlinkat(dirfd, tmp, 0);
+		return err;
+	}
+	return ds ? dirsync_wait(ds) : 0;
+}

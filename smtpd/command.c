@@ -1,0 +1,431 @@
+/*
+ * command.c - the SMTP command-line parser: verb, argument, and for MAIL
+ * and RCPT the path and ESMTP parameters (RFC 5321 4.1.1, RFC 1870 SIZE,
+ * RFC 6152 8BITMIME, RFC 3461 DSN, RFC 4954 AUTH=).
+ *
+ * A pure function over one line whose CRLF the caller has removed: no I/O,
+ * no allocation, no state, no knowledge of the session. It decides only
+ * whether the line is well formed; whether the command is allowed now
+ * (state, limits, policy) is the session's business. It must never read
+ * outside the line and never accept a control character, so that nothing
+ * downstream (logs, spool records) can be fed one through a command.
+ */
+#include "config.h"
+
+#include <limits.h>
+#include <string.h>
+#include <strings.h>
+
+#include "lib/lib.h"
+#include "smtpd/smtpd.h"
+
+enum arg_rule { ARG_NONE, ARG_OPTIONAL, ARG_REQUIRED };
+
+typedef enum cmd_status (*arg_parser)(const char *arg, size_t len,
+				      struct smtp_cmd *cmd, const char **why);
+
+static enum cmd_status parse_mail(const char *, size_t, struct smtp_cmd *, const char **);
+static enum cmd_status parse_rcpt(const char *, size_t, struct smtp_cmd *, const char **);
+
+/* The one table of verbs. `usage` is the reason given for a missing or
+ * unexpected argument. */
+static const struct verb_def {
+	const char *name;
+	enum smtp_verb verb;
+	enum arg_rule arg;
+	arg_parser parse;       /* NULL: the argument is taken as it is */
+	const char *usage;
+} verbs[] = {
+	{ "HELO", VERB_HELO, ARG_REQUIRED, NULL, "Syntax: HELO hostname" },
+	{ "EHLO", VERB_EHLO, ARG_REQUIRED, NULL, "Syntax: EHLO hostname" },
+	{ "MAIL", VERB_MAIL, ARG_REQUIRED, parse_mail, "Syntax: MAIL FROM:<address>" },
+	{ "RCPT", VERB_RCPT, ARG_REQUIRED, parse_rcpt, "Syntax: RCPT TO:<address>" },
+	{ "DATA", VERB_DATA, ARG_NONE, NULL, "Syntax: DATA" },
+	{ "RSET", VERB_RSET, ARG_NONE, NULL, "Syntax: RSET" },
+	{ "NOOP", VERB_NOOP, ARG_OPTIONAL, NULL, NULL },
+	{ "QUIT", VERB_QUIT, ARG_NONE, NULL, "Syntax: QUIT" },
+	{ "VRFY", VERB_VRFY, ARG_REQUIRED, NULL, "Syntax: VRFY address" },
+	{ "EXPN", VERB_EXPN, ARG_REQUIRED, NULL, "Syntax: EXPN list" },
+	{ "HELP", VERB_HELP, ARG_OPTIONAL, NULL, NULL },
+	{ "STARTTLS", VERB_STARTTLS, ARG_NONE, NULL, "Syntax: STARTTLS" },
+	{ "AUTH", VERB_AUTH, ARG_REQUIRED, NULL, "Syntax: AUTH mechanism [initial-response]" },
+	/* recognised so that the reply says "not offered", not "unknown" */
+	{ "BDAT", VERB_BDAT, ARG_OPTIONAL, NULL, NULL },
+};
+
+#define NVERBS (sizeof(verbs) / sizeof(verbs[0]))
+
+/* ---- ESMTP parameters ---- */
+
+typedef const char *(*param_parser)(const char *v, size_t n, struct smtp_params *p);
+
+static const char *param_size(const char *, size_t, struct smtp_params *);
+static const char *param_body(const char *, size_t, struct smtp_params *);
+static const char *param_ret(const char *, size_t, struct smtp_params *);
+static const char *param_envid(const char *, size_t, struct smtp_params *);
+static const char *param_auth(const char *, size_t, struct smtp_params *);
+static const char *param_notify(const char *, size_t, struct smtp_params *);
+static const char *param_orcpt(const char *, size_t, struct smtp_params *);
+
+/* Every parameter takes a value; each may appear once per command. */
+static const struct param_def {
+	const char *name;
+	enum smtp_verb verb;    /* the command it belongs to */
+	param_parser parse;     /* returns NULL or why the value is bad */
+} params[] = {
+	{ "SIZE", VERB_MAIL, param_size },
+	{ "BODY", VERB_MAIL, param_body },
+	{ "RET", VERB_MAIL, param_ret },
+	{ "ENVID", VERB_MAIL, param_envid },
+	{ "AUTH", VERB_MAIL, param_auth },
+	{ "NOTIFY", VERB_RCPT, param_notify },
+	{ "ORCPT", VERB_RCPT, param_orcpt },
+};
+
+#define NPARAMS (sizeof(params) / sizeof(params[0]))
+
+static bool
+is_letdig(int c)
+{
+	return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
+}
+
+/* case-insensitive comparison of a counted string with a C string */
+static bool
+word_is(const char *s, size_t n, const char *w)
+{
+	return strlen(w) == n && strncasecmp(s, w, n) == 0;
+}
+
+static int
+hexval(int c)
+{
+	/* RFC 3461 4: hexchar is "+" and two *upper case* hex digits */
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/*
+ * RFC 3461 xtext: xchar ("!".."~" except "+" and "=") or "+" HEX HEX.
+ * Each decoded byte must be in lo..126: DSNs carry these values as plain
+ * US-ASCII (graphic only for ENVID, graphic and space for ORCPT).
+ */
+static bool
+xtext_valid(const char *s, size_t n, int lo)
+{
+	size_t i;
+	int hi, low;
+
+	for (i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+
+		if (c == '+') {
+			if (n - i < 3 || (hi = hexval(s[i + 1])) < 0 ||
+			    (low = hexval(s[i + 2])) < 0)
+				return false;
+			if (hi * 16 + low < lo || hi * 16 + low > 126)
+				return false;
+			i += 2;
+		} else if (c < 33 || c > 126 || c == '=') {
+			return false;
+		}
+	}
+	return true;
+}
+
+static const char *
+param_size(const char *v, size_t n, struct smtp_params *p)
+{
+	long long size = 0;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		if (v[i] < '0' || v[i] > '9')
+			return "invalid SIZE value";
+		if (size > (LLONG_MAX - (v[i] - '0')) / 10)
+			return "SIZE value too large";
+		size = size * 10 + (v[i] - '0');
+	}
+	p->size = size;
+	return NULL;
+}
+
+static const char *
+param_body(const char *v, size_t n, struct smtp_params *p)
+{
+	if (word_is(v, n, "7BIT"))
+		p->body = BODY_7BIT;
+	else if (word_is(v, n, "8BITMIME"))
+		p->body = BODY_8BITMIME;
+	else
+		return "unsupported BODY type";
+	return NULL;
+}
+
+static const char *
+param_ret(const char *v, size_t n, struct smtp_params *p)
+{
+	if (word_is(v, n, "FULL"))
+		p->ret = 1;
+	else if (word_is(v, n, "HDRS"))
+		p->ret = 2;
+	else
+		return "invalid RET value";
+	return NULL;
+}
+
+static const char *
+param_envid(const char *v, size_t n, struct smtp_params *p)
+{
+	if (n > XTEXT_MAX)
+		return "ENVID too long";
+	if (!xtext_valid(v, n, 33))
+		return "invalid ENVID value";
+	memcpy(p->envid, v, n);
+	p->envid[n] = '\0';
+	return NULL;
+}
+
+/* RFC 4954 5: accepted and ignored, the identity comes from our own AUTH */
+static const char *
+param_auth(const char *v, size_t n, struct smtp_params *p)
+{
+	return NULL;
+}
+
+/* "NEVER" alone, or a list of SUCCESS, FAILURE, DELAY, each at most once */
+static const char *
+param_notify(const char *v, size_t n, struct smtp_params *p)
+{
+	static const struct {
+		const char *name;
+		int bit;
+	} words[] = { { "SUCCESS", 1 }, { "FAILURE", 2 }, { "DELAY", 4 }, { "NEVER", 8 } };
+	const char *end = v + n, *w, *comma;
+	int set = 0;
+	size_t i;
+
+	for (w = v; ; w = comma + 1) {
+		if ((comma = memchr(w, ',', (size_t)(end - w))) == NULL)
+			comma = end;
+		for (i = 0; i < sizeof(words) / sizeof(words[0]); i++)
+			if (word_is(w, (size_t)(comma - w), words[i].name))
+				break;
+		if (i == sizeof(words) / sizeof(words[0]) || (set & words[i].bit))
+			return "invalid NOTIFY value";
+		set |= words[i].bit;
+		if (comma == end)
+			break;
+	}
+	if ((set & 8) && set != 8)
+		return "NOTIFY=NEVER must be alone";
+	p->notify = set;
+	return NULL;
+}
+
+/* addr-type ";" xtext, stored as received (RFC 3461 4.2) */
+static const char *
+param_orcpt(const char *v, size_t n, struct smtp_params *p)
+{
+	const char *semi = memchr(v, ';', n);
+	const char *t;
+
+	if (n >= sizeof(p->orcpt))
+		return "ORCPT too long";
+	if (semi == NULL || semi == v || semi + 1 == v + n)
+		return "invalid ORCPT value";
+	for (t = v; t < semi; t++)
+		if (!is_letdig((unsigned char)*t) && *t != '-')
+			return "invalid ORCPT address type";
+	if (!xtext_valid(semi + 1, (size_t)(v + n - semi - 1), 32))
+		return "invalid ORCPT value";
+	memcpy(p->orcpt, v, n);
+	p->orcpt[n] = '\0';
+	return NULL;
+}
+
+/*
+ * Mail-parameters: SP-separated esmtp-param = esmtp-keyword ["=" esmtp-value]
+ * (RFC 5321 4.1.2). `s` starts right after the path.
+ */
+static enum cmd_status
+parse_params(const char *s, size_t len, struct smtp_cmd *cmd, const char **why)
+{
+	const char *p = s, *end = s + len;
+	unsigned seen = 0;
+
+	if (p < end && *p != ' ') {
+		*why = "unexpected text after address";
+		return CMD_ERR_ADDRESS;
+	}
+	while (p < end) {
+		const char *kw, *eq, *tok_end, *v;
+		size_t i;
+
+		while (p < end && *p == ' ')
+			p++;
+		if (p == end)
+			break;
+		kw = p;
+		while (p < end && *p != ' ')
+			p++;
+		tok_end = p;
+		if ((eq = memchr(kw, '=', (size_t)(tok_end - kw))) == NULL)
+			eq = tok_end;
+
+		/* esmtp-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-") */
+		if (eq == kw || !is_letdig((unsigned char)*kw)) {
+			*why = "malformed parameter";
+			return CMD_ERR_PARAM;
+		}
+		for (v = kw; v < eq; v++) {
+			if (!is_letdig((unsigned char)*v) && *v != '-') {
+				*why = "malformed parameter";
+				return CMD_ERR_PARAM;
+			}
+		}
+		for (i = 0; i < NPARAMS; i++)
+			if (params[i].verb == cmd->verb &&
+			    word_is(kw, (size_t)(eq - kw), params[i].name))
+				break;
+		if (i == NPARAMS) {
+			*why = "unsupported parameter";
+			return CMD_ERR_PARAM;
+		}
+		if (seen & (1u << i)) {
+			*why = "duplicate parameter";
+			return CMD_ERR_PARAM;
+		}
+		seen |= 1u << i;
+
+		/* esmtp-value = 1*(%d33-60 / %d62-126) */
+		if (eq == tok_end || eq + 1 == tok_end) {
+			*why = "missing parameter value";
+			return CMD_ERR_PARAM;
+		}
+		for (v = eq + 1; v < tok_end; v++) {
+			if ((unsigned char)*v < 33 || (unsigned char)*v > 126 || *v == '=') {
+				*why = "malformed parameter value";
+				return CMD_ERR_PARAM;
+			}
+		}
+		if ((*why = params[i].parse(eq + 1, (size_t)(tok_end - eq - 1),
+					    &cmd->params)) != NULL)
+			return CMD_ERR_PARAM;
+	}
+	return CMD_OK;
+}
+
+/* "FROM:" / "TO:", optional spaces, a path, parameters */
+static enum cmd_status
+parse_path_arg(const char *arg, size_t len, const char *prefix, int flags,
+	       struct smtp_cmd *cmd, const char **why)
+{
+	size_t plen = strlen(prefix), i;
+	int n;
+
+	if (len < plen || strncasecmp(arg, prefix, plen) != 0)
+		return CMD_ERR_SYNTAX;
+	/* RFC 5321 says no space here; many clients send one anyway */
+	for (i = plen; i < len && arg[i] == ' '; i++)
+		;
+	if (i == len)
+		return CMD_ERR_SYNTAX;
+	if ((n = address_parse(arg + i, len - i, flags, &cmd->addr, why)) < 0)
+		return CMD_ERR_ADDRESS;
+	i += (size_t)n;
+	return parse_params(arg + i, len - i, cmd, why);
+}
+
+static enum cmd_status
+parse_mail(const char *arg, size_t len, struct smtp_cmd *cmd, const char **why)
+{
+	return parse_path_arg(arg, len, "FROM:", ADDR_ALLOW_NULL, cmd, why);
+}
+
+static enum cmd_status
+parse_rcpt(const char *arg, size_t len, struct smtp_cmd *cmd, const char **why)
+{
+	return parse_path_arg(arg, len, "TO:", ADDR_ALLOW_POSTMASTER, cmd, why);
+}
+
+enum cmd_status
+command_parse(const char *line, size_t len, struct smtp_cmd *cmd, const char **why)
+{
+	const struct verb_def *d = NULL;
+	const char *ignored, *end = line + len, *p;
+	enum cmd_status st;
+	size_t i, vlen;
+
+	if (why == NULL)
+		why = &ignored;
+	*why = NULL;
+	memset(cmd, 0, sizeof(*cmd));
+	cmd->verb = VERB_UNKNOWN;
+	cmd->params.size = -1;
+	cmd->arg = line;
+
+	if (len == 0) {
+		*why = "empty command";
+		return CMD_ERR_UNKNOWN;
+	}
+	for (i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)line[i];
+
+		if (c < 0x20 || c == 0x7f) {
+			*why = "invalid character in command";
+			return CMD_ERR_SYNTAX;
+		}
+	}
+
+	/* the verb ends at the first space or at the end of the line */
+	for (p = line; p < end && *p != ' '; p++)
+		;
+	vlen = (size_t)(p - line);
+	for (i = 0; i < NVERBS; i++) {
+		if (word_is(line, vlen, verbs[i].name)) {
+			d = &verbs[i];
+			break;
+		}
+	}
+	if (d == NULL) {
+		*why = "command unrecognized";
+		return CMD_ERR_UNKNOWN;
+	}
+	cmd->verb = d->verb;
+
+	while (p < end && *p == ' ')
+		p++;
+	while (end > p && end[-1] == ' ')
+		end--;
+	cmd->arg = p;
+	cmd->arglen = (size_t)(end - p);
+
+	if ((d->arg == ARG_NONE && cmd->arglen > 0) ||
+	    (d->arg == ARG_REQUIRED && cmd->arglen == 0)) {
+		*why = d->usage;
+		return CMD_ERR_SYNTAX;
+	}
+	if (d->parse == NULL)
+		return CMD_OK;
+	st = d->parse(cmd->arg, cmd->arglen, cmd, why);
+	if (st == CMD_ERR_SYNTAX && *why == NULL)
+		*why = d->usage;
+	if (st != CMD_OK && *why == NULL)
+		msg_panic("command_parse: %s: error without a reason", d->name);
+	return st;
+}
+
+const char *
+verb_name(enum smtp_verb v)
+{
+	size_t i;
+
+	for (i = 0; i < NVERBS; i++)
+		if (verbs[i].verb == v)
+			return verbs[i].name;
+	return "UNKNOWN";
+}

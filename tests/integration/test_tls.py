@@ -1,0 +1,193 @@
+"""test_tls.py - STARTTLS in sorterd: the handshake, TLS 1.2 as the floor, the session reset
+after it, nothing buffered before it surviving it (CVE-2011-0411), and the protocol and cipher
+in the Received: header and the log."""
+
+import os
+import re
+import shutil
+import ssl
+import subprocess
+import tempfile
+import unittest
+import warnings
+
+from harness import LOCAL_DOMAIN, SorterTestCase, client_tls_context, message, unfold_header
+
+RCPT = "user@" + LOCAL_DOMAIN
+SENDER = "sender@remote.test"
+
+
+def make_cert(directory):
+    cert = os.path.join(directory, "cert.pem")
+    key = os.path.join(directory, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-keyout", key, "-out", cert],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+@unittest.skipUnless(shutil.which("openssl"), "openssl not installed")
+class TLSTest(SorterTestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.certdir = tempfile.mkdtemp(prefix="sorter-it-tls-")
+        cls.cert, cls.key = make_cert(cls.certdir)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.certdir, ignore_errors=True)
+
+    def setUp(self):
+        self.d = self.sorterd(tls_cert_file=self.cert, tls_key_file=self.key)
+
+    def tls_client(self, context=None):
+        c = self.connect(self.d)
+        self.assertIn("STARTTLS", c.ehlo().keywords())
+        self.assertReply(c.starttls(context), 220, "2.0.0")
+        return c
+
+    def test_starttls_advertised(self):
+        c = self.connect(self.d)
+        r = c.ehlo()
+        self.assertReply(r, 250)
+        self.assertIn("STARTTLS", r.keywords())
+
+    def test_starttls(self):
+        c = self.tls_client()
+        self.assertIn(c.sock.version(), ("TLSv1.2", "TLSv1.3"))
+        r = c.ehlo()
+        self.assertReply(r, 250)
+        kw = r.keywords()
+        self.assertNotIn("STARTTLS", kw, "STARTTLS advertised again inside TLS")
+        self.assertIn("PIPELINING", kw)
+        r, qid = c.send_message(SENDER, [RCPT], message("over tls"), ehlo=False)
+        self.assertQueued(r, qid)
+
+    def test_session_reset(self):
+        c = self.connect(self.d)
+        self.assertEqual(c.ehlo().code, 250)
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 250, "2.1.0")
+        self.assertReply(c.cmd("RSET"), 250, "2.0.0")
+        self.assertReply(c.starttls(), 220, "2.0.0")
+        # what was said before TLS is forgotten: EHLO is needed again
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 503, "5.5.1")
+        self.assertEqual(c.ehlo().code, 250)
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 250, "2.1.0")
+
+    def test_starttls_twice(self):
+        c = self.tls_client()
+        self.assertEqual(c.ehlo().code, 250)
+        r = c.cmd("STARTTLS")
+        self.assertGreaterEqual(r.code, 500, "STARTTLS inside TLS accepted: %s" % r)
+
+    def test_starttls_with_argument(self):
+        c = self.connect(self.d)
+        self.assertEqual(c.ehlo().code, 250)
+        self.assertReply(c.cmd("STARTTLS now"), 501, "5.5.4")
+
+    def test_starttls_then_rset_in_one_segment(self):
+        c = self.connect(self.d)
+        self.assertEqual(c.ehlo().code, 250)
+        c.send(b"STARTTLS\r\nRSET\r\n")
+        self.assertReply(c.reply(), 220, "2.0.0")
+        # no plaintext reply to the RSET
+        self.assertTrue(c.nothing_more(0.5), "plaintext after the 220 to STARTTLS: %r" % c.buf)
+        c.handshake()
+        # the first reply inside TLS answers the EHLO, not the injected RSET
+        r = c.ehlo()
+        self.assertReply(r, 250)
+        self.assertGreater(len(r.lines), 1, "reply to EHLO is not the EHLO reply: %s" % r)
+        self.assertIn("PIPELINING", r.keywords())
+        self.assertReply(c.cmd("NOOP"), 250, "2.0.0")
+        self.assertTrue(c.nothing_more(), "a reply to the injected RSET came late: %r" % c.buf)
+
+    def test_starttls_then_mail_in_one_segment(self):
+        # a transaction injected before the handshake must not exist after it
+        c = self.connect(self.d)
+        self.assertEqual(c.ehlo().code, 250)
+        c.send(("STARTTLS\r\nMAIL FROM:<evil@x.test>\r\nRCPT TO:<%s>\r\n" % RCPT).encode())
+        self.assertReply(c.reply(), 220, "2.0.0")
+        c.handshake()
+        self.assertEqual(c.ehlo().code, 250)
+        self.assertReply(c.cmd("RCPT TO:<%s>" % RCPT), 503, "5.5.1")
+        self.assertReply(c.cmd("DATA"), 503, "5.5.1")
+
+    def check_received(self, max_version):
+        ctx = client_tls_context(maximum=max_version)
+        c = self.tls_client(ctx)
+        version = c.sock.version()
+        cipher = c.sock.cipher()[0]
+        r, qid = c.send_message(SENDER, [RCPT], message("tls received"))
+        self.assertQueued(r, qid)
+        received = unfold_header(self.d.show(qid)[1], "Received")
+        self.assertIn("with ESMTPS", received)
+        # one comment names both, e.g. "(TLSv1.3 TLS_AES_256_GCM_SHA384)"
+        self.assertRegex(received, r"\([^()]*%s\b[^()]* %s\b[^()]*\)"
+                         % (re.escape(version), re.escape(cipher)))
+        self.assertRegex(received, r"\bid %s\b" % qid)
+        self.assertTrue(
+            any(version in l and cipher in l for l in self.d.log().splitlines()),
+            "no log line names %s and %s" % (version, cipher))
+        return version
+
+    def test_received_tls13(self):
+        self.assertEqual(self.check_received(None), "TLSv1.3")
+
+    def test_received_tls12(self):
+        self.assertEqual(self.check_received(ssl.TLSVersion.TLSv1_2), "TLSv1.2")
+
+    def test_plaintext_received(self):
+        c = self.connect(self.d)
+        r, qid = c.send_message(SENDER, [RCPT], message("plain"))
+        self.assertQueued(r, qid)
+        received = unfold_header(self.d.show(qid)[1], "Received")
+        self.assertRegex(received, r"with ESMTP\b(?!S)")
+
+    def test_tls11_refused(self):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                ctx = client_tls_context(minimum=ssl.TLSVersion.TLSv1_1,
+                                         maximum=ssl.TLSVersion.TLSv1_1)
+            ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+        except (ValueError, ssl.SSLError) as e:
+            self.skipTest("the local OpenSSL cannot offer TLS 1.1: %s" % e)
+        c = self.connect(self.d)
+        self.assertEqual(c.ehlo().code, 250)
+        self.assertReply(c.cmd("STARTTLS"), 220, "2.0.0")
+        try:
+            c.handshake(ctx)
+        except ssl.SSLError as e:
+            if "NO_PROTOCOLS_AVAILABLE" in str(e) or "no protocols available" in str(e):
+                self.skipTest("the local OpenSSL cannot offer TLS 1.1: %s" % e)
+            # refused by the server: what we want
+        except (ConnectionError, OSError):
+            pass
+        else:
+            self.fail("TLS 1.1 handshake succeeded (%s)" % c.sock.version())
+        # the daemon goes on serving
+        c2 = self.connect(self.d)
+        self.assertReply(c2.cmd("NOOP"), 250, "2.0.0")
+
+    def test_garbage_handshake(self):
+        c = self.connect(self.d)
+        self.assertEqual(c.ehlo().code, 250)
+        self.assertReply(c.cmd("STARTTLS"), 220, "2.0.0")
+        c.send(b"\x16\x03\x01\x00\x05hello this is no client hello\r\n" * 4)
+        self.assertTrue(c.closed(10), "a bad handshake left the connection open")
+        c2 = self.connect(self.d)
+        self.assertReply(c2.cmd("NOOP"), 250, "2.0.0")
+
+
+class NoTLSTest(SorterTestCase):
+    def test_starttls_unconfigured(self):
+        d = self.sorterd()
+        c = self.connect(d)
+        self.assertEqual(c.ehlo().code, 250)
+        r = c.cmd("STARTTLS")
+        self.assertGreaterEqual(r.code, 400, str(r))
+        self.assertReply(c.cmd("NOOP"), 250, "2.0.0")
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,455 @@
+/*
+ * check_command.c - unit tests for the SMTP command-line parser
+ * (smtpd/command.c): one table of lines with the status, verb, argument,
+ * address and ESMTP parameters expected from each.
+ */
+#include "config.h"
+
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lib/lib.h"
+#include "smtpd/smtpd.h"
+
+#define N_(t) ((int)(sizeof(t) / sizeof((t)[0])))
+
+struct ccase {
+	const char *line;
+	size_t len;             /* 0: strlen(line) */
+	enum cmd_status st;
+	enum smtp_verb verb;
+	const char *arg;        /* NULL: not checked */
+	const char *addr;       /* formatted address; NULL: not checked */
+	const char *why;        /* on error: exact reason; NULL: any */
+	const char *size;       /* expected SIZE as text; NULL: absent (-1) */
+	enum body_type body;
+	int ret, notify;
+	const char *envid, *orcpt;      /* NULL: empty */
+};
+
+#define OK CMD_OK
+#define UNK CMD_ERR_UNKNOWN
+#define SYN CMD_ERR_SYNTAX
+#define ADR CMD_ERR_ADDRESS
+#define PAR CMD_ERR_PARAM
+
+#define ENVID100 "0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789"
+
+static const struct ccase cases[] = {
+	/* HELO / EHLO */
+	{ "HELO mx.example", .st = OK, .verb = VERB_HELO, .arg = "mx.example" },
+	{ "EHLO mx.example", .st = OK, .verb = VERB_EHLO, .arg = "mx.example" },
+	{ "ehlo [127.0.0.1]", .st = OK, .verb = VERB_EHLO, .arg = "[127.0.0.1]" },
+	{ "HeLo  mx.example  ", .st = OK, .verb = VERB_HELO, .arg = "mx.example" },
+	{ "EHLO mx.example extra words", .st = OK, .verb = VERB_EHLO,
+	  .arg = "mx.example extra words" },
+	{ "HELO", .st = SYN, .verb = VERB_HELO, .why = "Syntax: HELO hostname" },
+	{ "EHLO", .st = SYN, .verb = VERB_EHLO, .why = "Syntax: EHLO hostname" },
+	{ "EHLO   ", .st = SYN, .verb = VERB_EHLO, .why = "Syntax: EHLO hostname" },
+
+	/* MAIL */
+	{ "MAIL FROM:<a@b.example>", .st = OK, .verb = VERB_MAIL, .arg = "FROM:<a@b.example>",
+	  .addr = "a@b.example" },
+	{ "mail from:<a@b.example>", .st = OK, .verb = VERB_MAIL, .arg = "from:<a@b.example>",
+	  .addr = "a@b.example" },
+	{ "Mail From:<a@b.example>", .st = OK, .verb = VERB_MAIL, .addr = "a@b.example" },
+	{ "MAIL FROM: <a@b.example>", .st = OK, .verb = VERB_MAIL, .arg = "FROM: <a@b.example>",
+	  .addr = "a@b.example" },
+	{ "MAIL FROM:   <a@b.example>   ", .st = OK, .verb = VERB_MAIL,
+	  .arg = "FROM:   <a@b.example>", .addr = "a@b.example" },
+	{ "MAIL  FROM:<a@b.example>", .st = OK, .verb = VERB_MAIL, .arg = "FROM:<a@b.example>",
+	  .addr = "a@b.example" },
+	{ "MAIL FROM:a@b.example", .st = OK, .verb = VERB_MAIL, .addr = "a@b.example" },
+	{ "MAIL FROM:<>", .st = OK, .verb = VERB_MAIL, .arg = "FROM:<>", .addr = "" },
+	{ "MAIL FROM:<@r.example:a@b.example>", .st = OK, .verb = VERB_MAIL,
+	  .addr = "a@b.example" },
+	{ "MAIL FROM:<\"john doe\"@b.example>", .st = OK, .verb = VERB_MAIL,
+	  .addr = "\"john doe\"@b.example" },
+	{ "MAIL FROM:", .st = SYN, .verb = VERB_MAIL, .why = "Syntax: MAIL FROM:<address>" },
+	{ "MAIL FROM:   ", .st = SYN, .verb = VERB_MAIL, .why = "Syntax: MAIL FROM:<address>" },
+	{ "MAIL", .st = SYN, .verb = VERB_MAIL, .why = "Syntax: MAIL FROM:<address>" },
+	{ "MAIL TO:<a@b.example>", .st = SYN, .verb = VERB_MAIL,
+	  .why = "Syntax: MAIL FROM:<address>" },
+	{ "MAIL FROM <a@b.example>", .st = SYN, .verb = VERB_MAIL,
+	  .why = "Syntax: MAIL FROM:<address>" },
+	{ "MAIL FRO", .st = SYN, .verb = VERB_MAIL, .why = "Syntax: MAIL FROM:<address>" },
+	{ "MAIL FROM:<a@>", .st = ADR, .verb = VERB_MAIL, .why = "missing domain" },
+	{ "MAIL FROM:<postmaster>", .st = ADR, .verb = VERB_MAIL, .why = "missing domain" },
+	{ "MAIL FROM:<j\xc3\xb6rg@b.example>", .st = ADR, .verb = VERB_MAIL,
+	  .why = "8-bit character in address" },
+	{ "MAIL FROM:<a@b.example", .st = ADR, .verb = VERB_MAIL,
+	  .why = "missing closing angle bracket" },
+	{ "MAIL FROM:<a@b.example>SIZE=1", .st = ADR, .verb = VERB_MAIL,
+	  .why = "unexpected text after address" },
+	{ "MAILFROM:<a@b.example>", .st = UNK, .verb = VERB_UNKNOWN,
+	  .why = "command unrecognized" },
+
+	/* MAIL parameters */
+	{ "MAIL FROM:<a@b.example> SIZE=100 BODY=8BITMIME", .st = OK, .verb = VERB_MAIL,
+	  .arg = "FROM:<a@b.example> SIZE=100 BODY=8BITMIME", .addr = "a@b.example", .size = "100",
+	  .body = BODY_8BITMIME },
+	{ "MAIL FROM:<a@b.example> size=0 body=7bit", .st = OK, .verb = VERB_MAIL, .size = "0",
+	  .body = BODY_7BIT },
+	{ "MAIL FROM:<a@b.example>  SIZE=5   BODY=7BIT  ", .st = OK, .verb = VERB_MAIL, .size = "5",
+	  .body = BODY_7BIT },
+	{ "MAIL FROM:a@b.example SIZE=5", .st = OK, .verb = VERB_MAIL, .addr = "a@b.example",
+	  .size = "5" },
+	{ "MAIL FROM:<> SIZE=5", .st = OK, .verb = VERB_MAIL, .addr = "", .size = "5" },
+	{ "MAIL FROM:<a@b.example> SIZE=9223372036854775807", .st = OK, .verb = VERB_MAIL,
+	  .size = "9223372036854775807" },
+	{ "MAIL FROM:<a@b.example> SIZE=00000000000000000000000000042", .st = OK, .verb = VERB_MAIL,
+	  .size = "42" },
+	{ "MAIL FROM:<a@b.example> SIZE=9223372036854775808", .st = PAR, .verb = VERB_MAIL,
+	  .why = "SIZE value too large" },
+	{ "MAIL FROM:<a@b.example> SIZE=99999999999999999999999", .st = PAR, .verb = VERB_MAIL,
+	  .why = "SIZE value too large" },
+	{ "MAIL FROM:<a@b.example> SIZE=1k", .st = PAR, .verb = VERB_MAIL,
+	  .why = "invalid SIZE value" },
+	{ "MAIL FROM:<a@b.example> SIZE=-1", .st = PAR, .verb = VERB_MAIL,
+	  .why = "invalid SIZE value" },
+	{ "MAIL FROM:<a@b.example> SIZE=", .st = PAR, .verb = VERB_MAIL,
+	  .why = "missing parameter value" },
+	{ "MAIL FROM:<a@b.example> SIZE", .st = PAR, .verb = VERB_MAIL,
+	  .why = "missing parameter value" },
+	{ "MAIL FROM:<a@b.example> SIZE=1 SIZE=2", .st = PAR, .verb = VERB_MAIL,
+	  .why = "duplicate parameter" },
+	{ "MAIL FROM:<a@b.example> size=1 SIZE=1", .st = PAR, .verb = VERB_MAIL,
+	  .why = "duplicate parameter" },
+	{ "MAIL FROM:<a@b.example> BODY=7BIT BODY=8BITMIME", .st = PAR, .verb = VERB_MAIL,
+	  .why = "duplicate parameter" },
+	{ "MAIL FROM:<a@b.example> BODY=BINARYMIME", .st = PAR, .verb = VERB_MAIL,
+	  .why = "unsupported BODY type" },
+	{ "MAIL FROM:<a@b.example> BODY=8BIT=MIME", .st = PAR, .verb = VERB_MAIL,
+	  .why = "malformed parameter value" },
+	{ "MAIL FROM:<a@b.example> BODY=8BITMIM\xc3\x89", .st = PAR, .verb = VERB_MAIL,
+	  .why = "malformed parameter value" },
+	{ "MAIL FROM:<a@b.example> RET=FULL ENVID=abc+2Bdef", .st = OK, .verb = VERB_MAIL, .ret = 1,
+	  .envid = "abc+2Bdef" },
+	{ "MAIL FROM:<a@b.example> ret=hdrs", .st = OK, .verb = VERB_MAIL, .ret = 2 },
+	{ "MAIL FROM:<a@b.example> RET=NONE", .st = PAR, .verb = VERB_MAIL,
+	  .why = "invalid RET value" },
+	{ "MAIL FROM:<a@b.example> RET=FULL RET=HDRS", .st = PAR, .verb = VERB_MAIL,
+	  .why = "duplicate parameter" },
+	{ "MAIL FROM:<a@b.example> ENVID=" ENVID100, .st = OK, .verb = VERB_MAIL,
+	  .envid = ENVID100 },
+	{ "MAIL FROM:<a@b.example> ENVID=" ENVID100 "x", .st = PAR, .verb = VERB_MAIL,
+	  .why = "ENVID too long" },
+	{ "MAIL FROM:<a@b.example> ENVID=a+2b", .st = PAR, .verb = VERB_MAIL,
+	  .why = "invalid ENVID value" },
+	{ "MAIL FROM:<a@b.example> ENVID=a+2", .st = PAR, .verb = VERB_MAIL,
+	  .why = "invalid ENVID value" },
+	{ "MAIL FROM:<a@b.example> ENVID=a+", .st = PAR, .verb = VERB_MAIL,
+	  .why = "invalid ENVID value" },
+	{ "MAIL FROM:<a@b.example> ENVID=+00", .st = PAR, .verb = VERB_MAIL,
+	  .why = "invalid ENVID value" },
+	{ "MAIL FROM:<a@b.example> ENVID=+20", .st = PAR, .verb = VERB_MAIL,
+	  .why = "invalid ENVID value" },
+	{ "MAIL FROM:<a@b.example> ENVID=+7F", .st = PAR, .verb = VERB_MAIL,
+	  .why = "invalid ENVID value" },
+	{ "MAIL FROM:<a@b.example> ENVID=+C3+B6", .st = PAR, .verb = VERB_MAIL,
+	  .why = "invalid ENVID value" },
+	{ "MAIL FROM:<a@b.example> ENVID=+7E+21", .st = OK, .verb = VERB_MAIL, .envid = "+7E+21" },
+	{ "MAIL FROM:<a@b.example> AUTH=<>", .st = OK, .verb = VERB_MAIL },
+	{ "MAIL FROM:<a@b.example> AUTH=user+40example.com", .st = OK, .verb = VERB_MAIL },
+	{ "MAIL FROM:<a@b.example> AUTH=<> AUTH=<>", .st = PAR, .verb = VERB_MAIL,
+	  .why = "duplicate parameter" },
+	{ "MAIL FROM:<a@b.example> FOO=bar", .st = PAR, .verb = VERB_MAIL,
+	  .why = "unsupported parameter" },
+	{ "MAIL FROM:<a@b.example> SMTPUTF8", .st = PAR, .verb = VERB_MAIL,
+	  .why = "unsupported parameter" },
+	{ "MAIL FROM:<a@b.example> NOTIFY=NEVER", .st = PAR, .verb = VERB_MAIL,
+	  .why = "unsupported parameter" },
+	{ "MAIL FROM:<a@b.example> ORCPT=rfc822;a@b", .st = PAR, .verb = VERB_MAIL,
+	  .why = "unsupported parameter" },
+	{ "MAIL FROM:<a@b.example> SIZES=1", .st = PAR, .verb = VERB_MAIL,
+	  .why = "unsupported parameter" },
+	{ "MAIL FROM:<a@b.example> =x", .st = PAR, .verb = VERB_MAIL,
+	  .why = "malformed parameter" },
+	{ "MAIL FROM:<a@b.example> -X=1", .st = PAR, .verb = VERB_MAIL,
+	  .why = "malformed parameter" },
+	{ "MAIL FROM:<a@b.example> SI_ZE=1", .st = PAR, .verb = VERB_MAIL,
+	  .why = "malformed parameter" },
+
+	/* RCPT */
+	{ "RCPT TO:<u@example.com>", .st = OK, .verb = VERB_RCPT, .arg = "TO:<u@example.com>",
+	  .addr = "u@example.com" },
+	{ "rcpt to: <u@example.com>", .st = OK, .verb = VERB_RCPT, .arg = "to: <u@example.com>",
+	  .addr = "u@example.com" },
+	{ "RCPT TO:u@example.com", .st = OK, .verb = VERB_RCPT, .addr = "u@example.com" },
+	{ "RCPT TO:<postmaster>", .st = OK, .verb = VERB_RCPT, .arg = "TO:<postmaster>",
+	  .addr = "postmaster" },
+	{ "RCPT TO:<Postmaster>", .st = OK, .verb = VERB_RCPT, .addr = "postmaster" },
+	{ "RCPT TO:<u@[127.0.0.1]>", .st = OK, .verb = VERB_RCPT, .addr = "u@[127.0.0.1]" },
+	{ "RCPT TO:<>", .st = ADR, .verb = VERB_RCPT, .why = "null address not allowed here" },
+	{ "RCPT TO:<u>", .st = ADR, .verb = VERB_RCPT, .why = "missing domain" },
+	{ "RCPT TO:<u@example..com>", .st = ADR, .verb = VERB_RCPT,
+	  .why = "empty label in domain" },
+	{ "RCPT", .st = SYN, .verb = VERB_RCPT, .why = "Syntax: RCPT TO:<address>" },
+	{ "RCPT FROM:<u@example.com>", .st = SYN, .verb = VERB_RCPT,
+	  .why = "Syntax: RCPT TO:<address>" },
+	{ "RCPT TO:", .st = SYN, .verb = VERB_RCPT, .why = "Syntax: RCPT TO:<address>" },
+
+	/* RCPT parameters */
+	{ "RCPT TO:<u@x.example> NOTIFY=SUCCESS,FAILURE", .st = OK, .verb = VERB_RCPT,
+	  .addr = "u@x.example", .notify = 3 },
+	{ "RCPT TO:<u@x.example> NOTIFY=delay", .st = OK, .verb = VERB_RCPT, .notify = 4 },
+	{ "RCPT TO:<u@x.example> NOTIFY=NEVER", .st = OK, .verb = VERB_RCPT, .notify = 8 },
+	{ "RCPT TO:<u@x.example> NOTIFY=Delay,Failure,Success", .st = OK, .verb = VERB_RCPT,
+	  .notify = 7 },
+	{ "RCPT TO:<postmaster> NOTIFY=FAILURE", .st = OK, .verb = VERB_RCPT, .addr = "postmaster",
+	  .notify = 2 },
+	{ "RCPT TO:<u@x.example> NOTIFY=NEVER,SUCCESS", .st = PAR, .verb = VERB_RCPT,
+	  .why = "NOTIFY=NEVER must be alone" },
+	{ "RCPT TO:<u@x.example> NOTIFY=DELAY,NEVER", .st = PAR, .verb = VERB_RCPT,
+	  .why = "NOTIFY=NEVER must be alone" },
+	{ "RCPT TO:<u@x.example> NOTIFY=NEVER,NEVER", .st = PAR, .verb = VERB_RCPT,
+	  .why = "invalid NOTIFY value" },
+	{ "RCPT TO:<u@x.example> NOTIFY=SUCCESS,SUCCESS", .st = PAR, .verb = VERB_RCPT,
+	  .why = "invalid NOTIFY value" },
+	{ "RCPT TO:<u@x.example> NOTIFY=SUCCESS,", .st = PAR, .verb = VERB_RCPT,
+	  .why = "invalid NOTIFY value" },
+	{ "RCPT TO:<u@x.example> NOTIFY=,DELAY", .st = PAR, .verb = VERB_RCPT,
+	  .why = "invalid NOTIFY value" },
+	{ "RCPT TO:<u@x.example> NOTIFY=SUCCESS,,DELAY", .st = PAR, .verb = VERB_RCPT,
+	  .why = "invalid NOTIFY value" },
+	{ "RCPT TO:<u@x.example> NOTIFY=BOGUS", .st = PAR, .verb = VERB_RCPT,
+	  .why = "invalid NOTIFY value" },
+	{ "RCPT TO:<u@x.example> NOTIFY=SUCCESSFUL", .st = PAR, .verb = VERB_RCPT,
+	  .why = "invalid NOTIFY value" },
+	{ "RCPT TO:<u@x.example> NOTIFY=NEVER NOTIFY=NEVER", .st = PAR, .verb = VERB_RCPT,
+	  .why = "duplicate parameter" },
+	{ "RCPT TO:<u@x.example> ORCPT=rfc822;u+40x.example", .st = OK, .verb = VERB_RCPT,
+	  .orcpt = "rfc822;u+40x.example" },
+	{ "RCPT TO:<u@x.example> NOTIFY=SUCCESS ORCPT=rfc822;a+20b@x.example", .st = OK,
+	  .verb = VERB_RCPT, .notify = 1, .orcpt = "rfc822;a+20b@x.example" },
+	{ "RCPT TO:<u@x.example> ORCPT=rfc822", .st = PAR, .verb = VERB_RCPT,
+	  .why = "invalid ORCPT value" },
+	{ "RCPT TO:<u@x.example> ORCPT=;u@x.example", .st = PAR, .verb = VERB_RCPT,
+	  .why = "invalid ORCPT value" },
+	{ "RCPT TO:<u@x.example> ORCPT=rfc822;", .st = PAR, .verb = VERB_RCPT,
+	  .why = "invalid ORCPT value" },
+	{ "RCPT TO:<u@x.example> ORCPT=rfc822;a+2", .st = PAR, .verb = VERB_RCPT,
+	  .why = "invalid ORCPT value" },
+	{ "RCPT TO:<u@x.example> ORCPT=rfc822;a+0Ab", .st = PAR, .verb = VERB_RCPT,
+	  .why = "invalid ORCPT value" },
+	{ "RCPT TO:<u@x.example> ORCPT=rf.c;u@x.example", .st = PAR, .verb = VERB_RCPT,
+	  .why = "invalid ORCPT address type" },
+	{ "RCPT TO:<u@x.example> ORCPT=rfc822;a ORCPT=rfc822;b", .st = PAR, .verb = VERB_RCPT,
+	  .why = "duplicate parameter" },
+	{ "RCPT TO:<u@x.example> SIZE=1", .st = PAR, .verb = VERB_RCPT,
+	  .why = "unsupported parameter" },
+	{ "RCPT TO:<u@x.example> BODY=8BITMIME", .st = PAR, .verb = VERB_RCPT,
+	  .why = "unsupported parameter" },
+
+	/* commands without an argument */
+	{ "DATA", .st = OK, .verb = VERB_DATA, .arg = "" },
+	{ "data", .st = OK, .verb = VERB_DATA, .arg = "" },
+	{ "DATA   ", .st = OK, .verb = VERB_DATA, .arg = "" },
+	{ "DATA x", .st = SYN, .verb = VERB_DATA, .why = "Syntax: DATA" },
+	{ "RSET", .st = OK, .verb = VERB_RSET, .arg = "" },
+	{ "RSET now", .st = SYN, .verb = VERB_RSET, .why = "Syntax: RSET" },
+	{ "QUIT", .st = OK, .verb = VERB_QUIT, .arg = "" },
+	{ "quit", .st = OK, .verb = VERB_QUIT, .arg = "" },
+	{ "QUIT bye", .st = SYN, .verb = VERB_QUIT, .why = "Syntax: QUIT" },
+	{ "STARTTLS", .st = OK, .verb = VERB_STARTTLS, .arg = "" },
+	{ "StartTLS", .st = OK, .verb = VERB_STARTTLS, .arg = "" },
+	{ "STARTTLS x", .st = SYN, .verb = VERB_STARTTLS, .why = "Syntax: STARTTLS" },
+
+	/* argument optional */
+	{ "NOOP", .st = OK, .verb = VERB_NOOP, .arg = "" },
+	{ "NOOP anything at all", .st = OK, .verb = VERB_NOOP, .arg = "anything at all" },
+	{ "HELP", .st = OK, .verb = VERB_HELP, .arg = "" },
+	{ "help MAIL", .st = OK, .verb = VERB_HELP, .arg = "MAIL" },
+	{ "BDAT 100 LAST", .st = OK, .verb = VERB_BDAT, .arg = "100 LAST" },
+	{ "BDAT", .st = OK, .verb = VERB_BDAT, .arg = "" },
+
+	/* argument required */
+	{ "VRFY user", .st = OK, .verb = VERB_VRFY, .arg = "user" },
+	{ "VRFY", .st = SYN, .verb = VERB_VRFY, .why = "Syntax: VRFY address" },
+	{ "EXPN list", .st = OK, .verb = VERB_EXPN, .arg = "list" },
+	{ "expn", .st = SYN, .verb = VERB_EXPN, .why = "Syntax: EXPN list" },
+	{ "AUTH PLAIN dGVzdAB0ZXN0AHRlc3Q=", .st = OK, .verb = VERB_AUTH,
+	  .arg = "PLAIN dGVzdAB0ZXN0AHRlc3Q=" },
+	{ "auth login", .st = OK, .verb = VERB_AUTH, .arg = "login" },
+	{ "AUTH", .st = SYN, .verb = VERB_AUTH,
+	  .why = "Syntax: AUTH mechanism [initial-response]" },
+
+	/* unknown */
+	{ "", .st = UNK, .verb = VERB_UNKNOWN, .why = "empty command" },
+	{ "FOO", .st = UNK, .verb = VERB_UNKNOWN, .why = "command unrecognized" },
+	{ "FOO bar", .st = UNK, .verb = VERB_UNKNOWN, .why = "command unrecognized" },
+	{ " HELO x", .st = UNK, .verb = VERB_UNKNOWN, .why = "command unrecognized" },
+	{ "HELOx", .st = UNK, .verb = VERB_UNKNOWN, .why = "command unrecognized" },
+	{ "HEL", .st = UNK, .verb = VERB_UNKNOWN, .why = "command unrecognized" },
+	{ "STARTTLSX", .st = UNK, .verb = VERB_UNKNOWN, .why = "command unrecognized" },
+	{ "DATA:", .st = UNK, .verb = VERB_UNKNOWN, .why = "command unrecognized" },
+	{ "GET / HTTP/1.0", .st = UNK, .verb = VERB_UNKNOWN, .why = "command unrecognized" },
+	{ "D\xc3\x84TA", .st = UNK, .verb = VERB_UNKNOWN, .why = "command unrecognized" },
+
+	/* control characters anywhere */
+	{ "HELO a\0b", .len = 8, .st = SYN, .verb = VERB_UNKNOWN,
+	  .why = "invalid character in command" },
+	{ "\0", .len = 1, .st = SYN, .verb = VERB_UNKNOWN, .why = "invalid character in command" },
+	{ "DATA\0", .len = 5, .st = SYN, .verb = VERB_UNKNOWN,
+	  .why = "invalid character in command" },
+	{ "NOOP\t", .st = SYN, .verb = VERB_UNKNOWN, .why = "invalid character in command" },
+	{ "HELO\tx", .st = SYN, .verb = VERB_UNKNOWN, .why = "invalid character in command" },
+	{ "DATA\r", .st = SYN, .verb = VERB_UNKNOWN, .why = "invalid character in command" },
+	{ "MAIL FROM:<a@b.example>\n", .st = SYN, .verb = VERB_UNKNOWN,
+	  .why = "invalid character in command" },
+	{ "MAIL FROM:<a@b\x7f.example>", .st = SYN, .verb = VERB_UNKNOWN,
+	  .why = "invalid character in command" },
+	{ "RCPT TO:<u@x.example> NOTIFY=NEVER\x1b", .st = SYN, .verb = VERB_UNKNOWN,
+	  .why = "invalid character in command" },
+	/* len is respected */
+	{ "QUIT", .len = 3, .st = UNK, .verb = VERB_UNKNOWN, .why = "command unrecognized" },
+	{ "QUIT\0garbage", .len = 4, .st = OK, .verb = VERB_QUIT, .arg = "" },
+};
+
+START_TEST(test_command)
+{
+	const struct ccase *c = &cases[_i];
+	size_t len = c->len ? c->len : strlen(c->line);
+	struct smtp_cmd cmd;
+	const char *why = "unset";
+	enum cmd_status st;
+	char buf[ADDR_PATH_MAX + 1];
+	long long size = -1;
+
+	memset(&cmd, 0x5a, sizeof(cmd));
+	st = command_parse(c->line, len, &cmd, &why);
+	ck_assert_msg(st == c->st, "case %d \"%s\": status %d (%s), want %d",
+		      _i, c->line, (int)st, why ? why : "-", (int)c->st);
+	ck_assert_msg(cmd.verb == c->verb, "case %d \"%s\": verb %d, want %d",
+		      _i, c->line, (int)cmd.verb, (int)c->verb);
+	if (st != CMD_OK) {
+		ck_assert_msg(why != NULL, "case %d: error without a reason", _i);
+		if (c->why)
+			ck_assert_msg(strcmp(why, c->why) == 0,
+				      "case %d \"%s\": reason \"%s\", want \"%s\"",
+				      _i, c->line, why, c->why);
+		return;
+	}
+	ck_assert_ptr_nonnull(cmd.arg);
+	ck_assert(cmd.arg >= c->line && cmd.arg + cmd.arglen <= c->line + len);
+	if (c->arg) {
+		ck_assert_msg(cmd.arglen == strlen(c->arg) &&
+			      memcmp(cmd.arg, c->arg, cmd.arglen) == 0,
+			      "case %d \"%s\": arg \"%.*s\", want \"%s\"", _i, c->line,
+			      (int)cmd.arglen, cmd.arg, c->arg);
+	}
+	if (c->addr) {
+		address_format(&cmd.addr, buf, sizeof(buf));
+		ck_assert_str_eq(buf, c->addr);
+		ck_assert_int_eq(cmd.addr.null, c->addr[0] == '\0');
+	}
+	if (c->size)
+		size = strtoll(c->size, NULL, 10);
+	ck_assert_msg(cmd.params.size == size, "case %d: size %lld, want %lld", _i,
+		      cmd.params.size, size);
+	ck_assert_int_eq(cmd.params.body, c->body);
+	ck_assert_int_eq(cmd.params.ret, c->ret);
+	ck_assert_int_eq(cmd.params.notify, c->notify);
+	ck_assert_str_eq(cmd.params.envid, c->envid ? c->envid : "");
+	ck_assert_str_eq(cmd.params.orcpt, c->orcpt ? c->orcpt : "");
+}
+END_TEST
+
+/* every verb by its name, in both cases, with an argument it accepts */
+START_TEST(test_every_verb)
+{
+	static const char *const args[VERB_MAX] = {
+		[VERB_HELO] = " x", [VERB_EHLO] = " x", [VERB_MAIL] = " FROM:<>",
+		[VERB_RCPT] = " TO:<postmaster>", [VERB_VRFY] = " x", [VERB_EXPN] = " x",
+		[VERB_AUTH] = " PLAIN",
+	};
+	enum smtp_verb v = (enum smtp_verb)_i;
+	const char *name = verb_name(v);
+	char line[64];
+	struct smtp_cmd cmd;
+	const char *why;
+	size_t i;
+
+	ck_assert_str_ne(name, "UNKNOWN");
+	snprintf(line, sizeof(line), "%s%s", name, args[v] ? args[v] : "");
+	ck_assert_int_eq(command_parse(line, strlen(line), &cmd, &why), CMD_OK);
+	ck_assert_int_eq(cmd.verb, v);
+	for (i = 0; line[i] != '\0' && line[i] != ' '; i++)
+		line[i] = (char)(line[i] - 'A' + 'a');
+	ck_assert_int_eq(command_parse(line, strlen(line), &cmd, &why), CMD_OK);
+	ck_assert_int_eq(cmd.verb, v);
+}
+END_TEST
+
+START_TEST(test_verb_name)
+{
+	ck_assert_str_eq(verb_name(VERB_HELO), "HELO");
+	ck_assert_str_eq(verb_name(VERB_STARTTLS), "STARTTLS");
+	ck_assert_str_eq(verb_name(VERB_BDAT), "BDAT");
+	ck_assert_str_eq(verb_name(VERB_UNKNOWN), "UNKNOWN");
+	ck_assert_str_eq(verb_name(VERB_MAX), "UNKNOWN");
+}
+END_TEST
+
+START_TEST(test_why_optional)
+{
+	struct smtp_cmd cmd;
+
+	ck_assert_int_eq(command_parse("FOO", 3, &cmd, NULL), CMD_ERR_UNKNOWN);
+	ck_assert_int_eq(command_parse("MAIL FROM:<>", 12, &cmd, NULL), CMD_OK);
+}
+END_TEST
+
+/* a line of every length from 0 to ADDR_PATH_MAX-ish must be handled
+ * without reading beyond it (ASan watches the heap copy) */
+START_TEST(test_exact_length)
+{
+	static const char *const lines[] = {
+		"MAIL FROM:<a@b.example> SIZE=100 BODY=8BITMIME RET=FULL ENVID=x+2By",
+		"RCPT TO:<\"q d\"@[IPv6:::1]> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;a+40b",
+		"RCPT TO:<@a.example,@b.example:u@[1.2.3.4]>",
+	};
+	size_t k, n;
+
+	for (k = 0; k < sizeof(lines) / sizeof(lines[0]); k++) {
+		for (n = 0; n <= strlen(lines[k]); n++) {
+			char *copy = xmalloc(n ? n : 1);
+			struct smtp_cmd cmd;
+			const char *why;
+
+			memcpy(copy, lines[k], n);
+			(void)command_parse(copy, n, &cmd, &why);
+			free(copy);
+		}
+	}
+}
+END_TEST
+
+static Suite *
+command_suite(void)
+{
+	Suite *s = suite_create("command");
+	TCase *tc = tcase_create("core");
+
+	tcase_add_loop_test(tc, test_command, 0, N_(cases));
+	tcase_add_loop_test(tc, test_every_verb, VERB_UNKNOWN + 1, VERB_MAX);
+	tcase_add_test(tc, test_verb_name);
+	tcase_add_test(tc, test_why_optional);
+	tcase_add_test(tc, test_exact_length);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int
+main(void)
+{
+	SRunner *sr = srunner_create(command_suite());
+	int failed;
+
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed != 0 ? EXIT_FAILURE : EXIT_SUCCESS;
+}

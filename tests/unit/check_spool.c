@@ -1,0 +1,651 @@
+/*
+ * check_spool.c - unit tests for the queue file format (queue/spool.c):
+ * encode/parse round trips, recipient states, every kind of damage a crash
+ * or a disk can do to a file, and the spool folder helpers.
+ */
+#include "config.h"
+
+#include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "lib/lib.h"
+#include "queue/queue.h"
+
+static const char content[] =
+	"Received: from client.test ([127.0.0.1])\r\n\tby mx.example.test\r\n"
+	"Subject: test\r\n\r\nbody line\r\n";
+
+struct env_case {
+	const char *name;
+	const char *sender;
+	const char *sender_params;
+	const char *rcpts[4];
+	/* expected split of each recipient */
+	const char *addr[4];
+	const char *params[4];
+};
+
+static const struct env_case env_cases[] = {
+	{ "one recipient", "a@remote.test", NULL,
+	  { "alice@example.test" }, { "alice@example.test" }, { NULL } },
+	{ "null sender", "", NULL,
+	  { "bob@example.test" }, { "bob@example.test" }, { NULL } },
+	{ "dsn params", "a@remote.test", "RET=FULL ENVID=abc",
+	  { "alice@example.test NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;alice@example.test",
+	    "bob@example.test" },
+	  { "alice@example.test", "bob@example.test" },
+	  { "NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;alice@example.test", NULL } },
+	{ "quoted local part with a space", "\"x y\"@remote.test", "",
+	  { "\"john smith\"@example.test", "\"a \\\" b\"@example.test NOTIFY=NEVER",
+	    "carol@example.test", "dave@example.test" },
+	  { "\"john smith\"@example.test", "\"a \\\" b\"@example.test",
+	    "carol@example.test", "dave@example.test" },
+	  { NULL, "NOTIFY=NEVER", NULL, NULL } },
+};
+
+static size_t
+nrcpts(const struct env_case *c)
+{
+	size_t n = 0;
+
+	while (n < 4 && c->rcpts[n] != NULL)
+		n++;
+	return n;
+}
+
+static void
+build(const struct env_case *c, uint64_t arrival, const char *body, size_t bodylen,
+      struct dstr *out)
+{
+	struct spool_envelope env;
+	unsigned char end[SPOOL_REC_HDR];
+
+	env.arrival_usec = arrival;
+	env.client = "127.0.0.1";
+	env.helo = "client.test";
+	env.proto = "ESMTPS";
+	env.sender = c->sender;
+	env.sender_params = c->sender_params;
+	env.rcpts = (const char **)c->rcpts;
+	env.nrcpt = nrcpts(c);
+	dstr_init(out, 0);
+	spool_encode_head(&env, bodylen, out);
+	dstr_append(out, body, bodylen);
+	spool_encode_end(end);
+	dstr_append(out, end, sizeof(end));
+}
+
+static void
+build_default(struct dstr *out)
+{
+	build(&env_cases[2], 1700000000123456ull, content, sizeof(content) - 1, out);
+}
+
+static void
+put32(unsigned char *p, uint32_t v)
+{
+	p[0] = (unsigned char)(v >> 24);
+	p[1] = (unsigned char)(v >> 16);
+	p[2] = (unsigned char)(v >> 8);
+	p[3] = (unsigned char)v;
+}
+
+/* Offset of the n-th record (0-based) of a file image. */
+static size_t
+rec_offset(const struct dstr *d, int n)
+{
+	const unsigned char *b = (const unsigned char *)d->s;
+	size_t off = 0;
+
+	while (n-- > 0)
+		off += SPOOL_REC_HDR + ((size_t)b[off + 1] << 24 | (size_t)b[off + 2] << 16 |
+					(size_t)b[off + 3] << 8 | b[off + 4]);
+	return off;
+}
+
+static int
+parse_dstr(const struct dstr *d, struct spool_msg *m, char *err, size_t errlen)
+{
+	return spool_parse((const unsigned char *)d->s, d->len, m, err, errlen);
+}
+
+START_TEST(test_roundtrip)
+{
+	const struct env_case *c = &env_cases[_i];
+	struct spool_msg m;
+	struct dstr d;
+	char err[256];
+	size_t i, n = nrcpts(c);
+
+	build(c, 1700000000123456ull + (uint64_t)_i, content, sizeof(content) - 1, &d);
+	ck_assert_msg(parse_dstr(&d, &m, err, sizeof(err)) == 0, "%s: %s", c->name, err);
+	ck_assert_uint_eq(m.arrival_usec, 1700000000123456ull + (uint64_t)_i);
+	ck_assert_str_eq(m.client, "127.0.0.1");
+	ck_assert_str_eq(m.helo, "client.test");
+	ck_assert_str_eq(m.proto, "ESMTPS");
+	ck_assert_str_eq(m.sender, c->sender);
+	if (c->sender_params == NULL)
+		ck_assert_ptr_null(m.sender_params);
+	else
+		ck_assert_str_eq(m.sender_params, c->sender_params);
+	ck_assert_uint_eq(m.nrcpt, n);
+	for (i = 0; i < n; i++) {
+		ck_assert_str_eq(m.rcpts[i].addr, c->addr[i]);
+		if (c->params[i] == NULL)
+			ck_assert_ptr_null(m.rcpts[i].params);
+		else
+			ck_assert_str_eq(m.rcpts[i].params, c->params[i]);
+		ck_assert_int_eq(m.rcpts[i].state, RCPT_PENDING);
+		ck_assert_int_eq(d.s[m.rcpts[i].type_offset], 'R');
+	}
+	ck_assert_uint_eq(m.content_len, sizeof(content) - 1);
+	ck_assert_uint_eq(m.content_offset + m.content_len + SPOOL_REC_HDR, d.len);
+	ck_assert_mem_eq(d.s + m.content_offset, content, m.content_len);
+	ck_assert_uint_eq(m.file_size, d.len);
+	spool_msg_free(&m);
+	ck_assert_ptr_null(m.rcpts);
+	dstr_free(&d);
+}
+END_TEST
+
+/* The exact bytes of a small file: record order, big-endian lengths. */
+START_TEST(test_exact_bytes)
+{
+	static const unsigned char want[] =
+		"V\0\0\0\001" "1"
+		"T\0\0\0\002" "42"
+		"C\0\0\0\011" "127.0.0.1"
+		"H\0\0\0\013" "client.test"
+		"P\0\0\0\006" "ESMTPS"
+		"S\0\0\0\0"
+		"R\0\0\0\020" "bob@example.test"
+		"M\0\0\0\002" "hi"
+		"E\0\0\0\0";
+	const struct env_case *c = &env_cases[1];
+	struct dstr d;
+
+	build(c, 42, "hi", 2, &d);
+	ck_assert_uint_eq(d.len, sizeof(want) - 1);
+	ck_assert_mem_eq(d.s, want, sizeof(want) - 1);
+	dstr_free(&d);
+}
+END_TEST
+
+START_TEST(test_empty_content_and_large_length)
+{
+	struct spool_msg m;
+	struct dstr d;
+	char err[256];
+	unsigned char *big;
+	size_t biglen = 70000;   /* needs more than two length bytes */
+
+	build(&env_cases[0], 1, "", 0, &d);
+	ck_assert_msg(parse_dstr(&d, &m, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_uint_eq(m.content_len, 0);
+	spool_msg_free(&m);
+	dstr_free(&d);
+
+	big = malloc(biglen);
+	memset(big, 'x', biglen);
+	build(&env_cases[0], 1, (const char *)big, biglen, &d);
+	ck_assert_msg(parse_dstr(&d, &m, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_uint_eq(m.content_len, biglen);
+	ck_assert_mem_eq(d.s + m.content_offset, big, biglen);
+	spool_msg_free(&m);
+	dstr_free(&d);
+	free(big);
+}
+END_TEST
+
+START_TEST(test_rcpt_states)
+{
+	static const struct { char type; enum rcpt_state state; } states[] = {
+		{ 'R', RCPT_PENDING }, { 'D', RCPT_DONE },
+		{ 'B', RCPT_BOUNCED }, { 'X', RCPT_DELETED },
+	};
+	const struct env_case *c = &env_cases[3];
+	struct spool_msg m, m2;
+	struct dstr d;
+	char err[256];
+	size_t i;
+
+	build(c, 7, content, sizeof(content) - 1, &d);
+	ck_assert_int_eq(parse_dstr(&d, &m, err, sizeof(err)), 0);
+	ck_assert_uint_eq(m.nrcpt, 4);
+	/* the in-place mark the queue manager makes: one type byte per recipient */
+	for (i = 0; i < 4; i++)
+		d.s[m.rcpts[i].type_offset] = states[i].type;
+	ck_assert_msg(parse_dstr(&d, &m2, err, sizeof(err)) == 0, "%s", err);
+	for (i = 0; i < 4; i++) {
+		ck_assert_int_eq(m2.rcpts[i].state, states[i].state);
+		ck_assert_uint_eq(m2.rcpts[i].type_offset, m.rcpts[i].type_offset);
+		ck_assert_str_eq(m2.rcpts[i].addr, c->addr[i]);
+	}
+	spool_msg_free(&m);
+	spool_msg_free(&m2);
+	dstr_free(&d);
+}
+END_TEST
+
+/* A crash can leave any prefix of a file behind: none may parse. */
+START_TEST(test_every_truncation)
+{
+	struct spool_msg m;
+	struct dstr d;
+	char err[256];
+	unsigned char *copy;
+	size_t n;
+
+	build_default(&d);
+	for (n = 0; n < d.len; n++) {
+		/* an exact-size heap copy lets ASan catch any read past the end */
+		copy = malloc(n ? n : 1);
+		memcpy(copy, d.s, n);
+		err[0] = '\0';
+		ck_assert_msg(spool_parse(copy, n, &m, err, sizeof(err)) == -1,
+			      "prefix of %zu bytes accepted", n);
+		ck_assert_msg(err[0] != '\0', "prefix of %zu bytes: no reason", n);
+		ck_assert_ptr_null(m.rcpts);
+		ck_assert_ptr_null(m.sender);
+		free(copy);
+	}
+	/* the torn cases name themselves */
+	ck_assert_int_eq(spool_parse((const unsigned char *)d.s, 0, &m, err, sizeof(err)), -1);
+	ck_assert_str_eq(err, "torn: empty file");
+	ck_assert_int_eq(spool_parse((const unsigned char *)d.s, d.len - SPOOL_REC_HDR, &m,
+				     err, sizeof(err)), -1);
+	ck_assert_str_eq(err, "torn: no end marker");
+	ck_assert_int_eq(spool_parse((const unsigned char *)d.s, d.len - 2, &m,
+				     err, sizeof(err)), -1);
+	ck_assert_msg(strstr(err, "torn: record header at offset") != NULL, "%s", err);
+	dstr_free(&d);
+}
+END_TEST
+
+/* Damaged length fields of each record. */
+START_TEST(test_bad_lengths)
+{
+	static const uint32_t lens[] = { 0xffffffffu, 0x80000000u, 0x7fffffffu };
+	struct spool_msg m;
+	struct dstr d;
+	char err[256], want[128];
+	size_t off, left, nrec = 0, r, k;
+	uint32_t orig;
+
+	build_default(&d);
+	while (rec_offset(&d, (int)nrec) < d.len)
+		nrec++;
+	ck_assert_uint_eq(nrec, 11);   /* V T C H P S s R R M E */
+	for (r = 0; r < nrec; r++) {
+		off = rec_offset(&d, (int)r);
+		orig = (uint32_t)(rec_offset(&d, (int)r + 1) - off - SPOOL_REC_HDR);
+		for (k = 0; k < sizeof(lens) / sizeof(lens[0]); k++) {
+			put32((unsigned char *)d.s + off + 1, lens[k]);
+			ck_assert_int_eq(parse_dstr(&d, &m, err, sizeof(err)), -1);
+			left = d.len - off - SPOOL_REC_HDR;
+			snprintf(want, sizeof(want),
+				 "record '%c' at offset %zu runs past end of file (length %u, %zu bytes left)",
+				 d.s[off], off, (unsigned)lens[k], left);
+			ck_assert_str_eq(err, want);
+		}
+		/* one byte too long or too short shifts every later record */
+		put32((unsigned char *)d.s + off + 1, orig + 1);
+		ck_assert_msg(parse_dstr(&d, &m, err, sizeof(err)) == -1,
+			      "record %zu length +1 accepted", r);
+		if (orig > 0) {
+			put32((unsigned char *)d.s + off + 1, orig - 1);
+			ck_assert_msg(parse_dstr(&d, &m, err, sizeof(err)) == -1,
+				      "record %zu length -1 accepted", r);
+		}
+		put32((unsigned char *)d.s + off + 1, orig);
+		ck_assert_int_eq(parse_dstr(&d, &m, err, sizeof(err)), 0);
+		spool_msg_free(&m);
+	}
+	dstr_free(&d);
+}
+END_TEST
+
+START_TEST(test_trailing_byte)
+{
+	static const char *const tails[] = { "\n", "E", "E\0\0\0\0" };
+	struct spool_msg m;
+	struct dstr d;
+	char err[256], want[128];
+	size_t base, tl;
+
+	for (size_t i = 0; i < sizeof(tails) / sizeof(tails[0]); i++) {
+		build_default(&d);
+		base = d.len;
+		tl = i == 2 ? 5 : 1;
+		dstr_append(&d, tails[i], tl);
+		ck_assert_int_eq(parse_dstr(&d, &m, err, sizeof(err)), -1);
+		snprintf(want, sizeof(want),
+			 "%zu trailing bytes after the end marker, from offset %zu", tl, base);
+		ck_assert_str_eq(err, want);
+		dstr_free(&d);
+	}
+}
+END_TEST
+
+START_TEST(test_unknown_type)
+{
+	struct spool_msg m;
+	struct dstr d;
+	char err[256], want[128];
+	size_t off;
+
+	build_default(&d);
+	off = rec_offset(&d, 2);   /* the client record */
+	ck_assert_int_eq(d.s[off], 'C');
+	d.s[off] = 'Q';
+	ck_assert_int_eq(parse_dstr(&d, &m, err, sizeof(err)), -1);
+	snprintf(want, sizeof(want), "unknown record type 0x51 at offset %zu", off);
+	ck_assert_str_eq(err, want);
+	d.s[off] = 'r';   /* type letters are case-sensitive */
+	ck_assert_int_eq(parse_dstr(&d, &m, err, sizeof(err)), -1);
+	snprintf(want, sizeof(want), "unknown record type 0x72 at offset %zu", off);
+	ck_assert_str_eq(err, want);
+	dstr_free(&d);
+}
+END_TEST
+
+/* Hand-built files: each breaks one structural rule. */
+struct rec { char type; const char *data; size_t len; };
+#define REC(t, s) { t, s, sizeof(s) - 1 }
+
+struct shape_case {
+	const char *name;
+	struct rec recs[12];
+	const char *reason;     /* expected substring of the reason */
+};
+
+static const struct shape_case shape_cases[] = {
+	{ "minimal valid", { REC('V', "1"), REC('T', "5"), REC('S', ""),
+	  REC('R', "a@b"), REC('M', ""), REC('E', "") }, NULL },
+	{ "no version", { REC('T', "5"), REC('S', ""), REC('R', "a@b"), REC('M', ""),
+	  REC('E', "") }, "first record is 'T', not the version record" },
+	{ "version 2", { REC('V', "2"), REC('T', "5"), REC('S', ""), REC('R', "a@b"),
+	  REC('M', ""), REC('E', "") }, "unsupported spool version \"2\"" },
+	{ "version with control bytes", { REC('V', "1\033[2J"), REC('T', "5"), REC('S', ""),
+	  REC('R', "a@b"), REC('M', ""), REC('E', "") }, "unsupported spool version \"1?[2J\"" },
+	{ "second version", { REC('V', "1"), REC('V', "1"), REC('T', "5"), REC('S', ""),
+	  REC('R', "a@b"), REC('M', ""), REC('E', "") }, "second version record at offset 6" },
+	{ "no time", { REC('V', "1"), REC('S', ""), REC('R', "a@b"), REC('M', ""),
+	  REC('E', "") }, "no arrival time record 'T'" },
+	{ "two times", { REC('V', "1"), REC('T', "5"), REC('T', "6"), REC('S', ""),
+	  REC('R', "a@b"), REC('M', ""), REC('E', "") }, "duplicate record 'T' at offset 12" },
+	{ "time not a number", { REC('V', "1"), REC('T', "5x"), REC('S', ""),
+	  REC('R', "a@b"), REC('M', ""), REC('E', "") }, "bad arrival time" },
+	{ "time empty", { REC('V', "1"), REC('T', ""), REC('S', ""),
+	  REC('R', "a@b"), REC('M', ""), REC('E', "") }, "bad arrival time" },
+	{ "time overflows", { REC('V', "1"), REC('T', "18446744073709551616"), REC('S', ""),
+	  REC('R', "a@b"), REC('M', ""), REC('E', "") }, "bad arrival time" },
+	{ "time at maximum", { REC('V', "1"), REC('T', "18446744073709551615"), REC('S', ""),
+	  REC('R', "a@b"), REC('M', ""), REC('E', "") }, NULL },
+	{ "no sender", { REC('V', "1"), REC('T', "5"), REC('R', "a@b"), REC('M', ""),
+	  REC('E', "") }, "no sender record 'S'" },
+	{ "two senders", { REC('V', "1"), REC('T', "5"), REC('S', ""), REC('S', "x@y"),
+	  REC('R', "a@b"), REC('M', ""), REC('E', "") }, "duplicate record 'S' at offset 17" },
+	{ "two sender params", { REC('V', "1"), REC('T', "5"), REC('S', ""), REC('s', "RET=HDRS"),
+	  REC('s', "RET=FULL"), REC('R', "a@b"), REC('M', ""), REC('E', "") },
+	  "duplicate record 's'" },
+	{ "two clients", { REC('V', "1"), REC('T', "5"), REC('C', "1"), REC('C', "2"),
+	  REC('S', ""), REC('R', "a@b"), REC('M', ""), REC('E', "") }, "duplicate record 'C'" },
+	{ "no recipients", { REC('V', "1"), REC('T', "5"), REC('S', ""), REC('M', ""),
+	  REC('E', "") }, "no recipient records before the content" },
+	{ "empty recipient", { REC('V', "1"), REC('T', "5"), REC('S', ""), REC('R', ""),
+	  REC('M', ""), REC('E', "") }, "empty recipient address in record 'R' at offset 17" },
+	{ "recipient only params", { REC('V', "1"), REC('T', "5"), REC('S', ""),
+	  REC('D', " NOTIFY=NEVER"), REC('M', ""), REC('E', "") },
+	  "empty recipient address in record 'D'" },
+	{ "no content", { REC('V', "1"), REC('T', "5"), REC('S', ""), REC('R', "a@b"),
+	  REC('E', "") }, "end marker at offset 25 before the content" },
+	{ "two contents", { REC('V', "1"), REC('T', "5"), REC('S', ""), REC('R', "a@b"),
+	  REC('M', "x"), REC('M', "y"), REC('E', "") }, "duplicate record 'M' at offset 31" },
+	{ "recipient after content", { REC('V', "1"), REC('T', "5"), REC('S', ""),
+	  REC('R', "a@b"), REC('M', ""), REC('R', "c@d"), REC('E', "") },
+	  "record 'R' at offset 30 after the content" },
+	{ "end with a length", { REC('V', "1"), REC('T', "5"), REC('S', ""), REC('R', "a@b"),
+	  REC('M', ""), REC('E', "x") }, "end marker at offset 30 has length 1" },
+	{ "NUL in sender", { REC('V', "1"), REC('T', "5"), REC('S', "a\0b"), REC('R', "a@b"),
+	  REC('M', ""), REC('E', "") }, "NUL byte in record 'S' at offset 12" },
+	{ "NUL in recipient", { REC('V', "1"), REC('T', "5"), REC('S', ""), REC('R', "a@b\0"),
+	  REC('M', ""), REC('E', "") }, "NUL byte in record 'R' at offset 17" },
+	{ "NUL in helo", { REC('V', "1"), REC('T', "5"), REC('H', "\0"), REC('S', ""),
+	  REC('R', "a@b"), REC('M', ""), REC('E', "") }, "NUL byte in record 'H'" },
+	{ "NUL in content is fine", { REC('V', "1"), REC('T', "5"), REC('S', ""),
+	  REC('R', "a@b"), REC('M', "a\0b"), REC('E', "") }, NULL },
+	{ "unknown type 0x00", { REC('V', "1"), REC('T', "5"), { '\0', "", 0 }, REC('S', ""),
+	  REC('R', "a@b"), REC('M', ""), REC('E', "") }, "unknown record type 0x00 at offset 12" },
+};
+
+START_TEST(test_shapes)
+{
+	const struct shape_case *c = &shape_cases[_i];
+	unsigned char hdr[SPOOL_REC_HDR];
+	struct spool_msg m;
+	struct dstr d;
+	char err[256];
+	size_t i;
+	int rc;
+
+	dstr_init(&d, 0);
+	/* the list ends at the first unused slot (data NULL), so type 0x00 can be tested */
+	for (i = 0; i < 12 && c->recs[i].data != NULL; i++) {
+		hdr[0] = (unsigned char)c->recs[i].type;
+		put32(hdr + 1, (uint32_t)c->recs[i].len);
+		dstr_append(&d, hdr, sizeof(hdr));
+		dstr_append(&d, c->recs[i].data, c->recs[i].len);
+	}
+	rc = parse_dstr(&d, &m, err, sizeof(err));
+	if (c->reason == NULL) {
+		ck_assert_msg(rc == 0, "%s: %s", c->name, err);
+		ck_assert_uint_eq(m.nrcpt, 1);
+		ck_assert_str_eq(m.client, "");   /* optional records read back as "" */
+		spool_msg_free(&m);
+	} else {
+		ck_assert_msg(rc == -1, "%s: accepted", c->name);
+		ck_assert_msg(strstr(err, c->reason) != NULL, "%s: got \"%s\", want \"%s\"",
+			      c->name, err, c->reason);
+	}
+	dstr_free(&d);
+}
+END_TEST
+
+/* ---- files ---- */
+
+static char tmpdir[256];
+
+static void
+make_tmpdir(void)
+{
+	snprintf(tmpdir, sizeof(tmpdir), "/tmp/check_spool.XXXXXX");
+	ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+}
+
+static void
+rm_rf(const char *path)
+{
+	char cmd[512];
+
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", path);
+	ck_assert_int_eq(system(cmd), 0);
+}
+
+static void
+write_file(const char *path, const void *p, size_t n)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(write_all(fd, p, n), 0);
+	close(fd);
+}
+
+START_TEST(test_read_file)
+{
+	struct spool_msg m;
+	struct dstr d;
+	char path[512], id[QID_LEN + 1], err[256];
+
+	make_tmpdir();
+	qid_init(3);
+	qid_next(id);
+	build_default(&d);
+	snprintf(path, sizeof(path), "%s/%s", tmpdir, id);
+	write_file(path, d.s, d.len);
+	ck_assert_msg(spool_read(path, &m, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_str_eq(m.id, id);           /* from the basename */
+	ck_assert_uint_eq(m.file_size, d.len);
+	ck_assert_str_eq(m.sender, "a@remote.test");
+	ck_assert_uint_eq(m.nrcpt, 2);
+	ck_assert_uint_eq(m.content_len, sizeof(content) - 1);
+	spool_msg_free(&m);
+
+	/* torn on disk: corrupt, not an I/O error */
+	write_file(path, d.s, d.len - SPOOL_REC_HDR - 1);
+	ck_assert_int_eq(spool_read(path, &m, err, sizeof(err)), -1);
+	ck_assert_msg(strstr(err, "runs past end of file") != NULL, "%s", err);
+
+	/* a name that is not a queue id (a tmp file, an editor's backup) */
+	snprintf(path, sizeof(path), "%s/%s~", tmpdir, id);
+	write_file(path, d.s, d.len);
+	ck_assert_int_eq(spool_read(path, &m, err, sizeof(err)), -1);
+	ck_assert_str_eq(err, "file name is not a queue id");
+	snprintf(path, sizeof(path), "%s/%s", tmpdir, "7kq2m4xh1c00");
+	write_file(path, d.s, d.len);
+	ck_assert_int_eq(spool_read(path, &m, err, sizeof(err)), -1);
+
+	/* missing: an I/O error, errno kept */
+	snprintf(path, sizeof(path), "%s/%s", tmpdir, "7KQ2M4XH1C00");
+	errno = 0;
+	ck_assert_int_eq(spool_read(path, &m, err, sizeof(err)), -2);
+	ck_assert_int_eq(errno, ENOENT);
+	ck_assert_msg(strstr(err, path) != NULL, "%s", err);
+
+	/* a directory in the way */
+	ck_assert_int_eq(mkdir(path, 0700), 0);
+	ck_assert_int_eq(spool_read(path, &m, err, sizeof(err)), -2);
+
+	dstr_free(&d);
+	rm_rf(tmpdir);
+}
+END_TEST
+
+START_TEST(test_prepare)
+{
+	static const char *const subs[] = {
+		"tmp", "incoming", "active", "deferred", "hold", "corrupt",
+	};
+	char spool[512], path[600];
+	struct stat st;
+	size_t i;
+
+	make_tmpdir();
+	snprintf(spool, sizeof(spool), "%s/var/spool/sorter", tmpdir);
+	ck_assert_int_eq(spool_prepare(spool), 0);
+	for (i = 0; i < sizeof(subs) / sizeof(subs[0]); i++) {
+		snprintf(path, sizeof(path), "%s/%s", spool, subs[i]);
+		ck_assert_msg(stat(path, &st) == 0, "%s missing", path);
+		ck_assert(S_ISDIR(st.st_mode));
+		ck_assert_int_eq(st.st_mode & 0777, 0700);
+	}
+	ck_assert_int_eq(stat(spool, &st), 0);
+	ck_assert_int_eq(st.st_mode & 0777, 0700);
+	/* idempotent */
+	ck_assert_int_eq(spool_prepare(spool), 0);
+	/* a plain file where a folder belongs */
+	snprintf(path, sizeof(path), "%s/hold", spool);
+	ck_assert_int_eq(rmdir(path), 0);
+	write_file(path, "x", 1);
+	errno = 0;
+	ck_assert_int_eq(spool_prepare(spool), -1);
+	ck_assert_int_eq(errno, ENOTDIR);
+	rm_rf(tmpdir);
+}
+END_TEST
+
+START_TEST(test_quarantine)
+{
+	char spool[512], src[600], dst[600], id[QID_LEN + 1];
+	struct stat st;
+
+	make_tmpdir();
+	snprintf(spool, sizeof(spool), "%s/spool", tmpdir);
+	ck_assert_int_eq(spool_prepare(spool), 0);
+	qid_init(1);
+	qid_next(id);
+	snprintf(src, sizeof(src), "%s/incoming/%s", spool, id);
+	snprintf(dst, sizeof(dst), "%s/corrupt/%s", spool, id);
+	write_file(src, "torn", 4);
+	spool_quarantine(spool, src, "torn: no end marker");
+	ck_assert_int_eq(stat(src, &st), -1);
+	ck_assert_int_eq(stat(dst, &st), 0);
+	ck_assert_int_eq(st.st_size, 4);
+
+	/* the same name again never replaces what is already there */
+	write_file(src, "second", 6);
+	spool_quarantine(spool, src, "torn: no end marker");
+	ck_assert_int_eq(stat(src, &st), -1);
+	ck_assert_int_eq(stat(dst, &st), 0);
+	ck_assert_int_eq(st.st_size, 4);
+	snprintf(dst, sizeof(dst), "%s/corrupt/%s.1", spool, id);
+	ck_assert_int_eq(stat(dst, &st), 0);
+	ck_assert_int_eq(st.st_size, 6);
+
+	/* a file that is not a queue id is moved too */
+	snprintf(src, sizeof(src), "%s/incoming/junk", spool);
+	snprintf(dst, sizeof(dst), "%s/corrupt/junk", spool);
+	write_file(src, "j", 1);
+	spool_quarantine(spool, src, "file name is not a queue id");
+	ck_assert_int_eq(stat(src, &st), -1);
+	ck_assert_int_eq(stat(dst, &st), 0);
+
+	/* a vanished file is only logged */
+	spool_quarantine(spool, src, "whatever");
+	rm_rf(tmpdir);
+}
+END_TEST
+
+static Suite *
+spool_suite(void)
+{
+	Suite *s = suite_create("spool");
+	TCase *tc = tcase_create("format");
+
+	tcase_add_loop_test(tc, test_roundtrip, 0, sizeof(env_cases) / sizeof(env_cases[0]));
+	tcase_add_test(tc, test_exact_bytes);
+	tcase_add_test(tc, test_empty_content_and_large_length);
+	tcase_add_test(tc, test_rcpt_states);
+	tcase_add_test(tc, test_every_truncation);
+	tcase_add_test(tc, test_bad_lengths);
+	tcase_add_test(tc, test_trailing_byte);
+	tcase_add_test(tc, test_unknown_type);
+	tcase_add_loop_test(tc, test_shapes, 0, sizeof(shape_cases) / sizeof(shape_cases[0]));
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("files");
+	tcase_add_test(tc, test_read_file);
+	tcase_add_test(tc, test_prepare);
+	tcase_add_test(tc, test_quarantine);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int
+main(void)
+{
+	SRunner *sr = srunner_create(spool_suite());
+	int failed;
+
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed != 0;
+}
