@@ -146,6 +146,47 @@ void commit_submit(struct commit_pool *p, struct commit_job *job);
 /* Waits for queued jobs, joins the threads. */
 void commit_pool_destroy(struct commit_pool *p);
 
+/* ---- the queue manager (qmgr.c) and its control socket (control.c) ---- */
+#define QID_SLOT_QMGR 30         /* qid process slot of the queue manager */
+#define QID_SLOT_CTL 31          /* qid process slot of sorterctl and tools */
+
+struct qmgr;
+struct control;
+
+/* Runs the queue manager until SIGTERM; returns the exit status. */
+int qmgr_main(struct config *cf, struct counters *ctr);
+/* A hint that incoming/ID was committed. */
+void qmgr_pickup(struct qmgr *q, const char *id);
+/* The wake-up a worker sends after a commit (best effort, never blocks). */
+void qmgr_wake(const char *spool_dir, int *fd, const char *id);
+
+enum queue_op { QOP_DELETE, QOP_HOLD, QOP_RELEASE, QOP_FLUSH };
+
+/* Acts on message id (NULL = all, for flush) on behalf of sorterctl; a
+ * line per message into out. 0 or -1. */
+int qmgr_control(struct qmgr *q, enum queue_op op, const char *id, struct dstr *out);
+void qmgr_stats(struct qmgr *q, struct dstr *out);
+
+/* The folders an operation needs, open: incoming active deferred hold
+ * defer corrupt (that order). */
+#define QUEUE_NDIRS 6
+int queue_open_dirs(const char *spool_dir, int fds[QUEUE_NDIRS]);
+void queue_close_dirs(int fds[QUEUE_NDIRS]);
+/* The file-level operation, for a message nobody is delivering: hold
+ * moves it to hold/, release from hold/ to incoming/, delete removes it
+ * (with its status file), flush makes a deferred message due now. */
+int queue_op_offline(const int fds[QUEUE_NDIRS], enum queue_op op, const char *id,
+		     struct dstr *out);
+void queue_count_dirs(const int fds[QUEUE_NDIRS], struct dstr *out);
+
+/* Control socket (spool_dir/control, owner only): one request line
+ * "VERB [ARG...]", a reply whose first line is "ok" or "error: ...". */
+struct control *control_start(struct qmgr *q, struct event_base *base, const char *spool_dir);
+void control_stop(struct control *c);
+/* Client side: 0 = answered (reply in out; its status in *ok), -1 = nobody
+ * listens (errno set). */
+int control_request(const char *spool_dir, const char *line, struct dstr *out, bool *ok);
+
 /* ---- per-message status of deferred mail (status.c) ---- */
 enum qstatus_kind { QS_ERROR, QS_DONE };
 
