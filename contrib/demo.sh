@@ -15,6 +15,7 @@ say "1. packages (contrib/setup.sh)"
 sh contrib/setup.sh
 
 say "2. build (autoreconf, configure, make in build/)"
+mkdir -p m4
 autoreconf -fi
 mkdir -p build
 if [ ! -f build/config.status ]; then
@@ -52,7 +53,8 @@ stop_sorterd() {
 }
 trap stop_sorterd EXIT
 i=0
-until python3 -c "import socket,sys; socket.create_connection(('127.0.0.1', $PORT), 1).close()" 2>/dev/null; do
+# wait for the listener without connecting (a probe would be a session in the log)
+until ss -Hltn "sport = :$PORT" | grep -q .; do
     i=$((i + 1))
     if [ $i -ge 100 ] || ! kill -0 "$SD_PID" 2>/dev/null; then
         echo "demo.sh: sorterd did not start; its log:" >&2
@@ -89,9 +91,10 @@ echo "sorterd stopped. Its log:"
 cat "$DEMO/sorterd.log"
 
 say "files"
+QFILE=$(find "$DEMO/spool" -type f -name "$QID" | head -n 1)
 cat <<MSG
 config        $DEMO/sorter.conf
-spool         $DEMO/spool   (the message: $DEMO/spool/incoming/$QID)
+spool         $DEMO/spool   (the message: ${QFILE:-gone from the spool})
 sorterd log   $DEMO/sorterd.log
 build         $BUILD   (sorterd, sorterctl)
 Remove the demo files with: rm -rf $DEMO

@@ -1,0 +1,1034 @@
+/*
+ * router.c - resolution of a recipient: canonical form, alias expansion,
+ * user_map -> node -> node_map endpoints, failover_node; the RCPT-time
+ * verdict built on the same resolution; endpoint parsing.
+ *
+ * Order for one address (all keys lower-cased):
+ *   1. domain not local -> remote (SMTP); alias_map is not consulted: a
+ *      local alias may point outside, but outside addresses are final.
+ *   2. alias_map: the address, then the address without its delimiter
+ *      extension. A hit expands into its targets (commas and/or blanks
+ *      between them; a target without '@' gets the alias's domain), each
+ *      resolved from step 1. An address already being expanded on the
+ *      path from the root (alice -> alice, archive) is not expanded again
+ *      but routed as itself: that is the loop check, and it is what makes
+ *      "keep a copy" aliases work. An alias key met a second time on
+ *      another branch adds nothing (duplicate). Deeper than
+ *      ROUTER_ALIAS_DEPTH bounces (5.4.6); more than ROUTER_EXPAND_MAX
+ *      addresses visited bounces the rest (5.5.3).
+ *   3. user_map: the address, without the extension, then "@domain". The
+ *      value is a node name looked up in node_map, or endpoints given
+ *      directly ("lmtp:..."). No entry: failover_node, else 5.1.1.
+ * Final addresses are de-duplicated (case-insensitively), first one wins.
+ *
+ * Must never: turn a lookup that failed into "unknown" (it is a deferral,
+ * 4.3.x), allocate on the RCPT path once warm, recurse without the depth
+ * bound, or read an address or a map value without its length limit.
+ */
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "router/router.h"
+
+struct router {
+	const struct config *cf;
+	struct map *alias, *user, *node;
+	/* failover_node: endpoints given directly, or a node name */
+	struct endpoint failover_eps[ROUTER_ENDPOINTS_MAX];
+	size_t nfailover_eps;
+	char failover_node[ROUTER_NODE_MAX + 1];
+	bool has_failover;
+	const char *default_domain;         /* for a bare "postmaster" */
+	char *aliasval[ROUTER_ALIAS_DEPTH + 1]; /* alias values being expanded, by depth */
+	char val[MAP_VALUE_MAX + 1];        /* user_map and node_map values */
+	struct dstr expanded;               /* alias keys expanded so far, NUL-separated */
+	struct route_list scratch;          /* router_check_rcpt's */
+};
+
+/* one resolution in progress */
+struct resolve {
+	struct router *r;
+	struct route_list *out;
+	const char *original;
+	size_t visited;
+	bool truncated;
+	bool tracing;
+	struct route_trace *root;
+	const char *anc[ROUTER_ALIAS_DEPTH + 2]; /* alias keys on the path from the root */
+};
+
+/* ---- small helpers ---- */
+
+static bool
+is_blank(int c)
+{
+	return c == ' ' || c == '\t';
+}
+
+static void
+lower(char *s)
+{
+	map_fold(s, s, strlen(s));
+}
+
+/* ---- endpoints ---- */
+
+static bool
+valid_hostname(const char *s, size_t n)
+{
+	size_t i, label = 0;
+
+	if (n == 0 || n > ADDR_DOMAIN_MAX)
+		return false;
+	for (i = 0; i < n; i++) {
+		char c = s[i];
+
+		if (c == '.') {
+			if (label == 0 || s[i - 1] == '-')
+				return false;
+			label = 0;
+		} else if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+			   (c >= '0' && c <= '9') || (c == '-' && label > 0)) {
+			if (++label > 63)
+				return false;
+		} else {
+			return false;
+		}
+	}
+	return s[n - 1] != '.' && s[n - 1] != '-';
+}
+
+static int
+parse_port(const char *s, size_t n, unsigned short *port)
+{
+	unsigned long v = 0;
+	size_t i;
+
+	if (n == 0 || n > 5)
+		return -1;
+	for (i = 0; i < n; i++) {
+		if (s[i] < '0' || s[i] > '9')
+			return -1;
+		v = v * 10 + (unsigned long)(s[i] - '0');
+	}
+	if (v == 0 || v > 65535)
+		return -1;
+	*port = (unsigned short)v;
+	return 0;
+}
+
+int
+endpoint_parse(const char *s, size_t len, struct endpoint *ep, const char **why)
+{
+	const char *p, *end = s + len, *hend, *colon;
+	char ip[64];
+	unsigned char bin[16];
+
+	memset(ep, 0, sizeof(*ep));
+	ep->port = 24;
+	if (len < 5 || strncasecmp(s, "lmtp:", 5) != 0) {
+		*why = "endpoint does not start with \"lmtp:\"";
+		return -1;
+	}
+	p = s + 5;
+	if ((size_t)(end - p) >= 5 && strncasecmp(p, "unix:", 5) == 0) {
+		p += 5;
+		if (p == end || *p != '/') {
+			*why = "lmtp:unix: needs an absolute path";
+			return -1;
+		}
+		if ((size_t)(end - p) > ENDPOINT_PATH_MAX) {
+			*why = "lmtp:unix: path too long for a socket address";
+			return -1;
+		}
+		for (const char *q = p; q < end; q++)
+			if ((unsigned char)*q <= 0x20 || (unsigned char)*q >= 0x7f || *q == ',') {
+				*why = "invalid character in lmtp:unix: path";
+				return -1;
+			}
+		ep->kind = EP_UNIX;
+		memcpy(ep->path, p, (size_t)(end - p));
+		return 0;
+	}
+	ep->kind = EP_INET;
+	if (p < end && *p == '[') {
+		hend = memchr(p, ']', (size_t)(end - p));
+		if (hend == NULL) {
+			*why = "missing ']' after the address";
+			return -1;
+		}
+		if ((size_t)(hend - p - 1) >= sizeof(ip) || hend == p + 1) {
+			*why = "invalid IP address in brackets";
+			return -1;
+		}
+		memcpy(ip, p + 1, (size_t)(hend - p - 1));
+		ip[hend - p - 1] = '\0';
+		if (inet_pton(AF_INET, ip, bin) != 1 && inet_pton(AF_INET6, ip, bin) != 1) {
+			*why = "invalid IP address in brackets";
+			return -1;
+		}
+		ep->literal = true;
+		memcpy(ep->host, ip, strlen(ip) + 1);
+		p = hend + 1;
+		if (p < end && *p != ':') {
+			*why = "expected ':' after ']'";
+			return -1;
+		}
+	} else {
+		colon = memchr(p, ':', (size_t)(end - p));
+		hend = colon ? colon : end;
+		if (!valid_hostname(p, (size_t)(hend - p))) {
+			*why = "invalid host name";
+			return -1;
+		}
+		/* "lmtp:unix:24" would read back as a socket path */
+		if (hend - p == 4 && strncasecmp(p, "unix", 4) == 0) {
+			*why = "host name \"unix\" is taken by lmtp:unix:PATH";
+			return -1;
+		}
+		memcpy(ep->host, p, (size_t)(hend - p));
+		lower(ep->host);
+		p = hend;
+	}
+	if (p < end) {
+		/* *p == ':' here */
+		if (parse_port(p + 1, (size_t)(end - p - 1), &ep->port) < 0) {
+			*why = "invalid port (1-65535)";
+			return -1;
+		}
+	}
+	return 0;
+}
+
+int
+endpoint_parse_list(const char *s, struct endpoint *eps, size_t max, const char **why)
+{
+	size_t n = 0;
+	const char *p = s, *t;
+
+	for (;;) {
+		while (*p == ',' || is_blank(*p))
+			p++;
+		if (*p == '\0')
+			break;
+		for (t = p; *t != '\0' && *t != ',' && !is_blank(*t); t++)
+			;
+		if (n == max) {
+			*why = "too many endpoints";
+			return -1;
+		}
+		if (endpoint_parse(p, (size_t)(t - p), &eps[n], why) < 0)
+			return -1;
+		n++;
+		p = t;
+	}
+	if (n == 0) {
+		*why = "no endpoint";
+		return -1;
+	}
+	return (int)n;
+}
+
+void
+endpoint_format(const struct endpoint *ep, char *buf, size_t buflen)
+{
+	if (ep->kind == EP_UNIX)
+		snprintf(buf, buflen, "lmtp:unix:%s", ep->path);
+	else if (ep->literal)
+		snprintf(buf, buflen, "lmtp:[%s]:%u", ep->host, ep->port);
+	else
+		snprintf(buf, buflen, "lmtp:%s:%u", ep->host, ep->port);
+}
+
+/* ---- canonical form ---- */
+
+int
+router_canon(const char *addr, const char *delims, const char *default_domain,
+	     struct canon *c, const char **why)
+{
+	size_t len = strlen(addr), at, i, dlen;
+	const char *a;
+
+	memset(c, 0, sizeof(*c));
+	if (len == 0) {
+		*why = "empty address";
+		return -1;
+	}
+	for (i = 0; i < len; i++)
+		if ((unsigned char)addr[i] < 0x20 || (unsigned char)addr[i] >= 0x7f) {
+			*why = "control or 8-bit character in address";
+			return -1;
+		}
+	a = strrchr(addr, '@');
+	if (a == NULL) {
+		if (strcasecmp(addr, "postmaster") != 0) {
+			*why = "address without a domain";
+			return -1;
+		}
+		if (default_domain == NULL || default_domain[0] == '\0') {
+			snprintf(c->address, sizeof(c->address), "%s", addr);
+			memcpy(c->key, c->address, sizeof(c->key));
+			lower(c->key);
+			c->domain_off = len;
+			return 0;
+		}
+		if (len + 1 + strlen(default_domain) > ADDR_PATH_MAX) {
+			*why = "address too long";
+			return -1;
+		}
+		snprintf(c->address, sizeof(c->address), "%s@%s", addr, default_domain);
+		at = len;
+	} else {
+		if (len > ADDR_PATH_MAX) {
+			*why = "address too long";
+			return -1;
+		}
+		at = (size_t)(a - addr);
+		if (at == 0) {
+			*why = "empty local part";
+			return -1;
+		}
+		if (at + 1 == len) {
+			*why = "empty domain";
+			return -1;
+		}
+		memcpy(c->address, addr, len + 1);
+	}
+	c->domain_off = at + 1;
+	lower(c->address + c->domain_off);
+	dlen = strlen(c->address + c->domain_off);
+	if (dlen > ADDR_DOMAIN_MAX) {
+		*why = "domain too long";
+		return -1;
+	}
+	memcpy(c->key, c->address, sizeof(c->key));
+	lower(c->key);
+	c->domain_key[0] = '@';
+	memcpy(c->domain_key + 1, c->key + c->domain_off, dlen + 1);
+
+	/* the extension: from the first delimiter on, in an unquoted local
+	 * part, and never the whole local part */
+	if (delims != NULL && delims[0] != '\0' && c->key[0] != '"') {
+		for (i = 1; i < at; i++)
+			if (strchr(delims, c->key[i]) != NULL)
+				break;
+		if (i < at)
+			snprintf(c->base, sizeof(c->base), "%.*s%s", (int)i, c->key, c->key + at);
+	}
+	return 0;
+}
+
+/* ---- route lists and traces ---- */
+
+void
+route_list_free(struct route_list *l)
+{
+	free(l->v);
+	free(l->eps);
+	memset(l, 0, sizeof(*l));
+}
+
+static void
+route_list_reset(struct route_list *l)
+{
+	l->n = 0;
+	l->neps = 0;
+}
+
+static void
+trace_note(struct route_trace *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void
+trace_note(struct route_trace *t, const char *fmt, ...)
+{
+	va_list ap;
+	char line[1024];
+
+	if (t == NULL)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	t->notes = xrealloc(t->notes, (t->nnotes + 1) * sizeof(*t->notes));
+	t->notes[t->nnotes++] = xstrdup(line);
+}
+
+static struct route_trace *
+trace_new(struct route_trace *parent, const char *address)
+{
+	struct route_trace *t = xcalloc(1, sizeof(*t));
+
+	t->address = xstrdup(address);
+	t->route = -1;
+	if (parent != NULL) {
+		parent->sub = xrealloc(parent->sub, (parent->nsub + 1) * sizeof(*parent->sub));
+		parent->sub[parent->nsub++] = t;
+	}
+	return t;
+}
+
+void
+route_trace_free(struct route_trace *t)
+{
+	size_t i;
+
+	if (t == NULL)
+		return;
+	for (i = 0; i < t->nnotes; i++)
+		free(t->notes[i]);
+	for (i = 0; i < t->nsub; i++)
+		route_trace_free(t->sub[i]);
+	free(t->notes);
+	free(t->sub);
+	free(t->address);
+	free(t);
+}
+
+const char *
+route_kind_name(enum route_kind k)
+{
+	switch (k) {
+	case ROUTE_LOCAL:
+		return "local";
+	case ROUTE_REMOTE:
+		return "remote";
+	case ROUTE_BOUNCE:
+		return "bounce";
+	case ROUTE_TEMPFAIL:
+		return "tempfail";
+	}
+	return "?";
+}
+
+const char *
+route_via_name(enum route_via v)
+{
+	switch (v) {
+	case VIA_NONE:
+		return "none";
+	case VIA_USER_MAP:
+		return "user_map";
+	case VIA_DOMAIN:
+		return "@domain";
+	case VIA_FAILOVER:
+		return "failover_node";
+	case VIA_NOT_LOCAL:
+		return "not local";
+	case VIA_NO_USER_MAP:
+		return "no user_map";
+	}
+	return "?";
+}
+
+/*
+ * Adds a final route unless its address is there already. Returns the new
+ * route, or NULL for a duplicate. The endpoints are copied into the pool.
+ */
+static struct route *
+add_route(struct resolve *rs, const char *address, enum route_kind kind, enum route_via via,
+	  const char *status, struct route_trace *t, const char *fmt, ...)
+	__attribute__((format(printf, 7, 8)));
+
+static struct route *
+add_route(struct resolve *rs, const char *address, enum route_kind kind, enum route_via via,
+	  const char *status, struct route_trace *t, const char *fmt, ...)
+{
+	struct route_list *l = rs->out;
+	struct route *rt;
+	va_list ap;
+	size_t i;
+
+	for (i = 0; i < l->n; i++)
+		if (strcasecmp(l->v[i].address, address) == 0) {
+			trace_note(t, "duplicate of an address already routed: dropped");
+			return NULL;
+		}
+	if (l->n == l->cap) {
+		l->cap = l->cap ? l->cap * 2 : 4;
+		l->v = xrealloc(l->v, l->cap * sizeof(*l->v));
+	}
+	rt = &l->v[l->n];
+	memset(rt, 0, sizeof(*rt));
+	snprintf(rt->original, sizeof(rt->original), "%s", rs->original);
+	snprintf(rt->address, sizeof(rt->address), "%s", address);
+	rt->kind = kind;
+	rt->via = via;
+	snprintf(rt->status, sizeof(rt->status), "%s", status);
+	va_start(ap, fmt);
+	vsnprintf(rt->reason, sizeof(rt->reason), fmt, ap);
+	va_end(ap);
+	rt->ep_first = l->neps;
+	if (t != NULL)
+		t->route = (long)l->n;
+	l->n++;
+	return rt;
+}
+
+static void
+add_endpoints(struct resolve *rs, struct route *rt, const struct endpoint *eps, size_t n)
+{
+	struct route_list *l = rs->out;
+
+	if (l->neps + n > l->epscap) {
+		while (l->neps + n > l->epscap)
+			l->epscap = l->epscap ? l->epscap * 2 : 8;
+		l->eps = xrealloc(l->eps, l->epscap * sizeof(*l->eps));
+	}
+	memcpy(l->eps + l->neps, eps, n * sizeof(*eps));
+	rt->ep_first = l->neps;
+	rt->nendpoints = n;
+	l->neps += n;
+}
+
+/* the pool may have moved while routes were added */
+static void
+fix_endpoints(struct route_list *l)
+{
+	size_t i;
+
+	for (i = 0; i < l->n; i++)
+		l->v[i].endpoints = l->v[i].nendpoints ? l->eps + l->v[i].ep_first : NULL;
+}
+
+/* ---- resolution ---- */
+
+static bool
+is_local(const struct router *r, const struct canon *c)
+{
+	const char *d = c->address + c->domain_off;
+
+	if (*d == '\0')
+		return true;            /* bare postmaster with no local domain at all */
+	if (*d == '[')
+		return false;
+	return config_is_local_domain(r->cf, d);
+}
+
+/* key, then base when there is one; sets *hit to the key that matched */
+static enum map_status
+lookup2(struct map *m, const struct canon *c, char *val, size_t vallen, const char **hit,
+	char *err, size_t errlen)
+{
+	enum map_status st = map_lookup(m, c->key, val, vallen, err, errlen);
+
+	*hit = c->key;
+	if (st == MAP_NOTFOUND && c->base[0] != '\0') {
+		st = map_lookup(m, c->base, val, vallen, err, errlen);
+		*hit = c->base;
+	}
+	return st;
+}
+
+/* a user_map value or failover_node: endpoints, or a node name for node_map */
+static void
+route_node(struct resolve *rs, const char *address, const char *value, enum route_via via,
+	   struct route_trace *t)
+{
+	struct router *r = rs->r;
+	struct endpoint eps[ROUTER_ENDPOINTS_MAX];
+	char node[ROUTER_NODE_MAX + 1], err[512];
+	const char *why, *src = via == VIA_FAILOVER ? "failover_node" : "user_map";
+	struct route *rt;
+	enum map_status st;
+	size_t n, i;
+	int ne;
+
+	if (strncasecmp(value, "lmtp:", 5) == 0) {
+		ne = endpoint_parse_list(value, eps, ROUTER_ENDPOINTS_MAX, &why);
+		if (ne < 0) {
+			trace_note(t, "%s: bad endpoint in \"%.200s\": %s", src, value, why);
+			add_route(rs, address, ROUTE_TEMPFAIL, via, "4.3.5", t,
+				  "%s: bad endpoint in \"%.100s\": %s", src, value, why);
+			return;
+		}
+		rt = add_route(rs, address, ROUTE_LOCAL, via, "2.0.0", t,
+			       "%s gives the endpoints directly", src);
+		if (rt != NULL)
+			add_endpoints(rs, rt, eps, (size_t)ne);
+		return;
+	}
+	n = strlen(value);
+	for (i = 0; i < n; i++)
+		if (is_blank(value[i]) || value[i] == ',')
+			break;
+	if (n == 0 || n > ROUTER_NODE_MAX || i < n) {
+		trace_note(t, "%s: \"%.200s\" is not a node name", src, value);
+		add_route(rs, address, ROUTE_TEMPFAIL, via, "4.3.5", t,
+			  "%s: \"%.100s\" is not a node name", src, value);
+		return;
+	}
+	memcpy(node, value, n + 1);
+	lower(node);
+	if (r->node == NULL) {
+		trace_note(t, "node %s: no node_map configured", node);
+		add_route(rs, address, ROUTE_TEMPFAIL, via, "4.3.5", t,
+			  "node %s: no node_map configured", node);
+		return;
+	}
+	st = map_lookup(r->node, node, r->val, sizeof(r->val), err, sizeof(err));
+	if (st == MAP_TEMPFAIL) {
+		trace_note(t, "node_map: lookup of %s failed: %s", node, err);
+		add_route(rs, address, ROUTE_TEMPFAIL, via, "4.3.0", t, "%s", err);
+		return;
+	}
+	if (st == MAP_NOTFOUND) {
+		trace_note(t, "node_map %s: no entry for node %s", map_spec(r->node), node);
+		add_route(rs, address, ROUTE_TEMPFAIL, via, "4.3.5", t,
+			  "node %s is not in node_map", node);
+		return;
+	}
+	ne = endpoint_parse_list(r->val, eps, ROUTER_ENDPOINTS_MAX, &why);
+	if (ne < 0) {
+		trace_note(t, "node_map %s: %s -> %.200s: %s", map_spec(r->node), node, r->val, why);
+		add_route(rs, address, ROUTE_TEMPFAIL, via, "4.3.5", t,
+			  "node_map: node %s: %s", node, why);
+		return;
+	}
+	trace_note(t, "node_map %s: %s -> %.300s", map_spec(r->node), node, r->val);
+	rt = add_route(rs, address, ROUTE_LOCAL, via, "2.0.0", t, "node %s (%s)", node,
+		       route_via_name(via));
+	if (rt != NULL) {
+		snprintf(rt->node, sizeof(rt->node), "%s", node);
+		add_endpoints(rs, rt, eps, (size_t)ne);
+	}
+}
+
+static void
+route_failover(struct resolve *rs, const char *address, struct route_trace *t)
+{
+	struct router *r = rs->r;
+	struct route *rt;
+
+	if (r->nfailover_eps > 0) {
+		trace_note(t, "failover_node: %s", r->cf->failover_node);
+		rt = add_route(rs, address, ROUTE_LOCAL, VIA_FAILOVER, "2.0.0", t,
+			       "failover_node");
+		if (rt != NULL)
+			add_endpoints(rs, rt, r->failover_eps, r->nfailover_eps);
+		return;
+	}
+	trace_note(t, "failover_node: node %s", r->failover_node);
+	route_node(rs, address, r->failover_node, VIA_FAILOVER, t);
+}
+
+static void
+route_user(struct resolve *rs, const struct canon *c, struct route_trace *t)
+{
+	struct router *r = rs->r;
+	char err[512];
+	const char *hit;
+	enum map_status st;
+
+	if (r->user == NULL) {
+		if (r->has_failover) {
+			trace_note(t, "no user_map configured");
+			route_failover(rs, c->address, t);
+			return;
+		}
+		trace_note(t, "no user_map and no failover_node: accepted, nowhere to deliver yet");
+		add_route(rs, c->address, ROUTE_TEMPFAIL, VIA_NO_USER_MAP, "4.3.5", t,
+			  "no user_map and no failover_node: nowhere to deliver");
+		return;
+	}
+	st = lookup2(r->user, c, r->val, sizeof(r->val), &hit, err, sizeof(err));
+	if (st == MAP_NOTFOUND && c->domain_key[0] != '\0') {
+		st = map_lookup(r->user, c->domain_key, r->val, sizeof(r->val), err, sizeof(err));
+		hit = c->domain_key;
+	}
+	if (st == MAP_TEMPFAIL) {
+		trace_note(t, "user_map: lookup failed: %s", err);
+		add_route(rs, c->address, ROUTE_TEMPFAIL, VIA_NONE, "4.3.0", t, "%s", err);
+		return;
+	}
+	if (st == MAP_FOUND) {
+		trace_note(t, "user_map %s: %s -> %.300s", map_spec(r->user), hit, r->val);
+		route_node(rs, c->address, r->val, hit == c->domain_key ? VIA_DOMAIN : VIA_USER_MAP, t);
+		return;
+	}
+	trace_note(t, "user_map %s: no entry for %s%s%s or %s", map_spec(r->user), c->key,
+		   c->base[0] ? ", " : "", c->base, c->domain_key);
+	if (r->has_failover) {
+		route_failover(rs, c->address, t);
+		return;
+	}
+	add_route(rs, c->address, ROUTE_BOUNCE, VIA_NONE, "5.1.1", t,
+		  "user unknown: not in user_map and no failover_node");
+}
+
+/* has this alias key been expanded already in this resolution? */
+static bool
+expanded_before(struct router *r, const char *key)
+{
+	size_t off = 0, n;
+
+	while (off < r->expanded.len) {
+		n = strlen(r->expanded.s + off);
+		if (strcmp(r->expanded.s + off, key) == 0)
+			return true;
+		off += n + 1;
+	}
+	return false;
+}
+
+static void resolve_one(struct resolve *rs, const char *address, int depth,
+			struct route_trace *parent);
+
+/*
+ * Expands the alias value held in r->aliasval[depth] (key `hit`, of the
+ * address c) target by target.
+ */
+static void
+expand_alias(struct resolve *rs, const struct canon *c, const char *hit, int depth,
+	     struct route_trace *t)
+{
+	struct router *r = rs->r;
+	const char *p = r->aliasval[depth], *q, *why;
+	const char *domain = c->address + c->domain_off;
+	char target[ADDR_PATH_MAX * 2 + 2], fmt[ADDR_PATH_MAX + 8];
+	struct address a;
+	size_t n;
+	bool quoted;
+	int used;
+
+	rs->anc[depth] = hit;
+	for (;;) {
+		while (*p == ',' || is_blank(*p))
+			p++;
+		if (*p == '\0')
+			break;
+		/* a target ends at a comma or blank outside double quotes */
+		quoted = false;
+		for (q = p; *q != '\0'; q++) {
+			if (*q == '\\' && quoted && q[1] != '\0')
+				q++;
+			else if (*q == '"')
+				quoted = !quoted;
+			else if (!quoted && (*q == ',' || is_blank(*q)))
+				break;
+		}
+		n = (size_t)(q - p);
+		if (n > ADDR_PATH_MAX) {
+			trace_note(t, "alias target \"%.60s...\" too long", p);
+			add_route(rs, "", ROUTE_TEMPFAIL, VIA_NONE, "4.3.5", t,
+				  "alias_map: %s: a target is longer than %d bytes", hit,
+				  ADDR_PATH_MAX);
+			p = q;
+			continue;
+		}
+		/* a bare local part is in the alias's own domain */
+		if (memchr(p, '@', n) == NULL)
+			snprintf(target, sizeof(target), "%.*s@%s", (int)n, p, domain);
+		else
+			snprintf(target, sizeof(target), "%.*s", (int)n, p);
+		n = strlen(target);
+		used = address_parse(target, n, ADDR_ALLOW_POSTMASTER, &a, &why);
+		if (used < 0 || (size_t)used != n) {
+			trace_note(t, "alias target \"%s\" is not an address: %s", target,
+				   used < 0 ? why : "trailing characters");
+			add_route(rs, target, ROUTE_TEMPFAIL, VIA_NONE, "4.3.5", t,
+				  "alias_map: %s: target \"%.100s\" is not an address", hit, target);
+			p = q;
+			continue;
+		}
+		address_format(&a, fmt, sizeof(fmt));
+		resolve_one(rs, fmt, depth + 1, t);
+		p = q;
+	}
+}
+
+static bool
+on_path(const struct resolve *rs, int depth, const char *key)
+{
+	int i;
+
+	for (i = 0; i < depth; i++)
+		if (strcmp(rs->anc[i], key) == 0)
+			return true;
+	return false;
+}
+
+static void
+resolve_one(struct resolve *rs, const char *address, int depth, struct route_trace *parent)
+{
+	struct router *r = rs->r;
+	struct route_trace *t = NULL;
+	struct canon c;
+	char err[512];
+	const char *why, *hit;
+	enum map_status st;
+
+	if (rs->tracing) {
+		t = trace_new(parent, address);
+		if (depth == 0)
+			rs->root = t;
+	}
+	if (++rs->visited > ROUTER_EXPAND_MAX) {
+		trace_note(t, "more than %d addresses in the expansion: not routed",
+			   ROUTER_EXPAND_MAX);
+		if (!rs->truncated)
+			add_route(rs, address, ROUTE_BOUNCE, VIA_NONE, "5.5.3", t,
+				  "alias expansion exceeds %d addresses", ROUTER_EXPAND_MAX);
+		rs->truncated = true;
+		return;
+	}
+	if (router_canon(address, r->cf->recipient_delimiter, r->default_domain, &c, &why) < 0) {
+		trace_note(t, "not an address: %s", why);
+		if (depth == 0)
+			add_route(rs, address, ROUTE_BOUNCE, VIA_NONE, "5.1.3", t,
+				  "bad address: %s", why);
+		else
+			add_route(rs, address, ROUTE_TEMPFAIL, VIA_NONE, "4.3.5", t,
+				  "alias_map: bad target: %s", why);
+		return;
+	}
+	if (c.base[0] != '\0')
+		trace_note(t, "canonical: %s (without extension: %s)", c.address, c.base);
+	else
+		trace_note(t, "canonical: %s", c.address);
+	if (!is_local(r, &c)) {
+		trace_note(t, "domain %s is not local: delivered by SMTP",
+			   c.address + c.domain_off);
+		add_route(rs, c.address, ROUTE_REMOTE, VIA_NOT_LOCAL, "2.0.0", t,
+			  "domain %s is not local", c.address + c.domain_off);
+		return;
+	}
+	if (r->alias != NULL) {
+		if (on_path(rs, depth, c.key) || (c.base[0] && on_path(rs, depth, c.base))) {
+			trace_note(t, "alias_map: already being expanded above: routed as itself");
+		} else {
+			if (r->aliasval[depth] == NULL)
+				r->aliasval[depth] = xmalloc(MAP_VALUE_MAX + 1);
+			st = lookup2(r->alias, &c, r->aliasval[depth], MAP_VALUE_MAX + 1, &hit,
+				     err, sizeof(err));
+			if (st == MAP_TEMPFAIL) {
+				trace_note(t, "alias_map: lookup failed: %s", err);
+				add_route(rs, c.address, ROUTE_TEMPFAIL, VIA_NONE, "4.3.0", t,
+					  "%s", err);
+				return;
+			}
+			if (st == MAP_FOUND) {
+				trace_note(t, "alias_map %s: %s -> %.300s", map_spec(r->alias), hit,
+					   r->aliasval[depth]);
+				if (expanded_before(r, hit)) {
+					trace_note(t, "alias %s was expanded already: duplicate", hit);
+					return;
+				}
+				if (depth >= ROUTER_ALIAS_DEPTH) {
+					trace_note(t, "alias nesting deeper than %d: not expanded",
+						   ROUTER_ALIAS_DEPTH);
+					add_route(rs, c.address, ROUTE_BOUNCE, VIA_NONE, "5.4.6", t,
+						  "alias expansion deeper than %d levels",
+						  ROUTER_ALIAS_DEPTH);
+					return;
+				}
+				if (dstr_append(&r->expanded, hit, strlen(hit) + 1) < 0)
+					msg_panic("resolve: unbounded string refused an append");
+				expand_alias(rs, &c, hit, depth, t);
+				return;
+			}
+			trace_note(t, "alias_map %s: no entry", map_spec(r->alias));
+		}
+	}
+	route_user(rs, &c, t);
+}
+
+size_t
+router_resolve(struct router *r, const char *address, struct route_list *out,
+	       struct route_trace **trace)
+{
+	struct resolve rs;
+
+	route_list_reset(out);
+	dstr_reset(&r->expanded);
+	memset(&rs, 0, sizeof(rs));
+	rs.r = r;
+	rs.out = out;
+	rs.original = address;
+	rs.tracing = trace != NULL;
+	resolve_one(&rs, address, 0, NULL);
+	if (trace != NULL)
+		*trace = rs.root;
+	if (out->n == 0) {
+		/* every branch was a duplicate or empty: say so rather than
+		 * return nothing */
+		add_route(&rs, address, ROUTE_BOUNCE, VIA_NONE, "5.1.1", NULL,
+			  "alias expands to no address");
+	}
+	fix_endpoints(out);
+	return out->n;
+}
+
+/* ---- the RCPT-time verdict ---- */
+
+const char *
+rcpt_verdict_status(enum rcpt_verdict v)
+{
+	switch (v) {
+	case RCPT_ACCEPT:
+		return "250 2.1.5";
+	case RCPT_UNKNOWN_USER:
+		return "550 5.1.1";
+	case RCPT_RELAY_DENIED:
+		return "554 5.7.1";
+	case RCPT_TEMPFAIL:
+		return "451 4.3.0";
+	}
+	return "451 4.3.0";
+}
+
+enum rcpt_verdict
+router_check_rcpt(struct router *r, const char *address, char *why, size_t whylen)
+{
+	struct route_list *l = &r->scratch;
+	const struct route *rt, *temp = NULL, *bounce = NULL;
+	struct canon c;
+	const char *cwhy;
+	size_t i;
+
+	if (router_canon(address, r->cf->recipient_delimiter, r->default_domain, &c, &cwhy) < 0) {
+		snprintf(why, whylen, "bad address: %s", cwhy);
+		return RCPT_UNKNOWN_USER;
+	}
+	if (!is_local(r, &c)) {
+		snprintf(why, whylen, "relay access denied: %s is not a local domain",
+			 c.address + c.domain_off);
+		return RCPT_RELAY_DENIED;
+	}
+	if (r->alias == NULL && r->user == NULL) {
+		snprintf(why, whylen, "local domain, no user_map");
+		return RCPT_ACCEPT;
+	}
+	router_resolve(r, address, l, NULL);
+	for (i = 0; i < l->n; i++) {
+		rt = &l->v[i];
+		if (rt->kind == ROUTE_LOCAL || rt->kind == ROUTE_REMOTE ||
+		    rt->via == VIA_NO_USER_MAP) {
+			if (l->n == 1)
+				snprintf(why, whylen, "%s: %s", rt->address, rt->reason);
+			else
+				snprintf(why, whylen, "%zu addresses after alias expansion, "
+					 "first routed: %s", l->n, rt->address);
+			return RCPT_ACCEPT;
+		}
+		if (rt->kind == ROUTE_TEMPFAIL && temp == NULL)
+			temp = rt;
+		if (rt->kind == ROUTE_BOUNCE && bounce == NULL)
+			bounce = rt;
+	}
+	if (temp != NULL) {
+		snprintf(why, whylen, "%s: %s", temp->address, temp->reason);
+		return RCPT_TEMPFAIL;
+	}
+	snprintf(why, whylen, "%s: %s", bounce ? bounce->address : address,
+		 bounce ? bounce->reason : "no route");
+	return RCPT_UNKNOWN_USER;
+}
+
+/* ---- open and close ---- */
+
+struct router *
+router_open(const struct config *cf, char *err, size_t errlen)
+{
+	struct router *r = xcalloc(1, sizeof(*r));
+	const char *why;
+	char e[400];
+	int n;
+
+	r->cf = cf;
+	dstr_init(&r->expanded, 0);
+	if (cf->nlocal_domains > 0 && cf->local_domains != NULL)
+		r->default_domain = cf->local_domains[0];
+	if (cf->alias_map && (r->alias = map_open(cf->alias_map, e, sizeof(e))) == NULL) {
+		snprintf(err, errlen, "alias_map: %s", e);
+		goto fail;
+	}
+	if (cf->user_map && (r->user = map_open(cf->user_map, e, sizeof(e))) == NULL) {
+		snprintf(err, errlen, "user_map: %s", e);
+		goto fail;
+	}
+	if (cf->node_map && (r->node = map_open(cf->node_map, e, sizeof(e))) == NULL) {
+		snprintf(err, errlen, "node_map: %s", e);
+		goto fail;
+	}
+	if (cf->failover_node != NULL && cf->failover_node[0] != '\0') {
+		r->has_failover = true;
+		if (strncasecmp(cf->failover_node, "lmtp:", 5) == 0) {
+			n = endpoint_parse_list(cf->failover_node, r->failover_eps,
+						ROUTER_ENDPOINTS_MAX, &why);
+			if (n < 0) {
+				snprintf(err, errlen, "failover_node \"%.100s\": %s",
+					 cf->failover_node, why);
+				goto fail;
+			}
+			r->nfailover_eps = (size_t)n;
+		} else {
+			size_t len = strlen(cf->failover_node);
+
+			if (len > ROUTER_NODE_MAX || strcspn(cf->failover_node, " \t,") != len) {
+				snprintf(err, errlen, "failover_node \"%.100s\": neither endpoints "
+					 "(lmtp:...) nor a node name", cf->failover_node);
+				goto fail;
+			}
+			if (r->node == NULL) {
+				snprintf(err, errlen, "failover_node \"%.100s\" names a node, "
+					 "but there is no node_map", cf->failover_node);
+				goto fail;
+			}
+			memcpy(r->failover_node, cf->failover_node, len + 1);
+			lower(r->failover_node);
+		}
+	}
+	return r;
+
+fail:
+	router_close(r);
+	return NULL;
+}
+
+int
+router_check_maps(struct router *r, char *err, size_t errlen)
+{
+	struct { const char *name; struct map *m; } maps[] = {
+		{ "alias_map", r->alias }, { "user_map", r->user }, { "node_map", r->node },
+	};
+	char e[400];
+	size_t i;
+
+	for (i = 0; i < sizeof(maps) / sizeof(maps[0]); i++)
+		if (maps[i].m != NULL && map_ready(maps[i].m, e, sizeof(e)) < 0) {
+			snprintf(err, errlen, "%s %s", maps[i].name, e);
+			return -1;
+		}
+	return 0;
+}
+
+void
+router_maps(struct router *r, struct map *maps[3])
+{
+	maps[0] = r->alias;
+	maps[1] = r->user;
+	maps[2] = r->node;
+}
+
+void
+router_close(struct router *r)
+{
+	int i;
+
+	if (r == NULL)
+		return;
+	map_close(r->alias);
+	map_close(r->user);
+	map_close(r->node);
+	for (i = 0; i <= ROUTER_ALIAS_DEPTH; i++)
+		free(r->aliasval[i]);
+	dstr_free(&r->expanded);
+	route_list_free(&r->scratch);
+	free(r);
+}

@@ -1,0 +1,288 @@
+/*
+ * router.h - the router: where does a recipient's mail go?
+ *
+ * Maps (one small backend vtable; Berkeley DB hash: and btree: now, ldap:
+ * later), the parser of map source files, address canonicalisation, alias
+ * expansion, user_map -> node -> node_map endpoint resolution, the RCPT-time
+ * check, the delivery-time resolve and the explanation that `sorterctl
+ * route` prints.
+ *
+ * RCPT time and delivery time run the same resolution, so they give the same
+ * answer unless the maps changed in between (delivery then follows the new
+ * maps: that is how a moved mailbox is followed).
+ *
+ * A router and its maps are read-only handles owned by one thread of one
+ * process: open them after fork(), in the thread that uses them. A router
+ * keeps a pointer to the config it was opened with; on a config reload open
+ * a new router and close the old one.
+ *
+ * Map files: key and value are stored without a trailing NUL; keys are
+ * lower-cased (ASCII) by sortermap when written and by map_lookup() before
+ * reading, so lookups are case-insensitive on both sides.
+ */
+#ifndef SORTER_ROUTER_H
+#define SORTER_ROUTER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <time.h>
+
+#include "lib/lib.h"
+
+/* ---- limits, set here once ---- */
+#define MAP_KEY_MAX 512           /* bytes in a map key */
+#define MAP_VALUE_MAX 8192        /* bytes in a map value (an alias list) */
+#define ROUTER_NODE_MAX 64        /* bytes in a node name */
+#define ROUTER_ENDPOINTS_MAX 16   /* endpoints of one node */
+#define ROUTER_ALIAS_DEPTH 20     /* nested alias expansions */
+#define ROUTER_EXPAND_MAX 1000    /* addresses visited while expanding one recipient */
+#define ENDPOINT_PATH_MAX 107     /* sizeof(sun_path) - 1 */
+
+/* ---- maps (map.c) ---- */
+enum map_status {
+	MAP_TEMPFAIL = -1,        /* the map cannot answer now: defer, never guess */
+	MAP_NOTFOUND = 0,
+	MAP_FOUND = 1,
+};
+
+/* What a map's backing file looked like when it was opened: a different
+ * stamp means the file was rebuilt and is reopened. */
+struct map_stamp {
+	dev_t dev;
+	ino_t ino;
+	off_t size;
+	struct timespec mtime;
+};
+
+/*
+ * A backend. `arg` is what follows "type:" in the map's spec. Handles are
+ * read-only. A backend without a file (ldap:) leaves `stamp` NULL and
+ * reconnects by itself inside lookup().
+ */
+struct map_backend {
+	const char *type;
+	/* NULL with err set on failure; fills *st for file backends */
+	void *(*open)(const char *arg, struct map_stamp *st, char *err, size_t errlen);
+	/* key is lower-cased already; a found value is copied NUL-terminated
+	 * into val (vallen bytes with the NUL); too long = MAP_TEMPFAIL */
+	enum map_status (*lookup)(void *h, const char *key, size_t keylen,
+				  char *val, size_t vallen, char *err, size_t errlen);
+	/* the backing file's stamp now; -1 with errno when it cannot be seen */
+	int (*stamp)(const char *arg, struct map_stamp *st);
+	void (*close)(void *h);
+	/* writes every entry of the source into a new map that replaces the
+	 * old one atomically (NULL: the backend is not built by sortermap) */
+	long (*build)(const char *arg, const char *name, const char *src, size_t len,
+		      const struct stat *like, char *err, size_t errlen);
+};
+
+struct map;
+
+/* "hash:PATH" and "btree:PATH" read PATH.db; a spec without "type:" is a
+ * hash. Returns NULL (err set) only for a spec it cannot understand: a
+ * missing or unreadable file is not an error here, its lookups answer
+ * MAP_TEMPFAIL until the file can be opened. */
+struct map *map_open(const char *spec, char *err, size_t errlen);
+/* Looks key up (case-insensitively). Checks once whether the file was
+ * rebuilt and, if so, switches to the new file; until the new one is open
+ * the old handle keeps answering. On MAP_TEMPFAIL err says why. */
+enum map_status map_lookup(struct map *m, const char *key, char *val, size_t vallen,
+			   char *err, size_t errlen);
+/* 0 when the map can answer right now, else -1 with the reason (sorterd -t). */
+int map_ready(struct map *m, char *err, size_t errlen);
+const char *map_spec(const struct map *m);
+void map_close(struct map *m);
+/*
+ * Compiles map source text (len bytes, read from the file `name`) into the
+ * map `spec` for sortermap: parsed whole first, written to a temporary file
+ * beside the map, fsync'd, renamed over it, directory fsync'd. The new map
+ * gets the mode (and, for root, the owner) of `like`. Returns the number of
+ * entries, or -1 with err ("NAME:LINE: reason" for a syntax error or a
+ * duplicate key); on any error the old map is left as it was.
+ */
+long map_build(const char *spec, const char *name, const char *src, size_t len,
+	       const struct stat *like, char *err, size_t errlen);
+
+/* ---- map source files (mapsource.c): pure, no I/O ----
+ * One entry per line: key, blanks, value. Leading and trailing blanks are
+ * ignored, a line whose first non-blank byte is '#' is a comment, blank
+ * lines are skipped, LF or CRLF ends a line. '#' elsewhere is data (it is a
+ * valid address character). Keys are lower-cased. NUL, control characters
+ * other than TAB, and bytes >= 0x7f are errors. */
+struct mapsource {
+	const char *name;         /* file name for error messages */
+	const char *p, *end;
+	unsigned long line;       /* lines consumed so far */
+};
+
+struct map_entry {
+	char key[MAP_KEY_MAX + 1];  /* lower-cased, NUL-terminated */
+	size_t keylen;
+	const char *value;          /* points into the source; not NUL-terminated */
+	size_t valuelen;
+	unsigned long line;
+};
+
+/* ASCII lower-casing of n bytes (dst may be src): what every key goes
+ * through, on the way into a map and on the way to a lookup. */
+void map_fold(char *dst, const char *src, size_t n);
+
+void mapsource_init(struct mapsource *s, const char *name, const char *buf, size_t len);
+/* 1 = an entry in *e; 0 = end of input; -1 = syntax error, err holds
+ * "NAME:LINE: reason". */
+int mapsource_next(struct mapsource *s, struct map_entry *e, char *err, size_t errlen);
+
+/* ---- endpoints (router.c): pure ----
+ * lmtp:HOST:PORT, lmtp:[IP]:PORT, lmtp:unix:/PATH; PORT defaults to 24. */
+enum endpoint_kind { EP_INET, EP_UNIX };
+
+struct endpoint {
+	enum endpoint_kind kind;
+	bool literal;                       /* [IP]: no DNS lookup */
+	char host[ADDR_DOMAIN_MAX + 1];     /* DNS name, or the IP without brackets */
+	unsigned short port;
+	char path[ENDPOINT_PATH_MAX + 1];   /* EP_UNIX */
+};
+
+/* One endpoint of len bytes. 0, or -1 with *why static. */
+int endpoint_parse(const char *s, size_t len, struct endpoint *ep, const char **why);
+/* A list separated by commas and/or blanks: the number parsed (>= 1), or
+ * -1 with *why. */
+int endpoint_parse_list(const char *s, struct endpoint *eps, size_t max, const char **why);
+/* Back to the "lmtp:..." form. */
+void endpoint_format(const struct endpoint *ep, char *buf, size_t buflen);
+
+/* ---- canonical form of an address (router.c): pure ----
+ * The domain is lower-cased for the envelope; keys are all lower-case.
+ * With recipient delimiters (each byte of `delims` is one), the extension
+ * from the first delimiter in an unquoted local part on is removed for
+ * `base`. A bare "postmaster" gets `default_domain`. */
+struct canon {
+	char address[ADDR_PATH_MAX + 1];      /* envelope form: local as written, domain lower-cased */
+	char key[ADDR_PATH_MAX + 1];          /* first lookup key */
+	char base[ADDR_PATH_MAX + 1];         /* key without the extension; "" when none */
+	char domain_key[ADDR_DOMAIN_MAX + 2]; /* "@domain"; "" when there is no domain */
+	size_t domain_off;                    /* where the domain starts in address and key */
+};
+
+/* 0, or -1 with *why static. */
+int router_canon(const char *addr, const char *delims, const char *default_domain,
+		 struct canon *c, const char **why);
+
+/* ---- resolution (router.c) ---- */
+enum route_kind {
+	ROUTE_LOCAL,      /* deliver by LMTP to `endpoints`, in order */
+	ROUTE_REMOTE,     /* not a local domain: SMTP client (MX or relay_host) */
+	ROUTE_BOUNCE,     /* permanent: send a DSN */
+	ROUTE_TEMPFAIL,   /* a map cannot answer or is inconsistent: defer */
+};
+
+enum route_via {
+	VIA_NONE,         /* no route found (see kind and reason) */
+	VIA_USER_MAP,     /* user_map entry for the address */
+	VIA_DOMAIN,       /* user_map entry for "@domain" */
+	VIA_FAILOVER,     /* failover_node */
+	VIA_NOT_LOCAL,    /* the domain is not local */
+	VIA_NO_USER_MAP,  /* ROUTE_TEMPFAIL: no user_map and no failover_node; such a
+			   * recipient is accepted at RCPT and waits for a route */
+};
+
+struct route {
+	char original[ADDR_PATH_MAX + 1];   /* the address that was resolved */
+	char address[ADDR_PATH_MAX + 1];    /* the final envelope address */
+	enum route_kind kind;
+	enum route_via via;
+	char node[ROUTER_NODE_MAX + 1];     /* node name; "" when the map gave endpoints */
+	struct endpoint *endpoints;         /* ROUTE_LOCAL: at least one */
+	size_t nendpoints;
+	char status[8];                     /* RFC 3463 code: "2.0.0", "5.1.1", "4.3.0", ... */
+	char reason[256];                   /* what was found, or why it failed */
+	size_t ep_first;                    /* internal: index in the list's endpoint pool */
+};
+
+/* A list can be reused across calls: each resolve resets it, keeping its
+ * memory. Zero-initialised is valid. */
+struct route_list {
+	struct route *v;
+	size_t n, cap;
+	struct endpoint *eps;               /* the pool route.endpoints point into */
+	size_t neps, epscap;
+};
+
+void route_list_free(struct route_list *l);
+
+/* How each address was reached and looked up, for `sorterctl route`. */
+struct route_trace {
+	char *address;                      /* as reached: the original or an alias target */
+	char **notes;                       /* one line per step, in order */
+	size_t nnotes;
+	struct route_trace **sub;           /* what its alias expanded to */
+	size_t nsub;
+	long route;                         /* index of the route it produced, or -1 */
+};
+
+void route_trace_free(struct route_trace *t);
+
+struct router;
+
+/* Opens the maps named by cf (alias_map, user_map, node_map) and checks
+ * failover_node. NULL with err set only for what can never work (a map
+ * spec or failover_node it cannot understand); a missing map file is not
+ * fatal. cf must outlive the router. */
+struct router *router_open(const struct config *cf, char *err, size_t errlen);
+void router_close(struct router *r);
+/* The maps for reports: alias_map, user_map, node_map (NULL when not
+ * configured). */
+void router_maps(struct router *r, struct map *maps[3]);
+/* 0 when every configured map can answer now, else -1 with the first
+ * problem, "user_map hash:/x: cannot open /x.db: ..." (for sorterd -t). */
+int router_check_maps(struct router *r, char *err, size_t errlen);
+
+enum rcpt_verdict {
+	RCPT_ACCEPT,          /* 250 2.1.5 */
+	RCPT_UNKNOWN_USER,    /* 550 5.1.1 */
+	RCPT_RELAY_DENIED,    /* 554 5.7.1 */
+	RCPT_TEMPFAIL,        /* 451 4.3.0 */
+};
+
+/* "250 2.1.5", "550 5.1.1", "554 5.7.1" or "451 4.3.0" */
+const char *rcpt_verdict_status(enum rcpt_verdict v);
+
+/*
+ * The RCPT-time question for a parsed "local@domain" (or "postmaster").
+ * No allocation once the router is warm. `why` gets a reason for the log
+ * (it may name map files: keep it out of replies).
+ * - a domain that is not local: RCPT_RELAY_DENIED (a client allowed to
+ *   relay, e.g. after AUTH, treats that as accepted);
+ * - no alias_map and no user_map: every local recipient is accepted;
+ * - else the recipient is accepted when its resolution yields at least one
+ *   deliverable address; otherwise a temporary failure if any lookup
+ *   failed, else unknown user.
+ */
+enum rcpt_verdict router_check_rcpt(struct router *r, const char *address,
+				    char *why, size_t whylen);
+
+/*
+ * Delivery time: resolves `address` into out (reset first), one route per
+ * final address after alias expansion and duplicate removal; always at
+ * least one. When trace is not NULL, *trace gets the steps (free it with
+ * route_trace_free). Returns out->n.
+ */
+size_t router_resolve(struct router *r, const char *address, struct route_list *out,
+		      struct route_trace **trace);
+
+const char *route_kind_name(enum route_kind k);   /* "local", "remote", ... */
+const char *route_via_name(enum route_via v);     /* "user_map", "@domain", ... */
+
+/* ---- sorterctl route (explain.c) ----
+ * Prints how `address` is routed: maps, canonical form, alias expansion
+ * tree, user_map hit or failover or rejection, node, endpoints, and the
+ * RCPT reply; as JSON with `json`. Returns the exit status: 0 accepted at
+ * RCPT, 1 rejected (or not an address), 2 temporary failure (or the maps
+ * cannot be opened at all). */
+int router_explain(const struct config *cf, const char *address, bool json, FILE *out);
+
+#endif
