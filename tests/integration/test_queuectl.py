@@ -11,7 +11,6 @@ import time
 import unittest
 
 import test_delivery
-from harness import wait_until
 
 BOB, ALICE, CAROL, GHOST = (test_delivery.BOB, test_delivery.ALICE, test_delivery.CAROL,
                             test_delivery.GHOST)
