@@ -234,12 +234,24 @@ class DeliveryTestCase(SorterTestCase):
             self.assertEqual(rp.strip(), "<>", "a DSN must come from the null sender")
         return r
 
+    def ctl_ok(self, *args):
+        """sorterctl ARGS, which must succeed (its output in the failure message if not)."""
+        r = self.d.ctl(*args, check=False)
+        self.assertEqual(r.returncode, 0, "sorterctl %s: exit %d: %s%s"
+                         % (" ".join(args), r.returncode, r.stdout, r.stderr))
+        return r
+
+    def wait_log(self, rx, what=None, timeout=10):
+        """The log lines matching rx, once there is one (log lines are written without
+        waiting, so one may show up just after the event it tells of)."""
+        got = wait_until(lambda: self.d.log_lines(rx), timeout)
+        self.assertTrue(got, what or "no log line matching %r" % rx)
+        return got
+
     def sent_line(self, qid, rcpt, node):
         rx = (r"%s: to=<%s>, (?:orig_to=<[^>]*>, )?node=%s, relay=\[?127\.0\.0\.1\]?:%d, .*"
               r"status=sent \(2" % (qid, re.escape(rcpt), node.name, node.port))
-        got = wait_until(lambda: self.d.log_lines(rx), 10)
-        self.assertTrue(got, "no status=sent log line matching %r" % rx)
-        return got
+        return self.wait_log(rx)
 
 
 class DeliverTest(DeliveryTestCase):
@@ -261,7 +273,7 @@ class DeliverTest(DeliveryTestCase):
         self.sent_line(qid, ALICE, self.node_a)
         self.sent_line(qid, BOB, self.node_b)
         self.sent_line(qid, CAROL, self.node_a)
-        self.assertTrue(wait_until(lambda: self.d.log_lines(r"%s: removed" % qid), 10))
+        self.wait_log(r"%s: removed" % qid)
         self.assertEqual(self.dsns(), [], "no DSN was asked for")
 
     def test_dot_stuffing_survives(self):
@@ -284,9 +296,8 @@ class DeliverTest(DeliveryTestCase):
         self.assertIsNotNone(dsn["returned"], "no returned message or headers: %s" % dsn["parts"])
         self.assertIn(tok, dsn["returned"])
         self.wait_queue_empty()
-        self.assertTrue(self.d.log_lines(r"%s: to=<%s>, .*status=bounced" % (qid, GHOST)))
-        self.assertTrue(self.d.log_lines(r"%s: sender non-delivery notification: [0-9A-Z]{12}"
-                                         % qid))
+        self.wait_log(r"%s: to=<%s>, .*status=bounced" % (qid, GHOST))
+        self.wait_log(r"%s: sender non-delivery notification: [0-9A-Z]{12}" % qid)
 
     def test_dead_first_endpoint(self):
         dead = free_port()
@@ -309,11 +320,11 @@ class DeferTest(DeliveryTestCase):
         m = self.wait_state(qid, "deferred")
         self.assertIsNotNone(m["last_error"], m)
         self.assertRegex(m["last_error"], r"(?i)connect|refused", m)
-        self.assertTrue(self.d.log_lines(r"%s: to=<%s>, .*status=deferred" % (qid, BOB)))
+        self.wait_log(r"%s: to=<%s>, .*status=deferred" % (qid, BOB))
         self.node_b.start()
         time.sleep(1)
         self.assertEqual(self.found(self.node_b, "bob", tok), [], "retried before the flush")
-        self.d.ctl("flush")
+        self.ctl_ok("flush")
         self.wait_delivered(self.node_b, "bob", tok)
         self.nowhere_else(tok, self.node_b, "bob")
         self.wait_queue_empty()
@@ -326,7 +337,7 @@ class DeferTest(DeliveryTestCase):
         self.wait_state(qid, "deferred")
         self.user_map[BOB] = "node-a"
         self.write_maps()
-        self.d.ctl("flush")
+        self.ctl_ok("flush")
         self.wait_delivered(self.node_a, "bob", tok)
         self.nowhere_else(tok, self.node_a, "bob")
         self.wait_queue_empty()
@@ -340,19 +351,19 @@ class DeferTest(DeliveryTestCase):
         for qid in (held, deleted, flushed):
             self.wait_state(qid, "deferred")
         self.node_b.start()
-        self.d.ctl("hold", held)
+        self.ctl_ok("hold", held)
         self.assertEqual(self.entry(held)["state"], "hold")
         self.assertIn(held, os.listdir(os.path.join(self.d.spool, "hold")))
-        self.d.ctl("delete", deleted)
+        self.ctl_ok("delete", deleted)
         self.assertIsNone(self.entry(deleted))
-        self.d.ctl("flush")
+        self.ctl_ok("flush")
         self.wait_delivered(self.node_b, "bob", toks[2])
         wait_until(lambda: self.entry(flushed) is None, WAIT)
         time.sleep(2)   # a held message must not go out later either
         self.assertEqual(self.found(self.node_b, "bob", toks[0]), [], "a held message went out")
         self.assertEqual([m["id"] for m in self.d.queue()], [held])
         self.assertEqual(self.entry(held)["state"], "hold")
-        self.d.ctl("release", held)
+        self.ctl_ok("release", held)
         self.wait_delivered(self.node_b, "bob", toks[0])
         self.wait_queue_empty()
         for n in self.nodes:
@@ -405,7 +416,7 @@ class NotifyTest(DeliveryTestCase):
         tok = token("never")
         qid = self.send(GHOST, tok, rcpt_params="NOTIFY=NEVER")
         self.wait_queue_empty()
-        self.assertTrue(wait_until(lambda: self.d.log_lines(r"%s: removed" % qid), 10))
+        self.wait_log(r"%s: removed" % qid)
         self.assertEqual(self.dsns(), [])
 
 
@@ -424,7 +435,7 @@ class LoopTest(DeliveryTestCase):
         self.wait_queue_empty()
         for n in self.nodes:
             self.assertEqual(self.found(n, "alice", looping), [], "a looping message went out")
-        self.assertTrue(self.d.log_lines(r"%s: to=<%s>, .*status=bounced" % (qid, ALICE)))
+        self.wait_log(r"%s: to=<%s>, .*status=bounced" % (qid, ALICE))
 
 
 class DoubleBounceTest(DeliveryTestCase):
@@ -436,9 +447,9 @@ class DoubleBounceTest(DeliveryTestCase):
         tok = token("nullsender")
         qid = self.send(GHOST, tok, sender="")
         self.wait_queue_empty()
-        self.assertTrue(wait_until(lambda: self.d.log_lines(r"%s: removed" % qid), 10))
-        self.assertTrue(self.d.log_lines(r"(?i)%s: .*discard" % qid),
-                        "no log line says the undeliverable bounce was discarded")
+        self.wait_log(r"%s: removed" % qid)
+        self.wait_log(r"(?i)%s: .*discard" % qid,
+                      "no log line says the undeliverable bounce was discarded")
         self.assertEqual(self.all_mail(), [], "a bounce of a bounce was sent")
 
     def test_bounce_of_bounce_to_postmaster(self):

@@ -43,12 +43,6 @@ class QueueCtlCase(test_delivery.DeliveryTestCase):
             self.assertEqual(self.folder_of(qid), ["deferred"])
         return out
 
-    def ctl_ok(self, *args):
-        r = self.d.ctl(*args, check=False)
-        self.assertEqual(r.returncode, 0, "sorterctl %s: exit %d: %s%s"
-                         % (" ".join(args), r.returncode, r.stdout, r.stderr))
-        return r
-
     def delivered(self, tok):
         return self.found(self.node_b, "bob", tok)
 
