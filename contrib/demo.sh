@@ -232,7 +232,7 @@ for pair in alice:node-a bob:node-b; do
     u=${pair%%:*} node=${pair#*:}
     f=$(landed "$u" "$node")
     printf '\n%s@example.test landed on %s in\n  %s\nfirst lines:\n' "$u" "$node" "$f"
-    head -n 12 "$f" | sed 's/^/  | /'
+    head -n 20 "$f" | sed 's/^/  | /'
 done
 echo
 grep 'status=' "$DEMO/sorterd.log" || true
