@@ -112,6 +112,7 @@ class DeliveryTestCase(SorterTestCase):
         self.user_map = {ALICE: "node-a", BOB: "node-b", CAROL: "node-a", SENDER: "node-a",
                          POSTMASTER: "node-a", GHOST: "node-a"}
         self.node_map = {"node-a": self.node_a.endpoint(), "node-b": self.node_b.endpoint()}
+        self.alias_map = {}
         self.d = None
 
     def node(self, name, users, start=True):
@@ -124,10 +125,14 @@ class DeliveryTestCase(SorterTestCase):
         return n
 
     def write_maps(self):
-        return {"user_map": write_map(self.build, os.path.join(self.maps, "user_map"),
+        maps = {"user_map": write_map(self.build, os.path.join(self.maps, "user_map"),
                                       self.user_map),
                 "node_map": write_map(self.build, os.path.join(self.maps, "node_map"),
                                       self.node_map)}
+        if self.alias_map:
+            maps["alias_map"] = write_map(self.build, os.path.join(self.maps, "aliases"),
+                                          self.alias_map)
+        return maps
 
     def start_sorterd(self, timers=FAST, **overrides):
         settings = dict(timers)
@@ -309,6 +314,24 @@ class DeliverTest(DeliveryTestCase):
         self.nowhere_else(tok, self.node_a, "alice")
         self.wait_queue_empty()
         self.sent_line(qid, ALICE, self.node_a)
+
+
+    def test_alias_to_two_nodes(self):
+        """An alias expands at delivery time; each target goes to its own node, and the log
+        names the address the sender used."""
+        team = "team@" + LOCAL_DOMAIN
+        self.alias_map = {team: "%s, %s" % (ALICE, BOB)}
+        self.start_sorterd()
+        tok = token("alias")
+        qid = self.send(team, tok)
+        self.wait_delivered(self.node_a, "alice", tok)
+        self.wait_delivered(self.node_b, "bob", tok)
+        self.wait_queue_empty()
+        for rcpt, node in ((ALICE, self.node_a), (BOB, self.node_b)):
+            self.wait_log(r"%s: to=<%s>, orig_to=<%s>, node=%s, .*status=sent"
+                          % (qid, re.escape(rcpt), re.escape(team), node.name))
+        for n, u in ((self.node_b, "alice"), (self.node_a, "bob")):
+            self.assertEqual(self.found(n, u, tok), [], "%s also on %s" % (u, n.name))
 
 
 class DeferTest(DeliveryTestCase):
