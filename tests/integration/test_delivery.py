@@ -139,6 +139,7 @@ class DeliveryTestCase(SorterTestCase):
         settings.update(self.write_maps())
         settings.update(overrides)
         self.d = self.sorterd(**settings)
+        self.assertTrue(self.d.wait_control(), "the queue manager does not answer sorterctl")
         return self.d
 
     # ---- sending ----
@@ -247,8 +248,12 @@ class DeliveryTestCase(SorterTestCase):
     def ctl_ok(self, *args):
         """sorterctl ARGS, which must succeed (its output in the failure message if not)."""
         r = self.d.ctl(*args, check=False)
-        self.assertEqual(r.returncode, 0, "sorterctl %s: exit %d: %s%s"
-                         % (" ".join(args), r.returncode, r.stdout, r.stderr))
+        if r.returncode != 0:
+            spool = {f: sorted(os.listdir(os.path.join(self.d.spool, f)))
+                     for f in ("incoming", "active", "deferred", "hold", "defer")}
+            self.fail("sorterctl %s: exit %d: stdout %r, stderr %r; daemon running: %s; "
+                      "spool: %s" % (" ".join(args), r.returncode, r.stdout, r.stderr,
+                                     self.d.running(), spool))
         return r
 
     def wait_log(self, rx, what=None, timeout=10):
