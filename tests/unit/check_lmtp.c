@@ -43,6 +43,7 @@ struct script {
 	int greet_delay_ms;
 	int dot_delay_ms;       /* before the replies after the content */
 	bool close_after_mail;  /* drops the connection instead of answering MAIL */
+	bool close_after_data;  /* drops it after the replies to a message */
 };
 
 #define THREADS_MAX 64
@@ -216,6 +217,8 @@ session(struct sess *s)
 				usleep((useconds_t)sc->dot_delay_ms * 1000);
 			for (i = 0; i < nacc; i++)
 				dot_reply(s, acc[i]);
+			if (sc->close_after_data)
+				return;
 			in_txn = false;
 			nacc = 0;
 		} else if (strcmp(line, "RSET") == 0) {
@@ -874,6 +877,44 @@ START_TEST(test_reuse)
 }
 END_TEST
 
+/* A server closed the idle connection: the next transaction gets a new
+ * one, and the endpoint is not blamed for it. */
+START_TEST(test_stale_connection)
+{
+	struct script sc = { .close_after_data = true, .pipelining = _i == 1 };
+	struct lmtp_settings set = settings();
+	struct run r = { event_base_new(), 0, 0, false, false };
+	struct lmtp_pool *p = lmtp_pool_new(r.base, &set);
+	struct fake f, f2;
+	struct endpoint eps[2];
+	struct msg m1, m2, m3;
+
+	fake_start(&f, &sc);
+	fake_start(&f2, NULL);
+	eps[0] = ep_inet(f.port);
+	eps[1] = ep_inet(f2.port);
+	msg_init(&m1, &r, body, "a@example.test", NULL, NULL);
+	deliver(&r, p, "node-a", eps, 2, &m1);
+	run_until(&r, 1);
+	usleep(200 * 1000);
+	msg_init(&m2, &r, body, "a@example.test", NULL, NULL);
+	deliver(&r, p, "node-a", eps, 2, &m2);
+	run_until(&r, 2);
+	msg_init(&m3, &r, body, "a@example.test", NULL, NULL);
+	deliver(&r, p, "node-b", eps, 2, &m3);
+	run_until(&r, 3);
+	check_result(&m1.res[0], 250, "2.0.0", NULL, relay_of(&f));
+	check_result(&m2.res[0], 250, "2.0.0", NULL, relay_of(&f));
+	check_result(&m3.res[0], 250, "2.0.0", NULL, relay_of(&f));
+	ck_assert_int_eq(f.nconn, 3);
+	ck_assert_int_eq(f2.nconn, 0);
+	lmtp_pool_free(p);
+	fake_stop(&f);
+	fake_stop(&f2);
+	event_base_free(r.base);
+}
+END_TEST
+
 /* an idle connection is closed after idle_timeout; the next one is new */
 START_TEST(test_idle_timeout)
 {
@@ -1206,6 +1247,7 @@ lmtp_suite(void)
 	tcase_add_loop_test(tc, test_failover, 0, 2);
 	tcase_add_loop_test(tc, test_all_down, 0, 3);
 	tcase_add_loop_test(tc, test_reuse, 0, 2);
+	tcase_add_loop_test(tc, test_stale_connection, 0, 2);
 	tcase_add_test(tc, test_idle_timeout);
 	tcase_add_test(tc, test_concurrency);
 	tcase_add_loop_test(tc, test_size, 0, 2);
