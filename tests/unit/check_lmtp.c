@@ -1126,6 +1126,16 @@ START_TEST(test_dns)
 	ck_assert_ptr_nonnull(a2.err);
 	ck_assert_int_ge(d.queries, 2);
 
+	/* /etc/hosts answers too, still from the loop */
+	memset(&a1, 0xff, sizeof(a1));
+	dns_lookup(dns, "localhost", on_dns_answer, &a1);
+	ck_assert_int_ne(a1.error, 0);
+	run_for(dns_base, 5);
+	ck_assert_int_eq(a1.error, 0);
+	ck_assert_uint_ge(a1.naddrs, 1);
+	dns_addr_format(&a1.addrs[0], ip, sizeof(ip));
+	ck_assert_msg(strcmp(ip, "127.0.0.1:0") == 0 || strcmp(ip, "[::1]:0") == 0, "%s", ip);
+
 	/* a cancelled lookup never calls back; freeing drops pending ones */
 	memset(&a1, 0xff, sizeof(a1));
 	memset(&a2, 0xff, sizeof(a2));
@@ -1139,6 +1149,40 @@ START_TEST(test_dns)
 	ck_assert_ptr_nonnull(strstr(err, "dns_servers"));
 	fakedns_stop(&d);
 	event_base_free(dns_base);
+}
+END_TEST
+
+struct acase {
+	const char *host;
+	const char *form;       /* NULL: not numeric */
+};
+
+static const struct acase acases[] = {
+	{ "127.0.0.1", "127.0.0.1:24" },
+	{ "192.0.2.10", "192.0.2.10:24" },
+	{ "::1", "[::1]:24" },
+	{ "2001:db8::1", "[2001:db8::1]:24" },
+	{ "[::1]", NULL },
+	{ "node.test", NULL },
+	{ "127.0.0.1:24", NULL },
+	{ "", NULL },
+};
+
+START_TEST(test_addr_helpers)
+{
+	struct sockaddr_storage ss;
+	char buf[80];
+	int rc = dns_addr_numeric(acases[_i].host, 24, &ss);
+
+	if (acases[_i].form == NULL) {
+		ck_assert_int_eq(rc, -1);
+		return;
+	}
+	ck_assert_int_eq(rc, 0);
+	dns_addr_format(&ss, buf, sizeof(buf));
+	ck_assert_str_eq(buf, acases[_i].form);
+	ck_assert_uint_eq(dns_addr_len(&ss), ss.ss_family == AF_INET ?
+			  sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6));
 }
 END_TEST
 
@@ -1254,6 +1298,7 @@ lmtp_suite(void)
 	tcase_add_test(tc, test_unix_socket);
 	tcase_add_test(tc, test_edges);
 	tcase_add_test(tc, test_dns);
+	tcase_add_loop_test(tc, test_addr_helpers, 0, (int)(sizeof(acases) / sizeof(acases[0])));
 	tcase_add_test(tc, test_dns_round_robin);
 	tcase_add_test(tc, test_real_node);
 	suite_add_tcase(s, tc);
