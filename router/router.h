@@ -373,6 +373,14 @@ void dns_free(struct dns *d);
 struct dns_query *dns_lookup(struct dns *d, const char *host, dns_callback *cb, void *arg);
 /* The callback will not run. */
 void dns_cancel(struct dns_query *q);
+/* Addresses: the length connect() wants, by family (AF_UNIX included);
+ * setting the port; a numeric IPv4 or IPv6 address, which needs no
+ * lookup (0, or -1 when host is not one); and the form used in logs and
+ * results: "127.0.0.1:24", "[::1]:24", "unix:/path". */
+size_t dns_addr_len(const struct sockaddr_storage *ss);
+void dns_addr_set_port(struct sockaddr_storage *ss, unsigned short port);
+int dns_addr_numeric(const char *host, unsigned short port, struct sockaddr_storage *ss);
+void dns_addr_format(const struct sockaddr_storage *ss, char *buf, size_t len);
 
 /* ---- LMTP client (lmtp.c): RFC 2033, a pool on the caller's loop ----
  * Connections are kept per destination (a node name), reused, and capped
