@@ -135,7 +135,7 @@ void mapsource_init(struct mapsource *s, const char *name, const char *buf, size
  * "NAME:LINE: reason". */
 int mapsource_next(struct mapsource *s, struct map_entry *e, char *err, size_t errlen);
 
-/* ---- endpoints (router.c): pure ----
+/* ---- endpoints (canon.c): pure ----
  * lmtp:HOST:PORT, lmtp:[IP]:PORT, lmtp:unix:/PATH; PORT defaults to 24. */
 enum endpoint_kind { EP_INET, EP_UNIX };
 
@@ -155,7 +155,7 @@ int endpoint_parse_list(const char *s, struct endpoint *eps, size_t max, const c
 /* Back to the "lmtp:..." form. */
 void endpoint_format(const struct endpoint *ep, char *buf, size_t buflen);
 
-/* ---- canonical form of an address (router.c): pure ----
+/* ---- canonical form of an address (canon.c): pure ----
  * The domain is lower-cased for the envelope; keys are all lower-case.
  * With recipient delimiters (each byte of `delims` is one), the extension
  * from the first delimiter in an unquoted local part on is removed for
