@@ -58,6 +58,7 @@ struct resolve {
 	size_t visited;
 	bool truncated;
 	bool tracing;
+	unsigned checked;                   /* maps checked for a rebuild, by bit */
 	struct route_trace *root;
 	const char *anc[ROUTER_ALIAS_DEPTH + 2]; /* alias keys on the path from the root */
 };
@@ -262,16 +263,34 @@ is_local(const struct router *r, const struct canon *c)
 	return config_is_local_domain(r->cf, d);
 }
 
-/* key, then base when there is one; sets *hit to the key that matched */
+/*
+ * The first lookup in a map during one resolution checks whether its file
+ * was rebuilt; later ones do not: a recipient sees one version of each map
+ * and costs one stat() per map, however many keys it needs.
+ */
 static enum map_status
-lookup2(struct map *m, const struct canon *c, char *val, size_t vallen, const char **hit,
+rlookup(struct resolve *rs, struct map *m, const char *key, char *val, size_t vallen,
 	char *err, size_t errlen)
 {
-	enum map_status st = map_lookup(m, c->key, val, vallen, err, errlen);
+	unsigned bit = m == rs->r->alias ? 1u : m == rs->r->user ? 2u : 4u;
+
+	if ((rs->checked & bit) == 0) {
+		rs->checked |= bit;
+		return map_lookup(m, key, val, vallen, err, errlen);
+	}
+	return map_get(m, key, val, vallen, err, errlen);
+}
+
+/* key, then base when there is one; sets *hit to the key that matched */
+static enum map_status
+lookup2(struct resolve *rs, struct map *m, const struct canon *c, char *val, size_t vallen,
+	const char **hit, char *err, size_t errlen)
+{
+	enum map_status st = rlookup(rs, m, c->key, val, vallen, err, errlen);
 
 	*hit = c->key;
 	if (st == MAP_NOTFOUND && c->base[0] != '\0') {
-		st = map_lookup(m, c->base, val, vallen, err, errlen);
+		st = rlookup(rs, m, c->base, val, vallen, err, errlen);
 		*hit = c->base;
 	}
 	return st;
@@ -323,7 +342,7 @@ route_node(struct resolve *rs, const char *address, const char *value, enum rout
 			  "node %s: no node_map configured", node);
 		return;
 	}
-	st = map_lookup(r->node, node, r->val, sizeof(r->val), err, sizeof(err));
+	st = rlookup(rs, r->node, node, r->val, sizeof(r->val), err, sizeof(err));
 	if (st == MAP_TEMPFAIL) {
 		trace_note(t, "node_map: lookup of %s failed: %s", node, err);
 		add_route(rs, address, ROUTE_TEMPFAIL, via, "4.3.0", t, "%s", err);
@@ -388,9 +407,9 @@ route_user(struct resolve *rs, const struct canon *c, struct route_trace *t)
 			  "no user_map and no failover_node: nowhere to deliver");
 		return;
 	}
-	st = lookup2(r->user, c, r->val, sizeof(r->val), &hit, err, sizeof(err));
+	st = lookup2(rs, r->user, c, r->val, sizeof(r->val), &hit, err, sizeof(err));
 	if (st == MAP_NOTFOUND && c->domain_key[0] != '\0') {
-		st = map_lookup(r->user, c->domain_key, r->val, sizeof(r->val), err, sizeof(err));
+		st = rlookup(rs, r->user, c->domain_key, r->val, sizeof(r->val), err, sizeof(err));
 		hit = c->domain_key;
 	}
 	if (st == MAP_TEMPFAIL) {
@@ -556,7 +575,7 @@ resolve_one(struct resolve *rs, const char *address, int depth, struct route_tra
 		} else {
 			if (r->aliasval[depth] == NULL)
 				r->aliasval[depth] = xmalloc(MAP_VALUE_MAX + 1);
-			st = lookup2(r->alias, &c, r->aliasval[depth], MAP_VALUE_MAX + 1, &hit,
+			st = lookup2(rs, r->alias, &c, r->aliasval[depth], MAP_VALUE_MAX + 1, &hit,
 				     err, sizeof(err));
 			if (st == MAP_TEMPFAIL) {
 				trace_note(t, "alias_map: lookup failed: %s", err);

@@ -91,6 +91,10 @@ struct map *map_open(const char *spec, char *err, size_t errlen);
  * the old handle keeps answering. On MAP_TEMPFAIL err says why. */
 enum map_status map_lookup(struct map *m, const char *key, char *val, size_t vallen,
 			   char *err, size_t errlen);
+/* The same without the check for a rebuilt file, for a caller that looked
+ * the map up a moment ago (several keys for one recipient). */
+enum map_status map_get(struct map *m, const char *key, char *val, size_t vallen,
+			char *err, size_t errlen);
 /* 0 when the map can answer right now, else -1 with the reason (sorterd -t). */
 int map_ready(struct map *m, char *err, size_t errlen);
 const char *map_spec(const struct map *m);
