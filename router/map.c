@@ -9,10 +9,10 @@
  * same way (map_fold), so case never matters.
  *
  * Reload: before each lookup the backing file is stat()ed once (map_get
- * skips that, for a caller that just checked). When its
- * device, inode, size or mtime differ from the open handle's, the new file
- * is opened first and only then does it replace the old handle, so the map
- * keeps answering from the old file until the new one is usable (sortermap
+ * skips that, for a caller that checked a moment ago). When its device,
+ * inode, size or mtime differ from the open handle's, the new file is
+ * opened first and only then replaces the old handle, so the map keeps
+ * answering from the old file until the new one is usable (sortermap
  * replaces files by rename, so a half-written file is never seen). A file
  * that failed to open is not tried again until it changes.
  *
