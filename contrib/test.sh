@@ -24,6 +24,7 @@ if [ -f config.status ]; then
 fi
 
 step "autoreconf"
+mkdir -p m4   # a fresh clone has no m4/ yet; aclocal wants it (ACLOCAL_AMFLAGS = -I m4)
 autoreconf -fi || fail "autoreconf"
 
 # build DIR [configure options...]: configure, make, make check (Check summaries printed)

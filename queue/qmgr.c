@@ -38,11 +38,11 @@
 #include <event2/event.h>
 
 #include "lib/lib.h"
-#include "queue/qmgr.h"
 #include "queue/queue.h"
 #include "router/router.h"
 
 #define INCOMING_SCAN_SECONDS 5
+#define STOP_GRACE_SECONDS 10
 
 enum outcome { OUT_PENDING, OUT_DELIVERED, OUT_BOUNCED, OUT_DEFERRED, OUT_DONE_BEFORE };
 
@@ -239,7 +239,8 @@ dest_done(struct lmtp_txn *txn, void *arg)
 		int cls = res->code / 100;
 
 		snprintf(e->relay, sizeof(e->relay), "%s", res->relay);
-		snprintf(e->diag, sizeof(e->diag), "%s", res->text);
+		snprintf(e->diag, sizeof(e->diag), "%d %s%s%.400s", res->code, res->status,
+			 res->status[0] ? " " : "", res->text);
 		if (res->status[0])
 			snprintf(e->status, sizeof(e->status), "%s", res->status);
 		else
@@ -381,4 +382,711 @@ msg_route(struct qmsg *mq)
 			}
 		}
 	}
+}
+
+/* ---- finishing an attempt ---- */
+
+struct dsnjob {
+	struct qmsg *mq;
+	int kind;
+	struct qexp **exps;     /* the expansions this DSN reports */
+	size_t n;
+};
+
+static bool
+notify_wants(const struct qrcpt *qr, int bit)
+{
+	if (qr->dsn.notify == 0)        /* RFC 3461 default: FAILURE, DELAY */
+		return bit == DSN_NOTIFY_FAILURE || bit == DSN_NOTIFY_DELAY;
+	if (qr->dsn.notify & DSN_NOTIFY_NEVER)
+		return false;
+	return (qr->dsn.notify & bit) != 0;
+}
+
+static void disk_phase(struct qmsg *mq);
+
+static void
+dsn_committed(struct commit_job *job, void *arg)
+{
+	struct dsnjob *dj = arg;
+	struct qmsg *mq = dj->mq;
+	size_t i;
+
+	if (job->error == 0) {
+		msg_info("%s: sender %s notification: %s", mq->id,
+			 dj->kind == DSN_FAILURE ? "non-delivery" :
+			 dj->kind == DSN_DELAY ? "delay" : "delivery", job->id);
+		atomic_fetch_add(&mq->q->ctr->dsn_sent, 1);
+		/* the new message is ours to deliver: take it now */
+		qmgr_pickup(mq->q, job->id);
+	} else {
+		msg_warn("%s: cannot queue a DSN: %s", mq->id, strerror(job->error));
+		/* without its DSN a bounce is not final: try again later */
+		for (i = 0; i < dj->n; i++)
+			if (dj->exps[i]->out == OUT_BOUNCED)
+				dj->exps[i]->out = OUT_DEFERRED;
+		if (dj->kind == DSN_DELAY)
+			mq->st.warned = false;
+	}
+	dstr_free(&job->head);
+	dstr_free(&job->content);
+	free(job);
+	free(dj->exps);
+	free(dj);
+	if (--mq->inflight == 0)
+		disk_phase(mq);
+}
+
+/* Queues one DSN about the listed expansions, to `to` from <>. */
+static void
+queue_dsn(struct qmsg *mq, int kind, struct qexp **exps, size_t n, const char *to)
+{
+	struct qmgr *q = mq->q;
+	struct dsn_entry *ents = xcalloc(n, sizeof(*ents));
+	struct dsn_report rep;
+	struct spool_envelope env;
+	struct commit_job *job = xcalloc(1, sizeof(*job));
+	struct dsnjob *dj = xcalloc(1, sizeof(*dj));
+	uint64_t now = now_usec();
+	char mid[64];
+	const char *rcpt = to;
+	size_t i;
+
+	memset(&rep, 0, sizeof(rep));
+	rep.reporting_mta = q->cf->hostname;
+	rep.queue_id = mq->id;
+	rep.arrival_usec = mq->m.arrival_usec;
+	rep.sender = to;
+	rep.envid = mq->sp.envid[0] ? mq->sp.envid : NULL;
+	rep.ret = mq->sp.ret;
+	rep.kind = kind;
+	rep.content = mq->image + mq->m.content_offset;
+	rep.content_len = mq->m.content_len;
+	for (i = 0; i < n; i++) {
+		struct qrcpt *qr = rcpt_of(mq, exps[i]);
+
+		ents[i].final_rcpt = exps[i]->addr;
+		if (qr->dsn.orcpt[0]) {
+			ents[i].orcpt_type = qr->dsn.orcpt_type;
+			ents[i].orcpt = qr->dsn.orcpt;
+		}
+		ents[i].action = kind == DSN_FAILURE ? "failed" : kind == DSN_DELAY ? "delayed" : "delivered";
+		ents[i].status = exps[i]->status;
+		ents[i].remote_mta = exps[i]->relay[0] ? exps[i]->relay : NULL;
+		ents[i].diagnostic = exps[i]->diag[0] ? exps[i]->diag : NULL;
+		ents[i].last_attempt_usec = now;
+		if (kind == DSN_DELAY)
+			ents[i].will_retry_until_usec = mq->m.arrival_usec +
+				(uint64_t)q->cf->maximal_queue_lifetime * 1000000u;
+	}
+	qid_next(job->id);
+	snprintf(mid, sizeof(mid), "%s.%s", job->id, mq->id);
+	dstr_init(&job->content, 0);
+	dsn_build(&rep, ents, n, mid, &job->content);
+	free(ents);
+	memset(&env, 0, sizeof(env));
+	env.arrival_usec = now;
+	env.client = "127.0.0.1";
+	env.helo = q->cf->hostname;
+	env.proto = "DSN";
+	env.sender = "";
+	env.rcpts = &rcpt;
+	env.nrcpt = 1;
+	dstr_init(&job->head, 0);
+	spool_encode_head(&env, job->content.len, &job->head);
+	job->done = dsn_committed;
+	job->arg = dj;
+	dj->mq = mq;
+	dj->kind = kind;
+	dj->exps = xcalloc(n, sizeof(*dj->exps));
+	memcpy(dj->exps, exps, n * sizeof(*exps));
+	dj->n = n;
+	mq->inflight++;
+	commit_submit(q->commit, job);
+}
+
+static void
+msg_finish(struct qmsg *mq)
+{
+	struct qmgr *q = mq->q;
+	uint64_t age = (now_usec() - mq->m.arrival_usec) / 1000000u;
+	int lifetime = sender_is_null(mq) ? q->cf->bounce_queue_lifetime : q->cf->maximal_queue_lifetime;
+	struct qexp **fail, **delay, **succ;
+	size_t nfail = 0, ndelay = 0, nsucc = 0, total = 0, i, k;
+	const char *to;
+
+	for (i = 0; i < mq->nr; i++)
+		total += mq->r[i].nexps;
+	fail = xcalloc(total + 1, sizeof(*fail));
+	delay = xcalloc(total + 1, sizeof(*delay));
+	succ = xcalloc(total + 1, sizeof(*succ));
+	for (i = 0; i < mq->nr; i++) {
+		struct qrcpt *qr = &mq->r[i];
+
+		for (k = 0; k < qr->nexps; k++) {
+			struct qexp *e = &qr->exps[k];
+
+			if (e->out == OUT_DEFERRED && lifetime > 0 && age >= (uint64_t)lifetime) {
+				char d[sizeof(e->diag) + 64];
+
+				snprintf(d, sizeof(d), "delivery time expired; last error: %s", e->diag);
+				snprintf(e->diag, sizeof(e->diag), "%.*s", (int)sizeof(e->diag) - 1, d);
+				e->out = OUT_BOUNCED;
+			}
+			if (e->out == OUT_DEFERRED) {
+				atomic_fetch_add(&q->ctr->deferred, 1);
+				log_result(mq, qr, e, "deferred");
+				if (notify_wants(qr, DSN_NOTIFY_DELAY))
+					delay[ndelay++] = e;
+			} else if (e->out == OUT_BOUNCED) {
+				atomic_fetch_add(&q->ctr->bounced, 1);
+				log_result(mq, qr, e, "bounced");
+				if (notify_wants(qr, DSN_NOTIFY_FAILURE))
+					fail[nfail++] = e;
+			} else if (e->out == OUT_DELIVERED && notify_wants(qr, DSN_NOTIFY_SUCCESS)) {
+				succ[nsucc++] = e;
+			}
+		}
+	}
+	mq->inflight++;         /* held while DSNs are queued */
+	to = mq->m.sender;
+	if (sender_is_null(mq)) {
+		/* never bounce a bounce: the postmaster gets failures, or nobody */
+		if (nfail && q->cf->bounce_notice_recipient)
+			queue_dsn(mq, DSN_FAILURE, fail, nfail, q->cf->bounce_notice_recipient);
+		else if (nfail)
+			msg_info("%s: undeliverable DSN discarded (null sender, no bounce_notice_recipient)",
+				 mq->id);
+	} else {
+		if (nfail)
+			queue_dsn(mq, DSN_FAILURE, fail, nfail, to);
+		if (nsucc)
+			queue_dsn(mq, DSN_SUCCESS, succ, nsucc, to);
+		if (ndelay && !mq->st.warned && q->cf->delay_warning_time > 0 &&
+		    age >= (uint64_t)q->cf->delay_warning_time) {
+			mq->st.warned = true;
+			queue_dsn(mq, DSN_DELAY, delay, ndelay, to);
+		}
+	}
+	free(fail);
+	free(delay);
+	free(succ);
+	if (--mq->inflight == 0)
+		disk_phase(mq);
+}
+
+/* ---- making the results durable (on an I/O thread) ---- */
+
+struct diskjob {
+	struct qmsg *mq;
+	char marks_at[1];       /* unused: marks are computed in the loop */
+	size_t *offsets;
+	char *types;
+	size_t nmarks;
+	int err;
+};
+
+static void
+disk_work(void *arg)
+{
+	struct diskjob *dj = arg;
+	struct qmsg *mq = dj->mq;
+	struct qmgr *q = mq->q;
+	int afd = q->dirfd[D_ACTIVE], fd, err = 0;
+	struct timespec ts[2];
+	size_t i;
+
+	if (mq->delete_req || mq->remove) {
+		/* every recipient is final (or the admin said so): the file goes */
+		if (unlinkat(afd, mq->id, 0) < 0 && errno != ENOENT)
+			err = errno;
+		unlinkat(q->dirfd[D_DEFER], mq->id, 0);
+		if (err == 0)
+			err = dirsync_wait(q->active_ds);
+		dj->err = err;
+		return;
+	}
+	/* recipients that became final: marks first, durable, then the status */
+	if (dj->nmarks) {
+		fd = openat(afd, mq->id, O_WRONLY | O_CLOEXEC);
+		if (fd < 0) {
+			dj->err = errno;
+			return;
+		}
+		for (i = 0; i < dj->nmarks && err == 0; i++)
+			if (pwrite(fd, &dj->types[i], 1, (off_t)dj->offsets[i]) != 1)
+				err = errno ? errno : EIO;
+		if (err == 0 && fdatasync(fd) < 0)
+			err = errno;
+		close(fd);
+		if (err) {
+			dj->err = err;
+			return;
+		}
+	}
+	err = qstatus_write(q->dirfd[D_DEFER], q->defer_ds, mq->id, &mq->st);
+	if (err) {
+		dj->err = err;
+		return;
+	}
+	ts[0].tv_sec = ts[1].tv_sec = mq->next_retry;
+	ts[0].tv_nsec = ts[1].tv_nsec = 0;
+	utimensat(afd, mq->id, ts, 0);
+	if (renameat(afd, mq->id, q->dirfd[mq->hold_req ? D_HOLD : D_DEFERRED], mq->id) < 0)
+		dj->err = errno;
+}
+
+static void msg_release_slot(struct qmgr *q);
+
+static void
+disk_done(void *arg)
+{
+	struct diskjob *dj = arg;
+	struct qmsg *mq = dj->mq;
+	struct qmgr *q = mq->q;
+
+	if (dj->err)
+		msg_warn("%s: cannot record delivery results: %s (the message stays in active/)",
+			 mq->id, strerror(dj->err));
+	else if (mq->delete_req)
+		msg_info("%s: removed by the administrator", mq->id);
+	else if (mq->remove)
+		msg_info("%s: removed", mq->id);
+	else if (mq->hold_req)
+		msg_info("%s: placed on hold", mq->id);
+	if (mq->prev)
+		mq->prev->next = mq->next;
+	else
+		q->msgs = mq->next;
+	if (mq->next)
+		mq->next->prev = mq->prev;
+	free(dj->offsets);
+	free(dj->types);
+	free(dj);
+	msg_free(mq);
+	msg_release_slot(q);
+}
+
+static time_t
+next_retry(const struct qmgr *q, const struct qmsg *mq)
+{
+	time_t now = time(NULL);
+	uint64_t age = (now_usec() - mq->m.arrival_usec) / 1000000u;
+	uint64_t b = age;
+
+	if (b < (uint64_t)q->cf->minimal_backoff_time)
+		b = (uint64_t)q->cf->minimal_backoff_time;
+	if (b > (uint64_t)q->cf->maximal_backoff_time)
+		b = (uint64_t)q->cf->maximal_backoff_time;
+	return now + (time_t)b;
+}
+
+static void
+disk_phase(struct qmsg *mq)
+{
+	struct diskjob *dj = xcalloc(1, sizeof(*dj));
+	size_t i, k, pending = 0;
+
+	dj->mq = mq;
+	dj->offsets = xcalloc(mq->nr + 1, sizeof(*dj->offsets));
+	dj->types = xcalloc(mq->nr + 1, 1);
+	for (i = 0; i < mq->nr; i++) {
+		struct qrcpt *qr = &mq->r[i];
+		bool final = true, bounced = false;
+		const char *err = NULL;
+
+		for (k = 0; k < qr->nexps; k++) {
+			struct qexp *e = &qr->exps[k];
+
+			if (e->out == OUT_DEFERRED || e->out == OUT_PENDING) {
+				final = false;
+				err = e->diag;
+			} else if (e->out == OUT_BOUNCED) {
+				bounced = true;
+			}
+		}
+		if (qr->nexps == 0) {
+			final = false;
+			err = "no route";
+		}
+		if (final) {
+			dj->offsets[dj->nmarks] = mq->m.rcpts[qr->index].type_offset;
+			dj->types[dj->nmarks] = bounced ? SPOOL_REC_RCPT_BOUNCED : SPOOL_REC_RCPT_DONE;
+			dj->nmarks++;
+			continue;
+		}
+		pending++;
+		/* a partly final alias expansion: remember what is done */
+		for (k = 0; k < qr->nexps; k++)
+			if (qr->exps[k].out == OUT_DELIVERED || qr->exps[k].out == OUT_BOUNCED)
+				qstatus_add_done(&mq->st, qr->index, qr->exps[k].addr);
+		qstatus_set_error(&mq->st, qr->index, err ? err : "deferred");
+	}
+	mq->remove = pending == 0;
+	if (!mq->remove) {
+		mq->st.attempts++;
+		mq->next_retry = next_retry(mq->q, mq);
+	}
+	iopool_run(mq->q->io, disk_work, disk_done, dj);
+}
+
+/* ---- taking messages in ---- */
+
+static void
+msg_release_slot(struct qmgr *q)
+{
+	q->nactive--;
+	if (q->backlog && q->nactive < q->cf->qmgr_message_active_limit / 2 + 1) {
+		q->backlog = false;
+		scan_dir(q, D_INCOMING, false);
+	}
+	if (q->stopping && q->nactive == 0)
+		event_base_loopexit(q->base, NULL);
+}
+
+/* Claims `id` from folder `from` (rename into active/, unless it is there
+ * already) and starts its delivery. Returns 0, or -1 when it was not there
+ * or the active limit is reached (then the backlog flag is set). */
+static int
+msg_load(struct qmgr *q, int from, const char *id)
+{
+	struct qmsg *mq;
+	char err[256], path[4096];
+	const char *why;
+	int fd;
+
+	if (q->stopping)
+		return -1;
+	if (q->nactive >= q->cf->qmgr_message_active_limit) {
+		q->backlog = true;
+		return -1;
+	}
+	if (from != D_ACTIVE &&
+	    renameat(q->dirfd[from], id, q->dirfd[D_ACTIVE], id) < 0)
+		return -1;      /* gone, or someone else took it */
+	fd = openat(q->dirfd[D_ACTIVE], id, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	mq = xcalloc(1, sizeof(*mq));
+	mq->q = q;
+	snprintf(mq->id, sizeof(mq->id), "%s", id);
+	if (read_whole(fd, &mq->image, &mq->len) < 0) {
+		close(fd);
+		free(mq->image);
+		free(mq);
+		return -1;
+	}
+	close(fd);
+	if (spool_parse(mq->image, mq->len, &mq->m, err, sizeof(err)) < 0) {
+		snprintf(path, sizeof(path), "%s/active/%s", q->cf->spool_dir, id);
+		spool_quarantine(q->cf->spool_dir, path, err);
+		free(mq->image);
+		free(mq);
+		return -1;
+	}
+	snprintf(mq->m.id, sizeof(mq->m.id), "%s", id);
+	if (mq->m.sender_params == NULL ||
+	    dsn_parse_sender_params(mq->m.sender_params, &mq->sp, &why) < 0)
+		memset(&mq->sp, 0, sizeof(mq->sp));
+	snprintf(path, sizeof(path), "%s/defer/%s", q->cf->spool_dir, id);
+	if (qstatus_read(path, &mq->st) < 0)
+		msg_warn("%s: unreadable status file %s ignored", id, path);
+	mq->start_usec = now_usec();
+	mq->next = q->msgs;
+	if (q->msgs)
+		q->msgs->prev = mq;
+	q->msgs = mq;
+	q->nactive++;
+	msg_route(mq);
+	msg_deliver(mq);
+	return 0;
+}
+
+void
+qmgr_pickup(struct qmgr *q, const char *id)
+{
+	if (qid_valid(id))
+		(void)msg_load(q, D_INCOMING, id);
+}
+
+static int
+strcmp_ptr(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Picks up every file in folder d (deferred/: only those due, by mtime). */
+static void
+scan_dir(struct qmgr *q, int d, bool due_only)
+{
+	char **ids = NULL;
+	size_t n = 0, cap = 0, i;
+	struct dirent *de;
+	struct stat sb;
+	time_t now = time(NULL);
+	DIR *dir;
+	int fd;
+
+	fd = dup(q->dirfd[d]);
+	if (fd < 0 || (dir = fdopendir(fd)) == NULL) {
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	rewinddir(dir);
+	while ((de = readdir(dir)) != NULL) {
+		if (!qid_valid(de->d_name))
+			continue;
+		if (due_only && (fstatat(q->dirfd[d], de->d_name, &sb, 0) < 0 || sb.st_mtime > now))
+			continue;
+		if (n == cap) {
+			cap = cap ? cap * 2 : 64;
+			ids = xrealloc(ids, cap * sizeof(*ids));
+		}
+		ids[n++] = xstrdup(de->d_name);
+	}
+	closedir(dir);
+	/* oldest first: ids sort by arrival */
+	qsort(ids, n, sizeof(*ids), strcmp_ptr);
+	for (i = 0; i < n; i++) {
+		if (q->nactive >= q->cf->qmgr_message_active_limit) {
+			q->backlog = d == D_INCOMING || q->backlog;
+			free(ids[i]);
+			continue;
+		}
+		(void)msg_load(q, d, ids[i]);
+		free(ids[i]);
+	}
+	free(ids);
+}
+
+/* ---- control (called by control.c for sorterctl) ---- */
+
+static struct qmsg *
+find_active(struct qmgr *q, const char *id)
+{
+	struct qmsg *mq;
+
+	for (mq = q->msgs; mq; mq = mq->next)
+		if (strcmp(mq->id, id) == 0)
+			return mq;
+	return NULL;
+}
+
+int
+qmgr_control(struct qmgr *q, enum queue_op op, const char *id, struct dstr *out)
+{
+	struct qmsg *mq = id ? find_active(q, id) : NULL;
+	int rc;
+
+	switch (op) {
+	case QOP_DELETE:
+		if (mq) {
+			mq->delete_req = true;
+			dstr_printf(out, "%s: will be removed when the delivery under way ends\n", id);
+			return 0;
+		}
+		return queue_op_offline(q->dirfd, op, id, out);
+	case QOP_HOLD:
+		if (mq) {
+			mq->hold_req = true;
+			dstr_printf(out, "%s: will be held when the delivery under way ends\n", id);
+			return 0;
+		}
+		return queue_op_offline(q->dirfd, op, id, out);
+	case QOP_RELEASE:
+		rc = queue_op_offline(q->dirfd, op, id, out);
+		if (rc == 0)
+			qmgr_pickup(q, id);
+		return rc;
+	case QOP_FLUSH:
+		if (id == NULL) {
+			scan_dir(q, D_DEFERRED, false);
+			scan_dir(q, D_INCOMING, false);
+			dstr_printf(out, "deferred mail is being retried\n");
+			return 0;
+		}
+		if (mq) {
+			dstr_printf(out, "%s: delivery under way\n", id);
+			return 0;
+		}
+		if (msg_load(q, D_DEFERRED, id) == 0 || msg_load(q, D_INCOMING, id) == 0) {
+			dstr_printf(out, "%s: being retried\n", id);
+			return 0;
+		}
+		dstr_printf(out, "%s: not in the deferred queue\n", id);
+		return -1;
+	}
+	return -1;
+}
+
+void
+qmgr_stats(struct qmgr *q, struct dstr *out)
+{
+	struct counters *c = q->ctr;
+
+	dstr_printf(out, "connections %llu\nconnections_refused %llu\nmessages_in %llu\n"
+		    "messages_rejected %llu\nrcpts_delivered %llu\nrcpt_deferrals %llu\n"
+		    "rcpts_bounced %llu\ndsns_queued %llu\nmessages_active_in_memory %d\n",
+		    (unsigned long long)c->connections, (unsigned long long)c->refused,
+		    (unsigned long long)c->messages_in, (unsigned long long)c->rejected,
+		    (unsigned long long)c->delivered, (unsigned long long)c->deferred,
+		    (unsigned long long)c->bounced, (unsigned long long)c->dsn_sent, q->nactive);
+	queue_count_dirs(q->dirfd, out);
+	dstr_printf(out, "log_lines_dropped %llu\n", (unsigned long long)log_dropped());
+}
+
+/* ---- events ---- */
+
+static void
+on_wake(evutil_socket_t fd, short what, void *arg)
+{
+	struct qmgr *q = arg;
+	char buf[64];
+	ssize_t n;
+	int i;
+
+	for (i = 0; i < 256; i++) {
+		n = recv(fd, buf, sizeof(buf) - 1, MSG_DONTWAIT);
+		if (n <= 0)
+			return;
+		buf[n] = '\0';
+		qmgr_pickup(q, buf);
+	}
+}
+
+static void
+on_scan(evutil_socket_t fd, short what, void *arg)
+{
+	scan_dir(arg, D_INCOMING, false);
+}
+
+static void
+on_defer_scan(evutil_socket_t fd, short what, void *arg)
+{
+	scan_dir(arg, D_DEFERRED, true);
+}
+
+static void
+on_term(evutil_socket_t fd, short what, void *arg)
+{
+	struct qmgr *q = arg;
+
+	struct timeval grace = { STOP_GRACE_SECONDS, 0 };
+
+	q->stopping = true;
+	if (q->nactive == 0) {
+		event_base_loopexit(q->base, NULL);
+		return;
+	}
+	/* deliveries still under way after the grace period stay in active/
+	 * and are retried at the next start */
+	msg_info("stopping after %d messages in delivery", q->nactive);
+	event_base_loopexit(q->base, &grace);
+}
+
+static int
+wake_socket(const char *spool_dir)
+{
+	struct sockaddr_un sun;
+	int fd;
+
+	memset(&sun, 0, sizeof(sun));
+	sun.sun_family = AF_UNIX;
+	if ((size_t)snprintf(sun.sun_path, sizeof(sun.sun_path), "%s/qmgr.sock", spool_dir) >=
+	    sizeof(sun.sun_path))
+		msg_fatal("spool_dir %s: path too long for a socket", spool_dir);
+	fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		msg_fatal("socket: %s", strerror(errno));
+	unlink(sun.sun_path);
+	if (bind(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0)
+		msg_fatal("bind %s: %s", sun.sun_path, strerror(errno));
+	chmod(sun.sun_path, 0600);
+	return fd;
+}
+
+int
+qmgr_main(struct config *cf, struct counters *ctr)
+{
+	struct qmgr q;
+	struct lmtp_settings ls;
+	struct timeval scan_tv = { INCOMING_SCAN_SECONDS, 0 }, defer_tv = { cf->queue_run_delay, 0 };
+	char err[512], path[4096];
+	size_t i;
+
+	memset(&q, 0, sizeof(q));
+	q.cf = cf;
+	q.ctr = ctr;
+	qid_init(QID_SLOT_QMGR);
+	signal(SIGPIPE, SIG_IGN);
+	signal(SIGHUP, SIG_IGN);
+	snprintf(path, sizeof(path), "%s/qmgr.lock", cf->spool_dir);
+	q.lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (q.lock_fd < 0 || flock(q.lock_fd, LOCK_EX) < 0)
+		msg_fatal("lock %s: %s", path, strerror(errno));
+	for (i = 0; i < sizeof(dirnames) / sizeof(dirnames[0]); i++) {
+		snprintf(path, sizeof(path), "%s/%s", cf->spool_dir, dirnames[i]);
+		q.dirfd[i] = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (q.dirfd[i] < 0)
+			msg_fatal("open %s: %s", path, strerror(errno));
+	}
+	snprintf(path, sizeof(path), "%s/active", cf->spool_dir);
+	q.active_ds = dirsync_open(path);
+	snprintf(path, sizeof(path), "%s/defer", cf->spool_dir);
+	q.defer_ds = dirsync_open(path);
+	q.base = event_base_new();
+	if (q.base == NULL)
+		msg_fatal("cannot create event loop");
+	q.router = router_open(cf, err, sizeof(err));
+	if (q.router == NULL)
+		msg_fatal("router: %s", err);
+	memset(&ls, 0, sizeof(ls));
+	ls.per_dest_concurrency = cf->lmtp_destination_concurrency_limit;
+	ls.connect_timeout = cf->lmtp_connect_timeout;
+	ls.cmd_timeout = cf->lmtp_timeout;
+	ls.data_timeout = cf->lmtp_timeout * 2;
+	ls.idle_timeout = cf->lmtp_idle_timeout;
+	ls.dead_endpoint_seconds = cf->endpoint_dead_time;
+	ls.helo_name = cf->hostname;
+	ls.dns_servers = cf->dns_servers;
+	q.lmtp = lmtp_pool_new(q.base, &ls);
+	q.commit = commit_pool_create(q.base, cf->spool_dir, 4);
+	q.io = iopool_create(q.base, 8);
+
+	q.wake_fd = wake_socket(cf->spool_dir);
+	q.wake_ev = event_new(q.base, q.wake_fd, EV_READ | EV_PERSIST, on_wake, &q);
+	event_add(q.wake_ev, NULL);
+	q.scan_ev = event_new(q.base, -1, EV_PERSIST, on_scan, &q);
+	event_add(q.scan_ev, &scan_tv);
+	q.defer_ev = event_new(q.base, -1, EV_PERSIST, on_defer_scan, &q);
+	event_add(q.defer_ev, &defer_tv);
+	q.term_ev = evsignal_new(q.base, SIGTERM, on_term, &q);
+	event_add(q.term_ev, NULL);
+	q.control = control_start(&q, q.base, cf->spool_dir);
+
+	/* what a crash left in flight, then what waits, then what is due */
+	scan_dir(&q, D_ACTIVE, false);
+	scan_dir(&q, D_INCOMING, false);
+	scan_dir(&q, D_DEFERRED, true);
+
+	event_base_dispatch(q.base);
+
+	control_stop(q.control);
+	lmtp_pool_free(q.lmtp);
+	commit_pool_destroy(q.commit);
+	iopool_destroy(q.io);
+	event_free(q.wake_ev);
+	event_free(q.scan_ev);
+	event_free(q.defer_ev);
+	event_free(q.term_ev);
+	close(q.wake_fd);
+	router_close(q.router);
+	dirsync_close(q.active_ds);
+	dirsync_close(q.defer_ds);
+	for (i = 0; i < sizeof(dirnames) / sizeof(dirnames[0]); i++)
+		close(q.dirfd[i]);
+	event_base_free(q.base);
+	close(q.lock_fd);
+	return 0;
 }

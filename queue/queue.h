@@ -146,6 +146,47 @@ void commit_submit(struct commit_pool *p, struct commit_job *job);
 /* Waits for queued jobs, joins the threads. */
 void commit_pool_destroy(struct commit_pool *p);
 
+/* ---- the queue manager (qmgr.c) and its control socket (control.c) ---- */
+#define QID_SLOT_QMGR 30         /* qid process slot of the queue manager */
+#define QID_SLOT_CTL 31          /* qid process slot of sorterctl and tools */
+
+struct qmgr;
+struct control;
+
+/* Runs the queue manager until SIGTERM; returns the exit status. */
+int qmgr_main(struct config *cf, struct counters *ctr);
+/* A hint that incoming/ID was committed. */
+void qmgr_pickup(struct qmgr *q, const char *id);
+/* The wake-up a worker sends after a commit (best effort, never blocks). */
+void qmgr_wake(const char *spool_dir, int *fd, const char *id);
+
+enum queue_op { QOP_DELETE, QOP_HOLD, QOP_RELEASE, QOP_FLUSH };
+
+/* Acts on message id (NULL = all, for flush) on behalf of sorterctl; a
+ * line per message into out. 0 or -1. */
+int qmgr_control(struct qmgr *q, enum queue_op op, const char *id, struct dstr *out);
+void qmgr_stats(struct qmgr *q, struct dstr *out);
+
+/* The folders an operation needs, open: incoming active deferred hold
+ * defer corrupt (that order). */
+#define QUEUE_NDIRS 6
+int queue_open_dirs(const char *spool_dir, int fds[QUEUE_NDIRS]);
+void queue_close_dirs(int fds[QUEUE_NDIRS]);
+/* The file-level operation, for a message nobody is delivering: hold
+ * moves it to hold/, release from hold/ to incoming/, delete removes it
+ * (with its status file), flush makes a deferred message due now. */
+int queue_op_offline(const int fds[QUEUE_NDIRS], enum queue_op op, const char *id,
+		     struct dstr *out);
+void queue_count_dirs(const int fds[QUEUE_NDIRS], struct dstr *out);
+
+/* Control socket (spool_dir/control, owner only): one request line
+ * "VERB [ARG...]", a reply whose first line is "ok" or "error: ...". */
+struct control *control_start(struct qmgr *q, struct event_base *base, const char *spool_dir);
+void control_stop(struct control *c);
+/* Client side: 0 = answered (reply in out; its status in *ok), -1 = nobody
+ * listens (errno set). */
+int control_request(const char *spool_dir, const char *line, struct dstr *out, bool *ok);
+
 /* ---- per-message status of deferred mail (status.c) ---- */
 enum qstatus_kind { QS_ERROR, QS_DONE };
 
@@ -175,5 +216,85 @@ void qstatus_format(const struct qstatus *st, struct dstr *out);
 /* Atomically replaces dirfd/id; with ds, waits for the directory fsync.
  * Returns 0 or an errno value. */
 int qstatus_write(int dirfd, struct dirsync *ds, const char *id, const struct qstatus *st);
+
+/* ---- DSN (dsn.c) ----
+ * RFC 3461 parameters as the spool keeps them, and RFC 3464 delivery status
+ * notifications built as RFC 6522 multipart/report messages. Pure: no I/O,
+ * and nothing here decides who gets a DSN (that is the queue manager's). */
+#define DSN_NOTIFY_SUCCESS 1      /* the same bits as struct smtp_params.notify */
+#define DSN_NOTIFY_FAILURE 2
+#define DSN_NOTIFY_DELAY 4
+#define DSN_NOTIFY_NEVER 8
+#define DSN_RET_FULL 1
+#define DSN_RET_HDRS 2
+#define DSN_ENVID_MAX 100         /* RFC 3461 4.4, xtext form */
+#define DSN_ORCPT_MAX 500         /* RFC 3461 4.2: the whole ORCPT value */
+#define DSN_ADDRTYPE_MAX 64
+
+struct dsn_rcpt_params {
+	int notify;                             /* bit set; 0 = not given */
+	char orcpt_type[DSN_ADDRTYPE_MAX + 1];  /* e.g. "rfc822"; "" = no ORCPT */
+	char orcpt[DSN_ORCPT_MAX + 1];          /* xtext decoded */
+};
+
+struct dsn_sender_params {
+	int ret;                                /* 0 not given, DSN_RET_FULL, DSN_RET_HDRS */
+	char envid[DSN_ENVID_MAX + 1];          /* xtext decoded; "" = not given */
+};
+
+/* Parse the params part of a spool recipient ("NOTIFY=... ORCPT=type;xtext")
+ * or the sender's params ("RET=... ENVID=xtext"); s may be NULL or "".
+ * Return 0, or -1 with *p zeroed and *why (if why is not NULL) set to a
+ * static reason. */
+int dsn_parse_rcpt_params(const char *s, struct dsn_rcpt_params *p, const char **why);
+int dsn_parse_sender_params(const char *s, struct dsn_sender_params *p, const char **why);
+/* The inverse: append the spool form of *p to out (nothing when empty). */
+void dsn_format_rcpt_params(const struct dsn_rcpt_params *p, struct dstr *out);
+void dsn_format_sender_params(const struct dsn_sender_params *p, struct dstr *out);
+
+/* RFC 3461 4 xtext. xtext_encode appends the encoding of n bytes to out in
+ * one piece (nothing when out's limit refuses it). xtext_decode accepts only
+ * xchar and "+" with two upper-case hex digits, decoding to printable
+ * US-ASCII or space; it writes a NUL-terminated result into out and returns
+ * its length, or -1 with *why set (malformed, or longer than outlen - 1). */
+void xtext_encode(const char *in, size_t n, struct dstr *out);
+int xtext_decode(const char *in, size_t n, char *out, size_t outlen, const char **why);
+
+enum dsn_kind { DSN_FAILURE, DSN_DELAY, DSN_SUCCESS };
+
+struct dsn_report {
+	const char *reporting_mta;      /* our hostname */
+	const char *queue_id;           /* of the original message */
+	uint64_t arrival_usec;
+	const char *sender;             /* the original envelope sender: the DSN's To: */
+	const char *envid;              /* decoded, or NULL */
+	int ret;                        /* DSN_RET_FULL, DSN_RET_HDRS, 0 = FULL */
+	enum dsn_kind kind;
+	const char *postmaster;         /* named in the text as the contact; NULL = "postmaster" */
+	const unsigned char *content;   /* the message as stored: CRLF lines, our Received: first */
+	size_t content_len;
+};
+
+struct dsn_entry {
+	const char *final_rcpt;         /* the address */
+	const char *orcpt_type, *orcpt; /* decoded; may be NULL */
+	const char *action;             /* "failed", "delayed", "delivered", "relayed", "expanded" */
+	const char *status;             /* "5.1.1" */
+	const char *remote_mta;         /* may be NULL */
+	const char *diagnostic;         /* the remote reply text; may be NULL */
+	uint64_t last_attempt_usec;     /* 0 = omit */
+	uint64_t will_retry_until_usec; /* delays only; 0 = omit */
+};
+
+/* Appends a complete RFC 5322 message (CRLF line ends, never a bare CR or
+ * LF) reporting on the n entries; the Message-ID is
+ * <message_id_unique@reporting_mta>. out must have no limit. */
+void dsn_build(const struct dsn_report *r, const struct dsn_entry *e, size_t n,
+	       const char *message_id_unique, struct dstr *out);
+/* The enhanced status code of an SMTP/LMTP reply ("550 5.1.1 ..." ->
+ * "5.1.1"), or "2.0.0"/"4.0.0"/"5.0.0" from the reply code when the text
+ * has none. Returns false (status "") when reply does not start with a
+ * 2xx, 4xx or 5xx reply code. */
+bool dsn_status_from_reply(const char *reply, char status[16]);
 
 #endif

@@ -18,12 +18,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "lib/lib.h"
 #include "queue/queue.h"
+#include "router/router.h"
 
 #ifndef SYSCONFDIR
 #define SYSCONFDIR "/etc"
@@ -58,7 +60,13 @@ usage(void)
 {
 	fprintf(stderr,
 		"usage: sorterctl [-c FILE] queue [--json]\n"
-		"       sorterctl [-c FILE] show ID\n");
+		"       sorterctl [-c FILE] show ID\n"
+		"       sorterctl [-c FILE] delete ID... | --all\n"
+		"       sorterctl [-c FILE] hold ID...\n"
+		"       sorterctl [-c FILE] release ID...\n"
+		"       sorterctl [-c FILE] flush [ID...]\n"
+		"       sorterctl [-c FILE] stats\n"
+		"       sorterctl [-c FILE] route ADDRESS [--json]\n");
 	exit(EXIT_USAGE);
 }
 
@@ -305,7 +313,32 @@ struct listed {
 	const char *state;
 	struct spool_msg msg;
 	char reason[256];          /* set when corrupt */
+	char last_error[512];      /* from defer/ID; "" when none */
+	time_t next_retry;         /* deferred: the file's mtime; else 0 */
 };
+
+/* The last error and next retry of a deferred message (status.c). */
+static void
+load_status(const char *spool_dir, const char *id, struct listed *l)
+{
+	struct qstatus st;
+	struct stat sb;
+	char path[4096];
+	size_t i;
+
+	snprintf(path, sizeof(path), "%s/defer/%s", spool_dir, id);
+	if (qstatus_read(path, &st) == 0) {
+		for (i = 0; i < st.nitems; i++)
+			if (st.items[i].kind == QS_ERROR) {
+				snprintf(l->last_error, sizeof(l->last_error), "%s", st.items[i].text);
+				break;
+			}
+		qstatus_free(&st);
+	}
+	snprintf(path, sizeof(path), "%s/deferred/%s", spool_dir, id);
+	if (strcmp(l->state, "deferred") == 0 && stat(path, &sb) == 0)
+		l->next_retry = sb.st_mtime;
+}
 
 static void
 print_plain(const struct entry *e, const struct listed *l)
@@ -323,6 +356,15 @@ print_plain(const struct entry *e, const struct listed *l)
 	printf("%-12s  %8zu  %-19s  %-8s  <", e->id, l->msg.content_len, when, l->state);
 	put_text(l->msg.sender);
 	printf(">\n");
+	if (l->last_error[0]) {
+		printf("    (");
+		put_text(l->last_error);
+		printf(")\n");
+	}
+	if (l->next_retry) {
+		format_local((uint64_t)l->next_retry * 1000000u, "%Y-%m-%d %H:%M:%S", when, sizeof(when));
+		printf("    next retry: %s\n", when);
+	}
 	for (i = 0; i < l->msg.nrcpt; i++) {
 		printf("    ");
 		put_text(l->msg.rcpts[i].addr);
@@ -356,7 +398,17 @@ print_json(const struct entry *e, const struct listed *l)
 		put_json_str(l->msg.rcpts[i].addr);
 		printf(",\"state\":\"%s\"}", rcpt_state_names[l->msg.rcpts[i].state]);
 	}
-	printf("],\"last_error\":null}");
+	printf("],\"last_error\":");
+	if (l->last_error[0])
+		put_json_str(l->last_error);
+	else
+		printf("null");
+	printf(",\"next_retry\":");
+	if (l->next_retry)
+		printf("%lld", (long long)l->next_retry);
+	else
+		printf("null");
+	putchar('}');
 }
 
 /* Reads one listed message. Returns 1 when it has left the queue since the
@@ -382,6 +434,8 @@ load_entry(const char *spool_dir, const struct entry *e, struct listed *l)
 	    l->reason[0] == '\0')
 		snprintf(l->reason, sizeof(l->reason), "unparseable");
 	free(f.buf);
+	if (l->reason[0] == '\0')
+		load_status(spool_dir, e->id, l);
 	return 0;
 }
 
@@ -498,6 +552,138 @@ cmd_show(const char *spool_dir, const char *id)
 	return 0;
 }
 
+/* ---- steering the queue ---- */
+
+#define IDS_PER_REQUEST 200
+
+#define CONTROL_WAIT_MS 10000
+
+/* With the daemon down: acts on the spool under the queue manager's lock,
+ * so that a daemon starting meanwhile waits for us. Returns -1 (nothing
+ * done) when a queue manager holds the lock: it is running, the caller
+ * asks it again. */
+static int
+offline(const char *spool_dir, const char *verb, char **ids, size_t n)
+{
+	int fds[QUEUE_NDIRS], lock, rc = 0;
+	char path[4096];
+	struct dstr out;
+	enum queue_op op;
+	size_t i;
+
+	snprintf(path, sizeof(path), "%s/qmgr.lock", spool_dir);
+	lock = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (lock < 0) {
+		fprintf(stderr, "sorterctl: open %s: %s\n", path, strerror(errno));
+		return EXIT_RUNTIME;
+	}
+	if (flock(lock, LOCK_EX | LOCK_NB) < 0) {
+		close(lock);
+		return -1;
+	}
+	if (queue_open_dirs(spool_dir, fds) < 0) {
+		fprintf(stderr, "sorterctl: open the spool %s: %s\n", spool_dir, strerror(errno));
+		close(lock);
+		return EXIT_RUNTIME;
+	}
+	dstr_init(&out, 0);
+	if (strcmp(verb, "stats") == 0) {
+		dstr_printf(&out, "daemon not running: queue sizes only\n");
+		queue_count_dirs(fds, &out);
+	} else {
+		op = strcmp(verb, "delete") == 0 ? QOP_DELETE : strcmp(verb, "hold") == 0 ? QOP_HOLD :
+		     strcmp(verb, "release") == 0 ? QOP_RELEASE : QOP_FLUSH;
+		if (op == QOP_FLUSH && n == 0)
+			dstr_printf(&out, "daemon not running: deferred mail is retried when it starts\n");
+		for (i = 0; i < n; i++)
+			if (queue_op_offline(fds, op, ids[i], &out) < 0)
+				rc = EXIT_RUNTIME;
+	}
+	fputs(out.s ? out.s : "", rc ? stderr : stdout);
+	dstr_free(&out);
+	queue_close_dirs(fds);
+	close(lock);
+	return rc;
+}
+
+/* Sends "verb ids..." in batches; falls back to offline() when no daemon
+ * listens. */
+static int
+steer(const char *spool_dir, const char *verb, char **ids, size_t n)
+{
+	struct dstr line, out;
+	size_t i = 0, k;
+	bool ok;
+	int rc = 0, r, waited;
+
+	for (k = 0; k < n; k++)
+		if (!qid_valid(ids[k])) {
+			fprintf(stderr, "sorterctl: %s: not a queue id\n", ids[k]);
+			return EXIT_USAGE;
+		}
+	do {
+		dstr_init(&line, 0);
+		dstr_printf(&line, "%s", verb);
+		for (k = 0; k < IDS_PER_REQUEST && i < n; k++, i++)
+			dstr_printf(&line, " %s", ids[i]);
+		dstr_init(&out, 0);
+		for (waited = 0; control_request(spool_dir, line.s, &out, &ok) < 0; waited += 100) {
+			/* nobody answers: the daemon is down, or its queue manager
+			 * is starting (it holds the lock before it listens) */
+			if (i <= IDS_PER_REQUEST && (r = offline(spool_dir, verb, ids, n)) >= 0) {
+				dstr_free(&line);
+				dstr_free(&out);
+				return r;
+			}
+			if (waited >= CONTROL_WAIT_MS) {
+				fprintf(stderr, "sorterctl: the queue manager holds %s/qmgr.lock but does "
+					"not answer on %s/control\n", spool_dir, spool_dir);
+				dstr_free(&line);
+				dstr_free(&out);
+				return EXIT_RUNTIME;
+			}
+			usleep(100000);
+		}
+		if (!ok)
+			rc = EXIT_RUNTIME;
+		/* drop the status line; print the rest */
+		if (out.s) {
+			char *nl = strchr(out.s, '\n');
+
+			if (!ok && nl)
+				fprintf(stderr, "sorterctl: %.*s\n", (int)(nl - out.s), out.s);
+			fputs(nl ? nl + 1 : "", ok ? stdout : stderr);
+		}
+		dstr_free(&line);
+		dstr_free(&out);
+	} while (i < n);
+	return rc;
+}
+
+static int
+cmd_delete_all(const char *spool_dir)
+{
+	struct entry *v;
+	char **ids;
+	size_t n, i;
+	int rc;
+
+	if (collect(spool_dir, &v, &n) < 0)
+		return EXIT_RUNTIME;
+	if (n == 0) {
+		printf("Queue is empty\n");
+		free(v);
+		return 0;
+	}
+	ids = xcalloc(n, sizeof(*ids));
+	for (i = 0; i < n; i++)
+		ids[i] = v[i].id;
+	rc = steer(spool_dir, "delete", ids, n);
+	free(ids);
+	free(v);
+	return rc;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -527,6 +713,17 @@ main(int argc, char **argv)
 	} else if (strcmp(cmd, "show") == 0) {
 		if (argc != 2)
 			usage();
+	} else if (strcmp(cmd, "delete") == 0 || strcmp(cmd, "hold") == 0 ||
+		   strcmp(cmd, "release") == 0) {
+		if (argc < 2)
+			usage();
+	} else if (strcmp(cmd, "flush") == 0) {
+	} else if (strcmp(cmd, "stats") == 0) {
+		if (argc != 1)
+			usage();
+	} else if (strcmp(cmd, "route") == 0) {
+		if (argc < 2 || argc > 3 || (argc == 3 && strcmp(argv[2], "--json") != 0))
+			usage();
 	} else {
 		fprintf(stderr, "sorterctl: unknown command \"%s\"\n", cmd);
 		usage();
@@ -536,10 +733,17 @@ main(int argc, char **argv)
 		fprintf(stderr, "sorterctl: %s\n", err);
 		return EXIT_RUNTIME;
 	}
+	qid_init(QID_SLOT_CTL);
 	if (strcmp(cmd, "queue") == 0)
 		rc = cmd_queue(cf->spool_dir, argc == 2);
-	else
+	else if (strcmp(cmd, "show") == 0)
 		rc = cmd_show(cf->spool_dir, argv[1]);
+	else if (strcmp(cmd, "route") == 0)
+		rc = router_explain(cf, argv[1], argc == 3, stdout);
+	else if (strcmp(cmd, "delete") == 0 && argc == 2 && strcmp(argv[1], "--all") == 0)
+		rc = cmd_delete_all(cf->spool_dir);
+	else
+		rc = steer(cf->spool_dir, cmd, argv + 1, (size_t)argc - 1);
 	config_free(cf);
 	if (fflush(stdout) != 0 || ferror(stdout)) {
 		fprintf(stderr, "sorterctl: write to standard output: %s\n", strerror(errno));

@@ -289,4 +289,145 @@ const char *route_via_name(enum route_via v);     /* "user_map", "@domain", ... 
  * cannot be opened at all). */
 int router_explain(const struct config *cf, const char *address, bool json, FILE *out);
 
+/* ---- LMTP client (lmtp.c), replies (reply.c), DNS (dns.c) ---- */
+
+struct event_base;
+struct sockaddr_storage;
+
+/* ---- replies and content encoding (reply.c): pure, no I/O ----
+ * An SMTP/LMTP reply (RFC 5321 4.2): "250-..." lines, then "250 ...".
+ * A line ends with LF (a CR before it is dropped); the code must be the
+ * same on every line. */
+#define REPLY_LINE_MAX 2048       /* bytes in one reply line, CR LF included */
+#define REPLY_LINES_MAX 100       /* lines in one reply */
+#define REPLY_TEXT_MAX 1024       /* bytes kept of a reply's text, NUL included */
+
+struct reply {
+	int code;                       /* 200..599 */
+	char status[16];                /* RFC 3463 "5.1.1"; "" when the reply has none */
+	char text[REPLY_TEXT_MAX];      /* the lines' texts without code and status, joined
+					 * by one space; printable ASCII only, truncated */
+	unsigned nlines;
+};
+
+/* Parses the reply at the start of buf. Returns the number of bytes it
+ * takes (> 0) and fills *r; 0 when more input is needed; -1 when it is
+ * malformed (bad code, codes differing between lines, a line longer than
+ * REPLY_LINE_MAX, more than REPLY_LINES_MAX lines), with *why static. */
+ssize_t reply_parse(const char *buf, size_t len, struct reply *r, const char **why);
+
+/* What an EHLO/LHLO reply offers (RFC 2920, 1870, 6152, 2034, 3461). */
+struct ehlo_caps {
+	bool pipelining;
+	bool eightbitmime;
+	bool enhancedstatuscodes;
+	bool dsn;
+	bool size;                      /* SIZE offered */
+	unsigned long long size_max;    /* its limit; 0 = none stated */
+};
+
+/* Reads the keyword lines of a complete reply (buf, len: the bytes that
+ * reply_parse took); the first line, the server's name, is skipped. */
+void ehlo_parse(const char *buf, size_t len, struct ehlo_caps *c);
+
+/* Message content to the DATA wire form: a "." at the start of a line is
+ * doubled, every line ends with CR LF (a bare CR or bare LF becomes CR LF,
+ * so none is ever sent), and dotstuff_end() adds the last line's CR LF if
+ * missing and the final "." CR LF. Any split of the input gives the same
+ * output. */
+struct dotstuff {
+	bool mid_line;                  /* bytes were written since the last CR LF */
+	bool cr;                        /* a CR was read and not written yet */
+};
+
+void dotstuff_init(struct dotstuff *d);
+/* Encodes len bytes of in into out, which must have room for 2 * len + 2
+ * bytes; returns the bytes written. */
+size_t dotstuff(struct dotstuff *d, const unsigned char *in, size_t len, unsigned char *out);
+/* Writes the end of data (at most 5 bytes) into out; returns its length. */
+size_t dotstuff_end(struct dotstuff *d, unsigned char out[5]);
+
+/* ---- DNS (dns.c): c-ares on the caller's libevent loop ----
+ * One resolver per event loop and thread. Callbacks always run from the
+ * loop, never inside dns_lookup(). */
+#define DNS_ADDRS_MAX 16          /* addresses kept from one answer */
+
+struct dns;
+struct dns_query;
+
+struct dns_answer {
+	int error;                      /* 0; else no usable answer, see err */
+	bool notfound;                  /* the name has no address (permanent) */
+	const char *err;                /* "host not found", "timeout", ... */
+	const struct sockaddr_storage *addrs;   /* port 0, in the server's order */
+	size_t naddrs;
+};
+
+typedef void dns_callback(const struct dns_answer *a, void *arg);
+
+/* servers: NULL or "" = /etc/resolv.conf; else "IP[:PORT]" or
+ * "[IPv6]:PORT", several separated by commas or blanks. NULL with err set
+ * when the resolver cannot be set up. */
+struct dns *dns_new(struct event_base *base, const char *servers, char *err, size_t errlen);
+/* Pending queries end without their callbacks. */
+void dns_free(struct dns *d);
+/* A and AAAA lookup of host (the addresses of both families, IPv4 first
+ * when the server gives both). The query handle is valid until its
+ * callback runs or it is cancelled. */
+struct dns_query *dns_lookup(struct dns *d, const char *host, dns_callback *cb, void *arg);
+/* The callback will not run. */
+void dns_cancel(struct dns_query *q);
+
+/* ---- LMTP client (lmtp.c): RFC 2033, a pool on the caller's loop ----
+ * Connections are kept per destination (a node name), reused, and capped
+ * in number; transactions beyond the cap wait in a FIFO per destination. */
+struct lmtp_settings {
+	int per_dest_concurrency;       /* connections per destination; 0 = 20 */
+	int connect_timeout;            /* seconds; 0 = 30 */
+	int cmd_timeout;                /* seconds per command reply; 0 = 300 */
+	int data_timeout;               /* seconds for content and its replies; 0 = 600 */
+	int idle_timeout;               /* seconds an unused connection is kept; 0 = 10 */
+	int dead_endpoint_seconds;      /* a failed endpoint is tried last this long; 0 = 60 */
+	const char *helo_name;          /* LHLO argument; NULL = the host name */
+	const char *dns_servers;        /* as for dns_new() */
+};
+
+#define LMTP_RELAY_MAX 300
+
+struct lmtp_rcpt_result {
+	int code;                       /* reply code, or one made up here (451, 552) */
+	char status[16];                /* "2.1.5"; "X.0.0" when the server gave none */
+	char text[512];
+	char relay[LMTP_RELAY_MAX];     /* "127.0.0.1:24", "[::1]:24", "unix:/path" or "none" */
+};
+
+struct lmtp_txn {
+	const char *sender;             /* may be "" */
+	const char *const *rcpts;
+	size_t nrcpt;
+	const unsigned char *content;   /* CR LF lines as spooled, not dot-stuffed */
+	size_t content_len;
+	bool eightbit;                  /* BODY=8BITMIME when the server offers it */
+	struct lmtp_rcpt_result *results;       /* nrcpt entries, filled here */
+	void (*done)(struct lmtp_txn *txn, void *arg);
+	void *arg;
+};
+
+struct lmtp_pool;
+
+struct lmtp_pool *lmtp_pool_new(struct event_base *base, const struct lmtp_settings *s);
+/* Closes every connection; transactions not reported yet get 4xx results
+ * for the recipients without one and their done callbacks run from here.
+ * Never call it from a done callback. */
+void lmtp_pool_free(struct lmtp_pool *p);
+/*
+ * Delivers txn to dest through eps (tried in order, a failed one skipped
+ * for a while; copied, so they need not outlive the call). Every recipient
+ * gets a result; done then runs from the event loop, never from inside
+ * this call. txn and what it points to must stay valid until then.
+ * Results: 2xx delivered, 4xx defer, 5xx bounce.
+ */
+void lmtp_deliver(struct lmtp_pool *p, const char *dest, const struct endpoint *eps,
+		  size_t neps, struct lmtp_txn *txn);
+
 #endif

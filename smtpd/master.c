@@ -53,7 +53,9 @@ struct master {
 	size_t nls;
 	SSL_CTX *tls;
 	struct session_table *st;
+	struct counters *ctr;
 	struct child slots[NSLOTS];
+	struct child qmgr;              /* the queue manager */
 	int generation;
 	bool stopping;
 	sigset_t oldmask;
@@ -157,13 +159,35 @@ start_slot(struct master *m, int i)
 
 		sigprocmask(SIG_SETMASK, &m->oldmask, NULL);
 		log_set_progname("sorterd/smtpd");
-		rc = worker_main(m->cf, m->ls, m->nls, m->st, i, m->tls);
+		rc = worker_main(m->cf, m->ls, m->nls, m->st, m->ctr, i, m->tls);
 		_exit(rc);
 	}
 	m->slots[i].pid = pid;
 	m->slots[i].generation = m->generation;
 	m->slots[i].started = time(NULL);
 	m->slots[i].want = true;
+}
+
+static void
+start_qmgr(struct master *m)
+{
+	pid_t pid = fork();
+	size_t i;
+
+	if (pid < 0) {
+		msg_warn("fork: %s", strerror(errno));
+		return;
+	}
+	if (pid == 0) {
+		sigprocmask(SIG_SETMASK, &m->oldmask, NULL);
+		log_set_progname("sorterd/qmgr");
+		for (i = 0; i < m->nls; i++)
+			close(m->ls[i].fd);
+		_exit(qmgr_main(m->cf, m->ctr));
+	}
+	m->qmgr.pid = pid;
+	m->qmgr.started = time(NULL);
+	m->qmgr.want = true;
 }
 
 static void
@@ -189,6 +213,14 @@ reap(struct master *m)
 	pid_t pid;
 
 	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+		if (pid == m->qmgr.pid) {
+			m->qmgr.pid = 0;
+			if (WIFSIGNALED(status))
+				msg_warn("qmgr pid %ld killed by signal %d", (long)pid, WTERMSIG(status));
+			else if (WEXITSTATUS(status) != 0)
+				msg_warn("qmgr pid %ld exited with status %d", (long)pid, WEXITSTATUS(status));
+			continue;
+		}
 		for (i = 0; i < NSLOTS; i++)
 			if (m->slots[i].pid == pid)
 				break;
@@ -212,6 +244,11 @@ restart_crashed(struct master *m)
 	time_t now = time(NULL);
 	int i;
 
+	if (!m->stopping && m->qmgr.pid == 0 && m->qmgr.want &&
+	    now - m->qmgr.started >= RESTART_DELAY_SECONDS) {
+		msg_info("restarting the queue manager");
+		start_qmgr(m);
+	}
 	for (i = 0; i < NSLOTS; i++) {
 		if (m->stopping || m->slots[i].pid != 0 || !m->slots[i].want)
 			continue;
@@ -270,6 +307,10 @@ reload(struct master *m)
 	m->generation++;
 	signal_children(m, SIGUSR2, true);
 	start_generation(m);
+	/* the new queue manager waits for the old one's lock, then takes over */
+	if (m->qmgr.pid)
+		kill(m->qmgr.pid, SIGTERM);
+	start_qmgr(m);
 	msg_info("reloaded %s", m->config_path);
 }
 
@@ -281,7 +322,7 @@ any_child(const struct master *m)
 	for (i = 0; i < NSLOTS; i++)
 		if (m->slots[i].pid != 0)
 			return true;
-	return false;
+	return m->qmgr.pid != 0;
 }
 
 int
@@ -320,6 +361,7 @@ master_main(const char *config_path, struct config *cf)
 		msg_fatal("prepare spool %s: %s", cf->spool_dir, strerror(errno));
 	spool_startup_check(cf->spool_dir);
 	m.st = session_table_create(NSLOTS, cf->smtpd_max_sessions);
+	m.ctr = counters_create();
 
 	sigemptyset(&set);
 	sigaddset(&set, SIGCHLD);
@@ -331,6 +373,7 @@ master_main(const char *config_path, struct config *cf)
 
 	msg_info("starting: %zu listener(s), %d worker(s), spool %s", m.nls, cf->workers,
 		 cf->spool_dir);
+	start_qmgr(&m);
 	start_generation(&m);
 	for (;;) {
 		sig = sigtimedwait(&set, &si, &tick);
@@ -341,6 +384,8 @@ master_main(const char *config_path, struct config *cf)
 				msg_info("stopping: draining sessions");
 			m.stopping = true;
 			signal_children(&m, SIGTERM, false);
+			if (m.qmgr.pid)
+				kill(m.qmgr.pid, SIGTERM);
 		} else if (sig == SIGHUP && !m.stopping) {
 			reload(&m);
 		}

@@ -33,6 +33,7 @@
 
 #include "lib/lib.h"
 #include "queue/queue.h"
+#include "router/router.h"
 #include "smtpd/session.h"
 #include "smtpd/smtpd.h"
 
@@ -195,7 +196,8 @@ do_helo(struct session *s, struct smtp_cmd *c)
 	if (s->w->tls_ctx && !s->tls)
 		reply(s, "250-STARTTLS");
 	reply(s, "250-ENHANCEDSTATUSCODES");
-	reply(s, "250 8BITMIME");
+	reply(s, "250-8BITMIME");
+	reply(s, "250 DSN");
 }
 
 static bool
@@ -260,18 +262,30 @@ static void
 do_rcpt(struct session *s, struct smtp_cmd *c)
 {
 	const struct config *cf = s->w->cf;
-	char addr[ADDR_PATH_MAX + 8], params[ADDR_PATH_MAX + 64];
+	char addr[ADDR_PATH_MAX + 8], params[ADDR_PATH_MAX + 64], why[512];
 
 	if (s->nrcpt >= (size_t)cf->smtpd_recipient_limit) {
 		reply(s, "452 4.5.3 Error: too many recipients");
 		return;
 	}
 	address_format(&c->addr, addr, sizeof(addr));
-	if (c->addr.domain[0] != '\0' &&
-	    (c->addr.literal || !config_is_local_domain(cf, c->addr.domain))) {
+	/* the router answers in-process, from read-only map handles */
+	switch (router_check_rcpt(s->w->router, addr, why, sizeof(why))) {
+	case RCPT_ACCEPT:
+		break;
+	case RCPT_RELAY_DENIED:
 		msg_info("reject: RCPT from [%s]: 554 5.7.1 <%s>: Relay access denied; from=<%s> to=<%s>",
 			 s->addr, addr, s->sender, addr);
 		reply_error(s, "554 5.7.1 <%s>: Relay access denied", addr);
+		return;
+	case RCPT_UNKNOWN_USER:
+		msg_info("reject: RCPT from [%s]: 550 5.1.1 <%s>: User unknown (%s); from=<%s> to=<%s>",
+			 s->addr, addr, why, s->sender, addr);
+		reply_error(s, "550 5.1.1 <%s>: Recipient address rejected: User unknown", addr);
+		return;
+	case RCPT_TEMPFAIL:
+		msg_warn("RCPT from [%s]: 451 4.3.0 <%s>: %s", s->addr, addr, why);
+		reply(s, "451 4.3.0 <%s>: Temporary lookup failure", addr);
 		return;
 	}
 	format_rcpt_params(&c->params, params, sizeof(params));
@@ -484,6 +498,10 @@ commit_done(struct commit_job *job, void *arg)
 {
 	struct session *s = arg;
 
+	if (job->error == 0 && s->gone) {
+		atomic_fetch_add(&s->w->ctr->messages_in, 1);
+		qmgr_wake(s->w->cf->spool_dir, &s->w->wake_fd, job->id);
+	}
 	if (job->error == 0)
 		msg_info("%s: from=<%s>, size=%zu, nrcpt=%zu, client=[%s]%s%s", job->id,
 			 s->sender, job->content.len, s->nrcpt, s->addr,
@@ -503,6 +521,8 @@ commit_done(struct commit_job *job, void *arg)
 	if (job->error == 0) {
 		reply(s, "250 2.0.0 Ok: queued as %s", job->id);
 		s->n_msgs++;
+		atomic_fetch_add(&s->w->ctr->messages_in, 1);
+		qmgr_wake(s->w->cf->spool_dir, &s->w->wake_fd, job->id);
 	} else if (job->error == ENOSPC || job->error == EDQUOT) {
 		reply(s, "452 4.3.1 Insufficient system storage");
 	} else {
@@ -528,12 +548,14 @@ end_of_data(struct session *s)
 	if (s->dp.bare_cr_lf) {
 		msg_info("%s: reject: bare CR or LF in message content from [%s]", s->id, s->addr);
 		reply_error(s, "554 5.6.0 Error: message contains bare CR or LF (RFC 5321 2.3.8)");
+		atomic_fetch_add(&s->w->ctr->rejected, 1);
 		transaction_reset(s);
 		return;
 	}
 	if (s->too_big) {
 		msg_info("%s: reject: message from [%s] exceeds message_size_limit", s->id, s->addr);
 		reply_error(s, "552 5.3.4 Error: message file too big");
+		atomic_fetch_add(&s->w->ctr->rejected, 1);
 		transaction_reset(s);
 		return;
 	}

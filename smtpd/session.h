@@ -20,6 +20,9 @@ struct worker {
 	struct event_base *base;
 	struct commit_pool *commit;
 	struct session_table *st;
+	struct counters *ctr;
+	struct router *router;         /* RCPT-time lookups */
+	int wake_fd;                   /* datagrams to the queue manager */
 	int index;
 	void *tls_ctx;                 /* SSL_CTX, or NULL when TLS is off */
 	struct listener *ls;

@@ -110,7 +110,7 @@ int master_main(const char *config_path, struct config *cf);
 
 /* worker.c: runs one smtpd worker until told to stop; returns exit status */
 int worker_main(struct config *cf, struct listener *ls, size_t nls,
-		struct session_table *st, int index, void *tls_ctx);
+		struct session_table *st, struct counters *ctr, int index, void *tls_ctx);
 
 /* tls.c: an SSL_CTX for the server side, or NULL with err set */
 void *tls_server_ctx(const struct config *cf, char *err, size_t errlen);

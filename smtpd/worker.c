@@ -25,6 +25,7 @@
 
 #include "lib/lib.h"
 #include "queue/queue.h"
+#include "router/router.h"
 #include "smtpd/session.h"
 #include "smtpd/smtpd.h"
 
@@ -86,14 +87,17 @@ on_accept(evutil_socket_t lfd, short what, void *arg)
 			msg_warn("too many sessions (smtpd_max_sessions=%d): refusing a client",
 				 w->cf->smtpd_max_sessions);
 			refuse(fd, w->cf->hostname, "too many connections");
+			atomic_fetch_add(&w->ctr->refused, 1);
 			continue;
 		}
 		if (slot < 0) {
 			msg_warn("too many sessions from one client (smtpd_client_connection_limit=%d)",
 				 w->cf->smtpd_client_connection_limit);
 			refuse(fd, w->cf->hostname, "too many connections from your address");
+			atomic_fetch_add(&w->ctr->refused, 1);
 			continue;
 		}
+		atomic_fetch_add(&w->ctr->connections, 1);
 		session_start(w, fd, (struct sockaddr *)&ss, sl, l, slot);
 	}
 }
@@ -137,14 +141,17 @@ on_signal(evutil_socket_t sig, short what, void *arg)
 
 int
 worker_main(struct config *cf, struct listener *ls, size_t nls, struct session_table *st,
-	    int index, void *tls_ctx)
+	    struct counters *ctr, int index, void *tls_ctx)
 {
 	struct worker w;
+	char err[512];
 	size_t i;
 
 	memset(&w, 0, sizeof(w));
 	w.cf = cf;
 	w.st = st;
+	w.ctr = ctr;
+	w.wake_fd = -1;
 	w.index = index;
 	w.tls_ctx = tls_ctx;
 	w.ls = ls;
@@ -156,6 +163,9 @@ worker_main(struct config *cf, struct listener *ls, size_t nls, struct session_t
 	if (w.base == NULL)
 		msg_fatal("cannot create event loop");
 	w.commit = commit_pool_create(w.base, cf->spool_dir, cf->io_threads);
+	w.router = router_open(cf, err, sizeof(err));
+	if (w.router == NULL)
+		msg_fatal("router: %s", err);
 	w.lev = xcalloc(nls, sizeof(*w.lev));
 	for (i = 0; i < nls; i++) {
 		ls[i].owner = &w;
@@ -178,5 +188,8 @@ worker_main(struct config *cf, struct listener *ls, size_t nls, struct session_t
 	if (w.drain_timer)
 		event_free(w.drain_timer);
 	event_base_free(w.base);
+	router_close(w.router);
+	if (w.wake_fd >= 0)
+		close(w.wake_fd);
 	return 0;
 }

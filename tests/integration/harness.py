@@ -100,6 +100,51 @@ def wait_until(cond, timeout, interval=0.05):
         time.sleep(interval)
 
 
+def listener_inode(port):
+    """The socket inode of the TCP listener on 127.0.0.1:port or 0.0.0.0:port, or None."""
+    want = {"0100007F:%04X" % port, "00000000:%04X" % port}
+    try:
+        with open("/proc/net/tcp") as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[1] in want and fields[3] == "0A":
+                    return fields[9]
+    except OSError:
+        pass
+    return None
+
+
+def fd_links(pid):
+    """What pid's open descriptors point at ("socket:[123]", paths...), from /proc."""
+    links = []
+    try:
+        for fd in os.listdir("/proc/%d/fd" % pid):
+            try:
+                links.append(os.readlink("/proc/%d/fd/%s" % (pid, fd)))
+            except OSError:
+                pass
+    except OSError:
+        pass
+    return links
+
+
+def write_map(build, path, entries):
+    """Writes the text map path ("key value" lines from entries, a dict or pairs) and
+    compiles it with sortermap into path.db. Returns the config value, hash:path."""
+    prog = os.path.join(build, "sortermap")
+    if not os.access(prog, os.X_OK):
+        raise AssertionError("no executable sortermap in %s: the build does not make it" % build)
+    items = entries.items() if isinstance(entries, dict) else entries
+    with open(path, "w") as f:
+        f.write("# written by tests/integration/harness.py\n")
+        for key, value in items:
+            f.write("%s %s\n" % (key, value))
+    r = subprocess.run([prog, path], capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        raise AssertionError("sortermap %s: exit %d: %s" % (path, r.returncode, r.stderr.strip()))
+    return "hash:" + path
+
+
 def current_user():
     return pwd.getpwuid(os.getuid()).pw_name
 
@@ -279,6 +324,35 @@ class Sorterd:
             key, _, value = line.partition(":")
             fields.setdefault(key.strip(), []).append(value.strip())
         return fields, message
+
+    def stats(self):
+        """sorterctl stats, parsed: {name: int} from its "name value" lines."""
+        out = {}
+        for line in self.ctl("stats").stdout.splitlines():
+            name, _, value = line.strip().partition(" ")
+            if value.strip().lstrip("-").isdigit():
+                out[name] = int(value)
+        return out
+
+    def log_lines(self, pattern):
+        """The log lines that match the regular expression pattern."""
+        rx = re.compile(pattern)
+        return [l for l in self.log().splitlines() if rx.search(l)]
+
+    def qmgr_pid(self):
+        """The queue manager's PID: the child that logs as sorterd/qmgr, else the one child
+        that does not hold the SMTP listener (workers hold it, the queue manager closes it)."""
+        kids = [k for k in self.children() if pid_alive(k)]
+        logged = [k for k in kids if "sorterd/qmgr[%d]" % k in self.log()]
+        if logged:
+            return logged[-1]
+        inode = listener_inode(self.port)
+        others = [k for k in kids if inode and "socket:[%s]" % inode not in fd_links(k)]
+        return others[0] if len(others) == 1 else None
+
+    def wait_queue_empty(self, timeout):
+        """True once no message is left in incoming/ active/ deferred/ hold/."""
+        return wait_until(lambda: not self.queue_files(), timeout, interval=0.1) is not None
 
     def queue_files(self):
         """Names of the queue files in the spool's queue folders (not tmp/ or corrupt/)."""

@@ -1,0 +1,355 @@
+/*
+ * dns.c - a small asynchronous resolver: c-ares driven from a libevent
+ * loop. Each socket c-ares opens gets an event while c-ares wants to read
+ * or write it, and one timer runs c-ares' own retransmissions and
+ * timeouts while queries are pending.
+ *
+ * Answers are handed over from the loop, never from inside dns_lookup()
+ * (c-ares answers some names, e.g. from /etc/hosts, before its call
+ * returns), so a caller's state is never changed under its feet.
+ *
+ * It must never block: no getaddrinfo(3), no waiting for a server. A query
+ * kind is a small struct query plus its c-ares callback; MX comes next.
+ */
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include <ares.h>
+#include <event2/event.h>
+
+#include "lib/lib.h"
+#include "router/router.h"
+
+#define DNS_TIMEOUT_MS 3000     /* per try; c-ares then tries the next server */
+#define DNS_TRIES 2
+#define DNS_SERVERS_MAX 1024    /* bytes of a dns_servers value */
+
+struct sockev {
+	ares_socket_t fd;
+	struct event *ev;
+	struct sockev *next;
+};
+
+struct dns_query {
+	struct dns *dns;
+	dns_callback *cb;
+	void *arg;
+	bool cancelled;         /* the caller is gone; drop the answer */
+	bool answered;          /* c-ares is done with it; ev delivers the answer */
+	struct event *ev;
+	struct dns_answer ans;
+	struct sockaddr_storage addrs[DNS_ADDRS_MAX];
+	char err[128];
+	struct dns_query *prev, *next;
+};
+
+struct dns {
+	struct event_base *base;
+	ares_channel channel;
+	struct sockev *socks;
+	struct event *timer;
+	unsigned pending;       /* queries c-ares still holds */
+	struct dns_query *queries;      /* every live query */
+	bool freeing;
+};
+
+static void dns_timer_update(struct dns *d);
+
+static void
+on_sock(evutil_socket_t fd, short what, void *arg)
+{
+	struct dns *d = arg;
+
+	ares_process_fd(d->channel, (what & EV_READ) ? fd : ARES_SOCKET_BAD,
+			(what & EV_WRITE) ? fd : ARES_SOCKET_BAD);
+	dns_timer_update(d);
+}
+
+static void
+on_timer(evutil_socket_t fd, short what, void *arg)
+{
+	struct dns *d = arg;
+
+	ares_process_fd(d->channel, ARES_SOCKET_BAD, ARES_SOCKET_BAD);
+	dns_timer_update(d);
+}
+
+/* c-ares says which of its sockets it wants to read or write */
+static void
+sock_state(void *arg, ares_socket_t fd, int readable, int writable)
+{
+	struct dns *d = arg;
+	struct sockev **pp, *s;
+	short what = (short)((readable ? EV_READ : 0) | (writable ? EV_WRITE : 0));
+
+	for (pp = &d->socks; (s = *pp) != NULL; pp = &s->next)
+		if (s->fd == fd)
+			break;
+	if (s != NULL) {
+		event_free(s->ev);
+		s->ev = NULL;
+		if (what == 0) {
+			*pp = s->next;
+			free(s);
+			return;
+		}
+	} else {
+		if (what == 0)
+			return;
+		s = xcalloc(1, sizeof(*s));
+		s->fd = fd;
+		s->next = d->socks;
+		d->socks = s;
+	}
+	s->ev = event_new(d->base, fd, what | EV_PERSIST, on_sock, d);
+	if (s->ev == NULL || event_add(s->ev, NULL) < 0)
+		msg_fatal("dns: cannot watch a resolver socket");
+}
+
+static void
+dns_timer_update(struct dns *d)
+{
+	struct timeval tv, *tvp;
+
+	if (d->pending == 0) {
+		evtimer_del(d->timer);
+		return;
+	}
+	tvp = ares_timeout(d->channel, NULL, &tv);
+	if (tvp == NULL) {
+		evtimer_del(d->timer);
+		return;
+	}
+	evtimer_add(d->timer, tvp);
+}
+
+/* "127.0.0.1:5353 [::1]:53" -> "127.0.0.1:5353,[::1]:53" */
+static int
+set_servers(struct dns *d, const char *servers, char *err, size_t errlen)
+{
+	char csv[DNS_SERVERS_MAX];
+	size_t i, o = 0;
+	bool sep = false;
+	int rc;
+
+	for (i = 0; servers[i] != '\0'; i++) {
+		if (servers[i] == ',' || servers[i] == ' ' || servers[i] == '\t') {
+			sep = o > 0;
+			continue;
+		}
+		if (o + 2 >= sizeof(csv)) {
+			snprintf(err, errlen, "dns_servers too long");
+			return -1;
+		}
+		if (sep)
+			csv[o++] = ',';
+		sep = false;
+		csv[o++] = servers[i];
+	}
+	csv[o] = '\0';
+	if (o == 0)
+		return 0;
+	if ((rc = ares_set_servers_ports_csv(d->channel, csv)) != ARES_SUCCESS) {
+		snprintf(err, errlen, "dns_servers \"%s\": %s", servers, ares_strerror(rc));
+		return -1;
+	}
+	return 0;
+}
+
+struct dns *
+dns_new(struct event_base *base, const char *servers, char *err, size_t errlen)
+{
+	struct dns *d;
+	struct ares_options o;
+	int rc;
+
+	if ((rc = ares_library_init(ARES_LIB_INIT_ALL)) != ARES_SUCCESS) {
+		snprintf(err, errlen, "c-ares: %s", ares_strerror(rc));
+		return NULL;
+	}
+	d = xcalloc(1, sizeof(*d));
+	d->base = base;
+	memset(&o, 0, sizeof(o));
+	o.sock_state_cb = sock_state;
+	o.sock_state_cb_data = d;
+	o.timeout = DNS_TIMEOUT_MS;
+	o.tries = DNS_TRIES;
+	rc = ares_init_options(&d->channel, &o,
+			       ARES_OPT_SOCK_STATE_CB | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES);
+	if (rc != ARES_SUCCESS) {
+		snprintf(err, errlen, "c-ares: %s", ares_strerror(rc));
+		free(d);
+		ares_library_cleanup();
+		return NULL;
+	}
+	if ((d->timer = evtimer_new(base, on_timer, d)) == NULL)
+		msg_fatal("dns: cannot create a timer");
+	if (servers != NULL && set_servers(d, servers, err, errlen) < 0) {
+		dns_free(d);
+		return NULL;
+	}
+	return d;
+}
+
+static void
+query_free(struct dns_query *q)
+{
+	struct dns *d = q->dns;
+
+	if (q->prev)
+		q->prev->next = q->next;
+	else
+		d->queries = q->next;
+	if (q->next)
+		q->next->prev = q->prev;
+	if (q->ev)
+		event_free(q->ev);
+	free(q);
+}
+
+void
+dns_free(struct dns *d)
+{
+	struct sockev *s;
+
+	if (d == NULL)
+		return;
+	d->freeing = true;
+	/* runs the callbacks of what c-ares holds, which free those queries */
+	ares_destroy(d->channel);
+	while (d->queries)
+		query_free(d->queries);
+	while ((s = d->socks) != NULL) {
+		d->socks = s->next;
+		if (s->ev)
+			event_free(s->ev);
+		free(s);
+	}
+	event_free(d->timer);
+	free(d);
+	ares_library_cleanup();
+}
+
+static void
+on_answer(evutil_socket_t fd, short what, void *arg)
+{
+	struct dns_query *q = arg;
+	dns_callback *cb = q->cb;
+	void *cbarg = q->arg;
+	bool cancelled = q->cancelled;
+	struct sockaddr_storage addrs[DNS_ADDRS_MAX];
+	char err[sizeof(q->err)];
+	struct dns_answer ans = q->ans;
+
+	/* the query is gone before the callback runs, so the callback may do
+	 * anything: look up again, cancel, even free the resolver */
+	memcpy(addrs, q->addrs, sizeof(addrs));
+	memcpy(err, q->err, sizeof(err));
+	ans.addrs = addrs;
+	ans.err = ans.error ? err : NULL;
+	query_free(q);
+	if (!cancelled)
+		cb(&ans, cbarg);
+}
+
+/* Keeps IPv4 addresses first and the server's order within a family. */
+static void
+take_addresses(struct dns_query *q, const struct ares_addrinfo *ai)
+{
+	const struct ares_addrinfo_node *n;
+	int pass, fam;
+
+	q->ans.naddrs = 0;
+	for (pass = 0; pass < 2; pass++) {
+		fam = pass == 0 ? AF_INET : AF_INET6;
+		for (n = ai ? ai->nodes : NULL; n != NULL; n = n->ai_next) {
+			if (q->ans.naddrs >= DNS_ADDRS_MAX)
+				return;
+			if (n->ai_family != fam || n->ai_addr == NULL ||
+			    (size_t)n->ai_addrlen > sizeof(q->addrs[0]))
+				continue;
+			memset(&q->addrs[q->ans.naddrs], 0, sizeof(q->addrs[0]));
+			memcpy(&q->addrs[q->ans.naddrs], n->ai_addr, n->ai_addrlen);
+			if (fam == AF_INET)
+				((struct sockaddr_in *)&q->addrs[q->ans.naddrs])->sin_port = 0;
+			else
+				((struct sockaddr_in6 *)&q->addrs[q->ans.naddrs])->sin6_port = 0;
+			q->ans.naddrs++;
+		}
+	}
+}
+
+static void
+on_addrinfo(void *arg, int status, int timeouts, struct ares_addrinfo *ai)
+{
+	struct dns_query *q = arg;
+	struct dns *d = q->dns;
+
+	d->pending--;
+	if (q->cancelled || d->freeing || status == ARES_EDESTRUCTION) {
+		if (ai)
+			ares_freeaddrinfo(ai);
+		query_free(q);
+		return;
+	}
+	if (status == ARES_SUCCESS)
+		take_addresses(q, ai);
+	if (ai)
+		ares_freeaddrinfo(ai);
+	if (status == ARES_SUCCESS && q->ans.naddrs == 0)
+		status = ARES_ENODATA;
+	if (status != ARES_SUCCESS) {
+		q->ans.error = status;
+		q->ans.notfound = status == ARES_ENOTFOUND || status == ARES_ENODATA ||
+			status == ARES_ENONAME;
+		snprintf(q->err, sizeof(q->err), "%s",
+			 q->ans.notfound ? "host not found" :
+			 status == ARES_ETIMEOUT ? "timeout" : ares_strerror(status));
+		q->ans.err = q->err;
+	}
+	q->answered = true;
+	event_active(q->ev, EV_TIMEOUT, 0);
+}
+
+struct dns_query *
+dns_lookup(struct dns *d, const char *host, dns_callback *cb, void *arg)
+{
+	struct dns_query *q = xcalloc(1, sizeof(*q));
+	struct ares_addrinfo_hints h;
+
+	q->dns = d;
+	q->cb = cb;
+	q->arg = arg;
+	if ((q->ev = event_new(d->base, -1, 0, on_answer, q)) == NULL)
+		msg_fatal("dns: cannot create an event");
+	q->next = d->queries;
+	if (d->queries)
+		d->queries->prev = q;
+	d->queries = q;
+
+	memset(&h, 0, sizeof(h));
+	h.ai_family = AF_UNSPEC;
+	h.ai_socktype = SOCK_STREAM;
+	h.ai_flags = ARES_AI_NOSORT;
+	d->pending++;
+	ares_getaddrinfo(d->channel, host, NULL, &h, on_addrinfo, q);
+	dns_timer_update(d);
+	return q;
+}
+
+void
+dns_cancel(struct dns_query *q)
+{
+	if (q == NULL)
+		return;
+	if (q->answered)
+		query_free(q);
+	else
+		q->cancelled = true;    /* on_addrinfo frees it */
+}

@@ -1,0 +1,1065 @@
+/*
+ * lmtp.c - the LMTP client (RFC 2033): a pool of connections on the
+ * caller's libevent loop, kept per destination (a node name), reused for
+ * the next transaction to the same destination, and capped in number;
+ * transactions beyond the cap wait in a FIFO per destination.
+ *
+ * One connection slot carries one transaction at a time through the
+ * destination's endpoints: DNS (dns.c) for names, every address of a name
+ * from a rotating start, the next endpoint when a connection fails. An
+ * endpoint or address that failed is tried last for dead_endpoint_seconds.
+ * Each recipient ends with exactly one result: the server's reply to its
+ * RCPT, to DATA, or after the content; or one made up here when no server
+ * could answer (451 4.4.1: the queue manager defers).
+ *
+ * It must never block, never send a bare CR or LF (reply.c's encoder
+ * makes every line end CR LF), never send a message larger than the
+ * server's SIZE, and never call a done callback from inside lmtp_deliver:
+ * results go out through a deferred event. No logging per message: the
+ * queue manager logs results; an endpoint failure is warned about once
+ * per dead period.
+ */
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+
+#include "lib/lib.h"
+#include "router/router.h"
+
+#define CONTENT_CHUNK (64 * 1024)       /* content bytes encoded at a time */
+#define OUTPUT_LOW_WATER (64 * 1024)    /* more content is encoded below this */
+#define EPKEY_MAX (ADDR_DOMAIN_MAX + ENDPOINT_PATH_MAX + 32)
+#define ERR_MAX 512
+
+enum cstate {
+	CS_RESOLVING,           /* waiting for DNS */
+	CS_CONNECTING,
+	CS_GREETING,            /* waiting for the 220 */
+	CS_LHLO,
+	CS_TXN,                 /* RSET, MAIL, RCPT..., DATA and their replies */
+	CS_CONTENT,             /* the message, then one reply per accepted recipient */
+	CS_IDLE,                /* connected, no transaction */
+};
+
+enum step { STEP_RSET, STEP_MAIL, STEP_RCPT, STEP_DATA };
+
+/* What the pool remembers of an endpoint, an address or a host name. */
+struct epstate {
+	char key[EPKEY_MAX];
+	uint64_t dead_until;    /* monotonic microseconds */
+	unsigned rr;            /* next first address, for a host name */
+	struct epstate *next;
+};
+
+struct job {
+	struct lmtp_pool *pool;
+	struct dest *dest;
+	struct lmtp_txn *txn;
+	struct endpoint *eps;
+	size_t neps;
+	size_t *order;          /* eps in the order to try them; NULL: not started */
+	size_t next_ep;         /* in order */
+	const struct endpoint *ep;      /* being tried */
+	char epname[EPKEY_MAX];
+	struct sockaddr_storage addrs[DNS_ADDRS_MAX];
+	size_t naddrs, next_addr;
+	bool fresh_retry;       /* retried once after a reused connection broke */
+	char err[ERR_MAX];      /* the last connection-level failure */
+	struct job *next;
+};
+
+struct conn {
+	struct lmtp_pool *pool;
+	struct dest *dest;
+	enum cstate state;
+	struct bufferevent *bev;
+	struct dns_query *dq;
+	struct job *job;
+	struct ehlo_caps caps;
+	char relay[LMTP_RELAY_MAX];
+	bool reused;            /* the transaction is not the connection's first */
+	bool need_rset;         /* the last transaction did not end cleanly */
+	bool answered;          /* a reply of this transaction arrived */
+	/* the transaction */
+	bool rset;              /* it starts with RSET */
+	size_t *rcpts, nrcpt;   /* txn indices of the recipients it carries */
+	size_t *acc, nacc, nacc_done;   /* accepted ones; their final replies so far */
+	size_t nsteps, sent, replied;
+	bool mail_failed;
+	size_t content_off;
+	bool content_end;       /* the final "." is in the output */
+	struct dotstuff ds;
+	struct conn *prev, *next;
+};
+
+struct dest {
+	char *name;
+	struct conn *conns;
+	unsigned nconn;
+	struct job *head, *tail;        /* waiting */
+	struct dest *next;
+};
+
+struct lmtp_pool {
+	struct event_base *base;
+	struct lmtp_settings set;
+	char *helo_name, *dns_servers;
+	struct dns *dns;
+	struct dest *dests;
+	struct epstate *states;
+	struct job *done_head, *done_tail;
+	struct event *done_ev;          /* reports finished transactions */
+	struct event *kick_ev;          /* gives waiting transactions a connection */
+};
+
+static void conn_try(struct conn *c);
+static void fmtbuf(char *buf, size_t len, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/* snprintf that may cut the text short: messages are bounded on purpose */
+static void
+fmtbuf(char *buf, size_t len, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(buf, len, fmt, ap);
+	va_end(ap);
+}
+static bool conn_begin_txn(struct conn *c);
+
+/* ---- endpoint state ---- */
+
+static struct epstate *
+epstate(struct lmtp_pool *p, const char *key, bool create)
+{
+	struct epstate *s;
+
+	for (s = p->states; s != NULL; s = s->next)
+		if (strcmp(s->key, key) == 0)
+			return s;
+	if (!create)
+		return NULL;
+	s = xcalloc(1, sizeof(*s));
+	snprintf(s->key, sizeof(s->key), "%s", key);
+	s->next = p->states;
+	p->states = s;
+	return s;
+}
+
+/* monotonic: a clock step must not revive or bury an endpoint */
+static uint64_t
+mono_usec(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+static bool
+is_dead(struct lmtp_pool *p, const char *key)
+{
+	struct epstate *s = epstate(p, key, false);
+
+	return s != NULL && s->dead_until > mono_usec();
+}
+
+/* Marks key dead; warns when it was alive and `warn`. */
+static void
+mark_dead(struct lmtp_pool *p, const char *key, bool warn, const char *why)
+{
+	struct epstate *s = epstate(p, key, true);
+	uint64_t now = mono_usec();
+
+	if (warn && s->dead_until <= now)
+		msg_warn("lmtp: %s failed, tried last for %ds: %s", key,
+			 p->set.dead_endpoint_seconds, why);
+	s->dead_until = now + (uint64_t)p->set.dead_endpoint_seconds * 1000000u;
+}
+
+static void
+ep_name(const struct endpoint *ep, char *buf, size_t len)
+{
+	if (ep->kind == EP_UNIX)
+		snprintf(buf, len, "lmtp:unix:%s", ep->path);
+	else if (ep->literal)
+		snprintf(buf, len, "lmtp:[%s]:%u", ep->host, ep->port);
+	else
+		snprintf(buf, len, "lmtp:%s:%u", ep->host, ep->port);
+}
+
+/* "127.0.0.1:24", "[::1]:24", "unix:/path" */
+static void
+addr_name(const struct sockaddr_storage *ss, char *buf, size_t len)
+{
+	char ip[INET6_ADDRSTRLEN];
+	const struct sockaddr_in *s4 = (const struct sockaddr_in *)ss;
+	const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)ss;
+
+	if (ss->ss_family == AF_UNIX)
+		snprintf(buf, len, "unix:%s", ((const struct sockaddr_un *)ss)->sun_path);
+	else if (ss->ss_family == AF_INET && inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof(ip)))
+		snprintf(buf, len, "%s:%u", ip, ntohs(s4->sin_port));
+	else if (ss->ss_family == AF_INET6 && inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof(ip)))
+		snprintf(buf, len, "[%s]:%u", ip, ntohs(s6->sin6_port));
+	else
+		snprintf(buf, len, "unknown");
+}
+
+static socklen_t
+addr_len(const struct sockaddr_storage *ss)
+{
+	if (ss->ss_family == AF_INET)
+		return sizeof(struct sockaddr_in);
+	if (ss->ss_family == AF_INET6)
+		return sizeof(struct sockaddr_in6);
+	return sizeof(struct sockaddr_un);
+}
+
+/* ---- results and finished transactions ---- */
+
+static void
+set_result(struct lmtp_rcpt_result *res, int code, const char *status, const char *text,
+	   const char *relay)
+{
+	res->code = code;
+	if (status != NULL && status[0] != '\0')
+		snprintf(res->status, sizeof(res->status), "%s", status);
+	else
+		snprintf(res->status, sizeof(res->status), "%d.0.0", code / 100);
+	snprintf(res->text, sizeof(res->text), "%s", text);
+	snprintf(res->relay, sizeof(res->relay), "%s", relay);
+}
+
+static void
+reply_result(struct conn *c, size_t i, const struct reply *r)
+{
+	set_result(&c->job->txn->results[i], r->code, r->status, r->text, c->relay);
+}
+
+static void
+schedule_kick(struct lmtp_pool *p)
+{
+	event_active(p->kick_ev, EV_TIMEOUT, 0);
+}
+
+/* The recipients still without a result get code/status/text; the
+ * transaction is reported from the loop. */
+static void
+job_finish(struct job *j, int code, const char *status, const char *text)
+{
+	struct lmtp_pool *p = j->pool;
+	size_t i;
+
+	for (i = 0; i < j->txn->nrcpt; i++)
+		if (j->txn->results[i].code == 0)
+			set_result(&j->txn->results[i], code, status, text, "none");
+	free(j->eps);
+	free(j->order);
+	j->eps = NULL;
+	j->order = NULL;
+	j->next = NULL;
+	if (p->done_tail)
+		p->done_tail->next = j;
+	else
+		p->done_head = j;
+	p->done_tail = j;
+	event_active(p->done_ev, EV_TIMEOUT, 0);
+}
+
+/* One transaction per run, so a done callback may free the pool. */
+static void
+on_done(evutil_socket_t fd, short what, void *arg)
+{
+	struct lmtp_pool *p = arg;
+	struct job *j = p->done_head;
+	struct lmtp_txn *txn;
+
+	if (j == NULL)
+		return;
+	p->done_head = j->next;
+	if (p->done_head == NULL)
+		p->done_tail = NULL;
+	else
+		event_active(p->done_ev, EV_TIMEOUT, 0);
+	txn = j->txn;
+	free(j);
+	txn->done(txn, txn->arg);
+}
+
+/* ---- connections ---- */
+
+static void
+conn_txn_reset(struct conn *c)
+{
+	free(c->rcpts);
+	free(c->acc);
+	c->rcpts = c->acc = NULL;
+	c->nrcpt = c->nacc = c->nacc_done = 0;
+	c->nsteps = c->sent = c->replied = 0;
+	c->mail_failed = false;
+	c->content_off = 0;
+	c->content_end = false;
+}
+
+static void
+conn_close_socket(struct conn *c)
+{
+	if (c->bev) {
+		bufferevent_free(c->bev);
+		c->bev = NULL;
+	}
+	if (c->dq) {
+		dns_cancel(c->dq);
+		c->dq = NULL;
+	}
+	conn_txn_reset(c);
+}
+
+/* Forgets a slot that has no transaction. */
+static void
+conn_free(struct conn *c)
+{
+	struct dest *d = c->dest;
+	struct lmtp_pool *p = c->pool;
+
+	conn_close_socket(c);
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		d->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	d->nconn--;
+	free(c);
+	schedule_kick(p);
+}
+
+static void
+set_timeouts(struct conn *c, int read_secs, int write_secs)
+{
+	struct timeval rt = { read_secs, 0 }, wt = { write_secs, 0 };
+
+	bufferevent_set_timeouts(c->bev, read_secs ? &rt : NULL, write_secs ? &wt : NULL);
+}
+
+static const char *
+phase(const struct conn *c)
+{
+	size_t off = c->rset ? 1 : 0;
+
+	switch (c->state) {
+	case CS_GREETING:
+		return "receiving the initial server greeting";
+	case CS_LHLO:
+		return "sending LHLO";
+	case CS_TXN:
+		if (c->replied < off)
+			return "sending RSET";
+		if (c->replied == off)
+			return "sending MAIL FROM";
+		if (c->replied <= off + c->nrcpt)
+			return "sending RCPT TO";
+		return "sending DATA";
+	case CS_CONTENT:
+		return c->content_end ? "sending end of data" : "sending message body";
+	default:
+		return "connecting";
+	}
+}
+
+/*
+ * The connection failed (why says how): the socket goes, and the slot
+ * tries the transaction's next address or endpoint for the recipients
+ * still without a result. A reused connection that breaks before any
+ * reply was most likely closed by the server while idle: that is retried
+ * once from the first endpoint, without blaming the endpoint.
+ */
+static void
+conn_fail(struct conn *c, const char *why)
+{
+	struct job *j = c->job;
+	bool stale = c->reused && !c->answered && j != NULL && !j->fresh_retry;
+
+	if (!stale)
+		mark_dead(c->pool, c->relay, j != NULL && j->ep != NULL && j->naddrs > 1, why);
+	conn_close_socket(c);
+	c->reused = false;
+	c->need_rset = false;
+	if (j == NULL) {
+		conn_free(c);
+		return;
+	}
+	snprintf(j->err, sizeof(j->err), "%s", why);
+	if (stale)
+		j->fresh_retry = true;
+	if (stale || j->order == NULL) {
+		free(j->order);
+		j->order = NULL;
+	}
+	conn_try(c);
+}
+
+/* Ends the transaction on c; keeps the connection when `keep` and it is
+ * in a known state. Returns false when c is gone. */
+static bool
+txn_end(struct conn *c, bool keep, bool clean)
+{
+	struct job *j = c->job;
+
+	c->job = NULL;
+	conn_txn_reset(c);
+	job_finish(j, 451, "4.3.0", "no reply from the server");
+	if (!keep || evbuffer_get_length(bufferevent_get_input(c->bev)) > 0) {
+		conn_free(c);
+		return false;
+	}
+	c->need_rset = !clean;
+	c->reused = true;
+	c->state = CS_IDLE;
+	set_timeouts(c, c->pool->set.idle_timeout, 0);
+	schedule_kick(c->pool);
+	return true;
+}
+
+static void
+send_step(struct conn *c)
+{
+	struct evbuffer *out = bufferevent_get_output(c->bev);
+	struct lmtp_txn *t = c->job->txn;
+	size_t i = c->sent++, off = c->rset ? 1 : 0;
+
+	if (i < off) {
+		evbuffer_add(out, "RSET\r\n", 6);
+	} else if (i == off) {
+		evbuffer_add_printf(out, "MAIL FROM:<%s>", t->sender ? t->sender : "");
+		if (c->caps.size)
+			evbuffer_add_printf(out, " SIZE=%zu", t->content_len);
+		if (t->eightbit && c->caps.eightbitmime)
+			evbuffer_add_printf(out, " BODY=8BITMIME");
+		evbuffer_add(out, "\r\n", 2);
+	} else if (i <= off + c->nrcpt) {
+		evbuffer_add_printf(out, "RCPT TO:<%s>\r\n", t->rcpts[c->rcpts[i - off - 1]]);
+	} else {
+		evbuffer_add(out, "DATA\r\n", 6);
+	}
+}
+
+/* An address goes into a command line as it is: a control character in
+ * it could end the line early and start another command. */
+static bool
+no_controls(const char *a)
+{
+	const unsigned char *s;
+
+	for (s = (const unsigned char *)(a ? a : ""); *s; s++)
+		if (*s < 0x20 || *s == 0x7f)
+			return false;
+	return true;
+}
+
+/* Starts the transaction of c->job on the connection c, ready for it.
+ * Returns false when c is gone. */
+static bool
+conn_begin_txn(struct conn *c)
+{
+	struct lmtp_txn *t = c->job->txn;
+	char text[256];
+	size_t i;
+
+	conn_txn_reset(c);
+	c->answered = false;
+	c->rcpts = xcalloc(t->nrcpt, sizeof(*c->rcpts));
+	c->acc = xcalloc(t->nrcpt, sizeof(*c->acc));
+	for (i = 0; i < t->nrcpt; i++) {
+		if (t->results[i].code != 0)
+			continue;
+		if (!no_controls(t->rcpts[i]))
+			set_result(&t->results[i], 501, "5.1.3", "bad recipient address syntax", "none");
+		else
+			c->rcpts[c->nrcpt++] = i;
+	}
+	if (!no_controls(t->sender)) {
+		for (i = 0; i < c->nrcpt; i++)
+			set_result(&t->results[c->rcpts[i]], 501, "5.1.7",
+				   "bad sender address syntax", "none");
+		c->nrcpt = 0;
+	}
+	if (c->nrcpt > 0 && c->caps.size && c->caps.size_max > 0 &&
+	    t->content_len > c->caps.size_max) {
+		fmtbuf(text, sizeof(text), "message size %zu exceeds size limit %llu of server %s",
+		       t->content_len, c->caps.size_max, c->relay);
+		for (i = 0; i < c->nrcpt; i++)
+			set_result(&t->results[c->rcpts[i]], 552, "5.3.4", text, c->relay);
+		c->nrcpt = 0;
+	}
+	if (c->nrcpt == 0)
+		return txn_end(c, true, !c->need_rset);
+	c->rset = c->need_rset;
+	c->nsteps = (c->rset ? 1 : 0) + 1 + c->nrcpt + 1;
+	c->state = CS_TXN;
+	set_timeouts(c, c->pool->set.cmd_timeout, c->pool->set.cmd_timeout);
+	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+	if (c->caps.pipelining)
+		while (c->sent < c->nsteps)
+			send_step(c);
+	else
+		send_step(c);
+	return true;
+}
+
+/* Encodes content while the output is short; then the end of data. */
+static void
+content_fill(struct conn *c)
+{
+	struct evbuffer *out = bufferevent_get_output(c->bev);
+	struct lmtp_txn *t = c->job->txn;
+	struct evbuffer_iovec v;
+	unsigned char end[5];
+	size_t n;
+
+	while (!c->content_end && evbuffer_get_length(out) < OUTPUT_LOW_WATER) {
+		n = t->content_len - c->content_off;
+		if (n == 0) {
+			evbuffer_add(out, end, dotstuff_end(&c->ds, end));
+			c->content_end = true;
+			break;
+		}
+		if (n > CONTENT_CHUNK)
+			n = CONTENT_CHUNK;
+		if (evbuffer_reserve_space(out, (ev_ssize_t)(2 * n + 2), &v, 1) < 1)
+			msg_fatal("lmtp: out of memory for message content");
+		v.iov_len = dotstuff(&c->ds, t->content + c->content_off, n, v.iov_base);
+		if (evbuffer_commit_space(out, &v, 1) < 0)
+			msg_panic("lmtp: evbuffer_commit_space failed");
+		c->content_off += n;
+	}
+	/* progress restarts the clock: a big message may take long in all */
+	set_timeouts(c, c->pool->set.data_timeout, c->pool->set.data_timeout);
+}
+
+/* The connection fails because of the server's reply r: "host X said:
+ * 554 5.7.1 go away (in reply to LHLO command)". Returns false. */
+static bool
+fail_reply(struct conn *c, const struct reply *r, const char *verb, const char *ctx)
+{
+	char buf[ERR_MAX];
+
+	fmtbuf(buf, sizeof(buf), "host %s %s: %d%s%s%s%s%s%s%s", c->relay, verb, r->code,
+	       r->status[0] ? " " : "", r->status, r->text[0] ? " " : "", r->text,
+	       ctx ? " (" : "", ctx ? ctx : "", ctx ? ")" : "");
+	conn_fail(c, buf);
+	return false;
+}
+
+/* A reply to RSET, MAIL, RCPT or DATA. Returns false when c is gone. */
+static bool
+txn_reply(struct conn *c, const struct reply *r)
+{
+	size_t i = c->replied++, off = c->rset ? 1 : 0, k;
+	bool ok = r->code / 100 == 2;
+
+	if (i < off) {
+		if (!ok)
+			return fail_reply(c, r, "said", "in reply to RSET command");
+	} else if (i == off) {
+		if (!ok) {
+			c->mail_failed = true;
+			for (k = 0; k < c->nrcpt; k++)
+				reply_result(c, c->rcpts[k], r);
+			if (!c->caps.pipelining)
+				return txn_end(c, true, true);
+		}
+	} else if (i <= off + c->nrcpt) {
+		k = c->rcpts[i - off - 1];
+		if (c->mail_failed)
+			;
+		else if (ok)
+			c->acc[c->nacc++] = k;
+		else
+			reply_result(c, k, r);
+		if (!c->caps.pipelining && i == off + c->nrcpt && c->nacc == 0)
+			return txn_end(c, true, false);
+	} else {
+		if (r->code == 354) {
+			if (c->nacc == 0)       /* nothing to send: the server lost track */
+				return txn_end(c, false, false);
+			c->state = CS_CONTENT;
+			dotstuff_init(&c->ds);
+			content_fill(c);
+			return true;
+		}
+		for (k = 0; k < c->nacc; k++)
+			reply_result(c, c->acc[k], r);
+		return txn_end(c, true, false);
+	}
+	if (c->sent < c->nsteps && c->sent == c->replied)
+		send_step(c);
+	return true;
+}
+
+/* Returns false when c is gone. */
+static bool
+handle_reply(struct conn *c, const struct reply *r)
+{
+	char buf[ERR_MAX];
+
+	switch (c->state) {
+	case CS_GREETING:
+		if (r->code != 220)
+			return fail_reply(c, r, "refused to talk to me", NULL);
+		evbuffer_add_printf(bufferevent_get_output(c->bev), "LHLO %s\r\n", c->pool->helo_name);
+		c->state = CS_LHLO;
+		return true;
+	case CS_LHLO:
+		if (r->code / 100 != 2)
+			return fail_reply(c, r, "said", "in reply to LHLO command");
+		return conn_begin_txn(c);
+	case CS_TXN:
+		c->answered = true;
+		return txn_reply(c, r);
+	case CS_CONTENT:
+		c->answered = true;
+		if (!c->content_end || c->nacc_done >= c->nacc)
+			return fail_reply(c, r, "said", "while sending message body");
+		reply_result(c, c->acc[c->nacc_done++], r);
+		if (c->nacc_done == c->nacc)
+			return txn_end(c, true, true);
+		return true;
+	default:
+		snprintf(buf, sizeof(buf), "unexpected reply from %s while %s", c->relay, phase(c));
+		conn_fail(c, buf);
+		return false;
+	}
+}
+
+static void
+on_read(struct bufferevent *bev, void *arg)
+{
+	struct conn *c = arg;
+	struct evbuffer *in = bufferevent_get_input(bev);
+	struct reply r;
+	const char *why;
+	char buf[ERR_MAX];
+	size_t len;
+	ssize_t n;
+	unsigned char *p;
+
+	while ((len = evbuffer_get_length(in)) > 0) {
+		if (c->state == CS_IDLE) {
+			/* between transactions a server only speaks to say it
+			 * is closing (421), or when confused: drop it either way */
+			conn_free(c);
+			return;
+		}
+		if (len > REPLY_LINE_MAX * REPLY_LINES_MAX)
+			len = REPLY_LINE_MAX * REPLY_LINES_MAX;
+		p = evbuffer_pullup(in, (ev_ssize_t)len);
+		n = reply_parse((const char *)p, len, &r, &why);
+		if (n == 0)
+			return;
+		if (n < 0) {
+			snprintf(buf, sizeof(buf), "malformed reply from %s while %s: %s",
+				 c->relay, phase(c), why);
+			conn_fail(c, buf);
+			return;
+		}
+		if (c->state == CS_LHLO)
+			ehlo_parse((const char *)p, (size_t)n, &c->caps);
+		evbuffer_drain(in, (size_t)n);
+		if (!handle_reply(c, &r))
+			return;
+	}
+}
+
+static void
+on_write(struct bufferevent *bev, void *arg)
+{
+	struct conn *c = arg;
+
+	if (c->state == CS_CONTENT && !c->content_end)
+		content_fill(c);
+}
+
+static void
+on_event(struct bufferevent *bev, short what, void *arg)
+{
+	struct conn *c = arg;
+	char buf[ERR_MAX];
+	int err = EVUTIL_SOCKET_ERROR();
+
+	if (what & BEV_EVENT_CONNECTED) {
+		c->state = CS_GREETING;
+		set_timeouts(c, c->pool->set.cmd_timeout, c->pool->set.cmd_timeout);
+		bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+		return;
+	}
+	if (c->state == CS_IDLE) {
+		conn_free(c);
+		return;
+	}
+	if (c->state == CS_CONNECTING)
+		snprintf(buf, sizeof(buf), "connect to %s: %s", c->relay,
+			 (what & BEV_EVENT_TIMEOUT) ? "Connection timed out" :
+			 err ? strerror(err) : "Connection failed");
+	else if (what & BEV_EVENT_TIMEOUT)
+		snprintf(buf, sizeof(buf), "timeout with %s while %s", c->relay, phase(c));
+	else
+		snprintf(buf, sizeof(buf), "lost connection with %s while %s", c->relay, phase(c));
+	conn_fail(c, buf);
+}
+
+/* Starts connecting to ss; -1 with j->err set when it failed at once. */
+static int
+conn_connect(struct conn *c, const struct sockaddr_storage *ss)
+{
+	struct job *j = c->job;
+	int fd;
+
+	addr_name(ss, c->relay, sizeof(c->relay));
+	fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0 || (connect(fd, (const struct sockaddr *)ss, addr_len(ss)) < 0 &&
+		       errno != EINPROGRESS)) {
+		snprintf(j->err, sizeof(j->err), "connect to %s: %s", c->relay, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	if ((c->bev = bufferevent_socket_new(c->pool->base, fd, BEV_OPT_CLOSE_ON_FREE)) == NULL)
+		msg_fatal("lmtp: cannot create a bufferevent");
+	bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
+	bufferevent_setwatermark(c->bev, EV_WRITE, OUTPUT_LOW_WATER / 2, 0);
+	c->state = CS_CONNECTING;
+	/* the connect timeout is the write timeout until it completes */
+	set_timeouts(c, c->pool->set.connect_timeout, c->pool->set.connect_timeout);
+	if (bufferevent_socket_connect(c->bev, NULL, 0) < 0)
+		msg_fatal("lmtp: bufferevent_socket_connect failed");
+	return 0;
+}
+
+/* Orders the endpoints: those alive in list order, then the dead ones. */
+static void
+job_start_eps(struct job *j)
+{
+	char name[EPKEY_MAX];
+	size_t i, n = 0;
+	int pass;
+
+	free(j->order);
+	j->order = xcalloc(j->neps, sizeof(*j->order));
+	for (pass = 0; pass < 2; pass++)
+		for (i = 0; i < j->neps; i++) {
+			ep_name(&j->eps[i], name, sizeof(name));
+			if (is_dead(j->pool, name) == (pass == 1))
+				j->order[n++] = i;
+		}
+	j->next_ep = 0;
+	j->ep = NULL;
+	j->naddrs = j->next_addr = 0;
+}
+
+static void
+on_dns(const struct dns_answer *a, void *arg)
+{
+	struct conn *c = arg;
+	struct job *j = c->job;
+	struct sockaddr_storage live[DNS_ADDRS_MAX], dead[DNS_ADDRS_MAX];
+	char name[LMTP_RELAY_MAX];
+	size_t i, k, nlive = 0, ndead = 0;
+	struct epstate *st;
+
+	c->dq = NULL;
+	if (a->error) {
+		fmtbuf(j->err, sizeof(j->err), "connect to %s:%u: %s", j->ep->host, j->ep->port,
+		       a->err);
+		conn_try(c);
+		return;
+	}
+	/* round robin: each lookup starts one address further */
+	snprintf(name, sizeof(name), "dns:%s", j->ep->host);
+	st = epstate(c->pool, name, true);
+	for (i = 0; i < a->naddrs; i++) {
+		k = (st->rr + i) % a->naddrs;
+		memcpy(&live[nlive], &a->addrs[k], sizeof(live[0]));
+		if (live[nlive].ss_family == AF_INET)
+			((struct sockaddr_in *)&live[nlive])->sin_port = htons(j->ep->port);
+		else
+			((struct sockaddr_in6 *)&live[nlive])->sin6_port = htons(j->ep->port);
+		addr_name(&live[nlive], name, sizeof(name));
+		if (is_dead(c->pool, name))
+			memcpy(&dead[ndead++], &live[nlive], sizeof(live[0]));
+		else
+			nlive++;
+	}
+	st->rr++;
+	memcpy(j->addrs, live, nlive * sizeof(live[0]));
+	memcpy(j->addrs + nlive, dead, ndead * sizeof(dead[0]));
+	j->naddrs = nlive + ndead;
+	j->next_addr = 0;
+	conn_try(c);
+}
+
+/* Fills j->addrs for ep without DNS; false when DNS is needed. */
+static bool
+ep_addresses(struct job *j, const struct endpoint *ep)
+{
+	struct sockaddr_in *s4 = (struct sockaddr_in *)&j->addrs[0];
+	struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&j->addrs[0];
+	struct sockaddr_un *su = (struct sockaddr_un *)&j->addrs[0];
+
+	memset(&j->addrs[0], 0, sizeof(j->addrs[0]));
+	j->naddrs = 1;
+	if (ep->kind == EP_UNIX) {
+		su->sun_family = AF_UNIX;
+		snprintf(su->sun_path, sizeof(su->sun_path), "%s", ep->path);
+	} else if (inet_pton(AF_INET, ep->host, &s4->sin_addr) == 1) {
+		s4->sin_family = AF_INET;
+		s4->sin_port = htons(ep->port);
+	} else if (inet_pton(AF_INET6, ep->host, &s6->sin6_addr) == 1) {
+		s6->sin6_family = AF_INET6;
+		s6->sin6_port = htons(ep->port);
+	} else if (ep->literal) {
+		j->naddrs = 0;
+		snprintf(j->err, sizeof(j->err), "connect to %s: bad address", j->epname);
+	} else {
+		j->naddrs = 0;
+		return false;
+	}
+	return true;
+}
+
+/*
+ * Moves the slot c on to the transaction's next address, or the next
+ * endpoint; when there is none left, the recipients without a result get
+ * 451 4.4.1 and the slot goes.
+ */
+static void
+conn_try(struct conn *c)
+{
+	struct job *j = c->job;
+	struct lmtp_pool *p = c->pool;
+	char err[ERR_MAX];
+	size_t i;
+
+	for (i = 0; i < j->txn->nrcpt && j->txn->results[i].code != 0; i++)
+		;
+	if (i == j->txn->nrcpt) {       /* every recipient has its answer */
+		c->job = NULL;
+		job_finish(j, 451, "4.3.0", "");
+		conn_free(c);
+		return;
+	}
+	if (j->order == NULL)
+		job_start_eps(j);
+	for (;;) {
+		if (j->ep != NULL && j->next_addr < j->naddrs) {
+			if (conn_connect(c, &j->addrs[j->next_addr++]) == 0)
+				return;
+			mark_dead(p, c->relay, j->naddrs > 1, j->err);
+			continue;
+		}
+		if (j->ep != NULL)
+			mark_dead(p, j->epname, true, j->err);
+		if (j->next_ep >= j->neps)
+			break;
+		j->ep = &j->eps[j->order[j->next_ep++]];
+		ep_name(j->ep, j->epname, sizeof(j->epname));
+		j->next_addr = 0;
+		if (ep_addresses(j, j->ep))
+			continue;
+		if (p->dns == NULL && (p->dns = dns_new(p->base, p->dns_servers, err,
+							sizeof(err))) == NULL) {
+			fmtbuf(j->err, sizeof(j->err), "connect to %s: %s", j->epname, err);
+			continue;
+		}
+		c->state = CS_RESOLVING;
+		c->dq = dns_lookup(p->dns, j->ep->host, on_dns, c);
+		return;
+	}
+	c->job = NULL;
+	job_finish(j, 451, "4.4.1", j->err[0] ? j->err : "no LMTP endpoint");
+	conn_free(c);
+}
+
+/* Gives waiting transactions an idle connection or a new slot. */
+static void
+dest_dispatch(struct lmtp_pool *p, struct dest *d)
+{
+	struct conn *c;
+	struct job *j;
+
+	while ((j = d->head) != NULL) {
+		for (c = d->conns; c != NULL; c = c->next)
+			if (c->state == CS_IDLE)
+				break;
+		if (c == NULL && d->nconn >= (unsigned)p->set.per_dest_concurrency)
+			return;
+		d->head = j->next;
+		if (d->head == NULL)
+			d->tail = NULL;
+		if (c != NULL) {
+			c->job = j;
+			conn_begin_txn(c);
+			continue;
+		}
+		c = xcalloc(1, sizeof(*c));
+		c->pool = p;
+		c->dest = d;
+		c->job = j;
+		c->next = d->conns;
+		if (d->conns)
+			d->conns->prev = c;
+		d->conns = c;
+		d->nconn++;
+		conn_try(c);
+	}
+}
+
+static void
+on_kick(evutil_socket_t fd, short what, void *arg)
+{
+	struct lmtp_pool *p = arg;
+	struct dest *d;
+
+	for (d = p->dests; d != NULL; d = d->next)
+		if (d->head != NULL)
+			dest_dispatch(p, d);
+}
+
+/* ---- the pool ---- */
+
+struct lmtp_pool *
+lmtp_pool_new(struct event_base *base, const struct lmtp_settings *s)
+{
+	struct lmtp_pool *p = xcalloc(1, sizeof(*p));
+	char host[256];
+
+	p->base = base;
+	p->set = *s;
+#define DEFAULT(f, v) if (p->set.f <= 0) p->set.f = (v)
+	DEFAULT(per_dest_concurrency, 20);
+	DEFAULT(connect_timeout, 30);
+	DEFAULT(cmd_timeout, 300);
+	DEFAULT(data_timeout, 600);
+	DEFAULT(idle_timeout, 10);
+	DEFAULT(dead_endpoint_seconds, 60);
+#undef DEFAULT
+	if (s->helo_name != NULL && s->helo_name[0] != '\0' && no_controls(s->helo_name))
+		p->helo_name = xstrdup(s->helo_name);
+	else if (gethostname(host, sizeof(host)) == 0 && memchr(host, '\0', sizeof(host)))
+		p->helo_name = xstrdup(host);
+	else
+		p->helo_name = xstrdup("localhost");
+	p->dns_servers = s->dns_servers ? xstrdup(s->dns_servers) : NULL;
+	p->set.helo_name = p->helo_name;
+	p->set.dns_servers = p->dns_servers;
+	p->done_ev = event_new(base, -1, 0, on_done, p);
+	p->kick_ev = event_new(base, -1, 0, on_kick, p);
+	if (p->done_ev == NULL || p->kick_ev == NULL)
+		msg_fatal("lmtp: cannot create events");
+	return p;
+}
+
+void
+lmtp_pool_free(struct lmtp_pool *p)
+{
+	struct dest *d;
+	struct conn *c;
+	struct job *j, *done;
+
+	if (p == NULL)
+		return;
+	while ((d = p->dests) != NULL) {
+		p->dests = d->next;
+		while ((c = d->conns) != NULL) {
+			if ((j = c->job) != NULL) {
+				c->job = NULL;
+				job_finish(j, 451, "4.3.0", "LMTP client shutting down");
+			}
+			conn_close_socket(c);
+			d->conns = c->next;
+			free(c);
+		}
+		while ((j = d->head) != NULL) {
+			d->head = j->next;
+			job_finish(j, 451, "4.3.0", "LMTP client shutting down");
+		}
+		free(d->name);
+		free(d);
+	}
+	dns_free(p->dns);
+	while (p->states) {
+		struct epstate *s = p->states;
+
+		p->states = s->next;
+		free(s);
+	}
+	done = p->done_head;
+	event_free(p->done_ev);
+	event_free(p->kick_ev);
+	free(p->helo_name);
+	free(p->dns_servers);
+	free(p);
+	while ((j = done) != NULL) {
+		struct lmtp_txn *t = j->txn;
+
+		done = j->next;
+		free(j);
+		t->done(t, t->arg);
+	}
+}
+
+void
+lmtp_deliver(struct lmtp_pool *p, const char *dest, const struct endpoint *eps,
+	     size_t neps, struct lmtp_txn *txn)
+{
+	struct job *j = xcalloc(1, sizeof(*j));
+	struct dest *d;
+	size_t i;
+
+	j->pool = p;
+	j->txn = txn;
+	for (i = 0; i < txn->nrcpt; i++)
+		memset(&txn->results[i], 0, sizeof(txn->results[i]));
+	if (neps == 0 || txn->nrcpt == 0) {
+		snprintf(j->err, sizeof(j->err), "no LMTP endpoint for destination %s", dest);
+		job_finish(j, 451, "4.3.5", j->err);
+		return;
+	}
+	j->eps = xcalloc(neps, sizeof(*eps));
+	memcpy(j->eps, eps, neps * sizeof(*eps));
+	j->neps = neps;
+	for (d = p->dests; d != NULL; d = d->next)
+		if (strcmp(d->name, dest) == 0)
+			break;
+	if (d == NULL) {
+		d = xcalloc(1, sizeof(*d));
+		d->name = xstrdup(dest);
+		d->next = p->dests;
+		p->dests = d;
+	}
+	j->dest = d;
+	if (d->tail)
+		d->tail->next = j;
+	else
+		d->head = j;
+	d->tail = j;
+	/* connections start from the loop, so nothing happens in here */
+	schedule_kick(p);
+}

@@ -1,0 +1,171 @@
+"""test_queuectl.py - sorterctl steers the queue: `stats` counters move with the mail, and
+delete / hold / release / flush act on the spool directly while the daemon is down (files move
+between the spool's folders), after which a restarted sorterd does the right thing with each
+message. Uses the two Dovecot nodes and the maps of test_delivery.DeliveryTestCase; node B is
+down while mail for bob is deferred, and retry timers are an hour, so only what sorterctl did
+can make a deferred message go out within a test's wait.
+"""
+
+import os
+import time
+import unittest
+
+import test_delivery
+
+BOB, ALICE, CAROL, GHOST = (test_delivery.BOB, test_delivery.ALICE, test_delivery.CAROL,
+                            test_delivery.GHOST)
+SLOW, WAIT, token = test_delivery.SLOW, test_delivery.WAIT, test_delivery.token
+
+QUEUE_DIRS = ("incoming", "active", "deferred", "hold")
+COUNTERS = ("connections", "messages_in", "rcpts_delivered", "rcpt_deferrals", "rcpts_bounced",
+            "dsns_queued", "queue_incoming", "queue_active", "queue_deferred", "queue_hold")
+
+
+class QueueCtlCase(test_delivery.DeliveryTestCase):
+    def folder_of(self, qid):
+        """The queue folders that hold qid's file (normally one, or none once it is gone)."""
+        return [f for f in QUEUE_DIRS if os.path.exists(os.path.join(self.d.spool, f, qid))]
+
+    def status_file(self, qid):
+        return os.path.exists(os.path.join(self.d.spool, "defer", qid))
+
+    def defer_for_bob(self, names):
+        """Node B down, sorterd up: one message to bob per name, each deferred.
+        Returns {name: (qid, token)}."""
+        self.node_b.stop()
+        self.start_sorterd(timers=SLOW)
+        out = {}
+        for name in names:
+            tok = token(name)
+            out[name] = (self.send(BOB, tok), tok)
+        for qid, _ in out.values():
+            self.wait_state(qid, "deferred")
+            self.assertEqual(self.folder_of(qid), ["deferred"])
+        return out
+
+    def delivered(self, tok):
+        return self.found(self.node_b, "bob", tok)
+
+
+class StatsTest(QueueCtlCase):
+    def test_counters_move(self):
+        self.node_b.stop()
+        self.start_sorterd(timers=SLOW)
+        before = self.d.stats()
+        for name in COUNTERS:
+            self.assertIn(name, before, "sorterctl stats has no %s" % name)
+        a, c, g = token("a"), token("c"), token("g")
+        self.send(ALICE, a)
+        self.send(CAROL, c)
+        self.send(GHOST, g)
+        self.wait_delivered(self.node_a, "alice", a)
+        self.wait_delivered(self.node_a, "carol", c)
+        self.wait_dsn("failed", GHOST)
+        self.wait_queue_empty()
+        mid = self.d.stats()
+        delta = {k: mid[k] - before[k] for k in COUNTERS}
+        self.assertGreaterEqual(delta["connections"], 3, delta)
+        self.assertGreaterEqual(delta["messages_in"], 3, delta)
+        # alice, carol, and the DSN to the sender
+        self.assertGreaterEqual(delta["rcpts_delivered"], 3, delta)
+        self.assertEqual(delta["rcpts_bounced"], 1, delta)
+        self.assertEqual(delta["dsns_queued"], 1, delta)
+        self.assertEqual(delta["rcpt_deferrals"], 0, delta)
+        for q in ("queue_incoming", "queue_active", "queue_deferred", "queue_hold"):
+            self.assertEqual(mid[q], 0, mid)
+
+        b = token("b")
+        qid = self.send(BOB, b)
+        self.wait_state(qid, "deferred")
+        now = self.d.stats()
+        self.assertGreaterEqual(now["rcpt_deferrals"] - mid["rcpt_deferrals"], 1, now)
+        self.assertEqual(now["queue_deferred"], 1, now)
+        self.assertEqual(now["rcpts_delivered"], mid["rcpts_delivered"], now)
+        self.ctl_ok("hold", qid)
+        now = self.d.stats()
+        self.assertEqual((now["queue_deferred"], now["queue_hold"]), (0, 1), now)
+
+
+class OfflineTest(QueueCtlCase):
+    def test_ops_with_daemon_down(self):
+        m = self.defer_for_bob(["held", "deleted", "released", "flushed", "waiting"])
+        self.d.stop()
+        self.assertFalse(self.d.running())
+
+        self.ctl_ok("hold", m["held"][0])
+        self.assertEqual(self.folder_of(m["held"][0]), ["hold"])
+
+        self.ctl_ok("delete", m["deleted"][0])
+        self.assertEqual(self.folder_of(m["deleted"][0]), [])
+        self.assertFalse(self.status_file(m["deleted"][0]), "defer/ status left behind")
+
+        self.ctl_ok("hold", m["released"][0])
+        self.assertEqual(self.folder_of(m["released"][0]), ["hold"])
+        self.ctl_ok("release", m["released"][0])
+        where = self.folder_of(m["released"][0])
+        self.assertEqual(len(where), 1, where)
+        self.assertNotEqual(where, ["hold"])
+
+        self.ctl_ok("flush", m["flushed"][0])
+        self.assertEqual(self.folder_of(m["flushed"][0]), ["deferred"])
+
+        states = {e["id"]: e["state"] for e in self.d.queue()}
+        self.assertEqual(states.get(m["held"][0]), "hold")
+        self.assertNotIn(m["deleted"][0], states)
+        self.assertEqual(states.get(m["waiting"][0]), "deferred")
+
+        # node B back, the daemon back: what is due goes out, the rest stays put
+        self.node_b.start()
+        self.d.start()
+        self.wait_delivered(self.node_b, "bob", m["released"][1])
+        self.wait_delivered(self.node_b, "bob", m["flushed"][1])
+        time.sleep(2)
+        self.assertEqual(self.delivered(m["held"][1]), [], "a held message went out")
+        self.assertEqual(self.delivered(m["waiting"][1]), [], "retried long before its time")
+        left = {e["id"]: e["state"] for e in self.d.queue()}
+        self.assertEqual(left, {m["held"][0]: "hold", m["waiting"][0]: "deferred"})
+
+        # and the running daemon takes the same commands over its control socket
+        self.ctl_ok("release", m["held"][0])
+        self.wait_delivered(self.node_b, "bob", m["held"][1])
+        self.ctl_ok("delete", "--all")
+        self.wait_queue_empty()
+        time.sleep(1)
+        self.assertEqual(self.delivered(m["waiting"][1]), [], "a deleted message went out")
+        self.assertEqual(self.delivered(m["deleted"][1]), [], "a deleted message went out")
+        for name in ("released", "flushed", "held"):
+            self.assertEqual(len(self.delivered(m[name][1])), 1, name)
+
+    def test_after_kill_9(self):
+        """A daemon killed with -9 leaves its control socket behind: sorterctl must notice
+        that nobody answers and act on the spool itself."""
+        m = self.defer_for_bob(["held", "deleted"])
+        self.d.kill_all()
+        self.ctl_ok("hold", m["held"][0])
+        self.ctl_ok("delete", m["deleted"][0])
+        self.assertEqual(self.folder_of(m["held"][0]), ["hold"])
+        self.assertEqual(self.folder_of(m["deleted"][0]), [])
+        self.node_b.start()
+        self.d.start()
+        self.ctl_ok("flush")
+        time.sleep(2)
+        self.assertEqual(self.delivered(m["held"][1]), [])
+        self.ctl_ok("release", m["held"][0])
+        self.wait_delivered(self.node_b, "bob", m["held"][1])
+        self.wait_queue_empty()
+        self.assertEqual(self.delivered(m["deleted"][1]), [])
+
+    def test_unknown_id(self):
+        self.start_sorterd(timers=SLOW)
+        for running in (True, False):
+            with self.subTest(daemon_running=running):
+                if not running:
+                    self.d.stop()
+                for verb in ("hold", "release", "delete"):
+                    r = self.d.ctl(verb, "ZZZZZZZZZZZZ", check=False)
+                    self.assertNotEqual(r.returncode, 0, "%s of an unknown id succeeded" % verb)
+                    self.assertIn("ZZZZZZZZZZZZ", r.stderr + r.stdout)
+
+
+if __name__ == "__main__":
+    unittest.main()
