@@ -860,7 +860,8 @@ scan_dir(struct qmgr *q, int d, bool due_only)
 	}
 	closedir(dir);
 	/* oldest first: ids sort by arrival */
-	qsort(ids, n, sizeof(*ids), strcmp_ptr);
+	if (n > 1)
+		qsort(ids, n, sizeof(*ids), strcmp_ptr);
 	for (i = 0; i < n; i++) {
 		if (q->nactive >= q->cf->qmgr_message_active_limit) {
 			q->backlog = d == D_INCOMING || q->backlog;
