@@ -334,14 +334,19 @@ control_request(const char *spool_dir, const char *line, struct dstr *out, bool 
 		errno = saved;
 		return -1;
 	}
-	if (write_all(fd, line, strlen(line)) < 0 || write_all(fd, "\n", 1) < 0) {
+	if (send(fd, line, strlen(line), MSG_NOSIGNAL) < 0 || send(fd, "\n", 1, MSG_NOSIGNAL) < 0) {
 		close(fd);
 		return -1;
 	}
 	while ((n = read(fd, buf, sizeof(buf))) > 0)
 		dstr_append(out, buf, (size_t)n);
 	close(fd);
-	*ok = out->s && strncmp(out->s, "ok\n", 3) == 0;
+	if (out->len == 0) {
+		/* closed without an answer: it died, or is dying */
+		errno = ECONNRESET;
+		return -1;
+	}
+	*ok = strncmp(out->s, "ok\n", 3) == 0;
 	return 0;
 }
 

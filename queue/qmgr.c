@@ -88,6 +88,7 @@ struct qmsg {
 	bool finishing;
 	bool hold_req, delete_req;
 	bool remove;            /* every recipient final: unlink */
+	bool eightbit;          /* the content has bytes >= 0x80 */
 	time_t next_retry;
 	uint64_t start_usec;
 	struct qmsg *prev, *next;
@@ -102,7 +103,7 @@ struct qmgr {
 	struct commit_pool *commit;     /* for DSNs */
 	struct iopool *io;
 	struct dirsync *active_ds, *defer_ds;
-	int dirfd[6];                   /* incoming active deferred hold defer corrupt */
+	int dirfd[QUEUE_NDIRS];         /* incoming active deferred hold defer corrupt */
 	struct qmsg *msgs;
 	int nactive;
 	bool backlog;                   /* incoming/ had more than we took */
@@ -113,8 +114,8 @@ struct qmgr {
 	int lock_fd;
 };
 
+/* indexes into the folders of queue_open_dirs() */
 enum { D_INCOMING, D_ACTIVE, D_DEFERRED, D_HOLD, D_DEFER, D_CORRUPT };
-static const char *const dirnames[] = { "incoming", "active", "deferred", "hold", "defer", "corrupt" };
 
 static void msg_finish(struct qmsg *mq);
 static void scan_dir(struct qmgr *q, int d, bool due_only);
@@ -137,6 +138,17 @@ count_received(const unsigned char *p, size_t len)
 		i++;
 	}
 	return n;
+}
+
+static bool
+has_8bit(const unsigned char *p, size_t len)
+{
+	size_t i;
+
+	for (i = 0; i < len; i++)
+		if (p[i] & 0x80)
+			return true;
+	return false;
 }
 
 static bool
@@ -311,6 +323,7 @@ msg_deliver(struct qmsg *mq)
 			qd->txn.nrcpt = n;
 			qd->txn.content = mq->image + mq->m.content_offset;
 			qd->txn.content_len = mq->m.content_len;
+			qd->txn.eightbit = mq->eightbit;
 			qd->txn.results = qd->results;
 			qd->txn.done = dest_done;
 			qd->txn.arg = qd;
@@ -579,8 +592,7 @@ msg_finish(struct qmsg *mq)
 
 struct diskjob {
 	struct qmsg *mq;
-	char marks_at[1];       /* unused: marks are computed in the loop */
-	size_t *offsets;
+	size_t *offsets;        /* recipient records that became final */
 	char *types;
 	size_t nmarks;
 	int err;
@@ -792,6 +804,7 @@ msg_load(struct qmgr *q, int from, const char *id)
 	if (qstatus_read(path, &mq->st) < 0)
 		msg_warn("%s: unreadable status file %s ignored", id, path);
 	mq->start_usec = now_usec();
+	mq->eightbit = has_8bit(mq->image + mq->m.content_offset, mq->m.content_len);
 	mq->next = q->msgs;
 	if (q->msgs)
 		q->msgs->prev = mq;
@@ -847,7 +860,8 @@ scan_dir(struct qmgr *q, int d, bool due_only)
 	}
 	closedir(dir);
 	/* oldest first: ids sort by arrival */
-	qsort(ids, n, sizeof(*ids), strcmp_ptr);
+	if (n > 1)
+		qsort(ids, n, sizeof(*ids), strcmp_ptr);
 	for (i = 0; i < n; i++) {
 		if (q->nactive >= q->cf->qmgr_message_active_limit) {
 			q->backlog = d == D_INCOMING || q->backlog;
@@ -1013,7 +1027,6 @@ qmgr_main(struct config *cf, struct counters *ctr)
 	struct lmtp_settings ls;
 	struct timeval scan_tv = { INCOMING_SCAN_SECONDS, 0 }, defer_tv = { cf->queue_run_delay, 0 };
 	char err[512], path[4096];
-	size_t i;
 
 	memset(&q, 0, sizeof(q));
 	q.cf = cf;
@@ -1025,12 +1038,8 @@ qmgr_main(struct config *cf, struct counters *ctr)
 	q.lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
 	if (q.lock_fd < 0 || flock(q.lock_fd, LOCK_EX) < 0)
 		msg_fatal("lock %s: %s", path, strerror(errno));
-	for (i = 0; i < sizeof(dirnames) / sizeof(dirnames[0]); i++) {
-		snprintf(path, sizeof(path), "%s/%s", cf->spool_dir, dirnames[i]);
-		q.dirfd[i] = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		if (q.dirfd[i] < 0)
-			msg_fatal("open %s: %s", path, strerror(errno));
-	}
+	if (queue_open_dirs(cf->spool_dir, q.dirfd) < 0)
+		msg_fatal("open the spool %s: %s", cf->spool_dir, strerror(errno));
 	snprintf(path, sizeof(path), "%s/active", cf->spool_dir);
 	q.active_ds = dirsync_open(path);
 	snprintf(path, sizeof(path), "%s/defer", cf->spool_dir);
@@ -1084,8 +1093,7 @@ qmgr_main(struct config *cf, struct counters *ctr)
 	router_close(q.router);
 	dirsync_close(q.active_ds);
 	dirsync_close(q.defer_ds);
-	for (i = 0; i < sizeof(dirnames) / sizeof(dirnames[0]); i++)
-		close(q.dirfd[i]);
+	queue_close_dirs(q.dirfd);
 	event_base_free(q.base);
 	close(q.lock_fd);
 	return 0;

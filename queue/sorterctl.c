@@ -556,8 +556,12 @@ cmd_show(const char *spool_dir, const char *id)
 
 #define IDS_PER_REQUEST 200
 
+#define CONTROL_WAIT_MS 10000
+
 /* With the daemon down: acts on the spool under the queue manager's lock,
- * so that a daemon starting meanwhile waits for us. */
+ * so that a daemon starting meanwhile waits for us. Returns -1 (nothing
+ * done) when a queue manager holds the lock: it is running, the caller
+ * asks it again. */
 static int
 offline(const char *spool_dir, const char *verb, char **ids, size_t n)
 {
@@ -574,10 +578,8 @@ offline(const char *spool_dir, const char *verb, char **ids, size_t n)
 		return EXIT_RUNTIME;
 	}
 	if (flock(lock, LOCK_EX | LOCK_NB) < 0) {
-		fprintf(stderr, "sorterctl: the queue manager holds %s but does not answer on "
-			"%s/control; try again\n", path, spool_dir);
 		close(lock);
-		return EXIT_RUNTIME;
+		return -1;
 	}
 	if (queue_open_dirs(spool_dir, fds) < 0) {
 		fprintf(stderr, "sorterctl: open the spool %s: %s\n", spool_dir, strerror(errno));
@@ -612,7 +614,7 @@ steer(const char *spool_dir, const char *verb, char **ids, size_t n)
 	struct dstr line, out;
 	size_t i = 0, k;
 	bool ok;
-	int rc = 0;
+	int rc = 0, r, waited;
 
 	for (k = 0; k < n; k++)
 		if (!qid_valid(ids[k])) {
@@ -625,10 +627,22 @@ steer(const char *spool_dir, const char *verb, char **ids, size_t n)
 		for (k = 0; k < IDS_PER_REQUEST && i < n; k++, i++)
 			dstr_printf(&line, " %s", ids[i]);
 		dstr_init(&out, 0);
-		if (control_request(spool_dir, line.s, &out, &ok) < 0) {
-			dstr_free(&line);
-			dstr_free(&out);
-			return offline(spool_dir, verb, ids, n);
+		for (waited = 0; control_request(spool_dir, line.s, &out, &ok) < 0; waited += 100) {
+			/* nobody answers: the daemon is down, or its queue manager
+			 * is starting (it holds the lock before it listens) */
+			if (i <= IDS_PER_REQUEST && (r = offline(spool_dir, verb, ids, n)) >= 0) {
+				dstr_free(&line);
+				dstr_free(&out);
+				return r;
+			}
+			if (waited >= CONTROL_WAIT_MS) {
+				fprintf(stderr, "sorterctl: the queue manager holds %s/qmgr.lock but does "
+					"not answer on %s/control\n", spool_dir, spool_dir);
+				dstr_free(&line);
+				dstr_free(&out);
+				return EXIT_RUNTIME;
+			}
+			usleep(100000);
 		}
 		if (!ok)
 			rc = EXIT_RUNTIME;

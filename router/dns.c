@@ -10,6 +10,8 @@
  *
  * It must never block: no getaddrinfo(3), no waiting for a server. A query
  * kind is a small struct query plus its c-ares callback; MX comes next.
+ * The address helpers at the end serve the callers: numeric addresses
+ * that need no lookup, ports, and the "IP:PORT" form used in logs.
  */
 #include "config.h"
 
@@ -19,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 
 #include <ares.h>
 #include <event2/event.h>
@@ -276,10 +279,7 @@ take_addresses(struct dns_query *q, const struct ares_addrinfo *ai)
 				continue;
 			memset(&q->addrs[q->ans.naddrs], 0, sizeof(q->addrs[0]));
 			memcpy(&q->addrs[q->ans.naddrs], n->ai_addr, n->ai_addrlen);
-			if (fam == AF_INET)
-				((struct sockaddr_in *)&q->addrs[q->ans.naddrs])->sin_port = 0;
-			else
-				((struct sockaddr_in6 *)&q->addrs[q->ans.naddrs])->sin6_port = 0;
+			dns_addr_set_port(&q->addrs[q->ans.naddrs], 0);
 			q->ans.naddrs++;
 		}
 	}
@@ -352,4 +352,59 @@ dns_cancel(struct dns_query *q)
 		query_free(q);
 	else
 		q->cancelled = true;    /* on_addrinfo frees it */
+}
+
+/* ---- addresses ---- */
+
+size_t
+dns_addr_len(const struct sockaddr_storage *ss)
+{
+	if (ss->ss_family == AF_INET)
+		return sizeof(struct sockaddr_in);
+	if (ss->ss_family == AF_INET6)
+		return sizeof(struct sockaddr_in6);
+	return sizeof(struct sockaddr_un);
+}
+
+void
+dns_addr_set_port(struct sockaddr_storage *ss, unsigned short port)
+{
+	if (ss->ss_family == AF_INET)
+		((struct sockaddr_in *)ss)->sin_port = htons(port);
+	else if (ss->ss_family == AF_INET6)
+		((struct sockaddr_in6 *)ss)->sin6_port = htons(port);
+}
+
+int
+dns_addr_numeric(const char *host, unsigned short port, struct sockaddr_storage *ss)
+{
+	struct sockaddr_in *s4 = (struct sockaddr_in *)ss;
+	struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
+
+	memset(ss, 0, sizeof(*ss));
+	if (inet_pton(AF_INET, host, &s4->sin_addr) == 1)
+		s4->sin_family = AF_INET;
+	else if (inet_pton(AF_INET6, host, &s6->sin6_addr) == 1)
+		s6->sin6_family = AF_INET6;
+	else
+		return -1;
+	dns_addr_set_port(ss, port);
+	return 0;
+}
+
+void
+dns_addr_format(const struct sockaddr_storage *ss, char *buf, size_t len)
+{
+	char ip[INET6_ADDRSTRLEN];
+	const struct sockaddr_in *s4 = (const struct sockaddr_in *)ss;
+	const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)ss;
+
+	if (ss->ss_family == AF_UNIX)
+		snprintf(buf, len, "unix:%s", ((const struct sockaddr_un *)ss)->sun_path);
+	else if (ss->ss_family == AF_INET && inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof(ip)))
+		snprintf(buf, len, "%s:%u", ip, ntohs(s4->sin_port));
+	else if (ss->ss_family == AF_INET6 && inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof(ip)))
+		snprintf(buf, len, "[%s]:%u", ip, ntohs(s6->sin6_port));
+	else
+		snprintf(buf, len, "unknown");
 }

@@ -104,8 +104,7 @@ text_report(FILE *out, const struct config *cf, struct router *r, const char *ad
 		else if (map_ready(maps[i], err, sizeof(err)) == 0)
 			fprintf(out, "  %-14s %s (ok)\n", map_names[i], map_spec(maps[i]));
 		else
-			fprintf(out, "  %-14s %s (unavailable: %s)\n", map_names[i],
-				map_spec(maps[i]), err);
+			fprintf(out, "  %-14s %s (unavailable)\n", map_names[i], err);
 	}
 	fprintf(out, "  %-14s %s\n", "failover_node",
 		cf->failover_node ? cf->failover_node : "(none)");

@@ -21,11 +21,9 @@
  */
 #include "config.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
-#include <stdarg.h>
-#include <fcntl.h>
 #include <netinet/in.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,8 +54,6 @@ enum cstate {
 	CS_IDLE,                /* connected, no transaction */
 };
 
-enum step { STEP_RSET, STEP_MAIL, STEP_RCPT, STEP_DATA };
-
 /* What the pool remembers of an endpoint, an address or a host name. */
 struct epstate {
 	char key[EPKEY_MAX];
@@ -68,7 +64,6 @@ struct epstate {
 
 struct job {
 	struct lmtp_pool *pool;
-	struct dest *dest;
 	struct lmtp_txn *txn;
 	struct endpoint *eps;
 	size_t neps;
@@ -95,15 +90,16 @@ struct conn {
 	bool reused;            /* the transaction is not the connection's first */
 	bool need_rset;         /* the last transaction did not end cleanly */
 	bool answered;          /* a reply of this transaction arrived */
-	/* the transaction */
-	bool rset;              /* it starts with RSET */
-	size_t *rcpts, nrcpt;   /* txn indices of the recipients it carries */
-	size_t *acc, nacc, nacc_done;   /* accepted ones; their final replies so far */
-	size_t nsteps, sent, replied;
-	bool mail_failed;
-	size_t content_off;
-	bool content_end;       /* the final "." is in the output */
-	struct dotstuff ds;
+	struct {                /* the transaction; conn_txn_reset() clears it */
+		bool rset;      /* it starts with RSET */
+		size_t *rcpts, nrcpt;   /* txn indices of the recipients it carries */
+		size_t *acc, nacc, nacc_done;   /* accepted ones; their replies so far */
+		size_t nsteps, sent, replied;
+		bool mail_failed;
+		size_t content_off;
+		bool content_end;       /* the final "." is in the output */
+		struct dotstuff ds;
+	} tx;
 	struct conn *prev, *next;
 };
 
@@ -128,6 +124,7 @@ struct lmtp_pool {
 };
 
 static void conn_try(struct conn *c);
+static bool conn_begin_txn(struct conn *c);
 static void fmtbuf(char *buf, size_t len, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
@@ -141,7 +138,6 @@ fmtbuf(char *buf, size_t len, const char *fmt, ...)
 	vsnprintf(buf, len, fmt, ap);
 	va_end(ap);
 }
-static bool conn_begin_txn(struct conn *c);
 
 /* ---- endpoint state ---- */
 
@@ -191,45 +187,6 @@ mark_dead(struct lmtp_pool *p, const char *key, bool warn, const char *why)
 		msg_warn("lmtp: %s failed, tried last for %ds: %s", key,
 			 p->set.dead_endpoint_seconds, why);
 	s->dead_until = now + (uint64_t)p->set.dead_endpoint_seconds * 1000000u;
-}
-
-static void
-ep_name(const struct endpoint *ep, char *buf, size_t len)
-{
-	if (ep->kind == EP_UNIX)
-		snprintf(buf, len, "lmtp:unix:%s", ep->path);
-	else if (ep->literal)
-		snprintf(buf, len, "lmtp:[%s]:%u", ep->host, ep->port);
-	else
-		snprintf(buf, len, "lmtp:%s:%u", ep->host, ep->port);
-}
-
-/* "127.0.0.1:24", "[::1]:24", "unix:/path" */
-static void
-addr_name(const struct sockaddr_storage *ss, char *buf, size_t len)
-{
-	char ip[INET6_ADDRSTRLEN];
-	const struct sockaddr_in *s4 = (const struct sockaddr_in *)ss;
-	const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)ss;
-
-	if (ss->ss_family == AF_UNIX)
-		snprintf(buf, len, "unix:%s", ((const struct sockaddr_un *)ss)->sun_path);
-	else if (ss->ss_family == AF_INET && inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof(ip)))
-		snprintf(buf, len, "%s:%u", ip, ntohs(s4->sin_port));
-	else if (ss->ss_family == AF_INET6 && inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof(ip)))
-		snprintf(buf, len, "[%s]:%u", ip, ntohs(s6->sin6_port));
-	else
-		snprintf(buf, len, "unknown");
-}
-
-static socklen_t
-addr_len(const struct sockaddr_storage *ss)
-{
-	if (ss->ss_family == AF_INET)
-		return sizeof(struct sockaddr_in);
-	if (ss->ss_family == AF_INET6)
-		return sizeof(struct sockaddr_in6);
-	return sizeof(struct sockaddr_un);
 }
 
 /* ---- results and finished transactions ---- */
@@ -308,14 +265,9 @@ on_done(evutil_socket_t fd, short what, void *arg)
 static void
 conn_txn_reset(struct conn *c)
 {
-	free(c->rcpts);
-	free(c->acc);
-	c->rcpts = c->acc = NULL;
-	c->nrcpt = c->nacc = c->nacc_done = 0;
-	c->nsteps = c->sent = c->replied = 0;
-	c->mail_failed = false;
-	c->content_off = 0;
-	c->content_end = false;
+	free(c->tx.rcpts);
+	free(c->tx.acc);
+	memset(&c->tx, 0, sizeof(c->tx));
 }
 
 static void
@@ -330,6 +282,14 @@ conn_close_socket(struct conn *c)
 		c->dq = NULL;
 	}
 	conn_txn_reset(c);
+}
+
+/* A polite end for a healthy idle connection, never waited for. */
+static void
+conn_quit(struct conn *c)
+{
+	if (c->state == CS_IDLE && c->bev != NULL)
+		(void)send(bufferevent_getfd(c->bev), "QUIT\r\n", 6, MSG_NOSIGNAL | MSG_DONTWAIT);
 }
 
 /* Forgets a slot that has no transaction. */
@@ -362,7 +322,7 @@ set_timeouts(struct conn *c, int read_secs, int write_secs)
 static const char *
 phase(const struct conn *c)
 {
-	size_t off = c->rset ? 1 : 0;
+	size_t off = c->tx.rset ? 1 : 0;
 
 	switch (c->state) {
 	case CS_GREETING:
@@ -370,15 +330,15 @@ phase(const struct conn *c)
 	case CS_LHLO:
 		return "sending LHLO";
 	case CS_TXN:
-		if (c->replied < off)
+		if (c->tx.replied < off)
 			return "sending RSET";
-		if (c->replied == off)
+		if (c->tx.replied == off)
 			return "sending MAIL FROM";
-		if (c->replied <= off + c->nrcpt)
+		if (c->tx.replied <= off + c->tx.nrcpt)
 			return "sending RCPT TO";
 		return "sending DATA";
 	case CS_CONTENT:
-		return c->content_end ? "sending end of data" : "sending message body";
+		return c->tx.content_end ? "sending end of data" : "sending message body";
 	default:
 		return "connecting";
 	}
@@ -407,9 +367,8 @@ conn_fail(struct conn *c, const char *why)
 		return;
 	}
 	snprintf(j->err, sizeof(j->err), "%s", why);
-	if (stale)
+	if (stale) {            /* from the first endpoint again */
 		j->fresh_retry = true;
-	if (stale || j->order == NULL) {
 		free(j->order);
 		j->order = NULL;
 	}
@@ -443,7 +402,7 @@ send_step(struct conn *c)
 {
 	struct evbuffer *out = bufferevent_get_output(c->bev);
 	struct lmtp_txn *t = c->job->txn;
-	size_t i = c->sent++, off = c->rset ? 1 : 0;
+	size_t i = c->tx.sent++, off = c->tx.rset ? 1 : 0;
 
 	if (i < off) {
 		evbuffer_add(out, "RSET\r\n", 6);
@@ -454,8 +413,8 @@ send_step(struct conn *c)
 		if (t->eightbit && c->caps.eightbitmime)
 			evbuffer_add_printf(out, " BODY=8BITMIME");
 		evbuffer_add(out, "\r\n", 2);
-	} else if (i <= off + c->nrcpt) {
-		evbuffer_add_printf(out, "RCPT TO:<%s>\r\n", t->rcpts[c->rcpts[i - off - 1]]);
+	} else if (i <= off + c->tx.nrcpt) {
+		evbuffer_add_printf(out, "RCPT TO:<%s>\r\n", t->rcpts[c->tx.rcpts[i - off - 1]]);
 	} else {
 		evbuffer_add(out, "DATA\r\n", 6);
 	}
@@ -485,39 +444,39 @@ conn_begin_txn(struct conn *c)
 
 	conn_txn_reset(c);
 	c->answered = false;
-	c->rcpts = xcalloc(t->nrcpt, sizeof(*c->rcpts));
-	c->acc = xcalloc(t->nrcpt, sizeof(*c->acc));
+	c->tx.rcpts = xcalloc(t->nrcpt, sizeof(*c->tx.rcpts));
+	c->tx.acc = xcalloc(t->nrcpt, sizeof(*c->tx.acc));
 	for (i = 0; i < t->nrcpt; i++) {
 		if (t->results[i].code != 0)
 			continue;
 		if (!no_controls(t->rcpts[i]))
 			set_result(&t->results[i], 501, "5.1.3", "bad recipient address syntax", "none");
 		else
-			c->rcpts[c->nrcpt++] = i;
+			c->tx.rcpts[c->tx.nrcpt++] = i;
 	}
 	if (!no_controls(t->sender)) {
-		for (i = 0; i < c->nrcpt; i++)
-			set_result(&t->results[c->rcpts[i]], 501, "5.1.7",
+		for (i = 0; i < c->tx.nrcpt; i++)
+			set_result(&t->results[c->tx.rcpts[i]], 501, "5.1.7",
 				   "bad sender address syntax", "none");
-		c->nrcpt = 0;
+		c->tx.nrcpt = 0;
 	}
-	if (c->nrcpt > 0 && c->caps.size && c->caps.size_max > 0 &&
+	if (c->tx.nrcpt > 0 && c->caps.size && c->caps.size_max > 0 &&
 	    t->content_len > c->caps.size_max) {
 		fmtbuf(text, sizeof(text), "message size %zu exceeds size limit %llu of server %s",
 		       t->content_len, c->caps.size_max, c->relay);
-		for (i = 0; i < c->nrcpt; i++)
-			set_result(&t->results[c->rcpts[i]], 552, "5.3.4", text, c->relay);
-		c->nrcpt = 0;
+		for (i = 0; i < c->tx.nrcpt; i++)
+			set_result(&t->results[c->tx.rcpts[i]], 552, "5.3.4", text, c->relay);
+		c->tx.nrcpt = 0;
 	}
-	if (c->nrcpt == 0)
+	if (c->tx.nrcpt == 0)
 		return txn_end(c, true, !c->need_rset);
-	c->rset = c->need_rset;
-	c->nsteps = (c->rset ? 1 : 0) + 1 + c->nrcpt + 1;
+	c->tx.rset = c->need_rset;
+	c->tx.nsteps = (c->tx.rset ? 1 : 0) + 1 + c->tx.nrcpt + 1;
 	c->state = CS_TXN;
 	set_timeouts(c, c->pool->set.cmd_timeout, c->pool->set.cmd_timeout);
 	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
 	if (c->caps.pipelining)
-		while (c->sent < c->nsteps)
+		while (c->tx.sent < c->tx.nsteps)
 			send_step(c);
 	else
 		send_step(c);
@@ -534,21 +493,21 @@ content_fill(struct conn *c)
 	unsigned char end[5];
 	size_t n;
 
-	while (!c->content_end && evbuffer_get_length(out) < OUTPUT_LOW_WATER) {
-		n = t->content_len - c->content_off;
+	while (!c->tx.content_end && evbuffer_get_length(out) < OUTPUT_LOW_WATER) {
+		n = t->content_len - c->tx.content_off;
 		if (n == 0) {
-			evbuffer_add(out, end, dotstuff_end(&c->ds, end));
-			c->content_end = true;
+			evbuffer_add(out, end, dotstuff_end(&c->tx.ds, end));
+			c->tx.content_end = true;
 			break;
 		}
 		if (n > CONTENT_CHUNK)
 			n = CONTENT_CHUNK;
 		if (evbuffer_reserve_space(out, (ev_ssize_t)(2 * n + 2), &v, 1) < 1)
 			msg_fatal("lmtp: out of memory for message content");
-		v.iov_len = dotstuff(&c->ds, t->content + c->content_off, n, v.iov_base);
+		v.iov_len = dotstuff(&c->tx.ds, t->content + c->tx.content_off, n, v.iov_base);
 		if (evbuffer_commit_space(out, &v, 1) < 0)
 			msg_panic("lmtp: evbuffer_commit_space failed");
-		c->content_off += n;
+		c->tx.content_off += n;
 	}
 	/* progress restarts the clock: a big message may take long in all */
 	set_timeouts(c, c->pool->set.data_timeout, c->pool->set.data_timeout);
@@ -572,7 +531,7 @@ fail_reply(struct conn *c, const struct reply *r, const char *verb, const char *
 static bool
 txn_reply(struct conn *c, const struct reply *r)
 {
-	size_t i = c->replied++, off = c->rset ? 1 : 0, k;
+	size_t i = c->tx.replied++, off = c->tx.rset ? 1 : 0, k;
 	bool ok = r->code / 100 == 2;
 
 	if (i < off) {
@@ -580,36 +539,36 @@ txn_reply(struct conn *c, const struct reply *r)
 			return fail_reply(c, r, "said", "in reply to RSET command");
 	} else if (i == off) {
 		if (!ok) {
-			c->mail_failed = true;
-			for (k = 0; k < c->nrcpt; k++)
-				reply_result(c, c->rcpts[k], r);
+			c->tx.mail_failed = true;
+			for (k = 0; k < c->tx.nrcpt; k++)
+				reply_result(c, c->tx.rcpts[k], r);
 			if (!c->caps.pipelining)
 				return txn_end(c, true, true);
 		}
-	} else if (i <= off + c->nrcpt) {
-		k = c->rcpts[i - off - 1];
-		if (c->mail_failed)
+	} else if (i <= off + c->tx.nrcpt) {
+		k = c->tx.rcpts[i - off - 1];
+		if (c->tx.mail_failed)
 			;
 		else if (ok)
-			c->acc[c->nacc++] = k;
+			c->tx.acc[c->tx.nacc++] = k;
 		else
 			reply_result(c, k, r);
-		if (!c->caps.pipelining && i == off + c->nrcpt && c->nacc == 0)
+		if (!c->caps.pipelining && i == off + c->tx.nrcpt && c->tx.nacc == 0)
 			return txn_end(c, true, false);
 	} else {
 		if (r->code == 354) {
-			if (c->nacc == 0)       /* nothing to send: the server lost track */
+			if (c->tx.nacc == 0)       /* nothing to send: the server lost track */
 				return txn_end(c, false, false);
 			c->state = CS_CONTENT;
-			dotstuff_init(&c->ds);
+			dotstuff_init(&c->tx.ds);
 			content_fill(c);
 			return true;
 		}
-		for (k = 0; k < c->nacc; k++)
-			reply_result(c, c->acc[k], r);
+		for (k = 0; k < c->tx.nacc; k++)
+			reply_result(c, c->tx.acc[k], r);
 		return txn_end(c, true, false);
 	}
-	if (c->sent < c->nsteps && c->sent == c->replied)
+	if (c->tx.sent < c->tx.nsteps && c->tx.sent == c->tx.replied)
 		send_step(c);
 	return true;
 }
@@ -636,10 +595,10 @@ handle_reply(struct conn *c, const struct reply *r)
 		return txn_reply(c, r);
 	case CS_CONTENT:
 		c->answered = true;
-		if (!c->content_end || c->nacc_done >= c->nacc)
+		if (!c->tx.content_end || c->tx.nacc_done >= c->tx.nacc)
 			return fail_reply(c, r, "said", "while sending message body");
-		reply_result(c, c->acc[c->nacc_done++], r);
-		if (c->nacc_done == c->nacc)
+		reply_result(c, c->tx.acc[c->tx.nacc_done++], r);
+		if (c->tx.nacc_done == c->tx.nacc)
 			return txn_end(c, true, true);
 		return true;
 	default:
@@ -693,7 +652,7 @@ on_write(struct bufferevent *bev, void *arg)
 {
 	struct conn *c = arg;
 
-	if (c->state == CS_CONTENT && !c->content_end)
+	if (c->state == CS_CONTENT && !c->tx.content_end)
 		content_fill(c);
 }
 
@@ -711,6 +670,8 @@ on_event(struct bufferevent *bev, short what, void *arg)
 		return;
 	}
 	if (c->state == CS_IDLE) {
+		if (what & BEV_EVENT_TIMEOUT)
+			conn_quit(c);
 		conn_free(c);
 		return;
 	}
@@ -732,10 +693,10 @@ conn_connect(struct conn *c, const struct sockaddr_storage *ss)
 	struct job *j = c->job;
 	int fd;
 
-	addr_name(ss, c->relay, sizeof(c->relay));
+	dns_addr_format(ss, c->relay, sizeof(c->relay));
 	fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0 || (connect(fd, (const struct sockaddr *)ss, addr_len(ss)) < 0 &&
-		       errno != EINPROGRESS)) {
+	if (fd < 0 || (connect(fd, (const struct sockaddr *)ss,
+			       (socklen_t)dns_addr_len(ss)) < 0 && errno != EINPROGRESS)) {
 		snprintf(j->err, sizeof(j->err), "connect to %s: %s", c->relay, strerror(errno));
 		if (fd >= 0)
 			close(fd);
@@ -765,7 +726,7 @@ job_start_eps(struct job *j)
 	j->order = xcalloc(j->neps, sizeof(*j->order));
 	for (pass = 0; pass < 2; pass++)
 		for (i = 0; i < j->neps; i++) {
-			ep_name(&j->eps[i], name, sizeof(name));
+			endpoint_format(&j->eps[i], name, sizeof(name));
 			if (is_dead(j->pool, name) == (pass == 1))
 				j->order[n++] = i;
 		}
@@ -797,11 +758,8 @@ on_dns(const struct dns_answer *a, void *arg)
 	for (i = 0; i < a->naddrs; i++) {
 		k = (st->rr + i) % a->naddrs;
 		memcpy(&live[nlive], &a->addrs[k], sizeof(live[0]));
-		if (live[nlive].ss_family == AF_INET)
-			((struct sockaddr_in *)&live[nlive])->sin_port = htons(j->ep->port);
-		else
-			((struct sockaddr_in6 *)&live[nlive])->sin6_port = htons(j->ep->port);
-		addr_name(&live[nlive], name, sizeof(name));
+		dns_addr_set_port(&live[nlive], j->ep->port);
+		dns_addr_format(&live[nlive], name, sizeof(name));
 		if (is_dead(c->pool, name))
 			memcpy(&dead[ndead++], &live[nlive], sizeof(live[0]));
 		else
@@ -819,8 +777,6 @@ on_dns(const struct dns_answer *a, void *arg)
 static bool
 ep_addresses(struct job *j, const struct endpoint *ep)
 {
-	struct sockaddr_in *s4 = (struct sockaddr_in *)&j->addrs[0];
-	struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&j->addrs[0];
 	struct sockaddr_un *su = (struct sockaddr_un *)&j->addrs[0];
 
 	memset(&j->addrs[0], 0, sizeof(j->addrs[0]));
@@ -828,19 +784,14 @@ ep_addresses(struct job *j, const struct endpoint *ep)
 	if (ep->kind == EP_UNIX) {
 		su->sun_family = AF_UNIX;
 		snprintf(su->sun_path, sizeof(su->sun_path), "%s", ep->path);
-	} else if (inet_pton(AF_INET, ep->host, &s4->sin_addr) == 1) {
-		s4->sin_family = AF_INET;
-		s4->sin_port = htons(ep->port);
-	} else if (inet_pton(AF_INET6, ep->host, &s6->sin6_addr) == 1) {
-		s6->sin6_family = AF_INET6;
-		s6->sin6_port = htons(ep->port);
-	} else if (ep->literal) {
-		j->naddrs = 0;
-		snprintf(j->err, sizeof(j->err), "connect to %s: bad address", j->epname);
-	} else {
-		j->naddrs = 0;
-		return false;
+		return true;
 	}
+	if (dns_addr_numeric(ep->host, ep->port, &j->addrs[0]) == 0)
+		return true;
+	j->naddrs = 0;
+	if (!ep->literal)
+		return false;
+	fmtbuf(j->err, sizeof(j->err), "connect to %s: bad address", j->epname);
 	return true;
 }
 
@@ -879,7 +830,7 @@ conn_try(struct conn *c)
 		if (j->next_ep >= j->neps)
 			break;
 		j->ep = &j->eps[j->order[j->next_ep++]];
-		ep_name(j->ep, j->epname, sizeof(j->epname));
+		endpoint_format(j->ep, j->epname, sizeof(j->epname));
 		j->next_addr = 0;
 		if (ep_addresses(j, j->ep))
 			continue;
@@ -992,6 +943,7 @@ lmtp_pool_free(struct lmtp_pool *p)
 				c->job = NULL;
 				job_finish(j, 451, "4.3.0", "LMTP client shutting down");
 			}
+			conn_quit(c);
 			conn_close_socket(c);
 			d->conns = c->next;
 			free(c);
@@ -1054,7 +1006,6 @@ lmtp_deliver(struct lmtp_pool *p, const char *dest, const struct endpoint *eps,
 		d->next = p->dests;
 		p->dests = d;
 	}
-	j->dest = d;
 	if (d->tail)
 		d->tail->next = j;
 	else

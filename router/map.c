@@ -8,10 +8,11 @@
  * trailing NUL, and never contain one. A lookup lower-cases its key the
  * same way (map_fold), so case never matters.
  *
- * Reload: before each lookup the backing file is stat()ed once. When its
- * device, inode, size or mtime differ from the open handle's, the new file
- * is opened first and only then does it replace the old handle, so the map
- * keeps answering from the old file until the new one is usable (sortermap
+ * Reload: before each lookup the backing file is stat()ed once (map_get
+ * skips that, for a caller that checked a moment ago). When its device,
+ * inode, size or mtime differ from the open handle's, the new file is
+ * opened first and only then replaces the old handle, so the map keeps
+ * answering from the old file until the new one is usable (sortermap
  * replaces files by rename, so a half-written file is never seen). A file
  * that failed to open is not tried again until it changes.
  *
@@ -32,6 +33,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +41,9 @@
 #include <unistd.h>
 
 #include "router/router.h"
+
+#define READ_CACHE_MIN (256 << 10)     /* BDB's default: enough for small maps */
+#define READ_CACHE_MAX (32 << 20)      /* per process and map */
 
 struct map {
 	const struct map_backend *be;
@@ -96,6 +101,12 @@ db_open_type(const char *arg, DBTYPE type, struct map_stamp *st, char *err, size
 		return NULL;
 	}
 	db->set_errcall(db, db_errcall);
+	/* BDB's cache in front of the OS page cache: a small map is read
+	 * once and then served without a system call; a big one keeps its
+	 * hottest pages, at a bounded cost per process */
+	if (stat(path, &sb) == 0 && sb.st_size > READ_CACHE_MIN)
+		db->set_cachesize(db, 0, (u_int32_t)(sb.st_size < READ_CACHE_MAX ?
+						    sb.st_size + (64 << 10) : READ_CACHE_MAX), 1);
 	ret = db->open(db, NULL, path, NULL, DB_UNKNOWN, DB_RDONLY, 0);
 	if (ret != 0) {
 		if (ret == EINVAL || ret == ENOENT || ret == EACCES || db_lasterr[0] == '\0')
@@ -172,15 +183,18 @@ db_lookup(void *h, const char *key, size_t keylen, char *val, size_t vallen,
 	return MAP_FOUND;
 }
 
+/* on the lookup path: no allocation */
 static int
 db_stamp(const char *arg, struct map_stamp *st)
 {
-	char *path = db_path(arg);
+	char path[PATH_MAX];
 	struct stat sb;
-	int rc = stat(path, &sb);
 
-	free(path);
-	if (rc < 0)
+	if ((size_t)snprintf(path, sizeof(path), "%s.db", arg) >= sizeof(path)) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	if (stat(path, &sb) < 0)
 		return -1;
 	stamp_from(st, &sb);
 	return 0;
@@ -493,11 +507,21 @@ map_refresh(struct map *m)
 enum map_status
 map_lookup(struct map *m, const char *key, char *val, size_t vallen, char *err, size_t errlen)
 {
+	if (map_refresh(m) < 0) {
+		snprintf(err, errlen, "%s: %s", m->spec, m->err);
+		return MAP_TEMPFAIL;
+	}
+	return map_get(m, key, val, vallen, err, errlen);
+}
+
+enum map_status
+map_get(struct map *m, const char *key, char *val, size_t vallen, char *err, size_t errlen)
+{
 	char k[MAP_KEY_MAX + 1], why[256];
 	size_t n = strlen(key);
 	enum map_status st;
 
-	if (map_refresh(m) < 0) {
+	if (m->h == NULL) {
 		snprintf(err, errlen, "%s: %s", m->spec, m->err);
 		return MAP_TEMPFAIL;
 	}

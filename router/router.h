@@ -91,6 +91,10 @@ struct map *map_open(const char *spec, char *err, size_t errlen);
  * the old handle keeps answering. On MAP_TEMPFAIL err says why. */
 enum map_status map_lookup(struct map *m, const char *key, char *val, size_t vallen,
 			   char *err, size_t errlen);
+/* The same without the check for a rebuilt file, for a caller that looked
+ * the map up a moment ago (several keys for one recipient). */
+enum map_status map_get(struct map *m, const char *key, char *val, size_t vallen,
+			char *err, size_t errlen);
 /* 0 when the map can answer right now, else -1 with the reason (sorterd -t). */
 int map_ready(struct map *m, char *err, size_t errlen);
 const char *map_spec(const struct map *m);
@@ -135,7 +139,7 @@ void mapsource_init(struct mapsource *s, const char *name, const char *buf, size
  * "NAME:LINE: reason". */
 int mapsource_next(struct mapsource *s, struct map_entry *e, char *err, size_t errlen);
 
-/* ---- endpoints (router.c): pure ----
+/* ---- endpoints (canon.c): pure ----
  * lmtp:HOST:PORT, lmtp:[IP]:PORT, lmtp:unix:/PATH; PORT defaults to 24. */
 enum endpoint_kind { EP_INET, EP_UNIX };
 
@@ -155,7 +159,7 @@ int endpoint_parse_list(const char *s, struct endpoint *eps, size_t max, const c
 /* Back to the "lmtp:..." form. */
 void endpoint_format(const struct endpoint *ep, char *buf, size_t buflen);
 
-/* ---- canonical form of an address (router.c): pure ----
+/* ---- canonical form of an address (canon.c): pure ----
  * The domain is lower-cased for the envelope; keys are all lower-case.
  * With recipient delimiters (each byte of `delims` is one), the extension
  * from the first delimiter in an unquoted local part on is removed for
@@ -373,6 +377,14 @@ void dns_free(struct dns *d);
 struct dns_query *dns_lookup(struct dns *d, const char *host, dns_callback *cb, void *arg);
 /* The callback will not run. */
 void dns_cancel(struct dns_query *q);
+/* Addresses: the length connect() wants, by family (AF_UNIX included);
+ * setting the port; a numeric IPv4 or IPv6 address, which needs no
+ * lookup (0, or -1 when host is not one); and the form used in logs and
+ * results: "127.0.0.1:24", "[::1]:24", "unix:/path". */
+size_t dns_addr_len(const struct sockaddr_storage *ss);
+void dns_addr_set_port(struct sockaddr_storage *ss, unsigned short port);
+int dns_addr_numeric(const char *host, unsigned short port, struct sockaddr_storage *ss);
+void dns_addr_format(const struct sockaddr_storage *ss, char *buf, size_t len);
 
 /* ---- LMTP client (lmtp.c): RFC 2033, a pool on the caller's loop ----
  * Connections are kept per destination (a node name), reused, and capped

@@ -3,19 +3,14 @@
  *   sortermap [-v] [hash:|btree:]FILE   compiles the text map FILE into FILE.db
  *   sortermap -q KEY [hash:|btree:]FILE looks KEY up in FILE.db
  *
- * A build is atomic: the whole source is parsed before anything is
- * written, the new database is written to a temporary file in the same
- * directory, flushed and fsync'd, renamed over FILE.db, and the directory
- * is fsync'd. A syntax error or a duplicate key stops it with
- * "FILE:LINE: reason" and leaves the old FILE.db as it was, so a running
- * sorterd only ever sees a complete old map or a complete new one.
+ * Only the command line lives here. The build is map_build() (map.c):
+ * atomic, the whole source parsed before anything is written, a syntax
+ * error or a duplicate key reported as "FILE:LINE: reason" with the old
+ * FILE.db left as it was. A query goes through map_lookup(), so -q answers
+ * exactly what sorterd would.
  *
- * Keys go in lower-cased (mapsource.c) and without a trailing NUL, values
- * as written without a NUL: the convention map.c reads (see its top).
- * Lookups go through map.c, so -q answers exactly what sorterd would.
- *
- * Must never: modify FILE.db in place, leave a temporary file behind on an
- * error it detects, or report success before the rename is durable.
+ * Must never: exit 0 unless the new map is in place and durable, or
+ * print a value that sorterd would not find.
  */
 #include "config.h"
 

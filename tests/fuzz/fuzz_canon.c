@@ -1,6 +1,6 @@
 /*
  * fuzz_canon.c - libFuzzer target for address canonicalisation and
- * endpoint parsing (router/router.c): whatever reaches the router from an
+ * endpoint parsing (router/canon.c): whatever reaches the router from an
  * alias value, a RCPT or node_map must come out within the limits the map
  * keys and delivery code rely on, or be refused with a reason.
  *

@@ -36,7 +36,8 @@ fi
 
 pure=""
 for f in lib/alloc.c lib/log.c lib/util.c lib/config.c lib/address.c \
-    smtpd/command.c smtpd/data.c queue/spool.c; do
+    smtpd/command.c smtpd/data.c queue/spool.c router/reply.c router/mapsource.c \
+    router/canon.c; do
 	[ -f "$f" ] && pure="$pure $f"
 done
 

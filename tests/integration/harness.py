@@ -352,12 +352,6 @@ class Sorterd:
         others = [k for k in kids if inode and "socket:[%s]" % inode not in fd_links(k)]
         return others[0] if len(others) == 1 else None
 
-    def wait_control(self, timeout=15):
-        """True once the queue manager answers on its control socket (sorterctl stats
-        succeeds); just after a start it may still be opening it."""
-        return wait_until(lambda: self.ctl("stats", check=False).returncode == 0, timeout,
-                          interval=0.1) is not None
-
     def wait_queue_empty(self, timeout):
         """True once no message is left in incoming/ active/ deferred/ hold/."""
         return wait_until(lambda: not self.queue_files(), timeout, interval=0.1) is not None

@@ -139,7 +139,6 @@ class DeliveryTestCase(SorterTestCase):
         settings.update(self.write_maps())
         settings.update(overrides)
         self.d = self.sorterd(**settings)
-        self.assertTrue(self.d.wait_control(), "the queue manager does not answer sorterctl")
         return self.d
 
     # ---- sending ----
@@ -156,9 +155,10 @@ class DeliveryTestCase(SorterTestCase):
             r = c.cmd("RCPT TO:<%s>%s" % (rc, " " + rcpt_params if rcpt_params else ""))
             self.assertReply(r, 250, msg="RCPT TO:<%s> %s: %s" % (rc, rcpt_params, r))
         self.assertReply(c.cmd("DATA"), 354)
-        content = make_message(tok, sender, rcpts[0], extra_headers, body).encode()
-        # SMTP dot-stuffing: a line that starts with "." goes out with one more
-        c.send(re.sub(rb"(?m)^\.", b"..", content) + b"\r\n.\r\n")
+        text = make_message(tok, sender, rcpts[0], extra_headers, body)
+        # dot-stuffing (RFC 5321 4.5.2), as any SMTP client does
+        text = re.sub(r"(?m)^\.", "..", text)
+        c.send(text.encode() + b"\r\n.\r\n")
         r = c.reply(timeout=60)
         m = re.search(r"queued as ([0-9A-Z]{12})", r.texts[-1]) if r.code == 250 else None
         self.assertQueued(r, m.group(1) if m else None)
@@ -176,14 +176,11 @@ class DeliveryTestCase(SorterTestCase):
                         % (tok, user, node.name, timeout, self.queue_summary()))
         return got
 
-    def nowhere_else(self, tok, node, user=None):
-        """tok is in no Maildir but user's on node (or, with node a list of (node, user)
-        pairs, but those)."""
-        places = node if user is None else [(node, user)]
-        allowed = {(n.name, n.address(u)) for n, u in places}
+    def nowhere_else(self, tok, *where):
+        """tok is in no Maildir but those of the (node, user) pairs in where."""
         for n in self.nodes:
             for u in n.users:
-                if (n.name, u) in allowed:
+                if any(n is node and u == n.address(user) for node, user in where):
                     continue
                 self.assertEqual(self.found(n, u, tok), [],
                                  "%s also landed in %s on %s" % (tok, u, n.name))
@@ -274,9 +271,10 @@ class DeliverTest(DeliveryTestCase):
         self.start_sorterd()
         tok = token("both")
         qid = self.send([ALICE, BOB, CAROL], tok)
-        places = [(self.node_a, "alice"), (self.node_b, "bob"), (self.node_a, "carol")]
-        for node, user in places:
+        where = ((self.node_a, "alice"), (self.node_b, "bob"), (self.node_a, "carol"))
+        for node, user in where:
             [m] = self.wait_delivered(node, user, tok)
+            self.nowhere_else(tok, *where)
             msg = email.message_from_string(m)
             ours = [r for r in msg.get_all("Received", []) if "(Sorter)" in r]
             self.assertEqual(len(ours), 1, msg.get_all("Received"))
@@ -285,7 +283,6 @@ class DeliverTest(DeliveryTestCase):
             self.assertEqual(msg["Subject"], tok)
             self.assertIn("second line", m)
         self.wait_queue_empty()
-        self.nowhere_else(tok, places)
         self.sent_line(qid, ALICE, self.node_a)
         self.sent_line(qid, BOB, self.node_b)
         self.sent_line(qid, CAROL, self.node_a)
@@ -322,7 +319,7 @@ class DeliverTest(DeliveryTestCase):
         tok = token("second")
         qid = self.send(ALICE, tok)
         self.wait_delivered(self.node_a, "alice", tok)
-        self.nowhere_else(tok, self.node_a, "alice")
+        self.nowhere_else(tok, (self.node_a, "alice"))
         self.wait_queue_empty()
         self.sent_line(qid, ALICE, self.node_a)
 
@@ -360,7 +357,7 @@ class DeferTest(DeliveryTestCase):
         self.assertEqual(self.found(self.node_b, "bob", tok), [], "retried before the flush")
         self.ctl_ok("flush")
         self.wait_delivered(self.node_b, "bob", tok)
-        self.nowhere_else(tok, self.node_b, "bob")
+        self.nowhere_else(tok, (self.node_b, "bob"))
         self.wait_queue_empty()
 
     def test_user_moved_while_deferred(self):
@@ -373,7 +370,7 @@ class DeferTest(DeliveryTestCase):
         self.write_maps()
         self.ctl_ok("flush")
         self.wait_delivered(self.node_a, "bob", tok)
-        self.nowhere_else(tok, self.node_a, "bob")
+        self.nowhere_else(tok, (self.node_a, "bob"))
         self.wait_queue_empty()
         self.sent_line(qid, BOB, self.node_a)
 

@@ -117,7 +117,6 @@ class OfflineTest(QueueCtlCase):
         # node B back, the daemon back: what is due goes out, the rest stays put
         self.node_b.start()
         self.d.start()
-        self.assertTrue(self.d.wait_control())
         self.wait_delivered(self.node_b, "bob", m["released"][1])
         self.wait_delivered(self.node_b, "bob", m["flushed"][1])
         time.sleep(2)
@@ -148,7 +147,6 @@ class OfflineTest(QueueCtlCase):
         self.assertEqual(self.folder_of(m["deleted"][0]), [])
         self.node_b.start()
         self.d.start()
-        self.assertTrue(self.d.wait_control())
         self.ctl_ok("flush")
         time.sleep(2)
         self.assertEqual(self.delivered(m["held"][1]), [])

@@ -1,6 +1,6 @@
 /*
- * check_router.c - unit tests for the router (router/router.c, map.c,
- * explain.c): canonical forms, endpoints, alias loops, depth limit,
+ * check_router.c - unit tests for the router (router/router.c, canon.c,
+ * map.c, explain.c): canonical forms, endpoints, alias loops, depth limit,
  * duplicates, delimiter, @domain fallback, failover, case folding, missing
  * and broken map files, rebuilding a map under an open router, the atomic
  * build, and the explanation's exit codes.
