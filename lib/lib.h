@@ -141,6 +141,24 @@ int address_parse(const char *s, size_t len, int flags, struct address *a,
 /* Writes local@domain (or "" for the null path) into buf. */
 void address_format(const struct address *a, char *buf, size_t buflen);
 
+/* ---- RFC 3461 DSN parameter pieces (xtext.c): pure ---- */
+#define DSN_NOTIFY_SUCCESS 1
+#define DSN_NOTIFY_FAILURE 2
+#define DSN_NOTIFY_DELAY 4
+#define DSN_NOTIFY_NEVER 8
+/* "NEVER" alone, or SUCCESS, FAILURE, DELAY each at most once, comma
+ * separated: NULL and the bit set in *notify, or a static reason. */
+const char *dsn_notify_parse(const char *v, size_t n, int *notify);
+/* RFC 3461 4 xtext. xtext_encode appends the encoding of n bytes to out in
+ * one piece (nothing when out's limit refuses it). xtext_decode accepts only
+ * xchar and "+" with two upper-case hex digits, decoding to printable
+ * US-ASCII or space; it writes a NUL-terminated result into out and returns
+ * its length, or -1 with *why set (malformed, or longer than outlen - 1). */
+void xtext_encode(const char *in, size_t n, struct dstr *out);
+int xtext_decode(const char *in, size_t n, char *out, size_t outlen, const char **why);
+/* a counted string equals the C string w, ignoring ASCII case */
+bool word_is(const char *s, size_t n, const char *w);
+
 /* ---- queue ids and time (util.c) ----
  * Ids are 12 characters of Crockford base32: 11 for the microseconds since
  * the epoch (monotonic within a process) and 1 for the issuing process's

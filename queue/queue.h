@@ -221,10 +221,6 @@ int qstatus_write(int dirfd, struct dirsync *ds, const char *id, const struct qs
  * RFC 3461 parameters as the spool keeps them, and RFC 3464 delivery status
  * notifications built as RFC 6522 multipart/report messages. Pure: no I/O,
  * and nothing here decides who gets a DSN (that is the queue manager's). */
-#define DSN_NOTIFY_SUCCESS 1      /* the same bits as struct smtp_params.notify */
-#define DSN_NOTIFY_FAILURE 2
-#define DSN_NOTIFY_DELAY 4
-#define DSN_NOTIFY_NEVER 8
 #define DSN_RET_FULL 1
 #define DSN_RET_HDRS 2
 #define DSN_ENVID_MAX 100         /* RFC 3461 4.4, xtext form */
@@ -252,13 +248,6 @@ int dsn_parse_sender_params(const char *s, struct dsn_sender_params *p, const ch
 void dsn_format_rcpt_params(const struct dsn_rcpt_params *p, struct dstr *out);
 void dsn_format_sender_params(const struct dsn_sender_params *p, struct dstr *out);
 
-/* RFC 3461 4 xtext. xtext_encode appends the encoding of n bytes to out in
- * one piece (nothing when out's limit refuses it). xtext_decode accepts only
- * xchar and "+" with two upper-case hex digits, decoding to printable
- * US-ASCII or space; it writes a NUL-terminated result into out and returns
- * its length, or -1 with *why set (malformed, or longer than outlen - 1). */
-void xtext_encode(const char *in, size_t n, struct dstr *out);
-int xtext_decode(const char *in, size_t n, char *out, size_t outlen, const char **why);
 
 enum dsn_kind { DSN_FAILURE, DSN_DELAY, DSN_SUCCESS };
 

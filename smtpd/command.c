@@ -90,24 +90,6 @@ is_letdig(int c)
 	return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
 }
 
-/* case-insensitive comparison of a counted string with a C string */
-static bool
-word_is(const char *s, size_t n, const char *w)
-{
-	return strlen(w) == n && strncasecmp(s, w, n) == 0;
-}
-
-static int
-hexval(int c)
-{
-	/* RFC 3461 4: hexchar is "+" and two *upper case* hex digits */
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
 /*
  * RFC 3461 xtext: xchar ("!".."~" except "+" and "=") or "+" HEX HEX.
  * Each decoded byte must be in lo..126: DSNs carry these values as plain
@@ -116,23 +98,15 @@ hexval(int c)
 static bool
 xtext_valid(const char *s, size_t n, int lo)
 {
+	char buf[4096];
 	size_t i;
-	int hi, low;
+	int len;
 
-	for (i = 0; i < n; i++) {
-		unsigned char c = (unsigned char)s[i];
-
-		if (c == '+') {
-			if (n - i < 3 || (hi = hexval(s[i + 1])) < 0 ||
-			    (low = hexval(s[i + 2])) < 0)
-				return false;
-			if (hi * 16 + low < lo || hi * 16 + low > 126)
-				return false;
-			i += 2;
-		} else if (c < 33 || c > 126 || c == '=') {
+	if (n >= sizeof(buf) || (len = xtext_decode(s, n, buf, sizeof(buf), NULL)) < 0)
+		return false;
+	for (i = 0; i < (size_t)len; i++)
+		if ((unsigned char)buf[i] < lo)
 			return false;
-		}
-	}
 	return true;
 }
 
@@ -200,30 +174,7 @@ param_auth(const char *v, size_t n, struct smtp_params *p)
 static const char *
 param_notify(const char *v, size_t n, struct smtp_params *p)
 {
-	static const struct {
-		const char *name;
-		int bit;
-	} words[] = { { "SUCCESS", 1 }, { "FAILURE", 2 }, { "DELAY", 4 }, { "NEVER", 8 } };
-	const char *end = v + n, *w, *comma;
-	int set = 0;
-	size_t i;
-
-	for (w = v; ; w = comma + 1) {
-		if ((comma = memchr(w, ',', (size_t)(end - w))) == NULL)
-			comma = end;
-		for (i = 0; i < sizeof(words) / sizeof(words[0]); i++)
-			if (word_is(w, (size_t)(comma - w), words[i].name))
-				break;
-		if (i == sizeof(words) / sizeof(words[0]) || (set & words[i].bit))
-			return "invalid NOTIFY value";
-		set |= words[i].bit;
-		if (comma == end)
-			break;
-	}
-	if ((set & 8) && set != 8)
-		return "NOTIFY=NEVER must be alone";
-	p->notify = set;
-	return NULL;
+	return dsn_notify_parse(v, n, &p->notify);
 }
 
 /* addr-type ";" xtext, stored as received (RFC 3461 4.2) */
