@@ -17,7 +17,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import time
@@ -289,25 +288,3 @@ service submission-login {
     def log_tail(self, n=40):
         return "\n".join(self.log().splitlines()[-n:])
 
-
-def lmtp_probe(port, rcpt, timeout=5):
-    """One LMTP transaction straight to a node (no sorterd): the RCPT reply code."""
-    with socket.create_connection(("127.0.0.1", port), timeout) as s:
-        f = s.makefile("rwb")
-
-        def reply():
-            while True:
-                line = f.readline()
-                if not line:
-                    raise ConnectionError("LMTP connection closed")
-                if line[3:4] != b"-":
-                    return int(line[:3])
-
-        reply()
-        for cmd in (b"LHLO probe.test", b"MAIL FROM:<>", b"RCPT TO:<%s>" % rcpt.encode()):
-            f.write(cmd + b"\r\n")
-            f.flush()
-            code = reply()
-        f.write(b"QUIT\r\n")
-        f.flush()
-        return code
