@@ -66,8 +66,8 @@ build build-asan --enable-sanitizers
 integration build-asan
 
 if [ -f tests/fuzz/run.sh ]; then
-    step "fuzz targets (20 s each)"
-    sh tests/fuzz/run.sh 20 || fail "fuzz"
+    step "fuzz targets (10 s each)"
+    sh tests/fuzz/run.sh 10 || fail "fuzz"
 else
     step "fuzz targets: tests/fuzz/run.sh not present, skipped"
 fi
