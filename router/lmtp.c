@@ -180,9 +180,12 @@ is_dead(struct lmtp_pool *p, const char *key)
 static void
 mark_dead(struct lmtp_pool *p, const char *key, bool warn, const char *why)
 {
-	struct epstate *s = epstate(p, key, true);
+	struct epstate *s;
 	uint64_t now = mono_usec();
 
+	if (p->set.dead_endpoint_seconds == 0)
+		return;         /* never set aside */
+	s = epstate(p, key, true);
 	if (warn && s->dead_until <= now)
 		msg_warn("lmtp: %s failed, tried last for %ds: %s", key,
 			 p->set.dead_endpoint_seconds, why);
@@ -909,8 +912,9 @@ lmtp_pool_new(struct event_base *base, const struct lmtp_settings *s)
 	DEFAULT(cmd_timeout, 300);
 	DEFAULT(data_timeout, 600);
 	DEFAULT(idle_timeout, 10);
-	DEFAULT(dead_endpoint_seconds, 60);
 #undef DEFAULT
+	if (p->set.dead_endpoint_seconds < 0)
+		p->set.dead_endpoint_seconds = 60;
 	if (s->helo_name != NULL && s->helo_name[0] != '\0' && no_controls(s->helo_name))
 		p->helo_name = xstrdup(s->helo_name);
 	else if (gethostname(host, sizeof(host)) == 0 && memchr(host, '\0', sizeof(host)))

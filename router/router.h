@@ -395,7 +395,8 @@ struct lmtp_settings {
 	int cmd_timeout;                /* seconds per command reply; 0 = 300 */
 	int data_timeout;               /* seconds for content and its replies; 0 = 600 */
 	int idle_timeout;               /* seconds an unused connection is kept; 0 = 10 */
-	int dead_endpoint_seconds;      /* a failed endpoint is tried last this long; 0 = 60 */
+	int dead_endpoint_seconds;      /* a failed endpoint is tried last this long (0: never
+	                                 * set aside); negative = 60 */
 	const char *helo_name;          /* LHLO argument; NULL = the host name */
 	const char *dns_servers;        /* as for dns_new() */
 };
