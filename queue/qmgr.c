@@ -10,14 +10,13 @@
  * start and on a timer, active/ at start (what a crash left in flight is
  * tried again), deferred/ every queue_run_delay.
  *
- * Results become durable before anything acts on them: a bounce's DSN is
- * committed before its recipient is marked bounced; recipient marks are
- * fdatasync'd before the file moves on; a finished file is unlinked and
- * the directory fsync'd (shared) before the next step counts it gone.
- * What a crash can repeat is only what was in flight.
+ * Results become durable before anything acts on them (outcome.c): a
+ * bounce's DSN is committed before its recipient is marked bounced;
+ * recipient marks are fdatasync'd before the file moves on; a finished
+ * file is unlinked and the directory fsync'd (shared) before the next step
+ * counts it gone. What a crash can repeat is only what was in flight.
  *
- * This file must never remove a queue file while a recipient in it is
- * still pending, and never block the loop on an fsync (the iopool does).
+ * This file must never block the loop on an fsync (the iopool does).
  */
 #include "config.h"
 
@@ -40,84 +39,11 @@
 #include "lib/lib.h"
 #include "queue/queue.h"
 #include "router/router.h"
+#include "queue/qmgr.h"
 
 #define INCOMING_SCAN_SECONDS 5
 #define STOP_GRACE_SECONDS 10
 
-enum outcome { OUT_PENDING, OUT_DELIVERED, OUT_BOUNCED, OUT_DEFERRED, OUT_DONE_BEFORE };
-
-struct qexp {                   /* one final address of a recipient */
-	char addr[ADDR_PATH_MAX + 1];
-	enum outcome out;
-	char status[16];
-	char diag[512];
-	char relay[300];
-	char node[ROUTER_NODE_MAX + 1];
-	bool claimed;           /* taken by a transaction */
-};
-
-struct qrcpt {
-	size_t index;           /* in the spool file */
-	struct qexp *exps;      /* one per route in rl */
-	size_t nexps;
-	struct route_list rl;
-	struct dsn_rcpt_params dsn;
-};
-
-struct qmsg;
-
-struct qdest {                  /* one LMTP transaction: a message's share for one node */
-	struct qmsg *msg;
-	struct lmtp_txn txn;
-	const char **rcpts;
-	struct qexp **exps;
-	struct lmtp_rcpt_result *results;
-};
-
-struct qmsg {
-	struct qmgr *q;
-	char id[QID_LEN + 1];
-	unsigned char *image;
-	size_t len;
-	struct spool_msg m;
-	struct dsn_sender_params sp;
-	struct qstatus st;
-	struct qrcpt *r;
-	size_t nr;
-	int inflight;           /* LMTP transactions and DSN commits under way */
-	bool finishing;
-	bool hold_req, delete_req;
-	bool remove;            /* every recipient final: unlink */
-	bool eightbit;          /* the content has bytes >= 0x80 */
-	time_t next_retry;
-	uint64_t start_usec;
-	struct qmsg *prev, *next;
-};
-
-struct qmgr {
-	struct config *cf;
-	struct counters *ctr;
-	struct event_base *base;
-	struct router *router;
-	struct lmtp_pool *lmtp;
-	struct commit_pool *commit;     /* for DSNs */
-	struct iopool *io;
-	struct dirsync *active_ds, *defer_ds;
-	int dirfd[QUEUE_NDIRS];         /* incoming active deferred hold defer corrupt */
-	struct qmsg *msgs;
-	int nactive;
-	bool backlog;                   /* incoming/ had more than we took */
-	int wake_fd;
-	struct event *wake_ev, *scan_ev, *defer_ev, *term_ev;
-	struct control *control;
-	bool stopping;
-	int lock_fd;
-};
-
-/* indexes into the folders of queue_open_dirs() */
-enum { D_INCOMING, D_ACTIVE, D_DEFERRED, D_HOLD, D_DEFER, D_CORRUPT };
-
-static void msg_finish(struct qmsg *mq);
 static void scan_dir(struct qmgr *q, int d, bool due_only);
 
 /* ---- loading ---- */
@@ -151,13 +77,13 @@ has_8bit(const unsigned char *p, size_t len)
 	return false;
 }
 
-static bool
+bool
 sender_is_null(const struct qmsg *mq)
 {
 	return mq->m.sender[0] == '\0';
 }
 
-static void
+void
 msg_free(struct qmsg *mq)
 {
 	size_t i;
@@ -214,7 +140,7 @@ dest_key(const struct route *rt, char *key, size_t len)
 
 /* ---- delivery ---- */
 
-static void
+void
 log_result(struct qmsg *mq, const struct qrcpt *qr, const struct qexp *e, const char *what)
 {
 	const char *orig = mq->m.rcpts[qr->index].addr;
@@ -227,7 +153,7 @@ log_result(struct qmsg *mq, const struct qrcpt *qr, const struct qexp *e, const 
 		 e->status, what, e->diag);
 }
 
-static struct qrcpt *
+struct qrcpt *
 rcpt_of(struct qmsg *mq, const struct qexp *e)
 {
 	size_t i;
@@ -397,354 +323,9 @@ msg_route(struct qmsg *mq)
 	}
 }
 
-/* ---- finishing an attempt ---- */
-
-struct dsnjob {
-	struct qmsg *mq;
-	int kind;
-	struct qexp **exps;     /* the expansions this DSN reports */
-	size_t n;
-};
-
-static bool
-notify_wants(const struct qrcpt *qr, int bit)
-{
-	if (qr->dsn.notify == 0)        /* RFC 3461 default: FAILURE, DELAY */
-		return bit == DSN_NOTIFY_FAILURE || bit == DSN_NOTIFY_DELAY;
-	if (qr->dsn.notify & DSN_NOTIFY_NEVER)
-		return false;
-	return (qr->dsn.notify & bit) != 0;
-}
-
-static void disk_phase(struct qmsg *mq);
-
-static void
-dsn_committed(struct commit_job *job, void *arg)
-{
-	struct dsnjob *dj = arg;
-	struct qmsg *mq = dj->mq;
-	size_t i;
-
-	if (job->error == 0) {
-		msg_info("%s: sender %s notification: %s", mq->id,
-			 dj->kind == DSN_FAILURE ? "non-delivery" :
-			 dj->kind == DSN_DELAY ? "delay" : "delivery", job->id);
-		atomic_fetch_add(&mq->q->ctr->dsn_sent, 1);
-		/* the new message is ours to deliver: take it now */
-		qmgr_pickup(mq->q, job->id);
-	} else {
-		msg_warn("%s: cannot queue a DSN: %s", mq->id, strerror(job->error));
-		/* without its DSN a bounce is not final: try again later */
-		for (i = 0; i < dj->n; i++)
-			if (dj->exps[i]->out == OUT_BOUNCED)
-				dj->exps[i]->out = OUT_DEFERRED;
-		if (dj->kind == DSN_DELAY)
-			mq->st.warned = false;
-	}
-	dstr_free(&job->head);
-	dstr_free(&job->content);
-	free(job);
-	free(dj->exps);
-	free(dj);
-	if (--mq->inflight == 0)
-		disk_phase(mq);
-}
-
-/* Queues one DSN about the listed expansions, to `to` from <>. */
-static void
-queue_dsn(struct qmsg *mq, int kind, struct qexp **exps, size_t n, const char *to)
-{
-	struct qmgr *q = mq->q;
-	struct dsn_entry *ents = xcalloc(n, sizeof(*ents));
-	struct dsn_report rep;
-	struct spool_envelope env;
-	struct commit_job *job = xcalloc(1, sizeof(*job));
-	struct dsnjob *dj = xcalloc(1, sizeof(*dj));
-	uint64_t now = now_usec();
-	char mid[64];
-	const char *rcpt = to;
-	size_t i;
-
-	memset(&rep, 0, sizeof(rep));
-	rep.reporting_mta = q->cf->hostname;
-	rep.queue_id = mq->id;
-	rep.arrival_usec = mq->m.arrival_usec;
-	rep.sender = to;
-	rep.envid = mq->sp.envid[0] ? mq->sp.envid : NULL;
-	rep.ret = mq->sp.ret;
-	rep.kind = kind;
-	rep.content = mq->image + mq->m.content_offset;
-	rep.content_len = mq->m.content_len;
-	for (i = 0; i < n; i++) {
-		struct qrcpt *qr = rcpt_of(mq, exps[i]);
-
-		ents[i].final_rcpt = exps[i]->addr;
-		if (qr->dsn.orcpt[0]) {
-			ents[i].orcpt_type = qr->dsn.orcpt_type;
-			ents[i].orcpt = qr->dsn.orcpt;
-		}
-		ents[i].action = kind == DSN_FAILURE ? "failed" : kind == DSN_DELAY ? "delayed" : "delivered";
-		ents[i].status = exps[i]->status;
-		ents[i].remote_mta = exps[i]->relay[0] ? exps[i]->relay : NULL;
-		ents[i].diagnostic = exps[i]->diag[0] ? exps[i]->diag : NULL;
-		ents[i].last_attempt_usec = now;
-		if (kind == DSN_DELAY)
-			ents[i].will_retry_until_usec = mq->m.arrival_usec +
-				(uint64_t)q->cf->maximal_queue_lifetime * 1000000u;
-	}
-	qid_next(job->id);
-	snprintf(mid, sizeof(mid), "%s.%s", job->id, mq->id);
-	dstr_init(&job->content, 0);
-	dsn_build(&rep, ents, n, mid, &job->content);
-	free(ents);
-	memset(&env, 0, sizeof(env));
-	env.arrival_usec = now;
-	env.client = "127.0.0.1";
-	env.helo = q->cf->hostname;
-	env.proto = "DSN";
-	env.sender = "";
-	env.rcpts = &rcpt;
-	env.nrcpt = 1;
-	dstr_init(&job->head, 0);
-	spool_encode_head(&env, job->content.len, &job->head);
-	job->done = dsn_committed;
-	job->arg = dj;
-	dj->mq = mq;
-	dj->kind = kind;
-	dj->exps = xcalloc(n, sizeof(*dj->exps));
-	memcpy(dj->exps, exps, n * sizeof(*exps));
-	dj->n = n;
-	mq->inflight++;
-	commit_submit(q->commit, job);
-}
-
-static void
-msg_finish(struct qmsg *mq)
-{
-	struct qmgr *q = mq->q;
-	uint64_t age = (now_usec() - mq->m.arrival_usec) / 1000000u;
-	int lifetime = sender_is_null(mq) ? q->cf->bounce_queue_lifetime : q->cf->maximal_queue_lifetime;
-	struct qexp **fail, **delay, **succ;
-	size_t nfail = 0, ndelay = 0, nsucc = 0, total = 0, i, k;
-	const char *to;
-
-	for (i = 0; i < mq->nr; i++)
-		total += mq->r[i].nexps;
-	fail = xcalloc(total + 1, sizeof(*fail));
-	delay = xcalloc(total + 1, sizeof(*delay));
-	succ = xcalloc(total + 1, sizeof(*succ));
-	for (i = 0; i < mq->nr; i++) {
-		struct qrcpt *qr = &mq->r[i];
-
-		for (k = 0; k < qr->nexps; k++) {
-			struct qexp *e = &qr->exps[k];
-
-			if (e->out == OUT_DEFERRED && lifetime > 0 && age >= (uint64_t)lifetime) {
-				char d[sizeof(e->diag) + 64];
-
-				snprintf(d, sizeof(d), "delivery time expired; last error: %s", e->diag);
-				snprintf(e->diag, sizeof(e->diag), "%.*s", (int)sizeof(e->diag) - 1, d);
-				e->out = OUT_BOUNCED;
-			}
-			if (e->out == OUT_DEFERRED) {
-				atomic_fetch_add(&q->ctr->deferred, 1);
-				log_result(mq, qr, e, "deferred");
-				if (notify_wants(qr, DSN_NOTIFY_DELAY))
-					delay[ndelay++] = e;
-			} else if (e->out == OUT_BOUNCED) {
-				atomic_fetch_add(&q->ctr->bounced, 1);
-				log_result(mq, qr, e, "bounced");
-				if (notify_wants(qr, DSN_NOTIFY_FAILURE))
-					fail[nfail++] = e;
-			} else if (e->out == OUT_DELIVERED && notify_wants(qr, DSN_NOTIFY_SUCCESS)) {
-				succ[nsucc++] = e;
-			}
-		}
-	}
-	mq->inflight++;         /* held while DSNs are queued */
-	to = mq->m.sender;
-	if (sender_is_null(mq)) {
-		/* never bounce a bounce: the postmaster gets failures, or nobody */
-		if (nfail && q->cf->bounce_notice_recipient)
-			queue_dsn(mq, DSN_FAILURE, fail, nfail, q->cf->bounce_notice_recipient);
-		else if (nfail)
-			msg_info("%s: undeliverable DSN discarded (null sender, no bounce_notice_recipient)",
-				 mq->id);
-	} else {
-		if (nfail)
-			queue_dsn(mq, DSN_FAILURE, fail, nfail, to);
-		if (nsucc)
-			queue_dsn(mq, DSN_SUCCESS, succ, nsucc, to);
-		if (ndelay && !mq->st.warned && q->cf->delay_warning_time > 0 &&
-		    age >= (uint64_t)q->cf->delay_warning_time) {
-			mq->st.warned = true;
-			queue_dsn(mq, DSN_DELAY, delay, ndelay, to);
-		}
-	}
-	free(fail);
-	free(delay);
-	free(succ);
-	if (--mq->inflight == 0)
-		disk_phase(mq);
-}
-
-/* ---- making the results durable (on an I/O thread) ---- */
-
-struct diskjob {
-	struct qmsg *mq;
-	size_t *offsets;        /* recipient records that became final */
-	char *types;
-	size_t nmarks;
-	int err;
-};
-
-static void
-disk_work(void *arg)
-{
-	struct diskjob *dj = arg;
-	struct qmsg *mq = dj->mq;
-	struct qmgr *q = mq->q;
-	int afd = q->dirfd[D_ACTIVE], fd, err = 0;
-	struct timespec ts[2];
-	size_t i;
-
-	if (mq->delete_req || mq->remove) {
-		/* every recipient is final (or the admin said so): the file goes */
-		if (unlinkat(afd, mq->id, 0) < 0 && errno != ENOENT)
-			err = errno;
-		unlinkat(q->dirfd[D_DEFER], mq->id, 0);
-		if (err == 0)
-			err = dirsync_wait(q->active_ds);
-		dj->err = err;
-		return;
-	}
-	/* recipients that became final: marks first, durable, then the status */
-	if (dj->nmarks) {
-		fd = openat(afd, mq->id, O_WRONLY | O_CLOEXEC);
-		if (fd < 0) {
-			dj->err = errno;
-			return;
-		}
-		for (i = 0; i < dj->nmarks && err == 0; i++)
-			if (pwrite(fd, &dj->types[i], 1, (off_t)dj->offsets[i]) != 1)
-				err = errno ? errno : EIO;
-		if (err == 0 && fdatasync(fd) < 0)
-			err = errno;
-		close(fd);
-		if (err) {
-			dj->err = err;
-			return;
-		}
-	}
-	err = qstatus_write(q->dirfd[D_DEFER], q->defer_ds, mq->id, &mq->st);
-	if (err) {
-		dj->err = err;
-		return;
-	}
-	ts[0].tv_sec = ts[1].tv_sec = mq->next_retry;
-	ts[0].tv_nsec = ts[1].tv_nsec = 0;
-	utimensat(afd, mq->id, ts, 0);
-	if (renameat(afd, mq->id, q->dirfd[mq->hold_req ? D_HOLD : D_DEFERRED], mq->id) < 0)
-		dj->err = errno;
-}
-
-static void msg_release_slot(struct qmgr *q);
-
-static void
-disk_done(void *arg)
-{
-	struct diskjob *dj = arg;
-	struct qmsg *mq = dj->mq;
-	struct qmgr *q = mq->q;
-
-	if (dj->err)
-		msg_warn("%s: cannot record delivery results: %s (the message stays in active/)",
-			 mq->id, strerror(dj->err));
-	else if (mq->delete_req)
-		msg_info("%s: removed by the administrator", mq->id);
-	else if (mq->remove)
-		msg_info("%s: removed", mq->id);
-	else if (mq->hold_req)
-		msg_info("%s: placed on hold", mq->id);
-	if (mq->prev)
-		mq->prev->next = mq->next;
-	else
-		q->msgs = mq->next;
-	if (mq->next)
-		mq->next->prev = mq->prev;
-	free(dj->offsets);
-	free(dj->types);
-	free(dj);
-	msg_free(mq);
-	msg_release_slot(q);
-}
-
-static time_t
-next_retry(const struct qmgr *q, const struct qmsg *mq)
-{
-	time_t now = time(NULL);
-	uint64_t age = (now_usec() - mq->m.arrival_usec) / 1000000u;
-	uint64_t b = age;
-
-	if (b < (uint64_t)q->cf->minimal_backoff_time)
-		b = (uint64_t)q->cf->minimal_backoff_time;
-	if (b > (uint64_t)q->cf->maximal_backoff_time)
-		b = (uint64_t)q->cf->maximal_backoff_time;
-	return now + (time_t)b;
-}
-
-static void
-disk_phase(struct qmsg *mq)
-{
-	struct diskjob *dj = xcalloc(1, sizeof(*dj));
-	size_t i, k, pending = 0;
-
-	dj->mq = mq;
-	dj->offsets = xcalloc(mq->nr + 1, sizeof(*dj->offsets));
-	dj->types = xcalloc(mq->nr + 1, 1);
-	for (i = 0; i < mq->nr; i++) {
-		struct qrcpt *qr = &mq->r[i];
-		bool final = true, bounced = false;
-		const char *err = NULL;
-
-		for (k = 0; k < qr->nexps; k++) {
-			struct qexp *e = &qr->exps[k];
-
-			if (e->out == OUT_DEFERRED || e->out == OUT_PENDING) {
-				final = false;
-				err = e->diag;
-			} else if (e->out == OUT_BOUNCED) {
-				bounced = true;
-			}
-		}
-		if (qr->nexps == 0) {
-			final = false;
-			err = "no route";
-		}
-		if (final) {
-			dj->offsets[dj->nmarks] = mq->m.rcpts[qr->index].type_offset;
-			dj->types[dj->nmarks] = bounced ? SPOOL_REC_RCPT_BOUNCED : SPOOL_REC_RCPT_DONE;
-			dj->nmarks++;
-			continue;
-		}
-		pending++;
-		/* a partly final alias expansion: remember what is done */
-		for (k = 0; k < qr->nexps; k++)
-			if (qr->exps[k].out == OUT_DELIVERED || qr->exps[k].out == OUT_BOUNCED)
-				qstatus_add_done(&mq->st, qr->index, qr->exps[k].addr);
-		qstatus_set_error(&mq->st, qr->index, err ? err : "deferred");
-	}
-	mq->remove = pending == 0;
-	if (!mq->remove) {
-		mq->st.attempts++;
-		mq->next_retry = next_retry(mq->q, mq);
-	}
-	iopool_run(mq->q->io, disk_work, disk_done, dj);
-}
-
 /* ---- taking messages in ---- */
 
-static void
+void
 msg_release_slot(struct qmgr *q)
 {
 	q->nactive--;

@@ -1,0 +1,101 @@
+/*
+ * qmgr.h - what the queue manager's files (qmgr.c: taking messages in,
+ * routing and delivering them; outcome.c: recording what came of it)
+ * share inside the qmgr process. Not an interface for other modules
+ * (that is queue.h).
+ */
+#ifndef SORTER_QUEUE_QMGR_H
+#define SORTER_QUEUE_QMGR_H
+
+#include <stdbool.h>
+#include <time.h>
+
+#include "lib/lib.h"
+#include "queue/queue.h"
+#include "router/router.h"
+
+enum outcome { OUT_PENDING, OUT_DELIVERED, OUT_BOUNCED, OUT_DEFERRED, OUT_DONE_BEFORE };
+
+struct qexp {                   /* one final address of a recipient */
+	char addr[ADDR_PATH_MAX + 1];
+	enum outcome out;
+	char status[16];
+	char diag[512];
+	char relay[300];
+	char node[ROUTER_NODE_MAX + 1];
+	bool claimed;           /* taken by a transaction */
+};
+
+struct qrcpt {
+	size_t index;           /* in the spool file */
+	struct qexp *exps;      /* one per route in rl */
+	size_t nexps;
+	struct route_list rl;
+	struct dsn_rcpt_params dsn;
+};
+
+struct qmsg;
+
+struct qdest {                  /* one LMTP transaction: a message's share for one node */
+	struct qmsg *msg;
+	struct lmtp_txn txn;
+	const char **rcpts;
+	struct qexp **exps;
+	struct lmtp_rcpt_result *results;
+};
+
+struct qmsg {
+	struct qmgr *q;
+	char id[QID_LEN + 1];
+	unsigned char *image;
+	size_t len;
+	struct spool_msg m;
+	struct dsn_sender_params sp;
+	struct qstatus st;
+	struct qrcpt *r;
+	size_t nr;
+	int inflight;           /* LMTP transactions and DSN commits under way */
+	bool finishing;
+	bool hold_req, delete_req;
+	bool remove;            /* every recipient final: unlink */
+	bool eightbit;          /* the content has bytes >= 0x80 */
+	time_t next_retry;
+	uint64_t start_usec;
+	struct qmsg *prev, *next;
+};
+
+struct qmgr {
+	struct config *cf;
+	struct counters *ctr;
+	struct event_base *base;
+	struct router *router;
+	struct lmtp_pool *lmtp;
+	struct commit_pool *commit;     /* for DSNs */
+	struct iopool *io;
+	struct dirsync *active_ds, *defer_ds;
+	int dirfd[QUEUE_NDIRS];         /* incoming active deferred hold defer corrupt */
+	struct qmsg *msgs;
+	int nactive;
+	bool backlog;                   /* incoming/ had more than we took */
+	int wake_fd;
+	struct event *wake_ev, *scan_ev, *defer_ev, *term_ev;
+	struct control *control;
+	bool stopping;
+	int lock_fd;
+};
+
+/* indexes into the folders of queue_open_dirs() */
+enum { D_INCOMING, D_ACTIVE, D_DEFERRED, D_HOLD, D_DEFER, D_CORRUPT };
+
+/* qmgr.c */
+bool sender_is_null(const struct qmsg *mq);
+void msg_free(struct qmsg *mq);
+struct qrcpt *rcpt_of(struct qmsg *mq, const struct qexp *e);
+void log_result(struct qmsg *mq, const struct qrcpt *qr, const struct qexp *e, const char *what);
+/* a message left memory: take more work if some waits */
+void msg_release_slot(struct qmgr *q);
+
+/* outcome.c: every transaction of the attempt has reported */
+void msg_finish(struct qmsg *mq);
+
+#endif
