@@ -7,8 +7,9 @@
  * renames it owns it) -> gone, or -> deferred/ with the file's mtime as its
  * next retry time, or -> hold/. A wake-up datagram from a worker carries
  * the id of a new message; it is only a hint: incoming/ is rescanned at
- * start and on a timer, active/ at start (what a crash left in flight is
- * tried again), deferred/ every queue_run_delay.
+ * start and on a timer, active/ at start and with each queue run (what a
+ * crash or a failed write left there is tried again), deferred/ every
+ * queue_run_delay.
  *
  * Results become durable before anything acts on them (outcome.c): a
  * bounce's DSN is committed before its recipient is marked bounced;
@@ -403,6 +404,17 @@ qmgr_pickup(struct qmgr *q, const char *id)
 		(void)msg_load(q, D_INCOMING, id);
 }
 
+static struct qmsg *
+find_active(struct qmgr *q, const char *id)
+{
+	struct qmsg *mq;
+
+	for (mq = q->msgs; mq; mq = mq->next)
+		if (strcmp(mq->id, id) == 0)
+			return mq;
+	return NULL;
+}
+
 static int
 strcmp_ptr(const void *a, const void *b)
 {
@@ -431,6 +443,8 @@ scan_dir(struct qmgr *q, int d, bool due_only)
 	while ((de = readdir(dir)) != NULL) {
 		if (!qid_valid(de->d_name))
 			continue;
+		if (d == D_ACTIVE && find_active(q, de->d_name))
+			continue;       /* being delivered right now */
 		if (due_only && (fstatat(q->dirfd[d], de->d_name, &sb, 0) < 0 || sb.st_mtime > now))
 			continue;
 		if (n == cap) {
@@ -456,17 +470,6 @@ scan_dir(struct qmgr *q, int d, bool due_only)
 }
 
 /* ---- control (called by control.c for sorterctl) ---- */
-
-static struct qmsg *
-find_active(struct qmgr *q, const char *id)
-{
-	struct qmsg *mq;
-
-	for (mq = q->msgs; mq; mq = mq->next)
-		if (strcmp(mq->id, id) == 0)
-			return mq;
-	return NULL;
-}
 
 int
 qmgr_control(struct qmgr *q, enum queue_op op, const char *id, struct dstr *out)
@@ -559,6 +562,9 @@ on_scan(evutil_socket_t fd, short what, void *arg)
 static void
 on_defer_scan(evutil_socket_t fd, short what, void *arg)
 {
+	/* a message whose results could not be recorded stays in active/:
+	 * it is tried again here rather than only at the next start */
+	scan_dir(arg, D_ACTIVE, false);
 	scan_dir(arg, D_DEFERRED, true);
 }
 
