@@ -188,6 +188,7 @@ struct counters *counters_create(void);
 
 /* ---- file system (util.c) ---- */
 int fsync_dir(const char *path);
+int fsync_path(const char *path);      /* e.g. a file Berkeley DB wrote */
 int write_all(int fd, const void *p, size_t n);
 int mkdir_p(const char *path, mode_t mode);
 

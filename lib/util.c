@@ -73,10 +73,10 @@ rfc5322_date(time_t t, char *buf, size_t buflen)
 		buf[0] = '\0';
 }
 
-int
-fsync_dir(const char *path)
+static int
+fsync_open(const char *path, int flags)
 {
-	int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int fd = open(path, O_RDONLY | O_CLOEXEC | flags);
 	int rc, saved;
 
 	if (fd < 0)
@@ -86,6 +86,18 @@ fsync_dir(const char *path)
 	close(fd);
 	errno = saved;
 	return rc;
+}
+
+int
+fsync_dir(const char *path)
+{
+	return fsync_open(path, O_DIRECTORY);
+}
+
+int
+fsync_path(const char *path)
+{
+	return fsync_open(path, 0);
 }
 
 int

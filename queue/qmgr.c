@@ -207,7 +207,6 @@ msg_deliver(struct qmsg *mq)
 {
 	struct qmgr *q = mq->q;
 	size_t i, k, a, b, n;
-	char key[ADDR_PATH_MAX + 64], key2[ADDR_PATH_MAX + 64];
 
 	mq->inflight++;         /* held until every transaction has started */
 	for (i = 0; i < mq->nr; i++) {
@@ -218,11 +217,12 @@ msg_deliver(struct qmsg *mq)
 
 			if (e->out != OUT_PENDING || e->claimed)
 				continue;
-			dest_key(rt, key, sizeof(key));
+			/* this expansion and every later one for the same node */
 			n = 0;
 			for (a = i; a < mq->nr; a++)
 				for (b = 0; b < mq->r[a].nexps; b++)
-					if (mq->r[a].exps[b].out == OUT_PENDING && !mq->r[a].exps[b].claimed)
+					if (mq->r[a].exps[b].out == OUT_PENDING && !mq->r[a].exps[b].claimed &&
+					    strcmp(mq->r[a].exps[b].dest, e->dest) == 0)
 						n++;
 			qd = xcalloc(1, sizeof(*qd));
 			qd->msg = mq;
@@ -234,10 +234,7 @@ msg_deliver(struct qmsg *mq)
 				for (b = 0; b < mq->r[a].nexps; b++) {
 					struct qexp *x = &mq->r[a].exps[b];
 
-					if (x->out != OUT_PENDING || x->claimed)
-						continue;
-					dest_key(&mq->r[a].rl.v[b], key2, sizeof(key2));
-					if (strcmp(key, key2) != 0)
+					if (x->out != OUT_PENDING || x->claimed || strcmp(x->dest, e->dest) != 0)
 						continue;
 					x->claimed = true;
 					qd->rcpts[n] = x->addr;
@@ -255,7 +252,7 @@ msg_deliver(struct qmsg *mq)
 			qd->txn.done = dest_done;
 			qd->txn.arg = qd;
 			mq->inflight++;
-			lmtp_deliver(q->lmtp, key, rt->endpoints, rt->nendpoints, &qd->txn);
+			lmtp_deliver(q->lmtp, e->dest, rt->endpoints, rt->nendpoints, &qd->txn);
 		}
 	}
 	if (--mq->inflight == 0)
@@ -305,9 +302,12 @@ msg_route(struct qmsg *mq)
 			}
 			switch (rt->kind) {
 			case ROUTE_LOCAL:
-				e->out = rt->nendpoints ? OUT_PENDING : OUT_DEFERRED;
-				if (!rt->nendpoints)
+				if (rt->nendpoints == 0) {
 					exp_set(e, OUT_DEFERRED, "4.3.0", "node has no endpoints");
+					break;
+				}
+				e->out = OUT_PENDING;
+				dest_key(rt, e->dest, sizeof(e->dest));
 				break;
 			case ROUTE_REMOTE:
 				exp_set(e, OUT_DEFERRED, "4.4.0",

@@ -23,6 +23,7 @@ struct qexp {                   /* one final address of a recipient */
 	char diag[512];
 	char relay[300];
 	char node[ROUTER_NODE_MAX + 1];
+	char dest[ADDR_PATH_MAX + 64];  /* the node name, or the first endpoint: the LMTP pool's key */
 	bool claimed;           /* taken by a transaction */
 };
 

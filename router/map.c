@@ -223,20 +223,6 @@ first_line_of(const char *name, const char *src, size_t len, const char *key)
 	return 0;
 }
 
-static int
-fsync_path(const char *path)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC), rc, saved;
-
-	if (fd < 0)
-		return -1;
-	rc = fsync(fd);
-	saved = errno;
-	close(fd);
-	errno = saved;
-	return rc;
-}
-
 static long
 db_build_type(const char *arg, DBTYPE type, const char *name, const char *src, size_t len,
 	      const struct stat *like, char *err, size_t errlen)

@@ -497,41 +497,36 @@ static void
 commit_done(struct commit_job *job, void *arg)
 {
 	struct session *s = arg;
+	int error = job->error;
 
-	if (job->error == 0 && s->gone) {
-		atomic_fetch_add(&s->w->ctr->messages_in, 1);
-		qmgr_wake(s->w->cf->spool_dir, &s->w->wake_fd, job->id);
-	}
-	if (job->error == 0)
+	if (error == 0) {
+		/* queued, whether or not the client is still there to hear it */
 		msg_info("%s: from=<%s>, size=%zu, nrcpt=%zu, client=[%s]%s%s", job->id,
 			 s->sender, job->content.len, s->nrcpt, s->addr,
 			 s->tls ? ", tls=" : "", s->tls ? s->tls_desc : "");
-	else
-		msg_warn("%s: queue file write error: %s", job->id, strerror(job->error));
-	if (s->gone) {
-		if (job->error == 0)
-			msg_info("%s: client [%s] left before the reply", job->id, s->addr);
-		s->job = NULL;
-		dstr_free(&job->head);
-		dstr_free(&job->content);
-		free(job);
-		session_close(s);
-		return;
-	}
-	if (job->error == 0) {
-		reply(s, "250 2.0.0 Ok: queued as %s", job->id);
-		s->n_msgs++;
 		atomic_fetch_add(&s->w->ctr->messages_in, 1);
 		qmgr_wake(s->w->cf->spool_dir, &s->w->wake_fd, job->id);
-	} else if (job->error == ENOSPC || job->error == EDQUOT) {
-		reply(s, "452 4.3.1 Insufficient system storage");
+		if (s->gone)
+			msg_info("%s: client [%s] left before the reply", job->id, s->addr);
+		else {
+			reply(s, "250 2.0.0 Ok: queued as %s", job->id);
+			s->n_msgs++;
+		}
 	} else {
-		reply(s, "451 4.3.0 Error: queue file write error");
+		msg_warn("%s: queue file write error: %s", job->id, strerror(error));
+		if (!s->gone)
+			reply(s, error == ENOSPC || error == EDQUOT ?
+			      "452 4.3.1 Insufficient system storage" :
+			      "451 4.3.0 Error: queue file write error");
 	}
 	s->job = NULL;
 	dstr_free(&job->head);
 	dstr_free(&job->content);
 	free(job);
+	if (s->gone) {
+		session_close(s);
+		return;
+	}
 	s->state = SS_READY;
 	transaction_reset(s);
 	set_read_timeout(s, s->w->cf->smtpd_timeout);
