@@ -71,6 +71,7 @@ struct session {
 	bool long_line;                /* discarding the rest of an over-long line */
 	bool drain;                    /* end at the next command boundary */
 	bool gone;                     /* the client went away during a commit */
+	struct event *flush_ev;        /* TLS close: fires when the socket's output is written */
 
 	/* the transaction */
 	char *sender;
@@ -671,13 +672,78 @@ on_read(struct bufferevent *bev, void *arg)
 	process_input(arg);
 }
 
+/*
+ * Closing a TLS session: when the filter's write callback runs, the last
+ * replies have only been encrypted into the socket layer's output buffer;
+ * closing now would discard them (a sender that pipelined "." and QUIT then
+ * never sees its 250 and delivers again). So close_notify is queued behind
+ * them, and the socket is closed once that buffer is on the wire, the client
+ * hangs up, or smtpd_timeout passes.
+ */
+static void
+on_flushed(evutil_socket_t fd, short what, void *arg)
+{
+	session_close(arg);
+}
+
+static void
+on_tls_output(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+	struct session *s = arg;
+
+	/* inside libevent's write path: close from the loop, not from here */
+	if (evbuffer_get_length(buf) == 0)
+		event_active(s->flush_ev, EV_TIMEOUT, 0);
+}
+
+static void
+on_closing_event(struct bufferevent *bev, short what, void *arg)
+{
+	struct session *s = arg;
+
+	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT))
+		event_active(s->flush_ev, EV_TIMEOUT, 0);
+}
+
+static void
+close_after_flush(struct session *s)
+{
+	struct bufferevent *under = s->tls ? bufferevent_get_underlying(s->bev) : NULL;
+	struct evbuffer *out;
+	struct timeval tv = { s->w->cf->smtpd_timeout, 0 };
+	SSL *ssl;
+
+	if (under == NULL) {
+		session_close(s);       /* plain: the output buffer is on the wire already */
+		return;
+	}
+	if (s->flush_ev != NULL)
+		return;                 /* already waiting */
+	ssl = bufferevent_openssl_get_ssl(s->bev);
+	if (ssl != NULL && SSL_is_init_finished(ssl))
+		(void)SSL_shutdown(ssl);        /* close_notify, behind the last reply */
+	out = bufferevent_get_output(under);
+	if (evbuffer_get_length(out) == 0) {
+		session_close(s);
+		return;
+	}
+	s->flush_ev = event_new(s->w->base, -1, 0, on_flushed, s);
+	if (s->flush_ev == NULL) {
+		session_close(s);
+		return;
+	}
+	bufferevent_setcb(s->bev, NULL, NULL, on_closing_event, s);
+	evbuffer_add_cb(out, on_tls_output, s);
+	event_add(s->flush_ev, &tv);
+}
+
 static void
 on_write(struct bufferevent *bev, void *arg)
 {
 	struct session *s = arg;
 
 	if (s->state == SS_CLOSING) {
-		session_close(s);
+		close_after_flush(s);
 		return;
 	}
 	process_input(s);
@@ -702,7 +768,7 @@ on_event(struct bufferevent *bev, short what, void *arg)
 	if (what & BEV_EVENT_TIMEOUT) {
 		msg_info("timeout after %s from [%s]", s->state == SS_DATA ? "DATA" : "command", s->addr);
 		if (s->state == SS_CLOSING) {
-			session_close(s);
+			session_close(s);       /* the client does not read its last reply */
 			return;
 		}
 		snprintf(buf, sizeof(buf), "421 4.4.2 %s Error: timeout exceeded", s->w->cf->hostname);
@@ -786,6 +852,11 @@ session_close(struct session *s)
 	}
 	msg_info("disconnect from [%s] messages=%u", s->addr, s->n_msgs);
 	transaction_reset(s);
+	if (s->flush_ev) {
+		evbuffer_remove_cb(bufferevent_get_output(bufferevent_get_underlying(s->bev)),
+				   on_tls_output, s);
+		event_free(s->flush_ev);
+	}
 	if (s->bev)
 		bufferevent_free(s->bev);
 	if (s->prev)

@@ -5,6 +5,7 @@ in the Received: header and the log."""
 import os
 import re
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -227,3 +228,80 @@ class NoTLSTest(SorterTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+@unittest.skipUnless(shutil.which("openssl"), "openssl not installed")
+class TLSCloseTest(SorterTestCase):
+    """Every reply queued before sorterd closes a TLS session reaches the client: the 250 and
+    221 of a pipelined "." + QUIT (as Postfix sends them), and the 421 of a limit, a timeout
+    or a drain. Each case runs in several sessions, since a lost reply depends on timing."""
+
+    ROUNDS = 10
+
+    @classmethod
+    def setUpClass(cls):
+        cls.certdir = tempfile.mkdtemp(prefix="sorter-it-tlsclose-")
+        cls.cert, cls.key = make_cert(cls.certdir)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.certdir, ignore_errors=True)
+
+    def tls_session(self, d):
+        c = self.connect(d)
+        self.assertEqual(c.ehlo().code, 250)
+        self.assertReply(c.starttls(), 220, "2.0.0")
+        self.assertEqual(c.ehlo().code, 250)
+        return c
+
+    def open_transaction(self, c):
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 250, "2.1.0")
+        self.assertReply(c.cmd("RCPT TO:<%s>" % RCPT), 250, "2.1.5")
+        self.assertReply(c.cmd("DATA"), 354)
+
+    def test_pipelined_dot_and_quit(self):
+        d = self.sorterd(tls_cert_file=self.cert, tls_key_file=self.key)
+        for i in range(self.ROUNDS):
+            c = self.tls_session(d)
+            self.open_transaction(c)
+            c.send(message("pipelined %d" % i).encode() + b"\r\n.\r\nQUIT\r\n")
+            r = c.reply(timeout=30)
+            self.assertReply(r, 250, "2.0.0", "round %d: the 250 after the final dot was lost" % i)
+            self.assertRegex(r.texts[-1], r"queued as")
+            self.assertReply(c.reply(), 221, "2.0.0", "round %d: the 221 was lost" % i)
+            self.assertTrue(c.closed(5), "round %d: not closed after 221" % i)
+
+    def test_quit_after_250(self):
+        d = self.sorterd(tls_cert_file=self.cert, tls_key_file=self.key)
+        for i in range(self.ROUNDS):
+            c = self.tls_session(d)
+            r, qid = c.send_message(SENDER, [RCPT], message("then quit %d" % i), ehlo=False)
+            self.assertQueued(r, qid)
+            self.assertReply(c.cmd("QUIT"), 221, "2.0.0", "round %d: the 221 was lost" % i)
+            self.assertTrue(c.closed(5))
+
+    def test_error_limit_reply(self):
+        d = self.sorterd(tls_cert_file=self.cert, tls_key_file=self.key,
+                         smtpd_hard_error_limit=3)
+        for i in range(self.ROUNDS):
+            c = self.tls_session(d)
+            c.send(b"BOGUS1\r\nBOGUS2\r\nBOGUS3\r\n")
+            self.assertEqual(c.reply().code, 500)
+            self.assertEqual(c.reply().code, 500)
+            self.assertEqual(c.reply().code, 500)
+            self.assertReply(c.reply(), 421, "4.7.0", "round %d: the 421 was lost" % i)
+            self.assertTrue(c.closed(5))
+
+    def test_timeout_reply(self):
+        d = self.sorterd(tls_cert_file=self.cert, tls_key_file=self.key, smtpd_timeout=1)
+        c = self.tls_session(d)
+        self.assertReply(c.reply(timeout=10), 421, "4.4.2", "the timeout's 421 was lost")
+        self.assertTrue(c.closed(5))
+
+    def test_drain_reply(self):
+        d = self.sorterd(tls_cert_file=self.cert, tls_key_file=self.key)
+        clients = [self.tls_session(d) for _ in range(4)]
+        os.kill(d.pid, signal.SIGTERM)
+        for c in clients:
+            self.assertReply(c.reply(timeout=10), 421, "4.3.2", "the drain's 421 was lost")
+            self.assertTrue(c.closed(5))
