@@ -193,6 +193,12 @@ ehlo_keyword(const char *t, size_t n, struct ehlo_caps *c)
 		c->enhancedstatuscodes = true;
 	else if (IS("DSN"))
 		c->dsn = true;
+	else if (IS("STARTTLS"))
+		c->starttls = true;
+	else if (IS("SMTPUTF8"))
+		c->smtputf8 = true;
+	else if (IS("CHUNKING"))
+		c->chunking = true;
 	else if (IS("SIZE")) {
 		c->size = true;
 		c->size_max = 0;

@@ -316,12 +316,16 @@ struct reply {
  * REPLY_LINE_MAX, more than REPLY_LINES_MAX lines), with *why static. */
 ssize_t reply_parse(const char *buf, size_t len, struct reply *r, const char **why);
 
-/* What an EHLO/LHLO reply offers (RFC 2920, 1870, 6152, 2034, 3461). */
+/* What an EHLO/LHLO reply offers (RFC 2920, 1870, 6152, 2034, 3461,
+ * 3207, 6531, 3030). */
 struct ehlo_caps {
 	bool pipelining;
 	bool eightbitmime;
 	bool enhancedstatuscodes;
 	bool dsn;
+	bool starttls;
+	bool smtputf8;
+	bool chunking;                  /* BDAT offered */
 	bool size;                      /* SIZE offered */
 	unsigned long long size_max;    /* its limit; 0 = none stated */
 };

@@ -184,6 +184,7 @@ struct ecase {
 	const char *in;
 	bool pipelining, eightbitmime, enhanced, dsn, size;
 	unsigned long long size_max;
+	bool starttls, smtputf8, chunking;
 };
 
 static const struct ecase ecases[] = {
@@ -202,7 +203,16 @@ static const struct ecase ecases[] = {
 	{ "250-node\r\n250 SIZE 100 extra\r\n", .size = true, .size_max = 100 },
 	{ "250-node\r\n250-PIPELININGX\r\n250-X-PIPELINING\r\n250 8BITMIMES\r\n", .pipelining = false },
 	{ "250-node\n250 PIPELINING\n", .pipelining = true },
-	{ "250-node\r\n250-AUTH PLAIN\r\n250 STARTTLS\r\n", .pipelining = false },
+	{ "250-node\r\n250-AUTH PLAIN\r\n250 STARTTLS\r\n", .starttls = true },
+	{ "250-node\r\n250-STARTTLS\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n", .starttls = true,
+	  .smtputf8 = true, .chunking = true },
+	{ "250-node\r\n250-starttls\r\n250-SmtpUtf8\r\n250 chunking\r\n", .starttls = true,
+	  .smtputf8 = true, .chunking = true },
+	{ "250 STARTTLS\r\n", .starttls = false },          /* the server's name, not a keyword */
+	{ "250-node\r\n250-STARTTLSX\r\n250-SMTPUTF\r\n250-X-CHUNKING\r\n250 CHUNKING2\r\n",
+	  .starttls = false },
+	{ "250-node\r\n250-CHUNKING extra\r\n250 SMTPUTF8\r\n", .chunking = true, .smtputf8 = true },
+	{ "250-node\n250-STARTTLS\n250 8BITMIME\n", .starttls = true, .eightbitmime = true },
 };
 
 START_TEST(test_ehlo)
@@ -217,6 +227,9 @@ START_TEST(test_ehlo)
 	ck_assert_msg(c.dsn == e->dsn, "%s: dsn", e->in);
 	ck_assert_msg(c.size == e->size, "%s: size", e->in);
 	ck_assert_msg(c.size_max == e->size_max, "%s: size_max %llu", e->in, c.size_max);
+	ck_assert_msg(c.starttls == e->starttls, "%s: starttls", e->in);
+	ck_assert_msg(c.smtputf8 == e->smtputf8, "%s: smtputf8", e->in);
+	ck_assert_msg(c.chunking == e->chunking, "%s: chunking", e->in);
 }
 END_TEST
 
