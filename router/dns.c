@@ -9,13 +9,16 @@
  * returns), so a caller's state is never changed under its feet.
  *
  * It must never block: no getaddrinfo(3), no waiting for a server. A query
- * kind is a small struct query plus its c-ares callback; MX comes next.
+ * kind is a kind of struct dns_query plus its c-ares callback: addresses
+ * (ares_getaddrinfo) and MX (ares_query, its answer read by mx.c); both
+ * share one handle, one hand-over from the loop, and dns_cancel().
  * The address helpers at the end serve the callers: numeric addresses
  * that need no lookup, ports, and the "IP:PORT" form used in logs.
  */
 #include "config.h"
 
 #include <arpa/inet.h>
+#include <arpa/nameser.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,15 +42,27 @@ struct sockev {
 	struct sockev *next;
 };
 
+enum query_kind { Q_ADDR, Q_MX };
+
 struct dns_query {
 	struct dns *dns;
-	dns_callback *cb;
+	enum query_kind kind;
+	dns_callback *cb;               /* Q_ADDR */
+	dns_mx_callback *mxcb;          /* Q_MX */
 	void *arg;
 	bool cancelled;         /* the caller is gone; drop the answer */
 	bool answered;          /* c-ares is done with it; ev delivers the answer */
 	struct event *ev;
-	struct dns_answer ans;
-	struct sockaddr_storage addrs[DNS_ADDRS_MAX];
+	union {
+		struct {
+			struct dns_answer ans;
+			struct sockaddr_storage addrs[DNS_ADDRS_MAX];
+		} a;
+		struct {
+			struct dns_mx_answer ans;
+			struct dns_mx mx[DNS_MX_MAX];
+		} m;
+	} u;
 	char err[128];
 	struct dns_query *prev, *next;
 };
@@ -240,6 +255,25 @@ dns_free(struct dns *d)
 }
 
 static void
+on_answer_mx(struct dns_query *q)
+{
+	dns_mx_callback *cb = q->mxcb;
+	void *cbarg = q->arg;
+	bool cancelled = q->cancelled;
+	struct dns_mx mx[DNS_MX_MAX];
+	char err[sizeof(q->err)];
+	struct dns_mx_answer ans = q->u.m.ans;
+
+	memcpy(mx, q->u.m.mx, ans.nmx * sizeof(mx[0]));
+	memcpy(err, q->err, sizeof(err));
+	ans.mx = mx;
+	ans.err = ans.status == DNS_MX_OK ? NULL : err;
+	query_free(q);
+	if (!cancelled)
+		cb(&ans, cbarg);
+}
+
+static void
 on_answer(evutil_socket_t fd, short what, void *arg)
 {
 	struct dns_query *q = arg;
@@ -248,11 +282,16 @@ on_answer(evutil_socket_t fd, short what, void *arg)
 	bool cancelled = q->cancelled;
 	struct sockaddr_storage addrs[DNS_ADDRS_MAX];
 	char err[sizeof(q->err)];
-	struct dns_answer ans = q->ans;
+	struct dns_answer ans;
 
 	/* the query is gone before the callback runs, so the callback may do
 	 * anything: look up again, cancel, even free the resolver */
-	memcpy(addrs, q->addrs, sizeof(addrs));
+	if (q->kind == Q_MX) {
+		on_answer_mx(q);
+		return;
+	}
+	ans = q->u.a.ans;
+	memcpy(addrs, q->u.a.addrs, sizeof(addrs));
 	memcpy(err, q->err, sizeof(err));
 	ans.addrs = addrs;
 	ans.err = ans.error ? err : NULL;
@@ -268,19 +307,19 @@ take_addresses(struct dns_query *q, const struct ares_addrinfo *ai)
 	const struct ares_addrinfo_node *n;
 	int pass, fam;
 
-	q->ans.naddrs = 0;
+	q->u.a.ans.naddrs = 0;
 	for (pass = 0; pass < 2; pass++) {
 		fam = pass == 0 ? AF_INET : AF_INET6;
 		for (n = ai ? ai->nodes : NULL; n != NULL; n = n->ai_next) {
-			if (q->ans.naddrs >= DNS_ADDRS_MAX)
+			if (q->u.a.ans.naddrs >= DNS_ADDRS_MAX)
 				return;
 			if (n->ai_family != fam || n->ai_addr == NULL ||
-			    (size_t)n->ai_addrlen > sizeof(q->addrs[0]))
+			    (size_t)n->ai_addrlen > sizeof(q->u.a.addrs[0]))
 				continue;
-			memset(&q->addrs[q->ans.naddrs], 0, sizeof(q->addrs[0]));
-			memcpy(&q->addrs[q->ans.naddrs], n->ai_addr, n->ai_addrlen);
-			dns_addr_set_port(&q->addrs[q->ans.naddrs], 0);
-			q->ans.naddrs++;
+			memset(&q->u.a.addrs[q->u.a.ans.naddrs], 0, sizeof(q->u.a.addrs[0]));
+			memcpy(&q->u.a.addrs[q->u.a.ans.naddrs], n->ai_addr, n->ai_addrlen);
+			dns_addr_set_port(&q->u.a.addrs[q->u.a.ans.naddrs], 0);
+			q->u.a.ans.naddrs++;
 		}
 	}
 }
@@ -302,29 +341,28 @@ on_addrinfo(void *arg, int status, int timeouts, struct ares_addrinfo *ai)
 		take_addresses(q, ai);
 	if (ai)
 		ares_freeaddrinfo(ai);
-	if (status == ARES_SUCCESS && q->ans.naddrs == 0)
+	if (status == ARES_SUCCESS && q->u.a.ans.naddrs == 0)
 		status = ARES_ENODATA;
 	if (status != ARES_SUCCESS) {
-		q->ans.error = status;
-		q->ans.notfound = status == ARES_ENOTFOUND || status == ARES_ENODATA ||
+		q->u.a.ans.error = status;
+		q->u.a.ans.notfound = status == ARES_ENOTFOUND || status == ARES_ENODATA ||
 			status == ARES_ENONAME;
 		snprintf(q->err, sizeof(q->err), "%s",
-			 q->ans.notfound ? "host not found" :
+			 q->u.a.ans.notfound ? "host not found" :
 			 status == ARES_ETIMEOUT ? "timeout" : ares_strerror(status));
-		q->ans.err = q->err;
+		q->u.a.ans.err = q->err;
 	}
 	q->answered = true;
 	event_active(q->ev, EV_TIMEOUT, 0);
 }
 
-struct dns_query *
-dns_lookup(struct dns *d, const char *host, dns_callback *cb, void *arg)
+static struct dns_query *
+query_new(struct dns *d, enum query_kind kind, void *arg)
 {
 	struct dns_query *q = xcalloc(1, sizeof(*q));
-	struct ares_addrinfo_hints h;
 
 	q->dns = d;
-	q->cb = cb;
+	q->kind = kind;
 	q->arg = arg;
 	if ((q->ev = event_new(d->base, -1, 0, on_answer, q)) == NULL)
 		msg_fatal("dns: cannot create an event");
@@ -332,13 +370,99 @@ dns_lookup(struct dns *d, const char *host, dns_callback *cb, void *arg)
 	if (d->queries)
 		d->queries->prev = q;
 	d->queries = q;
+	return q;
+}
 
+struct dns_query *
+dns_lookup(struct dns *d, const char *host, dns_callback *cb, void *arg)
+{
+	struct dns_query *q = query_new(d, Q_ADDR, arg);
+	struct ares_addrinfo_hints h;
+
+	q->cb = cb;
 	memset(&h, 0, sizeof(h));
 	h.ai_family = AF_UNSPEC;
 	h.ai_socktype = SOCK_STREAM;
 	h.ai_flags = ARES_AI_NOSORT;
 	d->pending++;
 	ares_getaddrinfo(d->channel, host, NULL, &h, on_addrinfo, q);
+	dns_timer_update(d);
+	return q;
+}
+
+/* Equal preferences in a random order, so that load spreads over them
+ * (RFC 5321 5.1). */
+static unsigned
+mx_random(void *arg)
+{
+	return arc4random();
+}
+
+static void
+on_mx(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
+{
+	struct dns_query *q = arg;
+	struct dns *d = q->dns;
+	struct dns_mx_answer *a = &q->u.m.ans;
+	const char *err = NULL;
+
+	d->pending--;
+	if (q->cancelled || d->freeing || status == ARES_EDESTRUCTION) {
+		query_free(q);
+		return;
+	}
+	a->nmx = 0;
+	switch (status) {
+	case ARES_SUCCESS:
+		if (abuf == NULL || alen < 0) {
+			a->status = DNS_MX_TEMPFAIL;
+			break;
+		}
+		a->status = dns_mx_parse(abuf, (size_t)alen, q->u.m.mx, DNS_MX_MAX, &a->nmx,
+					 mx_random, NULL);
+		break;
+	case ARES_ENOTFOUND:
+		a->status = DNS_MX_NXDOMAIN;
+		break;
+	case ARES_ENODATA:
+		a->status = DNS_MX_NONE;
+		break;
+	default:
+		a->status = DNS_MX_TEMPFAIL;
+		err = status == ARES_ETIMEOUT ? "timeout" : ares_strerror(status);
+		break;
+	}
+	if (err == NULL)
+		switch (a->status) {
+		case DNS_MX_OK:
+			break;
+		case DNS_MX_NONE:
+			err = "no MX records";
+			break;
+		case DNS_MX_NULL:
+			err = "null MX: the domain accepts no mail";
+			break;
+		case DNS_MX_NXDOMAIN:
+			err = "Host or domain name not found";
+			break;
+		case DNS_MX_TEMPFAIL:
+			err = "malformed or unusable MX answer";
+			break;
+		}
+	snprintf(q->err, sizeof(q->err), "%s", err ? err : "");
+	q->answered = true;
+	event_active(q->ev, EV_TIMEOUT, 0);
+}
+
+struct dns_query *
+dns_mx_lookup(struct dns *d, const char *domain, dns_mx_callback *cb, void *arg)
+{
+	struct dns_query *q = query_new(d, Q_MX, arg);
+
+	q->mxcb = cb;
+	d->pending++;
+	/* ares_query, not ares_search: a mail domain is never relative */
+	ares_query(d->channel, domain, ns_c_in, ns_t_mx, on_mx, q);
 	dns_timer_update(d);
 	return q;
 }
@@ -351,7 +475,7 @@ dns_cancel(struct dns_query *q)
 	if (q->answered)
 		query_free(q);
 	else
-		q->cancelled = true;    /* on_addrinfo frees it */
+		q->cancelled = true;    /* on_addrinfo or on_mx frees it */
 }
 
 /* ---- addresses ---- */

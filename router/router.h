@@ -379,8 +379,59 @@ void dns_free(struct dns *d);
  * when the server gives both). The query handle is valid until its
  * callback runs or it is cancelled. */
 struct dns_query *dns_lookup(struct dns *d, const char *host, dns_callback *cb, void *arg);
-/* The callback will not run. */
+/* The callback will not run. Cancels either kind of query. */
 void dns_cancel(struct dns_query *q);
+
+/* ---- MX lookup (dns.c) and the MX answer parser (mx.c: pure, no I/O) ---- */
+#define DNS_MX_MAX 16             /* MX hosts kept from one answer */
+
+struct dns_mx {
+	unsigned short pref;
+	char host[ADDR_DOMAIN_MAX + 1];   /* lower-case, no trailing dot */
+};
+
+enum dns_mx_status {
+	DNS_MX_OK,        /* mx[0..nmx-1]: preference order, equal preferences in random order */
+	DNS_MX_NONE,      /* the domain exists and has no MX: deliver to its own A/AAAA (RFC 5321 5.1) */
+	DNS_MX_NULL,      /* RFC 7505 null MX ("0 ."): the domain accepts no mail -> bounce 5.1.10 */
+	DNS_MX_NXDOMAIN,  /* the domain does not exist -> bounce 5.1.2 */
+	DNS_MX_TEMPFAIL,  /* SERVFAIL, timeout, refused, malformed answer -> defer 4.4.3 */
+};
+
+struct dns_mx_answer {
+	enum dns_mx_status status;
+	const char *err;                  /* for logs/diagnostics: "Host not found", "timeout", ... */
+	const struct dns_mx *mx;
+	size_t nmx;
+};
+
+typedef void dns_mx_callback(const struct dns_mx_answer *a, void *arg);
+
+/* MX lookup of domain; the callback always runs from the loop, never inside
+ * this call; the handle is cancellable with dns_cancel() like dns_lookup()'s. */
+struct dns_query *dns_mx_lookup(struct dns *d, const char *domain, dns_mx_callback *cb, void *arg);
+
+/*
+ * Pure, no I/O: a DNS response packet (as c-ares hands it to an ares_query
+ * callback) for an MX question, into mx (at most max entries; extra ones
+ * dropped), sorted by preference with equal preferences shuffled with
+ * rnd(arg) (rnd NULL: keep the packet's order). Returns the status as above
+ * (DNS_MX_NULL when the answer is a null MX; DNS_MX_NONE for an answer with
+ * no MX records; DNS_MX_TEMPFAIL for a malformed packet), *n set.
+ *
+ * Details: an RCODE of NXDOMAIN gives DNS_MX_NXDOMAIN, any other error
+ * RCODE DNS_MX_TEMPFAIL. MX records of class IN in the answer section are
+ * read whatever their owner name (as c-ares does; CNAMEs there are
+ * skipped). A null MX is a lone MX record whose target is the root; beside
+ * other records such a target is skipped. Targets that are not sane host
+ * names (LDH labels, not all-numeric at the end) are skipped; when MX
+ * records were there but none could be kept the answer is DNS_MX_TEMPFAIL,
+ * never DNS_MX_NONE (that would send mail to the domain's own address).
+ * When more than max records are usable, those with the lowest preferences
+ * are kept (ties: the packet's first).
+ */
+enum dns_mx_status dns_mx_parse(const unsigned char *pkt, size_t len, struct dns_mx *mx,
+				size_t max, size_t *n, unsigned (*rnd)(void *), void *arg);
 /* Addresses: the length connect() wants, by family (AF_UNIX included);
  * setting the port; a numeric IPv4 or IPv6 address, which needs no
  * lookup (0, or -1 when host is not one); and the form used in logs and
