@@ -71,6 +71,8 @@ struct param {
 _Static_assert(sizeof(enum log_sink) == sizeof(int), "enums are stored as int");
 
 static const char *const log_names[] = { "stderr", "syslog", NULL };
+/* in the order of enum tls_level (router.h) */
+static const char *const tls_level_names[] = { "none", "may", "encrypt", "verify", NULL };
 
 static const struct param params[] = {
 	{ "hostname", P_STR, F_NONEMPTY | F_DEF_HOST | F_DOMAIN, NULL, 0, 0, STR(hostname), 0, NULL },
@@ -117,6 +119,16 @@ static const struct param params[] = {
 	  INT(qmgr_message_active_limit), 0, NULL },
 	{ "lmtp_destination_concurrency_limit", P_INT, 0, "20", 1, 1000,
 	  INT(lmtp_destination_concurrency_limit), 0, NULL },
+	{ "lmtp_destination_recipient_limit", P_INT, 0, "50", 1, 100000,
+	  INT(lmtp_destination_recipient_limit), 0, NULL },
+	{ "smtp_destination_concurrency_limit", P_INT, 0, "20", 1, 1000,
+	  INT(smtp_destination_concurrency_limit), 0, NULL },
+	{ "smtp_destination_recipient_limit", P_INT, 0, "50", 1, 100000,
+	  INT(smtp_destination_recipient_limit), 0, NULL },
+	{ "transport_map", P_STR, 0, NULL, 0, 0, STR(transport_map), 0, NULL },
+	{ "smtp_tls_security_level", P_ENUM, 0, "may", 0, 0, INT(smtp_tls_security_level), 0,
+	  tls_level_names },
+	{ "smtp_tls_ca_file", P_STR, 0, NULL, 0, 0, STR(smtp_tls_ca_file), 0, NULL },
 	{ "lmtp_connect_timeout", P_TIME, 0, "30", 1, 3600, INT(lmtp_connect_timeout), 0, NULL },
 	{ "lmtp_timeout", P_TIME, 0, "300", 1, 3600, INT(lmtp_timeout), 0, NULL },
 	{ "lmtp_idle_timeout", P_TIME, 0, "10", 1, 3600, INT(lmtp_idle_timeout), 0, NULL },

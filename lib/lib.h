@@ -100,6 +100,12 @@ struct config {
 	int delay_warning_time;         /* seconds before a delay DSN; 0 = never */
 	int qmgr_message_active_limit;  /* messages held in memory at once */
 	int lmtp_destination_concurrency_limit; /* connections per node */
+	int lmtp_destination_recipient_limit;   /* recipients per LMTP transaction */
+	int smtp_destination_concurrency_limit; /* connections per remote destination */
+	int smtp_destination_recipient_limit;   /* recipients per SMTP transaction */
+	char *transport_map;            /* domain | address -> smtp:... | lmtp:... | node */
+	int smtp_tls_security_level;    /* enum tls_level (router.h): none may encrypt verify */
+	char *smtp_tls_ca_file;         /* trust anchors for verify; NULL = the system's */
 	int lmtp_connect_timeout, lmtp_timeout, lmtp_idle_timeout;
 	int endpoint_dead_time;         /* seconds a failed endpoint is skipped */
 	int hopcount_limit;             /* Received: headers before 5.4.6 */

@@ -147,11 +147,11 @@ log_result(struct qmsg *mq, const struct qrcpt *qr, const struct qexp *e, const 
 	const char *orig = mq->m.rcpts[qr->index].addr;
 	double delay = (double)(now_usec() - mq->m.arrival_usec) / 1e6;
 
-	msg_info("%s: to=<%s>%s%s%s, node=%s, relay=%s, delay=%.2f, dsn=%s, status=%s (%s)",
+	msg_info("%s: to=<%s>%s%s%s, node=%s, relay=%s, delay=%.2f%s%s, dsn=%s, status=%s (%s)",
 		 mq->id, e->addr, strcmp(orig, e->addr) ? ", orig_to=<" : "",
 		 strcmp(orig, e->addr) ? orig : "", strcmp(orig, e->addr) ? ">" : "",
 		 e->node[0] ? e->node : "none", e->relay[0] ? e->relay : "none", delay,
-		 e->status, what, e->diag);
+		 e->tls[0] ? ", tls=" : "", e->tls, e->status, what, e->diag);
 }
 
 struct qrcpt *
@@ -166,7 +166,7 @@ rcpt_of(struct qmsg *mq, const struct qexp *e)
 }
 
 static void
-dest_done(struct lmtp_txn *txn, void *arg)
+dest_done(struct deliv_txn *txn, void *arg)
 {
 	struct qdest *qd = arg;
 	struct qmsg *mq = qd->msg;
@@ -174,10 +174,11 @@ dest_done(struct lmtp_txn *txn, void *arg)
 
 	for (i = 0; i < txn->nrcpt; i++) {
 		struct qexp *e = qd->exps[i];
-		struct lmtp_rcpt_result *res = &qd->results[i];
+		struct deliv_result *res = &qd->results[i];
 		int cls = res->code / 100;
 
 		snprintf(e->relay, sizeof(e->relay), "%s", res->relay);
+		snprintf(e->tls, sizeof(e->tls), "%s", res->tls);
 		snprintf(e->diag, sizeof(e->diag), "%d %s%s%.400s", res->code, res->status,
 			 res->status[0] ? " " : "", res->text);
 		if (res->status[0])
@@ -195,6 +196,7 @@ dest_done(struct lmtp_txn *txn, void *arg)
 		}
 	}
 	free(qd->rcpts);
+	free(qd->rcpt_params);
 	free(qd->exps);
 	free(qd->results);
 	free(qd);
@@ -206,7 +208,7 @@ static void
 msg_deliver(struct qmsg *mq)
 {
 	struct qmgr *q = mq->q;
-	size_t i, k, a, b, n;
+	size_t i, k, a, b, n, limit;
 
 	mq->inflight++;         /* held until every transaction has started */
 	for (i = 0; i < mq->nr; i++) {
@@ -217,32 +219,43 @@ msg_deliver(struct qmsg *mq)
 
 			if (e->out != OUT_PENDING || e->claimed)
 				continue;
-			/* this expansion and every later one for the same node */
+			/* this expansion and later ones for the same destination, up to
+			 * the transport's recipients per transaction; the rest go in
+			 * further transactions */
+			limit = (size_t)(rt->endpoints[0].proto == EP_SMTP ?
+					 q->cf->smtp_destination_recipient_limit :
+					 q->cf->lmtp_destination_recipient_limit);
 			n = 0;
 			for (a = i; a < mq->nr; a++)
 				for (b = 0; b < mq->r[a].nexps; b++)
 					if (mq->r[a].exps[b].out == OUT_PENDING && !mq->r[a].exps[b].claimed &&
 					    strcmp(mq->r[a].exps[b].dest, e->dest) == 0)
 						n++;
+			if (n > limit)
+				n = limit;
 			qd = xcalloc(1, sizeof(*qd));
 			qd->msg = mq;
 			qd->rcpts = xcalloc(n, sizeof(*qd->rcpts));
+			qd->rcpt_params = xcalloc(n, sizeof(*qd->rcpt_params));
 			qd->exps = xcalloc(n, sizeof(*qd->exps));
 			qd->results = xcalloc(n, sizeof(*qd->results));
 			n = 0;
 			for (a = i; a < mq->nr; a++) {
-				for (b = 0; b < mq->r[a].nexps; b++) {
+				for (b = 0; b < mq->r[a].nexps && n < limit; b++) {
 					struct qexp *x = &mq->r[a].exps[b];
 
 					if (x->out != OUT_PENDING || x->claimed || strcmp(x->dest, e->dest) != 0)
 						continue;
 					x->claimed = true;
 					qd->rcpts[n] = x->addr;
+					qd->rcpt_params[n] = mq->m.rcpts[mq->r[a].index].params;
 					qd->exps[n] = x;
 					n++;
 				}
 			}
 			qd->txn.sender = mq->m.sender;
+			qd->txn.sender_params = mq->m.sender_params;
+			qd->txn.rcpt_params = qd->rcpt_params;
 			qd->txn.rcpts = qd->rcpts;
 			qd->txn.nrcpt = n;
 			qd->txn.content = mq->image + mq->m.content_offset;
@@ -252,7 +265,7 @@ msg_deliver(struct qmsg *mq)
 			qd->txn.done = dest_done;
 			qd->txn.arg = qd;
 			mq->inflight++;
-			lmtp_deliver(q->lmtp, e->dest, rt->endpoints, rt->nendpoints, &qd->txn);
+			client_deliver(q->client, e->dest, rt->endpoints, rt->nendpoints, &qd->txn);
 		}
 	}
 	if (--mq->inflight == 0)
@@ -302,16 +315,13 @@ msg_route(struct qmsg *mq)
 			}
 			switch (rt->kind) {
 			case ROUTE_LOCAL:
+			case ROUTE_REMOTE:
 				if (rt->nendpoints == 0) {
-					exp_set(e, OUT_DEFERRED, "4.3.0", "node has no endpoints");
+					exp_set(e, OUT_DEFERRED, "4.3.0", "no endpoints for this destination");
 					break;
 				}
 				e->out = OUT_PENDING;
 				dest_key(rt, e->dest, sizeof(e->dest));
-				break;
-			case ROUTE_REMOTE:
-				exp_set(e, OUT_DEFERRED, "4.4.0",
-					"no transport for other domains: the SMTP client is not available");
 				break;
 			case ROUTE_BOUNCE:
 				exp_set(e, OUT_BOUNCED, rt->status[0] ? rt->status : "5.1.1", rt->reason);
@@ -611,7 +621,7 @@ int
 qmgr_main(struct config *cf, struct counters *ctr)
 {
 	struct qmgr q;
-	struct lmtp_settings ls;
+	struct client_settings ls;
 	struct timeval scan_tv = { INCOMING_SCAN_SECONDS, 0 }, defer_tv = { cf->queue_run_delay, 0 };
 	char err[512], path[4096];
 
@@ -639,6 +649,10 @@ qmgr_main(struct config *cf, struct counters *ctr)
 		msg_fatal("router: %s", err);
 	memset(&ls, 0, sizeof(ls));
 	ls.per_dest_concurrency = cf->lmtp_destination_concurrency_limit;
+	ls.smtp_per_dest_concurrency = cf->smtp_destination_concurrency_limit;
+	ls.smtp_port = (unsigned short)cf->smtp_port;
+	ls.smtp_tls_level = (enum tls_level)cf->smtp_tls_security_level;
+	ls.smtp_tls_ca_file = cf->smtp_tls_ca_file;
 	ls.connect_timeout = cf->lmtp_connect_timeout;
 	ls.cmd_timeout = cf->lmtp_timeout;
 	ls.data_timeout = cf->lmtp_timeout * 2;
@@ -646,7 +660,7 @@ qmgr_main(struct config *cf, struct counters *ctr)
 	ls.dead_endpoint_seconds = cf->endpoint_dead_time;
 	ls.helo_name = cf->hostname;
 	ls.dns_servers = cf->dns_servers;
-	q.lmtp = lmtp_pool_new(q.base, &ls);
+	q.client = client_pool_new(q.base, &ls);
 	q.commit = commit_pool_create(q.base, cf->spool_dir, 4);
 	q.io = iopool_create(q.base, 8);
 
@@ -669,7 +683,7 @@ qmgr_main(struct config *cf, struct counters *ctr)
 	event_base_dispatch(q.base);
 
 	control_stop(q.control);
-	lmtp_pool_free(q.lmtp);
+	client_pool_free(q.client);
 	commit_pool_destroy(q.commit);
 	iopool_destroy(q.io);
 	event_free(q.wake_ev);

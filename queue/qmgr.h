@@ -22,8 +22,9 @@ struct qexp {                   /* one final address of a recipient */
 	char status[16];
 	char diag[512];
 	char relay[300];
+	char tls[96];           /* the TLS of the last attempt, for the log */
 	char node[ROUTER_NODE_MAX + 1];
-	char dest[ADDR_PATH_MAX + 64];  /* the node name, or the first endpoint: the LMTP pool's key */
+	char dest[ADDR_PATH_MAX + 64];  /* the node name, or the first endpoint: the client's key */
 	bool claimed;           /* taken by a transaction */
 };
 
@@ -37,12 +38,13 @@ struct qrcpt {
 
 struct qmsg;
 
-struct qdest {                  /* one LMTP transaction: a message's share for one node */
+struct qdest {                  /* one transaction: a message's share for one destination */
 	struct qmsg *msg;
-	struct lmtp_txn txn;
+	struct deliv_txn txn;
 	const char **rcpts;
+	const char **rcpt_params;
 	struct qexp **exps;
-	struct lmtp_rcpt_result *results;
+	struct deliv_result *results;
 };
 
 struct qmsg {
@@ -55,7 +57,7 @@ struct qmsg {
 	struct qstatus st;
 	struct qrcpt *r;
 	size_t nr;
-	int inflight;           /* LMTP transactions and DSN commits under way */
+	int inflight;           /* delivery transactions and DSN commits under way */
 	bool finishing;
 	bool hold_req, delete_req;
 	bool remove;            /* every recipient final: unlink */
@@ -70,7 +72,7 @@ struct qmgr {
 	struct counters *ctr;
 	struct event_base *base;
 	struct router *router;
-	struct lmtp_pool *lmtp;
+	struct client_pool *client;
 	struct commit_pool *commit;     /* for DSNs */
 	struct iopool *io;
 	struct dirsync *active_ds, *defer_ds;

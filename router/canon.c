@@ -1,8 +1,8 @@
 /*
  * canon.c - the pure parsers of the router: the canonical form of an
  * address (lower-cased domain and keys, the recipient_delimiter extension
- * split off) and LMTP endpoints (lmtp:HOST:PORT, lmtp:[IP]:PORT,
- * lmtp:unix:PATH).
+ * split off) and delivery endpoints (lmtp:HOST:PORT, lmtp:[IP]:PORT,
+ * lmtp:unix:PATH, smtp:DOMAIN[:PORT], smtp:[HOST]:PORT).
  *
  * Pure functions over untrusted bytes (addresses from RCPT and alias
  * values, endpoints from node_map): no I/O, no allocation, no state. They
@@ -81,17 +81,22 @@ int
 endpoint_parse(const char *s, size_t len, struct endpoint *ep, const char **why)
 {
 	const char *p, *end = s + len, *hend, *colon;
-	char ip[64];
+	char ip[ADDR_DOMAIN_MAX + 1];
 	unsigned char bin[16];
 
 	memset(ep, 0, sizeof(*ep));
-	ep->port = 24;
-	if (len < 5 || strncasecmp(s, "lmtp:", 5) != 0) {
-		*why = "endpoint does not start with \"lmtp:\"";
+	if (len >= 5 && strncasecmp(s, "smtp:", 5) == 0) {
+		ep->proto = EP_SMTP;
+		ep->port = 0;           /* smtp_port */
+	} else if (len >= 5 && strncasecmp(s, "lmtp:", 5) == 0) {
+		ep->proto = EP_LMTP;
+		ep->port = 24;
+	} else {
+		*why = "endpoint does not start with \"lmtp:\" or \"smtp:\"";
 		return -1;
 	}
 	p = s + 5;
-	if ((size_t)(end - p) >= 5 && strncasecmp(p, "unix:", 5) == 0) {
+	if (ep->proto == EP_LMTP && (size_t)(end - p) >= 5 && strncasecmp(p, "unix:", 5) == 0) {
 		p += 5;
 		if (p == end || *p != '/') {
 			*why = "lmtp:unix: needs an absolute path";
@@ -123,11 +128,15 @@ endpoint_parse(const char *s, size_t len, struct endpoint *ep, const char **why)
 		}
 		memcpy(ip, p + 1, (size_t)(hend - p - 1));
 		ip[hend - p - 1] = '\0';
-		if (inet_pton(AF_INET, ip, bin) != 1 && inet_pton(AF_INET6, ip, bin) != 1) {
-			*why = "invalid IP address in brackets";
+		if (inet_pton(AF_INET, ip, bin) == 1 || inet_pton(AF_INET6, ip, bin) == 1) {
+			ep->literal = true;
+		} else if (ep->proto == EP_SMTP && valid_hostname(ip, strlen(ip))) {
+			lower(ip);      /* smtp:[HOST]: this host, no MX lookup */
+		} else {
+			*why = ep->proto == EP_SMTP ? "invalid host name or IP address in brackets" :
+			    "invalid IP address in brackets";
 			return -1;
 		}
-		ep->literal = true;
 		memcpy(ep->host, ip, strlen(ip) + 1);
 		p = hend + 1;
 		if (p < end && *p != ':') {
@@ -148,6 +157,7 @@ endpoint_parse(const char *s, size_t len, struct endpoint *ep, const char **why)
 		}
 		memcpy(ep->host, p, (size_t)(hend - p));
 		lower(ep->host);
+		ep->mx = ep->proto == EP_SMTP;  /* smtp:DOMAIN: where its MX records say */
 		p = hend;
 	}
 	if (p < end) {
@@ -192,12 +202,17 @@ endpoint_parse_list(const char *s, struct endpoint *eps, size_t max, const char 
 void
 endpoint_format(const struct endpoint *ep, char *buf, size_t buflen)
 {
+	const char *proto = ep->proto == EP_SMTP ? "smtp" : "lmtp";
+	char port[8] = "";
+
+	if (ep->port != 0)
+		snprintf(port, sizeof(port), ":%u", ep->port);
 	if (ep->kind == EP_UNIX)
 		snprintf(buf, buflen, "lmtp:unix:%s", ep->path);
-	else if (ep->literal)
-		snprintf(buf, buflen, "lmtp:[%s]:%u", ep->host, ep->port);
+	else if (!ep->mx && (ep->literal || ep->proto == EP_SMTP))
+		snprintf(buf, buflen, "%s:[%s]%s", proto, ep->host, port);
 	else
-		snprintf(buf, buflen, "lmtp:%s:%u", ep->host, ep->port);
+		snprintf(buf, buflen, "%s:%s%s", proto, ep->host, port);
 }
 
 /* ---- canonical form ---- */

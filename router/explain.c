@@ -16,7 +16,10 @@
 
 #include "router/router.h"
 
-static const char *const map_names[3] = { "alias_map", "user_map", "node_map" };
+static const char *const map_names[ROUTER_NMAPS] = {
+	"alias_map", "user_map", "node_map", "transport_map"
+};
+static const char *const tls_names[] = { "none", "may", "encrypt", "verify" };
 
 static const char *
 verdict_name(enum rcpt_verdict v)
@@ -91,14 +94,14 @@ text_report(FILE *out, const struct config *cf, struct router *r, const char *ad
 	    enum rcpt_verdict v, const char *why, const struct route_list *l,
 	    const struct route_trace *t)
 {
-	struct map *maps[3];
+	struct map *maps[ROUTER_NMAPS];
 	char err[512];
 	size_t i;
 
 	fprintf(out, "address: %s\n", address);
 	fprintf(out, "maps:\n");
 	router_maps(r, maps);
-	for (i = 0; i < 3; i++) {
+	for (i = 0; i < ROUTER_NMAPS; i++) {
 		if (maps[i] == NULL)
 			fprintf(out, "  %-14s (not configured)\n", map_names[i]);
 		else if (map_ready(maps[i], err, sizeof(err)) == 0)
@@ -110,6 +113,8 @@ text_report(FILE *out, const struct config *cf, struct router *r, const char *ad
 		cf->failover_node ? cf->failover_node : "(none)");
 	fprintf(out, "  %-14s %s\n", "delimiter",
 		cf->recipient_delimiter ? cf->recipient_delimiter : "(none)");
+	fprintf(out, "  %-14s %s\n", "relay_host", cf->relay_host ? cf->relay_host : "(none)");
+	fprintf(out, "  %-14s %s\n", "smtp_tls", tls_names[cf->smtp_tls_security_level & 3]);
 	fprintf(out, "expansion:\n");
 	text_trace(out, t, l, 0);
 	fprintf(out, "recipients:\n");
@@ -216,7 +221,7 @@ json_report(FILE *out, const struct config *cf, struct router *r, const char *ad
 	    enum rcpt_verdict v, const char *why, const struct route_list *l,
 	    const struct route_trace *t)
 {
-	struct map *maps[3];
+	struct map *maps[ROUTER_NMAPS];
 	char err[512];
 	size_t i;
 
@@ -230,7 +235,7 @@ json_report(FILE *out, const struct config *cf, struct router *r, const char *ad
 	json_str(out, why);
 	fputs("},\n \"maps\": {", out);
 	router_maps(r, maps);
-	for (i = 0; i < 3; i++) {
+	for (i = 0; i < ROUTER_NMAPS; i++) {
 		fprintf(out, "%s\"%s\": ", i ? ", " : "", map_names[i]);
 		if (maps[i] == NULL) {
 			fputs("null", out);
@@ -250,6 +255,10 @@ json_report(FILE *out, const struct config *cf, struct router *r, const char *ad
 	json_str(out, cf->failover_node);
 	fputs(", \"recipient_delimiter\": ", out);
 	json_str(out, cf->recipient_delimiter);
+	fputs(", \"relay_host\": ", out);
+	json_str(out, cf->relay_host);
+	fputs(", \"smtp_tls_security_level\": ", out);
+	json_str(out, tls_names[cf->smtp_tls_security_level & 3]);
 	fputs(",\n \"expansion\": ", out);
 	json_trace(out, t);
 	fputs(",\n \"recipients\": [", out);

@@ -37,7 +37,9 @@
 
 struct router {
 	const struct config *cf;
-	struct map *alias, *user, *node;
+	struct map *alias, *user, *node, *transport;
+	struct endpoint relay;              /* relay_host as an smtp: endpoint */
+	bool has_relay;
 	/* failover_node: endpoints given directly, or a node name */
 	struct endpoint failover_eps[ROUTER_ENDPOINTS_MAX];
 	size_t nfailover_eps;
@@ -173,6 +175,10 @@ route_via_name(enum route_via v)
 		return "failover_node";
 	case VIA_NOT_LOCAL:
 		return "not local";
+	case VIA_TRANSPORT_MAP:
+		return "transport_map";
+	case VIA_RELAY_HOST:
+		return "relay_host";
 	case VIA_NO_USER_MAP:
 		return "no user_map";
 	}
@@ -272,7 +278,7 @@ static enum map_status
 rlookup(struct resolve *rs, struct map *m, const char *key, char *val, size_t vallen,
 	char *err, size_t errlen)
 {
-	unsigned bit = m == rs->r->alias ? 1u : m == rs->r->user ? 2u : 4u;
+	unsigned bit = m == rs->r->alias ? 1u : m == rs->r->user ? 2u : m == rs->r->node ? 4u : 8u;
 
 	if ((rs->checked & bit) == 0) {
 		rs->checked |= bit;
@@ -304,13 +310,14 @@ route_node(struct resolve *rs, const char *address, const char *value, enum rout
 	struct router *r = rs->r;
 	struct endpoint eps[ROUTER_ENDPOINTS_MAX];
 	char node[ROUTER_NODE_MAX + 1], err[512];
-	const char *why, *src = via == VIA_FAILOVER ? "failover_node" : "user_map";
+	const char *why, *src = via == VIA_FAILOVER ? "failover_node" :
+	    via == VIA_TRANSPORT_MAP ? "transport_map" : "user_map";
 	struct route *rt;
 	enum map_status st;
 	size_t n, i;
 	int ne;
 
-	if (strncasecmp(value, "lmtp:", 5) == 0) {
+	if (strncasecmp(value, "lmtp:", 5) == 0 || strncasecmp(value, "smtp:", 5) == 0) {
 		ne = endpoint_parse_list(value, eps, ROUTER_ENDPOINTS_MAX, &why);
 		if (ne < 0) {
 			trace_note(t, "%s: bad endpoint in \"%.200s\": %s", src, value, why);
@@ -318,8 +325,8 @@ route_node(struct resolve *rs, const char *address, const char *value, enum rout
 				  "%s: bad endpoint in \"%.100s\": %s", src, value, why);
 			return;
 		}
-		rt = add_route(rs, address, ROUTE_LOCAL, via, "2.0.0", t,
-			       "%s gives the endpoints directly", src);
+		rt = add_route(rs, address, via == VIA_TRANSPORT_MAP ? ROUTE_REMOTE : ROUTE_LOCAL,
+			       via, "2.0.0", t, "%s gives the endpoints directly", src);
 		if (rt != NULL)
 			add_endpoints(rs, rt, eps, (size_t)ne);
 		return;
@@ -368,6 +375,70 @@ route_node(struct resolve *rs, const char *address, const char *value, enum rout
 		snprintf(rt->node, sizeof(rt->node), "%s", node);
 		add_endpoints(rs, rt, eps, (size_t)ne);
 	}
+}
+
+/*
+ * A domain that is not local: transport_map (the address, then the
+ * domain) first, then relay_host, else the domain's MX hosts (an address
+ * literal is that address).
+ */
+static void
+route_remote(struct resolve *rs, const struct canon *c, struct route_trace *t)
+{
+	struct router *r = rs->r;
+	const char *domain = c->address + c->domain_off;
+	char err[512];
+	struct endpoint ep;
+	struct route *rt;
+	enum map_status st = MAP_NOTFOUND;
+	size_t n;
+
+	trace_note(t, "domain %s is not local: delivered by SMTP", domain);
+	if (r->transport != NULL) {
+		st = rlookup(rs, r->transport, c->key, r->val, sizeof(r->val), err, sizeof(err));
+		if (st == MAP_NOTFOUND)
+			st = rlookup(rs, r->transport, c->domain_key + 1, r->val, sizeof(r->val),
+				     err, sizeof(err));
+		if (st == MAP_TEMPFAIL) {
+			trace_note(t, "transport_map: lookup failed: %s", err);
+			add_route(rs, c->address, ROUTE_TEMPFAIL, VIA_TRANSPORT_MAP, "4.3.0", t,
+				  "%s", err);
+			return;
+		}
+		if (st == MAP_FOUND) {
+			trace_note(t, "transport_map %s: %.300s", map_spec(r->transport), r->val);
+			route_node(rs, c->address, r->val, VIA_TRANSPORT_MAP, t);
+			return;
+		}
+		trace_note(t, "transport_map %s: no entry", map_spec(r->transport));
+	}
+	if (r->has_relay) {
+		trace_note(t, "relay_host: %s", r->cf->relay_host);
+		rt = add_route(rs, c->address, ROUTE_REMOTE, VIA_RELAY_HOST, "2.0.0", t,
+			       "relay_host %s", r->cf->relay_host);
+		if (rt != NULL)
+			add_endpoints(rs, rt, &r->relay, 1);
+		return;
+	}
+	memset(&ep, 0, sizeof(ep));
+	ep.kind = EP_INET;
+	ep.proto = EP_SMTP;
+	n = strlen(domain);
+	if (domain[0] == '[' && n > 2 && domain[n - 1] == ']') {
+		/* an address literal: that address, no DNS */
+		snprintf(ep.host, sizeof(ep.host), "%.*s", (int)(n - 2), domain + 1);
+		if (strncasecmp(ep.host, "IPv6:", 5) == 0)
+			memmove(ep.host, ep.host + 5, strlen(ep.host + 5) + 1);
+		ep.literal = true;
+	} else {
+		snprintf(ep.host, sizeof(ep.host), "%.*s", (int)(sizeof(ep.host) - 1), domain);
+		ep.mx = true;
+	}
+	trace_note(t, "%s", ep.mx ? "MX lookup at delivery time" : "address literal");
+	rt = add_route(rs, c->address, ROUTE_REMOTE, VIA_NOT_LOCAL, "2.0.0", t,
+		       "domain %s is not local", domain);
+	if (rt != NULL)
+		add_endpoints(rs, rt, &ep, 1);
 }
 
 static void
@@ -563,10 +634,7 @@ resolve_one(struct resolve *rs, const char *address, int depth, struct route_tra
 	else
 		trace_note(t, "canonical: %s", c.address);
 	if (!is_local(r, &c)) {
-		trace_note(t, "domain %s is not local: delivered by SMTP",
-			   c.address + c.domain_off);
-		add_route(rs, c.address, ROUTE_REMOTE, VIA_NOT_LOCAL, "2.0.0", t,
-			  "domain %s is not local", c.address + c.domain_off);
+		route_remote(rs, &c, t);
 		return;
 	}
 	if (r->alias != NULL) {
@@ -727,6 +795,21 @@ router_open(const struct config *cf, char *err, size_t errlen)
 		snprintf(err, errlen, "node_map: %s", e);
 		goto fail;
 	}
+	if (cf->transport_map && (r->transport = map_open(cf->transport_map, e, sizeof(e))) == NULL) {
+		snprintf(err, errlen, "transport_map: %s", e);
+		goto fail;
+	}
+	if (cf->relay_host != NULL && cf->relay_host[0] != '\0') {
+		char spec[ADDR_DOMAIN_MAX + 16];
+
+		/* [HOST]:PORT or HOST[:PORT], as an smtp: endpoint would say it */
+		snprintf(spec, sizeof(spec), "smtp:%s", cf->relay_host);
+		if (endpoint_parse(spec, strlen(spec), &r->relay, &why) < 0) {
+			snprintf(err, errlen, "relay_host \"%.100s\": %s", cf->relay_host, why);
+			goto fail;
+		}
+		r->has_relay = true;
+	}
 	if (cf->failover_node != NULL && cf->failover_node[0] != '\0') {
 		r->has_failover = true;
 		if (strncasecmp(cf->failover_node, "lmtp:", 5) == 0) {
@@ -767,6 +850,7 @@ router_check_maps(struct router *r, char *err, size_t errlen)
 {
 	struct { const char *name; struct map *m; } maps[] = {
 		{ "alias_map", r->alias }, { "user_map", r->user }, { "node_map", r->node },
+		{ "transport_map", r->transport },
 	};
 	char e[400];
 	size_t i;
@@ -780,11 +864,12 @@ router_check_maps(struct router *r, char *err, size_t errlen)
 }
 
 void
-router_maps(struct router *r, struct map *maps[3])
+router_maps(struct router *r, struct map *maps[ROUTER_NMAPS])
 {
 	maps[0] = r->alias;
 	maps[1] = r->user;
 	maps[2] = r->node;
+	maps[3] = r->transport;
 }
 
 void
@@ -797,6 +882,7 @@ router_close(struct router *r)
 	map_close(r->alias);
 	map_close(r->user);
 	map_close(r->node);
+	map_close(r->transport);
 	for (i = 0; i <= ROUTER_ALIAS_DEPTH; i++)
 		free(r->aliasval[i]);
 	dstr_free(&r->expanded);

@@ -140,14 +140,20 @@ void mapsource_init(struct mapsource *s, const char *name, const char *buf, size
 int mapsource_next(struct mapsource *s, struct map_entry *e, char *err, size_t errlen);
 
 /* ---- endpoints (canon.c): pure ----
- * lmtp:HOST:PORT, lmtp:[IP]:PORT, lmtp:unix:/PATH; PORT defaults to 24. */
+ * lmtp:HOST:PORT, lmtp:[IP]:PORT, lmtp:unix:/PATH (PORT defaults to 24);
+ * smtp:DOMAIN[:PORT] (the hosts of DOMAIN's MX records, RFC 5321 5.1),
+ * smtp:[HOST]:PORT and smtp:[IP]:PORT (that host, no MX lookup; Postfix's
+ * convention); an smtp PORT defaults to smtp_port. */
 enum endpoint_kind { EP_INET, EP_UNIX };
+enum endpoint_proto { EP_LMTP, EP_SMTP };
 
 struct endpoint {
 	enum endpoint_kind kind;
+	enum endpoint_proto proto;
 	bool literal;                       /* [IP]: no DNS lookup */
+	bool mx;                            /* smtp:DOMAIN: look up its MX records */
 	char host[ADDR_DOMAIN_MAX + 1];     /* DNS name, or the IP without brackets */
-	unsigned short port;
+	unsigned short port;                /* 0: smtp_port */
 	char path[ENDPOINT_PATH_MAX + 1];   /* EP_UNIX */
 };
 
@@ -156,7 +162,7 @@ int endpoint_parse(const char *s, size_t len, struct endpoint *ep, const char **
 /* A list separated by commas and/or blanks: the number parsed (>= 1), or
  * -1 with *why. */
 int endpoint_parse_list(const char *s, struct endpoint *eps, size_t max, const char **why);
-/* Back to the "lmtp:..." form. */
+/* Back to the "lmtp:..." / "smtp:..." form. */
 void endpoint_format(const struct endpoint *ep, char *buf, size_t buflen);
 
 /* ---- canonical form of an address (canon.c): pure ----
@@ -179,7 +185,8 @@ int router_canon(const char *addr, const char *delims, const char *default_domai
 /* ---- resolution (router.c) ---- */
 enum route_kind {
 	ROUTE_LOCAL,      /* deliver by LMTP to `endpoints`, in order */
-	ROUTE_REMOTE,     /* not a local domain: SMTP client (MX or relay_host) */
+	ROUTE_REMOTE,     /* not a local domain: `endpoints` (transport_map, relay_host, or
+			   * smtp:DOMAIN for an MX lookup) */
 	ROUTE_BOUNCE,     /* permanent: send a DSN */
 	ROUTE_TEMPFAIL,   /* a map cannot answer or is inconsistent: defer */
 };
@@ -189,7 +196,9 @@ enum route_via {
 	VIA_USER_MAP,     /* user_map entry for the address */
 	VIA_DOMAIN,       /* user_map entry for "@domain" */
 	VIA_FAILOVER,     /* failover_node */
-	VIA_NOT_LOCAL,    /* the domain is not local */
+	VIA_NOT_LOCAL,    /* the domain is not local: its MX hosts (smtp:DOMAIN) */
+	VIA_TRANSPORT_MAP, /* transport_map entry for the address or its domain */
+	VIA_RELAY_HOST,   /* relay_host */
 	VIA_NO_USER_MAP,  /* ROUTE_TEMPFAIL: no user_map and no failover_node; such a
 			   * recipient is accepted at RCPT and waits for a route */
 };
@@ -232,15 +241,16 @@ void route_trace_free(struct route_trace *t);
 
 struct router;
 
-/* Opens the maps named by cf (alias_map, user_map, node_map) and checks
- * failover_node. NULL with err set only for what can never work (a map
+/* Opens the maps named by cf (alias_map, user_map, node_map,
+ * transport_map) and checks failover_node and relay_host. NULL with err set only for what can never work (a map
  * spec or failover_node it cannot understand); a missing map file is not
  * fatal. cf must outlive the router. */
 struct router *router_open(const struct config *cf, char *err, size_t errlen);
 void router_close(struct router *r);
-/* The maps for reports: alias_map, user_map, node_map (NULL when not
- * configured). */
-void router_maps(struct router *r, struct map *maps[3]);
+/* The maps for reports: alias_map, user_map, node_map, transport_map
+ * (NULL when not configured). */
+#define ROUTER_NMAPS 4
+void router_maps(struct router *r, struct map *maps[ROUTER_NMAPS]);
 /* 0 when every configured map can answer now, else -1 with the first
  * problem, "user_map hash:/x: cannot open /x.db: ..." (for sorterd -t). */
 int router_check_maps(struct router *r, char *err, size_t errlen);
@@ -288,8 +298,6 @@ const char *route_via_name(enum route_via v);     /* "user_map", "@domain", ... 
  * RCPT, 1 rejected (or not an address), 2 temporary failure (or the maps
  * cannot be opened at all). */
 int router_explain(const struct config *cf, const char *address, bool json, FILE *out);
-
-/* ---- LMTP client (lmtp.c), replies (reply.c), DNS (dns.c) ---- */
 
 struct event_base;
 struct sockaddr_storage;
@@ -441,57 +449,74 @@ void dns_addr_set_port(struct sockaddr_storage *ss, unsigned short port);
 int dns_addr_numeric(const char *host, unsigned short port, struct sockaddr_storage *ss);
 void dns_addr_format(const struct sockaddr_storage *ss, char *buf, size_t len);
 
-/* ---- LMTP client (lmtp.c): RFC 2033, a pool on the caller's loop ----
- * Connections are kept per destination (a node name), reused, and capped
- * in number; transactions beyond the cap wait in a FIFO per destination. */
-struct lmtp_settings {
-	int per_dest_concurrency;       /* connections per destination; 0 = 20 */
+/* ---- the delivery client (client.c): LMTP and SMTP, a pool on the caller's loop ----
+ * One client state machine for both transports; what differs between them
+ * is a row of a small table (the greeting verb, one reply per recipient
+ * after DATA or one for all, STARTTLS, the default port). Connections are
+ * kept per destination (a node name, a relay, a mail domain), reused, and
+ * capped in number per transport; transactions beyond the cap wait in a
+ * FIFO per destination. An smtp:DOMAIN endpoint is replaced by the hosts
+ * of DOMAIN's MX records (c-ares, on the same loop). */
+enum tls_level { TLS_NONE, TLS_MAY, TLS_ENCRYPT, TLS_VERIFY };
+
+struct client_settings {
+	int per_dest_concurrency;       /* LMTP connections per destination; 0 = 20 */
+	int smtp_per_dest_concurrency;  /* SMTP connections per destination; 0 = 20 */
 	int connect_timeout;            /* seconds; 0 = 30 */
 	int cmd_timeout;                /* seconds per command reply; 0 = 300 */
 	int data_timeout;               /* seconds for content and its replies; 0 = 600 */
 	int idle_timeout;               /* seconds an unused connection is kept; 0 = 10 */
 	int dead_endpoint_seconds;      /* a failed endpoint is tried last this long (0: never
 	                                 * set aside); negative = 60 */
-	const char *helo_name;          /* LHLO argument; NULL = the host name */
+	const char *helo_name;          /* LHLO/EHLO argument; NULL = the host name */
 	const char *dns_servers;        /* as for dns_new() */
+	unsigned short smtp_port;       /* for smtp endpoints without a port; 0 = 25 */
+	enum tls_level smtp_tls_level;  /* STARTTLS on SMTP connections */
+	const char *smtp_tls_ca_file;   /* trust anchors for TLS_VERIFY; NULL = the system's */
 };
 
-#define LMTP_RELAY_MAX 300
+#define RELAY_MAX 300
 
-struct lmtp_rcpt_result {
+struct deliv_result {
 	int code;                       /* reply code, or one made up here (451, 552) */
 	char status[16];                /* "2.1.5"; "X.0.0" when the server gave none */
 	char text[512];
-	char relay[LMTP_RELAY_MAX];     /* "127.0.0.1:24", "[::1]:24", "unix:/path" or "none" */
+	char relay[RELAY_MAX];          /* LMTP "127.0.0.1:24", "[::1]:24", "unix:/path";
+					 * SMTP "mx1.remote.test[127.0.0.2]:25"; or "none" */
+	char tls[96];                   /* "TLSv1.3 TLS_AES_256_GCM_SHA384 verified" or "" */
+	bool remote_said;               /* code and text are the server's own reply */
 };
 
-struct lmtp_txn {
+struct deliv_txn {
 	const char *sender;             /* may be "" */
+	const char *sender_params;      /* "RET=HDRS ENVID=..." as spooled, or NULL */
 	const char *const *rcpts;
+	const char *const *rcpt_params; /* "NOTIFY=... ORCPT=..." per recipient, or NULL */
 	size_t nrcpt;
 	const unsigned char *content;   /* CR LF lines as spooled, not dot-stuffed */
 	size_t content_len;
 	bool eightbit;                  /* BODY=8BITMIME when the server offers it */
-	struct lmtp_rcpt_result *results;       /* nrcpt entries, filled here */
-	void (*done)(struct lmtp_txn *txn, void *arg);
+	struct deliv_result *results;   /* nrcpt entries, filled here */
+	void (*done)(struct deliv_txn *txn, void *arg);
 	void *arg;
 };
 
-struct lmtp_pool;
+struct client_pool;
 
-struct lmtp_pool *lmtp_pool_new(struct event_base *base, const struct lmtp_settings *s);
+struct client_pool *client_pool_new(struct event_base *base, const struct client_settings *s);
 /* Closes every connection; transactions not reported yet get 4xx results
  * for the recipients without one and their done callbacks run from here.
  * Never call it from a done callback. */
-void lmtp_pool_free(struct lmtp_pool *p);
+void client_pool_free(struct client_pool *p);
 /*
  * Delivers txn to dest through eps (tried in order, a failed one skipped
- * for a while; copied, so they need not outlive the call). Every recipient
+ * for a while; copied, so they need not outlive the call; all of one
+ * transport, lmtp or smtp). Every recipient
  * gets a result; done then runs from the event loop, never from inside
  * this call. txn and what it points to must stay valid until then.
  * Results: 2xx delivered, 4xx defer, 5xx bounce.
  */
-void lmtp_deliver(struct lmtp_pool *p, const char *dest, const struct endpoint *eps,
-		  size_t neps, struct lmtp_txn *txn);
+void client_deliver(struct client_pool *p, const char *dest, const struct endpoint *eps,
+		  size_t neps, struct deliv_txn *txn);
 
 #endif

@@ -1,5 +1,5 @@
 /*
- * check_lmtp.c - unit tests for the LMTP client (router/lmtp.c) and the
+ * check_client.c - unit tests for the LMTP client (router/client.c) and the
  * resolver under it (router/dns.c), against fake servers run in threads
  * of this process: an LMTP server on 127.0.0.1 (or a UNIX socket) that
  * follows a small script and records what it saw, and a DNS server on
@@ -442,20 +442,20 @@ fakedns_stop(struct fakedns *d)
 struct run {
 	struct event_base *base;
 	int ndone, want;
-	bool in_deliver;        /* lmtp_deliver() is on the stack */
-	bool early;             /* a done callback ran from inside lmtp_deliver() */
+	bool in_deliver;        /* client_deliver() is on the stack */
+	bool early;             /* a done callback ran from inside client_deliver() */
 };
 
 struct msg {
-	struct lmtp_txn txn;
-	struct lmtp_rcpt_result res[8];
+	struct deliv_txn txn;
+	struct deliv_result res[8];
 	const char *rcpts[8];
 	struct run *run;
 	int done;
 };
 
 static void
-on_txn_done(struct lmtp_txn *t, void *arg)
+on_txn_done(struct deliv_txn *t, void *arg)
 {
 	struct msg *m = arg;
 
@@ -499,11 +499,11 @@ ep_inet(unsigned short port)
 }
 
 static void
-deliver(struct run *r, struct lmtp_pool *p, const char *dest, const struct endpoint *eps,
+deliver(struct run *r, struct client_pool *p, const char *dest, const struct endpoint *eps,
 	size_t neps, struct msg *m)
 {
 	r->in_deliver = true;
-	lmtp_deliver(p, dest, eps, neps, &m->txn);
+	client_deliver(p, dest, eps, neps, &m->txn);
 	r->in_deliver = false;
 }
 
@@ -537,10 +537,10 @@ run_until(struct run *r, int want)
 	ck_assert(!r->early);
 }
 
-static struct lmtp_settings
+static struct client_settings
 settings(void)
 {
-	struct lmtp_settings s;
+	struct client_settings s;
 
 	memset(&s, 0, sizeof(s));
 	s.helo_name = "sorter.test";
@@ -551,7 +551,7 @@ settings(void)
 }
 
 static void
-check_result(const struct lmtp_rcpt_result *res, int code, const char *status,
+check_result(const struct deliv_result *res, int code, const char *status,
 	     const char *text_part, const char *relay)
 {
 	ck_assert_msg(res->code == code, "code %d, want %d (%s %s)", res->code, code,
@@ -580,9 +580,9 @@ static const char body[] = "Subject: test\r\n\r\nhello\r\n";
 START_TEST(test_rcpt_rejected)
 {
 	struct script sc = { .pipelining = _i == 1 };
-	struct lmtp_settings set = settings();
+	struct client_settings set = settings();
 	struct run r = { event_base_new(), 0, 0, false, false };
-	struct lmtp_pool *p = lmtp_pool_new(r.base, &set);
+	struct client_pool *p = client_pool_new(r.base, &set);
 	struct fake f;
 	struct endpoint ep;
 	struct msg m;
@@ -605,7 +605,7 @@ START_TEST(test_rcpt_rejected)
 	/* PIPELINING used exactly when offered */
 	ck_assert(!f.violation);
 	ck_assert(f.grouped == sc.pipelining);
-	lmtp_pool_free(p);
+	client_pool_free(p);
 	fake_stop(&f);
 	event_base_free(r.base);
 }
@@ -615,9 +615,9 @@ END_TEST
 START_TEST(test_data_replies)
 {
 	struct script sc = { .pipelining = _i == 1 };
-	struct lmtp_settings set = settings();
+	struct client_settings set = settings();
 	struct run r = { event_base_new(), 0, 0, false, false };
-	struct lmtp_pool *p = lmtp_pool_new(r.base, &set);
+	struct client_pool *p = client_pool_new(r.base, &set);
 	struct fake f;
 	struct endpoint ep;
 	struct msg m;
@@ -631,7 +631,7 @@ START_TEST(test_data_replies)
 	check_result(&m.res[1], 250, "2.0.0", "<ok@example.test> delivered", relay_of(&f));
 	check_result(&m.res[2], 550, "5.6.0", "<bad@example.test> content rejected", NULL);
 	ck_assert(!f.violation);
-	lmtp_pool_free(p);
+	client_pool_free(p);
 	fake_stop(&f);
 	event_base_free(r.base);
 }
@@ -641,9 +641,9 @@ END_TEST
 START_TEST(test_mail_data_rejected)
 {
 	struct script sc = { .pipelining = _i % 2 == 1 };
-	struct lmtp_settings set = settings();
+	struct client_settings set = settings();
 	struct run r = { event_base_new(), 0, 0, false, false };
-	struct lmtp_pool *p;
+	struct client_pool *p;
 	struct fake f;
 	struct endpoint ep;
 	struct msg m;
@@ -653,7 +653,7 @@ START_TEST(test_mail_data_rejected)
 	else
 		sc.data_reply = "554 5.3.0 no thanks";
 	fake_start(&f, &sc);
-	p = lmtp_pool_new(r.base, &set);
+	p = client_pool_new(r.base, &set);
 	ep = ep_inet(f.port);
 	msg_init(&m, &r, body, "a@example.test", "reject@example.test", NULL);
 	deliver(&r, p, "node-a", &ep, 1, &m);
@@ -667,7 +667,7 @@ START_TEST(test_mail_data_rejected)
 	}
 	ck_assert_int_eq(f.nmsg, 0);
 	ck_assert(!f.violation);
-	lmtp_pool_free(p);
+	client_pool_free(p);
 	fake_stop(&f);
 	event_base_free(r.base);
 }
@@ -687,9 +687,9 @@ static const struct stuffcase stuffcases[] = {
 
 START_TEST(test_dotstuff_wire)
 {
-	struct lmtp_settings set = settings();
+	struct client_settings set = settings();
 	struct run r = { event_base_new(), 0, 0, false, false };
-	struct lmtp_pool *p = lmtp_pool_new(r.base, &set);
+	struct client_pool *p = client_pool_new(r.base, &set);
 	struct fake f;
 	struct endpoint ep;
 	struct msg m;
@@ -702,7 +702,7 @@ START_TEST(test_dotstuff_wire)
 	check_result(&m.res[0], 250, "2.0.0", NULL, NULL);
 	ck_assert_int_eq(f.nmsg, 1);
 	ck_assert_str_eq(f.data.s, stuffcases[_i].wire);
-	lmtp_pool_free(p);
+	client_pool_free(p);
 	fake_stop(&f);
 	event_base_free(r.base);
 }
@@ -711,9 +711,9 @@ END_TEST
 /* a message much larger than the output buffer arrives whole */
 START_TEST(test_big_message)
 {
-	struct lmtp_settings set = settings();
+	struct client_settings set = settings();
 	struct run r = { event_base_new(), 0, 0, false, false };
-	struct lmtp_pool *p = lmtp_pool_new(r.base, &set);
+	struct client_pool *p = client_pool_new(r.base, &set);
 	struct fake f;
 	struct endpoint ep;
 	struct msg m;
@@ -735,7 +735,7 @@ START_TEST(test_big_message)
 	check_result(&m.res[0], 250, "2.0.0", NULL, NULL);
 	ck_assert_uint_eq(f.data.len, wire.len);
 	ck_assert(memcmp(f.data.s, wire.s, wire.len) == 0);
-	lmtp_pool_free(p);
+	client_pool_free(p);
 	fake_stop(&f);
 	dstr_free(&in);
 	dstr_free(&wire);
@@ -749,15 +749,15 @@ END_TEST
 START_TEST(test_failover)
 {
 	struct script bad = { .greeting = "554 5.3.2 not now" };
-	struct lmtp_settings set = settings();
+	struct client_settings set = settings();
 	struct run r = { event_base_new(), 0, 0, false, false };
-	struct lmtp_pool *p;
+	struct client_pool *p;
 	struct fake f1, f2;
 	struct endpoint eps[2];
 	struct msg m1, m2, m3;
 
 	set.dead_endpoint_seconds = 1;
-	p = lmtp_pool_new(r.base, &set);
+	p = client_pool_new(r.base, &set);
 	fake_start(&f1, &bad);
 	fake_start(&f2, NULL);
 	eps[0] = ep_inet(_i == 0 ? dead_port() : f1.port);
@@ -787,7 +787,7 @@ START_TEST(test_failover)
 	if (_i == 1)
 		ck_assert_int_eq(f1.nconn, 2);
 	ck_assert_int_eq(f2.nconn, 3);
-	lmtp_pool_free(p);
+	client_pool_free(p);
 	fake_stop(&f1);
 	fake_stop(&f2);
 	event_base_free(r.base);
@@ -798,9 +798,9 @@ END_TEST
 START_TEST(test_all_down)
 {
 	struct script sc = { 0 };
-	struct lmtp_settings set = settings();
+	struct client_settings set = settings();
 	struct run r = { event_base_new(), 0, 0, false, false };
-	struct lmtp_pool *p;
+	struct client_pool *p;
 	struct fake f;
 	struct endpoint eps[2];
 	struct msg m;
@@ -813,7 +813,7 @@ START_TEST(test_all_down)
 	if (_i == 2)
 		sc.greet_delay_ms = 2500;
 	fake_start(&f, &sc);
-	p = lmtp_pool_new(r.base, &set);
+	p = client_pool_new(r.base, &set);
 	port = dead_port();
 	eps[0] = ep_inet(_i == 0 ? dead_port() : f.port);
 	eps[1] = ep_inet(port);
@@ -831,7 +831,7 @@ START_TEST(test_all_down)
 	check_result(&m.res[0], 451, "4.4.1", want, "none");
 	check_result(&m.res[1], 451, "4.4.1", want, "none");
 	ck_assert_int_eq(f.nmsg, 0);
-	lmtp_pool_free(p);
+	client_pool_free(p);
 	fake_stop(&f);
 	event_base_free(r.base);
 }
@@ -841,9 +841,9 @@ END_TEST
 START_TEST(test_reuse)
 {
 	struct script sc = { .pipelining = _i == 1 };
-	struct lmtp_settings set = settings();
+	struct client_settings set = settings();
 	struct run r = { event_base_new(), 0, 0, false, false };
-	struct lmtp_pool *p = lmtp_pool_new(r.base, &set);
+	struct client_pool *p = client_pool_new(r.base, &set);
 	struct fake f;
 	struct endpoint ep;
 	struct msg m1, m2, m3;
@@ -871,7 +871,7 @@ START_TEST(test_reuse)
 	ck_assert_ptr_nonnull(strstr(f.log.s, "RSET\nMAIL FROM:<sender@remote.test>\n"
 				     "RCPT TO:<c@example.test>\n"));
 	ck_assert(!f.violation);
-	lmtp_pool_free(p);
+	client_pool_free(p);
 	fake_stop(&f);
 	event_base_free(r.base);
 }
@@ -882,9 +882,9 @@ END_TEST
 START_TEST(test_stale_connection)
 {
 	struct script sc = { .close_after_data = true, .pipelining = _i == 1 };
-	struct lmtp_settings set = settings();
+	struct client_settings set = settings();
 	struct run r = { event_base_new(), 0, 0, false, false };
-	struct lmtp_pool *p = lmtp_pool_new(r.base, &set);
+	struct client_pool *p = client_pool_new(r.base, &set);
 	struct fake f, f2;
 	struct endpoint eps[2];
 	struct msg m1, m2, m3;
@@ -908,7 +908,7 @@ START_TEST(test_stale_connection)
 	check_result(&m3.res[0], 250, "2.0.0", NULL, relay_of(&f));
 	ck_assert_int_eq(f.nconn, 3);
 	ck_assert_int_eq(f2.nconn, 0);
-	lmtp_pool_free(p);
+	client_pool_free(p);
 	fake_stop(&f);
 	fake_stop(&f2);
 	event_base_free(r.base);
@@ -918,14 +918,14 @@ END_TEST
 /* an idle connection is closed after idle_timeout; the next one is new */
 START_TEST(test_idle_timeout)
 {
-	struct lmtp_settings set = settings();
+	struct client_settings set = settings();
 	struct run r = { event_base_new(), 0, 0, false, false };
-	struct lmtp_pool *p;
+	struct client_pool *p;
 	struct fake f;
 	struct endpoint ep;
 	struct msg m1, m2;
 	set.idle_timeout = 1;
-	p = lmtp_pool_new(r.base, &set);
+	p = client_pool_new(r.base, &set);
 	fake_start(&f, NULL);
 	ep = ep_inet(f.port);
 	msg_init(&m1, &r, body, "a@example.test", NULL, NULL);
@@ -938,7 +938,7 @@ START_TEST(test_idle_timeout)
 	run_until(&r, 2);
 	check_result(&m2.res[0], 250, "2.0.0", NULL, NULL);
 	ck_assert_int_eq(f.nconn, 2);
-	lmtp_pool_free(p);
+	client_pool_free(p);
 	fake_stop(&f);
 	event_base_free(r.base);
 }
@@ -948,16 +948,16 @@ END_TEST
 START_TEST(test_concurrency)
 {
 	struct script sc = { .pipelining = true, .dot_delay_ms = 200 };
-	struct lmtp_settings set = settings();
+	struct client_settings set = settings();
 	struct run r = { event_base_new(), 0, 0, false, false };
-	struct lmtp_pool *p;
+	struct client_pool *p;
 	struct fake f;
 	struct endpoint ep;
 	struct msg m[5];
 	int i;
 
 	set.per_dest_concurrency = 2;
-	p = lmtp_pool_new(r.base, &set);
+	p = client_pool_new(r.base, &set);
 	fake_start(&f, &sc);
 	ep = ep_inet(f.port);
 	for (i = 0; i < 5; i++) {
@@ -970,7 +970,7 @@ START_TEST(test_concurrency)
 	ck_assert_int_eq(f.nmsg, 5);
 	ck_assert_int_eq(f.max_active, 2);
 	ck_assert_int_eq(f.nconn, 2);
-	lmtp_pool_free(p);
+	client_pool_free(p);
 	fake_stop(&f);
 	event_base_free(r.base);
 }
@@ -980,9 +980,9 @@ END_TEST
 START_TEST(test_size)
 {
 	struct script sc = { .size = "100", .eightbitmime = _i == 1 };
-	struct lmtp_settings set = settings();
+	struct client_settings set = settings();
 	struct run r = { event_base_new(), 0, 0, false, false };
-	struct lmtp_pool *p = lmtp_pool_new(r.base, &set);
+	struct client_pool *p = client_pool_new(r.base, &set);
 	struct fake f;
 	struct endpoint ep;
 	struct msg m1, m2;
@@ -1010,7 +1010,7 @@ START_TEST(test_size)
 					     "BODY=8BITMIME\n"));
 	else
 		ck_assert_ptr_nonnull(strstr(f.log.s, "MAIL FROM:<sender@remote.test> SIZE=24\n"));
-	lmtp_pool_free(p);
+	client_pool_free(p);
 	fake_stop(&f);
 	event_base_free(r.base);
 }
@@ -1018,15 +1018,15 @@ END_TEST
 
 START_TEST(test_unix_socket)
 {
-	struct lmtp_settings set = settings();
+	struct client_settings set = settings();
 	struct run r = { event_base_new(), 0, 0, false, false };
-	struct lmtp_pool *p = lmtp_pool_new(r.base, &set);
+	struct client_pool *p = client_pool_new(r.base, &set);
 	struct fake f;
 	struct endpoint ep;
 	struct msg m;
 	char path[64], relay[80];
 
-	snprintf(path, sizeof(path), "/tmp/check_lmtp.%d.sock", (int)getpid());
+	snprintf(path, sizeof(path), "/tmp/check_client.%d.sock", (int)getpid());
 	fake_start_on(&f, NULL, NULL, 0, path);
 	memset(&ep, 0, sizeof(ep));
 	ep.kind = EP_UNIX;
@@ -1038,7 +1038,7 @@ START_TEST(test_unix_socket)
 	snprintf(relay, sizeof(relay), "unix:%s", path);
 	check_result(&m.res[0], 250, "2.0.0", NULL, relay);
 	ck_assert_ptr_nonnull(strstr(f.log.s, "MAIL FROM:<>\n"));
-	lmtp_pool_free(p);
+	client_pool_free(p);
 	fake_stop(&f);
 	event_base_free(r.base);
 }
@@ -1048,9 +1048,9 @@ END_TEST
 START_TEST(test_edges)
 {
 	struct script sc = { .greet_delay_ms = 300 };
-	struct lmtp_settings set = settings();
+	struct client_settings set = settings();
 	struct run r = { event_base_new(), 0, 0, false, false };
-	struct lmtp_pool *p = lmtp_pool_new(r.base, &set);
+	struct client_pool *p = client_pool_new(r.base, &set);
 	struct fake f;
 	struct endpoint ep;
 	struct msg m1, m2, m3;
@@ -1059,7 +1059,7 @@ START_TEST(test_edges)
 	deliver(&r, p, "node-a", NULL, 0, &m1);
 	ck_assert_int_eq(m1.done, 0);
 	run_until(&r, 1);
-	check_result(&m1.res[0], 451, "4.3.5", "no LMTP endpoint", NULL);
+	check_result(&m1.res[0], 451, "4.3.5", "no endpoint", NULL);
 
 	/* bad address bytes never reach the wire */
 	fake_start(&f, &sc);
@@ -1072,7 +1072,7 @@ START_TEST(test_edges)
 
 	msg_init(&m3, &r, body, "a@example.test", NULL, NULL);
 	deliver(&r, p, "node-b", &ep, 1, &m3);
-	lmtp_pool_free(p);
+	client_pool_free(p);
 	ck_assert_int_eq(m3.done, 1);
 	check_result(&m3.res[0], 451, "4.3.0", "shutting down", NULL);
 	fake_stop(&f);
@@ -1190,9 +1190,9 @@ END_TEST
 START_TEST(test_dns_round_robin)
 {
 	struct fakedns d = { .name = "node.test", .addrs = { "127.0.0.1", "127.0.0.2" } };
-	struct lmtp_settings set = settings();
+	struct client_settings set = settings();
 	struct run r = { event_base_new(), 0, 0, false, false };
-	struct lmtp_pool *p;
+	struct client_pool *p;
 	struct fake f1, f2;
 	struct endpoint ep;
 	struct msg m[4];
@@ -1202,7 +1202,7 @@ START_TEST(test_dns_round_robin)
 	fakedns_start(&d);
 	snprintf(servers, sizeof(servers), "127.0.0.1:%u", d.port);
 	set.dns_servers = servers;
-	p = lmtp_pool_new(r.base, &set);
+	p = client_pool_new(r.base, &set);
 	fake_start(&f1, NULL);
 	fake_start_on(&f2, NULL, "127.0.0.2", f1.port, NULL);
 	memset(&ep, 0, sizeof(ep));
@@ -1234,7 +1234,7 @@ START_TEST(test_dns_round_robin)
 		check_result(&m[i].res[0], 250, "2.0.0", NULL, relay2);
 	}
 	ck_assert_int_eq(f2.nconn, 3);
-	lmtp_pool_free(p);
+	client_pool_free(p);
 	fake_stop(&f2);
 	fakedns_stop(&d);
 	event_base_free(r.base);
@@ -1246,9 +1246,9 @@ START_TEST(test_real_node)
 {
 	const char *node = getenv("SORTER_TEST_LMTP_NODE");
 	const char *rcpt = getenv("SORTER_TEST_LMTP_RCPT");
-	struct lmtp_settings set = settings();
+	struct client_settings set = settings();
 	struct run r = { event_base_new(), 0, 0, false, false };
-	struct lmtp_pool *p;
+	struct client_pool *p;
 	struct endpoint ep;
 	struct msg m;
 	const char *colon;
@@ -1257,13 +1257,13 @@ START_TEST(test_real_node)
 		event_base_free(r.base);
 		return;
 	}
-	p = lmtp_pool_new(r.base, &set);
+	p = client_pool_new(r.base, &set);
 	memset(&ep, 0, sizeof(ep));
 	ep.kind = EP_INET;
 	ep.literal = true;
 	snprintf(ep.host, sizeof(ep.host), "%.*s", (int)(colon - node), node);
 	ep.port = (unsigned short)atoi(colon + 1);
-	msg_init(&m, &r, "Subject: check_lmtp\r\n\r\n.dot line\r\nbody\r\n", rcpt,
+	msg_init(&m, &r, "Subject: check_client\r\n\r\n.dot line\r\nbody\r\n", rcpt,
 		 "nosuchuser@example.test", NULL);
 	deliver(&r, p, "real", &ep, 1, &m);
 	run_until(&r, 1);
@@ -1271,7 +1271,7 @@ START_TEST(test_real_node)
 		m.res[0].text, m.res[1].code, m.res[1].status, m.res[1].text);
 	ck_assert_int_eq(m.res[0].code / 100, 2);
 	ck_assert_int_eq(m.res[1].code / 100, 5);
-	lmtp_pool_free(p);
+	client_pool_free(p);
 	event_base_free(r.base);
 }
 END_TEST

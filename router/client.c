@@ -1,20 +1,30 @@
 /*
- * lmtp.c - the LMTP client (RFC 2033): a pool of connections on the
- * caller's libevent loop, kept per destination (a node name), reused for
- * the next transaction to the same destination, and capped in number;
- * transactions beyond the cap wait in a FIFO per destination.
+ * client.c - the delivery client: LMTP (RFC 2033) to the mailbox nodes and
+ * SMTP (RFC 5321) to other domains' MXes and relays, one state machine for
+ * both. What differs between the two transports is a row of `transports`
+ * (the greeting verb, one reply per recipient after the content or one for
+ * all, STARTTLS, HELO fallback); the rest is shared. A pool of connections
+ * on the caller's libevent loop, kept per destination (a node name, a
+ * relay, a mail domain), reused for the next transaction to the same
+ * destination, and capped in number; transactions beyond the cap wait in a
+ * FIFO per destination.
  *
  * One connection slot carries one transaction at a time through the
- * destination's endpoints: DNS (dns.c) for names, every address of a name
- * from a rotating start, the next endpoint when a connection fails. An
- * endpoint or address that failed is tried last for dead_endpoint_seconds.
- * Each recipient ends with exactly one result: the server's reply to its
- * RCPT, to DATA, or after the content; or one made up here when no server
- * could answer (451 4.4.1: the queue manager defers).
+ * destination's endpoints: an smtp:DOMAIN endpoint becomes the hosts of
+ * the domain's MX records (preference order), DNS (dns.c) gives each host
+ * name's addresses, every address of a name is tried from a rotating
+ * start, and the next endpoint when a connection fails (refused, timeout,
+ * a greeting that is not 220). An endpoint or address that failed is tried
+ * last for dead_endpoint_seconds. Each recipient ends with exactly one
+ * result: the server's reply to its RCPT, to DATA, or after the content;
+ * or one made up here (451 4.4.1 when no server could answer, the DNS
+ * verdicts for a domain: 5.1.2, 5.1.10, 4.4.3, 5.4.6).
  *
  * It must never block, never send a bare CR or LF (reply.c's encoder
  * makes every line end CR LF), never send a message larger than the
- * server's SIZE, and never call a done callback from inside lmtp_deliver:
+ * server's SIZE, never send 8-bit content to an SMTP server that did not
+ * offer 8BITMIME, never act on bytes a server sent before the TLS
+ * handshake, and never call a done callback from inside client_deliver:
  * results go out through a deferred event. No logging per message: the
  * queue manager logs results; an endpoint failure is warned about once
  * per dead period.
@@ -32,9 +42,15 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
+
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
 #include "lib/lib.h"
 #include "router/router.h"
@@ -44,11 +60,29 @@
 #define EPKEY_MAX (ADDR_DOMAIN_MAX + ENDPOINT_PATH_MAX + 32)
 #define ERR_MAX 512
 
+/* What one transport does its own way; everything else is shared. */
+struct transport {
+	const char *name;
+	const char *hello;              /* the greeting command */
+	bool reply_per_rcpt;            /* after the content: one reply per accepted recipient */
+	bool starttls;                  /* STARTTLS when offered, per smtp_tls_security_level */
+	bool helo_fallback;             /* a refused EHLO is followed by HELO */
+	bool strict_8bit;               /* 8-bit content needs 8BITMIME from the server */
+	bool pass_dsn;                  /* NOTIFY, ORCPT, RET, ENVID when DSN is offered */
+};
+
+static const struct transport transports[] = {
+	[EP_LMTP] = { "lmtp", "LHLO", true, false, false, false, false },
+	[EP_SMTP] = { "smtp", "EHLO", false, true, true, true, true },
+};
+
 enum cstate {
 	CS_RESOLVING,           /* waiting for DNS */
 	CS_CONNECTING,
 	CS_GREETING,            /* waiting for the 220 */
-	CS_LHLO,
+	CS_LHLO,                /* LHLO, EHLO or HELO sent */
+	CS_STARTTLS,            /* STARTTLS sent */
+	CS_HANDSHAKE,           /* TLS handshake under way */
 	CS_TXN,                 /* RSET, MAIL, RCPT..., DATA and their replies */
 	CS_CONTENT,             /* the message, then one reply per accepted recipient */
 	CS_IDLE,                /* connected, no transaction */
@@ -63,13 +97,15 @@ struct epstate {
 };
 
 struct job {
-	struct lmtp_pool *pool;
-	struct lmtp_txn *txn;
+	struct client_pool *pool;
+	struct deliv_txn *txn;
 	struct endpoint *eps;
 	size_t neps;
 	size_t *order;          /* eps in the order to try them; NULL: not started */
 	size_t next_ep;         /* in order */
 	const struct endpoint *ep;      /* being tried */
+	struct dns_mx mx[DNS_MX_MAX];   /* what an smtp:DOMAIN endpoint became */
+	size_t nmx;
 	char epname[EPKEY_MAX];
 	struct sockaddr_storage addrs[DNS_ADDRS_MAX];
 	size_t naddrs, next_addr;
@@ -79,14 +115,19 @@ struct job {
 };
 
 struct conn {
-	struct lmtp_pool *pool;
+	struct client_pool *pool;
 	struct dest *dest;
 	enum cstate state;
 	struct bufferevent *bev;
 	struct dns_query *dq;
 	struct job *job;
+	const struct transport *tp;
 	struct ehlo_caps caps;
-	char relay[LMTP_RELAY_MAX];
+	bool helo_sent;         /* EHLO was refused: HELO instead */
+	bool tls_on;            /* the session runs over TLS */
+	char tls[96];           /* the session's TLS version and cipher, for the results */
+	char peer[ADDR_DOMAIN_MAX + 1]; /* the host name connected to (TLS verify) */
+	char relay[RELAY_MAX];
 	bool reused;            /* the transaction is not the connection's first */
 	bool need_rset;         /* the last transaction did not end cleanly */
 	bool answered;          /* a reply of this transaction arrived */
@@ -98,6 +139,8 @@ struct conn {
 		bool mail_failed;
 		size_t content_off;
 		bool content_end;       /* the final "." is in the output */
+		bool utf8;              /* MAIL FROM carries SMTPUTF8 */
+		bool dsn;               /* DSN parameters are passed on */
 		struct dotstuff ds;
 	} tx;
 	struct conn *prev, *next;
@@ -105,17 +148,19 @@ struct conn {
 
 struct dest {
 	char *name;
+	const struct transport *tp;
 	struct conn *conns;
 	unsigned nconn;
 	struct job *head, *tail;        /* waiting */
 	struct dest *next;
 };
 
-struct lmtp_pool {
+struct client_pool {
 	struct event_base *base;
-	struct lmtp_settings set;
+	struct client_settings set;
 	char *helo_name, *dns_servers;
 	struct dns *dns;
+	SSL_CTX *tls_ctx;               /* SMTP STARTTLS; NULL when smtp_tls_level is none */
 	struct dest *dests;
 	struct epstate *states;
 	struct job *done_head, *done_tail;
@@ -124,6 +169,9 @@ struct lmtp_pool {
 };
 
 static void conn_try(struct conn *c);
+static void on_read(struct bufferevent *bev, void *arg);
+static void on_write(struct bufferevent *bev, void *arg);
+static void on_event(struct bufferevent *bev, short what, void *arg);
 static bool conn_begin_txn(struct conn *c);
 static void fmtbuf(char *buf, size_t len, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
@@ -142,7 +190,7 @@ fmtbuf(char *buf, size_t len, const char *fmt, ...)
 /* ---- endpoint state ---- */
 
 static struct epstate *
-epstate(struct lmtp_pool *p, const char *key, bool create)
+epstate(struct client_pool *p, const char *key, bool create)
 {
 	struct epstate *s;
 
@@ -169,7 +217,7 @@ mono_usec(void)
 }
 
 static bool
-is_dead(struct lmtp_pool *p, const char *key)
+is_dead(struct client_pool *p, const char *key)
 {
 	struct epstate *s = epstate(p, key, false);
 
@@ -178,7 +226,7 @@ is_dead(struct lmtp_pool *p, const char *key)
 
 /* Marks key dead; warns when it was alive and `warn`. */
 static void
-mark_dead(struct lmtp_pool *p, const char *key, bool warn, const char *why)
+mark_dead(struct client_pool *p, const char *key, bool warn, const char *why)
 {
 	struct epstate *s;
 	uint64_t now = mono_usec();
@@ -187,7 +235,7 @@ mark_dead(struct lmtp_pool *p, const char *key, bool warn, const char *why)
 		return;         /* never set aside */
 	s = epstate(p, key, true);
 	if (warn && s->dead_until <= now)
-		msg_warn("lmtp: %s failed, tried last for %ds: %s", key,
+		msg_warn("%s failed, tried last for %ds: %s", key,
 			 p->set.dead_endpoint_seconds, why);
 	s->dead_until = now + (uint64_t)p->set.dead_endpoint_seconds * 1000000u;
 }
@@ -195,7 +243,7 @@ mark_dead(struct lmtp_pool *p, const char *key, bool warn, const char *why)
 /* ---- results and finished transactions ---- */
 
 static void
-set_result(struct lmtp_rcpt_result *res, int code, const char *status, const char *text,
+set_result(struct deliv_result *res, int code, const char *status, const char *text,
 	   const char *relay)
 {
 	res->code = code;
@@ -210,11 +258,15 @@ set_result(struct lmtp_rcpt_result *res, int code, const char *status, const cha
 static void
 reply_result(struct conn *c, size_t i, const struct reply *r)
 {
-	set_result(&c->job->txn->results[i], r->code, r->status, r->text, c->relay);
+	struct deliv_result *res = &c->job->txn->results[i];
+
+	set_result(res, r->code, r->status, r->text, c->relay);
+	res->remote_said = true;
+	snprintf(res->tls, sizeof(res->tls), "%s", c->tls);
 }
 
 static void
-schedule_kick(struct lmtp_pool *p)
+schedule_kick(struct client_pool *p)
 {
 	event_active(p->kick_ev, EV_TIMEOUT, 0);
 }
@@ -224,7 +276,7 @@ schedule_kick(struct lmtp_pool *p)
 static void
 job_finish(struct job *j, int code, const char *status, const char *text)
 {
-	struct lmtp_pool *p = j->pool;
+	struct client_pool *p = j->pool;
 	size_t i;
 
 	for (i = 0; i < j->txn->nrcpt; i++)
@@ -247,9 +299,9 @@ job_finish(struct job *j, int code, const char *status, const char *text)
 static void
 on_done(evutil_socket_t fd, short what, void *arg)
 {
-	struct lmtp_pool *p = arg;
+	struct client_pool *p = arg;
 	struct job *j = p->done_head;
-	struct lmtp_txn *txn;
+	struct deliv_txn *txn;
 
 	if (j == NULL)
 		return;
@@ -291,7 +343,7 @@ conn_close_socket(struct conn *c)
 static void
 conn_quit(struct conn *c)
 {
-	if (c->state == CS_IDLE && c->bev != NULL)
+	if (c->state == CS_IDLE && c->bev != NULL && !c->tls_on)
 		(void)send(bufferevent_getfd(c->bev), "QUIT\r\n", 6, MSG_NOSIGNAL | MSG_DONTWAIT);
 }
 
@@ -300,7 +352,7 @@ static void
 conn_free(struct conn *c)
 {
 	struct dest *d = c->dest;
-	struct lmtp_pool *p = c->pool;
+	struct client_pool *p = c->pool;
 
 	conn_close_socket(c);
 	if (c->prev)
@@ -331,7 +383,12 @@ phase(const struct conn *c)
 	case CS_GREETING:
 		return "receiving the initial server greeting";
 	case CS_LHLO:
-		return "sending LHLO";
+		return c->helo_sent ? "sending HELO" : c->tp == &transports[EP_SMTP] ?
+		    "sending EHLO" : "sending LHLO";
+	case CS_STARTTLS:
+		return "sending STARTTLS";
+	case CS_HANDSHAKE:
+		return "performing the TLS handshake";
 	case CS_TXN:
 		if (c->tx.replied < off)
 			return "sending RSET";
@@ -404,7 +461,7 @@ static void
 send_step(struct conn *c)
 {
 	struct evbuffer *out = bufferevent_get_output(c->bev);
-	struct lmtp_txn *t = c->job->txn;
+	struct deliv_txn *t = c->job->txn;
 	size_t i = c->tx.sent++, off = c->tx.rset ? 1 : 0;
 
 	if (i < off) {
@@ -415,9 +472,19 @@ send_step(struct conn *c)
 			evbuffer_add_printf(out, " SIZE=%zu", t->content_len);
 		if (t->eightbit && c->caps.eightbitmime)
 			evbuffer_add_printf(out, " BODY=8BITMIME");
+		if (c->tx.utf8)
+			evbuffer_add_printf(out, " SMTPUTF8");
+		if (c->tx.dsn && t->sender_params != NULL && t->sender_params[0] != '\0')
+			evbuffer_add_printf(out, " %s", t->sender_params);
 		evbuffer_add(out, "\r\n", 2);
 	} else if (i <= off + c->tx.nrcpt) {
-		evbuffer_add_printf(out, "RCPT TO:<%s>\r\n", t->rcpts[c->tx.rcpts[i - off - 1]]);
+		size_t k = c->tx.rcpts[i - off - 1];
+
+		evbuffer_add_printf(out, "RCPT TO:<%s>", t->rcpts[k]);
+		if (c->tx.dsn && t->rcpt_params != NULL && t->rcpt_params[k] != NULL &&
+		    t->rcpt_params[k][0] != '\0')
+			evbuffer_add_printf(out, " %s", t->rcpt_params[k]);
+		evbuffer_add(out, "\r\n", 2);
 	} else {
 		evbuffer_add(out, "DATA\r\n", 6);
 	}
@@ -436,12 +503,35 @@ no_controls(const char *a)
 	return true;
 }
 
+static bool
+has_utf8(const char *a)
+{
+	const unsigned char *s;
+
+	for (s = (const unsigned char *)(a ? a : ""); *s; s++)
+		if (*s >= 0x80)
+			return true;
+	return false;
+}
+
+/* Every recipient of the transaction not answered yet gets this result. */
+static void
+fail_all(struct conn *c, int code, const char *status, const char *text)
+{
+	struct deliv_txn *t = c->job->txn;
+	size_t i;
+
+	for (i = 0; i < c->tx.nrcpt; i++)
+		set_result(&t->results[c->tx.rcpts[i]], code, status, text, c->relay);
+	c->tx.nrcpt = 0;
+}
+
 /* Starts the transaction of c->job on the connection c, ready for it.
  * Returns false when c is gone. */
 static bool
 conn_begin_txn(struct conn *c)
 {
-	struct lmtp_txn *t = c->job->txn;
+	struct deliv_txn *t = c->job->txn;
 	char text[256];
 	size_t i;
 
@@ -467,10 +557,24 @@ conn_begin_txn(struct conn *c)
 	    t->content_len > c->caps.size_max) {
 		fmtbuf(text, sizeof(text), "message size %zu exceeds size limit %llu of server %s",
 		       t->content_len, c->caps.size_max, c->relay);
-		for (i = 0; i < c->tx.nrcpt; i++)
-			set_result(&t->results[c->tx.rcpts[i]], 552, "5.3.4", text, c->relay);
-		c->tx.nrcpt = 0;
+		fail_all(c, 552, "5.3.4", text);
 	}
+	if (c->tx.nrcpt > 0 && t->eightbit && c->tp->strict_8bit && !c->caps.eightbitmime) {
+		/* RFC 6152: no 8-bit content to a server that did not offer 8BITMIME */
+		fmtbuf(text, sizeof(text), "message has 8-bit content, but server %s does not "
+		       "offer 8BITMIME and the content cannot be converted", c->relay);
+		fail_all(c, 554, "5.6.3", text);
+	}
+	c->tx.utf8 = has_utf8(t->sender);
+	for (i = 0; i < c->tx.nrcpt && !c->tx.utf8; i++)
+		c->tx.utf8 = has_utf8(t->rcpts[c->tx.rcpts[i]]);
+	if (c->tx.nrcpt > 0 && c->tx.utf8 && !c->caps.smtputf8) {
+		/* RFC 6531 3.4: a UTF-8 envelope needs SMTPUTF8 from the server */
+		fmtbuf(text, sizeof(text), "SMTPUTF8 is required, but was not offered by %s",
+		       c->relay);
+		fail_all(c, 553, "5.6.7", text);
+	}
+	c->tx.dsn = c->tp->pass_dsn && c->caps.dsn;
 	if (c->tx.nrcpt == 0)
 		return txn_end(c, true, !c->need_rset);
 	c->tx.rset = c->need_rset;
@@ -491,7 +595,7 @@ static void
 content_fill(struct conn *c)
 {
 	struct evbuffer *out = bufferevent_get_output(c->bev);
-	struct lmtp_txn *t = c->job->txn;
+	struct deliv_txn *t = c->job->txn;
 	struct evbuffer_iovec v;
 	unsigned char end[5];
 	size_t n;
@@ -576,6 +680,120 @@ txn_reply(struct conn *c, const struct reply *r)
 	return true;
 }
 
+static void
+send_hello(struct conn *c)
+{
+	evbuffer_add_printf(bufferevent_get_output(c->bev), "%s %s\r\n",
+			    c->helo_sent ? "HELO" : c->tp->hello, c->pool->helo_name);
+	memset(&c->caps, 0, sizeof(c->caps));
+	c->state = CS_LHLO;
+}
+
+static enum tls_level
+conn_tls_level(const struct conn *c)
+{
+	return c->tp->starttls ? c->pool->set.smtp_tls_level : TLS_NONE;
+}
+
+/* The server answered LHLO/EHLO/HELO: STARTTLS first when it applies, then
+ * the transaction. Returns false when c is gone. */
+static bool
+after_hello(struct conn *c)
+{
+	enum tls_level lv = conn_tls_level(c);
+	char buf[ERR_MAX];
+
+	if (!c->tls_on && lv != TLS_NONE) {
+		if (c->caps.starttls && c->pool->tls_ctx != NULL) {
+			evbuffer_add(bufferevent_get_output(c->bev), "STARTTLS\r\n", 10);
+			c->state = CS_STARTTLS;
+			return true;
+		}
+		if (lv >= TLS_ENCRYPT) {
+			fmtbuf(buf, sizeof(buf), "TLS is required, but was not offered by host %s",
+			       c->relay);
+			conn_fail(c, buf);
+			return false;
+		}
+	}
+	return conn_begin_txn(c);
+}
+
+/* 220 to STARTTLS: the session goes through a TLS filter from here on.
+ * Returns false when c is gone. */
+static bool
+start_tls(struct conn *c)
+{
+	struct bufferevent *tbev;
+	unsigned char bin[16];
+	char buf[ERR_MAX];
+	SSL *ssl;
+
+	if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0) {
+		/* bytes after the 220 would be read as if they came over TLS */
+		fmtbuf(buf, sizeof(buf), "host %s sent data after its reply to STARTTLS", c->relay);
+		conn_fail(c, buf);
+		return false;
+	}
+	if ((ssl = SSL_new(c->pool->tls_ctx)) == NULL) {
+		fmtbuf(buf, sizeof(buf), "cannot start TLS with %s: out of memory", c->relay);
+		conn_fail(c, buf);
+		return false;
+	}
+	if (c->peer[0] != '\0' && inet_pton(AF_INET, c->peer, bin) != 1 &&
+	    inet_pton(AF_INET6, c->peer, bin) != 1)
+		SSL_set_tlsext_host_name(ssl, c->peer);
+	if (conn_tls_level(c) == TLS_VERIFY) {
+		/* the certificate must name the host we looked up (the MX host) */
+		SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+		if (c->peer[0] == '\0' || SSL_set1_host(ssl, c->peer) != 1) {
+			SSL_free(ssl);
+			fmtbuf(buf, sizeof(buf), "cannot verify %s: no host name", c->relay);
+			conn_fail(c, buf);
+			return false;
+		}
+	}
+	tbev = bufferevent_openssl_filter_new(c->pool->base, c->bev, ssl,
+					      BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE);
+	if (tbev == NULL) {
+		SSL_free(ssl);
+		fmtbuf(buf, sizeof(buf), "cannot start TLS with %s", c->relay);
+		conn_fail(c, buf);
+		return false;
+	}
+	c->bev = tbev;
+	bufferevent_setcb(tbev, on_read, on_write, on_event, c);
+	bufferevent_setwatermark(tbev, EV_WRITE, OUTPUT_LOW_WATER / 2, 0);
+	set_timeouts(c, c->pool->set.cmd_timeout, c->pool->set.cmd_timeout);
+	bufferevent_enable(tbev, EV_READ | EV_WRITE);
+	c->state = CS_HANDSHAKE;
+	return true;
+}
+
+/* The handshake completed: check the peer as the level asks, then EHLO
+ * again (RFC 3207 4.2: what was learned before TLS is forgotten). */
+static void
+tls_established(struct conn *c)
+{
+	SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
+	long vr = SSL_get_verify_result(ssl);
+	bool verify = conn_tls_level(c) == TLS_VERIFY;
+	bool verified = verify && vr == X509_V_OK && SSL_get0_peer_certificate(ssl) != NULL;
+	char buf[ERR_MAX];
+
+	if (verify && !verified) {
+		fmtbuf(buf, sizeof(buf), "server certificate not verified for %s: %s", c->relay,
+		       SSL_get0_peer_certificate(ssl) == NULL ? "no certificate" :
+		       X509_verify_cert_error_string(vr));
+		conn_fail(c, buf);
+		return;
+	}
+	snprintf(c->tls, sizeof(c->tls), "%s/%s/%s", SSL_get_version(ssl),
+		 SSL_get_cipher_name(ssl), verified ? "verified" : "unverified");
+	c->tls_on = true;
+	send_hello(c);
+}
+
 /* Returns false when c is gone. */
 static bool
 handle_reply(struct conn *c, const struct reply *r)
@@ -586,13 +804,26 @@ handle_reply(struct conn *c, const struct reply *r)
 	case CS_GREETING:
 		if (r->code != 220)
 			return fail_reply(c, r, "refused to talk to me", NULL);
-		evbuffer_add_printf(bufferevent_get_output(c->bev), "LHLO %s\r\n", c->pool->helo_name);
-		c->state = CS_LHLO;
+		send_hello(c);
 		return true;
 	case CS_LHLO:
-		if (r->code / 100 != 2)
-			return fail_reply(c, r, "said", "in reply to LHLO command");
-		return conn_begin_txn(c);
+		if (r->code / 100 != 2) {
+			if (c->tp->helo_fallback && !c->helo_sent && r->code / 100 == 5) {
+				c->helo_sent = true;    /* RFC 5321 3.2: an old server */
+				send_hello(c);
+				return true;
+			}
+			fmtbuf(buf, sizeof(buf), "in reply to %s command",
+			       c->helo_sent ? "HELO" : c->tp->hello);
+			return fail_reply(c, r, "said", buf);
+		}
+		return after_hello(c);
+	case CS_STARTTLS:
+		if (r->code == 220)
+			return start_tls(c);
+		if (conn_tls_level(c) >= TLS_ENCRYPT)
+			return fail_reply(c, r, "said", "in reply to STARTTLS command");
+		return conn_begin_txn(c);       /* may: on in plaintext */
 	case CS_TXN:
 		c->answered = true;
 		return txn_reply(c, r);
@@ -600,7 +831,11 @@ handle_reply(struct conn *c, const struct reply *r)
 		c->answered = true;
 		if (!c->tx.content_end || c->tx.nacc_done >= c->tx.nacc)
 			return fail_reply(c, r, "said", "while sending message body");
-		reply_result(c, c->tx.acc[c->tx.nacc_done++], r);
+		if (c->tp->reply_per_rcpt)
+			reply_result(c, c->tx.acc[c->tx.nacc_done++], r);
+		else    /* SMTP: one reply speaks for every accepted recipient */
+			while (c->tx.nacc_done < c->tx.nacc)
+				reply_result(c, c->tx.acc[c->tx.nacc_done++], r);
 		if (c->tx.nacc_done == c->tx.nacc)
 			return txn_end(c, true, true);
 		return true;
@@ -615,7 +850,7 @@ static void
 on_read(struct bufferevent *bev, void *arg)
 {
 	struct conn *c = arg;
-	struct evbuffer *in = bufferevent_get_input(bev);
+	struct evbuffer *in;
 	struct reply r;
 	const char *why;
 	char buf[ERR_MAX];
@@ -623,7 +858,8 @@ on_read(struct bufferevent *bev, void *arg)
 	ssize_t n;
 	unsigned char *p;
 
-	while ((len = evbuffer_get_length(in)) > 0) {
+	/* the buffer is looked up each time: STARTTLS replaces the bufferevent */
+	while ((len = evbuffer_get_length(in = bufferevent_get_input(c->bev))) > 0) {
 		if (c->state == CS_IDLE) {
 			/* between transactions a server only speaks to say it
 			 * is closing (421), or when confused: drop it either way */
@@ -642,7 +878,7 @@ on_read(struct bufferevent *bev, void *arg)
 			conn_fail(c, buf);
 			return;
 		}
-		if (c->state == CS_LHLO)
+		if (c->state == CS_LHLO && !c->helo_sent && r.code / 100 == 2)
 			ehlo_parse((const char *)p, (size_t)n, &c->caps);
 		evbuffer_drain(in, (size_t)n);
 		if (!handle_reply(c, &r))
@@ -659,6 +895,20 @@ on_write(struct bufferevent *bev, void *arg)
 		content_fill(c);
 }
 
+static const char *
+tls_error(struct bufferevent *bev)
+{
+	static char buf[256];
+	unsigned long e = bufferevent_get_openssl_error(bev);
+
+	if (e == 0)
+		return "connection closed";
+	ERR_error_string_n(e, buf, sizeof(buf));
+	while (bufferevent_get_openssl_error(bev) != 0)
+		;
+	return buf;
+}
+
 static void
 on_event(struct bufferevent *bev, short what, void *arg)
 {
@@ -666,6 +916,10 @@ on_event(struct bufferevent *bev, short what, void *arg)
 	char buf[ERR_MAX];
 	int err = EVUTIL_SOCKET_ERROR();
 
+	if ((what & BEV_EVENT_CONNECTED) && c->state == CS_HANDSHAKE) {
+		tls_established(c);
+		return;
+	}
 	if (what & BEV_EVENT_CONNECTED) {
 		c->state = CS_GREETING;
 		set_timeouts(c, c->pool->set.cmd_timeout, c->pool->set.cmd_timeout);
@@ -684,6 +938,9 @@ on_event(struct bufferevent *bev, short what, void *arg)
 			 err ? strerror(err) : "Connection failed");
 	else if (what & BEV_EVENT_TIMEOUT)
 		snprintf(buf, sizeof(buf), "timeout with %s while %s", c->relay, phase(c));
+	else if (c->state == CS_HANDSHAKE)
+		fmtbuf(buf, sizeof(buf), "TLS handshake with %s failed: %s", c->relay,
+		       tls_error(c->bev));
 	else
 		snprintf(buf, sizeof(buf), "lost connection with %s while %s", c->relay, phase(c));
 	conn_fail(c, buf);
@@ -696,7 +953,26 @@ conn_connect(struct conn *c, const struct sockaddr_storage *ss)
 	struct job *j = c->job;
 	int fd;
 
-	dns_addr_format(ss, c->relay, sizeof(c->relay));
+	if (c->tp == &transports[EP_SMTP] && j->ep != NULL) {
+		/* Postfix's form: mx1.remote.test[127.0.0.2]:25 */
+		char ip[INET6_ADDRSTRLEN] = "?";
+		unsigned port = 0;
+
+		if (ss->ss_family == AF_INET) {
+			inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, ip, sizeof(ip));
+			port = ntohs(((const struct sockaddr_in *)ss)->sin_port);
+		} else if (ss->ss_family == AF_INET6) {
+			inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ss)->sin6_addr, ip, sizeof(ip));
+			port = ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
+		}
+		fmtbuf(c->relay, sizeof(c->relay), "%s[%s]:%u", j->ep->host, ip, port);
+	} else {
+		dns_addr_format(ss, c->relay, sizeof(c->relay));
+	}
+	snprintf(c->peer, sizeof(c->peer), "%s", j->ep != NULL ? j->ep->host : "");
+	c->tls_on = false;
+	c->helo_sent = false;
+	c->tls[0] = '\0';
 	fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0 || (connect(fd, (const struct sockaddr *)ss,
 			       (socklen_t)dns_addr_len(ss)) < 0 && errno != EINPROGRESS)) {
@@ -738,20 +1014,116 @@ job_start_eps(struct job *j)
 	j->naddrs = j->next_addr = 0;
 }
 
+static unsigned short
+ep_port(const struct client_pool *p, const struct endpoint *ep)
+{
+	return ep->port != 0 ? ep->port : p->set.smtp_port;
+}
+
+/* The slot ends its transaction with one verdict for every recipient
+ * without a result (a DNS verdict on the whole domain). */
+static void
+conn_give_up(struct conn *c, int code, const char *status, const char *text)
+{
+	struct job *j = c->job;
+
+	c->job = NULL;
+	job_finish(j, code, status, text);
+	conn_free(c);
+}
+
+/*
+ * The answer for an smtp:DOMAIN endpoint: its MX hosts (or the domain
+ * itself when it has none) take its place, followed by the endpoints not
+ * tried yet. A host that is this host ends the list there, with every
+ * host of its preference or a worse one (RFC 5321 5.1): what is left is
+ * better than us, or the mail would loop.
+ */
+static void
+on_mx(const struct dns_mx_answer *a, void *arg)
+{
+	struct conn *c = arg;
+	struct job *j = c->job;
+	struct endpoint *eps, mxep = *j->ep;
+	char text[ERR_MAX];
+	size_t i, n = 0, nmx = a->nmx;
+
+	c->dq = NULL;
+	switch (a->status) {
+	case DNS_MX_NXDOMAIN:
+		fmtbuf(text, sizeof(text), "Host or domain name not found. Name service error "
+		       "for name=%s type=MX: Host not found", mxep.host);
+		conn_give_up(c, 550, "5.1.2", text);
+		return;
+	case DNS_MX_NULL:
+		fmtbuf(text, sizeof(text), "Domain %s does not accept mail (nullMX)", mxep.host);
+		conn_give_up(c, 556, "5.1.10", text);
+		return;
+	case DNS_MX_TEMPFAIL:
+		fmtbuf(text, sizeof(text), "Host or domain name not found. Name service error "
+		       "for name=%s type=MX: %s", mxep.host, a->err ? a->err : "try again");
+		conn_give_up(c, 451, "4.4.3", text);
+		return;
+	case DNS_MX_NONE:
+	case DNS_MX_OK:
+		break;
+	}
+	if (a->status == DNS_MX_OK) {
+		for (i = 0; i < a->nmx; i++)
+			if (strcasecmp(a->mx[i].host, c->pool->helo_name) == 0)
+				break;
+		if (i < a->nmx) {
+			nmx = i;
+			while (nmx > 0 && a->mx[nmx - 1].pref >= a->mx[i].pref)
+				nmx--;
+			if (nmx == 0) {
+				fmtbuf(text, sizeof(text), "mail for %s loops back to myself",
+				       mxep.host);
+				conn_give_up(c, 554, "5.4.6", text);
+				return;
+			}
+		}
+	}
+	eps = xcalloc((a->status == DNS_MX_OK ? nmx : 1) + j->neps, sizeof(*eps));
+	if (a->status == DNS_MX_NONE) {
+		eps[n] = mxep;
+		eps[n++].mx = false;
+	}
+	for (i = 0; a->status == DNS_MX_OK && i < nmx; i++) {
+		eps[n] = mxep;
+		eps[n].mx = false;
+		snprintf(eps[n].host, sizeof(eps[n].host), "%s", a->mx[i].host);
+		n++;
+	}
+	for (i = j->next_ep; i < j->neps; i++)
+		eps[n++] = j->eps[j->order[i]];
+	free(j->eps);
+	free(j->order);
+	j->eps = eps;
+	j->neps = n;
+	j->order = xcalloc(n, sizeof(*j->order));
+	for (i = 0; i < n; i++)
+		j->order[i] = i;
+	j->next_ep = 0;
+	j->ep = NULL;
+	j->naddrs = j->next_addr = 0;
+	conn_try(c);
+}
+
 static void
 on_dns(const struct dns_answer *a, void *arg)
 {
 	struct conn *c = arg;
 	struct job *j = c->job;
 	struct sockaddr_storage live[DNS_ADDRS_MAX], dead[DNS_ADDRS_MAX];
-	char name[LMTP_RELAY_MAX];
+	char name[RELAY_MAX];
 	size_t i, k, nlive = 0, ndead = 0;
 	struct epstate *st;
 
 	c->dq = NULL;
 	if (a->error) {
-		fmtbuf(j->err, sizeof(j->err), "connect to %s:%u: %s", j->ep->host, j->ep->port,
-		       a->err);
+		fmtbuf(j->err, sizeof(j->err), "connect to %s:%u: %s", j->ep->host,
+		       ep_port(c->pool, j->ep), a->err);
 		conn_try(c);
 		return;
 	}
@@ -761,7 +1133,7 @@ on_dns(const struct dns_answer *a, void *arg)
 	for (i = 0; i < a->naddrs; i++) {
 		k = (st->rr + i) % a->naddrs;
 		memcpy(&live[nlive], &a->addrs[k], sizeof(live[0]));
-		dns_addr_set_port(&live[nlive], j->ep->port);
+		dns_addr_set_port(&live[nlive], ep_port(c->pool, j->ep));
 		dns_addr_format(&live[nlive], name, sizeof(name));
 		if (is_dead(c->pool, name))
 			memcpy(&dead[ndead++], &live[nlive], sizeof(live[0]));
@@ -789,7 +1161,7 @@ ep_addresses(struct job *j, const struct endpoint *ep)
 		snprintf(su->sun_path, sizeof(su->sun_path), "%s", ep->path);
 		return true;
 	}
-	if (dns_addr_numeric(ep->host, ep->port, &j->addrs[0]) == 0)
+	if (dns_addr_numeric(ep->host, ep_port(j->pool, ep), &j->addrs[0]) == 0)
 		return true;
 	j->naddrs = 0;
 	if (!ep->literal)
@@ -807,7 +1179,7 @@ static void
 conn_try(struct conn *c)
 {
 	struct job *j = c->job;
-	struct lmtp_pool *p = c->pool;
+	struct client_pool *p = c->pool;
 	char err[ERR_MAX];
 	size_t i;
 
@@ -835,7 +1207,7 @@ conn_try(struct conn *c)
 		j->ep = &j->eps[j->order[j->next_ep++]];
 		endpoint_format(j->ep, j->epname, sizeof(j->epname));
 		j->next_addr = 0;
-		if (ep_addresses(j, j->ep))
+		if (!j->ep->mx && ep_addresses(j, j->ep))
 			continue;
 		if (p->dns == NULL && (p->dns = dns_new(p->base, p->dns_servers, err,
 							sizeof(err))) == NULL) {
@@ -843,17 +1215,20 @@ conn_try(struct conn *c)
 			continue;
 		}
 		c->state = CS_RESOLVING;
-		c->dq = dns_lookup(p->dns, j->ep->host, on_dns, c);
+		if (j->ep->mx)
+			c->dq = dns_mx_lookup(p->dns, j->ep->host, on_mx, c);
+		else
+			c->dq = dns_lookup(p->dns, j->ep->host, on_dns, c);
 		return;
 	}
 	c->job = NULL;
-	job_finish(j, 451, "4.4.1", j->err[0] ? j->err : "no LMTP endpoint");
+	job_finish(j, 451, "4.4.1", j->err[0] ? j->err : "no endpoint");
 	conn_free(c);
 }
 
 /* Gives waiting transactions an idle connection or a new slot. */
 static void
-dest_dispatch(struct lmtp_pool *p, struct dest *d)
+dest_dispatch(struct client_pool *p, struct dest *d)
 {
 	struct conn *c;
 	struct job *j;
@@ -862,7 +1237,8 @@ dest_dispatch(struct lmtp_pool *p, struct dest *d)
 		for (c = d->conns; c != NULL; c = c->next)
 			if (c->state == CS_IDLE)
 				break;
-		if (c == NULL && d->nconn >= (unsigned)p->set.per_dest_concurrency)
+		if (c == NULL && d->nconn >= (unsigned)(d->tp == &transports[EP_SMTP] ?
+		    p->set.smtp_per_dest_concurrency : p->set.per_dest_concurrency))
 			return;
 		d->head = j->next;
 		if (d->head == NULL)
@@ -875,6 +1251,7 @@ dest_dispatch(struct lmtp_pool *p, struct dest *d)
 		c = xcalloc(1, sizeof(*c));
 		c->pool = p;
 		c->dest = d;
+		c->tp = d->tp;
 		c->job = j;
 		c->next = d->conns;
 		if (d->conns)
@@ -888,7 +1265,7 @@ dest_dispatch(struct lmtp_pool *p, struct dest *d)
 static void
 on_kick(evutil_socket_t fd, short what, void *arg)
 {
-	struct lmtp_pool *p = arg;
+	struct client_pool *p = arg;
 	struct dest *d;
 
 	for (d = p->dests; d != NULL; d = d->next)
@@ -898,16 +1275,43 @@ on_kick(evutil_socket_t fd, short what, void *arg)
 
 /* ---- the pool ---- */
 
-struct lmtp_pool *
-lmtp_pool_new(struct event_base *base, const struct lmtp_settings *s)
+static SSL_CTX *
+client_tls_ctx(const char *ca_file)
 {
-	struct lmtp_pool *p = xcalloc(1, sizeof(*p));
+	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+	char buf[256];
+
+	if (ctx == NULL) {
+		msg_warn("smtp: cannot create a TLS context: STARTTLS is off");
+		return NULL;
+	}
+	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+	/* the chain is checked after the handshake, as the level asks */
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+	if (ca_file != NULL && ca_file[0] != '\0') {
+		if (SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1) {
+			ERR_error_string_n(ERR_get_error(), buf, sizeof(buf));
+			msg_warn("smtp_tls_ca_file %s: %s: no server can be verified", ca_file, buf);
+		}
+	} else {
+		SSL_CTX_set_default_verify_paths(ctx);
+	}
+	ERR_clear_error();
+	return ctx;
+}
+
+struct client_pool *
+client_pool_new(struct event_base *base, const struct client_settings *s)
+{
+	struct client_pool *p = xcalloc(1, sizeof(*p));
 	char host[256];
 
 	p->base = base;
 	p->set = *s;
 #define DEFAULT(f, v) if (p->set.f <= 0) p->set.f = (v)
 	DEFAULT(per_dest_concurrency, 20);
+	DEFAULT(smtp_per_dest_concurrency, 20);
+	DEFAULT(smtp_port, 25);
 	DEFAULT(connect_timeout, 30);
 	DEFAULT(cmd_timeout, 300);
 	DEFAULT(data_timeout, 600);
@@ -924,6 +1328,9 @@ lmtp_pool_new(struct event_base *base, const struct lmtp_settings *s)
 	p->dns_servers = s->dns_servers ? xstrdup(s->dns_servers) : NULL;
 	p->set.helo_name = p->helo_name;
 	p->set.dns_servers = p->dns_servers;
+	if (p->set.smtp_tls_level != TLS_NONE)
+		p->tls_ctx = client_tls_ctx(s->smtp_tls_ca_file);
+	p->set.smtp_tls_ca_file = NULL;
 	p->done_ev = event_new(base, -1, 0, on_done, p);
 	p->kick_ev = event_new(base, -1, 0, on_kick, p);
 	if (p->done_ev == NULL || p->kick_ev == NULL)
@@ -932,7 +1339,7 @@ lmtp_pool_new(struct event_base *base, const struct lmtp_settings *s)
 }
 
 void
-lmtp_pool_free(struct lmtp_pool *p)
+client_pool_free(struct client_pool *p)
 {
 	struct dest *d;
 	struct conn *c;
@@ -945,7 +1352,7 @@ lmtp_pool_free(struct lmtp_pool *p)
 		while ((c = d->conns) != NULL) {
 			if ((j = c->job) != NULL) {
 				c->job = NULL;
-				job_finish(j, 451, "4.3.0", "LMTP client shutting down");
+				job_finish(j, 451, "4.3.0", "delivery client shutting down");
 			}
 			conn_quit(c);
 			conn_close_socket(c);
@@ -954,12 +1361,13 @@ lmtp_pool_free(struct lmtp_pool *p)
 		}
 		while ((j = d->head) != NULL) {
 			d->head = j->next;
-			job_finish(j, 451, "4.3.0", "LMTP client shutting down");
+			job_finish(j, 451, "4.3.0", "delivery client shutting down");
 		}
 		free(d->name);
 		free(d);
 	}
 	dns_free(p->dns);
+	SSL_CTX_free(p->tls_ctx);
 	while (p->states) {
 		struct epstate *s = p->states;
 
@@ -973,7 +1381,7 @@ lmtp_pool_free(struct lmtp_pool *p)
 	free(p->dns_servers);
 	free(p);
 	while ((j = done) != NULL) {
-		struct lmtp_txn *t = j->txn;
+		struct deliv_txn *t = j->txn;
 
 		done = j->next;
 		free(j);
@@ -982,8 +1390,8 @@ lmtp_pool_free(struct lmtp_pool *p)
 }
 
 void
-lmtp_deliver(struct lmtp_pool *p, const char *dest, const struct endpoint *eps,
-	     size_t neps, struct lmtp_txn *txn)
+client_deliver(struct client_pool *p, const char *dest, const struct endpoint *eps,
+	     size_t neps, struct deliv_txn *txn)
 {
 	struct job *j = xcalloc(1, sizeof(*j));
 	struct dest *d;
@@ -994,7 +1402,7 @@ lmtp_deliver(struct lmtp_pool *p, const char *dest, const struct endpoint *eps,
 	for (i = 0; i < txn->nrcpt; i++)
 		memset(&txn->results[i], 0, sizeof(txn->results[i]));
 	if (neps == 0 || txn->nrcpt == 0) {
-		snprintf(j->err, sizeof(j->err), "no LMTP endpoint for destination %s", dest);
+		snprintf(j->err, sizeof(j->err), "no endpoint for destination %s", dest);
 		job_finish(j, 451, "4.3.5", j->err);
 		return;
 	}
@@ -1007,6 +1415,7 @@ lmtp_deliver(struct lmtp_pool *p, const char *dest, const struct endpoint *eps,
 	if (d == NULL) {
 		d = xcalloc(1, sizeof(*d));
 		d->name = xstrdup(dest);
+		d->tp = &transports[eps[0].proto == EP_SMTP ? EP_SMTP : EP_LMTP];
 		d->next = p->dests;
 		p->dests = d;
 	}
