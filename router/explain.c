@@ -13,6 +13,9 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
+
+#include <event2/event.h>
 
 #include "router/router.h"
 
@@ -45,6 +48,109 @@ verdict_exit(enum rcpt_verdict v)
 
 /* ---- text ---- */
 
+/* ---- the live MX list of an smtp:DOMAIN endpoint, asked as delivery would ---- */
+
+struct live {
+	struct event_base *base;
+	bool done;
+	enum dns_mx_status status;
+	char err[128];
+	struct dns_mx mx[DNS_MX_MAX];
+	size_t nmx;
+	char addrs[512];
+};
+
+static void
+on_live_mx(const struct dns_mx_answer *a, void *arg)
+{
+	struct live *lv = arg;
+
+	lv->done = true;
+	lv->status = a->status;
+	snprintf(lv->err, sizeof(lv->err), "%s", a->err ? a->err : "");
+	lv->nmx = a->nmx < DNS_MX_MAX ? a->nmx : DNS_MX_MAX;
+	memcpy(lv->mx, a->mx, lv->nmx * sizeof(lv->mx[0]));
+}
+
+static void
+on_live_addr(const struct dns_answer *a, void *arg)
+{
+	struct live *lv = arg;
+	char buf[INET6_ADDRSTRLEN + 16];
+	size_t i, n = 0;
+
+	lv->done = true;
+	lv->addrs[0] = '\0';
+	if (a->error) {
+		snprintf(lv->addrs, sizeof(lv->addrs), "(%s)", a->err ? a->err : "no address");
+		return;
+	}
+	for (i = 0; i < a->naddrs; i++) {
+		dns_addr_format(&a->addrs[i], buf, sizeof(buf));
+		/* port 0 here: keep the address alone */
+		buf[strcspn(buf, buf[0] == '[' ? "]" : ":")] = '\0';
+		n += (size_t)snprintf(lv->addrs + n, n < sizeof(lv->addrs) ? sizeof(lv->addrs) - n : 0,
+				      "%s%s", i ? " " : "", buf[0] == '[' ? buf + 1 : buf);
+		if (n >= sizeof(lv->addrs))
+			break;
+	}
+}
+
+static void
+live_wait(struct live *lv)
+{
+	while (!lv->done)
+		if (event_base_loop(lv->base, EVLOOP_ONCE) < 0)
+			break;
+}
+
+static void
+text_live_mx(FILE *out, const struct config *cf, const char *domain)
+{
+	struct live lv;
+	struct dns *d;
+	char err[256];
+	size_t i;
+
+	memset(&lv, 0, sizeof(lv));
+	if ((lv.base = event_base_new()) == NULL)
+		return;
+	if ((d = dns_new(lv.base, cf->dns_servers, err, sizeof(err))) == NULL) {
+		fprintf(out, "    MX %s: %s\n", domain, err);
+		event_base_free(lv.base);
+		return;
+	}
+	dns_mx_lookup(d, domain, on_live_mx, &lv);
+	live_wait(&lv);
+	switch (lv.status) {
+	case DNS_MX_NXDOMAIN:
+		fprintf(out, "    MX %s: domain not found: would bounce 5.1.2\n", domain);
+		break;
+	case DNS_MX_NULL:
+		fprintf(out, "    MX %s: null MX: would bounce 5.1.10\n", domain);
+		break;
+	case DNS_MX_TEMPFAIL:
+		fprintf(out, "    MX %s: lookup failed (%s): would defer 4.4.3\n", domain, lv.err);
+		break;
+	case DNS_MX_NONE:
+		lv.nmx = 1;
+		lv.mx[0].pref = 0;
+		snprintf(lv.mx[0].host, sizeof(lv.mx[0].host), "%s", domain);
+		fprintf(out, "    MX %s: none, the domain's own address:\n", domain);
+		/* FALLTHROUGH */
+	case DNS_MX_OK:
+		for (i = 0; i < lv.nmx; i++) {
+			lv.done = false;
+			dns_lookup(d, lv.mx[i].host, on_live_addr, &lv);
+			live_wait(&lv);
+			fprintf(out, "    MX %u %s: %s\n", lv.mx[i].pref, lv.mx[i].host, lv.addrs);
+		}
+		break;
+	}
+	dns_free(d);
+	event_base_free(lv.base);
+}
+
 static void
 text_route(FILE *out, const struct route *rt)
 {
@@ -63,7 +169,11 @@ text_route(FILE *out, const struct route *rt)
 		}
 		break;
 	case ROUTE_REMOTE:
-		fprintf(out, " by SMTP (%s)", rt->reason);
+		fprintf(out, " by SMTP (%s), endpoints", rt->reason);
+		for (i = 0; i < rt->nendpoints; i++) {
+			endpoint_format(&rt->endpoints[i], ep, sizeof(ep));
+			fprintf(out, " %s", ep);
+		}
 		break;
 	case ROUTE_BOUNCE:
 	case ROUTE_TEMPFAIL:
@@ -121,6 +231,8 @@ text_report(FILE *out, const struct config *cf, struct router *r, const char *ad
 	for (i = 0; i < l->n; i++) {
 		fprintf(out, "  ");
 		text_route(out, &l->v[i]);
+		if (l->v[i].kind == ROUTE_REMOTE && l->v[i].nendpoints > 0 && l->v[i].endpoints[0].mx)
+			text_live_mx(out, cf, l->v[i].endpoints[0].host);
 	}
 	fprintf(out, "rcpt: %s %s (%s)\n", rcpt_verdict_status(v), verdict_name(v), why);
 }

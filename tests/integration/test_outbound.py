@@ -1,0 +1,345 @@
+"""test_outbound.py - mail for other domains leaves through sorterd's SMTP client: MX lookup
+against a private dnsmasq, remote MXes played by smtp-sink and by a scripted SMTP server on
+127.0.0.2, 127.0.0.3, ... (one port number for all, sorterd's smtp_port), relay_host and
+transport_map, the DNS verdicts (null MX, NXDOMAIN, SERVFAIL), the remote replies (4xx
+deferred and retried, 5xx bounced with a DSN naming the remote MTA), SIZE, 8BITMIME,
+recipients per transaction, and STARTTLS levels."""
+
+import os
+import re
+import subprocess
+import time
+import unittest
+
+from dnsmasq import PrivateDNS, dnsmasq_missing, free_dns_port
+from harness import LOCAL_DOMAIN, SorterTestCase, message, wait_until, write_map
+from scripted_smtp import ScriptedSMTPServer
+from smtpsink import SmtpSink, free_port_on, smtp_sink_missing
+
+SENDER = "sender@origin.test"
+MISSING = dnsmasq_missing() or smtp_sink_missing()
+
+
+def make_ca(directory, name, hosts):
+    """A CA and a server certificate for hosts signed by it: (ca_cert, cert, key)."""
+    os.makedirs(directory, exist_ok=True)
+    ca_key, ca = os.path.join(directory, name + "-ca.key"), os.path.join(directory, name + "-ca.pem")
+    key, csr = os.path.join(directory, name + ".key"), os.path.join(directory, name + ".csr")
+    cert, ext = os.path.join(directory, name + ".pem"), os.path.join(directory, name + ".ext")
+
+    def run(*args):
+        subprocess.run(args, check=True, capture_output=True, timeout=60)
+    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        "-subj", "/CN=%s test CA" % name, "-keyout", ca_key, "-out", ca)
+    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=%s" % hosts[0],
+        "-keyout", key, "-out", csr)
+    with open(ext, "w") as f:
+        f.write("subjectAltName=%s\n" % ",".join("DNS:" + h for h in hosts))
+    run("openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key,
+        "-CAcreateserial", "-days", "2", "-out", cert, "-extfile", ext)
+    return ca, cert, key
+
+
+@unittest.skipIf(MISSING, MISSING or "")
+class OutboundTestCase(SorterTestCase):
+    MX = {"remote.test": [(10, "mx1.remote.test"), (20, "mx2.remote.test")],
+          "origin.test": [(10, "mx.origin.test")],
+          "big.test": [(10, "mx.big.test")],
+          "seven.test": [(10, "mx.seven.test")],
+          "grey.test": [(10, "mx.grey.test")],
+          "tls.test": [(10, "mx.tls.test")],
+          "loop.test": [(10, "mx.sorter.test")]}
+    HOSTS = {"mx1.remote.test": "127.0.0.2", "mx2.remote.test": "127.0.0.3",
+             "mx.origin.test": "127.0.0.4", "mx.big.test": "127.0.0.5",
+             "mx.seven.test": "127.0.0.6", "mx.grey.test": "127.0.0.7",
+             "mx.tls.test": "127.0.0.8", "mx.sorter.test": "127.0.0.1",
+             "nomx.test": "127.0.0.10"}
+
+    def setUp(self):
+        self.mxport = free_port_on("127.0.0.2")
+        self.dns = PrivateDNS(os.path.join(self.tmp, "dns"), free_dns_port(), mx=self.MX,
+                              hosts=self.HOSTS, null_mx=["nullmx.test"],
+                              servfail=["broken.test"])
+        self.dns.start()
+        self.addCleanup(self.dns.stop)
+        self.peers = 0
+
+    def sink(self, host, **kw):
+        self.peers += 1
+        s = SmtpSink(os.path.join(self.tmp, "sink%d" % self.peers), host, self.mxport, **kw)
+        s.start()
+        self.addCleanup(s.stop)
+        return s
+
+    def scripted(self, host, **kw):
+        s = ScriptedSMTPServer(host, self.mxport, **kw)
+        s.start()
+        self.addCleanup(s.stop)
+        return s
+
+    def sorter(self, aliases=None, name="d", **kw):
+        aliases = dict(aliases or {})
+        aliases.setdefault("fwd@" + LOCAL_DOMAIN, "user@remote.test")
+        os.makedirs(os.path.join(self.tmp, "maps"), exist_ok=True)
+        settings = {
+            "dns_servers": "127.0.0.1:%d" % self.dns.port,
+            "smtp_port": self.mxport,
+            "alias_map": write_map(self.build(), os.path.join(self.tmp, "maps", "aliases"),
+                                   aliases),
+            "minimal_backoff_time": "1",
+            "maximal_backoff_time": "2",
+            "queue_run_delay": "1",
+            "lmtp_connect_timeout": "5",
+        }
+        settings.update(kw)
+        return self.sorterd(name=name, **settings)
+
+    def build(self):
+        return os.environ["SORTER_BUILD"]
+
+    def send(self, d, rcpts, content=None, sender=SENDER):
+        c = self.connect(d)
+        r, qid = c.send_message(sender, rcpts, content or message("outbound"))
+        self.assertIsNotNone(qid, str(r))
+        c.cmd("QUIT")
+        return qid
+
+    def wait_log(self, d, pattern, timeout=30):
+        found = wait_until(lambda: d.log_lines(pattern), timeout)
+        self.assertTrue(found, "no log line matches %r" % pattern)
+        return found
+
+    def wait_gone(self, d, qid, timeout=30):
+        self.assertTrue(wait_until(lambda: qid not in d.queue_ids(), timeout),
+                        "%s still queued: %s" % (qid, d.queue()))
+
+
+class MXTest(OutboundTestCase):
+    def test_alias_forward_reaches_preferred_mx(self):
+        mx1, mx2 = self.sink("127.0.0.2"), self.sink("127.0.0.3")
+        d = self.sorter()
+        qid = self.send(d, ["fwd@" + LOCAL_DOMAIN])
+        self.wait_log(d, r"%s: to=<user@remote\.test>, orig_to=<fwd@example\.test>.*"
+                         r"relay=mx1\.remote\.test\[127\.0\.0\.2\]:%d.*status=sent"
+                      % (qid, self.mxport))
+        self.wait_gone(d, qid)
+        msgs = mx1.messages()
+        self.assertEqual(len(msgs), 1)
+        self.assertEqual(msgs[0]["rcpts"], ["user@remote.test"])
+        self.assertEqual(msgs[0]["sender"], SENDER)
+        self.assertIn(b"Subject: outbound", msgs[0]["data"])
+        self.assertEqual(mx2.count(), 0)
+
+    def test_preferred_mx_down_next_one(self):
+        mx2 = self.sink("127.0.0.3")
+        d = self.sorter()
+        qid = self.send(d, ["fwd@" + LOCAL_DOMAIN])
+        self.wait_log(d, r"%s: to=<user@remote\.test>.*relay=mx2\.remote\.test\[127\.0\.0\.3\]"
+                         r".*status=sent" % qid)
+        self.assertEqual(mx2.count(), 1)
+
+    def test_all_down_deferred_then_flush(self):
+        d = self.sorter(minimal_backoff_time="1h", maximal_backoff_time="2h",
+                        queue_run_delay="1h")
+        qid = self.send(d, ["fwd@" + LOCAL_DOMAIN])
+        self.wait_log(d, r"%s: to=<user@remote\.test>.*status=deferred \(.*"
+                         r"connect to mx2\.remote\.test\[127\.0\.0\.3\]:%d: Connection refused"
+                      % (qid, self.mxport))
+        q = {m["id"]: m for m in d.queue()}
+        self.assertIn(qid, q)
+        self.assertIn("Connection refused", str(q[qid]))
+        mx1 = self.sink("127.0.0.2")
+        d.ctl("flush")
+        self.wait_log(d, r"%s: to=<user@remote\.test>.*status=sent" % qid)
+        self.wait_gone(d, qid)
+        self.assertEqual(mx1.count(), 1)
+
+    def test_no_mx_uses_the_domain_address(self):
+        s = self.sink("127.0.0.10")
+        d = self.sorter(aliases={"fwd@" + LOCAL_DOMAIN: "user@nomx.test"})
+        qid = self.send(d, ["fwd@" + LOCAL_DOMAIN])
+        self.wait_log(d, r"%s: to=<user@nomx\.test>.*relay=nomx\.test\[127\.0\.0\.10\].*"
+                         r"status=sent" % qid)
+        self.assertEqual(s.count(), 1)
+
+    def test_null_mx_bounces(self):
+        d = self.sorter(aliases={"fwd@" + LOCAL_DOMAIN: "user@nullmx.test"})
+        qid = self.send(d, ["fwd@" + LOCAL_DOMAIN], sender="")
+        self.wait_log(d, r"%s: to=<user@nullmx\.test>.*dsn=5\.1\.10, status=bounced.*nullMX"
+                      % qid)
+
+    def test_nxdomain_bounces(self):
+        d = self.sorter(aliases={"fwd@" + LOCAL_DOMAIN: "user@nowhere.test"})
+        qid = self.send(d, ["fwd@" + LOCAL_DOMAIN], sender="")
+        self.wait_log(d, r"%s: to=<user@nowhere\.test>.*dsn=5\.1\.2, status=bounced.*"
+                         r"Host or domain name not found" % qid)
+
+    def test_servfail_defers(self):
+        d = self.sorter(aliases={"fwd@" + LOCAL_DOMAIN: "user@broken.test"})
+        qid = self.send(d, ["fwd@" + LOCAL_DOMAIN], sender="")
+        self.wait_log(d, r"%s: to=<user@broken\.test>.*dsn=4\.4\.3, status=deferred" % qid)
+        self.assertIn(qid, d.queue_ids())
+
+    def test_mx_is_myself_bounces(self):
+        d = self.sorter(aliases={"fwd@" + LOCAL_DOMAIN: "user@loop.test"})
+        qid = self.send(d, ["fwd@" + LOCAL_DOMAIN], sender="")
+        self.wait_log(d, r"%s: to=<user@loop\.test>.*dsn=5\.4\.6, status=bounced.*"
+                         r"loops back to myself" % qid)
+
+
+class RemoteReplyTest(OutboundTestCase):
+    def test_greylisting_451_then_250(self):
+        grey = self.scripted("127.0.0.7", replies={"RCPT": ["451 4.7.1 Greylisted, try later",
+                                                             None]})
+        d = self.sorter(aliases={"fwd@" + LOCAL_DOMAIN: "user@grey.test"})
+        qid = self.send(d, ["fwd@" + LOCAL_DOMAIN])
+        self.wait_log(d, r"%s: to=<user@grey\.test>.*dsn=4\.7\.1, status=deferred.*Greylisted"
+                      % qid)
+        self.wait_log(d, r"%s: to=<user@grey\.test>.*status=sent" % qid, timeout=30)
+        self.assertEqual(len(grey.messages()), 1)
+
+    def test_550_bounces_to_remote_sender_with_remote_mta(self):
+        origin = self.sink("127.0.0.4")
+        mx1 = self.scripted("127.0.0.2", replies={
+            "RCPT": lambda s, arg: "550 5.1.1 <bad@remote.test>: no such user"
+            if "bad@" in arg else None})
+        d = self.sorter(aliases={"fwd@" + LOCAL_DOMAIN: "bad@remote.test"})
+        qid = self.send(d, ["fwd@" + LOCAL_DOMAIN])
+        self.wait_log(d, r"%s: to=<bad@remote\.test>.*dsn=5\.1\.1, status=bounced" % qid)
+        # the DSN goes to the sender's own MX and leaves the queue
+        self.assertTrue(wait_until(lambda: origin.count() == 1, 30), d.log_tail())
+        dsn = origin.messages()[0]
+        self.assertEqual(dsn["sender"], "")
+        self.assertEqual(dsn["rcpts"], [SENDER])
+        body = dsn["data"].decode("utf-8", "replace")
+        self.assertIn("multipart/report", body)
+        self.assertRegex(body, r"Remote-MTA: dns; ?mx1\.remote\.test")
+        self.assertRegex(body, r"Diagnostic-Code: smtp; ?550 5\.1\.1")
+        self.assertTrue(wait_until(lambda: d.queue_ids() == set(), 30), d.queue())
+        self.assertEqual(mx1.messages(), [])
+
+    def test_size_too_big_bounces(self):
+        self.scripted("127.0.0.5", keywords=["PIPELINING", "SIZE 1000", "8BITMIME"])
+        d = self.sorter(aliases={"fwd@" + LOCAL_DOMAIN: "user@big.test"})
+        qid = self.send(d, ["fwd@" + LOCAL_DOMAIN], message("big", "x" * 5000), sender="")
+        self.wait_log(d, r"%s: to=<user@big\.test>.*dsn=5\.3\.4, status=bounced.*size limit"
+                      % qid)
+
+    def test_8bit_to_7bit_server_bounces(self):
+        seven = self.scripted("127.0.0.6", keywords=["PIPELINING", "SIZE 100000"])
+        d = self.sorter(aliases={"fwd@" + LOCAL_DOMAIN: "user@seven.test"})
+        content = message("eight", "caf\u00e9 au lait").encode("utf-8")
+        qid = self.send(d, ["fwd@" + LOCAL_DOMAIN], content, sender="")
+        self.wait_log(d, r"%s: to=<user@seven\.test>.*dsn=5\.6\.3, status=bounced.*8BITMIME"
+                      % qid)
+        self.assertEqual(seven.messages(), [])
+
+    def test_120_recipients_three_transactions(self):
+        mx1 = self.scripted("127.0.0.2")
+        members = ",".join("u%d@remote.test" % i for i in range(120))
+        d = self.sorter(aliases={"list@" + LOCAL_DOMAIN: members})
+        qid = self.send(d, ["list@" + LOCAL_DOMAIN])
+        self.assertTrue(wait_until(lambda: len(mx1.messages()) == 3, 30), d.log_tail())
+        sizes = sorted(len(t["rcpts"]) for t in mx1.messages())
+        self.assertEqual(sizes, [20, 50, 50])
+        got = sorted(r for t in mx1.messages() for r in t["rcpts"])
+        self.assertEqual(got, sorted("u%d@remote.test" % i for i in range(120)))
+        self.wait_gone(d, qid)
+
+    def test_dsn_parameters_passed_on(self):
+        mx1 = self.scripted("127.0.0.2")
+        d = self.sorter(aliases={"fwd@" + LOCAL_DOMAIN: "user@remote.test"})
+        c = self.connect(d)
+        self.assertEqual(c.ehlo().code, 250)
+        self.assertEqual(c.cmd("MAIL FROM:<%s> RET=HDRS ENVID=env1" % SENDER).code, 250)
+        self.assertEqual(c.cmd("RCPT TO:<fwd@%s> NOTIFY=SUCCESS,FAILURE "
+                               "ORCPT=rfc822;fwd@%s" % (LOCAL_DOMAIN, LOCAL_DOMAIN)).code, 250)
+        self.assertEqual(c.cmd("DATA").code, 354)
+        c.send(message("dsn").encode() + b"\r\n.\r\n")
+        self.assertEqual(c.reply().code, 250)
+        self.assertTrue(wait_until(lambda: len(mx1.messages()) == 1, 30), d.log_tail())
+        t = mx1.messages()[0]
+        self.assertEqual(t["mail_params"].get("RET"), "HDRS")
+        self.assertEqual(t["mail_params"].get("ENVID"), "env1")
+        self.assertEqual(t["rcpt_params"][0].get("NOTIFY"), "SUCCESS,FAILURE")
+        self.assertEqual(t["rcpt_params"][0].get("ORCPT"), "rfc822;fwd@" + LOCAL_DOMAIN)
+
+
+class RelayTest(OutboundTestCase):
+    def test_relay_host_bypasses_dns(self):
+        relay = self.sink("127.0.0.9")
+        # remote.test's MXes are not running: only the relay can take the mail
+        d = self.sorter(relay_host="[127.0.0.9]:%d" % self.mxport, dns_servers=None)
+        qid = self.send(d, ["fwd@" + LOCAL_DOMAIN])
+        self.wait_log(d, r"%s: to=<user@remote\.test>.*relay=127\.0\.0\.9\[127\.0\.0\.9\]:%d"
+                         r".*status=sent" % (qid, self.mxport))
+        self.assertEqual(relay.count(), 1)
+
+    def test_transport_map_before_relay_host(self):
+        special = self.sink("127.0.0.11")
+        relay = self.sink("127.0.0.9")
+        tmap = write_map(self.build(), os.path.join(self.tmp, "transport"),
+                         {"remote.test": "smtp:[127.0.0.11]:%d" % self.mxport})
+        d = self.sorter(relay_host="[127.0.0.9]:%d" % self.mxport, transport_map=tmap,
+                        aliases={"fwd@" + LOCAL_DOMAIN: "user@remote.test",
+                                 "two@" + LOCAL_DOMAIN: "user@origin.test"})
+        q1 = self.send(d, ["fwd@" + LOCAL_DOMAIN])
+        q2 = self.send(d, ["two@" + LOCAL_DOMAIN])
+        self.wait_log(d, r"%s: to=<user@remote\.test>.*relay=127\.0\.0\.11\[.*status=sent" % q1)
+        self.wait_log(d, r"%s: to=<user@origin\.test>.*relay=127\.0\.0\.9\[.*status=sent" % q2)
+        self.assertEqual(special.count(), 1)
+        self.assertEqual(relay.count(), 1)
+
+    def test_route_shows_the_transport(self):
+        d = self.sorter(relay_host="[127.0.0.9]:%d" % self.mxport)
+        r = d.ctl("route", "user@remote.test", check=False)
+        self.assertIn("relay_host", r.stdout)
+        self.assertIn("smtp:[127.0.0.9]:%d" % self.mxport, r.stdout)
+
+    def test_route_shows_the_live_mx_list(self):
+        d = self.sorter(smtp_tls_security_level="encrypt")
+        r = d.ctl("route", "user@remote.test", check=False)
+        self.assertIn("endpoints smtp:remote.test", r.stdout)
+        self.assertIn("MX 10 mx1.remote.test: 127.0.0.2", r.stdout)
+        self.assertIn("MX 20 mx2.remote.test: 127.0.0.3", r.stdout)
+        self.assertRegex(r.stdout, r"smtp_tls\s+encrypt")
+        r = d.ctl("route", "user@nullmx.test", check=False)
+        self.assertIn("null MX: would bounce 5.1.10", r.stdout)
+
+
+class TLSOutTest(OutboundTestCase):
+    KW = ["PIPELINING", "8BITMIME", "SIZE 10240000", "STARTTLS"]
+
+    def test_may_uses_starttls(self):
+        _, cert, key = make_ca(os.path.join(self.tmp, "pki"), "good", ["mx.tls.test"])
+        mx = self.scripted("127.0.0.8", keywords=self.KW, cert=cert, key=key)
+        d = self.sorter(aliases={"fwd@" + LOCAL_DOMAIN: "user@tls.test"})
+        qid = self.send(d, ["fwd@" + LOCAL_DOMAIN])
+        self.wait_log(d, r"%s: to=<user@tls\.test>.*tls=TLSv1\.[23]/\S+/unverified.*status=sent"
+                      % qid)
+        self.assertTrue(mx.messages()[0]["tls"])
+
+    def test_encrypt_without_starttls_defers(self):
+        self.scripted("127.0.0.8", keywords=["PIPELINING", "8BITMIME"])
+        d = self.sorter(aliases={"fwd@" + LOCAL_DOMAIN: "user@tls.test"},
+                        smtp_tls_security_level="encrypt")
+        qid = self.send(d, ["fwd@" + LOCAL_DOMAIN])
+        self.wait_log(d, r"%s: to=<user@tls\.test>.*status=deferred.*TLS is required, but was "
+                         r"not offered" % qid)
+
+    def test_verify_against_the_right_and_a_wrong_ca(self):
+        ca, cert, key = make_ca(os.path.join(self.tmp, "pki"), "good", ["mx.tls.test"])
+        other, _, _ = make_ca(os.path.join(self.tmp, "pki"), "other", ["mx.tls.test"])
+        mx = self.scripted("127.0.0.8", keywords=self.KW, cert=cert, key=key)
+        d = self.sorter(aliases={"fwd@" + LOCAL_DOMAIN: "user@tls.test"},
+                        smtp_tls_security_level="verify", smtp_tls_ca_file=other)
+        qid = self.send(d, ["fwd@" + LOCAL_DOMAIN])
+        self.wait_log(d, r"%s: to=<user@tls\.test>.*status=deferred.*not verified" % qid)
+        self.assertEqual(mx.messages(), [])
+        d.stop()
+        d2 = self.sorter(aliases={"fwd@" + LOCAL_DOMAIN: "user@tls.test"}, name="d2",
+                         smtp_tls_security_level="verify", smtp_tls_ca_file=ca)
+        qid = self.send(d2, ["fwd@" + LOCAL_DOMAIN])
+        self.wait_log(d2, r"%s: to=<user@tls\.test>.*tls=TLSv1\.[23]/\S+/verified.*status=sent"
+                      % qid)
+        self.assertEqual(len(mx.messages()), 1)
