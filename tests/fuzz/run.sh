@@ -37,7 +37,7 @@ fi
 pure=""
 for f in lib/alloc.c lib/log.c lib/util.c lib/config.c lib/address.c lib/xtext.c \
     smtpd/command.c smtpd/data.c queue/spool.c router/reply.c router/mapsource.c \
-    router/canon.c; do
+    router/canon.c router/mx.c; do
 	[ -f "$f" ] && pure="$pure $f"
 done
 
