@@ -14,6 +14,13 @@ asked for a type it lacks gets NOERROR with no answer (NODATA), never REFUSED.
   timeout   [domain, ...]  queries for the domain and the names under it are never answered
                            (forwarded to a UDP socket this helper holds and never reads)
 
+Why a held socket and not a dead port: dnsmasq 2.90 ignores the ICMP "port unreachable" a
+`--server=/d/127.0.0.1#DEADPORT` brings back and keeps the query pending, so a resolver sees a
+timeout there, never SERVFAIL. A socket that answers SERVFAIL makes dnsmasq pass SERVFAIL on at
+once ("reply error is SERVFAIL" in the log); one that never answers gives the timeout case.
+The SERVFAIL socket is served by a daemon thread of the test process, closed by stop().
+dnsmasq rotates the order of a record set between replies: compare answers sorted.
+
 start() waits until the server answers a real query; stop() signals only the dnsmasq PID it
 started and waits for it. query(name, qtype) asks this server and returns (rcode, answers):
 see query() below. Every socket is bound to 127.0.0.1. Queries are logged to
@@ -326,6 +333,10 @@ class PrivateDNS:
         for up, _ in self._upstreams:
             up.close()
         self._upstreams = []
+
+    def dns_servers(self):
+        """This server as sorterd's dns_servers value ("127.0.0.1:PORT", c-ares' form)."""
+        return "%s:%d" % (self.host, self.port)
 
     def query(self, name, qtype, timeout=2.0):
         """(rcode, answers) from this server: see the module-level query()."""

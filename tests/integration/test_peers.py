@@ -125,6 +125,7 @@ class PrivateDNSProcessTest(SorterTestCase):
         dns.start()
         pid = dns.proc.pid
         self.assertEqual(dns.query("h.test", "A"), (NOERROR, ["127.0.0.2"]))
+        self.assertEqual(dns.dns_servers(), "127.0.0.1:%d" % dns.port)
         dns.stop()
         self.assertFalse(pid_alive(pid))
         self.assertEqual(dns.query("h.test", "A", timeout=0.5), (TIMEOUT, []))
