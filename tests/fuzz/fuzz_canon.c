@@ -80,10 +80,15 @@ check_endpoints(const char *s)
 		endpoint_format(&eps[i], buf, sizeof(buf));
 		if (endpoint_parse(buf, strlen(buf), &again, &why) < 0 ||
 		    again.kind != eps[i].kind || again.port != eps[i].port ||
-		    again.literal != eps[i].literal || strcmp(again.host, eps[i].host) != 0 ||
+		    again.literal != eps[i].literal || again.proto != eps[i].proto ||
+		    again.mx != eps[i].mx || strcmp(again.host, eps[i].host) != 0 ||
 		    strcmp(again.path, eps[i].path) != 0)
 			__builtin_trap();
-		if (eps[i].kind == EP_INET && (eps[i].port == 0 || eps[i].host[0] == '\0'))
+		/* only an smtp endpoint leaves its port to smtp_port */
+		if (eps[i].kind == EP_INET && ((eps[i].port == 0 && eps[i].proto != EP_SMTP) ||
+					       eps[i].host[0] == '\0'))
+			__builtin_trap();
+		if (eps[i].mx && (eps[i].proto != EP_SMTP || eps[i].literal))
 			__builtin_trap();
 		if (eps[i].kind == EP_UNIX && eps[i].path[0] != '/')
 			__builtin_trap();
