@@ -30,8 +30,11 @@ Dump file format (as smtp-sink 3.7 writes it; CRLF turned into LF, dots unstuffe
     ...the message as received...
     (one empty line added by smtp-sink)
 The file is written whatever the reply to "." is (a message rejected with hard_reject=["."]
-is still dumped); a transaction whose recipients were all refused leaves no file, and one cut
-off inside DATA may leave a partial one.
+is still dumped). smtp-sink opens the file at MAIL and removes it again when the transaction
+ends without reaching the end of DATA (refused at RCPT or DATA, RSET, QUIT): until then an
+empty or partial file exists. messages() skips files without the Received line that ends
+smtp-sink's headers; wait for a file (harness.wait_until) rather than read it right after
+the client's 250.
 
 messages() parses the files into dicts, oldest first; stop() signals only the PID it started.
 Run as root, smtp-sink drops to `nobody` (-u nobody): the dump folder is made world-writable
@@ -101,7 +104,9 @@ def parse_dump(raw):
       proto        "SMTP", "ESMTP" or "LMTP"
       data         the message as sent in DATA, lines ended with CRLF, dots unstuffed
                    (the dump keeps lines, not line endings: a bare LF or CR is not seen)
-      raw          the whole file (bytes)"""
+      raw          the whole file (bytes)
+    Returns None for a file that does not (yet) hold smtp-sink's Received line: a
+    transaction in progress or abandoned before the end of DATA."""
     lines = raw.split(b"\n")
     d = {"sender": None, "mail_params": {}, "rcpts": [], "rcpt_params": [], "helo": None,
          "client_addr": None, "proto": None, "data": b"", "raw": raw}
@@ -129,8 +134,12 @@ def parse_dump(raw):
             while i < len(lines) and lines[i][:1] in (b"\t", b" "):
                 i += 1
             break
+        elif i == len(lines) and line == "":
+            return None         # the end of a file that stops before Received
         else:
             raise ValueError("not an smtp-sink dump file (line %r)" % line)
+    else:
+        return None
     body = b"\n".join(lines[i:])
     if body.endswith(b"\n"):
         body = body[:-1]            # the empty line smtp-sink adds after the message
@@ -252,18 +261,25 @@ class SmtpSink:
         return [p for _, p in sorted(out)]
 
     def messages(self):
-        """Every dump file parsed by parse_dump() (keys sender, mail_params, rcpts,
-        rcpt_params, helo, client_addr, proto, data, raw) plus path, oldest first."""
+        """Every complete dump file parsed by parse_dump() (keys sender, mail_params,
+        rcpts, rcpt_params, helo, client_addr, proto, data, raw) plus path, oldest first.
+        Files of transactions in progress or abandoned before the end of DATA are skipped."""
         out = []
         for p in self.dump_files():
-            with open(p, "rb") as f:
-                d = parse_dump(f.read())
+            try:
+                with open(p, "rb") as f:
+                    d = parse_dump(f.read())
+            except FileNotFoundError:
+                continue            # removed by smtp-sink meanwhile: an abandoned transaction
+            if d is None:
+                continue
             d["path"] = p
             out.append(d)
         return out
 
     def count(self):
-        return len(self.dump_files())
+        """How many complete messages the dump holds."""
+        return len(self.messages())
 
     def log(self):
         try:

@@ -171,6 +171,7 @@ class SmtpSinkTest(SorterTestCase):
         for sink, rcpt in ((a, "x@a.test"), (b, "y@b.test")):
             with smtplib.SMTP(sink.host, port, timeout=30) as c:
                 c.sendmail("s@sender.test", [rcpt], MESSAGE)
+        self.assertTrue(wait_until(lambda: a.count() == 1 and b.count() == 1, 10))
         self.assertEqual([m["rcpts"] for m in a.messages()], [["x@a.test"]])
         self.assertEqual([m["rcpts"] for m in b.messages()], [["y@b.test"]])
 
@@ -188,14 +189,16 @@ class SmtpSinkTest(SorterTestCase):
             with self.assertRaises(smtplib.SMTPDataError) as cm:
                 c.sendmail("s@sender.test", ["r@remote.test"], MESSAGE)
         self.assertEqual(cm.exception.smtp_code, 500)
+        # the file smtp-sink opened at MAIL is empty until the session ends: not a message
         self.assertEqual(sink.messages(), [])
         dot = self.sink(name="dot", hard_reject=["."], hard_reply="554 5.7.1 Rejected")
         with smtplib.SMTP(dot.host, dot.port, timeout=30) as c:
             with self.assertRaises(smtplib.SMTPDataError) as cm:
                 c.sendmail("s@sender.test", ["r@remote.test"], MESSAGE)
         self.assertEqual(cm.exception.smtp_code, 554)
-        # smtp-sink writes the file before it answers the final dot
-        self.assertEqual(len(dot.messages()), 1)
+        # smtp-sink keeps the file of a message it refused at the final dot
+        self.assertTrue(wait_until(lambda: dot.count() == 1, 10), dot.dump_files())
+        self.assertEqual(dot.messages()[0]["data"], MESSAGE)
 
     def test_421_at_mail(self):
         sink = self.sink(reply_421=["MAIL"])
