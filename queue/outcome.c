@@ -110,7 +110,8 @@ queue_dsn(struct qmsg *mq, int kind, struct qexp **exps, size_t n, const char *t
 			ents[i].orcpt_type = qr->dsn.orcpt_type;
 			ents[i].orcpt = qr->dsn.orcpt;
 		}
-		ents[i].action = kind == DSN_FAILURE ? "failed" : kind == DSN_DELAY ? "delayed" : "delivered";
+		ents[i].action = kind == DSN_FAILURE ? "failed" : kind == DSN_DELAY ? "delayed" :
+		    exps[i]->relayed ? "relayed" : "delivered";
 		ents[i].status = exps[i]->status;
 		ents[i].remote_mta = exps[i]->relay[0] ? exps[i]->relay : NULL;
 		ents[i].diagnostic = exps[i]->diag[0] ? exps[i]->diag : NULL;
@@ -183,7 +184,9 @@ msg_finish(struct qmsg *mq)
 				log_result(mq, qr, e, "bounced");
 				if (notify_wants(qr, DSN_NOTIFY_FAILURE))
 					fail[nfail++] = e;
-			} else if (e->out == OUT_DELIVERED && notify_wants(qr, DSN_NOTIFY_SUCCESS)) {
+			} else if (e->out == OUT_DELIVERED && notify_wants(qr, DSN_NOTIFY_SUCCESS) &&
+				   !e->dsn_passed) {
+				/* passed on with NOTIFY: the next hop sends the success DSN */
 				succ[nsucc++] = e;
 			}
 		}

@@ -179,6 +179,8 @@ dest_done(struct deliv_txn *txn, void *arg)
 
 		snprintf(e->relay, sizeof(e->relay), "%s", res->relay);
 		snprintf(e->tls, sizeof(e->tls), "%s", res->tls);
+		e->relayed = res->relayed;
+		e->dsn_passed = res->dsn_passed;
 		snprintf(e->diag, sizeof(e->diag), "%d %s%s%.400s", res->code, res->status,
 			 res->status[0] ? " " : "", res->text);
 		if (res->status[0])

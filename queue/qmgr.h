@@ -23,6 +23,8 @@ struct qexp {                   /* one final address of a recipient */
 	char diag[512];
 	char relay[300];
 	char tls[96];           /* the TLS of the last attempt, for the log */
+	bool relayed;           /* handed to an SMTP server without DSN: success is "relayed" */
+	bool dsn_passed;        /* handed on with its DSN parameters: the next hop notifies */
 	char node[ROUTER_NODE_MAX + 1];
 	char dest[ADDR_PATH_MAX + 64];  /* the node name, or the first endpoint: the client's key */
 	bool claimed;           /* taken by a transaction */

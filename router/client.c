@@ -262,6 +262,8 @@ reply_result(struct conn *c, size_t i, const struct reply *r)
 
 	set_result(res, r->code, r->status, r->text, c->relay);
 	res->remote_said = true;
+	res->dsn_passed = !c->tp->reply_per_rcpt && c->tx.dsn;
+	res->relayed = !c->tp->reply_per_rcpt && !c->tx.dsn;
 	snprintf(res->tls, sizeof(res->tls), "%s", c->tls);
 }
 

@@ -485,6 +485,9 @@ struct deliv_result {
 					 * SMTP "mx1.remote.test[127.0.0.2]:25"; or "none" */
 	char tls[96];                   /* "TLSv1.3 TLS_AES_256_GCM_SHA384 verified" or "" */
 	bool remote_said;               /* code and text are the server's own reply */
+	bool relayed;                   /* SMTP: the next hop did not take the DSN
+					 * parameters (RFC 3461 4.1: a success is "relayed") */
+	bool dsn_passed;                /* SMTP: the next hop took them and reports itself */
 };
 
 struct deliv_txn {

@@ -343,3 +343,43 @@ class TLSOutTest(OutboundTestCase):
         self.wait_log(d2, r"%s: to=<user@tls\.test>.*tls=TLSv1\.[23]/\S+/verified.*status=sent"
                       % qid)
         self.assertEqual(len(mx.messages()), 1)
+
+
+class SuccessNoticeTest(OutboundTestCase):
+    """NOTIFY=SUCCESS for a recipient relayed by SMTP (RFC 3461 4.1): a next hop that
+    offers DSN gets the parameters and reports itself; one that does not makes sorterd
+    send a "relayed" notice."""
+
+    def send_notify(self, d):
+        c = self.connect(d)
+        self.assertEqual(c.ehlo().code, 250)
+        self.assertEqual(c.cmd("MAIL FROM:<%s>" % SENDER).code, 250)
+        self.assertEqual(c.cmd("RCPT TO:<fwd@%s> NOTIFY=SUCCESS" % LOCAL_DOMAIN).code, 250)
+        self.assertEqual(c.cmd("DATA").code, 354)
+        c.send(message("notify").encode() + b"\r\n.\r\n")
+        r = c.reply()
+        self.assertEqual(r.code, 250)
+        return r.texts[-1].split()[-1]
+
+    def test_relayed_notice_when_next_hop_has_no_dsn(self):
+        origin = self.sink("127.0.0.4")
+        self.scripted("127.0.0.2", keywords=["PIPELINING", "8BITMIME", "SIZE 1000000"])
+        d = self.sorter()
+        qid = self.send_notify(d)
+        self.wait_log(d, r"%s: to=<user@remote\.test>.*status=sent" % qid)
+        self.assertTrue(wait_until(lambda: origin.count() == 1, 30), d.log_tail())
+        body = origin.messages()[0]["data"].decode("utf-8", "replace")
+        self.assertIn("Action: relayed", body)
+        self.assertEqual(origin.messages()[0]["sender"], "")
+
+    def test_no_notice_when_next_hop_takes_dsn(self):
+        origin = self.sink("127.0.0.4")
+        mx1 = self.scripted("127.0.0.2")    # offers DSN
+        d = self.sorter()
+        qid = self.send_notify(d)
+        self.wait_log(d, r"%s: to=<user@remote\.test>.*status=sent" % qid)
+        self.assertEqual(mx1.messages()[0]["rcpt_params"][0].get("NOTIFY"), "SUCCESS")
+        # a notice would be queued before the message leaves: once the queue is empty it
+        # has been delivered to the origin MX, or there was none
+        self.assertTrue(wait_until(lambda: d.queue_ids() == set(), 30), d.queue())
+        self.assertEqual(origin.count(), 0, "sorterd sent a success notice the next hop owes")
