@@ -129,6 +129,7 @@ static const struct param params[] = {
 	{ "smtp_tls_security_level", P_ENUM, 0, "may", 0, 0, INT(smtp_tls_security_level), 0,
 	  tls_level_names },
 	{ "smtp_tls_ca_file", P_STR, 0, NULL, 0, 0, STR(smtp_tls_ca_file), 0, NULL },
+	{ "smtp_tls_policy_map", P_STR, 0, NULL, 0, 0, STR(smtp_tls_policy_map), 0, NULL },
 	{ "lmtp_connect_timeout", P_TIME, 0, "30", 1, 3600, INT(lmtp_connect_timeout), 0, NULL },
 	{ "lmtp_timeout", P_TIME, 0, "300", 1, 3600, INT(lmtp_timeout), 0, NULL },
 	{ "lmtp_idle_timeout", P_TIME, 0, "10", 1, 3600, INT(lmtp_idle_timeout), 0, NULL },

@@ -106,6 +106,7 @@ struct config {
 	char *transport_map;            /* domain | address -> smtp:... | lmtp:... | node */
 	int smtp_tls_security_level;    /* enum tls_level (router.h): none may encrypt verify */
 	char *smtp_tls_ca_file;         /* trust anchors for verify; NULL = the system's */
+	char *smtp_tls_policy_map;      /* domain -> none|may|encrypt|verify */
 	int lmtp_connect_timeout, lmtp_timeout, lmtp_idle_timeout;
 	int endpoint_dead_time;         /* seconds a failed endpoint is skipped */
 	int hopcount_limit;             /* Received: headers before 5.4.6 */

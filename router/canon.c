@@ -85,6 +85,7 @@ endpoint_parse(const char *s, size_t len, struct endpoint *ep, const char **why)
 	unsigned char bin[16];
 
 	memset(ep, 0, sizeof(*ep));
+	ep->tls = -1;
 	if (len >= 5 && strncasecmp(s, "smtp:", 5) == 0) {
 		ep->proto = EP_SMTP;
 		ep->port = 0;           /* smtp_port */

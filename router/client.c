@@ -125,6 +125,7 @@ struct conn {
 	struct ehlo_caps caps;
 	bool helo_sent;         /* EHLO was refused: HELO instead */
 	bool tls_on;            /* the session runs over TLS */
+	signed char tls_level;  /* the endpoint's smtp_tls_policy_map level, or -1 */
 	char tls[96];           /* the session's TLS version and cipher, for the results */
 	char peer[ADDR_DOMAIN_MAX + 1]; /* the host name connected to (TLS verify) */
 	char relay[RELAY_MAX];
@@ -694,7 +695,9 @@ send_hello(struct conn *c)
 static enum tls_level
 conn_tls_level(const struct conn *c)
 {
-	return c->tp->starttls ? c->pool->set.smtp_tls_level : TLS_NONE;
+	if (!c->tp->starttls)
+		return TLS_NONE;
+	return c->tls_level >= 0 ? (enum tls_level)c->tls_level : c->pool->set.smtp_tls_level;
 }
 
 /* The server answered LHLO/EHLO/HELO: STARTTLS first when it applies, then
@@ -973,6 +976,7 @@ conn_connect(struct conn *c, const struct sockaddr_storage *ss)
 	}
 	snprintf(c->peer, sizeof(c->peer), "%s", j->ep != NULL ? j->ep->host : "");
 	c->tls_on = false;
+	c->tls_level = j->ep != NULL ? j->ep->tls : -1;
 	c->helo_sent = false;
 	c->tls[0] = '\0';
 	fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -1330,8 +1334,8 @@ client_pool_new(struct event_base *base, const struct client_settings *s)
 	p->dns_servers = s->dns_servers ? xstrdup(s->dns_servers) : NULL;
 	p->set.helo_name = p->helo_name;
 	p->set.dns_servers = p->dns_servers;
-	if (p->set.smtp_tls_level != TLS_NONE)
-		p->tls_ctx = client_tls_ctx(s->smtp_tls_ca_file);
+	/* also with level none: smtp_tls_policy_map may ask for TLS per destination */
+	p->tls_ctx = client_tls_ctx(s->smtp_tls_ca_file);
 	p->set.smtp_tls_ca_file = NULL;
 	p->done_ev = event_new(base, -1, 0, on_done, p);
 	p->kick_ev = event_new(base, -1, 0, on_kick, p);

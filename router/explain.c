@@ -20,7 +20,7 @@
 #include "router/router.h"
 
 static const char *const map_names[ROUTER_NMAPS] = {
-	"alias_map", "user_map", "node_map", "transport_map"
+	"alias_map", "user_map", "node_map", "transport_map", "smtp_tls_policy_map"
 };
 static const char *const tls_names[] = { "none", "may", "encrypt", "verify" };
 

@@ -37,7 +37,7 @@
 
 struct router {
 	const struct config *cf;
-	struct map *alias, *user, *node, *transport;
+	struct map *alias, *user, *node, *transport, *tls_policy;
 	struct endpoint relay;              /* relay_host as an smtp: endpoint */
 	bool has_relay;
 	/* failover_node: endpoints given directly, or a node name */
@@ -278,7 +278,8 @@ static enum map_status
 rlookup(struct resolve *rs, struct map *m, const char *key, char *val, size_t vallen,
 	char *err, size_t errlen)
 {
-	unsigned bit = m == rs->r->alias ? 1u : m == rs->r->user ? 2u : m == rs->r->node ? 4u : 8u;
+	unsigned bit = m == rs->r->alias ? 1u : m == rs->r->user ? 2u : m == rs->r->node ? 4u :
+	    m == rs->r->transport ? 8u : 16u;
 
 	if ((rs->checked & bit) == 0) {
 		rs->checked |= bit;
@@ -377,6 +378,52 @@ route_node(struct resolve *rs, const char *address, const char *value, enum rout
 	}
 }
 
+static const char *const tls_level_names[] = { "none", "may", "encrypt", "verify" };
+
+/*
+ * smtp_tls_policy_map: the TLS level for the remote route's smtp
+ * endpoints, looked up by each endpoint's host (the mail domain of an MX
+ * lookup, the relay's name). Returns false (route replaced by a deferral)
+ * when the map cannot answer or the entry is not a level.
+ */
+static bool
+tls_policy(struct resolve *rs, struct route *rt, const char *address, struct route_trace *t)
+{
+	struct router *r = rs->r;
+	struct endpoint *ep;
+	enum map_status st;
+	char err[512];
+	size_t i;
+	int lv;
+
+	for (i = 0; r->tls_policy != NULL && i < rt->nendpoints; i++) {
+		ep = &rs->out->eps[rt->ep_first + i];
+		if (ep->proto != EP_SMTP)
+			continue;
+		st = rlookup(rs, r->tls_policy, ep->host, r->val, sizeof(r->val), err, sizeof(err));
+		if (st == MAP_NOTFOUND)
+			continue;
+		for (lv = 0; st == MAP_FOUND && lv < 4; lv++)
+			if (strcasecmp(r->val, tls_level_names[lv]) == 0)
+				break;
+		if (st == MAP_TEMPFAIL || lv == 4) {
+			if (st == MAP_FOUND)
+				snprintf(err, sizeof(err), "smtp_tls_policy_map: %s: \"%.100s\" is not "
+					 "none, may, encrypt or verify", ep->host, r->val);
+			trace_note(t, "%s", err);
+			rt->kind = ROUTE_TEMPFAIL;
+			rt->nendpoints = 0;
+			snprintf(rt->status, sizeof(rt->status), "4.3.0");
+			snprintf(rt->reason, sizeof(rt->reason), "%.*s", (int)sizeof(rt->reason) - 1, err);
+			return false;
+		}
+		ep->tls = (signed char)lv;
+		trace_note(t, "smtp_tls_policy_map: %s -> %s", ep->host, tls_level_names[lv]);
+	}
+	(void)address;
+	return true;
+}
+
 /*
  * A domain that is not local: transport_map (the address, then the
  * domain) first, then relay_host, else the domain's MX hosts (an address
@@ -406,8 +453,12 @@ route_remote(struct resolve *rs, const struct canon *c, struct route_trace *t)
 			return;
 		}
 		if (st == MAP_FOUND) {
+			size_t before = rs->out->n;
+
 			trace_note(t, "transport_map %s: %.300s", map_spec(r->transport), r->val);
 			route_node(rs, c->address, r->val, VIA_TRANSPORT_MAP, t);
+			if (rs->out->n > before && rs->out->v[before].kind == ROUTE_REMOTE)
+				tls_policy(rs, &rs->out->v[before], c->address, t);
 			return;
 		}
 		trace_note(t, "transport_map %s: no entry", map_spec(r->transport));
@@ -416,8 +467,10 @@ route_remote(struct resolve *rs, const struct canon *c, struct route_trace *t)
 		trace_note(t, "relay_host: %s", r->cf->relay_host);
 		rt = add_route(rs, c->address, ROUTE_REMOTE, VIA_RELAY_HOST, "2.0.0", t,
 			       "relay_host %s", r->cf->relay_host);
-		if (rt != NULL)
+		if (rt != NULL) {
 			add_endpoints(rs, rt, &r->relay, 1);
+			tls_policy(rs, rt, c->address, t);
+		}
 		return;
 	}
 	memset(&ep, 0, sizeof(ep));
@@ -434,11 +487,14 @@ route_remote(struct resolve *rs, const struct canon *c, struct route_trace *t)
 		snprintf(ep.host, sizeof(ep.host), "%.*s", (int)(sizeof(ep.host) - 1), domain);
 		ep.mx = true;
 	}
+	ep.tls = -1;
 	trace_note(t, "%s", ep.mx ? "MX lookup at delivery time" : "address literal");
 	rt = add_route(rs, c->address, ROUTE_REMOTE, VIA_NOT_LOCAL, "2.0.0", t,
 		       "domain %s is not local", domain);
-	if (rt != NULL)
+	if (rt != NULL) {
 		add_endpoints(rs, rt, &ep, 1);
+		tls_policy(rs, rt, c->address, t);
+	}
 }
 
 static void
@@ -799,6 +855,11 @@ router_open(const struct config *cf, char *err, size_t errlen)
 		snprintf(err, errlen, "transport_map: %s", e);
 		goto fail;
 	}
+	if (cf->smtp_tls_policy_map &&
+	    (r->tls_policy = map_open(cf->smtp_tls_policy_map, e, sizeof(e))) == NULL) {
+		snprintf(err, errlen, "smtp_tls_policy_map: %s", e);
+		goto fail;
+	}
 	if (cf->relay_host != NULL && cf->relay_host[0] != '\0') {
 		char spec[ADDR_DOMAIN_MAX + 16];
 
@@ -850,7 +911,7 @@ router_check_maps(struct router *r, char *err, size_t errlen)
 {
 	struct { const char *name; struct map *m; } maps[] = {
 		{ "alias_map", r->alias }, { "user_map", r->user }, { "node_map", r->node },
-		{ "transport_map", r->transport },
+		{ "transport_map", r->transport }, { "smtp_tls_policy_map", r->tls_policy },
 	};
 	char e[400];
 	size_t i;
@@ -870,6 +931,7 @@ router_maps(struct router *r, struct map *maps[ROUTER_NMAPS])
 	maps[1] = r->user;
 	maps[2] = r->node;
 	maps[3] = r->transport;
+	maps[4] = r->tls_policy;
 }
 
 void
@@ -883,6 +945,7 @@ router_close(struct router *r)
 	map_close(r->user);
 	map_close(r->node);
 	map_close(r->transport);
+	map_close(r->tls_policy);
 	for (i = 0; i <= ROUTER_ALIAS_DEPTH; i++)
 		free(r->aliasval[i]);
 	dstr_free(&r->expanded);

@@ -152,6 +152,8 @@ struct endpoint {
 	enum endpoint_proto proto;
 	bool literal;                       /* [IP]: no DNS lookup */
 	bool mx;                            /* smtp:DOMAIN: look up its MX records */
+	signed char tls;                    /* enum tls_level from smtp_tls_policy_map, or -1:
+					     * smtp_tls_security_level (set by the router) */
 	char host[ADDR_DOMAIN_MAX + 1];     /* DNS name, or the IP without brackets */
 	unsigned short port;                /* 0: smtp_port */
 	char path[ENDPOINT_PATH_MAX + 1];   /* EP_UNIX */
@@ -247,9 +249,9 @@ struct router;
  * fatal. cf must outlive the router. */
 struct router *router_open(const struct config *cf, char *err, size_t errlen);
 void router_close(struct router *r);
-/* The maps for reports: alias_map, user_map, node_map, transport_map
- * (NULL when not configured). */
-#define ROUTER_NMAPS 4
+/* The maps for reports: alias_map, user_map, node_map, transport_map,
+ * smtp_tls_policy_map (NULL when not configured). */
+#define ROUTER_NMAPS 5
 void router_maps(struct router *r, struct map *maps[ROUTER_NMAPS]);
 /* 0 when every configured map can answer now, else -1 with the first
  * problem, "user_map hash:/x: cannot open /x.db: ..." (for sorterd -t). */

@@ -383,3 +383,32 @@ class SuccessNoticeTest(OutboundTestCase):
         # has been delivered to the origin MX, or there was none
         self.assertTrue(wait_until(lambda: d.queue_ids() == set(), 30), d.queue())
         self.assertEqual(origin.count(), 0, "sorterd sent a success notice the next hop owes")
+
+
+class TLSPolicyTest(OutboundTestCase):
+    def test_policy_map_overrides_the_level_per_domain(self):
+        self.scripted("127.0.0.8", keywords=["PIPELINING", "8BITMIME"])     # no STARTTLS
+        mx1 = self.scripted("127.0.0.2", keywords=["PIPELINING", "8BITMIME"])
+        policy = write_map(self.build(), os.path.join(self.tmp, "tls_policy"),
+                           {"tls.test": "encrypt"})
+        d = self.sorter(aliases={"fwd@" + LOCAL_DOMAIN: "user@tls.test",
+                                 "plain@" + LOCAL_DOMAIN: "user@remote.test"},
+                        smtp_tls_policy_map=policy)
+        q1 = self.send(d, ["fwd@" + LOCAL_DOMAIN])
+        q2 = self.send(d, ["plain@" + LOCAL_DOMAIN])
+        self.wait_log(d, r"%s: to=<user@tls\.test>.*status=deferred.*TLS is required" % q1)
+        self.wait_log(d, r"%s: to=<user@remote\.test>.*status=sent" % q2)
+        self.assertEqual(len(mx1.messages()), 1)
+        r = d.ctl("route", "user@tls.test", check=False)
+        self.assertIn("smtp_tls_policy_map: tls.test -> encrypt", r.stdout)
+
+    def test_bad_policy_value_defers(self):
+        policy = write_map(self.build(), os.path.join(self.tmp, "tls_policy"),
+                           {"remote.test": "sometimes"})
+        d = self.sorter(smtp_tls_policy_map=policy)
+        # the recipient cannot be routed: refused for now at RCPT, never guessed
+        c = self.connect(d)
+        r, qid = c.send_message(SENDER, ["fwd@" + LOCAL_DOMAIN], message("bad policy"))
+        self.assertReply(r, 451, "4.3.0")
+        r = d.ctl("route", "user@remote.test", check=False)
+        self.assertIn("not none, may, encrypt or verify", r.stdout)
