@@ -43,6 +43,7 @@
 #include "queue/qmgr.h"
 
 #define INCOMING_SCAN_SECONDS 5
+#define CATCHUP_SCAN_MSEC 250   /* after hints: a hint lost to a full socket waits this long */
 #define STOP_GRACE_SECONDS 10
 
 static void scan_dir(struct qmgr *q, int d, bool due_only);
@@ -556,13 +557,19 @@ on_wake(evutil_socket_t fd, short what, void *arg)
 	ssize_t n;
 	int i;
 
+	struct timeval tv = { 0, CATCHUP_SCAN_MSEC * 1000 };
+
 	for (i = 0; i < 256; i++) {
 		n = recv(fd, buf, sizeof(buf) - 1, MSG_DONTWAIT);
 		if (n <= 0)
-			return;
+			break;
 		buf[n] = '\0';
 		qmgr_pickup(q, buf);
 	}
+	/* while hints arrive, workers may find the socket full (a datagram
+	 * queue holds few): a scan soon after picks up what they could not say */
+	if (i > 0 && !evtimer_pending(q->catchup_ev, NULL))
+		evtimer_add(q->catchup_ev, &tv);
 }
 
 static void
@@ -670,6 +677,7 @@ qmgr_main(struct config *cf, struct counters *ctr)
 	q.wake_ev = event_new(q.base, q.wake_fd, EV_READ | EV_PERSIST, on_wake, &q);
 	event_add(q.wake_ev, NULL);
 	q.scan_ev = event_new(q.base, -1, EV_PERSIST, on_scan, &q);
+	q.catchup_ev = evtimer_new(q.base, on_scan, &q);
 	event_add(q.scan_ev, &scan_tv);
 	q.defer_ev = event_new(q.base, -1, EV_PERSIST, on_defer_scan, &q);
 	event_add(q.defer_ev, &defer_tv);
@@ -690,6 +698,7 @@ qmgr_main(struct config *cf, struct counters *ctr)
 	iopool_destroy(q.io);
 	event_free(q.wake_ev);
 	event_free(q.scan_ev);
+	event_free(q.catchup_ev);
 	event_free(q.defer_ev);
 	event_free(q.term_ev);
 	close(q.wake_fd);
