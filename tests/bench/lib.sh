@@ -52,11 +52,11 @@ stop_pid() {
     done
 }
 
-# median_of N... -> the median (the mean of the middle two for an even count), one decimal
+# median_of N... -> the median (the mean of the middle two for an even count)
 median_of() {
     printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
         if (NR == 0) { print "nan"; exit }
-        if (NR % 2) printf "%.1f", v[(NR + 1) / 2]; else printf "%.1f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+        if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 # min_of N... / max_of N...
 min_of() { printf '%s\n' "$@" | sort -g | head -n 1; }
