@@ -1,5 +1,6 @@
 # lib.sh - shell helpers for Sorter's benchmark scripts (sourced, not executed).
-# Everything here touches only 127.0.0.1 and only processes whose PID the caller passes.
+# Everything here touches only 127.0.0.0/8 and only processes whose PID the caller passes.
+# HOST arguments default to 127.0.0.1; 127.0.0.2, 127.0.0.3, ... are local too (remote MXes).
 # shellcheck shell=bash
 
 now() { echo "$EPOCHREALTIME"; }   # bash >= 5
@@ -8,26 +9,26 @@ now() { echo "$EPOCHREALTIME"; }   # bash >= 5
 fdiv() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1f", a / b; else print "nan" }'; }
 fsub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
 
-# port_free PORT -> 0 if nothing listens on 127.0.0.1:PORT
+# port_free PORT [HOST] -> 0 if nothing listens on HOST:PORT
 port_free() {
-    ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+    ! (exec 3<>"/dev/tcp/${2:-127.0.0.1}/$1") 2>/dev/null
 }
 
-# free_port -> a port in 20000..59999 on which nothing listens now. A race with another
+# free_port [HOST] -> a port in 20000..59999 on which nothing listens on HOST now. A race with another
 # program binding it meanwhile is possible but harmless: the server's start then fails loudly.
 free_port() {
     local p i
     for i in $(seq 1 200); do
         p=$(( 20000 + (RANDOM * 32768 + RANDOM) % 40000 ))
-        if port_free "$p"; then echo "$p"; return 0; fi
+        if port_free "$p" "${1:-127.0.0.1}"; then echo "$p"; return 0; fi
     done
     return 1
 }
 
-# wait_port PORT SECONDS -> 0 once something listens on 127.0.0.1:PORT
+# wait_port PORT SECONDS [HOST] -> 0 once something listens on HOST:PORT
 wait_port() {
-    local port=$1 limit=$2 i=0
-    while ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+    local port=$1 limit=$2 host=${3:-127.0.0.1} i=0
+    while ! (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; do
         i=$((i + 1))
         [ "$i" -ge $((limit * 20)) ] && return 1
         sleep 0.05
@@ -50,3 +51,13 @@ stop_pid() {
         sleep 0.1
     done
 }
+
+# median_of N... -> the median (the mean of the middle two for an even count)
+median_of() {
+    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
+        if (NR == 0) { print "nan"; exit }
+        if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+# min_of N... / max_of N...
+min_of() { printf '%s\n' "$@" | sort -g | head -n 1; }
+max_of() { printf '%s\n' "$@" | sort -g | tail -n 1; }
