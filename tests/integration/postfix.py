@@ -1,25 +1,29 @@
 """postfix.py - a private Postfix instance for Sorter's integration tests: a real MTA that
 sends to sorterd (its relayhost) or receives from it (a remote MX).
 
-PrivatePostfix(dir, smtpd_port, main={...}) writes a throwaway config under dir (main.cf,
-master.cf without chroot, its own queue and maillog), with smtpd on 127.0.0.1:smtpd_port only
-and no local delivery. `main` adds or overrides main.cf parameters (relayhost,
-smtp_tls_security_level, ...). start() runs `postfix -c DIR start`; stop() asks the same and
-then signals only the master PID from the instance's own pid file (its daemons are its
-children and leave with it). Postfix runs as root with its daemons as the `postfix` user, so
+PrivatePostfix(dir, smtpd_port, main={...}, host="127.0.0.1") writes a throwaway config under
+dir (main.cf, master.cf without chroot, its own queue and maillog), with smtpd on
+host:smtpd_port only (host: an address in 127.0.0.0/8, e.g. 127.0.0.8 to play a remote MX on
+sorterd's smtp_port; inet_interfaces stays 127.0.0.1: `postfix check` refuses an address that
+no interface carries, and master.cf's host:port binds on its own) and no local delivery.
+`main` adds or overrides main.cf parameters (relayhost, smtp_tls_security_level, ...).
+start() runs `postfix -c DIR start`; stop() asks the same and then signals only the master PID
+from the instance's own pid file (its daemons are its children and leave with it).
+Postfix runs as root with its daemons as the `postfix` user, so
 dir and the folders above it are opened up (o+x) for that user.
 """
 
 import os
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import time
 
 MASTER_CF = """\
 # service type  private unpriv  chroot  wakeup  maxproc command
-127.0.0.1:{port} inet n - n - - smtpd
+{host}:{port} inet n - n - - smtpd
 pickup    unix  n       -       n       60      1       pickup
 cleanup   unix  n       -       n       -       0       cleanup
 qmgr      unix  n       -       n       300     1       qmgr
@@ -63,8 +67,9 @@ def _alive(pid):
     return st[st.rfind(")") + 2:].split()[0] != "Z"
 
 
-def _listening(port):
-    want = "0100007F:%04X" % port
+def _listening(port, host="127.0.0.1"):
+    a = socket.inet_aton(host)
+    want = "%08X:%04X" % (int.from_bytes(a, "little"), port)
     try:
         with open("/proc/net/tcp") as f:
             for line in f.readlines()[1:]:
@@ -77,7 +82,10 @@ def _listening(port):
 
 
 class PrivatePostfix:
-    def __init__(self, directory, smtpd_port, main=None):
+    def __init__(self, directory, smtpd_port, main=None, host="127.0.0.1"):
+        if not host.startswith("127."):
+            raise ValueError("the private Postfix must listen on 127.0.0.0/8, not %s" % host)
+        self.host = host
         self.dir = os.path.abspath(directory)
         self.port = smtpd_port
         self.etc = os.path.join(self.dir, "etc")
@@ -131,7 +139,7 @@ class PrivatePostfix:
             for k, v in self.main.items():
                 f.write("%s = %s\n" % (k, v))
         with open(os.path.join(self.etc, "master.cf"), "w") as f:
-            f.write(MASTER_CF.format(port=self.port))
+            f.write(MASTER_CF.format(host=self.host, port=self.port))
 
     def postfix(self, *args, check=True):
         r = subprocess.run(["postfix", "-c", self.etc] + list(args), capture_output=True,
@@ -153,11 +161,11 @@ class PrivatePostfix:
                     self.master_pid = int(f.read().strip())
             except (OSError, ValueError):
                 self.master_pid = None
-            if self.master_pid and _listening(self.port):
+            if self.master_pid and _listening(self.port, self.host):
                 return self
             time.sleep(0.05)
-        raise AssertionError("private Postfix did not listen on 127.0.0.1:%d\n%s"
-                             % (self.port, self.log()))
+        raise AssertionError("private Postfix did not listen on %s:%d\n%s"
+                             % (self.host, self.port, self.log()))
 
     def stop(self):
         if self.master_pid is None:

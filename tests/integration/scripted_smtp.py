@@ -5,7 +5,8 @@ without 8BITMIME / DSN / SMTPUTF8 / PIPELINING / STARTTLS).
 ScriptedSMTPServer(host, port, keywords=DEFAULT_KEYWORDS, hostname="scripted.test",
                    cert=None, key=None, replies=None, greeting=None, timeout=30)
 
-  host       an address in 127.0.0.0/8 (127.0.0.2, ...); port e.g. smtpsink.free_port_on(host)
+  host       an address in 127.0.0.0/8 (127.0.0.2, ...) or "::1" (an IPv6 listener);
+             port e.g. smtpsink.free_port_on(host)
   keywords   the EHLO keywords offered, in order, e.g. ["PIPELINING", "SIZE 1000", "DSN"].
              "STARTTLS" is offered only before TLS; it works when cert and key are given
              (else STARTTLS gets 454). What is not offered is enforced: SIZE= above the
@@ -323,8 +324,9 @@ class Session:
 class ScriptedSMTPServer:
     def __init__(self, host, port, keywords=DEFAULT_KEYWORDS, hostname="scripted.test",
                  cert=None, key=None, replies=None, greeting=None, timeout=30):
-        if not host.startswith("127."):
-            raise ValueError("the scripted server must listen on 127.0.0.0/8, not %s" % host)
+        if not host.startswith("127.") and host != "::1":
+            raise ValueError("the scripted server must listen on 127.0.0.0/8 or ::1, not %s"
+                             % host)
         self.host = host
         self.port = port
         self.keywords = list(keywords)
@@ -349,6 +351,8 @@ class ScriptedSMTPServer:
         self._stopping = False
 
     def endpoint(self):
+        if ":" in self.host:
+            return "[%s]:%d" % (self.host, self.port)
         return "%s:%d" % (self.host, self.port)
 
     def _scripted(self, cmd, session, arg):
@@ -369,7 +373,8 @@ class ScriptedSMTPServer:
             self.cond.notify_all()
 
     def start(self):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        s = socket.socket(family, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind((self.host, self.port))
         s.listen(64)
