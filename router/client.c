@@ -173,6 +173,8 @@ static void conn_try(struct conn *c);
 static void on_read(struct bufferevent *bev, void *arg);
 static void on_write(struct bufferevent *bev, void *arg);
 static void on_event(struct bufferevent *bev, short what, void *arg);
+static void relay_name(const struct transport *tp, const struct endpoint *ep,
+		       const struct sockaddr_storage *ss, char *buf, size_t len);
 static bool conn_begin_txn(struct conn *c);
 static void fmtbuf(char *buf, size_t len, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
@@ -958,22 +960,7 @@ conn_connect(struct conn *c, const struct sockaddr_storage *ss)
 	struct job *j = c->job;
 	int fd;
 
-	if (c->tp == &transports[EP_SMTP] && j->ep != NULL) {
-		/* Postfix's form: mx1.remote.test[127.0.0.2]:25 */
-		char ip[INET6_ADDRSTRLEN] = "?";
-		unsigned port = 0;
-
-		if (ss->ss_family == AF_INET) {
-			inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, ip, sizeof(ip));
-			port = ntohs(((const struct sockaddr_in *)ss)->sin_port);
-		} else if (ss->ss_family == AF_INET6) {
-			inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ss)->sin6_addr, ip, sizeof(ip));
-			port = ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
-		}
-		fmtbuf(c->relay, sizeof(c->relay), "%s[%s]:%u", j->ep->host, ip, port);
-	} else {
-		dns_addr_format(ss, c->relay, sizeof(c->relay));
-	}
+	relay_name(c->tp, j->ep, ss, c->relay, sizeof(c->relay));
 	snprintf(c->peer, sizeof(c->peer), "%s", j->ep != NULL ? j->ep->host : "");
 	c->tls_on = false;
 	c->tls_level = j->ep != NULL ? j->ep->tls : -1;
@@ -1018,6 +1005,32 @@ job_start_eps(struct job *j)
 	j->next_ep = 0;
 	j->ep = NULL;
 	j->naddrs = j->next_addr = 0;
+}
+
+/*
+ * The name of an address in results, logs and the dead-endpoint table
+ * (one form for all three, so a failed address is found again): LMTP
+ * "127.0.0.1:24"; SMTP Postfix's "mx1.remote.test[127.0.0.2]:25".
+ */
+static void
+relay_name(const struct transport *tp, const struct endpoint *ep,
+	   const struct sockaddr_storage *ss, char *buf, size_t len)
+{
+	char ip[INET6_ADDRSTRLEN] = "?";
+	unsigned port = 0;
+
+	if (tp != &transports[EP_SMTP] || ep == NULL) {
+		dns_addr_format(ss, buf, len);
+		return;
+	}
+	if (ss->ss_family == AF_INET) {
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, ip, sizeof(ip));
+		port = ntohs(((const struct sockaddr_in *)ss)->sin_port);
+	} else if (ss->ss_family == AF_INET6) {
+		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ss)->sin6_addr, ip, sizeof(ip));
+		port = ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
+	}
+	fmtbuf(buf, len, "%s[%s]:%u", ep->host, ip, port);
 }
 
 static unsigned short
@@ -1140,7 +1153,7 @@ on_dns(const struct dns_answer *a, void *arg)
 		k = (st->rr + i) % a->naddrs;
 		memcpy(&live[nlive], &a->addrs[k], sizeof(live[0]));
 		dns_addr_set_port(&live[nlive], ep_port(c->pool, j->ep));
-		dns_addr_format(&live[nlive], name, sizeof(name));
+		relay_name(c->tp, j->ep, &live[nlive], name, sizeof(name));
 		if (is_dead(c->pool, name))
 			memcpy(&dead[ndead++], &live[nlive], sizeof(live[0]));
 		else
