@@ -71,8 +71,7 @@ struct param {
 _Static_assert(sizeof(enum log_sink) == sizeof(int), "enums are stored as int");
 
 static const char *const log_names[] = { "stderr", "syslog", NULL };
-/* in the order of enum tls_level (router.h) */
-static const char *const tls_level_names[] = { "none", "may", "encrypt", "verify", NULL };
+const char *const tls_level_names[] = { "none", "may", "encrypt", "verify", NULL };
 
 static const struct param params[] = {
 	{ "hostname", P_STR, F_NONEMPTY | F_DEF_HOST | F_DOMAIN, NULL, 0, 0, STR(hostname), 0, NULL },

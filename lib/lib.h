@@ -104,7 +104,7 @@ struct config {
 	int smtp_destination_concurrency_limit; /* connections per remote destination */
 	int smtp_destination_recipient_limit;   /* recipients per SMTP transaction */
 	char *transport_map;            /* domain | address -> smtp:... | lmtp:... | node */
-	int smtp_tls_security_level;    /* enum tls_level (router.h): none may encrypt verify */
+	int smtp_tls_security_level;    /* enum tls_level */
 	char *smtp_tls_ca_file;         /* trust anchors for verify; NULL = the system's */
 	char *smtp_tls_policy_map;      /* domain -> none|may|encrypt|verify */
 	int lmtp_connect_timeout, lmtp_timeout, lmtp_idle_timeout;
@@ -112,6 +112,11 @@ struct config {
 	int hopcount_limit;             /* Received: headers before 5.4.6 */
 	char *bounce_notice_recipient;  /* gets DSNs that cannot be returned; NULL = drop */
 };
+
+/* STARTTLS levels of the SMTP client, by name in tls_level_names (NULL-ended);
+ * smtp_tls_security_level and smtp_tls_policy_map values. */
+enum tls_level { TLS_NONE, TLS_MAY, TLS_ENCRYPT, TLS_VERIFY };
+extern const char *const tls_level_names[];
 
 /* Parses `path` (or built-in defaults when path is NULL). On error returns
  * NULL and writes "FILE:LINE: reason" into err. */

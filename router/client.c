@@ -62,7 +62,6 @@
 
 /* What one transport does its own way; everything else is shared. */
 struct transport {
-	const char *name;
 	const char *hello;              /* the greeting command */
 	bool reply_per_rcpt;            /* after the content: one reply per accepted recipient */
 	bool starttls;                  /* STARTTLS when offered, per smtp_tls_security_level */
@@ -72,8 +71,8 @@ struct transport {
 };
 
 static const struct transport transports[] = {
-	[EP_LMTP] = { "lmtp", "LHLO", true, false, false, false, false },
-	[EP_SMTP] = { "smtp", "EHLO", false, true, true, true, true },
+	[EP_LMTP] = { "LHLO", true, false, false, false, false },
+	[EP_SMTP] = { "EHLO", false, true, true, true, true },
 };
 
 enum cstate {
@@ -104,8 +103,6 @@ struct job {
 	size_t *order;          /* eps in the order to try them; NULL: not started */
 	size_t next_ep;         /* in order */
 	const struct endpoint *ep;      /* being tried */
-	struct dns_mx mx[DNS_MX_MAX];   /* what an smtp:DOMAIN endpoint became */
-	size_t nmx;
 	char epname[EPKEY_MAX];
 	struct sockaddr_storage addrs[DNS_ADDRS_MAX];
 	size_t naddrs, next_addr;
@@ -161,7 +158,7 @@ struct client_pool {
 	struct client_settings set;
 	char *helo_name, *dns_servers;
 	struct dns *dns;
-	SSL_CTX *tls_ctx;               /* SMTP STARTTLS; NULL when smtp_tls_level is none */
+	SSL_CTX *tls_ctx;               /* SMTP STARTTLS; NULL when it could not be made */
 	struct dest *dests;
 	struct epstate *states;
 	struct job *done_head, *done_tail;
@@ -388,8 +385,8 @@ phase(const struct conn *c)
 	case CS_GREETING:
 		return "receiving the initial server greeting";
 	case CS_LHLO:
-		return c->helo_sent ? "sending HELO" : c->tp == &transports[EP_SMTP] ?
-		    "sending EHLO" : "sending LHLO";
+		return c->helo_sent ? "sending HELO" :
+		    c->tp == &transports[EP_SMTP] ? "sending EHLO" : "sending LHLO";
 	case CS_STARTTLS:
 		return "sending STARTTLS";
 	case CS_HANDSHAKE:
@@ -1016,20 +1013,16 @@ static void
 relay_name(const struct transport *tp, const struct endpoint *ep,
 	   const struct sockaddr_storage *ss, char *buf, size_t len)
 {
-	char ip[INET6_ADDRSTRLEN] = "?";
-	unsigned port = 0;
+	char ip[INET6_ADDRSTRLEN];
+	unsigned port;
 
 	if (tp != &transports[EP_SMTP] || ep == NULL) {
 		dns_addr_format(ss, buf, len);
 		return;
 	}
-	if (ss->ss_family == AF_INET) {
-		inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, ip, sizeof(ip));
-		port = ntohs(((const struct sockaddr_in *)ss)->sin_port);
-	} else if (ss->ss_family == AF_INET6) {
-		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ss)->sin6_addr, ip, sizeof(ip));
-		port = ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
-	}
+	/* sin_port and sin6_port sit at the same offset */
+	port = ntohs(((const struct sockaddr_in *)ss)->sin_port);
+	dns_addr_ip(ss, ip, sizeof(ip));
 	fmtbuf(buf, len, "%s[%s]:%u", ep->host, ip, port);
 }
 

@@ -517,6 +517,18 @@ dns_addr_numeric(const char *host, unsigned short port, struct sockaddr_storage 
 }
 
 void
+dns_addr_ip(const struct sockaddr_storage *ss, char *buf, size_t len)
+{
+	const void *a = ss->ss_family == AF_INET ?
+	    (const void *)&((const struct sockaddr_in *)ss)->sin_addr :
+	    (const void *)&((const struct sockaddr_in6 *)ss)->sin6_addr;
+
+	if ((ss->ss_family != AF_INET && ss->ss_family != AF_INET6) ||
+	    inet_ntop(ss->ss_family, a, buf, (socklen_t)len) == NULL)
+		snprintf(buf, len, "?");
+}
+
+void
 dns_addr_format(const struct sockaddr_storage *ss, char *buf, size_t len)
 {
 	char ip[INET6_ADDRSTRLEN];

@@ -22,7 +22,6 @@
 static const char *const map_names[ROUTER_NMAPS] = {
 	"alias_map", "user_map", "node_map", "transport_map", "smtp_tls_policy_map"
 };
-static const char *const tls_names[] = { "none", "may", "encrypt", "verify" };
 
 static const char *
 verdict_name(enum rcpt_verdict v)
@@ -76,7 +75,7 @@ static void
 on_live_addr(const struct dns_answer *a, void *arg)
 {
 	struct live *lv = arg;
-	char buf[INET6_ADDRSTRLEN + 16];
+	char buf[INET6_ADDRSTRLEN];
 	size_t i, n = 0;
 
 	lv->done = true;
@@ -86,11 +85,9 @@ on_live_addr(const struct dns_answer *a, void *arg)
 		return;
 	}
 	for (i = 0; i < a->naddrs; i++) {
-		dns_addr_format(&a->addrs[i], buf, sizeof(buf));
-		/* port 0 here: keep the address alone */
-		buf[strcspn(buf, buf[0] == '[' ? "]" : ":")] = '\0';
+		dns_addr_ip(&a->addrs[i], buf, sizeof(buf));
 		n += (size_t)snprintf(lv->addrs + n, n < sizeof(lv->addrs) ? sizeof(lv->addrs) - n : 0,
-				      "%s%s", i ? " " : "", buf[0] == '[' ? buf + 1 : buf);
+				      "%s%s", i ? " " : "", buf);
 		if (n >= sizeof(lv->addrs))
 			break;
 	}
@@ -224,7 +221,7 @@ text_report(FILE *out, const struct config *cf, struct router *r, const char *ad
 	fprintf(out, "  %-14s %s\n", "delimiter",
 		cf->recipient_delimiter ? cf->recipient_delimiter : "(none)");
 	fprintf(out, "  %-14s %s\n", "relay_host", cf->relay_host ? cf->relay_host : "(none)");
-	fprintf(out, "  %-14s %s\n", "smtp_tls", tls_names[cf->smtp_tls_security_level & 3]);
+	fprintf(out, "  %-14s %s\n", "smtp_tls", tls_level_names[cf->smtp_tls_security_level]);
 	fprintf(out, "expansion:\n");
 	text_trace(out, t, l, 0);
 	fprintf(out, "recipients:\n");
@@ -370,7 +367,7 @@ json_report(FILE *out, const struct config *cf, struct router *r, const char *ad
 	fputs(", \"relay_host\": ", out);
 	json_str(out, cf->relay_host);
 	fputs(", \"smtp_tls_security_level\": ", out);
-	json_str(out, tls_names[cf->smtp_tls_security_level & 3]);
+	json_str(out, tls_level_names[cf->smtp_tls_security_level]);
 	fputs(",\n \"expansion\": ", out);
 	json_trace(out, t);
 	fputs(",\n \"recipients\": [", out);

@@ -378,8 +378,6 @@ route_node(struct resolve *rs, const char *address, const char *value, enum rout
 	}
 }
 
-static const char *const tls_level_names[] = { "none", "may", "encrypt", "verify" };
-
 /*
  * smtp_tls_policy_map: the TLS level for the remote route's smtp
  * endpoints, looked up by each endpoint's host (the mail domain of an MX
@@ -403,10 +401,10 @@ tls_policy(struct resolve *rs, struct route *rt, const char *address, struct rou
 		st = rlookup(rs, r->tls_policy, ep->host, r->val, sizeof(r->val), err, sizeof(err));
 		if (st == MAP_NOTFOUND)
 			continue;
-		for (lv = 0; st == MAP_FOUND && lv < 4; lv++)
+		for (lv = 0; st == MAP_FOUND && tls_level_names[lv] != NULL; lv++)
 			if (strcasecmp(r->val, tls_level_names[lv]) == 0)
 				break;
-		if (st == MAP_TEMPFAIL || lv == 4) {
+		if (st == MAP_TEMPFAIL || tls_level_names[lv] == NULL) {
 			if (st == MAP_FOUND)
 				snprintf(err, sizeof(err), "smtp_tls_policy_map: %s: \"%.100s\" is not "
 					 "none, may, encrypt or verify", ep->host, r->val);

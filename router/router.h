@@ -450,17 +450,17 @@ size_t dns_addr_len(const struct sockaddr_storage *ss);
 void dns_addr_set_port(struct sockaddr_storage *ss, unsigned short port);
 int dns_addr_numeric(const char *host, unsigned short port, struct sockaddr_storage *ss);
 void dns_addr_format(const struct sockaddr_storage *ss, char *buf, size_t len);
+/* The IP address alone ("127.0.0.1", "::1"); "?" for any other family. */
+void dns_addr_ip(const struct sockaddr_storage *ss, char *buf, size_t len);
 
 /* ---- the delivery client (client.c): LMTP and SMTP, a pool on the caller's loop ----
  * One client state machine for both transports; what differs between them
  * is a row of a small table (the greeting verb, one reply per recipient
- * after DATA or one for all, STARTTLS, the default port). Connections are
+ * after DATA or one for all, STARTTLS, HELO fallback, 8BITMIME, DSN). Connections are
  * kept per destination (a node name, a relay, a mail domain), reused, and
  * capped in number per transport; transactions beyond the cap wait in a
  * FIFO per destination. An smtp:DOMAIN endpoint is replaced by the hosts
  * of DOMAIN's MX records (c-ares, on the same loop). */
-enum tls_level { TLS_NONE, TLS_MAY, TLS_ENCRYPT, TLS_VERIFY };
-
 struct client_settings {
 	int per_dest_concurrency;       /* LMTP connections per destination; 0 = 20 */
 	int smtp_per_dest_concurrency;  /* SMTP connections per destination; 0 = 20 */
