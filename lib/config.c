@@ -90,6 +90,9 @@ static const struct param params[] = {
 	{ "tls_cert_file", P_STR, 0, NULL, 0, 0, STR(tls_cert_file), 0, NULL },
 	{ "tls_key_file", P_STR, 0, NULL, 0, 0, STR(tls_key_file), 0, NULL },
 	{ "auth_map", P_STR, 0, NULL, 0, 0, STR(auth_map), 0, NULL },
+	{ "sender_login_map", P_STR, 0, NULL, 0, 0, STR(sender_login_map), 0, NULL },
+	{ "smtpd_client_auth_failure_limit", P_INT, 0, "5", 1, 100000,
+	  INT(smtpd_client_auth_failure_limit), 0, NULL },
 	{ "recipient_delimiter", P_STR, 0, NULL, 0, 0, STR(recipient_delimiter), 0, NULL },
 	{ "smtp_port", P_INT, 0, "25", 1, 65535, INT(smtp_port), 0, NULL },
 	{ "message_size_limit", P_SIZE, 0, "10240000", 1024, 2147483647LL,
@@ -373,8 +376,10 @@ set_listen(struct config *cf, const struct param *p, const char *v,
 		r = ROLE_MX;
 	else if (strcmp(role, "submission") == 0)
 		r = ROLE_SUBMISSION;
+	else if (strcmp(role, "submissions") == 0)
+		r = ROLE_SUBMISSIONS;
 	else
-		return reason(why, whylen, "%s: role '%s' is not mx or submission",
+		return reason(why, whylen, "%s: role '%s' is not mx, submission or submissions",
 			      p->name, show(role, shown, sizeof(shown)));
 
 	if (addr[0] == '[') {
@@ -513,6 +518,27 @@ apply_defaults(struct config *cf, const bool *seen)
 	}
 }
 
+/* A submission listener that could never log anyone in is refused where it
+ * is declared. Returns that line, or 0. */
+static unsigned
+check_listeners(const struct config *cf, char *why, size_t whylen)
+{
+	size_t i;
+
+	for (i = 0; i < cf->nlisten; i++) {
+		const struct listen_spec *l = &cf->listen[i];
+
+		if (l->role == ROLE_MX)
+			continue;
+		if (cf->tls_cert_file == NULL || cf->tls_key_file == NULL || cf->auth_map == NULL) {
+			snprintf(why, whylen, "listen: role %s needs tls_cert_file, tls_key_file "
+				 "and auth_map", l->role == ROLE_SUBMISSION ? "submission" : "submissions");
+			return l->line ? l->line : 1;
+		}
+	}
+	return 0;
+}
+
 static void
 set_err(char *err, size_t errlen, const char *name, unsigned line, const char *why)
 {
@@ -586,8 +612,12 @@ config_parse(const char *name, const char *text, size_t len,
 		seen[pm - params] = true;
 		if (set_param(cf, pm, val, why, sizeof(why)) < 0)
 			goto fail;
+		if (pm->type == P_LISTEN)
+			cf->listen[cf->nlisten - 1].line = lineno;
 	}
 	apply_defaults(cf, seen);
+	if ((lineno = check_listeners(cf, why, sizeof(why))) != 0)
+		goto fail;
 	return cf;
 
 fail:

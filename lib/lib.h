@@ -56,12 +56,15 @@ uint64_t log_dropped(void);
 /* ---- configuration (config.c) ----
  * Every parameter is declared once in config.c's table with its type,
  * default and bounds. */
-enum listen_role { ROLE_MX, ROLE_SUBMISSION };
+/* mx: no AUTH, local domains only; submission: STARTTLS, then AUTH, then
+ * any domain; submissions: the same over implicit TLS (RFC 8314) */
+enum listen_role { ROLE_MX, ROLE_SUBMISSION, ROLE_SUBMISSIONS };
 
 struct listen_spec {
 	char *host;               /* numeric address */
 	char *port;               /* numeric port */
 	enum listen_role role;
+	unsigned line;            /* where the config file says so, for errors */
 };
 
 struct config {
@@ -79,7 +82,9 @@ struct config {
 	char *recipient_delimiter;
 	char *dns_servers;
 	char *tls_cert_file, *tls_key_file;
-	char *auth_map;
+	char *auth_map;                 /* login (full address) -> crypt(3) hash */
+	char *sender_login_map;         /* sender | @domain -> logins allowed to use it */
+	int smtpd_client_auth_failure_limit; /* AUTH failures per client before replies slow down */
 	long long message_size_limit;   /* bytes */
 	enum log_sink log;
 	int workers;                    /* smtpd worker processes; 0 = one per core */

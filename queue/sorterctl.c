@@ -1,6 +1,7 @@
 /*
  * sorterctl.c - the administrator's view of the queue: `sorterctl queue`
- * lists the spool and `sorterctl show ID` prints one message.
+ * lists the spool and `sorterctl show ID` prints one message. `sorterctl
+ * passwd` makes a password hash for auth_map.
  *
  * Both read the spool directly, so they work while sorterd is down. This
  * program must never change the spool: not a byte, not a file name. A file
@@ -20,12 +21,14 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "lib/lib.h"
 #include "queue/queue.h"
 #include "router/router.h"
+#include "smtpd/auth.h"
 
 #ifndef SYSCONFDIR
 #define SYSCONFDIR "/etc"
@@ -66,7 +69,8 @@ usage(void)
 		"       sorterctl [-c FILE] release ID...\n"
 		"       sorterctl [-c FILE] flush [ID...]\n"
 		"       sorterctl [-c FILE] stats\n"
-		"       sorterctl [-c FILE] route ADDRESS [--json]\n");
+		"       sorterctl [-c FILE] route ADDRESS [--json]\n"
+		"       sorterctl passwd\n");
 	exit(EXIT_USAGE);
 }
 
@@ -684,6 +688,81 @@ cmd_delete_all(const char *spool_dir)
 	return rc;
 }
 
+/* ---- passwd: a hash for auth_map ---- */
+
+/* One line from fp without its newline; -1 at EOF, on error or when it
+ * does not fit. With echo off when fp is a terminal. */
+static int
+read_secret(FILE *fp, const char *prompt, char *buf, size_t len)
+{
+	struct termios old, quiet;
+	bool tty = isatty(fileno(fp)) == 1;
+	int rc = 0;
+	size_t n;
+
+	if (tty) {
+		fprintf(stderr, "%s", prompt);
+		fflush(stderr);
+		if (tcgetattr(fileno(fp), &old) == 0) {
+			quiet = old;
+			quiet.c_lflag &= ~(tcflag_t)ECHO;
+			(void)tcsetattr(fileno(fp), TCSAFLUSH, &quiet);
+		} else
+			tty = false;
+	}
+	if (fgets(buf, (int)len, fp) == NULL)
+		rc = -1;
+	if (tty) {
+		(void)tcsetattr(fileno(fp), TCSAFLUSH, &old);
+		fputc('\n', stderr);
+	}
+	if (rc < 0)
+		return -1;
+	n = strlen(buf);
+	if (n == 0 || buf[n - 1] != '\n') {
+		if (!feof(fp))
+			return -1;      /* longer than the buffer */
+	} else
+		buf[--n] = '\0';
+	if (n > 0 && buf[n - 1] == '\r')
+		buf[--n] = '\0';
+	return 0;
+}
+
+/* Reads a password (twice from a terminal, echo off; once from a pipe)
+ * and prints its yescrypt hash for auth_map. */
+static int
+cmd_passwd(void)
+{
+	char pw[AUTH_PASS_MAX + 2], again[AUTH_PASS_MAX + 2], hash[512];
+	bool tty = isatty(STDIN_FILENO) == 1;
+	int rc = EXIT_RUNTIME;
+
+	if (read_secret(stdin, "Password: ", pw, sizeof(pw)) < 0) {
+		fprintf(stderr, "sorterctl: no password read (at most %d bytes)\n", AUTH_PASS_MAX);
+		goto out;
+	}
+	if (pw[0] == '\0') {
+		fprintf(stderr, "sorterctl: empty password refused\n");
+		goto out;
+	}
+	if (tty && (read_secret(stdin, "Again: ", again, sizeof(again)) < 0 ||
+		    strcmp(pw, again) != 0)) {
+		fprintf(stderr, "sorterctl: the passwords differ\n");
+		goto out;
+	}
+	if (auth_hash_password(pw, hash, sizeof(hash)) < 0) {
+		fprintf(stderr, "sorterctl: libcrypt cannot make a yescrypt hash\n");
+		goto out;
+	}
+	printf("%s\n", hash);
+	rc = 0;
+out:
+	explicit_bzero(pw, sizeof(pw));
+	explicit_bzero(again, sizeof(again));
+	return rc;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -724,6 +803,10 @@ main(int argc, char **argv)
 	} else if (strcmp(cmd, "route") == 0) {
 		if (argc < 2 || argc > 3 || (argc == 3 && strcmp(argv[2], "--json") != 0))
 			usage();
+	} else if (strcmp(cmd, "passwd") == 0) {
+		if (argc != 1)
+			usage();
+		return cmd_passwd();
 	} else {
 		fprintf(stderr, "sorterctl: unknown command \"%s\"\n", cmd);
 		usage();

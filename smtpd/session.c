@@ -34,6 +34,7 @@
 #include "lib/lib.h"
 #include "queue/queue.h"
 #include "router/router.h"
+#include "smtpd/auth.h"
 #include "smtpd/session.h"
 #include "smtpd/smtpd.h"
 
@@ -48,6 +49,8 @@ enum sstate {
 	SS_RCPT,        /* at least one RCPT accepted */
 	SS_DATA,        /* reading content */
 	SS_COMMIT,      /* content complete, waiting for the spool */
+	SS_AUTH,        /* AUTH: waiting for the client's next response line */
+	SS_AUTH_WAIT,   /* AUTH: the password is being checked */
 	SS_CLOSING,     /* final reply queued; close once it is written */
 };
 
@@ -72,6 +75,17 @@ struct session {
 	bool drain;                    /* end at the next command boundary */
 	bool gone;                     /* the client went away during a commit */
 	struct event *flush_ev;        /* TLS close: fires when the socket's output is written */
+	unsigned char key[16];         /* the client's address in session-table form */
+
+	/* AUTH (RFC 4954) */
+	char *login;                   /* the authenticated user, or NULL */
+	const char *auth_mech;         /* "PLAIN" or "LOGIN" */
+	int auth_step;                 /* LOGIN: 1 = user name next, 2 = password next */
+	char auth_user[ADDR_PATH_MAX + 1];
+	int auth_failures;
+	bool auth_busy;                /* a password check is in flight */
+	enum auth_result auth_result;
+	struct event *auth_delay_ev;   /* a guesser's reply waits for this */
 
 	/* the transaction */
 	char *sender;
@@ -159,12 +173,29 @@ transaction_reset(struct session *s)
 		s->state = SS_READY;
 }
 
+/* RFC 3848 protocol names for Received: */
 static const char *
 proto_name(const struct session *s)
 {
 	if (!s->esmtp)
 		return "SMTP";
+	if (s->login)
+		return s->tls ? "ESMTPSA" : "ESMTPA";
 	return s->tls ? "ESMTPS" : "ESMTP";
+}
+
+/* a submission listener, with or without implicit TLS */
+static bool
+submission(const struct session *s)
+{
+	return s->listener->spec.role != ROLE_MX;
+}
+
+/* AUTH is offered: submission, under TLS, with a password map */
+static bool
+auth_offered(const struct session *s)
+{
+	return submission(s) && s->tls && s->w->auth != NULL;
 }
 
 static void
@@ -196,6 +227,8 @@ do_helo(struct session *s, struct smtp_cmd *c)
 	reply(s, "250-SIZE %lld", cf->message_size_limit);
 	if (s->w->tls_ctx && !s->tls)
 		reply(s, "250-STARTTLS");
+	if (auth_offered(s))
+		reply(s, "250-AUTH PLAIN LOGIN");
 	reply(s, "250-ENHANCEDSTATUSCODES");
 	reply(s, "250-8BITMIME");
 	reply(s, "250 DSN");
@@ -213,11 +246,50 @@ spool_has_room(struct session *s, long long want)
 	return avail >= (unsigned long long)s->w->cf->queue_minfree + (unsigned long long)(want > 0 ? want : 0);
 }
 
+/* Submission: TLS, then a login, then only senders that login owns. */
+static bool
+submission_sender_ok(struct session *s, const char *sender)
+{
+	char why[256];
+
+	if (!s->tls) {
+		reply_error(s, "530 5.7.0 Must issue a STARTTLS command first");
+		return false;
+	}
+	if (s->login == NULL) {
+		reply_error(s, "530 5.7.0 Authentication required");
+		return false;
+	}
+	if (sender[0] == '\0') {
+		msg_info("reject: MAIL from [%s]: null sender from sasl_username=%s", s->addr, s->login);
+		reply_error(s, "553 5.7.1 <>: Sender address rejected: not owned by user %s", s->login);
+		return false;
+	}
+	switch (auth_sender_owned(s->w->auth, s->login, sender, why, sizeof(why))) {
+	case SENDER_OWNED:
+		return true;
+	case SENDER_NOT_OWNED:
+		msg_info("reject: MAIL from [%s]: 553 5.7.1 <%s>: Sender address rejected: "
+			 "not owned by user %s", s->addr, sender, s->login);
+		reply_error(s, "553 5.7.1 <%s>: Sender address rejected: not owned by user %s",
+			    sender, s->login);
+		return false;
+	case SENDER_TEMPFAIL:
+		msg_warn("MAIL from [%s]: sender_login_map: %s", s->addr, why);
+		reply(s, "451 4.3.0 <%s>: Temporary lookup failure", sender);
+		return false;
+	}
+	return false;
+}
+
 static void
 do_mail(struct session *s, struct smtp_cmd *c)
 {
 	char buf[ADDR_PATH_MAX + 8];
 
+	address_format(&c->addr, buf, sizeof(buf));
+	if (submission(s) && !submission_sender_ok(s, buf))
+		return;
 	if (c->params.size > s->w->cf->message_size_limit) {
 		reply_error(s, "552 5.3.4 Message size exceeds fixed limit");
 		return;
@@ -227,7 +299,6 @@ do_mail(struct session *s, struct smtp_cmd *c)
 		reply_error(s, "452 4.3.1 Insufficient system storage");
 		return;
 	}
-	address_format(&c->addr, buf, sizeof(buf));
 	s->sender = xstrdup(buf);
 	s->sender_params = NULL;
 	if (c->params.ret || c->params.envid[0]) {
@@ -275,6 +346,8 @@ do_rcpt(struct session *s, struct smtp_cmd *c)
 	case RCPT_ACCEPT:
 		break;
 	case RCPT_RELAY_DENIED:
+		if (s->login != NULL)
+			break;          /* an authenticated user relays */
 		msg_info("reject: RCPT from [%s]: 554 5.7.1 <%s>: Relay access denied; from=<%s> to=<%s>",
 			 s->addr, addr, s->sender, addr);
 		reply_error(s, "554 5.7.1 <%s>: Relay access denied", addr);
@@ -361,8 +434,8 @@ do_vrfy(struct session *s, struct smtp_cmd *c)
 static void
 do_help(struct session *s, struct smtp_cmd *c)
 {
-	reply(s, "214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP%s",
-	      s->w->tls_ctx && !s->tls ? " STARTTLS" : "");
+	reply(s, "214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP%s%s",
+	      s->w->tls_ctx && !s->tls ? " STARTTLS" : "", auth_offered(s) ? " AUTH" : "");
 }
 
 static void
@@ -371,14 +444,276 @@ do_not_implemented(struct session *s, struct smtp_cmd *c)
 	reply_error(s, "502 5.5.1 Error: command not implemented");
 }
 
+
+/* ---- AUTH (RFC 4954): PLAIN (RFC 4616) and LOGIN ---- */
+
+#define AUTH_SESSION_FAILURES 3   /* per session, then 421 */
+#define AUTH_DELAY_MAX 30         /* seconds, the longest wait a guesser gets */
+
+static void auth_reply(struct session *s);
+
+/* a user name as it may appear in a log line: printable ASCII, the rest
+ * escaped, so that no client can forge a field */
+static void
+log_safe(const char *in, char *out, size_t outlen)
+{
+	size_t o = 0;
+
+	for (; *in != '\0' && o + 5 < outlen; in++) {
+		unsigned char c = (unsigned char)*in;
+
+		if (c > ' ' && c < 0x7f && c != ',' && c != '"' && c != '\\')
+			out[o++] = (char)c;
+		else
+			o += (size_t)snprintf(out + o, outlen - o, "\\x%02x", c);
+	}
+	out[o] = '\0';
+}
+
+static void
+auth_end(struct session *s)
+{
+	explicit_bzero(s->auth_user, sizeof(s->auth_user));
+	s->auth_step = 0;
+	if (s->state == SS_AUTH || s->state == SS_AUTH_WAIT)
+		s->state = SS_READY;
+}
+
+static void
+on_auth_delay(evutil_socket_t fd, short what, void *arg)
+{
+	auth_reply(arg);
+	process_input(arg);
+}
+
+static void
+on_auth_checked(void *arg, enum auth_result r)
+{
+	struct session *s = arg;
+	const struct config *cf = s->w->cf;
+	time_t now = time(NULL);
+	unsigned n, over;
+	struct timeval tv = { 0, 0 };
+
+	s->auth_busy = false;
+	if (s->gone) {
+		session_close(s);
+		return;
+	}
+	s->auth_result = r;
+	n = r == AUTH_FAIL ? session_table_auth_failed(s->w->st, s->key, now)
+			   : session_table_auth_failures(s->w->st, s->key, now);
+	if (n > (unsigned)cf->smtpd_client_auth_failure_limit) {
+		/* a guesser: every answer to this address comes later and later */
+		over = n - (unsigned)cf->smtpd_client_auth_failure_limit;
+		tv.tv_sec = over > 5 ? AUTH_DELAY_MAX : 1L << (over - 1);
+		if (tv.tv_sec > AUTH_DELAY_MAX)
+			tv.tv_sec = AUTH_DELAY_MAX;
+		if (s->auth_delay_ev == NULL)
+			s->auth_delay_ev = evtimer_new(s->w->base, on_auth_delay, s);
+		if (s->auth_delay_ev != NULL) {
+			evtimer_add(s->auth_delay_ev, &tv);
+			return;
+		}
+	}
+	auth_reply(s);
+	process_input(s);
+}
+
+static void
+auth_reply(struct session *s)
+{
+	char user[4 * ADDR_PATH_MAX + 8], buf[256];
+
+	log_safe(s->auth_user, user, sizeof(user));
+	switch (s->auth_result) {
+	case AUTH_OK:
+		s->login = xstrdup(s->auth_user);
+		msg_info("[%s]: AUTH ok, sasl_method=%s, sasl_username=%s", s->addr, s->auth_mech, user);
+		reply(s, "235 2.7.0 Authentication successful");
+		break;
+	case AUTH_FAIL:
+		s->auth_failures++;
+		msg_warn("[%s]: SASL %s authentication failed, sasl_username=%s", s->addr,
+			 s->auth_mech, user);
+		reply(s, "535 5.7.8 Error: authentication failed");
+		break;
+	case AUTH_TEMPFAIL:
+		reply(s, "454 4.7.0 Temporary authentication failure");
+		break;
+	}
+	auth_end(s);
+	if (s->auth_failures >= AUTH_SESSION_FAILURES) {
+		msg_info("too many AUTH failures from [%s]", s->addr);
+		snprintf(buf, sizeof(buf), "421 4.7.0 %s Error: too many authentication failures",
+			 s->w->cf->hostname);
+		reply_close(s, buf);
+	}
+}
+
+/* Hands user and password to the checker; the session waits, the loop does not. */
+static void
+auth_start_check(struct session *s, const char *user, const char *pass)
+{
+	size_t i;
+	bool plausible = user[0] != '\0' && strlen(user) <= ADDR_PATH_MAX;
+
+	for (i = 0; plausible && user[i] != '\0'; i++)
+		if ((unsigned char)user[i] <= ' ' || user[i] == 0x7f)
+			plausible = false;
+	/* an impossible name is looked up too, so that it takes as long */
+	snprintf(s->auth_user, sizeof(s->auth_user), "%s", plausible ? user : "");
+	s->state = SS_AUTH_WAIT;
+	s->auth_busy = true;
+	auth_check(s->w->auth, plausible ? user : "-", pass, on_auth_checked, s);
+}
+
+/* A base64 response; false (and the reply sent) when it is not one. */
+static bool
+auth_decode(struct session *s, const char *in, size_t len, unsigned char *out, size_t outmax,
+	    size_t *outlen)
+{
+	if (len == 1 && in[0] == '=') {
+		*outlen = 0;            /* RFC 4954 4: "=" is an empty response */
+		return true;
+	}
+	switch (sasl_b64_decode(in, len, out, outmax, outlen)) {
+	case 0:
+		return true;
+	case -2:
+		reply_error(s, "500 5.5.6 Authentication exchange line is too long");
+		break;
+	default:
+		reply_error(s, "501 5.5.2 Error: malformed base64 authentication data");
+		break;
+	}
+	auth_end(s);
+	return false;
+}
+
+static void
+auth_plain(struct session *s, const unsigned char *msg, size_t len)
+{
+	char user[ADDR_PATH_MAX + 2], pass[AUTH_PASS_MAX + 1];
+
+	switch (sasl_plain_parse(msg, len, user, sizeof(user), pass, sizeof(pass))) {
+	case SASL_PLAIN_OK:
+		auth_start_check(s, user, pass);
+		break;
+	case SASL_PLAIN_AUTHZID:
+	case SASL_PLAIN_TOO_LONG:
+	case SASL_PLAIN_MALFORMED:
+		/* answered like a wrong password, after the same work */
+		auth_start_check(s, "", "");
+		break;
+	}
+	explicit_bzero(pass, sizeof(pass));
+}
+
+/* One response line of the exchange (SS_AUTH). */
+static void
+auth_continue(struct session *s, const char *line, size_t len)
+{
+	unsigned char buf[AUTH_PASS_MAX + ADDR_PATH_MAX * 2 + 8];
+	size_t n;
+
+	if (len == 1 && line[0] == '*') {
+		auth_end(s);
+		reply_error(s, "501 5.0.0 Authentication aborted");
+		return;
+	}
+	if (!auth_decode(s, line, len, buf, sizeof(buf) - 1, &n))
+		return;
+	buf[n] = '\0';
+	if (strcmp(s->auth_mech, "PLAIN") == 0) {
+		auth_plain(s, buf, n);
+	} else if (s->auth_step == 1) {
+		/* LOGIN: the user name; a NUL inside it makes it no name */
+		s->auth_user[0] = '\0';
+		if (memchr(buf, '\0', n) == NULL && n < sizeof(s->auth_user))
+			memcpy(s->auth_user, buf, n + 1);
+		s->auth_step = 2;
+		reply(s, "334 UGFzc3dvcmQ6");               /* "Password:" */
+	} else {
+		char user[ADDR_PATH_MAX + 1];
+
+		snprintf(user, sizeof(user), "%s", s->auth_user);
+		if (memchr(buf, '\0', n) != NULL || n > AUTH_PASS_MAX)
+			user[0] = '\0';
+		auth_start_check(s, user, (char *)buf);
+	}
+	explicit_bzero(buf, sizeof(buf));
+}
+
+static void
+do_auth(struct session *s, struct smtp_cmd *c)
+{
+	size_t mlen = strcspn(c->arg, " ");
+	const char *init = c->arg + mlen;
+
+	if (!submission(s) || s->w->auth == NULL) {
+		reply_error(s, "503 5.5.1 Error: authentication not enabled");
+		return;
+	}
+	if (!s->tls) {
+		reply_error(s, "530 5.7.0 Must issue a STARTTLS command first");
+		return;
+	}
+	if (s->login != NULL) {
+		reply_error(s, "503 5.5.1 Error: already authenticated");
+		return;
+	}
+	if (mlen == 5 && strncasecmp(c->arg, "PLAIN", 5) == 0)
+		s->auth_mech = "PLAIN";
+	else if (mlen == 5 && strncasecmp(c->arg, "LOGIN", 5) == 0)
+		s->auth_mech = "LOGIN";
+	else {
+		reply_error(s, "504 5.5.4 Error: unsupported authentication mechanism");
+		return;
+	}
+	while (*init == ' ')
+		init++;
+	s->auth_step = 1;
+	if (*init == '\0' || (s->auth_mech[0] == 'P' && strcmp(init, "=") == 0)) {
+		/* no initial response (or an empty one to PLAIN): ask for it */
+		s->state = SS_AUTH;
+		reply(s, "%s", s->auth_mech[0] == 'P' ? "334 " : "334 VXNlcm5hbWU6");
+		return;
+	}
+	s->state = SS_AUTH;
+	auth_continue(s, init, strlen(init));
+}
+
 static void on_event(struct bufferevent *bev, short what, void *arg);
 static void on_read(struct bufferevent *bev, void *arg);
 static void on_write(struct bufferevent *bev, void *arg);
 
+/* Puts a TLS server filter on the session's stream: what is queued on it
+ * from now on goes out after the handshake. False when it cannot. */
+static bool
+tls_wrap(struct session *s, SSL *ssl)
+{
+	struct bufferevent *tbev;
+
+	tbev = bufferevent_openssl_filter_new(s->w->base, s->bev, ssl, BUFFEREVENT_SSL_ACCEPTING,
+					      BEV_OPT_CLOSE_ON_FREE);
+	if (tbev == NULL) {
+		SSL_free(ssl);
+		return false;
+	}
+	bufferevent_openssl_set_allow_dirty_shutdown(tbev, 1);
+	s->bev = tbev;
+	bufferevent_setcb(tbev, on_read, on_write, on_event, s);
+	bufferevent_setwatermark(tbev, EV_READ, 0, READ_HIGH_WATER);
+	set_read_timeout(s, s->w->cf->smtpd_timeout);
+	bufferevent_enable(tbev, EV_READ | EV_WRITE);
+	s->tls = true;
+	return true;
+}
+
 static void
 do_starttls(struct session *s, struct smtp_cmd *c)
 {
-	struct bufferevent *tbev;
 	SSL *ssl;
 
 	if (s->tls) {
@@ -397,26 +732,16 @@ do_starttls(struct session *s, struct smtp_cmd *c)
 	reply(s, "220 2.0.0 Ready to start TLS");
 	/* RFC 3207 5 / CVE-2011-0411: nothing sent before the handshake counts */
 	evbuffer_drain(bufferevent_get_input(s->bev), evbuffer_get_length(bufferevent_get_input(s->bev)));
-	tbev = bufferevent_openssl_filter_new(s->w->base, s->bev, ssl, BUFFEREVENT_SSL_ACCEPTING,
-					      BEV_OPT_CLOSE_ON_FREE);
-	if (tbev == NULL) {
-		SSL_free(ssl);
+	if (!tls_wrap(s, ssl)) {
 		reply_close(s, "421 4.7.0 TLS not available due to local problem");
 		return;
 	}
-	bufferevent_openssl_set_allow_dirty_shutdown(tbev, 1);
-	s->bev = tbev;
-	bufferevent_setcb(tbev, on_read, on_write, on_event, s);
-	bufferevent_setwatermark(tbev, EV_READ, 0, READ_HIGH_WATER);
-	set_read_timeout(s, s->w->cf->smtpd_timeout);
-	bufferevent_enable(tbev, EV_READ | EV_WRITE);
 	/* forget everything learned before TLS */
 	transaction_reset(s);
 	free(s->helo);
 	s->helo = NULL;
 	s->esmtp = false;
 	s->state = SS_INIT;
-	s->tls = true;
 }
 
 /* One table: handler, and the states in which the verb is allowed. */
@@ -437,7 +762,7 @@ static const struct {
 	[VERB_EXPN] = { do_not_implemented, ANY, NULL },
 	[VERB_HELP] = { do_help, ANY, NULL },
 	[VERB_STARTTLS] = { do_starttls, ST(SS_INIT) | ST(SS_READY), "503 5.5.1 Error: MAIL transaction in progress" },
-	[VERB_AUTH] = { do_not_implemented, ANY, NULL },
+	[VERB_AUTH] = { do_auth, ST(SS_READY), "503 5.5.1 Error: MAIL transaction in progress" },
 	[VERB_BDAT] = { do_not_implemented, ANY, NULL },
 };
 
@@ -502,9 +827,15 @@ commit_done(struct commit_job *job, void *arg)
 
 	if (error == 0) {
 		/* queued, whether or not the client is still there to hear it */
-		msg_info("%s: from=<%s>, size=%zu, nrcpt=%zu, client=[%s]%s%s", job->id,
+		char user[4 * ADDR_PATH_MAX + 8] = "";
+
+		if (s->login)
+			log_safe(s->login, user, sizeof(user));
+		msg_info("%s: from=<%s>, size=%zu, nrcpt=%zu, client=[%s]%s%s%s%s%s%s", job->id,
 			 s->sender, job->content.len, s->nrcpt, s->addr,
-			 s->tls ? ", tls=" : "", s->tls ? s->tls_desc : "");
+			 s->tls ? ", tls=" : "", s->tls ? s->tls_desc : "",
+			 s->login ? ", sasl_method=" : "", s->login ? s->auth_mech : "",
+			 s->login ? ", sasl_username=" : "", user);
 		atomic_fetch_add(&s->w->ctr->messages_in, 1);
 		qmgr_wake(s->w->cf->spool_dir, &s->w->wake_fd, job->id);
 		if (s->gone)
@@ -603,6 +934,23 @@ take_data(struct session *s, struct evbuffer *in)
 	return done;
 }
 
+/* An over-long line: in an AUTH exchange (or an AUTH command) it ends the
+ * exchange with RFC 4954's reply. */
+static void
+line_too_long(struct session *s, struct evbuffer *in)
+{
+	char head[5];
+
+	if (s->state == SS_AUTH ||
+	    (evbuffer_copyout(in, head, sizeof(head)) == (ev_ssize_t)sizeof(head) &&
+	     strncasecmp(head, "AUTH ", sizeof(head)) == 0)) {
+		auth_end(s);
+		reply_error(s, "500 5.5.6 Authentication exchange line is too long");
+		return;
+	}
+	reply_error(s, "500 5.5.2 Error: line too long");
+}
+
 static void
 process_input(struct session *s)
 {
@@ -613,7 +961,7 @@ process_input(struct session *s)
 	size_t eol_len, len, limit = (size_t)cf->smtpd_line_limit;
 
 	for (;;) {
-		if (s->state == SS_COMMIT || s->state == SS_CLOSING)
+		if (s->state == SS_COMMIT || s->state == SS_AUTH_WAIT || s->state == SS_CLOSING)
 			return;
 		if (evbuffer_get_length(out) > PIPELINE_OUTPUT_MAX)
 			return;         /* on_write resumes once the client reads */
@@ -634,18 +982,18 @@ process_input(struct session *s)
 		if (p.pos < 0) {
 			if (evbuffer_get_length(in) >= limit) {
 				/* no end in sight: drop what we have, the rest when it comes */
-				evbuffer_drain(in, evbuffer_get_length(in));
 				if (!s->long_line)
-					reply_error(s, "500 5.5.2 Error: line too long");
+					line_too_long(s, in);
+				evbuffer_drain(in, evbuffer_get_length(in));
 				s->long_line = true;
 			}
 			return;
 		}
 		len = (size_t)p.pos;
 		if (s->long_line || len + 1 > limit) {
-			evbuffer_drain(in, len + 1);
 			if (!s->long_line)
-				reply_error(s, "500 5.5.2 Error: line too long");
+				line_too_long(s, in);
+			evbuffer_drain(in, len + 1);
 			s->long_line = false;
 			continue;
 		}
@@ -656,6 +1004,11 @@ process_input(struct session *s)
 		}
 		len--;
 		s->linebuf[len] = '\0';
+		if (s->state == SS_AUTH) {
+			auth_continue(s, s->linebuf, len);
+			explicit_bzero(s->linebuf, len);
+			continue;
+		}
 		if (s->drain && s->state <= SS_READY) {
 			reply_close(s, "421 4.3.2 Service shutting down, closing transmission channel");
 			return;
@@ -786,7 +1139,7 @@ on_event(struct bufferevent *bev, short what, void *arg)
 		}
 	}
 	/* EOF or error: the client is gone */
-	if (s->state == SS_COMMIT) {
+	if (s->state == SS_COMMIT || s->auth_busy) {
 		s->gone = true;
 		bufferevent_disable(bev, EV_READ | EV_WRITE);
 		return;
@@ -830,11 +1183,22 @@ session_start(struct worker *w, int fd, const struct sockaddr *sa, socklen_t sal
 		w->sessions->prev = s;
 	w->sessions = s;
 	w->nsessions++;
+	client_addr_key(sa, s->key);
 	bufferevent_setcb(s->bev, on_read, on_write, on_event, s);
 	bufferevent_setwatermark(s->bev, EV_READ, 0, READ_HIGH_WATER);
 	set_read_timeout(s, w->cf->smtpd_timeout);
 	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
 	msg_info("connect from [%s]", s->addr);
+	if (l->spec.role == ROLE_SUBMISSIONS) {
+		/* RFC 8314 implicit TLS: the banner is the first thing encrypted */
+		SSL *ssl = w->tls_ctx ? SSL_new(w->tls_ctx) : NULL;
+
+		if (ssl == NULL || !tls_wrap(s, ssl)) {
+			msg_warn("cannot start TLS for [%s] on a submissions listener", s->addr);
+			session_close(s);
+			return;
+		}
+	}
 	snprintf(buf, sizeof(buf), "220 %s ESMTP Sorter", w->cf->hostname);
 	reply(s, "%s", buf);
 	(void)salen;
@@ -845,8 +1209,8 @@ session_close(struct session *s)
 {
 	struct worker *w = s->w;
 
-	if (s->job) {
-		/* a commit is in flight: it finishes the job and then closes */
+	if (s->job || s->auth_busy) {
+		/* a commit or a password check is in flight: it finishes and then closes */
 		s->gone = true;
 		return;
 	}
@@ -868,6 +1232,10 @@ session_close(struct session *s)
 	w->nsessions--;
 	session_table_leave(w->st, w->index, s->table_slot);
 	free(s->helo);
+	free(s->login);
+	if (s->auth_delay_ev)
+		event_free(s->auth_delay_ev);
+	explicit_bzero(s->auth_user, sizeof(s->auth_user));
 	free(s->linebuf);
 	free(s);
 	if (w->draining && w->nsessions == 0)

@@ -22,6 +22,7 @@ struct worker {
 	struct session_table *st;
 	struct counters *ctr;
 	struct router *router;         /* RCPT-time lookups */
+	struct auth *auth;             /* AUTH checks; NULL without a submission listener */
 	int wake_fd;                   /* datagrams to the queue manager */
 	int index;
 	void *tls_ctx;                 /* SSL_CTX, or NULL when TLS is off */

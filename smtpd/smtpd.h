@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "lib/lib.h"
 
@@ -84,6 +85,27 @@ void data_parser_init(struct data_parser *p);
 size_t data_parse(struct data_parser *p, const char *in, size_t len,
 		  char *out, size_t *outlen, bool *done);
 
+/* ---- AUTH bytes (sasl.c): pure, no I/O ---- */
+/* Strict base64 (RFC 4648 alphabet, padded, no spaces). Returns 0 with
+ * *outlen set, -1 for bad base64, -2 when it decodes to more than outmax
+ * bytes. An empty input decodes to nothing. */
+int sasl_b64_decode(const char *in, size_t len, unsigned char *out, size_t outmax,
+		    size_t *outlen);
+
+enum sasl_plain_status {
+	SASL_PLAIN_OK = 0,
+	SASL_PLAIN_MALFORMED,   /* not authzid NUL authcid NUL passwd, or an empty field */
+	SASL_PLAIN_TOO_LONG,    /* a field does not fit its buffer */
+	SASL_PLAIN_AUTHZID,     /* an authorization identity other than the user */
+};
+
+/* Splits a decoded PLAIN message (RFC 4616) into user and password, each
+ * NUL-terminated. The authorization identity must be empty or the user
+ * itself (compared case-insensitively). */
+enum sasl_plain_status sasl_plain_parse(const unsigned char *msg, size_t len,
+					char *user, size_t usermax,
+					char *pass, size_t passmax);
+
 /* ---- the daemon ---- */
 struct listener {
 	int fd;
@@ -103,6 +125,15 @@ int session_table_enter(struct session_table *t, int w, const unsigned char addr
 void session_table_leave(struct session_table *t, int w, int slot);
 /* Forgets every session of worker w (after that worker died). */
 void session_table_clear(struct session_table *t, int w);
+/* The table's key for a client: 16 bytes, IPv4 mapped to IPv6. */
+struct sockaddr;
+void client_addr_key(const struct sockaddr *sa, unsigned char key[16]);
+/* AUTH failures of a client (IPv6: of its /64) in the last hour; the
+ * second call counts one more and returns the new count. */
+unsigned session_table_auth_failures(struct session_table *t, const unsigned char addr[16],
+				     time_t now);
+unsigned session_table_auth_failed(struct session_table *t, const unsigned char addr[16],
+				   time_t now);
 
 /* master.c: binds, drops privileges, runs and supervises the children
  * until SIGTERM; returns the exit status. */

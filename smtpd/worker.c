@@ -26,23 +26,12 @@
 #include "lib/lib.h"
 #include "queue/queue.h"
 #include "router/router.h"
+#include "smtpd/auth.h"
 #include "smtpd/session.h"
 #include "smtpd/smtpd.h"
 
 #define DRAIN_GRACE_SECONDS 60
 #define ACCEPTS_PER_WAKEUP 32
-
-static void
-addr_key(const struct sockaddr_storage *ss, unsigned char key[16])
-{
-	memset(key, 0, 16);
-	if (ss->ss_family == AF_INET) {
-		key[10] = key[11] = 0xff;
-		memcpy(key + 12, &((const struct sockaddr_in *)ss)->sin_addr, 4);
-	} else if (ss->ss_family == AF_INET6) {
-		memcpy(key, &((const struct sockaddr_in6 *)ss)->sin6_addr, 16);
-	}
-}
 
 static void
 refuse(int fd, const char *host, const char *why)
@@ -80,7 +69,7 @@ on_accept(evutil_socket_t lfd, short what, void *arg)
 			refuse(fd, w->cf->hostname, "service shutting down");
 			continue;
 		}
-		addr_key(&ss, key);
+		client_addr_key((struct sockaddr *)&ss, key);
 		slot = session_table_enter(w->st, w->index, key, w->cf->smtpd_max_sessions,
 					   w->cf->smtpd_client_connection_limit);
 		if (slot == -1) {
@@ -166,6 +155,9 @@ worker_main(struct config *cf, struct listener *ls, size_t nls, struct session_t
 	w.router = router_open(cf, err, sizeof(err));
 	if (w.router == NULL)
 		msg_fatal("router: %s", err);
+	for (i = 0; i < nls && w.auth == NULL; i++)
+		if (ls[i].spec.role != ROLE_MX && (w.auth = auth_new(w.base, cf, err, sizeof(err))) == NULL)
+			msg_fatal("auth: %s", err);
 	w.lev = xcalloc(nls, sizeof(*w.lev));
 	for (i = 0; i < nls; i++) {
 		ls[i].owner = &w;
@@ -180,6 +172,7 @@ worker_main(struct config *cf, struct listener *ls, size_t nls, struct session_t
 	event_base_dispatch(w.base);
 
 	commit_pool_destroy(w.commit);
+	auth_free(w.auth);
 	for (i = 0; i < nls; i++)
 		event_free(w.lev[i]);
 	free(w.lev);

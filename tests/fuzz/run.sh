@@ -36,7 +36,7 @@ fi
 
 pure=""
 for f in lib/alloc.c lib/log.c lib/util.c lib/config.c lib/address.c lib/xtext.c \
-    smtpd/command.c smtpd/data.c queue/spool.c router/reply.c router/mapsource.c \
+    smtpd/command.c smtpd/data.c smtpd/sasl.c queue/spool.c router/reply.c router/mapsource.c \
     router/canon.c router/mx.c; do
 	[ -f "$f" ] && pure="$pure $f"
 done
@@ -54,7 +54,7 @@ for src in tests/fuzz/fuzz_*.c; do
 
 	# shellcheck disable=SC2086
 	if ! "$cc" -g -O1 -fsanitize=fuzzer,address,undefined \
-	    -fno-sanitize-recover=all $inc $pure "$src" -o "$bin" >"$log" 2>&1; then
+	    -fno-sanitize-recover=all $inc $pure "$src" -o "$bin" -lcrypto >"$log" 2>&1; then
 		echo "$name: BUILD FAILED"
 		sed 's/^/    /' "$log" | head -40
 		status=1

@@ -232,10 +232,10 @@ static const struct errcase errcases[] = {
 	{ "listen = 127.0.0.1:smtp", "t.conf:1: listen: port 'smtp' is not a number in 1..65535" },
 	{ "listen = 127.0.0.1:+25", "t.conf:1: listen: port '+25' is not a number in 1..65535" },
 	{ "listen = [::1]:-1", "t.conf:1: listen: port '-1' is not a number in 1..65535" },
-	{ "listen = 127.0.0.1:25 relay", "t.conf:1: listen: role 'relay' is not mx or submission" },
-	{ "listen = 127.0.0.1:25 MX", "t.conf:1: listen: role 'MX' is not mx or submission" },
+	{ "listen = 127.0.0.1:25 relay", "t.conf:1: listen: role 'relay' is not mx, submission or submissions" },
+	{ "listen = 127.0.0.1:25 MX", "t.conf:1: listen: role 'MX' is not mx, submission or submissions" },
 	{ "listen = 127.0.0.1:25 mx extra",
-	  "t.conf:1: listen: role 'mx extra' is not mx or submission" },
+	  "t.conf:1: listen: role 'mx extra' is not mx, submission or submissions" },
 	{ "listen = 127.0.0.1:25\nlisten = 127.0.0.1:0025 submission",
 	  "t.conf:2: listen: 127.0.0.1:25 is given twice" },
 	{ "listen = [::1]:25\nlisten = [0:0::1]:25", "t.conf:2: listen: [::1]:25 is given twice" },
@@ -394,9 +394,14 @@ START_TEST(test_listen)
 		   "listen = [::1]:2525\n"
 		   "listen = [::]:25 mx\n"
 		   "listen = 127.0.0.1:10025\tsubmission\n"
-		   "listen = [2001:DB8:0:0::1]:65535 submission\n", err, sizeof(err));
+		   "listen = [2001:DB8:0:0::1]:65535 submission\n"
+		   "listen = 127.0.0.1:465 submissions\n"
+		   "tls_cert_file = /c.pem\ntls_key_file = /k.pem\nauth_map = hash:/p\n",
+		   err, sizeof(err));
 	ck_assert_msg(cf != NULL, "%s", err);
-	ck_assert_uint_eq(cf->nlisten, 6);
+	ck_assert_uint_eq(cf->nlisten, 7);
+	ck_assert_int_eq(cf->listen[6].role, ROLE_SUBMISSIONS);
+	ck_assert_uint_eq(cf->listen[6].line, 7);
 	ck_assert_str_eq(cf->listen[0].host, "0.0.0.0");
 	ck_assert_str_eq(cf->listen[0].port, "25");
 	ck_assert_int_eq(cf->listen[0].role, ROLE_MX);
@@ -415,6 +420,17 @@ START_TEST(test_listen)
 	ck_assert_str_eq(cf->listen[5].host, "2001:db8::1");
 	ck_assert_str_eq(cf->listen[5].port, "65535");
 	config_free(cf);
+
+	/* a submission listener that could never log anyone in: at its own line */
+	cf = parse("listen = 127.0.0.1:25\nlisten = 127.0.0.1:587 submission\n"
+		   "tls_cert_file = /c.pem\ntls_key_file = /k.pem\n", err, sizeof(err));
+	ck_assert_ptr_null(cf);
+	ck_assert_str_eq(err, "t.conf:2: listen: role submission needs tls_cert_file, "
+			 "tls_key_file and auth_map");
+	cf = parse("auth_map = hash:/p\nlisten = 127.0.0.1:465 submissions\n", err, sizeof(err));
+	ck_assert_ptr_null(cf);
+	ck_assert_str_eq(err, "t.conf:2: listen: role submissions needs tls_cert_file, "
+			 "tls_key_file and auth_map");
 
 	/* one explicit listener replaces the default one */
 	cf = parse("listen = 127.0.0.1:2525", err, sizeof(err));
