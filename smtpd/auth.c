@@ -18,6 +18,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include <openssl/crypto.h>
 
@@ -27,6 +29,7 @@
 #include "smtpd/auth.h"
 
 #define AUTH_THREADS 2
+#define AUTH_NICE 10      /* hashing yields the CPU to the event loops */
 #define HASH_MAX 512
 
 struct auth {
@@ -96,11 +99,20 @@ auth_free(struct auth *a)
 static void
 check_work(void *arg)
 {
+	static __thread bool niced;
 	struct auth_job *j = arg;
-	struct crypt_data *cd = xcalloc(1, sizeof(*cd));
+	struct crypt_data *cd;
 	const char *out;
 	size_t n = strlen(j->hash);
 
+	/* A yescrypt hash is tens of milliseconds of CPU. At a lower priority
+	 * (Linux: per thread) a burst of logins slows the logins, not the
+	 * sessions of every event loop on the machine. */
+	if (!niced) {
+		(void)setpriority(PRIO_PROCESS, (id_t)gettid(), AUTH_NICE);
+		niced = true;
+	}
+	cd = xcalloc(1, sizeof(*cd));
 	out = crypt_r(j->pass, j->hash, cd);
 	j->result = AUTH_FAIL;
 	if (j->known && out != NULL && out[0] != '*' && strlen(out) == n &&
