@@ -37,6 +37,7 @@ enum ptype {
 	P_LIST,		/* char ** NULL-terminated, count at off2; lower-cased words */
 	P_ENUM,		/* an enum stored as int; names[i] is value i */
 	P_LISTEN,	/* struct listen_spec *, count at off2; repeatable */
+	P_NETS,		/* struct net *, count at off2: ADDR[/BITS] words */
 };
 
 enum pflag {
@@ -103,6 +104,11 @@ static const struct param params[] = {
 	{ "smtpd_max_sessions", P_INT, 0, "100", 1, 100000, INT(smtpd_max_sessions), 0, NULL },
 	{ "smtpd_client_connection_limit", P_INT, 0, "50", 1, 100000,
 	  INT(smtpd_client_connection_limit), 0, NULL },
+	{ "smtpd_client_connection_rate_limit", P_INT, 0, "0", 0, 1000000,
+	  INT(smtpd_client_connection_rate_limit), 0, NULL },
+	{ "smtpd_client_limit_exceptions", P_NETS, 0, "127.0.0.0/8 ::1/128", 0, 0,
+	  FIELD(smtpd_client_limit_exceptions, struct net *),
+	  COUNT(nsmtpd_client_limit_exceptions), NULL },
 	{ "smtpd_recipient_limit", P_INT, 0, "1000", 1, 100000,
 	  INT(smtpd_recipient_limit), 0, NULL },
 	{ "smtpd_line_limit", P_INT, 0, "2048", 512, 65536, INT(smtpd_line_limit), 0, NULL },
@@ -425,6 +431,75 @@ set_listen(struct config *cf, const struct param *p, const char *v,
 
 /* Sets one parameter from its trimmed value; on error writes the reason
  * (without FILE:LINE) into why and returns -1. */
+/* "ADDR[/BITS]" words: dotted IPv4 (stored mapped into IPv6, its bits
+ * counted from there) or IPv6; host bits beyond the prefix are cleared. */
+static int
+set_nets(struct config *cf, const struct param *p, const char *v, char *why, size_t whylen)
+{
+	struct net **lp = AT(cf, p->off, struct net *);
+	size_t *np = AT(cf, p->off2, size_t);
+	char word[INET6_ADDRSTRLEN + 8], shown[80], *slash;
+	struct net n;
+	long long bits;
+	size_t len, i;
+	bool v4;
+
+	free(*lp);
+	*lp = NULL;
+	*np = 0;
+	while (*v != '\0') {
+		len = strcspn(v, " \t\r\f\v,");
+		if (len >= sizeof(word))
+			len = sizeof(word) - 1;
+		memcpy(word, v, len);
+		word[len] = '\0';
+		v += strcspn(v, " \t\r\f\v,");
+		v += strspn(v, " \t\r\f\v,");
+		if (len == 0)
+			continue;
+		memset(&n, 0, sizeof(n));
+		if ((slash = strchr(word, '/')) != NULL)
+			*slash++ = '\0';
+		v4 = strchr(word, ':') == NULL;
+		if (v4) {
+			n.addr[10] = n.addr[11] = 0xff;
+			if (inet_pton(AF_INET, word, n.addr + 12) != 1)
+				goto bad;
+		} else if (inet_pton(AF_INET6, word, n.addr) != 1)
+			goto bad;
+		bits = v4 ? 32 : 128;
+		if (slash != NULL && (slash[0] < '0' || slash[0] > '9' ||
+		    parse_scaled(slash, NULL, NULL, &bits) != 0 || bits > (v4 ? 32 : 128)))
+			goto bad;
+		n.bits = (unsigned)bits + (v4 ? 96 : 0);
+		for (i = n.bits; i < 128; i++)
+			n.addr[i / 8] &= (unsigned char)~(0x80u >> (i % 8));
+		*lp = xrealloc(*lp, (*np + 1) * sizeof(**lp));
+		(*lp)[(*np)++] = n;
+	}
+	return 0;
+bad:
+	if (slash != NULL)
+		slash[-1] = '/';
+	return reason(why, whylen, "%s: '%s' is not ADDRESS or ADDRESS/BITS", p->name,
+		      show(word, shown, sizeof(shown)));
+}
+
+bool
+net_list_match(const struct net *nets, size_t n, const unsigned char addr[16])
+{
+	size_t i, b;
+
+	for (i = 0; i < n; i++) {
+		for (b = 0; b < nets[i].bits; b++)
+			if (((addr[b / 8] ^ nets[i].addr[b / 8]) & (0x80u >> (b % 8))) != 0)
+				break;
+		if (b == nets[i].bits)
+			return true;
+	}
+	return false;
+}
+
 static int
 set_param(struct config *cf, const struct param *p, const char *v,
 	  char *why, size_t whylen)
@@ -457,6 +532,8 @@ set_param(struct config *cf, const struct param *p, const char *v,
 		return set_enum(cf, p, v, why, whylen);
 	case P_LISTEN:
 		return set_listen(cf, p, v, why, whylen);
+	case P_NETS:
+		return set_nets(cf, p, v, why, whylen);
 	}
 	msg_panic("config: parameter %s has unknown type %d", p->name, (int)p->type);
 }
@@ -694,6 +771,9 @@ config_free(struct config *cf)
 			free(l);
 			break;
 		}
+		case P_NETS:
+			free(*AT(cf, p->off, struct net *));
+			break;
 		case P_LISTEN: {
 			struct listen_spec *l = *AT(cf, p->off, struct listen_spec *);
 			size_t j, n = *AT(cf, p->off2, size_t);

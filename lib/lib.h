@@ -67,6 +67,14 @@ struct listen_spec {
 	unsigned line;            /* where the config file says so, for errors */
 };
 
+/* A network: IPv4 as IPv4-mapped IPv6, bits counted on the 128 */
+struct net {
+	unsigned char addr[16];
+	unsigned bits;
+};
+/* Is addr (16 bytes, IPv4 mapped) inside one of the n networks? */
+bool net_list_match(const struct net *nets, size_t n, const unsigned char addr[16]);
+
 struct config {
 	char *file;                     /* path it was read from, or NULL */
 	char *hostname;
@@ -91,6 +99,9 @@ struct config {
 	int io_threads;                 /* spool commit threads per worker */
 	int smtpd_max_sessions;         /* concurrent sessions, all workers together */
 	int smtpd_client_connection_limit; /* concurrent sessions per client address */
+	int smtpd_client_connection_rate_limit; /* connections per client per minute; 0 = none */
+	struct net *smtpd_client_limit_exceptions; /* exempt from the per-client limits */
+	size_t nsmtpd_client_limit_exceptions;
 	int smtpd_recipient_limit;      /* recipients per message */
 	int smtpd_line_limit;           /* command line length, CRLF included */
 	int smtpd_timeout;              /* seconds waiting for a command */

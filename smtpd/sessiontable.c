@@ -27,20 +27,25 @@ struct slot {
 	int used;
 };
 
-/* AUTH failures of one client address; forgotten AUTHFAIL_MEMORY seconds
- * after the last one */
-#define AUTHFAIL_SLOTS 4096
-#define AUTHFAIL_PROBE 8
-#define AUTHFAIL_MEMORY 3600
-struct authfail {
+/* What the table remembers of a client (an IPv4 address, an IPv6 /64)
+ * between its sessions: AUTH failures, for CLIENT_MEMORY seconds after the
+ * last one, and connections in the current minute. */
+#define CLIENT_SLOTS 4096
+#define CLIENT_PROBE 8
+#define CLIENT_MEMORY 3600
+#define RATE_WINDOW 60
+struct client {
 	unsigned char key[16];
-	unsigned count;
-	time_t last;
+	bool used;
+	unsigned auth_failures;
+	time_t auth_last;
+	unsigned conns;                /* connections since conn_window began */
+	time_t conn_window;
 };
 
 struct session_table {
 	pthread_mutex_t lock;
-	struct authfail authfail[AUTHFAIL_SLOTS];
+	struct client clients[CLIENT_SLOTS];
 	int nworkers;
 	int per_worker;
 	int total;
@@ -71,6 +76,10 @@ session_table_create(int nworkers, int max_sessions)
 	return t;
 }
 
+static void client_key(const unsigned char addr[16], unsigned char key[16]);
+static struct client *client_find(struct session_table *t, const unsigned char addr[16],
+				  time_t now, bool create);
+
 static void
 lock(struct session_table *t)
 {
@@ -80,26 +89,47 @@ lock(struct session_table *t)
 
 int
 session_table_enter(struct session_table *t, int w, const unsigned char addr[16],
-		    int max_total, int max_per_client)
+		    int max_total, int max_per_client, int rate_per_minute, time_t now)
 {
 	struct slot *mine = t->slots + (size_t)w * (size_t)t->per_worker;
+	unsigned char key[16], other[16];
+	struct client *c;
 	int i, k, same = 0, free_slot = -1;
 
+	client_key(addr, key);
 	lock(t);
 	if (t->total >= max_total) {
 		pthread_mutex_unlock(&t->lock);
 		return -1;
 	}
-	for (k = 0; k < t->nworkers; k++) {
-		struct slot *s = t->slots + (size_t)k * (size_t)t->per_worker;
+	if (max_per_client > 0) {
+		for (k = 0; k < t->nworkers; k++) {
+			struct slot *s = t->slots + (size_t)k * (size_t)t->per_worker;
 
-		for (i = 0; i < t->high[k]; i++)
-			if (s[i].used && memcmp(s[i].addr, addr, 16) == 0)
-				same++;
+			for (i = 0; i < t->high[k]; i++) {
+				if (!s[i].used)
+					continue;
+				client_key(s[i].addr, other);
+				if (memcmp(other, key, 16) == 0)
+					same++;
+			}
+		}
+		if (same >= max_per_client) {
+			pthread_mutex_unlock(&t->lock);
+			return -2;
+		}
 	}
-	if (same >= max_per_client) {
-		pthread_mutex_unlock(&t->lock);
-		return -2;
+	if (rate_per_minute > 0) {
+		c = client_find(t, addr, now, true);
+		if (now - c->conn_window >= RATE_WINDOW) {
+			c->conn_window = now;
+			c->conns = 0;
+		}
+		if (c->conns >= (unsigned)rate_per_minute) {
+			pthread_mutex_unlock(&t->lock);
+			return -3;
+		}
+		c->conns++;
 	}
 	for (i = 0; i < t->per_worker; i++)
 		if (!mine[i].used) {
@@ -166,7 +196,7 @@ client_addr_key(const struct sockaddr *sa, unsigned char key[16])
 
 /* IPv6 clients are counted by /64: one host owns at least that much */
 static void
-authfail_key(const unsigned char addr[16], unsigned char key[16])
+client_key(const unsigned char addr[16], unsigned char key[16])
 {
 	static const unsigned char v4mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
 
@@ -175,44 +205,56 @@ authfail_key(const unsigned char addr[16], unsigned char key[16])
 		memset(key + 8, 0, 8);
 }
 
-/* The entry for key, or where it would go (an expired or the oldest slot
- * of its probe window). Called with the lock held. */
-static struct authfail *
-authfail_slot(struct session_table *t, const unsigned char key[16], time_t now, bool *found)
+static bool
+client_stale(const struct client *c, time_t now)
 {
-	struct authfail *e, *spare = NULL;
+	return (c->auth_failures == 0 || now - c->auth_last > CLIENT_MEMORY) &&
+	       now - c->conn_window >= RATE_WINDOW;
+}
+
+/* The entry for key, created when `create` (in a free or stale slot of its
+ * probe window, else the least recently seen one), or NULL. Called with the
+ * lock held. */
+static struct client *
+client_find(struct session_table *t, const unsigned char addr[16], time_t now, bool create)
+{
+	unsigned char key[16];
+	struct client *e, *spare = NULL;
 	uint32_t h = 2166136261u;
 	int i;
 
+	client_key(addr, key);
 	for (i = 0; i < 16; i++)
 		h = (h ^ key[i]) * 16777619u;
-	for (i = 0; i < AUTHFAIL_PROBE; i++) {
-		e = &t->authfail[(h + (uint32_t)i) % AUTHFAIL_SLOTS];
-		if (e->count > 0 && now - e->last > AUTHFAIL_MEMORY)
-			e->count = 0;
-		if (e->count > 0 && memcmp(e->key, key, 16) == 0) {
-			*found = true;
-			return e;
-		}
-		if (spare == NULL || (spare->count > 0 && (e->count == 0 || e->last < spare->last)))
+	for (i = 0; i < CLIENT_PROBE; i++) {
+		e = &t->clients[(h + (uint32_t)i) % CLIENT_SLOTS];
+		if (e->used && client_stale(e, now))
+			e->used = false;
+		if (e->used && memcmp(e->key, key, 16) == 0)
+			break;
+		if (spare == NULL || (spare->used && (!e->used ||
+		    (e->auth_last > e->conn_window ? e->auth_last : e->conn_window) <
+		    (spare->auth_last > spare->conn_window ? spare->auth_last : spare->conn_window))))
 			spare = e;
+		e = NULL;
 	}
-	*found = false;
+	if (e != NULL || !create)
+		return e;
+	memset(spare, 0, sizeof(*spare));
+	memcpy(spare->key, key, 16);
+	spare->used = true;
 	return spare;
 }
 
 unsigned
 session_table_auth_failures(struct session_table *t, const unsigned char addr[16], time_t now)
 {
-	unsigned char key[16];
-	struct authfail *e;
-	bool found;
+	struct client *c;
 	unsigned n;
 
-	authfail_key(addr, key);
 	lock(t);
-	e = authfail_slot(t, key, now, &found);
-	n = found ? e->count : 0;
+	c = client_find(t, addr, now, false);
+	n = c != NULL && now - c->auth_last <= CLIENT_MEMORY ? c->auth_failures : 0;
 	pthread_mutex_unlock(&t->lock);
 	return n;
 }
@@ -220,22 +262,17 @@ session_table_auth_failures(struct session_table *t, const unsigned char addr[16
 unsigned
 session_table_auth_failed(struct session_table *t, const unsigned char addr[16], time_t now)
 {
-	unsigned char key[16];
-	struct authfail *e;
-	bool found;
+	struct client *c;
 	unsigned n;
 
-	authfail_key(addr, key);
 	lock(t);
-	e = authfail_slot(t, key, now, &found);
-	if (!found) {
-		memcpy(e->key, key, 16);
-		e->count = 0;
-	}
-	if (e->count < 1000000)
-		e->count++;
-	e->last = now;
-	n = e->count;
+	c = client_find(t, addr, now, true);
+	if (now - c->auth_last > CLIENT_MEMORY)
+		c->auth_failures = 0;
+	if (c->auth_failures < 1000000)
+		c->auth_failures++;
+	c->auth_last = now;
+	n = c->auth_failures;
 	pthread_mutex_unlock(&t->lock);
 	return n;
 }

@@ -118,10 +118,12 @@ struct listener {
 struct session_table;
 struct session_table *session_table_create(int nworkers, int max_sessions);
 /* Registers a session for `addr` (16 bytes, IPv4 mapped to IPv6) in worker
- * `w`'s slice. Returns a slot number, or -1 (total limit) / -2 (per-client
- * limit). */
+ * `w`'s slice. Clients are counted by address, IPv6 ones by /64; a limit
+ * of 0 is no limit. Returns a slot number, or -1 (total limit), -2
+ * (concurrent sessions of the client) or -3 (its connections in the last
+ * minute). */
 int session_table_enter(struct session_table *t, int w, const unsigned char addr[16],
-			int max_total, int max_per_client);
+			int max_total, int max_per_client, int rate_per_minute, time_t now);
 void session_table_leave(struct session_table *t, int w, int slot);
 /* Forgets every session of worker w (after that worker died). */
 void session_table_clear(struct session_table *t, int w);

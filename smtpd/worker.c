@@ -12,12 +12,14 @@
 #include "config.h"
 
 #include <errno.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -32,6 +34,16 @@
 
 #define DRAIN_GRACE_SECONDS 60
 #define ACCEPTS_PER_WAKEUP 32
+
+static void
+client_ip(const struct sockaddr *sa, char *buf, size_t len)
+{
+	const void *a = sa->sa_family == AF_INET6 ? (const void *)&((const struct sockaddr_in6 *)sa)->sin6_addr
+						  : (const void *)&((const struct sockaddr_in *)sa)->sin_addr;
+
+	if (inet_ntop(sa->sa_family, a, buf, (socklen_t)len) == NULL)
+		snprintf(buf, len, "unknown");
+}
 
 static void
 refuse(int fd, const char *host, const char *why)
@@ -54,6 +66,8 @@ on_accept(evutil_socket_t lfd, short what, void *arg)
 	struct sockaddr_storage ss;
 	socklen_t sl;
 	unsigned char key[16];
+	char ip[INET6_ADDRSTRLEN];
+	bool exempt;
 	int fd, slot, i;
 
 	for (i = 0; i < ACCEPTS_PER_WAKEUP; i++) {
@@ -70,8 +84,13 @@ on_accept(evutil_socket_t lfd, short what, void *arg)
 			continue;
 		}
 		client_addr_key((struct sockaddr *)&ss, key);
+		/* trusted networks (an internal relay, a load test) have no per-client limits */
+		exempt = net_list_match(w->cf->smtpd_client_limit_exceptions,
+					w->cf->nsmtpd_client_limit_exceptions, key);
 		slot = session_table_enter(w->st, w->index, key, w->cf->smtpd_max_sessions,
-					   w->cf->smtpd_client_connection_limit);
+					   exempt ? 0 : w->cf->smtpd_client_connection_limit,
+					   exempt ? 0 : w->cf->smtpd_client_connection_rate_limit,
+					   time(NULL));
 		if (slot == -1) {
 			msg_warn("too many sessions (smtpd_max_sessions=%d): refusing a client",
 				 w->cf->smtpd_max_sessions);
@@ -80,9 +99,16 @@ on_accept(evutil_socket_t lfd, short what, void *arg)
 			continue;
 		}
 		if (slot < 0) {
-			msg_warn("too many sessions from one client (smtpd_client_connection_limit=%d)",
-				 w->cf->smtpd_client_connection_limit);
-			refuse(fd, w->cf->hostname, "too many connections from your address");
+			client_ip((struct sockaddr *)&ss, ip, sizeof(ip));
+			if (slot == -2)
+				msg_warn("too many sessions from [%s] (smtpd_client_connection_limit=%d)",
+					 ip, w->cf->smtpd_client_connection_limit);
+			else
+				msg_warn("too many connections from [%s] in a minute "
+					 "(smtpd_client_connection_rate_limit=%d)",
+					 ip, w->cf->smtpd_client_connection_rate_limit);
+			refuse(fd, w->cf->hostname, slot == -2 ? "too many connections from your address"
+				: "too many connections per minute from your address");
 			atomic_fetch_add(&w->ctr->refused, 1);
 			continue;
 		}
