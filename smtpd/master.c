@@ -23,6 +23,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -31,7 +32,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <fcntl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -412,6 +412,7 @@ master_main(const char *config_path, struct config *cf)
 	int sig;
 
 	memset(&m, 0, sizeof(m));
+	sigprocmask(SIG_SETMASK, NULL, &m.oldmask);     /* what children restore */
 	m.config_path = config_path;
 	m.cf = cf;
 	if (cf->workers > NSLOTS / 2)
@@ -511,6 +512,8 @@ fd_limit_check(const struct config *cf, bool raise, char *err, size_t errlen)
 		want.rlim_cur = rl.rlim_max;
 		if (want.rlim_cur == RLIM_INFINITY || want.rlim_cur > FD_LIMIT_CEILING)
 			want.rlim_cur = (rlim_t)need > FD_LIMIT_CEILING ? (rlim_t)need : FD_LIMIT_CEILING;
+		if (rl.rlim_max != RLIM_INFINITY && want.rlim_cur > rl.rlim_max)
+			want.rlim_cur = rl.rlim_max;
 		if (want.rlim_cur > rl.rlim_cur && setrlimit(RLIMIT_NOFILE, &want) == 0)
 			rl = want;
 	}
