@@ -793,6 +793,27 @@ config_free(struct config *cf)
 	free(cf);
 }
 
+/*
+ * What one smtpd worker may hold open at once. smtpd_max_sessions counts
+ * every worker together, but nothing stops one worker from taking them
+ * all, so each must fit all of them: per session its client's socket and
+ * one more (a milter or map connection, the socket of a lookup); per I/O
+ * thread the queue file of a commit under way; and a fixed part: stdio,
+ * the listeners, the event loop's epoll and notify descriptors, the
+ * master's pipe, the wake-up socket, spool folders, map files, the log.
+ * A worker at rest uses about 15; the fixed part leaves room for maps,
+ * LDAP and TLS files on top.
+ */
+#define FDS_PER_SESSION 2
+#define FDS_FIXED 64
+
+long long
+config_fd_need(const struct config *cf)
+{
+	return (long long)cf->smtpd_max_sessions * FDS_PER_SESSION + cf->io_threads +
+	       (long long)cf->nlisten + FDS_FIXED;
+}
+
 bool
 config_is_local_domain(const struct config *cf, const char *domain)
 {

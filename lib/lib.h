@@ -142,6 +142,9 @@ struct config *config_parse(const char *name, const char *text, size_t len,
 			    char *err, size_t errlen);
 void config_free(struct config *cf);
 bool config_is_local_domain(const struct config *cf, const char *domain);
+/* File descriptors one smtpd worker may need at once for this config
+ * (smtpd_max_sessions, io_threads, listeners), to compare with RLIMIT_NOFILE. */
+long long config_fd_need(const struct config *cf);
 
 /* ---- RFC 5321 addresses (address.c) ---- */
 #define ADDR_LOCAL_MAX 64       /* RFC 5321 4.5.3.1.1 */

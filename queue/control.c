@@ -46,7 +46,7 @@ queue_open_dirs(const char *spool_dir, int fds[QUEUE_NDIRS])
 
 	for (i = 0; i < QUEUE_NDIRS; i++) {
 		snprintf(path, sizeof(path), "%s/%s", spool_dir, dirnames[i]);
-		fds[i] = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		fds[i] = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
 		if (fds[i] < 0) {
 			saved = errno;
 			while (i-- > 0)
@@ -68,17 +68,20 @@ queue_close_dirs(int fds[QUEUE_NDIRS])
 			close(fds[i]);
 }
 
-/* Which queue folder holds id: D_* or -1. */
+/* Which queue folder holds id: D_* or -1; *regular says whether it is a
+ * plain file (a symlink planted in the spool is never followed). */
 static int
-locate(const int fds[QUEUE_NDIRS], const char *id)
+locate(const int fds[QUEUE_NDIRS], const char *id, bool *regular)
 {
 	static const int order[] = { D_INCOMING, D_ACTIVE, D_DEFERRED, D_HOLD };
 	struct stat sb;
 	size_t i;
 
 	for (i = 0; i < sizeof(order) / sizeof(order[0]); i++)
-		if (fstatat(fds[order[i]], id, &sb, 0) == 0)
+		if (fstatat(fds[order[i]], id, &sb, AT_SYMLINK_NOFOLLOW) == 0) {
+			*regular = S_ISREG(sb.st_mode);
 			return order[i];
+		}
 	return -1;
 }
 
@@ -87,10 +90,15 @@ queue_op_offline(const int fds[QUEUE_NDIRS], enum queue_op op, const char *id,
 		 struct dstr *out)
 {
 	struct timespec ts[2] = { { 0, 0 }, { 0, 0 } };
-	int d = locate(fds, id);
+	bool regular = false;
+	int d = locate(fds, id, &regular);
 
 	if (d < 0) {
 		dstr_printf(out, "%s: no such message in the queue\n", id);
+		return -1;
+	}
+	if (!regular) {
+		dstr_printf(out, "%s: not a regular file (a symbolic link?): left alone\n", id);
 		return -1;
 	}
 	switch (op) {
@@ -127,7 +135,7 @@ queue_op_offline(const int fds[QUEUE_NDIRS], enum queue_op op, const char *id,
 			return d == D_HOLD ? -1 : 0;
 		}
 		/* due now: the queue manager picks it up at its next queue run or start */
-		if (utimensat(fds[D_DEFERRED], id, ts, 0) < 0)
+		if (utimensat(fds[D_DEFERRED], id, ts, AT_SYMLINK_NOFOLLOW) < 0)
 			goto fail;
 		dstr_printf(out, "%s: will be retried\n", id);
 		return 0;

@@ -17,7 +17,15 @@
  * file is unlinked and the directory fsync'd (shared) before the next step
  * counts it gone. What a crash can repeat is only what was in flight.
  *
+ * When the master dies (EOF on its pipe) the queue manager takes nothing
+ * new, gives the deliveries under way MASTER_GONE_GRACE_SECONDS to finish
+ * and be recorded, and exits, so that the queue manager of a new sorterd,
+ * waiting for qmgr.lock, takes over soon; what was still in flight stays
+ * in active/ and is tried again by it.
+ *
  * This file must never block the loop on an fsync (the iopool does).
+ * Spool files are opened with O_NOFOLLOW: a symlink planted in the spool
+ * never leads out of it.
  */
 #include "config.h"
 
@@ -45,6 +53,7 @@
 #define INCOMING_SCAN_SECONDS 5
 #define CATCHUP_SCAN_MSEC 250   /* after hints: a hint lost to a full socket waits this long */
 #define STOP_GRACE_SECONDS 10
+#define MASTER_GONE_GRACE_SECONDS 5
 
 static void scan_dir(struct qmgr *q, int d, bool due_only);
 
@@ -371,9 +380,14 @@ msg_load(struct qmgr *q, int from, const char *id)
 	if (from != D_ACTIVE &&
 	    renameat(q->dirfd[from], id, q->dirfd[D_ACTIVE], id) < 0)
 		return -1;      /* gone, or someone else took it */
-	fd = openat(q->dirfd[D_ACTIVE], id, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
+	fd = openat(q->dirfd[D_ACTIVE], id, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0) {
+		if (errno == ELOOP) {
+			snprintf(path, sizeof(path), "%s/active/%s", q->cf->spool_dir, id);
+			spool_quarantine(q->cf->spool_dir, path, "a symbolic link, not a queue file");
+		}
 		return -1;
+	}
 	mq = xcalloc(1, sizeof(*mq));
 	mq->q = q;
 	snprintf(mq->id, sizeof(mq->id), "%s", id);
@@ -588,11 +602,9 @@ on_defer_scan(evutil_socket_t fd, short what, void *arg)
 }
 
 static void
-on_term(evutil_socket_t fd, short what, void *arg)
+qmgr_stop(struct qmgr *q, int grace_seconds)
 {
-	struct qmgr *q = arg;
-
-	struct timeval grace = { STOP_GRACE_SECONDS, 0 };
+	struct timeval grace = { grace_seconds, 0 };
 
 	q->stopping = true;
 	if (q->nactive == 0) {
@@ -603,6 +615,28 @@ on_term(evutil_socket_t fd, short what, void *arg)
 	 * and are retried at the next start */
 	msg_info("stopping after %d messages in delivery", q->nactive);
 	event_base_loopexit(q->base, &grace);
+}
+
+static void
+on_term(evutil_socket_t fd, short what, void *arg)
+{
+	qmgr_stop(arg, STOP_GRACE_SECONDS);
+}
+
+static void
+on_master_gone(evutil_socket_t fd, short what, void *arg)
+{
+	struct qmgr *q = arg;
+	ssize_t n;
+	char c;
+
+	n = read(fd, &c, 1);
+	if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EINTR)))
+		return;         /* nothing is ever written: only EOF (or an error) counts */
+	event_del(q->master_ev);
+	msg_warn("the master process is gone: finishing %d message%s in delivery, then exiting",
+		 q->nactive, q->nactive == 1 ? "" : "s");
+	qmgr_stop(q, MASTER_GONE_GRACE_SECONDS);
 }
 
 static int
@@ -627,7 +661,7 @@ wake_socket(const char *spool_dir)
 }
 
 int
-qmgr_main(struct config *cf, struct counters *ctr)
+qmgr_main(struct config *cf, struct counters *ctr, int master_fd)
 {
 	struct qmgr q;
 	struct client_settings ls;
@@ -641,7 +675,7 @@ qmgr_main(struct config *cf, struct counters *ctr)
 	signal(SIGPIPE, SIG_IGN);
 	signal(SIGHUP, SIG_IGN);
 	snprintf(path, sizeof(path), "%s/qmgr.lock", cf->spool_dir);
-	q.lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	q.lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (q.lock_fd < 0 || flock(q.lock_fd, LOCK_EX) < 0)
 		msg_fatal("lock %s: %s", path, strerror(errno));
 	if (queue_open_dirs(cf->spool_dir, q.dirfd) < 0)
@@ -683,6 +717,8 @@ qmgr_main(struct config *cf, struct counters *ctr)
 	event_add(q.defer_ev, &defer_tv);
 	q.term_ev = evsignal_new(q.base, SIGTERM, on_term, &q);
 	event_add(q.term_ev, NULL);
+	q.master_ev = event_new(q.base, master_fd, EV_READ | EV_PERSIST, on_master_gone, &q);
+	event_add(q.master_ev, NULL);
 	q.control = control_start(&q, q.base, cf->spool_dir);
 
 	/* what a crash left in flight, then what waits, then what is due */
@@ -701,6 +737,7 @@ qmgr_main(struct config *cf, struct counters *ctr)
 	event_free(q.catchup_ev);
 	event_free(q.defer_ev);
 	event_free(q.term_ev);
+	event_free(q.master_ev);
 	close(q.wake_fd);
 	router_close(q.router);
 	dirsync_close(q.active_ds);

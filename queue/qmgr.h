@@ -83,7 +83,7 @@ struct qmgr {
 	int nactive;
 	bool backlog;                   /* incoming/ had more than we took */
 	int wake_fd;
-	struct event *wake_ev, *scan_ev, *catchup_ev, *defer_ev, *term_ev;
+	struct event *wake_ev, *scan_ev, *catchup_ev, *defer_ev, *term_ev, *master_ev;
 	struct control *control;
 	bool stopping;
 	int lock_fd;

@@ -153,8 +153,9 @@ void commit_pool_destroy(struct commit_pool *p);
 struct qmgr;
 struct control;
 
-/* Runs the queue manager until SIGTERM; returns the exit status. */
-int qmgr_main(struct config *cf, struct counters *ctr);
+/* Runs the queue manager until SIGTERM, or until EOF on master_fd (the
+ * master is gone); returns the exit status. */
+int qmgr_main(struct config *cf, struct counters *ctr, int master_fd);
 /* A hint that incoming/ID was committed. */
 void qmgr_pickup(struct qmgr *q, const char *id);
 /* The wake-up a worker sends after a commit (best effort, never blocks). */

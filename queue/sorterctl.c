@@ -6,7 +6,15 @@
  * Both read the spool directly, so they work while sorterd is down. This
  * program must never change the spool: not a byte, not a file name. A file
  * it cannot parse is reported as corrupt and the listing goes on; moving
- * files aside is the daemon's business.
+ * files aside is the daemon's business. (delete, hold, release and flush
+ * ask the running queue manager, or with the daemon down act on the spool
+ * under its lock.)
+ *
+ * Run as root, it first becomes the spool's owner: it then creates no file
+ * root would own, and a symbolic link planted in the spool (by whoever the
+ * spool's owner is, say a compromised worker) reaches nothing that only
+ * root may read or change. It never creates the lock and opens nothing in
+ * the spool through a symbolic link either.
  *
  * Exit codes: 0 ok, 1 runtime error (the message names the file and the
  * errno text), 2 usage.
@@ -16,6 +24,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <dirent.h>
+#include <grp.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -93,7 +103,8 @@ read_whole(const char *path, struct qfile *f)
 
 	f->buf = NULL;
 	f->len = 0;
-	if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)) < 0)
+	/* no FIFO planted in the spool may hang us: O_NONBLOCK, then S_ISREG */
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)) < 0)
 		return -1;
 	if (fstat(fd, &st) < 0)
 		goto fail;
@@ -280,11 +291,15 @@ collect(const char *spool_dir, struct entry **out, size_t *nout)
 	struct dirent *de;
 	char path[4096];
 	DIR *d;
+	int fd;
 
 	for (i = 0; i < NSTATE_DIRS; i++) {
 		snprintf(path, sizeof(path), "%s/%s", spool_dir, state_dirs[i].dir);
-		if ((d = opendir(path)) == NULL) {
+		fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+		if (fd < 0 || (d = fdopendir(fd)) == NULL) {
 			fprintf(stderr, "sorterctl: open %s: %s\n", path, strerror(errno));
+			if (fd >= 0)
+				close(fd);
 			free(v);
 			return -1;
 		}
@@ -340,7 +355,7 @@ load_status(const char *spool_dir, const char *id, struct listed *l)
 		qstatus_free(&st);
 	}
 	snprintf(path, sizeof(path), "%s/deferred/%s", spool_dir, id);
-	if (strcmp(l->state, "deferred") == 0 && stat(path, &sb) == 0)
+	if (strcmp(l->state, "deferred") == 0 && lstat(path, &sb) == 0)
 		l->next_retry = sb.st_mtime;
 }
 
@@ -571,14 +586,25 @@ offline(const char *spool_dir, const char *verb, char **ids, size_t n)
 {
 	int fds[QUEUE_NDIRS], lock, rc = 0;
 	char path[4096];
+	struct stat sb;
 	struct dstr out;
 	enum queue_op op;
 	size_t i;
 
+	/* the queue manager creates the lock: without one, this is no spool
+	 * sorterd ever ran on (or the wrong spool_dir) */
 	snprintf(path, sizeof(path), "%s/qmgr.lock", spool_dir);
-	lock = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	lock = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
 	if (lock < 0) {
-		fprintf(stderr, "sorterctl: open %s: %s\n", path, strerror(errno));
+		fprintf(stderr, "sorterctl: open %s: %s%s\n", path, strerror(errno),
+			errno == ELOOP ? " (a symbolic link: refusing to act on this spool)" :
+			errno == ENOENT ? " (sorterd never ran on this spool?)" : "");
+		return EXIT_RUNTIME;
+	}
+	if (fstat(lock, &sb) < 0 || !S_ISREG(sb.st_mode)) {
+		fprintf(stderr, "sorterctl: %s: not a regular file: refusing to act on this spool\n",
+			path);
+		close(lock);
 		return EXIT_RUNTIME;
 	}
 	if (flock(lock, LOCK_EX | LOCK_NB) < 0) {
@@ -763,6 +789,28 @@ out:
 	return rc;
 }
 
+/* Run as root: becomes the owner of spool_dir (and that user's group) for
+ * good. A spool that root owns, or none at all, leaves us as we are (the
+ * commands report a missing spool themselves). */
+static int
+become_spool_owner(const char *spool_dir)
+{
+	struct passwd *pw;
+	struct stat st;
+	gid_t gid;
+
+	if (geteuid() != 0 || stat(spool_dir, &st) < 0 || st.st_uid == 0)
+		return 0;
+	pw = getpwuid(st.st_uid);
+	gid = pw ? pw->pw_gid : st.st_gid;
+	if (setgroups(0, NULL) < 0 || setgid(gid) < 0 || setuid(st.st_uid) < 0) {
+		fprintf(stderr, "sorterctl: cannot become %s's owner (uid %ld): %s\n", spool_dir,
+			(long)st.st_uid, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -817,6 +865,10 @@ main(int argc, char **argv)
 		return EXIT_RUNTIME;
 	}
 	qid_init(QID_SLOT_CTL);
+	if (strcmp(cmd, "route") != 0 && become_spool_owner(cf->spool_dir) < 0) {
+		config_free(cf);
+		return EXIT_RUNTIME;
+	}
 	if (strcmp(cmd, "queue") == 0)
 		rc = cmd_queue(cf->spool_dir, argc == 2);
 	else if (strcmp(cmd, "show") == 0)

@@ -158,7 +158,8 @@ qstatus_read(const char *path, struct qstatus *st)
 	int fd, rc;
 
 	qstatus_init(st);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
+	/* never through a symlink planted in the spool, never stuck on a FIFO */
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
 	if (fd < 0)
 		return errno == ENOENT ? 0 : -1;
 	dstr_init(&d, STATUS_MAX);

@@ -1,20 +1,29 @@
 /*
  * master.c - the sorterd master process.
  *
- * Binds the listeners and loads TLS keys while it may still be root, drops
- * to the unprivileged user, prepares the spool, then forks and supervises
- * the children: a crashed worker is restarted; SIGHUP reloads the config
- * (a new generation of workers starts on the same listeners while the old
- * one finishes its sessions); SIGTERM drains everything and exits.
+ * Binds the listeners and loads TLS keys, then forks and supervises the
+ * children: a crashed worker is restarted; SIGHUP reloads the config and
+ * the keys (a new generation of workers starts on the same listeners with
+ * the new SSL_CTX while the old one finishes its sessions); SIGTERM drains
+ * everything and exits.
  *
- * The master runs no event loop: it waits for signals synchronously, so no
- * event-library state is shared with the children it forks. It never
- * touches a client connection.
+ * Started as root, the master stays root so that a reload can read keys
+ * only root may read; every child (workers, qmgr, the spool check at start)
+ * drops to `user` right after fork, before it reads a byte from the network
+ * or the spool. So the master must never parse network input or spool
+ * files, and never create a file in the spool: it runs no event loop, waits
+ * for signals synchronously (no event-library state is shared with the
+ * children it forks) and never touches a client connection.
+ *
+ * The children watch the master through a pipe whose only write end the
+ * master holds: when it dies, even by kill -9, they read EOF, let go of the
+ * listeners and exit, so that a new sorterd can bind at once.
  */
 #include "config.h"
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -23,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -38,6 +48,7 @@
 
 #define NSLOTS 30               /* process slots; qid slots 30, 31 stay free */
 #define RESTART_DELAY_SECONDS 1
+#define FD_LIMIT_CEILING ((rlim_t)1 << 20)
 
 struct child {
 	pid_t pid;
@@ -59,7 +70,50 @@ struct master {
 	int generation;
 	bool stopping;
 	sigset_t oldmask;
+	bool drop;                      /* children switch to uid/gid */
+	uid_t uid;
+	gid_t gid;
+	int watch[2];                   /* the children's read end, our write end */
 };
+
+/* The uid and gid the children run as: those of `user` when started as
+ * root, else whoever we are. Returns -1 with err set when user is unknown. */
+static int
+resolve_user(struct master *m, const struct config *cf, char *err, size_t errlen)
+{
+	struct passwd *pw;
+
+	m->drop = false;
+	if (geteuid() != 0)
+		return 0;
+	errno = 0;
+	pw = getpwnam(cf->user);
+	if (pw == NULL) {
+		snprintf(err, errlen, "user %s: %s (create it, or set 'user' in %s)", cf->user,
+			 errno ? strerror(errno) : "no such user", m->config_path);
+		return -1;
+	}
+	m->uid = pw->pw_uid;
+	m->gid = pw->pw_gid;
+	m->drop = pw->pw_uid != 0;
+	return 0;
+}
+
+/* In a child right after fork: let go of the master's end of the pipe (or
+ * the master's death would go unnoticed) and of root, for good. */
+static void
+child_setup(const struct master *m, const char *progname)
+{
+	sigprocmask(SIG_SETMASK, &m->oldmask, NULL);
+	log_set_progname(progname);
+	close(m->watch[1]);
+	if (!m->drop)
+		return;
+	if (setgroups(0, NULL) < 0 || setgid(m->gid) < 0 || setuid(m->uid) < 0)
+		msg_fatal("cannot drop privileges to %s: %s", m->cf->user, strerror(errno));
+	if (setuid(0) == 0 || geteuid() == 0)
+		msg_fatal("dropped to %s but could become root again", m->cf->user);
+}
 
 static int
 bind_one(struct listener *l)
@@ -88,29 +142,23 @@ bind_one(struct listener *l)
 	return fd;
 }
 
+/* The spool directory itself is made (as root, where its parent may be
+ * root's) and given to `user`; everything inside it is made by children
+ * running as `user`. */
 static void
-drop_privileges(struct master *m)
+own_spool(struct master *m)
 {
-	struct passwd *pw;
-
-	if (geteuid() != 0)
+	if (!m->drop)
 		return;
-	pw = getpwnam(m->cf->user);
-	if (pw == NULL)
-		msg_fatal("user %s: no such user (create it, or set 'user' in %s)", m->cf->user,
-			  m->config_path);
 	if (mkdir_p(m->cf->spool_dir, 0700) < 0)
 		msg_fatal("create %s: %s", m->cf->spool_dir, strerror(errno));
-	if (chown(m->cf->spool_dir, pw->pw_uid, pw->pw_gid) < 0)
+	if (chown(m->cf->spool_dir, m->uid, m->gid) < 0)
 		msg_fatal("chown %s: %s", m->cf->spool_dir, strerror(errno));
-	if (pw->pw_uid == 0)
-		return;
-	if (setgroups(0, NULL) < 0 || setgid(pw->pw_gid) < 0 || setuid(pw->pw_uid) < 0)
-		msg_fatal("cannot drop privileges to %s: %s", m->cf->user, strerror(errno));
 }
 
 /* Unacknowledged leftovers in tmp/ go; torn files in incoming/ are moved
- * aside so that nothing half-written is ever delivered. */
+ * aside so that nothing half-written is ever delivered. Runs in a child as
+ * `user`: it parses what clients sent. */
 static void
 spool_startup_check(const char *spool_dir)
 {
@@ -145,6 +193,31 @@ spool_startup_check(const char *spool_dir)
 	}
 }
 
+/* Prepares the spool as `user` before any worker or qmgr runs. */
+static void
+prepare_spool(struct master *m)
+{
+	int status;
+	pid_t pid;
+
+	own_spool(m);
+	pid = fork();
+	if (pid < 0)
+		msg_fatal("fork: %s", strerror(errno));
+	if (pid == 0) {
+		child_setup(m, "sorterd/spool");
+		if (spool_prepare(m->cf->spool_dir) < 0)
+			msg_fatal("prepare spool %s: %s", m->cf->spool_dir, strerror(errno));
+		spool_startup_check(m->cf->spool_dir);
+		_exit(0);
+	}
+	while (waitpid(pid, &status, 0) < 0)
+		if (errno != EINTR)
+			msg_fatal("waitpid: %s", strerror(errno));
+	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+		msg_fatal("the spool %s could not be prepared (see above)", m->cf->spool_dir);
+}
+
 static void
 start_slot(struct master *m, int i)
 {
@@ -157,9 +230,8 @@ start_slot(struct master *m, int i)
 	if (pid == 0) {
 		int rc;
 
-		sigprocmask(SIG_SETMASK, &m->oldmask, NULL);
-		log_set_progname("sorterd/smtpd");
-		rc = worker_main(m->cf, m->ls, m->nls, m->st, m->ctr, i, m->tls);
+		child_setup(m, "sorterd/smtpd");
+		rc = worker_main(m->cf, m->ls, m->nls, m->st, m->ctr, i, m->tls, m->watch[0]);
 		_exit(rc);
 	}
 	m->slots[i].pid = pid;
@@ -179,11 +251,10 @@ start_qmgr(struct master *m)
 		return;
 	}
 	if (pid == 0) {
-		sigprocmask(SIG_SETMASK, &m->oldmask, NULL);
-		log_set_progname("sorterd/qmgr");
 		for (i = 0; i < m->nls; i++)
 			close(m->ls[i].fd);
-		_exit(qmgr_main(m->cf, m->ctr));
+		child_setup(m, "sorterd/qmgr");
+		_exit(qmgr_main(m->cf, m->ctr, m->watch[0]));
 	}
 	m->qmgr.pid = pid;
 	m->qmgr.started = time(NULL);
@@ -286,6 +357,10 @@ reload(struct master *m)
 		msg_warn("reload failed, keeping the running configuration: %s", err);
 		return;
 	}
+	if (strcmp(ncf->user, m->cf->user) != 0)
+		msg_warn("reload: a change of 'user' takes effect after a restart");
+	if (fd_limit_check(ncf, false, err, sizeof(err)) < 0)
+		msg_warn("reload: %s", err);
 	if (ncf->tls_cert_file && ncf->tls_key_file) {
 		ntls = tls_server_ctx(ncf, err, sizeof(err));
 		if (ntls == NULL) {
@@ -337,11 +412,20 @@ master_main(const char *config_path, struct config *cf)
 	int sig;
 
 	memset(&m, 0, sizeof(m));
+	sigprocmask(SIG_SETMASK, NULL, &m.oldmask);     /* what children restore */
 	m.config_path = config_path;
 	m.cf = cf;
 	if (cf->workers > NSLOTS / 2)
 		cf->workers = NSLOTS / 2;
 	log_open("sorterd", cf->log);
+	if (resolve_user(&m, cf, err, sizeof(err)) < 0)
+		msg_fatal("%s", err);
+	/* a config that does not fit still runs: accepts pause while
+	 * descriptors run out (worker.c), and `sorterd -t` says so */
+	if (fd_limit_check(cf, true, err, sizeof(err)) < 0)
+		msg_warn("%s", err);
+	if (pipe2(m.watch, O_CLOEXEC | O_NONBLOCK) < 0)
+		msg_fatal("pipe: %s", strerror(errno));
 
 	m.nls = cf->nlisten;
 	m.ls = xcalloc(m.nls, sizeof(*m.ls));
@@ -356,10 +440,7 @@ master_main(const char *config_path, struct config *cf)
 		if (m.tls == NULL)
 			msg_fatal("%s", err);
 	}
-	drop_privileges(&m);
-	if (spool_prepare(cf->spool_dir) < 0)
-		msg_fatal("prepare spool %s: %s", cf->spool_dir, strerror(errno));
-	spool_startup_check(cf->spool_dir);
+	prepare_spool(&m);
 	m.st = session_table_create(NSLOTS, cf->smtpd_max_sessions);
 	m.ctr = counters_create();
 
@@ -404,5 +485,46 @@ master_main(const char *config_path, struct config *cf)
 	if (m.tls)
 		SSL_CTX_free(m.tls);
 	config_free(m.cf);
+	close(m.watch[0]);
+	close(m.watch[1]);
+	return 0;
+}
+
+/* Descriptors a worker may need for smtpd_max_sessions (config_fd_need)
+ * against RLIMIT_NOFILE: the hard limit (what a start could raise the soft
+ * one to) when checking, the soft one after raising it when starting. */
+int
+fd_limit_check(const struct config *cf, bool raise, char *err, size_t errlen)
+{
+	long long need = config_fd_need(cf);
+	struct rlimit rl;
+	rlim_t have;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0) {
+		snprintf(err, errlen, "getrlimit(RLIMIT_NOFILE): %s", strerror(errno));
+		return -1;
+	}
+	if (raise && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < rl.rlim_max) {
+		struct rlimit want = rl;
+
+		/* the whole hard limit (the queue manager's connections are not
+		 * in `need`), but no absurd table size for a huge one */
+		want.rlim_cur = rl.rlim_max;
+		if (want.rlim_cur == RLIM_INFINITY || want.rlim_cur > FD_LIMIT_CEILING)
+			want.rlim_cur = (rlim_t)need > FD_LIMIT_CEILING ? (rlim_t)need : FD_LIMIT_CEILING;
+		if (rl.rlim_max != RLIM_INFINITY && want.rlim_cur > rl.rlim_max)
+			want.rlim_cur = rl.rlim_max;
+		if (want.rlim_cur > rl.rlim_cur && setrlimit(RLIMIT_NOFILE, &want) == 0)
+			rl = want;
+	}
+	have = raise ? rl.rlim_cur : rl.rlim_max;
+	if (have != RLIM_INFINITY && (long long)have < need) {
+		snprintf(err, errlen, "smtpd_max_sessions = %d needs about %lld open files per smtpd "
+			 "worker, more than the %s limit of %llu (RLIMIT_NOFILE): lower "
+			 "smtpd_max_sessions or raise the limit (ulimit -n, LimitNOFILE=)",
+			 cf->smtpd_max_sessions, need, raise ? "process's" : "hard",
+			 (unsigned long long)have);
+		return -1;
+	}
 	return 0;
 }

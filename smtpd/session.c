@@ -1254,3 +1254,16 @@ session_drain_all(struct worker *w)
 			reply_close(s, "421 4.3.2 Service shutting down, closing transmission channel");
 	}
 }
+
+void
+session_end_all(struct worker *w)
+{
+	struct session *s, *next;
+
+	for (s = w->sessions; s; s = next) {
+		next = s->next;
+		s->drain = true;
+		if (s->state != SS_COMMIT && s->state != SS_CLOSING)
+			reply_close(s, "421 4.3.2 Service shutting down, closing transmission channel");
+	}
+}

@@ -6,6 +6,7 @@
 #define SORTER_SMTPD_SESSION_H
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <sys/socket.h>
 
 #include "lib/lib.h"
@@ -30,6 +31,10 @@ struct worker {
 	size_t nls;
 	struct event **lev;            /* one accept event per listener */
 	struct event *sigterm_ev, *sigusr2_ev, *drain_timer;
+	int master_fd;                 /* read end of the master's pipe: EOF = master gone */
+	struct event *master_ev, *accept_resume_ev;
+	unsigned long accept_failures; /* since the last warning */
+	uint64_t accept_warned_usec;   /* when that warning went out */
 	struct session *sessions;      /* doubly linked, for draining */
 	int nsessions;
 	bool draining;
@@ -41,5 +46,8 @@ void session_start(struct worker *w, int fd, const struct sockaddr *sa, socklen_
 		   const struct listener *l, int table_slot);
 /* Asks every session to end at its next command boundary. */
 void session_drain_all(struct worker *w);
+/* Ends every session now with a 421, except those waiting for a spool
+ * commit: they get its reply first, then the 421. */
+void session_end_all(struct worker *w);
 
 #endif

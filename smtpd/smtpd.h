@@ -141,9 +141,16 @@ unsigned session_table_auth_failed(struct session_table *t, const unsigned char 
  * until SIGTERM; returns the exit status. */
 int master_main(const char *config_path, struct config *cf);
 
-/* worker.c: runs one smtpd worker until told to stop; returns exit status */
+/* Raises the soft RLIMIT_NOFILE to the hard one (raise) and checks that it
+ * fits smtpd_max_sessions (config_fd_need): 0, or -1 with err naming the
+ * key. Without raise, checks the hard limit (what `sorterd -t` reports). */
+int fd_limit_check(const struct config *cf, bool raise, char *err, size_t errlen);
+
+/* worker.c: runs one smtpd worker until told to stop (or until EOF on
+ * master_fd: the master is gone); returns exit status */
 int worker_main(struct config *cf, struct listener *ls, size_t nls,
-		struct session_table *st, struct counters *ctr, int index, void *tls_ctx);
+		struct session_table *st, struct counters *ctr, int index, void *tls_ctx,
+		int master_fd);
 
 /* tls.c: an SSL_CTX for the server side, or NULL with err set */
 void *tls_server_ctx(const struct config *cf, char *err, size_t errlen);

@@ -63,6 +63,11 @@ main(int argc, char **argv)
 			}
 			SSL_CTX_free(ctx);
 		}
+		if (fd_limit_check(cf, false, err, sizeof(err)) < 0) {
+			fprintf(stderr, "sorterd: %s: %s\n", path, err);
+			config_free(cf);
+			return 1;
+		}
 		printf("sorterd: %s: configuration ok\n", path);
 		config_free(cf);
 		return 0;

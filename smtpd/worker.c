@@ -8,6 +8,15 @@
  * exit once the open sessions have ended on their own; their clients never
  * notice the reload. A worker holds nothing that a crash could lose after
  * a 250.
+ *
+ * The master may die without a word (kill -9): the read end of its pipe then
+ * reports EOF, and the worker closes its copies of the listeners at once (so
+ * that a new sorterd can bind), ends its sessions (a commit under way still
+ * gets its reply) and exits within MASTER_GONE_EXIT_SECONDS.
+ *
+ * When descriptors run out (EMFILE, ENFILE) a pending connection cannot be
+ * taken and the listener stays readable: accepting pauses for a second
+ * instead of spinning, and the warning goes out at most once a second.
  */
 #include "config.h"
 
@@ -33,7 +42,10 @@
 #include "smtpd/smtpd.h"
 
 #define DRAIN_GRACE_SECONDS 60
+#define MASTER_GONE_EXIT_SECONDS 5      /* commits finish in far less */
 #define ACCEPTS_PER_WAKEUP 32
+#define ACCEPT_PAUSE_MSEC 1000
+#define ACCEPT_WARN_USEC 1000000
 
 static void
 client_ip(const struct sockaddr *sa, char *buf, size_t len)
@@ -59,6 +71,49 @@ refuse(int fd, const char *host, const char *why)
 }
 
 static void
+listeners_off(struct worker *w)
+{
+	size_t i;
+
+	for (i = 0; i < w->nls; i++)
+		event_del(w->lev[i]);
+}
+
+static void
+on_accept_resume(evutil_socket_t fd, short what, void *arg)
+{
+	struct worker *w = arg;
+	size_t i;
+
+	if (w->draining)
+		return;
+	for (i = 0; i < w->nls; i++)
+		event_add(w->lev[i], NULL);
+}
+
+/* accept() failed for want of a resource (descriptors, memory): the
+ * connection stays in the backlog and the listener stays readable, so
+ * trying again at once would spin. The count says how bad it was. */
+static void
+accept_pause(struct worker *w, int err)
+{
+	struct timeval tv = { ACCEPT_PAUSE_MSEC / 1000, (ACCEPT_PAUSE_MSEC % 1000) * 1000 };
+	uint64_t now = now_usec();
+
+	w->accept_failures++;
+	if (w->accept_warned_usec == 0 || now - w->accept_warned_usec >= ACCEPT_WARN_USEC) {
+		msg_warn("accept: %s: %lu failure%s since the last warning; accepting again in %d ms"
+			 " (%d sessions open here; see smtpd_max_sessions and RLIMIT_NOFILE)",
+			 strerror(err), w->accept_failures, w->accept_failures == 1 ? "" : "s",
+			 ACCEPT_PAUSE_MSEC, w->nsessions);
+		w->accept_failures = 0;
+		w->accept_warned_usec = now;
+	}
+	listeners_off(w);
+	evtimer_add(w->accept_resume_ev, &tv);
+}
+
+static void
 on_accept(evutil_socket_t lfd, short what, void *arg)
 {
 	struct listener *l = arg;
@@ -74,9 +129,10 @@ on_accept(evutil_socket_t lfd, short what, void *arg)
 		sl = sizeof(ss);
 		fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0) {
-			if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
-			    errno != ECONNABORTED)
-				msg_warn("accept: %s", strerror(errno));
+			if (errno == ECONNABORTED || errno == EINTR)
+				continue;
+			if (errno != EAGAIN && errno != EWOULDBLOCK)
+				accept_pause(w, errno);
 			return;
 		}
 		if (w->draining) {
@@ -126,17 +182,54 @@ on_drain_timeout(evutil_socket_t fd, short what, void *arg)
 	event_base_loopexit(w->base, NULL);
 }
 
+/* EOF on the master's pipe: nobody supervises this worker any more and a
+ * new sorterd may be starting. The listeners close now (they are shared
+ * with the other workers: the port is free once every one has closed
+ * them), the sessions end, and the worker exits within a bound. */
+static void
+on_master_gone(evutil_socket_t fd, short what, void *arg)
+{
+	struct worker *w = arg;
+	struct timeval tv = { MASTER_GONE_EXIT_SECONDS, 0 };
+	ssize_t n;
+	char c;
+	size_t i;
+
+	n = read(fd, &c, 1);
+	if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EINTR)))
+		return;         /* nothing is ever written: only EOF (or an error) counts */
+	event_del(w->master_ev);
+	msg_warn("the master process is gone: closing the listeners, ending %d session%s",
+		 w->nsessions, w->nsessions == 1 ? "" : "s");
+	w->draining = true;
+	listeners_off(w);
+	evtimer_del(w->accept_resume_ev);
+	for (i = 0; i < w->nls; i++) {
+		close(w->ls[i].fd);
+		w->ls[i].fd = -1;
+	}
+	session_end_all(w);
+	if (w->nsessions == 0) {
+		event_base_loopexit(w->base, NULL);
+		return;
+	}
+	/* a client that never reads its 421 does not hold the worker */
+	if (w->drain_timer)
+		event_free(w->drain_timer);
+	w->drain_timer = evtimer_new(w->base, on_drain_timeout, w);
+	evtimer_add(w->drain_timer, &tv);
+}
+
 static void
 on_signal(evutil_socket_t sig, short what, void *arg)
 {
 	struct worker *w = arg;
 	struct timeval tv = { DRAIN_GRACE_SECONDS, 0 };
-	size_t i;
 
 	if (!w->draining) {
 		w->draining = true;
-		for (i = 0; i < w->nls; i++)
-			event_del(w->lev[i]);
+		listeners_off(w);
+		evtimer_del(w->accept_resume_ev);
 	}
 	if (sig == SIGUSR2) {
 		if (w->nsessions == 0)
@@ -156,7 +249,7 @@ on_signal(evutil_socket_t sig, short what, void *arg)
 
 int
 worker_main(struct config *cf, struct listener *ls, size_t nls, struct session_table *st,
-	    struct counters *ctr, int index, void *tls_ctx)
+	    struct counters *ctr, int index, void *tls_ctx, int master_fd)
 {
 	struct worker w;
 	char err[512];
@@ -171,6 +264,7 @@ worker_main(struct config *cf, struct listener *ls, size_t nls, struct session_t
 	w.tls_ctx = tls_ctx;
 	w.ls = ls;
 	w.nls = nls;
+	w.master_fd = master_fd;
 	qid_init((unsigned)index);
 	signal(SIGPIPE, SIG_IGN);
 	signal(SIGHUP, SIG_IGN);
@@ -194,6 +288,9 @@ worker_main(struct config *cf, struct listener *ls, size_t nls, struct session_t
 	event_add(w.sigterm_ev, NULL);
 	w.sigusr2_ev = evsignal_new(w.base, SIGUSR2, on_signal, &w);
 	event_add(w.sigusr2_ev, NULL);
+	w.accept_resume_ev = evtimer_new(w.base, on_accept_resume, &w);
+	w.master_ev = event_new(w.base, master_fd, EV_READ | EV_PERSIST, on_master_gone, &w);
+	event_add(w.master_ev, NULL);
 
 	event_base_dispatch(w.base);
 
@@ -204,6 +301,8 @@ worker_main(struct config *cf, struct listener *ls, size_t nls, struct session_t
 	free(w.lev);
 	event_free(w.sigterm_ev);
 	event_free(w.sigusr2_ev);
+	event_free(w.accept_resume_ev);
+	event_free(w.master_ev);
 	if (w.drain_timer)
 		event_free(w.drain_timer);
 	event_base_free(w.base);

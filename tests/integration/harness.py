@@ -153,6 +153,10 @@ class Sorterd:
     """One private sorterd: Sorterd(tmpdir, key=value, ...) writes the config (a value of
     None drops a default key, a list repeats it) and starts the daemon unless start=False."""
 
+    # a command that execs sorterd with the rest of the line (e.g. prlimit ... --), so that
+    # the PID started is sorterd's
+    argv_prefix = ()
+
     def __init__(self, tmpdir, start=True, stderr=None, **overrides):
         self.build = build_dir()
         self.dir = tmpdir
@@ -210,7 +214,7 @@ class Sorterd:
         else:
             self._log = None
         self.proc = subprocess.Popen(
-            [os.path.join(self.build, "sorterd"), "-c", self.conf_path],
+            list(self.argv_prefix) + [os.path.join(self.build, "sorterd"), "-c", self.conf_path],
             stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr)
         if not wait_until(lambda: listening(self.port) or self.proc.poll() is not None, timeout):
             raise RuntimeError("sorterd did not listen on port %d within %ds\n%s"

@@ -589,6 +589,29 @@ START_TEST(test_load_file)
 }
 END_TEST
 
+/* descriptors per worker: 2 per session + io_threads + listeners + 64 */
+static const struct {
+	const char *text;
+	long long need;
+} fdcases[] = {
+	{ "", 100 * 2 + 16 + 1 + 64 },
+	{ "smtpd_max_sessions = 1\nio_threads = 1\n", 2 + 1 + 1 + 64 },
+	{ "smtpd_max_sessions = 100000\nio_threads = 256\n", 200000 + 256 + 1 + 64 },
+	{ "listen = 127.0.0.1:25 mx\nlisten = 127.0.0.1:2525 mx\n"
+	  "smtpd_max_sessions = 10\n", 20 + 16 + 2 + 64 },
+};
+
+START_TEST(test_fd_need)
+{
+	char err[256];
+	struct config *cf = parse(fdcases[_i].text, err, sizeof(err));
+
+	ck_assert_msg(cf != NULL, "%s", err);
+	ck_assert_int_eq(config_fd_need(cf), fdcases[_i].need);
+	config_free(cf);
+}
+END_TEST
+
 static Suite *
 config_suite(void)
 {
@@ -605,6 +628,7 @@ config_suite(void)
 	tcase_add_test(tc, test_long_lines_and_nul);
 	tcase_add_test(tc, test_err_buffer);
 	tcase_add_test(tc, test_load_file);
+	tcase_add_loop_test(tc, test_fd_need, 0, sizeof(fdcases) / sizeof(fdcases[0]));
 	suite_add_tcase(s, tc);
 	return s;
 }
