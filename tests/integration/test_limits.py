@@ -105,7 +105,8 @@ class RecipientLimitTest(SorterTestCase):
 
 class SessionLimitTest(SorterTestCase):
     def test_max_sessions(self):
-        d = self.sorterd(smtpd_max_sessions=2, smtpd_client_connection_limit=10)
+        d = self.sorterd(smtpd_max_sessions=2, smtpd_client_connection_limit=10,
+                         smtpd_client_limit_exceptions="192.0.2.0/24")
         a = self.connect(d)
         b = self.connect(d)
         r, closed = greeting_and_close(d.port)
@@ -138,19 +139,47 @@ class SessionLimitTest(SorterTestCase):
         return False
 
     def test_client_connection_limit(self):
-        d = self.sorterd(smtpd_max_sessions=20, smtpd_client_connection_limit=2)
+        # 127.0.0.2 is a trusted network here; 127.0.0.1 is not
+        d = self.sorterd(smtpd_max_sessions=20, smtpd_client_connection_limit=2,
+                         smtpd_client_limit_exceptions="127.0.0.2/32")
         a = self.connect(d)
         b = self.connect(d)
         r, closed = greeting_and_close(d.port)
         self.assertReply(r, 421, "4.7.0")
         self.assertTrue(closed, "connection over smtpd_client_connection_limit not closed")
-        # another client address is not affected
-        other = self.connect(d, source="127.0.0.2")
-        self.assertReply(other.cmd("NOOP"), 250, "2.0.0")
+        self.assertTrue(d.log_lines(r"too many sessions from \[127\.0\.0\.1\] "
+                                    r"\(smtpd_client_connection_limit=2\)"))
+        # a trusted address is not limited at all
+        others = [self.connect(d, source="127.0.0.2") for _ in range(4)]
+        self.assertReply(others[-1].cmd("NOOP"), 250, "2.0.0")
         self.assertReply(a.cmd("NOOP"), 250, "2.0.0")
         self.assertReply(b.cmd("QUIT"), 221, "2.0.0")
         b.close()
         self.assertTrue(self._greeted_within(d.port, 5), "no 220 after a session ended")
+
+    def test_loopback_exempt_by_default(self):
+        # an internal relay or a load test from this host is not cut off
+        d = self.sorterd(smtpd_max_sessions=20, smtpd_client_connection_limit=2,
+                         smtpd_client_connection_rate_limit=2)
+        cs = [self.connect(d) for _ in range(6)]
+        for c in cs:
+            self.assertReply(c.cmd("NOOP"), 250, "2.0.0")
+
+    def test_connection_rate_limit(self):
+        d = self.sorterd(smtpd_client_connection_rate_limit=3,
+                         smtpd_client_limit_exceptions="192.0.2.0/24")
+        for _ in range(3):
+            c = self.connect(d)
+            self.assertReply(c.cmd("QUIT"), 221)
+            c.close()
+        r, closed = greeting_and_close(d.port)
+        self.assertReply(r, 421, "4.7.0")
+        self.assertIn("per minute", r.texts[-1])
+        self.assertTrue(closed)
+        self.assertTrue(d.log_lines(r"too many connections from \[127\.0\.0\.1\] in a minute"))
+        # counted per client, and across both workers
+        c = self.connect(d, source="127.0.0.2")
+        self.assertReply(c.cmd("NOOP"), 250)
 
 
 class TimeoutTest(SorterTestCase):
