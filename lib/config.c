@@ -72,6 +72,7 @@ struct param {
 _Static_assert(sizeof(enum log_sink) == sizeof(int), "enums are stored as int");
 
 static const char *const log_names[] = { "stderr", "syslog", NULL };
+static const char *const yes_no[] = { "no", "yes", NULL };
 const char *const tls_level_names[] = { "none", "may", "encrypt", "verify", NULL };
 
 static const struct param params[] = {
@@ -115,6 +116,12 @@ static const struct param params[] = {
 	{ "smtpd_timeout", P_TIME, 0, "300", 1, 3600, INT(smtpd_timeout), 0, NULL },
 	{ "smtpd_data_timeout", P_TIME, 0, "300", 1, 3600, INT(smtpd_data_timeout), 0, NULL },
 	{ "smtpd_hard_error_limit", P_INT, 0, "20", 1, 1000, INT(smtpd_hard_error_limit), 0, NULL },
+	{ "smtpd_junk_command_limit", P_INT, 0, "100", 1, 100000, INT(smtpd_junk_command_limit),
+	  0, NULL },
+	{ "smtpd_min_data_rate", P_INT, 0, "500", 0, 1 << 30, INT(smtpd_min_data_rate), 0, NULL },
+	{ "smtpd_session_time_limit", P_TIME, 0, "1h", 10, 86400, INT(smtpd_session_time_limit),
+	  0, NULL },
+	{ "smtpd_helo_strict", P_ENUM, 0, "yes", 0, 0, INT(smtpd_helo_strict), 0, yes_no },
 	{ "queue_minfree", P_SIZE, 0, "52428800", 0, 1LL << 50, LLONG(queue_minfree), 0, NULL },
 	/* the queue manager and delivery */
 	{ "queue_run_delay", P_TIME, 0, "300", 1, 86400, INT(queue_run_delay), 0, NULL },

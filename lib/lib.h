@@ -107,6 +107,10 @@ struct config {
 	int smtpd_timeout;              /* seconds waiting for a command */
 	int smtpd_data_timeout;         /* seconds waiting for DATA content */
 	int smtpd_hard_error_limit;     /* errors per session before disconnect */
+	int smtpd_junk_command_limit;   /* NOOP, RSET, VRFY, HELP per message before 421 */
+	int smtpd_min_data_rate;        /* bytes/s of DATA or BDAT after the first 30 s; 0 = none */
+	int smtpd_session_time_limit;   /* seconds a session may last, ended at a command boundary */
+	int smtpd_helo_strict;          /* 1: HELO must be a host name or an address literal */
 	long long queue_minfree;        /* bytes that must stay free on the spool fs */
 	/* queue manager and delivery */
 	int queue_run_delay;            /* seconds between scans of deferred/ */

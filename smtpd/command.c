@@ -12,6 +12,7 @@
  */
 #include "config.h"
 
+#include <arpa/inet.h>
 #include <limits.h>
 #include <string.h>
 #include <strings.h>
@@ -379,4 +380,43 @@ verb_name(enum smtp_verb v)
 		if (verbs[i].verb == v)
 			return verbs[i].name;
 	return "UNKNOWN";
+}
+
+/*
+ * A HELO/EHLO argument Sorter takes (Postfix's reject_invalid_helo_hostname):
+ * a host name (labels of letters, digits, '-' and '_', 1 to 63 bytes each,
+ * at most 255 bytes, one trailing dot allowed) or an address literal,
+ * [IPv4] or [IPv6:...] (RFC 5321 4.1.3).
+ */
+bool
+helo_valid(const char *s, size_t n)
+{
+	char lit[INET6_ADDRSTRLEN + 8];
+	unsigned char bin[16];
+	size_t i, label = 0;
+
+	if (n == 0 || n > 255)
+		return false;
+	if (s[0] == '[') {
+		if (n < 3 || s[n - 1] != ']' || n - 2 >= sizeof(lit))
+			return false;
+		memcpy(lit, s + 1, n - 2);
+		lit[n - 2] = '\0';
+		if (strncasecmp(lit, "IPv6:", 5) == 0)
+			return inet_pton(AF_INET6, lit + 5, bin) == 1;
+		return inet_pton(AF_INET, lit, bin) == 1;
+	}
+	for (i = 0; i < n; i++) {
+		if (s[i] == '.') {
+			if (label == 0)
+				return false;   /* empty label, or a leading dot */
+			label = 0;
+			continue;
+		}
+		if (!is_letdig((unsigned char)s[i]) && s[i] != '-' && s[i] != '_')
+			return false;
+		if (++label > 63)
+			return false;
+	}
+	return true;
 }

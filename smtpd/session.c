@@ -72,7 +72,11 @@ struct session {
 	char tls_desc[160];            /* "TLSv1.3 with cipher ..." */
 	int errors;
 	bool long_line;                /* discarding the rest of an over-long line */
-	bool drain;                    /* end at the next command boundary */
+	bool drain;                    /* end at the next command boundary ... */
+	const char *drain_reply;       /* ... with this 421 (NULL: shutting down) */
+	struct event *limit_ev;        /* smtpd_session_time_limit */
+	unsigned junk;                 /* NOOP, RSET, VRFY, HELP since the last message */
+	uint64_t data_start;           /* when DATA content began, usec */
 	bool gone;                     /* the client went away during a commit */
 	struct event *flush_ev;        /* TLS close: fires when the socket's output is written */
 	unsigned char key[16];         /* the client's address in session-table form */
@@ -208,14 +212,42 @@ set_read_timeout(struct session *s, int secs)
 
 /* ---- command handlers ---- */
 
+/* What goes into Received: of a HELO name Sorter was told to take anyway:
+ * at most 255 bytes of host-name characters, the rest replaced. */
+static char *
+helo_sanitize(const char *in, size_t n)
+{
+	char *out = xmalloc(n > 255 ? 256 : n + 1);
+	size_t i;
+
+	for (i = 0; i < n && i < 255; i++) {
+		unsigned char c = (unsigned char)in[i];
+
+		out[i] = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+			 c == '-' || c == '.' || c == '_' || c == ':' || c == '[' || c == ']' ? (char)c
+												: '?';
+	}
+	out[i] = '\0';
+	return out;
+}
+
 static void
 do_helo(struct session *s, struct smtp_cmd *c)
 {
 	const struct config *cf = s->w->cf;
 
+	if (!helo_valid(c->arg, c->arglen) && cf->smtpd_helo_strict) {
+		char *shown = helo_sanitize(c->arg, c->arglen > 64 ? 64 : c->arglen);
+
+		msg_info("reject: %s from [%s]: 501 5.5.2 <%s>: Helo command rejected: Invalid name",
+			 c->verb == VERB_EHLO ? "EHLO" : "HELO", s->addr, shown);
+		reply_error(s, "501 5.5.2 <%s>: Helo command rejected: Invalid name", shown);
+		free(shown);
+		return;
+	}
 	transaction_reset(s);
 	free(s->helo);
-	s->helo = xstrndup(c->arg, c->arglen);
+	s->helo = helo_sanitize(c->arg, c->arglen);
 	s->esmtp = c->verb == VERB_EHLO;
 	s->state = SS_READY;
 	if (!s->esmtp) {
@@ -369,25 +401,76 @@ do_rcpt(struct session *s, struct smtp_cmd *c)
 	reply(s, "250 2.1.5 Ok");
 }
 
+/* The length of the address at the start of a recipient entry ("ADDR
+ * PARAMS"): a quoted local part may hold spaces. */
+static size_t
+rcpt_addr_len(const char *r)
+{
+	size_t i = 0;
+
+	if (r[0] == '"') {
+		for (i = 1; r[i] != '\0' && r[i] != '"'; i++)
+			if (r[i] == '\\' && r[i + 1] != '\0')
+				i++;
+		if (r[i] == '"')
+			i++;
+	}
+	return i + strcspn(r + i, " ");
+}
+
+/* Header folding for Received: words are appended with a space, or on a
+ * new line (CRLF TAB) when the line would pass 78 characters; a word is
+ * never split, so only a single overlong word makes a longer line. */
+struct fold {
+	struct dstr *d;
+	size_t col;
+};
+
+static void
+fold_word(struct fold *f, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void
+fold_word(struct fold *f, const char *fmt, ...)
+{
+	char word[1024];
+	va_list ap;
+	size_t n;
+
+	va_start(ap, fmt);
+	vsnprintf(word, sizeof(word), fmt, ap);
+	va_end(ap);
+	n = strlen(word);
+	if (f->col > 8 && f->col + 1 + n > 78) {
+		dstr_printf(f->d, "\r\n\t%s", word);
+		f->col = 8 + n;
+	} else {
+		dstr_printf(f->d, " %s", word);
+		f->col += 1 + n;
+	}
+}
+
 static void
 add_received(struct session *s)
 {
+	struct fold f = { &s->content, 9 };
 	char date[64];
-	const char *for_rcpt = "";
-	char forbuf[ADDR_PATH_MAX + 16] = "";
 
 	rfc5322_date(time(NULL), date, sizeof(date));
-	if (s->nrcpt == 1) {
-		size_t n = strcspn(s->rcpts[0], " ");
-
-		snprintf(forbuf, sizeof(forbuf), "\r\n\tfor <%.*s>", (int)n, s->rcpts[0]);
-		for_rcpt = forbuf;
-	}
-	dstr_printf(&s->content, "Received: from %s ([%s])\r\n", s->helo, s->addr);
+	dstr_printf(&s->content, "Received:");
+	fold_word(&f, "from");
+	fold_word(&f, "%s", s->helo);
+	fold_word(&f, "([%s])", s->addr);
 	if (s->tls)
-		dstr_printf(&s->content, "\t(using %s)\r\n", s->tls_desc);
-	dstr_printf(&s->content, "\tby %s (Sorter) with %s id %s%s;\r\n\t%s\r\n",
-		    s->w->cf->hostname, proto_name(s), s->id, for_rcpt, date);
+		fold_word(&f, "(using %s)", s->tls_desc);
+	fold_word(&f, "by");
+	fold_word(&f, "%s", s->w->cf->hostname);
+	fold_word(&f, "(Sorter)");
+	fold_word(&f, "with %s", proto_name(s));
+	fold_word(&f, "id %s%s", s->id, s->nrcpt == 1 ? "" : ";");
+	if (s->nrcpt == 1)
+		fold_word(&f, "for <%.*s>;", (int)rcpt_addr_len(s->rcpts[0]), s->rcpts[0]);
+	fold_word(&f, "%s", date);
+	dstr_printf(&s->content, "\r\n");
 }
 
 static void
@@ -400,6 +483,7 @@ do_data(struct session *s, struct smtp_cmd *c)
 	dstr_init(&s->content, (size_t)cf->message_size_limit + RECEIVED_MAX + 4096);
 	add_received(s);
 	data_parser_init(&s->dp);
+	s->data_start = now_usec();
 	s->too_big = false;
 	s->state = SS_DATA;
 	set_read_timeout(s, cf->smtpd_data_timeout);
@@ -744,23 +828,25 @@ do_starttls(struct session *s, struct smtp_cmd *c)
 	s->state = SS_INIT;
 }
 
-/* One table: handler, and the states in which the verb is allowed. */
+/* One table: handler, the states in which the verb is allowed, and whether
+ * it moves no mail (counted against smtpd_junk_command_limit). */
 static const struct {
 	void (*fn)(struct session *, struct smtp_cmd *);
 	unsigned states;
 	const char *out_of_state;   /* the 503 text */
+	bool junk;
 } verbs[VERB_MAX] = {
 	[VERB_HELO] = { do_helo, ANY, NULL },
 	[VERB_EHLO] = { do_helo, ANY, NULL },
 	[VERB_MAIL] = { do_mail, ST(SS_READY), NULL },
 	[VERB_RCPT] = { do_rcpt, ST(SS_MAIL) | ST(SS_RCPT), "503 5.5.1 Error: need MAIL command" },
 	[VERB_DATA] = { do_data, ST(SS_RCPT), NULL },
-	[VERB_RSET] = { do_rset, ANY, NULL },
-	[VERB_NOOP] = { do_noop, ANY, NULL },
-	[VERB_QUIT] = { do_quit, ANY, NULL },
-	[VERB_VRFY] = { do_vrfy, ANY, NULL },
-	[VERB_EXPN] = { do_not_implemented, ANY, NULL },
-	[VERB_HELP] = { do_help, ANY, NULL },
+	[VERB_RSET] = { do_rset, ANY, NULL, true },
+	[VERB_NOOP] = { do_noop, ANY, NULL, true },
+	[VERB_QUIT] = { do_quit, ANY, NULL, false },
+	[VERB_VRFY] = { do_vrfy, ANY, NULL, true },
+	[VERB_EXPN] = { do_not_implemented, ANY, NULL, true },
+	[VERB_HELP] = { do_help, ANY, NULL, true },
 	[VERB_STARTTLS] = { do_starttls, ST(SS_INIT) | ST(SS_READY), "503 5.5.1 Error: MAIL transaction in progress" },
 	[VERB_AUTH] = { do_auth, ST(SS_READY), "503 5.5.1 Error: MAIL transaction in progress" },
 	[VERB_BDAT] = { do_not_implemented, ANY, NULL },
@@ -814,6 +900,17 @@ dispatch(struct session *s, const char *line, size_t len)
 		reply_error(s, "%s", out_of_state_text(s, cmd.verb));
 		return;
 	}
+	if (verbs[cmd.verb].junk && ++s->junk > (unsigned)s->w->cf->smtpd_junk_command_limit) {
+		char buf[256];
+
+		msg_info("too many junk commands from [%s] (smtpd_junk_command_limit=%d)", s->addr,
+			 s->w->cf->smtpd_junk_command_limit);
+		snprintf(buf, sizeof(buf), "421 4.7.0 %s Error: too many junk commands",
+			 s->w->cf->hostname);
+		transaction_reset(s);
+		reply_close(s, buf);
+		return;
+	}
 	verbs[cmd.verb].fn(s, &cmd);
 }
 
@@ -843,6 +940,7 @@ commit_done(struct commit_job *job, void *arg)
 		else {
 			reply(s, "250 2.0.0 Ok: queued as %s", job->id);
 			s->n_msgs++;
+			s->junk = 0;    /* a client that moves mail may reset between messages */
 		}
 	} else {
 		msg_warn("%s: queue file write error: %s", job->id, strerror(error));
@@ -934,6 +1032,34 @@ take_data(struct session *s, struct evbuffer *in)
 	return done;
 }
 
+static const char *
+drain_text(const struct session *s)
+{
+	return s->drain_reply ? s->drain_reply
+			      : "421 4.3.2 Service shutting down, closing transmission channel";
+}
+
+/* smtpd_min_data_rate: after the first 30 s, content must arrive at least
+ * this fast, so that a client cannot hold a slot by dripping bytes. */
+#define DATA_RATE_GRACE 30
+static void
+data_rate_check(struct session *s)
+{
+	const struct config *cf = s->w->cf;
+	uint64_t secs = (now_usec() - s->data_start) / 1000000;
+	char buf[256];
+
+	if (cf->smtpd_min_data_rate == 0 || secs <= DATA_RATE_GRACE ||
+	    s->dp.bytes >= secs * (uint64_t)cf->smtpd_min_data_rate)
+		return;
+	msg_info("%s: content from [%s] slower than smtpd_min_data_rate=%d: %llu bytes in %llu s",
+		 s->id, s->addr, cf->smtpd_min_data_rate, (unsigned long long)s->dp.bytes,
+		 (unsigned long long)secs);
+	snprintf(buf, sizeof(buf), "421 4.4.2 %s Error: data rate too low", cf->hostname);
+	transaction_reset(s);
+	reply_close(s, buf);
+}
+
 /* An over-long line: in an AUTH exchange (or an AUTH command) it ends the
  * exchange with RFC 4954's reply. */
 static void
@@ -966,16 +1092,16 @@ process_input(struct session *s)
 		if (evbuffer_get_length(out) > PIPELINE_OUTPUT_MAX)
 			return;         /* on_write resumes once the client reads */
 		if (s->state == SS_DATA) {
-			if (!take_data(s, in))
+			if (!take_data(s, in)) {
+				data_rate_check(s);
 				return;
+			}
 			end_of_data(s);
 			continue;
 		}
 		if (evbuffer_get_length(in) == 0) {
-			if (s->drain && s->state <= SS_READY) {
-				reply_close(s, "421 4.3.2 Service shutting down, closing transmission channel");
-				return;
-			}
+			if (s->drain && s->state <= SS_READY)
+				reply_close(s, drain_text(s));
 			return;
 		}
 		p = evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_LF);
@@ -1010,7 +1136,7 @@ process_input(struct session *s)
 			continue;
 		}
 		if (s->drain && s->state <= SS_READY) {
-			reply_close(s, "421 4.3.2 Service shutting down, closing transmission channel");
+			reply_close(s, drain_text(s));
 			return;
 		}
 		dispatch(s, s->linebuf, len);
@@ -1151,6 +1277,23 @@ on_event(struct bufferevent *bev, short what, void *arg)
 
 /* ---- life cycle ---- */
 
+/* smtpd_session_time_limit: the session ends at its next command boundary
+ * (a transaction in progress finishes; slow content meets the data rate) */
+static void
+on_time_limit(evutil_socket_t fd, short what, void *arg)
+{
+	struct session *s = arg;
+
+	msg_info("session time limit (smtpd_session_time_limit=%d) reached for [%s]",
+		 s->w->cf->smtpd_session_time_limit, s->addr);
+	s->drain = true;
+	s->drain_reply = "421 4.4.2 Error: session time limit exceeded";
+	if (s->state <= SS_READY && evbuffer_get_length(bufferevent_get_input(s->bev)) == 0) {
+		reply_close(s, s->drain_reply);
+		bufferevent_enable(s->bev, EV_WRITE);
+	}
+}
+
 void
 session_start(struct worker *w, int fd, const struct sockaddr *sa, socklen_t salen,
 	      const struct listener *l, int table_slot)
@@ -1189,6 +1332,11 @@ session_start(struct worker *w, int fd, const struct sockaddr *sa, socklen_t sal
 	set_read_timeout(s, w->cf->smtpd_timeout);
 	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
 	msg_info("connect from [%s]", s->addr);
+	if ((s->limit_ev = evtimer_new(w->base, on_time_limit, s)) != NULL) {
+		struct timeval tv = { w->cf->smtpd_session_time_limit, 0 };
+
+		evtimer_add(s->limit_ev, &tv);
+	}
 	if (l->spec.role == ROLE_SUBMISSIONS) {
 		/* RFC 8314 implicit TLS: the banner is the first thing encrypted */
 		SSL *ssl = w->tls_ctx ? SSL_new(w->tls_ctx) : NULL;
@@ -1233,6 +1381,8 @@ session_close(struct session *s)
 	session_table_leave(w->st, w->index, s->table_slot);
 	free(s->helo);
 	free(s->login);
+	if (s->limit_ev)
+		event_free(s->limit_ev);
 	if (s->auth_delay_ev)
 		event_free(s->auth_delay_ev);
 	explicit_bzero(s->auth_user, sizeof(s->auth_user));

@@ -57,6 +57,8 @@ enum cmd_status {
 enum cmd_status command_parse(const char *line, size_t len, struct smtp_cmd *cmd,
 			      const char **why);
 const char *verb_name(enum smtp_verb v);
+/* A host name or an address literal, fit for Received: (command.c) */
+bool helo_valid(const char *s, size_t n);
 
 /* ---- DATA content (data.c): pure, no I/O ----
  * End of data is only CRLF "." CRLF. Lines end only with CRLF. A bare CR or

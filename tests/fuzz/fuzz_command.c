@@ -39,6 +39,13 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (line == NULL)
 		return 0;
 	memcpy(line, data, size);
+	/* a HELO name taken as valid is only host-name or literal characters */
+	if (helo_valid(line, size)) {
+		CHECK(size > 0 && size <= 255);
+		for (i = 0; i < size; i++)
+			CHECK((line[i] >= 'a' && line[i] <= 'z') || (line[i] >= 'A' && line[i] <= 'Z') ||
+			      (line[i] >= '0' && line[i] <= '9') || strchr("-._[]:", line[i]) != NULL);
+	}
 	st = command_parse(line, size, &cmd, &why);
 	CHECK(st >= CMD_OK && st <= CMD_ERR_PARAM);
 	CHECK(cmd.verb >= VERB_UNKNOWN && cmd.verb < VERB_MAX);

@@ -427,6 +427,42 @@ START_TEST(test_exact_length)
 }
 END_TEST
 
+static const struct {
+	const char *name;
+	bool ok;
+} helos[] = {
+	{ "client.remote.test", true }, { "localhost", true }, { "mail_1.remote.test", true },
+	{ "host.test.", true }, { "123.example", true }, { "192.0.2.1", true },
+	{ "[127.0.0.1]", true }, { "[IPv6:::1]", true }, { "[ipv6:2001:db8::1]", true },
+	{ "a.b-c.d", true },
+	{ "", false }, { ".", false }, { "a..b", false }, { ".lead", false }, { "a b", false },
+	{ "a(b)", false }, { "[300.1.1.1]", false }, { "[IPv6:zz]", false }, { "[::1]", false },
+	{ "[127.0.0.1", false }, { "[]", false }, { "h\xc3\xa9.test", false },
+	{ "x\r\nReceived: y", false }, { "a;b", false },
+	{ "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.test", false },
+	{ "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.test", true },
+};
+
+START_TEST(test_helo_valid)
+{
+	ck_assert_msg(helo_valid(helos[_i].name, strlen(helos[_i].name)) == helos[_i].ok, "%s",
+		      helos[_i].name);
+}
+END_TEST
+
+/* at most 255 bytes */
+START_TEST(test_helo_length)
+{
+	char name[300];
+	size_t i;
+
+	for (i = 0; i < sizeof(name); i++)
+		name[i] = i % 50 == 49 ? '.' : 'a';
+	ck_assert(helo_valid(name, 255));
+	ck_assert(!helo_valid(name, 256));
+}
+END_TEST
+
 static Suite *
 command_suite(void)
 {
@@ -438,6 +474,8 @@ command_suite(void)
 	tcase_add_test(tc, test_verb_name);
 	tcase_add_test(tc, test_why_optional);
 	tcase_add_test(tc, test_exact_length);
+	tcase_add_loop_test(tc, test_helo_valid, 0, N_(helos));
+	tcase_add_test(tc, test_helo_length);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -1,0 +1,153 @@
+"""test_hostile.py - clients that try to hold a slot or forge a header: the HELO name check,
+what reaches Received: (sanitized, folded, the for clause quote-aware), the junk command limit,
+the minimum data rate and the session time limit."""
+
+import re
+import socket
+import time
+import unittest
+
+from harness import LOCAL_DOMAIN, SorterTestCase, message, wait_until
+
+RCPT = "user@" + LOCAL_DOMAIN
+SENDER = "sender@remote.test"
+
+
+def received_of(stored):
+    """Sorter's Received: header as stored (folded lines kept), from sorterctl show."""
+    m = re.match(r"(Received:.*?\n)(?=\S)", stored, re.S)
+    assert m, stored[:300]
+    return m.group(1)
+
+
+class HeloTest(SorterTestCase):
+    def test_invalid_names_refused(self):
+        d = self.sorterd()
+        c = self.connect(d)
+        for bad in ("forged.example (really [192.0.2.1])", "a..b", ".lead", "x" * 64 + ".test",
+                    "h\xe9llo.test", "[300.1.1.1]", "[IPv6:nonsense]", "a" * 256, "under score!",
+                    "Received: from evil"):
+            r = c.cmd("EHLO " + bad)
+            self.assertReply(r, 501, "5.5.2", msg="EHLO %r: %s" % (bad, r))
+            self.assertIn("Helo command rejected: Invalid name", r.texts[-1])
+            self.assertTrue(all(ord(ch) < 128 for ch in r.texts[-1]), r)
+        for good in ("client.remote.test", "localhost", "mail_1.remote.test", "[127.0.0.1]",
+                     "[IPv6:::1]", "[IPv6:2001:db8::1]", "host.test.", "123.example"):
+            self.assertReply(c.cmd("EHLO " + good), 250, msg=good)
+        self.assertReply(c.cmd("HELO bad..name"), 501, "5.5.2")
+        self.assertTrue(d.log_lines(r"reject: EHLO from \[127\.0\.0\.1\]: 501 5\.5\.2"))
+
+    def test_relaxed_mode_sanitizes(self):
+        d = self.sorterd(smtpd_helo_strict="no")
+        c = self.connect(d)
+        helo = "forged.example (by trusted.host with ESMTP; " + "z" * 400 + ")"
+        self.assertReply(c.cmd("EHLO " + helo), 250)
+        r, qid = c.send_message(SENDER, [RCPT], message("relaxed"), ehlo=False)
+        self.assertQueued(r, qid)
+        rec = received_of(d.show(qid)[1])
+        for line in rec.splitlines():
+            self.assertLessEqual(len(line), 998, line)
+        unfolded = re.sub(r"\r?\n[ \t]", " ", rec)
+        # nothing of the HELO can open a comment, a new field or a second hop
+        m = re.match(r"Received: from (\S+) \(\[127\.0\.0\.1\]\)", unfolded)
+        self.assertTrue(m, unfolded)
+        self.assertRegex(m.group(1), r"^[A-Za-z0-9._:\[\]?-]+$")
+        self.assertLessEqual(len(m.group(1)), 255)
+        self.assertNotIn("trusted.host", unfolded.split(" by ")[0].replace(m.group(1), ""))
+
+
+class ReceivedTest(SorterTestCase):
+    def test_folded_and_quote_aware(self):
+        d = self.sorterd()
+        c = self.connect(d)
+        rcpt = '"john q. smith"@' + LOCAL_DOMAIN
+        r, qid = c.send_message(SENDER, [rcpt], message("quoted"))
+        self.assertQueued(r, qid)
+        rec = received_of(d.show(qid)[1])
+        for line in rec.rstrip("\n").split("\n"):
+            self.assertLessEqual(len(line), 78, rec)
+        unfolded = re.sub(r"\n[ \t]", " ", rec)
+        self.assertIn("for <%s>;" % rcpt, unfolded)
+        self.assertRegex(unfolded, r"by mx\.sorter\.test \(Sorter\) with ESMTP id %s for" % qid)
+
+
+class JunkTest(SorterTestCase):
+    def test_junk_command_limit(self):
+        d = self.sorterd(smtpd_junk_command_limit=5)
+        c = self.connect(d)
+        self.assertReply(c.ehlo(), 250)
+        for verb in ("NOOP", "RSET", "VRFY x", "HELP", "NOOP"):
+            self.assertEqual(c.cmd(verb).code // 100, 2, verb)
+        r = c.cmd("NOOP")
+        self.assertReply(r, 421, "4.7.0")
+        self.assertTrue(c.closed())
+        self.assertTrue(d.log_lines(r"too many junk commands from \[127\.0\.0\.1\]"))
+
+    def test_moving_mail_resets_the_count(self):
+        d = self.sorterd(smtpd_junk_command_limit=3)
+        c = self.connect(d)
+        self.assertReply(c.ehlo(), 250)
+        for i in range(4):
+            for _ in range(3):
+                self.assertReply(c.cmd("RSET"), 250)
+            r, qid = c.send_message(SENDER, [RCPT], message("m%d" % i), ehlo=False)
+            self.assertQueued(r, qid)
+
+
+class SlowClientTest(SorterTestCase):
+    def test_drip_fed_data_is_cut_off(self):
+        # 1 byte every 2 s: far under 50 bytes/s once the 30 s grace is over
+        d = self.sorterd(smtpd_min_data_rate=50, smtpd_data_timeout=60)
+        c = self.connect(d)
+        self.assertReply(c.ehlo(), 250)
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+        self.assertReply(c.cmd("RCPT TO:<%s>" % RCPT), 250)
+        self.assertReply(c.cmd("DATA"), 354)
+        t0 = time.monotonic()
+        r = None
+        while time.monotonic() - t0 < 45:
+            try:
+                c.send(b"x")
+            except OSError:
+                break
+            try:
+                r = c.reply(timeout=2)
+                break
+            except socket.timeout:
+                continue
+        self.assertIsNotNone(r, "no reply to a drip-fed DATA within 45 s")
+        self.assertReply(r, 421, "4.4.2")
+        self.assertGreater(time.monotonic() - t0, 29)
+        self.assertTrue(c.closed())
+        self.assertEqual(set(d.queue_ids()), set())
+        self.assertTrue(d.log_lines(r"slower than smtpd_min_data_rate=50"))
+
+    def test_session_time_limit(self):
+        d = self.sorterd(smtpd_session_time_limit="10s")
+        c = self.connect(d)
+        self.assertReply(c.ehlo(), 250)
+        t0 = time.monotonic()
+        got = None
+        while time.monotonic() - t0 < 20:
+            r = c.cmd("MAIL FROM:<%s>" % SENDER)
+            if r.code == 421:
+                got = r
+                break
+            self.assertReply(c.cmd("RSET"), 250)
+            time.sleep(1)
+        self.assertIsNotNone(got, "the session outlived smtpd_session_time_limit")
+        self.assertReply(got, 421, "4.4.2")
+        self.assertGreaterEqual(time.monotonic() - t0, 8)
+        self.assertTrue(c.closed())
+
+    def test_idle_at_the_limit_gets_421(self):
+        d = self.sorterd(smtpd_session_time_limit="10s")
+        c = self.connect(d)
+        self.assertReply(c.ehlo(), 250)
+        r = c.reply(timeout=15)
+        self.assertReply(r, 421, "4.4.2")
+        self.assertTrue(c.closed())
+
+
+if __name__ == "__main__":
+    unittest.main()
