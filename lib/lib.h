@@ -52,6 +52,12 @@ void msg_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noretu
 /* a bug: log and abort() */
 void msg_panic(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 uint64_t log_dropped(void);
+/* Client-given text (an address, a login) for a log line: control bytes,
+ * '"', ',', '<', '>' and '\\' become \xHH, so that no field of the line can
+ * be forged; UTF-8 passes. out must hold LOG_ESC_SIZE(strlen(in)) bytes or
+ * the text is cut. Returns out. */
+#define LOG_ESC_SIZE(n) (4 * (n) + 1)
+const char *log_esc(const char *in, char *out, size_t outlen);
 
 /* ---- configuration (config.c) ----
  * Every parameter is declared once in config.c's table with its type,

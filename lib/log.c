@@ -171,3 +171,27 @@ msg_panic(const char *fmt, ...)
 	va_end(ap);
 	abort();
 }
+
+const char *
+log_esc(const char *in, char *out, size_t outlen)
+{
+	static const char hex[] = "0123456789abcdef";
+	size_t o = 0;
+
+	if (outlen == 0)
+		return "";
+	for (; in != NULL && *in != '\0' && o + 5 <= outlen; in++) {
+		unsigned char c = (unsigned char)*in;
+
+		if (c < 0x20 || c == 0x7f || c == '"' || c == ',' || c == '<' || c == '>' ||
+		    c == '\\') {
+			out[o++] = '\\';
+			out[o++] = 'x';
+			out[o++] = hex[c >> 4];
+			out[o++] = hex[c & 15];
+		} else
+			out[o++] = (char)c;
+	}
+	out[o] = '\0';
+	return out;
+}

@@ -156,10 +156,13 @@ log_result(struct qmsg *mq, const struct qrcpt *qr, const struct qexp *e, const 
 {
 	const char *orig = mq->m.rcpts[qr->index].addr;
 	double delay = (double)(now_usec() - mq->m.arrival_usec) / 1e6;
+	char to[LOG_ESC_SIZE(ADDR_PATH_MAX)], oto[LOG_ESC_SIZE(ADDR_PATH_MAX)];
 
+	/* addresses escaped: a quoted local part cannot forge a field */
 	msg_info("%s: to=<%s>%s%s%s, node=%s, relay=%s, delay=%.2f%s%s, dsn=%s, status=%s (%s)",
-		 mq->id, e->addr, strcmp(orig, e->addr) ? ", orig_to=<" : "",
-		 strcmp(orig, e->addr) ? orig : "", strcmp(orig, e->addr) ? ">" : "",
+		 mq->id, log_esc(e->addr, to, sizeof(to)), strcmp(orig, e->addr) ? ", orig_to=<" : "",
+		 strcmp(orig, e->addr) ? log_esc(orig, oto, sizeof(oto)) : "",
+		 strcmp(orig, e->addr) ? ">" : "",
 		 e->node[0] ? e->node : "none", e->relay[0] ? e->relay : "none", delay,
 		 e->tls[0] ? ", tls=" : "", e->tls, e->status, what, e->diag);
 }

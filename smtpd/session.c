@@ -282,7 +282,7 @@ spool_has_room(struct session *s, long long want)
 static bool
 submission_sender_ok(struct session *s, const char *sender)
 {
-	char why[256];
+	char why[256], e1[LOG_ESC_SIZE(ADDR_PATH_MAX)], e2[LOG_ESC_SIZE(ADDR_PATH_MAX)];
 
 	if (!s->tls) {
 		reply_error(s, "530 5.7.0 Must issue a STARTTLS command first");
@@ -293,7 +293,8 @@ submission_sender_ok(struct session *s, const char *sender)
 		return false;
 	}
 	if (sender[0] == '\0') {
-		msg_info("reject: MAIL from [%s]: null sender from sasl_username=%s", s->addr, s->login);
+		msg_info("reject: MAIL from [%s]: null sender from sasl_username=%s", s->addr,
+			 log_esc(s->login, e1, sizeof(e1)));
 		reply_error(s, "553 5.7.1 <>: Sender address rejected: not owned by user %s", s->login);
 		return false;
 	}
@@ -302,7 +303,8 @@ submission_sender_ok(struct session *s, const char *sender)
 		return true;
 	case SENDER_NOT_OWNED:
 		msg_info("reject: MAIL from [%s]: 553 5.7.1 <%s>: Sender address rejected: "
-			 "not owned by user %s", s->addr, sender, s->login);
+			 "not owned by user %s", s->addr, log_esc(sender, e1, sizeof(e1)),
+			 log_esc(s->login, e2, sizeof(e2)));
 		reply_error(s, "553 5.7.1 <%s>: Sender address rejected: not owned by user %s",
 			    sender, s->login);
 		return false;
@@ -367,6 +369,7 @@ do_rcpt(struct session *s, struct smtp_cmd *c)
 {
 	const struct config *cf = s->w->cf;
 	char addr[ADDR_PATH_MAX + 8], params[ADDR_PATH_MAX + 64], why[512];
+	char e1[LOG_ESC_SIZE(ADDR_PATH_MAX + 8)], e2[LOG_ESC_SIZE(ADDR_PATH_MAX + 8)];
 
 	if (s->nrcpt >= (size_t)cf->smtpd_recipient_limit) {
 		reply(s, "452 4.5.3 Error: too many recipients");
@@ -381,16 +384,16 @@ do_rcpt(struct session *s, struct smtp_cmd *c)
 		if (s->login != NULL)
 			break;          /* an authenticated user relays */
 		msg_info("reject: RCPT from [%s]: 554 5.7.1 <%s>: Relay access denied; from=<%s> to=<%s>",
-			 s->addr, addr, s->sender, addr);
+			 s->addr, log_esc(addr, e1, sizeof(e1)), log_esc(s->sender, e2, sizeof(e2)), e1);
 		reply_error(s, "554 5.7.1 <%s>: Relay access denied", addr);
 		return;
 	case RCPT_UNKNOWN_USER:
 		msg_info("reject: RCPT from [%s]: 550 5.1.1 <%s>: User unknown (%s); from=<%s> to=<%s>",
-			 s->addr, addr, why, s->sender, addr);
+			 s->addr, log_esc(addr, e1, sizeof(e1)), why, log_esc(s->sender, e2, sizeof(e2)), e1);
 		reply_error(s, "550 5.1.1 <%s>: Recipient address rejected: User unknown", addr);
 		return;
 	case RCPT_TEMPFAIL:
-		msg_warn("RCPT from [%s]: 451 4.3.0 <%s>: %s", s->addr, addr, why);
+		msg_warn("RCPT from [%s]: 451 4.3.0 <%s>: %s", s->addr, log_esc(addr, e1, sizeof(e1)), why);
 		reply(s, "451 4.3.0 <%s>: Temporary lookup failure", addr);
 		return;
 	}
@@ -536,24 +539,6 @@ do_not_implemented(struct session *s, struct smtp_cmd *c)
 
 static void auth_reply(struct session *s);
 
-/* a user name as it may appear in a log line: printable ASCII, the rest
- * escaped, so that no client can forge a field */
-static void
-log_safe(const char *in, char *out, size_t outlen)
-{
-	size_t o = 0;
-
-	for (; *in != '\0' && o + 5 < outlen; in++) {
-		unsigned char c = (unsigned char)*in;
-
-		if (c > ' ' && c < 0x7f && c != ',' && c != '"' && c != '\\')
-			out[o++] = (char)c;
-		else
-			o += (size_t)snprintf(out + o, outlen - o, "\\x%02x", c);
-	}
-	out[o] = '\0';
-}
-
 static void
 auth_end(struct session *s)
 {
@@ -607,9 +592,9 @@ on_auth_checked(void *arg, enum auth_result r)
 static void
 auth_reply(struct session *s)
 {
-	char user[4 * ADDR_PATH_MAX + 8], buf[256];
+	char user[LOG_ESC_SIZE(ADDR_PATH_MAX)], buf[256];
 
-	log_safe(s->auth_user, user, sizeof(user));
+	log_esc(s->auth_user, user, sizeof(user));
 	switch (s->auth_result) {
 	case AUTH_OK:
 		s->login = xstrdup(s->auth_user);
@@ -924,12 +909,12 @@ commit_done(struct commit_job *job, void *arg)
 
 	if (error == 0) {
 		/* queued, whether or not the client is still there to hear it */
-		char user[4 * ADDR_PATH_MAX + 8] = "";
+		char user[LOG_ESC_SIZE(ADDR_PATH_MAX)] = "", from[LOG_ESC_SIZE(ADDR_PATH_MAX)];
 
 		if (s->login)
-			log_safe(s->login, user, sizeof(user));
+			log_esc(s->login, user, sizeof(user));
 		msg_info("%s: from=<%s>, size=%zu, nrcpt=%zu, client=[%s]%s%s%s%s%s%s", job->id,
-			 s->sender, job->content.len, s->nrcpt, s->addr,
+			 log_esc(s->sender, from, sizeof(from)), job->content.len, s->nrcpt, s->addr,
 			 s->tls ? ", tls=" : "", s->tls ? s->tls_desc : "",
 			 s->login ? ", sasl_method=" : "", s->login ? s->auth_mech : "",
 			 s->login ? ", sasl_username=" : "", user);

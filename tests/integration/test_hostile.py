@@ -71,6 +71,35 @@ class ReceivedTest(SorterTestCase):
         self.assertRegex(unfolded, r"by mx\.sorter\.test \(Sorter\) with ESMTP id %s for" % qid)
 
 
+class LogForgeryTest(SorterTestCase):
+    def test_addresses_cannot_forge_log_fields(self):
+        d = self.sorterd()
+        c = self.connect(d)
+        rcpt = '"x>, relay=evil, status=sent (250 forged), y"@' + LOCAL_DOMAIN
+        sender = '"a>, size=1, nrcpt=9, client=[192.0.2.66]"@remote.test'
+        r, qid = c.send_message(sender, [rcpt], message("forge"))
+        self.assertQueued(r, qid)
+        lines = d.log_lines(qid)
+        self.assertTrue(lines)
+        frm = [l for l in lines if ": from=<" in l]
+        self.assertEqual(len(frm), 1, lines)
+        # a reader that splits the line at ", " finds each field once, with its true value
+        fields = [f.split("=", 1)[0] for f in frm[0].split(qid + ": ", 1)[1].split(", ")]
+        self.assertEqual(fields, ["from", "size", "nrcpt", "client"], frm[0])
+        self.assertTrue(frm[0].endswith("client=[127.0.0.1]"), frm[0])
+        self.assertIn(r"\x22a\x3e\x2c size=1\x2c", frm[0])
+        r = c.cmd("MAIL FROM:<%s>" % sender)
+        self.assertReply(r, 250)
+        r = c.cmd('RCPT TO:<"z>, relay=evil"@remote.test>')
+        self.assertReply(r, 554, "5.7.1")
+        rej = d.log_lines(r"reject: RCPT from")
+        self.assertEqual(len(rej), 1, rej)
+        self.assertEqual(rej[0].count(">"), 3, rej[0])   # <rcpt>: ... from=<..> to=<..>
+        for l in d.log().splitlines():
+            self.assertNotIn(", relay=evil", l)
+            self.assertNotIn(", status=sent (250 forged)", l)
+
+
 class JunkTest(SorterTestCase):
     def test_junk_command_limit(self):
         d = self.sorterd(smtpd_junk_command_limit=5)
