@@ -206,6 +206,24 @@ class TLSTest(SorterTestCase):
         c2 = self.connect(self.d)
         self.assertReply(c2.cmd("NOOP"), 250, "2.0.0")
 
+    def test_tls12_ciphers_ecdhe_aead_only(self):
+        for cipher, ok in (("ECDHE-RSA-AES128-GCM-SHA256", True),
+                           ("ECDHE-RSA-CHACHA20-POLY1305", True),
+                           ("ECDHE-RSA-AES128-SHA", False),       # CBC: not AEAD
+                           ("AES128-GCM-SHA256", False),          # RSA key exchange
+                           ("DHE-RSA-AES128-GCM-SHA256", False)):
+            ctx = client_tls_context(maximum=ssl.TLSVersion.TLSv1_2)
+            ctx.set_ciphers(cipher)
+            c = self.connect(self.d)
+            self.assertReply(c.ehlo(), 250)
+            if ok:
+                self.assertReply(c.starttls(ctx), 220)
+                self.assertEqual(c.sock.cipher()[0], cipher)
+                self.assertReply(c.ehlo(), 250)
+            else:
+                with self.assertRaises(ssl.SSLError, msg=cipher):
+                    c.starttls(ctx)
+
     def test_garbage_handshake(self):
         c = self.connect(self.d)
         self.assertEqual(c.ehlo().code, 250)
