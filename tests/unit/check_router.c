@@ -622,7 +622,7 @@ START_TEST(test_build_atomic)
 	} bad[] = {
 		{ "a 1\nb\n", "2: no value after key \"b\"" },
 		{ "a 1\nb 2\nA 3\n", "3: duplicate key \"a\" (first on line 1)" },
-		{ "a 1\n\xff 2\n", "2: 8-bit byte 0xff" },
+		{ "a 1\n\xff 2\n", "2: malformed UTF-8 at byte 0xff" },
 	};
 	char *path, *spec, *want, err[512], val[64];
 	struct map *m;
@@ -774,8 +774,13 @@ static const struct {
 	{ "", NULL, "ERR:empty address" },
 	{ "@x", NULL, "ERR:empty local part" },
 	{ "a@", NULL, "ERR:empty domain" },
-	{ "a b@x\x01", NULL, "ERR:control or 8-bit character in address" },
-	{ "caf\xc3\xa9@x", NULL, "ERR:control or 8-bit character in address" },
+	{ "a b@x\x01", NULL, "ERR:control character or malformed UTF-8 in address" },
+	{ "caf\xe9@x", NULL, "ERR:control character or malformed UTF-8 in address" },
+	{ "a\xc2\x85@x", NULL, "ERR:control character or malformed UTF-8 in address" },
+	/* UTF-8: only ASCII letters are lower-cased */
+	{ "J\xc3\x9cRGEN+x@B\xc3\x9c" "CHER.Test", "+",
+	  "J\xc3\x9cRGEN+x@b\xc3\x9c" "cher.test j\xc3\x9crgen+x@b\xc3\x9c" "cher.test "
+	  "j\xc3\x9crgen@b\xc3\x9c" "cher.test @b\xc3\x9c" "cher.test" },
 };
 
 START_TEST(test_canon)
