@@ -114,7 +114,7 @@ caps_keyword(const char *t, size_t n, struct ehlo_caps *c, const char **why)
 		c->size = true;
 		return true;
 	}
-	if (n > 5 && strncasecmp(t, "SIZE=", 5) == 0) {
+	if (n >= 5 && strncasecmp(t, "SIZE=", 5) == 0) {
 		if (!parse_u64(t + 5, n - 5, &v) || v == 0) {
 			*why = "bad SIZE value";
 			return false;

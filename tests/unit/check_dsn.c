@@ -123,6 +123,7 @@ struct scase {
 	int rc, ret;
 	const char *envid;
 	const char *why;
+	bool smtputf8;
 };
 
 static const struct scase scases[] = {
@@ -143,6 +144,16 @@ static const struct scase scases[] = {
 	{ .in = "ENVID=a ENVID=b", .rc = -1, .why = "duplicate ENVID" },
 	{ .in = "NOTIFY=NEVER", .rc = -1, .why = "unknown sender DSN parameter" },
 	{ .in = "RET=FULL SIZE=10", .rc = -1, .why = "unknown sender DSN parameter" },
+	/* RFC 6531: SMTPUTF8 is kept beside them, the keyword alone */
+	{ .in = "SMTPUTF8", .smtputf8 = true },
+	{ .in = "RET=HDRS ENVID=x SMTPUTF8", .ret = 2, .envid = "x", .smtputf8 = true },
+	{ .in = "smtputf8 RET=FULL", .ret = 1, .smtputf8 = true },
+	{ .in = "SMTPUTF8=yes", .rc = -1, .why = "SMTPUTF8 takes no value" },
+	{ .in = "SMTPUTF8=", .rc = -1, .why = "missing parameter value" },
+	{ .in = "SMTPUTF8 SMTPUTF8", .rc = -1, .why = "duplicate SMTPUTF8" },
+	{ .in = "RET", .rc = -1, .why = "missing parameter value" },
+	{ .in = "SMTPUTF8 BOGUS", .rc = -1, .why = "missing parameter value" },
+	{ .in = "=SMTPUTF8", .rc = -1, .why = "missing parameter keyword" },
 };
 
 START_TEST(test_sender_params)
@@ -161,10 +172,12 @@ START_TEST(test_sender_params)
 		ck_assert_str_eq(why, c->why);
 		ck_assert_int_eq(p.ret, 0);
 		ck_assert_str_eq(p.envid, "");
+		ck_assert(!p.smtputf8);
 		return;
 	}
 	ck_assert_int_eq(p.ret, c->ret);
 	ck_assert_str_eq(p.envid, c->envid ? c->envid : "");
+	ck_assert_int_eq(p.smtputf8, c->smtputf8);
 }
 END_TEST
 
@@ -178,6 +191,7 @@ START_TEST(test_format)
 	};
 	static const char *const sender[] = {
 		"RET=HDRS ENVID=QQ314159", "RET=FULL", "ENVID=a+2Bb", "",
+		"SMTPUTF8", "RET=FULL ENVID=a+2Bb SMTPUTF8",
 	};
 	struct dsn_rcpt_params rp;
 	struct dsn_sender_params sp;
