@@ -616,6 +616,38 @@ build_text(const struct dsn_report *r, const struct dsn_entry *e, size_t n,
 	}
 }
 
+/*
+ * A recipient field's value: "rfc822; ADDRESS", or for an SMTPUTF8 address
+ * RFC 6533's "utf-8; " with utf-8-addr-xtext, which keeps the report 7-bit:
+ * printable ASCII except "+", "=" and backslash as it is, every other
+ * character as \x{HEX}.
+ */
+static char *
+recipient_value(const char *addr)
+{
+	struct dstr d;
+	uint32_t cp;
+	size_t i, k, n;
+
+	addr = str(addr);
+	if (!str_has_8bit(addr))
+		return xasprintf("rfc822; %s", addr);
+	n = strlen(addr);
+	dstr_init(&d, 0);
+	dstr_printf(&d, "utf-8; ");
+	for (i = 0; i < n; i += k) {
+		if ((k = utf8_decode(addr + i, n - i, &cp)) == 0) {
+			k = 1;
+			cp = 0xfffd;    /* the spool holds only UTF-8: not expected */
+		}
+		if (cp > 0x20 && cp < 0x7f && cp != '+' && cp != '=' && cp != '\\')
+			(void)dstr_append(&d, addr + i, 1);
+		else
+			dstr_printf(&d, "\\x{%X}", (unsigned)cp);
+	}
+	return d.s;
+}
+
 static void
 build_status(const struct dsn_report *r, const struct dsn_entry *e, size_t n,
 	     const char *host, struct dstr *s)
@@ -635,7 +667,7 @@ build_status(const struct dsn_report *r, const struct dsn_entry *e, size_t n,
 
 	for (i = 0; i < n; i++) {
 		put(s, "\r\n");
-		v = xasprintf("rfc822; %s", str(e[i].final_rcpt));
+		v = recipient_value(e[i].final_rcpt);
 		put_field(s, "Final-Recipient", v);
 		free(v);
 		if (e[i].orcpt != NULL && e[i].orcpt[0] != '\0') {

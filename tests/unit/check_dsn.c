@@ -677,6 +677,24 @@ START_TEST(test_build_failure)
 }
 END_TEST
 
+/* RFC 6533: an SMTPUTF8 recipient is of type utf-8, written 7-bit */
+START_TEST(test_build_utf8_recipient)
+{
+	struct dsn_report r;
+	struct dsn_entry e[2];
+	struct msg m;
+
+	fixture(&r, e);
+	e[0].final_rcpt = "bj\xc3\xb6rn+x=y\\z@example.test";
+	e[1].final_rcpt = "\xe7\x94\xa8\xe6\x88\xb7@\xf0\x9f\x98\x80.example";
+	build_msg(&r, e, 2, &m);
+	block_eq(&m, 1, "Final-Recipient", "utf-8; bj\\x{F6}rn\\x{2B}x\\x{3D}y\\x{5C}z@example.test");
+	block_eq(&m, 2, "Final-Recipient", "utf-8; \\x{7528}\\x{6237}@\\x{1F600}.example");
+	ck_assert(!str_has_8bit(m.parts[1].body));
+	dstr_free(&m.raw);
+}
+END_TEST
+
 START_TEST(test_build_hdrs)
 {
 	struct dsn_report r;
@@ -985,6 +1003,7 @@ add_build_tests(TCase *tc)
 {
 	tcase_add_test(tc, test_build_failure);
 	tcase_add_test(tc, test_build_hdrs);
+	tcase_add_test(tc, test_build_utf8_recipient);
 	tcase_add_test(tc, test_build_delay);
 	tcase_add_test(tc, test_build_success);
 	tcase_add_test(tc, test_build_bad_fields);
