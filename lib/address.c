@@ -3,11 +3,19 @@
  * RCPT TO, and the formatter that turns a parsed address back into
  * "local@domain".
  *
+ * With ADDR_ALLOW_UTF8 it is the RFC 6531 (SMTPUTF8) grammar: UTF-8
+ * characters are also atext and qtext (local part) and may make up domain
+ * labels (U-labels); they are never allowed in an address literal or a
+ * quoted pair. The limits stay counted in bytes, 63 per label included,
+ * so a U-label is refused where its bytes exceed what its A-label might
+ * still fit: the price of doing no IDNA conversion here.
+ *
  * This is a pure parser over untrusted bytes: no I/O, no allocation, no
- * state. It must never read past `len`, never accept a byte >= 0x80 or a
- * control character (Sorter does not offer SMTPUTF8), and never accept an
- * address longer than the RFC 5321 4.5.3.1 limits, so that every later
- * consumer (spool records, logs, map keys) can rely on them.
+ * state. It must never read past `len`, never accept a control character
+ * (C1 included), a byte >= 0x80 without ADDR_ALLOW_UTF8, or UTF-8 that is
+ * not well formed, and never accept an address longer than the RFC 5321
+ * 4.5.3.1 limits, so that every later consumer (spool records, logs, map
+ * keys) can rely on them.
  */
 #include "config.h"
 
@@ -25,6 +33,8 @@
 struct cursor {
 	const char *p;
 	const char *end;
+	int flags;
+	bool utf8;              /* a UTF-8 character was taken */
 };
 
 static bool
@@ -90,6 +100,39 @@ misplaced(const struct cursor *c, const char *reason)
 }
 
 /*
+ * A byte >= 0x80 where the grammar allows a UTF-8 character: its length
+ * when the flags allow UTF-8 and it starts a well-formed character that is
+ * not a control (C1), else 0 with *why.
+ */
+static size_t
+utf8_char(struct cursor *c, const char **why)
+{
+	uint32_t cp;
+	size_t n;
+
+	if (!(c->flags & ADDR_ALLOW_UTF8)) {
+		*why = "8-bit character in address";
+		return 0;
+	}
+	if ((n = utf8_decode(c->p, (size_t)(c->end - c->p), &cp)) == 0) {
+		*why = "malformed UTF-8 in address";
+		return 0;
+	}
+	if (utf8_is_control(cp)) {
+		*why = "control character in address";
+		return 0;
+	}
+	c->utf8 = true;
+	return n;
+}
+
+static bool
+at_8bit(const struct cursor *c)
+{
+	return c->p < c->end && (unsigned char)*c->p >= 0x80;
+}
+
+/*
  * Domain = sub-domain *("." sub-domain), sub-domain = Let-dig [Ldh-str].
  * Stops at the first byte that cannot belong to a domain; the caller
  * decides whether that byte may end the address. Sets *dlen.
@@ -99,10 +142,17 @@ parse_domain(struct cursor *c, size_t *dlen)
 {
 	const char *start = c->p;
 	const char *label = c->p;
+	const char *why;
+	size_t n;
 
 	for (;;) {
 		if (c->p < c->end && is_letdig((unsigned char)*c->p)) {
 			c->p++;
+		} else if (at_8bit(c)) {
+			/* RFC 6531: sub-domain =/ U-label */
+			if ((n = utf8_char(c, &why)) == 0)
+				return why;
+			c->p += n;
 		} else if (c->p < c->end && *c->p == '-') {
 			if (c->p == label)
 				return "domain label starts with a hyphen";
@@ -222,6 +272,7 @@ parse_local(struct cursor *c)
 {
 	const char *start = c->p;
 	const char *b;
+	size_t n;
 
 	if (c->p < c->end && *c->p == '"') {
 		c->p++;
@@ -237,6 +288,11 @@ parse_local(struct cursor *c)
 					return "unterminated quoted string";
 				if ((b = bad_byte((unsigned char)*c->p)) != NULL)
 					return b;
+			} else if (at_8bit(c)) {
+				/* RFC 6531: qtextSMTP =/ UTF8-non-ascii */
+				if ((n = utf8_char(c, &b)) == 0)
+					return b;
+				c->p += n - 1;
 			} else if (!is_qtext((unsigned char)*c->p)) {
 				return misplaced(c, "invalid character in quoted string");
 			}
@@ -249,8 +305,20 @@ parse_local(struct cursor *c)
 		for (;;) {
 			const char *atom = c->p;
 
-			while (c->p < c->end && is_atext((unsigned char)*c->p))
-				c->p++;
+			for (;;) {
+				if (c->p < c->end && is_atext((unsigned char)*c->p)) {
+					c->p++;
+				} else if (at_8bit(c)) {
+					/* RFC 6531: atext =/ UTF8-non-ascii */
+					if ((n = utf8_char(c, &b)) == 0)
+						return b;
+					c->p += n;
+				} else {
+					break;
+				}
+				if ((size_t)(c->p - start) > ADDR_LOCAL_MAX)
+					return "local part too long";
+			}
 			if ((size_t)(c->p - start) > ADDR_LOCAL_MAX)
 				return "local part too long";
 			if (c->p == atom) {
@@ -395,7 +463,7 @@ int
 address_parse(const char *s, size_t len, int flags, struct address *a,
 	      const char **why)
 {
-	struct cursor c = { s, s + len };
+	struct cursor c = { s, s + len, flags, false };
 	const char *r;
 
 	memset(a, 0, sizeof(*a));
@@ -405,6 +473,7 @@ address_parse(const char *s, size_t len, int flags, struct address *a,
 			*why = r;
 		return -1;
 	}
+	a->utf8 = c.utf8;
 	if (why)
 		*why = NULL;
 	return (int)(c.p - s);

@@ -156,6 +156,21 @@ bool config_is_local_domain(const struct config *cf, const char *domain);
  * (smtpd_max_sessions, io_threads, listeners), to compare with RLIMIT_NOFILE. */
 long long config_fd_need(const struct config *cf);
 
+/* ---- UTF-8 (utf8.c): pure ----
+ * Well formed = RFC 3629: no overlong forms, no surrogates, nothing above
+ * U+10FFFF, no truncated sequence. Control characters are C0, DEL and C1. */
+/* The character at s (n bytes available): its length (1..4) with *cp set
+ * (cp may be NULL), or 0 when the bytes there are not well-formed UTF-8. */
+size_t utf8_decode(const char *s, size_t n, uint32_t *cp);
+bool utf8_is_control(uint32_t cp);
+/* n bytes of well-formed UTF-8 without a control character */
+bool utf8_valid(const char *s, size_t n);
+/* the NUL-terminated s has a byte >= 0x80 */
+bool str_has_8bit(const char *s);
+/* Every byte of s that is not part of a well-formed, non-control UTF-8
+ * character becomes '?', in place; returns how many did. */
+size_t utf8_sanitize(char *s, size_t n);
+
 /* ---- RFC 5321 addresses (address.c) ---- */
 #define ADDR_LOCAL_MAX 64       /* RFC 5321 4.5.3.1.1 */
 #define ADDR_DOMAIN_MAX 255     /* RFC 5321 4.5.3.1.2 */
@@ -166,11 +181,14 @@ struct address {
 	char domain[ADDR_DOMAIN_MAX + 1]; /* as written; "" for <> and <postmaster> */
 	bool null;                        /* the null path <> */
 	bool literal;                     /* domain is an address literal [..] */
+	bool utf8;                        /* the path has UTF-8 (ADDR_ALLOW_UTF8 only) */
 };
 
 enum addr_flags {
 	ADDR_ALLOW_NULL = 1,        /* <> is acceptable (MAIL FROM) */
 	ADDR_ALLOW_POSTMASTER = 2,  /* bare <postmaster> is acceptable (RCPT TO) */
+	ADDR_ALLOW_UTF8 = 4,        /* RFC 6531: UTF-8 in the local part and domain
+				     * (well formed, no control characters) */
 };
 
 /* Parses an RFC 5321 Path ("<" [A-d-l ":"] Mailbox ">") at the start of s;

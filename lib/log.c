@@ -5,7 +5,8 @@
  * or a datagram socket to /dev/log). A sink that cannot take the line right
  * now loses it and the loss is counted: logging must never hold up mail.
  * Lines are capped below PIPE_BUF so that processes sharing stderr never
- * interleave inside a line.
+ * interleave inside a line. A line carries no control character and no
+ * byte that is not part of well-formed UTF-8.
  */
 #include "config.h"
 
@@ -108,6 +109,10 @@ vlog(int prio, const char *prefix, const char *fmt, va_list ap)
 	for (size_t i = 0; i < off; i++)
 		if (line[i] == '\n' || line[i] == '\r')
 			line[i] = ' ';
+	/* UTF-8 (SMTPUTF8 addresses) is kept; other control characters, C1
+	 * included, and bytes that are not UTF-8 become '?', so that a line is
+	 * always text a log reader can take */
+	(void)utf8_sanitize(line, off);
 	if (sink == LOG_SINK_STDERR)
 		line[off++] = '\n';
 	if (emit(line, off) < 0) {

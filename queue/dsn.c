@@ -39,8 +39,9 @@ struct param {
 };
 
 /*
- * Takes the next SP-separated "KEYWORD=value" off *sp. Returns 1 with a
- * pair, 0 at the end of the string, -1 when the word is not of that form.
+ * Takes the next SP-separated "KEYWORD=value" or "KEYWORD" (val NULL) off
+ * *sp. Returns 1 with a pair, 0 at the end of the string, -1 when the word
+ * is of neither form.
  */
 static int
 next_param(const char **sp, struct param *pr, const char **why)
@@ -57,15 +58,14 @@ next_param(const char **sp, struct param *pr, const char **why)
 	n = strcspn(s, " ");
 	*sp = s + n;
 	eq = memchr(s, '=', n);
-	if (eq == NULL || eq == s || eq + 1 == s + n) {
-		*why = eq == NULL || eq + 1 == s + n ? "missing parameter value" :
-		    "missing parameter keyword";
+	if (eq == s || (eq != NULL && eq + 1 == s + n)) {
+		*why = eq == s ? "missing parameter keyword" : "missing parameter value";
 		return -1;
 	}
 	pr->key = s;
-	pr->klen = (size_t)(eq - s);
-	pr->val = eq + 1;
-	pr->vlen = n - pr->klen - 1;
+	pr->klen = eq != NULL ? (size_t)(eq - s) : n;
+	pr->val = eq != NULL ? eq + 1 : NULL;
+	pr->vlen = eq != NULL ? n - pr->klen - 1 : 0;
 	return 1;
 }
 
@@ -103,7 +103,9 @@ dsn_parse_rcpt_params(const char *s, struct dsn_rcpt_params *p, const char **why
 	if (s == NULL)
 		return 0;
 	while (reason == NULL && next_param(&s, &pr, &reason) > 0) {
-		if (word_is(pr.key, pr.klen, "NOTIFY")) {
+		if (pr.val == NULL) {
+			reason = "missing parameter value";
+		} else if (word_is(pr.key, pr.klen, "NOTIFY")) {
 			if (seen_notify)
 				reason = "duplicate NOTIFY";
 			else
@@ -139,7 +141,16 @@ dsn_parse_sender_params(const char *s, struct dsn_sender_params *p, const char *
 	if (s == NULL)
 		return 0;
 	while (reason == NULL && next_param(&s, &pr, &reason) > 0) {
-		if (word_is(pr.key, pr.klen, "RET")) {
+		if (word_is(pr.key, pr.klen, "SMTPUTF8")) {
+			/* RFC 6531 3.4: the keyword alone */
+			if (pr.val != NULL)
+				reason = "SMTPUTF8 takes no value";
+			else if (p->smtputf8)
+				reason = "duplicate SMTPUTF8";
+			p->smtputf8 = true;
+		} else if (pr.val == NULL) {
+			reason = "missing parameter value";
+		} else if (word_is(pr.key, pr.klen, "RET")) {
 			if (p->ret != 0)
 				reason = "duplicate RET";
 			else if (word_is(pr.val, pr.vlen, "FULL"))
@@ -207,6 +218,8 @@ dsn_format_sender_params(const struct dsn_sender_params *p, struct dstr *out)
 		dstr_printf(&d, "%sENVID=", d.len ? " " : "");
 		xtext_encode(p->envid, strlen(p->envid), &d);
 	}
+	if (p->smtputf8)
+		dstr_printf(&d, "%sSMTPUTF8", d.len ? " " : "");
 	if (d.len)
 		(void)dstr_append(out, d.s, d.len);
 	dstr_free(&d);
@@ -603,6 +616,38 @@ build_text(const struct dsn_report *r, const struct dsn_entry *e, size_t n,
 	}
 }
 
+/*
+ * A recipient field's value: "rfc822; ADDRESS", or for an SMTPUTF8 address
+ * RFC 6533's "utf-8; " with utf-8-addr-xtext, which keeps the report 7-bit:
+ * printable ASCII except "+", "=" and backslash as it is, every other
+ * character as \x{HEX}.
+ */
+static char *
+recipient_value(const char *addr)
+{
+	struct dstr d;
+	uint32_t cp;
+	size_t i, k, n;
+
+	addr = str(addr);
+	if (!str_has_8bit(addr))
+		return xasprintf("rfc822; %s", addr);
+	n = strlen(addr);
+	dstr_init(&d, 0);
+	dstr_printf(&d, "utf-8; ");
+	for (i = 0; i < n; i += k) {
+		if ((k = utf8_decode(addr + i, n - i, &cp)) == 0) {
+			k = 1;
+			cp = 0xfffd;    /* the spool holds only UTF-8: not expected */
+		}
+		if (cp > 0x20 && cp < 0x7f && cp != '+' && cp != '=' && cp != '\\')
+			(void)dstr_append(&d, addr + i, 1);
+		else
+			dstr_printf(&d, "\\x{%X}", (unsigned)cp);
+	}
+	return d.s;
+}
+
 static void
 build_status(const struct dsn_report *r, const struct dsn_entry *e, size_t n,
 	     const char *host, struct dstr *s)
@@ -622,7 +667,7 @@ build_status(const struct dsn_report *r, const struct dsn_entry *e, size_t n,
 
 	for (i = 0; i < n; i++) {
 		put(s, "\r\n");
-		v = xasprintf("rfc822; %s", str(e[i].final_rcpt));
+		v = recipient_value(e[i].final_rcpt);
 		put_field(s, "Final-Recipient", v);
 		free(v);
 		if (e[i].orcpt != NULL && e[i].orcpt[0] != '\0') {

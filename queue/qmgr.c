@@ -88,6 +88,23 @@ has_8bit(const unsigned char *p, size_t len)
 	return false;
 }
 
+/* An 8-bit byte in the header section (up to the first empty line): a
+ * message received with SMTPUTF8 then needs it all the way (RFC 6532). */
+static bool
+headers_8bit(const unsigned char *p, size_t len)
+{
+	size_t i;
+
+	for (i = 0; i < len; i++) {
+		if (p[i] & 0x80)
+			return true;
+		if (p[i] == '\n' && (i + 1 >= len || p[i + 1] == '\n' ||
+		    (p[i + 1] == '\r' && i + 2 < len && p[i + 2] == '\n')))
+			return false;
+	}
+	return false;
+}
+
 bool
 sender_is_null(const struct qmsg *mq)
 {
@@ -105,6 +122,7 @@ msg_free(struct qmsg *mq)
 	}
 	free(mq->r);
 	qstatus_free(&mq->st);
+	free(mq->next_hop_sparams);
 	spool_msg_free(&mq->m);
 	free(mq->image);
 	free(mq);
@@ -269,7 +287,9 @@ msg_deliver(struct qmsg *mq)
 				}
 			}
 			qd->txn.sender = mq->m.sender;
-			qd->txn.sender_params = mq->m.sender_params;
+			qd->txn.sender_params = mq->next_hop_sparams;
+			qd->txn.smtputf8 = mq->sp.smtputf8;
+			qd->txn.utf8_headers = mq->utf8_headers;
 			qd->txn.rcpt_params = qd->rcpt_params;
 			qd->txn.rcpts = qd->rcpts;
 			qd->txn.nrcpt = n;
@@ -412,11 +432,23 @@ msg_load(struct qmgr *q, int from, const char *id)
 	if (mq->m.sender_params == NULL ||
 	    dsn_parse_sender_params(mq->m.sender_params, &mq->sp, &why) < 0)
 		memset(&mq->sp, 0, sizeof(mq->sp));
+	if (mq->sp.ret != 0 || mq->sp.envid[0] != '\0') {
+		struct dsn_sender_params dp = mq->sp;
+		struct dstr d;
+
+		dp.smtputf8 = false;    /* the client decides on SMTPUTF8 itself */
+		dstr_init(&d, 0);
+		dsn_format_sender_params(&dp, &d);
+		mq->next_hop_sparams = xstrdup(d.s);
+		dstr_free(&d);
+	}
 	snprintf(path, sizeof(path), "%s/defer/%s", q->cf->spool_dir, id);
 	if (qstatus_read(path, &mq->st) < 0)
 		msg_warn("%s: unreadable status file %s ignored", id, path);
 	mq->start_usec = now_usec();
 	mq->eightbit = has_8bit(mq->image + mq->m.content_offset, mq->m.content_len);
+	mq->utf8_headers = mq->sp.smtputf8 && mq->eightbit &&
+	    headers_8bit(mq->image + mq->m.content_offset, mq->m.content_len);
 	mq->next = q->msgs;
 	if (q->msgs)
 		q->msgs->prev = mq;
@@ -642,6 +674,23 @@ on_master_gone(evutil_socket_t fd, short what, void *arg)
 	qmgr_stop(q, MASTER_GONE_GRACE_SECONDS);
 }
 
+/* The client saw an LHLO reply: smtpd workers learn it through the file. */
+static void
+on_hello_caps(const struct endpoint *ep, const struct ehlo_caps *caps, void *arg)
+{
+	struct qmgr *q = arg;
+	char name[NODECAPS_KEY_MAX];
+
+	if (ep->proto != EP_LMTP)
+		return;
+	if (nodecaps_record(q->caps, ep, caps, (unsigned long long)time(NULL)) == 1) {
+		endpoint_format(ep, name, sizeof(name));
+		msg_info("%s: LHLO capabilities recorded: smtputf8=%s, 8bitmime=%s, pipelining=%s",
+			 name, caps->smtputf8 ? "yes" : "no", caps->eightbitmime ? "yes" : "no",
+			 caps->pipelining ? "yes" : "no");
+	}
+}
+
 static int
 wake_socket(const char *spool_dir)
 {
@@ -706,6 +755,10 @@ qmgr_main(struct config *cf, struct counters *ctr, int master_fd)
 	ls.dead_endpoint_seconds = cf->endpoint_dead_time;
 	ls.helo_name = cf->hostname;
 	ls.dns_servers = cf->dns_servers;
+	q.caps = nodecaps_open(cf->spool_dir);
+	nodecaps_load(q.caps);
+	ls.hello_caps = on_hello_caps;
+	ls.hello_caps_arg = &q;
 	q.client = client_pool_new(q.base, &ls);
 	q.commit = commit_pool_create(q.base, cf->spool_dir, 4);
 	q.io = iopool_create(q.base, 8);
@@ -743,6 +796,7 @@ qmgr_main(struct config *cf, struct counters *ctr, int master_fd)
 	event_free(q.master_ev);
 	close(q.wake_fd);
 	router_close(q.router);
+	nodecaps_close(q.caps);
 	dirsync_close(q.active_ds);
 	dirsync_close(q.defer_ds);
 	queue_close_dirs(q.dirfd);

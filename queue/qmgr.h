@@ -56,6 +56,8 @@ struct qmsg {
 	size_t len;
 	struct spool_msg m;
 	struct dsn_sender_params sp;
+	char *next_hop_sparams;  /* the DSN ones of sp, as passed on; NULL when none */
+	bool utf8_headers;      /* received with SMTPUTF8, 8-bit bytes in its headers */
 	struct qstatus st;
 	struct qrcpt *r;
 	size_t nr;
@@ -85,6 +87,7 @@ struct qmgr {
 	int wake_fd;
 	struct event *wake_ev, *scan_ev, *catchup_ev, *defer_ev, *term_ev, *master_ev;
 	struct control *control;
+	struct nodecaps *caps;          /* each LMTP endpoint's last LHLO, for smtpd */
 	bool stopping;
 	int lock_fd;
 };

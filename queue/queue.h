@@ -36,7 +36,8 @@ enum spool_rec {
 	SPOOL_REC_HELO = 'H',      /* HELO/EHLO argument */
 	SPOOL_REC_PROTO = 'P',     /* "SMTP", "ESMTP", "ESMTPS", ... */
 	SPOOL_REC_SENDER = 'S',    /* envelope sender, "" for <> */
-	SPOOL_REC_SPARAM = 's',    /* sender DSN parameters: "RET=FULL ENVID=..." */
+	SPOOL_REC_SPARAM = 's',    /* sender parameters: "RET=FULL ENVID=... SMTPUTF8"
+				    * (dsn_parse_sender_params) */
 	SPOOL_REC_RCPT = 'R',      /* pending recipient: "address" [SP params] */
 	SPOOL_REC_RCPT_DONE = 'D', /* recipient delivered (in-place type change) */
 	SPOOL_REC_RCPT_BOUNCED = 'B', /* recipient bounced, DSN queued */
@@ -234,13 +235,16 @@ struct dsn_rcpt_params {
 	char orcpt[DSN_ORCPT_MAX + 1];          /* xtext decoded */
 };
 
+/* The sender's MAIL parameters as the spool keeps them (SPOOL_REC_SPARAM):
+ * the DSN ones, and SMTPUTF8 (RFC 6531), the keyword alone. */
 struct dsn_sender_params {
 	int ret;                                /* 0 not given, DSN_RET_FULL, DSN_RET_HDRS */
 	char envid[DSN_ENVID_MAX + 1];          /* xtext decoded; "" = not given */
+	bool smtputf8;                          /* the transaction declared SMTPUTF8 */
 };
 
 /* Parse the params part of a spool recipient ("NOTIFY=... ORCPT=type;xtext")
- * or the sender's params ("RET=... ENVID=xtext"); s may be NULL or "".
+ * or the sender's params ("RET=... ENVID=xtext SMTPUTF8"); s may be NULL or "".
  * Return 0, or -1 with *p zeroed and *why (if why is not NULL) set to a
  * static reason. */
 int dsn_parse_rcpt_params(const char *s, struct dsn_rcpt_params *p, const char **why);

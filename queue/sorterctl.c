@@ -199,41 +199,6 @@ format_utc(uint64_t usec, char *buf, size_t buflen)
 		snprintf(buf, buflen, "?");
 }
 
-/* Length of a valid UTF-8 sequence at s (at most n bytes), or 0. */
-static size_t
-utf8_len(const unsigned char *s, size_t n)
-{
-	size_t len, i;
-	unsigned cp;
-
-	if (s[0] < 0x80)
-		return 1;
-	if (s[0] >= 0xc2 && s[0] <= 0xdf) {
-		len = 2;
-		cp = s[0] & 0x1f;
-	} else if (s[0] >= 0xe0 && s[0] <= 0xef) {
-		len = 3;
-		cp = s[0] & 0x0f;
-	} else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
-		len = 4;
-		cp = s[0] & 0x07;
-	} else {
-		return 0;
-	}
-	if (n < len)
-		return 0;
-	for (i = 1; i < len; i++) {
-		if ((s[i] & 0xc0) != 0x80)
-			return 0;
-		cp = cp << 6 | (s[i] & 0x3f);
-	}
-	/* overlong forms, surrogates, beyond U+10FFFF */
-	if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
-	    (cp >= 0xd800 && cp <= 0xdfff))
-		return 0;
-	return len;
-}
-
 /* A JSON string. Bytes that are not UTF-8 become U+FFFD so that the
  * output is always valid JSON, whatever a client put in its envelope. */
 static void
@@ -241,6 +206,7 @@ put_json_str(const char *str)
 {
 	const unsigned char *s = (const unsigned char *)str;
 	size_t n = strlen(str), k;
+	uint32_t cp;
 
 	putchar('"');
 	while (n > 0) {
@@ -250,9 +216,11 @@ put_json_str(const char *str)
 		} else if (*s < 0x20 || *s == 0x7f) {
 			printf("\\u%04x", *s);
 			k = 1;
-		} else if ((k = utf8_len(s, n)) == 0) {
+		} else if ((k = utf8_decode((const char *)s, n, &cp)) == 0) {
 			fputs("\\ufffd", stdout);
 			k = 1;
+		} else if (utf8_is_control(cp)) {
+			printf("\\u%04x", (unsigned)cp);
 		} else {
 			fwrite(s, 1, k, stdout);
 		}

@@ -7,8 +7,10 @@
  * Pure functions over untrusted bytes (addresses from RCPT and alias
  * values, endpoints from node_map): no I/O, no allocation, no state. They
  * must never write past the fixed-size fields of their results, never
- * accept a control or 8-bit byte, and never return an endpoint that would
- * not parse again to the same thing.
+ * accept a control character or malformed UTF-8 in an address (UTF-8 is
+ * SMTPUTF8's, and only ASCII letters are lower-cased), never an 8-bit byte
+ * in an endpoint, and never return an endpoint that would not parse again
+ * to the same thing.
  */
 #include "config.h"
 
@@ -230,11 +232,10 @@ router_canon(const char *addr, const char *delims, const char *default_domain,
 		*why = "empty address";
 		return -1;
 	}
-	for (i = 0; i < len; i++)
-		if ((unsigned char)addr[i] < 0x20 || (unsigned char)addr[i] >= 0x7f) {
-			*why = "control or 8-bit character in address";
-			return -1;
-		}
+	if (!utf8_valid(addr, len)) {
+		*why = "control character or malformed UTF-8 in address";
+		return -1;
+	}
 	a = strrchr(addr, '@');
 	if (a == NULL) {
 		if (strcasecmp(addr, "postmaster") != 0) {

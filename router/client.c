@@ -23,7 +23,9 @@
  * It must never block, never send a bare CR or LF (reply.c's encoder
  * makes every line end CR LF), never send a message larger than the
  * server's SIZE, never send 8-bit content to an SMTP server that did not
- * offer 8BITMIME, never act on bytes a server sent before the TLS
+ * offer 8BITMIME, never send a recipient that needs SMTPUTF8 (RFC 6531:
+ * a UTF-8 address, or a UTF-8 header section received with SMTPUTF8) to
+ * a server that did not offer it, never act on bytes a server sent before the TLS
  * handshake, and never call a done callback from inside client_deliver:
  * results go out through a deferred event. No logging per message: the
  * queue manager logs results; an endpoint failure is warned about once
@@ -535,7 +537,8 @@ conn_begin_txn(struct conn *c)
 {
 	struct deliv_txn *t = c->job->txn;
 	char text[256];
-	size_t i;
+	size_t i, k;
+	bool sender_utf8;
 
 	conn_txn_reset(c);
 	c->answered = false;
@@ -567,15 +570,24 @@ conn_begin_txn(struct conn *c)
 		       "offer 8BITMIME and the content cannot be converted", c->relay);
 		fail_all(c, 554, "5.6.3", text);
 	}
-	c->tx.utf8 = has_utf8(t->sender);
-	for (i = 0; i < c->tx.nrcpt && !c->tx.utf8; i++)
-		c->tx.utf8 = has_utf8(t->rcpts[c->tx.rcpts[i]]);
-	if (c->tx.nrcpt > 0 && c->tx.utf8 && !c->caps.smtputf8) {
-		/* RFC 6531 3.4: a UTF-8 envelope needs SMTPUTF8 from the server */
-		fmtbuf(text, sizeof(text), "SMTPUTF8 is required, but was not offered by %s",
-		       c->relay);
-		fail_all(c, 553, "5.6.7", text);
+	/* RFC 6531 3.4: what needs SMTPUTF8 goes only to a server offering it,
+	 * per recipient: an ASCII recipient of an ASCII message still goes */
+	sender_utf8 = has_utf8(t->sender);
+	c->tx.utf8 = t->smtputf8 || sender_utf8;
+	fmtbuf(text, sizeof(text), "SMTPUTF8 is required, but was not offered by %s", c->relay);
+	for (i = k = 0; i < c->tx.nrcpt; i++) {
+		size_t r = c->tx.rcpts[i];
+		bool rcpt_utf8 = has_utf8(t->rcpts[r]);
+
+		if ((sender_utf8 || t->utf8_headers || rcpt_utf8) && !c->caps.smtputf8) {
+			set_result(&t->results[r], 553, "5.6.7", text, c->relay);
+			continue;
+		}
+		c->tx.utf8 = c->tx.utf8 || rcpt_utf8;
+		c->tx.rcpts[k++] = r;
 	}
+	c->tx.nrcpt = k;
+	c->tx.utf8 = c->tx.utf8 && c->caps.smtputf8;
 	c->tx.dsn = c->tp->pass_dsn && c->caps.dsn;
 	if (c->tx.nrcpt == 0)
 		return txn_end(c, true, !c->need_rset);
@@ -821,6 +833,9 @@ handle_reply(struct conn *c, const struct reply *r)
 			       c->helo_sent ? "HELO" : c->tp->hello);
 			return fail_reply(c, r, "said", buf);
 		}
+		if (!c->helo_sent && c->pool->set.hello_caps != NULL && c->job != NULL &&
+		    c->job->ep != NULL)
+			c->pool->set.hello_caps(c->job->ep, &c->caps, c->pool->set.hello_caps_arg);
 		return after_hello(c);
 	case CS_STARTTLS:
 		if (r->code == 220)

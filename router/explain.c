@@ -35,6 +35,8 @@ verdict_name(enum rcpt_verdict v)
 		return "relay denied";
 	case RCPT_TEMPFAIL:
 		return "temporary failure";
+	case RCPT_NO_SMTPUTF8:
+		return "node lacks SMTPUTF8";
 	}
 	return "?";
 }
@@ -391,7 +393,7 @@ router_explain(const struct config *cf, const char *address, bool json, FILE *ou
 	size_t len = strlen(address);
 	int used;
 
-	used = address_parse(address, len, ADDR_ALLOW_POSTMASTER, &a, &awhy);
+	used = address_parse(address, len, ADDR_ALLOW_POSTMASTER | ADDR_ALLOW_UTF8, &a, &awhy);
 	if (used < 0 || (size_t)used != len) {
 		if (json) {
 			fputs("{\"address\": ", out);

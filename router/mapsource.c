@@ -7,7 +7,8 @@
  * the cursor. It must never read outside the buffer, never accept a key or
  * value longer than the limits in router.h (the reader's buffers are sized
  * by them), and never let a byte that could not appear in an address, a
- * node name or an endpoint into a map.
+ * node name or an endpoint into a map: UTF-8 (SMTPUTF8 addresses) is
+ * taken only well formed and without control characters.
  */
 #include "config.h"
 
@@ -56,8 +57,8 @@ mapsource_init(struct mapsource *s, const char *name, const char *buf, size_t le
 int
 mapsource_next(struct mapsource *s, struct map_entry *e, char *err, size_t errlen)
 {
-	const char *line, *eol, *p, *k, *v, *vend;
-	size_t i, n;
+	const char *line, *eol, *p, *key, *v, *vend;
+	size_t i, n, k;
 
 	while (s->p < s->end) {
 		line = s->p;
@@ -70,29 +71,36 @@ mapsource_next(struct mapsource *s, struct map_entry *e, char *err, size_t errle
 			eol--;
 
 		n = (size_t)(eol - line);
-		for (i = 0; i < n; i++) {
+		for (i = 0; i < n; i += k) {
 			unsigned char c = (unsigned char)line[i];
+			uint32_t cp;
 
+			k = 1;
 			if (c == '\0')
 				return fail(s, err, errlen, "NUL byte");
 			if (c == '\r')
 				return fail(s, err, errlen, "carriage return inside a line");
 			if ((c < 0x20 && c != '\t') || c == 0x7f)
 				return fail(s, err, errlen, "control character 0x%02x", c);
-			if (c > 0x7f)
-				return fail(s, err, errlen, "8-bit byte 0x%02x", c);
+			if (c > 0x7f) {
+				if ((k = utf8_decode(line + i, n - i, &cp)) == 0)
+					return fail(s, err, errlen, "malformed UTF-8 at byte 0x%02x", c);
+				if (utf8_is_control(cp))
+					return fail(s, err, errlen, "control character U+%04X",
+						    (unsigned)cp);
+			}
 		}
 
 		for (p = line; p < eol && is_blank(*p); p++)
 			;
 		if (p == eol || *p == '#')
 			continue;
-		for (k = p; p < eol && !is_blank(*p); p++)
+		for (key = p; p < eol && !is_blank(*p); p++)
 			;
-		if ((size_t)(p - k) > MAP_KEY_MAX)
+		if ((size_t)(p - key) > MAP_KEY_MAX)
 			return fail(s, err, errlen, "key longer than %d bytes", MAP_KEY_MAX);
-		e->keylen = (size_t)(p - k);
-		map_fold(e->key, k, e->keylen);
+		e->keylen = (size_t)(p - key);
+		map_fold(e->key, key, e->keylen);
 		e->key[e->keylen] = '\0';
 
 		for (v = p; v < eol && is_blank(*v); v++)

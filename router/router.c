@@ -21,6 +21,10 @@
  *      directly ("lmtp:..."). No entry: failover_node, else 5.1.1.
  * Final addresses are de-duplicated (case-insensitively), first one wins.
  *
+ * At RCPT time a final address that needs SMTPUTF8 (it or the sender is
+ * UTF-8) is not deliverable through a node whose every endpoint is known
+ * (nodecaps.c) not to offer it.
+ *
  * Must never: turn a lookup that failed into "unknown" (it is a deferral,
  * 4.3.x), allocate on the RCPT path once warm, recurse without the depth
  * bound, or read an address or a map value without its length limit.
@@ -50,6 +54,7 @@ struct router {
 	char val[MAP_VALUE_MAX + 1];        /* user_map and node_map values */
 	struct dstr expanded;               /* alias keys expanded so far, NUL-separated */
 	struct route_list scratch;          /* router_check_rcpt's */
+	struct nodecaps *caps;              /* each LMTP endpoint's last LHLO */
 };
 
 /* one resolution in progress */
@@ -623,7 +628,7 @@ expand_alias(struct resolve *rs, const struct canon *c, const char *hit, int dep
 		else
 			snprintf(target, sizeof(target), "%.*s", (int)n, p);
 		n = strlen(target);
-		used = address_parse(target, n, ADDR_ALLOW_POSTMASTER, &a, &why);
+		used = address_parse(target, n, ADDR_ALLOW_POSTMASTER | ADDR_ALLOW_UTF8, &a, &why);
 		if (used < 0 || (size_t)used != n) {
 			trace_note(t, "alias target \"%s\" is not an address: %s", target,
 				   used < 0 ? why : "trailing characters");
@@ -771,15 +776,39 @@ rcpt_verdict_status(enum rcpt_verdict v)
 		return "554 5.7.1";
 	case RCPT_TEMPFAIL:
 		return "451 4.3.0";
+	case RCPT_NO_SMTPUTF8:
+		return "553 5.6.7";
 	}
 	return "451 4.3.0";
+}
+
+/* Every endpoint of rt is an LMTP endpoint known not to offer SMTPUTF8. */
+static bool
+route_lacks_smtputf8(struct router *r, const struct route *rt)
+{
+	size_t i;
+
+	if (rt->kind != ROUTE_LOCAL || rt->nendpoints == 0)
+		return false;
+	for (i = 0; i < rt->nendpoints; i++)
+		if (nodecaps_smtputf8(r->caps, &rt->endpoints[i]) != 0)
+			return false;
+	return true;
 }
 
 enum rcpt_verdict
 router_check_rcpt(struct router *r, const char *address, char *why, size_t whylen)
 {
+	return router_check_rcpt_flags(r, address, 0, why, whylen);
+}
+
+enum rcpt_verdict
+router_check_rcpt_flags(struct router *r, const char *address, int flags, char *why,
+			size_t whylen)
+{
 	struct route_list *l = &r->scratch;
-	const struct route *rt, *temp = NULL, *bounce = NULL;
+	const struct route *rt, *temp = NULL, *bounce = NULL, *noutf8 = NULL;
+	bool sender_utf8 = (flags & RCPT_SENDER_UTF8) != 0;
 	struct canon c;
 	const char *cwhy;
 	size_t i;
@@ -793,13 +822,22 @@ router_check_rcpt(struct router *r, const char *address, char *why, size_t whyle
 			 c.address + c.domain_off);
 		return RCPT_RELAY_DENIED;
 	}
-	if (r->alias == NULL && r->user == NULL) {
+	/* without maps the final address is this one: only one that needs
+	 * SMTPUTF8 has its node to check */
+	if (r->alias == NULL && r->user == NULL && !sender_utf8 && !str_has_8bit(address)) {
 		snprintf(why, whylen, "local domain, no user_map");
 		return RCPT_ACCEPT;
 	}
 	router_resolve(r, address, l, NULL);
 	for (i = 0; i < l->n; i++) {
 		rt = &l->v[i];
+		if ((rt->kind == ROUTE_LOCAL || rt->kind == ROUTE_REMOTE ||
+		     rt->via == VIA_NO_USER_MAP) &&
+		    (sender_utf8 || str_has_8bit(rt->address)) && route_lacks_smtputf8(r, rt)) {
+			if (noutf8 == NULL)
+				noutf8 = rt;
+			continue;
+		}
 		if (rt->kind == ROUTE_LOCAL || rt->kind == ROUTE_REMOTE ||
 		    rt->via == VIA_NO_USER_MAP) {
 			if (l->n == 1)
@@ -818,6 +856,16 @@ router_check_rcpt(struct router *r, const char *address, char *why, size_t whyle
 		snprintf(why, whylen, "%s: %s", temp->address, temp->reason);
 		return RCPT_TEMPFAIL;
 	}
+	if (noutf8 != NULL) {
+		char ep[NODECAPS_KEY_MAX];
+
+		endpoint_format(&noutf8->endpoints[0], ep, sizeof(ep));
+		snprintf(why, whylen, "%s: %s%s%s%s%s did not offer SMTPUTF8 in its last LHLO",
+			 noutf8->address, noutf8->node[0] ? "node " : "", noutf8->node,
+			 noutf8->node[0] ? " (" : "", ep,
+			 !noutf8->node[0] ? "" : noutf8->nendpoints > 1 ? ", ...)" : ")");
+		return RCPT_NO_SMTPUTF8;
+	}
 	snprintf(why, whylen, "%s: %s", bounce ? bounce->address : address,
 		 bounce ? bounce->reason : "no route");
 	return RCPT_UNKNOWN_USER;
@@ -835,6 +883,8 @@ router_open(const struct config *cf, char *err, size_t errlen)
 
 	r->cf = cf;
 	dstr_init(&r->expanded, 0);
+	if (cf->spool_dir != NULL)
+		r->caps = nodecaps_open(cf->spool_dir);
 	if (cf->nlocal_domains > 0 && cf->local_domains != NULL)
 		r->default_domain = cf->local_domains[0];
 	if (cf->alias_map && (r->alias = map_open(cf->alias_map, e, sizeof(e))) == NULL) {
@@ -948,5 +998,6 @@ router_close(struct router *r)
 		free(r->aliasval[i]);
 	dstr_free(&r->expanded);
 	route_list_free(&r->scratch);
+	nodecaps_close(r->caps);
 	free(r);
 }

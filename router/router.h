@@ -18,7 +18,9 @@
  *
  * Map files: key and value are stored without a trailing NUL; keys are
  * lower-cased (ASCII) by sortermap when written and by map_lookup() before
- * reading, so lookups are case-insensitive on both sides.
+ * reading, so lookups are case-insensitive on both sides. Keys and values
+ * may be UTF-8 (SMTPUTF8 addresses); only ASCII letters are case-folded,
+ * so "JÜRGEN@" finds "jÜrgen@", not "jürgen@".
  */
 #ifndef SORTER_ROUTER_H
 #define SORTER_ROUTER_H
@@ -114,8 +116,9 @@ long map_build(const char *spec, const char *name, const char *src, size_t len,
  * One entry per line: key, blanks, value. Leading and trailing blanks are
  * ignored, a line whose first non-blank byte is '#' is a comment, blank
  * lines are skipped, LF or CRLF ends a line. '#' elsewhere is data (it is a
- * valid address character). Keys are lower-cased. NUL, control characters
- * other than TAB, and bytes >= 0x7f are errors. */
+ * valid address character). Keys are lower-cased (ASCII letters only).
+ * UTF-8 is data; NUL, control characters other than TAB (DEL and C1
+ * included) and bytes that are not well-formed UTF-8 are errors. */
 struct mapsource {
 	const char *name;         /* file name for error messages */
 	const char *p, *end;
@@ -168,7 +171,8 @@ int endpoint_parse_list(const char *s, struct endpoint *eps, size_t max, const c
 void endpoint_format(const struct endpoint *ep, char *buf, size_t buflen);
 
 /* ---- canonical form of an address (canon.c): pure ----
- * The domain is lower-cased for the envelope; keys are all lower-case.
+ * The domain is lower-cased for the envelope; keys are all lower-case
+ * (ASCII letters; UTF-8 is kept as it is).
  * With recipient delimiters (each byte of `delims` is one), the extension
  * from the first delimiter in an unquoted local part on is removed for
  * `base`. A bare "postmaster" gets `default_domain`. */
@@ -262,10 +266,14 @@ enum rcpt_verdict {
 	RCPT_UNKNOWN_USER,    /* 550 5.1.1 */
 	RCPT_RELAY_DENIED,    /* 554 5.7.1 */
 	RCPT_TEMPFAIL,        /* 451 4.3.0 */
+	RCPT_NO_SMTPUTF8,     /* 553 5.6.7: needs SMTPUTF8, its node is known to lack it */
 };
 
-/* "250 2.1.5", "550 5.1.1", "554 5.7.1" or "451 4.3.0" */
+/* "250 2.1.5", "550 5.1.1", "554 5.7.1", "451 4.3.0" or "553 5.6.7" */
 const char *rcpt_verdict_status(enum rcpt_verdict v);
+
+/* router_check_rcpt_flags: the transaction's sender is a UTF-8 address */
+#define RCPT_SENDER_UTF8 1
 
 /*
  * The RCPT-time question for a parsed "local@domain" (or "postmaster").
@@ -280,6 +288,19 @@ const char *rcpt_verdict_status(enum rcpt_verdict v);
  */
 enum rcpt_verdict router_check_rcpt(struct router *r, const char *address,
 				    char *why, size_t whylen);
+/*
+ * The same, knowing more of the transaction (RCPT_SENDER_UTF8). A final
+ * address needs SMTPUTF8 when it or the sender is UTF-8 (RFC 6531: both go
+ * to the node as they are). Such an address counts as deliverable unless
+ * every endpoint of its route is an LMTP endpoint whose last LHLO, as the
+ * queue manager recorded it (spool_dir/nodecaps), lacked SMTPUTF8: unknown
+ * never refuses. When nothing else is deliverable or temporarily failing,
+ * RCPT_NO_SMTPUTF8. A transaction that declared SMTPUTF8 with an ASCII
+ * envelope is not refused here: only its header section, not seen yet,
+ * could need it, and the queue manager decides that at delivery time.
+ */
+enum rcpt_verdict router_check_rcpt_flags(struct router *r, const char *address, int flags,
+					  char *why, size_t whylen);
 
 /*
  * Delivery time: resolves `address` into out (reset first), one route per
@@ -343,6 +364,56 @@ struct ehlo_caps {
 /* Reads the keyword lines of a complete reply (buf, len: the bytes that
  * reply_parse took); the first line, the server's name, is skipped. */
 void ehlo_parse(const char *buf, size_t len, struct ehlo_caps *c);
+
+/* ---- each LMTP endpoint's last LHLO (nodecaps.c) ----
+ * The queue manager records what every LMTP endpoint offered in the file
+ * spool_dir/nodecaps; smtpd workers read it to refuse at RCPT time what
+ * the node could not take (RFC 6531 SMTPUTF8). One line per endpoint:
+ *   ENDPOINT SP SINCE *(SP KEYWORD) LF
+ * ENDPOINT as endpoint_format() writes an lmtp: endpoint, SINCE the Unix
+ * time it was first seen offering exactly this, KEYWORDs PIPELINING,
+ * 8BITMIME, ENHANCEDSTATUSCODES, DSN, STARTTLS, SMTPUTF8, CHUNKING, SIZE or
+ * SIZE=N (unknown upper-case keywords are skipped); lines starting with
+ * '#' are comments. Printable ASCII only. */
+#define NODECAPS_FILE "nodecaps"
+#define NODECAPS_MAX 1024                 /* endpoints in the file */
+#define NODECAPS_LINE_MAX 1024            /* bytes in a line, LF excluded */
+#define NODECAPS_KEY_MAX (ENDPOINT_PATH_MAX + ADDR_DOMAIN_MAX + 32)
+
+struct nodecaps_entry {
+	char endpoint[NODECAPS_KEY_MAX];
+	unsigned long long since;
+	struct ehlo_caps caps;
+};
+
+struct nodecaps_source {
+	const char *p, *end;
+	unsigned long line;                 /* lines consumed so far */
+};
+
+/* The codec, pure. nodecaps_next: 1 = an entry in *e, 0 = end, -1 = a
+ * malformed line ("line N: reason" in err). nodecaps_format appends one
+ * line that nodecaps_next reads back the same. */
+void nodecaps_source_init(struct nodecaps_source *s, const char *buf, size_t len);
+int nodecaps_next(struct nodecaps_source *s, struct nodecaps_entry *e, char *err, size_t errlen);
+void nodecaps_format(const struct nodecaps_entry *e, struct dstr *out);
+bool nodecaps_equal(const struct ehlo_caps *a, const struct ehlo_caps *b);
+
+struct nodecaps;
+/* A handle on spool_dir/nodecaps; reads nothing yet, never fails. */
+struct nodecaps *nodecaps_open(const char *spool_dir);
+void nodecaps_close(struct nodecaps *nc);
+/* Reader: 1 when ep's last LHLO offered SMTPUTF8, 0 when it did not, -1
+ * when nothing is known (not lmtp, never seen, no file, a damaged file).
+ * One stat() per call; the file is read again only when it was replaced. */
+int nodecaps_smtputf8(struct nodecaps *nc, const struct endpoint *ep);
+/* Writer (the queue manager): reads the file as it is now, once at start;
+ * then records what ep offered, rewriting the file (temporary file +
+ * rename) only when that differs from what it holds. 1 = written, 0 = no
+ * change (or not lmtp), -1 = the write failed (warned). */
+void nodecaps_load(struct nodecaps *nc);
+int nodecaps_record(struct nodecaps *nc, const struct endpoint *ep, const struct ehlo_caps *caps,
+		    unsigned long long now);
 
 /* Message content to the DATA wire form: a "." at the start of a line is
  * doubled, every line ends with CR LF (a bare CR or bare LF becomes CR LF,
@@ -475,6 +546,10 @@ struct client_settings {
 	unsigned short smtp_port;       /* for smtp endpoints without a port; 0 = 25 */
 	enum tls_level smtp_tls_level;  /* STARTTLS on SMTP connections */
 	const char *smtp_tls_ca_file;   /* trust anchors for TLS_VERIFY; NULL = the system's */
+	/* NULL, or called with what an endpoint offered each time a new
+	 * connection's LHLO/EHLO (not HELO) is answered */
+	void (*hello_caps)(const struct endpoint *ep, const struct ehlo_caps *caps, void *arg);
+	void *hello_caps_arg;
 };
 
 #define RELAY_MAX 300
@@ -494,13 +569,20 @@ struct deliv_result {
 
 struct deliv_txn {
 	const char *sender;             /* may be "" */
-	const char *sender_params;      /* "RET=HDRS ENVID=..." as spooled, or NULL */
+	const char *sender_params;      /* "RET=HDRS ENVID=..." (DSN ones only), or NULL */
 	const char *const *rcpts;
 	const char *const *rcpt_params; /* "NOTIFY=... ORCPT=..." per recipient, or NULL */
 	size_t nrcpt;
 	const unsigned char *content;   /* CR LF lines as spooled, not dot-stuffed */
 	size_t content_len;
 	bool eightbit;                  /* BODY=8BITMIME when the server offers it */
+	/* RFC 6531: SMTPUTF8 goes on MAIL FROM when the server offers it and the
+	 * message was received with it or has a UTF-8 envelope. A recipient
+	 * needs it when its address or the sender is UTF-8, or every recipient
+	 * does (utf8_headers); to a server without it, such a recipient gets
+	 * 553 5.6.7 and the others go on without. */
+	bool smtputf8;                  /* the message was received with SMTPUTF8 */
+	bool utf8_headers;              /* and its header section has 8-bit bytes */
 	struct deliv_result *results;   /* nrcpt entries, filled here */
 	void (*done)(struct deliv_txn *txn, void *arg);
 	void *arg;

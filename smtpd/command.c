@@ -1,7 +1,12 @@
 /*
  * command.c - the SMTP command-line parser: verb, argument, and for MAIL
  * and RCPT the path and ESMTP parameters (RFC 5321 4.1.1, RFC 1870 SIZE,
- * RFC 6152 8BITMIME, RFC 3461 DSN, RFC 4954 AUTH=).
+ * RFC 6152 8BITMIME, RFC 3461 DSN, RFC 4954 AUTH=, RFC 6531 SMTPUTF8).
+ *
+ * Paths are parsed with the RFC 6531 grammar (UTF-8 allowed, well formed,
+ * no control characters): a MAIL whose path has UTF-8 must carry SMTPUTF8
+ * on the same line (CMD_ERR_UTF8 otherwise); for a RCPT that depends on
+ * the transaction, so the session decides from cmd->addr.utf8.
  *
  * A pure function over one line whose CRLF the caller has removed: no I/O,
  * no allocation, no state, no knowledge of the session. It decides only
@@ -67,20 +72,23 @@ static const char *param_envid(const char *, size_t, struct smtp_params *);
 static const char *param_auth(const char *, size_t, struct smtp_params *);
 static const char *param_notify(const char *, size_t, struct smtp_params *);
 static const char *param_orcpt(const char *, size_t, struct smtp_params *);
+static const char *param_smtputf8(const char *, size_t, struct smtp_params *);
 
-/* Every parameter takes a value; each may appear once per command. */
+/* Each parameter may appear once per command. */
 static const struct param_def {
 	const char *name;
 	enum smtp_verb verb;    /* the command it belongs to */
 	param_parser parse;     /* returns NULL or why the value is bad */
+	bool no_value;          /* a keyword alone; else a value is required */
 } params[] = {
-	{ "SIZE", VERB_MAIL, param_size },
-	{ "BODY", VERB_MAIL, param_body },
-	{ "RET", VERB_MAIL, param_ret },
-	{ "ENVID", VERB_MAIL, param_envid },
-	{ "AUTH", VERB_MAIL, param_auth },
-	{ "NOTIFY", VERB_RCPT, param_notify },
-	{ "ORCPT", VERB_RCPT, param_orcpt },
+	{ "SIZE", VERB_MAIL, param_size, false },
+	{ "BODY", VERB_MAIL, param_body, false },
+	{ "RET", VERB_MAIL, param_ret, false },
+	{ "ENVID", VERB_MAIL, param_envid, false },
+	{ "AUTH", VERB_MAIL, param_auth, false },
+	{ "SMTPUTF8", VERB_MAIL, param_smtputf8, true },
+	{ "NOTIFY", VERB_RCPT, param_notify, false },
+	{ "ORCPT", VERB_RCPT, param_orcpt, false },
 };
 
 #define NPARAMS (sizeof(params) / sizeof(params[0]))
@@ -199,6 +207,14 @@ param_orcpt(const char *v, size_t n, struct smtp_params *p)
 	return NULL;
 }
 
+/* RFC 6531 3.4: a keyword without a value */
+static const char *
+param_smtputf8(const char *v, size_t n, struct smtp_params *p)
+{
+	p->smtputf8 = true;
+	return NULL;
+}
+
 /*
  * Mail-parameters: SP-separated esmtp-param = esmtp-keyword ["=" esmtp-value]
  * (RFC 5321 4.1.2). `s` starts right after the path.
@@ -253,6 +269,14 @@ parse_params(const char *s, size_t len, struct smtp_cmd *cmd, const char **why)
 		}
 		seen |= 1u << i;
 
+		if (params[i].no_value) {
+			if (eq != tok_end) {
+				*why = "parameter takes no value";
+				return CMD_ERR_PARAM;
+			}
+			(void)params[i].parse(NULL, 0, &cmd->params);
+			continue;
+		}
 		/* esmtp-value = 1*(%d33-60 / %d62-126) */
 		if (eq == tok_end || eq + 1 == tok_end) {
 			*why = "missing parameter value";
@@ -286,7 +310,7 @@ parse_path_arg(const char *arg, size_t len, const char *prefix, int flags,
 		;
 	if (i == len)
 		return CMD_ERR_SYNTAX;
-	if ((n = address_parse(arg + i, len - i, flags, &cmd->addr, why)) < 0)
+	if ((n = address_parse(arg + i, len - i, flags | ADDR_ALLOW_UTF8, &cmd->addr, why)) < 0)
 		return CMD_ERR_ADDRESS;
 	i += (size_t)n;
 	return parse_params(arg + i, len - i, cmd, why);
@@ -295,7 +319,14 @@ parse_path_arg(const char *arg, size_t len, const char *prefix, int flags,
 static enum cmd_status
 parse_mail(const char *arg, size_t len, struct smtp_cmd *cmd, const char **why)
 {
-	return parse_path_arg(arg, len, "FROM:", ADDR_ALLOW_NULL, cmd, why);
+	enum cmd_status st = parse_path_arg(arg, len, "FROM:", ADDR_ALLOW_NULL, cmd, why);
+
+	/* RFC 6531 3.4: UTF-8 in the envelope only in a declared transaction */
+	if (st == CMD_OK && cmd->addr.utf8 && !cmd->params.smtputf8) {
+		*why = "Must declare SMTPUTF8 to send UTF-8 addresses";
+		return CMD_ERR_UTF8;
+	}
+	return st;
 }
 
 static enum cmd_status

@@ -94,6 +94,7 @@ struct session {
 	/* the transaction */
 	char *sender;
 	char *sender_params;
+	bool smtputf8;                 /* MAIL FROM declared SMTPUTF8 (RFC 6531) */
 	char **rcpts;
 	size_t nrcpt;
 	char id[QID_LEN + 1];
@@ -165,6 +166,7 @@ transaction_reset(struct session *s)
 	free(s->sender);
 	free(s->sender_params);
 	s->sender = s->sender_params = NULL;
+	s->smtputf8 = false;
 	for (i = 0; i < s->nrcpt; i++)
 		free(s->rcpts[i]);
 	free(s->rcpts);
@@ -183,6 +185,9 @@ proto_name(const struct session *s)
 {
 	if (!s->esmtp)
 		return "SMTP";
+	if (s->smtputf8)        /* RFC 6531 3.7.3, with RFC 3848's S and A */
+		return s->login ? (s->tls ? "UTF8SMTPSA" : "UTF8SMTPA")
+				: (s->tls ? "UTF8SMTPS" : "UTF8SMTP");
 	if (s->login)
 		return s->tls ? "ESMTPSA" : "ESMTPA";
 	return s->tls ? "ESMTPS" : "ESMTP";
@@ -263,6 +268,7 @@ do_helo(struct session *s, struct smtp_cmd *c)
 		reply(s, "250-AUTH PLAIN LOGIN");
 	reply(s, "250-ENHANCEDSTATUSCODES");
 	reply(s, "250-8BITMIME");
+	reply(s, "250-SMTPUTF8");
 	reply(s, "250 DSN");
 }
 
@@ -320,6 +326,8 @@ static void
 do_mail(struct session *s, struct smtp_cmd *c)
 {
 	char buf[ADDR_PATH_MAX + 8];
+	struct dsn_sender_params sp;
+	struct dstr d;
 
 	address_format(&c->addr, buf, sizeof(buf));
 	if (submission(s) && !submission_sender_ok(s, buf))
@@ -334,13 +342,17 @@ do_mail(struct session *s, struct smtp_cmd *c)
 		return;
 	}
 	s->sender = xstrdup(buf);
-	s->sender_params = NULL;
-	if (c->params.ret || c->params.envid[0]) {
-		s->sender_params = xasprintf("%s%s%s%s",
-		    c->params.ret == 1 ? "RET=FULL" : c->params.ret == 2 ? "RET=HDRS" : "",
-		    c->params.ret && c->params.envid[0] ? " " : "",
-		    c->params.envid[0] ? "ENVID=" : "", c->params.envid);
-	}
+	/* the spool's one codec for them (queue/dsn.c) */
+	memset(&sp, 0, sizeof(sp));
+	sp.ret = c->params.ret;
+	if (xtext_decode(c->params.envid, strlen(c->params.envid), sp.envid,
+			 sizeof(sp.envid), NULL) < 0)
+		sp.envid[0] = '\0';    /* the command parser let only valid xtext through */
+	sp.smtputf8 = s->smtputf8 = c->params.smtputf8;
+	dstr_init(&d, 0);
+	dsn_format_sender_params(&sp, &d);
+	s->sender_params = d.len ? xstrdup(d.s) : NULL;
+	dstr_free(&d);
 	s->state = SS_MAIL;
 	reply(s, "250 2.1.0 Ok");
 }
@@ -375,11 +387,22 @@ do_rcpt(struct session *s, struct smtp_cmd *c)
 		reply(s, "452 4.5.3 Error: too many recipients");
 		return;
 	}
+	if (c->addr.utf8 && !s->smtputf8) {
+		reply_error(s, "553 5.6.7 Must declare SMTPUTF8 to send UTF-8 addresses");
+		return;
+	}
 	address_format(&c->addr, addr, sizeof(addr));
 	/* the router answers in-process, from read-only map handles */
-	switch (router_check_rcpt(s->w->router, addr, why, sizeof(why))) {
+	switch (router_check_rcpt_flags(s->w->router, addr,
+	    str_has_8bit(s->sender) ? RCPT_SENDER_UTF8 : 0, why, sizeof(why))) {
 	case RCPT_ACCEPT:
 		break;
+	case RCPT_NO_SMTPUTF8:
+		msg_info("reject: RCPT from [%s]: 553 5.6.7 <%s>: %s; from=<%s> to=<%s>",
+			 s->addr, addr, why, s->sender, addr);
+		reply_error(s, "553 5.6.7 <%s>: Recipient address rejected: "
+			    "its mailbox server does not support SMTPUTF8", addr);
+		return;
 	case RCPT_RELAY_DENIED:
 		if (s->login != NULL)
 			break;          /* an authenticated user relays */
@@ -875,6 +898,9 @@ dispatch(struct session *s, const char *line, size_t len)
 		return;
 	case CMD_ERR_PARAM:
 		reply_error(s, "555 5.5.4 Unsupported option: %s", why);
+		return;
+	case CMD_ERR_UTF8:
+		reply_error(s, "553 5.6.7 %s", why);
 		return;
 	}
 	if (cmd.verb <= VERB_UNKNOWN || cmd.verb >= VERB_MAX || verbs[cmd.verb].fn == NULL) {

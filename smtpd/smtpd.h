@@ -24,7 +24,7 @@ enum smtp_verb {
 
 enum body_type { BODY_UNSPEC = 0, BODY_7BIT, BODY_8BITMIME };
 
-/* MAIL FROM and RCPT TO parameters (RFC 1870, 6152, 3461) */
+/* MAIL FROM and RCPT TO parameters (RFC 1870, 6152, 3461, 6531) */
 #define XTEXT_MAX 100   /* ENVID / ORCPT limit, RFC 3461 */
 struct smtp_params {
 	long long size;         /* SIZE=, -1 when absent */
@@ -33,13 +33,15 @@ struct smtp_params {
 	char envid[XTEXT_MAX + 1];
 	int notify;             /* NOTIFY= bit set: 1 SUCCESS, 2 FAILURE, 4 DELAY, 8 NEVER; 0 absent */
 	char orcpt[ADDR_PATH_MAX + 16];
+	bool smtputf8;          /* MAIL FROM's SMTPUTF8 (RFC 6531 3.4) */
 };
 
 struct smtp_cmd {
 	enum smtp_verb verb;
 	const char *arg;        /* points into the parsed line, after the verb and spaces */
 	size_t arglen;
-	struct address addr;    /* MAIL/RCPT */
+	struct address addr;    /* MAIL/RCPT; UTF-8 is parsed (addr.utf8): for MAIL
+				 * only with SMTPUTF8, for RCPT the session checks */
 	struct smtp_params params;
 };
 
@@ -50,6 +52,7 @@ enum cmd_status {
 	CMD_ERR_SYNTAX,         /* 501 5.5.4 syntax error in parameters */
 	CMD_ERR_ADDRESS,        /* 501 5.1.7 (MAIL) / 501 5.1.3 (RCPT) bad address */
 	CMD_ERR_PARAM,          /* 555 5.5.4 unsupported or malformed parameter */
+	CMD_ERR_UTF8,           /* 553 5.6.7 a UTF-8 address without SMTPUTF8 */
 };
 
 /* Parses `line` (len bytes, no CRLF). Fills *cmd; on error also sets *why to

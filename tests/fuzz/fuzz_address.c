@@ -2,8 +2,9 @@
  * fuzz_address.c - libFuzzer target for the RFC 5321 path parser
  * (lib/address.c). Each input is parsed with every combination of flags,
  * and whatever is accepted must respect the length limits, contain only
- * printable ASCII, and read back to itself once formatted. Built by
- * tests/fuzz/run.sh.
+ * printable ASCII (with ADDR_ALLOW_UTF8: well-formed UTF-8 without control
+ * characters, flagged as such exactly when there is some), and read back
+ * to itself once formatted. Built by tests/fuzz/run.sh.
  */
 #include "config.h"
 
@@ -24,10 +25,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 } while (0)
 
 static void
-check_printable(const char *s)
+check_printable(const char *s, bool utf8)
 {
+	CHECK(utf8_valid(s, strlen(s)));
 	for (; *s; s++)
-		CHECK(*s >= 0x20 && *s <= 0x7e);
+		CHECK(utf8 ? (unsigned char)*s >= 0x20 : (*s >= 0x20 && *s <= 0x7e));
 }
 
 int
@@ -45,7 +47,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 	memcpy(in, data, size);
 	base_r = address_parse(in, size, 0, &base, &why);
-	for (flags = 0; flags <= (ADDR_ALLOW_NULL | ADDR_ALLOW_POSTMASTER); flags++) {
+	for (flags = 0; flags <= (ADDR_ALLOW_NULL | ADDR_ALLOW_POSTMASTER | ADDR_ALLOW_UTF8);
+	     flags++) {
 		why = NULL;
 		r = address_parse(in, size, flags, &a, &why);
 		if (r < 0) {
@@ -63,8 +66,13 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		}
 		CHECK(strlen(a.local) <= ADDR_LOCAL_MAX);
 		CHECK(strlen(a.domain) <= ADDR_DOMAIN_MAX);
-		check_printable(a.local);
-		check_printable(a.domain);
+		check_printable(a.local, flags & ADDR_ALLOW_UTF8);
+		check_printable(a.domain, flags & ADDR_ALLOW_UTF8);
+		/* utf8 exactly when the path taken has 8-bit bytes */
+		for (n = 0; n < (size_t)r && (unsigned char)in[n] < 0x80; n++)
+			;
+		CHECK(a.utf8 == (n < (size_t)r));
+		CHECK(!a.utf8 || (flags & ADDR_ALLOW_UTF8));
 		if (a.null) {
 			CHECK(flags & ADDR_ALLOW_NULL);
 			CHECK(a.local[0] == '\0' && a.domain[0] == '\0');
@@ -85,6 +93,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		r2 = address_parse(again, n + 2, flags, &b, &why);
 		CHECK(r2 == (int)(n + 2));
 		CHECK(b.null == a.null && b.literal == a.literal);
+		CHECK(b.utf8 == (a.utf8 && (str_has_8bit(a.local) || str_has_8bit(a.domain))));
 		address_format(&b, again, sizeof(again));
 		CHECK(strcmp(again, out) == 0);
 	}

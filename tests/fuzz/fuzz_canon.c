@@ -36,6 +36,9 @@ check_canon(const char *s, const char *delims)
 	bl = strnlen(c.base, sizeof(c.base));
 	if (al > ADDR_PATH_MAX || kl != al || bl >= al || c.domain_off > al)
 		__builtin_trap();
+	/* UTF-8 passes through, well formed and without controls */
+	if (!utf8_valid(c.address, al) || !utf8_valid(c.key, kl))
+		__builtin_trap();
 	/* the key is the address lower-cased; the domain is lower-case already */
 	for (i = 0; i < al; i++) {
 		char lc = (c.address[i] >= 'A' && c.address[i] <= 'Z') ?

@@ -2,8 +2,9 @@
  * fuzz_command.c - libFuzzer target for the SMTP command-line parser
  * (smtpd/command.c). Checks that every result is consistent with the
  * line it came from: arguments inside the line, no control character
- * accepted, limits on the stored parameter values, and an accepted MAIL
- * or RCPT address that parses back the same when written canonically.
+ * accepted, limits on the stored parameter values, UTF-8 in a MAIL path
+ * only with SMTPUTF8 and always well formed, and an accepted MAIL or RCPT
+ * address that parses back the same when written canonically.
  * Built by tests/fuzz/run.sh.
  */
 #include "config.h"
@@ -47,7 +48,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			      (line[i] >= '0' && line[i] <= '9') || strchr("-._[]:", line[i]) != NULL);
 	}
 	st = command_parse(line, size, &cmd, &why);
-	CHECK(st >= CMD_OK && st <= CMD_ERR_PARAM);
+	CHECK(st >= CMD_OK && st <= CMD_ERR_UTF8);
+	CHECK(st != CMD_ERR_UTF8 || (cmd.verb == VERB_MAIL && cmd.addr.utf8 &&
+				     !cmd.params.smtputf8));
 	CHECK(cmd.verb >= VERB_UNKNOWN && cmd.verb < VERB_MAX);
 	CHECK(verb_name(cmd.verb) != NULL);
 	if (st != CMD_OK) {
@@ -81,15 +84,19 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		CHECK(!cmd.addr.null);
 		CHECK(cmd.params.size == -1 && cmd.params.body == BODY_UNSPEC);
 		CHECK(cmd.params.ret == 0 && cmd.params.envid[0] == '\0');
+		CHECK(!cmd.params.smtputf8);
 	} else {
 		CHECK(cmd.params.notify == 0 && cmd.params.orcpt[0] == '\0');
+		CHECK(!cmd.addr.utf8 || cmd.params.smtputf8);
 	}
 	address_format(&cmd.addr, addr, sizeof(addr));
 	CHECK(strlen(addr) <= ADDR_PATH_MAX);
+	CHECK(utf8_valid(addr, strlen(addr)));
 
 	/* the canonical form of the same command gives the same address */
-	n = (size_t)snprintf(canon, sizeof(canon), "%s %s:<%s>", verb_name(cmd.verb),
-			     cmd.verb == VERB_MAIL ? "FROM" : "TO", addr);
+	n = (size_t)snprintf(canon, sizeof(canon), "%s %s:<%s>%s", verb_name(cmd.verb),
+			     cmd.verb == VERB_MAIL ? "FROM" : "TO", addr,
+			     cmd.params.smtputf8 ? " SMTPUTF8" : "");
 	CHECK(n < sizeof(canon));
 	CHECK(command_parse(canon, n, &again, &why) == CMD_OK);
 	CHECK(again.verb == cmd.verb && again.addr.null == cmd.addr.null);

@@ -80,7 +80,7 @@ fuzz_sender(const char *s)
 
 	if (dsn_parse_sender_params(s, &p, &why) < 0) {
 		CHECK(why != NULL && why[0] != '\0');
-		CHECK(p.ret == 0 && p.envid[0] == '\0');
+		CHECK(p.ret == 0 && p.envid[0] == '\0' && !p.smtputf8);
 		return;
 	}
 	CHECK(p.ret >= 0 && p.ret <= DSN_RET_HDRS);
@@ -93,6 +93,7 @@ fuzz_sender(const char *s)
 	CHECK(dsn_parse_sender_params(d.s, &q, &why) == 0);
 	CHECK(q.ret == p.ret);
 	CHECK(strcmp(q.envid, p.envid) == 0);
+	CHECK(q.smtputf8 == p.smtputf8);
 	dstr_free(&d);
 }
 

@@ -3,7 +3,7 @@
  * (router/mapsource.c): any bytes an admin or a broken editor could put in
  * a map source must be parsed or refused with "NAME:LINE: reason", never
  * read out of bounds, and every entry returned must keep the promises
- * sortermap relies on.
+ * sortermap relies on (UTF-8 only well formed and without controls).
  */
 #include "config.h"
 
@@ -24,7 +24,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct map_entry e;
 	char err[256];
 	unsigned long last = 0;
-	size_t i;
+	uint32_t cp;
+	size_t i, n;
 	int rc;
 
 	mapsource_init(&ms, "f", buf, size);
@@ -36,15 +37,21 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		    e.line <= last)
 			__builtin_trap();
 		last = e.line;
-		/* keys are lower-case, printable, without blanks */
+		/* keys are lower-case (ASCII), printable UTF-8, without blanks */
 		for (i = 0; i < e.keylen; i++)
-			if ((e.key[i] >= 'A' && e.key[i] <= 'Z') || e.key[i] <= ' ' ||
-			    e.key[i] >= 0x7f)
+			if ((e.key[i] >= 'A' && e.key[i] <= 'Z') || (unsigned char)e.key[i] <= ' ')
 				__builtin_trap();
-		/* values are printable or TAB, and not padded with blanks */
-		for (i = 0; i < e.valuelen; i++)
-			if ((e.value[i] < ' ' && e.value[i] != '\t') || e.value[i] >= 0x7f)
+		if (!utf8_valid(e.key, e.keylen))
+			__builtin_trap();
+		/* values are printable UTF-8 or TAB, and not padded with blanks */
+		for (i = 0; i < e.valuelen; i += n) {
+			n = 1;
+			if (e.value[i] == '\t')
+				continue;
+			if ((n = utf8_decode(e.value + i, e.valuelen - i, &cp)) == 0 ||
+			    utf8_is_control(cp))
 				__builtin_trap();
+		}
 		if (e.value[0] == ' ' || e.value[0] == '\t' || e.value[e.valuelen - 1] == ' ' ||
 		    e.value[e.valuelen - 1] == '\t')
 			__builtin_trap();

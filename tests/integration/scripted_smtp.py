@@ -3,7 +3,7 @@ remote MX cases smtp-sink cannot play (451 first and 250 later, SIZE limits, ser
 without 8BITMIME / DSN / SMTPUTF8 / PIPELINING / STARTTLS).
 
 ScriptedSMTPServer(host, port, keywords=DEFAULT_KEYWORDS, hostname="scripted.test",
-                   cert=None, key=None, replies=None, greeting=None, timeout=30)
+                   cert=None, key=None, replies=None, greeting=None, timeout=30, lmtp=False)
 
   host       an address in 127.0.0.0/8 (127.0.0.2, ...) or "::1" (an IPv6 listener);
              port e.g. smtpsink.free_port_on(host)
@@ -23,6 +23,11 @@ ScriptedSMTPServer(host, port, keywords=DEFAULT_KEYWORDS, hostname="scripted.tes
              A reply may hold several lines separated by "\\n" (written as given, each ended
              with CRLF). The reply "DISCONNECT" closes the connection without a reply; after
              a reply starting "421" the server closes the connection.
+
+  lmtp       speak LMTP (RFC 2033) instead: LHLO (scripted as EHLO) answers with the
+             keywords, EHLO and HELO get 500, and the end of data gets one reply per
+             accepted recipient (the DOT script, called once per recipient; the callable
+             form gets the recipient as arg); data_replies in the transaction holds them.
 
 start() listens (a thread per session); stop() closes the listener and every session and
 joins the threads. Records, under self.lock:
@@ -187,7 +192,20 @@ class Session:
             except OSError:
                 pass
 
+    def do_LHLO(self, arg):
+        if not self.server.lmtp:
+            self.send("502 5.5.2 Error: command not recognized")
+            return
+        self.helo = arg
+        self.txn = None
+        lines = ["250-" + self.server.hostname] + ["250-" + k for k in self.keywords()]
+        lines[-1] = "250 " + lines[-1][4:]
+        self.reply("EHLO", arg, "\n".join(lines))
+
     def do_EHLO(self, arg):
+        if self.server.lmtp:
+            self.send("500 5.5.1 Error: this is LMTP, send LHLO")
+            return
         self.helo = arg
         self.txn = None
         lines = ["250-" + self.server.hostname] + ["250-" + k for k in self.keywords()]
@@ -195,6 +213,9 @@ class Session:
         self.reply("EHLO", arg, "\n".join(lines))
 
     def do_HELO(self, arg):
+        if self.server.lmtp:
+            self.send("500 5.5.1 Error: this is LMTP, send LHLO")
+            return
         self.helo = arg
         self.txn = None
         self.reply("HELO", arg, DEFAULT_REPLIES["HELO"])
@@ -299,14 +320,18 @@ class Session:
         with self.server.lock:
             txn["data"] = body
         limit = self.size_limit()
-        if limit is not None and len(body) > limit:
-            text = "552 5.3.4 Message size exceeds fixed limit"
-            self.send(text)
-        else:
-            text = self.reply("DOT", "", DEFAULT_REPLIES["DOT"])
+        texts = []
+        for rcpt in (txn["rcpts"] if self.server.lmtp else [""]):
+            if limit is not None and len(body) > limit:
+                texts.append("552 5.3.4 Message size exceeds fixed limit")
+                self.send(texts[-1])
+            else:
+                texts.append(self.reply("DOT", rcpt, DEFAULT_REPLIES["DOT"]))
+        text = texts[0]
         with self.server.lock:
             txn["data_reply"] = text
-            txn["accepted"] = text.startswith("2")
+            txn["data_replies"] = texts
+            txn["accepted"] = any(t.startswith("2") for t in texts)
         self.server._changed()
 
     def do_RSET(self, arg):
@@ -323,7 +348,7 @@ class Session:
 
 class ScriptedSMTPServer:
     def __init__(self, host, port, keywords=DEFAULT_KEYWORDS, hostname="scripted.test",
-                 cert=None, key=None, replies=None, greeting=None, timeout=30):
+                 cert=None, key=None, replies=None, greeting=None, timeout=30, lmtp=False):
         if not host.startswith("127.") and host != "::1":
             raise ValueError("the scripted server must listen on 127.0.0.0/8 or ::1, not %s"
                              % host)
@@ -332,6 +357,7 @@ class ScriptedSMTPServer:
         self.keywords = list(keywords)
         self.hostname = hostname
         self.timeout = timeout
+        self.lmtp = lmtp
         self.replies = dict(replies or {})
         if greeting is not None:
             self.replies["CONNECT"] = greeting

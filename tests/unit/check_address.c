@@ -16,6 +16,17 @@
 
 #define NUL ADDR_ALLOW_NULL
 #define PM ADDR_ALLOW_POSTMASTER
+#define U8 ADDR_ALLOW_UTF8
+
+/* 21 three-byte characters: 63 bytes, a label at its limit */
+#define LI21 "\xe4\xbe\x8b\xe4\xbe\x8b\xe4\xbe\x8b\xe4\xbe\x8b\xe4\xbe\x8b\xe4\xbe\x8b\xe4\xbe\x8b" \
+	"\xe4\xbe\x8b\xe4\xbe\x8b\xe4\xbe\x8b\xe4\xbe\x8b\xe4\xbe\x8b\xe4\xbe\x8b\xe4\xbe\x8b" \
+	"\xe4\xbe\x8b\xe4\xbe\x8b\xe4\xbe\x8b\xe4\xbe\x8b\xe4\xbe\x8b\xe4\xbe\x8b\xe4\xbe\x8b"
+/* 32 two-byte characters: 64 bytes */
+#define AE32 "\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4" \
+	"\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4" \
+	"\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4" \
+	"\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4"
 
 struct acase {
 	const char *in;
@@ -70,6 +81,22 @@ static const struct acase good[] = {
 	/* never reads past len */
 	{ "<u@example.com>trailing", 15, 0, 15, "u", "example.com", false, false, NULL },
 	{ "u@example.comX", 13, 0, 13, "u", "example.com", false, false, NULL },
+	/* RFC 6531 with ADDR_ALLOW_UTF8: local part, quoted string, domain labels */
+	{ "<j\xc3\xb6rg@example.com>", 0, U8, 19, "j\xc3\xb6rg", "example.com", false, false, NULL },
+	{ "j\xc3\xbcrgen@example.test SMTPUTF8", 0, U8, 20, "j\xc3\xbcrgen", "example.test", false, false, NULL },
+	{ "<\xe7\x94\xa8\xe6\x88\xb7@\xe4\xbe\x8b\xe5\xad\x90.test>", 0, U8, 20,
+	  "\xe7\x94\xa8\xe6\x88\xb7", "\xe4\xbe\x8b\xe5\xad\x90.test", false, false, NULL },
+	{ "<user@b\xc3\xbc" "cher.example>", 0, U8, 22, "user", "b\xc3\xbc" "cher.example", false, false, NULL },
+	{ "<a.\xc3\xb6.b@x-\xc3\xa4.example>", 0, U8, 21, "a.\xc3\xb6.b", "x-\xc3\xa4.example", false, false, NULL },
+	{ "<\"j\xc3\xb6 rg\"@example.com>", 0, U8, 22, "\"j\xc3\xb6 rg\"", "example.com", false, false, NULL },
+	{ "<\xf0\x9f\x98\x80@x.example>", 0, U8, 16, "\xf0\x9f\x98\x80", "x.example", false, false, NULL },
+	{ "<\xf4\x8f\xbf\xbf@x.example>", 0, U8, 16, "\xf4\x8f\xbf\xbf", "x.example", false, false, NULL },
+	{ "<\xc2\xa0@x.example>", 0, U8, 14, "\xc2\xa0", "x.example", false, false, NULL },
+	{ "<@\xc3\xa4.example:u@c.example>", 0, U8, 25, "u", "c.example", false, false, NULL },
+	{ "<u@" LI21 ">", 0, U8, 67, "u", LI21, false, false, NULL },
+	{ "<user@example.com>", 0, U8, 18, "user", "example.com", false, false, NULL },
+	{ "<>", 0, NUL | U8, 2, "", "", true, false, NULL },
+	{ "<postmaster>", 0, PM | U8, 12, "postmaster", "", false, false, NULL },
 };
 
 static const struct acase bad[] = {
@@ -166,6 +193,38 @@ static const struct acase bad[] = {
 	{ "user@x.example\r\n", 0, 0, -1, .why = "control character in address" },
 	{ "<u@\0>", 5, 0, -1, .why = "control character in address" },
 	{ "<u@x.\0>", 7, 0, -1, .why = "control character in address" },
+	/* with ADDR_ALLOW_UTF8: well-formed UTF-8 only (RFC 3629), no controls */
+	{ "<j\xc3rg@example.com>", 0, U8, -1, .why = "malformed UTF-8 in address" },
+	{ "<j\xc3", 0, U8, -1, .why = "malformed UTF-8 in address" },
+	{ "<j\xc3\xb6rg@example.com>", 3, U8, -1, .why = "malformed UTF-8 in address" },
+	{ "<\x80@example.com>", 0, U8, -1, .why = "malformed UTF-8 in address" },
+	{ "<\xbf\xbf@example.com>", 0, U8, -1, .why = "malformed UTF-8 in address" },
+	{ "<\xc0\xaf@example.com>", 0, U8, -1, .why = "malformed UTF-8 in address" },
+	{ "<\xc1\xbf@example.com>", 0, U8, -1, .why = "malformed UTF-8 in address" },
+	{ "<\xe0\x80\xaf@example.com>", 0, U8, -1, .why = "malformed UTF-8 in address" },
+	{ "<\xe0\x9f\xbf@example.com>", 0, U8, -1, .why = "malformed UTF-8 in address" },
+	{ "<\xf0\x80\x80\xaf@example.com>", 0, U8, -1, .why = "malformed UTF-8 in address" },
+	{ "<\xf0\x8f\xbf\xbf@example.com>", 0, U8, -1, .why = "malformed UTF-8 in address" },
+	{ "<\xed\xa0\x80@example.com>", 0, U8, -1, .why = "malformed UTF-8 in address" },
+	{ "<\xed\xbf\xbf@example.com>", 0, U8, -1, .why = "malformed UTF-8 in address" },
+	{ "<\xf4\x90\x80\x80@example.com>", 0, U8, -1, .why = "malformed UTF-8 in address" },
+	{ "<\xf5\x80\x80\x80@example.com>", 0, U8, -1, .why = "malformed UTF-8 in address" },
+	{ "<\xff@example.com>", 0, U8, -1, .why = "malformed UTF-8 in address" },
+	{ "<u@ex\xe4mple.com>", 0, U8, -1, .why = "malformed UTF-8 in address" },
+	{ "<\"a\xe4\"@example.com>", 0, U8, -1, .why = "malformed UTF-8 in address" },
+	{ "<\xc2\x80@example.com>", 0, U8, -1, .why = "control character in address" },
+	{ "<a\xc2\x9f@example.com>", 0, U8, -1, .why = "control character in address" },
+	{ "<u@x\xc2\x85.example>", 0, U8, -1, .why = "control character in address" },
+	{ "<\"\xc2\x85\"@example.com>", 0, U8, -1, .why = "control character in address" },
+	{ "<u@[1.2.3.\xc3\xa4]>", 0, U8, -1, .why = "8-bit character in address" },
+	{ "<\"a\\\xc3\xb6\"@example.com>", 0, U8, -1, .why = "8-bit character in address" },
+	{ "<u@-\xc3\xa4.example>", 0, U8, -1, .why = "domain label starts with a hyphen" },
+	{ "<u@\xc3\xa4-.example>", 0, U8, -1, .why = "domain label ends with a hyphen" },
+	{ "<u@" AE32 ">", 0, U8, -1, .why = "domain label too long" },
+	{ "<u@" LI21 "\xc3\xa4.x>", 0, U8, -1, .why = "domain label too long" },
+	{ "<u@x" AE32 ">", 0, U8, -1, .why = "domain label too long" },
+	{ "<" AE32 "\xc3\xa4@example.com>", 0, U8, -1, .why = "local part too long" },
+	{ "<j\xc3\xb6rg@example.com>", 0, NUL | PM, -1, .why = "8-bit character in address" },
 };
 
 static void
@@ -173,7 +232,7 @@ check_case(const struct acase *c, int idx)
 {
 	struct address a;
 	const char *why = "unset";
-	size_t len = c->len ? (size_t)c->len : strlen(c->in);
+	size_t len = c->len ? (size_t)c->len : strlen(c->in), i;
 	int r;
 
 	memset(&a, 0x5a, sizeof(a));
@@ -190,6 +249,10 @@ check_case(const struct acase *c, int idx)
 	ck_assert_str_eq(a.domain, c->domain);
 	ck_assert_int_eq(a.null, c->null);
 	ck_assert_int_eq(a.literal, c->literal);
+	/* utf8: exactly when the path taken has a byte >= 0x80 */
+	for (i = 0; i < (size_t)r && (unsigned char)c->in[i] < 0x80; i++)
+		;
+	ck_assert_msg(a.utf8 == (i < (size_t)r), "case %d \"%s\": utf8 %d", idx, c->in, a.utf8);
 }
 
 START_TEST(test_good)

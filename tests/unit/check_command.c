@@ -27,6 +27,8 @@ struct ccase {
 	enum body_type body;
 	int ret, notify;
 	const char *envid, *orcpt;      /* NULL: empty */
+	bool smtputf8;                  /* the SMTPUTF8 parameter */
+	bool utf8;                      /* cmd.addr.utf8 */
 };
 
 #define OK CMD_OK
@@ -34,6 +36,8 @@ struct ccase {
 #define SYN CMD_ERR_SYNTAX
 #define ADR CMD_ERR_ADDRESS
 #define PAR CMD_ERR_PARAM
+#define U8 CMD_ERR_UTF8
+#define MUST_DECLARE "Must declare SMTPUTF8 to send UTF-8 addresses"
 
 #define ENVID100 "0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789"
 
@@ -77,7 +81,36 @@ static const struct ccase cases[] = {
 	{ "MAIL FRO", .st = SYN, .verb = VERB_MAIL, .why = "Syntax: MAIL FROM:<address>" },
 	{ "MAIL FROM:<a@>", .st = ADR, .verb = VERB_MAIL, .why = "missing domain" },
 	{ "MAIL FROM:<postmaster>", .st = ADR, .verb = VERB_MAIL, .why = "missing domain" },
-	{ "MAIL FROM:<j\xc3\xb6rg@b.example>", .st = ADR, .verb = VERB_MAIL,
+	/* RFC 6531: UTF-8 only with SMTPUTF8 on the same line */
+	{ "MAIL FROM:<j\xc3\xb6rg@b.example>", .st = U8, .verb = VERB_MAIL, .why = MUST_DECLARE },
+	{ "MAIL FROM:<a@b\xc3\xa4.example>", .st = U8, .verb = VERB_MAIL, .why = MUST_DECLARE },
+	{ "MAIL FROM:<j\xc3\xb6rg@b.example> SIZE=10", .st = U8, .verb = VERB_MAIL,
+	  .why = MUST_DECLARE },
+	{ "MAIL FROM:<j\xc3\xb6rg@b.example> SMTPUTF8", .st = OK, .verb = VERB_MAIL,
+	  .addr = "j\xc3\xb6rg@b.example", .smtputf8 = true, .utf8 = true },
+	{ "MAIL FROM:<\xe7\x94\xa8\xe6\x88\xb7@\xe4\xbe\x8b\xe5\xad\x90.example> smtputf8 SIZE=7",
+	  .st = OK, .verb = VERB_MAIL, .smtputf8 = true, .utf8 = true, .size = "7",
+	  .addr = "\xe7\x94\xa8\xe6\x88\xb7@\xe4\xbe\x8b\xe5\xad\x90.example" },
+	{ "MAIL FROM:<\"j\xc3\xb6 rg\"@b.example> BODY=8BITMIME SMTPUTF8", .st = OK,
+	  .verb = VERB_MAIL, .addr = "\"j\xc3\xb6 rg\"@b.example", .smtputf8 = true, .utf8 = true,
+	  .body = BODY_8BITMIME },
+	{ "MAIL FROM:<a@b.example> SMTPUTF8", .st = OK, .verb = VERB_MAIL, .addr = "a@b.example",
+	  .smtputf8 = true },
+	{ "MAIL FROM:<> SMTPUTF8", .st = OK, .verb = VERB_MAIL, .addr = "", .smtputf8 = true },
+	/* not UTF-8 at all, or a control character in it: a syntax error either way */
+	{ "MAIL FROM:<j\xc3\xc3rg@b.example> SMTPUTF8", .st = ADR, .verb = VERB_MAIL,
+	  .why = "malformed UTF-8 in address" },
+	{ "MAIL FROM:<j\xf6rg@b.example>", .st = ADR, .verb = VERB_MAIL,
+	  .why = "malformed UTF-8 in address" },
+	{ "MAIL FROM:<\xc0\xafx@b.example> SMTPUTF8", .st = ADR, .verb = VERB_MAIL,
+	  .why = "malformed UTF-8 in address" },
+	{ "MAIL FROM:<\xed\xa0\x80@b.example> SMTPUTF8", .st = ADR, .verb = VERB_MAIL,
+	  .why = "malformed UTF-8 in address" },
+	{ "MAIL FROM:<\xf4\x90\x80\x80@b.example> SMTPUTF8", .st = ADR, .verb = VERB_MAIL,
+	  .why = "malformed UTF-8 in address" },
+	{ "MAIL FROM:<a\xc2\x85@b.example> SMTPUTF8", .st = ADR, .verb = VERB_MAIL,
+	  .why = "control character in address" },
+	{ "MAIL FROM:<a@[1.2.3.\xc3\xa4]> SMTPUTF8", .st = ADR, .verb = VERB_MAIL,
 	  .why = "8-bit character in address" },
 	{ "MAIL FROM:<a@b.example", .st = ADR, .verb = VERB_MAIL,
 	  .why = "missing closing angle bracket" },
@@ -157,7 +190,15 @@ static const struct ccase cases[] = {
 	  .why = "duplicate parameter" },
 	{ "MAIL FROM:<a@b.example> FOO=bar", .st = PAR, .verb = VERB_MAIL,
 	  .why = "unsupported parameter" },
-	{ "MAIL FROM:<a@b.example> SMTPUTF8", .st = PAR, .verb = VERB_MAIL,
+	{ "MAIL FROM:<a@b.example> SMTPUTF8=yes", .st = PAR, .verb = VERB_MAIL,
+	  .why = "parameter takes no value" },
+	{ "MAIL FROM:<a@b.example> SMTPUTF8=", .st = PAR, .verb = VERB_MAIL,
+	  .why = "parameter takes no value" },
+	{ "MAIL FROM:<a@b.example> SMTPUTF8 SMTPUTF8", .st = PAR, .verb = VERB_MAIL,
+	  .why = "duplicate parameter" },
+	{ "MAIL FROM:<j\xc3\xb6rg@b.example> SMTPUTF8=1", .st = PAR, .verb = VERB_MAIL,
+	  .why = "parameter takes no value" },
+	{ "RCPT TO:<a@b.example> SMTPUTF8", .st = PAR, .verb = VERB_RCPT,
 	  .why = "unsupported parameter" },
 	{ "MAIL FROM:<a@b.example> NOTIFY=NEVER", .st = PAR, .verb = VERB_MAIL,
 	  .why = "unsupported parameter" },
@@ -182,6 +223,15 @@ static const struct ccase cases[] = {
 	  .addr = "postmaster" },
 	{ "RCPT TO:<Postmaster>", .st = OK, .verb = VERB_RCPT, .addr = "postmaster" },
 	{ "RCPT TO:<u@[127.0.0.1]>", .st = OK, .verb = VERB_RCPT, .addr = "u@[127.0.0.1]" },
+	/* UTF-8: the session knows whether the transaction declared SMTPUTF8 */
+	{ "RCPT TO:<j\xc3\xbcrgen@example.test>", .st = OK, .verb = VERB_RCPT,
+	  .addr = "j\xc3\xbcrgen@example.test", .utf8 = true },
+	{ "RCPT TO:<u@b\xc3\xbc" "cher.example> NOTIFY=NEVER", .st = OK, .verb = VERB_RCPT,
+	  .addr = "u@b\xc3\xbc" "cher.example", .utf8 = true, .notify = 8 },
+	{ "RCPT TO:<j\xfcrgen@example.test>", .st = ADR, .verb = VERB_RCPT,
+	  .why = "malformed UTF-8 in address" },
+	{ "RCPT TO:<j\xc3\xbc\xc2\x9frgen@example.test>", .st = ADR, .verb = VERB_RCPT,
+	  .why = "control character in address" },
 	{ "RCPT TO:<>", .st = ADR, .verb = VERB_RCPT, .why = "null address not allowed here" },
 	{ "RCPT TO:<u>", .st = ADR, .verb = VERB_RCPT, .why = "missing domain" },
 	{ "RCPT TO:<u@example..com>", .st = ADR, .verb = VERB_RCPT,
@@ -354,6 +404,9 @@ START_TEST(test_command)
 	ck_assert_int_eq(cmd.params.notify, c->notify);
 	ck_assert_str_eq(cmd.params.envid, c->envid ? c->envid : "");
 	ck_assert_str_eq(cmd.params.orcpt, c->orcpt ? c->orcpt : "");
+	ck_assert_int_eq(cmd.params.smtputf8, c->smtputf8);
+	if (cmd.verb == VERB_MAIL || cmd.verb == VERB_RCPT)
+		ck_assert_int_eq(cmd.addr.utf8, c->utf8);
 }
 END_TEST
 

@@ -123,6 +123,7 @@ struct scase {
 	int rc, ret;
 	const char *envid;
 	const char *why;
+	bool smtputf8;
 };
 
 static const struct scase scases[] = {
@@ -143,6 +144,16 @@ static const struct scase scases[] = {
 	{ .in = "ENVID=a ENVID=b", .rc = -1, .why = "duplicate ENVID" },
 	{ .in = "NOTIFY=NEVER", .rc = -1, .why = "unknown sender DSN parameter" },
 	{ .in = "RET=FULL SIZE=10", .rc = -1, .why = "unknown sender DSN parameter" },
+	/* RFC 6531: SMTPUTF8 is kept beside them, the keyword alone */
+	{ .in = "SMTPUTF8", .smtputf8 = true },
+	{ .in = "RET=HDRS ENVID=x SMTPUTF8", .ret = 2, .envid = "x", .smtputf8 = true },
+	{ .in = "smtputf8 RET=FULL", .ret = 1, .smtputf8 = true },
+	{ .in = "SMTPUTF8=yes", .rc = -1, .why = "SMTPUTF8 takes no value" },
+	{ .in = "SMTPUTF8=", .rc = -1, .why = "missing parameter value" },
+	{ .in = "SMTPUTF8 SMTPUTF8", .rc = -1, .why = "duplicate SMTPUTF8" },
+	{ .in = "RET", .rc = -1, .why = "missing parameter value" },
+	{ .in = "SMTPUTF8 BOGUS", .rc = -1, .why = "missing parameter value" },
+	{ .in = "=SMTPUTF8", .rc = -1, .why = "missing parameter keyword" },
 };
 
 START_TEST(test_sender_params)
@@ -161,10 +172,12 @@ START_TEST(test_sender_params)
 		ck_assert_str_eq(why, c->why);
 		ck_assert_int_eq(p.ret, 0);
 		ck_assert_str_eq(p.envid, "");
+		ck_assert(!p.smtputf8);
 		return;
 	}
 	ck_assert_int_eq(p.ret, c->ret);
 	ck_assert_str_eq(p.envid, c->envid ? c->envid : "");
+	ck_assert_int_eq(p.smtputf8, c->smtputf8);
 }
 END_TEST
 
@@ -178,6 +191,7 @@ START_TEST(test_format)
 	};
 	static const char *const sender[] = {
 		"RET=HDRS ENVID=QQ314159", "RET=FULL", "ENVID=a+2Bb", "",
+		"SMTPUTF8", "RET=FULL ENVID=a+2Bb SMTPUTF8",
 	};
 	struct dsn_rcpt_params rp;
 	struct dsn_sender_params sp;
@@ -663,6 +677,24 @@ START_TEST(test_build_failure)
 }
 END_TEST
 
+/* RFC 6533: an SMTPUTF8 recipient is of type utf-8, written 7-bit */
+START_TEST(test_build_utf8_recipient)
+{
+	struct dsn_report r;
+	struct dsn_entry e[2];
+	struct msg m;
+
+	fixture(&r, e);
+	e[0].final_rcpt = "bj\xc3\xb6rn+x=y\\z@example.test";
+	e[1].final_rcpt = "\xe7\x94\xa8\xe6\x88\xb7@\xf0\x9f\x98\x80.example";
+	build_msg(&r, e, 2, &m);
+	block_eq(&m, 1, "Final-Recipient", "utf-8; bj\\x{F6}rn\\x{2B}x\\x{3D}y\\x{5C}z@example.test");
+	block_eq(&m, 2, "Final-Recipient", "utf-8; \\x{7528}\\x{6237}@\\x{1F600}.example");
+	ck_assert(!str_has_8bit(m.parts[1].body));
+	dstr_free(&m.raw);
+}
+END_TEST
+
 START_TEST(test_build_hdrs)
 {
 	struct dsn_report r;
@@ -971,6 +1003,7 @@ add_build_tests(TCase *tc)
 {
 	tcase_add_test(tc, test_build_failure);
 	tcase_add_test(tc, test_build_hdrs);
+	tcase_add_test(tc, test_build_utf8_recipient);
 	tcase_add_test(tc, test_build_delay);
 	tcase_add_test(tc, test_build_success);
 	tcase_add_test(tc, test_build_bad_fields);

@@ -68,8 +68,20 @@ static const struct {
 	{ S("a b\r\r\n"), "ERR:t.map:1: carriage return inside a line" },
 	{ S("a\x01 b\n"), "ERR:t.map:1: control character 0x01" },
 	{ S("a b\x7f\n"), "ERR:t.map:1: control character 0x7f" },
-	{ S("# caf\xc3\xa9\n"), "ERR:t.map:1: 8-bit byte 0xc3" },  /* even in comments */
-	{ S("x y\n\n# c\nb\xe9 v\n"), "x=y@1;ERR:t.map:4: 8-bit byte 0xe9" },
+	/* UTF-8 is data (SMTPUTF8 addresses); only ASCII letters are folded */
+	{ S("# caf\xc3\xa9\n"), "" },
+	{ S("J\xc3\x9cRGEN@Example.TEST node-b\n"), "j\xc3\x9crgen@example.test=node-b@1;" },
+	{ S("\xe7\x94\xa8\xe6\x88\xb7@example.test n\xc3\xb6" "de\n"),
+	  "\xe7\x94\xa8\xe6\x88\xb7@example.test=n\xc3\xb6" "de@1;" },
+	{ S("\xf0\x9f\x98\x80 v\n"), "\xf0\x9f\x98\x80=v@1;" },
+	/* but only well formed, even in comments, and no C1 controls */
+	{ S("# caf\xe9\n"), "ERR:t.map:1: malformed UTF-8 at byte 0xe9" },
+	{ S("x y\n\n# c\nb\xe9 v\n"), "x=y@1;ERR:t.map:4: malformed UTF-8 at byte 0xe9" },
+	{ S("a \xc0\xaf\n"), "ERR:t.map:1: malformed UTF-8 at byte 0xc0" },
+	{ S("a \xed\xa0\x80\n"), "ERR:t.map:1: malformed UTF-8 at byte 0xed" },
+	{ S("a \xf4\x90\x80\x80\n"), "ERR:t.map:1: malformed UTF-8 at byte 0xf4" },
+	{ S("a b\xc3\n"), "ERR:t.map:1: malformed UTF-8 at byte 0xc3" },
+	{ S("a \xc2\x85" "b\n"), "ERR:t.map:1: control character U+0085" },
 	{ S("a\x0c b\n"), "ERR:t.map:1: control character 0x0c" },
 };
 

@@ -397,6 +397,139 @@ START_TEST(test_open_errors)
 }
 END_TEST
 
+/* ---- SMTPUTF8 at RCPT time: each LMTP endpoint's last LHLO (nodecaps) ---- */
+
+static void
+record_caps(struct nodecaps *w, const char *ep_spec, bool smtputf8)
+{
+	struct endpoint ep;
+	struct ehlo_caps caps;
+	const char *why;
+
+	ck_assert_int_eq(endpoint_parse(ep_spec, strlen(ep_spec), &ep, &why), 0);
+	memset(&caps, 0, sizeof(caps));
+	caps.pipelining = caps.eightbitmime = true;
+	caps.smtputf8 = smtputf8;
+	ck_assert_int_ge(nodecaps_record(w, &ep, &caps, 1700000000), 0);
+}
+
+#define JU "j\xc3\xbcrgen@example.test"
+#define YH "\xe7\x94\xa8\xe6\x88\xb7@example.test"
+
+START_TEST(test_smtputf8_rcpt)
+{
+	struct config *cf;
+	struct router *r;
+	struct nodecaps *w;
+	char why[512], *more, *path;
+	FILE *f;
+
+	make_dir();
+	build_map("hash", "users",
+		  "J\xc3\x9cRGEN@example.test node-a\n"   /* found as jÜrgen: ASCII folding only */
+		  YH " node-b\n"
+		  "ascii@example.test node-a\n"
+		  "bee@example.test node-b\n");
+	build_map("hash", "aliases",
+		  "list@example.test " JU ", bee\n"
+		  "to-utf8@example.test " YH "\n");
+	build_map("btree", "nodes", nodes);
+	more = xasprintf("alias_map = hash:%s/aliases\nuser_map = hash:%s/users\n"
+			 "node_map = btree:%s/nodes\nspool_dir = %s\n", dir, dir, dir, dir);
+	cf = load_config(more);
+	free(more);
+	r = open_router(cf);
+
+	/* nothing known yet: accepted, the queue manager decides */
+	ck_assert_int_eq(router_check_rcpt(r, "j\xc3\x9crgen@example.test", why, sizeof(why)),
+			 RCPT_ACCEPT);
+	ck_assert_int_eq(router_check_rcpt(r, JU, why, sizeof(why)), RCPT_UNKNOWN_USER);
+	ck_assert_int_eq(router_check_rcpt(r, YH, why, sizeof(why)), RCPT_ACCEPT);
+
+	/* node-a's endpoint did not offer SMTPUTF8 */
+	w = nodecaps_open(dir);
+	nodecaps_load(w);
+	record_caps(w, "lmtp:[127.0.0.1]:24", false);
+	ck_assert_int_eq(router_check_rcpt(r, "j\xc3\x9crgen@example.test", why, sizeof(why)),
+			 RCPT_NO_SMTPUTF8);
+	ck_assert_str_eq(rcpt_verdict_status(RCPT_NO_SMTPUTF8), "553 5.6.7");
+	ck_assert_msg(strstr(why, "node node-a (lmtp:[127.0.0.1]:24) did not offer SMTPUTF8") != NULL,
+		      "why: %s", why);
+	/* an ASCII recipient on that node needs it only with a UTF-8 sender */
+	ck_assert_int_eq(router_check_rcpt_flags(r, "ascii@example.test", 0, why, sizeof(why)),
+			 RCPT_ACCEPT);
+	ck_assert_int_eq(router_check_rcpt_flags(r, "ascii@example.test", RCPT_SENDER_UTF8, why,
+						 sizeof(why)), RCPT_NO_SMTPUTF8);
+	/* an alias: one target that can be delivered is enough */
+	ck_assert_int_eq(router_check_rcpt(r, "list@example.test", why, sizeof(why)),
+			 RCPT_ACCEPT);
+	/* node-b: one endpoint lacks it, the other is unknown: accepted */
+	record_caps(w, "lmtp:mail-b.example.test:2424", false);
+	ck_assert_int_eq(router_check_rcpt(r, YH, why, sizeof(why)), RCPT_ACCEPT);
+	ck_assert_int_eq(router_check_rcpt(r, "to-utf8@example.test", why, sizeof(why)),
+			 RCPT_ACCEPT);
+	/* both known to lack it: refused, through an alias too */
+	record_caps(w, "lmtp:[::1]:24", false);
+	ck_assert_int_eq(router_check_rcpt(r, YH, why, sizeof(why)), RCPT_NO_SMTPUTF8);
+	ck_assert_int_eq(router_check_rcpt(r, "to-utf8@example.test", why, sizeof(why)),
+			 RCPT_NO_SMTPUTF8);
+	ck_assert_int_eq(router_check_rcpt_flags(r, "list@example.test", RCPT_SENDER_UTF8, why,
+						 sizeof(why)), RCPT_NO_SMTPUTF8);
+	ck_assert_int_eq(router_check_rcpt_flags(r, "bee@example.test", 0, why, sizeof(why)),
+			 RCPT_ACCEPT);
+	/* a node that starts offering it is seen at once: the file was replaced */
+	record_caps(w, "lmtp:[127.0.0.1]:24", true);
+	ck_assert_int_eq(router_check_rcpt(r, "j\xc3\x9crgen@example.test", why, sizeof(why)),
+			 RCPT_ACCEPT);
+	ck_assert_int_eq(router_check_rcpt_flags(r, "ascii@example.test", RCPT_SENDER_UTF8, why,
+						 sizeof(why)), RCPT_ACCEPT);
+	/* a damaged file: nothing known, nothing refused */
+	path = path_of(NODECAPS_FILE);
+	f = fopen(path, "w");
+	ck_assert_ptr_nonnull(f);
+	/* (read leniently, these lines would refuse YH) */
+	fputs("lmtp:[::1]:24 1 PIPELINING\nlmtp:mail-b.example.test:2424 1\ngarbage\n", f);
+	fclose(f);
+	ck_assert_int_eq(router_check_rcpt(r, YH, why, sizeof(why)), RCPT_ACCEPT);
+	/* and gone: the same */
+	unlink(path);
+	ck_assert_int_eq(router_check_rcpt(r, YH, why, sizeof(why)), RCPT_ACCEPT);
+	free(path);
+	nodecaps_close(w);
+	router_close(r);
+	config_free(cf);
+	remove_dir();
+}
+END_TEST
+
+/* without maps the address is final: only a UTF-8 one has a node to check */
+START_TEST(test_smtputf8_failover)
+{
+	struct config *cf;
+	struct router *r;
+	struct nodecaps *w;
+	char why[512], *more;
+
+	make_dir();
+	more = xasprintf("failover_node = lmtp:[127.0.0.1]:2525\nspool_dir = %s\n", dir);
+	cf = load_config(more);
+	free(more);
+	r = open_router(cf);
+	w = nodecaps_open(dir);
+	record_caps(w, "lmtp:[127.0.0.1]:2525", false);
+	ck_assert_int_eq(router_check_rcpt(r, "anyone@example.test", why, sizeof(why)),
+			 RCPT_ACCEPT);
+	ck_assert_int_eq(router_check_rcpt(r, JU, why, sizeof(why)), RCPT_NO_SMTPUTF8);
+	ck_assert_ptr_nonnull(strstr(why, "lmtp:[127.0.0.1]:2525 did not offer SMTPUTF8"));
+	ck_assert_int_eq(router_check_rcpt_flags(r, "anyone@example.test", RCPT_SENDER_UTF8,
+						 why, sizeof(why)), RCPT_NO_SMTPUTF8);
+	nodecaps_close(w);
+	router_close(r);
+	config_free(cf);
+	remove_dir();
+}
+END_TEST
+
 /* no maps: issue 2's behaviour, every local recipient is accepted */
 START_TEST(test_no_maps)
 {
@@ -622,7 +755,7 @@ START_TEST(test_build_atomic)
 	} bad[] = {
 		{ "a 1\nb\n", "2: no value after key \"b\"" },
 		{ "a 1\nb 2\nA 3\n", "3: duplicate key \"a\" (first on line 1)" },
-		{ "a 1\n\xff 2\n", "2: 8-bit byte 0xff" },
+		{ "a 1\n\xff 2\n", "2: malformed UTF-8 at byte 0xff" },
 	};
 	char *path, *spec, *want, err[512], val[64];
 	struct map *m;
@@ -774,8 +907,13 @@ static const struct {
 	{ "", NULL, "ERR:empty address" },
 	{ "@x", NULL, "ERR:empty local part" },
 	{ "a@", NULL, "ERR:empty domain" },
-	{ "a b@x\x01", NULL, "ERR:control or 8-bit character in address" },
-	{ "caf\xc3\xa9@x", NULL, "ERR:control or 8-bit character in address" },
+	{ "a b@x\x01", NULL, "ERR:control character or malformed UTF-8 in address" },
+	{ "caf\xe9@x", NULL, "ERR:control character or malformed UTF-8 in address" },
+	{ "a\xc2\x85@x", NULL, "ERR:control character or malformed UTF-8 in address" },
+	/* UTF-8: only ASCII letters are lower-cased */
+	{ "J\xc3\x9cRGEN+x@B\xc3\x9c" "CHER.Test", "+",
+	  "J\xc3\x9cRGEN+x@b\xc3\x9c" "cher.test j\xc3\x9crgen+x@b\xc3\x9c" "cher.test "
+	  "j\xc3\x9crgen@b\xc3\x9c" "cher.test @b\xc3\x9c" "cher.test" },
 };
 
 START_TEST(test_canon)
@@ -1012,6 +1150,8 @@ router_suite(void)
 			    sizeof(failover_cases) / sizeof(failover_cases[0]));
 	tcase_add_test(tc, test_open_errors);
 	tcase_add_test(tc, test_no_maps);
+	tcase_add_test(tc, test_smtputf8_rcpt);
+	tcase_add_test(tc, test_smtputf8_failover);
 	tcase_add_test(tc, test_aliases_only);
 	tcase_add_test(tc, test_missing_map);
 	tcase_add_test(tc, test_reload);
