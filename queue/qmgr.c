@@ -101,28 +101,6 @@ msg_free(struct qmsg *mq)
 	free(mq);
 }
 
-static int
-read_whole(int fd, unsigned char **buf, size_t *len)
-{
-	struct stat sb;
-	ssize_t n;
-	size_t off = 0;
-
-	if (fstat(fd, &sb) < 0)
-		return -1;
-	*buf = xmalloc((size_t)sb.st_size + 1);
-	while (off < (size_t)sb.st_size) {
-		n = read(fd, *buf + off, (size_t)sb.st_size - off);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			break;
-		off += (size_t)n;
-	}
-	*len = off;
-	return 0;
-}
-
 static void
 exp_set(struct qexp *e, enum outcome out, const char *status, const char *diag)
 {
@@ -357,10 +335,12 @@ msg_release_slot(struct qmgr *q)
 static int
 msg_load(struct qmgr *q, int from, const char *id)
 {
+	struct spool_file f;
+	struct qstatus st;
 	struct qmsg *mq;
-	char err[256], path[4096];
+	char path[4096];
 	const char *why;
-	int fd;
+	int rc;
 
 	if (q->stopping)
 		return -1;
@@ -371,33 +351,31 @@ msg_load(struct qmgr *q, int from, const char *id)
 	if (from != D_ACTIVE &&
 	    renameat(q->dirfd[from], id, q->dirfd[D_ACTIVE], id) < 0)
 		return -1;      /* gone, or someone else took it */
-	fd = openat(q->dirfd[D_ACTIVE], id, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
+	/* a file that cannot be read now stays in active/: the next scan of
+	 * active/ tries again; only one that does not parse goes to corrupt/ */
+	snprintf(path, sizeof(path), "%s/active/%s", q->cf->spool_dir, id);
+	if (spool_take(q->cf->spool_dir, path, NULL, &f) < 0)
 		return -1;
+	snprintf(path, sizeof(path), "%s/defer/%s", q->cf->spool_dir, id);
+	if ((rc = qstatus_read(path, &st)) == -2) {
+		msg_warn("%s: read %s: %s; left in active/, to be read again later", id, path,
+			 strerror(errno));
+		spool_file_free(&f);
+		return -1;
+	}
+	if (rc < 0)
+		msg_warn("%s: unparseable status file %s ignored", id, path);
 	mq = xcalloc(1, sizeof(*mq));
 	mq->q = q;
 	snprintf(mq->id, sizeof(mq->id), "%s", id);
-	if (read_whole(fd, &mq->image, &mq->len) < 0) {
-		close(fd);
-		free(mq->image);
-		free(mq);
-		return -1;
-	}
-	close(fd);
-	if (spool_parse(mq->image, mq->len, &mq->m, err, sizeof(err)) < 0) {
-		snprintf(path, sizeof(path), "%s/active/%s", q->cf->spool_dir, id);
-		spool_quarantine(q->cf->spool_dir, path, err);
-		free(mq->image);
-		free(mq);
-		return -1;
-	}
-	snprintf(mq->m.id, sizeof(mq->m.id), "%s", id);
-	if (mq->m.sender_params == NULL ||
+	mq->image = f.image;
+	mq->len = f.len;
+	mq->m = f.m;
+	mq->st = st;
+	if (mq->m.sender_params != NULL &&
 	    dsn_parse_sender_params(mq->m.sender_params, &mq->sp, &why) < 0)
-		memset(&mq->sp, 0, sizeof(mq->sp));
-	snprintf(path, sizeof(path), "%s/defer/%s", q->cf->spool_dir, id);
-	if (qstatus_read(path, &mq->st) < 0)
-		msg_warn("%s: unreadable status file %s ignored", id, path);
+		msg_warn("%s: sender DSN parameters \"%.100s\" ignored: %s", id,
+			 mq->m.sender_params, why);
 	mq->start_usec = now_usec();
 	mq->eightbit = has_8bit(mq->image + mq->m.content_offset, mq->m.content_len);
 	mq->next = q->msgs;

@@ -93,11 +93,31 @@ struct spool_msg {
  * Never reads outside buf. */
 int spool_parse(const unsigned char *buf, size_t len, struct spool_msg *m,
 		char *err, size_t errlen);
-/* Reads and parses the file at path (the id is taken from its name).
- * Returns 0; -1 when it is corrupt or torn (err says why); -2 on an I/O
- * error (errno set, err says what). */
-int spool_read(const char *path, struct spool_msg *m, char *err, size_t errlen);
 void spool_msg_free(struct spool_msg *m);
+
+/* A queue file read whole: its records, and the image they were parsed
+ * from (the content is sent or shown straight from it). */
+struct spool_file {
+	unsigned char *image;
+	size_t len;
+	struct spool_msg m;        /* m.id is the file's name */
+};
+
+/* read(2), or what a test puts in its place to make reads fail */
+typedef ssize_t (*spool_read_fn)(int fd, void *buf, size_t n);
+
+/* The one reader of queue files: reads the file at path whole (with rd;
+ * NULL = read(2)) and parses it. Returns 0; -1 when it is corrupt or torn
+ * (err says why); -2 when it cannot be read now (errno set, err says
+ * what). Only -1 is a reason to move a file aside; -2 is tried again. */
+int spool_load(const char *path, spool_read_fn rd, struct spool_file *f,
+	       char *err, size_t errlen);
+void spool_file_free(struct spool_file *f);
+/* spool_load() for the daemon: a corrupt file is moved to corrupt/
+ * (spool_quarantine), an unreadable one is left where it is and logged.
+ * The same return values. */
+int spool_take(const char *spool_dir, const char *path, spool_read_fn rd,
+	       struct spool_file *f);
 
 /* Creates spool_dir and its folders (0700). Returns 0 or -1 with errno. */
 int spool_prepare(const char *spool_dir);
@@ -209,7 +229,9 @@ void qstatus_set_error(struct qstatus *st, size_t index, const char *text);
 const char *qstatus_error(const struct qstatus *st, size_t index);
 void qstatus_add_done(struct qstatus *st, size_t index, const char *address);
 bool qstatus_is_done(const struct qstatus *st, size_t index, const char *address);
-/* 0 (also for a missing file: empty status) or -1 for a bad file */
+/* 0 (also for a missing file: empty status), -1 for a bad file (only
+ * history is lost: go on without it), -2 when it cannot be read now
+ * (errno set: try again later rather than act on half a status). */
 int qstatus_read(const char *path, struct qstatus *st);
 int qstatus_parse(const char *buf, size_t len, struct qstatus *st);
 void qstatus_format(const struct qstatus *st, struct dstr *out);

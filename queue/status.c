@@ -7,8 +7,9 @@
  *
  * The queue file itself is never rewritten (only recipient marks change),
  * so this is where what a retry must know lives. It is replaced atomically
- * (temp file, fsync, rename, directory fsync). A missing or unreadable
- * status file only loses history, never mail.
+ * (temp file, fsync, rename, directory fsync). A missing or unparseable
+ * status file only loses history, never mail; one that cannot be read
+ * right now is not taken for an empty one (qstatus_read says which).
  *
  * Format, one item per line (TAB separated, no TAB/CR/LF inside fields):
  *   attempts N
@@ -155,17 +156,34 @@ qstatus_read(const char *path, struct qstatus *st)
 	struct dstr d;
 	char buf[8192];
 	ssize_t n;
-	int fd, rc;
+	int fd, rc, saved;
 
 	qstatus_init(st);
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
-		return errno == ENOENT ? 0 : -1;
+		return errno == ENOENT ? 0 : -2;
 	dstr_init(&d, STATUS_MAX);
-	while ((n = read(fd, buf, sizeof(buf))) > 0)
-		if (dstr_append(&d, buf, (size_t)n) < 0)
+	for (;;) {
+		n = read(fd, buf, sizeof(buf));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
 			break;
+		if (dstr_append(&d, buf, (size_t)n) < 0) {
+			/* more than a status file ever holds: not one of ours */
+			close(fd);
+			dstr_free(&d);
+			return -1;
+		}
+	}
+	saved = errno;
 	close(fd);
+	if (n < 0) {
+		/* half a status read as a whole one would forget what is done */
+		dstr_free(&d);
+		errno = saved;
+		return -2;
+	}
 	rc = qstatus_parse(d.s ? d.s : "", d.len, st);
 	dstr_free(&d);
 	return rc;

@@ -115,12 +115,11 @@ static void
 spool_startup_check(const char *spool_dir)
 {
 	static const char *const dirs[] = { "tmp", "incoming" };
-	char path[4096], err[256];
-	struct spool_msg msg;
+	char path[4096];
+	struct spool_file f;
 	struct dirent *de;
 	DIR *d;
 	size_t i;
-	int rc;
 
 	for (i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
 		snprintf(path, sizeof(path), "%s/%s", spool_dir, dirs[i]);
@@ -135,11 +134,8 @@ spool_startup_check(const char *spool_dir)
 					msg_info("removed unacknowledged file %s", path);
 				continue;
 			}
-			rc = spool_read(path, &msg, err, sizeof(err));
-			if (rc == -1)
-				spool_quarantine(spool_dir, path, err);
-			else if (rc == 0)
-				spool_msg_free(&msg);
+			if (spool_take(spool_dir, path, NULL, &f) == 0)
+				spool_file_free(&f);
 		}
 		closedir(d);
 	}
