@@ -747,6 +747,103 @@ START_TEST(test_quarantine)
 }
 END_TEST
 
+/* ---- the status file beside a deferred message (status.c) ---- */
+
+struct status_case {
+	const char *in;
+	int rc;
+	unsigned attempts;
+	bool warned;
+	const char *items;      /* the items as "kind index text|..." */
+	size_t len;             /* of in, when it holds a NUL; else 0 */
+};
+
+static const struct status_case status_cases[] = {
+	{ .in = "", .attempts = 0, .warned = false, .items = "" },
+	{ .in = "attempts\t3\nwarned\t1\n", .attempts = 3, .warned = true, .items = "" },
+	{ .in = "attempts\t1\nwarned\t0\nerror\t0\t451 4.3.0 later\ndone\t2\tb@x.test\n",
+	  .attempts = 1, .items = "error 0 451 4.3.0 later|done 2 b@x.test|" },
+	{ .in = "error\t4\t\n", .attempts = 0, .warned = false, .items = "error 4 |" },
+	/* only the first two TABs split a line */
+	{ .in = "error\t1\ta\tb\n", .attempts = 0, .warned = false, .items = "error 1 a\tb|" },
+	{ .in = "attempts\t4294967295\n", .attempts = 4294967295u, .warned = false, .items = "" },
+	/* refused */
+	{ .in = "attempts\t3", .rc = -1 },  /* torn: no LF at the end */
+	{ .in = "error\t1\tx\nattempts\t3", .rc = -1 },  /* torn after an item: nothing leaks */
+	{ .in = "attempts 3\n", .rc = -1 },
+	{ .in = "attempts\t\n", .rc = -1 },
+	{ .in = "attempts\t-1\n", .rc = -1 },  /* strtoul would take these */
+	{ .in = "attempts\t+1\n", .rc = -1 },
+	{ .in = "attempts\t 1\n", .rc = -1 },
+	{ .in = "attempts\t4294967296\n", .rc = -1 },
+	{ .in = "attempts\t1\t2\n", .rc = -1 },
+	{ .in = "warned\t2\n", .rc = -1 },
+	{ .in = "error\t1\n", .rc = -1 },
+	{ .in = "error\tx\tfoo\n", .rc = -1 },
+	{ .in = "done\t99999999999999999999999\ta@b\n", .rc = -1 },
+	{ .in = "bogus\t1\n", .rc = -1 },
+	{ .in = "error\t1\ta\0b\n", .len = 13, .rc = -1 },
+};
+
+START_TEST(test_status_parse)
+{
+	const struct status_case *c = &status_cases[_i];
+	size_t len = c->len ? c->len : strlen(c->in);
+	struct qstatus st;
+	struct dstr got;
+	size_t i;
+
+	ck_assert_int_eq(qstatus_parse(c->in, len, &st), c->rc);
+	if (c->rc < 0) {
+		ck_assert_uint_eq(st.nitems, 0);
+		ck_assert_ptr_null(st.items);
+		return;
+	}
+	ck_assert_uint_eq(st.attempts, c->attempts);
+	ck_assert_int_eq(st.warned, c->warned);
+	dstr_init(&got, 0);
+	for (i = 0; i < st.nitems; i++)
+		dstr_printf(&got, "%s %zu %s|", st.items[i].kind == QS_DONE ? "done" : "error",
+			    st.items[i].index, st.items[i].text);
+	ck_assert_str_eq(got.s ? got.s : "", c->items);
+	dstr_free(&got);
+	qstatus_free(&st);
+}
+END_TEST
+
+START_TEST(test_status_round_trip)
+{
+	struct qstatus st, back;
+	struct dstr d;
+
+	qstatus_init(&st);
+	st.attempts = 7;
+	st.warned = true;
+	qstatus_set_error(&st, 0, "550 5.1.1\tno\r\nsuch user");
+	qstatus_set_error(&st, 0, "451 4.3.0 later");        /* replaces */
+	qstatus_add_done(&st, 1, "a@example.test");
+	qstatus_add_done(&st, 1, "a@example.test");          /* once */
+	qstatus_add_done(&st, 1, "b@example.test");
+	ck_assert_str_eq(qstatus_error(&st, 0), "451 4.3.0 later");
+	ck_assert_ptr_null(qstatus_error(&st, 1));
+	dstr_init(&d, 0);
+	qstatus_format(&st, &d);
+	ck_assert_str_eq(d.s, "attempts\t7\nwarned\t1\nerror\t0\t451 4.3.0 later\n"
+			 "done\t1\ta@example.test\ndone\t1\tb@example.test\n");
+	ck_assert_int_eq(qstatus_parse(d.s, d.len, &back), 0);
+	ck_assert_uint_eq(back.attempts, 7);
+	ck_assert(back.warned);
+	ck_assert(qstatus_is_done(&back, 1, "b@example.test"));
+	ck_assert(!qstatus_is_done(&back, 0, "b@example.test"));
+	/* control characters never get into the file */
+	qstatus_set_error(&back, 2, "a\tb\rc\nd");
+	ck_assert_str_eq(qstatus_error(&back, 2), "a b c d");
+	qstatus_free(&back);
+	qstatus_free(&st);
+	dstr_free(&d);
+}
+END_TEST
+
 static Suite *
 spool_suite(void)
 {
@@ -769,6 +866,12 @@ spool_suite(void)
 	tcase_add_test(tc, test_take_read_errors);
 	tcase_add_test(tc, test_prepare);
 	tcase_add_test(tc, test_quarantine);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("status");
+	tcase_add_loop_test(tc, test_status_parse, 0,
+			    sizeof(status_cases) / sizeof(status_cases[0]));
+	tcase_add_test(tc, test_status_round_trip);
 	suite_add_tcase(s, tc);
 	return s;
 }
