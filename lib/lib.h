@@ -153,14 +153,49 @@ int address_parse(const char *s, size_t len, int flags, struct address *a,
 /* Writes local@domain (or "" for the null path) into buf. */
 void address_format(const struct address *a, char *buf, size_t buflen);
 
-/* ---- RFC 3461 DSN parameter pieces (xtext.c): pure ---- */
+/* ---- RFC 3461 DSN parameters (dsnparam.c): the one codec, pure ----
+ * The SMTP server parses MAIL and RCPT values with the *_parse functions
+ * and writes the spool with the formatters; the queue manager reads the
+ * spool with dsn_parse_*_params. Whatever parses formats back to a string
+ * that parses to the same value. */
 #define DSN_NOTIFY_SUCCESS 1
 #define DSN_NOTIFY_FAILURE 2
 #define DSN_NOTIFY_DELAY 4
 #define DSN_NOTIFY_NEVER 8
-/* "NEVER" alone, or SUCCESS, FAILURE, DELAY each at most once, comma
- * separated: NULL and the bit set in *notify, or a static reason. */
+#define DSN_RET_FULL 1
+#define DSN_RET_HDRS 2
+#define DSN_ENVID_MAX 100         /* RFC 3461 4.4, xtext form */
+#define DSN_ORCPT_MAX 500         /* RFC 3461 4.2: the whole ORCPT value */
+#define DSN_ADDRTYPE_MAX 64
+
+struct dsn_rcpt_params {
+	int notify;                             /* bit set; 0 = not given */
+	char orcpt_type[DSN_ADDRTYPE_MAX + 1];  /* e.g. "rfc822"; "" = no ORCPT */
+	char orcpt[DSN_ORCPT_MAX + 1];          /* xtext decoded */
+};
+
+struct dsn_sender_params {
+	int ret;                                /* 0 not given, DSN_RET_FULL, DSN_RET_HDRS */
+	char envid[DSN_ENVID_MAX + 1];          /* xtext decoded; "" = not given */
+};
+
+/* One value (the text after "KEYWORD=", n bytes): NULL with the field of
+ * *p set, or a static reason. NOTIFY is "NEVER" alone, or SUCCESS, FAILURE,
+ * DELAY each at most once, comma separated. */
 const char *dsn_notify_parse(const char *v, size_t n, int *notify);
+const char *dsn_orcpt_parse(const char *v, size_t n, struct dsn_rcpt_params *p);
+const char *dsn_ret_parse(const char *v, size_t n, int *ret);
+const char *dsn_envid_parse(const char *v, size_t n, struct dsn_sender_params *p);
+/* The spool form of a recipient's params ("NOTIFY=... ORCPT=type;xtext")
+ * or the sender's ("RET=... ENVID=xtext"); s may be NULL or "". Return 0,
+ * or -1 with *p zeroed and *why (if why is not NULL) set to a static
+ * reason. */
+int dsn_parse_rcpt_params(const char *s, struct dsn_rcpt_params *p, const char **why);
+int dsn_parse_sender_params(const char *s, struct dsn_sender_params *p, const char **why);
+/* The inverse: append the spool form of *p to out (nothing when empty). */
+void dsn_format_rcpt_params(const struct dsn_rcpt_params *p, struct dstr *out);
+void dsn_format_sender_params(const struct dsn_sender_params *p, struct dstr *out);
+
 /* RFC 3461 4 xtext. xtext_encode appends the encoding of n bytes to out in
  * one piece (nothing when out's limit refuses it). xtext_decode accepts only
  * xchar and "+" with two upper-case hex digits, decoding to printable

@@ -92,8 +92,10 @@ msg_free(struct qmsg *mq)
 
 	for (i = 0; i < mq->nr; i++) {
 		free(mq->r[i].exps);
+		free(mq->r[i].params);
 		route_list_free(&mq->r[i].rl);
 	}
+	free(mq->sender_params);
 	free(mq->r);
 	qstatus_free(&mq->st);
 	spool_msg_free(&mq->m);
@@ -229,13 +231,13 @@ msg_deliver(struct qmsg *mq)
 						continue;
 					x->claimed = true;
 					qd->rcpts[n] = x->addr;
-					qd->rcpt_params[n] = mq->m.rcpts[mq->r[a].index].params;
+					qd->rcpt_params[n] = mq->r[a].params;
 					qd->exps[n] = x;
 					n++;
 				}
 			}
 			qd->txn.sender = mq->m.sender;
-			qd->txn.sender_params = mq->m.sender_params;
+			qd->txn.sender_params = mq->sender_params;
 			qd->txn.rcpt_params = qd->rcpt_params;
 			qd->txn.rcpts = qd->rcpts;
 			qd->txn.nrcpt = n;
@@ -259,6 +261,7 @@ msg_route(struct qmsg *mq)
 {
 	struct qrcpt *qr;
 	struct route *rt;
+	struct dstr d;
 	size_t i, k;
 	unsigned hops;
 	const char *why;
@@ -270,9 +273,15 @@ msg_route(struct qmsg *mq)
 			continue;
 		qr = &mq->r[mq->nr++];
 		qr->index = i;
-		if (mq->m.rcpts[i].params == NULL ||
-		    dsn_parse_rcpt_params(mq->m.rcpts[i].params, &qr->dsn, &why) < 0)
-			memset(&qr->dsn, 0, sizeof(qr->dsn));
+		/* the codec the SMTP server wrote them with: a failure here is a
+		 * damaged file, said in the log, never a silent default */
+		if (dsn_parse_rcpt_params(mq->m.rcpts[i].params, &qr->dsn, &why) < 0)
+			msg_warn("%s: DSN parameters \"%.100s\" of <%s> ignored: %s", mq->id,
+				 mq->m.rcpts[i].params, mq->m.rcpts[i].addr, why);
+		/* the next hop gets them as the codec writes them, never raw */
+		dstr_init(&d, 0);
+		dsn_format_rcpt_params(&qr->dsn, &d);
+		qr->params = d.s;       /* NULL when there are none */
 		if (hops > (unsigned)mq->q->cf->hopcount_limit) {
 			qr->exps = xcalloc(1, sizeof(*qr->exps));
 			qr->nexps = 1;
@@ -372,10 +381,10 @@ msg_load(struct qmgr *q, int from, const char *id)
 	mq->len = f.len;
 	mq->m = f.m;
 	mq->st = st;
-	if (mq->m.sender_params != NULL &&
-	    dsn_parse_sender_params(mq->m.sender_params, &mq->sp, &why) < 0)
+	if (dsn_parse_sender_params(mq->m.sender_params, &mq->sp, &why) < 0)
 		msg_warn("%s: sender DSN parameters \"%.100s\" ignored: %s", id,
 			 mq->m.sender_params, why);
+	mq->sender_params = spool_sender_params(&mq->sp);
 	mq->start_usec = now_usec();
 	mq->eightbit = has_8bit(mq->image + mq->m.content_offset, mq->m.content_len);
 	mq->next = q->msgs;

@@ -36,6 +36,7 @@ struct qrcpt {
 	size_t nexps;
 	struct route_list rl;
 	struct dsn_rcpt_params dsn;
+	char *params;           /* dsn in the codec's form, for the next hop; NULL = none */
 };
 
 struct qmsg;
@@ -56,6 +57,7 @@ struct qmsg {
 	size_t len;
 	struct spool_msg m;
 	struct dsn_sender_params sp;
+	char *sender_params;    /* sp in the codec's form, for the next hop; NULL = none */
 	struct qstatus st;
 	struct qrcpt *r;
 	size_t nr;

@@ -63,6 +63,11 @@ struct spool_envelope {
  * header for a content of content_len bytes. */
 void spool_encode_head(const struct spool_envelope *env, size_t content_len,
 		       struct dstr *out);
+/* The text of a recipient record: the address, then its DSN parameters in
+ * the codec's form (lib/dsnparam.c; p may be NULL). Never NULL. */
+char *spool_rcpt_text(const char *addr, const struct dsn_rcpt_params *p);
+/* The sender's DSN parameters in the codec's form; NULL when none. */
+char *spool_sender_params(const struct dsn_sender_params *p);
 /* The end-marker record (SPOOL_REC_HDR bytes) */
 void spool_encode_end(unsigned char out[SPOOL_REC_HDR]);
 
@@ -240,37 +245,9 @@ void qstatus_format(const struct qstatus *st, struct dstr *out);
 int qstatus_write(int dirfd, struct dirsync *ds, const char *id, const struct qstatus *st);
 
 /* ---- DSN (dsn.c) ----
- * RFC 3461 parameters as the spool keeps them, and RFC 3464 delivery status
- * notifications built as RFC 6522 multipart/report messages. Pure: no I/O,
- * and nothing here decides who gets a DSN (that is the queue manager's). */
-#define DSN_RET_FULL 1
-#define DSN_RET_HDRS 2
-#define DSN_ENVID_MAX 100         /* RFC 3461 4.4, xtext form */
-#define DSN_ORCPT_MAX 500         /* RFC 3461 4.2: the whole ORCPT value */
-#define DSN_ADDRTYPE_MAX 64
-
-struct dsn_rcpt_params {
-	int notify;                             /* bit set; 0 = not given */
-	char orcpt_type[DSN_ADDRTYPE_MAX + 1];  /* e.g. "rfc822"; "" = no ORCPT */
-	char orcpt[DSN_ORCPT_MAX + 1];          /* xtext decoded */
-};
-
-struct dsn_sender_params {
-	int ret;                                /* 0 not given, DSN_RET_FULL, DSN_RET_HDRS */
-	char envid[DSN_ENVID_MAX + 1];          /* xtext decoded; "" = not given */
-};
-
-/* Parse the params part of a spool recipient ("NOTIFY=... ORCPT=type;xtext")
- * or the sender's params ("RET=... ENVID=xtext"); s may be NULL or "".
- * Return 0, or -1 with *p zeroed and *why (if why is not NULL) set to a
- * static reason. */
-int dsn_parse_rcpt_params(const char *s, struct dsn_rcpt_params *p, const char **why);
-int dsn_parse_sender_params(const char *s, struct dsn_sender_params *p, const char **why);
-/* The inverse: append the spool form of *p to out (nothing when empty). */
-void dsn_format_rcpt_params(const struct dsn_rcpt_params *p, struct dstr *out);
-void dsn_format_sender_params(const struct dsn_sender_params *p, struct dstr *out);
-
-
+ * RFC 3464 delivery status notifications built as RFC 6522 multipart/report
+ * messages (the RFC 3461 parameters: lib.h, dsnparam.c). Pure: no I/O, and
+ * nothing here decides who gets a DSN (that is the queue manager's). */
 enum dsn_kind { DSN_FAILURE, DSN_DELAY, DSN_SUCCESS };
 
 struct dsn_report {

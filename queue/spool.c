@@ -84,6 +84,30 @@ spool_encode_head(const struct spool_envelope *env, size_t content_len,
 	put_rec_hdr(out, SPOOL_REC_CONTENT, content_len);
 }
 
+char *
+spool_rcpt_text(const char *addr, const struct dsn_rcpt_params *p)
+{
+	struct dstr d;
+
+	dstr_init(&d, 0);
+	(void)dstr_append(&d, addr, strlen(addr));
+	if (p != NULL && (p->notify || p->orcpt_type[0])) {
+		(void)dstr_append(&d, " ", 1);
+		dsn_format_rcpt_params(p, &d);
+	}
+	return d.s;
+}
+
+char *
+spool_sender_params(const struct dsn_sender_params *p)
+{
+	struct dstr d;
+
+	dstr_init(&d, 0);
+	dsn_format_sender_params(p, &d);
+	return d.s;             /* NULL when nothing was written */
+}
+
 void
 spool_encode_end(unsigned char out[SPOOL_REC_HDR])
 {

@@ -229,41 +229,16 @@ do_mail(struct session *s, struct smtp_cmd *c)
 	}
 	address_format(&c->addr, buf, sizeof(buf));
 	s->sender = xstrdup(buf);
-	s->sender_params = NULL;
-	if (c->params.ret || c->params.envid[0]) {
-		s->sender_params = xasprintf("%s%s%s%s",
-		    c->params.ret == 1 ? "RET=FULL" : c->params.ret == 2 ? "RET=HDRS" : "",
-		    c->params.ret && c->params.envid[0] ? " " : "",
-		    c->params.envid[0] ? "ENVID=" : "", c->params.envid);
-	}
+	s->sender_params = spool_sender_params(&c->params.dsn_mail);
 	s->state = SS_MAIL;
 	reply(s, "250 2.1.0 Ok");
-}
-
-static void
-format_rcpt_params(const struct smtp_params *p, char *buf, size_t len)
-{
-	size_t off = 0;
-
-	buf[0] = '\0';
-	if (p->notify) {
-		off += (size_t)snprintf(buf + off, len - off, "NOTIFY=%s%s%s%s",
-		    (p->notify & 8) ? "NEVER" : "",
-		    (p->notify & 1) ? "SUCCESS," : "",
-		    (p->notify & 2) ? "FAILURE," : "",
-		    (p->notify & 4) ? "DELAY," : "");
-		if (off > 0 && buf[off - 1] == ',')
-			buf[--off] = '\0';
-	}
-	if (p->orcpt[0] && off < len)
-		snprintf(buf + off, len - off, "%sORCPT=%s", off ? " " : "", p->orcpt);
 }
 
 static void
 do_rcpt(struct session *s, struct smtp_cmd *c)
 {
 	const struct config *cf = s->w->cf;
-	char addr[ADDR_PATH_MAX + 8], params[ADDR_PATH_MAX + 64], why[512];
+	char addr[ADDR_PATH_MAX + 8], why[512];
 
 	if (s->nrcpt >= (size_t)cf->smtpd_recipient_limit) {
 		reply(s, "452 4.5.3 Error: too many recipients");
@@ -289,9 +264,8 @@ do_rcpt(struct session *s, struct smtp_cmd *c)
 		reply(s, "451 4.3.0 <%s>: Temporary lookup failure", addr);
 		return;
 	}
-	format_rcpt_params(&c->params, params, sizeof(params));
 	s->rcpts = xrealloc(s->rcpts, (s->nrcpt + 1) * sizeof(*s->rcpts));
-	s->rcpts[s->nrcpt++] = params[0] ? xasprintf("%s %s", addr, params) : xstrdup(addr);
+	s->rcpts[s->nrcpt++] = spool_rcpt_text(addr, &c->params.dsn_rcpt);
 	s->state = SS_RCPT;
 	reply(s, "250 2.1.5 Ok");
 }

@@ -35,7 +35,7 @@ if [ ! -f config.h ]; then
 fi
 
 pure=""
-for f in lib/alloc.c lib/log.c lib/util.c lib/config.c lib/address.c lib/xtext.c \
+for f in lib/alloc.c lib/log.c lib/util.c lib/config.c lib/address.c lib/xtext.c lib/dsnparam.c \
     smtpd/command.c smtpd/data.c queue/spool.c router/reply.c router/mapsource.c \
     router/canon.c router/mx.c; do
 	[ -f "$f" ] && pure="$pure $f"
