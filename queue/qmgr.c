@@ -493,6 +493,13 @@ qmgr_control(struct qmgr *q, enum queue_op op, const char *id, struct dstr *out)
 		}
 		return queue_op_offline(q->dirfd, op, id, out);
 	case QOP_RELEASE:
+		if (mq) {
+			/* its file may be on its way to hold/ right now: releasing
+			 * it from there would load a second copy beside this one */
+			dstr_printf(out, "%s: delivery under way, not on hold%s\n", id,
+				    mq->hold_req ? " yet" : "");
+			return -1;
+		}
 		rc = queue_op_offline(q->dirfd, op, id, out);
 		if (rc == 0)
 			qmgr_pickup(q, id);

@@ -63,8 +63,7 @@ struct qmsg {
 	size_t nr;
 	int inflight;           /* delivery transactions and DSN commits under way */
 	bool finishing;
-	bool hold_req, delete_req;
-	bool remove;            /* every recipient final: unlink */
+	bool hold_req, delete_req;      /* sorterctl's, set and read on the loop thread only */
 	bool eightbit;          /* the content has bytes >= 0x80 */
 	time_t next_retry;
 	uint64_t start_usec;
