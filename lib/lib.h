@@ -64,8 +64,15 @@ struct listen_spec {
 	enum listen_role role;
 };
 
+/* smtpd worker processes at most. Each has a process slot whose number is
+ * its queue id slot (util.c), and a reload starts a new generation while
+ * the old one drains, so the master keeps twice this many slots; queue id
+ * slots 30 and 31 are the queue manager's and sorterctl's. */
+#define CONFIG_WORKERS_MAX 15
+
 struct config {
 	char *file;                     /* path it was read from, or NULL */
+	unsigned *lines;                /* per parameter: the line that set it, 0 = default */
 	char *hostname;
 	char *spool_dir;
 	char *user;
@@ -125,6 +132,9 @@ struct config *config_load(const char *path, char *err, size_t errlen);
 struct config *config_parse(const char *name, const char *text, size_t len,
 			    char *err, size_t errlen);
 void config_free(struct config *cf);
+/* Where parameter key was set, for an error about its value: "FILE:LINE",
+ * or "FILE" when it has its default ("(config)" without a file). */
+const char *config_where(const struct config *cf, const char *key, char *buf, size_t len);
 bool config_is_local_domain(const struct config *cf, const char *domain);
 
 /* ---- RFC 5321 addresses (address.c) ---- */

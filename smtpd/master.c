@@ -36,7 +36,8 @@
 #include "queue/queue.h"
 #include "smtpd/smtpd.h"
 
-#define NSLOTS 30               /* process slots; qid slots 30, 31 stay free */
+#define NSLOTS (2 * CONFIG_WORKERS_MAX)  /* two generations during a reload */
+_Static_assert(NSLOTS <= QID_SLOT_QMGR, "a worker's process slot is its queue id slot");
 #define RESTART_DELAY_SECONDS 1
 
 struct child {
@@ -335,8 +336,6 @@ master_main(const char *config_path, struct config *cf)
 	memset(&m, 0, sizeof(m));
 	m.config_path = config_path;
 	m.cf = cf;
-	if (cf->workers > NSLOTS / 2)
-		cf->workers = NSLOTS / 2;
 	log_open("sorterd", cf->log);
 
 	m.nls = cf->nlisten;
