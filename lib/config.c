@@ -100,7 +100,7 @@ static const struct param params[] = {
 	{ "message_size_limit", P_SIZE, 0, "10240000", 1024, 2147483647LL,
 	  LLONG(message_size_limit), 0, NULL },
 	{ "log", P_ENUM, 0, "stderr", 0, 0, FIELD(log, enum log_sink), 0, log_names },
-	{ "workers", P_INT, 0, "0", 0, 64, INT(workers), 0, NULL },
+	{ "workers", P_INT, 0, "0", 0, CONFIG_WORKERS_MAX, INT(workers), 0, NULL },
 	{ "io_threads", P_INT, 0, "16", 1, 256, INT(io_threads), 0, NULL },
 	{ "smtpd_max_sessions", P_INT, 0, "100", 1, 100000, INT(smtpd_max_sessions), 0, NULL },
 	{ "smtpd_client_connection_limit", P_INT, 0, "50", 1, 100000,
@@ -385,6 +385,10 @@ set_listen(struct config *cf, const struct param *p, const char *v,
 		*role++ = '\0';
 		role = trim(role);
 	}
+	/* no listener option (milters=, proxy=) exists yet: refused, never ignored */
+	if ((end = strpbrk(role, " \t")) != NULL)
+		return reason(why, whylen, "%s: listener option '%s' is not supported",
+			      p->name, show(trim(end), shown, sizeof(shown)));
 	if (*role == '\0' || strcmp(role, "mx") == 0)
 		r = ROLE_MX;
 	else if (strcmp(role, "submission") == 0)
@@ -651,6 +655,7 @@ config_parse(const char *name, const char *text, size_t len,
 	if (err && errlen)
 		err[0] = '\0';
 	cf->file = name ? xstrdup(name) : NULL;
+	cf->lines = xcalloc(NPARAMS, sizeof(*cf->lines));
 	while (p < end) {
 		lineno++;
 		nl = memchr(p, '\n', (size_t)(end - p));
@@ -694,6 +699,7 @@ config_parse(const char *name, const char *text, size_t len,
 			goto fail;
 		}
 		seen[pm - params] = true;
+		cf->lines[pm - params] = lineno;
 		if (set_param(cf, pm, val, why, sizeof(why)) < 0)
 			goto fail;
 		if (pm->type == P_LISTEN)
@@ -796,6 +802,7 @@ config_free(struct config *cf)
 			break;
 		}
 	}
+	free(cf->lines);
 	free(cf->file);
 	free(cf);
 }
@@ -819,6 +826,21 @@ config_fd_need(const struct config *cf)
 {
 	return (long long)cf->smtpd_max_sessions * FDS_PER_SESSION + cf->io_threads +
 	       (long long)cf->nlisten + FDS_FIXED;
+}
+
+const char *
+config_where(const struct config *cf, const char *key, char *buf, size_t len)
+{
+	const struct param *p = find_param(key);
+	const char *file = cf->file ? cf->file : "(config)";
+
+	if (p == NULL)
+		msg_panic("config_where: no parameter %s", key);
+	if (cf->lines != NULL && cf->lines[p - params] != 0)
+		snprintf(buf, len, "%s:%u", file, cf->lines[p - params]);
+	else
+		snprintf(buf, len, "%s", file);
+	return buf;
 }
 
 bool

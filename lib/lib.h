@@ -80,9 +80,15 @@ struct net {
 };
 /* Is addr (16 bytes, IPv4 mapped) inside one of the n networks? */
 bool net_list_match(const struct net *nets, size_t n, const unsigned char addr[16]);
+/* smtpd worker processes at most. Each has a process slot whose number is
+ * its queue id slot (util.c), and a reload starts a new generation while
+ * the old one drains, so the master keeps twice this many slots; queue id
+ * slots 30 and 31 are the queue manager's and sorterctl's. */
+#define CONFIG_WORKERS_MAX 15
 
 struct config {
 	char *file;                     /* path it was read from, or NULL */
+	unsigned *lines;                /* per parameter: the line that set it, 0 = default */
 	char *hostname;
 	char *spool_dir;
 	char *user;
@@ -151,6 +157,9 @@ struct config *config_load(const char *path, char *err, size_t errlen);
 struct config *config_parse(const char *name, const char *text, size_t len,
 			    char *err, size_t errlen);
 void config_free(struct config *cf);
+/* Where parameter key was set, for an error about its value: "FILE:LINE",
+ * or "FILE" when it has its default ("(config)" without a file). */
+const char *config_where(const struct config *cf, const char *key, char *buf, size_t len);
 bool config_is_local_domain(const struct config *cf, const char *domain);
 /* File descriptors one smtpd worker may need at once for this config
  * (smtpd_max_sessions, io_threads, listeners), to compare with RLIMIT_NOFILE. */
@@ -200,14 +209,50 @@ int address_parse(const char *s, size_t len, int flags, struct address *a,
 /* Writes local@domain (or "" for the null path) into buf. */
 void address_format(const struct address *a, char *buf, size_t buflen);
 
-/* ---- RFC 3461 DSN parameter pieces (xtext.c): pure ---- */
+/* ---- RFC 3461 DSN parameters (dsnparam.c): the one codec, pure ----
+ * The SMTP server parses MAIL and RCPT values with the *_parse functions
+ * and writes the spool with the formatters; the queue manager reads the
+ * spool with dsn_parse_*_params. Whatever parses formats back to a string
+ * that parses to the same value. */
 #define DSN_NOTIFY_SUCCESS 1
 #define DSN_NOTIFY_FAILURE 2
 #define DSN_NOTIFY_DELAY 4
 #define DSN_NOTIFY_NEVER 8
-/* "NEVER" alone, or SUCCESS, FAILURE, DELAY each at most once, comma
- * separated: NULL and the bit set in *notify, or a static reason. */
+#define DSN_RET_FULL 1
+#define DSN_RET_HDRS 2
+#define DSN_ENVID_MAX 100         /* RFC 3461 4.4, xtext form */
+#define DSN_ORCPT_MAX 500         /* RFC 3461 4.2: the whole ORCPT value */
+#define DSN_ADDRTYPE_MAX 64
+
+struct dsn_rcpt_params {
+	int notify;                             /* bit set; 0 = not given */
+	char orcpt_type[DSN_ADDRTYPE_MAX + 1];  /* e.g. "rfc822"; "" = no ORCPT */
+	char orcpt[DSN_ORCPT_MAX + 1];          /* xtext decoded */
+};
+
+struct dsn_sender_params {
+	int ret;                                /* 0 not given, DSN_RET_FULL, DSN_RET_HDRS */
+	char envid[DSN_ENVID_MAX + 1];          /* xtext decoded; "" = not given */
+	bool smtputf8;                          /* SMTPUTF8 (RFC 6531) was declared */
+};
+
+/* One value (the text after "KEYWORD=", n bytes): NULL with the field of
+ * *p set, or a static reason. NOTIFY is "NEVER" alone, or SUCCESS, FAILURE,
+ * DELAY each at most once, comma separated. */
 const char *dsn_notify_parse(const char *v, size_t n, int *notify);
+const char *dsn_orcpt_parse(const char *v, size_t n, struct dsn_rcpt_params *p);
+const char *dsn_ret_parse(const char *v, size_t n, int *ret);
+const char *dsn_envid_parse(const char *v, size_t n, struct dsn_sender_params *p);
+/* The spool form of a recipient's params ("NOTIFY=... ORCPT=type;xtext")
+ * or the sender's ("RET=... ENVID=xtext SMTPUTF8"); s may be NULL or "". Return 0,
+ * or -1 with *p zeroed and *why (if why is not NULL) set to a static
+ * reason. */
+int dsn_parse_rcpt_params(const char *s, struct dsn_rcpt_params *p, const char **why);
+int dsn_parse_sender_params(const char *s, struct dsn_sender_params *p, const char **why);
+/* The inverse: append the spool form of *p to out (nothing when empty). */
+void dsn_format_rcpt_params(const struct dsn_rcpt_params *p, struct dstr *out);
+void dsn_format_sender_params(const struct dsn_sender_params *p, struct dstr *out);
+
 /* RFC 3461 4 xtext. xtext_encode appends the encoding of n bytes to out in
  * one piece (nothing when out's limit refuses it). xtext_decode accepts only
  * xchar and "+" with two upper-case hex digits, decoding to printable

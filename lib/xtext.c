@@ -1,7 +1,6 @@
 /*
- * xtext.c - RFC 3461 pieces that both the SMTP server (parsing MAIL and
- * RCPT parameters) and the queue manager (reading them back from the
- * spool, writing DSNs) need: xtext and the NOTIFY list. Pure.
+ * xtext.c - RFC 3461 xtext, which the DSN parameter codec (dsnparam.c)
+ * and the DSNs themselves need. Pure.
  */
 #include "config.h"
 
@@ -98,37 +97,4 @@ fail:
 	if (why != NULL)
 		*why = reason;
 	return -1;
-}
-
-/* "NEVER" alone, or a list of SUCCESS, FAILURE, DELAY, each at most once */
-const char *
-dsn_notify_parse(const char *v, size_t n, int *notify)
-{
-	static const struct {
-		const char *name;
-		int bit;
-	} words[] = {
-		{ "SUCCESS", DSN_NOTIFY_SUCCESS }, { "FAILURE", DSN_NOTIFY_FAILURE },
-		{ "DELAY", DSN_NOTIFY_DELAY }, { "NEVER", DSN_NOTIFY_NEVER },
-	};
-	const char *end = v + n, *w, *comma;
-	int set = 0;
-	size_t i;
-
-	for (w = v; ; w = comma + 1) {
-		if ((comma = memchr(w, ',', (size_t)(end - w))) == NULL)
-			comma = end;
-		for (i = 0; i < sizeof(words) / sizeof(words[0]); i++)
-			if (word_is(w, (size_t)(comma - w), words[i].name))
-				break;
-		if (i == sizeof(words) / sizeof(words[0]) || (set & words[i].bit))
-			return "invalid NOTIFY value";
-		set |= words[i].bit;
-		if (comma == end)
-			break;
-	}
-	if ((set & DSN_NOTIFY_NEVER) && set != DSN_NOTIFY_NEVER)
-		return "NOTIFY=NEVER must be alone";
-	*notify = set;
-	return NULL;
 }

@@ -218,14 +218,35 @@ msg_finish(struct qmsg *mq)
 		disk_phase(mq);
 }
 
-/* ---- making the results durable (on an I/O thread) ---- */
+/* ---- making the results durable (on an I/O thread) ----
+ *
+ * What becomes of the file (its fate) is decided on the loop thread when
+ * the job is made, from the results and the administrator's requests
+ * (hold_req, delete_req) as they stand then; the I/O thread reads only the
+ * job. A request that arrives while the job runs is compared with that
+ * fate when the job is done and, if the job did not already do it, is
+ * carried out by a follow-up job on the file where the first one left it.
+ * So a `sorterctl hold` or `delete` answered "will be held/removed" is
+ * never lost to a result being written at the same moment. */
+
+enum qfate {
+	QFATE_DEFER,            /* to deferred/, its status beside it */
+	QFATE_HOLD,             /* to hold/, its status beside it */
+	QFATE_REMOVE,           /* every recipient final: unlinked */
+	QFATE_DELETE,           /* the administrator's delete: unlinked */
+};
 
 struct diskjob {
 	struct qmsg *mq;
+	enum qfate fate;        /* decided on the loop thread */
 	size_t *offsets;        /* recipient records that became final */
 	char *types;
 	size_t nmarks;
 	int err;
+	/* a follow-up for a late request: the operation, and what it said */
+	bool late;
+	enum queue_op late_op;
+	struct dstr late_out;
 };
 
 static void
@@ -238,7 +259,7 @@ disk_work(void *arg)
 	struct timespec ts[2];
 	size_t i;
 
-	if (mq->delete_req || mq->remove) {
+	if (dj->fate == QFATE_REMOVE || dj->fate == QFATE_DELETE) {
 		/* every recipient is final (or the admin said so): the file goes */
 		if (unlinkat(afd, mq->id, 0) < 0 && errno != ENOENT)
 			err = errno;
@@ -274,8 +295,46 @@ disk_work(void *arg)
 	ts[0].tv_sec = ts[1].tv_sec = mq->next_retry;
 	ts[0].tv_nsec = ts[1].tv_nsec = 0;
 	utimensat(afd, mq->id, ts, 0);
-	if (renameat(afd, mq->id, q->dirfd[mq->hold_req ? D_HOLD : D_DEFERRED], mq->id) < 0)
+	if (renameat(afd, mq->id, q->dirfd[dj->fate == QFATE_HOLD ? D_HOLD : D_DEFERRED],
+		     mq->id) < 0)
 		dj->err = errno;
+}
+
+/* The follow-up: the same file operation sorterctl uses when the message
+ * is not in memory, wherever the first job left the file. */
+static void
+late_work(void *arg)
+{
+	struct diskjob *dj = arg;
+	struct qmsg *mq = dj->mq;
+
+	dstr_reset(&dj->late_out);
+	if (queue_op_offline(mq->q->dirfd, dj->late_op, mq->id, &dj->late_out) < 0) {
+		dj->err = EIO;
+		return;
+	}
+	dj->err = 0;
+	dj->fate = dj->late_op == QOP_DELETE ? QFATE_DELETE : QFATE_HOLD;
+}
+
+/* A request the finished job did not carry out: *op, what must follow. */
+static bool
+late_request(const struct qmsg *mq, const struct diskjob *dj, enum queue_op *op)
+{
+	bool gone = dj->err == 0 && (dj->fate == QFATE_REMOVE || dj->fate == QFATE_DELETE);
+	bool held = dj->err == 0 && dj->fate == QFATE_HOLD;
+
+	if (dj->late && dj->err)
+		return false;   /* a follow-up that failed is logged, not tried again */
+	if (mq->delete_req && !gone) {
+		*op = QOP_DELETE;
+		return true;
+	}
+	if (mq->hold_req && !gone && !held) {
+		*op = QOP_HOLD;
+		return true;
+	}
+	return false;
 }
 
 static void
@@ -284,22 +343,38 @@ disk_done(void *arg)
 	struct diskjob *dj = arg;
 	struct qmsg *mq = dj->mq;
 	struct qmgr *q = mq->q;
+	enum queue_op op;
 
-	if (dj->err)
+	if (dj->late && dj->err)
+		msg_warn("%s: cannot carry out the %s request: %s", mq->id,
+			 dj->late_op == QOP_DELETE ? "delete" : "hold",
+			 dj->late_out.s ? dj->late_out.s : "failed");
+	else if (dj->late)
+		;       /* queue_op_offline() said what it did */
+	else if (dj->err)
 		msg_warn("%s: cannot record delivery results: %s (the message stays in active/)",
 			 mq->id, strerror(dj->err));
-	else if (mq->delete_req)
+	else if (dj->fate == QFATE_DELETE)
 		msg_info("%s: removed by the administrator", mq->id);
-	else if (mq->remove)
+	else if (dj->fate == QFATE_REMOVE)
 		msg_info("%s: removed", mq->id);
-	else if (mq->hold_req)
+	else if (dj->fate == QFATE_HOLD)
 		msg_info("%s: placed on hold", mq->id);
+	if (late_request(mq, dj, &op)) {
+		/* the message stays in memory (so in q->msgs) until this is done:
+		 * nothing else picks the file up meanwhile */
+		dj->late = true;
+		dj->late_op = op;
+		iopool_run(q->io, late_work, disk_done, dj);
+		return;
+	}
 	if (mq->prev)
 		mq->prev->next = mq->next;
 	else
 		q->msgs = mq->next;
 	if (mq->next)
 		mq->next->prev = mq->prev;
+	dstr_free(&dj->late_out);
 	free(dj->offsets);
 	free(dj->types);
 	free(dj);
@@ -362,10 +437,13 @@ disk_phase(struct qmsg *mq)
 				qstatus_add_done(&mq->st, qr->index, qr->exps[k].addr);
 		qstatus_set_error(&mq->st, qr->index, err ? err : "deferred");
 	}
-	mq->remove = pending == 0;
-	if (!mq->remove) {
+	if (pending) {
 		mq->st.attempts++;
 		mq->next_retry = next_retry(mq->q, mq);
 	}
+	/* the requests as they stand now; later ones are disk_done()'s */
+	dj->fate = mq->delete_req ? QFATE_DELETE : pending == 0 ? QFATE_REMOVE :
+		   mq->hold_req ? QFATE_HOLD : QFATE_DEFER;
+	dstr_init(&dj->late_out, 0);
 	iopool_run(mq->q->io, disk_work, disk_done, dj);
 }

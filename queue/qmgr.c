@@ -118,36 +118,15 @@ msg_free(struct qmsg *mq)
 
 	for (i = 0; i < mq->nr; i++) {
 		free(mq->r[i].exps);
+		free(mq->r[i].params);
 		route_list_free(&mq->r[i].rl);
 	}
+	free(mq->sender_params);
 	free(mq->r);
 	qstatus_free(&mq->st);
-	free(mq->next_hop_sparams);
 	spool_msg_free(&mq->m);
 	free(mq->image);
 	free(mq);
-}
-
-static int
-read_whole(int fd, unsigned char **buf, size_t *len)
-{
-	struct stat sb;
-	ssize_t n;
-	size_t off = 0;
-
-	if (fstat(fd, &sb) < 0)
-		return -1;
-	*buf = xmalloc((size_t)sb.st_size + 1);
-	while (off < (size_t)sb.st_size) {
-		n = read(fd, *buf + off, (size_t)sb.st_size - off);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			break;
-		off += (size_t)n;
-	}
-	*len = off;
-	return 0;
 }
 
 static void
@@ -281,13 +260,13 @@ msg_deliver(struct qmsg *mq)
 						continue;
 					x->claimed = true;
 					qd->rcpts[n] = x->addr;
-					qd->rcpt_params[n] = mq->m.rcpts[mq->r[a].index].params;
+					qd->rcpt_params[n] = mq->r[a].params;
 					qd->exps[n] = x;
 					n++;
 				}
 			}
 			qd->txn.sender = mq->m.sender;
-			qd->txn.sender_params = mq->next_hop_sparams;
+			qd->txn.sender_params = mq->sender_params;
 			qd->txn.smtputf8 = mq->sp.smtputf8;
 			qd->txn.utf8_headers = mq->utf8_headers;
 			qd->txn.rcpt_params = qd->rcpt_params;
@@ -313,6 +292,7 @@ msg_route(struct qmsg *mq)
 {
 	struct qrcpt *qr;
 	struct route *rt;
+	struct dstr d;
 	size_t i, k;
 	unsigned hops;
 	const char *why;
@@ -324,9 +304,15 @@ msg_route(struct qmsg *mq)
 			continue;
 		qr = &mq->r[mq->nr++];
 		qr->index = i;
-		if (mq->m.rcpts[i].params == NULL ||
-		    dsn_parse_rcpt_params(mq->m.rcpts[i].params, &qr->dsn, &why) < 0)
-			memset(&qr->dsn, 0, sizeof(qr->dsn));
+		/* the codec the SMTP server wrote them with: a failure here is a
+		 * damaged file, said in the log, never a silent default */
+		if (dsn_parse_rcpt_params(mq->m.rcpts[i].params, &qr->dsn, &why) < 0)
+			msg_warn("%s: DSN parameters \"%.100s\" of <%s> ignored: %s", mq->id,
+				 mq->m.rcpts[i].params, mq->m.rcpts[i].addr, why);
+		/* the next hop gets them as the codec writes them, never raw */
+		dstr_init(&d, 0);
+		dsn_format_rcpt_params(&qr->dsn, &d);
+		qr->params = d.s;       /* NULL when there are none */
 		if (hops > (unsigned)mq->q->cf->hopcount_limit) {
 			qr->exps = xcalloc(1, sizeof(*qr->exps));
 			qr->nexps = 1;
@@ -389,10 +375,12 @@ msg_release_slot(struct qmgr *q)
 static int
 msg_load(struct qmgr *q, int from, const char *id)
 {
+	struct spool_file f;
+	struct qstatus st;
 	struct qmsg *mq;
-	char err[256], path[4096];
+	char path[4096];
 	const char *why;
-	int fd;
+	int rc;
 
 	if (q->stopping)
 		return -1;
@@ -403,48 +391,36 @@ msg_load(struct qmgr *q, int from, const char *id)
 	if (from != D_ACTIVE &&
 	    renameat(q->dirfd[from], id, q->dirfd[D_ACTIVE], id) < 0)
 		return -1;      /* gone, or someone else took it */
-	fd = openat(q->dirfd[D_ACTIVE], id, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-	if (fd < 0) {
-		if (errno == ELOOP) {
-			snprintf(path, sizeof(path), "%s/active/%s", q->cf->spool_dir, id);
-			spool_quarantine(q->cf->spool_dir, path, "a symbolic link, not a queue file");
-		}
+	/* a file that cannot be read now stays in active/: the next scan of
+	 * active/ tries again; only one that does not parse goes to corrupt/ */
+	snprintf(path, sizeof(path), "%s/active/%s", q->cf->spool_dir, id);
+	if (spool_take(q->cf->spool_dir, path, NULL, &f) < 0)
+		return -1;
+	snprintf(path, sizeof(path), "%s/defer/%s", q->cf->spool_dir, id);
+	if ((rc = qstatus_read(path, &st)) == -2) {
+		msg_warn("%s: read %s: %s; left in active/, to be read again later", id, path,
+			 strerror(errno));
+		spool_file_free(&f);
 		return -1;
 	}
+	if (rc < 0)
+		msg_warn("%s: unparseable status file %s ignored", id, path);
 	mq = xcalloc(1, sizeof(*mq));
 	mq->q = q;
 	snprintf(mq->id, sizeof(mq->id), "%s", id);
-	if (read_whole(fd, &mq->image, &mq->len) < 0) {
-		close(fd);
-		free(mq->image);
-		free(mq);
-		return -1;
-	}
-	close(fd);
-	if (spool_parse(mq->image, mq->len, &mq->m, err, sizeof(err)) < 0) {
-		snprintf(path, sizeof(path), "%s/active/%s", q->cf->spool_dir, id);
-		spool_quarantine(q->cf->spool_dir, path, err);
-		free(mq->image);
-		free(mq);
-		return -1;
-	}
-	snprintf(mq->m.id, sizeof(mq->m.id), "%s", id);
-	if (mq->m.sender_params == NULL ||
-	    dsn_parse_sender_params(mq->m.sender_params, &mq->sp, &why) < 0)
-		memset(&mq->sp, 0, sizeof(mq->sp));
-	if (mq->sp.ret != 0 || mq->sp.envid[0] != '\0') {
+	mq->image = f.image;
+	mq->len = f.len;
+	mq->m = f.m;
+	mq->st = st;
+	if (dsn_parse_sender_params(mq->m.sender_params, &mq->sp, &why) < 0)
+		msg_warn("%s: sender DSN parameters \"%.100s\" ignored: %s", id,
+			 mq->m.sender_params, why);
+	{
 		struct dsn_sender_params dp = mq->sp;
-		struct dstr d;
 
 		dp.smtputf8 = false;    /* the client decides on SMTPUTF8 itself */
-		dstr_init(&d, 0);
-		dsn_format_sender_params(&dp, &d);
-		mq->next_hop_sparams = xstrdup(d.s);
-		dstr_free(&d);
+		mq->sender_params = spool_sender_params(&dp);
 	}
-	snprintf(path, sizeof(path), "%s/defer/%s", q->cf->spool_dir, id);
-	if (qstatus_read(path, &mq->st) < 0)
-		msg_warn("%s: unreadable status file %s ignored", id, path);
 	mq->start_usec = now_usec();
 	mq->eightbit = has_8bit(mq->image + mq->m.content_offset, mq->m.content_len);
 	mq->utf8_headers = mq->sp.smtputf8 && mq->eightbit &&
@@ -555,6 +531,13 @@ qmgr_control(struct qmgr *q, enum queue_op op, const char *id, struct dstr *out)
 		}
 		return queue_op_offline(q->dirfd, op, id, out);
 	case QOP_RELEASE:
+		if (mq) {
+			/* its file may be on its way to hold/ right now: releasing
+			 * it from there would load a second copy beside this one */
+			dstr_printf(out, "%s: delivery under way, not on hold%s\n", id,
+				    mq->hold_req ? " yet" : "");
+			return -1;
+		}
 		rc = queue_op_offline(q->dirfd, op, id, out);
 		if (rc == 0)
 			qmgr_pickup(q, id);

@@ -36,6 +36,7 @@ struct qrcpt {
 	size_t nexps;
 	struct route_list rl;
 	struct dsn_rcpt_params dsn;
+	char *params;           /* dsn in the codec's form, for the next hop; NULL = none */
 };
 
 struct qmsg;
@@ -56,15 +57,15 @@ struct qmsg {
 	size_t len;
 	struct spool_msg m;
 	struct dsn_sender_params sp;
-	char *next_hop_sparams;  /* the DSN ones of sp, as passed on; NULL when none */
+	char *sender_params;    /* the DSN ones of sp in the codec's form, for the next hop
+				 * (SMTPUTF8 is the client's to decide); NULL = none */
 	bool utf8_headers;      /* received with SMTPUTF8, 8-bit bytes in its headers */
 	struct qstatus st;
 	struct qrcpt *r;
 	size_t nr;
 	int inflight;           /* delivery transactions and DSN commits under way */
 	bool finishing;
-	bool hold_req, delete_req;
-	bool remove;            /* every recipient final: unlink */
+	bool hold_req, delete_req;      /* sorterctl's, set and read on the loop thread only */
 	bool eightbit;          /* the content has bytes >= 0x80 */
 	time_t next_retry;
 	uint64_t start_usec;

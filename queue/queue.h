@@ -64,6 +64,11 @@ struct spool_envelope {
  * header for a content of content_len bytes. */
 void spool_encode_head(const struct spool_envelope *env, size_t content_len,
 		       struct dstr *out);
+/* The text of a recipient record: the address, then its DSN parameters in
+ * the codec's form (lib/dsnparam.c; p may be NULL). Never NULL. */
+char *spool_rcpt_text(const char *addr, const struct dsn_rcpt_params *p);
+/* The sender's DSN parameters in the codec's form; NULL when none. */
+char *spool_sender_params(const struct dsn_sender_params *p);
 /* The end-marker record (SPOOL_REC_HDR bytes) */
 void spool_encode_end(unsigned char out[SPOOL_REC_HDR]);
 
@@ -94,11 +99,31 @@ struct spool_msg {
  * Never reads outside buf. */
 int spool_parse(const unsigned char *buf, size_t len, struct spool_msg *m,
 		char *err, size_t errlen);
-/* Reads and parses the file at path (the id is taken from its name).
- * Returns 0; -1 when it is corrupt or torn (err says why); -2 on an I/O
- * error (errno set, err says what). */
-int spool_read(const char *path, struct spool_msg *m, char *err, size_t errlen);
 void spool_msg_free(struct spool_msg *m);
+
+/* A queue file read whole: its records, and the image they were parsed
+ * from (the content is sent or shown straight from it). */
+struct spool_file {
+	unsigned char *image;
+	size_t len;
+	struct spool_msg m;        /* m.id is the file's name */
+};
+
+/* read(2), or what a test puts in its place to make reads fail */
+typedef ssize_t (*spool_read_fn)(int fd, void *buf, size_t n);
+
+/* The one reader of queue files: reads the file at path whole (with rd;
+ * NULL = read(2)) and parses it. Returns 0; -1 when it is corrupt or torn
+ * (err says why); -2 when it cannot be read now (errno set, err says
+ * what). Only -1 is a reason to move a file aside; -2 is tried again. */
+int spool_load(const char *path, spool_read_fn rd, struct spool_file *f,
+	       char *err, size_t errlen);
+void spool_file_free(struct spool_file *f);
+/* spool_load() for the daemon: a corrupt file is moved to corrupt/
+ * (spool_quarantine), an unreadable one is left where it is and logged.
+ * The same return values. */
+int spool_take(const char *spool_dir, const char *path, spool_read_fn rd,
+	       struct spool_file *f);
 
 /* Creates spool_dir and its folders (0700). Returns 0 or -1 with errno. */
 int spool_prepare(const char *spool_dir);
@@ -211,7 +236,9 @@ void qstatus_set_error(struct qstatus *st, size_t index, const char *text);
 const char *qstatus_error(const struct qstatus *st, size_t index);
 void qstatus_add_done(struct qstatus *st, size_t index, const char *address);
 bool qstatus_is_done(const struct qstatus *st, size_t index, const char *address);
-/* 0 (also for a missing file: empty status) or -1 for a bad file */
+/* 0 (also for a missing file: empty status), -1 for a bad file (only
+ * history is lost: go on without it), -2 when it cannot be read now
+ * (errno set: try again later rather than act on half a status). */
 int qstatus_read(const char *path, struct qstatus *st);
 int qstatus_parse(const char *buf, size_t len, struct qstatus *st);
 void qstatus_format(const struct qstatus *st, struct dstr *out);
@@ -220,40 +247,9 @@ void qstatus_format(const struct qstatus *st, struct dstr *out);
 int qstatus_write(int dirfd, struct dirsync *ds, const char *id, const struct qstatus *st);
 
 /* ---- DSN (dsn.c) ----
- * RFC 3461 parameters as the spool keeps them, and RFC 3464 delivery status
- * notifications built as RFC 6522 multipart/report messages. Pure: no I/O,
- * and nothing here decides who gets a DSN (that is the queue manager's). */
-#define DSN_RET_FULL 1
-#define DSN_RET_HDRS 2
-#define DSN_ENVID_MAX 100         /* RFC 3461 4.4, xtext form */
-#define DSN_ORCPT_MAX 500         /* RFC 3461 4.2: the whole ORCPT value */
-#define DSN_ADDRTYPE_MAX 64
-
-struct dsn_rcpt_params {
-	int notify;                             /* bit set; 0 = not given */
-	char orcpt_type[DSN_ADDRTYPE_MAX + 1];  /* e.g. "rfc822"; "" = no ORCPT */
-	char orcpt[DSN_ORCPT_MAX + 1];          /* xtext decoded */
-};
-
-/* The sender's MAIL parameters as the spool keeps them (SPOOL_REC_SPARAM):
- * the DSN ones, and SMTPUTF8 (RFC 6531), the keyword alone. */
-struct dsn_sender_params {
-	int ret;                                /* 0 not given, DSN_RET_FULL, DSN_RET_HDRS */
-	char envid[DSN_ENVID_MAX + 1];          /* xtext decoded; "" = not given */
-	bool smtputf8;                          /* the transaction declared SMTPUTF8 */
-};
-
-/* Parse the params part of a spool recipient ("NOTIFY=... ORCPT=type;xtext")
- * or the sender's params ("RET=... ENVID=xtext SMTPUTF8"); s may be NULL or "".
- * Return 0, or -1 with *p zeroed and *why (if why is not NULL) set to a
- * static reason. */
-int dsn_parse_rcpt_params(const char *s, struct dsn_rcpt_params *p, const char **why);
-int dsn_parse_sender_params(const char *s, struct dsn_sender_params *p, const char **why);
-/* The inverse: append the spool form of *p to out (nothing when empty). */
-void dsn_format_rcpt_params(const struct dsn_rcpt_params *p, struct dstr *out);
-void dsn_format_sender_params(const struct dsn_sender_params *p, struct dstr *out);
-
-
+ * RFC 3464 delivery status notifications built as RFC 6522 multipart/report
+ * messages (the RFC 3461 parameters: lib.h, dsnparam.c). Pure: no I/O, and
+ * nothing here decides who gets a DSN (that is the queue manager's). */
 enum dsn_kind { DSN_FAILURE, DSN_DELAY, DSN_SUCCESS };
 
 struct dsn_report {

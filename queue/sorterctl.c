@@ -86,81 +86,27 @@ usage(void)
 
 /* ---- reading queue files ---- */
 
-/* A whole file image; content is shown straight from it. */
-struct qfile {
-	unsigned char *buf;
-	size_t len;
-};
-
-/* Returns 0, or -1 with errno set. */
+/* Finds id in the state folders and loads it (spool_load, the daemon's own
+ * reader). Returns the folder index with f filled in (*reason empty), or
+ * with the file corrupt (*reason says why, f empty); -1 when it is in
+ * none of them; -2 on an I/O error (errno set, path holds the file name). */
 static int
-read_whole(const char *path, struct qfile *f)
-{
-	struct stat st;
-	size_t cap;
-	ssize_t n;
-	int fd, saved;
-
-	f->buf = NULL;
-	f->len = 0;
-	/* no FIFO planted in the spool may hang us: O_NONBLOCK, then S_ISREG */
-	if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)) < 0)
-		return -1;
-	if (fstat(fd, &st) < 0)
-		goto fail;
-	if (!S_ISREG(st.st_mode)) {
-		errno = EINVAL;
-		goto fail;
-	}
-	if ((unsigned long long)st.st_size >= SIZE_MAX / 4) {
-		errno = EFBIG;
-		goto fail;
-	}
-	cap = (size_t)st.st_size + 1;
-	f->buf = xmalloc(cap);
-	for (;;) {
-		if (f->len == cap) {
-			if (cap >= SIZE_MAX / 4) {
-				errno = EFBIG;
-				goto fail;
-			}
-			cap *= 2;
-			f->buf = xrealloc(f->buf, cap);
-		}
-		n = read(fd, f->buf + f->len, cap - f->len);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			goto fail;
-		}
-		if (n == 0)
-			break;
-		f->len += (size_t)n;
-	}
-	close(fd);
-	return 0;
-fail:
-	saved = errno;
-	close(fd);
-	free(f->buf);
-	f->buf = NULL;
-	errno = saved;
-	return -1;
-}
-
-/* Finds id in the state folders. Returns the folder index with the file
- * read into f, -1 when it is in none of them, -2 on an I/O error (errno
- * set, path holds the file name). */
-static int
-find_message(const char *spool_dir, const char *id, struct qfile *f,
-	     char *path, size_t pathlen)
+find_message(const char *spool_dir, const char *id, struct spool_file *f,
+	     char *reason, size_t reasonlen, char *path, size_t pathlen)
 {
 	size_t i;
+	int rc;
 
 	for (i = 0; i < NSTATE_DIRS; i++) {
 		snprintf(path, pathlen, "%s/%s/%s", spool_dir, state_dirs[i].dir, id);
-		if (read_whole(path, f) == 0)
+		rc = spool_load(path, NULL, f, reason, reasonlen);
+		if (rc == 0)
+			reason[0] = '\0';
+		if (rc == 0 || rc == -1) {
+			if (rc == -1 && reason[0] == '\0')
+				snprintf(reason, reasonlen, "unparseable");
 			return (int)i;
+		}
 		if (errno != ENOENT)
 			return -2;
 	}
@@ -405,11 +351,12 @@ static int
 load_entry(const char *spool_dir, const struct entry *e, struct listed *l)
 {
 	char path[4096];
-	struct qfile f;
+	struct spool_file f;
 	int where;
 
 	memset(l, 0, sizeof(*l));
-	where = find_message(spool_dir, e->id, &f, path, sizeof(path));
+	where = find_message(spool_dir, e->id, &f, l->reason, sizeof(l->reason), path,
+			     sizeof(path));
 	if (where == -1)
 		return 1;
 	if (where == -2) {
@@ -417,10 +364,9 @@ load_entry(const char *spool_dir, const struct entry *e, struct listed *l)
 		return -1;
 	}
 	l->state = state_dirs[where].state;
-	if (spool_parse(f.buf, f.len, &l->msg, l->reason, sizeof(l->reason)) < 0 &&
-	    l->reason[0] == '\0')
-		snprintf(l->reason, sizeof(l->reason), "unparseable");
-	free(f.buf);
+	/* the records stay; the image (the content) is not needed for a listing */
+	l->msg = f.m;
+	free(f.image);
 	if (l->reason[0] == '\0')
 		load_status(spool_dir, e->id, l);
 	return 0;
@@ -475,8 +421,8 @@ static int
 cmd_show(const char *spool_dir, const char *id)
 {
 	char path[4096], err[256], when[64];
-	struct spool_msg m;
-	struct qfile f;
+	struct spool_file f;
+	struct spool_msg *m = &f.m;
 	size_t i;
 	int where;
 
@@ -491,7 +437,7 @@ cmd_show(const char *spool_dir, const char *id)
 		fprintf(stderr, "sorterctl: open %s: %s\n", path, strerror(errno));
 		return EXIT_RUNTIME;
 	}
-	where = find_message(spool_dir, id, &f, path, sizeof(path));
+	where = find_message(spool_dir, id, &f, err, sizeof(err), path, sizeof(path));
 	if (where == -2) {
 		fprintf(stderr, "sorterctl: read %s: %s\n", path, strerror(errno));
 		return EXIT_RUNTIME;
@@ -506,36 +452,34 @@ cmd_show(const char *spool_dir, const char *id)
 			fprintf(stderr, "sorterctl: %s: no such message in the queue\n", id);
 		return EXIT_RUNTIME;
 	}
-	if (spool_parse(f.buf, f.len, &m, err, sizeof(err)) < 0) {
+	if (err[0] != '\0') {
 		fprintf(stderr, "sorterctl: %s: corrupt queue file: %s\n", path, err);
-		free(f.buf);
 		return EXIT_RUNTIME;
 	}
-	format_local(m.arrival_usec, "%Y-%m-%d %H:%M:%S %z", when, sizeof(when));
+	format_local(m->arrival_usec, "%Y-%m-%d %H:%M:%S %z", when, sizeof(when));
 	printf("id: %s\nstate: %s\narrival: %s\nsize: %zu\nclient: ", id,
-	       state_dirs[where].state, when, m.content_len);
-	put_text(m.client);
+	       state_dirs[where].state, when, m->content_len);
+	put_text(m->client);
 	printf("\nhelo: ");
-	put_text(m.helo);
+	put_text(m->helo);
 	printf("\nprotocol: ");
-	put_text(m.proto);
+	put_text(m->proto);
 	printf("\nsender: <");
-	put_text(m.sender);
+	put_text(m->sender);
 	printf(">\n");
-	if (m.sender_params != NULL) {
+	if (m->sender_params != NULL) {
 		printf("sender params: ");
-		put_text(m.sender_params);
+		put_text(m->sender_params);
 		putchar('\n');
 	}
-	for (i = 0; i < m.nrcpt; i++) {
+	for (i = 0; i < m->nrcpt; i++) {
 		printf("recipient: ");
-		put_text(m.rcpts[i].addr);
-		printf(" (%s)\n", rcpt_state_names[m.rcpts[i].state]);
+		put_text(m->rcpts[i].addr);
+		printf(" (%s)\n", rcpt_state_names[m->rcpts[i].state]);
 	}
 	putchar('\n');
-	fwrite(f.buf + m.content_offset, 1, m.content_len, stdout);
-	spool_msg_free(&m);
-	free(f.buf);
+	fwrite(f.image + m->content_offset, 1, m->content_len, stdout);
+	spool_file_free(&f);
 	return 0;
 }
 

@@ -6,7 +6,11 @@
  * spool_parse() is a pure function over bytes that may have been torn by a
  * crash or damaged on disk: it must never read outside the buffer it is
  * given, never trust a length field, and always say precisely what is wrong.
- * Nothing here may delete a queue file.
+ * spool_load() is the only reader of queue files (the queue manager, the
+ * start-up check and sorterctl all use it), so that a file that cannot be
+ * read right now (EIO, ENOMEM, EMFILE...) is never taken for a damaged one:
+ * only a parse error moves a file to corrupt/. Nothing here may delete a
+ * queue file.
  */
 #include "config.h"
 
@@ -78,6 +82,30 @@ spool_encode_head(const struct spool_envelope *env, size_t content_len,
 	for (i = 0; i < env->nrcpt; i++)
 		put_rec(out, SPOOL_REC_RCPT, env->rcpts[i]);
 	put_rec_hdr(out, SPOOL_REC_CONTENT, content_len);
+}
+
+char *
+spool_rcpt_text(const char *addr, const struct dsn_rcpt_params *p)
+{
+	struct dstr d;
+
+	dstr_init(&d, 0);
+	(void)dstr_append(&d, addr, strlen(addr));
+	if (p != NULL && (p->notify || p->orcpt_type[0])) {
+		(void)dstr_append(&d, " ", 1);
+		dsn_format_rcpt_params(p, &d);
+	}
+	return d.s;
+}
+
+char *
+spool_sender_params(const struct dsn_sender_params *p)
+{
+	struct dstr d;
+
+	dstr_init(&d, 0);
+	dsn_format_sender_params(p, &d);
+	return d.s;             /* NULL when nothing was written */
 }
 
 void
@@ -331,15 +359,18 @@ base_name(const char *path)
 	return s ? s + 1 : path;
 }
 
-/* Reads a whole file. The size is taken from fstat but reading goes on to
- * end of file, so a file that changes meanwhile is never cut short. */
+/* Reads a whole file with rd. The size is taken from fstat but reading
+ * goes on to end of file, so a file that changes meanwhile is never cut
+ * short. A failed read is an error, never an early end of file: a short
+ * image would parse as torn and send a good file to corrupt/. */
 static int
-slurp(int fd, unsigned char **bufp, size_t *lenp)
+slurp(int fd, spool_read_fn rd, unsigned char **bufp, size_t *lenp)
 {
 	struct stat st;
 	unsigned char *buf;
 	size_t cap, len = 0;
 	ssize_t n;
+	int saved;
 
 	if (fstat(fd, &st) < 0)
 		return -1;
@@ -347,7 +378,7 @@ slurp(int fd, unsigned char **bufp, size_t *lenp)
 		errno = EINVAL;
 		return -1;
 	}
-	if ((unsigned long long)st.st_size >= SIZE_MAX / 2) {
+	if ((unsigned long long)st.st_size >= SIZE_MAX / 4) {
 		errno = EFBIG;
 		return -1;
 	}
@@ -355,7 +386,7 @@ slurp(int fd, unsigned char **bufp, size_t *lenp)
 	buf = xmalloc(cap);
 	for (;;) {
 		if (len == cap) {
-			if (cap >= SIZE_MAX / 2) {
+			if (cap >= SIZE_MAX / 4) {
 				free(buf);
 				errno = EFBIG;
 				return -1;
@@ -363,11 +394,13 @@ slurp(int fd, unsigned char **bufp, size_t *lenp)
 			cap *= 2;
 			buf = xrealloc(buf, cap);
 		}
-		n = read(fd, buf + len, cap - len);
+		n = rd(fd, buf + len, cap - len);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
+			saved = errno;
 			free(buf);
+			errno = saved ? saved : EIO;
 			return -1;
 		}
 		if (n == 0)
@@ -380,25 +413,36 @@ slurp(int fd, unsigned char **bufp, size_t *lenp)
 }
 
 int
-spool_read(const char *path, struct spool_msg *m, char *err, size_t errlen)
+spool_load(const char *path, spool_read_fn rd, struct spool_file *f, char *err, size_t errlen)
 {
 	const char *name = base_name(path);
-	unsigned char *buf;
-	size_t len;
-	int fd, saved, rc;
+	struct stat st;
+	int fd, saved;
 
-	memset(m, 0, sizeof(*m));
+	memset(f, 0, sizeof(*f));
 	if (!qid_valid(name)) {
 		snprintf(err, errlen, "file name is not a queue id");
 		return -1;
 	}
-	if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)) < 0) {
+	/* never through a link planted in the spool, and no FIFO may hang us */
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)) < 0) {
 		saved = errno;
 		snprintf(err, errlen, "open %s: %s", path, strerror(saved));
 		errno = saved;
+		if (saved == ELOOP) {
+			snprintf(err, errlen, "a symbolic link, not a queue file");
+			return -1;
+		}
 		return -2;
 	}
-	if (slurp(fd, &buf, &len) < 0) {
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		saved = errno;
+		close(fd);
+		snprintf(err, errlen, "not a regular file");
+		errno = saved;
+		return -1;
+	}
+	if (slurp(fd, rd ? rd : read, &f->image, &f->len) < 0) {
 		saved = errno;
 		close(fd);
 		snprintf(err, errlen, "read %s: %s", path, strerror(saved));
@@ -406,12 +450,35 @@ spool_read(const char *path, struct spool_msg *m, char *err, size_t errlen)
 		return -2;
 	}
 	close(fd);
-	rc = spool_parse(buf, len, m, err, errlen);
-	free(buf);
-	if (rc < 0)
+	if (spool_parse(f->image, f->len, &f->m, err, errlen) < 0) {
+		free(f->image);
+		memset(f, 0, sizeof(*f));
 		return -1;
-	memcpy(m->id, name, QID_LEN + 1);
+	}
+	memcpy(f->m.id, name, QID_LEN + 1);
 	return 0;
+}
+
+void
+spool_file_free(struct spool_file *f)
+{
+	spool_msg_free(&f->m);
+	free(f->image);
+	memset(f, 0, sizeof(*f));
+}
+
+int
+spool_take(const char *spool_dir, const char *path, spool_read_fn rd, struct spool_file *f)
+{
+	char err[512];
+	int rc = spool_load(path, rd, f, err, sizeof(err)), saved = errno;
+
+	if (rc == -1)
+		spool_quarantine(spool_dir, path, err);
+	else if (rc == -2 && saved != ENOENT)   /* gone: someone else took it */
+		msg_warn("%s; left in place, to be read again later", err);
+	errno = saved;
+	return rc;
 }
 
 int

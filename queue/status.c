@@ -7,8 +7,9 @@
  *
  * The queue file itself is never rewritten (only recipient marks change),
  * so this is where what a retry must know lives. It is replaced atomically
- * (temp file, fsync, rename, directory fsync). A missing or unreadable
- * status file only loses history, never mail.
+ * (temp file, fsync, rename, directory fsync). A missing or unparseable
+ * status file only loses history, never mail; one that cannot be read
+ * right now is not taken for an empty one (qstatus_read says which).
  *
  * Format, one item per line (TAB separated, no TAB/CR/LF inside fields):
  *   attempts N
@@ -20,6 +21,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -107,38 +110,60 @@ qstatus_error(const struct qstatus *st, size_t index)
 	return NULL;
 }
 
+/* A field of decimal digits only (no sign, no space: strtoul would take
+ * both), at most max. */
+static bool
+parse_number(const char *p, size_t n, unsigned long long max, unsigned long long *out)
+{
+	unsigned long long v = 0;
+	size_t i;
+
+	if (n == 0 || n > 20)
+		return false;
+	for (i = 0; i < n; i++) {
+		if (p[i] < '0' || p[i] > '9')
+			return false;
+		if (v > (ULLONG_MAX - (unsigned)(p[i] - '0')) / 10)
+			return false;
+		v = v * 10 + (unsigned)(p[i] - '0');
+	}
+	if (v > max)
+		return false;
+	*out = v;
+	return true;
+}
+
 int
 qstatus_parse(const char *buf, size_t len, struct qstatus *st)
 {
-	const char *p = buf, *end = buf + len, *nl, *tab, *tab2;
-	unsigned long v;
-	char *e, num[32];
+	const char *p = buf, *end = buf + len, *nl, *tab, *tab2, *numend;
+	unsigned long long v;
 
 	qstatus_init(st);
+	/* texts are C strings: a NUL would cut one short without a word */
+	if (memchr(buf, '\0', len) != NULL)
+		return -1;
 	while (p < end) {
 		nl = memchr(p, '\n', (size_t)(end - p));
 		if (nl == NULL)
-			return -1;          /* torn: every line ends in LF */
+			goto bad;           /* torn: every line ends in LF */
 		tab = memchr(p, '\t', (size_t)(nl - p));
 		if (tab == NULL)
 			goto bad;
 		tab2 = memchr(tab + 1, '\t', (size_t)(nl - tab - 1));
-		if ((size_t)((tab2 ? tab2 : nl) - tab - 1) >= sizeof(num))
-			goto bad;
-		memcpy(num, tab + 1, (size_t)((tab2 ? tab2 : nl) - tab - 1));
-		num[(tab2 ? tab2 : nl) - tab - 1] = '\0';
-		errno = 0;
-		v = strtoul(num, &e, 10);
-		if (errno || e == num || *e)
-			goto bad;
-		if (tab - p == 8 && memcmp(p, "attempts", 8) == 0 && !tab2)
+		numend = tab2 ? tab2 : nl;
+		if (tab - p == 8 && memcmp(p, "attempts", 8) == 0 && !tab2 &&
+		    parse_number(tab + 1, (size_t)(numend - tab - 1), UINT_MAX, &v))
 			st->attempts = (unsigned)v;
-		else if (tab - p == 6 && memcmp(p, "warned", 6) == 0 && !tab2)
+		else if (tab - p == 6 && memcmp(p, "warned", 6) == 0 && !tab2 &&
+			 parse_number(tab + 1, (size_t)(numend - tab - 1), 1, &v))
 			st->warned = v != 0;
-		else if (tab - p == 5 && memcmp(p, "error", 5) == 0 && tab2)
-			add_item(st, QS_ERROR, v, tab2 + 1, (size_t)(nl - tab2 - 1));
-		else if (tab - p == 4 && memcmp(p, "done", 4) == 0 && tab2)
-			add_item(st, QS_DONE, v, tab2 + 1, (size_t)(nl - tab2 - 1));
+		else if (tab - p == 5 && memcmp(p, "error", 5) == 0 && tab2 &&
+			 parse_number(tab + 1, (size_t)(numend - tab - 1), SIZE_MAX, &v))
+			add_item(st, QS_ERROR, (size_t)v, tab2 + 1, (size_t)(nl - tab2 - 1));
+		else if (tab - p == 4 && memcmp(p, "done", 4) == 0 && tab2 &&
+			 parse_number(tab + 1, (size_t)(numend - tab - 1), SIZE_MAX, &v))
+			add_item(st, QS_DONE, (size_t)v, tab2 + 1, (size_t)(nl - tab2 - 1));
 		else
 			goto bad;
 		p = nl + 1;
@@ -155,18 +180,35 @@ qstatus_read(const char *path, struct qstatus *st)
 	struct dstr d;
 	char buf[8192];
 	ssize_t n;
-	int fd, rc;
+	int fd, rc, saved;
 
 	qstatus_init(st);
 	/* never through a symlink planted in the spool, never stuck on a FIFO */
 	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
 	if (fd < 0)
-		return errno == ENOENT ? 0 : -1;
+		return errno == ENOENT ? 0 : -2;
 	dstr_init(&d, STATUS_MAX);
-	while ((n = read(fd, buf, sizeof(buf))) > 0)
-		if (dstr_append(&d, buf, (size_t)n) < 0)
+	for (;;) {
+		n = read(fd, buf, sizeof(buf));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
 			break;
+		if (dstr_append(&d, buf, (size_t)n) < 0) {
+			/* more than a status file ever holds: not one of ours */
+			close(fd);
+			dstr_free(&d);
+			return -1;
+		}
+	}
+	saved = errno;
 	close(fd);
+	if (n < 0) {
+		/* half a status read as a whole one would forget what is done */
+		dstr_free(&d);
+		errno = saved;
+		return -2;
+	}
 	rc = qstatus_parse(d.s ? d.s : "", d.len, st);
 	dstr_free(&d);
 	return rc;

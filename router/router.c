@@ -873,12 +873,15 @@ router_check_rcpt_flags(struct router *r, const char *address, int flags, char *
 
 /* ---- open and close ---- */
 
+/* "FILE:LINE" of the config line that set parameter k, for errors */
+#define WHERE(k) config_where(cf, (k), wbuf, sizeof(wbuf))
+
 struct router *
 router_open(const struct config *cf, char *err, size_t errlen)
 {
 	struct router *r = xcalloc(1, sizeof(*r));
 	const char *why;
-	char e[400];
+	char e[400], wbuf[300];
 	int n;
 
 	r->cf = cf;
@@ -888,24 +891,24 @@ router_open(const struct config *cf, char *err, size_t errlen)
 	if (cf->nlocal_domains > 0 && cf->local_domains != NULL)
 		r->default_domain = cf->local_domains[0];
 	if (cf->alias_map && (r->alias = map_open(cf->alias_map, e, sizeof(e))) == NULL) {
-		snprintf(err, errlen, "alias_map: %s", e);
+		snprintf(err, errlen, "%s: alias_map: %s", WHERE("alias_map"), e);
 		goto fail;
 	}
 	if (cf->user_map && (r->user = map_open(cf->user_map, e, sizeof(e))) == NULL) {
-		snprintf(err, errlen, "user_map: %s", e);
+		snprintf(err, errlen, "%s: user_map: %s", WHERE("user_map"), e);
 		goto fail;
 	}
 	if (cf->node_map && (r->node = map_open(cf->node_map, e, sizeof(e))) == NULL) {
-		snprintf(err, errlen, "node_map: %s", e);
+		snprintf(err, errlen, "%s: node_map: %s", WHERE("node_map"), e);
 		goto fail;
 	}
 	if (cf->transport_map && (r->transport = map_open(cf->transport_map, e, sizeof(e))) == NULL) {
-		snprintf(err, errlen, "transport_map: %s", e);
+		snprintf(err, errlen, "%s: transport_map: %s", WHERE("transport_map"), e);
 		goto fail;
 	}
 	if (cf->smtp_tls_policy_map &&
 	    (r->tls_policy = map_open(cf->smtp_tls_policy_map, e, sizeof(e))) == NULL) {
-		snprintf(err, errlen, "smtp_tls_policy_map: %s", e);
+		snprintf(err, errlen, "%s: smtp_tls_policy_map: %s", WHERE("smtp_tls_policy_map"), e);
 		goto fail;
 	}
 	if (cf->relay_host != NULL && cf->relay_host[0] != '\0') {
@@ -914,7 +917,8 @@ router_open(const struct config *cf, char *err, size_t errlen)
 		/* [HOST]:PORT or HOST[:PORT], as an smtp: endpoint would say it */
 		snprintf(spec, sizeof(spec), "smtp:%s", cf->relay_host);
 		if (endpoint_parse(spec, strlen(spec), &r->relay, &why) < 0) {
-			snprintf(err, errlen, "relay_host \"%.100s\": %s", cf->relay_host, why);
+			snprintf(err, errlen, "%s: relay_host \"%.100s\": %s", WHERE("relay_host"),
+				 cf->relay_host, why);
 			goto fail;
 		}
 		r->has_relay = true;
@@ -925,8 +929,8 @@ router_open(const struct config *cf, char *err, size_t errlen)
 			n = endpoint_parse_list(cf->failover_node, r->failover_eps,
 						ROUTER_ENDPOINTS_MAX, &why);
 			if (n < 0) {
-				snprintf(err, errlen, "failover_node \"%.100s\": %s",
-					 cf->failover_node, why);
+				snprintf(err, errlen, "%s: failover_node \"%.100s\": %s",
+					 WHERE("failover_node"), cf->failover_node, why);
 				goto fail;
 			}
 			r->nfailover_eps = (size_t)n;
@@ -934,13 +938,15 @@ router_open(const struct config *cf, char *err, size_t errlen)
 			size_t len = strlen(cf->failover_node);
 
 			if (len > ROUTER_NODE_MAX || strcspn(cf->failover_node, " \t,") != len) {
-				snprintf(err, errlen, "failover_node \"%.100s\": neither endpoints "
-					 "(lmtp:...) nor a node name", cf->failover_node);
+				snprintf(err, errlen, "%s: failover_node \"%.100s\": neither "
+					 "endpoints (lmtp:...) nor a node name", WHERE("failover_node"),
+					 cf->failover_node);
 				goto fail;
 			}
 			if (r->node == NULL) {
-				snprintf(err, errlen, "failover_node \"%.100s\" names a node, "
-					 "but there is no node_map", cf->failover_node);
+				snprintf(err, errlen, "%s: failover_node \"%.100s\" names a node, "
+					 "but there is no node_map", WHERE("failover_node"),
+					 cf->failover_node);
 				goto fail;
 			}
 			memcpy(r->failover_node, cf->failover_node, len + 1);
@@ -954,6 +960,8 @@ fail:
 	return NULL;
 }
 
+#undef WHERE
+
 int
 router_check_maps(struct router *r, char *err, size_t errlen)
 {
@@ -961,12 +969,13 @@ router_check_maps(struct router *r, char *err, size_t errlen)
 		{ "alias_map", r->alias }, { "user_map", r->user }, { "node_map", r->node },
 		{ "transport_map", r->transport }, { "smtp_tls_policy_map", r->tls_policy },
 	};
-	char e[400];
+	char e[400], wbuf[300];
 	size_t i;
 
 	for (i = 0; i < sizeof(maps) / sizeof(maps[0]); i++)
 		if (maps[i].m != NULL && map_ready(maps[i].m, e, sizeof(e)) < 0) {
-			snprintf(err, errlen, "%s %s", maps[i].name, e);
+			snprintf(err, errlen, "%s: %s %s",
+				 config_where(r->cf, maps[i].name, wbuf, sizeof(wbuf)), maps[i].name, e);
 			return -1;
 		}
 	return 0;

@@ -99,26 +99,6 @@ is_letdig(int c)
 	return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
 }
 
-/*
- * RFC 3461 xtext: xchar ("!".."~" except "+" and "=") or "+" HEX HEX.
- * Each decoded byte must be in lo..126: DSNs carry these values as plain
- * US-ASCII (graphic only for ENVID, graphic and space for ORCPT).
- */
-static bool
-xtext_valid(const char *s, size_t n, int lo)
-{
-	char buf[4096];
-	size_t i;
-	int len;
-
-	if (n >= sizeof(buf) || (len = xtext_decode(s, n, buf, sizeof(buf), NULL)) < 0)
-		return false;
-	for (i = 0; i < (size_t)len; i++)
-		if ((unsigned char)buf[i] < lo)
-			return false;
-	return true;
-}
-
 static const char *
 param_size(const char *v, size_t n, struct smtp_params *p)
 {
@@ -148,28 +128,18 @@ param_body(const char *v, size_t n, struct smtp_params *p)
 	return NULL;
 }
 
+/* RFC 3461: the DSN codec's own value parsers, so that nothing is
+ * accepted here that the spool cannot keep */
 static const char *
 param_ret(const char *v, size_t n, struct smtp_params *p)
 {
-	if (word_is(v, n, "FULL"))
-		p->ret = 1;
-	else if (word_is(v, n, "HDRS"))
-		p->ret = 2;
-	else
-		return "invalid RET value";
-	return NULL;
+	return dsn_ret_parse(v, n, &p->dsn_mail.ret);
 }
 
 static const char *
 param_envid(const char *v, size_t n, struct smtp_params *p)
 {
-	if (n > XTEXT_MAX)
-		return "ENVID too long";
-	if (!xtext_valid(v, n, 33))
-		return "invalid ENVID value";
-	memcpy(p->envid, v, n);
-	p->envid[n] = '\0';
-	return NULL;
+	return dsn_envid_parse(v, n, &p->dsn_mail);
 }
 
 /* RFC 4954 5: accepted and ignored, the identity comes from our own AUTH */
@@ -179,32 +149,16 @@ param_auth(const char *v, size_t n, struct smtp_params *p)
 	return NULL;
 }
 
-/* "NEVER" alone, or a list of SUCCESS, FAILURE, DELAY, each at most once */
 static const char *
 param_notify(const char *v, size_t n, struct smtp_params *p)
 {
-	return dsn_notify_parse(v, n, &p->notify);
+	return dsn_notify_parse(v, n, &p->dsn_rcpt.notify);
 }
 
-/* addr-type ";" xtext, stored as received (RFC 3461 4.2) */
 static const char *
 param_orcpt(const char *v, size_t n, struct smtp_params *p)
 {
-	const char *semi = memchr(v, ';', n);
-	const char *t;
-
-	if (n >= sizeof(p->orcpt))
-		return "ORCPT too long";
-	if (semi == NULL || semi == v || semi + 1 == v + n)
-		return "invalid ORCPT value";
-	for (t = v; t < semi; t++)
-		if (!is_letdig((unsigned char)*t) && *t != '-')
-			return "invalid ORCPT address type";
-	if (!xtext_valid(semi + 1, (size_t)(v + n - semi - 1), 32))
-		return "invalid ORCPT value";
-	memcpy(p->orcpt, v, n);
-	p->orcpt[n] = '\0';
-	return NULL;
+	return dsn_orcpt_parse(v, n, &p->dsn_rcpt);
 }
 
 /* RFC 6531 3.4: a keyword without a value */

@@ -46,7 +46,8 @@
 #include "queue/queue.h"
 #include "smtpd/smtpd.h"
 
-#define NSLOTS 30               /* process slots; qid slots 30, 31 stay free */
+#define NSLOTS (2 * CONFIG_WORKERS_MAX)  /* two generations during a reload */
+_Static_assert(NSLOTS <= QID_SLOT_QMGR, "a worker's process slot is its queue id slot");
 #define RESTART_DELAY_SECONDS 1
 #define FD_LIMIT_CEILING ((rlim_t)1 << 20)
 
@@ -163,12 +164,11 @@ static void
 spool_startup_check(const char *spool_dir)
 {
 	static const char *const dirs[] = { "tmp", "incoming" };
-	char path[4096], err[256];
-	struct spool_msg msg;
+	char path[4096];
+	struct spool_file f;
 	struct dirent *de;
 	DIR *d;
 	size_t i;
-	int rc;
 
 	for (i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
 		snprintf(path, sizeof(path), "%s/%s", spool_dir, dirs[i]);
@@ -183,11 +183,8 @@ spool_startup_check(const char *spool_dir)
 					msg_info("removed unacknowledged file %s", path);
 				continue;
 			}
-			rc = spool_read(path, &msg, err, sizeof(err));
-			if (rc == -1)
-				spool_quarantine(spool_dir, path, err);
-			else if (rc == 0)
-				spool_msg_free(&msg);
+			if (spool_take(spool_dir, path, NULL, &f) == 0)
+				spool_file_free(&f);
 		}
 		closedir(d);
 	}
@@ -415,8 +412,6 @@ master_main(const char *config_path, struct config *cf)
 	sigprocmask(SIG_SETMASK, NULL, &m.oldmask);     /* what children restore */
 	m.config_path = config_path;
 	m.cf = cf;
-	if (cf->workers > NSLOTS / 2)
-		cf->workers = NSLOTS / 2;
 	log_open("sorterd", cf->log);
 	if (resolve_user(&m, cf, err, sizeof(err)) < 0)
 		msg_fatal("%s", err);

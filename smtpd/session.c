@@ -327,7 +327,6 @@ do_mail(struct session *s, struct smtp_cmd *c)
 {
 	char buf[ADDR_PATH_MAX + 8];
 	struct dsn_sender_params sp;
-	struct dstr d;
 
 	address_format(&c->addr, buf, sizeof(buf));
 	if (submission(s) && !submission_sender_ok(s, buf))
@@ -342,45 +341,19 @@ do_mail(struct session *s, struct smtp_cmd *c)
 		return;
 	}
 	s->sender = xstrdup(buf);
-	/* the spool's one codec for them (queue/dsn.c) */
-	memset(&sp, 0, sizeof(sp));
-	sp.ret = c->params.ret;
-	if (xtext_decode(c->params.envid, strlen(c->params.envid), sp.envid,
-			 sizeof(sp.envid), NULL) < 0)
-		sp.envid[0] = '\0';    /* the command parser let only valid xtext through */
+	/* the spool's one codec for them (lib/dsnparam.c) */
+	sp = c->params.dsn_mail;
 	sp.smtputf8 = s->smtputf8 = c->params.smtputf8;
-	dstr_init(&d, 0);
-	dsn_format_sender_params(&sp, &d);
-	s->sender_params = d.len ? xstrdup(d.s) : NULL;
-	dstr_free(&d);
+	s->sender_params = spool_sender_params(&sp);
 	s->state = SS_MAIL;
 	reply(s, "250 2.1.0 Ok");
-}
-
-static void
-format_rcpt_params(const struct smtp_params *p, char *buf, size_t len)
-{
-	size_t off = 0;
-
-	buf[0] = '\0';
-	if (p->notify) {
-		off += (size_t)snprintf(buf + off, len - off, "NOTIFY=%s%s%s%s",
-		    (p->notify & 8) ? "NEVER" : "",
-		    (p->notify & 1) ? "SUCCESS," : "",
-		    (p->notify & 2) ? "FAILURE," : "",
-		    (p->notify & 4) ? "DELAY," : "");
-		if (off > 0 && buf[off - 1] == ',')
-			buf[--off] = '\0';
-	}
-	if (p->orcpt[0] && off < len)
-		snprintf(buf + off, len - off, "%sORCPT=%s", off ? " " : "", p->orcpt);
 }
 
 static void
 do_rcpt(struct session *s, struct smtp_cmd *c)
 {
 	const struct config *cf = s->w->cf;
-	char addr[ADDR_PATH_MAX + 8], params[ADDR_PATH_MAX + 64], why[512];
+	char addr[ADDR_PATH_MAX + 8], why[512];
 	char e1[LOG_ESC_SIZE(ADDR_PATH_MAX + 8)], e2[LOG_ESC_SIZE(ADDR_PATH_MAX + 8)];
 
 	if (s->nrcpt >= (size_t)cf->smtpd_recipient_limit) {
@@ -420,9 +393,8 @@ do_rcpt(struct session *s, struct smtp_cmd *c)
 		reply(s, "451 4.3.0 <%s>: Temporary lookup failure", addr);
 		return;
 	}
-	format_rcpt_params(&c->params, params, sizeof(params));
 	s->rcpts = xrealloc(s->rcpts, (s->nrcpt + 1) * sizeof(*s->rcpts));
-	s->rcpts[s->nrcpt++] = params[0] ? xasprintf("%s %s", addr, params) : xstrdup(addr);
+	s->rcpts[s->nrcpt++] = spool_rcpt_text(addr, &c->params.dsn_rcpt);
 	s->state = SS_RCPT;
 	reply(s, "250 2.1.5 Ok");
 }

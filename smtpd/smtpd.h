@@ -24,15 +24,14 @@ enum smtp_verb {
 
 enum body_type { BODY_UNSPEC = 0, BODY_7BIT, BODY_8BITMIME };
 
-/* MAIL FROM and RCPT TO parameters (RFC 1870, 6152, 3461, 6531) */
-#define XTEXT_MAX 100   /* ENVID / ORCPT limit, RFC 3461 */
+/* MAIL FROM and RCPT TO parameters (RFC 1870, 6152, 3461) */
 struct smtp_params {
 	long long size;         /* SIZE=, -1 when absent */
 	enum body_type body;
-	int ret;                /* RET=: 0 absent, 1 FULL, 2 HDRS */
-	char envid[XTEXT_MAX + 1];
-	int notify;             /* NOTIFY= bit set: 1 SUCCESS, 2 FAILURE, 4 DELAY, 8 NEVER; 0 absent */
-	char orcpt[ADDR_PATH_MAX + 16];
+	/* RET= ENVID= / NOTIFY= ORCPT=, parsed by the codec the spool is
+	 * written and read with (lib/dsnparam.c): what is accepted is kept */
+	struct dsn_sender_params dsn_mail;
+	struct dsn_rcpt_params dsn_rcpt;
 	bool smtputf8;          /* MAIL FROM's SMTPUTF8 (RFC 6531 3.4) */
 };
 

@@ -1,6 +1,7 @@
 /*
  * sorterd.c - the daemon's command line: `sorterd [-c FILE]` runs in the
- * foreground, `sorterd -t [-c FILE]` checks the configuration.
+ * foreground, `sorterd -t [-c FILE]` checks the configuration and opens
+ * every map it names.
  */
 #include "config.h"
 
@@ -11,6 +12,7 @@
 #include <openssl/ssl.h>
 
 #include "lib/lib.h"
+#include "router/router.h"
 #include "smtpd/smtpd.h"
 
 #ifndef SYSCONFDIR
@@ -28,6 +30,7 @@ int
 main(int argc, char **argv)
 {
 	const char *path = SYSCONFDIR "/sorter/sorter.conf";
+	struct router *r;
 	struct config *cf;
 	char err[512];
 	bool check = false;
@@ -68,6 +71,15 @@ main(int argc, char **argv)
 			config_free(cf);
 			return 1;
 		}
+		/* every map it names must open now, not fail its first lookup */
+		if ((r = router_open(cf, err, sizeof(err))) == NULL ||
+		    router_check_maps(r, err, sizeof(err)) < 0) {
+			fprintf(stderr, "sorterd: %s\n", err);
+			router_close(r);
+			config_free(cf);
+			return 1;
+		}
+		router_close(r);
 		printf("sorterd: %s: configuration ok\n", path);
 		config_free(cf);
 		return 0;

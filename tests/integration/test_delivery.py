@@ -451,6 +451,43 @@ class NotifyTest(DeliveryTestCase):
         self.assertEqual(self.dsns(), [])
 
 
+    def test_notify_never_with_long_orcpt(self):
+        """DSN parameters the server accepts are the ones the queue manager acts on: an ORCPT
+        at the RFC 3461 limit (500 characters, a 64-character address type) keeps NOTIFY=NEVER,
+        so the failure is not reported."""
+        self.start_sorterd()
+        addr_type = "x-" + "t" * 62
+        local = "a+2B" + "o" * (500 - len(addr_type) - len(";a+2B@x.test"))
+        orcpt = "%s;%s@x.test" % (addr_type, local)
+        self.assertEqual(len(orcpt), 500)
+        tok = token("never-orcpt")
+        qid = self.send(GHOST, tok, rcpt_params="NOTIFY=NEVER ORCPT=" + orcpt)
+        self.wait_queue_empty()
+        self.wait_log(r"%s: to=<%s>, .*status=bounced" % (qid, GHOST))
+        self.wait_log(r"%s: removed" % qid)
+        self.assertEqual(self.d.log_lines(r"%s: .*ignored" % qid), [])
+        self.assertEqual(self.dsns(), [])
+
+    def test_orcpt_the_spool_cannot_keep_is_refused(self):
+        """What the DSN codec cannot store is refused at RCPT (555 5.5.4), never accepted and
+        then dropped: an address type over 64 characters, an ORCPT over 500."""
+        self.start_sorterd()
+        c = self.connect(self.d)
+        self.assertReply(c.ehlo(), 250)
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+        long_type = "x-" + "t" * 63
+        r = c.cmd("RCPT TO:<%s> NOTIFY=NEVER ORCPT=%s;ghost@example.test" % (GHOST, long_type))
+        self.assertReply(r, 555, "5.5.4")
+        self.assertIn("ORCPT address type too long", str(r))
+        r = c.cmd("RCPT TO:<%s> NOTIFY=NEVER ORCPT=rfc822;%s@x.test" % (GHOST, "o" * 487))
+        self.assertReply(r, 555, "5.5.4")
+        self.assertIn("ORCPT too long", str(r))
+        # the session goes on; a recipient whose parameters fit is taken
+        self.assertReply(c.cmd("RCPT TO:<%s> NOTIFY=NEVER ORCPT=rfc822;%s@x.test"
+                               % (ALICE, "o" * 486)), 250)
+        self.assertReply(c.cmd("RSET"), 250)
+
+
 class LoopTest(DeliveryTestCase):
     def test_too_many_received_headers(self):
         self.start_sorterd()

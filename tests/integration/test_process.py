@@ -1,6 +1,6 @@
 """test_process.py - sorterd's process tree: SIGTERM drains the sessions and exits 0, SIGHUP
 reloads the config for new sessions without dropping old ones, a killed worker is replaced,
-`sorterd -t` reports FILE:LINE, and a log sink that never drains does not hold up mail."""
+`sorterd -t` reports FILE:LINE (for every map it names too), and a log sink that never drains does not hold up mail."""
 
 import os
 import signal
@@ -9,7 +9,8 @@ import time
 import unittest
 
 from harness import (LOCAL_DOMAIN, Client, Reply, SMTPClosed, SorterTestCase, blast, build_dir,
-                     check_config, current_user, join_all, message, pid_alive, wait_until)
+                     check_config, current_user, join_all, message, pid_alive, wait_until,
+                     write_map)
 
 RCPT = "user@" + LOCAL_DOMAIN
 SENDER = "sender@remote.test"
@@ -177,6 +178,16 @@ class ConfigCheckTest(SorterTestCase):
             ("listen = 127.0.0.1:25 nosuchrole\n", 6),
             ("log = carrier-pigeon\n", 6),
             ("just some words\n", 6),
+            # one bound for workers, the table's: twice it in process slots for a reload
+            ("workers = 16\n", 6),
+            ("workers = 64\n", 6),
+            # features that do not exist yet are refused, never silently accepted
+            ("smtpd_milters = inet:127.0.0.1:8891\n", 6),
+            ("milter_default_action = tempfail\n", 6),
+            ("proxy_networks = 127.0.0.1/32\n", 6),
+            ("metrics_listen = 127.0.0.1:9155\n", 6),
+            ("listen = 127.0.0.1:2526 mx milters=inet:127.0.0.1:8891\n", 6),
+            ("listen = 127.0.0.1:2526 mx proxy=yes\n", 6),
         ]
         for i, (extra, line) in enumerate(table):
             with self.subTest(extra=extra):
@@ -184,6 +195,56 @@ class ConfigCheckTest(SorterTestCase):
                 rc, out = check_config(build_dir(), path)
                 self.assertEqual(rc, 1, out)
                 self.assertIn("%s:%d:" % (path, line), out)
+
+    def test_workers_at_the_bound(self):
+        path = self.write("workers.conf", self.base() + "workers = 15\n")
+        rc, out = check_config(build_dir(), path)
+        self.assertEqual(rc, 0, out)
+
+    def test_every_map_is_opened(self):
+        """A map that cannot be opened is an error of -t, with the FILE:LINE of its key (at
+        run time it would only fail lookups temporarily)."""
+        maps = os.path.join(self.tmp, "maps")
+        os.makedirs(maps)
+        good = {
+            "alias_map": write_map(build_dir(), os.path.join(maps, "aliases"),
+                                   {"info@" + LOCAL_DOMAIN: "user@" + LOCAL_DOMAIN}),
+            "user_map": write_map(build_dir(), os.path.join(maps, "user_map"),
+                                  {"user@" + LOCAL_DOMAIN: "node-a"}),
+            "node_map": write_map(build_dir(), os.path.join(maps, "node_map"),
+                                  {"node-a": "lmtp:[127.0.0.1]:24"}),
+            "transport_map": write_map(build_dir(), os.path.join(maps, "transport"),
+                                       {"remote.test": "smtp:[127.0.0.1]:25"}),
+            "smtp_tls_policy_map": write_map(build_dir(), os.path.join(maps, "tls_policy"),
+                                             {"remote.test": "may"}),
+        }
+        text = self.base() + "# the maps\n" + "".join("%s = %s\n" % kv for kv in good.items())
+        path = self.write("maps.conf", text)
+        rc, out = check_config(build_dir(), path)
+        self.assertEqual(rc, 0, out)
+        for i, key in enumerate(good):
+            with self.subTest(key=key):
+                # the source file is there, the .db sortermap makes from it is not
+                broken = dict(good)
+                missing = os.path.join(maps, "missing-" + key)
+                with open(missing, "w") as f:
+                    f.write("x y\n")
+                broken[key] = "hash:" + missing
+                text = self.base() + "# the maps\n" + "".join(
+                    "%s = %s\n" % kv for kv in broken.items())
+                path = self.write("broken-%s.conf" % key, text)
+                rc, out = check_config(build_dir(), path)
+                self.assertEqual(rc, 1, out)
+                self.assertIn("%s:%d: %s" % (path, 7 + i, key), out)
+                self.assertIn(missing + ".db", out)
+        # a map type that does not exist, and a relay host that cannot be parsed
+        for extra, what in (("user_map = nosuch:/x\n", "user_map"),
+                            ("relay_host = [127.0.0.1\n", "relay_host")):
+            with self.subTest(extra=extra):
+                path = self.write("bad-%s.conf" % what, self.base() + "\n" + extra)
+                rc, out = check_config(build_dir(), path)
+                self.assertEqual(rc, 1, out)
+                self.assertIn("%s:7: %s" % (path, what), out)
 
     def test_missing_file(self):
         rc, out = check_config(build_dir(), os.path.join(self.tmp, "absent.conf"))

@@ -30,7 +30,7 @@ expected_workers(void)
 {
 	long n = sysconf(_SC_NPROCESSORS_ONLN);
 
-	return n < 1 ? 1 : n > 64 ? 64 : (int)n;
+	return n < 1 ? 1 : n > CONFIG_WORKERS_MAX ? CONFIG_WORKERS_MAX : (int)n;
 }
 
 START_TEST(test_defaults)
@@ -109,7 +109,7 @@ static const struct numcase numcases[] = {
 	{ "smtp_port = 65535", INTF(smtp_port), 65535 },
 	{ "smtp_port = +7", INTF(smtp_port), 7 },
 	{ "workers = 3", INTF(workers), 3 },
-	{ "workers = 64", INTF(workers), 64 },
+	{ "workers = 15", INTF(workers), 15 },
 	{ "io_threads = 256", INTF(io_threads), 256 },
 	{ "smtpd_max_sessions = 100000", INTF(smtpd_max_sessions), 100000 },
 	{ "smtpd_client_connection_limit = 1", INTF(smtpd_client_connection_limit), 1 },
@@ -185,7 +185,8 @@ static const struct errcase errcases[] = {
 	{ "smtp_port = 99999999999999999999999",
 	  "t.conf:1: smtp_port: 99999999999999999999999 is above the maximum 65535" },
 	{ "workers = -1", "t.conf:1: workers: -1 is below the minimum 0" },
-	{ "workers = 65", "t.conf:1: workers: 65 is above the maximum 64" },
+	{ "workers = 16", "t.conf:1: workers: 16 is above the maximum 15" },
+	{ "workers = 64", "t.conf:1: workers: 64 is above the maximum 15" },
 	{ "io_threads = 0", "t.conf:1: io_threads: 0 is below the minimum 1" },
 	{ "io_threads = 257", "t.conf:1: io_threads: 257 is above the maximum 256" },
 	{ "\n\n\nsmtpd_recipient_limit = 0", "t.conf:4: smtpd_recipient_limit: 0 is below the minimum 1" },
@@ -235,7 +236,17 @@ static const struct errcase errcases[] = {
 	{ "listen = 127.0.0.1:25 relay", "t.conf:1: listen: role 'relay' is not mx, submission or submissions" },
 	{ "listen = 127.0.0.1:25 MX", "t.conf:1: listen: role 'MX' is not mx, submission or submissions" },
 	{ "listen = 127.0.0.1:25 mx extra",
-	  "t.conf:1: listen: role 'mx extra' is not mx, submission or submissions" },
+	  "t.conf:1: listen: listener option 'extra' is not supported" },
+	/* features that do not exist yet are refused, never silently accepted */
+	{ "listen = 127.0.0.1:25 mx milters=inet:127.0.0.1:8891",
+	  "t.conf:1: listen: listener option 'milters=inet:127.0.0.1:8891' is not supported" },
+	{ "listen = 127.0.0.1:25 mx proxy=yes",
+	  "t.conf:1: listen: listener option 'proxy=yes' is not supported" },
+	{ "smtpd_milters = inet:127.0.0.1:8891", "t.conf:1: unknown parameter 'smtpd_milters'" },
+	{ "milter_default_action = tempfail",
+	  "t.conf:1: unknown parameter 'milter_default_action'" },
+	{ "proxy_networks = 127.0.0.1/32", "t.conf:1: unknown parameter 'proxy_networks'" },
+	{ "metrics_listen = 127.0.0.1:9155", "t.conf:1: unknown parameter 'metrics_listen'" },
 	{ "listen = 127.0.0.1:25\nlisten = 127.0.0.1:0025 submission",
 	  "t.conf:2: listen: 127.0.0.1:25 is given twice" },
 	{ "listen = [::1]:25\nlisten = [0:0::1]:25", "t.conf:2: listen: [::1]:25 is given twice" },
@@ -538,6 +549,26 @@ static const char example[] =
 	"smtpd_line_limit = 1000\nsmtpd_timeout = 5m\nsmtpd_data_timeout = 10m\n"
 	"smtpd_hard_error_limit = 10\nqueue_minfree = 1g\n";
 
+/* where a key was set, for errors found after parsing (sorterd -t's maps) */
+START_TEST(test_where)
+{
+	static const char text[] = "# maps\n\nuser_map = hash:/x/users\n"
+				   "listen = 127.0.0.1:25 mx\nlisten = 127.0.0.1:26 mx\n";
+	struct config *cf;
+	char err[256], buf[64];
+
+	cf = config_parse("t.conf", text, strlen(text), err, sizeof(err));
+	ck_assert_msg(cf != NULL, "%s", err);
+	ck_assert_str_eq(config_where(cf, "user_map", buf, sizeof(buf)), "t.conf:3");
+	ck_assert_str_eq(config_where(cf, "listen", buf, sizeof(buf)), "t.conf:5");
+	ck_assert_str_eq(config_where(cf, "node_map", buf, sizeof(buf)), "t.conf");
+	config_free(cf);
+	cf = config_parse(NULL, "", 0, err, sizeof(err));
+	ck_assert_str_eq(config_where(cf, "user_map", buf, sizeof(buf)), "(config)");
+	config_free(cf);
+}
+END_TEST
+
 START_TEST(test_load_file)
 {
 	char path[] = "/tmp/check_config.XXXXXX", err[512] = "", want[600];
@@ -629,6 +660,7 @@ config_suite(void)
 	tcase_add_test(tc, test_err_buffer);
 	tcase_add_test(tc, test_load_file);
 	tcase_add_loop_test(tc, test_fd_need, 0, sizeof(fdcases) / sizeof(fdcases[0]));
+	tcase_add_test(tc, test_where);
 	suite_add_tcase(s, tc);
 	return s;
 }

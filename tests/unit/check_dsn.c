@@ -1,5 +1,5 @@
 /*
- * check_dsn.c - unit tests for queue/dsn.c: tables of RFC 3461 parameter
+ * check_dsn.c - unit tests for lib/dsnparam.c and queue/dsn.c: tables of RFC 3461 parameter
  * strings (as the spool stores them) and of xtext and SMTP replies, and
  * reports from dsn_build taken apart again (header fields, MIME boundary
  * and parts, delivery-status fields, CRLF discipline).

@@ -377,12 +377,12 @@ START_TEST(test_open_errors)
 		const char *err;
 	} cases[] = {
 		{ "user_map = ldapx:/x\n",
-		  "user_map: ldapx:/x: unknown map type \"ldapx\" (known: hash, btree)" },
-		{ "alias_map = hash:\n", "alias_map: hash:: no file name" },
-		{ "failover_node = lmtp:[1.2.3]:24\n",
-		  "failover_node \"lmtp:[1.2.3]:24\": invalid IP address in brackets" },
+		  "test.conf:3: user_map: ldapx:/x: unknown map type \"ldapx\" (known: hash, btree)" },
+		{ "alias_map = hash:\n", "test.conf:3: alias_map: hash:: no file name" },
+		{ "# a comment\n\nfailover_node = lmtp:[1.2.3]:24\n",
+		  "test.conf:5: failover_node \"lmtp:[1.2.3]:24\": invalid IP address in brackets" },
 		{ "failover_node = node-x\n",
-		  "failover_node \"node-x\" names a node, but there is no node_map" },
+		  "test.conf:3: failover_node \"node-x\" names a node, but there is no node_map" },
 	};
 	struct config *cf;
 	char err[512];
@@ -600,7 +600,7 @@ START_TEST(test_missing_map)
 	ck_assert_int_eq(router_check_rcpt(r, "ghost@example.test", why, sizeof(why)),
 			 RCPT_TEMPFAIL);
 	ck_assert_int_eq(router_check_maps(r, why, sizeof(why)), -1);
-	want = xasprintf("user_map hash:%s/users: cannot open %s/users.db: %s", dir, dir,
+	want = xasprintf("test.conf:3: user_map hash:%s/users: cannot open %s/users.db: %s", dir, dir,
 			 strerror(ENOENT));
 	ck_assert_str_eq(why, want);
 	memset(&l, 0, sizeof(l));

@@ -1,7 +1,8 @@
 /*
  * check_spool.c - unit tests for the queue file format (queue/spool.c):
  * encode/parse round trips, recipient states, every kind of damage a crash
- * or a disk can do to a file, and the spool folder helpers.
+ * or a disk can do to a file, the reader (a read error is never taken for
+ * damage), and the spool folder helpers.
  */
 #include "config.h"
 
@@ -490,7 +491,7 @@ write_file(const char *path, const void *p, size_t n)
 
 START_TEST(test_read_file)
 {
-	struct spool_msg m;
+	struct spool_file f;
 	struct dstr d;
 	char path[512], id[QID_LEN + 1], err[256];
 
@@ -500,38 +501,179 @@ START_TEST(test_read_file)
 	build_default(&d);
 	snprintf(path, sizeof(path), "%s/%s", tmpdir, id);
 	write_file(path, d.s, d.len);
-	ck_assert_msg(spool_read(path, &m, err, sizeof(err)) == 0, "%s", err);
-	ck_assert_str_eq(m.id, id);           /* from the basename */
-	ck_assert_uint_eq(m.file_size, d.len);
-	ck_assert_str_eq(m.sender, "a@remote.test");
-	ck_assert_uint_eq(m.nrcpt, 2);
-	ck_assert_uint_eq(m.content_len, sizeof(content) - 1);
-	spool_msg_free(&m);
+	ck_assert_msg(spool_load(path, NULL, &f, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_str_eq(f.m.id, id);           /* from the basename */
+	ck_assert_uint_eq(f.m.file_size, d.len);
+	ck_assert_uint_eq(f.len, d.len);
+	ck_assert_mem_eq(f.image, d.s, d.len);
+	ck_assert_str_eq(f.m.sender, "a@remote.test");
+	ck_assert_uint_eq(f.m.nrcpt, 2);
+	ck_assert_uint_eq(f.m.content_len, sizeof(content) - 1);
+	ck_assert_mem_eq(f.image + f.m.content_offset, content, sizeof(content) - 1);
+	spool_file_free(&f);
 
 	/* torn on disk: corrupt, not an I/O error */
 	write_file(path, d.s, d.len - SPOOL_REC_HDR - 1);
-	ck_assert_int_eq(spool_read(path, &m, err, sizeof(err)), -1);
+	ck_assert_int_eq(spool_load(path, NULL, &f, err, sizeof(err)), -1);
 	ck_assert_msg(strstr(err, "runs past end of file") != NULL, "%s", err);
+	ck_assert_ptr_null(f.image);
 
 	/* a name that is not a queue id (a tmp file, an editor's backup) */
 	snprintf(path, sizeof(path), "%s/%s~", tmpdir, id);
 	write_file(path, d.s, d.len);
-	ck_assert_int_eq(spool_read(path, &m, err, sizeof(err)), -1);
+	ck_assert_int_eq(spool_load(path, NULL, &f, err, sizeof(err)), -1);
 	ck_assert_str_eq(err, "file name is not a queue id");
 	snprintf(path, sizeof(path), "%s/%s", tmpdir, "7kq2m4xh1c00");
 	write_file(path, d.s, d.len);
-	ck_assert_int_eq(spool_read(path, &m, err, sizeof(err)), -1);
+	ck_assert_int_eq(spool_load(path, NULL, &f, err, sizeof(err)), -1);
 
 	/* missing: an I/O error, errno kept */
 	snprintf(path, sizeof(path), "%s/%s", tmpdir, "7KQ2M4XH1C00");
 	errno = 0;
-	ck_assert_int_eq(spool_read(path, &m, err, sizeof(err)), -2);
+	ck_assert_int_eq(spool_load(path, NULL, &f, err, sizeof(err)), -2);
 	ck_assert_int_eq(errno, ENOENT);
 	ck_assert_msg(strstr(err, path) != NULL, "%s", err);
 
-	/* a directory in the way */
+	/* a directory in the way is no queue file: it goes aside, not retried forever */
 	ck_assert_int_eq(mkdir(path, 0700), 0);
-	ck_assert_int_eq(spool_read(path, &m, err, sizeof(err)), -2);
+	ck_assert_int_eq(spool_load(path, NULL, &f, err, sizeof(err)), -1);
+	ck_assert_str_eq(err, "not a regular file");
+	ck_assert_int_eq(rmdir(path), 0);
+
+	/* nor is a symbolic link, wherever it points */
+	ck_assert_int_eq(symlink("/etc/passwd", path), 0);
+	ck_assert_int_eq(spool_load(path, NULL, &f, err, sizeof(err)), -1);
+	ck_assert_str_eq(err, "a symbolic link, not a queue file");
+	ck_assert_int_eq(unlink(path), 0);
+
+	dstr_free(&d);
+	rm_rf(tmpdir);
+}
+END_TEST
+
+/*
+ * Fault injection for the read path: a reader that hands out `fault_after`
+ * bytes (in `fault_chunk`-byte reads) and then fails with `fault_errno`,
+ * or, with fault_errno 0, ends the file there. EINTR is answered once and
+ * the read then goes on.
+ */
+static size_t fault_after, fault_chunk, fault_given;
+static int fault_errno;
+static bool fault_eintr_done;
+
+static ssize_t
+faulty_read(int fd, void *buf, size_t n)
+{
+	ssize_t got;
+
+	if (fault_given >= fault_after) {
+		if (fault_errno == EINTR && fault_eintr_done)
+			return read(fd, buf, n);
+		if (fault_errno == EINTR)
+			fault_eintr_done = true;
+		if (fault_errno == 0)
+			return 0;
+		errno = fault_errno;
+		return -1;
+	}
+	if (n > fault_after - fault_given)
+		n = fault_after - fault_given;
+	if (n > fault_chunk)
+		n = fault_chunk;
+	got = read(fd, buf, n);
+	if (got > 0)
+		fault_given += (size_t)got;
+	return got;
+}
+
+static void
+fault_set(size_t after, size_t chunk, int err)
+{
+	fault_after = after;
+	fault_chunk = chunk;
+	fault_errno = err;
+	fault_given = 0;
+	fault_eintr_done = false;
+}
+
+static bool
+exists(const char *path)
+{
+	struct stat st;
+
+	return stat(path, &st) == 0;
+}
+
+/* What the queue manager and the start-up check do with a file they pick
+ * up (spool_take): a read error leaves a good file where it is, whatever
+ * the errno and wherever the read fails; a file that parses wrong goes to
+ * corrupt/. */
+START_TEST(test_take_read_errors)
+{
+	static const int errs[] = { EIO, ENOMEM, EMFILE, ENFILE, EAGAIN, ESTALE };
+	char spool[512], path[600], bad[600], id[QID_LEN + 1];
+	struct spool_file f;
+	struct dstr d;
+	size_t i, k, after[] = { 0, 1, SPOOL_REC_HDR, 0 };
+
+	make_tmpdir();
+	snprintf(spool, sizeof(spool), "%s/spool", tmpdir);
+	ck_assert_int_eq(spool_prepare(spool), 0);
+	qid_init(4);
+	qid_next(id);
+	build_default(&d);
+	snprintf(path, sizeof(path), "%s/active/%s", spool, id);
+	snprintf(bad, sizeof(bad), "%s/corrupt/%s", spool, id);
+	write_file(path, d.s, d.len);
+	after[3] = d.len / 2;
+
+	for (i = 0; i < sizeof(errs) / sizeof(errs[0]); i++) {
+		for (k = 0; k < sizeof(after) / sizeof(after[0]); k++) {
+			fault_set(after[k], 7, errs[i]);
+			errno = 0;
+			ck_assert_msg(spool_take(spool, path, faulty_read, &f) == -2,
+				      "errno %d after %zu bytes: not an I/O error", errs[i], after[k]);
+			ck_assert_int_eq(errno, errs[i]);
+			ck_assert_ptr_null(f.image);
+			ck_assert_msg(exists(path), "errno %d after %zu bytes: the file was moved",
+				      errs[i], after[k]);
+			ck_assert_msg(!exists(bad), "errno %d: quarantined on a read error", errs[i]);
+		}
+	}
+
+	/* an interrupted read goes on: the file loads whole */
+	fault_set(10, 3, EINTR);
+	ck_assert_int_eq(spool_take(spool, path, faulty_read, &f), 0);
+	ck_assert_uint_eq(f.len, d.len);
+	ck_assert_str_eq(f.m.id, id);
+	spool_file_free(&f);
+
+	/* small reads are put together */
+	fault_set(d.len, 1, 0);
+	ck_assert_int_eq(spool_take(spool, path, faulty_read, &f), 0);
+	ck_assert_mem_eq(f.image, d.s, d.len);
+	spool_file_free(&f);
+
+	/* the same file read in full again, after the errors */
+	ck_assert_int_eq(spool_take(spool, path, NULL, &f), 0);
+	spool_file_free(&f);
+
+	/* the file really is torn (its end is gone): corrupt/ */
+	fault_set(d.len / 2, 4096, 0);
+	ck_assert_int_eq(spool_take(spool, path, faulty_read, &f), -1);
+	ck_assert_ptr_null(f.image);
+	ck_assert(!exists(path));
+	ck_assert(exists(bad));
+
+	/* a damaged file on disk: corrupt/ too */
+	write_file(path, d.s, d.len - 1);
+	ck_assert_int_eq(spool_take(spool, path, NULL, &f), -1);
+	ck_assert(!exists(path));
+
+	/* gone meanwhile: nothing moved, nothing to do */
+	errno = 0;
+	ck_assert_int_eq(spool_take(spool, path, NULL, &f), -2);
+	ck_assert_int_eq(errno, ENOENT);
 
 	dstr_free(&d);
 	rm_rf(tmpdir);
@@ -613,6 +755,103 @@ START_TEST(test_quarantine)
 }
 END_TEST
 
+/* ---- the status file beside a deferred message (status.c) ---- */
+
+struct status_case {
+	const char *in;
+	int rc;
+	unsigned attempts;
+	bool warned;
+	const char *items;      /* the items as "kind index text|..." */
+	size_t len;             /* of in, when it holds a NUL; else 0 */
+};
+
+static const struct status_case status_cases[] = {
+	{ .in = "", .attempts = 0, .warned = false, .items = "" },
+	{ .in = "attempts\t3\nwarned\t1\n", .attempts = 3, .warned = true, .items = "" },
+	{ .in = "attempts\t1\nwarned\t0\nerror\t0\t451 4.3.0 later\ndone\t2\tb@x.test\n",
+	  .attempts = 1, .items = "error 0 451 4.3.0 later|done 2 b@x.test|" },
+	{ .in = "error\t4\t\n", .attempts = 0, .warned = false, .items = "error 4 |" },
+	/* only the first two TABs split a line */
+	{ .in = "error\t1\ta\tb\n", .attempts = 0, .warned = false, .items = "error 1 a\tb|" },
+	{ .in = "attempts\t4294967295\n", .attempts = 4294967295u, .warned = false, .items = "" },
+	/* refused */
+	{ .in = "attempts\t3", .rc = -1 },  /* torn: no LF at the end */
+	{ .in = "error\t1\tx\nattempts\t3", .rc = -1 },  /* torn after an item: nothing leaks */
+	{ .in = "attempts 3\n", .rc = -1 },
+	{ .in = "attempts\t\n", .rc = -1 },
+	{ .in = "attempts\t-1\n", .rc = -1 },  /* strtoul would take these */
+	{ .in = "attempts\t+1\n", .rc = -1 },
+	{ .in = "attempts\t 1\n", .rc = -1 },
+	{ .in = "attempts\t4294967296\n", .rc = -1 },
+	{ .in = "attempts\t1\t2\n", .rc = -1 },
+	{ .in = "warned\t2\n", .rc = -1 },
+	{ .in = "error\t1\n", .rc = -1 },
+	{ .in = "error\tx\tfoo\n", .rc = -1 },
+	{ .in = "done\t99999999999999999999999\ta@b\n", .rc = -1 },
+	{ .in = "bogus\t1\n", .rc = -1 },
+	{ .in = "error\t1\ta\0b\n", .len = 13, .rc = -1 },
+};
+
+START_TEST(test_status_parse)
+{
+	const struct status_case *c = &status_cases[_i];
+	size_t len = c->len ? c->len : strlen(c->in);
+	struct qstatus st;
+	struct dstr got;
+	size_t i;
+
+	ck_assert_int_eq(qstatus_parse(c->in, len, &st), c->rc);
+	if (c->rc < 0) {
+		ck_assert_uint_eq(st.nitems, 0);
+		ck_assert_ptr_null(st.items);
+		return;
+	}
+	ck_assert_uint_eq(st.attempts, c->attempts);
+	ck_assert_int_eq(st.warned, c->warned);
+	dstr_init(&got, 0);
+	for (i = 0; i < st.nitems; i++)
+		dstr_printf(&got, "%s %zu %s|", st.items[i].kind == QS_DONE ? "done" : "error",
+			    st.items[i].index, st.items[i].text);
+	ck_assert_str_eq(got.s ? got.s : "", c->items);
+	dstr_free(&got);
+	qstatus_free(&st);
+}
+END_TEST
+
+START_TEST(test_status_round_trip)
+{
+	struct qstatus st, back;
+	struct dstr d;
+
+	qstatus_init(&st);
+	st.attempts = 7;
+	st.warned = true;
+	qstatus_set_error(&st, 0, "550 5.1.1\tno\r\nsuch user");
+	qstatus_set_error(&st, 0, "451 4.3.0 later");        /* replaces */
+	qstatus_add_done(&st, 1, "a@example.test");
+	qstatus_add_done(&st, 1, "a@example.test");          /* once */
+	qstatus_add_done(&st, 1, "b@example.test");
+	ck_assert_str_eq(qstatus_error(&st, 0), "451 4.3.0 later");
+	ck_assert_ptr_null(qstatus_error(&st, 1));
+	dstr_init(&d, 0);
+	qstatus_format(&st, &d);
+	ck_assert_str_eq(d.s, "attempts\t7\nwarned\t1\nerror\t0\t451 4.3.0 later\n"
+			 "done\t1\ta@example.test\ndone\t1\tb@example.test\n");
+	ck_assert_int_eq(qstatus_parse(d.s, d.len, &back), 0);
+	ck_assert_uint_eq(back.attempts, 7);
+	ck_assert(back.warned);
+	ck_assert(qstatus_is_done(&back, 1, "b@example.test"));
+	ck_assert(!qstatus_is_done(&back, 0, "b@example.test"));
+	/* control characters never get into the file */
+	qstatus_set_error(&back, 2, "a\tb\rc\nd");
+	ck_assert_str_eq(qstatus_error(&back, 2), "a b c d");
+	qstatus_free(&back);
+	qstatus_free(&st);
+	dstr_free(&d);
+}
+END_TEST
+
 static Suite *
 spool_suite(void)
 {
@@ -632,8 +871,15 @@ spool_suite(void)
 
 	tc = tcase_create("files");
 	tcase_add_test(tc, test_read_file);
+	tcase_add_test(tc, test_take_read_errors);
 	tcase_add_test(tc, test_prepare);
 	tcase_add_test(tc, test_quarantine);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("status");
+	tcase_add_loop_test(tc, test_status_parse, 0,
+			    sizeof(status_cases) / sizeof(status_cases[0]));
+	tcase_add_test(tc, test_status_round_trip);
 	suite_add_tcase(s, tc);
 	return s;
 }
