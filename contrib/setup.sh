@@ -20,6 +20,8 @@ PKGS="build-essential autoconf automake libtool pkg-config clang
 libevent-dev libssl-dev libc-ares-dev libdb5.3-dev libmilter-dev check libcrypt-dev
 postfix swaks dovecot-core dovecot-lmtpd dnsmasq-base opendkim python3 db-util
 procps time openssl util-linux iproute2 msmtp libsasl2-modules libnet-ssleay-perl"
+# operations: promtool (metrics), mandoc (manual lint), systemd-analyze (unit check)
+PKGS="$PKGS prometheus mandoc systemd"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "lib/lib.h"
+#include "lib/metrics.h"
 #include "queue/queue.h"
 
 struct commit_pool {
@@ -112,6 +113,8 @@ commit_finished(void *arg)
 {
 	struct commit_job *job = arg;
 
+	if (job->error == 0)
+		metrics_commit_latency(metrics_now() - job->submitted_usec);
 	job->done(job, job->arg);
 }
 
@@ -136,6 +139,7 @@ commit_submit(struct commit_pool *p, struct commit_job *job)
 {
 	job->error = 0;
 	job->pool = p;
+	job->submitted_usec = metrics_now();
 	iopool_run(p->io, commit_work, commit_finished, job);
 }
 

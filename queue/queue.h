@@ -164,6 +164,7 @@ struct commit_job {
 	/* filled by the pool */
 	int error;                 /* 0 = durable; else an errno value */
 	struct commit_pool *pool;
+	uint64_t submitted_usec;   /* for the commit latency histogram */
 };
 
 struct commit_pool *commit_pool_create(struct event_base *base, const char *spool_dir,
@@ -213,6 +214,15 @@ void control_stop(struct control *c);
 /* Client side: 0 = answered (reply in out; its status in *ok), -1 = nobody
  * listens (errno set). */
 int control_request(const char *spool_dir, const char *line, struct dstr *out, bool *ok);
+
+/* ---- the metrics process (metrics_http.c) ---- */
+struct metrics;
+struct metrics_queue;
+/* Serves GET /metrics on listen_fd until SIGTERM or EOF on master_fd. */
+int metrics_http_main(const struct config *cf, const struct metrics *m, int listen_fd,
+		      int master_fd);
+/* Counts and sizes the spool's folders; the oldest id's age. */
+void metrics_queue_scan(const char *spool_dir, struct metrics_queue *q);
 
 /* ---- per-message status of deferred mail (status.c) ---- */
 enum qstatus_kind { QS_ERROR, QS_DONE };

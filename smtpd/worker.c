@@ -35,6 +35,7 @@
 #include <openssl/ssl.h>
 
 #include "lib/lib.h"
+#include "lib/metrics.h"
 #include "queue/queue.h"
 #include "router/router.h"
 #include "smtpd/auth.h"
@@ -137,6 +138,7 @@ on_accept(evutil_socket_t lfd, short what, void *arg)
 		}
 		if (w->draining) {
 			refuse(fd, w->cf->hostname, "service shutting down");
+			metrics_session_rejected((int)(l - w->ls), MSR_SHUTDOWN);
 			continue;
 		}
 		client_addr_key((struct sockaddr *)&ss, key);
@@ -152,6 +154,7 @@ on_accept(evutil_socket_t lfd, short what, void *arg)
 				 w->cf->smtpd_max_sessions);
 			refuse(fd, w->cf->hostname, "too many connections");
 			atomic_fetch_add(&w->ctr->refused, 1);
+			metrics_session_rejected((int)(l - w->ls), MSR_MAX_SESSIONS);
 			continue;
 		}
 		if (slot < 0) {
@@ -166,6 +169,8 @@ on_accept(evutil_socket_t lfd, short what, void *arg)
 			refuse(fd, w->cf->hostname, slot == -2 ? "too many connections from your address"
 				: "too many connections per minute from your address");
 			atomic_fetch_add(&w->ctr->refused, 1);
+			metrics_session_rejected((int)(l - w->ls),
+						 slot == -2 ? MSR_CLIENT_LIMIT : MSR_CLIENT_RATE);
 			continue;
 		}
 		atomic_fetch_add(&w->ctr->connections, 1);
