@@ -957,6 +957,12 @@ config_key(size_t i)
 	return i < NPARAMS ? params[i].name : NULL;
 }
 
+const char *
+config_key_default(size_t i)
+{
+	return i < NPARAMS && !(params[i].flags & F_DEF_HOST) ? params[i].def : NULL;
+}
+
 bool
 config_is_local_domain(const struct config *cf, const char *domain)
 {

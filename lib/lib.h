@@ -168,6 +168,9 @@ int config_syslog_facility(const struct config *cf);
 /* The name of the i-th parameter of the table, NULL past the last: for
  * the test that keeps sorter.conf(5) complete */
 const char *config_key(size_t i);
+/* Its default as the file would spell it; NULL when it has none (or it is
+ * the host's name) */
+const char *config_key_default(size_t i);
 
 /* STARTTLS levels of the SMTP client, by name in tls_level_names (NULL-ended);
  * smtp_tls_security_level and smtp_tls_policy_map values. */
