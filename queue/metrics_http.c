@@ -83,6 +83,22 @@ metrics_queue_scan(const char *spool_dir, struct metrics_queue *q)
 		q->oldest_age = (double)(now - oldest) / 1e6;
 }
 
+/* A short plain-text answer (evhttp_send_error would drop our headers) */
+static void
+send_plain(struct evhttp_request *req, int code, const char *reason)
+{
+	struct evkeyvalq *hdrs = evhttp_request_get_output_headers(req);
+	struct evbuffer *body = evbuffer_new();
+
+	evhttp_add_header(hdrs, "Content-Type", "text/plain; charset=utf-8");
+	evhttp_add_header(hdrs, "Connection", "close");
+	if (body != NULL)
+		evbuffer_add_printf(body, "%d %s\n", code, reason);
+	evhttp_send_reply(req, code, reason, body);
+	if (body != NULL)
+		evbuffer_free(body);
+}
+
 static void
 on_request(struct evhttp_request *req, void *arg)
 {
@@ -95,12 +111,12 @@ on_request(struct evhttp_request *req, void *arg)
 	struct dstr out;
 
 	if (path == NULL || strcmp(path, "/metrics") != 0) {
-		evhttp_send_error(req, HTTP_NOTFOUND, "Not Found");
+		send_plain(req, HTTP_NOTFOUND, "Not Found");
 		return;
 	}
 	if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
 		evhttp_add_header(hdrs, "Allow", "GET");
-		evhttp_send_error(req, 405, "Method Not Allowed");
+		send_plain(req, 405, "Method Not Allowed");
 		return;
 	}
 	metrics_queue_scan(h->cf->spool_dir, &q);
@@ -108,7 +124,7 @@ on_request(struct evhttp_request *req, void *arg)
 	metrics_render(h->m, &q, &out);
 	body = evbuffer_new();
 	if (body == NULL || evbuffer_add(body, out.s ? out.s : "", out.len) < 0) {
-		evhttp_send_error(req, HTTP_INTERNAL, "Internal Server Error");
+		send_plain(req, HTTP_INTERNAL, "Internal Server Error");
 	} else {
 		evhttp_add_header(hdrs, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
 		evhttp_add_header(hdrs, "Cache-Control", "no-store");
