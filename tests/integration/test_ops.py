@@ -93,6 +93,37 @@ def child_holding(d, target):
     return None
 
 
+def dashboard_exprs():
+    with open(os.path.join(SRCDIR, "contrib", "grafana", "sorter.json")) as f:
+        dash = json.load(f)
+    return [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+
+
+def dashboard_metrics():
+    return sorted({m for e in dashboard_exprs() for m in re.findall(r"\bsorter_[a-z_]+", e)})
+
+
+class DashboardTest(unittest.TestCase):
+    def test_queries_parse(self):
+        """promtool parses every query of contrib/grafana/sorter.json (as recording rules,
+        with Grafana's variables filled in)."""
+        tool = shutil.which("promtool")
+        self.assertIsNotNone(tool, "promtool is not installed")
+        exprs = dashboard_exprs()
+        self.assertGreater(len(exprs), 15)
+        tmp = tempfile.mkdtemp(prefix="sorter-it-dash-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        rules = os.path.join(tmp, "rules.yml")
+        with open(rules, "w") as f:
+            f.write("groups:\n- name: dashboard\n  rules:\n")
+            for i, e in enumerate(exprs):
+                e = e.replace("$__rate_interval", "5m").replace("$instance", ".*")
+                f.write("  - record: dashboard:q%d\n    expr: %s\n" % (i, json.dumps(e)))
+        r = subprocess.run([tool, "check", "rules", rules], capture_output=True, text=True,
+                           timeout=60)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+
+
 class MetricsTest(DeliveryTestCase):
     """Mail to two nodes, a bounce, a rejected message; /metrics against all of it."""
 
@@ -185,6 +216,11 @@ class MetricsTest(DeliveryTestCase):
                          value(s, "sorter_map_lookups_total", map=um))
         self.assertEqual(value(s, "sorter_log_lines_dropped_total"), 0)
         self.assertEqual(value(s, "sorter_build_info", version="0.1.0"), 1)
+        # every series the dashboard asks for exists
+        families = set(re.findall(r"(?m)^# TYPE (\S+) ", body))
+        for name in dashboard_metrics():
+            base = re.sub(r"_(bucket|sum|count)$", "", name)
+            self.assertTrue(name in families or base in families, name)
 
     def test_deferred_mail_and_restarts(self):
         """Node B down: bob's mail shows as deferred with an age; a worker killed by -9 is
