@@ -2,14 +2,16 @@
  * session.c - one SMTP session (RFC 5321) on a libevent bufferevent.
  *
  * Input is taken one complete line at a time (or, during DATA, one chunk at
- * a time through the pure DATA parser); replies are queued in order and go
- * out when the input buffer is exhausted, which is PIPELINING (RFC 2920).
- * A message is acknowledged with 250 only from the commit callback, i.e.
- * after its queue file and directory entry are durable.
+ * a time through the pure DATA parser; a BDAT chunk is counted off by its
+ * size, through the same parser in raw mode); replies are queued in order
+ * and go out when the input buffer is exhausted, which is PIPELINING (RFC
+ * 2920). A message is acknowledged with 250 only from the commit callback,
+ * i.e. after its queue file and directory entry are durable.
  *
- * This file must never answer 250 to DATA before the commit completed, never
- * act on bytes that arrived before a TLS handshake, and never let one DATA
- * carry more than one message.
+ * This file must never answer 250 to DATA or BDAT LAST before the commit
+ * completed, never act on bytes that arrived before a TLS handshake, never
+ * let one DATA carry more than one message, and never take a chunk's octets
+ * for commands.
  */
 #include "config.h"
 
@@ -47,6 +49,7 @@ enum sstate {
 	SS_READY,       /* greeted, no transaction */
 	SS_MAIL,        /* MAIL accepted */
 	SS_RCPT,        /* at least one RCPT accepted */
+	SS_BDAT,        /* BDAT chunks taken, more to come (RFC 3030) */
 	SS_DATA,        /* reading content */
 	SS_COMMIT,      /* content complete, waiting for the spool */
 	SS_AUTH,        /* AUTH: waiting for the client's next response line */
@@ -56,7 +59,7 @@ enum sstate {
 
 /* in which states a verb may be used; else 503 */
 #define ST(x) (1u << (x))
-#define ANY (ST(SS_INIT) | ST(SS_READY) | ST(SS_MAIL) | ST(SS_RCPT))
+#define ANY (ST(SS_INIT) | ST(SS_READY) | ST(SS_MAIL) | ST(SS_RCPT) | ST(SS_BDAT))
 
 struct session {
 	struct worker *w;
@@ -102,6 +105,12 @@ struct session {
 	struct dstr content;
 	bool too_big;
 	struct commit_job *job;
+
+	/* the BDAT chunk being read: its octets are content, never commands */
+	bool in_chunk;
+	uint64_t chunk_size, chunk_left;
+	bool chunk_last;
+	const char *chunk_refused;     /* the error reply of a chunk read only to be dropped */
 
 	/* counters for the disconnect line */
 	unsigned n_msgs;
@@ -269,6 +278,7 @@ do_helo(struct session *s, struct smtp_cmd *c)
 	reply(s, "250-ENHANCEDSTATUSCODES");
 	reply(s, "250-8BITMIME");
 	reply(s, "250-SMTPUTF8");
+	reply(s, "250-CHUNKING");
 	reply(s, "250 DSN");
 }
 
@@ -471,21 +481,55 @@ add_received(struct session *s)
 	dstr_printf(&s->content, "\r\n");
 }
 
+/* The content of a new message, by DATA or (raw) by BDAT. */
+static void
+content_start(struct session *s, bool raw)
+{
+	qid_next(s->id);
+	/* the limit leaves room for our Received: header on top of the content */
+	dstr_init(&s->content, (size_t)s->w->cf->message_size_limit + RECEIVED_MAX + 4096);
+	add_received(s);
+	if (raw)
+		data_parser_init_raw(&s->dp);
+	else
+		data_parser_init(&s->dp);
+	s->data_start = now_usec();
+	s->too_big = false;
+}
+
 static void
 do_data(struct session *s, struct smtp_cmd *c)
 {
-	const struct config *cf = s->w->cf;
-
-	qid_next(s->id);
-	/* the limit leaves room for our Received: header on top of the content */
-	dstr_init(&s->content, (size_t)cf->message_size_limit + RECEIVED_MAX + 4096);
-	add_received(s);
-	data_parser_init(&s->dp);
-	s->data_start = now_usec();
-	s->too_big = false;
+	content_start(s, false);
 	s->state = SS_DATA;
-	set_read_timeout(s, cf->smtpd_data_timeout);
+	set_read_timeout(s, s->w->cf->smtpd_data_timeout);
 	reply(s, "354 End data with <CR><LF>.<CR><LF>");
+}
+
+static const char *out_of_state_text(struct session *s, enum smtp_verb v);
+
+/*
+ * BDAT n [LAST] (RFC 3030): n octets of content follow the line, whatever
+ * the reply to it will be. So this handler checks the state itself rather
+ * than leave it to dispatch(): a chunk that is refused must still be read,
+ * and dropped, or its octets would be taken for commands. The reply, a
+ * refusal too, goes out once the whole chunk is in (end_of_chunk), which
+ * keeps the replies to pipelined chunks in order.
+ */
+static void
+do_bdat(struct session *s, struct smtp_cmd *c)
+{
+	s->in_chunk = true;
+	s->chunk_size = s->chunk_left = c->chunk_size;
+	s->chunk_last = c->chunk_last;
+	s->chunk_refused = NULL;
+	if (s->state == SS_RCPT) {
+		content_start(s, true);
+		s->state = SS_BDAT;
+	} else if (s->state != SS_BDAT)
+		s->chunk_refused = out_of_state_text(s, VERB_BDAT);
+	if (s->chunk_left > 0)
+		set_read_timeout(s, s->w->cf->smtpd_data_timeout);
 }
 
 static void
@@ -829,7 +873,8 @@ static const struct {
 	[VERB_HELP] = { do_help, ANY, NULL, true },
 	[VERB_STARTTLS] = { do_starttls, ST(SS_INIT) | ST(SS_READY), "503 5.5.1 Error: MAIL transaction in progress" },
 	[VERB_AUTH] = { do_auth, ST(SS_READY), "503 5.5.1 Error: MAIL transaction in progress" },
-	[VERB_BDAT] = { do_not_implemented, ANY, NULL },
+	/* BDAT checks the state itself: a refused chunk must still be read */
+	[VERB_BDAT] = { do_bdat, ANY, NULL },
 };
 
 static const char *
@@ -839,7 +884,10 @@ out_of_state_text(struct session *s, enum smtp_verb v)
 		return "503 5.5.1 Error: send HELO/EHLO first";
 	if (v == VERB_MAIL)
 		return "503 5.5.1 Error: nested MAIL command";
-	if (v == VERB_DATA)
+	if (s->state == SS_BDAT)   /* RFC 3030 3: no DATA, nor anything else, amid chunks */
+		return v == VERB_DATA ? "503 5.5.1 Error: DATA in a BDAT transaction"
+				      : "503 5.5.1 Error: BDAT transaction in progress";
+	if (v == VERB_DATA || v == VERB_BDAT)
 		return s->state == SS_MAIL ? "503 5.5.1 Error: need RCPT command"
 					   : "503 5.5.1 Error: need MAIL command";
 	return verbs[v].out_of_state ? verbs[v].out_of_state : "503 5.5.1 Error: bad sequence of commands";
@@ -874,6 +922,18 @@ dispatch(struct session *s, const char *line, size_t len)
 	case CMD_ERR_UTF8:
 		reply_error(s, "553 5.6.7 %s", why);
 		return;
+	case CMD_ERR_BDAT: {
+		/* the chunk's size is unknown: what follows can't be told from commands */
+		char buf[256];
+
+		msg_info("malformed BDAT from [%s]: closing", s->addr);
+		reply(s, "501 5.5.4 Error: %s", why);
+		snprintf(buf, sizeof(buf), "421 4.5.0 %s Error: BDAT chunk size unknown, closing",
+			 s->w->cf->hostname);
+		transaction_reset(s);
+		reply_close(s, buf);
+		return;
+	}
 	}
 	if (cmd.verb <= VERB_UNKNOWN || cmd.verb >= VERB_MAX || verbs[cmd.verb].fn == NULL) {
 		reply_error(s, "500 5.5.2 Error: command not recognized");
@@ -988,6 +1048,20 @@ end_of_data(struct session *s)
 	commit_submit(s->w->commit, job);
 }
 
+/* Keeps parsed content, until the message is over message_size_limit:
+ * from then on it is still read, to stay in step, but no longer kept. */
+static void
+content_add(struct session *s, const char *p, size_t n)
+{
+	if (s->too_big)
+		return;
+	if (s->dp.bytes > (uint64_t)s->w->cf->message_size_limit ||
+	    dstr_append(&s->content, p, n) < 0) {
+		s->too_big = true;
+		dstr_free(&s->content);
+	}
+}
+
 /* Feeds buffered DATA content to the parser. Returns true when the end of
  * data was reached. */
 static bool
@@ -1003,13 +1077,7 @@ take_data(struct session *s, struct evbuffer *in)
 			break;
 		take = v.iov_len < sizeof(chunk) - 2 ? v.iov_len : sizeof(chunk) - 2;
 		used = data_parse(&s->dp, v.iov_base, take, chunk, &outlen, &done);
-		if (!s->too_big) {
-			if (s->dp.bytes > (uint64_t)s->w->cf->message_size_limit ||
-			    dstr_append(&s->content, chunk, outlen) < 0) {
-				s->too_big = true;
-				dstr_free(&s->content);
-			}
-		}
+		content_add(s, chunk, outlen);
 		evbuffer_drain(in, used);
 	}
 	return done;
@@ -1060,6 +1128,74 @@ line_too_long(struct session *s, struct evbuffer *in)
 	reply_error(s, "500 5.5.2 Error: line too long");
 }
 
+/* Takes the buffered octets of the current BDAT chunk, through the parser
+ * in raw mode (or into the void when the chunk is refused). Returns true
+ * when the whole chunk is in. */
+static bool
+take_chunk(struct session *s, struct evbuffer *in)
+{
+	struct evbuffer_iovec v;
+	char chunk[16384];
+	size_t outlen, take;
+	bool done;
+
+	while (s->chunk_left > 0 && evbuffer_get_length(in) > 0) {
+		if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+			break;
+		take = v.iov_len < sizeof(chunk) ? v.iov_len : sizeof(chunk);
+		if (take > s->chunk_left)
+			take = (size_t)s->chunk_left;
+		if (s->chunk_refused == NULL) {
+			/* raw: every octet is content, and out is in */
+			(void)data_parse(&s->dp, v.iov_base, take, chunk, &outlen, &done);
+			content_add(s, chunk, outlen);
+		}
+		evbuffer_drain(in, take);
+		s->chunk_left -= take;
+	}
+	return s->chunk_left == 0;
+}
+
+/*
+ * The reply to a BDAT, once its chunk is in. The LAST chunk ends the
+ * message as "." ends DATA: the same checks, the same commit, 250 only
+ * after it. A chunk that takes the message over the size limit fails the
+ * transaction at once (RFC 3030 3); chunks pipelined behind it then find
+ * no transaction and get 503, their octets read and dropped.
+ * smtpd_min_data_rate applies to the chunks of a message as to DATA.
+ */
+static void
+end_of_chunk(struct session *s)
+{
+	char end[2];
+	size_t n;
+
+	s->in_chunk = false;
+	if (s->chunk_size > 0)
+		set_read_timeout(s, s->w->cf->smtpd_timeout);
+	if (s->chunk_refused != NULL) {
+		reply_error(s, "%s", s->chunk_refused);
+		return;
+	}
+	if (s->chunk_last) {
+		n = data_parse_end(&s->dp, end);
+		content_add(s, end, n);
+		end_of_data(s);
+		return;
+	}
+	if (s->too_big) {
+		msg_info("%s: reject: message from [%s] exceeds message_size_limit", s->id, s->addr);
+		reply_error(s, "552 5.3.4 Error: message file too big");
+		atomic_fetch_add(&s->w->ctr->rejected, 1);
+		transaction_reset(s);
+		return;
+	}
+	reply(s, "250 2.0.0 Ok: %llu octets", (unsigned long long)s->chunk_size);
+	/* the rate counts from the first chunk, the waits between chunks included,
+	 * so that a trickle of small (or empty) chunks cannot hold a slot either */
+	data_rate_check(s);
+}
+
 static void
 process_input(struct session *s)
 {
@@ -1074,6 +1210,17 @@ process_input(struct session *s)
 			return;
 		if (evbuffer_get_length(out) > PIPELINE_OUTPUT_MAX)
 			return;         /* on_write resumes once the client reads */
+		if (s->in_chunk) {
+			if (take_chunk(s, in)) {
+				end_of_chunk(s);
+				continue;
+			}
+			if (s->chunk_refused == NULL)
+				data_rate_check(s);
+			else if (s->drain)      /* no transaction to finish: end now */
+				reply_close(s, drain_text(s));
+			return;
+		}
 		if (s->state == SS_DATA) {
 			if (!take_data(s, in)) {
 				data_rate_check(s);
@@ -1228,7 +1375,8 @@ on_event(struct bufferevent *bev, short what, void *arg)
 		return;
 	}
 	if (what & BEV_EVENT_TIMEOUT) {
-		msg_info("timeout after %s from [%s]", s->state == SS_DATA ? "DATA" : "command", s->addr);
+		msg_info("timeout after %s from [%s]", s->state == SS_DATA ? "DATA" :
+			 s->in_chunk ? "BDAT" : "command", s->addr);
 		if (s->state == SS_CLOSING) {
 			session_close(s);       /* the client does not read its last reply */
 			return;
@@ -1253,8 +1401,9 @@ on_event(struct bufferevent *bev, short what, void *arg)
 		bufferevent_disable(bev, EV_READ | EV_WRITE);
 		return;
 	}
-	if (s->state == SS_DATA)
-		msg_info("%s: lost connection after DATA from [%s]", s->id, s->addr);
+	if (s->state == SS_DATA || s->state == SS_BDAT)
+		msg_info("%s: lost connection after %s from [%s]", s->id,
+			 s->state == SS_DATA ? "DATA" : "BDAT", s->addr);
 	session_close(s);
 }
 
