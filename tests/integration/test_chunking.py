@@ -12,6 +12,7 @@ A raw socket client (harness.Client) gives exact control of the bytes: no common
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -363,6 +364,56 @@ class ChunkingTimeoutTest(SorterTestCase):
         self.assertTrue(c.closed())
         self.assertTrue(wait_until(lambda: d.log_lines(r"timeout after BDAT from"), 5))
         self.assertEqual(d.queue(), [])
+
+
+    def test_trickle_of_chunks_is_cut_off(self):
+        # one complete 1-byte chunk every 2 s: each chunk is whole, but the message's
+        # content is far under smtpd_min_data_rate once the 30 s grace is over
+        d = self.sorterd(smtpd_min_data_rate=50, smtpd_timeout=60, smtpd_data_timeout=60)
+        c = self.connect(d)
+        self.assertReply(c.ehlo(), 250)
+        c.send(envelope())
+        [c.reply() for _ in range(2)]
+        t0 = time.monotonic()
+        r = None
+        while time.monotonic() - t0 < 45:
+            c.send(b"BDAT 1\r\nx")
+            r = c.reply(timeout=5)
+            if r.code != 250:
+                break
+            time.sleep(2)
+        self.assertIsNotNone(r)
+        # the chunk that finds the rate too low is taken, then the session ends
+        if r.code == 250:
+            r = c.reply(timeout=5)
+        self.assertReply(r, 421, "4.4.2")
+        self.assertGreater(time.monotonic() - t0, 29)
+        self.assertTrue(c.closed())
+        self.assertEqual(d.queue(), [])
+        self.assertTrue(d.log_lines(r"slower than smtpd_min_data_rate=50"))
+
+    def test_refused_chunk_ends_at_session_time_limit(self):
+        # a chunk with no transaction, dripped: there is nothing to finish, so the session
+        # time limit ends it at once
+        d = self.sorterd(smtpd_session_time_limit="10s", smtpd_data_timeout=60)
+        c = self.connect(d)
+        self.assertReply(c.ehlo(), 250)
+        c.send(b"BDAT 1000000\r\n")
+        t0 = time.monotonic()
+        r = None
+        while time.monotonic() - t0 < 25:
+            try:
+                c.send(b"x")
+                r = c.reply(timeout=1)
+                break
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+        self.assertIsNotNone(r, "the session outlived smtpd_session_time_limit")
+        self.assertReply(r, 421, "4.4.2")
+        self.assertGreater(time.monotonic() - t0, 8)
+        self.assertTrue(c.closed())
 
 
 @unittest.skipUnless(shutil.which("openssl"), "openssl not installed")
