@@ -132,6 +132,8 @@ static const struct param params[] = {
 	{ "delay_warning_time", P_TIME, 0, "4h", 0, 86400 * 100, INT(delay_warning_time), 0, NULL },
 	{ "qmgr_message_active_limit", P_INT, 0, "2000", 1, 1000000,
 	  INT(qmgr_message_active_limit), 0, NULL },
+	{ "qmgr_message_active_bytes", P_SIZE, 0, "32m", 1 << 20, 1LL << 40,
+	  LLONG(qmgr_message_active_bytes), 0, NULL },
 	{ "lmtp_destination_concurrency_limit", P_INT, 0, "20", 1, 1000,
 	  INT(lmtp_destination_concurrency_limit), 0, NULL },
 	{ "lmtp_destination_recipient_limit", P_INT, 0, "50", 1, 100000,

@@ -41,8 +41,9 @@
 #include "smtpd/smtpd.h"
 
 #define PIPELINE_OUTPUT_MAX (64 * 1024)   /* stop reading while replies pile up */
-#define READ_HIGH_WATER (256 * 1024)
-#define RECEIVED_MAX 1024                 /* our own Received: header */
+/* at most this much client input waits in memory; with the spool stream's
+ * two buffers it bounds what one session's message costs, whatever its size */
+#define READ_HIGH_WATER (64 * 1024)
 
 enum sstate {
 	SS_INIT,        /* no HELO/EHLO yet */
@@ -102,9 +103,11 @@ struct session {
 	size_t nrcpt;
 	char id[QID_LEN + 1];
 	struct data_parser dp;
-	struct dstr content;
 	bool too_big;
-	struct commit_job *job;
+	struct spool_stream *stream;   /* the content on its way into the spool */
+	bool paused;                   /* the stream's buffers are full: wait for it */
+	bool committing;               /* the stream is being committed */
+	uint64_t msg_size;             /* the committed content's size, for the log */
 
 	/* the BDAT chunk being read: its octets are content, never commands */
 	bool in_chunk;
@@ -119,6 +122,8 @@ struct session {
 
 static void process_input(struct session *s);
 static void session_close(struct session *s);
+static spool_stream_cb stream_resume;
+static spool_stream_done_cb stream_dropped;
 
 static void
 reply(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -182,7 +187,11 @@ transaction_reset(struct session *s)
 	s->rcpts = NULL;
 	s->nrcpt = 0;
 	s->id[0] = '\0';
-	dstr_free(&s->content);
+	if (s->stream != NULL && !s->committing)
+		spool_stream_abort(s->stream, stream_dropped);   /* removed on a thread */
+	if (!s->committing)
+		s->stream = NULL;
+	s->paused = false;
 	s->too_big = false;
 	if (s->state != SS_INIT && s->state != SS_CLOSING)
 		s->state = SS_READY;
@@ -458,13 +467,13 @@ fold_word(struct fold *f, const char *fmt, ...)
 }
 
 static void
-add_received(struct session *s)
+add_received(struct session *s, struct dstr *out)
 {
-	struct fold f = { &s->content, 9 };
+	struct fold f = { out, 9 };
 	char date[64];
 
 	rfc5322_date(time(NULL), date, sizeof(date));
-	dstr_printf(&s->content, "Received:");
+	dstr_printf(out, "Received:");
 	fold_word(&f, "from");
 	fold_word(&f, "%s", s->helo);
 	fold_word(&f, "([%s])", s->addr);
@@ -478,17 +487,35 @@ add_received(struct session *s)
 	if (s->nrcpt == 1)
 		fold_word(&f, "for <%.*s>;", (int)rcpt_addr_len(s->rcpts[0]), s->rcpts[0]);
 	fold_word(&f, "%s", date);
-	dstr_printf(&s->content, "\r\n");
+	dstr_printf(out, "\r\n");
 }
 
 /* The content of a new message, by DATA or (raw) by BDAT. */
 static void
 content_start(struct session *s, bool raw)
 {
+	struct spool_envelope env;
+	struct dstr head, received;
+
 	qid_next(s->id);
-	/* the limit leaves room for our Received: header on top of the content */
-	dstr_init(&s->content, (size_t)s->w->cf->message_size_limit + RECEIVED_MAX + 4096);
-	add_received(s);
+	/* the envelope is complete: the queue file starts now, and the content
+	 * streams into it as it comes */
+	env.arrival_usec = now_usec();
+	env.client = s->addr;
+	env.helo = s->helo;
+	env.proto = proto_name(s);
+	env.sender = s->sender;
+	env.sender_params = s->sender_params;
+	env.rcpts = (const char **)s->rcpts;
+	env.nrcpt = s->nrcpt;
+	dstr_init(&head, 0);
+	spool_encode_head(&env, 0, &head);
+	s->stream = spool_stream_open(s->w->commit, s->id, &head, stream_resume, s);
+	dstr_free(&head);
+	dstr_init(&received, 0);
+	add_received(s, &received);
+	(void)spool_stream_write(s->stream, received.s, received.len);
+	dstr_free(&received);
 	if (raw)
 		data_parser_init_raw(&s->dp);
 	else
@@ -959,11 +986,28 @@ dispatch(struct session *s, const char *line, size_t len)
 
 /* ---- end of data and the commit ---- */
 
+/* An aborted message's file is gone: nothing to tell anybody. */
 static void
-commit_done(struct commit_job *job, void *arg)
+stream_dropped(void *arg, int error)
+{
+	(void)arg;
+	(void)error;
+}
+
+/* The stream has room again: take more of the client's input. */
+static void
+stream_resume(void *arg)
 {
 	struct session *s = arg;
-	int error = job->error;
+
+	s->paused = false;
+	process_input(s);
+}
+
+static void
+commit_done(void *arg, int error)
+{
+	struct session *s = arg;
 
 	if (error == 0) {
 		/* queued, whether or not the client is still there to hear it */
@@ -971,31 +1015,29 @@ commit_done(struct commit_job *job, void *arg)
 
 		if (s->login)
 			log_esc(s->login, user, sizeof(user));
-		msg_info("%s: from=<%s>, size=%zu, nrcpt=%zu, client=[%s]%s%s%s%s%s%s", job->id,
-			 log_esc(s->sender, from, sizeof(from)), job->content.len, s->nrcpt, s->addr,
-			 s->tls ? ", tls=" : "", s->tls ? s->tls_desc : "",
+		msg_info("%s: from=<%s>, size=%llu, nrcpt=%zu, client=[%s]%s%s%s%s%s%s", s->id,
+			 log_esc(s->sender, from, sizeof(from)), (unsigned long long)s->msg_size,
+			 s->nrcpt, s->addr, s->tls ? ", tls=" : "", s->tls ? s->tls_desc : "",
 			 s->login ? ", sasl_method=" : "", s->login ? s->auth_mech : "",
 			 s->login ? ", sasl_username=" : "", user);
 		atomic_fetch_add(&s->w->ctr->messages_in, 1);
-		qmgr_wake(s->w->cf->spool_dir, &s->w->wake_fd, job->id);
+		qmgr_wake(s->w->cf->spool_dir, &s->w->wake_fd, s->id);
 		if (s->gone)
-			msg_info("%s: client [%s] left before the reply", job->id, s->addr);
+			msg_info("%s: client [%s] left before the reply", s->id, s->addr);
 		else {
-			reply(s, "250 2.0.0 Ok: queued as %s", job->id);
+			reply(s, "250 2.0.0 Ok: queued as %s", s->id);
 			s->n_msgs++;
 			s->junk = 0;    /* a client that moves mail may reset between messages */
 		}
 	} else {
-		msg_warn("%s: queue file write error: %s", job->id, strerror(error));
+		msg_warn("%s: queue file write error: %s", s->id, strerror(error));
 		if (!s->gone)
 			reply(s, error == ENOSPC || error == EDQUOT ?
 			      "452 4.3.1 Insufficient system storage" :
 			      "451 4.3.0 Error: queue file write error");
 	}
-	s->job = NULL;
-	dstr_free(&job->head);
-	dstr_free(&job->content);
-	free(job);
+	s->stream = NULL;               /* it frees itself */
+	s->committing = false;
 	if (s->gone) {
 		session_close(s);
 		return;
@@ -1009,9 +1051,6 @@ commit_done(struct commit_job *job, void *arg)
 static void
 end_of_data(struct session *s)
 {
-	struct spool_envelope env;
-	struct commit_job *job;
-
 	set_read_timeout(s, s->w->cf->smtpd_timeout);
 	if (s->dp.bare_cr_lf) {
 		msg_info("%s: reject: bare CR or LF in message content from [%s]", s->id, s->addr);
@@ -1027,39 +1066,29 @@ end_of_data(struct session *s)
 		transaction_reset(s);
 		return;
 	}
-	job = xcalloc(1, sizeof(*job));
-	memcpy(job->id, s->id, sizeof(job->id));
-	env.arrival_usec = now_usec();
-	env.client = s->addr;
-	env.helo = s->helo;
-	env.proto = proto_name(s);
-	env.sender = s->sender;
-	env.sender_params = s->sender_params;
-	env.rcpts = (const char **)s->rcpts;
-	env.nrcpt = s->nrcpt;
-	dstr_init(&job->head, 0);
-	spool_encode_head(&env, s->content.len, &job->head);
-	job->content = s->content;       /* the job owns the content now */
-	dstr_init(&s->content, 0);
-	job->done = commit_done;
-	job->arg = s;
-	s->job = job;
 	s->state = SS_COMMIT;
-	commit_submit(s->w->commit, job);
+	s->committing = true;
+	s->paused = false;
+	s->msg_size = spool_stream_content_len(s->stream);
+	spool_stream_commit(s->stream, commit_done);
 }
 
-/* Keeps parsed content, until the message is over message_size_limit:
- * from then on it is still read, to stay in step, but no longer kept. */
+/* Streams parsed content into the spool, until the message is over
+ * message_size_limit: from then on it is still read, to stay in step, but
+ * no longer kept. When the stream's buffers are full the session pauses
+ * until it has room (stream_resume), and the client's input waits in the
+ * socket: memory stays bounded however big the message. */
 static void
 content_add(struct session *s, const char *p, size_t n)
 {
-	if (s->too_big)
+	if (s->too_big || s->stream == NULL)
 		return;
-	if (s->dp.bytes > (uint64_t)s->w->cf->message_size_limit ||
-	    dstr_append(&s->content, p, n) < 0) {
+	if (s->dp.bytes > (uint64_t)s->w->cf->message_size_limit) {
 		s->too_big = true;
-		dstr_free(&s->content);
+		return;
 	}
+	if (spool_stream_write(s->stream, p, n))
+		s->paused = true;
 }
 
 /* Feeds buffered DATA content to the parser. Returns true when the end of
@@ -1072,7 +1101,7 @@ take_data(struct session *s, struct evbuffer *in)
 	size_t used, outlen, take;
 	bool done = false;
 
-	while (!done && evbuffer_get_length(in) > 0) {
+	while (!done && !s->paused && evbuffer_get_length(in) > 0) {
 		if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
 			break;
 		take = v.iov_len < sizeof(chunk) - 2 ? v.iov_len : sizeof(chunk) - 2;
@@ -1139,7 +1168,7 @@ take_chunk(struct session *s, struct evbuffer *in)
 	size_t outlen, take;
 	bool done;
 
-	while (s->chunk_left > 0 && evbuffer_get_length(in) > 0) {
+	while (s->chunk_left > 0 && !s->paused && evbuffer_get_length(in) > 0) {
 		if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
 			break;
 		take = v.iov_len < sizeof(chunk) ? v.iov_len : sizeof(chunk);
@@ -1206,7 +1235,8 @@ process_input(struct session *s)
 	size_t eol_len, len, limit = (size_t)cf->smtpd_line_limit;
 
 	for (;;) {
-		if (s->state == SS_COMMIT || s->state == SS_AUTH_WAIT || s->state == SS_CLOSING)
+		if (s->state == SS_COMMIT || s->state == SS_AUTH_WAIT || s->state == SS_CLOSING ||
+		    s->paused)
 			return;
 		if (evbuffer_get_length(out) > PIPELINE_OUTPUT_MAX)
 			return;         /* on_write resumes once the client reads */
@@ -1438,7 +1468,6 @@ session_start(struct worker *w, int fd, const struct sockaddr *sa, socklen_t sal
 	s->table_slot = table_slot;
 	s->state = SS_INIT;
 	s->linebuf = xmalloc((size_t)w->cf->smtpd_line_limit + 1);
-	dstr_init(&s->content, 0);
 	if (sa->sa_family == AF_INET)
 		inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, s->addr, sizeof(s->addr));
 	else if (sa->sa_family == AF_INET6)
@@ -1489,7 +1518,7 @@ session_close(struct session *s)
 {
 	struct worker *w = s->w;
 
-	if (s->job || s->auth_busy) {
+	if (s->committing || s->auth_busy) {
 		/* a commit or a password check is in flight: it finishes and then closes */
 		s->gone = true;
 		return;
