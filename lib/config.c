@@ -112,6 +112,8 @@ static const struct param params[] = {
 	  COUNT(nsmtpd_client_limit_exceptions), NULL },
 	{ "smtpd_recipient_limit", P_INT, 0, "1000", 1, 100000,
 	  INT(smtpd_recipient_limit), 0, NULL },
+	{ "alias_expansion_limit", P_INT, 0, "1000", 1, 1000000, INT(alias_expansion_limit), 0,
+	  NULL },
 	{ "smtpd_line_limit", P_INT, 0, "2048", 512, 65536, INT(smtpd_line_limit), 0, NULL },
 	{ "smtpd_timeout", P_TIME, 0, "300", 1, 3600, INT(smtpd_timeout), 0, NULL },
 	{ "smtpd_data_timeout", P_TIME, 0, "300", 1, 3600, INT(smtpd_data_timeout), 0, NULL },

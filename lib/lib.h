@@ -115,6 +115,7 @@ struct config {
 	struct net *smtpd_client_limit_exceptions; /* exempt from the per-client limits */
 	size_t nsmtpd_client_limit_exceptions;
 	int smtpd_recipient_limit;      /* recipients per message */
+	int alias_expansion_limit;      /* addresses one message's recipients may expand to */
 	int smtpd_line_limit;           /* command line length, CRLF included */
 	int smtpd_timeout;              /* seconds waiting for a command */
 	int smtpd_data_timeout;         /* seconds waiting for DATA content */

@@ -100,7 +100,9 @@ struct session {
 	char *sender_params;
 	bool smtputf8;                 /* MAIL FROM declared SMTPUTF8 (RFC 6531) */
 	char **rcpts;
+	char **rcpt_canon;             /* each recipient's canonical form, for duplicates */
 	size_t nrcpt;
+	uint64_t expanded;             /* addresses the recipients expand to, in all */
 	char id[QID_LEN + 1];
 	struct data_parser dp;
 	bool too_big;
@@ -181,11 +183,15 @@ transaction_reset(struct session *s)
 	free(s->sender_params);
 	s->sender = s->sender_params = NULL;
 	s->smtputf8 = false;
-	for (i = 0; i < s->nrcpt; i++)
+	for (i = 0; i < s->nrcpt; i++) {
 		free(s->rcpts[i]);
+		free(s->rcpt_canon[i]);
+	}
 	free(s->rcpts);
-	s->rcpts = NULL;
+	free(s->rcpt_canon);
+	s->rcpts = s->rcpt_canon = NULL;
 	s->nrcpt = 0;
+	s->expanded = 0;
 	s->id[0] = '\0';
 	if (s->stream != NULL && !s->committing)
 		spool_stream_abort(s->stream, stream_dropped);   /* removed on a thread */
@@ -374,6 +380,9 @@ do_rcpt(struct session *s, struct smtp_cmd *c)
 	const struct config *cf = s->w->cf;
 	char addr[ADDR_PATH_MAX + 8], why[512];
 	char e1[LOG_ESC_SIZE(ADDR_PATH_MAX + 8)], e2[LOG_ESC_SIZE(ADDR_PATH_MAX + 8)];
+	struct canon canon;
+	const char *cwhy;
+	size_t i, fanout;
 
 	if (s->nrcpt >= (size_t)cf->smtpd_recipient_limit) {
 		reply(s, "452 4.5.3 Error: too many recipients");
@@ -391,7 +400,8 @@ do_rcpt(struct session *s, struct smtp_cmd *c)
 		break;
 	case RCPT_NO_SMTPUTF8:
 		msg_info("reject: RCPT from [%s]: 553 5.6.7 <%s>: %s; from=<%s> to=<%s>",
-			 s->addr, addr, why, s->sender, addr);
+			 s->addr, log_esc(addr, e1, sizeof(e1)), why, log_esc(s->sender, e2, sizeof(e2)),
+			 e1);
 		reply_error(s, "553 5.6.7 <%s>: Recipient address rejected: "
 			    "its mailbox server does not support SMTPUTF8", addr);
 		return;
@@ -412,7 +422,28 @@ do_rcpt(struct session *s, struct smtp_cmd *c)
 		reply(s, "451 4.3.0 <%s>: Temporary lookup failure", addr);
 		return;
 	}
+	/* the same recipient twice is kept once (the first one's parameters) */
+	if (router_canon(addr, NULL, NULL, &canon, &cwhy) == 0) {
+		for (i = 0; i < s->nrcpt; i++)
+			if (strcmp(s->rcpt_canon[i], canon.address) == 0) {
+				reply(s, "250 2.1.5 Ok");
+				return;
+			}
+	} else
+		snprintf(canon.address, sizeof(canon.address), "%.*s", ADDR_PATH_MAX, addr);
+	/* what one message may become: alias expansion is capped per message */
+	fanout = router_rcpt_fanout(s->w->router);
+	if (s->expanded + fanout > (uint64_t)cf->alias_expansion_limit) {
+		msg_info("reject: RCPT from [%s]: 452 4.5.3 <%s>: %zu more addresses after alias "
+			 "expansion than alias_expansion_limit=%d allows", s->addr,
+			 log_esc(addr, e1, sizeof(e1)), fanout, cf->alias_expansion_limit);
+		reply(s, "452 4.5.3 Error: too many recipients after alias expansion");
+		return;
+	}
+	s->expanded += fanout;
 	s->rcpts = xrealloc(s->rcpts, (s->nrcpt + 1) * sizeof(*s->rcpts));
+	s->rcpt_canon = xrealloc(s->rcpt_canon, (s->nrcpt + 1) * sizeof(*s->rcpt_canon));
+	s->rcpt_canon[s->nrcpt] = xstrdup(canon.address);
 	s->rcpts[s->nrcpt++] = spool_rcpt_text(addr, &c->params.dsn_rcpt);
 	s->state = SS_RCPT;
 	reply(s, "250 2.1.5 Ok");
