@@ -7,6 +7,14 @@
  * does the job's callback run in the event loop, and only then may a 250
  * be sent.
  *
+ * A spool stream does the same for a message whose content is still
+ * arriving: the envelope and then the content go into the tmp/ file in
+ * chunks as they come, one write at a time per message on an I/O thread,
+ * from at most two bounded buffers (one filling, one being written), so a
+ * message's size never decides the memory it takes. The content record's
+ * length is written in place at the end, before the fsync, while the file
+ * is still in tmp/ and nobody can have read it.
+ *
  * This file must never let a job report success before its directory entry
  * is durable, and never leave a half-written file in incoming/.
  */
@@ -17,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdint.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -28,6 +37,28 @@ struct commit_pool {
 	struct iopool *io;
 	int tmp_fd;
 	struct dirsync *incoming;
+};
+
+#define STREAM_CHUNK (64 * 1024)    /* bytes handed to a thread at once */
+
+struct spool_stream {
+	struct commit_pool *pool;
+	char id[QID_LEN + 1];
+	int fd;                     /* -1 until the first write job opened the file */
+	uint64_t off;               /* where the next write goes */
+	uint64_t content_hdr;       /* offset of the content record's header */
+	uint64_t content_len;       /* content bytes taken so far */
+	struct dstr fill;           /* filled by the loop */
+	struct dstr busy;           /* being written by a thread */
+	bool writing;               /* a job is on a thread */
+	bool want_resume;           /* the caller waits for room */
+	enum { STREAM_OPEN, STREAM_COMMIT, STREAM_ABORT } end;
+	bool final;                 /* the last job was submitted */
+	int error;                  /* the first error, an errno value */
+	spool_stream_cb *resume;
+	spool_stream_done_cb *done;
+	void *arg;
+	uint64_t commit_usec;       /* metrics_now() at the end of data */
 };
 
 static int
@@ -150,4 +181,232 @@ commit_pool_destroy(struct commit_pool *p)
 	dirsync_close(p->incoming);
 	close(p->tmp_fd);
 	free(p);
+}
+
+/* ---- streams ---- */
+
+static int
+pwrite_all(int fd, const char *buf, size_t len, uint64_t off)
+{
+	ssize_t w;
+
+	while (len > 0) {
+		w = pwrite(fd, buf, len, (off_t)off);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		buf += w;
+		len -= (size_t)w;
+		off += (uint64_t)w;
+	}
+	return 0;
+}
+
+/* on a thread: the busy buffer goes to the file */
+static void
+stream_write_work(void *arg)
+{
+	struct spool_stream *st = arg;
+
+	if (st->error)
+		return;
+	if (st->fd < 0) {
+		st->fd = openat(st->pool->tmp_fd, st->id, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
+				0600);
+		if (st->fd < 0) {
+			st->error = errno;
+			return;
+		}
+	}
+	if (pwrite_all(st->fd, st->busy.s, st->busy.len, st->off) < 0)
+		st->error = errno;
+}
+
+static void stream_final(struct spool_stream *st);
+static void stream_written(void *arg);
+
+static void
+stream_start_write(struct spool_stream *st)
+{
+	struct dstr t = st->busy;
+
+	st->busy = st->fill;
+	st->fill = t;
+	dstr_reset(&st->fill);
+	st->writing = true;
+	iopool_run(st->pool->io, stream_write_work, stream_written, st);
+}
+
+/* on the loop */
+static void
+stream_written(void *arg)
+{
+	struct spool_stream *st = arg;
+
+	st->writing = false;
+	st->off += st->busy.len;
+	dstr_reset(&st->busy);
+	if (st->end != STREAM_OPEN) {
+		stream_final(st);
+		return;
+	}
+	if (st->fill.len >= STREAM_CHUNK)
+		stream_start_write(st);
+	if (st->want_resume && !(st->writing && st->fill.len >= STREAM_CHUNK)) {
+		st->want_resume = false;
+		st->resume(st->arg);
+	}
+}
+
+/* on a thread: the rest, the content length, the end; fsync, rename, and
+ * the directory fsync; or, for an abort, the file removed */
+static void
+stream_final_work(void *arg)
+{
+	struct spool_stream *st = arg;
+	unsigned char end[SPOOL_REC_HDR], len[4];
+	int ifd = dirsync_fd(st->pool->incoming), err;
+
+	if (st->end == STREAM_ABORT || st->error) {
+			if (st->fd >= 0) {
+			close(st->fd);
+			st->fd = -1;
+			unlinkat(st->pool->tmp_fd, st->id, 0);
+		}
+		return;
+	}
+	stream_write_work(st);          /* the last bytes; opens the file if need be */
+	if (st->error)
+		goto fail;
+	st->off += st->busy.len;
+	spool_encode_end(end);
+	len[0] = (unsigned char)(st->content_len >> 24);
+	len[1] = (unsigned char)(st->content_len >> 16);
+	len[2] = (unsigned char)(st->content_len >> 8);
+	len[3] = (unsigned char)st->content_len;
+	if (pwrite_all(st->fd, (const char *)end, sizeof(end), st->off) < 0 ||
+	    pwrite_all(st->fd, (const char *)len, sizeof(len), st->content_hdr + 1) < 0 ||
+	    fsync(st->fd) < 0) {
+		st->error = errno;
+		goto fail;
+	}
+	err = close(st->fd);
+	st->fd = -1;
+	if (err < 0) {
+		st->error = errno;
+		unlinkat(st->pool->tmp_fd, st->id, 0);
+		return;
+	}
+	if (renameat2(st->pool->tmp_fd, st->id, ifd, st->id, RENAME_NOREPLACE) < 0) {
+		st->error = errno;
+		unlinkat(st->pool->tmp_fd, st->id, 0);
+		return;
+	}
+	if ((st->error = dirsync_wait(st->pool->incoming)) != 0 && unlinkat(ifd, st->id, 0) < 0)
+		msg_warn("%s: cannot remove unacknowledged queue file: %s", st->id,
+			 strerror(errno));
+	return;
+fail:
+	close(st->fd);
+	st->fd = -1;
+	unlinkat(st->pool->tmp_fd, st->id, 0);
+}
+
+static void
+stream_finished(void *arg)
+{
+	struct spool_stream *st = arg;
+	int error = st->end == STREAM_ABORT ? 0 : st->error;
+
+	if (st->end == STREAM_COMMIT && error == 0)
+		metrics_commit_latency(metrics_now() - st->commit_usec);
+	st->done(st->arg, error);
+	dstr_free(&st->fill);
+	dstr_free(&st->busy);
+	free(st);
+}
+
+static void
+stream_final(struct spool_stream *st)
+{
+	struct dstr t;
+
+	if (st->final || st->writing)
+		return;                 /* stream_written() comes back here */
+	st->final = true;
+	/* the last bytes go with the final job */
+	t = st->busy;
+	st->busy = st->fill;
+	st->fill = t;
+	iopool_run(st->pool->io, stream_final_work, stream_finished, st);
+}
+
+struct spool_stream *
+spool_stream_open(struct commit_pool *p, const char *id, const struct dstr *head,
+		  spool_stream_cb *resume, void *arg)
+{
+	struct spool_stream *st = xcalloc(1, sizeof(*st));
+
+	if (head->len < SPOOL_REC_HDR || (unsigned char)head->s[head->len - SPOOL_REC_HDR] !=
+	    SPOOL_REC_CONTENT)
+		msg_panic("spool_stream_open: the head must end with the content record's header");
+	st->pool = p;
+	snprintf(st->id, sizeof(st->id), "%s", id);
+	st->fd = -1;
+	st->content_hdr = head->len - SPOOL_REC_HDR;
+	dstr_init(&st->fill, 0);
+	dstr_init(&st->busy, 0);
+	(void)dstr_append(&st->fill, head->s, head->len);
+	st->resume = resume;
+	st->arg = arg;
+	return st;
+}
+
+bool
+spool_stream_write(struct spool_stream *st, const void *data, size_t len)
+{
+	if (st->end != STREAM_OPEN)
+		msg_panic("%s: spool_stream_write after the end", st->id);
+	if (st->content_len + len > UINT32_MAX) {
+		st->error = EFBIG;      /* the record's length field would not hold it */
+		return false;
+	}
+	st->content_len += len;
+	if (!st->error)
+		(void)dstr_append(&st->fill, data, len);
+	if (st->error)
+		dstr_reset(&st->fill);  /* the message fails anyway: keep nothing */
+	if (st->fill.len >= STREAM_CHUNK && !st->writing)
+		stream_start_write(st);
+	if (st->writing && st->fill.len >= STREAM_CHUNK) {
+		st->want_resume = true;
+		return true;
+	}
+	return false;
+}
+
+uint64_t
+spool_stream_content_len(const struct spool_stream *st)
+{
+	return st->content_len;
+}
+
+void
+spool_stream_commit(struct spool_stream *st, spool_stream_done_cb *done)
+{
+	st->done = done;
+	st->end = STREAM_COMMIT;
+	st->commit_usec = metrics_now();
+	stream_final(st);
+}
+
+void
+spool_stream_abort(struct spool_stream *st, spool_stream_done_cb *done)
+{
+	st->done = done;
+	st->end = STREAM_ABORT;
+	st->want_resume = false;
+	stream_final(st);
 }

@@ -363,11 +363,23 @@ msg_route(struct qmsg *mq)
 
 /* ---- taking messages in ---- */
 
+/* The active set is bounded by count and by bytes (the messages are held
+ * in memory while they are delivered): past either bound new messages wait
+ * in incoming/ until it has shrunk to half. */
+static bool
+active_full(const struct qmgr *q)
+{
+	return q->nactive >= q->cf->qmgr_message_active_limit ||
+	       (q->nactive > 0 && q->active_bytes >= (uint64_t)q->cf->qmgr_message_active_bytes);
+}
+
 void
-msg_release_slot(struct qmgr *q)
+msg_release_slot(struct qmgr *q, size_t bytes)
 {
 	q->nactive--;
-	if (q->backlog && q->nactive < q->cf->qmgr_message_active_limit / 2 + 1) {
+	q->active_bytes -= bytes;
+	if (q->backlog && q->nactive < q->cf->qmgr_message_active_limit / 2 + 1 &&
+	    q->active_bytes <= (uint64_t)q->cf->qmgr_message_active_bytes / 2) {
 		q->backlog = false;
 		scan_dir(q, D_INCOMING, false);
 	}
@@ -390,7 +402,7 @@ msg_load(struct qmgr *q, int from, const char *id)
 
 	if (q->stopping)
 		return -1;
-	if (q->nactive >= q->cf->qmgr_message_active_limit) {
+	if (active_full(q)) {
 		q->backlog = true;
 		return -1;
 	}
@@ -436,6 +448,7 @@ msg_load(struct qmgr *q, int from, const char *id)
 		q->msgs->prev = mq;
 	q->msgs = mq;
 	q->nactive++;
+	q->active_bytes += mq->len;
 	msg_route(mq);
 	msg_deliver(mq);
 	return 0;
@@ -502,7 +515,7 @@ scan_dir(struct qmgr *q, int d, bool due_only)
 	if (n > 1)
 		qsort(ids, n, sizeof(*ids), strcmp_ptr);
 	for (i = 0; i < n; i++) {
-		if (q->nactive >= q->cf->qmgr_message_active_limit) {
+		if (active_full(q)) {
 			q->backlog = d == D_INCOMING || q->backlog;
 			free(ids[i]);
 			continue;

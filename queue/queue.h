@@ -174,6 +174,28 @@ void commit_submit(struct commit_pool *p, struct commit_job *job);
 /* Waits for queued jobs, joins the threads. */
 void commit_pool_destroy(struct commit_pool *p);
 
+/*
+ * A message streamed into the spool as its content arrives (commit.c). The
+ * head is spool_encode_head()'s output (its content length is filled in at
+ * the commit). Writes are buffered and handed to an I/O thread in chunks,
+ * one at a time: spool_stream_write() returns true when the caller must
+ * stop feeding it until `resume` runs. Then exactly one of commit (durable
+ * in incoming/, done(arg, 0), or done(arg, errno) with nothing left
+ * behind) or abort (the file removed, done(arg, 0)); the stream frees
+ * itself after done returns and must not be used again. A write error is
+ * kept and reported by the commit.
+ */
+struct spool_stream;
+typedef void spool_stream_cb(void *arg);
+typedef void spool_stream_done_cb(void *arg, int error);
+struct spool_stream *spool_stream_open(struct commit_pool *p, const char *id,
+				       const struct dstr *head, spool_stream_cb *resume,
+				       void *arg);
+bool spool_stream_write(struct spool_stream *st, const void *data, size_t len);
+uint64_t spool_stream_content_len(const struct spool_stream *st);
+void spool_stream_commit(struct spool_stream *st, spool_stream_done_cb *done);
+void spool_stream_abort(struct spool_stream *st, spool_stream_done_cb *done);
+
 /* ---- the queue manager (qmgr.c) and its control socket (control.c) ---- */
 #define QID_SLOT_QMGR 30         /* qid process slot of the queue manager */
 #define QID_SLOT_CTL 31          /* qid process slot of sorterctl and tools */

@@ -41,6 +41,7 @@
 
 struct router {
 	const struct config *cf;
+	size_t fanout;                      /* of the last RCPT-time check */
 	struct map *alias, *user, *node, *transport, *tls_policy;
 	struct endpoint relay;              /* relay_host as an smtp: endpoint */
 	bool has_relay;
@@ -796,6 +797,12 @@ route_lacks_smtputf8(struct router *r, const struct route *rt)
 	return true;
 }
 
+size_t
+router_rcpt_fanout(const struct router *r)
+{
+	return r->fanout;
+}
+
 enum rcpt_verdict
 router_check_rcpt(struct router *r, const char *address, char *why, size_t whylen)
 {
@@ -813,6 +820,7 @@ router_check_rcpt_flags(struct router *r, const char *address, int flags, char *
 	const char *cwhy;
 	size_t i;
 
+	r->fanout = 1;
 	if (router_canon(address, r->cf->recipient_delimiter, r->default_domain, &c, &cwhy) < 0) {
 		snprintf(why, whylen, "bad address: %s", cwhy);
 		return RCPT_UNKNOWN_USER;
@@ -829,6 +837,7 @@ router_check_rcpt_flags(struct router *r, const char *address, int flags, char *
 		return RCPT_ACCEPT;
 	}
 	router_resolve(r, address, l, NULL);
+	r->fanout = l->n;
 	for (i = 0; i < l->n; i++) {
 		rt = &l->v[i];
 		if ((rt->kind == ROUTE_LOCAL || rt->kind == ROUTE_REMOTE ||

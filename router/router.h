@@ -301,6 +301,10 @@ enum rcpt_verdict router_check_rcpt(struct router *r, const char *address,
  */
 enum rcpt_verdict router_check_rcpt_flags(struct router *r, const char *address, int flags,
 					  char *why, size_t whylen);
+/* How many final addresses the last RCPT-time check resolved its recipient
+ * to after alias expansion (1 when it was not expanded or not resolved):
+ * smtpd caps what one message may become (alias_expansion_limit). */
+size_t router_rcpt_fanout(const struct router *r);
 
 /*
  * Delivery time: resolves `address` into out (reset first), one route per

@@ -82,6 +82,30 @@ fail:
 	return NULL;
 }
 
+int
+auth_check_maps(const struct config *cf, char *err, size_t errlen)
+{
+	const char *names[] = { "auth_map", "sender_login_map" };
+	const char *specs[] = { cf->auth_map, cf->sender_login_map };
+	char e[400], where[300];
+	struct map *m;
+	size_t i;
+	int rc = 0;
+
+	for (i = 0; i < 2 && rc == 0; i++) {
+		if (specs[i] == NULL)
+			continue;
+		if ((m = map_open(specs[i], e, sizeof(e))) == NULL || map_ready(m, e, sizeof(e)) < 0) {
+			snprintf(err, errlen, "%s: %s %s",
+				 config_where(cf, names[i], where, sizeof(where)), names[i], e);
+			rc = -1;
+		}
+		if (m != NULL)
+			map_close(m);
+	}
+	return rc;
+}
+
 void
 auth_free(struct auth *a)
 {

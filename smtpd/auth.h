@@ -22,6 +22,9 @@ typedef void auth_done_fn(void *arg, enum auth_result r);
  * lacks yescrypt. */
 struct auth *auth_new(struct event_base *base, const struct config *cf, char *err, size_t errlen);
 void auth_free(struct auth *a);
+/* sorterd -t: 0 when auth_map and sender_login_map (those configured) can
+ * answer now, else -1 with "FILE:LINE: auth_map SPEC: reason". */
+int auth_check_maps(const struct config *cf, char *err, size_t errlen);
 
 /* Checks login/password; `done` runs later on the loop, exactly once, and
  * the caller's arg must stay valid until it has. */

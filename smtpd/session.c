@@ -2,14 +2,16 @@
  * session.c - one SMTP session (RFC 5321) on a libevent bufferevent.
  *
  * Input is taken one complete line at a time (or, during DATA, one chunk at
- * a time through the pure DATA parser); replies are queued in order and go
- * out when the input buffer is exhausted, which is PIPELINING (RFC 2920).
- * A message is acknowledged with 250 only from the commit callback, i.e.
- * after its queue file and directory entry are durable.
+ * a time through the pure DATA parser; a BDAT chunk is counted off by its
+ * size, through the same parser in raw mode); replies are queued in order
+ * and go out when the input buffer is exhausted, which is PIPELINING (RFC
+ * 2920). A message is acknowledged with 250 only from the commit callback,
+ * i.e. after its queue file and directory entry are durable.
  *
- * This file must never answer 250 to DATA before the commit completed, never
- * act on bytes that arrived before a TLS handshake, and never let one DATA
- * carry more than one message.
+ * This file must never answer 250 to DATA or BDAT LAST before the commit
+ * completed, never act on bytes that arrived before a TLS handshake, never
+ * let one DATA carry more than one message, and never take a chunk's octets
+ * for commands.
  */
 #include "config.h"
 
@@ -40,14 +42,16 @@
 #include "smtpd/smtpd.h"
 
 #define PIPELINE_OUTPUT_MAX (64 * 1024)   /* stop reading while replies pile up */
-#define READ_HIGH_WATER (256 * 1024)
-#define RECEIVED_MAX 1024                 /* our own Received: header */
+/* at most this much client input waits in memory; with the spool stream's
+ * two buffers it bounds what one session's message costs, whatever its size */
+#define READ_HIGH_WATER (64 * 1024)
 
 enum sstate {
 	SS_INIT,        /* no HELO/EHLO yet */
 	SS_READY,       /* greeted, no transaction */
 	SS_MAIL,        /* MAIL accepted */
 	SS_RCPT,        /* at least one RCPT accepted */
+	SS_BDAT,        /* BDAT chunks taken, more to come (RFC 3030) */
 	SS_DATA,        /* reading content */
 	SS_COMMIT,      /* content complete, waiting for the spool */
 	SS_AUTH,        /* AUTH: waiting for the client's next response line */
@@ -57,7 +61,7 @@ enum sstate {
 
 /* in which states a verb may be used; else 503 */
 #define ST(x) (1u << (x))
-#define ANY (ST(SS_INIT) | ST(SS_READY) | ST(SS_MAIL) | ST(SS_RCPT))
+#define ANY (ST(SS_INIT) | ST(SS_READY) | ST(SS_MAIL) | ST(SS_RCPT) | ST(SS_BDAT))
 
 struct session {
 	struct worker *w;
@@ -98,12 +102,22 @@ struct session {
 	char *sender_params;
 	bool smtputf8;                 /* MAIL FROM declared SMTPUTF8 (RFC 6531) */
 	char **rcpts;
+	char **rcpt_canon;             /* each recipient's canonical form, for duplicates */
 	size_t nrcpt;
+	uint64_t expanded;             /* addresses the recipients expand to, in all */
 	char id[QID_LEN + 1];
 	struct data_parser dp;
-	struct dstr content;
 	bool too_big;
-	struct commit_job *job;
+	struct spool_stream *stream;   /* the content on its way into the spool */
+	bool paused;                   /* the stream's buffers are full: wait for it */
+	bool committing;               /* the stream is being committed */
+	uint64_t msg_size;             /* the committed content's size, for the log */
+
+	/* the BDAT chunk being read: its octets are content, never commands */
+	bool in_chunk;
+	uint64_t chunk_size, chunk_left;
+	bool chunk_last;
+	const char *chunk_refused;     /* the error reply of a chunk read only to be dropped */
 
 	/* counters for the disconnect line */
 	unsigned n_msgs;
@@ -112,6 +126,8 @@ struct session {
 
 static void process_input(struct session *s);
 static void session_close(struct session *s);
+static spool_stream_cb stream_resume;
+static spool_stream_done_cb stream_dropped;
 
 static void
 reply(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -169,13 +185,21 @@ transaction_reset(struct session *s)
 	free(s->sender_params);
 	s->sender = s->sender_params = NULL;
 	s->smtputf8 = false;
-	for (i = 0; i < s->nrcpt; i++)
+	for (i = 0; i < s->nrcpt; i++) {
 		free(s->rcpts[i]);
+		free(s->rcpt_canon[i]);
+	}
 	free(s->rcpts);
-	s->rcpts = NULL;
+	free(s->rcpt_canon);
+	s->rcpts = s->rcpt_canon = NULL;
 	s->nrcpt = 0;
+	s->expanded = 0;
 	s->id[0] = '\0';
-	dstr_free(&s->content);
+	if (s->stream != NULL && !s->committing)
+		spool_stream_abort(s->stream, stream_dropped);   /* removed on a thread */
+	if (!s->committing)
+		s->stream = NULL;
+	s->paused = false;
 	s->too_big = false;
 	if (s->state != SS_INIT && s->state != SS_CLOSING)
 		s->state = SS_READY;
@@ -271,6 +295,7 @@ do_helo(struct session *s, struct smtp_cmd *c)
 	reply(s, "250-ENHANCEDSTATUSCODES");
 	reply(s, "250-8BITMIME");
 	reply(s, "250-SMTPUTF8");
+	reply(s, "250-CHUNKING");
 	reply(s, "250 DSN");
 }
 
@@ -357,6 +382,9 @@ do_rcpt(struct session *s, struct smtp_cmd *c)
 	const struct config *cf = s->w->cf;
 	char addr[ADDR_PATH_MAX + 8], why[512];
 	char e1[LOG_ESC_SIZE(ADDR_PATH_MAX + 8)], e2[LOG_ESC_SIZE(ADDR_PATH_MAX + 8)];
+	struct canon canon;
+	const char *cwhy;
+	size_t i, fanout;
 
 	if (s->nrcpt >= (size_t)cf->smtpd_recipient_limit) {
 		reply(s, "452 4.5.3 Error: too many recipients");
@@ -374,7 +402,8 @@ do_rcpt(struct session *s, struct smtp_cmd *c)
 		break;
 	case RCPT_NO_SMTPUTF8:
 		msg_info("reject: RCPT from [%s]: 553 5.6.7 <%s>: %s; from=<%s> to=<%s>",
-			 s->addr, addr, why, s->sender, addr);
+			 s->addr, log_esc(addr, e1, sizeof(e1)), why, log_esc(s->sender, e2, sizeof(e2)),
+			 e1);
 		reply_error(s, "553 5.6.7 <%s>: Recipient address rejected: "
 			    "its mailbox server does not support SMTPUTF8", addr);
 		return;
@@ -395,7 +424,28 @@ do_rcpt(struct session *s, struct smtp_cmd *c)
 		reply(s, "451 4.3.0 <%s>: Temporary lookup failure", addr);
 		return;
 	}
+	/* the same recipient twice is kept once (the first one's parameters) */
+	if (router_canon(addr, NULL, NULL, &canon, &cwhy) == 0) {
+		for (i = 0; i < s->nrcpt; i++)
+			if (strcmp(s->rcpt_canon[i], canon.address) == 0) {
+				reply(s, "250 2.1.5 Ok");
+				return;
+			}
+	} else
+		snprintf(canon.address, sizeof(canon.address), "%.*s", ADDR_PATH_MAX, addr);
+	/* what one message may become: alias expansion is capped per message */
+	fanout = router_rcpt_fanout(s->w->router);
+	if (s->expanded + fanout > (uint64_t)cf->alias_expansion_limit) {
+		msg_info("reject: RCPT from [%s]: 452 4.5.3 <%s>: %zu more addresses after alias "
+			 "expansion than alias_expansion_limit=%d allows", s->addr,
+			 log_esc(addr, e1, sizeof(e1)), fanout, cf->alias_expansion_limit);
+		reply(s, "452 4.5.3 Error: too many recipients after alias expansion");
+		return;
+	}
+	s->expanded += fanout;
 	s->rcpts = xrealloc(s->rcpts, (s->nrcpt + 1) * sizeof(*s->rcpts));
+	s->rcpt_canon = xrealloc(s->rcpt_canon, (s->nrcpt + 1) * sizeof(*s->rcpt_canon));
+	s->rcpt_canon[s->nrcpt] = xstrdup(canon.address);
 	s->rcpts[s->nrcpt++] = spool_rcpt_text(addr, &c->params.dsn_rcpt);
 	s->state = SS_RCPT;
 	reply(s, "250 2.1.5 Ok");
@@ -450,13 +500,13 @@ fold_word(struct fold *f, const char *fmt, ...)
 }
 
 static void
-add_received(struct session *s)
+add_received(struct session *s, struct dstr *out)
 {
-	struct fold f = { &s->content, 9 };
+	struct fold f = { out, 9 };
 	char date[64];
 
 	rfc5322_date(time(NULL), date, sizeof(date));
-	dstr_printf(&s->content, "Received:");
+	dstr_printf(out, "Received:");
 	fold_word(&f, "from");
 	fold_word(&f, "%s", s->helo);
 	fold_word(&f, "([%s])", s->addr);
@@ -470,24 +520,76 @@ add_received(struct session *s)
 	if (s->nrcpt == 1)
 		fold_word(&f, "for <%.*s>;", (int)rcpt_addr_len(s->rcpts[0]), s->rcpts[0]);
 	fold_word(&f, "%s", date);
-	dstr_printf(&s->content, "\r\n");
+	dstr_printf(out, "\r\n");
+}
+
+/* The content of a new message, by DATA or (raw) by BDAT. */
+static void
+content_start(struct session *s, bool raw)
+{
+	struct spool_envelope env;
+	struct dstr head, received;
+
+	qid_next(s->id);
+	/* the envelope is complete: the queue file starts now, and the content
+	 * streams into it as it comes */
+	env.arrival_usec = now_usec();
+	env.client = s->addr;
+	env.helo = s->helo;
+	env.proto = proto_name(s);
+	env.sender = s->sender;
+	env.sender_params = s->sender_params;
+	env.rcpts = (const char **)s->rcpts;
+	env.nrcpt = s->nrcpt;
+	dstr_init(&head, 0);
+	spool_encode_head(&env, 0, &head);
+	s->stream = spool_stream_open(s->w->commit, s->id, &head, stream_resume, s);
+	dstr_free(&head);
+	dstr_init(&received, 0);
+	add_received(s, &received);
+	(void)spool_stream_write(s->stream, received.s, received.len);
+	dstr_free(&received);
+	if (raw)
+		data_parser_init_raw(&s->dp);
+	else
+		data_parser_init(&s->dp);
+	s->data_start = now_usec();
+	s->too_big = false;
 }
 
 static void
 do_data(struct session *s, struct smtp_cmd *c)
 {
-	const struct config *cf = s->w->cf;
-
-	qid_next(s->id);
-	/* the limit leaves room for our Received: header on top of the content */
-	dstr_init(&s->content, (size_t)cf->message_size_limit + RECEIVED_MAX + 4096);
-	add_received(s);
-	data_parser_init(&s->dp);
-	s->data_start = now_usec();
-	s->too_big = false;
+	content_start(s, false);
 	s->state = SS_DATA;
-	set_read_timeout(s, cf->smtpd_data_timeout);
+	set_read_timeout(s, s->w->cf->smtpd_data_timeout);
 	reply(s, "354 End data with <CR><LF>.<CR><LF>");
+}
+
+static const char *out_of_state_text(struct session *s, enum smtp_verb v);
+
+/*
+ * BDAT n [LAST] (RFC 3030): n octets of content follow the line, whatever
+ * the reply to it will be. So this handler checks the state itself rather
+ * than leave it to dispatch(): a chunk that is refused must still be read,
+ * and dropped, or its octets would be taken for commands. The reply, a
+ * refusal too, goes out once the whole chunk is in (end_of_chunk), which
+ * keeps the replies to pipelined chunks in order.
+ */
+static void
+do_bdat(struct session *s, struct smtp_cmd *c)
+{
+	s->in_chunk = true;
+	s->chunk_size = s->chunk_left = c->chunk_size;
+	s->chunk_last = c->chunk_last;
+	s->chunk_refused = NULL;
+	if (s->state == SS_RCPT) {
+		content_start(s, true);
+		s->state = SS_BDAT;
+	} else if (s->state != SS_BDAT)
+		s->chunk_refused = out_of_state_text(s, VERB_BDAT);
+	if (s->chunk_left > 0)
+		set_read_timeout(s, s->w->cf->smtpd_data_timeout);
 }
 
 static void
@@ -834,7 +936,8 @@ static const struct {
 	[VERB_HELP] = { do_help, ANY, NULL, true },
 	[VERB_STARTTLS] = { do_starttls, ST(SS_INIT) | ST(SS_READY), "503 5.5.1 Error: MAIL transaction in progress" },
 	[VERB_AUTH] = { do_auth, ST(SS_READY), "503 5.5.1 Error: MAIL transaction in progress" },
-	[VERB_BDAT] = { do_not_implemented, ANY, NULL },
+	/* BDAT checks the state itself: a refused chunk must still be read */
+	[VERB_BDAT] = { do_bdat, ANY, NULL },
 };
 
 static const char *
@@ -844,7 +947,10 @@ out_of_state_text(struct session *s, enum smtp_verb v)
 		return "503 5.5.1 Error: send HELO/EHLO first";
 	if (v == VERB_MAIL)
 		return "503 5.5.1 Error: nested MAIL command";
-	if (v == VERB_DATA)
+	if (s->state == SS_BDAT)   /* RFC 3030 3: no DATA, nor anything else, amid chunks */
+		return v == VERB_DATA ? "503 5.5.1 Error: DATA in a BDAT transaction"
+				      : "503 5.5.1 Error: BDAT transaction in progress";
+	if (v == VERB_DATA || v == VERB_BDAT)
 		return s->state == SS_MAIL ? "503 5.5.1 Error: need RCPT command"
 					   : "503 5.5.1 Error: need MAIL command";
 	return verbs[v].out_of_state ? verbs[v].out_of_state : "503 5.5.1 Error: bad sequence of commands";
@@ -879,6 +985,18 @@ dispatch(struct session *s, const char *line, size_t len)
 	case CMD_ERR_UTF8:
 		reply_error(s, "553 5.6.7 %s", why);
 		return;
+	case CMD_ERR_BDAT: {
+		/* the chunk's size is unknown: what follows can't be told from commands */
+		char buf[256];
+
+		msg_info("malformed BDAT from [%s]: closing", s->addr);
+		reply(s, "501 5.5.4 Error: %s", why);
+		snprintf(buf, sizeof(buf), "421 4.5.0 %s Error: BDAT chunk size unknown, closing",
+			 s->w->cf->hostname);
+		transaction_reset(s);
+		reply_close(s, buf);
+		return;
+	}
 	}
 	if (cmd.verb <= VERB_UNKNOWN || cmd.verb >= VERB_MAX || verbs[cmd.verb].fn == NULL) {
 		reply_error(s, "500 5.5.2 Error: command not recognized");
@@ -904,11 +1022,28 @@ dispatch(struct session *s, const char *line, size_t len)
 
 /* ---- end of data and the commit ---- */
 
+/* An aborted message's file is gone: nothing to tell anybody. */
 static void
-commit_done(struct commit_job *job, void *arg)
+stream_dropped(void *arg, int error)
+{
+	(void)arg;
+	(void)error;
+}
+
+/* The stream has room again: take more of the client's input. */
+static void
+stream_resume(void *arg)
 {
 	struct session *s = arg;
-	int error = job->error;
+
+	s->paused = false;
+	process_input(s);
+}
+
+static void
+commit_done(void *arg, int error)
+{
+	struct session *s = arg;
 
 	if (error == 0) {
 		/* queued, whether or not the client is still there to hear it */
@@ -916,33 +1051,31 @@ commit_done(struct commit_job *job, void *arg)
 
 		if (s->login)
 			log_esc(s->login, user, sizeof(user));
-		msg_info("%s: from=<%s>, size=%zu, nrcpt=%zu, client=[%s]%s%s%s%s%s%s", job->id,
-			 log_esc(s->sender, from, sizeof(from)), job->content.len, s->nrcpt, s->addr,
-			 s->tls ? ", tls=" : "", s->tls ? s->tls_desc : "",
+		msg_info("%s: from=<%s>, size=%llu, nrcpt=%zu, client=[%s]%s%s%s%s%s%s", s->id,
+			 log_esc(s->sender, from, sizeof(from)), (unsigned long long)s->msg_size,
+			 s->nrcpt, s->addr, s->tls ? ", tls=" : "", s->tls ? s->tls_desc : "",
 			 s->login ? ", sasl_method=" : "", s->login ? s->auth_mech : "",
 			 s->login ? ", sasl_username=" : "", user);
 		atomic_fetch_add(&s->w->ctr->messages_in, 1);
-		metrics_message_accepted((int)(s->listener - s->w->ls), job->content.len);
-		qmgr_wake(s->w->cf->spool_dir, &s->w->wake_fd, job->id);
+		metrics_message_accepted((int)(s->listener - s->w->ls), s->msg_size);
+		qmgr_wake(s->w->cf->spool_dir, &s->w->wake_fd, s->id);
 		if (s->gone)
-			msg_info("%s: client [%s] left before the reply", job->id, s->addr);
+			msg_info("%s: client [%s] left before the reply", s->id, s->addr);
 		else {
-			reply(s, "250 2.0.0 Ok: queued as %s", job->id);
+			reply(s, "250 2.0.0 Ok: queued as %s", s->id);
 			s->n_msgs++;
 			s->junk = 0;    /* a client that moves mail may reset between messages */
 		}
 	} else {
-		msg_warn("%s: queue file write error: %s", job->id, strerror(error));
+		msg_warn("%s: queue file write error: %s", s->id, strerror(error));
 		metrics_message_rejected((int)(s->listener - s->w->ls), MMR_STORAGE);
 		if (!s->gone)
 			reply(s, error == ENOSPC || error == EDQUOT ?
 			      "452 4.3.1 Insufficient system storage" :
 			      "451 4.3.0 Error: queue file write error");
 	}
-	s->job = NULL;
-	dstr_free(&job->head);
-	dstr_free(&job->content);
-	free(job);
+	s->stream = NULL;               /* it frees itself */
+	s->committing = false;
 	if (s->gone) {
 		session_close(s);
 		return;
@@ -956,9 +1089,6 @@ commit_done(struct commit_job *job, void *arg)
 static void
 end_of_data(struct session *s)
 {
-	struct spool_envelope env;
-	struct commit_job *job;
-
 	set_read_timeout(s, s->w->cf->smtpd_timeout);
 	if (s->dp.bare_cr_lf) {
 		msg_info("%s: reject: bare CR or LF in message content from [%s]", s->id, s->addr);
@@ -976,25 +1106,29 @@ end_of_data(struct session *s)
 		transaction_reset(s);
 		return;
 	}
-	job = xcalloc(1, sizeof(*job));
-	memcpy(job->id, s->id, sizeof(job->id));
-	env.arrival_usec = now_usec();
-	env.client = s->addr;
-	env.helo = s->helo;
-	env.proto = proto_name(s);
-	env.sender = s->sender;
-	env.sender_params = s->sender_params;
-	env.rcpts = (const char **)s->rcpts;
-	env.nrcpt = s->nrcpt;
-	dstr_init(&job->head, 0);
-	spool_encode_head(&env, s->content.len, &job->head);
-	job->content = s->content;       /* the job owns the content now */
-	dstr_init(&s->content, 0);
-	job->done = commit_done;
-	job->arg = s;
-	s->job = job;
 	s->state = SS_COMMIT;
-	commit_submit(s->w->commit, job);
+	s->committing = true;
+	s->paused = false;
+	s->msg_size = spool_stream_content_len(s->stream);
+	spool_stream_commit(s->stream, commit_done);
+}
+
+/* Streams parsed content into the spool, until the message is over
+ * message_size_limit: from then on it is still read, to stay in step, but
+ * no longer kept. When the stream's buffers are full the session pauses
+ * until it has room (stream_resume), and the client's input waits in the
+ * socket: memory stays bounded however big the message. */
+static void
+content_add(struct session *s, const char *p, size_t n)
+{
+	if (s->too_big || s->stream == NULL)
+		return;
+	if (s->dp.bytes > (uint64_t)s->w->cf->message_size_limit) {
+		s->too_big = true;
+		return;
+	}
+	if (spool_stream_write(s->stream, p, n))
+		s->paused = true;
 }
 
 /* Feeds buffered DATA content to the parser. Returns true when the end of
@@ -1007,18 +1141,12 @@ take_data(struct session *s, struct evbuffer *in)
 	size_t used, outlen, take;
 	bool done = false;
 
-	while (!done && evbuffer_get_length(in) > 0) {
+	while (!done && !s->paused && evbuffer_get_length(in) > 0) {
 		if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
 			break;
 		take = v.iov_len < sizeof(chunk) - 2 ? v.iov_len : sizeof(chunk) - 2;
 		used = data_parse(&s->dp, v.iov_base, take, chunk, &outlen, &done);
-		if (!s->too_big) {
-			if (s->dp.bytes > (uint64_t)s->w->cf->message_size_limit ||
-			    dstr_append(&s->content, chunk, outlen) < 0) {
-				s->too_big = true;
-				dstr_free(&s->content);
-			}
-		}
+		content_add(s, chunk, outlen);
 		evbuffer_drain(in, used);
 	}
 	return done;
@@ -1069,6 +1197,74 @@ line_too_long(struct session *s, struct evbuffer *in)
 	reply_error(s, "500 5.5.2 Error: line too long");
 }
 
+/* Takes the buffered octets of the current BDAT chunk, through the parser
+ * in raw mode (or into the void when the chunk is refused). Returns true
+ * when the whole chunk is in. */
+static bool
+take_chunk(struct session *s, struct evbuffer *in)
+{
+	struct evbuffer_iovec v;
+	char chunk[16384];
+	size_t outlen, take;
+	bool done;
+
+	while (s->chunk_left > 0 && !s->paused && evbuffer_get_length(in) > 0) {
+		if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+			break;
+		take = v.iov_len < sizeof(chunk) ? v.iov_len : sizeof(chunk);
+		if (take > s->chunk_left)
+			take = (size_t)s->chunk_left;
+		if (s->chunk_refused == NULL) {
+			/* raw: every octet is content, and out is in */
+			(void)data_parse(&s->dp, v.iov_base, take, chunk, &outlen, &done);
+			content_add(s, chunk, outlen);
+		}
+		evbuffer_drain(in, take);
+		s->chunk_left -= take;
+	}
+	return s->chunk_left == 0;
+}
+
+/*
+ * The reply to a BDAT, once its chunk is in. The LAST chunk ends the
+ * message as "." ends DATA: the same checks, the same commit, 250 only
+ * after it. A chunk that takes the message over the size limit fails the
+ * transaction at once (RFC 3030 3); chunks pipelined behind it then find
+ * no transaction and get 503, their octets read and dropped.
+ * smtpd_min_data_rate applies to the chunks of a message as to DATA.
+ */
+static void
+end_of_chunk(struct session *s)
+{
+	char end[2];
+	size_t n;
+
+	s->in_chunk = false;
+	if (s->chunk_size > 0)
+		set_read_timeout(s, s->w->cf->smtpd_timeout);
+	if (s->chunk_refused != NULL) {
+		reply_error(s, "%s", s->chunk_refused);
+		return;
+	}
+	if (s->chunk_last) {
+		n = data_parse_end(&s->dp, end);
+		content_add(s, end, n);
+		end_of_data(s);
+		return;
+	}
+	if (s->too_big) {
+		msg_info("%s: reject: message from [%s] exceeds message_size_limit", s->id, s->addr);
+		reply_error(s, "552 5.3.4 Error: message file too big");
+		atomic_fetch_add(&s->w->ctr->rejected, 1);
+		transaction_reset(s);
+		return;
+	}
+	reply(s, "250 2.0.0 Ok: %llu octets", (unsigned long long)s->chunk_size);
+	/* the rate counts from the first chunk, the waits between chunks included,
+	 * so that a trickle of small (or empty) chunks cannot hold a slot either */
+	data_rate_check(s);
+}
+
 static void
 process_input(struct session *s)
 {
@@ -1079,10 +1275,22 @@ process_input(struct session *s)
 	size_t eol_len, len, limit = (size_t)cf->smtpd_line_limit;
 
 	for (;;) {
-		if (s->state == SS_COMMIT || s->state == SS_AUTH_WAIT || s->state == SS_CLOSING)
+		if (s->state == SS_COMMIT || s->state == SS_AUTH_WAIT || s->state == SS_CLOSING ||
+		    s->paused)
 			return;
 		if (evbuffer_get_length(out) > PIPELINE_OUTPUT_MAX)
 			return;         /* on_write resumes once the client reads */
+		if (s->in_chunk) {
+			if (take_chunk(s, in)) {
+				end_of_chunk(s);
+				continue;
+			}
+			if (s->chunk_refused == NULL)
+				data_rate_check(s);
+			else if (s->drain)      /* no transaction to finish: end now */
+				reply_close(s, drain_text(s));
+			return;
+		}
 		if (s->state == SS_DATA) {
 			if (!take_data(s, in)) {
 				data_rate_check(s);
@@ -1238,7 +1446,8 @@ on_event(struct bufferevent *bev, short what, void *arg)
 		return;
 	}
 	if (what & BEV_EVENT_TIMEOUT) {
-		msg_info("timeout after %s from [%s]", s->state == SS_DATA ? "DATA" : "command", s->addr);
+		msg_info("timeout after %s from [%s]", s->state == SS_DATA ? "DATA" :
+			 s->in_chunk ? "BDAT" : "command", s->addr);
 		if (s->state == SS_CLOSING) {
 			session_close(s);       /* the client does not read its last reply */
 			return;
@@ -1269,8 +1478,9 @@ on_event(struct bufferevent *bev, short what, void *arg)
 		bufferevent_disable(bev, EV_READ | EV_WRITE);
 		return;
 	}
-	if (s->state == SS_DATA)
-		msg_info("%s: lost connection after DATA from [%s]", s->id, s->addr);
+	if (s->state == SS_DATA || s->state == SS_BDAT)
+		msg_info("%s: lost connection after %s from [%s]", s->id,
+			 s->state == SS_DATA ? "DATA" : "BDAT", s->addr);
 	session_close(s);
 }
 
@@ -1305,7 +1515,6 @@ session_start(struct worker *w, int fd, const struct sockaddr *sa, socklen_t sal
 	s->table_slot = table_slot;
 	s->state = SS_INIT;
 	s->linebuf = xmalloc((size_t)w->cf->smtpd_line_limit + 1);
-	dstr_init(&s->content, 0);
 	if (sa->sa_family == AF_INET)
 		inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, s->addr, sizeof(s->addr));
 	else if (sa->sa_family == AF_INET6)
@@ -1357,7 +1566,7 @@ session_close(struct session *s)
 {
 	struct worker *w = s->w;
 
-	if (s->job || s->auth_busy) {
+	if (s->committing || s->auth_busy) {
 		/* a commit or a password check is in flight: it finishes and then closes */
 		s->gone = true;
 		return;
