@@ -51,8 +51,10 @@ struct hist {
 	_Atomic uint64_t sum_usec;
 };
 
+/* A process's own counters; a slab starts on its own cache line, so that
+ * two processes never write to the same line */
 struct slab {
-	_Atomic int64_t sessions_open[LSLOTS];
+	_Alignas(64) _Atomic int64_t sessions_open[LSLOTS];
 	_Atomic uint64_t sessions[LSLOTS];
 	_Atomic uint64_t sessions_rejected[LSLOTS][MSR_N];
 	_Atomic uint64_t messages[LSLOTS];
@@ -145,8 +147,12 @@ metrics_create(const struct config *cf)
 struct metrics *
 metrics_create_private(const struct listen_spec *ls, size_t n)
 {
-	struct metrics *m = xcalloc(1, sizeof(*m));
+	size_t size = (sizeof(struct metrics) + 63) / 64 * 64;
+	struct metrics *m = aligned_alloc(64, size);
 
+	if (m == NULL)
+		msg_fatal("out of memory");
+	memset(m, 0, size);
 	m->start_usec = now_usec();
 	set_listeners(m, ls, n);
 	metrics_attach(m, 0);

@@ -277,8 +277,15 @@ class MetricsTest(DeliveryTestCase):
 
     def test_off_by_default(self):
         d = self.start_sorterd()
-        # no metrics process: the master's children are the workers and the queue manager
-        self.assertEqual(len([k for k in d.children() if pid_alive(k)]), 3)
+        # no metrics process: the master's children are the two workers and the queue manager
+        live = lambda: [k for k in d.children() if pid_alive(k)]
+        self.assertTrue(wait_until(lambda: len(live()) == 3, 10), live())
+        time.sleep(1)
+        self.assertEqual(len(live()), 3, live())
+        body = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True).stdout
+        self.assertEqual([l for l in body.splitlines()
+                          if any("pid=%d," % k in l for k in [d.pid] + live())
+                          and ":%d " % d.port not in l], [], "a listener besides SMTP")
 
 
 @unittest.skipUnless(shutil.which("openssl"), "openssl not installed")
