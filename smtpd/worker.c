@@ -174,6 +174,12 @@ on_accept(evutil_socket_t lfd, short what, void *arg)
 }
 
 static void
+on_lookup_answer(void *arg)
+{
+	session_lookup_retry(arg);
+}
+
+static void
 on_drain_timeout(evutil_socket_t fd, short what, void *arg)
 {
 	struct worker *w = arg;
@@ -278,6 +284,10 @@ worker_main(struct config *cf, struct listener *ls, size_t nls, struct session_t
 	for (i = 0; i < nls && w.auth == NULL; i++)
 		if (ls[i].spec.role != ROLE_MX && (w.auth = auth_new(w.base, cf, err, sizeof(err))) == NULL)
 			msg_fatal("auth: %s", err);
+	/* ldap: maps answer later: RCPT and MAIL wait for them, the loop does not */
+	w.waiter = map_waiter_new(w.base, on_lookup_answer, &w);
+	router_set_wakeup(w.router, map_waiter_fd(w.waiter));
+	auth_set_wakeup(w.auth, map_waiter_fd(w.waiter));
 	w.lev = xcalloc(nls, sizeof(*w.lev));
 	for (i = 0; i < nls; i++) {
 		ls[i].owner = &w;
@@ -295,6 +305,9 @@ worker_main(struct config *cf, struct listener *ls, size_t nls, struct session_t
 	event_base_dispatch(w.base);
 
 	commit_pool_destroy(w.commit);
+	router_set_wakeup(w.router, -1);
+	auth_set_wakeup(w.auth, -1);
+	map_waiter_free(w.waiter);
 	auth_free(w.auth);
 	for (i = 0; i < nls; i++)
 		event_free(w.lev[i]);
