@@ -25,6 +25,8 @@ struct worker {
 	struct router *router;         /* RCPT-time lookups */
 	struct auth *auth;             /* AUTH checks; NULL without a submission listener */
 	struct map_waiter *waiter;     /* answers of threaded maps (ldap:) wake sessions */
+	struct proxy_wait *proxies;    /* connections whose PROXY header is awaited */
+	int nproxies;
 	int wake_fd;                   /* datagrams to the queue manager */
 	int index;
 	void *tls_ctx;                 /* SSL_CTX, or NULL when TLS is off */
