@@ -419,6 +419,8 @@ ldap_settings_parse(const char *name, const char *text, size_t len, struct ldap_
 		ln = nl ? (size_t)(nl - p) : (size_t)(end - p);
 		line = p;
 		p = nl ? nl + 1 : end;
+		if (ln > 0 && line[ln - 1] == '\r')
+			ln--;           /* CR LF line ends */
 		if (memchr(line, '\0', ln) != NULL) {
 			fail(err, errlen, name, lineno, "NUL byte");
 			goto fail;
@@ -430,6 +432,17 @@ ldap_settings_parse(const char *name, const char *text, size_t len, struct ldap_
 				     (unsigned char)line[k]);
 				goto fail;
 			}
+		for (k = 0; k < ln; k += n) {
+			uint32_t cp;
+
+			n = 1;
+			if (line[k] == '\t')
+				continue;
+			if ((n = utf8_decode(line + k, ln - k, &cp)) == 0 || utf8_is_control(cp)) {
+				fail(err, errlen, name, lineno, "malformed UTF-8 or a control character");
+				goto fail;
+			}
+		}
 		k = 0;
 		while (k < ln && is_space((unsigned char)line[k]))
 			k++;
@@ -478,6 +491,20 @@ ldap_settings_parse(const char *name, const char *text, size_t len, struct ldap_
 		goto fail;
 	}
 	for (i = 0; i < nw; i++) {
+		size_t k;
+
+		for (k = 0; words[i][k] != '\0'; k++)
+			if ((unsigned char)words[i][k] <= 0x20 || (unsigned char)words[i][k] >= 0x7f)
+				break;
+		if (words[i][k] != '\0') {
+			char sh[80];
+
+			fail(err, errlen, name, 0, "server_host: '%s' is not a host or an LDAP URI",
+			     shown(words[i], sh, sizeof(sh)));
+			for (; i < nw; i++)
+				free(words[i]);
+			goto fail;
+		}
 		s->uris[s->nuris++] = make_uri(words[i], s->server_port);
 		free(words[i]);
 	}
