@@ -241,9 +241,7 @@ on_proxy_read(evutil_socket_t fd, short what, void *arg)
 	}
 	fd = pw->fd;
 	if (h.local) {
-		client = pw->peer;
-		msg_info("PROXY v%d from [%s]: no client address (a local connection)", h.version,
-			 pw->ip);
+		client = pw->peer;      /* the proxy's own check: its session says so */
 	} else {
 		client = h.src;
 		client_ip((struct sockaddr *)&client, ip, sizeof(ip));
