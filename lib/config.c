@@ -389,10 +389,17 @@ set_listen(struct config *cf, const struct param *p, const char *v,
 		*role++ = '\0';
 		role = trim(role);
 	}
-	/* options after the role: proxy=yes|no; any other (milters=) is
-	 * refused, never ignored */
-	if ((end = strpbrk(role, " \t")) != NULL) {
+	/* options after the role (a first word with '=' is an option, the
+	 * role then mx): proxy=yes|no; any other (milters=) is refused, never
+	 * ignored */
+	end = strpbrk(role, " \t");
+	if (strchr(role, '=') != NULL && (end == NULL || strchr(role, '=') < end)) {
+		end = role;
+		role = "";
+	} else if (end != NULL) {
 		*end++ = '\0';
+	}
+	if (end != NULL) {
 		for (opt = strtok_r(end, " \t", &save); opt != NULL;
 		     opt = strtok_r(NULL, " \t", &save)) {
 			if (strncmp(opt, "proxy=", 6) != 0)

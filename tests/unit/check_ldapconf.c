@@ -221,6 +221,61 @@ START_TEST(test_unreachable)
 }
 END_TEST
 
+/* The router over such a map, on an event loop's terms: RCPT_WAIT and a
+ * pending resolution first, then, once woken, 451 and a deferral, never
+ * "unknown user". */
+START_TEST(test_router_wait)
+{
+	char dir[] = "/tmp/check_ldap.XXXXXX", path[256], text[600], err[512], why[512];
+	struct route_list rl = { 0 };
+	struct router *r;
+	struct config *cf;
+	enum rcpt_verdict v;
+	uint64_t n;
+	FILE *f;
+	int fd, i;
+
+	ck_assert_ptr_nonnull(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/u.cf", dir);
+	f = fopen(path, "w");
+	ck_assert_ptr_nonnull(f);
+	fprintf(f, "server_host = ldap://127.0.0.1:1\nsearch_base = o=x\ntimeout = 2\n"
+		"query_filter = (mail=%%s)\nresult_attribute = ou\nlookup_threads = 1\n");
+	fclose(f);
+	snprintf(text, sizeof(text), "local_domains = example.test\nuser_map = ldap:%s\n"
+		 "node_map = ldap:%s\n", path, path);
+	cf = config_parse("t.conf", text, strlen(text), err, sizeof(err));
+	ck_assert_msg(cf != NULL, "%s", err);
+	r = router_open(cf, err, sizeof(err));
+	ck_assert_msg(r != NULL, "%s", err);
+	fd = eventfd(0, 0);
+	router_set_wakeup(r, fd);
+	v = router_check_rcpt(r, "alice@example.test", why, sizeof(why));
+	ck_assert_int_eq(v, RCPT_WAIT);
+	ck_assert_int_eq(read(fd, &n, sizeof(n)), (int)sizeof(n));
+	for (i = 0; i < 3 && v == RCPT_WAIT; i++)
+		v = router_check_rcpt(r, "alice@example.test", why, sizeof(why));
+	ck_assert_msg(v == RCPT_TEMPFAIL, "%d: %s", (int)v, why);
+	ck_assert_str_eq(rcpt_verdict_status(v), "451 4.3.0");
+	/* delivery time: pending, then a deferral with 4.3.0 */
+	router_resolve(r, "bob@example.test", &rl, NULL);
+	ck_assert(rl.pending);
+	ck_assert_int_eq(read(fd, &n, sizeof(n)), (int)sizeof(n));
+	router_resolve(r, "bob@example.test", &rl, NULL);
+	ck_assert(!rl.pending);
+	ck_assert_uint_eq(rl.n, 1);
+	ck_assert_int_eq(rl.v[0].kind, ROUTE_TEMPFAIL);
+	ck_assert_str_eq(rl.v[0].status, "4.3.0");
+	route_list_free(&rl);
+	router_set_wakeup(r, -1);
+	router_close(r);
+	config_free(cf);
+	close(fd);
+	unlink(path);
+	rmdir(dir);
+}
+END_TEST
+
 /* A settings file that cannot be used is an error where the map is named. */
 START_TEST(test_bad_file)
 {
@@ -244,6 +299,7 @@ ldapconf_suite(void)
 	tcase_set_timeout(tm, 20);
 	tcase_add_test(tm, test_unreachable);
 	tcase_add_test(tm, test_bad_file);
+	tcase_add_test(tm, test_router_wait);
 	suite_add_tcase(s, tm);
 	return s;
 }
