@@ -131,7 +131,7 @@ check_work(void *arg)
 	struct auth_job *j = arg;
 	struct crypt_data *cd;
 	const char *out;
-	size_t n = strlen(j->hash);
+	size_t n;
 
 	/* A yescrypt hash is tens of milliseconds of CPU. At a lower priority
 	 * (Linux: per thread) a burst of logins slows the logins, not the
@@ -142,6 +142,7 @@ check_work(void *arg)
 	}
 	if (j->map != NULL && lookup_work(j) < 0)
 		return;
+	n = strlen(j->hash);
 	cd = xcalloc(1, sizeof(*cd));
 	out = crypt_r(j->pass, j->hash, cd);
 	j->result = AUTH_FAIL;

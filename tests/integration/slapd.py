@@ -12,7 +12,7 @@ The data model the tests use (ldif helpers below):
   users    uid=NAME,ou=people,...  inetOrgPerson: mail = address, departmentNumber = node name
   aliases  cn=ADDR,ou=aliases,...  nisMailAlias: cn = the alias, rfc822MailMember = each target
   nodes    cn=NODE,ou=nodes,...    device: description = each endpoint (lmtp:[IP]:PORT)
-  logins   the users' userPassword (a crypt(3) hash as {CRYPT}...)
+  logins   the users' userPassword (a crypt(3) hash, for an ldap: auth_map)
 
 map_file() writes an ldap: map settings file for sorterd (Postfix ldap_table(5) style).
 """
@@ -73,7 +73,8 @@ def user_ldif(uid, mail, node, password_hash=None):
            "uid: %s" % uid, "cn: %s" % uid, "sn: %s" % uid, "mail: %s" % mail,
            "departmentNumber: %s" % node]
     if password_hash:
-        out.append("userPassword: {CRYPT}%s" % password_hash)
+        # the crypt(3) hash as auth_map wants it (slapd only stores it)
+        out.append("userPassword: %s" % password_hash)
     return "\n".join(out) + "\n\n"
 
 

@@ -10,7 +10,9 @@ What is proved: RCPT validation and delivery routed from LDAP (and `sortermap -q
 stopped slapd gives 451 4.3.0 at RCPT (never 550) and a deferral in the queue manager, and
 mail flows again once it is back; cache_ttl and negative_cache_ttl (a hit answers while
 the server is frozen, an expired entry is asked again); a frozen server (SIGSTOP) costs a
-session at most `timeout` and never stalls the other sessions.
+session at most `timeout` and never stalls the other sessions; auth_map and sender_login_map
+in the directory (AUTH looked up on the hashing threads, MAIL waiting for its lookup, 454 and
+451 while the directory is frozen).
 """
 
 import os
@@ -270,6 +272,69 @@ class LdapMapTest(SorterTestCase):
         self.assertLess(result["took"], 6)
         # the frozen session goes on with its next command
         self.assertReply(slow.cmd("NOOP"), 250)
+
+    def test_auth_and_sender_login_from_ldap(self):
+        from test_tls import make_cert
+        from test_submission import plain, sorterctl_passwd
+        own = PrivateSlapd(os.path.join(self.tmp, "slapd-auth"), free_port()).start()
+        self.addCleanup(own.stop)
+        h = sorterctl_passwd(build_dir(), "alice-pw")
+        own.add(base_ldif() + user_ldif("alice", ALICE, "node-a", password_hash=h)
+                + user_ldif("bob", BOB, "node-b", password_hash=h)
+                + alias_ldif("sales@" + LOCAL_DOMAIN, [ALICE])
+                + node_ldif("node-a", ["lmtp:[127.0.0.1]:%d" % self.port_a]))
+        cert, key = make_cert(self.tmp)
+        m = os.path.join(self.tmp, "authmaps")
+        os.makedirs(m)
+        settings = self.maps([own.uri()], timeout=2)
+        settings["auth_map"] = map_file(os.path.join(m, "passwd.cf"), [own.uri()], "(mail=%s)",
+                                        "userPassword", search_base="ou=people," + SUFFIX,
+                                        timeout=2)
+        settings["sender_login_map"] = map_file(os.path.join(m, "senders.cf"), [own.uri()],
+                                                "(cn=%s)", "rfc822MailMember", timeout=2,
+                                                search_base="ou=aliases," + SUFFIX)
+        d = Sorterd(os.path.join(self.tmp, "d"), start=False, workers=1, tls_cert_file=cert,
+                    tls_key_file=key, **settings)
+        sub = free_port()
+        d.write_config(listen=["127.0.0.1:%d mx" % d.port, "127.0.0.1:%d submission" % sub])
+        self.daemons.append(d)
+        self.addCleanup(self._finish, d)
+        d.start()
+
+        def tls():
+            c = Client(sub)
+            self.addCleanup(c.close)
+            self.assertReply(c.reply(), 220)
+            c.ehlo()
+            self.assertReply(c.starttls(), 220)
+            c.ehlo()
+            return c
+
+        c = tls()
+        self.assertReply(c.cmd("AUTH PLAIN " + plain(ALICE, "wrong")), 535, "5.7.8")
+        self.assertReply(c.cmd("AUTH PLAIN " + plain(ALICE, "alice-pw")), 235, "2.7.0")
+        # sender_login_map from LDAP: MAIL waits for the lookup, then the verdict
+        self.assertReply(c.cmd("MAIL FROM:<sales@%s>" % LOCAL_DOMAIN), 250)
+        c.cmd("RSET")
+        self.assertReply(c.cmd("MAIL FROM:<other@%s>" % LOCAL_DOMAIN), 553, "5.7.1")
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % ALICE), 250)
+        self.assertReply(rcpt(c, ALICE), 250)
+        # the directory frozen: a login not cached fails temporarily, and only it waits
+        own.pause()
+        self.addCleanup(own.resume)
+        c2 = tls()
+        t0 = time.monotonic()
+        c2.send("AUTH PLAIN " + plain(BOB, "alice-pw") + "\r\n")
+        time.sleep(0.3)
+        self.assertReply(c.cmd("NOOP"), 250)
+        self.assertLess(time.monotonic() - t0, 1.5)
+        self.assertReply(c2.reply(timeout=10), 454, "4.7.0")
+        c3 = tls()
+        self.assertReply(c3.cmd("AUTH PLAIN " + plain(ALICE, "alice-pw")), 235, "2.7.0")
+        self.assertReply(c3.cmd("MAIL FROM:<sales@%s>" % LOCAL_DOMAIN), 250)   # cached
+        self.assertReply(c3.cmd("MAIL FROM:<x@%s>" % LOCAL_DOMAIN), 503)       # nested
+        c3.cmd("RSET")
+        self.assertReply(c3.cmd("MAIL FROM:<new@%s>" % LOCAL_DOMAIN, timeout=10), 451, "4.3.0")
 
     def test_bad_settings_file_is_a_config_error(self):
         path = os.path.join(self.tmp, "bad.cf")
