@@ -84,6 +84,7 @@ struct lmap {
 	uint64_t down_until;      /* ms: every server failed; no connection attempt before */
 	unsigned backoff_ms;
 	bool down_logged;
+	long uri_logged;          /* the server last said to be in use, or -1 */
 	char down_err[300];
 };
 
@@ -302,9 +303,9 @@ fail:
 static int
 conn_open(struct lmap *m, struct lconn *c, char *err, size_t errlen)
 {
-	char why[300] = "";
+	char why[600] = "", one[256];
 	uint64_t now = now_ms();
-	size_t i;
+	size_t i, n;
 	LDAP *ld;
 
 	if (c->ld != NULL)
@@ -318,15 +319,21 @@ conn_open(struct lmap *m, struct lconn *c, char *err, size_t errlen)
 	}
 	pthread_mutex_unlock(&m->mu);
 	for (i = 0; i < m->cf.nuris; i++) {
-		if ((ld = conn_try(m, m->cf.uris[i], why, sizeof(why))) == NULL) {
-			msg_warn("ldap:%s: %s", m->name, why);
+		if ((ld = conn_try(m, m->cf.uris[i], one, sizeof(one))) == NULL) {
+			/* the failures so far, for the line that says what happened */
+			n = strlen(why);
+			if (n + 3 < sizeof(why))
+				snprintf(why + n, sizeof(why) - n, "%s%.250s", n ? "; " : "", one);
 			continue;
 		}
 		c->ld = ld;
 		c->uri = i;
 		pthread_mutex_lock(&m->mu);
-		if (m->down_logged || i > 0)
-			msg_info("ldap:%s: connected to %s", m->name, m->cf.uris[i]);
+		/* one line per change of server, not one per thread */
+		if (m->down_logged || (long)i != m->uri_logged)
+			msg_info("ldap:%s: connected to %s%s%s%s", m->name, m->cf.uris[i],
+				 why[0] ? " (" : "", why, why[0] ? ")" : "");
+		m->uri_logged = (long)i;
 		m->down_logged = false;
 		m->backoff_ms = 0;
 		m->down_until = 0;
@@ -337,13 +344,13 @@ conn_open(struct lmap *m, struct lconn *c, char *err, size_t errlen)
 	m->backoff_ms = m->backoff_ms == 0 ? BACKOFF_MIN_MS :
 	    m->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : m->backoff_ms * 2;
 	m->down_until = now_ms() + m->backoff_ms;
-	snprintf(m->down_err, sizeof(m->down_err), "%s", why);
+	snprintf(m->down_err, sizeof(m->down_err), "%.290s", why);
 	if (!m->down_logged)
-		msg_warn("ldap:%s: no server of server_host answers; lookups fail temporarily",
-			 m->name);
+		msg_warn("ldap:%s: no server of server_host answers (%s); lookups fail temporarily",
+			 m->name, why);
 	m->down_logged = true;
 	pthread_mutex_unlock(&m->mu);
-	snprintf(err, errlen, "no LDAP server reachable (%s)", why);
+	snprintf(err, errlen, "no LDAP server reachable (%.400s)", why);
 	return -1;
 }
 
@@ -572,6 +579,7 @@ lmap_open(const char *arg, struct map_stamp *st, char *err, size_t errlen)
 	dstr_free(&text);
 	m->name = xstrdup(arg);
 	m->wake_fd = -1;
+	m->uri_logged = 0;      /* the first server in use needs no word */
 	m->tabsize = 1024;
 	while (m->tabsize < (size_t)m->cf.cache_size && m->tabsize < (1u << 20))
 		m->tabsize *= 2;
