@@ -124,6 +124,9 @@ static const struct param params[] = {
 	{ "smtpd_client_limit_exceptions", P_NETS, 0, "127.0.0.0/8 ::1/128", 0, 0,
 	  FIELD(smtpd_client_limit_exceptions, struct net *),
 	  COUNT(nsmtpd_client_limit_exceptions), NULL },
+	{ "proxy_networks", P_NETS, 0, NULL, 0, 0, FIELD(proxy_networks, struct net *),
+	  COUNT(nproxy_networks), NULL },
+	{ "smtpd_proxy_timeout", P_TIME, 0, "10", 1, 3600, INT(smtpd_proxy_timeout), 0, NULL },
 	{ "smtpd_recipient_limit", P_INT, 0, "1000", 1, 100000,
 	  INT(smtpd_recipient_limit), 0, NULL },
 	{ "alias_expansion_limit", P_INT, 0, "1000", 1, 1000000, INT(alias_expansion_limit), 0,
@@ -396,10 +399,11 @@ set_listen(struct config *cf, const struct param *p, const char *v,
 	size_t *np = AT(cf, p->off2, size_t);
 	char buf[CONF_LINE_MAX + 1], shown[80], host[INET6_ADDRSTRLEN];
 	unsigned char bin[16];
-	char *addr, *role, *port, *end, *h;
+	char *addr, *role, *port, *end, *h, *opt, *save;
 	int af;
 	long long pn;
 	enum listen_role r = ROLE_MX;
+	bool proxy = false, proxy_seen = false;
 	size_t i;
 
 	snprintf(buf, sizeof(buf), "%s", v);
@@ -409,10 +413,33 @@ set_listen(struct config *cf, const struct param *p, const char *v,
 		*role++ = '\0';
 		role = trim(role);
 	}
-	/* no listener option (milters=, proxy=) exists yet: refused, never ignored */
-	if ((end = strpbrk(role, " \t")) != NULL)
-		return reason(why, whylen, "%s: listener option '%s' is not supported",
-			      p->name, show(trim(end), shown, sizeof(shown)));
+	/* options after the role (a first word with '=' is an option, the
+	 * role then mx): proxy=yes|no; any other (milters=) is refused, never
+	 * ignored */
+	end = strpbrk(role, " \t");
+	if (strchr(role, '=') != NULL && (end == NULL || strchr(role, '=') < end)) {
+		end = role;
+		role = "";
+	} else if (end != NULL) {
+		*end++ = '\0';
+	}
+	if (end != NULL) {
+		for (opt = strtok_r(end, " \t", &save); opt != NULL;
+		     opt = strtok_r(NULL, " \t", &save)) {
+			if (strncmp(opt, "proxy=", 6) != 0)
+				return reason(why, whylen, "%s: listener option '%s' is not supported",
+					      p->name, show(opt, shown, sizeof(shown)));
+			if (proxy_seen)
+				return reason(why, whylen, "%s: listener option proxy= given twice",
+					      p->name);
+			proxy_seen = true;
+			if (strcmp(opt + 6, "yes") == 0)
+				proxy = true;
+			else if (strcmp(opt + 6, "no") != 0)
+				return reason(why, whylen, "%s: proxy: '%s' is not yes or no", p->name,
+					      show(opt + 6, shown, sizeof(shown)));
+		}
+	}
 	if (*role == '\0' || strcmp(role, "mx") == 0)
 		r = ROLE_MX;
 	else if (strcmp(role, "submission") == 0)
@@ -460,6 +487,7 @@ set_listen(struct config *cf, const struct param *p, const char *v,
 	(*lp)[*np].host = xstrdup(host);
 	(*lp)[*np].port = xstrdup(buf);
 	(*lp)[*np].role = r;
+	(*lp)[*np].proxy = proxy;
 	(*np)++;
 	return 0;
 }
@@ -715,6 +743,11 @@ check_listeners(const struct config *cf, char *why, size_t whylen)
 	for (i = 0; i < cf->nlisten; i++) {
 		const struct listen_spec *l = &cf->listen[i];
 
+		if (l->proxy && cf->nproxy_networks == 0) {
+			snprintf(why, whylen, "listen: proxy=yes needs proxy_networks, the proxies "
+				 "allowed to send the header");
+			return l->line ? l->line : 1;
+		}
 		if (l->role == ROLE_MX)
 			continue;
 		if (cf->tls_cert_file == NULL || cf->tls_key_file == NULL || cf->auth_map == NULL) {

@@ -77,6 +77,7 @@ struct listen_spec {
 	char *host;               /* numeric address */
 	char *port;               /* numeric port */
 	enum listen_role role;
+	bool proxy;               /* proxy=yes: a PROXY protocol header comes first */
 	unsigned line;            /* where the config file says so, for errors */
 };
 
@@ -127,6 +128,9 @@ struct config {
 	int smtpd_client_connection_rate_limit; /* connections per client per minute; 0 = none */
 	struct net *smtpd_client_limit_exceptions; /* exempt from the per-client limits */
 	size_t nsmtpd_client_limit_exceptions;
+	struct net *proxy_networks;     /* may send a PROXY header to a proxy=yes listener */
+	size_t nproxy_networks;
+	int smtpd_proxy_timeout;        /* seconds for that header to arrive */
 	int smtpd_recipient_limit;      /* recipients per message */
 	int alias_expansion_limit;      /* addresses one message's recipients may expand to */
 	int smtpd_line_limit;           /* command line length, CRLF included */

@@ -91,7 +91,7 @@ static struct metrics *region;
 static struct slab *self;
 
 static const char *const session_reject_names[MSR_N] = {
-	"max_sessions", "client_limit", "client_rate", "shutdown",
+	"max_sessions", "client_limit", "client_rate", "shutdown", "proxy",
 };
 static const char *const message_reject_names[MMR_N] = {
 	"size", "bare_cr_lf", "storage", "milter", "other",

@@ -44,6 +44,7 @@ enum metrics_session_reject {
 	MSR_CLIENT_LIMIT,       /* smtpd_client_connection_limit */
 	MSR_CLIENT_RATE,        /* smtpd_client_connection_rate_limit */
 	MSR_SHUTDOWN,           /* the worker is draining */
+	MSR_PROXY,              /* proxy=yes: not from proxy_networks, a bad or late header */
 	MSR_N
 };
 

@@ -112,18 +112,13 @@ sender_is_null(const struct qmsg *mq)
 	return mq->m.sender[0] == '\0';
 }
 
+static void routes_free(struct qmsg *mq);
+
 void
 msg_free(struct qmsg *mq)
 {
-	size_t i;
-
-	for (i = 0; i < mq->nr; i++) {
-		free(mq->r[i].exps);
-		free(mq->r[i].params);
-		route_list_free(&mq->r[i].rl);
-	}
+	routes_free(mq);
 	free(mq->sender_params);
-	free(mq->r);
 	qstatus_free(&mq->st);
 	spool_msg_free(&mq->m);
 	free(mq->image);
@@ -292,7 +287,24 @@ msg_deliver(struct qmsg *mq)
 		msg_finish(mq);
 }
 
-/* Routes every pending recipient: fills mq->r. */
+static void
+routes_free(struct qmsg *mq)
+{
+	size_t i;
+
+	for (i = 0; i < mq->nr; i++) {
+		free(mq->r[i].exps);
+		free(mq->r[i].params);
+		route_list_free(&mq->r[i].rl);
+	}
+	free(mq->r);
+	mq->r = NULL;
+	mq->nr = 0;
+}
+
+/* Routes every pending recipient: fills mq->r. When a map lookup is under
+ * way (ldap:) the message waits (route_wait) and is routed again, whole,
+ * once an answer arrives: nothing has been delivered yet. */
 static void
 msg_route(struct qmsg *mq)
 {
@@ -303,6 +315,8 @@ msg_route(struct qmsg *mq)
 	unsigned hops;
 	const char *why;
 
+	routes_free(mq);
+	mq->route_wait = false;
 	hops = count_received(mq->image + mq->m.content_offset, mq->m.content_len);
 	mq->r = xcalloc(mq->m.nrcpt, sizeof(*mq->r));
 	for (i = 0; i < mq->m.nrcpt; i++) {
@@ -328,6 +342,8 @@ msg_route(struct qmsg *mq)
 			continue;
 		}
 		router_resolve(mq->q->router, mq->m.rcpts[i].addr, &qr->rl, NULL);
+		if (qr->rl.pending)
+			mq->route_wait = true;
 		qr->nexps = qr->rl.n;
 		qr->exps = xcalloc(qr->nexps ? qr->nexps : 1, sizeof(*qr->exps));
 		for (k = 0; k < qr->nexps; k++) {
@@ -450,8 +466,34 @@ msg_load(struct qmgr *q, int from, const char *id)
 	q->nactive++;
 	q->active_bytes += mq->len;
 	msg_route(mq);
+	if (mq->route_wait) {
+		map_waiter_busy(q->waiter, true);
+		return 0;
+	}
 	msg_deliver(mq);
 	return 0;
+}
+
+/* An ldap: answer arrived (or a second passed): route the waiting
+ * messages again; those now routed are delivered. */
+static void
+on_lookup_answer(void *arg)
+{
+	struct qmgr *q = arg;
+	struct qmsg *mq, *next;
+	bool waiting = false;
+
+	for (mq = q->msgs; mq; mq = next) {
+		next = mq->next;
+		if (!mq->route_wait)
+			continue;
+		msg_route(mq);
+		if (mq->route_wait)
+			waiting = true;
+		else
+			msg_deliver(mq);
+	}
+	map_waiter_busy(q->waiter, waiting);
 }
 
 void
@@ -744,6 +786,8 @@ qmgr_main(struct config *cf, struct counters *ctr, int master_fd)
 	q.router = router_open(cf, err, sizeof(err));
 	if (q.router == NULL)
 		msg_fatal("router: %s", err);
+	q.waiter = map_waiter_new(q.base, on_lookup_answer, &q);
+	router_set_wakeup(q.router, map_waiter_fd(q.waiter));
 	memset(&ls, 0, sizeof(ls));
 	ls.per_dest_concurrency = cf->lmtp_destination_concurrency_limit;
 	ls.smtp_per_dest_concurrency = cf->smtp_destination_concurrency_limit;
@@ -797,6 +841,8 @@ qmgr_main(struct config *cf, struct counters *ctr, int master_fd)
 	event_free(q.term_ev);
 	event_free(q.master_ev);
 	close(q.wake_fd);
+	router_set_wakeup(q.router, -1);
+	map_waiter_free(q.waiter);
 	router_close(q.router);
 	nodecaps_close(q.caps);
 	dirsync_close(q.active_ds);

@@ -69,6 +69,7 @@ struct qmsg {
 	bool finishing;
 	bool hold_req, delete_req;      /* sorterctl's, set and read on the loop thread only */
 	bool eightbit;          /* the content has bytes >= 0x80 */
+	bool route_wait;        /* a map lookup is under way: routed again when answered */
 	time_t next_retry;
 	uint64_t start_usec;
 	struct qmsg *prev, *next;
@@ -92,6 +93,7 @@ struct qmgr {
 	struct event *wake_ev, *scan_ev, *catchup_ev, *defer_ev, *term_ev, *master_ev;
 	struct control *control;
 	struct nodecaps *caps;          /* each LMTP endpoint's last LHLO, for smtpd */
+	struct map_waiter *waiter;      /* answers of threaded maps (ldap:) */
 	bool stopping;
 	int lock_fd;
 };

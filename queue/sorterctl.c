@@ -27,6 +27,7 @@
 #include <dirent.h>
 #include <grp.h>
 #include <pwd.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -987,8 +988,11 @@ main(int argc, char **argv)
 		rc = cmd_queue(cf, json, summary, &sel);
 	else if (strcmp(cmd, "show") == 0)
 		rc = cmd_show(cf->spool_dir, argv[1], argc == 3);
-	else if (strcmp(cmd, "route") == 0)
+	else if (strcmp(cmd, "route") == 0) {
+		/* an LDAP server closing its end must not kill the explanation */
+		signal(SIGPIPE, SIG_IGN);
 		rc = router_explain(cf, argv[1], argc == 3, stdout);
+	}
 	else if (strcmp(cmd, "delete") == 0 && argc == 2 && strcmp(argv[1], "--all") == 0)
 		rc = cmd_delete_all(cf);
 	else if (selecting)

@@ -57,6 +57,7 @@ enum sstate {
 	SS_AUTH,        /* AUTH: waiting for the client's next response line */
 	SS_AUTH_WAIT,   /* AUTH: the password is being checked */
 	SS_CLOSING,     /* final reply queued; close once it is written */
+	SS_LOOKUP_WAIT, /* the command in linebuf waits for a map lookup (ldap:) */
 };
 
 /* in which states a verb may be used; else 503 */
@@ -122,12 +123,15 @@ struct session {
 	/* counters for the disconnect line */
 	unsigned n_msgs;
 	char *linebuf;
+	size_t line_len;               /* of the command being dispatched */
+	enum sstate wait_from;         /* SS_LOOKUP_WAIT: the state to run it again in */
 };
 
 static void process_input(struct session *s);
 static void session_close(struct session *s);
 static spool_stream_cb stream_resume;
 static spool_stream_done_cb stream_dropped;
+static void lookup_wait(struct session *s);
 
 static void
 reply(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -345,6 +349,9 @@ submission_sender_ok(struct session *s, const char *sender)
 		msg_warn("MAIL from [%s]: sender_login_map: %s", s->addr, why);
 		reply(s, "451 4.3.0 <%s>: Temporary lookup failure", sender);
 		return false;
+	case SENDER_WAIT:
+		lookup_wait(s);
+		return false;
 	}
 	return false;
 }
@@ -422,6 +429,9 @@ do_rcpt(struct session *s, struct smtp_cmd *c)
 	case RCPT_TEMPFAIL:
 		msg_warn("RCPT from [%s]: 451 4.3.0 <%s>: %s", s->addr, log_esc(addr, e1, sizeof(e1)), why);
 		reply(s, "451 4.3.0 <%s>: Temporary lookup failure", addr);
+		return;
+	case RCPT_WAIT:
+		lookup_wait(s);
 		return;
 	}
 	/* the same recipient twice is kept once (the first one's parameters) */
@@ -1006,6 +1016,7 @@ dispatch(struct session *s, const char *line, size_t len)
 		reply_error(s, "%s", out_of_state_text(s, cmd.verb));
 		return;
 	}
+	s->line_len = len;
 	if (verbs[cmd.verb].junk && ++s->junk > (unsigned)s->w->cf->smtpd_junk_command_limit) {
 		char buf[256];
 
@@ -1276,7 +1287,7 @@ process_input(struct session *s)
 
 	for (;;) {
 		if (s->state == SS_COMMIT || s->state == SS_AUTH_WAIT || s->state == SS_CLOSING ||
-		    s->paused)
+		    s->state == SS_LOOKUP_WAIT || s->paused)
 			return;
 		if (evbuffer_get_length(out) > PIPELINE_OUTPUT_MAX)
 			return;         /* on_write resumes once the client reads */
@@ -1341,6 +1352,40 @@ process_input(struct session *s)
 		}
 		dispatch(s, s->linebuf, len);
 	}
+}
+
+/* ---- commands that wait for a lookup ----
+ * A handler that meets a lookup under way (an ldap: map) has changed
+ * nothing yet: the session stops reading, and the same command line runs
+ * again from the start when an answer arrives or a second passes (the
+ * map answers a failure once its timeout is over). */
+
+static void
+lookup_wait(struct session *s)
+{
+	s->wait_from = s->state;
+	s->state = SS_LOOKUP_WAIT;
+	map_waiter_busy(s->w->waiter, true);
+}
+
+void
+session_lookup_retry(struct worker *w)
+{
+	struct session *s, *next;
+	bool waiting = false;
+
+	for (s = w->sessions; s; s = next) {
+		next = s->next;
+		if (s->state != SS_LOOKUP_WAIT)
+			continue;
+		s->state = s->wait_from;
+		dispatch(s, s->linebuf, s->line_len);
+		if (s->state == SS_LOOKUP_WAIT)
+			waiting = true;
+		else
+			process_input(s);
+	}
+	map_waiter_busy(w->waiter, waiting);
 }
 
 /* ---- events ---- */

@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/socket.h>
+#include <sys/types.h>
 #include <time.h>
 
 #include "lib/lib.h"
@@ -124,6 +126,26 @@ enum sasl_plain_status {
 enum sasl_plain_status sasl_plain_parse(const unsigned char *msg, size_t len,
 					char *user, size_t usermax,
 					char *pass, size_t passmax);
+
+/* ---- the PROXY protocol header (proxy.c): pure, no I/O ----
+ * HAProxy's proxy-protocol.txt, v1 (a text line) and v2 (binary), as the
+ * first bytes a trusted proxy sends on a listener with proxy=yes. */
+#define PROXY_HEADER_MAX (16 + 2048)   /* bytes; a v1 line is at most 107 */
+
+struct sockaddr_storage;
+struct proxy_header {
+	int version;                    /* 1 or 2 */
+	bool local;                     /* v1 UNKNOWN, v2 LOCAL or UNSPEC: no client address
+					 * (a health check): the connection's own is used */
+	struct sockaddr_storage src, dst; /* the client and the address it connected to
+					 * (AF_INET or AF_INET6), when !local */
+};
+
+/* The header at the start of buf: its length (> 0) with *h filled; 0 when
+ * more bytes are needed (every prefix of a valid header gives 0); -1 when
+ * the bytes are not a valid header, with *why static. */
+ssize_t proxy_parse(const unsigned char *buf, size_t len, struct proxy_header *h,
+		    const char **why);
 
 /* ---- the daemon ---- */
 struct listener {

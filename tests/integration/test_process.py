@@ -184,8 +184,8 @@ class ConfigCheckTest(SorterTestCase):
             # features that do not exist yet are refused, never silently accepted
             ("smtpd_milters = inet:127.0.0.1:8891\n", 6),
             ("milter_default_action = tempfail\n", 6),
-            ("proxy_networks = 127.0.0.1/32\n", 6),
             ("listen = 127.0.0.1:2526 mx milters=inet:127.0.0.1:8891\n", 6),
+            # a PROXY listener without the proxies it may trust
             ("listen = 127.0.0.1:2526 mx proxy=yes\n", 6),
         ]
         for i, (extra, line) in enumerate(table):

@@ -16,8 +16,8 @@
 #include "lib/metrics.h"
 
 static struct listen_spec two[2] = {
-	{ "127.0.0.1", "25", ROLE_MX, 1 },
-	{ "::1", "587", ROLE_SUBMISSION, 2 },
+	{ .host = "127.0.0.1", .port = "25", .role = ROLE_MX, .line = 1 },
+	{ .host = "::1", .port = "587", .role = ROLE_SUBMISSION, .line = 2 },
 };
 
 static char *
