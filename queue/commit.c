@@ -2,8 +2,9 @@
  * commit.c - the durable commit of new queue files, off the event loop.
  *
  * On an I/O thread the file is written into tmp/, fsync'd, renamed into
- * incoming/, and covered by a directory fsync of incoming/ that started
- * after the rename (a dirsync, shared with concurrent commits). Only then
+ * incoming/ (hold/ for a message quarantined as it arrived), and covered
+ * by a directory fsync of that folder that started after the rename (a
+ * dirsync, shared with concurrent commits). Only then
  * does the job's callback run in the event loop, and only then may a 250
  * be sent.
  *
@@ -27,6 +28,7 @@ struct commit_pool {
 	struct iopool *io;
 	int tmp_fd;
 	struct dirsync *incoming;
+	struct dirsync *hold;
 };
 
 static int
@@ -58,7 +60,8 @@ static int
 commit_one(struct commit_pool *p, struct commit_job *job)
 {
 	unsigned char end[SPOOL_REC_HDR];
-	int ifd = dirsync_fd(p->incoming);
+	struct dirsync *dir = job->hold ? p->hold : p->incoming;
+	int ifd = dirsync_fd(dir);
 	struct iovec iov[3];
 	int fd, err;
 
@@ -88,7 +91,7 @@ commit_one(struct commit_pool *p, struct commit_job *job)
 		unlinkat(p->tmp_fd, job->id, 0);
 		return err;
 	}
-	err = dirsync_wait(p->incoming);
+	err = dirsync_wait(dir);
 	if (err) {
 		/* The file may or may not survive a crash: do not acknowledge it,
 		 * and take it back so it is not delivered behind the client's back. */
@@ -127,6 +130,8 @@ commit_pool_create(struct event_base *base, const char *spool_dir, int nthreads)
 		msg_fatal("open %s: %s", path, strerror(errno));
 	snprintf(path, sizeof(path), "%s/incoming", spool_dir);
 	p->incoming = dirsync_open(path);
+	snprintf(path, sizeof(path), "%s/hold", spool_dir);
+	p->hold = dirsync_open(path);
 	p->io = iopool_create(base, nthreads);
 	return p;
 }
@@ -144,6 +149,7 @@ commit_pool_destroy(struct commit_pool *p)
 {
 	iopool_destroy(p->io);
 	dirsync_close(p->incoming);
+	dirsync_close(p->hold);
 	close(p->tmp_fd);
 	free(p);
 }

@@ -38,6 +38,8 @@ enum spool_rec {
 	SPOOL_REC_SENDER = 'S',    /* envelope sender, "" for <> */
 	SPOOL_REC_SPARAM = 's',    /* sender parameters: "RET=FULL ENVID=... SMTPUTF8"
 				    * (dsn_parse_sender_params) */
+	SPOOL_REC_HOLD = 'Q',      /* why the message was put on hold as it arrived (a
+				    * milter's quarantine); it was committed into hold/ */
 	SPOOL_REC_RCPT = 'R',      /* pending recipient: "address" [SP params] */
 	SPOOL_REC_RCPT_DONE = 'D', /* recipient delivered (in-place type change) */
 	SPOOL_REC_RCPT_BOUNCED = 'B', /* recipient bounced, DSN queued */
@@ -58,6 +60,7 @@ struct spool_envelope {
 	const char *sender_params; /* may be NULL */
 	const char **rcpts;        /* "address" or "address params" */
 	size_t nrcpt;
+	const char *hold_reason;   /* NULL, or why it goes to hold/ (SPOOL_REC_HOLD) */
 };
 
 /* Appends the records before the content, including the content record's
@@ -87,6 +90,7 @@ struct spool_msg {
 	char *client, *helo, *proto;
 	char *sender;
 	char *sender_params;
+	char *hold_reason;         /* SPOOL_REC_HOLD, or NULL */
 	struct spool_rcpt *rcpts;
 	size_t nrcpt;
 	size_t content_offset;     /* file offset of the content */
@@ -148,8 +152,8 @@ int dirsync_wait(struct dirsync *d);
 void dirsync_close(struct dirsync *d);
 
 /* ---- durable commit (commit.c) ----
- * A job is written to tmp/, fsync'd, renamed into incoming/ and covered by
- * an fsync of incoming/ on a pool thread; its callback then runs in the
+ * A job is written to tmp/, fsync'd, renamed into incoming/ (or hold/) and
+ * covered by an fsync of that folder on a pool thread; its callback then runs in the
  * event loop that owns the pool. Renames that finish before one directory
  * fsync starts all share it. */
 struct commit_pool;
@@ -159,6 +163,7 @@ struct commit_job {
 	struct dstr head;          /* spool_encode_head() output */
 	struct dstr content;       /* the message (the job owns both) */
 	char id[QID_LEN + 1];      /* assigned by the submitter (qid_next) */
+	bool hold;                 /* into hold/ rather than incoming/ (a quarantine) */
 	void (*done)(struct commit_job *job, void *arg);
 	void *arg;
 	/* filled by the pool */

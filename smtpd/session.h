@@ -24,6 +24,7 @@ struct worker {
 	struct counters *ctr;
 	struct router *router;         /* RCPT-time lookups */
 	struct auth *auth;             /* AUTH checks; NULL without a submission listener */
+	struct milter_conf *milters;   /* each listener's milters (milter.c) */
 	int wake_fd;                   /* datagrams to the queue manager */
 	int index;
 	void *tls_ctx;                 /* SSL_CTX, or NULL when TLS is off */

@@ -38,6 +38,7 @@
 #include "queue/queue.h"
 #include "router/router.h"
 #include "smtpd/auth.h"
+#include "smtpd/milter.h"
 #include "smtpd/session.h"
 #include "smtpd/smtpd.h"
 
@@ -278,6 +279,7 @@ worker_main(struct config *cf, struct listener *ls, size_t nls, struct session_t
 	for (i = 0; i < nls && w.auth == NULL; i++)
 		if (ls[i].spec.role != ROLE_MX && (w.auth = auth_new(w.base, cf, err, sizeof(err))) == NULL)
 			msg_fatal("auth: %s", err);
+	w.milters = milter_conf_new(cf, ls, nls);
 	w.lev = xcalloc(nls, sizeof(*w.lev));
 	for (i = 0; i < nls; i++) {
 		ls[i].owner = &w;
@@ -296,6 +298,7 @@ worker_main(struct config *cf, struct listener *ls, size_t nls, struct session_t
 
 	commit_pool_destroy(w.commit);
 	auth_free(w.auth);
+	milter_conf_free(w.milters);
 	for (i = 0; i < nls; i++)
 		event_free(w.lev[i]);
 	free(w.lev);
