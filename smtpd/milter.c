@@ -132,6 +132,7 @@ struct milter_client {
 	uint64_t bpos;                  /* body bytes sent */
 	bool skip_body;
 	bool body_cr;
+	bool body_over;                 /* the filter's new body passed the limit */
 	struct milter_mods all;         /* every filter's edits so far */
 	struct milter_mods one;         /* the current filter's */
 	unsigned char *chunk;
@@ -443,6 +444,7 @@ next_filter(struct milter_client *mc)
 	mc->bpos = 0;
 	mc->skip_body = false;
 	mc->body_cr = false;
+	mc->body_over = false;
 	milter_mods_free(&mc->one);
 }
 
@@ -453,8 +455,12 @@ end_filter(struct milter_client *mc, struct mconn *m)
 {
 	size_t i;
 
-	if (mc->one.body_replaced && milter_body_finish(&mc->one.body, &mc->body_cr) < 0) {
-		mfail(m, "the replaced body exceeds message_size_limit");
+	if (mc->body_over ||
+	    (mc->one.body_replaced && milter_body_finish(&mc->one.body, &mc->body_cr) < 0)) {
+		/* no fault of the client's, but it would be the same on every retry */
+		msg_info("milter %s: the replaced body exceeds message_size_limit", m->spec->name);
+		m->in_msg = false;
+		conclude(mc, MILTER_REJECT, "552 5.3.4 Error: message file too big", m->spec->name);
 		return;
 	}
 	for (i = 0; i < mc->one.n; i++)
@@ -498,9 +504,12 @@ mod_from_reply(struct milter_client *mc, struct mconn *m, const struct milter_re
 			dstr_init(&mc->one.body, mc->limit);
 			mc->body_cr = false;
 		}
-		if (milter_body_append(&mc->one.body, r->data, r->len, &mc->body_cr) < 0) {
-			mfail(m, "the replaced body exceeds message_size_limit");
-			return false;
+		/* past the limit the rest is read and dropped; the end of the message
+		 * refuses it */
+		if (!mc->body_over &&
+		    milter_body_append(&mc->one.body, r->data, r->len, &mc->body_cr) < 0) {
+			mc->body_over = true;
+			dstr_free(&mc->one.body);
 		}
 		return true;
 	case SMFIR_QUARANTINE:
@@ -1074,6 +1083,8 @@ milter_message(struct milter_client *mc, const struct milter_source *src, size_t
 	mc->hi = 0;
 	mc->bpos = 0;
 	mc->skip_body = false;
+	mc->body_cr = false;
+	mc->body_over = false;
 	if (mc->discard) {
 		conclude(mc, MILTER_DISCARD, NULL, mc->discard_by);
 		return;

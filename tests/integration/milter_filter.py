@@ -91,6 +91,10 @@ class TestFilter(Milter.Base):
             _, code, xcode, msg = action.split(" ", 3)
             self.setreply(code, xcode, msg)
             return Milter.TEMPFAIL if code.startswith("4") else Milter.REJECT
+        if word == "replycode0":        # no enhanced status code
+            _, code, msg = action.split(" ", 2)
+            self.setreply(code, None, msg)
+            return Milter.TEMPFAIL if code.startswith("4") else Milter.REJECT
         if word == "multiline":
             self.setreply("550", "5.7.0", "first line", "second line", "last line")
             return Milter.REJECT
@@ -167,7 +171,7 @@ class TestFilter(Milter.Base):
             word, _, rest = e.partition(" ")
             if word == "addheader":
                 name, _, value = rest.partition(" ")
-                self.addheader(name, value.replace("\\n", "\n"))
+                self.addheader(name, value.replace("\\n", "\n").replace("\\t", "\t"))
             elif word == "insheader":
                 idx, name, value = rest.split(" ", 2)
                 self.addheader(name, value, int(idx))

@@ -149,6 +149,397 @@ class StagesTest(MilterTestCase):
         self.assertIn("(Sorter)", a.events("header")[0]["value"])
 
 
-if __name__ == "__main__":
-    import unittest
-    unittest.main()
+class RepliesTest(MilterTestCase):
+    def test_refusals_at_every_stage(self):
+        """reject: 550 5.7.1; tempfail: 451 4.7.1; a filter's own reply (replycode, one line or
+        several) is sent as it gave it, with an enhanced code put in when it has none; the
+        refusal of one recipient leaves the others."""
+        a = self.filter("A")
+        d = self.start(a.spec)
+        c = self.session()
+        self.assertReply(c.ehlo(), 250)
+        # MAIL
+        self.assertReply(c.cmd("MAIL FROM:<mail-reject@remote.test>"), 550, "5.7.1")
+        self.assertReply(c.cmd("MAIL FROM:<mail-tempfail@remote.test>"), 451, "4.7.1")
+        r = c.cmd("MAIL FROM:<mail-replycode_554_5.7.9_not_from_you@remote.test>")
+        self.assertEqual(str(r), "554 5.7.9 not from you")
+        # RCPT: per recipient, the transaction goes on
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+        self.assertReply(c.cmd("RCPT TO:<rcpt-reject@%s>" % DOMAIN), 550, "5.7.1")
+        self.assertReply(c.cmd("RCPT TO:<rcpt-tempfail@%s>" % DOMAIN), 451, "4.7.1")
+        r = c.cmd("RCPT TO:<rcpt-replycode_450_4.2.1_try_later@%s>" % DOMAIN)
+        self.assertEqual(str(r), "450 4.2.1 try later")
+        r = c.cmd("RCPT TO:<rcpt-multiline@%s>" % DOMAIN)
+        self.assertEqual(r.lines, ["550-5.7.0 first line", "550-5.7.0 second line",
+                                   "550 5.7.0 last line"])
+        self.assertReply(c.cmd("RCPT TO:<%s>" % ALICE), 250)
+        self.assertReply(c.cmd("DATA"), 354)
+        c.send(message("partly") + "\r\n.\r\n")
+        r = c.reply()
+        self.assertReply(r, 250, "2.0.0")
+        got = self.delivered("alice")
+        self.assertIn("Subject: partly", got[0])
+        self.assertTrue(d.log_lines(r"milter-reject: RCPT from \[127\.0\.0\.1\]: 550 5\.7\.1 "
+                                    r"Command rejected \(milter inet:127\.0\.0\.1:\d+\); "
+                                    r"from=<sender@remote\.test> to=<rcpt-reject@example\.test>"),
+                        d.log_tail())
+
+    def test_refusals_in_the_message(self):
+        """DATA, a header, the end of headers, the body and the end of the message: each can
+        refuse the message, and the session goes on to the next one."""
+        a = self.filter("A")
+        d = self.start(a.spec)
+        c = self.session()
+        self.assertReply(c.ehlo(), 250)
+        table = [
+            (["X-Test-Header-Action: tempfail"], "b", (451, "4.7.1")),
+            (["X-Test-Eoh-Action: replycode 550 5.7.3 eoh says no"], "b",
+             "550 5.7.3 eoh says no"),
+            ([], "x\r\nBODY-ACTION: reject\r\ny", (550, "5.7.1")),
+            (["X-Test-Milter: replycode 552 5.3.4 too fat"], "b", "552 5.3.4 too fat"),
+            (["X-Test-Milter: tempfail"], "b", (451, "4.7.1")),
+            (["X-Test-Milter: replycode0 550 no enhanced code"], "b",
+             "550 5.7.1 no enhanced code"),
+        ]
+        for headers, body, want in table:
+            with self.subTest(headers=headers, body=body):
+                r, qid = c.send_message(SENDER, [ALICE], message("refused", body, headers),
+                                        ehlo=False)
+                self.assertIsNone(qid)
+                if isinstance(want, str):
+                    self.assertEqual(str(r), want)
+                else:
+                    self.assertReply(r, *want)
+        # DATA itself
+        a.set(data="reject")
+        c2 = self.session()
+        self.assertReply(c2.ehlo(), 250)
+        self.assertReply(c2.cmd("MAIL FROM:<%s>" % SENDER), 250)
+        self.assertReply(c2.cmd("RCPT TO:<%s>" % ALICE), 250)
+        self.assertReply(c2.cmd("DATA"), 550, "5.7.1")
+        self.assertReply(c2.cmd("RSET"), 250)
+        # and after all that, a message goes through on the first session
+        r, qid = c.send_message(SENDER, [ALICE], message("after"), ehlo=False)
+        self.assertQueued(r, qid)
+        self.assertIn("Subject: after", self.delivered("alice")[0])
+        self.assertEqual(len(self.node.maildir_messages("alice")), 1)
+        self.assertTrue(d.log_lines(r"%s: milter-reject: END-OF-MESSAGE" % "[0-9A-Z]{12}"))
+
+    def test_connect_and_helo(self):
+        """A refusal at connect: the client is greeted and can say EHLO, every MAIL gets the
+        filter's reply. A refusal at HELO answers that HELO only."""
+        a = self.filter("A")
+        d = self.start(a.spec)
+        a.set(connect="replycode 554 5.7.1 your network is not welcome here")
+        c = self.session()
+        self.assertReply(c.ehlo(), 250)
+        for _ in range(2):
+            r = c.cmd("MAIL FROM:<%s>" % SENDER)
+            self.assertEqual(str(r), "554 5.7.1 your network is not welcome here")
+        self.assertTrue(d.log_lines(r"NOQUEUE: milter-reject: CONNECT from \[127\.0\.0\.1\]: "
+                                    r"554 5\.7\.1 your network"))
+        a.set(helo="reject")
+        c = self.session()
+        self.assertReply(c.ehlo(), 550, "5.7.1")
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 503, "5.5.1")
+        a.set()
+        r, qid = self.send(message("helo ok"))
+        self.assertQueued(r, qid)
+
+    def test_accept_and_discard(self):
+        """accept: the filter is not asked again for that message (and it goes through);
+        discard at RCPT or at the end: 250 for the client, nothing delivered, logged."""
+        a = self.filter("A")
+        d = self.start(a.spec)
+        r, qid = self.send(message("accepted"), sender="mail-accept@remote.test")
+        self.assertQueued(r, qid)
+        self.assertIn("Subject: accepted", self.delivered("alice")[0])
+        self.assertEqual(a.events("rcpt"), [])
+        self.assertEqual(a.events("eom"), [])
+        r, qid = self.send(message("dropped rcpt"), rcpts=["rcpt-discard@" + DOMAIN, BOB])
+        self.assertQueued(r, qid)
+        self.assertTrue(wait_until(lambda: d.log_lines(
+            qid + r": milter-discard: END-OF-MESSAGE from \[127\.0\.0\.1\]: milter "
+            r"inet:127\.0\.0\.1:\d+ triggers DISCARD action"), 5), d.log_tail())
+        r, qid2 = self.send(message("dropped eom", headers=["X-Test-Milter: discard"]),
+                            rcpts=[BOB])
+        self.assertQueued(r, qid2)
+        self.assertTrue(wait_until(lambda: d.log_lines(qid2 + ": milter-discard"), 5))
+        self.nothing_for("bob")
+        self.assertEqual(d.queue_files(), [])
+
+
+class EditsTest(MilterTestCase):
+    def test_header_edits(self):
+        """add (at the end), insert (at a position), change, delete: the spool, and so the
+        node, holds the edited header section; a value with line breaks is folded with CRLF."""
+        a = self.filter("A")
+        d = self.start(a.spec)
+        edits = ["X-Test-Milter: addheader X-Added added at the end",
+                 "X-Test-Milter: insheader 0 X-Top inserted first",
+                 "X-Test-Milter: insheader 2 X-Third inserted third",
+                 "X-Test-Milter: chgheader Subject 1 changed subject",
+                 "X-Test-Milter: delheader X-Remove-Me 1",
+                 "X-Test-Milter: chgheader X-Twice 2 second changed",
+                 "X-Test-Milter: addheader X-Folded line one\\nline two\\n\\tline three"]
+        r, qid = self.send(message("edit me", headers=["X-Remove-Me: gone", "X-Twice: one",
+                                                       "X-Twice: two"] + edits))
+        self.assertQueued(r, qid)
+        got = self.delivered("alice")[0]
+        hs = headers_of(got)
+        names = [n for n, _ in hs]
+        # Dovecot puts Return-Path and Delivered-To on top of what Sorter stored
+        stored = names[names.index("X-Top"):]
+        self.assertEqual(stored[:3], ["X-Top", "Received", "X-Third"])
+        self.assertEqual(stored[-2:], ["X-Added", "X-Folded"])
+        self.assertNotIn("X-Remove-Me", names)
+        vals = dict(hs)
+        self.assertEqual(vals["Subject"], " changed subject")
+        self.assertEqual([v for n, v in hs if n == "X-Twice"], [" one", " second changed"])
+        self.assertEqual(vals["X-Folded"], " line one\n\tline two\n\tline three")
+        self.assertIn("\r\nX-Folded: line one\r\n\tline two\r\n\tline three\r\n",
+                      d.ctl("show", qid, check=False).stdout + got.replace("\n", "\r\n"))
+        self.assertNotIn("\r\r", got)
+
+    def test_body_replaced_and_streamed(self):
+        """The body is replaced (the filter sends it in pieces; bare LFs become CRLF); a
+        replacement far larger than one packet is streamed in and stored whole; one past
+        message_size_limit refuses the message with 552 5.3.4."""
+        a = self.filter("A")
+        d = self.start(a.spec, message_size_limit="600k")
+        r, qid = self.send(message("new body", headers=[
+            "X-Test-Milter: replacebody first line\\nsecond line\\n.starts with a dot\\n"]))
+        self.assertQueued(r, qid)
+        got = self.delivered("alice")[0]
+        self.assertEqual(body_of(got), "first line\nsecond line\n.starts with a dot\n")
+        r, qid = self.send(message("big body", headers=["X-Test-Milter: bigbody 500000"]),
+                           rcpts=[BOB])
+        self.assertQueued(r, qid)
+        got = self.delivered("bob")[0]
+        lines = body_of(got).split("\n")
+        self.assertEqual(len(lines), 501)
+        self.assertEqual(set(lines[:-1]), {"x" * 998})
+        r, qid = self.send(message("too big", headers=["X-Test-Milter: bigbody 700000"]),
+                           rcpts=[CAROL])
+        self.assertIsNone(qid)
+        self.assertReply(r, 552, "5.3.4")
+        self.assertTrue(d.log_lines("exceeds message_size_limit"), d.log_tail())
+
+    def test_envelope_edits(self):
+        """The sender changed with its ESMTP parameters (Return-Path at the node; the queue
+        file's DSN parameters), a recipient added (delivered, through the router), one deleted
+        (not delivered); an added recipient the router refuses is dropped and logged."""
+        a = self.filter("A")
+        d = self.start(a.spec)
+        r, qid = self.send(message("envelope", headers=[
+            "X-Test-Milter: chgfrom <bounces@remote.test> RET=HDRS ENVID=abc",
+            "X-Test-Milter: addrcpt <%s>" % CAROL,
+            "X-Test-Milter: addrcpt <someone@elsewhere.test>",
+            "X-Test-Milter: addrcpt <bob@%s> NOTIFY=NEVER" % DOMAIN,
+            "X-Test-Milter: delrcpt <%s>" % ALICE]), rcpts=[ALICE])
+        self.assertQueued(r, qid)
+        for user in ("carol", "bob"):
+            got = self.delivered(user)[0]
+            self.assertEqual(unfold_header(got.replace("\r\n", "\n"), "Return-Path"),
+                             "<bounces@remote.test>")
+        self.nothing_for("alice", wait=0.5)
+        self.assertTrue(d.log_lines(r"added recipient <someone@elsewhere\.test> refused: "
+                                    r"Relay access denied"), d.log_tail())
+        log = d.log()
+        self.assertIn("from=<bounces@remote.test>", log)
+        self.assertIn("nrcpt=2", log)
+
+
+class QuarantineTest(MilterTestCase):
+    def test_quarantine_holds_the_message(self):
+        """The message is accepted (250), put on hold with the filter's reason, shown by
+        sorterctl queue, not delivered until released."""
+        a = self.filter("A")
+        d = self.start(a.spec)
+        r, qid = self.send(message("suspicious", headers=[
+            "X-Test-Milter: quarantine looks like phishing"]))
+        self.assertQueued(r, qid)
+        self.assertTrue(wait_until(lambda: qid in os.listdir(os.path.join(d.spool, "hold")), 5))
+        q = [m for m in d.queue() if m["id"] == qid]
+        self.assertEqual(q[0]["state"], "hold")
+        self.assertEqual(q[0]["hold_reason"],
+                         "milter %s: looks like phishing" % a.spec)
+        self.assertIn("(on hold: milter %s: looks like phishing)" % a.spec,
+                      d.ctl("queue").stdout)
+        self.assertTrue(d.log_lines(qid + r": milter-hold: END-OF-MESSAGE from "
+                                    r"\[127\.0\.0\.1\]: milter inet:\S+ looks like phishing"))
+        self.nothing_for("alice")
+        d.ctl("release", qid)
+        self.assertIn("Subject: suspicious", self.delivered("alice")[0])
+
+
+class ChainTest(MilterTestCase):
+    def test_two_milters_in_order(self):
+        """Every stage goes to A, then B; B is shown the message as A left it (A's header,
+        A's body) and its own edits apply after A's; a refusal by A means B is not asked.
+        B asks for leading spaces and answers no header, end-of-header or body step."""
+        a = self.filter("A")
+        b = self.filter("B", leadspc=True, noreply=True)
+        a.set(eom=["addheader X-From-A set by A", "replacebody body from A\\n",
+                   "chgheader Subject 1 subject from A"])
+        # B asked for leading spaces: the space after the colon is its to send
+        b.set(eom=["chgheader X-From-A 1  changed by B", "addheader X-From-B  set by B",
+                   "addheader X-No-Space no space"])
+        d = self.start("%s, %s" % (a.spec, b.spec))
+        r, qid = self.send(message("chain", headers=["X-Spaces:   three spaces"]))
+        self.assertQueued(r, qid)
+        got = self.delivered("alice")[0]
+        vals = dict(headers_of(got))
+        self.assertEqual(vals["X-From-A"], " changed by B")
+        self.assertEqual(vals["X-From-B"], " set by B")
+        self.assertEqual(vals["X-No-Space"], "no space")
+        self.assertEqual(vals["Subject"], " subject from A")
+        self.assertEqual(body_of(got), "body from A\n")
+        # what B was shown
+        bh = {e["name"]: e["value"] for e in b.events("header")}
+        self.assertEqual(bh["X-From-A"], " set by A")
+        self.assertEqual(bh["Subject"], " subject from A")
+        self.assertEqual(bh["X-Spaces"], "   three spaces")
+        ah = {e["name"]: e["value"] for e in a.events("header")}
+        self.assertEqual(ah["X-Spaces"], "three spaces")
+        self.assertEqual("".join(e["text"] for e in b.events("body")), "body from A\r\n")
+        # order of the envelope stages: A answers first, then B is asked
+        self.assertEqual([e["stage"] for e in b.events()][:3], ["connect", "helo", "mail"])
+        r = self.session()
+        self.assertReply(r.ehlo(), 250)
+        self.assertReply(r.cmd("MAIL FROM:<mail-reject@remote.test>"), 550, "5.7.1")
+        self.assertEqual(len(a.events("mail")), 2)
+        self.assertEqual(len(b.events("mail")), 1)
+
+
+class FailureTest(MilterTestCase):
+    def start_listeners(self, milters_per_listener, **overrides):
+        """A sorterd with one mx listener per entry (milters= of each); returns the ports."""
+        from harness import Sorterd
+        settings = {"failover_node": self.node.endpoint(), "queue_run_delay": "1s",
+                    "minimal_backoff_time": "1s", "maximal_backoff_time": "1s", "workers": 1}
+        settings.update(overrides)
+        d = Sorterd(os.path.join(self.tmp, "d"), start=False, **settings)
+        ports = [d.port] + [free_port() for _ in milters_per_listener[1:]]
+        d.write_config(listen=["127.0.0.1:%d mx milters=%s" % (p, m)
+                               for p, m in zip(ports, milters_per_listener)])
+        self.daemons.append(d)
+        self.addCleanup(self._finish, d)
+        d.start()
+        self.d = d
+        return ports
+
+    def test_milter_down_gets_the_default_action(self):
+        """Nothing listens where the milter should be: tempfail (the default) refuses MAIL with
+        451 4.7.1 (EHLO still works), accept lets mail through without it, reject refuses with
+        550 5.7.1; each failure is logged with the milter's name."""
+        dead = "inet:127.0.0.1:%d" % free_port()
+        ports = self.start_listeners([dead, "{%s,default_action=accept}" % dead,
+                                      "{%s,default_action=reject}" % dead])
+        c = self.session(ports[0])
+        self.assertReply(c.ehlo(), 250)
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 451, "4.7.1")
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 451, "4.7.1")
+        self.assertReply(c.cmd("QUIT"), 221)
+        r, qid = self.send(message("no milter"), c=self.session(ports[1]))
+        self.assertQueued(r, qid)
+        self.assertIn("Subject: no milter", self.delivered("alice")[0])
+        c = self.session(ports[2])
+        self.assertReply(c.ehlo(), 250)
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 550, "5.7.1")
+        d = self.d
+        for action in ("tempfail", "accept", "reject"):
+            self.assertTrue(d.log_lines(r"warning: milter %s: connect: Connection refused; "
+                                        r"default_action=%s" % (re.escape(dead), action)),
+                            d.log_tail())
+
+    def test_silent_dying_and_garbage_milters(self):
+        """A milter that never answers gets its default action once its timeout passed (and
+        the session goes on); one that dies mid-message, and one that sends nonsense, too."""
+        silent_eom = RawMilter("silent", at=b"E")
+        silent_mail = RawMilter("silent", at=b"M")
+        dies = RawMilter("die", at=b"L")
+        garbage = RawMilter("garbage", at=b"H")
+        raws = [silent_eom, silent_mail, dies, garbage]
+        for r in raws:
+            self.addCleanup(r.stop)
+        ports = self.start_listeners([
+            "{%s,content_timeout=2s}" % silent_eom.spec,
+            "{%s,command_timeout=1s,default_action=accept}" % silent_mail.spec,
+            dies.spec, garbage.spec])
+        # silent at the end of the message: 451 after content_timeout
+        c = self.session(ports[0])
+        t0 = time.monotonic()
+        r, qid = c.send_message(SENDER, [ALICE], message("silent"))
+        took = time.monotonic() - t0
+        self.assertIsNone(qid)
+        self.assertReply(r, 451, "4.7.1")
+        self.assertTrue(1.5 <= took < 8, took)
+        self.assertReply(c.cmd("NOOP"), 250)
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 451, "4.7.1")
+        self.assertTrue(self.d.log_lines(r"milter %s: no reply to END-OF-MESSAGE within 2 s; "
+                                         r"default_action=tempfail" % re.escape(silent_eom.spec)))
+        # silent at MAIL, default accept: MAIL waits 1 s, then the mail goes through
+        c = self.session(ports[1])
+        t0 = time.monotonic()
+        r, qid = c.send_message(SENDER, [BOB], message("accepted anyway"))
+        self.assertQueued(r, qid)
+        self.assertTrue(0.8 <= time.monotonic() - t0 < 6)
+        self.assertIn("Subject: accepted anyway", self.delivered("bob")[0])
+        # dies at the first header
+        c = self.session(ports[2])
+        r, qid = c.send_message(SENDER, [CAROL], message("dies"))
+        self.assertIsNone(qid)
+        self.assertReply(r, 451, "4.7.1")
+        self.assertTrue(self.d.log_lines(r"milter %s: connection closed during HEADER" %
+                                         re.escape(dies.spec)), self.d.log_tail())
+        # garbage after HELO: the greeting stands, MAIL gets the default action
+        c = self.session(ports[3])
+        self.assertReply(c.ehlo(), 250)
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 451, "4.7.1")
+        self.assertTrue(self.d.log_lines(r"milter %s: malformed reply 'z': an unknown reply" %
+                                         re.escape(garbage.spec)), self.d.log_tail())
+        self.nothing_for("carol", wait=0.5)
+
+    def test_a_slow_milter_does_not_hold_the_worker(self):
+        """One worker; a milter that takes 3 s at the end of the message: meanwhile another
+        session on a listener without milters, and another on the same listener, are answered
+        at once, and their mail is queued."""
+        a = self.filter("A")
+        a.set(sleep={"eom": 3})
+        ports = self.start_listeners([a.spec, ""])
+        result = {}
+
+        def slow():
+            t0 = time.monotonic()
+            result["reply"], result["qid"] = self.send(message("slow"), c=self.session(ports[0]))
+            result["took"] = time.monotonic() - t0
+
+        t = threading.Thread(target=slow)
+        t.start()
+        wait_until(lambda: a.events("eom"), 10)
+        t0 = time.monotonic()
+        c = self.session(ports[1])
+        self.assertReply(c.ehlo(), 250)
+        r, qid = c.send_message(SENDER, [BOB], message("fast"), ehlo=False)
+        self.assertQueued(r, qid)
+        c2 = self.session(ports[0])
+        self.assertReply(c2.ehlo(), 250)
+        self.assertReply(c2.cmd("MAIL FROM:<%s>" % SENDER), 250)
+        self.assertReply(c2.cmd("RCPT TO:<%s>" % CAROL), 250)
+        fast = time.monotonic() - t0
+        self.assertLess(fast, 1.5)
+        self.assertIn("Subject: fast", self.delivered("bob")[0])
+        t.join(30)
+        self.assertQueued(result["reply"], result["qid"])
+        self.assertGreaterEqual(result["took"], 2.9)
+        self.assertIn("Subject: slow", self.delivered("alice")[0])
+
+
+class UnixSocketTest(MilterTestCase):
+    def test_unix_socket(self):
+        a = self.filter("A", unix=True)
+        self.start(a.spec)
+        r, qid = self.send(message("over unix", headers=["X-Test-Milter: addheader X-Unix yes"]))
+        self.assertQueued(r, qid)
+        self.assertEqual(dict(headers_of(self.delivered("alice")[0]))["X-Unix"], " yes")
