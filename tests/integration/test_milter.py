@@ -543,3 +543,76 @@ class UnixSocketTest(MilterTestCase):
         r, qid = self.send(message("over unix", headers=["X-Test-Milter: addheader X-Unix yes"]))
         self.assertQueued(r, qid)
         self.assertEqual(dict(headers_of(self.delivered("alice")[0]))["X-Unix"], " yes")
+
+
+class OpenDKIMTest(MilterTestCase):
+    """Real OpenDKIM: one instance signs on the submission listener, another verifies on the mx
+    listener (per-listener milters=); Python's dkim module checks the signature too."""
+
+    def test_sign_on_submission_verify_on_mx(self):
+        from harness import Sorterd
+        from test_submission import plain, sorterctl_passwd
+        from test_tls import make_cert
+        keydir = os.path.join(self.tmp, "keys")
+        keyfile, txt = genkey(keydir, DOMAIN, "sel")
+        signer = OpenDKIM(os.path.join(self.tmp, "dkim-s"), "s", DOMAIN, "sel", keyfile, txt)
+        verifier = OpenDKIM(os.path.join(self.tmp, "dkim-v"), "v", DOMAIN, "sel", keyfile, txt)
+        for o in (signer, verifier):
+            o.start()
+            self.addCleanup(o.stop)
+        cert, key = make_cert(self.tmp)
+        maps = os.path.join(self.tmp, "maps")
+        os.makedirs(maps)
+        auth_map = write_map(build_dir(), os.path.join(maps, "passwd"),
+                             {ALICE: sorterctl_passwd(build_dir(), "alice pw")})
+        d = Sorterd(os.path.join(self.tmp, "d"), start=False,
+                    failover_node=self.node.endpoint(), tls_cert_file=cert, tls_key_file=key,
+                    auth_map=auth_map, queue_run_delay="1s", workers=1)
+        sub = free_port()
+        d.write_config(listen=["127.0.0.1:%d mx milters=%s" % (d.port, verifier.spec),
+                               "127.0.0.1:%d submission milters=%s" % (sub, signer.spec)])
+        self.daemons.append(d)
+        self.addCleanup(self._finish, d)
+        d.start()
+        self.d = d
+
+        # alice submits a message to bob: it is signed
+        c = self.session(sub)
+        self.assertReply(c.ehlo(), 250)
+        self.assertReply(c.starttls(), 220)
+        self.assertReply(c.ehlo(), 250)
+        self.assertReply(c.cmd("AUTH PLAIN " + plain(ALICE, "alice pw")), 235)
+        body = "Signed by OpenDKIM.\r\n\r\nA second paragraph,\r\n  with spaces.\r\n"
+        folded = ["X-Folded: a header value that goes on\r\n\tand on, folded"]
+        r, qid = c.send_message(ALICE, [BOB], message("dkim", body, folded, sender=ALICE, to=BOB),
+                                ehlo=False)
+        self.assertQueued(r, qid)
+        signed = self.delivered("bob")[0].replace("\r\n", "\n").replace("\n", "\r\n")
+        sig = unfold_header(signed.replace("\r\n", "\n"), "DKIM-Signature")
+        self.assertIsNotNone(sig, signed)
+        self.assertIn("d=%s" % DOMAIN, sig)
+        self.assertIn("s=sel", sig)
+        signed_names = re.search(r"\bh=([^;]*)", sig).group(1).replace(" ", "").lower()
+        self.assertIn("x-folded", signed_names.split(":"))      # simple/simple, folded
+        ok, out = dkim_verify(signed.encode(), txt)
+        self.assertTrue(ok, out)
+
+        # the signed message arrives at the mx listener: the verifier says pass
+        c = self.session(d.port)
+        r, qid = c.send_message("mailer@remote.test", [CAROL], signed.rstrip("\r\n"))
+        self.assertQueued(r, qid)
+        got = self.delivered("carol")[0]
+        ar = unfold_header(got.replace("\r\n", "\n"), "Authentication-Results")
+        self.assertIsNotNone(ar, got)
+        self.assertRegex(ar, r"^verifier\.test;.*dkim=pass")
+        # a body changed on the way does not pass
+        tampered = signed.replace("A second paragraph", "A forged paragraph")
+        ok, _ = dkim_verify(tampered.encode(), txt)
+        self.assertFalse(ok)
+        r, qid = c.send_message("mailer@remote.test", [ALICE], tampered.rstrip("\r\n"),
+                                ehlo=False)
+        self.assertQueued(r, qid)
+        got = self.delivered("alice")[0]
+        ar = unfold_header(got.replace("\r\n", "\n"), "Authentication-Results")
+        self.assertNotIn("dkim=pass", ar)
+        self.assertIn("dkim=fail", ar)
