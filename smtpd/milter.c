@@ -514,7 +514,7 @@ mod_from_reply(struct milter_client *mc, struct mconn *m, const struct milter_re
 		return true;
 	case SMFIR_QUARANTINE:
 		free(mc->one.quarantine);
-		mc->one.quarantine = xstrndup(r->text, 200);
+		mc->one.quarantine = xstrndup(r->text, strnlen(r->text, 200));
 		for (i = 0; mc->one.quarantine[i] != '\0'; i++)
 			if ((unsigned char)mc->one.quarantine[i] < 0x20 ||
 			    (unsigned char)mc->one.quarantine[i] > 0x7e)
@@ -870,8 +870,11 @@ advance(struct milter_client *mc)
 				 m->spec->name);
 			continue;
 		}
-		if (mc->op == MS_CONNECT && m->state == MC_NEW) {
-			start_connect(mc, m);
+		if (m->state == MC_NEW) {
+			if (mc->op == MS_CONNECT)
+				start_connect(mc, m);
+			else    /* the connection was refused before its turn came */
+				next_filter(mc);
 			continue;
 		}
 		if (m->state != MC_READY) {
@@ -952,8 +955,11 @@ milter_client_free(struct milter_client *mc)
 		struct mconn *m = &mc->m[i];
 
 		if (m->bev != NULL && m->state == MC_READY) {
-			/* QUIT, written now: the connection is freed right after */
+			/* QUIT (after an abort if a message was under way), written now:
+			 * the connection is freed right after */
 			out = bufferevent_get_output(m->bev);
+			if (m->in_msg)
+				milter_put(&mc->out, SMFIC_ABORT, NULL, 0);
 			milter_put(&mc->out, SMFIC_QUIT, NULL, 0);
 			evbuffer_add(out, mc->out.s, mc->out.len);
 			dstr_reset(&mc->out);
@@ -1012,6 +1018,7 @@ milter_connect(struct milter_client *mc, const char *addr, int family, unsigned 
 void
 milter_helo(struct milter_client *mc, const char *helo, milter_done_fn done, void *arg)
 {
+	milter_abort(mc);       /* a HELO ends the transaction: the filters hear it first */
 	dstr_reset(&mc->cmd);
 	milter_put_strings(&mc->cmd, SMFIC_HELO, &helo, 1);
 	start(mc, MS_HELO, done, arg);

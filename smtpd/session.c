@@ -1155,6 +1155,7 @@ milter_message_done(struct session *s, const struct milter_result *r)
 	}
 	s->milter_passed = MS_EOM + 1;
 	end_of_data(s);
+	s->milter_passed = 0;
 	return;
 
 accepted:
@@ -1196,6 +1197,9 @@ on_milter(void *arg, const struct milter_result *r)
 		 * need the pending command */
 		s->milter_wait = 0;
 		verbs[s->milter_cmd.verb].fn(s, &s->milter_cmd);
+		/* spent, even if the handler refused the command for a reason of
+		 * its own: the next command is asked about again */
+		s->milter_passed = 0;
 	}
 	if (r->verdict == MILTER_REJECT || r->verdict == MILTER_TEMPFAIL) {
 		if (st != MS_CONNECT) {
