@@ -556,11 +556,12 @@ on_reply(struct milter_client *mc, struct mconn *m, const struct milter_reply *r
 	int i;
 
 	if (!m->waiting || m->state == MC_CONNECTING) {
-		mfail(m, "a reply ('%c') when none was due", r->type);
+		mfail(m, "a reply (0x%02x) when none was due", (unsigned char)r->type);
 		return;
 	}
 	if (!milter_reply_allowed(st, r->type, m->actions)) {
-		mfail(m, "reply '%c' is not allowed at %s", r->type, milter_stage_name(st));
+		mfail(m, "reply 0x%02x ('%c') is not allowed at %s", (unsigned char)r->type,
+		      r->type, milter_stage_name(st));
 		return;
 	}
 	switch (r->type) {
@@ -602,8 +603,7 @@ on_reply(struct milter_client *mc, struct mconn *m, const struct milter_reply *r
 				kick(mc);
 				return;
 			}
-			if (st != MS_MAIL && st != MS_RCPT)
-				m->in_msg = false;      /* libmilter has left the message */
+			m->in_msg = false;      /* libmilter has left the message */
 		}
 		next_filter(mc);
 		kick(mc);
@@ -686,7 +686,7 @@ on_mread(struct bufferevent *bev, void *arg)
 		m->pkt = xrealloc(m->pkt, pktlen - MILTER_LEN_BYTES);
 		evbuffer_remove(in, m->pkt, pktlen - MILTER_LEN_BYTES);
 		if (milter_reply_parse(m->pkt, pktlen - MILTER_LEN_BYTES, &r, &why) < 0) {
-			mfail(m, "malformed reply '%c': %s", m->pkt[0], why);
+			mfail(m, "malformed reply 0x%02x: %s", m->pkt[0], why);
 			return;
 		}
 		on_reply(mc, m, &r);
