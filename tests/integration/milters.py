@@ -68,8 +68,21 @@ class Process:
             return ""
 
 
+def _listening6(port):
+    """True when something listens on [::1]:port (from /proc, no probe connection)."""
+    try:
+        with open("/proc/net/tcp6") as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[1].endswith(":%04X" % port) and fields[3] == "0A":
+                    return True
+    except OSError:
+        pass
+    return False
+
+
 class TestFilter(Process):
-    def __init__(self, dirname, name="A", unix=False, leadspc=False, noreply=False):
+    def __init__(self, dirname, name="A", unix=False, leadspc=False, noreply=False, inet6=False):
         self.dir = dirname
         os.makedirs(dirname, exist_ok=True)
         self.name = name
@@ -81,10 +94,15 @@ class TestFilter(Process):
             self.spec = "unix:" + self.path
             sock = "unix:" + self.path
             self.port = None
+        elif inet6:
+            self.port = free_port()
+            self.spec = "inet6:[::1]:%d" % self.port
+            sock = "inet6:%d@::1" % self.port
         else:
             self.port = free_port()
             self.spec = "inet:127.0.0.1:%d" % self.port
             sock = "inet:%d@127.0.0.1" % self.port
+        self.inet6 = inet6
         self.argv = [SYSTEM_PYTHON, FILTER, "--socket", sock, "--name", name, "--log",
                      self.events_path, "--control", self.control_path]
         if leadspc:
@@ -102,8 +120,12 @@ class TestFilter(Process):
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=log)
-        ready = (lambda: os.path.exists(self.path)) if self.port is None else \
-            (lambda: listening(self.port))
+        if self.port is None:
+            ready = lambda: os.path.exists(self.path)           # noqa: E731
+        elif self.inet6:
+            ready = lambda: _listening6(self.port)              # noqa: E731
+        else:
+            ready = lambda: listening(self.port)                # noqa: E731
         if not wait_until(lambda: ready() or self.proc.poll() is not None, 15):
             raise RuntimeError("filter %s did not listen\n%s" % (self.name, self.log_tail()))
         if self.proc.poll() is not None:

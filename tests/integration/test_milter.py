@@ -536,13 +536,41 @@ class FailureTest(MilterTestCase):
         self.assertIn("Subject: slow", self.delivered("alice")[0])
 
 
-class UnixSocketTest(MilterTestCase):
-    def test_unix_socket(self):
+class EndpointTest(MilterTestCase):
+    def test_unix_socket_and_inet6(self):
+        """The same filter over a unix socket and over IPv6 loopback, one after the other."""
         a = self.filter("A", unix=True)
-        self.start(a.spec)
+        b = self.filter("B", inet6=True)
+        self.start("%s %s" % (a.spec, b.spec))
+        b.set(eom=["addheader X-Inet6 yes"])
         r, qid = self.send(message("over unix", headers=["X-Test-Milter: addheader X-Unix yes"]))
         self.assertQueued(r, qid)
-        self.assertEqual(dict(headers_of(self.delivered("alice")[0]))["X-Unix"], " yes")
+        vals = dict(headers_of(self.delivered("alice")[0]))
+        self.assertEqual(vals["X-Unix"], " yes")
+        self.assertEqual(vals["X-Inet6"], " yes")
+
+    def test_client_leaves_while_a_milter_thinks(self):
+        """The client hangs up while the filter is at the end of the message: nothing is
+        queued, the filter hears an abort, and the daemon serves the next client."""
+        a = self.filter("A")
+        a.set(sleep={"eom": 2})
+        d = self.start(a.spec, milter_default_action="accept")
+        c = self.session()
+        self.assertReply(c.ehlo(), 250)
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+        self.assertReply(c.cmd("RCPT TO:<%s>" % ALICE), 250)
+        self.assertReply(c.cmd("DATA"), 354)
+        c.send(message("left") + "\r\n.\r\n")
+        self.assertTrue(wait_until(lambda: a.events("eom"), 10))
+        c.close()
+        self.assertTrue(wait_until(lambda: d.log_lines(r"disconnect from \[127\.0\.0\.1\]"),
+                                   5), d.log_tail())
+        a.set()
+        r, qid = self.send(message("next"), rcpts=[BOB])
+        self.assertQueued(r, qid)
+        self.assertIn("Subject: next", self.delivered("bob")[0])
+        self.assertEqual(self.node.maildir_messages("alice"), [])
+        self.assertTrue(wait_until(lambda: len(a.events("close")) >= 1, 10))
 
 
 class OpenDKIMTest(MilterTestCase):
