@@ -110,8 +110,13 @@ static const struct param params[] = {
 	{ "smtpd_client_limit_exceptions", P_NETS, 0, "127.0.0.0/8 ::1/128", 0, 0,
 	  FIELD(smtpd_client_limit_exceptions, struct net *),
 	  COUNT(nsmtpd_client_limit_exceptions), NULL },
+	{ "proxy_networks", P_NETS, 0, NULL, 0, 0, FIELD(proxy_networks, struct net *),
+	  COUNT(nproxy_networks), NULL },
+	{ "smtpd_proxy_timeout", P_TIME, 0, "10", 1, 3600, INT(smtpd_proxy_timeout), 0, NULL },
 	{ "smtpd_recipient_limit", P_INT, 0, "1000", 1, 100000,
 	  INT(smtpd_recipient_limit), 0, NULL },
+	{ "alias_expansion_limit", P_INT, 0, "1000", 1, 1000000, INT(alias_expansion_limit), 0,
+	  NULL },
 	{ "smtpd_line_limit", P_INT, 0, "2048", 512, 65536, INT(smtpd_line_limit), 0, NULL },
 	{ "smtpd_timeout", P_TIME, 0, "300", 1, 3600, INT(smtpd_timeout), 0, NULL },
 	{ "smtpd_data_timeout", P_TIME, 0, "300", 1, 3600, INT(smtpd_data_timeout), 0, NULL },
@@ -132,6 +137,8 @@ static const struct param params[] = {
 	{ "delay_warning_time", P_TIME, 0, "4h", 0, 86400 * 100, INT(delay_warning_time), 0, NULL },
 	{ "qmgr_message_active_limit", P_INT, 0, "2000", 1, 1000000,
 	  INT(qmgr_message_active_limit), 0, NULL },
+	{ "qmgr_message_active_bytes", P_SIZE, 0, "32m", 1 << 20, 1LL << 40,
+	  LLONG(qmgr_message_active_bytes), 0, NULL },
 	{ "lmtp_destination_concurrency_limit", P_INT, 0, "20", 1, 1000,
 	  INT(lmtp_destination_concurrency_limit), 0, NULL },
 	{ "lmtp_destination_recipient_limit", P_INT, 0, "50", 1, 100000,
@@ -395,28 +402,6 @@ check_milter_list(const char *key, const char *v, char *why, size_t whylen)
 	return 0;
 }
 
-/* The listener options after the role, "key=value" words (opts is cut up
- * in place): milters= sets *milters to its value, the empty list included
- * (no milters on this listener). Anything else is refused, never ignored. */
-static int
-listen_options(char *opts, const char **milters, const char *name, char *why, size_t whylen)
-{
-	char shown[80], *w, *save = NULL;
-
-	for (w = opts ? strtok_r(opts, " \t", &save) : NULL; w != NULL;
-	     w = strtok_r(NULL, " \t", &save)) {
-		if (strncmp(w, "milters=", 8) != 0)
-			return reason(why, whylen, "%s: listener option '%s' is not supported", name,
-				      show(w, shown, sizeof(shown)));
-		if (*milters != NULL)
-			return reason(why, whylen, "%s: listener option milters= is given twice", name);
-		*milters = w + 8;
-		if (check_milter_list("listen: milters=", *milters, why, whylen) < 0)
-			return -1;
-	}
-	return 0;
-}
-
 /* "HOST:PORT [ROLE]": HOST is dotted IPv4 or [IPv6], stored canonical and
  * without brackets so that two spellings of one address are caught as a
  * repeat here rather than as EADDRINUSE at bind time. */
@@ -428,11 +413,12 @@ set_listen(struct config *cf, const struct param *p, const char *v,
 	size_t *np = AT(cf, p->off2, size_t);
 	char buf[CONF_LINE_MAX + 1], shown[80], host[INET6_ADDRSTRLEN];
 	unsigned char bin[16];
-	char *addr, *role, *port, *end, *h, *opts;
+	char *addr, *role, *port, *end, *h, *opt, *save;
 	const char *milters = NULL;
 	int af;
 	long long pn;
 	enum listen_role r = ROLE_MX;
+	bool proxy = false, proxy_seen = false;
 	size_t i;
 
 	snprintf(buf, sizeof(buf), "%s", v);
@@ -442,15 +428,42 @@ set_listen(struct config *cf, const struct param *p, const char *v,
 		*role++ = '\0';
 		role = trim(role);
 	}
-	if (strchr(role, '=') != NULL && strchr(role, '=') < role + strcspn(role, " \t")) {
-		opts = role;    /* no role, only options: the default role */
-		role = (char *)"";
-	} else if ((opts = strpbrk(role, " \t")) != NULL) {
-		*opts++ = '\0';
-		opts = trim(opts);
+	/* options after the role (a first word with '=' is an option, the
+	 * role then mx): proxy=yes|no, milters=LIST; any other is refused,
+	 * never ignored */
+	end = strpbrk(role, " \t");
+	if (strchr(role, '=') != NULL && (end == NULL || strchr(role, '=') < end)) {
+		end = role;
+		role = "";
+	} else if (end != NULL) {
+		*end++ = '\0';
 	}
-	if (listen_options(opts, &milters, p->name, why, whylen) < 0)
-		return -1;
+	if (end != NULL) {
+		for (opt = strtok_r(end, " \t", &save); opt != NULL;
+		     opt = strtok_r(NULL, " \t", &save)) {
+			if (strncmp(opt, "milters=", 8) == 0) {
+				if (milters != NULL)
+					return reason(why, whylen, "%s: listener option milters= given "
+						      "twice", p->name);
+				milters = opt + 8;
+				if (check_milter_list("listen: milters=", milters, why, whylen) < 0)
+					return -1;
+				continue;
+			}
+			if (strncmp(opt, "proxy=", 6) != 0)
+				return reason(why, whylen, "%s: listener option '%s' is not supported",
+					      p->name, show(opt, shown, sizeof(shown)));
+			if (proxy_seen)
+				return reason(why, whylen, "%s: listener option proxy= given twice",
+					      p->name);
+			proxy_seen = true;
+			if (strcmp(opt + 6, "yes") == 0)
+				proxy = true;
+			else if (strcmp(opt + 6, "no") != 0)
+				return reason(why, whylen, "%s: proxy: '%s' is not yes or no", p->name,
+					      show(opt + 6, shown, sizeof(shown)));
+		}
+	}
 	if (*role == '\0' || strcmp(role, "mx") == 0)
 		r = ROLE_MX;
 	else if (strcmp(role, "submission") == 0)
@@ -498,6 +511,7 @@ set_listen(struct config *cf, const struct param *p, const char *v,
 	(*lp)[*np].host = xstrdup(host);
 	(*lp)[*np].port = xstrdup(buf);
 	(*lp)[*np].role = r;
+	(*lp)[*np].proxy = proxy;
 	(*lp)[*np].milters = milters ? xstrdup(milters) : NULL;
 	(*np)++;
 	return 0;
@@ -679,6 +693,11 @@ check_listeners(const struct config *cf, char *why, size_t whylen)
 	for (i = 0; i < cf->nlisten; i++) {
 		const struct listen_spec *l = &cf->listen[i];
 
+		if (l->proxy && cf->nproxy_networks == 0) {
+			snprintf(why, whylen, "listen: proxy=yes needs proxy_networks, the proxies "
+				 "allowed to send the header");
+			return l->line ? l->line : 1;
+		}
 		if (l->role == ROLE_MX)
 			continue;
 		if (cf->tls_cert_file == NULL || cf->tls_key_file == NULL || cf->auth_map == NULL) {

@@ -70,6 +70,7 @@ struct listen_spec {
 	char *host;               /* numeric address */
 	char *port;               /* numeric port */
 	enum listen_role role;
+	bool proxy;               /* proxy=yes: a PROXY protocol header comes first */
 	char *milters;            /* milters= option: NULL = smtpd_milters, "" = none */
 	unsigned line;            /* where the config file says so, for errors */
 };
@@ -115,7 +116,11 @@ struct config {
 	int smtpd_client_connection_rate_limit; /* connections per client per minute; 0 = none */
 	struct net *smtpd_client_limit_exceptions; /* exempt from the per-client limits */
 	size_t nsmtpd_client_limit_exceptions;
+	struct net *proxy_networks;     /* may send a PROXY header to a proxy=yes listener */
+	size_t nproxy_networks;
+	int smtpd_proxy_timeout;        /* seconds for that header to arrive */
 	int smtpd_recipient_limit;      /* recipients per message */
+	int alias_expansion_limit;      /* addresses one message's recipients may expand to */
 	int smtpd_line_limit;           /* command line length, CRLF included */
 	int smtpd_timeout;              /* seconds waiting for a command */
 	int smtpd_data_timeout;         /* seconds waiting for DATA content */
@@ -132,6 +137,7 @@ struct config {
 	int bounce_queue_lifetime;      /* the same for DSNs (null sender) */
 	int delay_warning_time;         /* seconds before a delay DSN; 0 = never */
 	int qmgr_message_active_limit;  /* messages held in memory at once */
+	long long qmgr_message_active_bytes; /* their queue files' bytes at most (one may exceed) */
 	int lmtp_destination_concurrency_limit; /* connections per node */
 	int lmtp_destination_recipient_limit;   /* recipients per LMTP transaction */
 	int smtp_destination_concurrency_limit; /* connections per remote destination */

@@ -379,8 +379,8 @@ disk_done(void *arg)
 	free(dj->offsets);
 	free(dj->types);
 	free(dj);
+	msg_release_slot(q, mq->len);
 	msg_free(mq);
-	msg_release_slot(q);
 }
 
 static time_t

@@ -111,18 +111,13 @@ sender_is_null(const struct qmsg *mq)
 	return mq->m.sender[0] == '\0';
 }
 
+static void routes_free(struct qmsg *mq);
+
 void
 msg_free(struct qmsg *mq)
 {
-	size_t i;
-
-	for (i = 0; i < mq->nr; i++) {
-		free(mq->r[i].exps);
-		free(mq->r[i].params);
-		route_list_free(&mq->r[i].rl);
-	}
+	routes_free(mq);
 	free(mq->sender_params);
-	free(mq->r);
 	qstatus_free(&mq->st);
 	spool_msg_free(&mq->m);
 	free(mq->image);
@@ -286,7 +281,24 @@ msg_deliver(struct qmsg *mq)
 		msg_finish(mq);
 }
 
-/* Routes every pending recipient: fills mq->r. */
+static void
+routes_free(struct qmsg *mq)
+{
+	size_t i;
+
+	for (i = 0; i < mq->nr; i++) {
+		free(mq->r[i].exps);
+		free(mq->r[i].params);
+		route_list_free(&mq->r[i].rl);
+	}
+	free(mq->r);
+	mq->r = NULL;
+	mq->nr = 0;
+}
+
+/* Routes every pending recipient: fills mq->r. When a map lookup is under
+ * way (ldap:) the message waits (route_wait) and is routed again, whole,
+ * once an answer arrives: nothing has been delivered yet. */
 static void
 msg_route(struct qmsg *mq)
 {
@@ -297,6 +309,8 @@ msg_route(struct qmsg *mq)
 	unsigned hops;
 	const char *why;
 
+	routes_free(mq);
+	mq->route_wait = false;
 	hops = count_received(mq->image + mq->m.content_offset, mq->m.content_len);
 	mq->r = xcalloc(mq->m.nrcpt, sizeof(*mq->r));
 	for (i = 0; i < mq->m.nrcpt; i++) {
@@ -322,6 +336,8 @@ msg_route(struct qmsg *mq)
 			continue;
 		}
 		router_resolve(mq->q->router, mq->m.rcpts[i].addr, &qr->rl, NULL);
+		if (qr->rl.pending)
+			mq->route_wait = true;
 		qr->nexps = qr->rl.n;
 		qr->exps = xcalloc(qr->nexps ? qr->nexps : 1, sizeof(*qr->exps));
 		for (k = 0; k < qr->nexps; k++) {
@@ -357,11 +373,23 @@ msg_route(struct qmsg *mq)
 
 /* ---- taking messages in ---- */
 
+/* The active set is bounded by count and by bytes (the messages are held
+ * in memory while they are delivered): past either bound new messages wait
+ * in incoming/ until it has shrunk to half. */
+static bool
+active_full(const struct qmgr *q)
+{
+	return q->nactive >= q->cf->qmgr_message_active_limit ||
+	       (q->nactive > 0 && q->active_bytes >= (uint64_t)q->cf->qmgr_message_active_bytes);
+}
+
 void
-msg_release_slot(struct qmgr *q)
+msg_release_slot(struct qmgr *q, size_t bytes)
 {
 	q->nactive--;
-	if (q->backlog && q->nactive < q->cf->qmgr_message_active_limit / 2 + 1) {
+	q->active_bytes -= bytes;
+	if (q->backlog && q->nactive < q->cf->qmgr_message_active_limit / 2 + 1 &&
+	    q->active_bytes <= (uint64_t)q->cf->qmgr_message_active_bytes / 2) {
 		q->backlog = false;
 		scan_dir(q, D_INCOMING, false);
 	}
@@ -384,7 +412,7 @@ msg_load(struct qmgr *q, int from, const char *id)
 
 	if (q->stopping)
 		return -1;
-	if (q->nactive >= q->cf->qmgr_message_active_limit) {
+	if (active_full(q)) {
 		q->backlog = true;
 		return -1;
 	}
@@ -430,9 +458,36 @@ msg_load(struct qmgr *q, int from, const char *id)
 		q->msgs->prev = mq;
 	q->msgs = mq;
 	q->nactive++;
+	q->active_bytes += mq->len;
 	msg_route(mq);
+	if (mq->route_wait) {
+		map_waiter_busy(q->waiter, true);
+		return 0;
+	}
 	msg_deliver(mq);
 	return 0;
+}
+
+/* An ldap: answer arrived (or a second passed): route the waiting
+ * messages again; those now routed are delivered. */
+static void
+on_lookup_answer(void *arg)
+{
+	struct qmgr *q = arg;
+	struct qmsg *mq, *next;
+	bool waiting = false;
+
+	for (mq = q->msgs; mq; mq = next) {
+		next = mq->next;
+		if (!mq->route_wait)
+			continue;
+		msg_route(mq);
+		if (mq->route_wait)
+			waiting = true;
+		else
+			msg_deliver(mq);
+	}
+	map_waiter_busy(q->waiter, waiting);
 }
 
 void
@@ -496,7 +551,7 @@ scan_dir(struct qmgr *q, int d, bool due_only)
 	if (n > 1)
 		qsort(ids, n, sizeof(*ids), strcmp_ptr);
 	for (i = 0; i < n; i++) {
-		if (q->nactive >= q->cf->qmgr_message_active_limit) {
+		if (active_full(q)) {
 			q->backlog = d == D_INCOMING || q->backlog;
 			free(ids[i]);
 			continue;
@@ -725,6 +780,8 @@ qmgr_main(struct config *cf, struct counters *ctr, int master_fd)
 	q.router = router_open(cf, err, sizeof(err));
 	if (q.router == NULL)
 		msg_fatal("router: %s", err);
+	q.waiter = map_waiter_new(q.base, on_lookup_answer, &q);
+	router_set_wakeup(q.router, map_waiter_fd(q.waiter));
 	memset(&ls, 0, sizeof(ls));
 	ls.per_dest_concurrency = cf->lmtp_destination_concurrency_limit;
 	ls.smtp_per_dest_concurrency = cf->smtp_destination_concurrency_limit;
@@ -778,6 +835,8 @@ qmgr_main(struct config *cf, struct counters *ctr, int master_fd)
 	event_free(q.term_ev);
 	event_free(q.master_ev);
 	close(q.wake_fd);
+	router_set_wakeup(q.router, -1);
+	map_waiter_free(q.waiter);
 	router_close(q.router);
 	nodecaps_close(q.caps);
 	dirsync_close(q.active_ds);

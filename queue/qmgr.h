@@ -67,6 +67,7 @@ struct qmsg {
 	bool finishing;
 	bool hold_req, delete_req;      /* sorterctl's, set and read on the loop thread only */
 	bool eightbit;          /* the content has bytes >= 0x80 */
+	bool route_wait;        /* a map lookup is under way: routed again when answered */
 	time_t next_retry;
 	uint64_t start_usec;
 	struct qmsg *prev, *next;
@@ -84,11 +85,13 @@ struct qmgr {
 	int dirfd[QUEUE_NDIRS];         /* incoming active deferred hold defer corrupt */
 	struct qmsg *msgs;
 	int nactive;
+	uint64_t active_bytes;          /* queue file bytes held by the active messages */
 	bool backlog;                   /* incoming/ had more than we took */
 	int wake_fd;
 	struct event *wake_ev, *scan_ev, *catchup_ev, *defer_ev, *term_ev, *master_ev;
 	struct control *control;
 	struct nodecaps *caps;          /* each LMTP endpoint's last LHLO, for smtpd */
+	struct map_waiter *waiter;      /* answers of threaded maps (ldap:) */
 	bool stopping;
 	int lock_fd;
 };
@@ -102,7 +105,7 @@ void msg_free(struct qmsg *mq);
 struct qrcpt *rcpt_of(struct qmsg *mq, const struct qexp *e);
 void log_result(struct qmsg *mq, const struct qrcpt *qr, const struct qexp *e, const char *what);
 /* a message left memory: take more work if some waits */
-void msg_release_slot(struct qmgr *q);
+void msg_release_slot(struct qmgr *q, size_t bytes);
 
 /* outcome.c: every transaction of the attempt has reported */
 void msg_finish(struct qmsg *mq);

@@ -152,8 +152,8 @@ int dirsync_wait(struct dirsync *d);
 void dirsync_close(struct dirsync *d);
 
 /* ---- durable commit (commit.c) ----
- * A job is written to tmp/, fsync'd, renamed into incoming/ (or hold/) and
- * covered by an fsync of that folder on a pool thread; its callback then runs in the
+ * A job is written to tmp/, fsync'd, renamed into incoming/ and covered by
+ * an fsync of incoming/ on a pool thread; its callback then runs in the
  * event loop that owns the pool. Renames that finish before one directory
  * fsync starts all share it. */
 struct commit_pool;
@@ -163,7 +163,6 @@ struct commit_job {
 	struct dstr head;          /* spool_encode_head() output */
 	struct dstr content;       /* the message (the job owns both) */
 	char id[QID_LEN + 1];      /* assigned by the submitter (qid_next) */
-	bool hold;                 /* into hold/ rather than incoming/ (a quarantine) */
 	void (*done)(struct commit_job *job, void *arg);
 	void *arg;
 	/* filled by the pool */
@@ -176,6 +175,52 @@ struct commit_pool *commit_pool_create(struct event_base *base, const char *spoo
 void commit_submit(struct commit_pool *p, struct commit_job *job);
 /* Waits for queued jobs, joins the threads. */
 void commit_pool_destroy(struct commit_pool *p);
+
+/*
+ * A message streamed into the spool as its content arrives (commit.c). The
+ * head is spool_encode_head()'s output (its content length is filled in at
+ * the commit). Writes are buffered and handed to an I/O thread in chunks,
+ * one at a time: spool_stream_write() returns true when the caller must
+ * stop feeding it until `resume` runs. Then exactly one of commit (durable
+ * in incoming/, done(arg, 0), or done(arg, errno) with nothing left
+ * behind) or abort (the file removed, done(arg, 0)); the stream frees
+ * itself after done returns and must not be used again. A write error is
+ * kept and reported by the commit.
+ */
+struct spool_stream;
+typedef void spool_stream_cb(void *arg);
+typedef void spool_stream_done_cb(void *arg, int error);
+struct spool_stream *spool_stream_open(struct commit_pool *p, const char *id,
+				       const struct dstr *head, spool_stream_cb *resume,
+				       void *arg);
+bool spool_stream_write(struct spool_stream *st, const void *data, size_t len);
+uint64_t spool_stream_content_len(const struct spool_stream *st);
+void spool_stream_commit(struct spool_stream *st, spool_stream_done_cb *done);
+void spool_stream_abort(struct spool_stream *st, spool_stream_done_cb *done);
+
+/*
+ * What milters need of a stream before its commit. A flush writes what the
+ * stream holds into its file and calls done(arg, error) once that is done
+ * (nothing more may be written then). A read takes up to n content bytes
+ * at off (the content's own offsets) from the file on a thread, one read at
+ * a time, and hands them to done(arg, data, count or -errno) on the loop;
+ * a stream ended meanwhile never calls it. An edit is a message committed
+ * in the stream's place: env's envelope (hold_reason set: into hold/), the
+ * new header section prefix, then body, or with body NULL the stream's own
+ * content from body_off on; the dstrs are taken over. The commit then
+ * goes as spool_stream_commit() (the edit is the stream's from then on).
+ */
+struct spool_edit;
+void spool_stream_flush(struct spool_stream *st, spool_stream_done_cb *done);
+void spool_stream_read(struct spool_stream *st, uint64_t off, size_t n,
+		       void (*done)(void *arg, const void *data, ssize_t got), void *arg);
+struct spool_edit *spool_edit_new(const struct spool_stream *st,
+				  const struct spool_envelope *env, struct dstr *prefix,
+				  struct dstr *body, uint64_t body_off);
+uint64_t spool_edit_content_len(const struct spool_edit *e);
+void spool_edit_free(struct spool_edit *e);
+void spool_stream_commit_edited(struct spool_stream *st, struct spool_edit *e,
+				spool_stream_done_cb *done);
 
 /* ---- the queue manager (qmgr.c) and its control socket (control.c) ---- */
 #define QID_SLOT_QMGR 30         /* qid process slot of the queue manager */

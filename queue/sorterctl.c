@@ -26,6 +26,7 @@
 #include <dirent.h>
 #include <grp.h>
 #include <pwd.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -73,7 +74,7 @@ usage(void)
 {
 	fprintf(stderr,
 		"usage: sorterctl [-c FILE] queue [--json]\n"
-		"       sorterctl [-c FILE] show ID\n"
+		"       sorterctl [-c FILE] show ID [--raw]\n"
 		"       sorterctl [-c FILE] delete ID... | --all\n"
 		"       sorterctl [-c FILE] hold ID...\n"
 		"       sorterctl [-c FILE] release ID...\n"
@@ -115,13 +116,50 @@ find_message(const char *spool_dir, const char *id, struct spool_file *f,
 
 /* ---- output helpers ---- */
 
-/* Envelope fields come from the network: keep control characters off the
- * administrator's terminal. */
+/* Text from the network, as it may reach the administrator's terminal:
+ * control characters (C1 included), and bytes that are not UTF-8, become
+ * '?'; tabs and line ends stay. */
+static void
+put_safe(const char *p, size_t n)
+{
+	char buf[65536];
+	size_t seg, k;
+
+	while (n > 0) {
+		for (seg = 0; seg < n && p[seg] != '\t' && p[seg] != '\r' && p[seg] != '\n'; seg++)
+			;
+		for (k = 0; k < seg; k += sizeof(buf)) {
+			size_t m = seg - k < sizeof(buf) ? seg - k : sizeof(buf);
+
+			memcpy(buf, p + k, m);
+			(void)utf8_sanitize(buf, m);
+			fwrite(buf, 1, m, stdout);
+		}
+		p += seg;
+		n -= seg;
+		if (n > 0) {
+			putchar(*p);
+			p++;
+			n--;
+		}
+	}
+}
+
+/* Envelope fields come from the network: no control character of theirs,
+ * a tab or line end included, reaches the administrator's terminal. */
 static void
 put_text(const char *s)
 {
-	for (; *s; s++)
-		putchar((unsigned char)*s < 0x20 || *s == 0x7f ? '?' : *s);
+	char buf[4096];
+	size_t n = strlen(s), i;
+
+	if (n >= sizeof(buf))
+		n = sizeof(buf) - 1;
+	memcpy(buf, s, n);
+	for (i = 0; i < n; i++)
+		if (buf[i] == '\t' || buf[i] == '\r' || buf[i] == '\n')
+			buf[i] = '?';
+	put_safe(buf, n);
 }
 
 static void
@@ -429,7 +467,7 @@ cmd_queue(const char *spool_dir, bool json)
 /* ---- sorterctl show ---- */
 
 static int
-cmd_show(const char *spool_dir, const char *id)
+cmd_show(const char *spool_dir, const char *id, bool raw)
 {
 	char path[4096], err[256], when[64];
 	struct spool_file f;
@@ -494,7 +532,12 @@ cmd_show(const char *spool_dir, const char *id)
 		printf(" (%s)\n", rcpt_state_names[m->rcpts[i].state]);
 	}
 	putchar('\n');
-	fwrite(f.image + m->content_offset, 1, m->content_len, stdout);
+	/* the message as stored, unless a terminal would take its bytes for
+	 * commands (escape sequences in a header); --raw always */
+	if (raw || !isatty(STDOUT_FILENO))
+		fwrite(f.image + m->content_offset, 1, m->content_len, stdout);
+	else
+		put_safe((const char *)f.image + m->content_offset, m->content_len);
 	spool_file_free(&f);
 	return 0;
 }
@@ -766,7 +809,7 @@ main(int argc, char **argv)
 		if (argc > 2 || (argc == 2 && strcmp(argv[1], "--json") != 0))
 			usage();
 	} else if (strcmp(cmd, "show") == 0) {
-		if (argc != 2)
+		if (argc != 2 && (argc != 3 || strcmp(argv[2], "--raw") != 0))
 			usage();
 	} else if (strcmp(cmd, "delete") == 0 || strcmp(cmd, "hold") == 0 ||
 		   strcmp(cmd, "release") == 0) {
@@ -800,9 +843,12 @@ main(int argc, char **argv)
 	if (strcmp(cmd, "queue") == 0)
 		rc = cmd_queue(cf->spool_dir, argc == 2);
 	else if (strcmp(cmd, "show") == 0)
-		rc = cmd_show(cf->spool_dir, argv[1]);
-	else if (strcmp(cmd, "route") == 0)
+		rc = cmd_show(cf->spool_dir, argv[1], argc == 3);
+	else if (strcmp(cmd, "route") == 0) {
+		/* an LDAP server closing its end must not kill the explanation */
+		signal(SIGPIPE, SIG_IGN);
 		rc = router_explain(cf, argv[1], argc == 3, stdout);
+	}
 	else if (strcmp(cmd, "delete") == 0 && argc == 2 && strcmp(argv[1], "--all") == 0)
 		rc = cmd_delete_all(cf->spool_dir);
 	else

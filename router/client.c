@@ -1137,12 +1137,28 @@ on_mx(const struct dns_mx_answer *a, void *arg)
 	conn_try(c);
 }
 
+static int
+addr_cmp(const void *x, const void *y)
+{
+	const struct sockaddr_storage *a = x, *b = y;
+
+	if (a->ss_family != b->ss_family)
+		return a->ss_family < b->ss_family ? -1 : 1;
+	if (a->ss_family == AF_INET)
+		return memcmp(&((const struct sockaddr_in *)a)->sin_addr,
+			      &((const struct sockaddr_in *)b)->sin_addr, 4);
+	if (a->ss_family == AF_INET6)
+		return memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
+			      &((const struct sockaddr_in6 *)b)->sin6_addr, 16);
+	return 0;
+}
+
 static void
 on_dns(const struct dns_answer *a, void *arg)
 {
 	struct conn *c = arg;
 	struct job *j = c->job;
-	struct sockaddr_storage live[DNS_ADDRS_MAX], dead[DNS_ADDRS_MAX];
+	struct sockaddr_storage live[DNS_ADDRS_MAX], dead[DNS_ADDRS_MAX], sorted[DNS_ADDRS_MAX];
 	char name[RELAY_MAX];
 	size_t i, k, nlive = 0, ndead = 0;
 	struct epstate *st;
@@ -1154,12 +1170,16 @@ on_dns(const struct dns_answer *a, void *arg)
 		conn_try(c);
 		return;
 	}
-	/* round robin: each lookup starts one address further */
+	/* round robin: each lookup starts one address further, in an order
+	 * of our own (a server that rotates its answers, as dnsmasq does,
+	 * would otherwise cancel the rotation out: always the same first) */
 	snprintf(name, sizeof(name), "dns:%s", j->ep->host);
 	st = epstate(c->pool, name, true);
+	memcpy(sorted, a->addrs, a->naddrs * sizeof(sorted[0]));
+	qsort(sorted, a->naddrs, sizeof(sorted[0]), addr_cmp);
 	for (i = 0; i < a->naddrs; i++) {
 		k = (st->rr + i) % a->naddrs;
-		memcpy(&live[nlive], &a->addrs[k], sizeof(live[0]));
+		memcpy(&live[nlive], &sorted[k], sizeof(live[0]));
 		dns_addr_set_port(&live[nlive], ep_port(c->pool, j->ep));
 		relay_name(c->tp, j->ep, &live[nlive], name, sizeof(name));
 		if (is_dead(c->pool, name))

@@ -37,6 +37,8 @@ verdict_name(enum rcpt_verdict v)
 		return "temporary failure";
 	case RCPT_NO_SMTPUTF8:
 		return "node lacks SMTPUTF8";
+	case RCPT_WAIT:
+		return "lookup under way";
 	}
 	return "?";
 }
@@ -44,7 +46,7 @@ verdict_name(enum rcpt_verdict v)
 static int
 verdict_exit(enum rcpt_verdict v)
 {
-	return v == RCPT_ACCEPT ? 0 : v == RCPT_TEMPFAIL ? 2 : 1;
+	return v == RCPT_ACCEPT ? 0 : v == RCPT_TEMPFAIL || v == RCPT_WAIT ? 2 : 1;
 }
 
 /* ---- text ---- */

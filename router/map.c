@@ -1,7 +1,7 @@
 /*
  * map.c - maps: key -> value tables named "type:arg" in the config, behind
  * one small backend vtable, with the Berkeley DB 5.3 hash: and btree:
- * backends (PATH.db, as sortermap builds it).
+ * backends (PATH.db, as sortermap builds it); ldap: is in map_ldap.c.
  *
  * On-disk convention shared with sortermap: keys are ASCII lower-cased and
  * stored without a trailing NUL; values are stored as written, without a
@@ -347,9 +347,14 @@ btree_build(const char *arg, const char *name, const char *src, size_t len,
 	return db_build_type(arg, DB_BTREE, name, src, len, like, err, errlen);
 }
 
-static const struct map_backend backends[] = {
-	{ "hash", hash_open, db_lookup, db_stamp, db_close, hash_build },
-	{ "btree", btree_open, db_lookup, db_stamp, db_close, btree_build },
+static const struct map_backend hash_backend = {
+	"hash", hash_open, db_lookup, db_stamp, db_close, hash_build, NULL,
+};
+static const struct map_backend btree_backend = {
+	"btree", btree_open, db_lookup, db_stamp, db_close, btree_build, NULL,
+};
+static const struct map_backend *const backends[] = {
+	&hash_backend, &btree_backend, &map_ldap_backend,
 };
 
 /* ---- the generic layer ---- */
@@ -366,7 +371,7 @@ same_stamp(const struct map_stamp *a, const struct map_stamp *b)
 static const struct map_backend *
 parse_spec(const char *spec, const char **arg, char *err, size_t errlen)
 {
-	const struct map_backend *be = &backends[0];
+	const struct map_backend *be = backends[0];
 	size_t i, n = strspn(spec, "abcdefghijklmnopqrstuvwxyz");
 	const char *colon = n > 0 && spec[n] == ':' ? spec + n : NULL;
 
@@ -374,11 +379,11 @@ parse_spec(const char *spec, const char **arg, char *err, size_t errlen)
 	if (colon != NULL) {
 		be = NULL;
 		for (i = 0; i < sizeof(backends) / sizeof(backends[0]); i++)
-			if (strlen(backends[i].type) == (size_t)(colon - spec) &&
-			    strncmp(backends[i].type, spec, (size_t)(colon - spec)) == 0)
-				be = &backends[i];
+			if (strlen(backends[i]->type) == (size_t)(colon - spec) &&
+			    strncmp(backends[i]->type, spec, (size_t)(colon - spec)) == 0)
+				be = backends[i];
 		if (be == NULL) {
-			snprintf(err, errlen, "%s: unknown map type \"%.*s\" (known: hash, btree)",
+			snprintf(err, errlen, "%s: unknown map type \"%.*s\" (known: hash, btree, ldap)",
 				 spec, (int)(colon - spec), spec);
 			return NULL;
 		}
@@ -406,6 +411,13 @@ map_open(const char *spec, char *err, size_t errlen)
 	m->arg = xstrdup(arg);
 	snprintf(m->err, sizeof(m->err), "not opened yet");
 	m->h = be->open(m->arg, &m->cur, m->err, sizeof(m->err));
+	if (m->h == NULL && be->stamp == NULL) {
+		/* a backend without a file to wait for (ldap:) fails only on
+		 * its settings: a config error, said where the map is named */
+		snprintf(err, errlen, "%s: %s", spec, m->err);
+		map_close(m);
+		return NULL;
+	}
 	if (m->h == NULL && be->stamp && be->stamp(m->arg, &m->bad) == 0)
 		m->have_bad = true;
 	if (m->h == NULL)
@@ -529,6 +541,19 @@ map_ready(struct map *m, char *err, size_t errlen)
 		return -1;
 	}
 	return 0;
+}
+
+void
+map_set_wakeup(struct map *m, int fd)
+{
+	if (m != NULL && m->be->set_wakeup != NULL && m->h != NULL)
+		m->be->set_wakeup(m->h, fd);
+}
+
+bool
+map_thread_safe(const struct map *m)
+{
+	return m != NULL && m->be->set_wakeup != NULL && m->h != NULL;
 }
 
 const char *

@@ -41,6 +41,7 @@
 
 struct router {
 	const struct config *cf;
+	size_t fanout;                      /* of the last RCPT-time check */
 	struct map *alias, *user, *node, *transport, *tls_policy;
 	struct endpoint relay;              /* relay_host as an smtp: endpoint */
 	bool has_relay;
@@ -66,6 +67,7 @@ struct resolve {
 	bool truncated;
 	bool tracing;
 	unsigned checked;                   /* maps checked for a rebuild, by bit */
+	bool pending;                       /* a lookup answered MAP_PENDING */
 	struct route_trace *root;
 	const char *anc[ROUTER_ALIAS_DEPTH + 2]; /* alias keys on the path from the root */
 };
@@ -286,11 +288,22 @@ rlookup(struct resolve *rs, struct map *m, const char *key, char *val, size_t va
 	unsigned bit = m == rs->r->alias ? 1u : m == rs->r->user ? 2u : m == rs->r->node ? 4u :
 	    m == rs->r->transport ? 8u : 16u;
 
+	enum map_status st;
+
 	if ((rs->checked & bit) == 0) {
 		rs->checked |= bit;
-		return map_lookup(m, key, val, vallen, err, errlen);
+		st = map_lookup(m, key, val, vallen, err, errlen);
+	} else {
+		st = map_get(m, key, val, vallen, err, errlen);
 	}
-	return map_get(m, key, val, vallen, err, errlen);
+	if (st == MAP_PENDING) {
+		/* the resolution goes on as if this one failed (so that other
+		 * lookups start meanwhile) and is run again when woken */
+		rs->pending = true;
+		snprintf(err, errlen, "%s: lookup of %s under way", map_spec(m), key);
+		return MAP_TEMPFAIL;
+	}
+	return st;
 }
 
 /* key, then base when there is one; sets *hit to the key that matched */
@@ -743,6 +756,7 @@ router_resolve(struct router *r, const char *address, struct route_list *out,
 	struct resolve rs;
 
 	route_list_reset(out);
+	out->pending = false;
 	dstr_reset(&r->expanded);
 	memset(&rs, 0, sizeof(rs));
 	rs.r = r;
@@ -750,6 +764,7 @@ router_resolve(struct router *r, const char *address, struct route_list *out,
 	rs.original = address;
 	rs.tracing = trace != NULL;
 	resolve_one(&rs, address, 0, NULL);
+	out->pending = rs.pending;
 	if (trace != NULL)
 		*trace = rs.root;
 	if (out->n == 0) {
@@ -778,6 +793,8 @@ rcpt_verdict_status(enum rcpt_verdict v)
 		return "451 4.3.0";
 	case RCPT_NO_SMTPUTF8:
 		return "553 5.6.7";
+	case RCPT_WAIT:
+		return "451 4.3.0";
 	}
 	return "451 4.3.0";
 }
@@ -794,6 +811,12 @@ route_lacks_smtputf8(struct router *r, const struct route *rt)
 		if (nodecaps_smtputf8(r->caps, &rt->endpoints[i]) != 0)
 			return false;
 	return true;
+}
+
+size_t
+router_rcpt_fanout(const struct router *r)
+{
+	return r->fanout;
 }
 
 enum rcpt_verdict
@@ -813,6 +836,7 @@ router_check_rcpt_flags(struct router *r, const char *address, int flags, char *
 	const char *cwhy;
 	size_t i;
 
+	r->fanout = 1;
 	if (router_canon(address, r->cf->recipient_delimiter, r->default_domain, &c, &cwhy) < 0) {
 		snprintf(why, whylen, "bad address: %s", cwhy);
 		return RCPT_UNKNOWN_USER;
@@ -829,6 +853,7 @@ router_check_rcpt_flags(struct router *r, const char *address, int flags, char *
 		return RCPT_ACCEPT;
 	}
 	router_resolve(r, address, l, NULL);
+	r->fanout = l->n;
 	for (i = 0; i < l->n; i++) {
 		rt = &l->v[i];
 		if ((rt->kind == ROUTE_LOCAL || rt->kind == ROUTE_REMOTE ||
@@ -851,6 +876,10 @@ router_check_rcpt_flags(struct router *r, const char *address, int flags, char *
 			temp = rt;
 		if (rt->kind == ROUTE_BOUNCE && bounce == NULL)
 			bounce = rt;
+	}
+	if (l->pending) {
+		snprintf(why, whylen, "%s: a lookup is under way", address);
+		return RCPT_WAIT;
 	}
 	if (temp != NULL) {
 		snprintf(why, whylen, "%s: %s", temp->address, temp->reason);
@@ -979,6 +1008,16 @@ router_check_maps(struct router *r, char *err, size_t errlen)
 			return -1;
 		}
 	return 0;
+}
+
+void
+router_set_wakeup(struct router *r, int fd)
+{
+	map_set_wakeup(r->alias, fd);
+	map_set_wakeup(r->user, fd);
+	map_set_wakeup(r->node, fd);
+	map_set_wakeup(r->transport, fd);
+	map_set_wakeup(r->tls_policy, fd);
 }
 
 void

@@ -48,6 +48,8 @@ enum map_status {
 	MAP_TEMPFAIL = -1,        /* the map cannot answer now: defer, never guess */
 	MAP_NOTFOUND = 0,
 	MAP_FOUND = 1,
+	MAP_PENDING = 2,          /* asked, answer to come (only after map_set_wakeup): ask
+				   * again once the wake-up descriptor was written to */
 };
 
 /* What a map's backing file looked like when it was opened: a different
@@ -79,6 +81,13 @@ struct map_backend {
 	 * old one atomically (NULL: the backend is not built by sortermap) */
 	long (*build)(const char *arg, const char *name, const char *src, size_t len,
 		      const struct stat *like, char *err, size_t errlen);
+	/* NULL for a backend that answers at once. Else its lookups may go
+	 * to lookup threads: with fd >= 0, one that cannot be answered from
+	 * the cache returns MAP_PENDING and an 8-byte counter increment
+	 * (eventfd style) is written to fd when some answer arrives; with
+	 * fd -1 (the default) it waits for the answer, at most the map's own
+	 * timeout. Such a handle may be looked up from several threads. */
+	void (*set_wakeup)(void *h, int fd);
 };
 
 struct map;
@@ -97,6 +106,12 @@ enum map_status map_lookup(struct map *m, const char *key, char *val, size_t val
  * the map up a moment ago (several keys for one recipient). */
 enum map_status map_get(struct map *m, const char *key, char *val, size_t vallen,
 			char *err, size_t errlen);
+/* See map_backend.set_wakeup: fd >= 0 makes lookups of a threaded map
+ * (ldap:) return MAP_PENDING instead of waiting; no effect on the others. */
+void map_set_wakeup(struct map *m, int fd);
+/* The map may be looked up from any thread (its backend has lookup threads
+ * and a locked cache); a Berkeley DB map may not. */
+bool map_thread_safe(const struct map *m);
 /* 0 when the map can answer right now, else -1 with the reason (sorterd -t). */
 int map_ready(struct map *m, char *err, size_t errlen);
 const char *map_spec(const struct map *m);
@@ -111,6 +126,74 @@ void map_close(struct map *m);
  */
 long map_build(const char *spec, const char *name, const char *src, size_t len,
 	       const struct stat *like, char *err, size_t errlen);
+
+/* ---- ldap: maps (ldapconf.c: the settings file and the filter, pure;
+ * map_ldap.c: lookup threads, cache, libldap) ----
+ * "ldap:FILE" names a file of "key = value" lines in the style of
+ * Postfix's ldap_table(5) ('#' comment lines, a line starting with a blank
+ * continues the one before): server_host (URIs or HOST[:PORT], several =
+ * failover, tried in order), server_port (389), search_base (required),
+ * scope (sub | one | base), query_filter ("(mailacceptinggeneralid=%s)";
+ * %s the key, %u its local part, %d its domain, %% a '%'; each escaped per
+ * RFC 4515), result_attribute ("maildrop"; several attributes and values
+ * are joined with ','), bind (yes), bind_dn, bind_pw, start_tls (no),
+ * tls_ca_cert_file, tls_require_cert (yes), version (3 only), timeout
+ * (10s: connect, bind and each search), cache_ttl (60s), negative_cache_ttl
+ * (10s), cache_size (100000 keys), lookup_threads (4), size_limit (0 =
+ * none). Unknown keys, and Postfix keys not implemented, are errors. */
+#define LDAPC_URIS_MAX 16
+#define LDAPC_ATTRS_MAX 16
+#define LDAPC_THREADS_MAX 64
+#define LDAPC_FILE_MAX (64 << 10)
+enum ldapc_scope { LDAPC_SCOPE_BASE, LDAPC_SCOPE_ONE, LDAPC_SCOPE_SUB };
+
+struct ldap_settings {
+	char *uris[LDAPC_URIS_MAX];
+	size_t nuris;
+	int server_port;
+	char *search_base;
+	enum ldapc_scope scope;
+	char *query_filter;
+	char *attrs[LDAPC_ATTRS_MAX + 1];   /* NULL-terminated, as libldap takes them */
+	size_t nattrs;
+	bool bind;
+	char *bind_dn, *bind_pw;            /* NULL: anonymous */
+	bool start_tls;
+	char *tls_ca_cert_file;
+	bool tls_require_cert;
+	int timeout;                        /* seconds */
+	int cache_ttl, negative_cache_ttl;  /* seconds */
+	int cache_size;
+	int lookup_threads;
+	int size_limit;
+};
+
+/* Parses the file's text (name for messages). 0, or -1 with "NAME:LINE:
+ * reason" (s is then empty). Free with ldap_settings_free. */
+int ldap_settings_parse(const char *name, const char *text, size_t len, struct ldap_settings *s,
+			char *err, size_t errlen);
+void ldap_settings_free(struct ldap_settings *s);
+/* The filter for key: 1 with out set; 0 when the key is never asked with
+ * this filter (%d and no domain, %u and an empty local part: not found
+ * without a query, as Postfix does); -1 when it does not fit. */
+int ldap_filter_expand(const char *filter, const char *key, char *out, size_t outlen);
+/* The backend (map_ldap.c), for map.c's table. */
+extern const struct map_backend map_ldap_backend;
+
+struct event_base;
+
+/* ---- waiting for threaded maps on an event loop (mapwait.c) ----
+ * The descriptor given to map_set_wakeup/router_set_wakeup (an eventfd),
+ * watched on a libevent loop: `retry(arg)` runs when a map wrote to it (an
+ * answer arrived) and, while map_waiter_busy(w, true), once a second (a
+ * request past its map's timeout is then answered as failed). The owner
+ * keeps its own list of what waits and retries it from there. Unhook the
+ * maps (router_set_wakeup(r, -1), or close them) before freeing. */
+struct map_waiter;
+struct map_waiter *map_waiter_new(struct event_base *base, void (*retry)(void *arg), void *arg);
+int map_waiter_fd(const struct map_waiter *w);
+void map_waiter_busy(struct map_waiter *w, bool busy);
+void map_waiter_free(struct map_waiter *w);
 
 /* ---- map source files (mapsource.c): pure, no I/O ----
  * One entry per line: key, blanks, value. Leading and trailing blanks are
@@ -229,6 +312,8 @@ struct route_list {
 	size_t n, cap;
 	struct endpoint *eps;               /* the pool route.endpoints point into */
 	size_t neps, epscap;
+	bool pending;                       /* a map lookup is under way (MAP_PENDING): the
+					     * routes are not final; resolve again when woken */
 };
 
 void route_list_free(struct route_list *l);
@@ -257,6 +342,9 @@ void router_close(struct router *r);
  * smtp_tls_policy_map (NULL when not configured). */
 #define ROUTER_NMAPS 5
 void router_maps(struct router *r, struct map *maps[ROUTER_NMAPS]);
+/* Every map of the router answers MAP_PENDING rather than wait (see
+ * map_set_wakeup); fd -1 = wait again. */
+void router_set_wakeup(struct router *r, int fd);
 /* 0 when every configured map can answer now, else -1 with the first
  * problem, "user_map hash:/x: cannot open /x.db: ..." (for sorterd -t). */
 int router_check_maps(struct router *r, char *err, size_t errlen);
@@ -267,9 +355,11 @@ enum rcpt_verdict {
 	RCPT_RELAY_DENIED,    /* 554 5.7.1 */
 	RCPT_TEMPFAIL,        /* 451 4.3.0 */
 	RCPT_NO_SMTPUTF8,     /* 553 5.6.7: needs SMTPUTF8, its node is known to lack it */
+	RCPT_WAIT,            /* a lookup is under way (router_set_wakeup): ask again when woken */
 };
 
-/* "250 2.1.5", "550 5.1.1", "554 5.7.1", "451 4.3.0" or "553 5.6.7" */
+/* "250 2.1.5", "550 5.1.1", "554 5.7.1", "451 4.3.0" or "553 5.6.7"
+ * (RCPT_WAIT: "451 4.3.0", what it becomes when the wait ends) */
 const char *rcpt_verdict_status(enum rcpt_verdict v);
 
 /* router_check_rcpt_flags: the transaction's sender is a UTF-8 address */
@@ -301,6 +391,10 @@ enum rcpt_verdict router_check_rcpt(struct router *r, const char *address,
  */
 enum rcpt_verdict router_check_rcpt_flags(struct router *r, const char *address, int flags,
 					  char *why, size_t whylen);
+/* How many final addresses the last RCPT-time check resolved its recipient
+ * to after alias expansion (1 when it was not expanded or not resolved):
+ * smtpd caps what one message may become (alias_expansion_limit). */
+size_t router_rcpt_fanout(const struct router *r);
 
 /*
  * Delivery time: resolves `address` into out (reset first), one route per

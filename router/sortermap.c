@@ -2,6 +2,7 @@
  * sortermap.c - the map tool:
  *   sortermap [-v] [hash:|btree:]FILE   compiles the text map FILE into FILE.db
  *   sortermap -q KEY [hash:|btree:]FILE looks KEY up in FILE.db
+ *   sortermap -q KEY ldap:FILE          looks KEY up in the directory FILE names
  *
  * Only the command line lives here. The build is map_build() (map.c):
  * atomic, the whole source parsed before anything is written, a syntax
@@ -16,6 +17,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,7 +33,7 @@ static void
 usage(void)
 {
 	fprintf(stderr, "usage: sortermap [-v] [hash:|btree:]FILE\n"
-		"       sortermap -q KEY [hash:|btree:]FILE\n");
+		"       sortermap -q KEY [hash:|btree:|ldap:]FILE\n");
 	exit(2);
 }
 
@@ -136,6 +138,8 @@ main(int argc, char **argv)
 	int ch;
 
 	log_set_progname("sortermap");
+	/* an LDAP server that closes its end must not kill a query */
+	signal(SIGPIPE, SIG_IGN);
 	while ((ch = getopt(argc, argv, "q:vh")) != -1) {
 		switch (ch) {
 		case 'q':

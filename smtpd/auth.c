@@ -42,6 +42,9 @@ struct auth {
 struct auth_job {
 	char hash[HASH_MAX];
 	char pass[AUTH_PASS_MAX + 1];
+	struct map *map;                    /* auth_map to look up on the pool thread (ldap:) */
+	const char *dummy;
+	char login[ADDR_PATH_MAX + 2];
 	bool known;
 	enum auth_result result;
 	auth_done_fn *done;
@@ -82,6 +85,30 @@ fail:
 	return NULL;
 }
 
+int
+auth_check_maps(const struct config *cf, char *err, size_t errlen)
+{
+	const char *names[] = { "auth_map", "sender_login_map" };
+	const char *specs[] = { cf->auth_map, cf->sender_login_map };
+	char e[400], where[300];
+	struct map *m;
+	size_t i;
+	int rc = 0;
+
+	for (i = 0; i < 2 && rc == 0; i++) {
+		if (specs[i] == NULL)
+			continue;
+		if ((m = map_open(specs[i], e, sizeof(e))) == NULL || map_ready(m, e, sizeof(e)) < 0) {
+			snprintf(err, errlen, "%s: %s %s",
+				 config_where(cf, names[i], where, sizeof(where)), names[i], e);
+			rc = -1;
+		}
+		if (m != NULL)
+			map_close(m);
+	}
+	return rc;
+}
+
 void
 auth_free(struct auth *a)
 {
@@ -95,6 +122,31 @@ auth_free(struct auth *a)
 	free(a);
 }
 
+/* On a pool thread: an auth_map that may wait for its server (ldap:) is
+ * looked up here, never on the loop; the wait is bounded by its timeout.
+ * -1 when the lookup failed (the result is set). */
+static int
+lookup_work(struct auth_job *j)
+{
+	char err[256];
+
+	switch (map_lookup(j->map, j->login, j->hash, sizeof(j->hash), err, sizeof(err))) {
+	case MAP_FOUND:
+		j->known = true;
+		return 0;
+	case MAP_NOTFOUND:
+		snprintf(j->hash, sizeof(j->hash), "%s", j->dummy);
+		return 0;
+	case MAP_TEMPFAIL:
+	case MAP_PENDING:
+		break;
+	}
+	msg_warn("auth_map %s: %s", map_spec(j->map), err);
+	explicit_bzero(j->pass, sizeof(j->pass));
+	j->result = AUTH_TEMPFAIL;
+	return -1;
+}
+
 /* on a pool thread */
 static void
 check_work(void *arg)
@@ -103,7 +155,7 @@ check_work(void *arg)
 	struct auth_job *j = arg;
 	struct crypt_data *cd;
 	const char *out;
-	size_t n = strlen(j->hash);
+	size_t n;
 
 	/* A yescrypt hash is tens of milliseconds of CPU. At a lower priority
 	 * (Linux: per thread) a burst of logins slows the logins, not the
@@ -112,6 +164,9 @@ check_work(void *arg)
 		(void)setpriority(PRIO_PROCESS, (id_t)gettid(), AUTH_NICE);
 		niced = true;
 	}
+	if (j->map != NULL && lookup_work(j) < 0)
+		return;
+	n = strlen(j->hash);
 	cd = xcalloc(1, sizeof(*cd));
 	out = crypt_r(j->pass, j->hash, cd);
 	j->result = AUTH_FAIL;
@@ -148,6 +203,13 @@ auth_check(struct auth *a, const char *login, const char *pass, auth_done_fn *do
 	j->done = done;
 	j->arg = arg;
 	snprintf(j->pass, sizeof(j->pass), "%s", pass);
+	if (map_thread_safe(a->auth_map)) {
+		j->map = a->auth_map;
+		j->dummy = a->dummy;
+		snprintf(j->login, sizeof(j->login), "%s", login);
+		iopool_run(a->pool, check_work, check_done, j);
+		return;
+	}
 	switch (map_lookup(a->auth_map, login, j->hash, sizeof(j->hash), err, sizeof(err))) {
 	case MAP_FOUND:
 		/* a locked account ("!...", "*") fails in crypt like a wrong password */
@@ -157,6 +219,7 @@ auth_check(struct auth *a, const char *login, const char *pass, auth_done_fn *do
 		snprintf(j->hash, sizeof(j->hash), "%s", a->dummy);
 		break;
 	case MAP_TEMPFAIL:
+	case MAP_PENDING:
 		msg_warn("auth_map %s: %s", map_spec(a->auth_map), err);
 		explicit_bzero(j->pass, sizeof(j->pass));
 		j->result = AUTH_TEMPFAIL;
@@ -219,9 +282,18 @@ auth_sender_owned(struct auth *a, const char *login, const char *sender, char *w
 		snprintf(key, sizeof(key), "%s", at);
 		st = map_get(a->sender_login_map, key, val, sizeof(val), why, whylen);
 	}
+	if (st == MAP_PENDING)
+		return SENDER_WAIT;
 	if (st == MAP_TEMPFAIL)
 		return SENDER_TEMPFAIL;
 	if (st == MAP_FOUND && login_in_list(val, login))
 		return SENDER_OWNED;
 	return SENDER_NOT_OWNED;
+}
+
+void
+auth_set_wakeup(struct auth *a, int fd)
+{
+	if (a != NULL)
+		map_set_wakeup(a->sender_login_map, fd);
 }

@@ -22,17 +22,25 @@ typedef void auth_done_fn(void *arg, enum auth_result r);
  * lacks yescrypt. */
 struct auth *auth_new(struct event_base *base, const struct config *cf, char *err, size_t errlen);
 void auth_free(struct auth *a);
+/* sorterd -t: 0 when auth_map and sender_login_map (those configured) can
+ * answer now, else -1 with "FILE:LINE: auth_map SPEC: reason". */
+int auth_check_maps(const struct config *cf, char *err, size_t errlen);
 
 /* Checks login/password; `done` runs later on the loop, exactly once, and
  * the caller's arg must stay valid until it has. */
 void auth_check(struct auth *a, const char *login, const char *pass, auth_done_fn *done,
 		void *arg);
 
-enum sender_verdict { SENDER_OWNED, SENDER_NOT_OWNED, SENDER_TEMPFAIL };
+enum sender_verdict { SENDER_OWNED, SENDER_NOT_OWNED, SENDER_TEMPFAIL, SENDER_WAIT };
 /* May `login` use `sender` as its envelope sender? The login itself, or
- * a login that sender_login_map lists for the sender or its @domain. */
+ * a login that sender_login_map lists for the sender or its @domain.
+ * SENDER_WAIT: a lookup is under way (auth_set_wakeup); ask again. */
 enum sender_verdict auth_sender_owned(struct auth *a, const char *login, const char *sender,
 				      char *why, size_t whylen);
+/* sender_login_map answers SENDER_WAIT instead of waiting for a threaded
+ * map (ldap:); fd as for map_set_wakeup. An ldap: auth_map is looked up
+ * on the hashing threads, never on the loop. */
+void auth_set_wakeup(struct auth *a, int fd);
 
 /* A yescrypt hash of pass for auth_map (sorterctl passwd); -1 when
  * libcrypt cannot make one or it does not fit. */

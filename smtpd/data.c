@@ -1,13 +1,18 @@
 /*
- * data.c - the DATA content parser: finds the end of data, removes dot
- * stuffing, flags bare CR and bare LF, and counts Received: headers for
- * loop detection.
+ * data.c - the message content parser, for DATA and for BDAT: finds the
+ * end of data, removes dot stuffing, flags bare CR and bare LF, and counts
+ * Received: headers for loop detection.
  *
  * This is the SMTP-smuggling defence. Only CR LF "." CR LF ends the data,
  * and only CR LF ends a line: a bare CR or bare LF is content, passed through
  * and flagged, never a line end, so no byte sequence can make a "." that
  * some other MTA would read as the end of data end it here too, or the
  * other way round. The session rejects a flagged message at the real end.
+ *
+ * BDAT content (RFC 3030) goes through the same code in raw mode: the
+ * chunk sizes frame it, so there is no dot and no end to look for, but the
+ * bare CR / bare LF rule and the Received: count are exactly those of DATA,
+ * and a message reads the same whichever command carried it.
  *
  * It must never allocate, do I/O, or look at bytes past the end of data:
  * everything it needs to know across calls is in struct data_parser, so
@@ -34,6 +39,13 @@ data_parser_init(struct data_parser *p)
 	p->in_headers = true;
 	p->header_line_start = true;
 	p->hdr_match = 0;
+}
+
+void
+data_parser_init_raw(struct data_parser *p)
+{
+	data_parser_init(p);
+	p->raw = true;
 }
 
 /* Content bytes produced on a header line (its CR LF excluded). A chunk
@@ -104,7 +116,8 @@ data_parse(struct data_parser *p, const char *in, size_t len,
 	while (s < end) {
 		switch (p->state) {
 		case DS_LINE_START:
-			if (*s == '.') {
+			/* raw (BDAT) content has no dots to remove and no end to find */
+			if (*s == '.' && !p->raw) {
 				s++;
 				p->state = DS_DOT;
 				continue;
@@ -178,4 +191,33 @@ out:
 	*outlen = (size_t)(o - out);
 	p->bytes += *outlen;
 	return (size_t)(s - in);
+}
+
+/*
+ * DATA content always ends with CR LF (the one before "." CR LF); BDAT
+ * content may stop anywhere. Ending it the same way keeps one shape for
+ * the spool and for every later reader, and makes a message sent by BDAT
+ * byte for byte the one sent by DATA. A CR that ends the content has no LF
+ * after it: it is bare.
+ */
+size_t
+data_parse_end(struct data_parser *p, char out[2])
+{
+	size_t n = 0;
+
+	if (!p->raw)
+		return 0;       /* DATA ended at its "." line, after a CR LF */
+	if (p->state == DS_CR) {
+		bare_cr(p);
+		p->state = DS_MID;
+	}
+	if (p->state == DS_MID) {
+		out[n++] = '\r';
+		out[n++] = '\n';
+		if (p->in_headers)
+			header_line_end(p);
+		p->state = DS_LINE_START;
+	}
+	p->bytes += n;
+	return n;
 }

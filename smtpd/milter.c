@@ -126,8 +126,12 @@ struct milter_client {
 	/* the message */
 	const struct milter_source *src;
 	size_t limit;
+	bool reading;                   /* a read from src is under way */
+	struct dstr head;               /* the header section, as it is read */
 	struct mhdrs hdrs;              /* as the next filter is shown them */
 	uint64_t body_off;              /* where the body starts in src */
+	size_t chunk_len;               /* body bytes in chunk, not sent yet */
+	bool chunk_ready;
 	size_t hi;                      /* next header to send */
 	uint64_t bpos;                  /* body bytes sent */
 	bool skip_body;
@@ -445,6 +449,7 @@ next_filter(struct milter_client *mc)
 	mc->skip_body = false;
 	mc->body_cr = false;
 	mc->body_over = false;
+	mc->chunk_ready = false;
 	milter_mods_free(&mc->one);
 }
 
@@ -453,10 +458,16 @@ next_filter(struct milter_client *mc)
 static void
 end_filter(struct milter_client *mc, struct mconn *m)
 {
+	struct dstr *b = &mc->one.body;
 	size_t i;
 
-	if (mc->body_over ||
-	    (mc->one.body_replaced && milter_body_finish(&mc->one.body, &mc->body_cr) < 0)) {
+	/* a new body ends with a line, as the spool's content does */
+	if (mc->one.body_replaced && !mc->body_over &&
+	    (milter_body_finish(b, &mc->body_cr) < 0 ||
+	     (b->len > 0 && (b->len < 2 || memcmp(b->s + b->len - 2, "\r\n", 2) != 0) &&
+	      dstr_append(b, "\r\n", 2) < 0)))
+		mc->body_over = true;
+	if (mc->body_over) {
 		/* no fault of the client's, but it would be the same on every retry */
 		msg_info("milter %s: the replaced body exceeds message_size_limit", m->spec->name);
 		m->in_msg = false;
@@ -727,21 +738,45 @@ sent_unanswered(struct milter_client *mc, struct mconn *m)
 	return true;
 }
 
-static ssize_t
-body_read(struct milter_client *mc, unsigned char *buf, size_t n)
+static void
+on_body_read(void *arg, const void *data, ssize_t got)
+{
+	struct milter_client *mc = arg;
+
+	mc->reading = false;
+	if (got < 0) {
+		conclude(mc, MILTER_TEMPFAIL, "451 4.3.0 Error: cannot read the message", NULL);
+		return;
+	}
+	memcpy(mc->chunk, data, (size_t)got);
+	mc->chunk_len = (size_t)got;
+	mc->chunk_ready = true;
+	kick(mc);
+}
+
+/* The next piece of the body as this filter is to see it: from the edits
+ * of the filters before it (in memory), or read from the message (then it
+ * comes later: false). */
+static bool
+body_chunk(struct milter_client *mc)
 {
 	uint64_t len;
+	size_t n = MILTER_CHUNK_MAX;
 
+	if (mc->chunk_ready)
+		return true;
 	if (mc->all.body_replaced) {
 		len = mc->all.body.len;
-		if (mc->bpos >= len)
-			return 0;
 		if (n > len - mc->bpos)
 			n = (size_t)(len - mc->bpos);
-		memcpy(buf, mc->all.body.s + mc->bpos, n);
-		return (ssize_t)n;
+		memcpy(mc->chunk, mc->all.body.s + mc->bpos, n);
+		mc->chunk_len = n;
+		mc->chunk_ready = true;
+		return true;
 	}
-	return mc->src->read(mc->src->arg, mc->body_off + mc->bpos, buf, n);
+	mc->reading = true;
+	mc->src->read(mc->src->arg, mc->body_off + mc->bpos, n, on_body_read, mc);
+	return false;
 }
 
 /* One filter's part of the message, from where it stands, until it has
@@ -750,7 +785,6 @@ static void
 step_message(struct milter_client *mc, struct mconn *m)
 {
 	const struct mhdr *h;
-	ssize_t got;
 
 	switch (mc->phase) {
 	case 0:         /* headers */
@@ -788,16 +822,13 @@ step_message(struct milter_client *mc, struct mconn *m)
 		/* FALLTHROUGH */
 	case 2:         /* body */
 		while (!(m->proto & SMFIP_NOBODY) && !mc->skip_body) {
-			got = body_read(mc, mc->chunk, MILTER_CHUNK_MAX);
-			if (got < 0) {
-				conclude(mc, MILTER_TEMPFAIL, "451 4.3.0 Error: cannot read the message",
-					 NULL);
-				return;
-			}
-			if (got == 0)
+			if (!body_chunk(mc))
+				return;         /* on_body_read() goes on */
+			mc->chunk_ready = false;
+			if (mc->chunk_len == 0)
 				break;
-			mc->bpos += (uint64_t)got;
-			milter_put(&mc->out, SMFIC_BODY, mc->chunk, (size_t)got);
+			mc->bpos += mc->chunk_len;
+			milter_put(&mc->out, SMFIC_BODY, mc->chunk, mc->chunk_len);
 			if (!(m->proto & SMFIP_NR_BODY)) {
 				flush_out(mc, m);
 				if (m->state != MC_FAILED)
@@ -832,6 +863,8 @@ deliver(struct milter_client *mc)
 	mc->res.reply = mc->reply.len ? mc->reply.s : NULL;
 	mc->res.milter = mc->who;
 	mc->res.mods = mc->op == MS_EOM ? &mc->all : NULL;
+	mc->res.headers = mc->op == MS_EOM ? &mc->hdrs : NULL;
+	mc->res.body_off = mc->body_off;
 	done(arg, &mc->res);
 }
 
@@ -849,6 +882,8 @@ advance(struct milter_client *mc)
 			conclude(mc, MILTER_CONTINUE, NULL, NULL);
 			continue;
 		}
+		if (mc->reading)
+			return;         /* the message is being read: its callback goes on */
 		m = &mc->m[mc->cur];
 		if (m->waiting || m->draining)
 			return;
@@ -938,6 +973,7 @@ milter_client_new(struct event_base *base, const struct milter_conf *mcf,
 	dstr_init(&mc->out, 0);
 	dstr_init(&mc->cmd, 0);
 	dstr_init(&mc->reply, 0);
+	dstr_init(&mc->head, 0);
 	milter_mods_init(&mc->all);
 	milter_mods_init(&mc->one);
 	return mc;
@@ -978,6 +1014,7 @@ milter_client_free(struct milter_client *mc)
 	dstr_free(&mc->cmd);
 	dstr_free(&mc->reply);
 	mhdrs_free(&mc->hdrs);
+	dstr_free(&mc->head);
 	milter_mods_free(&mc->all);
 	milter_mods_free(&mc->one);
 	free(mc->chunk);
@@ -1071,19 +1108,42 @@ milter_data(struct milter_client *mc, milter_done_fn done, void *arg)
 	start(mc, MS_DATA, done, arg);
 }
 
+/* The header section, read in pieces until its end is in: then the
+ * filters are shown the message. */
+static void
+on_head_read(void *arg, const void *data, ssize_t got)
+{
+	struct milter_client *mc = arg;
+	ssize_t body;
+
+	mc->reading = false;
+	if (got < 0) {
+		conclude(mc, MILTER_TEMPFAIL, "451 4.3.0 Error: cannot read the message", NULL);
+		return;
+	}
+	dstr_append(&mc->head, data, (size_t)got);
+	body = mhdrs_parse(mc->head.s ? mc->head.s : "", mc->head.len,
+			   got == 0 || mc->head.len >= mc->src->len, &mc->hdrs);
+	if (body < 0) {
+		mc->reading = true;
+		mc->src->read(mc->src->arg, mc->head.len, MILTER_CHUNK_MAX, on_head_read, mc);
+		return;
+	}
+	mc->body_off = (uint64_t)body;
+	dstr_free(&mc->head);
+	kick(mc);
+}
+
 void
 milter_message(struct milter_client *mc, const struct milter_source *src, size_t limit,
 	       milter_done_fn done, void *arg)
 {
-	struct dstr head;
-	ssize_t got, body = -1;
-	uint64_t off = 0;
-
 	mhdrs_free(&mc->hdrs);
 	milter_mods_free(&mc->all);
 	milter_mods_free(&mc->one);
 	mc->src = src;
 	mc->limit = limit;
+	mc->body_off = 0;
 	if (mc->chunk == NULL)
 		mc->chunk = xmalloc(MILTER_CHUNK_MAX);
 	start(mc, MS_EOM, done, arg);
@@ -1092,26 +1152,15 @@ milter_message(struct milter_client *mc, const struct milter_source *src, size_t
 	mc->skip_body = false;
 	mc->body_cr = false;
 	mc->body_over = false;
+	mc->chunk_ready = false;
 	if (mc->discard) {
 		conclude(mc, MILTER_DISCARD, NULL, mc->discard_by);
 		return;
 	}
-	/* the header section, read in pieces until its end is in */
-	dstr_init(&head, 0);
-	while (body < 0) {
-		got = src->read(src->arg, off, mc->chunk, MILTER_CHUNK_MAX);
-		if (got < 0) {
-			conclude(mc, MILTER_TEMPFAIL, "451 4.3.0 Error: cannot read the message", NULL);
-			dstr_free(&head);
-			return;
-		}
-		off += (uint64_t)got;
-		dstr_append(&head, mc->chunk, (size_t)got);
-		body = mhdrs_parse(head.s ? head.s : "", head.len, got == 0 || off >= src->len,
-				   &mc->hdrs);
-	}
-	mc->body_off = (uint64_t)body;
-	dstr_free(&head);
+	dstr_free(&mc->head);
+	dstr_init(&mc->head, 0);
+	mc->reading = true;
+	src->read(src->arg, 0, MILTER_CHUNK_MAX, on_head_read, mc);
 }
 
 void

@@ -24,6 +24,9 @@
 #define MILTER_PACKET_MAX (1024 * 1024 + 16)
 #define MILTER_CHUNK_MAX 65535    /* body bytes per SMFIC_BODY */
 #define MILTER_REPLY_TEXT_MAX 4096
+/* What the filters' edits may add past message_size_limit: signatures and
+ * results headers are not the client's doing */
+#define MILTER_EDIT_ROOM (64 * 1024)
 
 /* MTA -> filter */
 #define SMFIC_ABORT 'A'
@@ -218,7 +221,6 @@ void milter_mods_init(struct milter_mods *m);
 void milter_mods_free(struct milter_mods *m);
 /* Moves the edits of src to the end of dst (src is left empty). */
 void milter_mods_append(struct milter_mods *dst, struct milter_mods *src);
-bool milter_mods_content(const struct milter_mods *m);   /* headers or body to rewrite */
 
 /* A filter's header value as the bytes that follow "Name:" in the
  * message: line breaks (LF, CRLF) become CRLF with a tab in front of a
@@ -239,11 +241,13 @@ void mhdrs_apply(struct mhdrs *h, const struct milter_mod *mod);
 int milter_body_append(struct dstr *out, const unsigned char *p, size_t n, bool *cr);
 int milter_body_finish(struct dstr *out, bool *cr);
 
-/* Rewrites the message in content (CRLF lines, as the spool stores it)
- * with the header edits and the body of m: the new message replaces
- * content's bytes. -1 with *why when it would exceed limit bytes. */
-int milter_apply_content(struct dstr *content, const struct milter_mods *m, size_t limit,
-			 const char **why);
+/* The header section as the spool stores it: "Name:value" CRLF for each
+ * header, then the empty line. */
+void mhdrs_serialize(const struct mhdrs *h, struct dstr *out);
+/* Moves a replaced body out of m (when m has one) into out; true if so. */
+bool milter_mods_take_body(struct milter_mods *m, struct dstr *out);
+/* Anything at all to apply: headers, body, envelope, quarantine */
+bool milter_mods_any(const struct milter_mods *m);
 
 /* The envelope the session holds, for the sender and recipient edits. */
 struct milter_envelope {
@@ -288,8 +292,10 @@ struct milter_result {
 	enum milter_verdict verdict;
 	const char *reply;          /* REJECT, TEMPFAIL: the whole SMTP reply to send */
 	const char *milter;         /* who decided (a REJECT, TEMPFAIL or DISCARD) */
-	struct milter_mods *mods;   /* end of message: the edits, owned by the client
-				     * until its next call */
+	/* end of message, owned by the client until its next call: */
+	struct milter_mods *mods;   /* the edits */
+	const struct mhdrs *headers; /* the header section with them applied */
+	uint64_t body_off;          /* where the message's own body starts */
 };
 
 typedef void (*milter_done_fn)(void *arg, const struct milter_result *r);
@@ -320,11 +326,13 @@ void milter_rcpt(struct milter_client *mc, const char *rcpt, const char *const *
 		 milter_done_fn done, void *arg);
 void milter_data(struct milter_client *mc, milter_done_fn done, void *arg);
 
-/* Where the message is read from: up to n bytes at offset off into buf,
- * the count (0 at the end) or -1. The same whether the session holds the
- * message in memory or in a file. */
+/* Where the message is read from, whatever holds it (the spool file as it
+ * is being written): read() starts reading up to n bytes at offset off and
+ * later calls done(done_arg, data, count) from the loop (count 0 at the
+ * end, < 0 for an error). One read at a time. */
+typedef void milter_read_done(void *done_arg, const void *data, ssize_t count);
 struct milter_source {
-	ssize_t (*read)(void *arg, uint64_t off, void *buf, size_t n);
+	void (*read)(void *arg, uint64_t off, size_t n, milter_read_done *done, void *done_arg);
 	uint64_t len;
 	void *arg;
 };

@@ -4,11 +4,10 @@
  * fit for the spool (CRLF, no bare CR or LF), and the application of the
  * edits to the message and to the envelope before the commit.
  *
- * Pure: the message comes in and goes out as bytes (today the session's
- * in-memory content; the same functions serve a spool file read back in
- * pieces). Nothing a filter sends can put a bare CR or LF, an empty line
- * inside the header section, or a recipient the router refused into a
- * queue file.
+ * Pure: the header section is a list, the body bytes; the spool stream
+ * (queue/commit.c) writes the result. Nothing a filter sends can put a
+ * bare CR or LF, an empty line inside the header section, or a recipient
+ * the router refused into a queue file.
  */
 #include "config.h"
 
@@ -303,52 +302,36 @@ milter_mods_append(struct milter_mods *dst, struct milter_mods *src)
 	}
 }
 
-bool
-milter_mods_content(const struct milter_mods *m)
+void
+mhdrs_serialize(const struct mhdrs *h, struct dstr *out)
 {
 	size_t i;
 
-	for (i = 0; i < m->n; i++)
-		if (m->v[i].type <= MOD_CHGHDR)
-			return true;
-	return m->body_replaced;
+	for (i = 0; i < h->n; i++) {
+		dstr_append(out, h->v[i].name, strlen(h->v[i].name));
+		dstr_append(out, ":", 1);
+		dstr_append(out, h->v[i].value, strlen(h->v[i].value));
+		dstr_append(out, "\r\n", 2);
+	}
+	dstr_append(out, "\r\n", 2);
 }
 
-int
-milter_apply_content(struct dstr *content, const struct milter_mods *m, size_t limit,
-		     const char **why)
+bool
+milter_mods_take_body(struct milter_mods *m, struct dstr *out)
 {
-	struct mhdrs h;
-	struct dstr nd;
-	ssize_t body;
-	size_t i, blen;
-	const char *b;
+	if (!m->body_replaced)
+		return false;
+	dstr_free(out);
+	*out = m->body;
+	dstr_init(&m->body, 0);
+	m->body_replaced = false;
+	return true;
+}
 
-	if (!milter_mods_content(m))
-		return 0;
-	body = mhdrs_parse(content->s ? content->s : "", content->len, true, &h);
-	for (i = 0; i < m->n; i++)
-		mhdrs_apply(&h, &m->v[i]);
-	dstr_init(&nd, 0);
-	for (i = 0; i < h.n; i++)
-		dstr_printf(&nd, "%s:%s\r\n", h.v[i].name, h.v[i].value);
-	dstr_append(&nd, "\r\n", 2);
-	b = m->body_replaced ? m->body.s : content->s + body;
-	blen = m->body_replaced ? m->body.len : content->len - (size_t)body;
-	if (blen > 0)
-		dstr_append(&nd, b, blen);
-	if (blen > 0 && (blen < 2 || memcmp(b + blen - 2, "\r\n", 2) != 0))
-		dstr_append(&nd, "\r\n", 2);    /* the spool's content ends with a line */
-	mhdrs_free(&h);
-	if (nd.len > limit) {
-		dstr_free(&nd);
-		*why = "the edited message exceeds message_size_limit";
-		return -1;
-	}
-	nd.limit = content->limit;
-	dstr_free(content);
-	*content = nd;
-	return 0;
+bool
+milter_mods_any(const struct milter_mods *m)
+{
+	return m->n > 0 || m->body_replaced || m->quarantine != NULL;
 }
 
 /* The address at the start of a recipient entry ("ADDR PARAMS"): a quoted

@@ -2,14 +2,16 @@
  * session.c - one SMTP session (RFC 5321) on a libevent bufferevent.
  *
  * Input is taken one complete line at a time (or, during DATA, one chunk at
- * a time through the pure DATA parser); replies are queued in order and go
- * out when the input buffer is exhausted, which is PIPELINING (RFC 2920).
- * A message is acknowledged with 250 only from the commit callback, i.e.
- * after its queue file and directory entry are durable.
+ * a time through the pure DATA parser; a BDAT chunk is counted off by its
+ * size, through the same parser in raw mode); replies are queued in order
+ * and go out when the input buffer is exhausted, which is PIPELINING (RFC
+ * 2920). A message is acknowledged with 250 only from the commit callback,
+ * i.e. after its queue file and directory entry are durable.
  *
- * This file must never answer 250 to DATA before the commit completed, never
- * act on bytes that arrived before a TLS handshake, and never let one DATA
- * carry more than one message.
+ * This file must never answer 250 to DATA or BDAT LAST before the commit
+ * completed, never act on bytes that arrived before a TLS handshake, never
+ * let one DATA carry more than one message, and never take a chunk's octets
+ * for commands.
  */
 #include "config.h"
 
@@ -40,24 +42,27 @@
 #include "smtpd/smtpd.h"
 
 #define PIPELINE_OUTPUT_MAX (64 * 1024)   /* stop reading while replies pile up */
-#define READ_HIGH_WATER (256 * 1024)
-#define RECEIVED_MAX 1024                 /* our own Received: header */
+/* at most this much client input waits in memory; with the spool stream's
+ * two buffers it bounds what one session's message costs, whatever its size */
+#define READ_HIGH_WATER (64 * 1024)
 
 enum sstate {
 	SS_INIT,        /* no HELO/EHLO yet */
 	SS_READY,       /* greeted, no transaction */
 	SS_MAIL,        /* MAIL accepted */
 	SS_RCPT,        /* at least one RCPT accepted */
+	SS_BDAT,        /* BDAT chunks taken, more to come (RFC 3030) */
 	SS_DATA,        /* reading content */
 	SS_COMMIT,      /* content complete, waiting for the spool */
 	SS_AUTH,        /* AUTH: waiting for the client's next response line */
 	SS_AUTH_WAIT,   /* AUTH: the password is being checked */
 	SS_CLOSING,     /* final reply queued; close once it is written */
+	SS_LOOKUP_WAIT, /* the command in linebuf waits for a map lookup (ldap:) */
 };
 
 /* in which states a verb may be used; else 503 */
 #define ST(x) (1u << (x))
-#define ANY (ST(SS_INIT) | ST(SS_READY) | ST(SS_MAIL) | ST(SS_RCPT))
+#define ANY (ST(SS_INIT) | ST(SS_READY) | ST(SS_MAIL) | ST(SS_RCPT) | ST(SS_BDAT))
 
 struct session {
 	struct worker *w;
@@ -97,16 +102,28 @@ struct session {
 	char *sender_params;
 	bool smtputf8;                 /* MAIL FROM declared SMTPUTF8 (RFC 6531) */
 	char **rcpts;
+	char **rcpt_canon;             /* each recipient's canonical form, for duplicates */
 	size_t nrcpt;
+	uint64_t expanded;             /* addresses the recipients expand to, in all */
 	char id[QID_LEN + 1];
 	struct data_parser dp;
-	struct dstr content;
 	bool too_big;
-	struct commit_job *job;
+	struct spool_stream *stream;   /* the content on its way into the spool */
+	bool paused;                   /* the stream's buffers are full: wait for it */
+	bool committing;               /* the stream is being committed */
+	uint64_t msg_size;             /* the committed content's size, for the log */
+
+	/* the BDAT chunk being read: its octets are content, never commands */
+	bool in_chunk;
+	uint64_t chunk_size, chunk_left;
+	bool chunk_last;
+	const char *chunk_refused;     /* the error reply of a chunk read only to be dropped */
 
 	/* counters for the disconnect line */
 	unsigned n_msgs;
 	char *linebuf;
+	size_t line_len;               /* of the command being dispatched */
+	enum sstate wait_from;         /* SS_LOOKUP_WAIT: the state to run it again in */
 
 	/* milters (milter.c, the "milters" block below): a stage waits for their
 	 * answer, then its handler runs again and goes on */
@@ -116,7 +133,9 @@ struct session {
 	int milter_passed;             /* the stage they let through, + 1 */
 	struct smtp_cmd milter_cmd;    /* its command (arg points into linebuf) */
 	char *milter_deny;             /* refused at connect: MAIL gets this reply */
+	char *milter_refusal;          /* a refused first BDAT: its chunk's reply */
 	char *hold_reason;             /* quarantined: the message goes to hold/ */
+	struct spool_edit *edit;       /* the filters' edits: committed in place of the stream */
 	struct milter_source milter_src;
 	unsigned port;                 /* the client's */
 	char macro_buf[512];
@@ -124,6 +143,9 @@ struct session {
 
 static void process_input(struct session *s);
 static void session_close(struct session *s);
+static spool_stream_cb stream_resume;
+static spool_stream_done_cb stream_dropped;
+static void lookup_wait(struct session *s);
 static bool milter_hook(struct session *s, enum milter_stage st, struct smtp_cmd *c);
 
 static void
@@ -182,16 +204,26 @@ transaction_reset(struct session *s)
 	free(s->sender_params);
 	s->sender = s->sender_params = NULL;
 	s->smtputf8 = false;
-	for (i = 0; i < s->nrcpt; i++)
+	for (i = 0; i < s->nrcpt; i++) {
 		free(s->rcpts[i]);
+		free(s->rcpt_canon[i]);
+	}
 	free(s->rcpts);
-	s->rcpts = NULL;
+	free(s->rcpt_canon);
+	s->rcpts = s->rcpt_canon = NULL;
 	s->nrcpt = 0;
+	s->expanded = 0;
 	s->id[0] = '\0';
-	dstr_free(&s->content);
+	if (s->stream != NULL && !s->committing)
+		spool_stream_abort(s->stream, stream_dropped);   /* removed on a thread */
+	if (!s->committing)
+		s->stream = NULL;
+	s->paused = false;
 	s->too_big = false;
 	free(s->hold_reason);
 	s->hold_reason = NULL;
+	spool_edit_free(s->edit);
+	s->edit = NULL;
 	milter_abort(s->mc);
 	if (s->state != SS_INIT && s->state != SS_CLOSING)
 		s->state = SS_READY;
@@ -289,6 +321,7 @@ do_helo(struct session *s, struct smtp_cmd *c)
 	reply(s, "250-ENHANCEDSTATUSCODES");
 	reply(s, "250-8BITMIME");
 	reply(s, "250-SMTPUTF8");
+	reply(s, "250-CHUNKING");
 	reply(s, "250 DSN");
 }
 
@@ -338,6 +371,9 @@ submission_sender_ok(struct session *s, const char *sender)
 		msg_warn("MAIL from [%s]: sender_login_map: %s", s->addr, why);
 		reply(s, "451 4.3.0 <%s>: Temporary lookup failure", sender);
 		return false;
+	case SENDER_WAIT:
+		lookup_wait(s);
+		return false;
 	}
 	return false;
 }
@@ -377,6 +413,9 @@ do_rcpt(struct session *s, struct smtp_cmd *c)
 	const struct config *cf = s->w->cf;
 	char addr[ADDR_PATH_MAX + 8], why[512];
 	char e1[LOG_ESC_SIZE(ADDR_PATH_MAX + 8)], e2[LOG_ESC_SIZE(ADDR_PATH_MAX + 8)];
+	struct canon canon;
+	const char *cwhy;
+	size_t i, fanout;
 
 	if (s->nrcpt >= (size_t)cf->smtpd_recipient_limit) {
 		reply(s, "452 4.5.3 Error: too many recipients");
@@ -394,7 +433,8 @@ do_rcpt(struct session *s, struct smtp_cmd *c)
 		break;
 	case RCPT_NO_SMTPUTF8:
 		msg_info("reject: RCPT from [%s]: 553 5.6.7 <%s>: %s; from=<%s> to=<%s>",
-			 s->addr, addr, why, s->sender, addr);
+			 s->addr, log_esc(addr, e1, sizeof(e1)), why, log_esc(s->sender, e2, sizeof(e2)),
+			 e1);
 		reply_error(s, "553 5.6.7 <%s>: Recipient address rejected: "
 			    "its mailbox server does not support SMTPUTF8", addr);
 		return;
@@ -414,10 +454,34 @@ do_rcpt(struct session *s, struct smtp_cmd *c)
 		msg_warn("RCPT from [%s]: 451 4.3.0 <%s>: %s", s->addr, log_esc(addr, e1, sizeof(e1)), why);
 		reply(s, "451 4.3.0 <%s>: Temporary lookup failure", addr);
 		return;
+	case RCPT_WAIT:
+		lookup_wait(s);
+		return;
 	}
+	/* the same recipient twice is kept once (the first one's parameters) */
+	if (router_canon(addr, NULL, NULL, &canon, &cwhy) == 0) {
+		for (i = 0; i < s->nrcpt; i++)
+			if (strcmp(s->rcpt_canon[i], canon.address) == 0) {
+				reply(s, "250 2.1.5 Ok");
+				return;
+			}
+	} else
+		snprintf(canon.address, sizeof(canon.address), "%.*s", ADDR_PATH_MAX, addr);
+	/* what one message may become: alias expansion is capped per message */
+	fanout = router_rcpt_fanout(s->w->router);
+	if (s->expanded + fanout > (uint64_t)cf->alias_expansion_limit) {
+		msg_info("reject: RCPT from [%s]: 452 4.5.3 <%s>: %zu more addresses after alias "
+			 "expansion than alias_expansion_limit=%d allows", s->addr,
+			 log_esc(addr, e1, sizeof(e1)), fanout, cf->alias_expansion_limit);
+		reply(s, "452 4.5.3 Error: too many recipients after alias expansion");
+		return;
+	}
+	s->expanded += fanout;
 	if (milter_hook(s, MS_RCPT, c))
 		return;
 	s->rcpts = xrealloc(s->rcpts, (s->nrcpt + 1) * sizeof(*s->rcpts));
+	s->rcpt_canon = xrealloc(s->rcpt_canon, (s->nrcpt + 1) * sizeof(*s->rcpt_canon));
+	s->rcpt_canon[s->nrcpt] = xstrdup(canon.address);
 	s->rcpts[s->nrcpt++] = spool_rcpt_text(addr, &c->params.dsn_rcpt);
 	s->state = SS_RCPT;
 	reply(s, "250 2.1.5 Ok");
@@ -472,13 +536,13 @@ fold_word(struct fold *f, const char *fmt, ...)
 }
 
 static void
-add_received(struct session *s)
+add_received(struct session *s, struct dstr *out)
 {
-	struct fold f = { &s->content, 9 };
+	struct fold f = { out, 9 };
 	char date[64];
 
 	rfc5322_date(time(NULL), date, sizeof(date));
-	dstr_printf(&s->content, "Received:");
+	dstr_printf(out, "Received:");
 	fold_word(&f, "from");
 	fold_word(&f, "%s", s->helo);
 	fold_word(&f, "([%s])", s->addr);
@@ -492,27 +556,82 @@ add_received(struct session *s)
 	if (s->nrcpt == 1)
 		fold_word(&f, "for <%.*s>;", (int)rcpt_addr_len(s->rcpts[0]), s->rcpts[0]);
 	fold_word(&f, "%s", date);
-	dstr_printf(&s->content, "\r\n");
+	dstr_printf(out, "\r\n");
+}
+
+/* The content of a new message, by DATA or (raw) by BDAT. */
+static void
+content_start(struct session *s, bool raw)
+{
+	struct spool_envelope env;
+	struct dstr head, received;
+
+	if (s->id[0] == '\0')          /* the milters were told one at MAIL */
+		qid_next(s->id);
+	/* the envelope is complete: the queue file starts now, and the content
+	 * streams into it as it comes */
+	env.arrival_usec = now_usec();
+	env.client = s->addr;
+	env.helo = s->helo;
+	env.proto = proto_name(s);
+	env.sender = s->sender;
+	env.sender_params = s->sender_params;
+	env.rcpts = (const char **)s->rcpts;
+	env.nrcpt = s->nrcpt;
+	dstr_init(&head, 0);
+	spool_encode_head(&env, 0, &head);
+	s->stream = spool_stream_open(s->w->commit, s->id, &head, stream_resume, s);
+	dstr_free(&head);
+	dstr_init(&received, 0);
+	add_received(s, &received);
+	(void)spool_stream_write(s->stream, received.s, received.len);
+	dstr_free(&received);
+	if (raw)
+		data_parser_init_raw(&s->dp);
+	else
+		data_parser_init(&s->dp);
+	s->data_start = now_usec();
+	s->too_big = false;
 }
 
 static void
 do_data(struct session *s, struct smtp_cmd *c)
 {
-	const struct config *cf = s->w->cf;
-
 	if (milter_hook(s, MS_DATA, c))
 		return;
-	if (s->id[0] == '\0')          /* the milters were told it at MAIL */
-		qid_next(s->id);
-	/* the limit leaves room for our Received: header on top of the content */
-	dstr_init(&s->content, (size_t)cf->message_size_limit + RECEIVED_MAX + 4096);
-	add_received(s);
-	data_parser_init(&s->dp);
-	s->data_start = now_usec();
-	s->too_big = false;
+	content_start(s, false);
 	s->state = SS_DATA;
-	set_read_timeout(s, cf->smtpd_data_timeout);
+	set_read_timeout(s, s->w->cf->smtpd_data_timeout);
 	reply(s, "354 End data with <CR><LF>.<CR><LF>");
+}
+
+static const char *out_of_state_text(struct session *s, enum smtp_verb v);
+
+/*
+ * BDAT n [LAST] (RFC 3030): n octets of content follow the line, whatever
+ * the reply to it will be. So this handler checks the state itself rather
+ * than leave it to dispatch(): a chunk that is refused must still be read,
+ * and dropped, or its octets would be taken for commands. The reply, a
+ * refusal too, goes out once the whole chunk is in (end_of_chunk), which
+ * keeps the replies to pipelined chunks in order.
+ */
+static void
+do_bdat(struct session *s, struct smtp_cmd *c)
+{
+	/* the first chunk is DATA to the milters; it waits in the socket meanwhile */
+	if (s->state == SS_RCPT && milter_hook(s, MS_DATA, c))
+		return;
+	s->in_chunk = true;
+	s->chunk_size = s->chunk_left = c->chunk_size;
+	s->chunk_last = c->chunk_last;
+	s->chunk_refused = NULL;
+	if (s->state == SS_RCPT) {
+		content_start(s, true);
+		s->state = SS_BDAT;
+	} else if (s->state != SS_BDAT)
+		s->chunk_refused = out_of_state_text(s, VERB_BDAT);
+	if (s->chunk_left > 0)
+		set_read_timeout(s, s->w->cf->smtpd_data_timeout);
 }
 
 static void
@@ -856,7 +975,8 @@ static const struct {
 	[VERB_HELP] = { do_help, ANY, NULL, true },
 	[VERB_STARTTLS] = { do_starttls, ST(SS_INIT) | ST(SS_READY), "503 5.5.1 Error: MAIL transaction in progress" },
 	[VERB_AUTH] = { do_auth, ST(SS_READY), "503 5.5.1 Error: MAIL transaction in progress" },
-	[VERB_BDAT] = { do_not_implemented, ANY, NULL },
+	/* BDAT checks the state itself: a refused chunk must still be read */
+	[VERB_BDAT] = { do_bdat, ANY, NULL },
 };
 
 static const char *
@@ -866,7 +986,10 @@ out_of_state_text(struct session *s, enum smtp_verb v)
 		return "503 5.5.1 Error: send HELO/EHLO first";
 	if (v == VERB_MAIL)
 		return "503 5.5.1 Error: nested MAIL command";
-	if (v == VERB_DATA)
+	if (s->state == SS_BDAT)   /* RFC 3030 3: no DATA, nor anything else, amid chunks */
+		return v == VERB_DATA ? "503 5.5.1 Error: DATA in a BDAT transaction"
+				      : "503 5.5.1 Error: BDAT transaction in progress";
+	if (v == VERB_DATA || v == VERB_BDAT)
 		return s->state == SS_MAIL ? "503 5.5.1 Error: need RCPT command"
 					   : "503 5.5.1 Error: need MAIL command";
 	return verbs[v].out_of_state ? verbs[v].out_of_state : "503 5.5.1 Error: bad sequence of commands";
@@ -901,6 +1024,18 @@ dispatch(struct session *s, const char *line, size_t len)
 	case CMD_ERR_UTF8:
 		reply_error(s, "553 5.6.7 %s", why);
 		return;
+	case CMD_ERR_BDAT: {
+		/* the chunk's size is unknown: what follows can't be told from commands */
+		char buf[256];
+
+		msg_info("malformed BDAT from [%s]: closing", s->addr);
+		reply(s, "501 5.5.4 Error: %s", why);
+		snprintf(buf, sizeof(buf), "421 4.5.0 %s Error: BDAT chunk size unknown, closing",
+			 s->w->cf->hostname);
+		transaction_reset(s);
+		reply_close(s, buf);
+		return;
+	}
 	}
 	if (cmd.verb <= VERB_UNKNOWN || cmd.verb >= VERB_MAX || verbs[cmd.verb].fn == NULL) {
 		reply_error(s, "500 5.5.2 Error: command not recognized");
@@ -910,6 +1045,7 @@ dispatch(struct session *s, const char *line, size_t len)
 		reply_error(s, "%s", out_of_state_text(s, cmd.verb));
 		return;
 	}
+	s->line_len = len;
 	if (verbs[cmd.verb].junk && ++s->junk > (unsigned)s->w->cf->smtpd_junk_command_limit) {
 		char buf[256];
 
@@ -1008,20 +1144,37 @@ session_macro(void *arg, const char *name)
 	return NULL;
 }
 
-static ssize_t
-content_read(void *arg, uint64_t off, void *buf, size_t n)
+/* The milters read the message back from its spool file */
+static void
+content_read(void *arg, uint64_t off, size_t n, milter_read_done *done, void *done_arg)
 {
 	struct session *s = arg;
 
-	if (off >= s->content.len)
-		return 0;
-	if (n > s->content.len - off)
-		n = (size_t)(s->content.len - off);
-	memcpy(buf, s->content.s + off, n);
-	return (ssize_t)n;
+	spool_stream_read(s->stream, off, n, done, done_arg);
 }
 
 static void on_milter(void *arg, const struct milter_result *r);
+
+/* The content is in its file: the milters can be shown it. */
+static void
+content_flushed(void *arg, int error)
+{
+	struct session *s = arg;
+
+	if (error != 0) {
+		struct milter_result r = { MILTER_TEMPFAIL, "451 4.3.0 Error: queue file write error",
+					   NULL, NULL, NULL, 0 };
+
+		msg_warn("%s: queue file write error: %s", s->id, strerror(error));
+		on_milter(s, &r);
+		return;
+	}
+	s->milter_src.read = content_read;
+	s->milter_src.len = spool_stream_content_len(s->stream);
+	s->milter_src.arg = s;
+	milter_message(s->mc, &s->milter_src,
+		       (size_t)s->w->cf->message_size_limit + MILTER_EDIT_ROOM, on_milter, s);
+}
 
 /* Hands stage st to the milters: true when the session now waits for them
  * (the caller returns), false when there is nothing to ask (no milters, or
@@ -1072,10 +1225,7 @@ milter_hook(struct session *s, enum milter_stage st, struct smtp_cmd *c)
 		milter_data(s->mc, on_milter, s);
 		break;
 	default:
-		s->milter_src.read = content_read;
-		s->milter_src.len = s->content.len;
-		s->milter_src.arg = s;
-		milter_message(s->mc, &s->milter_src, s->content.limit, on_milter, s);
+		spool_stream_flush(s->stream, content_flushed);
 		break;
 	}
 	return true;
@@ -1115,11 +1265,13 @@ static void
 milter_message_done(struct session *s, const struct milter_result *r)
 {
 	char why[512], from[LOG_ESC_SIZE(ADDR_PATH_MAX)];
-	const char *cwhy;
 	struct milter_envelope env = {
 		&s->sender, &s->sender_params, &s->rcpts, &s->nrcpt, s->smtputf8,
 		(size_t)s->w->cf->smtpd_recipient_limit, milter_check_rcpt, s,
 	};
+	struct spool_envelope senv;
+	struct dstr prefix, body;
+	bool new_body;
 
 	log_esc(s->sender, from, sizeof(from));
 	if (r->verdict == MILTER_DISCARD) {
@@ -1140,18 +1292,42 @@ milter_message_done(struct session *s, const struct milter_result *r)
 			 "recipient; from=<%s>", s->id, s->addr, from);
 		goto accepted;
 	}
-	if (milter_apply_content(&s->content, r->mods, s->content.limit, &cwhy) < 0) {
-		msg_info("%s: reject: message from [%s]: %s", s->id, s->addr, cwhy);
-		reply_error(s, "552 5.3.4 Error: message file too big");
-		atomic_fetch_add(&s->w->ctr->rejected, 1);
-		transaction_reset(s);
-		return;
-	}
 	if (r->mods->quarantine != NULL) {
 		s->hold_reason = xasprintf("milter %s: %s", r->mods->quarantine_by,
 					   r->mods->quarantine);
 		msg_info("%s: milter-hold: END-OF-MESSAGE from [%s]: %s; from=<%s>", s->id, s->addr,
 			 s->hold_reason, from);
+	}
+	if (milter_mods_any(r->mods)) {
+		/* the edited message is committed in place of the one streamed */
+		dstr_init(&prefix, 0);
+		dstr_init(&body, 0);
+		mhdrs_serialize(r->headers, &prefix);
+		new_body = milter_mods_take_body(r->mods, &body);
+		memset(&senv, 0, sizeof(senv));
+		senv.arrival_usec = now_usec();
+		senv.client = s->addr;
+		senv.helo = s->helo;
+		senv.proto = proto_name(s);
+		senv.sender = s->sender;
+		senv.sender_params = s->sender_params;
+		senv.rcpts = (const char **)s->rcpts;
+		senv.nrcpt = s->nrcpt;
+		senv.hold_reason = s->hold_reason;
+		spool_edit_free(s->edit);
+		s->edit = spool_edit_new(s->stream, &senv, &prefix, new_body ? &body : NULL,
+					 r->body_off);
+		dstr_free(&prefix);
+		dstr_free(&body);
+		if (spool_edit_content_len(s->edit) >
+		    (uint64_t)s->w->cf->message_size_limit + MILTER_EDIT_ROOM) {
+			msg_info("%s: reject: message from [%s]: the edited message exceeds "
+				 "message_size_limit", s->id, s->addr);
+			reply_error(s, "552 5.3.4 Error: message file too big");
+			atomic_fetch_add(&s->w->ctr->rejected, 1);
+			transaction_reset(s);
+			return;
+		}
 	}
 	s->milter_passed = MS_EOM + 1;
 	end_of_data(s);
@@ -1198,8 +1374,10 @@ on_milter(void *arg, const struct milter_result *r)
 		s->milter_wait = 0;
 		verbs[s->milter_cmd.verb].fn(s, &s->milter_cmd);
 		/* spent, even if the handler refused the command for a reason of
-		 * its own: the next command is asked about again */
-		s->milter_passed = 0;
+		 * its own: the next command is asked about again; unless the
+		 * command waits for a map lookup and will run once more */
+		if (s->state != SS_LOOKUP_WAIT)
+			s->milter_passed = 0;
 	}
 	if (r->verdict == MILTER_REJECT || r->verdict == MILTER_TEMPFAIL) {
 		if (st != MS_CONNECT) {
@@ -1216,10 +1394,22 @@ on_milter(void *arg, const struct milter_result *r)
 				 r->milter ? r->milter : "-", from, to[0] ? " to=<" : "", to,
 				 to[0] ? ">" : "");
 			s->milter_wait = 0;
-			if (r->reply[0] == '5')
+			if (st == MS_DATA && s->milter_cmd.verb == VERB_BDAT) {
+				/* the chunk comes anyway: it is read and dropped, and
+				 * this is its reply (end_of_chunk) */
+				free(s->milter_refusal);
+				s->milter_refusal = xstrdup(r->reply);
+				s->in_chunk = true;
+				s->chunk_size = s->chunk_left = s->milter_cmd.chunk_size;
+				s->chunk_last = s->milter_cmd.chunk_last;
+				s->chunk_refused = s->milter_refusal;
+				if (s->chunk_left > 0)
+					set_read_timeout(s, s->w->cf->smtpd_data_timeout);
+			} else if (r->reply[0] == '5') {
 				reply_error(s, "%s", r->reply);
-			else
+			} else {
 				reply(s, "%s", r->reply);
+			}
 			if (st == MS_EOM) {
 				atomic_fetch_add(&s->w->ctr->rejected, 1);
 				transaction_reset(s);
@@ -1231,11 +1421,28 @@ on_milter(void *arg, const struct milter_result *r)
 
 /* ---- end of data and the commit ---- */
 
+/* An aborted message's file is gone: nothing to tell anybody. */
 static void
-commit_done(struct commit_job *job, void *arg)
+stream_dropped(void *arg, int error)
+{
+	(void)arg;
+	(void)error;
+}
+
+/* The stream has room again: take more of the client's input. */
+static void
+stream_resume(void *arg)
 {
 	struct session *s = arg;
-	int error = job->error;
+
+	s->paused = false;
+	process_input(s);
+}
+
+static void
+commit_done(void *arg, int error)
+{
+	struct session *s = arg;
 
 	if (error == 0) {
 		/* queued, whether or not the client is still there to hear it */
@@ -1243,32 +1450,30 @@ commit_done(struct commit_job *job, void *arg)
 
 		if (s->login)
 			log_esc(s->login, user, sizeof(user));
-		msg_info("%s: from=<%s>, size=%zu, nrcpt=%zu, client=[%s]%s%s%s%s%s%s", job->id,
-			 log_esc(s->sender, from, sizeof(from)), job->content.len, s->nrcpt, s->addr,
-			 s->tls ? ", tls=" : "", s->tls ? s->tls_desc : "",
+		msg_info("%s: from=<%s>, size=%llu, nrcpt=%zu, client=[%s]%s%s%s%s%s%s", s->id,
+			 log_esc(s->sender, from, sizeof(from)), (unsigned long long)s->msg_size,
+			 s->nrcpt, s->addr, s->tls ? ", tls=" : "", s->tls ? s->tls_desc : "",
 			 s->login ? ", sasl_method=" : "", s->login ? s->auth_mech : "",
 			 s->login ? ", sasl_username=" : "", user);
 		atomic_fetch_add(&s->w->ctr->messages_in, 1);
-		if (!job->hold)
-			qmgr_wake(s->w->cf->spool_dir, &s->w->wake_fd, job->id);
+		if (s->hold_reason == NULL)     /* a quarantined message waits in hold/ */
+			qmgr_wake(s->w->cf->spool_dir, &s->w->wake_fd, s->id);
 		if (s->gone)
-			msg_info("%s: client [%s] left before the reply", job->id, s->addr);
+			msg_info("%s: client [%s] left before the reply", s->id, s->addr);
 		else {
-			reply(s, "250 2.0.0 Ok: queued as %s", job->id);
+			reply(s, "250 2.0.0 Ok: queued as %s", s->id);
 			s->n_msgs++;
 			s->junk = 0;    /* a client that moves mail may reset between messages */
 		}
 	} else {
-		msg_warn("%s: queue file write error: %s", job->id, strerror(error));
+		msg_warn("%s: queue file write error: %s", s->id, strerror(error));
 		if (!s->gone)
 			reply(s, error == ENOSPC || error == EDQUOT ?
 			      "452 4.3.1 Insufficient system storage" :
 			      "451 4.3.0 Error: queue file write error");
 	}
-	s->job = NULL;
-	dstr_free(&job->head);
-	dstr_free(&job->content);
-	free(job);
+	s->stream = NULL;               /* it frees itself */
+	s->committing = false;
 	if (s->gone) {
 		session_close(s);
 		return;
@@ -1282,9 +1487,6 @@ commit_done(struct commit_job *job, void *arg)
 static void
 end_of_data(struct session *s)
 {
-	struct spool_envelope env;
-	struct commit_job *job;
-
 	set_read_timeout(s, s->w->cf->smtpd_timeout);
 	if (s->dp.bare_cr_lf) {
 		msg_info("%s: reject: bare CR or LF in message content from [%s]", s->id, s->addr);
@@ -1302,27 +1504,36 @@ end_of_data(struct session *s)
 	}
 	if (milter_hook(s, MS_EOM, NULL))
 		return;
-	job = xcalloc(1, sizeof(*job));
-	memcpy(job->id, s->id, sizeof(job->id));
-	job->hold = s->hold_reason != NULL;
-	env.arrival_usec = now_usec();
-	env.client = s->addr;
-	env.helo = s->helo;
-	env.proto = proto_name(s);
-	env.sender = s->sender;
-	env.sender_params = s->sender_params;
-	env.rcpts = (const char **)s->rcpts;
-	env.nrcpt = s->nrcpt;
-	env.hold_reason = s->hold_reason;
-	dstr_init(&job->head, 0);
-	spool_encode_head(&env, s->content.len, &job->head);
-	job->content = s->content;       /* the job owns the content now */
-	dstr_init(&s->content, 0);
-	job->done = commit_done;
-	job->arg = s;
-	s->job = job;
 	s->state = SS_COMMIT;
-	commit_submit(s->w->commit, job);
+	s->committing = true;
+	s->paused = false;
+	if (s->edit != NULL) {
+		/* the filters changed it: the edited message is committed instead */
+		s->msg_size = spool_edit_content_len(s->edit);
+		spool_stream_commit_edited(s->stream, s->edit, commit_done);
+		s->edit = NULL;         /* the stream owns it now */
+		return;
+	}
+	s->msg_size = spool_stream_content_len(s->stream);
+	spool_stream_commit(s->stream, commit_done);
+}
+
+/* Streams parsed content into the spool, until the message is over
+ * message_size_limit: from then on it is still read, to stay in step, but
+ * no longer kept. When the stream's buffers are full the session pauses
+ * until it has room (stream_resume), and the client's input waits in the
+ * socket: memory stays bounded however big the message. */
+static void
+content_add(struct session *s, const char *p, size_t n)
+{
+	if (s->too_big || s->stream == NULL)
+		return;
+	if (s->dp.bytes > (uint64_t)s->w->cf->message_size_limit) {
+		s->too_big = true;
+		return;
+	}
+	if (spool_stream_write(s->stream, p, n))
+		s->paused = true;
 }
 
 /* Feeds buffered DATA content to the parser. Returns true when the end of
@@ -1335,18 +1546,12 @@ take_data(struct session *s, struct evbuffer *in)
 	size_t used, outlen, take;
 	bool done = false;
 
-	while (!done && evbuffer_get_length(in) > 0) {
+	while (!done && !s->paused && evbuffer_get_length(in) > 0) {
 		if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
 			break;
 		take = v.iov_len < sizeof(chunk) - 2 ? v.iov_len : sizeof(chunk) - 2;
 		used = data_parse(&s->dp, v.iov_base, take, chunk, &outlen, &done);
-		if (!s->too_big) {
-			if (s->dp.bytes > (uint64_t)s->w->cf->message_size_limit ||
-			    dstr_append(&s->content, chunk, outlen) < 0) {
-				s->too_big = true;
-				dstr_free(&s->content);
-			}
-		}
+		content_add(s, chunk, outlen);
 		evbuffer_drain(in, used);
 	}
 	return done;
@@ -1397,6 +1602,74 @@ line_too_long(struct session *s, struct evbuffer *in)
 	reply_error(s, "500 5.5.2 Error: line too long");
 }
 
+/* Takes the buffered octets of the current BDAT chunk, through the parser
+ * in raw mode (or into the void when the chunk is refused). Returns true
+ * when the whole chunk is in. */
+static bool
+take_chunk(struct session *s, struct evbuffer *in)
+{
+	struct evbuffer_iovec v;
+	char chunk[16384];
+	size_t outlen, take;
+	bool done;
+
+	while (s->chunk_left > 0 && !s->paused && evbuffer_get_length(in) > 0) {
+		if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+			break;
+		take = v.iov_len < sizeof(chunk) ? v.iov_len : sizeof(chunk);
+		if (take > s->chunk_left)
+			take = (size_t)s->chunk_left;
+		if (s->chunk_refused == NULL) {
+			/* raw: every octet is content, and out is in */
+			(void)data_parse(&s->dp, v.iov_base, take, chunk, &outlen, &done);
+			content_add(s, chunk, outlen);
+		}
+		evbuffer_drain(in, take);
+		s->chunk_left -= take;
+	}
+	return s->chunk_left == 0;
+}
+
+/*
+ * The reply to a BDAT, once its chunk is in. The LAST chunk ends the
+ * message as "." ends DATA: the same checks, the same commit, 250 only
+ * after it. A chunk that takes the message over the size limit fails the
+ * transaction at once (RFC 3030 3); chunks pipelined behind it then find
+ * no transaction and get 503, their octets read and dropped.
+ * smtpd_min_data_rate applies to the chunks of a message as to DATA.
+ */
+static void
+end_of_chunk(struct session *s)
+{
+	char end[2];
+	size_t n;
+
+	s->in_chunk = false;
+	if (s->chunk_size > 0)
+		set_read_timeout(s, s->w->cf->smtpd_timeout);
+	if (s->chunk_refused != NULL) {
+		reply_error(s, "%s", s->chunk_refused);
+		return;
+	}
+	if (s->chunk_last) {
+		n = data_parse_end(&s->dp, end);
+		content_add(s, end, n);
+		end_of_data(s);
+		return;
+	}
+	if (s->too_big) {
+		msg_info("%s: reject: message from [%s] exceeds message_size_limit", s->id, s->addr);
+		reply_error(s, "552 5.3.4 Error: message file too big");
+		atomic_fetch_add(&s->w->ctr->rejected, 1);
+		transaction_reset(s);
+		return;
+	}
+	reply(s, "250 2.0.0 Ok: %llu octets", (unsigned long long)s->chunk_size);
+	/* the rate counts from the first chunk, the waits between chunks included,
+	 * so that a trickle of small (or empty) chunks cannot hold a slot either */
+	data_rate_check(s);
+}
+
 static void
 process_input(struct session *s)
 {
@@ -1408,10 +1681,21 @@ process_input(struct session *s)
 
 	for (;;) {
 		if (s->state == SS_COMMIT || s->state == SS_AUTH_WAIT || s->state == SS_CLOSING ||
-		    s->milter_busy)
+		    s->state == SS_LOOKUP_WAIT || s->paused || s->milter_busy)
 			return;
 		if (evbuffer_get_length(out) > PIPELINE_OUTPUT_MAX)
 			return;         /* on_write resumes once the client reads */
+		if (s->in_chunk) {
+			if (take_chunk(s, in)) {
+				end_of_chunk(s);
+				continue;
+			}
+			if (s->chunk_refused == NULL)
+				data_rate_check(s);
+			else if (s->drain)      /* no transaction to finish: end now */
+				reply_close(s, drain_text(s));
+			return;
+		}
 		if (s->state == SS_DATA) {
 			if (!take_data(s, in)) {
 				data_rate_check(s);
@@ -1462,6 +1746,40 @@ process_input(struct session *s)
 		}
 		dispatch(s, s->linebuf, len);
 	}
+}
+
+/* ---- commands that wait for a lookup ----
+ * A handler that meets a lookup under way (an ldap: map) has changed
+ * nothing yet: the session stops reading, and the same command line runs
+ * again from the start when an answer arrives or a second passes (the
+ * map answers a failure once its timeout is over). */
+
+static void
+lookup_wait(struct session *s)
+{
+	s->wait_from = s->state;
+	s->state = SS_LOOKUP_WAIT;
+	map_waiter_busy(s->w->waiter, true);
+}
+
+void
+session_lookup_retry(struct worker *w)
+{
+	struct session *s, *next;
+	bool waiting = false;
+
+	for (s = w->sessions; s; s = next) {
+		next = s->next;
+		if (s->state != SS_LOOKUP_WAIT)
+			continue;
+		s->state = s->wait_from;
+		dispatch(s, s->linebuf, s->line_len);
+		if (s->state == SS_LOOKUP_WAIT)
+			waiting = true;
+		else
+			process_input(s);
+	}
+	map_waiter_busy(w->waiter, waiting);
 }
 
 /* ---- events ---- */
@@ -1571,7 +1889,8 @@ on_event(struct bufferevent *bev, short what, void *arg)
 		return;
 	}
 	if (what & BEV_EVENT_TIMEOUT) {
-		msg_info("timeout after %s from [%s]", s->state == SS_DATA ? "DATA" : "command", s->addr);
+		msg_info("timeout after %s from [%s]", s->state == SS_DATA ? "DATA" :
+			 s->in_chunk ? "BDAT" : "command", s->addr);
 		if (s->state == SS_CLOSING) {
 			session_close(s);       /* the client does not read its last reply */
 			return;
@@ -1596,8 +1915,9 @@ on_event(struct bufferevent *bev, short what, void *arg)
 		bufferevent_disable(bev, EV_READ | EV_WRITE);
 		return;
 	}
-	if (s->state == SS_DATA)
-		msg_info("%s: lost connection after DATA from [%s]", s->id, s->addr);
+	if (s->state == SS_DATA || s->state == SS_BDAT)
+		msg_info("%s: lost connection after %s from [%s]", s->id,
+			 s->state == SS_DATA ? "DATA" : "BDAT", s->addr);
 	session_close(s);
 }
 
@@ -1631,7 +1951,6 @@ session_start(struct worker *w, int fd, const struct sockaddr *sa, socklen_t sal
 	s->table_slot = table_slot;
 	s->state = SS_INIT;
 	s->linebuf = xmalloc((size_t)w->cf->smtpd_line_limit + 1);
-	dstr_init(&s->content, 0);
 	if (sa->sa_family == AF_INET) {
 		inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, s->addr, sizeof(s->addr));
 		s->port = ntohs(((const struct sockaddr_in *)sa)->sin_port);
@@ -1692,7 +2011,7 @@ session_close(struct session *s)
 {
 	struct worker *w = s->w;
 
-	if (s->job || s->auth_busy) {
+	if (s->committing || s->auth_busy) {
 		/* a commit or a password check is in flight: it finishes and then closes */
 		s->gone = true;
 		return;
@@ -1702,6 +2021,7 @@ session_close(struct session *s)
 	milter_client_free(s->mc);      /* a stage in progress is dropped */
 	s->mc = NULL;
 	free(s->milter_deny);
+	free(s->milter_refusal);
 	if (s->flush_ev) {
 		evbuffer_remove_cb(bufferevent_get_output(bufferevent_get_underlying(s->bev)),
 				   on_tls_output, s);

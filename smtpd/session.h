@@ -24,6 +24,9 @@ struct worker {
 	struct counters *ctr;
 	struct router *router;         /* RCPT-time lookups */
 	struct auth *auth;             /* AUTH checks; NULL without a submission listener */
+	struct map_waiter *waiter;     /* answers of threaded maps (ldap:) wake sessions */
+	struct proxy_wait *proxies;    /* connections whose PROXY header is awaited */
+	int nproxies;
 	struct milter_conf *milters;   /* each listener's milters (milter.c) */
 	int wake_fd;                   /* datagrams to the queue manager */
 	int index;
@@ -45,6 +48,8 @@ struct worker {
  * up is closed with a 421). */
 void session_start(struct worker *w, int fd, const struct sockaddr *sa, socklen_t salen,
 		   const struct listener *l, int table_slot);
+/* Runs again the commands that wait for a map lookup (the waiter's retry). */
+void session_lookup_retry(struct worker *w);
 /* Asks every session to end at its next command boundary. */
 void session_drain_all(struct worker *w);
 /* Ends every session now with a 421, except those waiting for a spool

@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/socket.h>
+#include <sys/types.h>
 #include <time.h>
 
 #include "lib/lib.h"
@@ -42,6 +44,8 @@ struct smtp_cmd {
 	struct address addr;    /* MAIL/RCPT; UTF-8 is parsed (addr.utf8): for MAIL
 				 * only with SMTPUTF8, for RCPT the session checks */
 	struct smtp_params params;
+	uint64_t chunk_size;    /* BDAT: the octets that follow the command line */
+	bool chunk_last;        /* BDAT ... LAST */
 };
 
 /* Result of parsing one command line (CRLF already removed). */
@@ -52,6 +56,9 @@ enum cmd_status {
 	CMD_ERR_ADDRESS,        /* 501 5.1.7 (MAIL) / 501 5.1.3 (RCPT) bad address */
 	CMD_ERR_PARAM,          /* 555 5.5.4 unsupported or malformed parameter */
 	CMD_ERR_UTF8,           /* 553 5.6.7 a UTF-8 address without SMTPUTF8 */
+	CMD_ERR_BDAT,           /* 501 5.5.4, then 421: a line that starts with BDAT but is
+				 * not a well-formed BDAT, so the size of the chunk behind
+				 * it is unknown and the input cannot be framed any more */
 };
 
 /* Parses `line` (len bytes, no CRLF). Fills *cmd; on error also sets *why to
@@ -62,12 +69,15 @@ const char *verb_name(enum smtp_verb v);
 /* A host name or an address literal, fit for Received: (command.c) */
 bool helo_valid(const char *s, size_t n);
 
-/* ---- DATA content (data.c): pure, no I/O ----
+/* ---- DATA and BDAT content (data.c): pure, no I/O ----
  * End of data is only CRLF "." CRLF. Lines end only with CRLF. A bare CR or
  * a bare LF anywhere in the content is never a line end: it is passed
  * through and flagged, and the message is rejected at the real end of data
  * (554 5.6.0), so no byte sequence can make one DATA carry two messages.
- * A line starting with "." loses that dot (RFC 5321 4.5.2). */
+ * A line starting with "." loses that dot (RFC 5321 4.5.2).
+ * In raw mode (BDAT, RFC 3030) the content is framed by chunk sizes: every
+ * byte is content, out equals in, *done is never set; bare CR / LF and
+ * Received: are handled as for DATA. */
 enum data_state { DS_LINE_START = 0, DS_DOT, DS_DOT_CR, DS_MID, DS_CR };
 
 struct data_parser {
@@ -78,9 +88,11 @@ struct data_parser {
 	unsigned received;      /* Received: header count */
 	unsigned char hdr_match; /* bytes of "Received:" matched on this header line */
 	uint64_t bytes;         /* content bytes produced (after unstuffing) */
+	bool raw;               /* BDAT: no dot stuffing, no end of data */
 };
 
 void data_parser_init(struct data_parser *p);
+void data_parser_init_raw(struct data_parser *p);
 /* Consumes up to len bytes of in, appending unstuffed content to out (which
  * must have room for len + 2 bytes) and setting *outlen. Returns the number
  * of input bytes consumed; sets *done when CRLF.CRLF was consumed (the final
@@ -88,6 +100,11 @@ void data_parser_init(struct data_parser *p);
  * are left unconsumed. */
 size_t data_parse(struct data_parser *p, const char *in, size_t len,
 		  char *out, size_t *outlen, bool *done);
+/* Raw mode, after the LAST chunk: writes the CR LF that ends the content
+ * when it does not end with one already (as DATA content always does; a
+ * final lone CR is bare) and returns how many bytes it wrote (0 or 2).
+ * In DATA mode it writes nothing. */
+size_t data_parse_end(struct data_parser *p, char out[2]);
 
 /* ---- AUTH bytes (sasl.c): pure, no I/O ---- */
 /* Strict base64 (RFC 4648 alphabet, padded, no spaces). Returns 0 with
@@ -109,6 +126,26 @@ enum sasl_plain_status {
 enum sasl_plain_status sasl_plain_parse(const unsigned char *msg, size_t len,
 					char *user, size_t usermax,
 					char *pass, size_t passmax);
+
+/* ---- the PROXY protocol header (proxy.c): pure, no I/O ----
+ * HAProxy's proxy-protocol.txt, v1 (a text line) and v2 (binary), as the
+ * first bytes a trusted proxy sends on a listener with proxy=yes. */
+#define PROXY_HEADER_MAX (16 + 2048)   /* bytes; a v1 line is at most 107 */
+
+struct sockaddr_storage;
+struct proxy_header {
+	int version;                    /* 1 or 2 */
+	bool local;                     /* v1 UNKNOWN, v2 LOCAL or UNSPEC: no client address
+					 * (a health check): the connection's own is used */
+	struct sockaddr_storage src, dst; /* the client and the address it connected to
+					 * (AF_INET or AF_INET6), when !local */
+};
+
+/* The header at the start of buf: its length (> 0) with *h filled; 0 when
+ * more bytes are needed (every prefix of a valid header gives 0); -1 when
+ * the bytes are not a valid header, with *why static. */
+ssize_t proxy_parse(const unsigned char *buf, size_t len, struct proxy_header *h,
+		    const char **why);
 
 /* ---- the daemon ---- */
 struct listener {

@@ -13,6 +13,7 @@
 
 #include "lib/lib.h"
 #include "router/router.h"
+#include "smtpd/auth.h"
 #include "smtpd/smtpd.h"
 
 #ifndef SYSCONFDIR
@@ -80,6 +81,11 @@ main(int argc, char **argv)
 			return 1;
 		}
 		router_close(r);
+		if (auth_check_maps(cf, err, sizeof(err)) < 0) {
+			fprintf(stderr, "sorterd: %s\n", err);
+			config_free(cf);
+			return 1;
+		}
 		printf("sorterd: %s: configuration ok\n", path);
 		config_free(cf);
 		return 0;

@@ -14,6 +14,10 @@
  * that a new sorterd can bind), ends its sessions (a commit under way still
  * gets its reply) and exits within MASTER_GONE_EXIT_SECONDS.
  *
+ * On a proxy=yes listener the connection's first bytes are a PROXY protocol
+ * header, accepted only from proxy_networks; the session starts, and the
+ * per-client limits count, once it has named the real client.
+ *
  * When descriptors run out (EMFILE, ENFILE) a pending connection cannot be
  * taken and the listener stays readable: accepting pauses for a second
  * instead of spinning, and the warning goes out at most once a second.
@@ -114,6 +118,192 @@ accept_pause(struct worker *w, int err)
 	evtimer_add(w->accept_resume_ev, &tv);
 }
 
+/* The client's address is known (the peer's, or the one a PROXY header
+ * gave): the per-client limits count it, and its session starts. */
+static void
+admit(struct worker *w, int fd, struct listener *l, const struct sockaddr_storage *ss,
+      socklen_t sl)
+{
+	unsigned char key[16];
+	char ip[INET6_ADDRSTRLEN];
+	bool exempt;
+	int slot;
+
+	client_addr_key((const struct sockaddr *)ss, key);
+	/* trusted networks (an internal relay, a load test) have no per-client limits */
+	exempt = net_list_match(w->cf->smtpd_client_limit_exceptions,
+				w->cf->nsmtpd_client_limit_exceptions, key);
+	slot = session_table_enter(w->st, w->index, key, w->cf->smtpd_max_sessions,
+				   exempt ? 0 : w->cf->smtpd_client_connection_limit,
+				   exempt ? 0 : w->cf->smtpd_client_connection_rate_limit,
+				   time(NULL));
+	if (slot == -1) {
+		msg_warn("too many sessions (smtpd_max_sessions=%d): refusing a client",
+			 w->cf->smtpd_max_sessions);
+		refuse(fd, w->cf->hostname, "too many connections");
+		atomic_fetch_add(&w->ctr->refused, 1);
+		return;
+	}
+	if (slot < 0) {
+		client_ip((const struct sockaddr *)ss, ip, sizeof(ip));
+		if (slot == -2)
+			msg_warn("too many sessions from [%s] (smtpd_client_connection_limit=%d)",
+				 ip, w->cf->smtpd_client_connection_limit);
+		else
+			msg_warn("too many connections from [%s] in a minute "
+				 "(smtpd_client_connection_rate_limit=%d)",
+				 ip, w->cf->smtpd_client_connection_rate_limit);
+		refuse(fd, w->cf->hostname, slot == -2 ? "too many connections from your address"
+			: "too many connections per minute from your address");
+		atomic_fetch_add(&w->ctr->refused, 1);
+		return;
+	}
+	atomic_fetch_add(&w->ctr->connections, 1);
+	session_start(w, fd, (const struct sockaddr *)ss, sl, l, slot);
+}
+
+/* ---- PROXY protocol (listen ... proxy=yes) ----
+ * The header is read here, before any session exists: the session, its
+ * logs, Received: and the per-client limits see only the real client.
+ * The socket is peeked (edge-triggered, so an incomplete header waits for
+ * more bytes without spinning) and exactly the header is taken from it:
+ * whatever follows stays for the session. */
+
+struct proxy_wait {
+	struct worker *w;
+	struct listener *l;
+	int fd;
+	struct sockaddr_storage peer;
+	char ip[INET6_ADDRSTRLEN];
+	struct event *ev;
+	uint64_t deadline;              /* usec */
+	struct proxy_wait *prev, *next;
+};
+
+static void
+proxy_end(struct proxy_wait *pw)
+{
+	struct worker *w = pw->w;
+
+	if (pw->prev)
+		pw->prev->next = pw->next;
+	else
+		w->proxies = pw->next;
+	if (pw->next)
+		pw->next->prev = pw->prev;
+	w->nproxies--;
+	event_free(pw->ev);
+	free(pw);
+}
+
+static void
+on_proxy_read(evutil_socket_t fd, short what, void *arg)
+{
+	struct proxy_wait *pw = arg;
+	struct worker *w = pw->w;
+	unsigned char buf[PROXY_HEADER_MAX];
+	struct proxy_header h;
+	struct sockaddr_storage client;
+	const char *why;
+	char ip[INET6_ADDRSTRLEN];
+	ssize_t n, hl;
+
+	/* the persistent event's timer restarts with each wake-up: the
+	 * deadline is what bounds a header that trickles in */
+	if (what & EV_TIMEOUT || now_usec() >= pw->deadline) {
+		msg_warn("timeout waiting for the PROXY protocol header from [%s]", pw->ip);
+		refuse(pw->fd, w->cf->hostname, "timeout waiting for the PROXY protocol header");
+		proxy_end(pw);
+		return;
+	}
+	n = recv(fd, buf, sizeof(buf), MSG_PEEK);
+	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+		return;
+	if (n <= 0) {
+		/* a proxy's connection check: connect, then close */
+		close(pw->fd);
+		proxy_end(pw);
+		return;
+	}
+	hl = proxy_parse(buf, (size_t)n, &h, &why);
+	if (hl < 0) {
+		msg_warn("malformed PROXY protocol header from [%s]: %s", pw->ip, why);
+		refuse(pw->fd, w->cf->hostname, "malformed PROXY protocol header");
+		proxy_end(pw);
+		return;
+	}
+	if (hl == 0)
+		return;         /* the next edge comes with the next bytes */
+	if (recv(fd, buf, (size_t)hl, 0) != hl) {
+		msg_warn("[%s]: cannot take the PROXY protocol header: %s", pw->ip, strerror(errno));
+		close(pw->fd);
+		proxy_end(pw);
+		return;
+	}
+	fd = pw->fd;
+	if (h.local) {
+		client = pw->peer;      /* the proxy's own check: its session says so */
+	} else {
+		client = h.src;
+		client_ip((struct sockaddr *)&client, ip, sizeof(ip));
+		msg_info("PROXY v%d from [%s]: client [%s]", h.version, pw->ip, ip);
+	}
+	if (w->draining) {
+		refuse(fd, w->cf->hostname, "service shutting down");
+		proxy_end(pw);
+		return;
+	}
+	{
+		struct listener *l = pw->l;
+
+		proxy_end(pw);
+		admit(w, fd, l, &client, client.ss_family == AF_INET6 ?
+		      sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
+	}
+}
+
+static void
+proxy_begin(struct worker *w, int fd, struct listener *l, const struct sockaddr_storage *ss)
+{
+	struct timeval tv = { w->cf->smtpd_proxy_timeout, 0 };
+	unsigned char key[16];
+	struct proxy_wait *pw;
+	char ip[INET6_ADDRSTRLEN];
+
+	client_ip((const struct sockaddr *)ss, ip, sizeof(ip));
+	client_addr_key((const struct sockaddr *)ss, key);
+	if (!net_list_match(w->cf->proxy_networks, w->cf->nproxy_networks, key)) {
+		msg_warn("connection from [%s] to a proxy=yes listener: not in proxy_networks, "
+			 "refused", ip);
+		refuse(fd, w->cf->hostname, "PROXY protocol not allowed from your address");
+		atomic_fetch_add(&w->ctr->refused, 1);
+		return;
+	}
+	if (w->nproxies >= w->cf->smtpd_max_sessions) {
+		msg_warn("too many connections waiting for a PROXY header (smtpd_max_sessions=%d)",
+			 w->cf->smtpd_max_sessions);
+		refuse(fd, w->cf->hostname, "too many connections");
+		atomic_fetch_add(&w->ctr->refused, 1);
+		return;
+	}
+	pw = xcalloc(1, sizeof(*pw));
+	pw->w = w;
+	pw->l = l;
+	pw->fd = fd;
+	pw->peer = *ss;
+	snprintf(pw->ip, sizeof(pw->ip), "%s", ip);
+	pw->deadline = now_usec() + (uint64_t)w->cf->smtpd_proxy_timeout * 1000000;
+	pw->ev = event_new(w->base, fd, EV_READ | EV_ET | EV_PERSIST, on_proxy_read, pw);
+	if (pw->ev == NULL)
+		msg_fatal("cannot create an event");
+	pw->next = w->proxies;
+	if (w->proxies)
+		w->proxies->prev = pw;
+	w->proxies = pw;
+	w->nproxies++;
+	event_add(pw->ev, &tv);
+}
+
 static void
 on_accept(evutil_socket_t lfd, short what, void *arg)
 {
@@ -121,10 +311,7 @@ on_accept(evutil_socket_t lfd, short what, void *arg)
 	struct worker *w = l->owner;
 	struct sockaddr_storage ss;
 	socklen_t sl;
-	unsigned char key[16];
-	char ip[INET6_ADDRSTRLEN];
-	bool exempt;
-	int fd, slot, i;
+	int fd, i;
 
 	for (i = 0; i < ACCEPTS_PER_WAKEUP; i++) {
 		sl = sizeof(ss);
@@ -140,38 +327,17 @@ on_accept(evutil_socket_t lfd, short what, void *arg)
 			refuse(fd, w->cf->hostname, "service shutting down");
 			continue;
 		}
-		client_addr_key((struct sockaddr *)&ss, key);
-		/* trusted networks (an internal relay, a load test) have no per-client limits */
-		exempt = net_list_match(w->cf->smtpd_client_limit_exceptions,
-					w->cf->nsmtpd_client_limit_exceptions, key);
-		slot = session_table_enter(w->st, w->index, key, w->cf->smtpd_max_sessions,
-					   exempt ? 0 : w->cf->smtpd_client_connection_limit,
-					   exempt ? 0 : w->cf->smtpd_client_connection_rate_limit,
-					   time(NULL));
-		if (slot == -1) {
-			msg_warn("too many sessions (smtpd_max_sessions=%d): refusing a client",
-				 w->cf->smtpd_max_sessions);
-			refuse(fd, w->cf->hostname, "too many connections");
-			atomic_fetch_add(&w->ctr->refused, 1);
-			continue;
-		}
-		if (slot < 0) {
-			client_ip((struct sockaddr *)&ss, ip, sizeof(ip));
-			if (slot == -2)
-				msg_warn("too many sessions from [%s] (smtpd_client_connection_limit=%d)",
-					 ip, w->cf->smtpd_client_connection_limit);
-			else
-				msg_warn("too many connections from [%s] in a minute "
-					 "(smtpd_client_connection_rate_limit=%d)",
-					 ip, w->cf->smtpd_client_connection_rate_limit);
-			refuse(fd, w->cf->hostname, slot == -2 ? "too many connections from your address"
-				: "too many connections per minute from your address");
-			atomic_fetch_add(&w->ctr->refused, 1);
-			continue;
-		}
-		atomic_fetch_add(&w->ctr->connections, 1);
-		session_start(w, fd, (struct sockaddr *)&ss, sl, l, slot);
+		if (l->spec.proxy)
+			proxy_begin(w, fd, l, &ss);
+		else
+			admit(w, fd, l, &ss, sl);
 	}
+}
+
+static void
+on_lookup_answer(void *arg)
+{
+	session_lookup_retry(arg);
 }
 
 static void
@@ -279,6 +445,10 @@ worker_main(struct config *cf, struct listener *ls, size_t nls, struct session_t
 	for (i = 0; i < nls && w.auth == NULL; i++)
 		if (ls[i].spec.role != ROLE_MX && (w.auth = auth_new(w.base, cf, err, sizeof(err))) == NULL)
 			msg_fatal("auth: %s", err);
+	/* ldap: maps answer later: RCPT and MAIL wait for them, the loop does not */
+	w.waiter = map_waiter_new(w.base, on_lookup_answer, &w);
+	router_set_wakeup(w.router, map_waiter_fd(w.waiter));
+	auth_set_wakeup(w.auth, map_waiter_fd(w.waiter));
 	w.milters = milter_conf_new(cf, ls, nls);
 	w.lev = xcalloc(nls, sizeof(*w.lev));
 	for (i = 0; i < nls; i++) {
@@ -296,7 +466,14 @@ worker_main(struct config *cf, struct listener *ls, size_t nls, struct session_t
 
 	event_base_dispatch(w.base);
 
+	while (w.proxies != NULL) {
+		close(w.proxies->fd);
+		proxy_end(w.proxies);
+	}
 	commit_pool_destroy(w.commit);
+	router_set_wakeup(w.router, -1);
+	auth_set_wakeup(w.auth, -1);
+	map_waiter_free(w.waiter);
 	auth_free(w.auth);
 	milter_conf_free(w.milters);
 	for (i = 0; i < nls; i++)

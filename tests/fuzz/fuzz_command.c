@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "lib/lib.h"
 #include "smtpd/smtpd.h"
@@ -82,9 +83,14 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			      (line[i] >= '0' && line[i] <= '9') || strchr("-._[]:", line[i]) != NULL);
 	}
 	st = command_parse(line, size, &cmd, &why);
-	CHECK(st >= CMD_OK && st <= CMD_ERR_UTF8);
+	CHECK(st >= CMD_OK && st <= CMD_ERR_BDAT);
 	CHECK(st != CMD_ERR_UTF8 || (cmd.verb == VERB_MAIL && cmd.addr.utf8 &&
 				     !cmd.params.smtputf8));
+	/* a line that starts with BDAT is a good BDAT or the session ends */
+	if (size >= 4 && strncasecmp(line, "BDAT", 4) == 0)
+		CHECK(st == CMD_ERR_BDAT || (st == CMD_OK && cmd.verb == VERB_BDAT));
+	else
+		CHECK(st != CMD_ERR_BDAT);
 	CHECK(cmd.verb >= VERB_UNKNOWN && cmd.verb < VERB_MAX);
 	CHECK(verb_name(cmd.verb) != NULL);
 	if (st != CMD_OK) {
@@ -114,6 +120,14 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	CHECK(!(cmd.params.dsn_rcpt.notify & DSN_NOTIFY_NEVER) ||
 	      cmd.params.dsn_rcpt.notify == DSN_NOTIFY_NEVER);
 
+	if (cmd.verb == VERB_BDAT) {
+		/* the size written back parses to the same size */
+		CHECK(cmd.chunk_size <= (uint64_t)INT64_MAX);
+		n = (size_t)snprintf(canon, sizeof(canon), "BDAT %llu%s",
+				     (unsigned long long)cmd.chunk_size, cmd.chunk_last ? " LAST" : "");
+		CHECK(command_parse(canon, n, &again, &why) == CMD_OK);
+		CHECK(again.chunk_size == cmd.chunk_size && again.chunk_last == cmd.chunk_last);
+	}
 	if (cmd.verb != VERB_MAIL && cmd.verb != VERB_RCPT)
 		goto out;
 	if (cmd.verb == VERB_RCPT) {

@@ -7,7 +7,10 @@ import socket
 import time
 import unittest
 
-from harness import LOCAL_DOMAIN, SorterTestCase, message, wait_until
+import os
+
+from harness import LOCAL_DOMAIN, SorterTestCase, build_dir, message, wait_until, write_map
+from smtpsink import SmtpSink, free_port_on
 
 RCPT = "user@" + LOCAL_DOMAIN
 SENDER = "sender@remote.test"
@@ -98,6 +101,108 @@ class LogForgeryTest(SorterTestCase):
         for l in d.log().splitlines():
             self.assertNotIn(", relay=evil", l)
             self.assertNotIn(", status=sent (250 forged)", l)
+
+
+class FanoutTest(SorterTestCase):
+    """One small message must not become an unbounded number of deliveries."""
+
+    def setUp(self):
+        self.sink = SmtpSink(os.path.join(self.tmp, "sink"), "127.0.0.1",
+                             free_port_on("127.0.0.1"), extra_args=["-L"])
+        self.sink.start()
+        self.addCleanup(self.sink.stop)
+        lists = {"list%d@%s" % (k, LOCAL_DOMAIN):
+                 ", ".join("m%d-%d@%s" % (k, j, LOCAL_DOMAIN) for j in range(200))
+                 for k in range(10)}
+        self.aliases = write_map(build_dir(), os.path.join(self.tmp, "aliases"), lists)
+
+    def sorterd_with_lists(self, **kw):
+        return self.sorterd(alias_map=self.aliases,
+                            failover_node="lmtp:[127.0.0.1]:%d" % self.sink.port, **kw)
+
+    def sent(self, d, qid):
+        return d.log_lines(r"%s: to=<.*status=sent" % qid)
+
+    def test_duplicates_kept_once(self):
+        d = self.sorterd_with_lists()
+        c = self.connect(d)
+        self.assertReply(c.ehlo(), 250)
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+        for i in range(1000):
+            rc = "list0@" + (LOCAL_DOMAIN if i % 2 else LOCAL_DOMAIN.upper())
+            self.assertReply(c.cmd("RCPT TO:<%s>" % rc), 250)
+        self.assertReply(c.cmd("DATA"), 354)
+        c.send(message("dups").encode() + b"\r\n.\r\n")
+        r = c.reply(timeout=30)
+        self.assertReply(r, 250)
+        qid = r.texts[-1].split()[-1]
+        self.assertTrue(wait_until(lambda: len(self.sent(d, qid)) >= 200, 60), d.log_tail())
+        time.sleep(0.5)
+        self.assertEqual(len(self.sent(d, qid)), 200)
+        self.assertEqual(len(d.log_lines(r"%s: from=<.*nrcpt=1," % qid)), 1)
+
+    def test_alias_expansion_limit(self):
+        d = self.sorterd_with_lists(alias_expansion_limit=1000)
+        c = self.connect(d)
+        self.assertReply(c.ehlo(), 250)
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+        for k in range(5):
+            self.assertReply(c.cmd("RCPT TO:<list%d@%s>" % (k, LOCAL_DOMAIN)), 250)
+        for k in range(5, 10):
+            self.assertReply(c.cmd("RCPT TO:<list%d@%s>" % (k, LOCAL_DOMAIN)), 452, "4.5.3")
+        # a plain recipient still fits? no: the cap is reached
+        self.assertReply(c.cmd("RCPT TO:<solo@%s>" % LOCAL_DOMAIN), 452, "4.5.3")
+        self.assertReply(c.cmd("DATA"), 354)
+        c.send(message("fanout").encode() + b"\r\n.\r\n")
+        r = c.reply(timeout=30)
+        self.assertReply(r, 250)
+        qid = r.texts[-1].split()[-1]
+        self.assertTrue(wait_until(lambda: len(self.sent(d, qid)) >= 1000, 120), d.log_tail())
+        time.sleep(0.5)
+        self.assertEqual(len(self.sent(d, qid)), 1000)
+        # the log stays proportionate: one line per delivery and a few more
+        self.assertLess(len(d.log_lines(qid)), 1100)
+        self.assertLess(os.path.getsize(d.log_path), 400 * 1024)
+        with open("/proc/%d/status" % d.qmgr_pid()) as f:
+            rss = [int(l.split()[1]) for l in f if l.startswith("VmRSS:")][0]
+        self.assertLess(rss, 64 * 1024, "qmgr RSS %d KiB" % rss)
+
+
+class ShowOnTerminalTest(SorterTestCase):
+    def show_on_tty(self, d, *args):
+        import pty
+        import subprocess
+        master, slave = pty.openpty()
+        p = subprocess.Popen([os.path.join(build_dir(), "sorterctl"), "-c", d.conf_path, "show"]
+                             + list(args), stdout=slave, stderr=subprocess.PIPE)
+        os.close(slave)
+        out = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        p.wait(30)
+        os.close(master)
+        return out
+
+    def test_control_bytes_replaced_on_a_terminal(self):
+        d = self.sorterd()
+        c = self.connect(d)
+        evil = "Subject: \x1b]0;owned\x07\x1b[2Jclear \xc2\x9b31m"
+        r, qid = c.send_message(SENDER, [RCPT], message("esc", extra_headers=(evil,)).encode(
+            "latin-1"))
+        self.assertQueued(r, qid)
+        shown = self.show_on_tty(d, qid)
+        self.assertIn(b"Subject: ?]0;owned??[2Jclear ??31m", shown)
+        self.assertNotIn(b"\x1b", shown)
+        raw = self.show_on_tty(d, qid, "--raw")
+        self.assertIn(b"\x1b]0;owned\x07", raw)
+        # a pipe gets the bytes as stored
+        self.assertIn("\x1b]0;owned", d.show(qid)[1])
 
 
 class JunkTest(SorterTestCase):

@@ -644,3 +644,55 @@ class OpenDKIMTest(MilterTestCase):
         ar = unfold_header(got.replace("\r\n", "\n"), "Authentication-Results")
         self.assertNotIn("dkim=pass", ar)
         self.assertIn("dkim=fail", ar)
+
+
+class StreamTest(MilterTestCase):
+    """The content streams into the spool as it arrives; the filters read it back, and an
+    edited message is committed in its place."""
+
+    def test_big_message_with_a_header_edit(self):
+        """A message of many chunks: the filter is shown the whole body, and the edited queue
+        file holds the new header and every byte of the body."""
+        a = self.filter("A")
+        d = self.start(a.spec)
+        lines = ["line %06d %s" % (i, "y" * 60) for i in range(6000)]     # ~430 KB
+        body = "\r\n".join(lines)
+        r, qid = self.send(message("big", body, ["X-Test-Milter: addheader X-Big seen"]))
+        self.assertQueued(r, qid)
+        got = self.delivered("alice")[0]
+        self.assertEqual(dict(headers_of(got))["X-Big"], " seen")
+        self.assertEqual(body_of(got).rstrip("\n"), "\n".join(lines))
+        self.assertEqual(sum(e["len"] for e in a.events("body")), len(body) + 2)
+        self.assertTrue(all(e["len"] <= 65535 for e in a.events("body")))
+        self.assertEqual(os.listdir(os.path.join(d.spool, "tmp")), [])
+
+    def test_bdat(self):
+        """BDAT: the first chunk is the DATA stage (its refusal is that chunk's reply, the
+        chunk read and dropped); a chunked message is filtered and edited like any other."""
+        a = self.filter("A")
+        d = self.start(a.spec)
+        a.set(data="replycode 554 5.7.1 no chunks today")
+        c = self.session()
+        self.assertIn("CHUNKING", c.ehlo().keywords())
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+        self.assertReply(c.cmd("RCPT TO:<%s>" % ALICE), 250)
+        chunk = message("chunked").encode() + b"\r\n"
+        c.send(b"BDAT %d LAST\r\n" % len(chunk) + chunk)
+        self.assertEqual(str(c.reply()), "554 5.7.1 no chunks today")
+        self.assertReply(c.cmd("RSET"), 250)
+        self.assertReply(c.cmd("NOOP"), 250)    # the chunk's octets were not commands
+        a.set()
+        c = self.session()
+        self.assertReply(c.ehlo(), 250)
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+        self.assertReply(c.cmd("RCPT TO:<%s>" % ALICE), 250)
+        content = message("chunked", headers=["X-Test-Milter: addheader X-Chunks two"]).encode()
+        first, second = content[:40], content[40:] + b"\r\n"
+        c.send(b"BDAT %d\r\n" % len(first) + first)
+        self.assertReply(c.reply(), 250)
+        c.send(b"BDAT %d LAST\r\n" % len(second) + second)
+        r = c.reply()
+        self.assertReply(r, 250, "2.0.0")
+        got = self.delivered("alice")[0]
+        self.assertEqual(dict(headers_of(got))["X-Chunks"], " two")
+        self.assertEqual(len(a.events("data")), 2)

@@ -182,8 +182,8 @@ class ConfigCheckTest(SorterTestCase):
             ("workers = 16\n", 6),
             ("workers = 64\n", 6),
             # features that do not exist yet are refused, never silently accepted
-            ("proxy_networks = 127.0.0.1/32\n", 6),
             ("metrics_listen = 127.0.0.1:9155\n", 6),
+            # a PROXY listener without the proxies it may trust
             ("listen = 127.0.0.1:2526 mx proxy=yes\n", 6),
             # milters the client could not reach without a lookup, or do not parse
             ("smtpd_milters = inet:localhost:8891\n", 6),

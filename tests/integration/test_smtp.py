@@ -58,7 +58,7 @@ class SMTPTest(SorterTestCase):
             ("VRFY <%s>" % RCPT, 252, "2.0.0"),
             ("HELP", 214, "2.0.0"),
             ("EXPN staff", 502, "5.5.1"),
-            ("BDAT 10 LAST", 502, "5.5.1"),
+            ("BDAT 0 LAST", 503, "5.5.1"),     # no transaction (test_chunking.py)
             ("XYZZY", 500, "5.5.2"),
             ("MAILX FROM:<%s>" % SENDER, 500, "5.5.2"),
             ("QUIT", 221, "2.0.0"),

@@ -24,6 +24,7 @@ from harness import (LOCAL_DOMAIN, Sorterd, SorterTestCase, build_dir, free_port
 from scripted_smtp import ScriptedSMTPServer
 from smtpsink import free_port_on
 from test_delivery import parse_dsn
+from test_tls import make_cert
 
 JUERGEN = "j\u00fcrgen@" + LOCAL_DOMAIN           # on node-utf8
 YONGHU = "\u7528\u6237@" + LOCAL_DOMAIN            # on node-utf8
@@ -101,8 +102,13 @@ class SMTPUTF8Test(SorterTestCase):
         settings.update(self.maps)
         d = Sorterd(os.path.join(self.tmp, "d"), start=False, **settings)
         if submission_port:
+            # a submission listener needs TLS and logins to start at all
+            cert, key = make_cert(self.tmp)
             d.write_config(listen=["127.0.0.1:%d mx" % d.port,
-                                   "127.0.0.1:%d submission" % submission_port])
+                                   "127.0.0.1:%d submission" % submission_port],
+                           tls_cert_file=cert, tls_key_file=key,
+                           auth_map=write_map(build_dir(), os.path.join(self.tmp, "passwd"),
+                                              {"user@example.test": "$6$x$y"}))
         self.daemons.append(d)
         self.addCleanup(self._finish, d)
         d.start()
@@ -236,7 +242,7 @@ class SMTPUTF8Test(SorterTestCase):
         # the mailbox content: the UTF-8 header as sent, and our Received: saying UTF8SMTP
         self.assertIn(("Subject: Gr\u00fc\u00dfe %s" % tok).encode("utf-8"), t["data"])
         self.assertRegex(t["data"], rb"^Received: from client\.remote\.test \(\[127\.0\.0\.1\]\)"
-                                    rb"\r\n\tby mx\.sorter\.test \(Sorter\) with UTF8SMTP id ")
+                                    rb"\s+by mx\.sorter\.test \(Sorter\)\s+with UTF8SMTP id ")
         for rc in (JUERGEN, YONGHU):
             self.wait_log(r"%s: to=<%s>, node=node-utf8, .*status=sent" % (qid, re.escape(rc)))
         self.wait_log(r"%s: from=<%s>" % (qid, re.escape(SENDER)))

@@ -174,6 +174,19 @@ class RolesTest(SubmissionTestCase):
         self.assertIn("bad.conf:3:", r.stderr)
         self.assertIn("auth_map", r.stderr)
 
+    def test_config_check_opens_auth_maps(self):
+        conf = os.path.join(self.tmp, "missing.conf")
+        with open(conf, "w") as f:
+            f.write("spool_dir = %s\nlisten = 127.0.0.1:2525 mx\n"
+                    "listen = 127.0.0.1:2587 submission\ntls_cert_file = %s\n"
+                    "tls_key_file = %s\nauth_map = hash:%s\n"
+                    % (os.path.join(self.tmp, "s"), self.cert, self.key,
+                       os.path.join(self.tmp, "no-such-passwd")))
+        r = subprocess.run([os.path.join(self.build, "sorterd"), "-t", "-c", conf],
+                           capture_output=True, text=True, timeout=30)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("missing.conf:6: auth_map hash:", r.stderr)
+
     def test_auth_offered_only_on_submission_under_tls(self):
         self.start()
         mx = self.on(self.d.port)

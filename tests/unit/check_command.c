@@ -30,6 +30,8 @@ struct ccase {
 	const char *orcpt_type, *orcpt; /* orcpt decoded; NULL: empty */
 	bool smtputf8;                  /* the SMTPUTF8 parameter */
 	bool utf8;                      /* cmd.addr.utf8 */
+	const char *chunk;      /* BDAT: expected chunk size as text; NULL: not checked */
+	bool last;              /* BDAT: LAST */
 };
 
 #define OK CMD_OK
@@ -39,6 +41,7 @@ struct ccase {
 #define PAR CMD_ERR_PARAM
 #define U8 CMD_ERR_UTF8
 #define MUST_DECLARE "Must declare SMTPUTF8 to send UTF-8 addresses"
+#define BDA CMD_ERR_BDAT
 
 #define ENVID100 "0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789"
 #define TYPE64 "x-34567890123456789012345678901234567890123456789012345678901234"
@@ -328,8 +331,42 @@ static const struct ccase cases[] = {
 	{ "NOOP anything at all", .st = OK, .verb = VERB_NOOP, .arg = "anything at all" },
 	{ "HELP", .st = OK, .verb = VERB_HELP, .arg = "" },
 	{ "help MAIL", .st = OK, .verb = VERB_HELP, .arg = "MAIL" },
-	{ "BDAT 100 LAST", .st = OK, .verb = VERB_BDAT, .arg = "100 LAST" },
-	{ "BDAT", .st = OK, .verb = VERB_BDAT, .arg = "" },
+
+	/* BDAT (RFC 3030): a line that starts with BDAT and is not a BDAT
+	 * command leaves the chunk size unknown, and gets CMD_ERR_BDAT */
+	{ "BDAT 100 LAST", .st = OK, .verb = VERB_BDAT, .arg = "100 LAST", .chunk = "100",
+	  .last = true },
+	{ "BDAT 0 LAST", .st = OK, .verb = VERB_BDAT, .chunk = "0", .last = true },
+	{ "BDAT 0", .st = OK, .verb = VERB_BDAT, .chunk = "0" },
+	{ "BDAT 1", .st = OK, .verb = VERB_BDAT, .chunk = "1" },
+	{ "bdat 42 last", .st = OK, .verb = VERB_BDAT, .chunk = "42", .last = true },
+	{ "BDAT 42 Last", .st = OK, .verb = VERB_BDAT, .chunk = "42", .last = true },
+	{ "BDAT   7   LAST  ", .st = OK, .verb = VERB_BDAT, .arg = "7   LAST", .chunk = "7",
+	  .last = true },
+	{ "BDAT 007", .st = OK, .verb = VERB_BDAT, .chunk = "7" },
+	{ "BDAT 9223372036854775807", .st = OK, .verb = VERB_BDAT,
+	  .chunk = "9223372036854775807" },
+	{ "BDAT 9223372036854775808", .st = BDA, .verb = VERB_BDAT,
+	  .why = "BDAT chunk size too large" },
+	{ "BDAT 99999999999999999999999", .st = BDA, .verb = VERB_BDAT,
+	  .why = "BDAT chunk size too large" },
+	{ "BDAT", .st = BDA, .verb = VERB_BDAT, .why = "Syntax: BDAT count [LAST]" },
+	{ "BDAT ", .st = BDA, .verb = VERB_BDAT, .why = "Syntax: BDAT count [LAST]" },
+	{ "BDAT LAST", .st = BDA, .verb = VERB_BDAT, .why = "Syntax: BDAT count [LAST]" },
+	{ "BDAT -1", .st = BDA, .verb = VERB_BDAT, .why = "Syntax: BDAT count [LAST]" },
+	{ "BDAT +1", .st = BDA, .verb = VERB_BDAT, .why = "Syntax: BDAT count [LAST]" },
+	{ "BDAT 1x", .st = BDA, .verb = VERB_BDAT, .why = "Syntax: BDAT count [LAST]" },
+	{ "BDAT 0x10", .st = BDA, .verb = VERB_BDAT, .why = "Syntax: BDAT count [LAST]" },
+	{ "BDAT 1 2", .st = BDA, .verb = VERB_BDAT, .why = "Syntax: BDAT count [LAST]" },
+	{ "BDAT 1 LASTX", .st = BDA, .verb = VERB_BDAT, .why = "Syntax: BDAT count [LAST]" },
+	{ "BDAT 1 LAST LAST", .st = BDA, .verb = VERB_BDAT, .why = "Syntax: BDAT count [LAST]" },
+	{ "BDAT 1 LAS", .st = BDA, .verb = VERB_BDAT, .why = "Syntax: BDAT count [LAST]" },
+	{ "BDAT\t10", .st = BDA, .verb = VERB_BDAT, .why = "invalid character in command" },
+	{ "BDAT 10\0", .len = 8, .st = BDA, .verb = VERB_BDAT,
+	  .why = "invalid character in command" },
+	{ "BDATX 10", .st = BDA, .verb = VERB_BDAT, .why = "Syntax: BDAT count [LAST]" },
+	{ "bdat", .st = BDA, .verb = VERB_BDAT, .why = "Syntax: BDAT count [LAST]" },
+	{ "BDA 10", .st = UNK, .verb = VERB_UNKNOWN, .why = "command unrecognized" },
 
 	/* argument required */
 	{ "VRFY user", .st = OK, .verb = VERB_VRFY, .arg = "user" },
@@ -448,6 +485,12 @@ START_TEST(test_command)
 	ck_assert_int_eq(cmd.params.smtputf8, c->smtputf8);
 	if (cmd.verb == VERB_MAIL || cmd.verb == VERB_RCPT)
 		ck_assert_int_eq(cmd.addr.utf8, c->utf8);
+	if (c->chunk) {
+		ck_assert_msg(cmd.chunk_size == strtoull(c->chunk, NULL, 10),
+			      "case %d \"%s\": chunk %llu, want %s", _i, c->line,
+			      (unsigned long long)cmd.chunk_size, c->chunk);
+		ck_assert_int_eq(cmd.chunk_last, c->last);
+	}
 }
 END_TEST
 
@@ -457,7 +500,7 @@ START_TEST(test_every_verb)
 	static const char *const args[VERB_MAX] = {
 		[VERB_HELO] = " x", [VERB_EHLO] = " x", [VERB_MAIL] = " FROM:<>",
 		[VERB_RCPT] = " TO:<postmaster>", [VERB_VRFY] = " x", [VERB_EXPN] = " x",
-		[VERB_AUTH] = " PLAIN",
+		[VERB_AUTH] = " PLAIN", [VERB_BDAT] = " 0",
 	};
 	enum smtp_verb v = (enum smtp_verb)_i;
 	const char *name = verb_name(v);

@@ -239,13 +239,28 @@ static const struct errcase errcases[] = {
 	{ "listen = 127.0.0.1:25 mx extra",
 	  "t.conf:1: listen: listener option 'extra' is not supported" },
 	/* features that do not exist yet are refused, never silently accepted */
+	{ "listen = 127.0.0.1:25 mx proxy=yes milters=x",
+	  "t.conf:1: listen: milters=: milter 'x' is not inet:HOST:PORT, inet6:[ADDRESS]:PORT or "
+	  "unix:PATH" },
+	/* PROXY protocol: only from proxy_networks, so those must be given */
 	{ "listen = 127.0.0.1:25 mx proxy=yes",
-	  "t.conf:1: listen: listener option 'proxy=yes' is not supported" },
-	{ "listen = 127.0.0.1:25 mx milters=unix:/m proxy=yes",
-	  "t.conf:1: listen: listener option 'proxy=yes' is not supported" },
+	  "t.conf:1: listen: proxy=yes needs proxy_networks, the proxies allowed to send the header" },
+	{ "listen = 127.0.0.1:25 mx proxy=YES",
+	  "t.conf:1: listen: proxy: 'YES' is not yes or no" },
+	{ "listen = 127.0.0.1:25 mx proxy=yes proxy=no",
+	  "t.conf:1: listen: listener option proxy= given twice" },
+	{ "listen = 127.0.0.1:25 mx proxy",
+	  "t.conf:1: listen: listener option 'proxy' is not supported" },
+	{ "proxy_networks = 127.0.0.1/33", "t.conf:1: proxy_networks: '127.0.0.1/33' is not ADDRESS "
+	  "or ADDRESS/BITS" },
+	{ "smtpd_proxy_timeout = 0", "t.conf:1: smtpd_proxy_timeout: 0 is below the minimum 1" },
+	{ "listen = 127.0.0.1:25 mx milters=unix:/m proxy=maybe",
+	  "t.conf:1: listen: proxy: 'maybe' is not yes or no" },
+	{ "listen = 127.0.0.1:25 mx milters=unix:/m other=1",
+	  "t.conf:1: listen: listener option 'other=1' is not supported" },
 	/* milters: endpoints the client can connect to without a lookup */
 	{ "listen = 127.0.0.1:25 mx milters=inet:127.0.0.1:1 milters=unix:/m",
-	  "t.conf:1: listen: listener option milters= is given twice" },
+	  "t.conf:1: listen: listener option milters= given twice" },
 	{ "listen = 127.0.0.1:25 mx milters=inet:localhost:8891",
 	  "t.conf:1: listen: milters=: milter 'inet:localhost:8891': the host must be a numeric "
 	  "address" },
@@ -281,7 +296,6 @@ static const struct errcase errcases[] = {
 	  "t.conf:3: milter_rcpt_macros: '{bad' is not a macro name (one character, or {name})" },
 	{ "milter_mail_macros = {}", "t.conf:1: milter_mail_macros: '{}' is not a macro name (one "
 	  "character, or {name})" },
-	{ "proxy_networks = 127.0.0.1/32", "t.conf:1: unknown parameter 'proxy_networks'" },
 	{ "metrics_listen = 127.0.0.1:9155", "t.conf:1: unknown parameter 'metrics_listen'" },
 	{ "listen = 127.0.0.1:25\nlisten = 127.0.0.1:0025 submission",
 	  "t.conf:2: listen: 127.0.0.1:25 is given twice" },
@@ -491,6 +505,22 @@ START_TEST(test_listen)
 	cf = parse("listen = 127.0.0.1:25\nlisten = 127.0.0.2:25\n", err, sizeof(err));
 	ck_assert_ptr_nonnull(cf);
 	ck_assert_uint_eq(cf->nlisten, 2);
+	ck_assert(!cf->listen[0].proxy);
+	config_free(cf);
+
+	/* proxy=yes behind a load balancer, from proxy_networks only */
+	cf = parse("listen = 127.0.0.1:25 mx proxy=yes\nlisten = 127.0.0.1:26 mx proxy=no\n"
+		   "listen = 127.0.0.1:27 proxy=yes\n"
+		   "proxy_networks = 10.0.0.10 192.0.2.0/24, ::1\nsmtpd_proxy_timeout = 5s\n",
+		   err, sizeof(err));
+	ck_assert_msg(cf != NULL, "%s", err);
+	ck_assert(cf->listen[0].proxy);
+	ck_assert(!cf->listen[1].proxy);
+	/* a bare option where the role would be is an option, the role mx */
+	ck_assert_int_eq(cf->listen[2].role, ROLE_MX);
+	ck_assert_uint_eq(cf->nproxy_networks, 3);
+	ck_assert_uint_eq(cf->proxy_networks[0].bits, 128);
+	ck_assert_int_eq(cf->smtpd_proxy_timeout, 5);
 	config_free(cf);
 
 	/* milters=: this listener's own list; empty = none, absent = smtpd_milters */

@@ -1,7 +1,9 @@
 /*
  * check_data.c - unit tests for the DATA content parser (smtpd/data.c):
  * end of data, dot unstuffing, bare CR/LF (SMTP smuggling), Received:
- * counting, and that every way of splitting the input gives one answer.
+ * counting, and that every way of splitting the input gives one answer;
+ * and for its raw (BDAT) mode: content passed through as it is, the same
+ * flags and counts, and the same message as DATA gives for the same text.
  */
 #include "config.h"
 
@@ -432,6 +434,209 @@ START_TEST(test_random_split_invariance)
 }
 END_TEST
 
+/* ---- raw mode (BDAT, RFC 3030) ---- */
+
+/*
+ * Feeds in[] in raw mode, cut at cuts[] as feed() does, then ends it with
+ * data_parse_end(). Raw mode must take every byte it is given and give
+ * each back unchanged, and never see an end of data.
+ */
+static void
+feed_raw(const char *in, size_t len, const size_t *cuts, size_t ncuts, struct result *r)
+{
+	struct data_parser p;
+	size_t off = 0, ci = 0, next, chunk, n, outlen;
+	char *buf, end[2];
+	bool done;
+
+	memset(r, 0, sizeof(*r));
+	r->out = malloc(len + 3);
+	ck_assert_ptr_nonnull(r->out);
+	data_parser_init_raw(&p);
+	while (off < len) {
+		while (ci < ncuts && cuts[ci] <= off)
+			ci++;
+		next = ci < ncuts ? cuts[ci] : len;
+		chunk = next - off;
+		buf = malloc(chunk + 1);
+		ck_assert_ptr_nonnull(buf);
+		n = data_parse(&p, in + off, chunk, buf, &outlen, &done);
+		ck_assert_uint_eq(n, chunk);
+		ck_assert_uint_eq(outlen, chunk);
+		ck_assert(!done);
+		ck_assert(memcmp(buf, in + off, chunk) == 0);
+		memcpy(r->out + r->outlen, buf, outlen);
+		r->outlen += outlen;
+		free(buf);
+		off += n;
+	}
+	n = data_parse_end(&p, end);
+	ck_assert_uint_le(n, 2);
+	memcpy(r->out + r->outlen, end, n);
+	r->outlen += n;
+	/* ended, it stays ended */
+	ck_assert_uint_eq(data_parse_end(&p, end), 0);
+	r->consumed = off;
+	r->done = false;
+	r->bare = p.bare_cr_lf;
+	r->in_headers = p.in_headers;
+	r->received = p.received;
+	r->bytes = p.bytes;
+}
+
+struct rcase {
+	const char *name;
+	const char *in;
+	size_t inlen;
+	const char *tail;	/* what data_parse_end adds */
+	bool bare;
+	unsigned received;
+	bool in_headers;
+};
+
+static const struct rcase raw_cases[] = {
+	{ "empty", S(""), "", false, 0, true },
+	{ "simple", S("Subject: x\r\n\r\nhello\r\n"), "", false, 0, false },
+	{ "no final CRLF", S("Subject: x\r\n\r\nhello"), "\r\n", false, 0, false },
+	{ "dots are content", S(".\r\n..x\r\n.\r\n"), "", false, 0, true },
+	{ "the DATA end is content", S("a\r\n.\r\nMAIL FROM:<x@y>\r\n"), "", false, 0, true },
+	{ "lone dot at the end", S("a\r\n."), "\r\n", false, 0, true },
+	{ "bare LF", S("a\nb\r\n"), "", true, 0, true },
+	{ "bare CR", S("a\rb\r\n"), "", true, 0, true },
+	{ "final CR is bare", S("a\r"), "\r\n", true, 0, true },
+	{ "final CR after a line", S("a\r\nb\r"), "\r\n", true, 0, true },
+	{ "final LF is bare", S("a\n"), "\r\n", true, 0, true },
+	{ "smuggling sequence", S("x\r\n\n.\n\r\n"), "", true, 0, true },
+	{ "Received: counted", S("Received: a\r\nreceived: b\r\nX-Received: c\r\n\r\n"
+				 "Received: body\r\n"), "", false, 2, false },
+	{ "Received: on the last line", S("Received: a"), "\r\n", false, 1, true },
+	{ "Received: line, CRLF ended", S("Received: a\r\n"), "", false, 1, true },
+	{ "a dot before Received: is content", S(".Received: a\r\n"), "", false, 0, true },
+	{ "NUL and 8-bit", S("a\0\xff\r\n"), "", false, 0, true },
+};
+
+#define NRAW (sizeof(raw_cases) / sizeof(raw_cases[0]))
+
+static void
+check_raw(const struct rcase *c, const struct result *r, const char *how)
+{
+	size_t tl = strlen(c->tail);
+
+	ck_assert_msg(r->outlen == c->inlen + tl && memcmp(r->out, c->in, c->inlen) == 0 &&
+		      memcmp(r->out + c->inlen, c->tail, tl) == 0,
+		      "%s (%s): output differs", c->name, how);
+	ck_assert_msg(r->consumed == c->inlen, "%s (%s): consumed %zu", c->name, how,
+		      r->consumed);
+	ck_assert_msg(r->bare == c->bare, "%s (%s): bare %d", c->name, how, r->bare);
+	ck_assert_msg(r->received == c->received, "%s (%s): received %u, want %u",
+		      c->name, how, r->received, c->received);
+	ck_assert_msg(r->in_headers == c->in_headers, "%s (%s): in_headers %d", c->name, how,
+		      r->in_headers);
+	ck_assert_msg(r->bytes == r->outlen, "%s (%s): bytes %llu", c->name, how,
+		      (unsigned long long)r->bytes);
+}
+
+START_TEST(test_raw_table)
+{
+	const struct rcase *c = &raw_cases[_i];
+	struct result r;
+	char how[64];
+	size_t cut[2];
+
+	feed_raw(c->in, c->inlen, NULL, 0, &r);
+	check_raw(c, &r, "one shot");
+	free(r.out);
+	for (cut[0] = 0; cut[0] <= c->inlen; cut[0]++) {
+		for (cut[1] = cut[0]; cut[1] <= c->inlen; cut[1]++) {
+			snprintf(how, sizeof(how), "split at %zu and %zu", cut[0], cut[1]);
+			feed_raw(c->in, c->inlen, cut, 2, &r);
+			check_raw(c, &r, how);
+			free(r.out);
+		}
+	}
+}
+END_TEST
+
+/*
+ * What a DATA client sends for content c: a dot doubled at the start of
+ * every line (lines end with CR LF only, as the parser sees them), a CR LF
+ * added unless c is empty or ends with one, then "." CR LF.
+ */
+static size_t
+as_data(const char *c, size_t len, char *out)
+{
+	size_t i, o = 0;
+
+	for (i = 0; i < len; i++) {
+		if (c[i] == '.' && (i == 0 || (i >= 2 && c[i - 2] == '\r' && c[i - 1] == '\n')))
+			out[o++] = '.';
+		out[o++] = c[i];
+	}
+	if (len > 0 && !(len >= 2 && c[len - 2] == '\r' && c[len - 1] == '\n')) {
+		out[o++] = '\r';
+		out[o++] = '\n';
+	}
+	memcpy(out + o, ".\r\n", 3);
+	return o + 3;
+}
+
+/* The same text by BDAT (raw, any chunks) and by DATA (stuffed): the same
+ * message, the same bare CR/LF verdict, the same Received: count. */
+START_TEST(test_raw_same_as_data)
+{
+	static const char alpha[] = ".\r\nReceivd:X ";
+	unsigned seed = 7;
+	char in[80], stuffed[2 * 80 + 8];
+	size_t len, slen, i, k, cuts[3];
+	struct result raw, dot;
+
+	for (k = 0; k < 20000; k++) {
+		len = (seed = seed * 1103515245 + 12345) % sizeof(in);
+		for (i = 0; i < len; i++)
+			in[i] = alpha[((seed = seed * 1103515245 + 12345) >> 16) %
+				      (sizeof(alpha) - 1)];
+		if (k % 5 == 0 && len >= 9)
+			memcpy(in, "Received:", 9);
+		for (i = 0; i < 3; i++)
+			cuts[i] = len ? ((seed = seed * 1103515245 + 12345) >> 16) % len : 0;
+		if (cuts[0] > cuts[1]) { i = cuts[0]; cuts[0] = cuts[1]; cuts[1] = i; }
+		if (cuts[1] > cuts[2]) { i = cuts[1]; cuts[1] = cuts[2]; cuts[2] = i; }
+		if (cuts[0] > cuts[1]) { i = cuts[0]; cuts[0] = cuts[1]; cuts[1] = i; }
+		slen = as_data(in, len, stuffed);
+		feed_raw(in, len, cuts, 3, &raw);
+		feed(stuffed, slen, NULL, 0, &dot);
+		ck_assert_msg(dot.done && dot.consumed == slen, "case %zu: DATA did not end", k);
+		ck_assert_msg(raw.outlen == dot.outlen &&
+			      memcmp(raw.out, dot.out, raw.outlen) == 0,
+			      "case %zu: BDAT and DATA store different content", k);
+		ck_assert_msg(raw.bare == dot.bare, "case %zu: bare %d vs %d", k, raw.bare,
+			      dot.bare);
+		ck_assert_msg(raw.received == dot.received, "case %zu: received %u vs %u", k,
+			      raw.received, dot.received);
+		ck_assert_msg(raw.in_headers == dot.in_headers, "case %zu: in_headers", k);
+		ck_assert_msg(raw.bytes == dot.bytes, "case %zu: bytes", k);
+		free(raw.out);
+		free(dot.out);
+	}
+}
+END_TEST
+
+/* data_parse_end in DATA mode adds nothing: the "." line ended the content. */
+START_TEST(test_end_in_data_mode)
+{
+	struct data_parser p;
+	char out[4], end[2];
+	size_t outlen;
+	bool done;
+
+	data_parser_init(&p);
+	ck_assert_uint_eq(data_parse(&p, S("abc"), out, &outlen, &done), 3);
+	ck_assert_uint_eq(data_parse_end(&p, end), 0);
+	ck_assert_uint_eq(p.bytes, 3);
+	ck_assert(!p.bare_cr_lf);
+}
+END_TEST
+
 static Suite *
 data_suite(void)
 {
@@ -447,6 +652,9 @@ data_suite(void)
 	tcase_add_test(tc, test_late_cr_bound);
 	tcase_add_test(tc, test_large_body_chunked);
 	tcase_add_test(tc, test_random_split_invariance);
+	tcase_add_loop_test(tc, test_raw_table, 0, NRAW);
+	tcase_add_test(tc, test_raw_same_as_data);
+	tcase_add_test(tc, test_end_in_data_mode);
 	suite_add_tcase(s, tc);
 	return s;
 }

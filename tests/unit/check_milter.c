@@ -480,49 +480,54 @@ END_TEST
 
 /* ---- the edits applied ---- */
 
-START_TEST(test_apply_content)
+START_TEST(test_serialize)
 {
-	struct milter_mods m;
+	struct mhdrs h;
 	struct milter_mod x;
-	struct dstr c;
-	const char *why;
-	static const char msg[] = "Received: by us\r\nSubject: old\r\nX-Gone: 1\r\n\r\nbody\r\n";
+	struct milter_mods m;
+	struct dstr out;
+	static const char msg[] = "Received: by us\r\nSubject: old\r\n\tfolded\r\nX-Gone: 1\r\n"
+				  "\r\nbody\r\n";
 
-	milter_mods_init(&m);
-	dstr_init(&c, 0);
-	dstr_append(&c, msg, sizeof(msg) - 1);
-	/* no edit to the content: the same bytes */
-	ck_assert_int_eq(milter_apply_content(&c, &m, 1000, &why), 0);
-	ck_assert_str_eq(c.s, msg);
-
-	m.v = xcalloc(3, sizeof(*m.v));
+	/* no edit: the same bytes as the section parsed */
+	ck_assert_int_eq(mhdrs_parse(msg, sizeof(msg) - 1, true, &h), 53);
+	dstr_init(&out, 0);
+	mhdrs_serialize(&h, &out);
+	ck_assert_uint_eq(out.len, 53);
+	ck_assert_mem_eq(out.s, msg, 53);
 	x = mod(MOD_CHGHDR, 1, "Subject", " new");
-	m.v[m.n++] = x;
+	mhdrs_apply(&h, &x);
 	x = mod(MOD_CHGHDR, 1, "X-Gone", NULL);
-	m.v[m.n++] = x;
+	mhdrs_apply(&h, &x);
 	x = mod(MOD_INSHDR, 1, "DKIM-Signature", " v=1;\r\n\tb=x");
-	m.v[m.n++] = x;
-	ck_assert_int_eq(milter_apply_content(&c, &m, 1000, &why), 0);
-	ck_assert_str_eq(c.s, "Received: by us\r\nDKIM-Signature: v=1;\r\n\tb=x\r\nSubject: new\r\n"
-			 "\r\nbody\r\n");
-
-	free(m.v);              /* the names and values are string literals */
-	m.v = NULL;
-	m.n = 0;
-	m.body_replaced = true;
-	dstr_append(&m.body, "new body", 8);    /* no line end: one is put */
-	ck_assert_int_eq(milter_apply_content(&c, &m, 1000, &why), 0);
-	ck_assert_str_eq(c.s, "Received: by us\r\nDKIM-Signature: v=1;\r\n\tb=x\r\nSubject: new\r\n"
-			 "\r\nnew body\r\n");
-	ck_assert_int_eq(milter_apply_content(&c, &m, 40, &why), -1);
-	ck_assert_str_eq(why, "the edited message exceeds message_size_limit");
-	/* an empty body replacement */
-	dstr_reset(&m.body);
-	ck_assert_int_eq(milter_apply_content(&c, &m, 1000, &why), 0);
-	ck_assert_str_eq(c.s, "Received: by us\r\nDKIM-Signature: v=1;\r\n\tb=x\r\nSubject: new\r\n"
+	mhdrs_apply(&h, &x);
+	dstr_reset(&out);
+	mhdrs_serialize(&h, &out);
+	ck_assert_str_eq(out.s, "Received: by us\r\nDKIM-Signature: v=1;\r\n\tb=x\r\nSubject: new\r\n"
 			 "\r\n");
+	mhdrs_free(&h);
+	/* every header gone: the empty line alone */
+	dstr_reset(&out);
+	mhdrs_serialize(&h, &out);
+	ck_assert_str_eq(out.s, "\r\n");
+	dstr_free(&out);
+
+	/* a replaced body moves out of the edits; what is left to apply */
+	milter_mods_init(&m);
+	ck_assert(!milter_mods_any(&m));
+	dstr_init(&out, 0);
+	ck_assert(!milter_mods_take_body(&m, &out));
+	m.body_replaced = true;
+	dstr_append(&m.body, "new\r\n", 5);
+	ck_assert(milter_mods_any(&m));
+	ck_assert(milter_mods_take_body(&m, &out));
+	ck_assert_str_eq(out.s, "new\r\n");
+	ck_assert(!m.body_replaced);
+	ck_assert(!milter_mods_any(&m));
+	m.quarantine = xstrdup("why");
+	ck_assert(milter_mods_any(&m));
 	milter_mods_free(&m);
-	dstr_free(&c);
+	dstr_free(&out);
 }
 END_TEST
 
@@ -663,7 +668,7 @@ milter_suite(void)
 	tcase_add_test(tc, test_header_edits);
 	tcase_add_test(tc, test_body_any_split);
 	tcase_add_test(tc, test_body_limit);
-	tcase_add_test(tc, test_apply_content);
+	tcase_add_test(tc, test_serialize);
 	tcase_add_test(tc, test_apply_envelope);
 	tcase_add_loop_test(tc, test_esmtp_args, 0, sizeof(esmtp) / sizeof(esmtp[0]));
 	suite_add_tcase(s, tc);

@@ -377,7 +377,7 @@ START_TEST(test_open_errors)
 		const char *err;
 	} cases[] = {
 		{ "user_map = ldapx:/x\n",
-		  "test.conf:3: user_map: ldapx:/x: unknown map type \"ldapx\" (known: hash, btree)" },
+		  "test.conf:3: user_map: ldapx:/x: unknown map type \"ldapx\" (known: hash, btree, ldap)" },
 		{ "alias_map = hash:\n", "test.conf:3: alias_map: hash:: no file name" },
 		{ "# a comment\n\nfailover_node = lmtp:[1.2.3]:24\n",
 		  "test.conf:5: failover_node \"lmtp:[1.2.3]:24\": invalid IP address in brackets" },

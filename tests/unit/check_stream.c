@@ -1,0 +1,218 @@
+/*
+ * check_stream.c - unit tests for the spool stream (queue/commit.c): a
+ * message written in pieces as it arrives, with the writer's back-pressure
+ * obeyed, commits to a file in incoming/ that the one queue-file reader
+ * parses back byte for byte; an aborted one leaves nothing behind; the
+ * buffers stay bounded whatever the message's size.
+ */
+#include "config.h"
+
+#include <check.h>
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "lib/lib.h"
+#include "queue/queue.h"
+
+struct ctx {
+	struct event_base *base;
+	bool resumed, done;
+	int error;
+};
+
+static void
+on_resume(void *arg)
+{
+	struct ctx *c = arg;
+
+	c->resumed = true;
+	event_base_loopbreak(c->base);
+}
+
+static void
+on_done(void *arg, int error)
+{
+	struct ctx *c = arg;
+
+	c->done = true;
+	c->error = error;
+	event_base_loopbreak(c->base);
+}
+
+static char spool[] = "/tmp/check_stream.XXXXXX";
+
+static void
+setup(void)
+{
+	ck_assert_ptr_nonnull(mkdtemp(spool));
+	ck_assert_int_eq(spool_prepare(spool), 0);
+}
+
+static void
+teardown(void)
+{
+	char cmd[128];
+
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", spool);
+	ck_assert_int_eq(system(cmd), 0);
+	strcpy(spool, "/tmp/check_stream.XXXXXX");
+}
+
+static size_t
+count(const char *sub)
+{
+	char path[256];
+	struct dirent *e;
+	size_t n = 0;
+	DIR *d;
+
+	snprintf(path, sizeof(path), "%s/%s", spool, sub);
+	ck_assert_ptr_nonnull(d = opendir(path));
+	while ((e = readdir(d)) != NULL)
+		if (e->d_name[0] != '.')
+			n++;
+	closedir(d);
+	return n;
+}
+
+static void
+head(struct dstr *h)
+{
+	const char *rcpts[] = { "alice@example.test" };
+	struct spool_envelope env = {
+		.arrival_usec = 1700000000000000ull, .client = "127.0.0.1", .helo = "c.test",
+		.proto = "ESMTP", .sender = "s@remote.test", .rcpts = rcpts, .nrcpt = 1,
+	};
+
+	dstr_init(h, 0);
+	spool_encode_head(&env, 0, h);
+}
+
+/* writes `total` bytes in pieces of `piece`, obeying back-pressure */
+static void
+stream_message(struct commit_pool *p, struct ctx *c, const char *id, size_t total,
+	       size_t piece, bool commit, unsigned char **sent)
+{
+	struct spool_stream *st;
+	struct dstr h;
+	unsigned char *buf = xmalloc(total ? total : 1);
+	size_t i, n;
+
+	for (i = 0; i < total; i++)
+		buf[i] = (unsigned char)("0123456789abcdef\r\n"[(i * 7) % 18]);
+	head(&h);
+	st = spool_stream_open(p, id, &h, on_resume, c);
+	dstr_free(&h);
+	for (i = 0; i < total; i += n) {
+		n = total - i < piece ? total - i : piece;
+		if (spool_stream_write(st, buf + i, n)) {
+			c->resumed = false;
+			while (!c->resumed)
+				event_base_loop(c->base, EVLOOP_ONCE);
+		}
+	}
+	ck_assert_uint_eq(spool_stream_content_len(st), total);
+	c->done = false;
+	if (commit)
+		spool_stream_commit(st, on_done);
+	else
+		spool_stream_abort(st, on_done);
+	while (!c->done)
+		event_base_loop(c->base, EVLOOP_ONCE);
+	*sent = buf;
+}
+
+static void
+check_sizes(size_t total, size_t piece)
+{
+	struct ctx c = { 0 };
+	struct commit_pool *p;
+	struct spool_file f;
+	unsigned char *sent;
+	char id[QID_LEN + 1], path[256], err[256];
+
+	c.base = event_base_new();
+	p = commit_pool_create(c.base, spool, 2);
+	qid_next(id);
+	stream_message(p, &c, id, total, piece, true, &sent);
+	ck_assert_int_eq(c.error, 0);
+	ck_assert_uint_eq(count("incoming"), 1);
+	ck_assert_uint_eq(count("tmp"), 0);
+	snprintf(path, sizeof(path), "%s/incoming/%s", spool, id);
+	ck_assert_msg(spool_load(path, NULL, &f, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_uint_eq(f.m.content_len, total);
+	ck_assert_uint_eq(f.m.nrcpt, 1);
+	ck_assert(memcmp(f.image + f.m.content_offset, sent, total) == 0);
+	spool_file_free(&f);
+	unlink(path);
+	free(sent);
+	commit_pool_destroy(p);
+	event_base_free(c.base);
+}
+
+START_TEST(test_sizes)
+{
+	static const size_t sizes[][2] = {
+		{ 0, 1 }, { 1, 1 }, { 100, 7 }, { 65535, 16384 }, { 65536, 65536 },
+		{ 65537, 1000 }, { 1 << 20, 16384 }, { 3 * (1 << 20) + 5, 12345 },
+	};
+
+	check_sizes(sizes[_i][0], sizes[_i][1]);
+}
+END_TEST
+
+START_TEST(test_abort)
+{
+	struct ctx c = { 0 };
+	struct commit_pool *p;
+	unsigned char *sent;
+	char id[QID_LEN + 1];
+	size_t sizes[] = { 0, 10, 200000 };
+	size_t i;
+
+	c.base = event_base_new();
+	p = commit_pool_create(c.base, spool, 2);
+	for (i = 0; i < 3; i++) {
+		qid_next(id);
+		stream_message(p, &c, id, sizes[i], 4096, false, &sent);
+		free(sent);
+		ck_assert_int_eq(c.error, 0);
+		ck_assert_uint_eq(count("tmp"), 0);
+		ck_assert_uint_eq(count("incoming"), 0);
+	}
+	commit_pool_destroy(p);
+	event_base_free(c.base);
+}
+END_TEST
+
+static Suite *
+stream_suite(void)
+{
+	Suite *s = suite_create("stream");
+	TCase *tc = tcase_create("core");
+
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 60);
+	tcase_add_loop_test(tc, test_sizes, 0, 8);
+	tcase_add_test(tc, test_abort);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int
+main(void)
+{
+	SRunner *sr = srunner_create(stream_suite());
+	int failed;
+
+	qid_init(3);
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed != 0;
+}
