@@ -92,7 +92,6 @@ queue_dsn(struct qmsg *mq, int kind, struct qexp **exps, size_t n, const char *t
 	const char *rcpt = to;
 	size_t i;
 
-	memset(&env, 0, sizeof(env));
 	memset(&rep, 0, sizeof(rep));
 	rep.reporting_mta = q->cf->hostname;
 	rep.queue_id = mq->id;

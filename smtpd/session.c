@@ -578,6 +578,7 @@ content_start(struct session *s, bool raw)
 	env.sender_params = s->sender_params;
 	env.rcpts = (const char **)s->rcpts;
 	env.nrcpt = s->nrcpt;
+	env.hold_reason = NULL;         /* a quarantine is an edit (milter_message_done) */
 	dstr_init(&head, 0);
 	spool_encode_head(&env, 0, &head);
 	s->stream = spool_stream_open(s->w->commit, s->id, &head, stream_resume, s);
