@@ -1272,7 +1272,10 @@ milter_message_done(struct session *s, const struct milter_result *r)
 	};
 	struct spool_envelope senv;
 	struct dstr prefix, body;
+	char addr[ADDR_PATH_MAX + 8];
 	bool new_body;
+	size_t i;
+	int rc;
 
 	log_esc(s->sender, from, sizeof(from));
 	if (r->verdict == MILTER_DISCARD) {
@@ -1280,7 +1283,24 @@ milter_message_done(struct session *s, const struct milter_result *r)
 			 "action; from=<%s>", s->id, s->addr, r->milter, from);
 		goto accepted;
 	}
-	if (milter_apply_envelope(r->mods, &env, why, sizeof(why)) < 0) {
+	/* the recipients may change: their canonical forms are made again after */
+	for (i = 0; i < s->nrcpt; i++)
+		free(s->rcpt_canon[i]);
+	free(s->rcpt_canon);
+	s->rcpt_canon = NULL;
+	rc = milter_apply_envelope(r->mods, &env, why, sizeof(why));
+	s->rcpt_canon = xcalloc(s->nrcpt ? s->nrcpt : 1, sizeof(*s->rcpt_canon));
+	for (i = 0; i < s->nrcpt; i++) {
+		struct canon canon;
+		const char *cwhy;
+		size_t n = rcpt_addr_len(s->rcpts[i]);
+
+		snprintf(addr, sizeof(addr), "%.*s", (int)n, s->rcpts[i]);
+		if (router_canon(addr, NULL, NULL, &canon, &cwhy) < 0)
+			snprintf(canon.address, sizeof(canon.address), "%.*s", ADDR_PATH_MAX, addr);
+		s->rcpt_canon[i] = xstrdup(canon.address);
+	}
+	if (rc < 0) {
 		msg_warn("%s: %s", s->id, why + 1);
 		reply(s, why[0] == '4' ? "451 4.3.0 <%s>: Temporary lookup failure"
 				       : "451 4.7.1 Error: a mail filter sent a change that cannot "
