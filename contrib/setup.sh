@@ -21,7 +21,8 @@ if command -v debconf-set-selections >/dev/null 2>&1; then
 fi
 PKGS="build-essential autoconf automake libtool pkg-config clang
 libevent-dev libssl-dev libc-ares-dev libdb5.3-dev libmilter-dev check libcrypt-dev
-postfix swaks dovecot-core dovecot-lmtpd dnsmasq-base opendkim python3 db-util
+postfix swaks dovecot-core dovecot-lmtpd dnsmasq-base opendkim opendkim-tools python3 db-util
+python3-milter python3-dkim
 procps time openssl util-linux iproute2 msmtp libsasl2-modules libnet-ssleay-perl
 libldap-dev slapd ldap-utils haproxy"
 # operations: promtool (metrics), mandoc (manual lint), systemd-analyze (unit check)

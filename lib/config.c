@@ -178,6 +178,25 @@ static const struct param params[] = {
 	{ "syslog_socket", P_STR, F_NONEMPTY, "/dev/log", 0, 0, STR(syslog_socket), 0, NULL },
 	{ "metrics_listen", P_HOSTPORT, 0, NULL, 0, 0, FIELD(metrics_listen, struct hostport), 0,
 	  NULL },
+	/* milters (smtpd/milter.c), named and defaulted as in Postfix */
+	{ "smtpd_milters", P_STR, 0, NULL, 0, 0, STR(smtpd_milters), 0, NULL },
+	{ "milter_default_action", P_ENUM, 0, "tempfail", 0, 0, INT(milter_default_action), 0,
+	  milter_action_names },
+	{ "milter_connect_timeout", P_TIME, 0, "30s", 1, 3600, INT(milter_connect_timeout), 0, NULL },
+	{ "milter_command_timeout", P_TIME, 0, "30s", 1, 3600, INT(milter_command_timeout), 0, NULL },
+	{ "milter_content_timeout", P_TIME, 0, "300s", 1, 3600, INT(milter_content_timeout), 0, NULL },
+	{ "milter_connect_macros", P_STR, 0,
+	  "j {daemon_name} {daemon_addr} v _ {client_addr} {client_name} {client_port}", 0, 0,
+	  STR(milter_connect_macros), 0, NULL },
+	{ "milter_helo_macros", P_STR, 0, "{tls_version} {cipher} {cipher_bits} {cert_subject} "
+	  "{cert_issuer}", 0, 0, STR(milter_helo_macros), 0, NULL },
+	{ "milter_mail_macros", P_STR, 0, "i {auth_type} {auth_authen} {auth_author} {mail_addr} "
+	  "{mail_host} {mail_mailer}", 0, 0, STR(milter_mail_macros), 0, NULL },
+	{ "milter_rcpt_macros", P_STR, 0, "i {rcpt_addr} {rcpt_host} {rcpt_mailer}", 0, 0,
+	  STR(milter_rcpt_macros), 0, NULL },
+	{ "milter_data_macros", P_STR, 0, "i", 0, 0, STR(milter_data_macros), 0, NULL },
+	{ "milter_end_of_header_macros", P_STR, 0, "i", 0, 0, STR(milter_eoh_macros), 0, NULL },
+	{ "milter_end_of_data_macros", P_STR, 0, "i", 0, 0, STR(milter_eom_macros), 0, NULL },
 };
 
 #define NPARAMS (sizeof(params) / sizeof(params[0]))
@@ -388,6 +407,21 @@ set_enum(struct config *cf, const struct param *p, const char *v,
 		      show(v, shown, sizeof(shown)), all);
 }
 
+/* A milter list (smtpd_milters, milters=) the client can use: 0, or -1
+ * with why naming the key. */
+static int
+check_milter_list(const char *key, const char *v, char *why, size_t whylen)
+{
+	struct milter_spec *specs;
+	char msg[256];
+	size_t n;
+
+	if (milter_specs_parse(v, &specs, &n, msg, sizeof(msg)) < 0)
+		return reason(why, whylen, "%s: %s", key, msg);
+	milter_specs_free(specs, n);
+	return 0;
+}
+
 /* "HOST:PORT [ROLE]": HOST is dotted IPv4 or [IPv6], stored canonical and
  * without brackets so that two spellings of one address are caught as a
  * repeat here rather than as EADDRINUSE at bind time. */
@@ -400,6 +434,7 @@ set_listen(struct config *cf, const struct param *p, const char *v,
 	char buf[CONF_LINE_MAX + 1], shown[80], host[INET6_ADDRSTRLEN];
 	unsigned char bin[16];
 	char *addr, *role, *port, *end, *h, *opt, *save;
+	const char *milters = NULL;
 	int af;
 	long long pn;
 	enum listen_role r = ROLE_MX;
@@ -414,8 +449,8 @@ set_listen(struct config *cf, const struct param *p, const char *v,
 		role = trim(role);
 	}
 	/* options after the role (a first word with '=' is an option, the
-	 * role then mx): proxy=yes|no; any other (milters=) is refused, never
-	 * ignored */
+	 * role then mx): proxy=yes|no, milters=LIST; any other is refused,
+	 * never ignored */
 	end = strpbrk(role, " \t");
 	if (strchr(role, '=') != NULL && (end == NULL || strchr(role, '=') < end)) {
 		end = role;
@@ -426,6 +461,15 @@ set_listen(struct config *cf, const struct param *p, const char *v,
 	if (end != NULL) {
 		for (opt = strtok_r(end, " \t", &save); opt != NULL;
 		     opt = strtok_r(NULL, " \t", &save)) {
+			if (strncmp(opt, "milters=", 8) == 0) {
+				if (milters != NULL)
+					return reason(why, whylen, "%s: listener option milters= given "
+						      "twice", p->name);
+				milters = opt + 8;
+				if (check_milter_list("listen: milters=", milters, why, whylen) < 0)
+					return -1;
+				continue;
+			}
 			if (strncmp(opt, "proxy=", 6) != 0)
 				return reason(why, whylen, "%s: listener option '%s' is not supported",
 					      p->name, show(opt, shown, sizeof(shown)));
@@ -488,6 +532,7 @@ set_listen(struct config *cf, const struct param *p, const char *v,
 	(*lp)[*np].port = xstrdup(buf);
 	(*lp)[*np].role = r;
 	(*lp)[*np].proxy = proxy;
+	(*lp)[*np].milters = milters ? xstrdup(milters) : NULL;
 	(*np)++;
 	return 0;
 }
@@ -759,6 +804,33 @@ check_listeners(const struct config *cf, char *why, size_t whylen)
 	return 0;
 }
 
+/* smtpd_milters and the macro lists, where they are set. Returns that
+ * line (1 for a bad default), or 0. */
+static unsigned
+check_milters(const struct config *cf, char *why, size_t whylen)
+{
+	static const char *const lists[] = {
+		"milter_connect_macros", "milter_helo_macros", "milter_mail_macros",
+		"milter_rcpt_macros", "milter_data_macros", "milter_end_of_header_macros",
+		"milter_end_of_data_macros",
+	};
+	const struct param *p;
+	char msg[256];
+	size_t i;
+
+	p = find_param("smtpd_milters");
+	if (check_milter_list(p->name, cf->smtpd_milters, why, whylen) < 0)
+		return cf->lines[p - params] ? cf->lines[p - params] : 1;
+	for (i = 0; i < sizeof(lists) / sizeof(lists[0]); i++) {
+		p = find_param(lists[i]);
+		if (milter_macros_check(*AT(cf, p->off, char *), msg, sizeof(msg)) < 0) {
+			snprintf(why, whylen, "%s: %s", p->name, msg);
+			return cf->lines[p - params] ? cf->lines[p - params] : 1;
+		}
+	}
+	return 0;
+}
+
 static void
 set_err(char *err, size_t errlen, const char *name, unsigned line, const char *why)
 {
@@ -839,6 +911,8 @@ config_parse(const char *name, const char *text, size_t len,
 	}
 	apply_defaults(cf, seen);
 	if ((lineno = check_listeners(cf, why, sizeof(why))) != 0)
+		goto fail;
+	if ((lineno = check_milters(cf, why, sizeof(why))) != 0)
 		goto fail;
 	return cf;
 
@@ -933,6 +1007,7 @@ config_free(struct config *cf)
 			for (j = 0; j < n; j++) {
 				free(l[j].host);
 				free(l[j].port);
+				free(l[j].milters);
 			}
 			free(l);
 			break;
@@ -950,21 +1025,41 @@ config_free(struct config *cf)
  * What one smtpd worker may hold open at once. smtpd_max_sessions counts
  * every worker together, but nothing stops one worker from taking them
  * all, so each must fit all of them: per session its client's socket and
- * one more (a milter or map connection, the socket of a lookup); per I/O
- * thread the queue file of a commit under way; and a fixed part: stdio,
- * the listeners, the event loop's epoll and notify descriptors, the
- * master's pipe, the wake-up socket, spool folders, map files, the log.
- * A worker at rest uses about 15; the fixed part leaves room for maps,
- * LDAP and TLS files on top.
+ * one more (a map connection, the socket of a lookup), plus one per milter
+ * of the listener with the most; per I/O thread the queue file of a commit
+ * under way; and a fixed part: stdio, the listeners, the event loop's
+ * epoll and notify descriptors, the master's pipe, the wake-up socket,
+ * spool folders, map files, the log. A worker at rest uses about 15; the
+ * fixed part leaves room for maps, LDAP and TLS files on top.
  */
 #define FDS_PER_SESSION 2
 #define FDS_FIXED 64
 
+static size_t
+milter_count(const char *list)
+{
+	struct milter_spec *v;
+	char why[256];
+	size_t n;
+
+	if (milter_specs_parse(list, &v, &n, why, sizeof(why)) < 0)
+		return 0;
+	milter_specs_free(v, n);
+	return n;
+}
+
 long long
 config_fd_need(const struct config *cf)
 {
-	return (long long)cf->smtpd_max_sessions * FDS_PER_SESSION + cf->io_threads +
-	       (long long)cf->nlisten + FDS_FIXED;
+	size_t i, n, most = 0;
+
+	for (i = 0; i < cf->nlisten; i++) {
+		n = milter_count(cf->listen[i].milters ? cf->listen[i].milters : cf->smtpd_milters);
+		if (n > most)
+			most = n;
+	}
+	return (long long)cf->smtpd_max_sessions * (FDS_PER_SESSION + (long long)most) +
+	       cf->io_threads + (long long)cf->nlisten + FDS_FIXED;
 }
 
 const char *

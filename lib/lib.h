@@ -78,6 +78,7 @@ struct listen_spec {
 	char *port;               /* numeric port */
 	enum listen_role role;
 	bool proxy;               /* proxy=yes: a PROXY protocol header comes first */
+	char *milters;            /* milters= option: NULL = smtpd_milters, "" = none */
 	unsigned line;            /* where the config file says so, for errors */
 };
 
@@ -167,6 +168,13 @@ struct config {
 	int syslog_facility;            /* index into syslog_facility_names */
 	char *syslog_socket;            /* log = syslog: where syslogd listens */
 	struct hostport metrics_listen; /* GET /metrics; host NULL = off */
+	/* milters (smtpd/milter.c) */
+	char *smtpd_milters;            /* endpoints for listeners without milters= */
+	int milter_default_action;      /* enum milter_action, when a milter fails */
+	int milter_connect_timeout, milter_command_timeout, milter_content_timeout;
+	/* macro names sent per stage; NULL = none */
+	char *milter_connect_macros, *milter_helo_macros, *milter_mail_macros;
+	char *milter_rcpt_macros, *milter_data_macros, *milter_eoh_macros, *milter_eom_macros;
 };
 extern const char *const syslog_facility_names[];
 /* syslog(3)'s code (LOG_MAIL, ...) for cf->syslog_facility */
@@ -197,6 +205,31 @@ bool config_is_local_domain(const struct config *cf, const char *domain);
 /* File descriptors one smtpd worker may need at once for this config
  * (smtpd_max_sessions, io_threads, listeners), to compare with RLIMIT_NOFILE. */
 long long config_fd_need(const struct config *cf);
+
+/* ---- milter endpoints and macro lists (milterspec.c): pure ---- */
+enum milter_action { MILTER_ACT_TEMPFAIL, MILTER_ACT_ACCEPT, MILTER_ACT_REJECT };
+extern const char *const milter_action_names[];   /* by enum milter_action, NULL-ended */
+
+struct milter_spec {
+	char *name;                /* as written, for logs: "inet:127.0.0.1:8891" */
+	int family;                /* AF_INET, AF_INET6 or AF_UNIX */
+	char *host, *port;         /* inet: numeric, canonical */
+	char *path;                /* unix */
+	/* Postfix's { endpoint, key=value } options; 0 / -1 = the global keys */
+	int connect_timeout, command_timeout, content_timeout;
+	int default_action;
+};
+
+/* "inet:HOST:PORT", "inet:[IPV6]:PORT", "inet6:[IPV6]:PORT", "inet:PORT@HOST",
+ * "unix:/PATH", or "{ ENDPOINT, connect_timeout=10s, default_action=accept }",
+ * separated by commas or spaces. 0 with the list (maybe empty), or -1 with why. */
+int milter_specs_parse(const char *s, struct milter_spec **out, size_t *n, char *why,
+		       size_t whylen);
+void milter_specs_free(struct milter_spec *v, size_t n);
+/* A macro name: one printable character, or {name} */
+bool milter_macro_name_ok(const char *w, size_t n);
+/* A list of them, separated by spaces or commas: 0, or -1 with why */
+int milter_macros_check(const char *s, char *why, size_t whylen);
 
 /* ---- UTF-8 (utf8.c): pure ----
  * Well formed = RFC 3629: no overlong forms, no surrogates, nothing above

@@ -15,6 +15,13 @@
  * length is written in place at the end, before the fsync, while the file
  * is still in tmp/ and nobody can have read it.
  *
+ * Milters read a stream's content back before its commit (flush, then
+ * reads on a thread), and what they edit is committed in the stream's
+ * place: a second file in tmp/ gets the new envelope, the new header
+ * section and the body (new, or copied from the first file), and replaces
+ * the first one before the usual fsync, rename and directory fsync, into
+ * incoming/ or, for a quarantine, hold/.
+ *
  * This file must never let a job report success before its directory entry
  * is durable, and never leave a half-written file in incoming/.
  */
@@ -37,6 +44,7 @@ struct commit_pool {
 	struct iopool *io;
 	int tmp_fd;
 	struct dirsync *incoming;
+	struct dirsync *hold;
 };
 
 #define STREAM_CHUNK (64 * 1024)    /* bytes handed to a thread at once */
@@ -52,13 +60,28 @@ struct spool_stream {
 	struct dstr busy;           /* being written by a thread */
 	bool writing;               /* a job is on a thread */
 	bool want_resume;           /* the caller waits for room */
-	enum { STREAM_OPEN, STREAM_COMMIT, STREAM_ABORT } end;
+	enum { STREAM_OPEN, STREAM_COMMIT, STREAM_ABORT, STREAM_EDITED } end;
 	bool final;                 /* the last job was submitted */
 	int error;                  /* the first error, an errno value */
 	spool_stream_cb *resume;
 	spool_stream_done_cb *done;
 	void *arg;
 	uint64_t commit_usec;       /* metrics_now() at the end of data */
+	spool_stream_done_cb *flushed; /* a flush waits for the writes */
+	int rfd;                    /* reading the content back: -1 until then */
+	bool reading;               /* a read is on a thread */
+	struct spool_edit *edit;    /* STREAM_EDITED: what is committed instead */
+};
+
+/* An edited message, committed in a stream's place. */
+struct spool_edit {
+	struct dstr head;           /* the new envelope, its content length filled in */
+	struct dstr prefix;         /* the new header section */
+	struct dstr body;           /* the new body, when body_new */
+	bool body_new;
+	uint64_t body_off;          /* else the stream's content from here to its end */
+	uint64_t content_len;
+	bool hold;                  /* into hold/ */
 };
 
 static int
@@ -161,6 +184,8 @@ commit_pool_create(struct event_base *base, const char *spool_dir, int nthreads)
 		msg_fatal("open %s: %s", path, strerror(errno));
 	snprintf(path, sizeof(path), "%s/incoming", spool_dir);
 	p->incoming = dirsync_open(path);
+	snprintf(path, sizeof(path), "%s/hold", spool_dir);
+	p->hold = dirsync_open(path);
 	p->io = iopool_create(base, nthreads);
 	return p;
 }
@@ -179,6 +204,7 @@ commit_pool_destroy(struct commit_pool *p)
 {
 	iopool_destroy(p->io);
 	dirsync_close(p->incoming);
+	dirsync_close(p->hold);
 	close(p->tmp_fd);
 	free(p);
 }
@@ -226,6 +252,7 @@ stream_write_work(void *arg)
 
 static void stream_final(struct spool_stream *st);
 static void stream_written(void *arg);
+static void stream_edit_work(struct spool_stream *st);
 
 static void
 stream_start_write(struct spool_stream *st)
@@ -252,6 +279,17 @@ stream_written(void *arg)
 		stream_final(st);
 		return;
 	}
+	if (st->flushed != NULL) {
+		spool_stream_done_cb *done = st->flushed;
+
+		if (st->fill.len > 0) {
+			stream_start_write(st);
+			return;
+		}
+		st->flushed = NULL;
+		done(st->arg, st->error);
+		return;
+	}
 	if (st->fill.len >= STREAM_CHUNK)
 		stream_start_write(st);
 	if (st->want_resume && !(st->writing && st->fill.len >= STREAM_CHUNK)) {
@@ -269,12 +307,20 @@ stream_final_work(void *arg)
 	unsigned char end[SPOOL_REC_HDR], len[4];
 	int ifd = dirsync_fd(st->pool->incoming), err;
 
+	if (st->rfd >= 0) {
+		close(st->rfd);
+		st->rfd = -1;
+	}
 	if (st->end == STREAM_ABORT || st->error) {
 			if (st->fd >= 0) {
 			close(st->fd);
 			st->fd = -1;
 			unlinkat(st->pool->tmp_fd, st->id, 0);
 		}
+		return;
+	}
+	if (st->end == STREAM_EDITED) {
+		stream_edit_work(st);
 		return;
 	}
 	stream_write_work(st);          /* the last bytes; opens the file if need be */
@@ -325,6 +371,7 @@ stream_finished(void *arg)
 	st->done(st->arg, error);
 	dstr_free(&st->fill);
 	dstr_free(&st->busy);
+	spool_edit_free(st->edit);
 	free(st);
 }
 
@@ -333,8 +380,8 @@ stream_final(struct spool_stream *st)
 {
 	struct dstr t;
 
-	if (st->final || st->writing)
-		return;                 /* stream_written() comes back here */
+	if (st->final || st->writing || st->reading)
+		return;                 /* stream_written() or read_done() comes back here */
 	st->final = true;
 	/* the last bytes go with the final job */
 	t = st->busy;
@@ -355,6 +402,7 @@ spool_stream_open(struct commit_pool *p, const char *id, const struct dstr *head
 	st->pool = p;
 	snprintf(st->id, sizeof(st->id), "%s", id);
 	st->fd = -1;
+	st->rfd = -1;
 	st->content_hdr = head->len - SPOOL_REC_HDR;
 	dstr_init(&st->fill, 0);
 	dstr_init(&st->busy, 0);
@@ -408,5 +456,230 @@ spool_stream_abort(struct spool_stream *st, spool_stream_done_cb *done)
 	st->done = done;
 	st->end = STREAM_ABORT;
 	st->want_resume = false;
+	stream_final(st);
+}
+
+/* ---- reading back, and committing an edited message (milters) ---- */
+
+void
+spool_stream_flush(struct spool_stream *st, spool_stream_done_cb *done)
+{
+	st->flushed = done;
+	st->want_resume = false;
+	if (!st->writing)
+		stream_start_write(st); /* what is left, maybe nothing: a thread answers */
+}
+
+struct read_job {
+	struct spool_stream *st;
+	uint64_t off;
+	size_t n;
+	ssize_t got;                /* or -errno */
+	char *buf;                  /* the job's own: the reader may be gone by then */
+	void (*done)(void *arg, const void *data, ssize_t got);
+	void *arg;
+};
+
+static void
+read_work(void *arg)
+{
+	struct read_job *rj = arg;
+	struct spool_stream *st = rj->st;
+	ssize_t r;
+
+	if (st->rfd < 0 && (st->rfd = openat(st->pool->tmp_fd, st->id, O_RDONLY | O_CLOEXEC)) < 0) {
+		rj->got = -errno;
+		return;
+	}
+	do
+		r = pread(st->rfd, rj->buf, rj->n,
+			  (off_t)(st->content_hdr + SPOOL_REC_HDR + rj->off));
+	while (r < 0 && errno == EINTR);
+	rj->got = r < 0 ? -errno : r;
+}
+
+static void
+read_done(void *arg)
+{
+	struct read_job *rj = arg;
+	struct spool_stream *st = rj->st;
+
+	st->reading = false;
+	if (st->end == STREAM_OPEN)
+		rj->done(rj->arg, rj->buf, rj->got);
+	else
+		stream_final(st);       /* ended meanwhile: nobody waits for these bytes */
+	free(rj->buf);
+	free(rj);
+}
+
+void
+spool_stream_read(struct spool_stream *st, uint64_t off, size_t n,
+		  void (*done)(void *arg, const void *data, ssize_t got), void *arg)
+{
+	struct read_job *rj = xcalloc(1, sizeof(*rj));
+
+	if (st->reading || st->writing)
+		msg_panic("%s: spool_stream_read while another read or a write is under way", st->id);
+	if (off > st->content_len)
+		off = st->content_len;
+	if (n > st->content_len - off)
+		n = (size_t)(st->content_len - off);
+	rj->st = st;
+	rj->off = off;
+	rj->n = n;
+	rj->buf = xmalloc(n ? n : 1);
+	rj->done = done;
+	rj->arg = arg;
+	st->reading = true;
+	iopool_run(st->pool->io, read_work, read_done, rj);
+}
+
+struct spool_edit *
+spool_edit_new(const struct spool_stream *st, const struct spool_envelope *env,
+	       struct dstr *prefix, struct dstr *body, uint64_t body_off)
+{
+	struct spool_edit *e = xcalloc(1, sizeof(*e));
+
+	e->prefix = *prefix;
+	dstr_init(prefix, 0);
+	e->body_new = body != NULL;
+	if (body != NULL) {
+		e->body = *body;
+		dstr_init(body, 0);
+	} else {
+		dstr_init(&e->body, 0);
+	}
+	e->body_off = body_off < st->content_len ? body_off : st->content_len;
+	e->content_len = e->prefix.len + (e->body_new ? e->body.len : st->content_len - e->body_off);
+	e->hold = env->hold_reason != NULL;
+	dstr_init(&e->head, 0);
+	spool_encode_head(env, (size_t)e->content_len, &e->head);
+	return e;
+}
+
+uint64_t
+spool_edit_content_len(const struct spool_edit *e)
+{
+	return e->content_len;
+}
+
+void
+spool_edit_free(struct spool_edit *e)
+{
+	if (e == NULL)
+		return;
+	dstr_free(&e->head);
+	dstr_free(&e->prefix);
+	dstr_free(&e->body);
+	free(e);
+}
+
+/* on a thread: the edited message into tmp/ID.edit, which then replaces
+ * tmp/ID and goes where a commit goes */
+static void
+stream_edit_work(struct spool_stream *st)
+{
+	struct spool_edit *e = st->edit;
+	struct dirsync *dir = e->hold ? st->pool->hold : st->pool->incoming;
+	unsigned char end[SPOOL_REC_HDR];
+	char name[QID_LEN + 8], *buf = NULL;
+	uint64_t off, from, left;
+	ssize_t r;
+	size_t n;
+	int nfd, dfd = dirsync_fd(dir);
+
+	snprintf(name, sizeof(name), "%s.edit", st->id);
+	stream_write_work(st);          /* the last bytes of the original, if any */
+	if (st->error)
+		goto fail;
+	nfd = openat(st->pool->tmp_fd, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (nfd < 0) {
+		st->error = errno;
+		goto fail;
+	}
+	off = 0;
+	if (pwrite_all(nfd, e->head.s, e->head.len, off) < 0 ||
+	    pwrite_all(nfd, e->prefix.s, e->prefix.len, off + e->head.len) < 0)
+		goto fail_new;
+	off += e->head.len + e->prefix.len;
+	if (e->body_new) {
+		if (pwrite_all(nfd, e->body.s, e->body.len, off) < 0)
+			goto fail_new;
+		off += e->body.len;
+	} else {
+		if (st->rfd < 0 &&
+		    (st->rfd = openat(st->pool->tmp_fd, st->id, O_RDONLY | O_CLOEXEC)) < 0)
+			goto fail_new;
+		buf = xmalloc(STREAM_CHUNK);
+		from = st->content_hdr + SPOOL_REC_HDR + e->body_off;
+		for (left = st->content_len - e->body_off; left > 0; left -= (uint64_t)r) {
+			n = left < STREAM_CHUNK ? (size_t)left : STREAM_CHUNK;
+			r = pread(st->rfd, buf, n, (off_t)from);
+			if (r < 0 && errno == EINTR) {
+				r = 0;
+				continue;
+			}
+			if (r <= 0) {
+				errno = r < 0 ? errno : EIO;    /* the file was cut short */
+				goto fail_new;
+			}
+			if (pwrite_all(nfd, buf, (size_t)r, off) < 0)
+				goto fail_new;
+			from += (uint64_t)r;
+			off += (uint64_t)r;
+		}
+		free(buf);
+		buf = NULL;
+	}
+	spool_encode_end(end);
+	if (pwrite_all(nfd, (const char *)end, sizeof(end), off) < 0 || fsync(nfd) < 0)
+		goto fail_new;
+	if (close(nfd) < 0) {
+		nfd = -1;
+		goto fail_new;
+	}
+	nfd = -1;
+	close(st->fd);
+	st->fd = -1;
+	if (st->rfd >= 0) {
+		close(st->rfd);
+		st->rfd = -1;
+	}
+	/* the edited file takes the original's name in tmp/, then goes on */
+	if (renameat(st->pool->tmp_fd, name, st->pool->tmp_fd, st->id) < 0 ||
+	    renameat2(st->pool->tmp_fd, st->id, dfd, st->id, RENAME_NOREPLACE) < 0) {
+		st->error = errno;
+		unlinkat(st->pool->tmp_fd, name, 0);
+		unlinkat(st->pool->tmp_fd, st->id, 0);
+		return;
+	}
+	if ((st->error = dirsync_wait(dir)) != 0 && unlinkat(dfd, st->id, 0) < 0)
+		msg_warn("%s: cannot remove unacknowledged queue file: %s", st->id,
+			 strerror(errno));
+	return;
+fail_new:
+	st->error = errno ? errno : EIO;
+	free(buf);
+	if (nfd >= 0)
+		close(nfd);
+	unlinkat(st->pool->tmp_fd, name, 0);
+fail:
+	if (st->fd >= 0)
+		close(st->fd);
+	st->fd = -1;
+	if (st->rfd >= 0)
+		close(st->rfd);
+	st->rfd = -1;
+	unlinkat(st->pool->tmp_fd, st->id, 0);
+}
+
+void
+spool_stream_commit_edited(struct spool_stream *st, struct spool_edit *e,
+			   spool_stream_done_cb *done)
+{
+	st->edit = e;
+	st->done = done;
+	st->end = STREAM_EDITED;
 	stream_final(st);
 }

@@ -39,6 +39,8 @@ enum spool_rec {
 	SPOOL_REC_SENDER = 'S',    /* envelope sender, "" for <> */
 	SPOOL_REC_SPARAM = 's',    /* sender parameters: "RET=FULL ENVID=... SMTPUTF8"
 				    * (dsn_parse_sender_params) */
+	SPOOL_REC_HOLD = 'Q',      /* why the message was put on hold as it arrived (a
+				    * milter's quarantine); it was committed into hold/ */
 	SPOOL_REC_RCPT = 'R',      /* pending recipient: "address" [SP params] */
 	SPOOL_REC_RCPT_DONE = 'D', /* recipient delivered (in-place type change) */
 	SPOOL_REC_RCPT_BOUNCED = 'B', /* recipient bounced, DSN queued */
@@ -59,6 +61,7 @@ struct spool_envelope {
 	const char *sender_params; /* may be NULL */
 	const char **rcpts;        /* "address" or "address params" */
 	size_t nrcpt;
+	const char *hold_reason;   /* NULL, or why it goes to hold/ (SPOOL_REC_HOLD) */
 };
 
 /* Appends the records before the content, including the content record's
@@ -88,6 +91,7 @@ struct spool_msg {
 	char *client, *helo, *proto;
 	char *sender;
 	char *sender_params;
+	char *hold_reason;         /* SPOOL_REC_HOLD, or NULL */
 	struct spool_rcpt *rcpts;
 	size_t nrcpt;
 	size_t content_offset;     /* file offset of the content */
@@ -195,6 +199,30 @@ bool spool_stream_write(struct spool_stream *st, const void *data, size_t len);
 uint64_t spool_stream_content_len(const struct spool_stream *st);
 void spool_stream_commit(struct spool_stream *st, spool_stream_done_cb *done);
 void spool_stream_abort(struct spool_stream *st, spool_stream_done_cb *done);
+
+/*
+ * What milters need of a stream before its commit. A flush writes what the
+ * stream holds into its file and calls done(arg, error) once that is done
+ * (nothing more may be written then). A read takes up to n content bytes
+ * at off (the content's own offsets) from the file on a thread, one read at
+ * a time, and hands them to done(arg, data, count or -errno) on the loop;
+ * a stream ended meanwhile never calls it. An edit is a message committed
+ * in the stream's place: env's envelope (hold_reason set: into hold/), the
+ * new header section prefix, then body, or with body NULL the stream's own
+ * content from body_off on; the dstrs are taken over. The commit then
+ * goes as spool_stream_commit() (the edit is the stream's from then on).
+ */
+struct spool_edit;
+void spool_stream_flush(struct spool_stream *st, spool_stream_done_cb *done);
+void spool_stream_read(struct spool_stream *st, uint64_t off, size_t n,
+		       void (*done)(void *arg, const void *data, ssize_t got), void *arg);
+struct spool_edit *spool_edit_new(const struct spool_stream *st,
+				  const struct spool_envelope *env, struct dstr *prefix,
+				  struct dstr *body, uint64_t body_off);
+uint64_t spool_edit_content_len(const struct spool_edit *e);
+void spool_edit_free(struct spool_edit *e);
+void spool_stream_commit_edited(struct spool_stream *st, struct spool_edit *e,
+				spool_stream_done_cb *done);
 
 /* ---- the queue manager (qmgr.c) and its control socket (control.c) ---- */
 #define QID_SLOT_QMGR 30         /* qid process slot of the queue manager */

@@ -335,6 +335,11 @@ print_plain(const struct entry *e, const struct listed *l)
 		put_text(l->last_error);
 		printf(")\n");
 	}
+	if (l->msg.hold_reason != NULL && strcmp(l->state, "hold") == 0) {
+		printf("    (on hold: ");
+		put_text(l->msg.hold_reason);
+		printf(")\n");
+	}
 	if (l->next_retry) {
 		format_local((uint64_t)l->next_retry * 1000000u, "%Y-%m-%d %H:%M:%S", when, sizeof(when));
 		printf("    next retry: %s\n", when);
@@ -380,6 +385,12 @@ print_json(const struct entry *e, const struct listed *l)
 	printf(",\"next_retry\":");
 	if (l->next_retry)
 		printf("%lld", (long long)l->next_retry);
+	else
+		printf("null");
+	/* why it was quarantined as it arrived, while it is on hold */
+	printf(",\"hold_reason\":");
+	if (l->msg.hold_reason != NULL && strcmp(l->state, "hold") == 0)
+		put_json_str(l->msg.hold_reason);
 	else
 		printf("null");
 	putchar('}');
@@ -577,6 +588,11 @@ cmd_show(const char *spool_dir, const char *id, bool raw)
 	if (m->sender_params != NULL) {
 		printf("sender params: ");
 		put_text(m->sender_params);
+		putchar('\n');
+	}
+	if (m->hold_reason != NULL) {
+		printf("hold reason: ");
+		put_text(m->hold_reason);
 		putchar('\n');
 	}
 	for (i = 0; i < m->nrcpt; i++) {

@@ -79,6 +79,8 @@ spool_encode_head(const struct spool_envelope *env, size_t content_len,
 	put_rec(out, SPOOL_REC_SENDER, env->sender);
 	if (env->sender_params != NULL)
 		put_rec(out, SPOOL_REC_SPARAM, env->sender_params);
+	if (env->hold_reason != NULL)
+		put_rec(out, SPOOL_REC_HOLD, env->hold_reason);
 	for (i = 0; i < env->nrcpt; i++)
 		put_rec(out, SPOOL_REC_RCPT, env->rcpts[i]);
 	put_rec_hdr(out, SPOOL_REC_CONTENT, content_len);
@@ -127,6 +129,7 @@ spool_msg_free(struct spool_msg *m)
 	free(m->proto);
 	free(m->sender);
 	free(m->sender_params);
+	free(m->hold_reason);
 	for (i = 0; i < m->nrcpt; i++) {
 		free(m->rcpts[i].addr);
 		free(m->rcpts[i].params);
@@ -287,6 +290,9 @@ spool_parse(const unsigned char *buf, size_t len, struct spool_msg *m,
 			break;
 		case SPOOL_REC_SPARAM:
 			field = &m->sender_params;
+			break;
+		case SPOOL_REC_HOLD:
+			field = &m->hold_reason;
 			break;
 		case SPOOL_REC_RCPT:
 		case SPOOL_REC_RCPT_DONE:

@@ -612,6 +612,7 @@ master_main(const char *config_path, struct config *cf)
 		m.ls[i].spec = cf->listen[i];
 		m.ls[i].spec.host = xstrdup(cf->listen[i].host);
 		m.ls[i].spec.port = xstrdup(cf->listen[i].port);
+		m.ls[i].spec.milters = NULL;    /* workers take it from their config */
 		m.ls[i].fd = bind_one(&m.ls[i]);
 	}
 	if (cf->metrics_listen.host != NULL) {

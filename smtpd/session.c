@@ -38,6 +38,7 @@
 #include "queue/queue.h"
 #include "router/router.h"
 #include "smtpd/auth.h"
+#include "smtpd/milter.h"
 #include "smtpd/session.h"
 #include "smtpd/smtpd.h"
 
@@ -125,6 +126,21 @@ struct session {
 	char *linebuf;
 	size_t line_len;               /* of the command being dispatched */
 	enum sstate wait_from;         /* SS_LOOKUP_WAIT: the state to run it again in */
+
+	/* milters (milter.c, the "milters" block below): a stage waits for their
+	 * answer, then its handler runs again and goes on */
+	struct milter_client *mc;
+	bool milter_busy;
+	int milter_wait;               /* the stage asked, + 1 (0: none) */
+	int milter_passed;             /* the stage they let through, + 1 */
+	struct smtp_cmd milter_cmd;    /* its command (arg points into linebuf) */
+	char *milter_deny;             /* refused at connect: MAIL gets this reply */
+	char *milter_refusal;          /* a refused first BDAT: its chunk's reply */
+	char *hold_reason;             /* quarantined: the message goes to hold/ */
+	struct spool_edit *edit;       /* the filters' edits: committed in place of the stream */
+	struct milter_source milter_src;
+	unsigned port;                 /* the client's */
+	char macro_buf[512];
 };
 
 static void process_input(struct session *s);
@@ -132,6 +148,7 @@ static void session_close(struct session *s);
 static spool_stream_cb stream_resume;
 static spool_stream_done_cb stream_dropped;
 static void lookup_wait(struct session *s);
+static bool milter_hook(struct session *s, enum milter_stage st, struct smtp_cmd *c);
 
 static void
 reply(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -205,6 +222,11 @@ transaction_reset(struct session *s)
 		s->stream = NULL;
 	s->paused = false;
 	s->too_big = false;
+	free(s->hold_reason);
+	s->hold_reason = NULL;
+	spool_edit_free(s->edit);
+	s->edit = NULL;
+	milter_abort(s->mc);
 	if (s->state != SS_INIT && s->state != SS_CLOSING)
 		s->state = SS_READY;
 }
@@ -280,6 +302,8 @@ do_helo(struct session *s, struct smtp_cmd *c)
 		free(shown);
 		return;
 	}
+	if (milter_hook(s, MS_HELO, c))
+		return;
 	transaction_reset(s);
 	free(s->helo);
 	s->helo = helo_sanitize(c->arg, c->arglen);
@@ -374,6 +398,8 @@ do_mail(struct session *s, struct smtp_cmd *c)
 		reply_error(s, "452 4.3.1 Insufficient system storage");
 		return;
 	}
+	if (milter_hook(s, MS_MAIL, c))
+		return;
 	s->sender = xstrdup(buf);
 	/* the spool's one codec for them (lib/dsnparam.c) */
 	sp = c->params.dsn_mail;
@@ -453,6 +479,8 @@ do_rcpt(struct session *s, struct smtp_cmd *c)
 		return;
 	}
 	s->expanded += fanout;
+	if (milter_hook(s, MS_RCPT, c))
+		return;
 	s->rcpts = xrealloc(s->rcpts, (s->nrcpt + 1) * sizeof(*s->rcpts));
 	s->rcpt_canon = xrealloc(s->rcpt_canon, (s->nrcpt + 1) * sizeof(*s->rcpt_canon));
 	s->rcpt_canon[s->nrcpt] = xstrdup(canon.address);
@@ -540,7 +568,8 @@ content_start(struct session *s, bool raw)
 	struct spool_envelope env;
 	struct dstr head, received;
 
-	qid_next(s->id);
+	if (s->id[0] == '\0')          /* the milters were told one at MAIL */
+		qid_next(s->id);
 	/* the envelope is complete: the queue file starts now, and the content
 	 * streams into it as it comes */
 	env.arrival_usec = now_usec();
@@ -551,6 +580,7 @@ content_start(struct session *s, bool raw)
 	env.sender_params = s->sender_params;
 	env.rcpts = (const char **)s->rcpts;
 	env.nrcpt = s->nrcpt;
+	env.hold_reason = NULL;         /* a quarantine is an edit (milter_message_done) */
 	dstr_init(&head, 0);
 	spool_encode_head(&env, 0, &head);
 	s->stream = spool_stream_open(s->w->commit, s->id, &head, stream_resume, s);
@@ -570,6 +600,8 @@ content_start(struct session *s, bool raw)
 static void
 do_data(struct session *s, struct smtp_cmd *c)
 {
+	if (milter_hook(s, MS_DATA, c))
+		return;
 	content_start(s, false);
 	s->state = SS_DATA;
 	set_read_timeout(s, s->w->cf->smtpd_data_timeout);
@@ -589,6 +621,9 @@ static const char *out_of_state_text(struct session *s, enum smtp_verb v);
 static void
 do_bdat(struct session *s, struct smtp_cmd *c)
 {
+	/* the first chunk is DATA to the milters; it waits in the socket meanwhile */
+	if (s->state == SS_RCPT && milter_hook(s, MS_DATA, c))
+		return;
 	s->in_chunk = true;
 	s->chunk_size = s->chunk_left = c->chunk_size;
 	s->chunk_last = c->chunk_last;
@@ -1031,6 +1066,385 @@ dispatch(struct session *s, const char *line, size_t len)
 	verbs[cmd.verb].fn(s, &cmd);
 }
 
+/* ---- milters: the stages handed to milter.c, and what comes back ----
+ * A handler calls milter_hook() where it would accept the command: the
+ * session then waits (milter_busy: no input is taken, as during a commit)
+ * and on_milter() either sends the filters' refusal or runs the handler
+ * again, which then goes on past the hook (milter_passed). */
+
+static void end_of_data(struct session *s);
+static void greet(struct session *s);
+
+static const char *
+role_name(const struct session *s)
+{
+	return s->listener->spec.role == ROLE_MX ? "mx" :
+	       s->listener->spec.role == ROLE_SUBMISSION ? "submission" : "submissions";
+}
+
+/* The address of the MAIL or RCPT being asked about, else the sender's */
+static const char *
+macro_addr(struct session *s, enum milter_stage st)
+{
+	if (s->milter_wait == (int)st + 1) {
+		address_format(&s->milter_cmd.addr, s->macro_buf, sizeof(s->macro_buf));
+		return s->macro_buf;
+	}
+	return st == MS_MAIL ? s->sender : NULL;
+}
+
+/* Postfix's macros, from what the session knows (milter_*_macros say which
+ * go with which stage); NULL when it has no value. */
+static const char *
+session_macro(void *arg, const char *name)
+{
+	struct session *s = arg;
+	char *b = s->macro_buf;
+	size_t bl = sizeof(s->macro_buf);
+	SSL *ssl = s->tls ? bufferevent_openssl_get_ssl(s->bev) : NULL;
+	const char *a, *at;
+
+	if (strcmp(name, "j") == 0)
+		return s->w->cf->hostname;
+	if (strcmp(name, "v") == 0)
+		return "Sorter " PACKAGE_VERSION;
+	if (strcmp(name, "_") == 0) {
+		snprintf(b, bl, "unknown [%s]", s->addr);
+		return b;
+	}
+	if (strcmp(name, "daemon_name") == 0)
+		return role_name(s);
+	if (strcmp(name, "daemon_addr") == 0)
+		return s->listener->spec.host;
+	if (strcmp(name, "daemon_port") == 0)
+		return s->listener->spec.port;
+	if (strcmp(name, "client_addr") == 0)
+		return s->addr;
+	if (strcmp(name, "client_name") == 0 || strcmp(name, "client_ptr") == 0)
+		return "unknown";       /* no reverse lookups here */
+	if (strcmp(name, "client_port") == 0) {
+		snprintf(b, bl, "%u", s->port);
+		return b;
+	}
+	if (strcmp(name, "i") == 0)
+		return s->id[0] ? s->id : NULL;
+	if (strcmp(name, "auth_type") == 0)
+		return s->login ? s->auth_mech : NULL;
+	if (strcmp(name, "auth_authen") == 0)
+		return s->login;
+	if (ssl != NULL && strcmp(name, "tls_version") == 0)
+		return SSL_get_version(ssl);
+	if (ssl != NULL && strcmp(name, "cipher") == 0)
+		return SSL_get_cipher_name(ssl);
+	if (ssl != NULL && strcmp(name, "cipher_bits") == 0) {
+		snprintf(b, bl, "%d", SSL_get_cipher_bits(ssl, NULL));
+		return b;
+	}
+	if (strcmp(name, "mail_addr") == 0 || strcmp(name, "mail_host") == 0 ||
+	    strcmp(name, "rcpt_addr") == 0 || strcmp(name, "rcpt_host") == 0) {
+		a = macro_addr(s, name[0] == 'm' ? MS_MAIL : MS_RCPT);
+		if (a == NULL || strstr(name, "host") == NULL)
+			return a;
+		return (at = strrchr(a, '@')) != NULL ? at + 1 : NULL;
+	}
+	return NULL;
+}
+
+/* The milters read the message back from its spool file */
+static void
+content_read(void *arg, uint64_t off, size_t n, milter_read_done *done, void *done_arg)
+{
+	struct session *s = arg;
+
+	spool_stream_read(s->stream, off, n, done, done_arg);
+}
+
+static void on_milter(void *arg, const struct milter_result *r);
+
+/* The content is in its file: the milters can be shown it. */
+static void
+content_flushed(void *arg, int error)
+{
+	struct session *s = arg;
+
+	if (error != 0) {
+		struct milter_result r = { MILTER_TEMPFAIL, "451 4.3.0 Error: queue file write error",
+					   NULL, NULL, NULL, 0 };
+
+		msg_warn("%s: queue file write error: %s", s->id, strerror(error));
+		on_milter(s, &r);
+		return;
+	}
+	s->milter_src.read = content_read;
+	s->milter_src.len = spool_stream_content_len(s->stream);
+	s->milter_src.arg = s;
+	milter_message(s->mc, &s->milter_src,
+		       (size_t)s->w->cf->message_size_limit + MILTER_EDIT_ROOM, on_milter, s);
+}
+
+/* Hands stage st to the milters: true when the session now waits for them
+ * (the caller returns), false when there is nothing to ask (no milters, or
+ * they already let this command through). */
+static bool
+milter_hook(struct session *s, enum milter_stage st, struct smtp_cmd *c)
+{
+	char addr[ADDR_PATH_MAX + 8], argbuf[1024], *helo;
+	const char *args[33];
+
+	if (s->mc == NULL)
+		return false;
+	if (s->milter_passed == (int)st + 1) {
+		s->milter_passed = 0;
+		return false;
+	}
+	if (st == MS_MAIL && s->milter_deny != NULL) {
+		/* the connection was refused: every transaction is */
+		if (s->milter_deny[0] == '5')
+			reply_error(s, "%s", s->milter_deny);
+		else
+			reply(s, "%s", s->milter_deny);
+		return true;
+	}
+	if (c != NULL)
+		s->milter_cmd = *c;
+	s->milter_wait = (int)st + 1;
+	s->milter_busy = true;
+	switch (st) {
+	case MS_CONNECT:
+		milter_connect(s->mc, s->addr, strchr(s->addr, ':') ? AF_INET6 : AF_INET, s->port,
+			       on_milter, s);
+		break;
+	case MS_HELO:
+		helo = helo_sanitize(c->arg, c->arglen);
+		milter_helo(s->mc, helo, on_milter, s);
+		free(helo);
+		break;
+	case MS_MAIL:
+	case MS_RCPT:
+		if (st == MS_MAIL && s->id[0] == '\0')
+			qid_next(s->id);        /* macro i from MAIL on, as in Postfix */
+		address_format(&c->addr, addr, sizeof(addr));
+		milter_esmtp_args(c->arg, argbuf, sizeof(argbuf), args, 33);
+		(st == MS_MAIL ? milter_mail : milter_rcpt)(s->mc, addr, args, on_milter, s);
+		break;
+	case MS_DATA:
+		milter_data(s->mc, on_milter, s);
+		break;
+	default:
+		spool_stream_flush(s->stream, content_flushed);
+		break;
+	}
+	return true;
+}
+
+/* A recipient a filter adds is checked as an RCPT would be */
+static int
+milter_check_rcpt(void *arg, const char *addr, const char *milter)
+{
+	struct session *s = arg;
+	char why[512], e1[LOG_ESC_SIZE(ADDR_PATH_MAX + 8)];
+
+	switch (router_check_rcpt_flags(s->w->router, addr,
+	    str_has_8bit(s->sender) ? RCPT_SENDER_UTF8 : 0, why, sizeof(why))) {
+	case RCPT_ACCEPT:
+		return 0;
+	case RCPT_RELAY_DENIED:
+		if (s->login != NULL)
+			return 0;
+		snprintf(why, sizeof(why), "Relay access denied");
+		break;
+	case RCPT_TEMPFAIL:
+		msg_warn("%s: milter %s: added recipient <%s>: %s", s->id, milter,
+			 log_esc(addr, e1, sizeof(e1)), why);
+		return -1;
+	default:
+		break;
+	}
+	msg_info("%s: milter %s: added recipient <%s> refused: %s", s->id, milter,
+		 log_esc(addr, e1, sizeof(e1)), why);
+	return 1;
+}
+
+/* The end of the message: the filters' edits go into the content and the
+ * envelope, and the commit follows (end_of_data again). */
+static void
+milter_message_done(struct session *s, const struct milter_result *r)
+{
+	char why[512], from[LOG_ESC_SIZE(ADDR_PATH_MAX)];
+	struct milter_envelope env = {
+		&s->sender, &s->sender_params, &s->rcpts, &s->nrcpt, s->smtputf8,
+		(size_t)s->w->cf->smtpd_recipient_limit, milter_check_rcpt, s,
+	};
+	struct spool_envelope senv;
+	struct dstr prefix, body;
+	char addr[ADDR_PATH_MAX + 8];
+	bool new_body;
+	size_t i;
+	int rc;
+
+	log_esc(s->sender, from, sizeof(from));
+	if (r->verdict == MILTER_DISCARD) {
+		msg_info("%s: milter-discard: END-OF-MESSAGE from [%s]: milter %s triggers DISCARD "
+			 "action; from=<%s>", s->id, s->addr, r->milter, from);
+		goto accepted;
+	}
+	/* the recipients may change: their canonical forms are made again after */
+	for (i = 0; i < s->nrcpt; i++)
+		free(s->rcpt_canon[i]);
+	free(s->rcpt_canon);
+	s->rcpt_canon = NULL;
+	rc = milter_apply_envelope(r->mods, &env, why, sizeof(why));
+	s->rcpt_canon = xcalloc(s->nrcpt ? s->nrcpt : 1, sizeof(*s->rcpt_canon));
+	for (i = 0; i < s->nrcpt; i++) {
+		struct canon canon;
+		const char *cwhy;
+		size_t n = rcpt_addr_len(s->rcpts[i]);
+
+		snprintf(addr, sizeof(addr), "%.*s", (int)n, s->rcpts[i]);
+		if (router_canon(addr, NULL, NULL, &canon, &cwhy) < 0)
+			snprintf(canon.address, sizeof(canon.address), "%.*s", ADDR_PATH_MAX, addr);
+		s->rcpt_canon[i] = xstrdup(canon.address);
+	}
+	if (rc < 0) {
+		msg_warn("%s: %s", s->id, why + 1);
+		reply(s, why[0] == '4' ? "451 4.3.0 <%s>: Temporary lookup failure"
+				       : "451 4.7.1 Error: a mail filter sent a change that cannot "
+					 "be applied%s", "");
+		transaction_reset(s);
+		return;
+	}
+	if (s->nrcpt == 0) {
+		msg_info("%s: milter-discard: END-OF-MESSAGE from [%s]: the milters removed every "
+			 "recipient; from=<%s>", s->id, s->addr, from);
+		goto accepted;
+	}
+	if (r->mods->quarantine != NULL) {
+		s->hold_reason = xasprintf("milter %s: %s", r->mods->quarantine_by,
+					   r->mods->quarantine);
+		msg_info("%s: milter-hold: END-OF-MESSAGE from [%s]: %s; from=<%s>", s->id, s->addr,
+			 s->hold_reason, from);
+	}
+	if (milter_mods_any(r->mods)) {
+		/* the edited message is committed in place of the one streamed */
+		dstr_init(&prefix, 0);
+		dstr_init(&body, 0);
+		mhdrs_serialize(r->headers, &prefix);
+		new_body = milter_mods_take_body(r->mods, &body);
+		memset(&senv, 0, sizeof(senv));
+		senv.arrival_usec = now_usec();
+		senv.client = s->addr;
+		senv.helo = s->helo;
+		senv.proto = proto_name(s);
+		senv.sender = s->sender;
+		senv.sender_params = s->sender_params;
+		senv.rcpts = (const char **)s->rcpts;
+		senv.nrcpt = s->nrcpt;
+		senv.hold_reason = s->hold_reason;
+		spool_edit_free(s->edit);
+		s->edit = spool_edit_new(s->stream, &senv, &prefix, new_body ? &body : NULL,
+					 r->body_off);
+		dstr_free(&prefix);
+		dstr_free(&body);
+		if (spool_edit_content_len(s->edit) >
+		    (uint64_t)s->w->cf->message_size_limit + MILTER_EDIT_ROOM) {
+			msg_info("%s: reject: message from [%s]: the edited message exceeds "
+				 "message_size_limit", s->id, s->addr);
+			reply_error(s, "552 5.3.4 Error: message file too big");
+			atomic_fetch_add(&s->w->ctr->rejected, 1);
+			transaction_reset(s);
+			return;
+		}
+	}
+	s->milter_passed = MS_EOM + 1;
+	end_of_data(s);
+	s->milter_passed = 0;
+	return;
+
+accepted:
+	/* the client is told it was taken: it was, and went nowhere */
+	reply(s, "250 2.0.0 Ok: queued as %s", s->id);
+	s->n_msgs++;
+	s->junk = 0;
+	transaction_reset(s);
+}
+
+static void
+on_milter(void *arg, const struct milter_result *r)
+{
+	struct session *s = arg;
+	enum milter_stage st = (enum milter_stage)(s->milter_wait - 1);
+	char from[LOG_ESC_SIZE(ADDR_PATH_MAX)] = "", to[LOG_ESC_SIZE(ADDR_PATH_MAX)] = "";
+	char addr[ADDR_PATH_MAX + 8];
+
+	s->milter_busy = false;
+	if (s->state == SS_CLOSING) {
+		s->milter_wait = 0;
+		return;                 /* a 421 went out meanwhile */
+	}
+	if (st == MS_EOM) {
+		s->milter_wait = 0;
+		if (r->verdict == MILTER_CONTINUE || r->verdict == MILTER_DISCARD)
+			milter_message_done(s, r);
+	} else if (st == MS_CONNECT) {
+		s->milter_wait = 0;
+		if (r->verdict == MILTER_REJECT || r->verdict == MILTER_TEMPFAIL) {
+			msg_info("NOQUEUE: milter-reject: CONNECT from [%s]: %s (milter %s)", s->addr,
+				 r->reply, r->milter);
+			s->milter_deny = xstrdup(r->reply);
+		}
+		greet(s);
+	} else if (r->verdict == MILTER_CONTINUE) {
+		s->milter_passed = (int)st + 1;
+		/* the handler again, past its hook this time; the macros no longer
+		 * need the pending command */
+		s->milter_wait = 0;
+		verbs[s->milter_cmd.verb].fn(s, &s->milter_cmd);
+		/* spent, even if the handler refused the command for a reason of
+		 * its own: the next command is asked about again; unless the
+		 * command waits for a map lookup and will run once more */
+		if (s->state != SS_LOOKUP_WAIT)
+			s->milter_passed = 0;
+	}
+	if (r->verdict == MILTER_REJECT || r->verdict == MILTER_TEMPFAIL) {
+		if (st != MS_CONNECT) {
+			if (st == MS_MAIL || st == MS_RCPT)
+				address_format(&s->milter_cmd.addr, addr, sizeof(addr));
+			if (s->sender != NULL)
+				log_esc(s->sender, from, sizeof(from));
+			else if (st == MS_MAIL)
+				log_esc(addr, from, sizeof(from));
+			if (st == MS_RCPT)
+				log_esc(addr, to, sizeof(to));
+			msg_info("%s: milter-reject: %s from [%s]: %s (milter %s); from=<%s>%s%s%s",
+				 s->id[0] ? s->id : "NOQUEUE", milter_stage_name(st), s->addr, r->reply,
+				 r->milter ? r->milter : "-", from, to[0] ? " to=<" : "", to,
+				 to[0] ? ">" : "");
+			s->milter_wait = 0;
+			if (st == MS_DATA && s->milter_cmd.verb == VERB_BDAT) {
+				/* the chunk comes anyway: it is read and dropped, and
+				 * this is its reply (end_of_chunk) */
+				free(s->milter_refusal);
+				s->milter_refusal = xstrdup(r->reply);
+				s->in_chunk = true;
+				s->chunk_size = s->chunk_left = s->milter_cmd.chunk_size;
+				s->chunk_last = s->milter_cmd.chunk_last;
+				s->chunk_refused = s->milter_refusal;
+				if (s->chunk_left > 0)
+					set_read_timeout(s, s->w->cf->smtpd_data_timeout);
+			} else if (r->reply[0] == '5') {
+				reply_error(s, "%s", r->reply);
+			} else {
+				reply(s, "%s", r->reply);
+			}
+			if (st == MS_EOM) {
+				atomic_fetch_add(&s->w->ctr->rejected, 1);
+				transaction_reset(s);
+			}
+		}
+	}
+	process_input(s);
+}
+
 /* ---- end of data and the commit ---- */
 
 /* An aborted message's file is gone: nothing to tell anybody. */
@@ -1069,7 +1483,8 @@ commit_done(void *arg, int error)
 			 s->login ? ", sasl_username=" : "", user);
 		atomic_fetch_add(&s->w->ctr->messages_in, 1);
 		metrics_message_accepted((int)(s->listener - s->w->ls), s->msg_size);
-		qmgr_wake(s->w->cf->spool_dir, &s->w->wake_fd, s->id);
+		if (s->hold_reason == NULL)     /* a quarantined message waits in hold/ */
+			qmgr_wake(s->w->cf->spool_dir, &s->w->wake_fd, s->id);
 		if (s->gone)
 			msg_info("%s: client [%s] left before the reply", s->id, s->addr);
 		else {
@@ -1117,9 +1532,18 @@ end_of_data(struct session *s)
 		transaction_reset(s);
 		return;
 	}
+	if (milter_hook(s, MS_EOM, NULL))
+		return;
 	s->state = SS_COMMIT;
 	s->committing = true;
 	s->paused = false;
+	if (s->edit != NULL) {
+		/* the filters changed it: the edited message is committed instead */
+		s->msg_size = spool_edit_content_len(s->edit);
+		spool_stream_commit_edited(s->stream, s->edit, commit_done);
+		s->edit = NULL;         /* the stream owns it now */
+		return;
+	}
 	s->msg_size = spool_stream_content_len(s->stream);
 	spool_stream_commit(s->stream, commit_done);
 }
@@ -1287,7 +1711,7 @@ process_input(struct session *s)
 
 	for (;;) {
 		if (s->state == SS_COMMIT || s->state == SS_AUTH_WAIT || s->state == SS_CLOSING ||
-		    s->state == SS_LOOKUP_WAIT || s->paused)
+		    s->state == SS_LOOKUP_WAIT || s->paused || s->milter_busy)
 			return;
 		if (evbuffer_get_length(out) > PIPELINE_OUTPUT_MAX)
 			return;         /* on_write resumes once the client reads */
@@ -1490,6 +1914,11 @@ on_event(struct bufferevent *bev, short what, void *arg)
 		}
 		return;
 	}
+	if ((what & BEV_EVENT_TIMEOUT) && s->milter_busy) {
+		/* the client waits for the milters, whose own timeouts bound that */
+		bufferevent_enable(bev, EV_READ);
+		return;
+	}
 	if (what & BEV_EVENT_TIMEOUT) {
 		msg_info("timeout after %s from [%s]", s->state == SS_DATA ? "DATA" :
 			 s->in_chunk ? "BDAT" : "command", s->addr);
@@ -1553,18 +1982,19 @@ session_start(struct worker *w, int fd, const struct sockaddr *sa, socklen_t sal
 	      const struct listener *l, int table_slot)
 {
 	struct session *s = xcalloc(1, sizeof(*s));
-	char buf[256];
 
 	s->w = w;
 	s->listener = l;
 	s->table_slot = table_slot;
 	s->state = SS_INIT;
 	s->linebuf = xmalloc((size_t)w->cf->smtpd_line_limit + 1);
-	if (sa->sa_family == AF_INET)
+	if (sa->sa_family == AF_INET) {
 		inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, s->addr, sizeof(s->addr));
-	else if (sa->sa_family == AF_INET6)
+		s->port = ntohs(((const struct sockaddr_in *)sa)->sin_port);
+	} else if (sa->sa_family == AF_INET6) {
 		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, s->addr, sizeof(s->addr));
-	else
+		s->port = ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
+	} else
 		snprintf(s->addr, sizeof(s->addr), "unknown");
 	s->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
 	if (s->bev == NULL) {
@@ -1601,9 +2031,17 @@ session_start(struct worker *w, int fd, const struct sockaddr *sa, socklen_t sal
 			return;
 		}
 	}
-	snprintf(buf, sizeof(buf), "220 %s ESMTP Sorter", w->cf->hostname);
-	reply(s, "%s", buf);
 	(void)salen;
+	s->mc = milter_client_new(w->base, w->milters, l, session_macro, s);
+	if (milter_hook(s, MS_CONNECT, NULL))
+		return;         /* greeted once the milters have seen the connection */
+	greet(s);
+}
+
+static void
+greet(struct session *s)
+{
+	reply(s, "220 %s ESMTP Sorter", s->w->cf->hostname);
 }
 
 static void
@@ -1618,6 +2056,10 @@ session_close(struct session *s)
 	}
 	msg_info("disconnect from [%s] messages=%u", s->addr, s->n_msgs);
 	transaction_reset(s);
+	milter_client_free(s->mc);      /* a stage in progress is dropped */
+	s->mc = NULL;
+	free(s->milter_deny);
+	free(s->milter_refusal);
 	if (s->flush_ev) {
 		evbuffer_remove_cb(bufferevent_get_output(bufferevent_get_underlying(s->bev)),
 				   on_tls_output, s);

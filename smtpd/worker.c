@@ -43,6 +43,7 @@
 #include "queue/queue.h"
 #include "router/router.h"
 #include "smtpd/auth.h"
+#include "smtpd/milter.h"
 #include "smtpd/session.h"
 #include "smtpd/smtpd.h"
 
@@ -457,6 +458,7 @@ worker_main(struct config *cf, struct listener *ls, size_t nls, struct session_t
 	w.waiter = map_waiter_new(w.base, on_lookup_answer, &w);
 	router_set_wakeup(w.router, map_waiter_fd(w.waiter));
 	auth_set_wakeup(w.auth, map_waiter_fd(w.waiter));
+	w.milters = milter_conf_new(cf, ls, nls);
 	w.lev = xcalloc(nls, sizeof(*w.lev));
 	for (i = 0; i < nls; i++) {
 		ls[i].owner = &w;
@@ -482,6 +484,7 @@ worker_main(struct config *cf, struct listener *ls, size_t nls, struct session_t
 	auth_set_wakeup(w.auth, -1);
 	map_waiter_free(w.waiter);
 	auth_free(w.auth);
+	milter_conf_free(w.milters);
 	for (i = 0; i < nls; i++)
 		event_free(w.lev[i]);
 	free(w.lev);

@@ -182,11 +182,14 @@ class ConfigCheckTest(SorterTestCase):
             ("workers = 16\n", 6),
             ("workers = 64\n", 6),
             # features that do not exist yet are refused, never silently accepted
-            ("smtpd_milters = inet:127.0.0.1:8891\n", 6),
-            ("milter_default_action = tempfail\n", 6),
-            ("listen = 127.0.0.1:2526 mx milters=inet:127.0.0.1:8891\n", 6),
+            ("metrics_listen = 127.0.0.1:9155\n", 6),
             # a PROXY listener without the proxies it may trust
             ("listen = 127.0.0.1:2526 mx proxy=yes\n", 6),
+            # milters the client could not reach without a lookup, or do not parse
+            ("smtpd_milters = inet:localhost:8891\n", 6),
+            ("milter_default_action = bounce\n", 6),
+            ("listen = 127.0.0.1:2526 mx milters=tcp:127.0.0.1:8891\n", 6),
+            ("milter_connect_macros = j {not a macro}\n", 6),
         ]
         for i, (extra, line) in enumerate(table):
             with self.subTest(extra=extra):

@@ -170,10 +170,14 @@ class ProxyTest(SorterTestCase):
         rc, out = check_config(build_dir(), s.conf_path)
         self.assertEqual(rc, 1, out)
         self.assertIn("proxy: 'maybe' is not yes or no", out)
-        s.write_config(listen="127.0.0.1:%d mx milters=inet:127.0.0.1:1" % s.port)
+        # beside milters= (test_milter.py)
+        s.write_config(listen="127.0.0.1:%d mx proxy=yes milters=inet:localhost:1" % s.port)
         rc, out = check_config(build_dir(), s.conf_path)
         self.assertEqual(rc, 1, out)
-        self.assertIn("listener option 'milters=inet:127.0.0.1:1' is not supported", out)
+        self.assertIn("milter 'inet:localhost:1': the host must be a numeric address", out)
+        s.write_config(listen="127.0.0.1:%d mx proxy=yes milters=inet:127.0.0.1:1" % s.port)
+        rc, out = check_config(build_dir(), s.conf_path)
+        self.assertEqual(rc, 0, out)
 
 
 if __name__ == "__main__":

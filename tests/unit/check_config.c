@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "lib/lib.h"
@@ -246,10 +247,9 @@ static const struct errcase errcases[] = {
 	{ "listen = 127.0.0.1:25 mx extra",
 	  "t.conf:1: listen: listener option 'extra' is not supported" },
 	/* features that do not exist yet are refused, never silently accepted */
-	{ "listen = 127.0.0.1:25 mx milters=inet:127.0.0.1:8891",
-	  "t.conf:1: listen: listener option 'milters=inet:127.0.0.1:8891' is not supported" },
 	{ "listen = 127.0.0.1:25 mx proxy=yes milters=x",
-	  "t.conf:1: listen: listener option 'milters=x' is not supported" },
+	  "t.conf:1: listen: milters=: milter 'x' is not inet:HOST:PORT, inet6:[ADDRESS]:PORT or "
+	  "unix:PATH" },
 	/* PROXY protocol: only from proxy_networks, so those must be given */
 	{ "listen = 127.0.0.1:25 mx proxy=yes",
 	  "t.conf:1: listen: proxy=yes needs proxy_networks, the proxies allowed to send the header" },
@@ -262,9 +262,6 @@ static const struct errcase errcases[] = {
 	{ "proxy_networks = 127.0.0.1/33", "t.conf:1: proxy_networks: '127.0.0.1/33' is not ADDRESS "
 	  "or ADDRESS/BITS" },
 	{ "smtpd_proxy_timeout = 0", "t.conf:1: smtpd_proxy_timeout: 0 is below the minimum 1" },
-	{ "smtpd_milters = inet:127.0.0.1:8891", "t.conf:1: unknown parameter 'smtpd_milters'" },
-	{ "milter_default_action = tempfail",
-	  "t.conf:1: unknown parameter 'milter_default_action'" },
 	{ "metrics_listen = localhost:9155",
 	  "t.conf:1: metrics_listen: 'localhost' is not a numeric IPv4 address" },
 	{ "metrics_listen = 127.0.0.1:0",
@@ -274,6 +271,48 @@ static const struct errcase errcases[] = {
 	{ "metrics_listen = [::1",
 	  "t.conf:1: metrics_listen: '[::1' is not HOST:PORT, [IPv6]:PORT or PORT" },
 	{ "metrics_listen =", "t.conf:1: metrics_listen: missing value" },
+	{ "listen = 127.0.0.1:25 mx milters=unix:/m proxy=maybe",
+	  "t.conf:1: listen: proxy: 'maybe' is not yes or no" },
+	{ "listen = 127.0.0.1:25 mx milters=unix:/m other=1",
+	  "t.conf:1: listen: listener option 'other=1' is not supported" },
+	/* milters: endpoints the client can connect to without a lookup */
+	{ "listen = 127.0.0.1:25 mx milters=inet:127.0.0.1:1 milters=unix:/m",
+	  "t.conf:1: listen: listener option milters= given twice" },
+	{ "listen = 127.0.0.1:25 mx milters=inet:localhost:8891",
+	  "t.conf:1: listen: milters=: milter 'inet:localhost:8891': the host must be a numeric "
+	  "address" },
+	{ "\nsmtpd_milters = inet:localhost:8891",
+	  "t.conf:2: smtpd_milters: milter 'inet:localhost:8891': the host must be a numeric "
+	  "address" },
+	{ "smtpd_milters = inet:127.0.0.1", "t.conf:1: smtpd_milters: milter 'inet:127.0.0.1' is "
+	  "not inet:HOST:PORT" },
+	{ "smtpd_milters = inet:127.0.0.1:0", "t.conf:1: smtpd_milters: milter 'inet:127.0.0.1:0': "
+	  "the port is not a number in 1..65535" },
+	{ "smtpd_milters = inet:[::1:25", "t.conf:1: smtpd_milters: milter 'inet:[::1:25' is not "
+	  "inet:[ADDRESS]:PORT" },
+	{ "smtpd_milters = inet6:127.0.0.1:25", "t.conf:1: smtpd_milters: milter "
+	  "'inet6:127.0.0.1:25': the host must be a numeric address" },
+	{ "smtpd_milters = unix:milter.sock", "t.conf:1: smtpd_milters: milter 'unix:milter.sock': "
+	  "the socket path must be absolute" },
+	{ "smtpd_milters = tcp:1.2.3.4:5", "t.conf:1: smtpd_milters: milter 'tcp:1.2.3.4:5' is not "
+	  "inet:HOST:PORT, inet6:[ADDRESS]:PORT or unix:PATH" },
+	{ "smtpd_milters = { inet:127.0.0.1:1, default_action=bounce }", "t.conf:1: smtpd_milters: "
+	  "milter option 'default_action=bounce': not tempfail, accept or reject" },
+	{ "smtpd_milters = { inet:127.0.0.1:1, command_timeout=2h }", "t.conf:1: smtpd_milters: "
+	  "milter option 'command_timeout=2h': a time in 1s..1h" },
+	{ "smtpd_milters = { inet:127.0.0.1:1, protocol=6 }", "t.conf:1: smtpd_milters: unknown "
+	  "milter option 'protocol=6' (connect_timeout, command_timeout, content_timeout, "
+	  "default_action)" },
+	{ "smtpd_milters = { inet:127.0.0.1:1", "t.conf:1: smtpd_milters: milter "
+	  "'{ inet:127.0.0.1:1': no closing '}'" },
+	{ "smtpd_milters = { }", "t.conf:1: smtpd_milters: milter '{}' names no endpoint" },
+	{ "milter_default_action = bounce",
+	  "t.conf:1: milter_default_action: 'bounce' is not tempfail or accept or reject" },
+	{ "milter_command_timeout = 0", "t.conf:1: milter_command_timeout: 0 is below the minimum 1" },
+	{ "\n\nmilter_rcpt_macros = i {rcpt_addr} {bad name}",
+	  "t.conf:3: milter_rcpt_macros: '{bad' is not a macro name (one character, or {name})" },
+	{ "milter_mail_macros = {}", "t.conf:1: milter_mail_macros: '{}' is not a macro name (one "
+	  "character, or {name})" },
 	{ "listen = 127.0.0.1:25\nlisten = 127.0.0.1:0025 submission",
 	  "t.conf:2: listen: 127.0.0.1:25 is given twice" },
 	{ "listen = [::1]:25\nlisten = [0:0::1]:25", "t.conf:2: listen: [::1]:25 is given twice" },
@@ -537,6 +576,82 @@ START_TEST(test_listen)
 	ck_assert_uint_eq(cf->proxy_networks[0].bits, 128);
 	ck_assert_int_eq(cf->smtpd_proxy_timeout, 5);
 	config_free(cf);
+
+	/* milters=: this listener's own list; empty = none, absent = smtpd_milters */
+	cf = parse("listen = 127.0.0.1:25 mx milters=inet:127.0.0.1:8891,unix:/run/m.sock\n"
+		   "listen = 127.0.0.1:26 mx\tmilters=\n"
+		   "listen = 127.0.0.1:27 mx\n"
+		   "listen = 127.0.0.1:28 milters={inet:[::1]:1,default_action=accept}\n",
+		   err, sizeof(err));
+	ck_assert_msg(cf != NULL, "%s", err);
+	ck_assert_str_eq(cf->listen[0].milters, "inet:127.0.0.1:8891,unix:/run/m.sock");
+	ck_assert_str_eq(cf->listen[1].milters, "");
+	ck_assert_ptr_null(cf->listen[2].milters);
+	ck_assert_int_eq(cf->listen[3].role, ROLE_MX);
+	ck_assert_str_eq(cf->listen[3].milters, "{inet:[::1]:1,default_action=accept}");
+	config_free(cf);
+}
+END_TEST
+
+/* ---- milter endpoint lists (lib/milterspec.c) ---- */
+
+START_TEST(test_milter_specs)
+{
+	struct milter_spec *v;
+	char why[256];
+	size_t n;
+
+	ck_assert_int_eq(milter_specs_parse("inet:127.0.0.1:8891, inet:[::1]:10 unix:/run/a.sock,"
+					    "inet:8892@127.0.0.2 inet6:[0:0::1]:9 local:/b",
+					    &v, &n, why, sizeof(why)), 0);
+	ck_assert_uint_eq(n, 6);
+	ck_assert_int_eq(v[0].family, AF_INET);
+	ck_assert_str_eq(v[0].host, "127.0.0.1");
+	ck_assert_str_eq(v[0].port, "8891");
+	ck_assert_str_eq(v[0].name, "inet:127.0.0.1:8891");
+	ck_assert_int_eq(v[0].default_action, -1);
+	ck_assert_int_eq(v[0].command_timeout, 0);
+	ck_assert_int_eq(v[1].family, AF_INET6);
+	ck_assert_str_eq(v[1].host, "::1");
+	ck_assert_int_eq(v[2].family, AF_UNIX);
+	ck_assert_str_eq(v[2].path, "/run/a.sock");
+	ck_assert_str_eq(v[3].host, "127.0.0.2");
+	ck_assert_str_eq(v[3].port, "8892");
+	ck_assert_int_eq(v[4].family, AF_INET6);
+	ck_assert_str_eq(v[4].host, "::1");
+	ck_assert_str_eq(v[5].path, "/b");
+	milter_specs_free(v, n);
+
+	ck_assert_int_eq(milter_specs_parse("{ inet:127.0.0.1:1, connect_timeout=5s, "
+					    "command_timeout=2m, content_timeout=1h, "
+					    "default_action=accept }, {unix:/x,default_action=reject}",
+					    &v, &n, why, sizeof(why)), 0);
+	ck_assert_uint_eq(n, 2);
+	ck_assert_int_eq(v[0].connect_timeout, 5);
+	ck_assert_int_eq(v[0].command_timeout, 120);
+	ck_assert_int_eq(v[0].content_timeout, 3600);
+	ck_assert_int_eq(v[0].default_action, MILTER_ACT_ACCEPT);
+	ck_assert_int_eq(v[1].default_action, MILTER_ACT_REJECT);
+	milter_specs_free(v, n);
+
+	ck_assert_int_eq(milter_specs_parse("", &v, &n, why, sizeof(why)), 0);
+	ck_assert_uint_eq(n, 0);
+	milter_specs_free(v, n);
+	ck_assert_int_eq(milter_specs_parse(NULL, &v, &n, why, sizeof(why)), 0);
+	ck_assert_uint_eq(n, 0);
+	/* an error after good entries frees them */
+	ck_assert_int_eq(milter_specs_parse("unix:/a {unix:/b,connect_timeout=x}", &v, &n, why,
+					    sizeof(why)), -1);
+	ck_assert_ptr_null(v);
+	ck_assert_int_eq(milter_specs_parse("unix:/a}", &v, &n, why, sizeof(why)), -1);
+
+	ck_assert(milter_macro_name_ok("j", 1));
+	ck_assert(milter_macro_name_ok("{daemon_name}", 13));
+	ck_assert(!milter_macro_name_ok("{}", 2));
+	ck_assert(!milter_macro_name_ok("{a b}", 5));
+	ck_assert(!milter_macro_name_ok("ab", 2));
+	ck_assert_int_eq(milter_macros_check("j, {a} _ v", why, sizeof(why)), 0);
+	ck_assert_int_eq(milter_macros_check("", why, sizeof(why)), 0);
 }
 END_TEST
 
@@ -711,6 +826,11 @@ static const struct {
 	{ "smtpd_max_sessions = 100000\nio_threads = 256\n", 200000 + 256 + 1 + 64 },
 	{ "listen = 127.0.0.1:25 mx\nlisten = 127.0.0.1:2525 mx\n"
 	  "smtpd_max_sessions = 10\n", 20 + 16 + 2 + 64 },
+	/* one more per milter of the listener with the most */
+	{ "smtpd_milters = unix:/a unix:/b\nlisten = 127.0.0.1:25 mx milters=unix:/c\n"
+	  "listen = 127.0.0.1:2525 mx\nsmtpd_max_sessions = 10\n", 40 + 16 + 2 + 64 },
+	{ "smtpd_milters = unix:/a\nlisten = 127.0.0.1:25 mx milters=unix:/c,unix:/d,unix:/e\n"
+	  "smtpd_max_sessions = 10\n", 50 + 16 + 1 + 64 },
 };
 
 START_TEST(test_fd_need)
@@ -738,6 +858,7 @@ config_suite(void)
 	tcase_add_test(tc, test_metrics_listen);
 	tcase_add_test(tc, test_local_domains);
 	tcase_add_test(tc, test_listen);
+	tcase_add_test(tc, test_milter_specs);
 	tcase_add_test(tc, test_long_lines_and_nul);
 	tcase_add_test(tc, test_err_buffer);
 	tcase_add_test(tc, test_load_file);

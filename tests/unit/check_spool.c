@@ -75,6 +75,7 @@ build(const struct env_case *c, uint64_t arrival, const char *body, size_t bodyl
 	env.sender_params = c->sender_params;
 	env.rcpts = (const char **)c->rcpts;
 	env.nrcpt = nrcpts(c);
+	env.hold_reason = NULL;
 	dstr_init(out, 0);
 	spool_encode_head(&env, bodylen, out);
 	dstr_append(out, body, bodylen);
@@ -174,6 +175,41 @@ START_TEST(test_exact_bytes)
 	build(c, 42, "hi", 2, &d);
 	ck_assert_uint_eq(d.len, sizeof(want) - 1);
 	ck_assert_mem_eq(d.s, want, sizeof(want) - 1);
+	dstr_free(&d);
+}
+END_TEST
+
+/* A message quarantined as it arrived carries why (SPOOL_REC_HOLD) before
+ * its recipients; without one the record is absent and reads back NULL. */
+START_TEST(test_hold_reason)
+{
+	const char *rcpts[] = { "bob@example.test" };
+	struct spool_envelope env = {
+		.arrival_usec = 7, .client = "127.0.0.1", .helo = "h", .proto = "ESMTP",
+		.sender = "a@b.test", .rcpts = rcpts, .nrcpt = 1,
+		.hold_reason = "milter inet:127.0.0.1:1: looks like spam",
+	};
+	unsigned char end[SPOOL_REC_HDR];
+	struct spool_msg m;
+	struct dstr d;
+	char err[256];
+
+	dstr_init(&d, 0);
+	spool_encode_head(&env, 2, &d);
+	dstr_append(&d, "hi", 2);
+	spool_encode_end(end);
+	dstr_append(&d, end, sizeof(end));
+	ck_assert_ptr_nonnull(memmem(d.s, d.len, "Q\0\0\0\050milter", 11));
+	ck_assert_msg(parse_dstr(&d, &m, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_str_eq(m.hold_reason, "milter inet:127.0.0.1:1: looks like spam");
+	ck_assert_uint_eq(m.nrcpt, 1);
+	spool_msg_free(&m);
+	dstr_free(&d);
+
+	build_default(&d);
+	ck_assert_msg(parse_dstr(&d, &m, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_ptr_null(m.hold_reason);
+	spool_msg_free(&m);
 	dstr_free(&d);
 }
 END_TEST
@@ -344,9 +380,9 @@ START_TEST(test_unknown_type)
 	build_default(&d);
 	off = rec_offset(&d, 2);   /* the client record */
 	ck_assert_int_eq(d.s[off], 'C');
-	d.s[off] = 'Q';
+	d.s[off] = 'Z';
 	ck_assert_int_eq(parse_dstr(&d, &m, err, sizeof(err)), -1);
-	snprintf(want, sizeof(want), "unknown record type 0x51 at offset %zu", off);
+	snprintf(want, sizeof(want), "unknown record type 0x5a at offset %zu", off);
 	ck_assert_str_eq(err, want);
 	d.s[off] = 'r';   /* type letters are case-sensitive */
 	ck_assert_int_eq(parse_dstr(&d, &m, err, sizeof(err)), -1);
@@ -860,6 +896,7 @@ spool_suite(void)
 
 	tcase_add_loop_test(tc, test_roundtrip, 0, sizeof(env_cases) / sizeof(env_cases[0]));
 	tcase_add_test(tc, test_exact_bytes);
+	tcase_add_test(tc, test_hold_reason);
 	tcase_add_test(tc, test_empty_content_and_large_length);
 	tcase_add_test(tc, test_rcpt_states);
 	tcase_add_test(tc, test_every_truncation);

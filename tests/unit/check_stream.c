@@ -3,7 +3,9 @@
  * message written in pieces as it arrives, with the writer's back-pressure
  * obeyed, commits to a file in incoming/ that the one queue-file reader
  * parses back byte for byte; an aborted one leaves nothing behind; the
- * buffers stay bounded whatever the message's size.
+ * buffers stay bounded whatever the message's size. For milters: a stream
+ * flushed and read back, then committed as an edited message, into hold/
+ * for a quarantine.
  */
 #include "config.h"
 
@@ -190,6 +192,145 @@ START_TEST(test_abort)
 }
 END_TEST
 
+/* ---- read back and committed edited (milters) ---- */
+
+struct rd {
+	struct event_base *base;
+	bool done;
+	ssize_t got;
+	unsigned char buf[70000];
+};
+
+static void
+on_read(void *arg, const void *data, ssize_t got)
+{
+	struct rd *r = arg;
+
+	r->done = true;
+	r->got = got;
+	if (got > 0)
+		memcpy(r->buf, data, (size_t)got);
+	event_base_loopbreak(r->base);
+}
+
+static void
+read_at(struct spool_stream *st, struct rd *r, uint64_t off, size_t n)
+{
+	r->done = false;
+	spool_stream_read(st, off, n, on_read, r);
+	while (!r->done)
+		event_base_loop(r->base, EVLOOP_ONCE);
+}
+
+/* A stream flushed, read back in pieces, then committed as an edited
+ * message: its new envelope, new header section and the original body
+ * (copied from the first file) or a new one; into hold/ with a reason. */
+static void
+check_edit(bool new_body, const char *hold)
+{
+	struct ctx c = { 0 };
+	struct rd *r = xcalloc(1, sizeof(*r));
+	struct commit_pool *p;
+	struct spool_stream *st;
+	struct spool_edit *e;
+	struct spool_file f;
+	struct dstr h, prefix, body;
+	const char *rcpts[] = { "bob@example.test", "carol@example.test" };
+	struct spool_envelope env = {
+		.arrival_usec = 1700000000000001ull, .client = "127.0.0.1", .helo = "c.test",
+		.proto = "ESMTP", .sender = "new@remote.test", .rcpts = rcpts, .nrcpt = 2,
+		.hold_reason = hold,
+	};
+	static const char hdrs[] = "Subject: old\r\nX-Drop: 1\r\n\r\n";
+	char id[QID_LEN + 1], path[256], err[256];
+	unsigned char *content;
+	size_t total = 200000, i, n;
+
+	c.base = r->base = event_base_new();
+	p = commit_pool_create(c.base, spool, 2);
+	content = xmalloc(total);
+	memcpy(content, hdrs, sizeof(hdrs) - 1);
+	for (i = sizeof(hdrs) - 1; i < total; i++)
+		content[i] = (unsigned char)("0123456789abcdef\r\n"[(i * 5) % 18]);
+	qid_next(id);
+	head(&h);
+	st = spool_stream_open(p, id, &h, on_resume, &c);
+	dstr_free(&h);
+	for (i = 0; i < total; i += n) {
+		n = total - i < 7000 ? total - i : 7000;
+		if (spool_stream_write(st, content + i, n)) {
+			c.resumed = false;
+			while (!c.resumed)
+				event_base_loop(c.base, EVLOOP_ONCE);
+		}
+	}
+	c.done = false;
+	spool_stream_flush(st, on_done);
+	while (!c.done)
+		event_base_loop(c.base, EVLOOP_ONCE);
+	ck_assert_int_eq(c.error, 0);
+	/* read back: the start, a middle piece, the end, past the end */
+	read_at(st, r, 0, 100);
+	ck_assert_int_eq(r->got, 100);
+	ck_assert(memcmp(r->buf, content, 100) == 0);
+	read_at(st, r, 123456, 65535);
+	ck_assert_int_eq(r->got, 65535);
+	ck_assert(memcmp(r->buf, content + 123456, 65535) == 0);
+	read_at(st, r, total - 10, 65535);
+	ck_assert_int_eq(r->got, 10);
+	read_at(st, r, total, 100);
+	ck_assert_int_eq(r->got, 0);
+
+	dstr_init(&prefix, 0);
+	dstr_append(&prefix, "Subject: new\r\n\r\n", 16);
+	dstr_init(&body, 0);
+	dstr_append(&body, "a new body\r\n", 12);
+	e = spool_edit_new(st, &env, &prefix, new_body ? &body : NULL, sizeof(hdrs) - 1);
+	ck_assert_uint_eq(spool_edit_content_len(e),
+			  16 + (new_body ? 12 : total - (sizeof(hdrs) - 1)));
+	c.done = false;
+	spool_stream_commit_edited(st, e, on_done);
+	while (!c.done)
+		event_base_loop(c.base, EVLOOP_ONCE);
+	ck_assert_int_eq(c.error, 0);
+	ck_assert_uint_eq(count("tmp"), 0);
+	ck_assert_uint_eq(count(hold ? "hold" : "incoming"), 1);
+	ck_assert_uint_eq(count(hold ? "incoming" : "hold"), 0);
+	snprintf(path, sizeof(path), "%s/%s/%s", spool, hold ? "hold" : "incoming", id);
+	ck_assert_msg(spool_load(path, NULL, &f, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_str_eq(f.m.sender, "new@remote.test");
+	ck_assert_uint_eq(f.m.nrcpt, 2);
+	if (hold)
+		ck_assert_str_eq(f.m.hold_reason, hold);
+	else
+		ck_assert_ptr_null(f.m.hold_reason);
+	ck_assert(memcmp(f.image + f.m.content_offset, "Subject: new\r\n\r\n", 16) == 0);
+	if (new_body) {
+		ck_assert_uint_eq(f.m.content_len, 28);
+		ck_assert(memcmp(f.image + f.m.content_offset + 16, "a new body\r\n", 12) == 0);
+	} else {
+		ck_assert_uint_eq(f.m.content_len, 16 + total - (sizeof(hdrs) - 1));
+		ck_assert(memcmp(f.image + f.m.content_offset + 16, content + sizeof(hdrs) - 1,
+				 total - (sizeof(hdrs) - 1)) == 0);
+	}
+	spool_file_free(&f);
+	unlink(path);
+	dstr_free(&prefix);
+	dstr_free(&body);
+	free(content);
+	commit_pool_destroy(p);
+	event_base_free(c.base);
+	free(r);
+}
+
+START_TEST(test_edit)
+{
+	check_edit(false, NULL);
+	check_edit(true, NULL);
+	check_edit(false, "milter inet:127.0.0.1:1: spam");
+}
+END_TEST
+
 static Suite *
 stream_suite(void)
 {
@@ -200,6 +341,7 @@ stream_suite(void)
 	tcase_set_timeout(tc, 60);
 	tcase_add_loop_test(tc, test_sizes, 0, 8);
 	tcase_add_test(tc, test_abort);
+	tcase_add_test(tc, test_edit);
 	suite_add_tcase(s, tc);
 	return s;
 }
