@@ -603,9 +603,11 @@ class KillQmgrTest(DeliveryTestCase):
                  if any(p != (where[acked[t]].name, acked[t]) for p in seen[t])}
         self.assertEqual(wrong, {}, "delivered to the wrong mailbox")
         twice = {t: len(v) for t, v in seen.items() if len(v) > 1}
-        # only what was in flight at the kill may repeat: at most one transaction per
-        # connection, lmtp_destination_concurrency_limit (20) connections per node
-        self.assertLessEqual(len(twice), 40, "too many duplicates: %s" % twice)
+        # only what was in flight at the kill may repeat. Per connection
+        # (lmtp_destination_concurrency_limit, 20 per node, 2 nodes) that is the transaction
+        # on the wire plus the one before it, whose 250 came but whose result was still being
+        # written when the connection went on to the next message: at most 2 x 40.
+        self.assertLessEqual(len(twice), 80, "too many duplicates: %s" % twice)
         print("\nkill -9 of qmgr after %d deliveries: %d messages, %d delivered twice"
               % (at_kill, len(acked), len(twice)))
 
