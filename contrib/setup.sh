@@ -25,6 +25,8 @@ postfix swaks dovecot-core dovecot-lmtpd dnsmasq-base opendkim opendkim-tools py
 python3-milter python3-dkim
 procps time openssl util-linux iproute2 msmtp libsasl2-modules libnet-ssleay-perl
 libldap-dev slapd ldap-utils haproxy"
+# operations: promtool (metrics), mandoc (manual lint), systemd-analyze (unit check)
+PKGS="$PKGS prometheus mandoc systemd"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <syslog.h>
 #include <unistd.h>
 
 #include "lib/lib.h"
@@ -38,6 +39,8 @@ enum ptype {
 	P_ENUM,		/* an enum stored as int; names[i] is value i */
 	P_LISTEN,	/* struct listen_spec *, count at off2; repeatable */
 	P_NETS,		/* struct net *, count at off2: ADDR[/BITS] words */
+	P_LOG,		/* enum log_sink at off; a file's path (char *) at off2 */
+	P_HOSTPORT,	/* struct hostport: HOST:PORT, [IPv6]:PORT or PORT (loopback) */
 };
 
 enum pflag {
@@ -71,7 +74,18 @@ struct param {
 
 _Static_assert(sizeof(enum log_sink) == sizeof(int), "enums are stored as int");
 
-static const char *const log_names[] = { "stderr", "syslog", NULL };
+/* syslog(3) facilities by name: what syslog_facility may say */
+const char *const syslog_facility_names[] = {
+	"mail", "daemon", "user", "local0", "local1", "local2", "local3", "local4", "local5",
+	"local6", "local7", NULL,
+};
+static const int syslog_facility_codes[] = {
+	LOG_MAIL, LOG_DAEMON, LOG_USER, LOG_LOCAL0, LOG_LOCAL1, LOG_LOCAL2, LOG_LOCAL3,
+	LOG_LOCAL4, LOG_LOCAL5, LOG_LOCAL6, LOG_LOCAL7,
+};
+_Static_assert(sizeof(syslog_facility_codes) / sizeof(syslog_facility_codes[0]) + 1 ==
+	       sizeof(syslog_facility_names) / sizeof(syslog_facility_names[0]),
+	       "one code per facility name");
 static const char *const yes_no[] = { "no", "yes", NULL };
 const char *const tls_level_names[] = { "none", "may", "encrypt", "verify", NULL };
 
@@ -99,7 +113,7 @@ static const struct param params[] = {
 	{ "smtp_port", P_INT, 0, "25", 1, 65535, INT(smtp_port), 0, NULL },
 	{ "message_size_limit", P_SIZE, 0, "10240000", 1024, 2147483647LL,
 	  LLONG(message_size_limit), 0, NULL },
-	{ "log", P_ENUM, 0, "stderr", 0, 0, FIELD(log, enum log_sink), 0, log_names },
+	{ "log", P_LOG, 0, "stderr", 0, 0, FIELD(log, enum log_sink), STR(log_file), NULL },
 	{ "workers", P_INT, 0, "0", 0, CONFIG_WORKERS_MAX, INT(workers), 0, NULL },
 	{ "io_threads", P_INT, 0, "16", 1, 256, INT(io_threads), 0, NULL },
 	{ "smtpd_max_sessions", P_INT, 0, "100", 1, 100000, INT(smtpd_max_sessions), 0, NULL },
@@ -158,6 +172,12 @@ static const struct param params[] = {
 	{ "endpoint_dead_time", P_TIME, 0, "60", 0, 3600, INT(endpoint_dead_time), 0, NULL },
 	{ "hopcount_limit", P_INT, 0, "50", 1, 1000, INT(hopcount_limit), 0, NULL },
 	{ "bounce_notice_recipient", P_STR, 0, NULL, 0, 0, STR(bounce_notice_recipient), 0, NULL },
+	/* operations: logging and metrics */
+	{ "syslog_facility", P_ENUM, 0, "mail", 0, 0, INT(syslog_facility), 0,
+	  syslog_facility_names },
+	{ "syslog_socket", P_STR, F_NONEMPTY, "/dev/log", 0, 0, STR(syslog_socket), 0, NULL },
+	{ "metrics_listen", P_HOSTPORT, 0, NULL, 0, 0, FIELD(metrics_listen, struct hostport), 0,
+	  NULL },
 	/* milters (smtpd/milter.c), named and defaulted as in Postfix */
 	{ "smtpd_milters", P_STR, 0, NULL, 0, 0, STR(smtpd_milters), 0, NULL },
 	{ "milter_default_action", P_ENUM, 0, "tempfail", 0, 0, INT(milter_default_action), 0,
@@ -588,6 +608,77 @@ net_list_match(const struct net *nets, size_t n, const unsigned char addr[16])
 	return false;
 }
 
+/* "stderr", "syslog", or the absolute path of a file */
+static int
+set_log(struct config *cf, const struct param *p, const char *v, char *why, size_t whylen)
+{
+	char **path = AT(cf, p->off2, char *);
+	int *sink = AT(cf, p->off, int);
+	char shown[80];
+
+	free(*path);
+	*path = NULL;
+	if (strcmp(v, "stderr") == 0)
+		*sink = LOG_SINK_STDERR;
+	else if (strcmp(v, "syslog") == 0)
+		*sink = LOG_SINK_SYSLOG;
+	else if (v[0] == '/' && v[strlen(v) - 1] != '/') {
+		*sink = LOG_SINK_FILE;
+		*path = xstrdup(v);
+	} else
+		return reason(why, whylen, "%s: '%s' is not stderr, syslog or the absolute path "
+			      "of a file", p->name, show(v, shown, sizeof(shown)));
+	return 0;
+}
+
+/* HOST:PORT with a numeric host, [IPv6]:PORT, or a PORT alone (then on
+ * 127.0.0.1: a metrics endpoint is private unless said otherwise) */
+static int
+set_hostport(struct config *cf, const struct param *p, const char *v, char *why, size_t whylen)
+{
+	struct hostport *hp = AT(cf, p->off, struct hostport);
+	char buf[CONF_LINE_MAX + 1], shown[80], host[INET6_ADDRSTRLEN];
+	unsigned char bin[16];
+	char *h = NULL, *port, *end;
+	long long pn;
+	int af = AF_INET;
+
+	snprintf(buf, sizeof(buf), "%s", v);
+	if (buf[0] == '[') {
+		af = AF_INET6;
+		h = buf + 1;
+		if ((end = strchr(h, ']')) == NULL || end[1] != ':')
+			goto bad;
+		*end = '\0';
+		port = end + 2;
+	} else if ((end = strrchr(buf, ':')) != NULL) {
+		h = buf;
+		*end = '\0';
+		port = end + 1;
+	} else {
+		port = buf;
+	}
+	if (h != NULL && inet_pton(af, h, bin) != 1)
+		return reason(why, whylen, "%s: '%s' is not a numeric %s address", p->name,
+			      show(h, shown, sizeof(shown)), af == AF_INET ? "IPv4" : "IPv6");
+	if (port[0] < '0' || port[0] > '9' || parse_scaled(port, NULL, NULL, &pn) != 0 ||
+	    pn < 1 || pn > 65535)
+		return reason(why, whylen, "%s: port '%s' is not a number in 1..65535", p->name,
+			      show(port, shown, sizeof(shown)));
+	if (h == NULL)
+		snprintf(host, sizeof(host), "127.0.0.1");
+	else if (inet_ntop(af, bin, host, sizeof(host)) == NULL)
+		msg_panic("inet_ntop: %s", strerror(errno));
+	free(hp->host);
+	free(hp->port);
+	hp->host = xstrdup(host);
+	hp->port = xasprintf("%lld", pn);
+	return 0;
+bad:
+	return reason(why, whylen, "%s: '%s' is not HOST:PORT, [IPv6]:PORT or PORT", p->name,
+		      show(v, shown, sizeof(shown)));
+}
+
 static int
 set_param(struct config *cf, const struct param *p, const char *v,
 	  char *why, size_t whylen)
@@ -622,6 +713,10 @@ set_param(struct config *cf, const struct param *p, const char *v,
 		return set_listen(cf, p, v, why, whylen);
 	case P_NETS:
 		return set_nets(cf, p, v, why, whylen);
+	case P_LOG:
+		return set_log(cf, p, v, why, whylen);
+	case P_HOSTPORT:
+		return set_hostport(cf, p, v, why, whylen);
 	}
 	msg_panic("config: parameter %s has unknown type %d", p->name, (int)p->type);
 }
@@ -898,6 +993,13 @@ config_free(struct config *cf)
 		case P_NETS:
 			free(*AT(cf, p->off, struct net *));
 			break;
+		case P_LOG:
+			free(*AT(cf, p->off2, char *));
+			break;
+		case P_HOSTPORT:
+			free(AT(cf, p->off, struct hostport)->host);
+			free(AT(cf, p->off, struct hostport)->port);
+			break;
 		case P_LISTEN: {
 			struct listen_spec *l = *AT(cf, p->off, struct listen_spec *);
 			size_t j, n = *AT(cf, p->off2, size_t);
@@ -973,6 +1075,24 @@ config_where(const struct config *cf, const char *key, char *buf, size_t len)
 	else
 		snprintf(buf, len, "%s", file);
 	return buf;
+}
+
+int
+config_syslog_facility(const struct config *cf)
+{
+	return syslog_facility_codes[cf->syslog_facility];
+}
+
+const char *
+config_key(size_t i)
+{
+	return i < NPARAMS ? params[i].name : NULL;
+}
+
+const char *
+config_key_default(size_t i)
+{
+	return i < NPARAMS && !(params[i].flags & F_DEF_HOST) ? params[i].def : NULL;
 }
 
 bool

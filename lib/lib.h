@@ -42,8 +42,15 @@ void dstr_free(struct dstr *d);
 /* ---- diagnostics and logging (log.c) ----
  * Log lines are written with one non-blocking write each; when the sink
  * cannot take a line it is dropped and counted, never waited for. */
-enum log_sink { LOG_SINK_STDERR, LOG_SINK_SYSLOG };
+enum log_sink { LOG_SINK_STDERR, LOG_SINK_SYSLOG, LOG_SINK_FILE };
+/* stderr; syslog (log_set_syslog first); or a file, whose lines go one per
+ * record to the descriptor of log_set_fd (a SOCK_SEQPACKET socket that the
+ * log writer process empties into the file) */
 void log_open(const char *progname, enum log_sink sink);
+void log_set_syslog(int facility, const char *socket_path);
+void log_set_fd(int fd);
+/* Each dropped line is also counted in *counter (NULL: no longer). */
+void log_count_drops_in(_Atomic uint64_t *counter);
 void log_set_progname(const char *progname);
 void msg_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void msg_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -80,6 +87,12 @@ struct net {
 	unsigned char addr[16];
 	unsigned bits;
 };
+/* A numeric address and port to listen on (metrics_listen); NULLs = none */
+struct hostport {
+	char *host;
+	char *port;
+};
+
 /* Is addr (16 bytes, IPv4 mapped) inside one of the n networks? */
 bool net_list_match(const struct net *nets, size_t n, const unsigned char addr[16]);
 /* smtpd worker processes at most. Each has a process slot whose number is
@@ -150,6 +163,11 @@ struct config {
 	int endpoint_dead_time;         /* seconds a failed endpoint is skipped */
 	int hopcount_limit;             /* Received: headers before 5.4.6 */
 	char *bounce_notice_recipient;  /* gets DSNs that cannot be returned; NULL = drop */
+	/* operations */
+	char *log_file;                 /* log = /path: the file; else NULL */
+	int syslog_facility;            /* index into syslog_facility_names */
+	char *syslog_socket;            /* log = syslog: where syslogd listens */
+	struct hostport metrics_listen; /* GET /metrics; host NULL = off */
 	/* milters (smtpd/milter.c) */
 	char *smtpd_milters;            /* endpoints for listeners without milters= */
 	int milter_default_action;      /* enum milter_action, when a milter fails */
@@ -158,6 +176,15 @@ struct config {
 	char *milter_connect_macros, *milter_helo_macros, *milter_mail_macros;
 	char *milter_rcpt_macros, *milter_data_macros, *milter_eoh_macros, *milter_eom_macros;
 };
+extern const char *const syslog_facility_names[];
+/* syslog(3)'s code (LOG_MAIL, ...) for cf->syslog_facility */
+int config_syslog_facility(const struct config *cf);
+/* The name of the i-th parameter of the table, NULL past the last: for
+ * the test that keeps sorter.conf(5) complete */
+const char *config_key(size_t i);
+/* Its default as the file would spell it; NULL when it has none (or it is
+ * the host's name) */
+const char *config_key_default(size_t i);
 
 /* STARTTLS levels of the SMTP client, by name in tls_level_names (NULL-ended);
  * smtp_tls_security_level and smtp_tls_policy_map values. */
@@ -310,6 +337,8 @@ bool word_is(const char *s, size_t n, const char *w);
 void qid_init(unsigned slot);
 void qid_next(char out[QID_LEN + 1]);
 bool qid_valid(const char *s);
+/* When a valid id was issued: microseconds since the epoch */
+uint64_t qid_usec(const char *id);
 uint64_t now_usec(void);
 /* RFC 5322 date-time for Received: and logs */
 void rfc5322_date(time_t t, char *buf, size_t buflen);

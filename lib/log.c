@@ -1,9 +1,12 @@
 /*
  * log.c - diagnostics and Postfix-style log lines.
  *
- * Each line goes out in one write(2) on a non-blocking descriptor (stderr,
- * or a datagram socket to /dev/log). A sink that cannot take the line right
- * now loses it and the loss is counted: logging must never hold up mail.
+ * Each line goes out in one write(2) on a non-blocking descriptor: stderr,
+ * a datagram socket to syslogd (/dev/log, syslog_socket), or for `log =
+ * FILE` a SOCK_SEQPACKET socket that the log writer process empties into
+ * the file (a disk that stalls stalls that process only). A sink that
+ * cannot take the line right now loses it and the loss is counted: logging
+ * must never hold up mail.
  * Lines are capped below PIPE_BUF so that processes sharing stderr never
  * interleave inside a line. A line carries no control character and no
  * byte that is not part of well-formed UTF-8.
@@ -18,8 +21,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <syslog.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "lib/lib.h"
@@ -29,8 +34,31 @@
 static char progname[64] = "sorter";
 static enum log_sink sink = LOG_SINK_STDERR;
 static int syslog_fd = -1;
+static int facility = LOG_MAIL;
+static char syslog_path[108] = "/dev/log";
+static int file_fd = -1;
 static _Atomic uint64_t dropped;
 static _Atomic uint64_t dropped_reported;
+static _Atomic(_Atomic uint64_t *) drop_counter;
+
+void
+log_set_syslog(int fac, const char *path)
+{
+	facility = fac;
+	snprintf(syslog_path, sizeof(syslog_path), "%s", path ? path : "/dev/log");
+}
+
+void
+log_set_fd(int fd)
+{
+	file_fd = fd;
+}
+
+void
+log_count_drops_in(_Atomic uint64_t *counter)
+{
+	atomic_store(&drop_counter, counter);
+}
 
 void
 log_set_progname(const char *name)
@@ -53,7 +81,7 @@ log_open(const char *name, enum log_sink s)
 		syslog_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 		memset(&sun, 0, sizeof(sun));
 		sun.sun_family = AF_UNIX;
-		snprintf(sun.sun_path, sizeof(sun.sun_path), "/dev/log");
+		snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", syslog_path);
 		if (syslog_fd >= 0 &&
 		    connect(syslog_fd, (struct sockaddr *)&sun, sizeof(sun)) < 0) {
 			close(syslog_fd);
@@ -62,6 +90,8 @@ log_open(const char *name, enum log_sink s)
 		if (syslog_fd < 0)
 			sink = LOG_SINK_STDERR;
 	}
+	if (s == LOG_SINK_FILE && file_fd < 0)
+		sink = LOG_SINK_STDERR;
 	if (sink == LOG_SINK_STDERR) {
 		fl = fcntl(STDERR_FILENO, F_GETFL);
 		if (fl >= 0 && !(fl & O_NONBLOCK))
@@ -82,22 +112,56 @@ emit(const char *line, size_t len)
 
 	if (sink == LOG_SINK_SYSLOG && syslog_fd >= 0)
 		n = send(syslog_fd, line, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+	else if (sink == LOG_SINK_FILE)
+		n = send(file_fd, line, len, MSG_DONTWAIT | MSG_NOSIGNAL);
 	else
 		n = write(STDERR_FILENO, line, len);
 	return n == (ssize_t)len ? 0 : -1;
 }
 
+/* What a line in a log file starts with: the local time, to the
+ * microsecond, as RFC 3339 says */
+static size_t
+file_stamp(char *buf, size_t len)
+{
+	struct timeval tv;
+	struct tm tm;
+	char date[32], zone[8];
+
+	gettimeofday(&tv, NULL);
+	if (localtime_r(&tv.tv_sec, &tm) == NULL ||
+	    strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%S", &tm) == 0 ||
+	    strftime(zone, sizeof(zone), "%z", &tm) != 5)
+		return 0;
+	return (size_t)snprintf(buf, len, "%s.%06ld%.3s:%s ", date, (long)tv.tv_usec, zone,
+				zone + 3);
+}
+
+static void
+count_drop(void)
+{
+	_Atomic uint64_t *c = atomic_load(&drop_counter);
+
+	atomic_fetch_add(&dropped, 1);
+	if (c != NULL)
+		atomic_fetch_add_explicit(c, 1, memory_order_relaxed);
+}
+
 static void
 vlog(int prio, const char *prefix, const char *fmt, va_list ap)
 {
-	char line[LOG_LINE_MAX];
+	char line[LOG_LINE_MAX], stamp[64] = "";
 	size_t off = 0, cap = sizeof(line) - 1;
 	int n;
 	uint64_t d, r;
 
+	if (sink == LOG_SINK_FILE && file_stamp(stamp, sizeof(stamp)) == 0)
+		stamp[0] = '\0';
 	if (sink == LOG_SINK_SYSLOG)
-		n = snprintf(line, cap, "<%d>%s[%ld]: %s", LOG_MAIL | prio, progname,
+		n = snprintf(line, cap, "<%d>%s[%ld]: %s", facility | prio, progname,
 			     (long)getpid(), prefix);
+	else if (sink == LOG_SINK_FILE)
+		n = snprintf(line, cap, "%s%s[%ld]: %s", stamp, progname, (long)getpid(), prefix);
 	else
 		n = snprintf(line, cap, "%s[%ld]: %s", progname, (long)getpid(), prefix);
 	if (n > 0)
@@ -113,10 +177,10 @@ vlog(int prio, const char *prefix, const char *fmt, va_list ap)
 	 * included, and bytes that are not UTF-8 become '?', so that a line is
 	 * always text a log reader can take */
 	(void)utf8_sanitize(line, off);
-	if (sink == LOG_SINK_STDERR)
+	if (sink != LOG_SINK_SYSLOG)
 		line[off++] = '\n';
 	if (emit(line, off) < 0) {
-		atomic_fetch_add(&dropped, 1);
+		count_drop();
 		return;
 	}
 	/* the sink took a line again: say how many were lost */
@@ -125,11 +189,11 @@ vlog(int prio, const char *prefix, const char *fmt, va_list ap)
 	if (d != r && atomic_compare_exchange_strong(&dropped_reported, &r, d)) {
 		if (sink == LOG_SINK_SYSLOG)
 			n = snprintf(line, cap, "<%d>%s[%ld]: warning: %llu log lines dropped: log sink was full",
-				     LOG_MAIL | LOG_WARNING, progname, (long)getpid(),
+				     facility | LOG_WARNING, progname, (long)getpid(),
 				     (unsigned long long)(d - r));
 		else
-			n = snprintf(line, cap, "%s[%ld]: warning: %llu log lines dropped: log sink was full\n",
-				     progname, (long)getpid(), (unsigned long long)(d - r));
+			n = snprintf(line, cap, "%s%s[%ld]: warning: %llu log lines dropped: log sink was full\n",
+				     stamp, progname, (long)getpid(), (unsigned long long)(d - r));
 		if (n > 0)
 			(void)emit(line, (size_t)n < cap ? (size_t)n : cap);
 	}

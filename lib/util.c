@@ -63,6 +63,17 @@ qid_valid(const char *s)
 	return s[QID_LEN] == '\0';
 }
 
+uint64_t
+qid_usec(const char *id)
+{
+	uint64_t t = 0;
+	int i;
+
+	for (i = 0; i < QID_LEN - 1; i++)
+		t = (t << 5) | (uint64_t)(strchr(b32, id[i]) - b32);
+	return t;
+}
+
 void
 rfc5322_date(time_t t, char *buf, size_t buflen)
 {

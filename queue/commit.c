@@ -37,6 +37,7 @@
 #include <unistd.h>
 
 #include "lib/lib.h"
+#include "lib/metrics.h"
 #include "queue/queue.h"
 
 struct commit_pool {
@@ -65,6 +66,7 @@ struct spool_stream {
 	spool_stream_cb *resume;
 	spool_stream_done_cb *done;
 	void *arg;
+	uint64_t commit_usec;       /* metrics_now() at the end of data */
 	spool_stream_done_cb *flushed; /* a flush waits for the writes */
 	int rfd;                    /* reading the content back: -1 until then */
 	bool reading;               /* a read is on a thread */
@@ -165,6 +167,8 @@ commit_finished(void *arg)
 {
 	struct commit_job *job = arg;
 
+	if (job->error == 0)
+		metrics_commit_latency(metrics_now() - job->submitted_usec);
 	job->done(job, job->arg);
 }
 
@@ -191,6 +195,7 @@ commit_submit(struct commit_pool *p, struct commit_job *job)
 {
 	job->error = 0;
 	job->pool = p;
+	job->submitted_usec = metrics_now();
 	iopool_run(p->io, commit_work, commit_finished, job);
 }
 
@@ -361,6 +366,8 @@ stream_finished(void *arg)
 	struct spool_stream *st = arg;
 	int error = st->end == STREAM_ABORT ? 0 : st->error;
 
+	if (st->end == STREAM_COMMIT && error == 0)
+		metrics_commit_latency(metrics_now() - st->commit_usec);
 	st->done(st->arg, error);
 	dstr_free(&st->fill);
 	dstr_free(&st->busy);
@@ -439,6 +446,7 @@ spool_stream_commit(struct spool_stream *st, spool_stream_done_cb *done)
 {
 	st->done = done;
 	st->end = STREAM_COMMIT;
+	st->commit_usec = metrics_now();
 	stream_final(st);
 }
 

@@ -7,7 +7,9 @@
  * The socket lives in the spool (spool_dir/control, mode 0600): only the
  * spool's owner (and root) may steer the queue. A request is one line,
  * "VERB [ARG...]"; the reply's first line is "ok" or "error: reason", then
- * free text; the server closes the connection after it.
+ * free text; the server closes the connection after it. "VERB --select SEL"
+ * (select.c's codec) selects in the spool and acts on what it selected in
+ * the same turn of the queue manager's loop.
  */
 #include "config.h"
 
@@ -29,11 +31,11 @@
 
 #include "lib/lib.h"
 #include "queue/queue.h"
+#include "queue/qmgr.h"
 
 #define CONTROL_LINE_MAX 4096
 #define CONTROL_REPLY_MAX (16 * 1024 * 1024)
 
-enum { D_INCOMING, D_ACTIVE, D_DEFERRED, D_HOLD, D_DEFER, D_CORRUPT };
 static const char *const dirnames[QUEUE_NDIRS] = {
 	"incoming", "active", "deferred", "hold", "defer", "corrupt",
 };
@@ -173,6 +175,24 @@ queue_count_dirs(const int fds[QUEUE_NDIRS], struct dstr *out)
 
 /* ---- server (inside the queue manager) ---- */
 
+static int
+act_in_qmgr(void *arg, enum queue_op op, const char *id, struct dstr *out)
+{
+	return qmgr_control(arg, op, id, out);
+}
+
+/* Selection and action in one go: nothing else runs on the loop meanwhile */
+static int
+qmgr_select(struct qmgr *q, enum queue_op op, const struct qselect *sel, struct dstr *out)
+{
+	struct qselect_router *qr = qselect_router_new(q->router);
+	int rc;
+
+	rc = qselect_apply(q->cf->spool_dir, sel, op, qselect_router_node, qr, act_in_qmgr, q, out);
+	qselect_router_free(qr);
+	return rc;
+}
+
 struct control {
 	struct qmgr *q;
 	struct evconnlistener *lev;
@@ -212,7 +232,18 @@ control_run(struct control *c, char *line, struct dstr *out)
 		dstr_printf(out, "error: unknown request '%s'\n", argv[0]);
 		return;
 	}
-	if (op == QOP_FLUSH && argc == 1) {
+	if (argc == 3 && strcmp(argv[1], "--select") == 0) {
+		struct qselect sel;
+		char why[256];
+
+		if (qselect_decode(argv[2], strlen(argv[2]), &sel, why, sizeof(why)) < 0) {
+			dstr_printf(out, "error: %s\n", why);
+			return;
+		}
+		failed = qmgr_select(c->q, op, &sel, &body) < 0;
+		qselect_free(&sel);
+		argc = 1;       /* no ids follow */
+	} else if (op == QOP_FLUSH && argc == 1) {
 		qmgr_control(c->q, op, NULL, &body);
 	} else if (argc == 1) {
 		dstr_printf(out, "error: %s needs a queue id\n", argv[0]);

@@ -46,6 +46,7 @@
 #include <event2/event.h>
 
 #include "lib/lib.h"
+#include "lib/metrics.h"
 #include "queue/queue.h"
 #include "router/router.h"
 #include "queue/qmgr.h"
@@ -175,6 +176,7 @@ dest_done(struct deliv_txn *txn, void *arg)
 {
 	struct qdest *qd = arg;
 	struct qmsg *mq = qd->msg;
+	uint64_t took = metrics_now() - qd->start_usec;
 	size_t i;
 
 	for (i = 0; i < txn->nrcpt; i++) {
@@ -182,6 +184,8 @@ dest_done(struct deliv_txn *txn, void *arg)
 		struct deliv_result *res = &qd->results[i];
 		int cls = res->code / 100;
 
+		metrics_delivery(qd->smtp ? MTR_SMTP : MTR_LMTP, e->node,
+				 cls == 2 ? MDR_DELIVERED : cls == 5 ? MDR_BOUNCED : MDR_DEFERRED, took);
 		snprintf(e->relay, sizeof(e->relay), "%s", res->relay);
 		snprintf(e->tls, sizeof(e->tls), "%s", res->tls);
 		e->relayed = res->relayed;
@@ -273,6 +277,8 @@ msg_deliver(struct qmsg *mq)
 			qd->txn.results = qd->results;
 			qd->txn.done = dest_done;
 			qd->txn.arg = qd;
+			qd->smtp = rt->endpoints[0].proto == EP_SMTP;
+			qd->start_usec = metrics_now();
 			mq->inflight++;
 			client_deliver(q->client, e->dest, rt->endpoints, rt->nendpoints, &qd->txn);
 		}

@@ -48,6 +48,8 @@ struct qdest {                  /* one transaction: a message's share for one de
 	const char **rcpt_params;
 	struct qexp **exps;
 	struct deliv_result *results;
+	uint64_t start_usec;    /* metrics_now() when handed to the client */
+	bool smtp;              /* the transport, for the metrics */
 };
 
 struct qmsg {

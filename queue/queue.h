@@ -19,6 +19,7 @@
 #define SORTER_QUEUE_H
 
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <stdbool.h>
 #include <sys/types.h>
@@ -168,6 +169,7 @@ struct commit_job {
 	/* filled by the pool */
 	int error;                 /* 0 = durable; else an errno value */
 	struct commit_pool *pool;
+	uint64_t submitted_usec;   /* for the commit latency histogram */
 };
 
 struct commit_pool *commit_pool_create(struct event_base *base, const char *spool_dir,
@@ -263,6 +265,75 @@ void control_stop(struct control *c);
 /* Client side: 0 = answered (reply in out; its status in *ok), -1 = nobody
  * listens (errno set). */
 int control_request(const char *spool_dir, const char *line, struct dstr *out, bool *ok);
+
+/* ---- queue selection (select.c) ----
+ * --sender, --rcpt, --node, --domain (fnmatch globs, ASCII case folded;
+ * recipients: pending ones, all criteria on one recipient), --older-than,
+ * --younger-than (90, 90s, 15m, 2h, 3d), --state (active,deferred,hold). */
+#define QSEL_ACTIVE 1            /* incoming/ and active/ */
+#define QSEL_DEFERRED 2
+#define QSEL_HOLD 4
+
+struct qselect {
+	char *sender, *rcpt, *node, *domain;    /* NULL = any */
+	long long older_than, younger_than;     /* seconds; -1 = any */
+	unsigned states;                        /* QSEL_* bits; 0 = any */
+};
+
+void qselect_init(struct qselect *s);
+void qselect_free(struct qselect *s);
+bool qselect_empty(const struct qselect *s);
+bool qselect_is_option(const char *name);
+/* One command-line option and its value: 0, -1 (bad value: err says why)
+ * or 1 (not a selection option). */
+int qselect_option(struct qselect *s, const char *name, const char *value, char *err,
+		   size_t errlen);
+/* The control request form (one word, no space): "key=value&..." or "-" */
+void qselect_encode(const struct qselect *s, struct dstr *out);
+int qselect_decode(const char *in, size_t n, struct qselect *s, char *err, size_t errlen);
+/* The i-th node name of rcpt's routes, NULL past the last */
+typedef const char *(*qselect_node_fn)(void *arg, const char *rcpt, size_t i);
+bool qselect_match(const struct qselect *s, unsigned state, const struct spool_msg *m,
+		   uint64_t now_usec, qselect_node_fn node_of, void *arg);
+/* node_of through a router (qselect_router_node with the handle as arg) */
+struct router;
+struct qselect_router;
+struct qselect_router *qselect_router_new(struct router *r);
+void qselect_router_free(struct qselect_router *qr);
+const char *qselect_router_node(void *arg, const char *rcpt, size_t i);
+/* The ids of the queue files that match, oldest first (free each and the
+ * array). Files that cannot be read or parsed are not selected. 0, or -1
+ * with errno when a folder cannot be read. */
+int qselect_scan(const char *spool_dir, const struct qselect *s, qselect_node_fn node_of,
+		 void *arg, char ***ids, size_t *n);
+/* Selects (only in the states op can act on: release what is held, flush
+ * what is deferred, hold what is not held) and calls act for each id; a
+ * line per message from act, then "N messages removed" (placed on hold,
+ * released, to be retried). 0, or -1 when act failed for some (or the
+ * spool could not be read). */
+typedef int (*qselect_act_fn)(void *arg, enum queue_op op, const char *id, struct dstr *out);
+int qselect_apply(const char *spool_dir, const struct qselect *sel, enum queue_op op,
+		  qselect_node_fn node_of, void *node_arg, qselect_act_fn act, void *act_arg,
+		  struct dstr *out);
+
+/* ---- sorterctl queue --summary (summary.c) ----
+ * Messages, recipients, bytes and the oldest arrival by state, by node and
+ * by remote domain (pending recipients only). */
+struct qsummary;
+struct qsummary *qsummary_new(const struct config *cf);
+void qsummary_add(struct qsummary *s, unsigned state, const struct spool_msg *m, uint64_t now,
+		  qselect_node_fn node_of, void *arg);
+void qsummary_print(struct qsummary *s, bool json, FILE *out);
+void qsummary_free(struct qsummary *s);
+
+/* ---- the metrics process (metrics_http.c) ---- */
+struct metrics;
+struct metrics_queue;
+/* Serves GET /metrics on listen_fd until SIGTERM or EOF on master_fd. */
+int metrics_http_main(const struct config *cf, const struct metrics *m, int listen_fd,
+		      int master_fd);
+/* Counts and sizes the spool's folders; the oldest id's age. */
+void metrics_queue_scan(const char *spool_dir, struct metrics_queue *q);
 
 /* ---- per-message status of deferred mail (status.c) ---- */
 enum qstatus_kind { QS_ERROR, QS_DONE };

@@ -1,7 +1,8 @@
 /*
  * sorterctl.c - the administrator's view of the queue: `sorterctl queue`
- * lists the spool and `sorterctl show ID` prints one message. `sorterctl
- * passwd` makes a password hash for auth_map.
+ * lists the spool (or what selectors pick out of it, or a summary by
+ * state, node and domain: summary.c) and `sorterctl show ID` prints one
+ * message. `sorterctl passwd` makes a password hash for auth_map.
  *
  * Both read the spool directly, so they work while sorterd is down. This
  * program must never change the spool: not a byte, not a file name. A file
@@ -73,15 +74,17 @@ static void
 usage(void)
 {
 	fprintf(stderr,
-		"usage: sorterctl [-c FILE] queue [--json]\n"
+		"usage: sorterctl [-c FILE] queue [--json] [--summary] [SELECTOR...]\n"
 		"       sorterctl [-c FILE] show ID [--raw]\n"
-		"       sorterctl [-c FILE] delete ID... | --all\n"
-		"       sorterctl [-c FILE] hold ID...\n"
-		"       sorterctl [-c FILE] release ID...\n"
-		"       sorterctl [-c FILE] flush [ID...]\n"
+		"       sorterctl [-c FILE] delete ID... | --all | SELECTOR...\n"
+		"       sorterctl [-c FILE] hold ID... | SELECTOR...\n"
+		"       sorterctl [-c FILE] release ID... | SELECTOR...\n"
+		"       sorterctl [-c FILE] flush [ID... | SELECTOR...]\n"
 		"       sorterctl [-c FILE] stats\n"
 		"       sorterctl [-c FILE] route ADDRESS [--json]\n"
-		"       sorterctl passwd\n");
+		"       sorterctl passwd\n"
+		"selectors: --sender GLOB --rcpt GLOB --node NODE --domain GLOB\n"
+		"           --older-than AGE --younger-than AGE --state active,deferred,hold\n");
 	exit(EXIT_USAGE);
 }
 
@@ -421,46 +424,112 @@ load_entry(const char *spool_dir, const struct entry *e, struct listed *l)
 	return 0;
 }
 
-static int
-cmd_queue(const char *spool_dir, bool json)
+static unsigned
+state_bit(const char *state)
 {
+	return strcmp(state, "hold") == 0 ? QSEL_HOLD :
+	       strcmp(state, "deferred") == 0 ? QSEL_DEFERRED : QSEL_ACTIVE;
+}
+
+/* What --node and --summary need: the routes of recipients, by the same
+ * maps the daemon uses */
+struct routing {
+	struct router *r;
+	struct qselect_router *qr;
+};
+
+static int
+routing_open(const struct config *cf, struct routing *rt)
+{
+	char err[512];
+
+	rt->r = router_open(cf, err, sizeof(err));
+	if (rt->r == NULL) {
+		fprintf(stderr, "sorterctl: %s\n", err);
+		return -1;
+	}
+	rt->qr = qselect_router_new(rt->r);
+	return 0;
+}
+
+static void
+routing_close(struct routing *rt)
+{
+	qselect_router_free(rt->qr);
+	router_close(rt->r);
+}
+
+static int
+cmd_queue(const struct config *cf, bool json, bool summary, const struct qselect *sel)
+{
+	const char *spool_dir = cf->spool_dir;
+	struct routing rt = { NULL, NULL };
+	struct qsummary *sum = NULL;
 	struct entry *v;
 	struct listed l;
 	size_t n, i, shown = 0;
 	unsigned long long bytes = 0;
+	uint64_t now = now_usec();
 	int rc = 0, r;
 
-	if (collect(spool_dir, &v, &n) < 0)
+	if ((sel->node != NULL || summary) && routing_open(cf, &rt) < 0)
 		return EXIT_RUNTIME;
-	if (json)
+	if (collect(spool_dir, &v, &n) < 0) {
+		if (rt.r)
+			routing_close(&rt);
+		return EXIT_RUNTIME;
+	}
+	if (summary)
+		sum = qsummary_new(cf);
+	else if (json)
 		putchar('[');
-	else if (n > 0)
-		printf("%-12s  %8s  %-19s  %-8s  %s\n", "-Queue ID---", "--Size--",
-		       "----Arrival Time---", "-State--", "-Sender/Recipient-------");
 	for (i = 0; i < n; i++) {
 		r = load_entry(spool_dir, &v[i], &l);
 		if (r < 0)
 			rc = EXIT_RUNTIME;
 		if (r != 0)
 			continue;
+		if (!qselect_empty(sel) &&
+		    (l.reason[0] != '\0' || !qselect_match(sel, state_bit(l.state), &l.msg, now,
+							   qselect_router_node, rt.qr))) {
+			spool_msg_free(&l.msg);
+			continue;
+		}
+		if (sum != NULL) {
+			if (l.reason[0] == '\0')
+				qsummary_add(sum, state_bit(l.state), &l.msg, now, qselect_router_node,
+					     rt.qr);
+			spool_msg_free(&l.msg);
+			continue;
+		}
 		if (json) {
 			fputs(shown ? ",\n" : "\n", stdout);
 			print_json(&v[i], &l);
 		} else {
+			if (shown == 0)
+				printf("%-12s  %8s  %-19s  %-8s  %s\n", "-Queue ID---", "--Size--",
+				       "----Arrival Time---", "-State--", "-Sender/Recipient-------");
 			print_plain(&v[i], &l);
 		}
 		bytes += l.msg.content_len;
 		shown++;
 		spool_msg_free(&l.msg);
 	}
+	free(v);
+	if (rt.r)
+		routing_close(&rt);
+	if (sum != NULL) {
+		qsummary_print(sum, json, stdout);
+		qsummary_free(sum);
+		return rc;
+	}
 	if (json)
 		fputs(shown ? "\n]\n" : "]\n", stdout);
 	else if (shown == 0)
-		printf("Queue is empty\n");
+		printf(qselect_empty(sel) ? "Queue is empty\n" : "No message selected\n");
 	else
 		printf("-- %zu message%s, %llu KiB\n", shown, shown == 1 ? "" : "s",
 		       (bytes + 1023) / 1024);
-	free(v);
 	return rc;
 }
 
@@ -543,6 +612,8 @@ cmd_show(const char *spool_dir, const char *id, bool raw)
 }
 
 /* ---- steering the queue ---- */
+/* (selection: select.c; with the daemon up the queue manager selects and
+ * acts in one turn of its loop, down it is done here under its lock) */
 
 #define IDS_PER_REQUEST 200
 
@@ -553,8 +624,23 @@ cmd_show(const char *spool_dir, const char *id, bool raw)
  * done) when a queue manager holds the lock: it is running, the caller
  * asks it again. */
 static int
-offline(const char *spool_dir, const char *verb, char **ids, size_t n)
+act_offline(void *arg, enum queue_op op, const char *id, struct dstr *out)
 {
+	return queue_op_offline(arg, op, id, out);
+}
+
+static enum queue_op
+verb_op(const char *verb)
+{
+	return strcmp(verb, "delete") == 0 ? QOP_DELETE : strcmp(verb, "hold") == 0 ? QOP_HOLD :
+	       strcmp(verb, "release") == 0 ? QOP_RELEASE : QOP_FLUSH;
+}
+
+static int
+offline(const struct config *cf, const char *verb, char **ids, size_t n,
+	const struct qselect *sel)
+{
+	const char *spool_dir = cf->spool_dir;
 	int fds[QUEUE_NDIRS], lock, rc = 0;
 	char path[4096];
 	struct stat sb;
@@ -591,9 +677,20 @@ offline(const char *spool_dir, const char *verb, char **ids, size_t n)
 	if (strcmp(verb, "stats") == 0) {
 		dstr_printf(&out, "daemon not running: queue sizes only\n");
 		queue_count_dirs(fds, &out);
+	} else if (sel != NULL) {
+		struct routing rt = { NULL, NULL };
+
+		if (sel->node != NULL && routing_open(cf, &rt) < 0) {
+			rc = EXIT_RUNTIME;
+		} else {
+			if (qselect_apply(spool_dir, sel, verb_op(verb), qselect_router_node, rt.qr,
+					  act_offline, fds, &out) < 0)
+				rc = EXIT_RUNTIME;
+			if (rt.r)
+				routing_close(&rt);
+		}
 	} else {
-		op = strcmp(verb, "delete") == 0 ? QOP_DELETE : strcmp(verb, "hold") == 0 ? QOP_HOLD :
-		     strcmp(verb, "release") == 0 ? QOP_RELEASE : QOP_FLUSH;
+		op = verb_op(verb);
 		if (op == QOP_FLUSH && n == 0)
 			dstr_printf(&out, "daemon not running: deferred mail is retried when it starts\n");
 		for (i = 0; i < n; i++)
@@ -607,11 +704,12 @@ offline(const char *spool_dir, const char *verb, char **ids, size_t n)
 	return rc;
 }
 
-/* Sends "verb ids..." in batches; falls back to offline() when no daemon
- * listens. */
+/* Sends "verb ids..." in batches, or "verb --select SEL"; falls back to
+ * offline() when no daemon listens. */
 static int
-steer(const char *spool_dir, const char *verb, char **ids, size_t n)
+steer(const struct config *cf, const char *verb, char **ids, size_t n, const struct qselect *sel)
 {
+	const char *spool_dir = cf->spool_dir;
 	struct dstr line, out;
 	size_t i = 0, k;
 	bool ok;
@@ -625,13 +723,17 @@ steer(const char *spool_dir, const char *verb, char **ids, size_t n)
 	do {
 		dstr_init(&line, 0);
 		dstr_printf(&line, "%s", verb);
+		if (sel != NULL) {
+			dstr_printf(&line, " --select ");
+			qselect_encode(sel, &line);
+		}
 		for (k = 0; k < IDS_PER_REQUEST && i < n; k++, i++)
 			dstr_printf(&line, " %s", ids[i]);
 		dstr_init(&out, 0);
 		for (waited = 0; control_request(spool_dir, line.s, &out, &ok) < 0; waited += 100) {
 			/* nobody answers: the daemon is down, or its queue manager
 			 * is starting (it holds the lock before it listens) */
-			if (i <= IDS_PER_REQUEST && (r = offline(spool_dir, verb, ids, n)) >= 0) {
+			if (i <= IDS_PER_REQUEST && (r = offline(cf, verb, ids, n, sel)) >= 0) {
 				dstr_free(&line);
 				dstr_free(&out);
 				return r;
@@ -662,14 +764,14 @@ steer(const char *spool_dir, const char *verb, char **ids, size_t n)
 }
 
 static int
-cmd_delete_all(const char *spool_dir)
+cmd_delete_all(const struct config *cf)
 {
 	struct entry *v;
 	char **ids;
 	size_t n, i;
 	int rc;
 
-	if (collect(spool_dir, &v, &n) < 0)
+	if (collect(cf->spool_dir, &v, &n) < 0)
 		return EXIT_RUNTIME;
 	if (n == 0) {
 		printf("Queue is empty\n");
@@ -679,7 +781,7 @@ cmd_delete_all(const char *spool_dir)
 	ids = xcalloc(n, sizeof(*ids));
 	for (i = 0; i < n; i++)
 		ids[i] = v[i].id;
-	rc = steer(spool_dir, "delete", ids, n);
+	rc = steer(cf, "delete", ids, n, NULL);
 	free(ids);
 	free(v);
 	return rc;
@@ -782,13 +884,54 @@ become_spool_owner(const char *spool_dir)
 	return 0;
 }
 
+/* argv[*i] is a selector: its value is the rest of "--x=v" or the next
+ * word. Returns 0, or exits with a usage error. */
+static void
+take_selector(int argc, char **argv, int *i, struct qselect *sel)
+{
+	char name[32], err[256];
+	const char *eq = strchr(argv[*i], '='), *value;
+
+	if (eq != NULL && (size_t)(eq - argv[*i]) < sizeof(name)) {
+		snprintf(name, sizeof(name), "%.*s", (int)(eq - argv[*i]), argv[*i]);
+		value = eq + 1;
+	} else {
+		snprintf(name, sizeof(name), "%s", argv[*i]);
+		if (*i + 1 >= argc) {
+			fprintf(stderr, "sorterctl: %s needs a value\n", name);
+			usage();
+		}
+		value = argv[++*i];
+	}
+	if (!qselect_is_option(name))
+		usage();
+	if (qselect_option(sel, name, value, err, sizeof(err)) != 0) {
+		fprintf(stderr, "sorterctl: %s\n", err);
+		exit(EXIT_USAGE);
+	}
+}
+
+static bool
+is_selector(const char *arg)
+{
+	char name[32];
+	size_t n = strcspn(arg, "=");
+
+	if (n >= sizeof(name))
+		return false;
+	snprintf(name, sizeof(name), "%.*s", (int)n, arg);
+	return qselect_is_option(name);
+}
+
 int
 main(int argc, char **argv)
 {
 	const char *config_file = DEFAULT_CONFIG, *cmd;
+	struct qselect sel;
+	bool json = false, summary = false, selecting = false;
 	struct config *cf;
 	char err[512];
-	int c, rc;
+	int c, rc, i;
 
 	while ((c = getopt(argc, argv, "+c:")) != -1) {
 		switch (c) {
@@ -805,17 +948,34 @@ main(int argc, char **argv)
 		usage();
 	cmd = argv[0];
 	/* check the command line before touching the config */
+	qselect_init(&sel);
 	if (strcmp(cmd, "queue") == 0) {
-		if (argc > 2 || (argc == 2 && strcmp(argv[1], "--json") != 0))
-			usage();
+		for (i = 1; i < argc; i++) {
+			if (strcmp(argv[i], "--json") == 0)
+				json = true;
+			else if (strcmp(argv[i], "--summary") == 0)
+				summary = true;
+			else if (is_selector(argv[i]))
+				take_selector(argc, argv, &i, &sel);
+			else
+				usage();
+		}
 	} else if (strcmp(cmd, "show") == 0) {
 		if (argc != 2 && (argc != 3 || strcmp(argv[2], "--raw") != 0))
 			usage();
 	} else if (strcmp(cmd, "delete") == 0 || strcmp(cmd, "hold") == 0 ||
-		   strcmp(cmd, "release") == 0) {
-		if (argc < 2)
+		   strcmp(cmd, "release") == 0 || strcmp(cmd, "flush") == 0) {
+		if (argc < 2 && strcmp(cmd, "flush") != 0)
 			usage();
-	} else if (strcmp(cmd, "flush") == 0) {
+		selecting = argc > 1 && is_selector(argv[1]);
+		for (i = 1; i < argc; i++) {
+			if (selecting && is_selector(argv[i]))
+				take_selector(argc, argv, &i, &sel);
+			else if (selecting || is_selector(argv[i])) {
+				fprintf(stderr, "sorterctl: give queue ids or selectors, not both\n");
+				usage();
+			}
+		}
 	} else if (strcmp(cmd, "stats") == 0) {
 		if (argc != 1)
 			usage();
@@ -841,7 +1001,7 @@ main(int argc, char **argv)
 		return EXIT_RUNTIME;
 	}
 	if (strcmp(cmd, "queue") == 0)
-		rc = cmd_queue(cf->spool_dir, argc == 2);
+		rc = cmd_queue(cf, json, summary, &sel);
 	else if (strcmp(cmd, "show") == 0)
 		rc = cmd_show(cf->spool_dir, argv[1], argc == 3);
 	else if (strcmp(cmd, "route") == 0) {
@@ -850,9 +1010,12 @@ main(int argc, char **argv)
 		rc = router_explain(cf, argv[1], argc == 3, stdout);
 	}
 	else if (strcmp(cmd, "delete") == 0 && argc == 2 && strcmp(argv[1], "--all") == 0)
-		rc = cmd_delete_all(cf->spool_dir);
+		rc = cmd_delete_all(cf);
+	else if (selecting)
+		rc = steer(cf, cmd, NULL, 0, &sel);
 	else
-		rc = steer(cf->spool_dir, cmd, argv + 1, (size_t)argc - 1);
+		rc = steer(cf, cmd, argv + 1, (size_t)argc - 1, NULL);
+	qselect_free(&sel);
 	config_free(cf);
 	if (fflush(stdout) != 0 || ferror(stdout)) {
 		fprintf(stderr, "sorterctl: write to standard output: %s\n", strerror(errno));

@@ -55,6 +55,7 @@
 #include <openssl/x509v3.h>
 
 #include "lib/lib.h"
+#include "lib/metrics.h"
 #include "router/router.h"
 
 #define CONTENT_CHUNK (64 * 1024)       /* content bytes encoded at a time */
@@ -797,6 +798,7 @@ tls_established(struct conn *c)
 	bool verified = verify && vr == X509_V_OK && SSL_get0_peer_certificate(ssl) != NULL;
 	char buf[ERR_MAX];
 
+	metrics_tls_handshake(MTLS_CLIENT, SSL_get_version(ssl), true);
 	if (verify && !verified) {
 		fmtbuf(buf, sizeof(buf), "server certificate not verified for %s: %s", c->relay,
 		       SSL_get0_peer_certificate(ssl) == NULL ? "no certificate" :
@@ -951,6 +953,9 @@ on_event(struct bufferevent *bev, short what, void *arg)
 		conn_free(c);
 		return;
 	}
+	if (c->state == CS_HANDSHAKE)
+		metrics_tls_handshake(MTLS_CLIENT, SSL_get_version(bufferevent_openssl_get_ssl(bev)),
+				      false);
 	if (c->state == CS_CONNECTING)
 		snprintf(buf, sizeof(buf), "connect to %s: %s", c->relay,
 			 (what & BEV_EVENT_TIMEOUT) ? "Connection timed out" :

@@ -40,6 +40,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "lib/metrics.h"
 #include "router/router.h"
 
 #define READ_CACHE_MIN (256 << 10)     /* BDB's default: enough for small maps */
@@ -55,6 +56,7 @@ struct map {
 	bool have_bad;
 	bool warned_gone;           /* "cannot stat, kept the open map" logged */
 	char err[320];              /* why h is NULL (when it is) */
+	int metrics_id;             /* lookups are counted under the spec */
 };
 
 /* ---- Berkeley DB backends ---- */
@@ -409,6 +411,7 @@ map_open(const char *spec, char *err, size_t errlen)
 	m->be = be;
 	m->spec = xstrdup(spec);
 	m->arg = xstrdup(arg);
+	m->metrics_id = metrics_map_id(spec);
 	snprintf(m->err, sizeof(m->err), "not opened yet");
 	m->h = be->open(m->arg, &m->cur, m->err, sizeof(m->err));
 	if (m->h == NULL && be->stamp == NULL) {
@@ -507,6 +510,7 @@ map_lookup(struct map *m, const char *key, char *val, size_t vallen, char *err, 
 {
 	if (map_refresh(m) < 0) {
 		snprintf(err, errlen, "%s: %s", m->spec, m->err);
+		metrics_map_lookup(m->metrics_id, true, 0);
 		return MAP_TEMPFAIL;
 	}
 	return map_get(m, key, val, vallen, err, errlen);
@@ -518,16 +522,22 @@ map_get(struct map *m, const char *key, char *val, size_t vallen, char *err, siz
 	char k[MAP_KEY_MAX + 1], why[256];
 	size_t n = strlen(key);
 	enum map_status st;
+	uint64_t t0;
 
 	if (m->h == NULL) {
 		snprintf(err, errlen, "%s: %s", m->spec, m->err);
+		metrics_map_lookup(m->metrics_id, true, 0);
 		return MAP_TEMPFAIL;
 	}
 	if (n > MAP_KEY_MAX)
 		return MAP_NOTFOUND;    /* no such key can have been stored */
 	map_fold(k, key, n);
 	k[n] = '\0';
+	t0 = metrics_now();
 	st = m->be->lookup(m->h, k, n, val, vallen, why, sizeof(why));
+	/* a pending answer (ldap:) is asked again when it has come: counted then */
+	if (st != MAP_PENDING)
+		metrics_map_lookup(m->metrics_id, st == MAP_TEMPFAIL, metrics_now() - t0);
 	if (st == MAP_TEMPFAIL)
 		snprintf(err, errlen, "%s: %s", m->spec, why);
 	return st;

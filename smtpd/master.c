@@ -18,6 +18,12 @@
  * The children watch the master through a pipe whose only write end the
  * master holds: when it dies, even by kill -9, they read EOF, let go of the
  * listeners and exit, so that a new sorterd can bind at once.
+ *
+ * Two more children when the config asks: the metrics process (serves
+ * metrics_listen, bound here like the listeners) and the log writer of
+ * `log = FILE` (the master opens the file, so that a reload can open it
+ * again after logrotate moved it; the writer only appends). systemd hears
+ * READY=1, RELOADING=1 and STOPPING=1 (notify.c).
  */
 #include "config.h"
 
@@ -43,6 +49,7 @@
 #include <openssl/ssl.h>
 
 #include "lib/lib.h"
+#include "lib/metrics.h"
 #include "queue/queue.h"
 #include "smtpd/smtpd.h"
 
@@ -50,6 +57,8 @@
 _Static_assert(NSLOTS <= QID_SLOT_QMGR, "a worker's process slot is its queue id slot");
 #define RESTART_DELAY_SECONDS 1
 #define FD_LIMIT_CEILING ((rlim_t)1 << 20)
+#define LOG_SOCKET_BUFFER (1 << 20)     /* what a stalled log file may hold back */
+#define LOGGER_STOP_SECONDS 5
 
 struct child {
 	pid_t pid;
@@ -75,6 +84,12 @@ struct master {
 	uid_t uid;
 	gid_t gid;
 	int watch[2];                   /* the children's read end, our write end */
+	struct metrics *metrics;        /* the shared counters; NULL without metrics_listen */
+	int metrics_fd;                 /* the bound metrics_listen socket, or -1 */
+	struct child metricsd;          /* the process that serves it */
+	int logsock[2];                 /* log = FILE: [0] every process sends, [1] the writer reads */
+	int logfile_fd;                 /* the file, opened here for the writer; or -1 */
+	struct child logger;            /* the log writer */
 };
 
 /* The uid and gid the children run as: those of `user` when started as
@@ -103,11 +118,19 @@ resolve_user(struct master *m, const struct config *cf, char *err, size_t errlen
 /* In a child right after fork: let go of the master's end of the pipe (or
  * the master's death would go unnoticed) and of root, for good. */
 static void
-child_setup(const struct master *m, const char *progname)
+child_setup(const struct master *m, const char *progname, int slab)
 {
 	sigprocmask(SIG_SETMASK, &m->oldmask, NULL);
 	log_set_progname(progname);
 	close(m->watch[1]);
+	metrics_attach(m->metrics, slab);
+	/* what only one kind of child needs: kept by that one below */
+	if (m->metrics_fd >= 0 && slab != METRICS_SLAB_HTTP)
+		close(m->metrics_fd);
+	if (m->logsock[1] >= 0 && slab != METRICS_SLAB_LOG)
+		close(m->logsock[1]);
+	if (m->logfile_fd >= 0 && slab != METRICS_SLAB_LOG)
+		close(m->logfile_fd);
 	if (!m->drop)
 		return;
 	if (setgroups(0, NULL) < 0 || setgid(m->gid) < 0 || setuid(m->uid) < 0)
@@ -117,7 +140,7 @@ child_setup(const struct master *m, const char *progname)
 }
 
 static int
-bind_one(struct listener *l)
+bind_addr(const char *host, const char *port)
 {
 	struct addrinfo hints, *res;
 	int fd, on = 1, rc;
@@ -126,9 +149,9 @@ bind_one(struct listener *l)
 	hints.ai_family = AF_UNSPEC;
 	hints.ai_socktype = SOCK_STREAM;
 	hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV | AI_PASSIVE;
-	rc = getaddrinfo(l->spec.host, l->spec.port, &hints, &res);
+	rc = getaddrinfo(host, port, &hints, &res);
 	if (rc != 0)
-		msg_fatal("listen %s:%s: %s", l->spec.host, l->spec.port, gai_strerror(rc));
+		msg_fatal("listen %s:%s: %s", host, port, gai_strerror(rc));
 	fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		msg_fatal("socket: %s", strerror(errno));
@@ -136,11 +159,17 @@ bind_one(struct listener *l)
 	if (res->ai_family == AF_INET6)
 		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof(on));
 	if (bind(fd, res->ai_addr, res->ai_addrlen) < 0)
-		msg_fatal("bind %s:%s: %s", l->spec.host, l->spec.port, strerror(errno));
+		msg_fatal("bind %s:%s: %s", host, port, strerror(errno));
 	if (listen(fd, 1024) < 0)
-		msg_fatal("listen %s:%s: %s", l->spec.host, l->spec.port, strerror(errno));
+		msg_fatal("listen %s:%s: %s", host, port, strerror(errno));
 	freeaddrinfo(res);
 	return fd;
+}
+
+static int
+bind_one(struct listener *l)
+{
+	return bind_addr(l->spec.host, l->spec.port);
 }
 
 /* The spool directory itself is made (as root, where its parent may be
@@ -202,7 +231,7 @@ prepare_spool(struct master *m)
 	if (pid < 0)
 		msg_fatal("fork: %s", strerror(errno));
 	if (pid == 0) {
-		child_setup(m, "sorterd/spool");
+		child_setup(m, "sorterd/spool", METRICS_SLAB_MASTER);
 		if (spool_prepare(m->cf->spool_dir) < 0)
 			msg_fatal("prepare spool %s: %s", m->cf->spool_dir, strerror(errno));
 		spool_startup_check(m->cf->spool_dir);
@@ -227,7 +256,7 @@ start_slot(struct master *m, int i)
 	if (pid == 0) {
 		int rc;
 
-		child_setup(m, "sorterd/smtpd");
+		child_setup(m, "sorterd/smtpd", i);
 		rc = worker_main(m->cf, m->ls, m->nls, m->st, m->ctr, i, m->tls, m->watch[0]);
 		_exit(rc);
 	}
@@ -250,12 +279,93 @@ start_qmgr(struct master *m)
 	if (pid == 0) {
 		for (i = 0; i < m->nls; i++)
 			close(m->ls[i].fd);
-		child_setup(m, "sorterd/qmgr");
+		child_setup(m, "sorterd/qmgr", METRICS_SLAB_QMGR);
 		_exit(qmgr_main(m->cf, m->ctr, m->watch[0]));
 	}
 	m->qmgr.pid = pid;
 	m->qmgr.started = time(NULL);
 	m->qmgr.want = true;
+}
+
+static void
+start_metricsd(struct master *m)
+{
+	pid_t pid;
+	size_t i;
+
+	if (m->metrics_fd < 0)
+		return;
+	if ((pid = fork()) < 0) {
+		msg_warn("fork: %s", strerror(errno));
+		return;
+	}
+	if (pid == 0) {
+		for (i = 0; i < m->nls; i++)
+			close(m->ls[i].fd);
+		child_setup(m, "sorterd/metrics", METRICS_SLAB_HTTP);
+		_exit(metrics_http_main(m->cf, m->metrics, m->metrics_fd, m->watch[0]));
+	}
+	m->metricsd.pid = pid;
+	m->metricsd.started = time(NULL);
+	m->metricsd.want = true;
+}
+
+/* log = FILE: opened here, as whoever started sorterd, never through a
+ * symbolic link (the folder may be the unprivileged user's) */
+static int
+open_log_file(const char *path)
+{
+	return open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW, 0640);
+}
+
+static void
+start_logger(struct master *m)
+{
+	pid_t pid;
+	size_t i;
+
+	if (m->logfile_fd < 0)
+		return;
+	if ((pid = fork()) < 0) {
+		msg_warn("fork: %s", strerror(errno));
+		return;
+	}
+	if (pid == 0) {
+		for (i = 0; i < m->nls; i++)
+			close(m->ls[i].fd);
+		child_setup(m, "sorterd/log", METRICS_SLAB_LOG);
+		_exit(logwriter_main(m->logsock[1], m->logfile_fd, m->watch[0]));
+	}
+	m->logger.pid = pid;
+	m->logger.started = time(NULL);
+	m->logger.want = true;
+}
+
+/* SIGHUP with log = FILE: the file again (logrotate moved it away) and a
+ * writer for it; the old writer empties the socket and goes */
+static void
+reopen_log(struct master *m, const struct config *ncf)
+{
+	pid_t old = m->logger.pid;
+	int fd;
+
+	if (m->logfile_fd < 0)
+		return;
+	if (ncf->log != LOG_SINK_FILE) {
+		msg_warn("reload: a change of 'log' takes effect after a restart");
+		return;
+	}
+	if ((fd = open_log_file(ncf->log_file)) < 0) {
+		msg_warn("reload: cannot open the log file %s: %s; still writing the old one",
+			 ncf->log_file, strerror(errno));
+		return;
+	}
+	close(m->logfile_fd);
+	m->logfile_fd = fd;
+	m->logger.pid = 0;
+	start_logger(m);
+	if (old > 0)
+		kill(old, SIGTERM);
 }
 
 static void
@@ -281,6 +391,18 @@ reap(struct master *m)
 	pid_t pid;
 
 	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+		if (pid == m->metricsd.pid || pid == m->logger.pid) {
+			struct child *c = pid == m->logger.pid ? &m->logger : &m->metricsd;
+
+			c->pid = 0;
+			if (WIFSIGNALED(status) && WTERMSIG(status) != SIGTERM)
+				msg_warn("%s pid %ld killed by signal %d", c == &m->logger ? "log writer" :
+					 "metrics process", (long)pid, WTERMSIG(status));
+			else if (WIFEXITED(status) && WEXITSTATUS(status) != 0)
+				msg_warn("%s pid %ld exited with status %d", c == &m->logger ? "log writer" :
+					 "metrics process", (long)pid, WEXITSTATUS(status));
+			continue;
+		}
 		if (pid == m->qmgr.pid) {
 			m->qmgr.pid = 0;
 			if (WIFSIGNALED(status))
@@ -295,6 +417,7 @@ reap(struct master *m)
 		if (i == NSLOTS)
 			continue;
 		session_table_clear(m->st, i);
+		metrics_slab_gone(m->metrics, i);
 		m->slots[i].pid = 0;
 		if (WIFSIGNALED(status))
 			msg_warn("worker pid %ld killed by signal %d", (long)pid, WTERMSIG(status));
@@ -316,6 +439,16 @@ restart_crashed(struct master *m)
 	    now - m->qmgr.started >= RESTART_DELAY_SECONDS) {
 		msg_info("restarting the queue manager");
 		start_qmgr(m);
+	}
+	if (!m->stopping && m->metricsd.pid == 0 && m->metricsd.want &&
+	    now - m->metricsd.started >= RESTART_DELAY_SECONDS) {
+		msg_info("restarting the metrics process");
+		start_metricsd(m);
+	}
+	if (m->logger.pid == 0 && m->logger.want &&
+	    now - m->logger.started >= RESTART_DELAY_SECONDS) {
+		msg_info("restarting the log writer");
+		start_logger(m);
 	}
 	for (i = 0; i < NSLOTS; i++) {
 		if (m->stopping || m->slots[i].pid != 0 || !m->slots[i].want)
@@ -354,6 +487,12 @@ reload(struct master *m)
 		msg_warn("reload failed, keeping the running configuration: %s", err);
 		return;
 	}
+	reopen_log(m, ncf);
+	if ((ncf->metrics_listen.host == NULL) != (m->cf->metrics_listen.host == NULL) ||
+	    (ncf->metrics_listen.host != NULL &&
+	     (strcmp(ncf->metrics_listen.host, m->cf->metrics_listen.host) != 0 ||
+	      strcmp(ncf->metrics_listen.port, m->cf->metrics_listen.port) != 0)))
+		msg_warn("reload: a change of metrics_listen takes effect after a restart");
 	if (strcmp(ncf->user, m->cf->user) != 0)
 		msg_warn("reload: a change of 'user' takes effect after a restart");
 	if (fd_limit_check(ncf, false, err, sizeof(err)) < 0)
@@ -386,6 +525,7 @@ reload(struct master *m)
 	msg_info("reloaded %s", m->config_path);
 }
 
+/* Any child but the log writer, which goes last to write the others' last words */
 static bool
 any_child(const struct master *m)
 {
@@ -394,7 +534,49 @@ any_child(const struct master *m)
 	for (i = 0; i < NSLOTS; i++)
 		if (m->slots[i].pid != 0)
 			return true;
-	return m->qmgr.pid != 0;
+	return m->qmgr.pid != 0 || m->metricsd.pid != 0;
+}
+
+static void
+stop_logger(struct master *m)
+{
+	struct timespec pause = { 0, 20 * 1000 * 1000 };
+	int status, i;
+
+	m->logger.want = false;
+	if (m->logger.pid == 0)
+		return;
+	kill(m->logger.pid, SIGTERM);
+	for (i = 0; i < LOGGER_STOP_SECONDS * 50; i++) {
+		if (waitpid(m->logger.pid, &status, WNOHANG) != 0)
+			return;
+		nanosleep(&pause, NULL);
+	}
+	kill(m->logger.pid, SIGKILL);
+	waitpid(m->logger.pid, &status, 0);
+}
+
+/* log = FILE: the socket every process logs into and the file; before
+ * the first line is written */
+static void
+setup_log(struct master *m, const struct config *cf)
+{
+	int size = LOG_SOCKET_BUFFER;
+
+	m->logsock[0] = m->logsock[1] = m->logfile_fd = -1;
+	log_set_syslog(config_syslog_facility(cf), cf->syslog_socket);
+	if (cf->log != LOG_SINK_FILE)
+		return;
+	if ((m->logfile_fd = open_log_file(cf->log_file)) < 0)
+		msg_fatal("open the log file %s: %s", cf->log_file, strerror(errno));
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, m->logsock) < 0)
+		msg_fatal("socketpair: %s", strerror(errno));
+	/* the senders never wait: a full socket drops the line (log.c) */
+	if (fcntl(m->logsock[0], F_SETFL, O_NONBLOCK) < 0)
+		msg_fatal("fcntl: %s", strerror(errno));
+	if (setsockopt(m->logsock[0], SOL_SOCKET, SO_SNDBUFFORCE, &size, sizeof(size)) < 0)
+		(void)setsockopt(m->logsock[0], SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));
+	log_set_fd(m->logsock[0]);
 }
 
 int
@@ -412,6 +594,8 @@ master_main(const char *config_path, struct config *cf)
 	sigprocmask(SIG_SETMASK, NULL, &m.oldmask);     /* what children restore */
 	m.config_path = config_path;
 	m.cf = cf;
+	m.metrics_fd = -1;
+	setup_log(&m, cf);
 	log_open("sorterd", cf->log);
 	if (resolve_user(&m, cf, err, sizeof(err)) < 0)
 		msg_fatal("%s", err);
@@ -430,6 +614,11 @@ master_main(const char *config_path, struct config *cf)
 		m.ls[i].spec.port = xstrdup(cf->listen[i].port);
 		m.ls[i].spec.milters = NULL;    /* workers take it from their config */
 		m.ls[i].fd = bind_one(&m.ls[i]);
+	}
+	if (cf->metrics_listen.host != NULL) {
+		m.metrics_fd = bind_addr(cf->metrics_listen.host, cf->metrics_listen.port);
+		m.metrics = metrics_create(cf);
+		metrics_attach(m.metrics, METRICS_SLAB_MASTER);
 	}
 	if (cf->tls_cert_file && cf->tls_key_file) {
 		m.tls = tls_server_ctx(cf, err, sizeof(err));
@@ -450,21 +639,35 @@ master_main(const char *config_path, struct config *cf)
 
 	msg_info("starting: %zu listener(s), %d worker(s), spool %s", m.nls, cf->workers,
 		 cf->spool_dir);
+	start_logger(&m);
 	start_qmgr(&m);
 	start_generation(&m);
+	start_metricsd(&m);
+	sd_notify_state("READY=1\nMAINPID=%ld\nSTATUS=accepting mail", (long)getpid());
 	for (;;) {
 		sig = sigtimedwait(&set, &si, &tick);
 		if (sig == SIGCHLD) {
 			reap(&m);
 		} else if (sig == SIGTERM || sig == SIGINT) {
-			if (!m.stopping)
+			if (!m.stopping) {
 				msg_info("stopping: draining sessions");
+				sd_notify_state("STOPPING=1\nSTATUS=draining sessions");
+			}
 			m.stopping = true;
 			signal_children(&m, SIGTERM, false);
 			if (m.qmgr.pid)
 				kill(m.qmgr.pid, SIGTERM);
+			if (m.metricsd.pid)
+				kill(m.metricsd.pid, SIGTERM);
 		} else if (sig == SIGHUP && !m.stopping) {
+			struct timespec now;
+
+			clock_gettime(CLOCK_MONOTONIC, &now);
+			sd_notify_state("RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=reloading",
+					(unsigned long long)now.tv_sec * 1000000ULL +
+					(unsigned long long)now.tv_nsec / 1000ULL);
 			reload(&m);
+			sd_notify_state("READY=1\nSTATUS=accepting mail");
 		}
 		reap(&m);
 		if (m.stopping && !any_child(&m))
@@ -472,6 +675,7 @@ master_main(const char *config_path, struct config *cf)
 		restart_crashed(&m);
 	}
 	msg_info("stopped");
+	stop_logger(&m);
 	for (i = 0; i < m.nls; i++) {
 		close(m.ls[i].fd);
 		free(m.ls[i].spec.host);
@@ -483,6 +687,14 @@ master_main(const char *config_path, struct config *cf)
 	config_free(m.cf);
 	close(m.watch[0]);
 	close(m.watch[1]);
+	if (m.metrics_fd >= 0)
+		close(m.metrics_fd);
+	if (m.logfile_fd >= 0) {
+		close(m.logfile_fd);
+		log_open("sorterd", LOG_SINK_STDERR);   /* nobody reads the socket any more */
+		close(m.logsock[0]);
+		close(m.logsock[1]);
+	}
 	return 0;
 }
 

@@ -34,6 +34,7 @@
 #include <openssl/ssl.h>
 
 #include "lib/lib.h"
+#include "lib/metrics.h"
 #include "queue/queue.h"
 #include "router/router.h"
 #include "smtpd/auth.h"
@@ -76,6 +77,7 @@ struct session {
 	bool esmtp;
 	bool tls;
 	char tls_desc[160];            /* "TLSv1.3 with cipher ..." */
+	bool tls_failed;               /* its handshake failure was counted */
 	int errors;
 	bool long_line;                /* discarding the rest of an over-long line */
 	bool drain;                    /* end at the next command boundary ... */
@@ -740,16 +742,19 @@ auth_reply(struct session *s)
 	switch (s->auth_result) {
 	case AUTH_OK:
 		s->login = xstrdup(s->auth_user);
+		metrics_auth(s->auth_mech, MAUTH_SUCCESS);
 		msg_info("[%s]: AUTH ok, sasl_method=%s, sasl_username=%s", s->addr, s->auth_mech, user);
 		reply(s, "235 2.7.0 Authentication successful");
 		break;
 	case AUTH_FAIL:
 		s->auth_failures++;
+		metrics_auth(s->auth_mech, MAUTH_FAILURE);
 		msg_warn("[%s]: SASL %s authentication failed, sasl_username=%s", s->addr,
 			 s->auth_mech, user);
 		reply(s, "535 5.7.8 Error: authentication failed");
 		break;
 	case AUTH_TEMPFAIL:
+		metrics_auth(s->auth_mech, MAUTH_TEMPFAIL);
 		reply(s, "454 4.7.0 Temporary authentication failure");
 		break;
 	}
@@ -1477,6 +1482,7 @@ commit_done(void *arg, int error)
 			 s->login ? ", sasl_method=" : "", s->login ? s->auth_mech : "",
 			 s->login ? ", sasl_username=" : "", user);
 		atomic_fetch_add(&s->w->ctr->messages_in, 1);
+		metrics_message_accepted((int)(s->listener - s->w->ls), s->msg_size);
 		if (s->hold_reason == NULL)     /* a quarantined message waits in hold/ */
 			qmgr_wake(s->w->cf->spool_dir, &s->w->wake_fd, s->id);
 		if (s->gone)
@@ -1488,6 +1494,7 @@ commit_done(void *arg, int error)
 		}
 	} else {
 		msg_warn("%s: queue file write error: %s", s->id, strerror(error));
+		metrics_message_rejected((int)(s->listener - s->w->ls), MMR_STORAGE);
 		if (!s->gone)
 			reply(s, error == ENOSPC || error == EDQUOT ?
 			      "452 4.3.1 Insufficient system storage" :
@@ -1513,6 +1520,7 @@ end_of_data(struct session *s)
 		msg_info("%s: reject: bare CR or LF in message content from [%s]", s->id, s->addr);
 		reply_error(s, "554 5.6.0 Error: message contains bare CR or LF (RFC 5321 2.3.8)");
 		atomic_fetch_add(&s->w->ctr->rejected, 1);
+		metrics_message_rejected((int)(s->listener - s->w->ls), MMR_BARE_CR_LF);
 		transaction_reset(s);
 		return;
 	}
@@ -1520,6 +1528,7 @@ end_of_data(struct session *s)
 		msg_info("%s: reject: message from [%s] exceeds message_size_limit", s->id, s->addr);
 		reply_error(s, "552 5.3.4 Error: message file too big");
 		atomic_fetch_add(&s->w->ctr->rejected, 1);
+		metrics_message_rejected((int)(s->listener - s->w->ls), MMR_SIZE);
 		transaction_reset(s);
 		return;
 	}
@@ -1901,6 +1910,7 @@ on_event(struct bufferevent *bev, short what, void *arg)
 			snprintf(s->tls_desc, sizeof(s->tls_desc), "%s with cipher %s",
 				 SSL_get_version(ssl), SSL_get_cipher_name(ssl));
 			msg_info("TLS established from [%s]: %s", s->addr, s->tls_desc);
+			metrics_tls_handshake(MTLS_SERVER, SSL_get_version(ssl), true);
 		}
 		return;
 	}
@@ -1921,6 +1931,12 @@ on_event(struct bufferevent *bev, short what, void *arg)
 		reply_close(s, buf);
 		bufferevent_enable(s->bev, EV_WRITE);
 		return;
+	}
+	if (bufferevent_openssl_get_ssl(bev) != NULL && s->tls_desc[0] == '\0' && !s->tls_failed) {
+		/* the handshake never completed */
+		s->tls_failed = true;
+		metrics_tls_handshake(MTLS_SERVER, SSL_get_version(bufferevent_openssl_get_ssl(bev)),
+				      false);
 	}
 	if (what & BEV_EVENT_ERROR) {
 		unsigned long e;
@@ -1993,6 +2009,7 @@ session_start(struct worker *w, int fd, const struct sockaddr *sa, socklen_t sal
 		w->sessions->prev = s;
 	w->sessions = s;
 	w->nsessions++;
+	metrics_session_open((int)(l - w->ls));
 	client_addr_key(sa, s->key);
 	bufferevent_setcb(s->bev, on_read, on_write, on_event, s);
 	bufferevent_setwatermark(s->bev, EV_READ, 0, READ_HIGH_WATER);
@@ -2057,6 +2074,7 @@ session_close(struct session *s)
 	if (s->next)
 		s->next->prev = s->prev;
 	w->nsessions--;
+	metrics_session_close((int)(s->listener - w->ls));
 	session_table_leave(w->st, w->index, s->table_slot);
 	free(s->helo);
 	free(s->login);

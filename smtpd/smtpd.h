@@ -193,6 +193,13 @@ int worker_main(struct config *cf, struct listener *ls, size_t nls,
 		struct session_table *st, struct counters *ctr, int index, void *tls_ctx,
 		int master_fd);
 
+/* logwriter.c: the log writer of `log = FILE`: appends the records of
+ * sock to file_fd until SIGTERM or EOF on master_fd, then what is left */
+int logwriter_main(int sock, int file_fd, int master_fd);
+/* notify.c: one systemd notification ("READY=1", ...) to $NOTIFY_SOCKET,
+ * when it is set; never waits, never fails */
+void sd_notify_state(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 /* tls.c: an SSL_CTX for the server side, or NULL with err set */
 void *tls_server_ctx(const struct config *cf, char *err, size_t errlen);
 

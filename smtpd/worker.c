@@ -39,6 +39,7 @@
 #include <openssl/ssl.h>
 
 #include "lib/lib.h"
+#include "lib/metrics.h"
 #include "queue/queue.h"
 #include "router/router.h"
 #include "smtpd/auth.h"
@@ -142,6 +143,7 @@ admit(struct worker *w, int fd, struct listener *l, const struct sockaddr_storag
 			 w->cf->smtpd_max_sessions);
 		refuse(fd, w->cf->hostname, "too many connections");
 		atomic_fetch_add(&w->ctr->refused, 1);
+		metrics_session_rejected((int)(l - w->ls), MSR_MAX_SESSIONS);
 		return;
 	}
 	if (slot < 0) {
@@ -156,6 +158,7 @@ admit(struct worker *w, int fd, struct listener *l, const struct sockaddr_storag
 		refuse(fd, w->cf->hostname, slot == -2 ? "too many connections from your address"
 			: "too many connections per minute from your address");
 		atomic_fetch_add(&w->ctr->refused, 1);
+		metrics_session_rejected((int)(l - w->ls), slot == -2 ? MSR_CLIENT_LIMIT : MSR_CLIENT_RATE);
 		return;
 	}
 	atomic_fetch_add(&w->ctr->connections, 1);
@@ -213,6 +216,7 @@ on_proxy_read(evutil_socket_t fd, short what, void *arg)
 	if (what & EV_TIMEOUT || now_usec() >= pw->deadline) {
 		msg_warn("timeout waiting for the PROXY protocol header from [%s]", pw->ip);
 		refuse(pw->fd, w->cf->hostname, "timeout waiting for the PROXY protocol header");
+		metrics_session_rejected((int)(pw->l - w->ls), MSR_PROXY);
 		proxy_end(pw);
 		return;
 	}
@@ -229,6 +233,7 @@ on_proxy_read(evutil_socket_t fd, short what, void *arg)
 	if (hl < 0) {
 		msg_warn("malformed PROXY protocol header from [%s]: %s", pw->ip, why);
 		refuse(pw->fd, w->cf->hostname, "malformed PROXY protocol header");
+		metrics_session_rejected((int)(pw->l - w->ls), MSR_PROXY);
 		proxy_end(pw);
 		return;
 	}
@@ -250,6 +255,7 @@ on_proxy_read(evutil_socket_t fd, short what, void *arg)
 	}
 	if (w->draining) {
 		refuse(fd, w->cf->hostname, "service shutting down");
+		metrics_session_rejected((int)(pw->l - w->ls), MSR_SHUTDOWN);
 		proxy_end(pw);
 		return;
 	}
@@ -277,6 +283,7 @@ proxy_begin(struct worker *w, int fd, struct listener *l, const struct sockaddr_
 			 "refused", ip);
 		refuse(fd, w->cf->hostname, "PROXY protocol not allowed from your address");
 		atomic_fetch_add(&w->ctr->refused, 1);
+		metrics_session_rejected((int)(l - w->ls), MSR_PROXY);
 		return;
 	}
 	if (w->nproxies >= w->cf->smtpd_max_sessions) {
@@ -284,6 +291,7 @@ proxy_begin(struct worker *w, int fd, struct listener *l, const struct sockaddr_
 			 w->cf->smtpd_max_sessions);
 		refuse(fd, w->cf->hostname, "too many connections");
 		atomic_fetch_add(&w->ctr->refused, 1);
+		metrics_session_rejected((int)(l - w->ls), MSR_MAX_SESSIONS);
 		return;
 	}
 	pw = xcalloc(1, sizeof(*pw));
@@ -325,6 +333,7 @@ on_accept(evutil_socket_t lfd, short what, void *arg)
 		}
 		if (w->draining) {
 			refuse(fd, w->cf->hostname, "service shutting down");
+			metrics_session_rejected((int)(l - w->ls), MSR_SHUTDOWN);
 			continue;
 		}
 		if (l->spec.proxy)

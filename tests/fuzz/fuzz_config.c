@@ -85,7 +85,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	CHECK(cf->local_domains[cf->nlocal_domains] == NULL);
 	CHECK(IN(cf->smtp_port, 1, 65535));
 	CHECK(IN(cf->message_size_limit, 1024, 2147483647LL));
-	CHECK(cf->log == LOG_SINK_STDERR || cf->log == LOG_SINK_SYSLOG);
+	CHECK(cf->log == LOG_SINK_STDERR || cf->log == LOG_SINK_SYSLOG ||
+	      (cf->log == LOG_SINK_FILE && cf->log_file != NULL && cf->log_file[0] == '/'));
 	CHECK(IN(cf->workers, 1, CONFIG_WORKERS_MAX));
 	CHECK(IN(cf->io_threads, 1, 256));
 	CHECK(IN(cf->smtpd_max_sessions, 1, 100000));

@@ -6,6 +6,7 @@
 #include "config.h"
 
 #include <check.h>
+#include <syslog.h>
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -216,8 +217,15 @@ static const struct errcase errcases[] = {
 	{ "smtpd_timeout = 1d", "t.conf:1: smtpd_timeout: 1d is above the maximum 3600" },
 	{ "smtpd_timeout = 0s", "t.conf:1: smtpd_timeout: 0s is below the minimum 1" },
 	{ "smtpd_data_timeout = 61m", "t.conf:1: smtpd_data_timeout: 61m is above the maximum 3600" },
-	{ "log = file", "t.conf:1: log: 'file' is not stderr or syslog" },
-	{ "log = Syslog", "t.conf:1: log: 'Syslog' is not stderr or syslog" },
+	{ "log = file", "t.conf:1: log: 'file' is not stderr, syslog or the absolute path of a file" },
+	{ "log = Syslog",
+	  "t.conf:1: log: 'Syslog' is not stderr, syslog or the absolute path of a file" },
+	{ "log = /var/log/", "t.conf:1: log: '/var/log/' is not stderr, syslog or the absolute path "
+	  "of a file" },
+	{ "syslog_facility = local8",
+	  "t.conf:1: syslog_facility: 'local8' is not mail or daemon or user or local0 or local1 or "
+	  "local2 or local3 or local4 or local5 or local6 or local7" },
+	{ "syslog_socket =", "t.conf:1: syslog_socket: missing value" },
 	{ "log =", "t.conf:1: log: missing value" },
 	{ "listen =", "t.conf:1: listen: missing value" },
 	{ "listen = 127.0.0.1", "t.conf:1: listen: '127.0.0.1' is not HOST:PORT or [IPv6]:PORT" },
@@ -254,6 +262,15 @@ static const struct errcase errcases[] = {
 	{ "proxy_networks = 127.0.0.1/33", "t.conf:1: proxy_networks: '127.0.0.1/33' is not ADDRESS "
 	  "or ADDRESS/BITS" },
 	{ "smtpd_proxy_timeout = 0", "t.conf:1: smtpd_proxy_timeout: 0 is below the minimum 1" },
+	{ "metrics_listen = localhost:9155",
+	  "t.conf:1: metrics_listen: 'localhost' is not a numeric IPv4 address" },
+	{ "metrics_listen = 127.0.0.1:0",
+	  "t.conf:1: metrics_listen: port '0' is not a number in 1..65535" },
+	{ "metrics_listen = 127.0.0.1:http",
+	  "t.conf:1: metrics_listen: port 'http' is not a number in 1..65535" },
+	{ "metrics_listen = [::1",
+	  "t.conf:1: metrics_listen: '[::1' is not HOST:PORT, [IPv6]:PORT or PORT" },
+	{ "metrics_listen =", "t.conf:1: metrics_listen: missing value" },
 	{ "listen = 127.0.0.1:25 mx milters=unix:/m proxy=maybe",
 	  "t.conf:1: listen: proxy: 'maybe' is not yes or no" },
 	{ "listen = 127.0.0.1:25 mx milters=unix:/m other=1",
@@ -296,7 +313,6 @@ static const struct errcase errcases[] = {
 	  "t.conf:3: milter_rcpt_macros: '{bad' is not a macro name (one character, or {name})" },
 	{ "milter_mail_macros = {}", "t.conf:1: milter_mail_macros: '{}' is not a macro name (one "
 	  "character, or {name})" },
-	{ "metrics_listen = 127.0.0.1:9155", "t.conf:1: unknown parameter 'metrics_listen'" },
 	{ "listen = 127.0.0.1:25\nlisten = 127.0.0.1:0025 submission",
 	  "t.conf:2: listen: 127.0.0.1:25 is given twice" },
 	{ "listen = [::1]:25\nlisten = [0:0::1]:25", "t.conf:2: listen: [::1]:25 is given twice" },
@@ -378,7 +394,45 @@ START_TEST(test_log_enum)
 	cf = parse("log = stderr", err, sizeof(err));
 	ck_assert_ptr_nonnull(cf);
 	ck_assert_int_eq(cf->log, LOG_SINK_STDERR);
+	ck_assert_ptr_null(cf->log_file);
+	ck_assert_int_eq(config_syslog_facility(cf), LOG_MAIL);
+	ck_assert_str_eq(cf->syslog_socket, "/dev/log");
 	config_free(cf);
+	cf = parse("log = /var/log/sorter.log\nsyslog_facility = local3", err, sizeof(err));
+	ck_assert_msg(cf != NULL, "%s", err);
+	ck_assert_int_eq(cf->log, LOG_SINK_FILE);
+	ck_assert_str_eq(cf->log_file, "/var/log/sorter.log");
+	ck_assert_int_eq(config_syslog_facility(cf), LOG_LOCAL3);
+	config_free(cf);
+}
+END_TEST
+
+/* metrics_listen: off by default, loopback when only a port is given */
+START_TEST(test_metrics_listen)
+{
+	static const struct { const char *text, *host, *port; } cases[] = {
+		{ "", NULL, NULL },
+		{ "metrics_listen = 9155", "127.0.0.1", "9155" },
+		{ "metrics_listen = 0.0.0.0:09155", "0.0.0.0", "9155" },
+		{ "metrics_listen = [::1]:9155", "::1", "9155" },
+		{ "metrics_listen = [0:0::1]:80", "::1", "80" },
+	};
+	char err[256] = "";
+	struct config *cf;
+	size_t i;
+
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		cf = parse(cases[i].text, err, sizeof(err));
+		ck_assert_msg(cf != NULL, "%s: %s", cases[i].text, err);
+		if (cases[i].host == NULL) {
+			ck_assert_ptr_null(cf->metrics_listen.host);
+			ck_assert_ptr_null(cf->metrics_listen.port);
+		} else {
+			ck_assert_str_eq(cf->metrics_listen.host, cases[i].host);
+			ck_assert_str_eq(cf->metrics_listen.port, cases[i].port);
+		}
+		config_free(cf);
+	}
 }
 END_TEST
 
@@ -801,6 +855,7 @@ config_suite(void)
 	tcase_add_loop_test(tc, test_errors, 0, sizeof(errcases) / sizeof(errcases[0]));
 	tcase_add_loop_test(tc, test_strings, 0, sizeof(strcases) / sizeof(strcases[0]));
 	tcase_add_test(tc, test_log_enum);
+	tcase_add_test(tc, test_metrics_listen);
 	tcase_add_test(tc, test_local_domains);
 	tcase_add_test(tc, test_listen);
 	tcase_add_test(tc, test_milter_specs);
