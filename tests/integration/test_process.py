@@ -181,8 +181,6 @@ class ConfigCheckTest(SorterTestCase):
             # one bound for workers, the table's: twice it in process slots for a reload
             ("workers = 16\n", 6),
             ("workers = 64\n", 6),
-            # features that do not exist yet are refused, never silently accepted
-            ("metrics_listen = 127.0.0.1:9155\n", 6),
             # a PROXY listener without the proxies it may trust
             ("listen = 127.0.0.1:2526 mx proxy=yes\n", 6),
             # milters the client could not reach without a lookup, or do not parse
