@@ -36,6 +36,7 @@
 #include <event2/event.h>
 
 #include "lib/lib.h"
+#include "lib/metrics.h"
 #include "smtpd/milter.h"
 #include "smtpd/smtpd.h"
 
@@ -82,6 +83,7 @@ struct mconn {
 	struct bufferevent *bev;
 	struct event *timer;
 	enum mstate state;
+	bool timed_out;                 /* the failure being reported is a timeout (metrics) */
 	int action;                     /* enum milter_action on failure */
 	bool conn_done;                 /* no more calls this session (accepted, or failed) */
 	bool msg_done;                  /* no more calls for this message (accepted) */
@@ -246,6 +248,8 @@ mfail(struct mconn *m, const char *fmt, ...)
 
 	if (m->state == MC_FAILED)
 		return;
+	metrics_milter(m->spec->name, m->timed_out ? MMILT_TIMEOUT : MMILT_ERROR);
+	m->timed_out = false;
 	va_start(ap, fmt);
 	vsnprintf(why, sizeof(why), fmt, ap);
 	va_end(ap);
@@ -323,6 +327,7 @@ on_mtimer(evutil_socket_t fd, short what, void *arg)
 {
 	struct mconn *m = arg;
 
+	m->timed_out = true;
 	if (m->state == MC_CONNECTING)
 		mfail(m, "connect timed out");
 	else if (m->draining)
@@ -558,6 +563,30 @@ mod_from_reply(struct milter_client *mc, struct mconn *m, const struct milter_re
 }
 
 /* One decoded reply from m. */
+/* The sorter_milter_results_total result of a reply; -1 for the others */
+static int
+verdict_metric(char type)
+{
+	switch (type) {
+	case SMFIR_CONTINUE:
+		return MMILT_CONTINUE;
+	case SMFIR_ACCEPT:
+		return MMILT_ACCEPT;
+	case SMFIR_REJECT:
+		return MMILT_REJECT;
+	case SMFIR_TEMPFAIL:
+	case SMFIR_CONN_FAIL:
+		return MMILT_TEMPFAIL;
+	case SMFIR_REPLYCODE:
+		return MMILT_REPLYCODE;
+	case SMFIR_DISCARD:
+		return MMILT_DISCARD;
+	case SMFIR_QUARANTINE:
+		return MMILT_QUARANTINE;
+	}
+	return -1;
+}
+
 static void
 on_reply(struct milter_client *mc, struct mconn *m, const struct milter_reply *r)
 {
@@ -575,6 +604,8 @@ on_reply(struct milter_client *mc, struct mconn *m, const struct milter_reply *r
 		      r->type, milter_stage_name(st));
 		return;
 	}
+	if (verdict_metric(r->type) >= 0)
+		metrics_milter(m->spec->name, (enum metrics_milter_result)verdict_metric(r->type));
 	switch (r->type) {
 	case SMFIR_PROGRESS:
 		arm(m);         /* still working: the wait starts again */

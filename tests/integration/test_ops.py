@@ -318,6 +318,43 @@ class TLSMetricsTest(SorterTestCase):
         self.assertEqual(total(s, "sorter_tls_handshakes_total"), 1)
 
 
+class MilterMetricsTest(SorterTestCase):
+    """Each milter's replies are counted under its name; a milter that cannot be reached
+    counts as an error."""
+
+    def test_verdicts(self):
+        import test_milter
+        from milters import milter_missing
+        missing = milter_missing()
+        if missing:
+            self.skipTest(missing)
+        f = test_milter.TestFilter(os.path.join(self.tmp, "filter"), "A")
+        f.start()
+        self.addCleanup(f.stop)
+        dead = "inet:127.0.0.1:%d" % free_port()
+        mport = free_port()
+        d = self.sorterd(smtpd_milters="%s, {%s,default_action=accept}" % (f.spec, dead),
+                         metrics_listen="127.0.0.1:%d" % mport)
+        c = self.connect(d)
+        r, qid = c.send_message("mail-accept@remote.test", ["x@example.test"], message())
+        self.assertReply(r, 250)
+        r, qid = c.send_message("a@remote.test", ["rcpt-discard@example.test"], message(),
+                                ehlo=False)
+        self.assertReply(r, 250)
+        c.cmd("QUIT")
+        s = parse(scrape(mport)[2])
+        self.assertEqual(value(s, "sorter_milter_results_total", milter=f.spec, result="accept"),
+                         1, s)
+        self.assertEqual(value(s, "sorter_milter_results_total", milter=f.spec,
+                               result="discard"), 1)
+        self.assertGreater(value(s, "sorter_milter_results_total", milter=f.spec,
+                                 result="continue"), 0)
+        self.assertGreaterEqual(value(s, "sorter_milter_results_total", milter=dead,
+                                      result="error"), 1)
+        self.assertEqual(total(s, "sorter_milter_results_total", milter=dead), total(
+            s, "sorter_milter_results_total", milter=dead, result="error"))
+
+
 # ---- logging ----
 
 class LogFileTest(SorterTestCase):
