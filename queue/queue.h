@@ -71,6 +71,9 @@ void spool_encode_head(const struct spool_envelope *env, size_t content_len,
 /* The text of a recipient record: the address, then its DSN parameters in
  * the codec's form (lib/dsnparam.c; p may be NULL). Never NULL. */
 char *spool_rcpt_text(const char *addr, const struct dsn_rcpt_params *p);
+/* The length of the address at the start of such a text ("ADDR PARAMS"):
+ * a quoted local part may hold spaces. */
+size_t spool_rcpt_addr_len(const char *r);
 /* The sender's DSN parameters in the codec's form; NULL when none. */
 char *spool_sender_params(const struct dsn_sender_params *p);
 /* The end-marker record (SPOOL_REC_HDR bytes) */

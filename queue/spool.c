@@ -181,6 +181,12 @@ rcpt_addr_len(const char *s, size_t len)
 	return i;
 }
 
+size_t
+spool_rcpt_addr_len(const char *r)
+{
+	return rcpt_addr_len(r, strlen(r));
+}
+
 static int
 parse_time(const unsigned char *p, size_t len, uint64_t *out)
 {

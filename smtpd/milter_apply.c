@@ -334,23 +334,6 @@ milter_mods_any(const struct milter_mods *m)
 	return m->n > 0 || m->body_replaced || m->quarantine != NULL;
 }
 
-/* The address at the start of a recipient entry ("ADDR PARAMS"): a quoted
- * local part may hold spaces. */
-static size_t
-entry_addr_len(const char *r)
-{
-	size_t i = 0;
-
-	if (r[0] == '"') {
-		for (i = 1; r[i] != '\0' && r[i] != '"'; i++)
-			if (r[i] == '\\' && r[i + 1] != '\0')
-				i++;
-		if (r[i] == '"')
-			i++;
-	}
-	return i + strcspn(r + i, " ");
-}
-
 /* "address" or "<address>" as a filter names it, without the brackets */
 static void
 bare_addr(const char *a, char *out, size_t outlen)
@@ -427,7 +410,7 @@ milter_apply_envelope(const struct milter_mods *m, struct milter_envelope *env, 
 						mod->milter, mod->addr);
 			address_format(&c.addr, addr, sizeof(addr));
 			for (j = 0; j < *env->nrcpt; j++) {
-				k = entry_addr_len((*env->rcpts)[j]);
+				k = spool_rcpt_addr_len((*env->rcpts)[j]);
 				if (k == strlen(addr) && strncasecmp((*env->rcpts)[j], addr, k) == 0)
 					break;
 			}
@@ -448,7 +431,7 @@ milter_apply_envelope(const struct milter_mods *m, struct milter_envelope *env, 
 		case MOD_DELRCPT:
 			bare_addr(mod->addr, want, sizeof(want));
 			for (j = 0; j < *env->nrcpt;) {
-				k = entry_addr_len((*env->rcpts)[j]);
+				k = spool_rcpt_addr_len((*env->rcpts)[j]);
 				if (k != strlen(want) || strncasecmp((*env->rcpts)[j], want, k) != 0) {
 					j++;
 					continue;

@@ -489,23 +489,6 @@ do_rcpt(struct session *s, struct smtp_cmd *c)
 	reply(s, "250 2.1.5 Ok");
 }
 
-/* The length of the address at the start of a recipient entry ("ADDR
- * PARAMS"): a quoted local part may hold spaces. */
-static size_t
-rcpt_addr_len(const char *r)
-{
-	size_t i = 0;
-
-	if (r[0] == '"') {
-		for (i = 1; r[i] != '\0' && r[i] != '"'; i++)
-			if (r[i] == '\\' && r[i + 1] != '\0')
-				i++;
-		if (r[i] == '"')
-			i++;
-	}
-	return i + strcspn(r + i, " ");
-}
-
 /* Header folding for Received: words are appended with a space, or on a
  * new line (CRLF TAB) when the line would pass 78 characters; a word is
  * never split, so only a single overlong word makes a longer line. */
@@ -556,7 +539,7 @@ add_received(struct session *s, struct dstr *out)
 	fold_word(&f, "with %s", proto_name(s));
 	fold_word(&f, "id %s%s", s->id, s->nrcpt == 1 ? "" : ";");
 	if (s->nrcpt == 1)
-		fold_word(&f, "for <%.*s>;", (int)rcpt_addr_len(s->rcpts[0]), s->rcpts[0]);
+		fold_word(&f, "for <%.*s>;", (int)spool_rcpt_addr_len(s->rcpts[0]), s->rcpts[0]);
 	fold_word(&f, "%s", date);
 	dstr_printf(out, "\r\n");
 }
@@ -1298,7 +1281,7 @@ milter_message_done(struct session *s, const struct milter_result *r)
 	for (i = 0; i < s->nrcpt; i++) {
 		struct canon canon;
 		const char *cwhy;
-		size_t n = rcpt_addr_len(s->rcpts[i]);
+		size_t n = spool_rcpt_addr_len(s->rcpts[i]);
 
 		snprintf(addr, sizeof(addr), "%.*s", (int)n, s->rcpts[i]);
 		if (router_canon(addr, NULL, NULL, &canon, &cwhy) < 0)
