@@ -1421,6 +1421,7 @@ on_milter(void *arg, const struct milter_result *r)
 			}
 			if (st == MS_EOM) {
 				atomic_fetch_add(&s->w->ctr->rejected, 1);
+				metrics_message_rejected((int)(s->listener - s->w->ls), MMR_MILTER);
 				transaction_reset(s);
 			}
 		}

@@ -341,8 +341,13 @@ class MilterMetricsTest(SorterTestCase):
         r, qid = c.send_message("a@remote.test", ["rcpt-discard@example.test"], message(),
                                 ehlo=False)
         self.assertReply(r, 250)
+        # a refusal at the end of the message counts as a rejected message, reason milter
+        r, qid = c.send_message("a@remote.test", ["x@example.test"],
+                                message(extra_headers=("X-Test-Milter: reject",)), ehlo=False)
+        self.assertEqual(r.code // 100, 5, r)
         c.cmd("QUIT")
         s = parse(scrape(mport)[2])
+        self.assertEqual(total(s, "sorter_smtpd_messages_rejected_total", reason="milter"), 1, s)
         self.assertEqual(value(s, "sorter_milter_results_total", milter=f.spec, result="accept"),
                          1, s)
         self.assertEqual(value(s, "sorter_milter_results_total", milter=f.spec,
