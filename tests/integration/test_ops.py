@@ -582,14 +582,15 @@ class SelectionTest(DeliveryTestCase):
         self.node_b.stop()
 
     def fill(self):
-        """alice (node A) from s1, bob (node B) from s2, carol+bob from s1, then 3 s later
+        """alice (node A) from s1, bob (node B) from s2, carol+bob from s1, then 6 s later
         bob from s3. Returns {name: qid}."""
         d = self.start_sorterd(timers=SLOW)
         q = {"alice": self.send(ALICE, token("a"), sender="s1@example.test"),
              "bob": self.send(BOB, token("b"), sender="s2@example.test"),
              "both": self.send([CAROL, BOB], token("c"), sender="s1@example.test")}
-        time.sleep(3)
+        time.sleep(6)
         q["late"] = self.send(BOB, token("l"), sender="s3@example.test")
+        self.t_late = time.time()
         for qid in q.values():
             self.assertTrue(wait_until(lambda qid=qid: os.path.exists(
                 os.path.join(d.spool, "deferred", qid)), WAIT), qid)
@@ -616,8 +617,16 @@ class SelectionTest(DeliveryTestCase):
         (["--sender", "s1@*", "--node", "node-b"], {"both"}),
     ]
 
+    def ages(self, selectors):
+        """The age selectors, made at the moment of use: "late" came at least 6 s after the
+        others, so N s (N = its age rounded down + 4) lies between its age and theirs, with
+        three seconds to spare for the commands of a case on a slow machine."""
+        n = int(time.time() - self.t_late) + 4
+        return [("%ds" % n) if a == "2s" else a for a in selectors]
+
     def check_cases(self, q):
         for selectors, names in self.CASES:
+            selectors = self.ages(selectors)
             want = {q[n] for n in names}
             self.assertEqual(self.listed(*selectors), want, selectors)
             r = self.d.ctl("hold", *selectors, check=False)
@@ -686,7 +695,7 @@ class SelectionTest(DeliveryTestCase):
         self.wait_delivered(self.node_b, "bob", "", timeout=WAIT)
         self.assertNotIn(q["bob"], self.listed())
         self.assertIn(q["late"], self.listed())           # not flushed: still waiting
-        r = self.d.ctl("delete", "--younger-than", "2s")
+        r = self.d.ctl("delete", *self.ages(["--younger-than", "2s"]))
         self.assertIn("1 message removed", r.stdout)
         self.assertEqual(self.listed(), {q["alice"], q["both"]})
         self.d.stop()
