@@ -151,6 +151,7 @@ struct config {
 	int delay_warning_time;         /* seconds before a delay DSN; 0 = never */
 	int qmgr_message_active_limit;  /* messages held in memory at once */
 	long long qmgr_message_active_bytes; /* their queue files' bytes at most (one may exceed) */
+	long long bounce_size_limit;    /* a DSN returns a bigger message's headers only */
 	int lmtp_destination_concurrency_limit; /* connections per node */
 	int lmtp_destination_recipient_limit;   /* recipients per LMTP transaction */
 	int smtp_destination_concurrency_limit; /* connections per remote destination */

@@ -90,7 +90,8 @@ queue_dsn(struct qmsg *mq, int kind, struct qexp **exps, size_t n, const char *t
 	uint64_t now = now_usec();
 	char mid[64];
 	const char *rcpt = to;
-	size_t i;
+	unsigned char *payload;
+	size_t i, plen;
 
 	memset(&rep, 0, sizeof(rep));
 	rep.reporting_mta = q->cf->hostname;
@@ -100,8 +101,22 @@ queue_dsn(struct qmsg *mq, int kind, struct qexp **exps, size_t n, const char *t
 	rep.envid = mq->sp.envid[0] ? mq->sp.envid : NULL;
 	rep.ret = mq->sp.ret;
 	rep.kind = kind;
-	rep.content = mq->image + mq->m.content_offset;
-	rep.content_len = mq->m.content_len;
+	/* the whole message goes back only when it is small; a bigger one is
+	 * returned as its header section, read from at most the first
+	 * bounce_size_limit bytes (as Postfix's bounce_size_limit) */
+	plen = mq->m.content_len;
+	if (plen > (size_t)q->cf->bounce_size_limit) {
+		plen = (size_t)q->cf->bounce_size_limit;
+		rep.ret = DSN_RET_HDRS;
+	}
+	payload = xmalloc(plen + 1);
+	if (spool_content_read(mq->fd, &mq->m, 0, payload, plen) < 0) {
+		/* the report goes out all the same, without the message */
+		msg_warn("%s: cannot read the content for a DSN: %s", mq->id, strerror(errno));
+		plen = 0;
+	}
+	rep.content = payload;
+	rep.content_len = plen;
 	for (i = 0; i < n; i++) {
 		struct qrcpt *qr = rcpt_of(mq, exps[i]);
 
@@ -124,6 +139,7 @@ queue_dsn(struct qmsg *mq, int kind, struct qexp **exps, size_t n, const char *t
 	snprintf(mid, sizeof(mid), "%s.%s", job->id, mq->id);
 	dstr_init(&job->content, 0);
 	dsn_build(&rep, ents, n, mid, &job->content);
+	free(payload);
 	free(ents);
 	memset(&env, 0, sizeof(env));
 	env.arrival_usec = now;

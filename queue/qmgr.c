@@ -60,6 +60,33 @@ static void scan_dir(struct qmgr *q, int d, bool due_only);
 
 /* ---- loading ---- */
 
+/*
+ * What the qmgr must know of a message's content before it routes it: its
+ * hop count, whether it has 8-bit bytes, and whether its header section
+ * has. The content is read once, in CONTENT_SCAN pieces, never held whole.
+ * The header checks look at the first piece only: a header section longer
+ * than that counts the Received: fields in it (far more than any
+ * hopcount_limit), and is taken to be 8-bit when the content is.
+ */
+#define CONTENT_SCAN (256 * 1024)
+
+/* The length of the header section at the start of p (up to and with the
+ * empty line), or len when it does not end within p. */
+static size_t
+header_end(const unsigned char *p, size_t len)
+{
+	size_t i = 0;
+
+	while (i < len) {
+		if (p[i] == '\r' && i + 1 < len && p[i + 1] == '\n')
+			return i + 2;   /* the empty line */
+		while (i < len && p[i] != '\n')
+			i++;
+		i++;
+	}
+	return len;
+}
+
 static unsigned
 count_received(const unsigned char *p, size_t len)
 {
@@ -67,8 +94,6 @@ count_received(const unsigned char *p, size_t len)
 	unsigned n = 0;
 
 	while (i < len) {
-		if (p[i] == '\r' && i + 1 < len && p[i + 1] == '\n')
-			break;          /* the empty line: end of the header section */
 		if (len - i >= 9 && strncasecmp((const char *)p + i, "Received:", 9) == 0)
 			n++;
 		while (i < len && p[i] != '\n')
@@ -89,21 +114,45 @@ has_8bit(const unsigned char *p, size_t len)
 	return false;
 }
 
-/* An 8-bit byte in the header section (up to the first empty line): a
- * message received with SMTPUTF8 then needs it all the way (RFC 6532). */
-static bool
-headers_8bit(const unsigned char *p, size_t len)
+/* Fills mq->hops, eightbit and utf8_headers from the file. Returns 0, or
+ * -1 with errno when the content cannot be read now. */
+static int
+scan_content(struct qmsg *mq)
 {
-	size_t i;
+	unsigned char *buf = xmalloc(CONTENT_SCAN);
+	size_t off = 0, n, hlen = 0;
+	bool hdr8 = false, hdr_done = false;
 
-	for (i = 0; i < len; i++) {
-		if (p[i] & 0x80)
-			return true;
-		if (p[i] == '\n' && (i + 1 >= len || p[i + 1] == '\n' ||
-		    (p[i + 1] == '\r' && i + 2 < len && p[i + 2] == '\n')))
-			return false;
+	mq->eightbit = false;
+	while (off < mq->m.content_len) {
+		n = mq->m.content_len - off;
+		if (n > CONTENT_SCAN)
+			n = CONTENT_SCAN;
+		if (spool_content_read(mq->fd, &mq->m, off, buf, n) < 0) {
+			int saved = errno;
+
+			free(buf);
+			errno = saved;
+			return -1;
+		}
+		if (off == 0) {
+			hlen = header_end(buf, n);
+			hdr_done = hlen < n || n == mq->m.content_len;
+			mq->hops = count_received(buf, hlen);
+			hdr8 = has_8bit(buf, hlen);
+		}
+		if (!mq->eightbit)
+			mq->eightbit = has_8bit(buf, n);
+		if (mq->eightbit && (hdr8 || hdr_done))
+			break;  /* nothing more to learn */
+		off += n;
 	}
-	return false;
+	free(buf);
+	/* a header section past the first piece: 8-bit if the content is */
+	if (!hdr_done)
+		hdr8 = mq->eightbit;
+	mq->utf8_headers = mq->sp.smtputf8 && hdr8;
+	return 0;
 }
 
 bool
@@ -121,7 +170,8 @@ msg_free(struct qmsg *mq)
 	free(mq->sender_params);
 	qstatus_free(&mq->st);
 	spool_msg_free(&mq->m);
-	free(mq->image);
+	if (mq->fd >= 0)
+		close(mq->fd);
 	free(mq);
 }
 
@@ -271,7 +321,8 @@ msg_deliver(struct qmsg *mq)
 			qd->txn.rcpt_params = qd->rcpt_params;
 			qd->txn.rcpts = qd->rcpts;
 			qd->txn.nrcpt = n;
-			qd->txn.content = mq->image + mq->m.content_offset;
+			qd->txn.content_fd = mq->fd;
+			qd->txn.content_offset = mq->m.content_offset;
 			qd->txn.content_len = mq->m.content_len;
 			qd->txn.eightbit = mq->eightbit;
 			qd->txn.results = qd->results;
@@ -317,7 +368,7 @@ msg_route(struct qmsg *mq)
 
 	routes_free(mq);
 	mq->route_wait = false;
-	hops = count_received(mq->image + mq->m.content_offset, mq->m.content_len);
+	hops = mq->hops;
 	mq->r = xcalloc(mq->m.nrcpt, sizeof(*mq->r));
 	for (i = 0; i < mq->m.nrcpt; i++) {
 		if (mq->m.rcpts[i].state != RCPT_PENDING)
@@ -379,9 +430,10 @@ msg_route(struct qmsg *mq)
 
 /* ---- taking messages in ---- */
 
-/* The active set is bounded by count and by bytes (the messages are held
- * in memory while they are delivered): past either bound new messages wait
- * in incoming/ until it has shrunk to half. */
+/* The active set is bounded by count and by bytes (the bytes of the files
+ * being delivered, which are read again for each transaction; only their
+ * records are held in memory): past either bound new messages wait in
+ * incoming/ until it has shrunk to half. */
 static bool
 active_full(const struct qmgr *q)
 {
@@ -442,9 +494,10 @@ msg_load(struct qmgr *q, int from, const char *id)
 	mq = xcalloc(1, sizeof(*mq));
 	mq->q = q;
 	snprintf(mq->id, sizeof(mq->id), "%s", id);
-	mq->image = f.image;
-	mq->len = f.len;
+	mq->fd = f.fd;
+	mq->len = f.m.file_size;
 	mq->m = f.m;
+	free(f.head);
 	mq->st = st;
 	if (dsn_parse_sender_params(mq->m.sender_params, &mq->sp, &why) < 0)
 		msg_warn("%s: sender DSN parameters \"%.100s\" ignored: %s", id,
@@ -456,9 +509,13 @@ msg_load(struct qmgr *q, int from, const char *id)
 		mq->sender_params = spool_sender_params(&dp);
 	}
 	mq->start_usec = now_usec();
-	mq->eightbit = has_8bit(mq->image + mq->m.content_offset, mq->m.content_len);
-	mq->utf8_headers = mq->sp.smtputf8 && mq->eightbit &&
-	    headers_8bit(mq->image + mq->m.content_offset, mq->m.content_len);
+	if (scan_content(mq) < 0) {
+		/* left in active/: the next scan of active/ tries again */
+		msg_warn("%s: read its content: %s; left in active/, to be read again later",
+			 id, strerror(errno));
+		msg_free(mq);
+		return -1;
+	}
 	mq->next = q->msgs;
 	if (q->msgs)
 		q->msgs->prev = mq;

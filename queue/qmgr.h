@@ -55,8 +55,9 @@ struct qdest {                  /* one transaction: a message's share for one de
 struct qmsg {
 	struct qmgr *q;
 	char id[QID_LEN + 1];
-	unsigned char *image;
-	size_t len;
+	int fd;                 /* the queue file, open: the content is read from it */
+	size_t len;             /* the file's size, counted in the active set's bytes */
+	unsigned hops;          /* Received: headers, for hopcount_limit */
 	struct spool_msg m;
 	struct dsn_sender_params sp;
 	char *sender_params;    /* the DSN ones of sp in the codec's form, for the next hop

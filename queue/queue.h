@@ -109,23 +109,29 @@ int spool_parse(const unsigned char *buf, size_t len, struct spool_msg *m,
 		char *err, size_t errlen);
 void spool_msg_free(struct spool_msg *m);
 
-/* A queue file read whole: its records, and the image they were parsed
- * from (the content is sent or shown straight from it). */
+/* A queue file opened for reading: its records, parsed, and the file kept
+ * open for its content, which stays on disk (spool_content_read). */
 struct spool_file {
-	unsigned char *image;
-	size_t len;
+	unsigned char *head;       /* the first head_len bytes: the records */
+	size_t head_len;
+	int fd;                    /* the open file; -1 when none */
 	struct spool_msg m;        /* m.id is the file's name */
 };
 
 /* read(2), or what a test puts in its place to make reads fail */
 typedef ssize_t (*spool_read_fn)(int fd, void *buf, size_t n);
 
-/* The one reader of queue files: reads the file at path whole (with rd;
- * NULL = read(2)) and parses it. Returns 0; -1 when it is corrupt or torn
- * (err says why); -2 when it cannot be read now (errno set, err says
+/* The one reader of queue files: opens the file at path, reads (with rd;
+ * NULL = read(2)) and parses its records up to the content and the end
+ * marker after it, and keeps it open. Returns 0; -1 when it is corrupt or
+ * torn (err says why); -2 when it cannot be read now (errno set, err says
  * what). Only -1 is a reason to move a file aside; -2 is tried again. */
 int spool_load(const char *path, spool_read_fn rd, struct spool_file *f,
 	       char *err, size_t errlen);
+/* Reads n content bytes from offset off of the content (0 = its first
+ * byte) of a file spool_load() opened as fd. Returns 0, or -1 with errno
+ * (EIO when the file ends early). */
+int spool_content_read(int fd, const struct spool_msg *m, size_t off, void *buf, size_t n);
 void spool_file_free(struct spool_file *f);
 /* spool_load() for the daemon: a corrupt file is moved to corrupt/
  * (spool_quarantine), an unreadable one is left where it is and logged.

@@ -148,6 +148,41 @@ put_safe(const char *p, size_t n)
 	}
 }
 
+/* Writes a message's content from its file, in pieces; safe: through
+ * put_safe, cut at line ends so that no character is split. Returns 0, or
+ * -1 with errno when the file cannot be read. */
+static int
+show_content(const struct spool_file *f, bool safe)
+{
+	static char buf[65536];
+	size_t off = 0, keep = 0, n, cut;
+	const char *nl;
+
+	while (off < f->m.content_len) {
+		n = sizeof(buf) - keep;
+		if (n > f->m.content_len - off)
+			n = f->m.content_len - off;
+		if (spool_content_read(f->fd, &f->m, off, buf + keep, n) < 0)
+			return -1;
+		off += n;
+		n += keep;
+		if (!safe) {
+			fwrite(buf, 1, n, stdout);
+			keep = 0;
+			continue;
+		}
+		cut = n;
+		if (off < f->m.content_len && (nl = memrchr(buf, '\n', n)) != NULL)
+			cut = (size_t)(nl - buf) + 1;
+		put_safe(buf, cut);
+		keep = n - cut;
+		memmove(buf, buf + cut, keep);
+	}
+	if (keep > 0)
+		put_safe(buf, keep);
+	return 0;
+}
+
 /* Envelope fields come from the network: no control character of theirs,
  * a tab or line end included, reaches the administrator's terminal. */
 static void
@@ -416,9 +451,10 @@ load_entry(const char *spool_dir, const struct entry *e, struct listed *l)
 		return -1;
 	}
 	l->state = state_dirs[where].state;
-	/* the records stay; the image (the content) is not needed for a listing */
+	/* the records stay; the content is not needed for a listing */
 	l->msg = f.m;
-	free(f.image);
+	memset(&f.m, 0, sizeof(f.m));
+	spool_file_free(&f);
 	if (l->reason[0] == '\0')
 		load_status(spool_dir, e->id, l);
 	return 0;
@@ -603,10 +639,11 @@ cmd_show(const char *spool_dir, const char *id, bool raw)
 	putchar('\n');
 	/* the message as stored, unless a terminal would take its bytes for
 	 * commands (escape sequences in a header); --raw always */
-	if (raw || !isatty(STDOUT_FILENO))
-		fwrite(f.image + m->content_offset, 1, m->content_len, stdout);
-	else
-		put_safe((const char *)f.image + m->content_offset, m->content_len);
+	if (show_content(&f, !raw && isatty(STDOUT_FILENO)) < 0) {
+		fprintf(stderr, "sorterctl: read %s: %s\n", id, strerror(errno));
+		spool_file_free(&f);
+		return 1;
+	}
 	spool_file_free(&f);
 	return 0;
 }

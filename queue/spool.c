@@ -9,8 +9,10 @@
  * spool_load() is the only reader of queue files (the queue manager, the
  * start-up check and sorterctl all use it), so that a file that cannot be
  * read right now (EIO, ENOMEM, EMFILE...) is never taken for a damaged one:
- * only a parse error moves a file to corrupt/. Nothing here may delete a
- * queue file.
+ * only a parse error moves a file to corrupt/. It reads the records and
+ * the end marker, never the content: the content stays on disk, read in
+ * pieces by whoever sends or shows it (spool_content_read), so no reader
+ * holds a whole message in memory. Nothing here may delete a queue file.
  */
 #include "config.h"
 
@@ -226,12 +228,47 @@ add_rcpt(struct spool_msg *m, size_t *cap, const char *text, size_t len,
 
 #define FAIL(...) do { snprintf(err, errlen, __VA_ARGS__); goto fail; } while (0)
 
-int
-spool_parse(const unsigned char *buf, size_t len, struct spool_msg *m,
-	    char *err, size_t errlen)
+/*
+ * What the parser sees of a file of file_len bytes: its first head_len
+ * bytes and, once the content record is known, the bytes from tail_off to
+ * the end. The content itself is never looked at, so a file can be parsed
+ * without reading it (spool_load), and a whole image is the case where the
+ * head is everything (spool_parse).
+ */
+struct view {
+	const unsigned char *head;
+	size_t head_len;
+	const unsigned char *tail;      /* NULL until read */
+	size_t tail_off;
+	size_t file_len;
+};
+
+/* n bytes at file offset off, or NULL when they are not in the view */
+static const unsigned char *
+view_at(const struct view *v, size_t off, size_t n)
 {
-	size_t off = 0, rlen, cap = 0, left;
-	const unsigned char *data;
+	if (off <= v->head_len && n <= v->head_len - off)
+		return v->head + off;
+	if (v->tail != NULL && off >= v->tail_off && off <= v->file_len &&
+	    n <= v->file_len - off)
+		return v->tail + (off - v->tail_off);
+	return NULL;
+}
+
+enum { PARSE_OK = 0, PARSE_BAD = -1, PARSE_MORE_HEAD = 1, PARSE_NEED_TAIL = 2 };
+
+/*
+ * Parses the records in view v. Returns PARSE_OK or PARSE_BAD (err says
+ * why), or asks for more: PARSE_MORE_HEAD when a record before the content
+ * runs past the head, PARSE_NEED_TAIL (m->content_offset and content_len
+ * set) when the records after the content are needed. Lengths are checked
+ * against the file's length, so no offset sum can overflow.
+ */
+static int
+parse_view(const struct view *v, struct spool_msg *m, char *err, size_t errlen)
+{
+	size_t off = 0, rlen, cap = 0, left, len = v->file_len;
+	const unsigned char *hdr, *data;
 	bool have_time = false, have_content = false, have_end = false;
 	char **field, tn[8], tv[20];
 	int type;
@@ -248,11 +285,12 @@ spool_parse(const unsigned char *buf, size_t len, struct spool_msg *m,
 		if (left < SPOOL_REC_HDR)
 			FAIL("torn: record header at offset %zu cut short (%zu of %d bytes)",
 			     off, left, SPOOL_REC_HDR);
-		type = buf[off];
-		rlen = (size_t)buf[off + 1] << 24 | (size_t)buf[off + 2] << 16 |
-		       (size_t)buf[off + 3] << 8 | (size_t)buf[off + 4];
+		if ((hdr = view_at(v, off, SPOOL_REC_HDR)) == NULL)
+			goto more;
+		type = hdr[0];
+		rlen = (size_t)hdr[1] << 24 | (size_t)hdr[2] << 16 |
+		       (size_t)hdr[3] << 8 | (size_t)hdr[4];
 		left -= SPOOL_REC_HDR;
-		data = buf + off + SPOOL_REC_HDR;
 		/* the length is checked against what remains: no sum can overflow */
 		if (rlen > left)
 			FAIL("record %s at offset %zu runs past end of file (length %zu, %zu bytes left)",
@@ -263,8 +301,13 @@ spool_parse(const unsigned char *buf, size_t len, struct spool_msg *m,
 			FAIL("duplicate record 'M' at offset %zu", off);
 		if (have_content && type != SPOOL_REC_END)
 			FAIL("record %s at offset %zu after the content", type_name(type, tn), off);
-		if (type != SPOOL_REC_CONTENT && memchr(data, '\0', rlen) != NULL)
-			FAIL("NUL byte in record %s at offset %zu", type_name(type, tn), off);
+		data = NULL;
+		if (type != SPOOL_REC_CONTENT) {
+			if ((data = view_at(v, off + SPOOL_REC_HDR, rlen)) == NULL)
+				goto more;
+			if (memchr(data, '\0', rlen) != NULL)
+				FAIL("NUL byte in record %s at offset %zu", type_name(type, tn), off);
+		}
 
 		field = NULL;
 		switch (type) {
@@ -352,11 +395,38 @@ spool_parse(const unsigned char *buf, size_t len, struct spool_msg *m,
 	if (m->proto == NULL)
 		m->proto = xstrdup("");
 	m->file_size = len;
-	return 0;
+	return PARSE_OK;
 
+more:
+	{
+		size_t co = m->content_offset, cl = m->content_len;
+		bool tail = have_content && v->tail == NULL;
+
+		spool_msg_free(m);
+		if (!tail)
+			return PARSE_MORE_HEAD;
+		m->content_offset = co;
+		m->content_len = cl;
+		return PARSE_NEED_TAIL;
+	}
 fail:
 	spool_msg_free(m);
-	return -1;
+	return PARSE_BAD;
+}
+
+int
+spool_parse(const unsigned char *buf, size_t len, struct spool_msg *m,
+	    char *err, size_t errlen)
+{
+	struct view v = { buf, len, NULL, len, len };
+
+	/* the head is the whole image: nothing can be missing from the view */
+	if (parse_view(&v, m, err, errlen) != PARSE_OK) {
+		if (errlen && err[0] == '\0')
+			snprintf(err, errlen, "internal error: incomplete view");
+		return -1;
+	}
+	return 0;
 }
 
 #undef FAIL
@@ -371,73 +441,62 @@ base_name(const char *path)
 	return s ? s + 1 : path;
 }
 
-/* Reads a whole file with rd. The size is taken from fstat but reading
- * goes on to end of file, so a file that changes meanwhile is never cut
- * short. A failed read is an error, never an early end of file: a short
- * image would parse as torn and send a good file to corrupt/. */
+/*
+ * Reads n bytes at file offset off with rd. A failed read is an error,
+ * never an early end of file: a short image would parse as torn and send a
+ * good file to corrupt/. A file that ends before n bytes changed while it
+ * was being read (queue files are never cut short): EAGAIN, read it again
+ * later.
+ */
 static int
-slurp(int fd, spool_read_fn rd, unsigned char **bufp, size_t *lenp)
+read_at(int fd, spool_read_fn rd, unsigned char *buf, size_t n, size_t off)
 {
-	struct stat st;
-	unsigned char *buf;
-	size_t cap, len = 0;
-	ssize_t n;
-	int saved;
+	size_t got = 0;
+	ssize_t r;
 
-	if (fstat(fd, &st) < 0)
+	if (lseek(fd, (off_t)off, SEEK_SET) < 0)
 		return -1;
-	if (!S_ISREG(st.st_mode)) {
-		errno = EINVAL;
-		return -1;
-	}
-	if ((unsigned long long)st.st_size >= SIZE_MAX / 4) {
-		errno = EFBIG;
-		return -1;
-	}
-	cap = (size_t)st.st_size + 1;
-	buf = xmalloc(cap);
-	for (;;) {
-		if (len == cap) {
-			if (cap >= SIZE_MAX / 4) {
-				free(buf);
-				errno = EFBIG;
-				return -1;
-			}
-			cap *= 2;
-			buf = xrealloc(buf, cap);
-		}
-		n = rd(fd, buf + len, cap - len);
-		if (n < 0) {
+	while (got < n) {
+		r = rd(fd, buf + got, n - got);
+		if (r < 0) {
 			if (errno == EINTR)
 				continue;
-			saved = errno;
-			free(buf);
-			errno = saved ? saved : EIO;
+			if (errno == 0)
+				errno = EIO;
 			return -1;
 		}
-		if (n == 0)
-			break;
-		len += (size_t)n;
+		if (r == 0) {
+			errno = EAGAIN;
+			return -1;
+		}
+		got += (size_t)r;
 	}
-	*bufp = buf;
-	*lenp = len;
 	return 0;
 }
+
+#define HEAD_FIRST (16 * 1024)  /* read first: all the records of most files */
+#define TAIL_MAX 4096           /* more after the content than this is damage */
 
 int
 spool_load(const char *path, spool_read_fn rd, struct spool_file *f, char *err, size_t errlen)
 {
 	const char *name = base_name(path);
+	unsigned char *tail = NULL;
 	struct stat st;
-	int fd, saved;
+	struct view v;
+	size_t size, cap;
+	int saved, rc;
 
 	memset(f, 0, sizeof(*f));
+	f->fd = -1;
 	if (!qid_valid(name)) {
 		snprintf(err, errlen, "file name is not a queue id");
 		return -1;
 	}
+	if (rd == NULL)
+		rd = read;
 	/* never through a link planted in the spool, and no FIFO may hang us */
-	if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)) < 0) {
+	if ((f->fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)) < 0) {
 		saved = errno;
 		snprintf(err, errlen, "open %s: %s", path, strerror(saved));
 		errno = saved;
@@ -447,27 +506,96 @@ spool_load(const char *path, spool_read_fn rd, struct spool_file *f, char *err, 
 		}
 		return -2;
 	}
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+	if (fstat(f->fd, &st) < 0 || !S_ISREG(st.st_mode)) {
 		saved = errno;
-		close(fd);
+		spool_file_free(f);
 		snprintf(err, errlen, "not a regular file");
 		errno = saved;
 		return -1;
 	}
-	if (slurp(fd, rd ? rd : read, &f->image, &f->len) < 0) {
-		saved = errno;
-		close(fd);
-		snprintf(err, errlen, "read %s: %s", path, strerror(saved));
-		errno = saved;
+	if ((unsigned long long)st.st_size >= SIZE_MAX / 4) {
+		spool_file_free(f);
+		snprintf(err, errlen, "read %s: %s", path, strerror(EFBIG));
+		errno = EFBIG;
 		return -2;
 	}
-	close(fd);
-	if (spool_parse(f->image, f->len, &f->m, err, errlen) < 0) {
-		free(f->image);
-		memset(f, 0, sizeof(*f));
-		return -1;
+	size = (size_t)st.st_size;
+	memset(&v, 0, sizeof(v));
+	v.file_len = size;
+	cap = size < HEAD_FIRST ? size : HEAD_FIRST;
+	for (;;) {
+		if (cap > f->head_len) {
+			f->head = xrealloc(f->head, cap ? cap : 1);
+			if (read_at(f->fd, rd, f->head + f->head_len, cap - f->head_len,
+				    f->head_len) < 0)
+				goto read_error;
+			f->head_len = cap;
+		}
+		v.head = f->head;
+		v.head_len = f->head_len;
+		rc = parse_view(&v, &f->m, err, errlen);
+		if (rc == PARSE_OK)
+			break;
+		if (rc == PARSE_BAD)
+			goto bad;
+		if (rc == PARSE_MORE_HEAD && f->head_len < size && tail == NULL) {
+			cap = f->head_len > size / 2 ? size : 2 * f->head_len;
+			continue;
+		}
+		if (rc == PARSE_NEED_TAIL && tail == NULL) {
+			v.tail_off = f->m.content_offset + f->m.content_len;
+			spool_msg_free(&f->m);
+			if (size - v.tail_off > TAIL_MAX) {
+				snprintf(err, errlen, "%zu bytes after the content, from offset %zu",
+					 size - v.tail_off, v.tail_off);
+				goto bad;
+			}
+			tail = xmalloc(size - v.tail_off + 1);
+			if (read_at(f->fd, rd, tail, size - v.tail_off, v.tail_off) < 0)
+				goto read_error;
+			v.tail = tail;
+			continue;
+		}
+		msg_panic("spool_load: %s: the parser asks for bytes it was given", path);
 	}
+	free(tail);
 	memcpy(f->m.id, name, QID_LEN + 1);
+	return 0;
+
+read_error:
+	saved = errno;
+	free(tail);
+	spool_file_free(f);
+	snprintf(err, errlen, "read %s: %s", path, strerror(saved));
+	errno = saved;
+	return -2;
+bad:
+	free(tail);
+	spool_file_free(f);
+	return -1;
+}
+
+int
+spool_content_read(int fd, const struct spool_msg *m, size_t off, void *buf, size_t n)
+{
+	size_t got = 0;
+	ssize_t r;
+
+	if (off > m->content_len || n > m->content_len - off)
+		msg_panic("spool_content_read: %zu bytes at %zu of %zu", n, off, m->content_len);
+	while (got < n) {
+		r = pread(fd, (char *)buf + got, n - got, (off_t)(m->content_offset + off + got));
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		if (r == 0) {
+			errno = EIO;    /* a queue file is never cut short */
+			return -1;
+		}
+		got += (size_t)r;
+	}
 	return 0;
 }
 
@@ -475,8 +603,11 @@ void
 spool_file_free(struct spool_file *f)
 {
 	spool_msg_free(&f->m);
-	free(f->image);
+	free(f->head);
+	if (f->fd >= 0)
+		close(f->fd);
 	memset(f, 0, sizeof(*f));
+	f->fd = -1;
 }
 
 int

@@ -176,6 +176,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg);
 static void relay_name(const struct transport *tp, const struct endpoint *ep,
 		       const struct sockaddr_storage *ss, char *buf, size_t len);
 static bool conn_begin_txn(struct conn *c);
+static void conn_give_up(struct conn *c, int code, const char *status, const char *text);
 static void fmtbuf(char *buf, size_t len, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
@@ -605,15 +606,20 @@ conn_begin_txn(struct conn *c)
 	return true;
 }
 
-/* Encodes content while the output is short; then the end of data. */
-static void
+/* Reads and encodes content while the output is short; then the end of
+ * data. A queue file that cannot be read ends the connection without the
+ * end of data, so the server keeps nothing. Returns false when c is gone. */
+static bool
 content_fill(struct conn *c)
 {
+	static unsigned char raw[CONTENT_CHUNK];
 	struct evbuffer *out = bufferevent_get_output(c->bev);
 	struct deliv_txn *t = c->job->txn;
 	struct evbuffer_iovec v;
 	unsigned char end[5];
-	size_t n;
+	char text[256];
+	size_t n, got;
+	ssize_t r;
 
 	while (!c->tx.content_end && evbuffer_get_length(out) < OUTPUT_LOW_WATER) {
 		n = t->content_len - c->tx.content_off;
@@ -624,15 +630,31 @@ content_fill(struct conn *c)
 		}
 		if (n > CONTENT_CHUNK)
 			n = CONTENT_CHUNK;
+		for (got = 0; got < n; got += (size_t)r) {
+			r = pread(t->content_fd, raw + got, n - got,
+				  (off_t)(t->content_offset + c->tx.content_off + got));
+			if (r < 0 && errno == EINTR) {
+				r = 0;
+				continue;
+			}
+			if (r <= 0) {
+				fmtbuf(text, sizeof(text), "cannot read the queue file: %s",
+				       r < 0 ? strerror(errno) : "it ends early");
+				msg_warn("%s: %s", c->relay, text);
+				conn_give_up(c, 451, "4.3.0", text);
+				return false;
+			}
+		}
 		if (evbuffer_reserve_space(out, (ev_ssize_t)(2 * n + 2), &v, 1) < 1)
 			msg_fatal("lmtp: out of memory for message content");
-		v.iov_len = dotstuff(&c->tx.ds, t->content + c->tx.content_off, n, v.iov_base);
+		v.iov_len = dotstuff(&c->tx.ds, raw, n, v.iov_base);
 		if (evbuffer_commit_space(out, &v, 1) < 0)
 			msg_panic("lmtp: evbuffer_commit_space failed");
 		c->tx.content_off += n;
 	}
 	/* progress restarts the clock: a big message may take long in all */
 	set_timeouts(c, c->pool->set.data_timeout, c->pool->set.data_timeout);
+	return true;
 }
 
 /* The connection fails because of the server's reply r: "host X said:
@@ -683,8 +705,7 @@ txn_reply(struct conn *c, const struct reply *r)
 				return txn_end(c, false, false);
 			c->state = CS_CONTENT;
 			dotstuff_init(&c->tx.ds);
-			content_fill(c);
-			return true;
+			return content_fill(c);
 		}
 		for (k = 0; k < c->tx.nacc; k++)
 			reply_result(c, c->tx.acc[k], r);
@@ -913,7 +934,7 @@ on_write(struct bufferevent *bev, void *arg)
 	struct conn *c = arg;
 
 	if (c->state == CS_CONTENT && !c->tx.content_end)
-		content_fill(c);
+		(void)content_fill(c);
 }
 
 static const char *

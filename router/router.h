@@ -667,7 +667,11 @@ struct deliv_txn {
 	const char *const *rcpts;
 	const char *const *rcpt_params; /* "NOTIFY=... ORCPT=..." per recipient, or NULL */
 	size_t nrcpt;
-	const unsigned char *content;   /* CR LF lines as spooled, not dot-stuffed */
+	/* the content, CR LF lines as spooled, not dot-stuffed: content_len
+	 * bytes at content_offset of the open queue file content_fd, read in
+	 * pieces as the socket takes them */
+	int content_fd;
+	size_t content_offset;
 	size_t content_len;
 	bool eightbit;                  /* BODY=8BITMIME when the server offers it */
 	/* RFC 6531: SMTPUTF8 goes on MAIL FROM when the server offers it and the

@@ -13,6 +13,7 @@
 
 #include <arpa/inet.h>
 #include <check.h>
+#include <sys/mman.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -466,6 +467,19 @@ on_txn_done(struct deliv_txn *t, void *arg)
 		event_base_loopbreak(m->run->base);
 }
 
+/* An anonymous file holding 7 bytes of records, then content. */
+static int
+content_file(const char *content)
+{
+	int fd = memfd_create("content", MFD_CLOEXEC);
+	size_t n = strlen(content);
+
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(write(fd, "RECORDS", 7), 7);
+	ck_assert_int_eq(write(fd, content, n), (ssize_t)n);
+	return fd;
+}
+
 static void
 msg_init(struct msg *m, struct run *r, const char *content, const char *r1, const char *r2,
 	 const char *r3)
@@ -478,7 +492,9 @@ msg_init(struct msg *m, struct run *r, const char *content, const char *r1, cons
 	m->txn.nrcpt = r3 ? 3 : r2 ? 2 : 1;
 	m->txn.sender = "sender@remote.test";
 	m->txn.rcpts = m->rcpts;
-	m->txn.content = (const unsigned char *)content;
+	/* the content at an offset of a file, as in a queue file */
+	m->txn.content_fd = content_file(content);
+	m->txn.content_offset = 7;
 	m->txn.content_len = strlen(content);
 	m->txn.results = m->res;
 	m->txn.done = on_txn_done;
@@ -739,6 +755,40 @@ START_TEST(test_big_message)
 	fake_stop(&f);
 	dstr_free(&in);
 	dstr_free(&wire);
+	event_base_free(r.base);
+}
+END_TEST
+
+/* A queue file that cannot be read in the middle of the content: the
+ * connection ends without the end of data (the server keeps nothing) and
+ * every recipient is deferred, saying why. */
+START_TEST(test_unreadable_content)
+{
+	struct client_settings set = settings();
+	struct run r = { event_base_new(), 0, 0, false, false };
+	struct client_pool *p = client_pool_new(r.base, &set);
+	struct fake f;
+	struct endpoint ep;
+	struct msg m;
+	struct dstr in;
+	int i;
+
+	dstr_init(&in, 0);
+	for (i = 0; i < 20000; i++)
+		dstr_printf(&in, "line %d of a message cut short on disk\r\n", i);
+	fake_start(&f, NULL);
+	ep = ep_inet(f.port);
+	msg_init(&m, &r, in.s, "a@example.test", "b@example.test", NULL);
+	/* the file ends 100 kB before the content does */
+	ck_assert_int_eq(ftruncate(m.txn.content_fd, (off_t)(7 + in.len - 100000)), 0);
+	deliver(&r, p, "node-a", &ep, 1, &m);
+	run_until(&r, 1);
+	check_result(&m.res[0], 451, "4.3.0", "cannot read the queue file: it ends early", NULL);
+	check_result(&m.res[1], 451, "4.3.0", "cannot read the queue file: it ends early", NULL);
+	ck_assert_int_eq(f.nmsg, 0);
+	client_pool_free(p);
+	fake_stop(&f);
+	dstr_free(&in);
 	event_base_free(r.base);
 }
 END_TEST
@@ -1288,6 +1338,7 @@ lmtp_suite(void)
 	tcase_add_loop_test(tc, test_mail_data_rejected, 0, 4);
 	tcase_add_loop_test(tc, test_dotstuff_wire, 0, (int)(sizeof(stuffcases) / sizeof(stuffcases[0])));
 	tcase_add_test(tc, test_big_message);
+	tcase_add_test(tc, test_unreadable_content);
 	tcase_add_loop_test(tc, test_failover, 0, 2);
 	tcase_add_loop_test(tc, test_all_down, 0, 3);
 	tcase_add_loop_test(tc, test_reuse, 0, 2);

@@ -137,9 +137,10 @@ deferred_message(struct fixture *f)
 	mq = xcalloc(1, sizeof(*mq));
 	mq->q = q;
 	snprintf(mq->id, sizeof(mq->id), "%s", f->id);
-	mq->image = sf.image;
-	mq->len = sf.len;
+	mq->fd = sf.fd;
+	mq->len = sf.m.file_size;
 	mq->m = sf.m;
+	free(sf.head);
 	qstatus_init(&mq->st);
 	mq->r = xcalloc(1, sizeof(*mq->r));
 	mq->nr = 1;

@@ -540,19 +540,28 @@ START_TEST(test_read_file)
 	ck_assert_msg(spool_load(path, NULL, &f, err, sizeof(err)) == 0, "%s", err);
 	ck_assert_str_eq(f.m.id, id);           /* from the basename */
 	ck_assert_uint_eq(f.m.file_size, d.len);
-	ck_assert_uint_eq(f.len, d.len);
-	ck_assert_mem_eq(f.image, d.s, d.len);
+	ck_assert_uint_eq(f.head_len, d.len);  /* small: read in one piece */
+	ck_assert_mem_eq(f.head, d.s, d.len);
 	ck_assert_str_eq(f.m.sender, "a@remote.test");
 	ck_assert_uint_eq(f.m.nrcpt, 2);
 	ck_assert_uint_eq(f.m.content_len, sizeof(content) - 1);
-	ck_assert_mem_eq(f.image + f.m.content_offset, content, sizeof(content) - 1);
+	{
+		char c[sizeof(content)];
+
+		ck_assert_int_eq(spool_content_read(f.fd, &f.m, 0, c, sizeof(content) - 1), 0);
+		ck_assert_mem_eq(c, content, sizeof(content) - 1);
+		ck_assert_int_eq(spool_content_read(f.fd, &f.m, 3, c, 4), 0);
+		ck_assert_mem_eq(c, content + 3, 4);
+	}
 	spool_file_free(&f);
+	ck_assert_int_eq(f.fd, -1);
 
 	/* torn on disk: corrupt, not an I/O error */
 	write_file(path, d.s, d.len - SPOOL_REC_HDR - 1);
 	ck_assert_int_eq(spool_load(path, NULL, &f, err, sizeof(err)), -1);
 	ck_assert_msg(strstr(err, "runs past end of file") != NULL, "%s", err);
-	ck_assert_ptr_null(f.image);
+	ck_assert_ptr_null(f.head);
+	ck_assert_int_eq(f.fd, -1);
 
 	/* a name that is not a queue id (a tmp file, an editor's backup) */
 	snprintf(path, sizeof(path), "%s/%s~", tmpdir, id);
@@ -640,6 +649,89 @@ exists(const char *path)
 	return stat(path, &st) == 0;
 }
 
+/* A file whose records do not fit in the first piece read and whose
+ * content is far bigger than it: spool_load() reads the records in growing
+ * pieces and the end marker on its own, never the content, and finds what
+ * spool_parse() finds in the whole image; damage after the content is
+ * still found. */
+START_TEST(test_load_big_file)
+{
+	static const size_t nr = 3000, clen = 300000;
+	struct spool_envelope env;
+	struct spool_file f;
+	struct spool_msg m;
+	struct dstr d;
+	unsigned char end[SPOOL_REC_HDR];
+	char path[512], id[QID_LEN + 1], err[256], **rc = xcalloc(nr, sizeof(char *));
+	char *body = xmalloc(clen), got[64];
+	size_t i;
+
+	make_tmpdir();
+	qid_init(5);
+	qid_next(id);
+	for (i = 0; i < nr; i++)
+		rc[i] = xasprintf("user%zu@example.test NOTIFY=FAILURE", i);
+	for (i = 0; i < clen; i++)
+		body[i] = (char)('a' + i % 26);
+	memset(&env, 0, sizeof(env));
+	env.arrival_usec = 1700000000000000ull;
+	env.sender = "s@remote.test";
+	env.rcpts = (const char **)rc;
+	env.nrcpt = nr;
+	dstr_init(&d, 0);
+	spool_encode_head(&env, clen, &d);
+	ck_assert_uint_gt(d.len, 16 * 1024);    /* more than the first piece */
+	dstr_append(&d, body, clen);
+	spool_encode_end(end);
+	dstr_append(&d, end, sizeof(end));
+	snprintf(path, sizeof(path), "%s/%s", tmpdir, id);
+	write_file(path, d.s, d.len);
+
+	ck_assert_msg(spool_load(path, NULL, &f, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_int_eq(parse_dstr(&d, &m, err, sizeof(err)), 0);
+	ck_assert_uint_eq(f.m.nrcpt, nr);
+	ck_assert_str_eq(f.m.rcpts[nr - 1].addr, m.rcpts[nr - 1].addr);
+	ck_assert_str_eq(f.m.rcpts[nr - 1].params, "NOTIFY=FAILURE");
+	ck_assert_uint_eq(f.m.content_offset, m.content_offset);
+	ck_assert_uint_eq(f.m.content_len, clen);
+	ck_assert_uint_lt(f.head_len, d.len / 2);       /* the content was not read */
+	ck_assert_int_eq(spool_content_read(f.fd, &f.m, clen - 10, got, 10), 0);
+	ck_assert_mem_eq(got, body + clen - 10, 10);
+	spool_msg_free(&m);
+	spool_file_free(&f);
+
+	/* no end marker, a wrong one, bytes after it: each corrupt */
+	write_file(path, d.s, d.len - SPOOL_REC_HDR);
+	ck_assert_int_eq(spool_load(path, NULL, &f, err, sizeof(err)), -1);
+	ck_assert_msg(strstr(err, "no end marker") != NULL, "%s", err);
+	((char *)d.s)[d.len - SPOOL_REC_HDR] = SPOOL_REC_RCPT;
+	write_file(path, d.s, d.len);
+	ck_assert_int_eq(spool_load(path, NULL, &f, err, sizeof(err)), -1);
+	ck_assert_msg(strstr(err, "after the content") != NULL, "%s", err);
+	((char *)d.s)[d.len - SPOOL_REC_HDR] = SPOOL_REC_END;
+	dstr_append(&d, "xy", 2);
+	write_file(path, d.s, d.len);
+	ck_assert_int_eq(spool_load(path, NULL, &f, err, sizeof(err)), -1);
+	ck_assert_msg(strstr(err, "2 trailing bytes") != NULL, "%s", err);
+	for (i = 0; i < 5000; i++)
+		dstr_append(&d, "z", 1);
+	write_file(path, d.s, d.len);
+	ck_assert_int_eq(spool_load(path, NULL, &f, err, sizeof(err)), -1);
+	ck_assert_msg(strstr(err, "bytes after the content") != NULL, "%s", err);
+	/* a record before the content cut by the end of the file */
+	write_file(path, d.s, 20000);
+	ck_assert_int_eq(spool_load(path, NULL, &f, err, sizeof(err)), -1);
+	ck_assert_msg(strstr(err, "runs past end of file") != NULL, "%s", err);
+
+	for (i = 0; i < nr; i++)
+		free(rc[i]);
+	free(rc);
+	free(body);
+	dstr_free(&d);
+	rm_rf(tmpdir);
+}
+END_TEST
+
 /* What the queue manager and the start-up check do with a file they pick
  * up (spool_take): a read error leaves a good file where it is, whatever
  * the errno and wherever the read fails; a file that parses wrong goes to
@@ -670,7 +762,7 @@ START_TEST(test_take_read_errors)
 			ck_assert_msg(spool_take(spool, path, faulty_read, &f) == -2,
 				      "errno %d after %zu bytes: not an I/O error", errs[i], after[k]);
 			ck_assert_int_eq(errno, errs[i]);
-			ck_assert_ptr_null(f.image);
+			ck_assert_ptr_null(f.head);
 			ck_assert_msg(exists(path), "errno %d after %zu bytes: the file was moved",
 				      errs[i], after[k]);
 			ck_assert_msg(!exists(bad), "errno %d: quarantined on a read error", errs[i]);
@@ -680,31 +772,34 @@ START_TEST(test_take_read_errors)
 	/* an interrupted read goes on: the file loads whole */
 	fault_set(10, 3, EINTR);
 	ck_assert_int_eq(spool_take(spool, path, faulty_read, &f), 0);
-	ck_assert_uint_eq(f.len, d.len);
+	ck_assert_uint_eq(f.m.file_size, d.len);
 	ck_assert_str_eq(f.m.id, id);
 	spool_file_free(&f);
 
 	/* small reads are put together */
 	fault_set(d.len, 1, 0);
 	ck_assert_int_eq(spool_take(spool, path, faulty_read, &f), 0);
-	ck_assert_mem_eq(f.image, d.s, d.len);
+	ck_assert_mem_eq(f.head, d.s, d.len);
 	spool_file_free(&f);
 
 	/* the same file read in full again, after the errors */
 	ck_assert_int_eq(spool_take(spool, path, NULL, &f), 0);
 	spool_file_free(&f);
 
-	/* the file really is torn (its end is gone): corrupt/ */
+	/* reads that end before the size the file had when opened: it changed
+	 * while being read, which a queue file never does; read again later,
+	 * never taken for torn on the strength of a read */
 	fault_set(d.len / 2, 4096, 0);
-	ck_assert_int_eq(spool_take(spool, path, faulty_read, &f), -1);
-	ck_assert_ptr_null(f.image);
-	ck_assert(!exists(path));
-	ck_assert(exists(bad));
+	ck_assert_int_eq(spool_take(spool, path, faulty_read, &f), -2);
+	ck_assert_ptr_null(f.head);
+	ck_assert(exists(path));
+	ck_assert(!exists(bad));
 
-	/* a damaged file on disk: corrupt/ too */
+	/* the file really is torn (its end is gone): corrupt/ */
 	write_file(path, d.s, d.len - 1);
 	ck_assert_int_eq(spool_take(spool, path, NULL, &f), -1);
 	ck_assert(!exists(path));
+	ck_assert(exists(bad));
 
 	/* gone meanwhile: nothing moved, nothing to do */
 	errno = 0;
@@ -908,6 +1003,7 @@ spool_suite(void)
 
 	tc = tcase_create("files");
 	tcase_add_test(tc, test_read_file);
+	tcase_add_test(tc, test_load_big_file);
 	tcase_add_test(tc, test_take_read_errors);
 	tcase_add_test(tc, test_prepare);
 	tcase_add_test(tc, test_quarantine);
