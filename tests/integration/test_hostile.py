@@ -285,3 +285,36 @@ class SlowClientTest(SorterTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class BigMessageMemoryTest(SorterTestCase):
+    """The queue manager sends a message from its queue file in pieces: its memory does not
+    grow with the size of the messages it delivers."""
+
+    def test_qmgr_peak_memory_independent_of_message_size(self):
+        sink = SmtpSink(os.path.join(self.tmp, "sink"), "127.0.0.1", free_port_on("127.0.0.1"),
+                        extra_args=["-L"])
+        sink.start()
+        self.addCleanup(sink.stop)
+        d = self.sorterd(failover_node="lmtp:[127.0.0.1]:%d" % sink.port,
+                         message_size_limit="64m")
+        line = "y" * 998 + "\r\n"
+        body = line * 20000                  # 20 MB
+        qids = []
+        for k in range(3):
+            c = self.connect(d)
+            r, qid = c.send_message(SENDER, [RCPT], message("big %d" % k, body))
+            self.assertQueued(r, qid)
+            qids.append(qid)
+            c.close()
+        for qid in qids:
+            self.assertTrue(wait_until(lambda: d.log_lines(r"%s: to=<.*status=sent" % qid), 120),
+                            d.log_tail())
+        stored = [m["data"] for m in sink.messages()]
+        self.assertEqual(len(stored), 3)
+        for data in stored:
+            self.assertEqual(data.count(line.encode()), 20000)
+        with open("/proc/%d/status" % d.qmgr_pid()) as f:
+            hwm = [int(l.split()[1]) for l in f if l.startswith("VmHWM:")][0]
+        # a 20 MB message read whole would put the peak above 20 MiB
+        self.assertLess(hwm, 16 * 1024, "qmgr peak RSS %d KiB" % hwm)

@@ -218,6 +218,26 @@ class RemoteReplyTest(OutboundTestCase):
         self.assertTrue(wait_until(lambda: d.queue_ids() == set(), 30), d.queue())
         self.assertEqual(mx1.messages(), [])
 
+    def test_big_message_returned_as_headers(self):
+        """A bounce returns a message bigger than bounce_size_limit as its header section."""
+        origin = self.sink("127.0.0.4")
+        self.scripted("127.0.0.2", replies={
+            "RCPT": lambda s, arg: "550 5.1.1 no such user" if "bad@" in arg else None})
+        d = self.sorter(aliases={"fwd@" + LOCAL_DOMAIN: "bad@remote.test"},
+                        bounce_size_limit="10k")
+        for subject, size in (("small one", 2000), ("big one", 200000)):
+            qid = self.send(d, ["fwd@" + LOCAL_DOMAIN], message(subject, "z" * size))
+            self.wait_log(d, r"%s: to=<bad@remote\.test>.*status=bounced" % qid)
+        self.assertTrue(wait_until(lambda: origin.count() == 2, 30), d.log_tail())
+        bodies = [m["data"].decode("utf-8", "replace") for m in origin.messages()]
+        small = [b for b in bodies if "Subject: small one" in b][0]
+        big = [b for b in bodies if "Subject: big one" in b][0]
+        self.assertIn("Content-Type: message/rfc822", small)
+        self.assertIn("z" * 1000, small)
+        self.assertIn("Content-Type: text/rfc822-headers", big)
+        self.assertNotIn("z" * 100, big)
+        self.assertLess(len(big), 20000)
+
     def test_size_too_big_bounces(self):
         self.scripted("127.0.0.5", keywords=["PIPELINING", "SIZE 1000", "8BITMIME"])
         d = self.sorter(aliases={"fwd@" + LOCAL_DOMAIN: "user@big.test"})
