@@ -61,3 +61,30 @@ median_of() {
 # min_of N... / max_of N...
 min_of() { printf '%s\n' "$@" | sort -g | head -n 1; }
 max_of() { printf '%s\n' "$@" | sort -g | tail -n 1; }
+
+# tree_cpu PID -> CPU seconds (user + system) used so far by PID and every process below it,
+# including children they have already reaped (cutime/cstime): an MTA's whole cost, whatever
+# processes came and went. Reads /proc only.
+tree_cpu() {
+    local pids=$1 frontier=$1 next p tck
+    while [ -n "$frontier" ]; do
+        next=""
+        for p in $frontier; do
+            next="$next $(cat /proc/"$p"/task/*/children 2>/dev/null | tr '\n' ' ')"
+        done
+        frontier=$(echo $next)
+        pids="$pids $frontier"
+    done
+    tck=$(getconf CLK_TCK)
+    for p in $pids; do
+        # fields after the command name (which may hold spaces): utime is the 12th of them
+        sed -e 's/^.*) //' "/proc/$p/stat" 2>/dev/null || true
+    done | awk -v t="$tck" '{ s += $12 + $13 + $14 + $15 } END { printf "%.2f", s / t }'
+}
+
+# summary LABEL VALUES... -> "LABEL min/median/max: a / b / c"
+summary() {
+    local label=$1
+    shift
+    echo "$label min/median/max: $(min_of "$@") / $(median_of "$@") / $(max_of "$@")"
+}
