@@ -42,6 +42,7 @@
 
 struct commit_pool {
 	struct iopool *io;
+	struct recycler *rec;       /* streams write over files from free/ */
 	int tmp_fd;
 	struct dirsync *incoming;
 	struct dirsync *hold;
@@ -53,6 +54,7 @@ struct spool_stream {
 	struct commit_pool *pool;
 	char id[QID_LEN + 1];
 	int fd;                     /* -1 until the first write job opened the file */
+	uint64_t file_size;         /* the file's length when taken (0: a new file) */
 	uint64_t off;               /* where the next write goes */
 	uint64_t content_hdr;       /* offset of the content record's header */
 	uint64_t content_len;       /* content bytes taken so far */
@@ -187,6 +189,7 @@ commit_pool_create(struct event_base *base, const char *spool_dir, int nthreads)
 	snprintf(path, sizeof(path), "%s/hold", spool_dir);
 	p->hold = dirsync_open(path);
 	p->io = iopool_create(base, nthreads);
+	p->rec = recycler_open(spool_dir);
 	return p;
 }
 
@@ -205,6 +208,7 @@ commit_pool_destroy(struct commit_pool *p)
 	iopool_destroy(p->io);
 	dirsync_close(p->incoming);
 	dirsync_close(p->hold);
+	recycler_close(p->rec);
 	close(p->tmp_fd);
 	free(p);
 }
@@ -239,8 +243,13 @@ stream_write_work(void *arg)
 	if (st->error)
 		return;
 	if (st->fd < 0) {
-		st->fd = openat(st->pool->tmp_fd, st->id, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
-				0600);
+		/* a recycled file if there is one, else a new one */
+		st->fd = recycle_take(st->pool->rec, st->pool->tmp_fd, st->id, &st->file_size);
+		if (st->fd < 0) {
+			st->file_size = 0;
+			st->fd = openat(st->pool->tmp_fd, st->id,
+					O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+		}
 		if (st->fd < 0) {
 			st->error = errno;
 			return;
@@ -332,9 +341,12 @@ stream_final_work(void *arg)
 	len[1] = (unsigned char)(st->content_len >> 16);
 	len[2] = (unsigned char)(st->content_len >> 8);
 	len[3] = (unsigned char)st->content_len;
+	/* fdatasync: the data and the length, all a reader needs; the name
+	 * is made durable by the directory fsync after the rename */
 	if (pwrite_all(st->fd, (const char *)end, sizeof(end), st->off) < 0 ||
+	    recycle_pad(st->fd, st->off + sizeof(end), st->file_size) < 0 ||
 	    pwrite_all(st->fd, (const char *)len, sizeof(len), st->content_hdr + 1) < 0 ||
-	    fsync(st->fd) < 0) {
+	    fdatasync(st->fd) < 0) {
 		st->error = errno;
 		goto fail;
 	}

@@ -276,8 +276,9 @@ disk_work(void *arg)
 	size_t i;
 
 	if (dj->fate == QFATE_REMOVE || dj->fate == QFATE_DELETE) {
-		/* every recipient is final (or the admin said so): the file goes */
-		if (unlinkat(afd, mq->id, 0) < 0 && errno != ENOENT)
+		/* every recipient is final (or the admin said so): the file goes,
+		 * to be written over by a new message (free/) or unlinked */
+		if (recycle_put(q->rec, afd, mq->id, mq->len) < 0 && errno != ENOENT)
 			err = errno;
 		unlinkat(q->dirfd[D_DEFER], mq->id, 0);
 		if (err == 0)

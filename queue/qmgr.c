@@ -835,6 +835,7 @@ qmgr_main(struct config *cf, struct counters *ctr, int master_fd)
 		msg_fatal("open the spool %s: %s", cf->spool_dir, strerror(errno));
 	snprintf(path, sizeof(path), "%s/active", cf->spool_dir);
 	q.active_ds = dirsync_open(path);
+	q.rec = recycler_open(cf->spool_dir);
 	snprintf(path, sizeof(path), "%s/defer", cf->spool_dir);
 	q.defer_ds = dirsync_open(path);
 	q.base = event_base_new();
@@ -903,6 +904,7 @@ qmgr_main(struct config *cf, struct counters *ctr, int master_fd)
 	router_close(q.router);
 	nodecaps_close(q.caps);
 	dirsync_close(q.active_ds);
+	recycler_close(q.rec);
 	dirsync_close(q.defer_ds);
 	queue_close_dirs(q.dirfd);
 	event_base_free(q.base);

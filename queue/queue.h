@@ -4,6 +4,8 @@
  *
  * Spool layout under spool_dir:
  *   tmp/       files being written; never acknowledged, removed at start
+ *   free/      delivered messages' files, kept to be overwritten by new ones
+ *              (recycle.c): never read, never delivered
  *   incoming/  committed messages waiting for the queue manager
  *   active/ deferred/ hold/   queue manager states
  *   corrupt/   files that failed to parse, moved aside (never deleted)
@@ -12,8 +14,11 @@
  * A queue file is a sequence of records: one type byte, a 4-byte big-endian
  * length, then that many bytes. The last record is SPOOL_REC_END with length
  * 0; a file without it, or with a record running past the end of the file,
- * is torn. The only in-place change ever made to a committed file is the
- * type byte of a recipient record (SPOOL_REC_RCPT -> a final state).
+ * is torn. A recycled file may be longer than its message: then one
+ * SPOOL_REC_PAD record follows the end marker and covers the rest exactly
+ * (its bytes are the file's old content, never looked at). The only
+ * in-place change ever made to a committed file is the type byte of a
+ * recipient record (SPOOL_REC_RCPT -> a final state).
  */
 #ifndef SORTER_QUEUE_H
 #define SORTER_QUEUE_H
@@ -47,6 +52,8 @@ enum spool_rec {
 	SPOOL_REC_RCPT_DELETED = 'X', /* recipient removed by the admin */
 	SPOOL_REC_CONTENT = 'M',   /* the message, CRLF line ends, Received: first */
 	SPOOL_REC_END = 'E',       /* end marker, length 0 */
+	SPOOL_REC_PAD = 'Z',       /* after the end marker only, to the end of the file:
+				    * what a recycled file held before, never read */
 };
 
 #define SPOOL_REC_HDR 5          /* type + 4-byte length */
@@ -78,6 +85,8 @@ size_t spool_rcpt_addr_len(const char *r);
 char *spool_sender_params(const struct dsn_sender_params *p);
 /* The end-marker record (SPOOL_REC_HDR bytes) */
 void spool_encode_end(unsigned char out[SPOOL_REC_HDR]);
+/* The header of a padding record of len bytes (SPOOL_REC_HDR bytes) */
+void spool_encode_pad(unsigned char out[SPOOL_REC_HDR], size_t len);
 
 enum rcpt_state { RCPT_PENDING, RCPT_DONE, RCPT_BOUNCED, RCPT_DELETED };
 
@@ -257,6 +266,29 @@ void qmgr_stats(struct qmgr *q, struct dstr *out);
 
 /* The folders an operation needs, open: incoming active deferred hold
  * defer corrupt (that order). */
+/* ---- recycled queue files (recycle.c) ---- */
+
+#define RECYCLE_ROUND (16 * 1024)       /* a new queue file is padded to a multiple */
+#define RECYCLE_POOL_MAX 1024           /* files kept in free/ */
+#define RECYCLE_FILE_MAX (256 * 1024)   /* bigger ones are unlinked */
+
+struct recycler;
+struct recycler *recycler_open(const char *spool_dir);
+void recycler_close(struct recycler *r);
+/* A file from free/, renamed into tmp_fd's folder as id and open for
+ * writing (its length in *size), or -1 when there is none (r may be NULL). */
+int recycle_take(struct recycler *r, int tmp_fd, const char *id, uint64_t *size);
+/* Covers a file of size bytes whose records end at offset end (after the
+ * end marker) with a padding record to its end; a file shorter than that
+ * plus a record header grows to the next RECYCLE_ROUND bytes, zeros
+ * written. Returns 0, or -1 with errno. */
+int recycle_pad(int fd, uint64_t end, uint64_t size);
+/* A finished queue file (id in from_fd's folder, size bytes) goes to free/
+ * while it has room and the file is small, else it is unlinked. Returns 0,
+ * or -1 with errno from the unlink. The caller makes from_fd's folder
+ * durable (a directory fsync) as after an unlink. */
+int recycle_put(struct recycler *r, int from_fd, const char *id, uint64_t size);
+
 #define QUEUE_NDIRS 6
 int queue_open_dirs(const char *spool_dir, int fds[QUEUE_NDIRS]);
 void queue_close_dirs(int fds[QUEUE_NDIRS]);

@@ -29,7 +29,7 @@
 
 /* The folders spool_prepare() creates, besides spool_dir itself. */
 static const char *const spool_subdirs[] = {
-	"tmp", "incoming", "active", "deferred", "hold", "corrupt", "defer",
+	"tmp", "incoming", "active", "deferred", "hold", "corrupt", "defer", "free",
 };
 
 /* ---- writer ---- */
@@ -117,6 +117,18 @@ spool_encode_end(unsigned char out[SPOOL_REC_HDR])
 {
 	out[0] = SPOOL_REC_END;
 	out[1] = out[2] = out[3] = out[4] = 0;
+}
+
+void
+spool_encode_pad(unsigned char out[SPOOL_REC_HDR], size_t len)
+{
+	if (len > UINT32_MAX)
+		msg_panic("spool padding too long: %zu bytes", len);
+	out[0] = SPOOL_REC_PAD;
+	out[1] = (unsigned char)(len >> 24);
+	out[2] = (unsigned char)(len >> 16);
+	out[3] = (unsigned char)(len >> 8);
+	out[4] = (unsigned char)len;
 }
 
 /* ---- parser ---- */
@@ -239,7 +251,7 @@ struct view {
 	const unsigned char *head;
 	size_t head_len;
 	const unsigned char *tail;      /* NULL until read */
-	size_t tail_off;
+	size_t tail_off, tail_len;
 	size_t file_len;
 };
 
@@ -249,8 +261,8 @@ view_at(const struct view *v, size_t off, size_t n)
 {
 	if (off <= v->head_len && n <= v->head_len - off)
 		return v->head + off;
-	if (v->tail != NULL && off >= v->tail_off && off <= v->file_len &&
-	    n <= v->file_len - off)
+	if (v->tail != NULL && off >= v->tail_off && off - v->tail_off <= v->tail_len &&
+	    n <= v->tail_len - (off - v->tail_off))
 		return v->tail + (off - v->tail_off);
 	return NULL;
 }
@@ -269,7 +281,7 @@ parse_view(const struct view *v, struct spool_msg *m, char *err, size_t errlen)
 {
 	size_t off = 0, rlen, cap = 0, left, len = v->file_len;
 	const unsigned char *hdr, *data;
-	bool have_time = false, have_content = false, have_end = false;
+	bool have_time = false, have_content = false, have_end = false, have_pad = false;
 	char **field, tn[8], tv[20];
 	int type;
 
@@ -280,7 +292,10 @@ parse_view(const struct view *v, struct spool_msg *m, char *err, size_t errlen)
 		FAIL("torn: empty file");
 	while (off < len) {
 		left = len - off;
-		if (have_end)
+		if (have_pad)
+			FAIL("%zu trailing bytes after the padding, from offset %zu", left, off);
+		if (have_end && (left < SPOOL_REC_HDR ||
+		    ((hdr = view_at(v, off, 1)) != NULL && hdr[0] != SPOOL_REC_PAD)))
 			FAIL("%zu trailing bytes after the end marker, from offset %zu", left, off);
 		if (left < SPOOL_REC_HDR)
 			FAIL("torn: record header at offset %zu cut short (%zu of %d bytes)",
@@ -299,10 +314,10 @@ parse_view(const struct view *v, struct spool_msg *m, char *err, size_t errlen)
 			FAIL("first record is %s, not the version record", type_name(type, tn));
 		if (have_content && type == SPOOL_REC_CONTENT)
 			FAIL("duplicate record 'M' at offset %zu", off);
-		if (have_content && type != SPOOL_REC_END)
+		if (have_content && type != SPOOL_REC_END && !(have_end && type == SPOOL_REC_PAD))
 			FAIL("record %s at offset %zu after the content", type_name(type, tn), off);
 		data = NULL;
-		if (type != SPOOL_REC_CONTENT) {
+		if (type != SPOOL_REC_CONTENT && type != SPOOL_REC_PAD) {
 			if ((data = view_at(v, off + SPOOL_REC_HDR, rlen)) == NULL)
 				goto more;
 			if (memchr(data, '\0', rlen) != NULL)
@@ -370,6 +385,11 @@ parse_view(const struct view *v, struct spool_msg *m, char *err, size_t errlen)
 				FAIL("end marker at offset %zu has length %zu", off, rlen);
 			have_end = true;
 			break;
+		case SPOOL_REC_PAD:
+			if (!have_end)
+				FAIL("padding record at offset %zu before the end marker", off);
+			have_pad = true;
+			break;
 		default:
 			FAIL("unknown record type 0x%02x at offset %zu", (unsigned)type, off);
 		}
@@ -418,7 +438,7 @@ int
 spool_parse(const unsigned char *buf, size_t len, struct spool_msg *m,
 	    char *err, size_t errlen)
 {
-	struct view v = { buf, len, NULL, len, len };
+	struct view v = { buf, len, NULL, len, 0, len };
 
 	/* the head is the whole image: nothing can be missing from the view */
 	if (parse_view(&v, m, err, errlen) != PARSE_OK) {
@@ -475,7 +495,6 @@ read_at(int fd, spool_read_fn rd, unsigned char *buf, size_t n, size_t off)
 }
 
 #define HEAD_FIRST (16 * 1024)  /* read first: all the records of most files */
-#define TAIL_MAX 4096           /* more after the content than this is damage */
 
 int
 spool_load(const char *path, spool_read_fn rd, struct spool_file *f, char *err, size_t errlen)
@@ -543,15 +562,14 @@ spool_load(const char *path, spool_read_fn rd, struct spool_file *f, char *err, 
 			continue;
 		}
 		if (rc == PARSE_NEED_TAIL && tail == NULL) {
+			/* the end marker and a padding record's header: never more */
 			v.tail_off = f->m.content_offset + f->m.content_len;
 			spool_msg_free(&f->m);
-			if (size - v.tail_off > TAIL_MAX) {
-				snprintf(err, errlen, "%zu bytes after the content, from offset %zu",
-					 size - v.tail_off, v.tail_off);
-				goto bad;
-			}
-			tail = xmalloc(size - v.tail_off + 1);
-			if (read_at(f->fd, rd, tail, size - v.tail_off, v.tail_off) < 0)
+			v.tail_len = size - v.tail_off;
+			if (v.tail_len > 2 * SPOOL_REC_HDR)
+				v.tail_len = 2 * SPOOL_REC_HDR;
+			tail = xmalloc(v.tail_len + 1);
+			if (read_at(f->fd, rd, tail, v.tail_len, v.tail_off) < 0)
 				goto read_error;
 			v.tail = tail;
 			continue;

@@ -380,9 +380,13 @@ START_TEST(test_unknown_type)
 	build_default(&d);
 	off = rec_offset(&d, 2);   /* the client record */
 	ck_assert_int_eq(d.s[off], 'C');
-	d.s[off] = 'Z';
+	d.s[off] = 'z';
 	ck_assert_int_eq(parse_dstr(&d, &m, err, sizeof(err)), -1);
-	snprintf(want, sizeof(want), "unknown record type 0x5a at offset %zu", off);
+	snprintf(want, sizeof(want), "unknown record type 0x7a at offset %zu", off);
+	ck_assert_str_eq(err, want);
+	d.s[off] = 'Z';         /* padding: only after the end marker */
+	ck_assert_int_eq(parse_dstr(&d, &m, err, sizeof(err)), -1);
+	snprintf(want, sizeof(want), "padding record at offset %zu before the end marker", off);
 	ck_assert_str_eq(err, want);
 	d.s[off] = 'r';   /* type letters are case-sensitive */
 	ck_assert_int_eq(parse_dstr(&d, &m, err, sizeof(err)), -1);
@@ -717,7 +721,36 @@ START_TEST(test_load_big_file)
 		dstr_append(&d, "z", 1);
 	write_file(path, d.s, d.len);
 	ck_assert_int_eq(spool_load(path, NULL, &f, err, sizeof(err)), -1);
-	ck_assert_msg(strstr(err, "bytes after the content") != NULL, "%s", err);
+	ck_assert_msg(strstr(err, "5002 trailing bytes") != NULL, "%s", err);
+	/* the same bytes as a padding record: a recycled file, whole */
+	{
+		unsigned char pad[SPOOL_REC_HDR];
+
+		spool_encode_pad(pad, 5002 - SPOOL_REC_HDR);
+		memcpy(d.s + d.len - 5002, pad, sizeof(pad));
+		((char *)d.s)[d.len - 100] = '\0';     /* old bytes: anything */
+		write_file(path, d.s, d.len);
+		ck_assert_msg(spool_load(path, NULL, &f, err, sizeof(err)) == 0, "%s", err);
+		ck_assert_uint_eq(f.m.content_len, clen);
+		ck_assert_uint_eq(f.m.file_size, d.len);
+		spool_file_free(&f);
+		/* one byte short of the end, or one past: damage */
+		spool_encode_pad(pad, 5002 - SPOOL_REC_HDR - 1);
+		memcpy(d.s + d.len - 5002, pad, sizeof(pad));
+		write_file(path, d.s, d.len);
+		ck_assert_int_eq(spool_load(path, NULL, &f, err, sizeof(err)), -1);
+		ck_assert_msg(strstr(err, "1 trailing bytes after the padding") != NULL, "%s", err);
+		spool_encode_pad(pad, 5002 - SPOOL_REC_HDR + 1);
+		memcpy(d.s + d.len - 5002, pad, sizeof(pad));
+		write_file(path, d.s, d.len);
+		ck_assert_int_eq(spool_load(path, NULL, &f, err, sizeof(err)), -1);
+		ck_assert_msg(strstr(err, "runs past end of file") != NULL, "%s", err);
+		/* padding where the end marker should be */
+		memcpy(d.s + d.len - 5002 - SPOOL_REC_HDR, pad, sizeof(pad));
+		write_file(path, d.s, d.len);
+		ck_assert_int_eq(spool_load(path, NULL, &f, err, sizeof(err)), -1);
+		ck_assert_msg(strstr(err, "after the content") != NULL, "%s", err);
+	}
 	/* a record before the content cut by the end of the file */
 	write_file(path, d.s, 20000);
 	ck_assert_int_eq(spool_load(path, NULL, &f, err, sizeof(err)), -1);

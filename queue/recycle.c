@@ -1,0 +1,207 @@
+/*
+ * recycle.c - queue files used again.
+ *
+ * A delivered message's file is not unlinked: the queue manager renames it
+ * into free/, and a new message is written over one taken from there by
+ * the SMTP server's I/O threads. Overwriting blocks a file already has
+ * costs the disk a data write and a cache flush at the fdatasync; a new
+ * file costs a file system journal commit for its inode and blocks as well
+ * (on ext4 many times more: see tests/bench/fsync-rate). The directory
+ * entries still change (renames) and are made durable by the shared
+ * directory fsyncs, as for any new file, so what a 250 promises is the
+ * same.
+ *
+ * A writer takes a file by renaming it from free/ into tmp/ under the new
+ * message's id: two writers never share one, and a crash leaves it where
+ * start-up removes it. The old bytes past the new message are covered by a
+ * padding record (queue.h) and never read; a new file is padded with zeros
+ * up to the next RECYCLE_ROUND bytes, so that the next message written
+ * over it finds its blocks there. free/ holds at most RECYCLE_POOL_MAX
+ * files of at most RECYCLE_FILE_MAX bytes; the rest are unlinked. free/
+ * is nobody's queue: nothing there is read, listed or delivered.
+ *
+ * Both sides run on I/O threads: everything here is under one mutex.
+ */
+#include "config.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "lib/lib.h"
+#include "queue/queue.h"
+
+#define NAMES_MAX 64            /* names a writer reads from free/ at once */
+
+struct recycler {
+	int free_fd;                    /* free/ */
+	pthread_mutex_t lock;
+	char names[NAMES_MAX][QID_LEN + 1];     /* the writer's: seen in free/, not taken yet */
+	size_t nnames;
+	uint64_t empty_until_usec;      /* found free/ empty: do not look again before */
+	size_t count;                   /* the queue manager's: files in free/, at most */
+	uint64_t recount_after_usec;
+};
+
+struct recycler *
+recycler_open(const char *spool_dir)
+{
+	struct recycler *r = xcalloc(1, sizeof(*r));
+	char path[4096];
+
+	snprintf(path, sizeof(path), "%s/free", spool_dir);
+	r->free_fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (r->free_fd < 0)
+		msg_fatal("open %s: %s", path, strerror(errno));
+	pthread_mutex_init(&r->lock, NULL);
+	r->count = RECYCLE_POOL_MAX;    /* unknown: counted before the first file goes in */
+	return r;
+}
+
+void
+recycler_close(struct recycler *r)
+{
+	if (r == NULL)
+		return;
+	close(r->free_fd);
+	pthread_mutex_destroy(&r->lock);
+	free(r);
+}
+
+/* Up to max names of files in free/ into names; returns how many. With
+ * names NULL, counts them all. */
+static size_t
+read_free(int free_fd, char (*names)[QID_LEN + 1], size_t max)
+{
+	struct dirent *de;
+	size_t n = 0;
+	DIR *d;
+	int fd = dup(free_fd);
+
+	if (fd < 0 || (d = fdopendir(fd)) == NULL) {
+		if (fd >= 0)
+			close(fd);
+		return 0;
+	}
+	rewinddir(d);
+	while ((de = readdir(d)) != NULL && (names == NULL || n < max)) {
+		if (!qid_valid(de->d_name))
+			continue;
+		if (names != NULL)
+			memcpy(names[n], de->d_name, QID_LEN + 1);
+		n++;
+	}
+	closedir(d);
+	return n;
+}
+
+int
+recycle_take(struct recycler *r, int tmp_fd, const char *id, uint64_t *size)
+{
+	char name[QID_LEN + 1];
+	struct stat st;
+	uint64_t now;
+	int fd;
+
+	if (r == NULL)
+		return -1;
+	pthread_mutex_lock(&r->lock);
+	for (;;) {
+		if (r->nnames == 0) {
+			now = now_usec();
+			if (now < r->empty_until_usec)
+				break;
+			r->nnames = read_free(r->free_fd, r->names, NAMES_MAX);
+			if (r->nnames == 0) {
+				r->empty_until_usec = now + 100000;
+				break;
+			}
+		}
+		memcpy(name, r->names[--r->nnames], sizeof(name));
+		/* another worker may have taken it: then the next one */
+		if (renameat2(r->free_fd, name, tmp_fd, id, RENAME_NOREPLACE) < 0)
+			continue;
+		pthread_mutex_unlock(&r->lock);
+		fd = openat(tmp_fd, id, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+		if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+			/* not a file we can use: gone, it will not come back */
+			if (fd >= 0)
+				close(fd);
+			unlinkat(tmp_fd, id, 0);
+			return -1;
+		}
+		*size = (uint64_t)st.st_size;
+		return fd;
+	}
+	pthread_mutex_unlock(&r->lock);
+	return -1;
+}
+
+int
+recycle_pad(int fd, uint64_t end, uint64_t size)
+{
+	static const char zeros[RECYCLE_ROUND];
+	unsigned char hdr[SPOOL_REC_HDR];
+	uint64_t want, off;
+	size_t n;
+	ssize_t w;
+
+	if (size == end)
+		return 0;
+	if (size >= end + SPOOL_REC_HDR) {
+		/* the old bytes stay, covered */
+		want = size;
+	} else {
+		/* a new file, one the message outgrew, or too little room for the
+		 * header: to the next boundary, zeros written */
+		want = (end + SPOOL_REC_HDR + RECYCLE_ROUND - 1) / RECYCLE_ROUND * RECYCLE_ROUND;
+	}
+	spool_encode_pad(hdr, (size_t)(want - end - SPOOL_REC_HDR));
+	if (pwrite(fd, hdr, sizeof(hdr), (off_t)end) != (ssize_t)sizeof(hdr))
+		return -1;
+	for (off = size > end + SPOOL_REC_HDR ? size : end + SPOOL_REC_HDR; off < want;
+	     off += (uint64_t)w) {
+		n = want - off < sizeof(zeros) ? (size_t)(want - off) : sizeof(zeros);
+		w = pwrite(fd, zeros, n, (off_t)off);
+		if (w < 0 && errno == EINTR) {
+			w = 0;
+			continue;
+		}
+		if (w <= 0)
+			return -1;
+	}
+	return 0;
+}
+
+int
+recycle_put(struct recycler *r, int from_fd, const char *id, uint64_t size)
+{
+	uint64_t now;
+	bool keep = false;
+
+	if (r != NULL && size <= RECYCLE_FILE_MAX) {
+		pthread_mutex_lock(&r->lock);
+		now = now_usec();
+		if (r->count >= RECYCLE_POOL_MAX && now >= r->recount_after_usec) {
+			/* writers take files without saying so: count again, at
+			 * most once a second */
+			r->count = read_free(r->free_fd, NULL, 0);
+			r->recount_after_usec = now + 1000000;
+		}
+		if (r->count < RECYCLE_POOL_MAX) {
+			r->count++;
+			keep = true;
+		}
+		pthread_mutex_unlock(&r->lock);
+	}
+	if (keep && renameat2(from_fd, id, r->free_fd, id, RENAME_NOREPLACE) == 0)
+		return 0;
+	return unlinkat(from_fd, id, 0);
+}
