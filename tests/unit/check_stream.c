@@ -11,6 +11,8 @@
 
 #include <check.h>
 #include <dirent.h>
+#include <sys/stat.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -343,6 +345,94 @@ START_TEST(test_edit)
 }
 END_TEST
 
+/*
+ * Recycled files: a message is written over a file from free/ (the same
+ * inode, renamed), its old bytes covered by a padding record; a message
+ * bigger than the file, or one leaving too little room for the padding
+ * record's header, grows it to the next RECYCLE_ROUND bytes; with nothing
+ * in free/ a new file is made and padded with zeros. Each loads as the
+ * message, whole.
+ */
+START_TEST(test_recycle)
+{
+	static const size_t totals[] = { 1000, 100000, 3000, 3000 };
+	size_t total = totals[_i], end, want, old_size = 0;
+	struct ctx c = { 0 };
+	struct commit_pool *p;
+	struct spool_file f;
+	struct stat sb;
+	struct dstr h;
+	unsigned char *sent, *old;
+	char id[QID_LEN + 1], oldid[QID_LEN + 1], path[256], err[256];
+	ino_t ino = 0;
+	int fd;
+
+	head(&h);
+	end = h.len + total + SPOOL_REC_HDR;    /* the records end after the end marker */
+	dstr_free(&h);
+	if (_i < 3) {
+		old_size = _i == 0 ? 65536 : _i == 1 ? 16384 : end + 3;
+		old = xmalloc(old_size);
+		memset(old, 'x', old_size);
+		qid_next(oldid);
+		snprintf(path, sizeof(path), "%s/free/%s", spool, oldid);
+		ck_assert_int_ge(fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600), 0);
+		ck_assert_int_eq(write(fd, old, old_size), (ssize_t)old_size);
+		ck_assert_int_eq(fstat(fd, &sb), 0);
+		ino = sb.st_ino;
+		close(fd);
+		free(old);
+	}
+	c.base = event_base_new();
+	p = commit_pool_create(c.base, spool, 2);
+	qid_next(id);
+	stream_message(p, &c, id, total, 4096, true, &sent);
+	ck_assert_int_eq(c.error, 0);
+	ck_assert_uint_eq(count("free"), 0);
+	ck_assert_uint_eq(count("tmp"), 0);
+	snprintf(path, sizeof(path), "%s/incoming/%s", spool, id);
+	ck_assert_int_eq(stat(path, &sb), 0);
+	if (_i < 3)
+		ck_assert_uint_eq(sb.st_ino, ino);      /* the old file, written over */
+	if (_i == 0)
+		want = old_size;
+	else
+		want = (end + SPOOL_REC_HDR + RECYCLE_ROUND - 1) / RECYCLE_ROUND * RECYCLE_ROUND;
+	ck_assert_uint_eq((uint64_t)sb.st_size, want);
+	ck_assert_msg(spool_load(path, NULL, &f, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_uint_eq(f.m.content_len, total);
+	ck_assert_uint_eq(f.m.file_size, want);
+	ck_assert(content_is(&f, 0, sent, total));
+	spool_file_free(&f);
+	free(sent);
+	commit_pool_destroy(p);
+	event_base_free(c.base);
+}
+END_TEST
+
+/* The queue manager's side: a finished file goes to free/ while it is
+ * small and free/ has room, else it is unlinked. */
+START_TEST(test_recycle_put)
+{
+	struct recycler *r = recycler_open(spool);
+	char path[256], id[QID_LEN + 1];
+	int dfd, fd, i;
+
+	snprintf(path, sizeof(path), "%s/active", spool);
+	ck_assert_int_ge(dfd = open(path, O_RDONLY | O_DIRECTORY), 0);
+	for (i = 0; i < RECYCLE_POOL_MAX + 5; i++) {
+		qid_next(id);
+		ck_assert_int_ge(fd = openat(dfd, id, O_WRONLY | O_CREAT | O_EXCL, 0600), 0);
+		close(fd);
+		ck_assert_int_eq(recycle_put(r, dfd, id, i == 0 ? RECYCLE_FILE_MAX + 1 : 100), 0);
+	}
+	ck_assert_uint_eq(count("active"), 0);
+	ck_assert_uint_eq(count("free"), RECYCLE_POOL_MAX);
+	close(dfd);
+	recycler_close(r);
+}
+END_TEST
+
 static Suite *
 stream_suite(void)
 {
@@ -353,6 +443,8 @@ stream_suite(void)
 	tcase_set_timeout(tc, 60);
 	tcase_add_loop_test(tc, test_sizes, 0, 8);
 	tcase_add_test(tc, test_abort);
+	tcase_add_loop_test(tc, test_recycle, 0, 4);
+	tcase_add_test(tc, test_recycle_put);
 	tcase_add_test(tc, test_edit);
 	suite_add_tcase(s, tc);
 	return s;
