@@ -345,6 +345,99 @@ class TLSOutTest(OutboundTestCase):
         self.assertEqual(len(mx.messages()), 1)
 
 
+def broken_handshake(send_garbage):
+    """A STARTTLS script: 220, then, once the client's TLS hello is in, bytes that are not
+    TLS (send_garbage) or nothing, and the connection closes."""
+    def script(session, arg):
+        session.send("220 2.0.0 Ready to start TLS")
+        session._fill()                 # the client's hello
+        if send_garbage:
+            session.conn.sendall(b"220 this is not TLS at all\r\n" * 8)
+            time.sleep(0.5)             # read by the client before the close
+        return "DISCONNECT"
+    return script
+
+
+class TLSFallbackTest(OutboundTestCase):
+    """smtp_tls_security_level may never makes mail undeliverable where plaintext works: a
+    failed handshake is followed by one plaintext connection to the same host, a refused
+    STARTTLS goes on in plaintext; encrypt defers instead."""
+    KW = ["PIPELINING", "8BITMIME", "SIZE 10240000", "STARTTLS"]
+
+    def broken_mx(self, send_garbage):
+        _, cert, key = make_ca(os.path.join(self.tmp, "pki"), "good", ["mx.tls.test"])
+        return self.scripted("127.0.0.8", keywords=self.KW, cert=cert, key=key,
+                             replies={"STARTTLS": broken_handshake(send_garbage)})
+
+    def check_plaintext_retry(self, send_garbage, error):
+        mx = self.broken_mx(send_garbage)
+        other = self.sink("127.0.0.2")          # must not be tried instead
+        d = self.sorter(aliases={"fwd@" + LOCAL_DOMAIN: "user@tls.test"})
+        qid = self.send(d, ["fwd@" + LOCAL_DOMAIN])
+        sent = self.wait_log(d, r"%s: to=<user@tls\.test>.*relay=mx\.tls\.test\[127\.0\.0\.8\]:"
+                                r"%d.*status=sent" % (qid, self.mxport))
+        self.assertNotIn("tls=", sent[0])
+        self.assertTrue(d.log_lines(
+            r"warning: .*TLS handshake with mx\.tls\.test\[127\.0\.0\.8\]:%d failed: %s.*; "
+            r"retrying mx\.tls\.test\[127\.0\.0\.8\]:%d without STARTTLS, in plaintext"
+            % (self.mxport, error, self.mxport)), d.log_tail())
+        msgs = mx.messages()
+        self.assertEqual(len(msgs), 1)
+        self.assertFalse(msgs[0]["tls"])
+        self.assertEqual(msgs[0]["session"], 2)
+        self.assertEqual(mx.counts.get("STARTTLS"), 1, "one handshake, then plaintext only")
+        self.assertNotIn("STARTTLS", mx.sessions[1].commands)
+        self.assertEqual(other.count(), 0)
+        self.wait_gone(d, qid)
+
+    def test_may_garbage_handshake_retries_in_plaintext(self):
+        self.check_plaintext_retry(True, r"error:\S+")
+
+    def test_may_closed_handshake_retries_in_plaintext(self):
+        self.check_plaintext_retry(False, r"\S")
+
+    def test_encrypt_failed_handshake_defers(self):
+        mx = self.broken_mx(True)
+        d = self.sorter(aliases={"fwd@" + LOCAL_DOMAIN: "user@tls.test"},
+                        smtp_tls_security_level="encrypt")
+        qid = self.send(d, ["fwd@" + LOCAL_DOMAIN])
+        self.wait_log(d, r"%s: to=<user@tls\.test>.*status=deferred.*TLS handshake with "
+                         r"mx\.tls\.test\[127\.0\.0\.8\]:%d failed" % (qid, self.mxport))
+        self.assertEqual(mx.messages(), [])
+        self.assertEqual(d.log_lines(r"in plaintext"), [])
+        with mx.lock:
+            sessions = list(mx.sessions)
+        self.assertTrue(sessions)
+        for s in sessions:                      # every connection asked for TLS first
+            self.assertEqual(s.commands[1:2], ["STARTTLS"], s.commands)
+        self.assertIn(qid, d.queue_ids())
+
+    def test_may_starttls_454_goes_plaintext(self):
+        mx = self.scripted("127.0.0.8", keywords=self.KW)      # no certificate: 454
+        d = self.sorter(aliases={"fwd@" + LOCAL_DOMAIN: "user@tls.test"})
+        qid = self.send(d, ["fwd@" + LOCAL_DOMAIN])
+        sent = self.wait_log(d, r"%s: to=<user@tls\.test>.*relay=mx\.tls\.test\[127\.0\.0\.8\]"
+                                r".*status=sent" % qid)
+        self.assertNotIn("tls=", sent[0])
+        self.assertTrue(d.log_lines(r"warning: host mx\.tls\.test\[127\.0\.0\.8\]:%d refused "
+                                    r"STARTTLS: 454 4\.7\.0 TLS not available; delivering in "
+                                    r"plaintext" % self.mxport), d.log_tail())
+        msgs = mx.messages()
+        self.assertEqual(len(msgs), 1)
+        self.assertFalse(msgs[0]["tls"])
+        self.assertEqual(len(mx.sessions), 1, "the same connection goes on in plaintext")
+        self.assertEqual(mx.counts.get("STARTTLS"), 1)
+
+    def test_encrypt_starttls_454_defers(self):
+        mx = self.scripted("127.0.0.8", keywords=self.KW)
+        d = self.sorter(aliases={"fwd@" + LOCAL_DOMAIN: "user@tls.test"},
+                        smtp_tls_security_level="encrypt")
+        qid = self.send(d, ["fwd@" + LOCAL_DOMAIN])
+        self.wait_log(d, r"%s: to=<user@tls\.test>.*status=deferred.*454 4\.7\.0 TLS not "
+                         r"available \(in reply to STARTTLS command\)" % qid)
+        self.assertEqual(mx.messages(), [])
+
+
 class SuccessNoticeTest(OutboundTestCase):
     """NOTIFY=SUCCESS for a recipient relayed by SMTP (RFC 3461 4.1): a next hop that
     offers DSN gets the parameters and reports itself; one that does not makes sorterd
