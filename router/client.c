@@ -30,6 +30,13 @@
  * results go out through a deferred event. No logging per message: the
  * queue manager logs results; an endpoint failure is warned about once
  * per dead period.
+ *
+ * Opportunistic TLS (level may) never makes mail undeliverable where
+ * plaintext works: a STARTTLS refused with 4xx/5xx goes on in plaintext on
+ * the same connection, and a failed TLS handshake (an error, the server
+ * closing, a timeout) is followed by one new connection to the same
+ * address without STARTTLS, with a warning naming the host and the error.
+ * The levels encrypt and verify fail the address instead.
  */
 #include "config.h"
 
@@ -125,6 +132,8 @@ struct conn {
 	struct ehlo_caps caps;
 	bool helo_sent;         /* EHLO was refused: HELO instead */
 	bool tls_on;            /* the session runs over TLS */
+	bool plain;             /* no STARTTLS: the retry after a failed handshake at may */
+	struct sockaddr_storage addr;   /* the address connected to */
 	signed char tls_level;  /* the endpoint's smtp_tls_policy_map level, or -1 */
 	char tls[96];           /* the session's TLS version and cipher, for the results */
 	char peer[ADDR_DOMAIN_MAX + 1]; /* the host name connected to (TLS verify) */
@@ -177,6 +186,7 @@ static void relay_name(const struct transport *tp, const struct endpoint *ep,
 		       const struct sockaddr_storage *ss, char *buf, size_t len);
 static bool conn_begin_txn(struct conn *c);
 static void conn_give_up(struct conn *c, int code, const char *status, const char *text);
+static int conn_connect(struct conn *c, const struct sockaddr_storage *ss);
 static void fmtbuf(char *buf, size_t len, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
@@ -728,7 +738,7 @@ send_hello(struct conn *c)
 static enum tls_level
 conn_tls_level(const struct conn *c)
 {
-	if (!c->tp->starttls)
+	if (!c->tp->starttls || c->plain)
 		return TLS_NONE;
 	return c->tls_level >= 0 ? (enum tls_level)c->tls_level : c->pool->set.smtp_tls_level;
 }
@@ -757,6 +767,36 @@ after_hello(struct conn *c)
 	return conn_begin_txn(c);
 }
 
+/*
+ * STARTTLS was accepted but TLS could not be set up (why says how): at
+ * level may the same address gets one new connection without STARTTLS,
+ * and the transaction goes there in plaintext. Returns false when the
+ * level asks for TLS (or this already was the plaintext retry): the
+ * caller fails the connection as usual.
+ */
+static bool
+tls_fallback(struct conn *c, const char *why)
+{
+	struct job *j = c->job;
+	struct sockaddr_storage ss;
+
+	if (j == NULL || c->plain || conn_tls_level(c) != TLS_MAY)
+		return false;
+	msg_warn("%s; retrying %s without STARTTLS, in plaintext (smtp_tls_security_level may)",
+		 why, c->relay);
+	memcpy(&ss, &c->addr, sizeof(ss));
+	conn_close_socket(c);
+	c->reused = false;
+	c->need_rset = false;
+	if (conn_connect(c, &ss) < 0) {         /* j->err says why */
+		mark_dead(c->pool, c->relay, j->naddrs > 1, j->err);
+		conn_try(c);
+		return true;
+	}
+	c->plain = true;
+	return true;
+}
+
 /* 220 to STARTTLS: the session goes through a TLS filter from here on.
  * Returns false when c is gone. */
 static bool
@@ -770,12 +810,14 @@ start_tls(struct conn *c)
 	if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0) {
 		/* bytes after the 220 would be read as if they came over TLS */
 		fmtbuf(buf, sizeof(buf), "host %s sent data after its reply to STARTTLS", c->relay);
-		conn_fail(c, buf);
+		if (!tls_fallback(c, buf))
+			conn_fail(c, buf);
 		return false;
 	}
 	if ((ssl = SSL_new(c->pool->tls_ctx)) == NULL) {
 		fmtbuf(buf, sizeof(buf), "cannot start TLS with %s: out of memory", c->relay);
-		conn_fail(c, buf);
+		if (!tls_fallback(c, buf))
+			conn_fail(c, buf);
 		return false;
 	}
 	if (c->peer[0] != '\0' && inet_pton(AF_INET, c->peer, bin) != 1 &&
@@ -796,7 +838,8 @@ start_tls(struct conn *c)
 	if (tbev == NULL) {
 		SSL_free(ssl);
 		fmtbuf(buf, sizeof(buf), "cannot start TLS with %s", c->relay);
-		conn_fail(c, buf);
+		if (!tls_fallback(c, buf))
+			conn_fail(c, buf);
 		return false;
 	}
 	c->bev = tbev;
@@ -865,7 +908,11 @@ handle_reply(struct conn *c, const struct reply *r)
 			return start_tls(c);
 		if (conn_tls_level(c) >= TLS_ENCRYPT)
 			return fail_reply(c, r, "said", "in reply to STARTTLS command");
-		return conn_begin_txn(c);       /* may: on in plaintext */
+		/* may: on in plaintext, on this connection (RFC 3207 4) */
+		msg_warn("host %s refused STARTTLS: %d%s%s%s%s; delivering in plaintext "
+			 "(smtp_tls_security_level may)", c->relay, r->code, r->status[0] ? " " : "",
+			 r->status, r->text[0] ? " " : "", r->text);
+		return conn_begin_txn(c);
 	case CS_TXN:
 		c->answered = true;
 		return txn_reply(c, r);
@@ -988,6 +1035,8 @@ on_event(struct bufferevent *bev, short what, void *arg)
 		       tls_error(c->bev));
 	else
 		snprintf(buf, sizeof(buf), "lost connection with %s while %s", c->relay, phase(c));
+	if (c->state == CS_HANDSHAKE && tls_fallback(c, buf))
+		return;
 	conn_fail(c, buf);
 }
 
@@ -1000,7 +1049,9 @@ conn_connect(struct conn *c, const struct sockaddr_storage *ss)
 
 	relay_name(c->tp, j->ep, ss, c->relay, sizeof(c->relay));
 	snprintf(c->peer, sizeof(c->peer), "%s", j->ep != NULL ? j->ep->host : "");
+	memcpy(&c->addr, ss, sizeof(c->addr));
 	c->tls_on = false;
+	c->plain = false;
 	c->tls_level = j->ep != NULL ? j->ep->tls : -1;
 	c->helo_sent = false;
 	c->tls[0] = '\0';

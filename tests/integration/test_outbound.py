@@ -3,7 +3,7 @@ against a private dnsmasq, remote MXes played by smtp-sink and by a scripted SMT
 127.0.0.2, 127.0.0.3, ... (one port number for all, sorterd's smtp_port), relay_host and
 transport_map, the DNS verdicts (null MX, NXDOMAIN, SERVFAIL), the remote replies (4xx
 deferred and retried, 5xx bounced with a DSN naming the remote MTA), SIZE, 8BITMIME,
-recipients per transaction, and STARTTLS levels."""
+recipients per transaction, STARTTLS levels and the plaintext fallback at level may."""
 
 import os
 import re
@@ -363,6 +363,133 @@ class TLSOutTest(OutboundTestCase):
         self.wait_log(d2, r"%s: to=<user@tls\.test>.*tls=TLSv1\.[23]/\S+/verified.*status=sent"
                       % qid)
         self.assertEqual(len(mx.messages()), 1)
+
+
+def broken_handshake(how):
+    """A STARTTLS script: 220, then, once the client's TLS hello is in, bytes that are not
+    TLS (how "garbage"), nothing for 4 s ("stall"), or nothing ("close"); then the
+    connection closes."""
+    def script(session, arg):
+        session.send("220 2.0.0 Ready to start TLS")
+        session._fill()                 # the client's hello
+        if how == "garbage":
+            session.conn.sendall(b"220 this is not TLS at all\r\n" * 8)
+            time.sleep(0.5)             # read by the client before the close
+        elif how == "stall":
+            time.sleep(4)
+        return "DISCONNECT"
+    return script
+
+
+class TLSFallbackTest(OutboundTestCase):
+    """smtp_tls_security_level may never makes mail undeliverable where plaintext works: a
+    failed handshake is followed by one plaintext connection to the same host, a refused
+    STARTTLS goes on in plaintext; encrypt defers instead."""
+    KW = ["PIPELINING", "8BITMIME", "SIZE 10240000", "STARTTLS"]
+
+    def broken_mx(self, how):
+        _, cert, key = make_ca(os.path.join(self.tmp, "pki"), "good", ["mx.tls.test"])
+        return self.scripted("127.0.0.8", keywords=self.KW, cert=cert, key=key,
+                             replies={"STARTTLS": broken_handshake(how)})
+
+    def check_plaintext_retry(self, how, error, **settings):
+        mx = self.broken_mx(how)
+        other = self.sink("127.0.0.2")          # must not be tried instead
+        d = self.sorter(aliases={"fwd@" + LOCAL_DOMAIN: "user@tls.test"}, **settings)
+        qid = self.send(d, ["fwd@" + LOCAL_DOMAIN])
+        sent = self.wait_log(d, r"%s: to=<user@tls\.test>.*relay=mx\.tls\.test\[127\.0\.0\.8\]:"
+                                r"%d.*status=sent" % (qid, self.mxport))
+        self.assertNotIn("tls=", sent[0])
+        self.assertTrue(d.log_lines(
+            r"warning: %s.*; "
+            r"retrying mx\.tls\.test\[127\.0\.0\.8\]:%d without STARTTLS, in plaintext"
+            % (error % self.mxport, self.mxport)), d.log_tail())
+        msgs = mx.messages()
+        self.assertEqual(len(msgs), 1)
+        self.assertFalse(msgs[0]["tls"])
+        self.assertEqual(msgs[0]["session"], 2)
+        self.assertEqual(mx.counts.get("STARTTLS"), 1, "one handshake, then plaintext only")
+        self.assertNotIn("STARTTLS", mx.sessions[1].commands)
+        self.assertEqual(other.count(), 0)
+        self.wait_gone(d, qid)
+
+    def test_may_garbage_handshake_retries_in_plaintext(self):
+        self.check_plaintext_retry(
+            "garbage", r"TLS handshake with mx\.tls\.test\[127\.0\.0\.8\]:%d failed: error:\S+")
+
+    def test_may_closed_handshake_retries_in_plaintext(self):
+        self.check_plaintext_retry(
+            "close", r"TLS handshake with mx\.tls\.test\[127\.0\.0\.8\]:%d failed: \S.*")
+
+    def test_may_stalled_handshake_retries_in_plaintext(self):
+        self.check_plaintext_retry(
+            "stall", r"timeout with mx\.tls\.test\[127\.0\.0\.8\]:%d while performing the TLS "
+                     r"handshake", lmtp_timeout="2")
+
+    def test_one_plaintext_retry_per_failed_handshake(self):
+        _, cert, key = make_ca(os.path.join(self.tmp, "pki"), "good", ["mx.tls.test"])
+        # session 1: the handshake breaks; 2: the plaintext retry is refused (421);
+        # 3: the next delivery attempt asks for TLS again, which breaks; 4: plaintext, sent
+        mx = self.scripted("127.0.0.8", keywords=self.KW, cert=cert, key=key,
+                           replies={"STARTTLS": broken_handshake("garbage"),
+                                    "CONNECT": [None, "421 4.3.2 not now"]})
+        d = self.sorter(aliases={"fwd@" + LOCAL_DOMAIN: "user@tls.test"})
+        qid = self.send(d, ["fwd@" + LOCAL_DOMAIN])
+        self.wait_log(d, r"%s: to=<user@tls\.test>.*status=deferred.*refused to talk to me: "
+                         r"421 4\.3\.2 not now" % qid)
+        self.wait_log(d, r"%s: to=<user@tls\.test>.*status=sent" % qid)
+        msgs = mx.messages()
+        self.assertEqual(len(msgs), 1)
+        self.assertEqual(msgs[0]["session"], 4)
+        with mx.lock:
+            commands = [s.commands for s in mx.sessions]
+        self.assertEqual(len(commands), 4, commands)
+        self.assertIn("STARTTLS", commands[0])
+        self.assertEqual(commands[1], [])
+        self.assertIn("STARTTLS", commands[2])
+        self.assertNotIn("STARTTLS", commands[3])
+        self.assertEqual(len(d.log_lines(r"warning: TLS handshake with .* in plaintext")), 2)
+
+    def test_encrypt_failed_handshake_defers(self):
+        mx = self.broken_mx("garbage")
+        d = self.sorter(aliases={"fwd@" + LOCAL_DOMAIN: "user@tls.test"},
+                        smtp_tls_security_level="encrypt")
+        qid = self.send(d, ["fwd@" + LOCAL_DOMAIN])
+        self.wait_log(d, r"%s: to=<user@tls\.test>.*status=deferred.*TLS handshake with "
+                         r"mx\.tls\.test\[127\.0\.0\.8\]:%d failed" % (qid, self.mxport))
+        self.assertEqual(mx.messages(), [])
+        self.assertEqual(d.log_lines(r"in plaintext"), [])
+        with mx.lock:
+            sessions = list(mx.sessions)
+        self.assertTrue(sessions)
+        for s in sessions:                      # every connection asked for TLS first
+            self.assertEqual(s.commands[1:2], ["STARTTLS"], s.commands)
+        self.assertIn(qid, d.queue_ids())
+
+    def test_may_starttls_454_goes_plaintext(self):
+        mx = self.scripted("127.0.0.8", keywords=self.KW)      # no certificate: 454
+        d = self.sorter(aliases={"fwd@" + LOCAL_DOMAIN: "user@tls.test"})
+        qid = self.send(d, ["fwd@" + LOCAL_DOMAIN])
+        sent = self.wait_log(d, r"%s: to=<user@tls\.test>.*relay=mx\.tls\.test\[127\.0\.0\.8\]"
+                                r".*status=sent" % qid)
+        self.assertNotIn("tls=", sent[0])
+        self.assertTrue(d.log_lines(r"warning: host mx\.tls\.test\[127\.0\.0\.8\]:%d refused "
+                                    r"STARTTLS: 454 4\.7\.0 TLS not available; delivering in "
+                                    r"plaintext" % self.mxport), d.log_tail())
+        msgs = mx.messages()
+        self.assertEqual(len(msgs), 1)
+        self.assertFalse(msgs[0]["tls"])
+        self.assertEqual(len(mx.sessions), 1, "the same connection goes on in plaintext")
+        self.assertEqual(mx.counts.get("STARTTLS"), 1)
+
+    def test_encrypt_starttls_454_defers(self):
+        mx = self.scripted("127.0.0.8", keywords=self.KW)
+        d = self.sorter(aliases={"fwd@" + LOCAL_DOMAIN: "user@tls.test"},
+                        smtp_tls_security_level="encrypt")
+        qid = self.send(d, ["fwd@" + LOCAL_DOMAIN])
+        self.wait_log(d, r"%s: to=<user@tls\.test>.*status=deferred.*454 4\.7\.0 TLS not "
+                         r"available \(in reply to STARTTLS command\)" % qid)
+        self.assertEqual(mx.messages(), [])
 
 
 class SuccessNoticeTest(OutboundTestCase):
