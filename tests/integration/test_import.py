@@ -9,9 +9,11 @@ never again; a second import finds nothing to do.
 """
 
 import os
+import random
 import re
 import signal
 import socket
+import subprocess
 import threading
 import time
 import unittest
@@ -337,6 +339,37 @@ class Import(SorterTestCase):
         # a and b delivered once; c was taken for delivered and is not copied again
         got = self.assert_once(sink, [sent[ids[0]], sent[ids[1]]])
         self.assertNotIn(sent[ids[2]], {m for m, _ in got})
+
+    # kill -9 of sorterctl import at random points, again and again, the survivor
+    # delivering meanwhile: the last run completes; each message delivered once
+    def test_kill9_during_import(self):
+        sink = self.sink("sink")
+        peer = self.sorterd("peer", failover_node="lmtp:[127.0.0.1]:%d" % dead_port(), **SLOW)
+        sent = self.send(peer, 150, "killed")
+        self.kill_master_first(peer)
+        d = self.survivor(sink)
+        rnd = random.Random(int.from_bytes(os.urandom(4), "big"))
+        kills = 0
+        for i in range(100):
+            p = subprocess.Popen([os.path.join(self.build, "sorterctl"), "-c", d.conf_path,
+                                  "import", peer.spool], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE)
+            time.sleep(rnd.uniform(0.002, 0.03))
+            if p.poll() is None:
+                p.kill()
+                kills += 1
+            _, err = p.communicate(timeout=60)
+            self.assertNotIn(b"failed", err, err)
+            if p.returncode == 0:
+                break           # a run finished by itself
+        self.assertGreater(kills, 0, "no run was killed midway: make the spool bigger")
+        pairs, summary, r = self.import_(d, peer.spool)
+        self.assertEqual(summary["failed"] + summary["quarantined"], 0, r.stderr)
+        self.assert_source_empty(peer)
+        got = self.assert_once(sink, sent.values(), settle=3)
+        self.assertEqual(len(got), 150)
+        self.assertTrue(d.wait_queue_empty(WAIT), d.queue_files())
+        self.assertEqual(os.listdir(os.path.join(d.spool, "import")), [])
 
 
 if __name__ == "__main__":
