@@ -53,39 +53,8 @@
 #include "lib/lib.h"
 #include "queue/queue.h"
 
-const char *const import_states[IMPORT_NSTATES] = { "incoming", "active", "deferred", "hold" };
 #define STATE_INCOMING 0
 #define STATE_HOLD 3
-
-/* ---- marker names (pure) ---- */
-
-void
-import_marker_format(const char *oldid, const char *newid, int state, char *out)
-{
-	snprintf(out, IMPORT_MARKER_LEN + 1, "%.*s.%.*s.%s", QID_LEN, oldid, QID_LEN, newid,
-		 import_states[state]);
-}
-
-int
-import_marker_parse(const char *name, char oldid[QID_LEN + 1], char newid[QID_LEN + 1])
-{
-	size_t n = strnlen(name, IMPORT_MARKER_LEN + 1);
-	int i;
-
-	if (n > IMPORT_MARKER_LEN || n < 2 * QID_LEN + 3 || name[QID_LEN] != '.' ||
-	    name[2 * QID_LEN + 1] != '.')
-		return -1;
-	memcpy(oldid, name, QID_LEN);
-	oldid[QID_LEN] = '\0';
-	memcpy(newid, name + QID_LEN + 1, QID_LEN);
-	newid[QID_LEN] = '\0';
-	if (!qid_valid(oldid) || !qid_valid(newid))
-		return -1;
-	for (i = 0; i < IMPORT_NSTATES; i++)
-		if (strcmp(name + 2 * QID_LEN + 2, import_states[i]) == 0)
-			return i;
-	return -1;
-}
 
 /* ---- the importer ---- */
 

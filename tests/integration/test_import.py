@@ -184,15 +184,17 @@ class Import(SorterTestCase):
                             **SLOW)
         stop = threading.Event()
         threads, acked, errors = blast(peer.port, 8, 25, body_size=2048, stop=stop)
-        wait_until(lambda: len(acked) >= 60 or not any(t.is_alive() for t in threads), 120,
-                   interval=0.001)
+        active = os.path.join(peer.spool, "active")
+        # kill while clients still send and the queue manager holds deliveries open
+        wait_until(lambda: (len(acked) >= 60 and os.listdir(active))
+                   or not any(t.is_alive() for t in threads), 120, interval=0.001)
         peer.kill_all()
         stop.set()
         self.assertTrue(join_all(threads, 60), "client threads hang after the kill")
         acked = list(acked)
         self.assertGreater(len(acked), 0, "nothing acknowledged before the kill: %s" % errors)
-        self.assertGreater(len(os.listdir(os.path.join(peer.spool, "active"))), 0,
-                           "no delivery was in flight at the kill")
+        self.assertGreater(len(os.listdir(active)), 0, "no delivery was in flight at the kill "
+                           "(%d acknowledged; %s)" % (len(acked), errors[:3]))
         # the Message-ID of each acknowledged message, read from the dead peer's spool
         want = {}
         for qid in acked:
