@@ -183,11 +183,12 @@ class Import(SorterTestCase):
         peer = self.sorterd("peer", failover_node="lmtp:[127.0.0.1]:%d" % silent.getsockname()[1],
                             **SLOW)
         stop = threading.Event()
-        threads, acked, errors = blast(peer.port, 8, 25, body_size=2048, stop=stop)
+        threads, acked, errors = blast(peer.port, 8, 100, body_size=2048, stop=stop)
         active = os.path.join(peer.spool, "active")
-        # kill while clients still send and the queue manager holds deliveries open
-        wait_until(lambda: (len(acked) >= 60 and os.listdir(active))
-                   or not any(t.is_alive() for t in threads), 120, interval=0.001)
+        # kill while clients still send and the queue manager holds deliveries open (it
+        # may take a while to start: a sanitizer build)
+        wait_until(lambda: len(acked) >= 60 and os.listdir(active), 120, interval=0.001)
+        sending = sum(t.is_alive() for t in threads)
         peer.kill_all()
         stop.set()
         self.assertTrue(join_all(threads, 60), "client threads hang after the kill")
@@ -195,6 +196,7 @@ class Import(SorterTestCase):
         self.assertGreater(len(acked), 0, "nothing acknowledged before the kill: %s" % errors)
         self.assertGreater(len(os.listdir(active)), 0, "no delivery was in flight at the kill "
                            "(%d acknowledged; %s)" % (len(acked), errors[:3]))
+        self.assertGreater(sending, 0, "every client was done before the kill")
         # the Message-ID of each acknowledged message, read from the dead peer's spool
         want = {}
         for qid in acked:
