@@ -10,6 +10,8 @@
  *   active/ deferred/ hold/   queue manager states
  *   corrupt/   files that failed to parse, moved aside (never deleted)
  *   defer/     status beside a deferred message (status.c), same name
+ *   import/    `sorterctl import` at work (import.c): copies being made and
+ *              the records of copies made; the daemon never looks inside
  *
  * A queue file is a sequence of records: one type byte, a 4-byte big-endian
  * length, then that many bytes. The last record is SPOOL_REC_END with length
@@ -137,6 +139,10 @@ typedef ssize_t (*spool_read_fn)(int fd, void *buf, size_t n);
  * what). Only -1 is a reason to move a file aside; -2 is tried again. */
 int spool_load(const char *path, spool_read_fn rd, struct spool_file *f,
 	       char *err, size_t errlen);
+/* The same for a file whose name is not its queue id (a message being
+ * imported, importing/OLDID.NEWID.STATE: import.c); id names it. */
+int spool_load_as(const char *path, const char *id, spool_read_fn rd, struct spool_file *f,
+		  char *err, size_t errlen);
 /* Reads n content bytes from offset off of the content (0 = its first
  * byte) of a file spool_load() opened as fd. Returns 0, or -1 with errno
  * (EIO when the file ends early). */
@@ -407,6 +413,36 @@ void qstatus_format(const struct qstatus *st, struct dstr *out);
 /* Atomically replaces dirfd/id; with ds, waits for the directory fsync.
  * Returns 0 or an errno value. */
 int qstatus_write(int dirfd, struct dirsync *ds, const char *id, const struct qstatus *st);
+
+/* ---- taking over another sorter's spool (import.c) ----
+ * Each message of the peer's spool src is copied in under a fresh id of
+ * this spool and removed from src once the copy is durable; held messages
+ * stay held, recipient marks and the status file go with the message. A
+ * message on its way is renamed in src to importing/OLDID.NEWID.STATE
+ * first, and the copy is recorded in import/NEWID here before it is
+ * visible, so that a run cut short at any point is finished by the next
+ * one without a message delivered twice (import.c explains the steps). */
+#define IMPORT_NSTATES 4         /* incoming active deferred hold */
+extern const char *const import_states[IMPORT_NSTATES];
+#define IMPORT_MARKER_LEN (2 * QID_LEN + 2 + 8)
+/* "OLDID.NEWID.STATE" into out (IMPORT_MARKER_LEN + 1 bytes) */
+void import_marker_format(const char *oldid, const char *newid, int state, char *out);
+/* The reverse: the state's index, or -1 when name is no marker. */
+int import_marker_parse(const char *name, char oldid[QID_LEN + 1], char newid[QID_LEN + 1]);
+
+struct import_result {
+	unsigned imported;         /* copied in (held ones included) */
+	unsigned held;             /* of those, into hold/ */
+	unsigned resumed;          /* of those, finished after an interrupted run */
+	unsigned quarantined;      /* torn or corrupt: moved to src's corrupt/ */
+	unsigned failed;           /* left in src (an error was printed) */
+};
+
+/* Imports src into spool_dir, a line "OLDID -> NEWID" per message on out,
+ * errors on stderr. 0, or -1 when it could not start (err says why:
+ * src is no spool, is this spool, a queue manager runs on it, ...). */
+int queue_import(const char *spool_dir, const char *src, FILE *out, struct import_result *res,
+		 char *err, size_t errlen);
 
 /* ---- DSN (dsn.c) ----
  * RFC 3464 delivery status notifications built as RFC 6522 multipart/report

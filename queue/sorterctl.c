@@ -3,13 +3,15 @@
  * lists the spool (or what selectors pick out of it, or a summary by
  * state, node and domain: summary.c) and `sorterctl show ID` prints one
  * message. `sorterctl passwd` makes a password hash for auth_map.
+ * `sorterctl import DIR` takes over a dead peer's spool (import.c).
  *
  * Both read the spool directly, so they work while sorterd is down. This
  * program must never change the spool: not a byte, not a file name. A file
  * it cannot parse is reported as corrupt and the listing goes on; moving
  * files aside is the daemon's business. (delete, hold, release and flush
  * ask the running queue manager, or with the daemon down act on the spool
- * under its lock.)
+ * under its lock; import only adds new queue files, as a worker does, and
+ * moves the files of the spool it takes over.)
  *
  * Run as root, it first becomes the spool's owner: it then creates no file
  * root would own, and a symbolic link planted in the spool (by whoever the
@@ -26,6 +28,7 @@
 #include <fcntl.h>
 #include <dirent.h>
 #include <grp.h>
+#include <limits.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
@@ -82,6 +85,7 @@ usage(void)
 		"       sorterctl [-c FILE] flush [ID... | SELECTOR...]\n"
 		"       sorterctl [-c FILE] stats\n"
 		"       sorterctl [-c FILE] route ADDRESS [--json]\n"
+		"       sorterctl [-c FILE] import DIR\n"
 		"       sorterctl passwd\n"
 		"selectors: --sender GLOB --rcpt GLOB --node NODE --domain GLOB\n"
 		"           --older-than AGE --younger-than AGE --state active,deferred,hold\n");
@@ -824,6 +828,24 @@ cmd_delete_all(const struct config *cf)
 	return rc;
 }
 
+/* ---- import: a dead peer's spool (import.c) ---- */
+
+static int
+cmd_import(const char *spool_dir, const char *src)
+{
+	struct import_result r;
+	char err[PATH_MAX + 256];
+
+	log_set_progname("sorterctl");
+	if (queue_import(spool_dir, src, stdout, &r, err, sizeof(err)) < 0) {
+		fprintf(stderr, "sorterctl: import: %s\n", err);
+		return EXIT_RUNTIME;
+	}
+	printf("%u imported (%u on hold, %u finishing an interrupted import), %u quarantined, "
+	       "%u failed\n", r.imported, r.held, r.resumed, r.quarantined, r.failed);
+	return r.failed || r.quarantined ? EXIT_RUNTIME : 0;
+}
+
 /* ---- passwd: a hash for auth_map ---- */
 
 /* One line from fp without its newline; -1 at EOF, on error or when it
@@ -1019,6 +1041,9 @@ main(int argc, char **argv)
 	} else if (strcmp(cmd, "route") == 0) {
 		if (argc < 2 || argc > 3 || (argc == 3 && strcmp(argv[2], "--json") != 0))
 			usage();
+	} else if (strcmp(cmd, "import") == 0) {
+		if (argc != 2)
+			usage();
 	} else if (strcmp(cmd, "passwd") == 0) {
 		if (argc != 1)
 			usage();
@@ -1046,6 +1071,8 @@ main(int argc, char **argv)
 		signal(SIGPIPE, SIG_IGN);
 		rc = router_explain(cf, argv[1], argc == 3, stdout);
 	}
+	else if (strcmp(cmd, "import") == 0)
+		rc = cmd_import(cf->spool_dir, argv[1]);
 	else if (strcmp(cmd, "delete") == 0 && argc == 2 && strcmp(argv[1], "--all") == 0)
 		rc = cmd_delete_all(cf);
 	else if (selecting)

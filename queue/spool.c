@@ -499,7 +499,13 @@ read_at(int fd, spool_read_fn rd, unsigned char *buf, size_t n, size_t off)
 int
 spool_load(const char *path, spool_read_fn rd, struct spool_file *f, char *err, size_t errlen)
 {
-	const char *name = base_name(path);
+	return spool_load_as(path, base_name(path), rd, f, err, errlen);
+}
+
+int
+spool_load_as(const char *path, const char *name, spool_read_fn rd, struct spool_file *f,
+	      char *err, size_t errlen)
+{
 	unsigned char *tail = NULL;
 	struct stat st;
 	struct view v;
