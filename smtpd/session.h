@@ -1,18 +1,25 @@
 /*
  * session.h - what the smtpd worker and its sessions share inside one
- * worker process. Not an interface for other modules (that is smtpd.h).
+ * worker process, and what the files of one SMTP session share: the
+ * session itself, and the functions each piece offers the others.
+ * Not an interface for other modules (that is smtpd.h).
  */
 #ifndef SORTER_SMTPD_SESSION_H
 #define SORTER_SMTPD_SESSION_H
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 
 #include "lib/lib.h"
 #include "queue/queue.h"
+#include "smtpd/auth.h"
+#include "smtpd/milter.h"
 #include "smtpd/smtpd.h"
 
+struct bufferevent;
+struct event;
 struct event_base;
 struct session;
 
@@ -42,6 +49,100 @@ struct worker {
 	struct session *sessions;      /* doubly linked, for draining */
 	int nsessions;
 	bool draining;
+};
+
+/* ---- one SMTP session ---- */
+
+enum sstate {
+	SS_INIT,        /* no HELO/EHLO yet */
+	SS_READY,       /* greeted, no transaction */
+	SS_MAIL,        /* MAIL accepted */
+	SS_RCPT,        /* at least one RCPT accepted */
+	SS_BDAT,        /* BDAT chunks taken, more to come (RFC 3030) */
+	SS_DATA,        /* reading content */
+	SS_COMMIT,      /* content complete, waiting for the spool */
+	SS_AUTH,        /* AUTH: waiting for the client's next response line */
+	SS_AUTH_WAIT,   /* AUTH: the password is being checked */
+	SS_CLOSING,     /* final reply queued; close once it is written */
+	SS_LOOKUP_WAIT, /* the command in linebuf waits for a map lookup (ldap:) */
+};
+
+struct session {
+	struct worker *w;
+	struct bufferevent *bev;
+	struct session *prev, *next;
+	const struct listener *listener;
+	int table_slot;
+	enum sstate state;
+	char addr[INET6_ADDRSTRLEN];
+	char *helo;
+	bool esmtp;
+	bool tls;
+	char tls_desc[160];            /* "TLSv1.3 with cipher ..." */
+	bool tls_failed;               /* its handshake failure was counted */
+	int errors;
+	bool long_line;                /* discarding the rest of an over-long line */
+	bool drain;                    /* end at the next command boundary ... */
+	const char *drain_reply;       /* ... with this 421 (NULL: shutting down) */
+	struct event *limit_ev;        /* smtpd_session_time_limit */
+	unsigned junk;                 /* NOOP, RSET, VRFY, HELP since the last message */
+	uint64_t data_start;           /* when DATA content began, usec */
+	bool gone;                     /* the client went away during a commit */
+	struct event *flush_ev;        /* TLS close: fires when the socket's output is written */
+	unsigned char key[16];         /* the client's address in session-table form */
+
+	/* AUTH (RFC 4954) */
+	char *login;                   /* the authenticated user, or NULL */
+	const char *auth_mech;         /* "PLAIN" or "LOGIN" */
+	int auth_step;                 /* LOGIN: 1 = user name next, 2 = password next */
+	char auth_user[ADDR_PATH_MAX + 1];
+	int auth_failures;
+	bool auth_busy;                /* a password check is in flight */
+	enum auth_result auth_result;
+	struct event *auth_delay_ev;   /* a guesser's reply waits for this */
+
+	/* the transaction */
+	char *sender;
+	char *sender_params;
+	bool smtputf8;                 /* MAIL FROM declared SMTPUTF8 (RFC 6531) */
+	char **rcpts;
+	char **rcpt_canon;             /* each recipient's canonical form, for duplicates */
+	size_t nrcpt;
+	uint64_t expanded;             /* addresses the recipients expand to, in all */
+	char id[QID_LEN + 1];
+	struct data_parser dp;
+	bool too_big;
+	struct spool_stream *stream;   /* the content on its way into the spool */
+	bool paused;                   /* the stream's buffers are full: wait for it */
+	bool committing;               /* the stream is being committed */
+	uint64_t msg_size;             /* the committed content's size, for the log */
+
+	/* the BDAT chunk being read: its octets are content, never commands */
+	bool in_chunk;
+	uint64_t chunk_size, chunk_left;
+	bool chunk_last;
+	const char *chunk_refused;     /* the error reply of a chunk read only to be dropped */
+
+	/* counters for the disconnect line */
+	unsigned n_msgs;
+	char *linebuf;
+	size_t line_len;               /* of the command being dispatched */
+	enum sstate wait_from;         /* SS_LOOKUP_WAIT: the state to run it again in */
+
+	/* milters (milter.c, the "milters" block below): a stage waits for their
+	 * answer, then its handler runs again and goes on */
+	struct milter_client *mc;
+	bool milter_busy;
+	int milter_wait;               /* the stage asked, + 1 (0: none) */
+	int milter_passed;             /* the stage they let through, + 1 */
+	struct smtp_cmd milter_cmd;    /* its command (arg points into linebuf) */
+	char *milter_deny;             /* refused at connect: MAIL gets this reply */
+	char *milter_refusal;          /* a refused first BDAT: its chunk's reply */
+	char *hold_reason;             /* quarantined: the message goes to hold/ */
+	struct spool_edit *edit;       /* the filters' edits: committed in place of the stream */
+	struct milter_source milter_src;
+	unsigned port;                 /* the client's */
+	char macro_buf[512];
 };
 
 /* Takes over a connected socket; never fails (a session that cannot be set
