@@ -145,6 +145,27 @@ struct session {
 	char macro_buf[512];
 };
 
+/* session.c: replies, the command loop and the session's life */
+void reply(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Queues a final reply and closes once it has been written. */
+void reply_close(struct session *s, const char *text);
+/* An error reply: counted towards smtpd_hard_error_limit. */
+void reply_error(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* a submission listener, with or without implicit TLS */
+bool submission(const struct session *s);
+/* Takes the client's input for as long as the state lets it. */
+void process_input(struct session *s);
+/* Frees the session, or (a commit or a password check in flight) marks it
+ * gone, to be closed when that is over. */
+void session_close(struct session *s);
+
+/* session_auth.c: AUTH (RFC 4954) */
+void do_auth(struct session *s, struct smtp_cmd *c);
+/* One response line of the exchange (SS_AUTH). */
+void auth_continue(struct session *s, const char *line, size_t len);
+/* Ends the exchange: forgets the user name, back to SS_READY. */
+void auth_end(struct session *s);
+
 /* Takes over a connected socket; never fails (a session that cannot be set
  * up is closed with a 421). */
 void session_start(struct worker *w, int fd, const struct sockaddr *sa, socklen_t salen,
