@@ -20,6 +20,7 @@
 
 struct bufferevent;
 struct event;
+struct evbuffer;
 struct event_base;
 struct session;
 
@@ -158,6 +159,31 @@ void process_input(struct session *s);
 /* Frees the session, or (a commit or a password check in flight) marks it
  * gone, to be closed when that is over. */
 void session_close(struct session *s);
+
+/* Forgets the transaction (an unfinished message's file is removed);
+ * back to SS_READY unless not greeted yet or closing. */
+void transaction_reset(struct session *s);
+/* RFC 3848 protocol names for Received: */
+const char *proto_name(const struct session *s);
+void set_read_timeout(struct session *s, int secs);
+/* Hands stage st to the milters: true when the session now waits for them
+ * (the caller returns), false when there is nothing to ask. */
+bool milter_hook(struct session *s, enum milter_stage st, struct smtp_cmd *c);
+
+/* session_content.c: the content into the spool, the end of data */
+void do_data(struct session *s, struct smtp_cmd *c);
+/* The content of a new message, by DATA or (raw) by BDAT. */
+void content_start(struct session *s, bool raw);
+/* Streams parsed content into the spool, up to message_size_limit. */
+void content_add(struct session *s, const char *p, size_t n);
+/* Feeds buffered DATA content to the parser; true at the end of data. */
+bool take_data(struct session *s, struct evbuffer *in);
+/* The checks, the milters, then the commit; its reply comes from commit_done. */
+void end_of_data(struct session *s);
+/* smtpd_min_data_rate: ends a session whose content trickles in. */
+void data_rate_check(struct session *s);
+/* An aborted message's stream is done: nothing to tell anybody. */
+void stream_dropped(void *arg, int error);
 
 /* session_auth.c: AUTH (RFC 4954) */
 void do_auth(struct session *s, struct smtp_cmd *c);
