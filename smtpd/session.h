@@ -170,6 +170,9 @@ void set_read_timeout(struct session *s, int secs);
  * (the caller returns), false when there is nothing to ask. */
 bool milter_hook(struct session *s, enum milter_stage st, struct smtp_cmd *c);
 
+/* The 503 reply to verb v in the session's state. */
+const char *out_of_state_text(struct session *s, enum smtp_verb v);
+
 /* session_content.c: the content into the spool, the end of data */
 void do_data(struct session *s, struct smtp_cmd *c);
 /* The content of a new message, by DATA or (raw) by BDAT. */
@@ -184,6 +187,13 @@ void end_of_data(struct session *s);
 void data_rate_check(struct session *s);
 /* An aborted message's stream is done: nothing to tell anybody. */
 void stream_dropped(void *arg, int error);
+
+/* session_bdat.c: BDAT (RFC 3030) */
+void do_bdat(struct session *s, struct smtp_cmd *c);
+/* Takes what is buffered of the current chunk; true once it is all in. */
+bool take_chunk(struct session *s, struct evbuffer *in);
+/* The reply to a BDAT, once its chunk is in. */
+void end_of_chunk(struct session *s);
 
 /* session_auth.c: AUTH (RFC 4954) */
 void do_auth(struct session *s, struct smtp_cmd *c);
