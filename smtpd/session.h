@@ -130,8 +130,8 @@ struct session {
 	size_t line_len;               /* of the command being dispatched */
 	enum sstate wait_from;         /* SS_LOOKUP_WAIT: the state to run it again in */
 
-	/* milters (milter.c, the "milters" block below): a stage waits for their
-	 * answer, then its handler runs again and goes on */
+	/* milters (session_milter.c): a stage waits for their answer, then its
+	 * handler runs again and goes on */
 	struct milter_client *mc;
 	bool milter_busy;
 	int milter_wait;               /* the stage asked, + 1 (0: none) */
@@ -166,9 +166,12 @@ void transaction_reset(struct session *s);
 /* RFC 3848 protocol names for Received: */
 const char *proto_name(const struct session *s);
 void set_read_timeout(struct session *s, int secs);
-/* Hands stage st to the milters: true when the session now waits for them
- * (the caller returns), false when there is nothing to ask. */
-bool milter_hook(struct session *s, enum milter_stage st, struct smtp_cmd *c);
+/* The name a HELO gets in Received: and at the milters. */
+char *helo_sanitize(const char *in, size_t n);
+/* Runs the handler of c's verb again: the milters let it through. */
+void verb_run(struct session *s, struct smtp_cmd *c);
+/* The 220 banner. */
+void greet(struct session *s);
 
 /* The 503 reply to verb v in the session's state. */
 const char *out_of_state_text(struct session *s, enum smtp_verb v);
@@ -194,6 +197,13 @@ void do_bdat(struct session *s, struct smtp_cmd *c);
 bool take_chunk(struct session *s, struct evbuffer *in);
 /* The reply to a BDAT, once its chunk is in. */
 void end_of_chunk(struct session *s);
+
+/* session_milter.c: the milters' part in a session */
+/* Hands stage st to the milters: true when the session now waits for them
+ * (the caller returns), false when there is nothing to ask. */
+bool milter_hook(struct session *s, enum milter_stage st, struct smtp_cmd *c);
+/* The value of milter macro `name` in session arg; NULL when it has none. */
+const char *session_macro(void *arg, const char *name);
 
 /* session_auth.c: AUTH (RFC 4954) */
 void do_auth(struct session *s, struct smtp_cmd *c);
