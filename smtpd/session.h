@@ -193,6 +193,9 @@ void stream_dropped(void *arg, int error);
 
 /* session_bdat.c: BDAT (RFC 3030) */
 void do_bdat(struct session *s, struct smtp_cmd *c);
+/* The octets of c's chunk come next: content, or, with a `refused` reply,
+ * read and dropped (a chunk is never taken for commands). */
+void chunk_begin(struct session *s, const struct smtp_cmd *c, const char *refused);
 /* Takes what is buffered of the current chunk; true once it is all in. */
 bool take_chunk(struct session *s, struct evbuffer *in);
 /* The reply to a BDAT, once its chunk is in. */

@@ -17,6 +17,19 @@
 #include "smtpd/session.h"
 #include "smtpd/smtpd.h"
 
+/* The octets of c's chunk are next on the input: content, or, when the
+ * chunk is refused, to be read and dropped before `refused` is its reply. */
+void
+chunk_begin(struct session *s, const struct smtp_cmd *c, const char *refused)
+{
+	s->in_chunk = true;
+	s->chunk_size = s->chunk_left = c->chunk_size;
+	s->chunk_last = c->chunk_last;
+	s->chunk_refused = refused;
+	if (s->chunk_left > 0)
+		set_read_timeout(s, s->w->cf->smtpd_data_timeout);
+}
+
 /*
  * BDAT n [LAST] (RFC 3030): n octets of content follow the line, whatever
  * the reply to it will be. So this handler checks the state itself rather
@@ -28,20 +41,17 @@
 void
 do_bdat(struct session *s, struct smtp_cmd *c)
 {
+	const char *refused = NULL;
+
 	/* the first chunk is DATA to the milters; it waits in the socket meanwhile */
 	if (s->state == SS_RCPT && milter_hook(s, MS_DATA, c))
 		return;
-	s->in_chunk = true;
-	s->chunk_size = s->chunk_left = c->chunk_size;
-	s->chunk_last = c->chunk_last;
-	s->chunk_refused = NULL;
 	if (s->state == SS_RCPT) {
 		content_start(s, true);
 		s->state = SS_BDAT;
 	} else if (s->state != SS_BDAT)
-		s->chunk_refused = out_of_state_text(s, VERB_BDAT);
-	if (s->chunk_left > 0)
-		set_read_timeout(s, s->w->cf->smtpd_data_timeout);
+		refused = out_of_state_text(s, VERB_BDAT);
+	chunk_begin(s, c, refused);
 }
 
 /* Takes the buffered octets of the current BDAT chunk, through the parser

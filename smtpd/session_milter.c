@@ -382,12 +382,7 @@ on_milter(void *arg, const struct milter_result *r)
 				 * this is its reply (end_of_chunk) */
 				free(s->milter_refusal);
 				s->milter_refusal = xstrdup(r->reply);
-				s->in_chunk = true;
-				s->chunk_size = s->chunk_left = s->milter_cmd.chunk_size;
-				s->chunk_last = s->milter_cmd.chunk_last;
-				s->chunk_refused = s->milter_refusal;
-				if (s->chunk_left > 0)
-					set_read_timeout(s, s->w->cf->smtpd_data_timeout);
+				chunk_begin(s, &s->milter_cmd, s->milter_refusal);
 			} else if (r->reply[0] == '5') {
 				reply_error(s, "%s", r->reply);
 			} else {
