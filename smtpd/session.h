@@ -178,6 +178,10 @@ const char *out_of_state_text(struct session *s, enum smtp_verb v);
 
 /* session_content.c: the content into the spool, the end of data */
 void do_data(struct session *s, struct smtp_cmd *c);
+/* The envelope the spool records, from the session's transaction
+ * (hold_reason: NULL, or why the message goes to hold/). */
+void session_envelope(const struct session *s, const char *hold_reason,
+		      struct spool_envelope *env);
 /* The content of a new message, by DATA or (raw) by BDAT. */
 void content_start(struct session *s, bool raw);
 /* Streams parsed content into the spool, up to message_size_limit. */

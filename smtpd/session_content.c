@@ -85,6 +85,21 @@ add_received(struct session *s, struct dstr *out)
 	dstr_printf(out, "\r\n");
 }
 
+void
+session_envelope(const struct session *s, const char *hold_reason, struct spool_envelope *env)
+{
+	memset(env, 0, sizeof(*env));
+	env->arrival_usec = now_usec();
+	env->client = s->addr;
+	env->helo = s->helo;
+	env->proto = proto_name(s);
+	env->sender = s->sender;
+	env->sender_params = s->sender_params;
+	env->rcpts = (const char **)s->rcpts;
+	env->nrcpt = s->nrcpt;
+	env->hold_reason = hold_reason;
+}
+
 /* The content of a new message, by DATA or (raw) by BDAT. */
 void
 content_start(struct session *s, bool raw)
@@ -96,15 +111,7 @@ content_start(struct session *s, bool raw)
 		qid_next(s->id);
 	/* the envelope is complete: the queue file starts now, and the content
 	 * streams into it as it comes */
-	env.arrival_usec = now_usec();
-	env.client = s->addr;
-	env.helo = s->helo;
-	env.proto = proto_name(s);
-	env.sender = s->sender;
-	env.sender_params = s->sender_params;
-	env.rcpts = (const char **)s->rcpts;
-	env.nrcpt = s->nrcpt;
-	env.hold_reason = NULL;         /* a quarantine is an edit (milter_message_done) */
+	session_envelope(s, NULL, &env);  /* a quarantine is an edit (milter_message_done) */
 	dstr_init(&head, 0);
 	spool_encode_head(&env, 0, &head);
 	s->stream = spool_stream_open(s->w->commit, s->id, &head, stream_resume, s);

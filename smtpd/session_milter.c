@@ -287,16 +287,7 @@ milter_message_done(struct session *s, const struct milter_result *r)
 		dstr_init(&body, 0);
 		mhdrs_serialize(r->headers, &prefix);
 		new_body = milter_mods_take_body(r->mods, &body);
-		memset(&senv, 0, sizeof(senv));
-		senv.arrival_usec = now_usec();
-		senv.client = s->addr;
-		senv.helo = s->helo;
-		senv.proto = proto_name(s);
-		senv.sender = s->sender;
-		senv.sender_params = s->sender_params;
-		senv.rcpts = (const char **)s->rcpts;
-		senv.nrcpt = s->nrcpt;
-		senv.hold_reason = s->hold_reason;
+		session_envelope(s, s->hold_reason, &senv);
 		spool_edit_free(s->edit);
 		s->edit = spool_edit_new(s->stream, &senv, &prefix, new_body ? &body : NULL,
 					 r->body_off);
