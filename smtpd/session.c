@@ -1,5 +1,10 @@
 /*
- * session.c - one SMTP session (RFC 5321) on a libevent bufferevent.
+ * session.c - one SMTP session (RFC 5321) on a libevent bufferevent: its
+ * life (connect, TLS, timeouts, close), the command loop with the verb
+ * table, and the envelope's commands (HELO/EHLO, MAIL, RCPT, STARTTLS, RSET
+ * and the rest). The content (session_content.c), BDAT (session_bdat.c),
+ * AUTH (session_auth.c) and the milters (session_milter.c) have files of
+ * their own; session.h is what they share.
  *
  * Input is taken one complete line at a time (or, during DATA, one chunk at
  * a time through the pure DATA parser; a BDAT chunk is counted off by its

@@ -1,8 +1,9 @@
 /*
  * session.h - what the smtpd worker and its sessions share inside one
  * worker process, and what the files of one SMTP session share: the
- * session itself, and the functions each piece offers the others.
- * Not an interface for other modules (that is smtpd.h).
+ * session itself, and the functions each of them offers the others
+ * (session.c, session_content.c, session_bdat.c, session_auth.c,
+ * session_milter.c). Not an interface for other modules (that is smtpd.h).
  */
 #ifndef SORTER_SMTPD_SESSION_H
 #define SORTER_SMTPD_SESSION_H
@@ -159,7 +160,6 @@ void process_input(struct session *s);
 /* Frees the session, or (a commit or a password check in flight) marks it
  * gone, to be closed when that is over. */
 void session_close(struct session *s);
-
 /* Forgets the transaction (an unfinished message's file is removed);
  * back to SS_READY unless not greeted yet or closing. */
 void transaction_reset(struct session *s);
@@ -172,7 +172,6 @@ char *helo_sanitize(const char *in, size_t n);
 void verb_run(struct session *s, struct smtp_cmd *c);
 /* The 220 banner. */
 void greet(struct session *s);
-
 /* The 503 reply to verb v in the session's state. */
 const char *out_of_state_text(struct session *s, enum smtp_verb v);
 
@@ -219,6 +218,7 @@ void auth_continue(struct session *s, const char *line, size_t len);
 /* Ends the exchange: forgets the user name, back to SS_READY. */
 void auth_end(struct session *s);
 
+/* session.c, for the worker */
 /* Takes over a connected socket; never fails (a session that cannot be set
  * up is closed with a 421). */
 void session_start(struct worker *w, int fd, const struct sockaddr *sa, socklen_t salen,
