@@ -2,7 +2,8 @@
  * milter.h - Sorter as a milter client (the Sendmail milter protocol,
  * version 6): the pure codec (milter_proto.c), the message edits a
  * filter asks for and their application (milter_apply.c), and the client
- * that runs filters from a worker's event loop (milter.c).
+ * that runs filters from a worker's event loop (milter.c, with its
+ * connections in milter_conn.c).
  *
  * Used by the SMTP session only; nothing outside smtpd/ includes it.
  */
