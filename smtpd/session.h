@@ -187,6 +187,8 @@ void content_start(struct session *s, bool raw);
 void content_add(struct session *s, const char *p, size_t n);
 /* Feeds buffered DATA content to the parser; true at the end of data. */
 bool take_data(struct session *s, struct evbuffer *in);
+/* The message passed message_size_limit: refused, with its transaction. */
+void content_too_big(struct session *s);
 /* The checks, the milters, then the commit; its reply comes from commit_done. */
 void end_of_data(struct session *s);
 /* smtpd_min_data_rate: ends a session whose content trickles in. */

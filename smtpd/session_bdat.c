@@ -110,10 +110,7 @@ end_of_chunk(struct session *s)
 		return;
 	}
 	if (s->too_big) {
-		msg_info("%s: reject: message from [%s] exceeds message_size_limit", s->id, s->addr);
-		reply_error(s, "552 5.3.4 Error: message file too big");
-		atomic_fetch_add(&s->w->ctr->rejected, 1);
-		transaction_reset(s);
+		content_too_big(s);
 		return;
 	}
 	reply(s, "250 2.0.0 Ok: %llu octets", (unsigned long long)s->chunk_size);

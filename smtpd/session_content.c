@@ -205,6 +205,15 @@ commit_done(void *arg, int error)
 }
 
 void
+content_too_big(struct session *s)
+{
+	msg_info("%s: reject: message from [%s] exceeds message_size_limit", s->id, s->addr);
+	reply_error(s, "552 5.3.4 Error: message file too big");
+	atomic_fetch_add(&s->w->ctr->rejected, 1);
+	transaction_reset(s);
+}
+
+void
 end_of_data(struct session *s)
 {
 	set_read_timeout(s, s->w->cf->smtpd_timeout);
@@ -217,11 +226,8 @@ end_of_data(struct session *s)
 		return;
 	}
 	if (s->too_big) {
-		msg_info("%s: reject: message from [%s] exceeds message_size_limit", s->id, s->addr);
-		reply_error(s, "552 5.3.4 Error: message file too big");
-		atomic_fetch_add(&s->w->ctr->rejected, 1);
 		metrics_message_rejected((int)(s->listener - s->w->ls), MMR_SIZE);
-		transaction_reset(s);
+		content_too_big(s);
 		return;
 	}
 	if (milter_hook(s, MS_EOM, NULL))
