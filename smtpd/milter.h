@@ -271,7 +271,7 @@ struct milter_envelope {
 int milter_apply_envelope(const struct milter_mods *m, struct milter_envelope *env,
 			  char *why, size_t whylen);
 
-/* ---- the client (milter.c): one per SMTP session ---- */
+/* ---- the client (milter.c, milter_conn.c): one per SMTP session ---- */
 struct event_base;
 struct listener;
 struct config;

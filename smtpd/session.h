@@ -36,7 +36,7 @@ struct worker {
 	struct map_waiter *waiter;     /* answers of threaded maps (ldap:) wake sessions */
 	struct proxy_wait *proxies;    /* connections whose PROXY header is awaited */
 	int nproxies;
-	struct milter_conf *milters;   /* each listener's milters (milter.c) */
+	struct milter_conf *milters;   /* each listener's milters (milter_conn.c) */
 	int wake_fd;                   /* datagrams to the queue manager */
 	int index;
 	void *tls_ctx;                 /* SSL_CTX, or NULL when TLS is off */
