@@ -483,14 +483,19 @@ hist_sum(const struct metrics *m, size_t off, uint64_t *h, uint64_t *sum)
 	}
 }
 
-#define SUM(m, expr, total) do { \
-	size_t s_; \
-	(total) = 0; \
-	for (s_ = 0; s_ < METRICS_SLABS; s_++) { \
-		struct slab *sl = (struct slab *)&(m)->slab[s_]; \
-		(total) += (uint64_t)GET(expr); \
-	} \
-} while (0)
+/* The counter at byte offset off in a slab, summed over every slab */
+static uint64_t
+slab_sum(const struct metrics *m, size_t off)
+{
+	uint64_t v = 0;
+	size_t s;
+
+	for (s = 0; s < METRICS_SLABS; s++)
+		v += GET(*(_Atomic uint64_t *)(void *)((char *)&m->slab[s] + off));
+	return v;
+}
+
+#define ELT sizeof(_Atomic uint64_t)
 
 /* The names of one kind, with duplicates (a registration race) mapped to
  * their first slot: canon[i] is i's slot, or -1 when unused. */
@@ -520,23 +525,88 @@ name_of(const struct metrics *m, int kind, int i)
 	return i == METRICS_NAMES - 1 ? "_other" : m->names[kind][i].s;
 }
 
+/* Name slot i's counter: the one at off in each slot's block of `stride`
+ * bytes, summed over every slab and every slot that is a duplicate of i */
+static uint64_t
+name_sum(const struct metrics *m, const int canon[METRICS_NAMES], int i, size_t off,
+	 size_t stride)
+{
+	uint64_t v = 0;
+	int j;
+
+	for (j = 0; j < METRICS_NAMES; j++)
+		if (canon[j] == i)
+			v += slab_sum(m, off + (size_t)j * stride);
+	return v;
+}
+
+/* A histogram per name of one kind (the struct hist [METRICS_NAMES] at off
+ * in a slab), a name's duplicates summed; "_other" only when it has counts */
+static void
+render_name_hists(const struct metrics *m, struct dstr *out, const int canon[METRICS_NAMES],
+		  int kind, size_t off, const char *name, const char *label,
+		  const uint64_t *bounds, size_t nb)
+{
+	uint64_t h[HBUCKETS], hs[HBUCKETS], sum, sums, v;
+	const char *l[4];
+	size_t b;
+	int i, j;
+
+	for (i = 0; i < METRICS_NAMES; i++) {
+		if (canon[i] != i)
+			continue;
+		memset(hs, 0, sizeof(hs));
+		sums = 0;
+		for (j = 0; j < METRICS_NAMES; j++) {
+			if (canon[j] != i)
+				continue;
+			hist_sum(m, off + (size_t)j * sizeof(struct hist), h, &sum);
+			for (b = 0; b < HBUCKETS; b++)
+				hs[b] += h[b];
+			sums += sum;
+		}
+		for (b = 0, v = 0; b < HBUCKETS; b++)
+			v += hs[b];
+		if (v == 0 && i == METRICS_NAMES - 1)
+			continue;
+		l[0] = label; l[1] = name_of(m, kind, i); l[2] = NULL;
+		hist_samples(out, name, l, bounds, nb, hs, sums);
+	}
+}
+
+/* The counters kept per listener, in the order they are shown: each an
+ * array [LSLOTS], or [LSLOTS][nreasons] with a "reason" label */
+static const struct {
+	const char *name, *help;
+	size_t off;
+	const char *const *reasons;
+	size_t nreasons;
+} listener_counters[] = {
+	{ "sorter_smtpd_sessions_total", "SMTP sessions accepted.",
+	  offsetof(struct slab, sessions), NULL, 0 },
+	{ "sorter_smtpd_sessions_rejected_total", "Connections refused before the banner, by reason.",
+	  offsetof(struct slab, sessions_rejected), session_reject_names, MSR_N },
+	{ "sorter_smtpd_messages_accepted_total", "Messages queued (250 after DATA).",
+	  offsetof(struct slab, messages), NULL, 0 },
+	{ "sorter_smtpd_message_bytes_total", "Bytes of the messages queued.",
+	  offsetof(struct slab, message_bytes), NULL, 0 },
+	{ "sorter_smtpd_messages_rejected_total", "Messages refused at the end of DATA, by reason.",
+	  offsetof(struct slab, messages_rejected), message_reject_names, MMR_N },
+};
+
 static void
 render_listeners(const struct metrics *m, struct dstr *out)
 {
 	const char *l[8];
-	uint64_t v;
 	int64_t open;
-	size_t i, k, n = m->nlisteners;
-	int r;
+	size_t i, k, c, r, per, n = m->nlisteners;
 
 	/* "other" only exists with more listeners than METRICS_LISTENERS */
 	size_t slots[LSLOTS], ns = 0;
 
 	for (i = 0; i < n; i++)
 		slots[ns++] = i;
-	for (i = 0, v = 0; i < METRICS_SLABS; i++)
-		v += GET(m->slab[i].sessions[METRICS_LISTENERS]);
-	if (v > 0)
+	if (slab_sum(m, offsetof(struct slab, sessions) + METRICS_LISTENERS * ELT) > 0)
 		slots[ns++] = METRICS_LISTENERS;
 
 	family(out, "sorter_smtpd_sessions", "gauge", "SMTP sessions open now.");
@@ -548,49 +618,20 @@ render_listeners(const struct metrics *m, struct dstr *out)
 		l[0] = "listener"; l[1] = m->listener[i]; l[2] = "role"; l[3] = m->role[i]; l[4] = NULL;
 		sample_u(out, "sorter_smtpd_sessions", l, open < 0 ? 0 : (uint64_t)open);
 	}
-	family(out, "sorter_smtpd_sessions_total", "counter", "SMTP sessions accepted.");
-	for (k = 0; k < ns; k++) {
-		i = slots[k];
-		SUM(m, sl->sessions[i], v);
-		l[0] = "listener"; l[1] = m->listener[i]; l[2] = "role"; l[3] = m->role[i]; l[4] = NULL;
-		sample_u(out, "sorter_smtpd_sessions_total", l, v);
-	}
-	family(out, "sorter_smtpd_sessions_rejected_total", "counter",
-	       "Connections refused before the banner, by reason.");
-	for (k = 0; k < ns; k++) {
-		i = slots[k];
-		for (r = 0; r < MSR_N; r++) {
-			SUM(m, sl->sessions_rejected[i][r], v);
+	for (c = 0; c < NB(listener_counters); c++) {
+		family(out, listener_counters[c].name, "counter", listener_counters[c].help);
+		per = listener_counters[c].nreasons ? listener_counters[c].nreasons : 1;
+		for (k = 0; k < ns; k++) {
+			i = slots[k];
 			l[0] = "listener"; l[1] = m->listener[i]; l[2] = "role"; l[3] = m->role[i];
-			l[4] = "reason"; l[5] = session_reject_names[r]; l[6] = NULL;
-			sample_u(out, "sorter_smtpd_sessions_rejected_total", l, v);
-		}
-	}
-	family(out, "sorter_smtpd_messages_accepted_total", "counter",
-	       "Messages queued (250 after DATA).");
-	for (k = 0; k < ns; k++) {
-		i = slots[k];
-		SUM(m, sl->messages[i], v);
-		l[0] = "listener"; l[1] = m->listener[i]; l[2] = "role"; l[3] = m->role[i]; l[4] = NULL;
-		sample_u(out, "sorter_smtpd_messages_accepted_total", l, v);
-	}
-	family(out, "sorter_smtpd_message_bytes_total", "counter",
-	       "Bytes of the messages queued.");
-	for (k = 0; k < ns; k++) {
-		i = slots[k];
-		SUM(m, sl->message_bytes[i], v);
-		l[0] = "listener"; l[1] = m->listener[i]; l[2] = "role"; l[3] = m->role[i]; l[4] = NULL;
-		sample_u(out, "sorter_smtpd_message_bytes_total", l, v);
-	}
-	family(out, "sorter_smtpd_messages_rejected_total", "counter",
-	       "Messages refused at the end of DATA, by reason.");
-	for (k = 0; k < ns; k++) {
-		i = slots[k];
-		for (r = 0; r < MMR_N; r++) {
-			SUM(m, sl->messages_rejected[i][r], v);
-			l[0] = "listener"; l[1] = m->listener[i]; l[2] = "role"; l[3] = m->role[i];
-			l[4] = "reason"; l[5] = message_reject_names[r]; l[6] = NULL;
-			sample_u(out, "sorter_smtpd_messages_rejected_total", l, v);
+			l[4] = NULL;
+			for (r = 0; r < per; r++) {
+				if (listener_counters[c].reasons != NULL) {
+					l[4] = "reason"; l[5] = listener_counters[c].reasons[r]; l[6] = NULL;
+				}
+				sample_u(out, listener_counters[c].name, l,
+					 slab_sum(m, listener_counters[c].off + (i * per + r) * ELT));
+			}
 		}
 	}
 }
@@ -623,9 +664,8 @@ static void
 render_deliveries(const struct metrics *m, struct dstr *out)
 {
 	int canon[METRICS_NAMES], i, t, r;
-	uint64_t h[HBUCKETS], hs[HBUCKETS], sum, sums, v;
 	const char *l[8];
-	size_t s, b;
+	uint64_t v;
 
 	canonical(m, MN_NODE, canon);
 	family(out, "sorter_deliveries_total", "counter",
@@ -635,11 +675,9 @@ render_deliveries(const struct metrics *m, struct dstr *out)
 			continue;
 		for (t = 0; t < MTR_N; t++)
 			for (r = 0; r < MDR_N; r++) {
-				v = 0;
-				for (int j = 0; j < METRICS_NAMES; j++)
-					if (canon[j] == i)
-						for (s = 0; s < METRICS_SLABS; s++)
-							v += GET(m->slab[s].deliveries[j][t][r]);
+				v = name_sum(m, canon, i, offsetof(struct slab, deliveries) +
+					     ((size_t)t * MDR_N + (size_t)r) * ELT,
+					     sizeof(m->slab[0].deliveries[0]));
 				if (v == 0 && i == METRICS_NAMES - 1)
 					continue;
 				l[0] = "transport"; l[1] = transport_names[t];
@@ -650,36 +688,17 @@ render_deliveries(const struct metrics *m, struct dstr *out)
 	}
 	family(out, "sorter_delivery_duration_seconds", "histogram",
 	       "Time from handing recipients to a transport to their result, by node.");
-	for (i = 0; i < METRICS_NAMES; i++) {
-		if (canon[i] != i)
-			continue;
-		memset(hs, 0, sizeof(hs));
-		sums = 0;
-		for (int j = 0; j < METRICS_NAMES; j++) {
-			if (canon[j] != i)
-				continue;
-			hist_sum(m, offsetof(struct slab, delivery) + (size_t)j * sizeof(struct hist), h, &sum);
-			for (b = 0; b < HBUCKETS; b++)
-				hs[b] += h[b];
-			sums += sum;
-		}
-		for (b = 0, v = 0; b < HBUCKETS; b++)
-			v += hs[b];
-		if (v == 0 && i == METRICS_NAMES - 1)
-			continue;
-		l[0] = "node"; l[1] = name_of(m, MN_NODE, i); l[2] = NULL;
-		hist_samples(out, "sorter_delivery_duration_seconds", l, delivery_bounds,
-			     NB(delivery_bounds), hs, sums);
-	}
+	render_name_hists(m, out, canon, MN_NODE, offsetof(struct slab, delivery),
+			  "sorter_delivery_duration_seconds", "node", delivery_bounds,
+			  NB(delivery_bounds));
 }
 
 static void
 render_maps(const struct metrics *m, struct dstr *out)
 {
-	int canon[METRICS_NAMES], i, j;
-	uint64_t h[HBUCKETS], hs[HBUCKETS], sum, sums, v, e;
+	int canon[METRICS_NAMES], i;
+	uint64_t v, e;
 	const char *l[4];
-	size_t s, b;
 
 	canonical(m, MN_MAP, canon);
 	for (int pass = 0; pass < 2; pass++) {
@@ -691,13 +710,8 @@ render_maps(const struct metrics *m, struct dstr *out)
 		for (i = 0; i < METRICS_NAMES; i++) {
 			if (canon[i] != i)
 				continue;
-			v = e = 0;
-			for (j = 0; j < METRICS_NAMES; j++)
-				if (canon[j] == i)
-					for (s = 0; s < METRICS_SLABS; s++) {
-						v += GET(m->slab[s].map_lookups[j]);
-						e += GET(m->slab[s].map_errors[j]);
-					}
+			v = name_sum(m, canon, i, offsetof(struct slab, map_lookups), ELT);
+			e = name_sum(m, canon, i, offsetof(struct slab, map_errors), ELT);
 			if (v == 0 && i == METRICS_NAMES - 1)
 				continue;
 			l[0] = "map"; l[1] = name_of(m, MN_MAP, i); l[2] = NULL;
@@ -706,36 +720,16 @@ render_maps(const struct metrics *m, struct dstr *out)
 		}
 	}
 	family(out, "sorter_map_lookup_duration_seconds", "histogram", "Map lookup time, by map.");
-	for (i = 0; i < METRICS_NAMES; i++) {
-		if (canon[i] != i)
-			continue;
-		memset(hs, 0, sizeof(hs));
-		sums = 0;
-		for (j = 0; j < METRICS_NAMES; j++) {
-			if (canon[j] != i)
-				continue;
-			hist_sum(m, offsetof(struct slab, map) + (size_t)j * sizeof(struct hist), h, &sum);
-			for (b = 0; b < HBUCKETS; b++)
-				hs[b] += h[b];
-			sums += sum;
-		}
-		for (b = 0, v = 0; b < HBUCKETS; b++)
-			v += hs[b];
-		if (v == 0 && i == METRICS_NAMES - 1)
-			continue;
-		l[0] = "map"; l[1] = name_of(m, MN_MAP, i); l[2] = NULL;
-		hist_samples(out, "sorter_map_lookup_duration_seconds", l, map_bounds, NB(map_bounds),
-			     hs, sums);
-	}
+	render_name_hists(m, out, canon, MN_MAP, offsetof(struct slab, map),
+			  "sorter_map_lookup_duration_seconds", "map", map_bounds, NB(map_bounds));
 }
 
 static void
 render_milters(const struct metrics *m, struct dstr *out)
 {
-	int canon[METRICS_NAMES], i, j, r;
+	int canon[METRICS_NAMES], i, r;
 	const char *l[6];
 	uint64_t v;
-	size_t s;
 
 	canonical(m, MN_MILTER, canon);
 	family(out, "sorter_milter_results_total", "counter", "Milter verdicts, by milter and result.");
@@ -743,11 +737,8 @@ render_milters(const struct metrics *m, struct dstr *out)
 		if (canon[i] != i)
 			continue;
 		for (r = 0; r < MMILT_N; r++) {
-			v = 0;
-			for (j = 0; j < METRICS_NAMES; j++)
-				if (canon[j] == i)
-					for (s = 0; s < METRICS_SLABS; s++)
-						v += GET(m->slab[s].milter[j][r]);
+			v = name_sum(m, canon, i, offsetof(struct slab, milter) + (size_t)r * ELT,
+				     sizeof(m->slab[0].milter[0]));
 			if (v == 0 && i == METRICS_NAMES - 1)
 				continue;
 			l[0] = "milter"; l[1] = name_of(m, MN_MILTER, i);
@@ -757,12 +748,53 @@ render_milters(const struct metrics *m, struct dstr *out)
 	}
 }
 
+/* Counters over two labels, in the order they are shown: the one for
+ * (a, b) is a * stride_a + b * stride_b counters past off in a slab */
+static const struct grid {
+	const char *name, *help;
+	size_t off;
+	const char *label_a;
+	const char *const *names_a;
+	size_t na, stride_a;
+	const char *label_b;
+	const char *const *names_b;
+	size_t nb, stride_b;
+} grid_counters[] = {
+	{ "sorter_tls_handshakes_total",
+	  "TLS handshakes completed, by side (server: STARTTLS and implicit TLS; client: outbound) and version.",
+	  offsetof(struct slab, tls), "side", tls_side_names, MTLS_NSIDES, MV_N * 2,
+	  "version", tls_version_names, MV_N, 2 },
+	{ "sorter_tls_handshake_failures_total",
+	  "TLS handshakes that failed, by side and the version being negotiated.",
+	  offsetof(struct slab, tls) + ELT, "side", tls_side_names, MTLS_NSIDES, MV_N * 2,
+	  "version", tls_version_names, MV_N, 2 },
+	{ "sorter_smtpd_auth_total", "SMTP AUTH attempts, by mechanism and result.",
+	  offsetof(struct slab, auth), "mechanism", auth_mech_names, MA_N, MAUTH_N,
+	  "result", auth_result_names, MAUTH_N, 1 },
+};
+
+static void
+render_grid(const struct metrics *m, const struct grid *g, struct dstr *out)
+{
+	const char *l[6];
+	size_t a, b;
+
+	family(out, g->name, "counter", g->help);
+	for (a = 0; a < g->na; a++)
+		for (b = 0; b < g->nb; b++) {
+			l[0] = g->label_a; l[1] = g->names_a[a];
+			l[2] = g->label_b; l[3] = g->names_b[b]; l[4] = NULL;
+			sample_u(out, g->name, l,
+				 slab_sum(m, g->off + (a * g->stride_a + b * g->stride_b) * ELT));
+		}
+}
+
 void
 metrics_render(const struct metrics *m, const struct metrics_queue *q, struct dstr *out)
 {
-	uint64_t h[HBUCKETS], sum, v;
+	uint64_t h[HBUCKETS], sum;
 	const char *l[6];
-	int sd, ver, r;
+	size_t i;
 
 	family(out, "sorter_build_info", "gauge", "Always 1; the version is a label.");
 	l[0] = "version"; l[1] = PACKAGE_VERSION; l[2] = NULL;
@@ -781,39 +813,12 @@ metrics_render(const struct metrics *m, const struct metrics_queue *q, struct ds
 	render_queue(q, out);
 	render_deliveries(m, out);
 	render_maps(m, out);
-
-	family(out, "sorter_tls_handshakes_total", "counter",
-	       "TLS handshakes completed, by side (server: STARTTLS and implicit TLS; client: outbound) and version.");
-	for (sd = 0; sd < MTLS_NSIDES; sd++)
-		for (ver = 0; ver < MV_N; ver++) {
-			SUM(m, sl->tls[sd][ver][0], v);
-			l[0] = "side"; l[1] = tls_side_names[sd];
-			l[2] = "version"; l[3] = tls_version_names[ver]; l[4] = NULL;
-			sample_u(out, "sorter_tls_handshakes_total", l, v);
-		}
-	family(out, "sorter_tls_handshake_failures_total", "counter",
-	       "TLS handshakes that failed, by side and the version being negotiated.");
-	for (sd = 0; sd < MTLS_NSIDES; sd++)
-		for (ver = 0; ver < MV_N; ver++) {
-			SUM(m, sl->tls[sd][ver][1], v);
-			l[0] = "side"; l[1] = tls_side_names[sd];
-			l[2] = "version"; l[3] = tls_version_names[ver]; l[4] = NULL;
-			sample_u(out, "sorter_tls_handshake_failures_total", l, v);
-		}
-
-	family(out, "sorter_smtpd_auth_total", "counter", "SMTP AUTH attempts, by mechanism and result.");
-	for (sd = 0; sd < MA_N; sd++)
-		for (r = 0; r < MAUTH_N; r++) {
-			SUM(m, sl->auth[sd][r], v);
-			l[0] = "mechanism"; l[1] = auth_mech_names[sd];
-			l[2] = "result"; l[3] = auth_result_names[r]; l[4] = NULL;
-			sample_u(out, "sorter_smtpd_auth_total", l, v);
-		}
-
+	for (i = 0; i < NB(grid_counters); i++)
+		render_grid(m, &grid_counters[i], out);
 	render_milters(m, out);
 
 	family(out, "sorter_log_lines_dropped_total", "counter",
 	       "Log lines dropped because the log sink could not take them at once.");
-	SUM(m, sl->log_dropped, v);
-	sample_u(out, "sorter_log_lines_dropped_total", NULL, v);
+	sample_u(out, "sorter_log_lines_dropped_total", NULL,
+		 slab_sum(m, offsetof(struct slab, log_dropped)));
 }

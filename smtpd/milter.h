@@ -2,7 +2,8 @@
  * milter.h - Sorter as a milter client (the Sendmail milter protocol,
  * version 6): the pure codec (milter_proto.c), the message edits a
  * filter asks for and their application (milter_apply.c), and the client
- * that runs filters from a worker's event loop (milter.c).
+ * that runs filters from a worker's event loop (milter.c, with its
+ * connections in milter_conn.c).
  *
  * Used by the SMTP session only; nothing outside smtpd/ includes it.
  */
@@ -270,7 +271,7 @@ struct milter_envelope {
 int milter_apply_envelope(const struct milter_mods *m, struct milter_envelope *env,
 			  char *why, size_t whylen);
 
-/* ---- the client (milter.c): one per SMTP session ---- */
+/* ---- the client (milter.c, milter_conn.c): one per SMTP session ---- */
 struct event_base;
 struct listener;
 struct config;

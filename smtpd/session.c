@@ -1,5 +1,10 @@
 /*
- * session.c - one SMTP session (RFC 5321) on a libevent bufferevent.
+ * session.c - one SMTP session (RFC 5321) on a libevent bufferevent: its
+ * life (connect, TLS, timeouts, close), the command loop with the verb
+ * table, and the envelope's commands (HELO/EHLO, MAIL, RCPT, STARTTLS, RSET
+ * and the rest). The content (session_content.c), BDAT (session_bdat.c),
+ * AUTH (session_auth.c) and the milters (session_milter.c) have files of
+ * their own; session.h is what they share.
  *
  * Input is taken one complete line at a time (or, during DATA, one chunk at
  * a time through the pure DATA parser; a BDAT chunk is counted off by its
@@ -47,113 +52,13 @@
  * two buffers it bounds what one session's message costs, whatever its size */
 #define READ_HIGH_WATER (64 * 1024)
 
-enum sstate {
-	SS_INIT,        /* no HELO/EHLO yet */
-	SS_READY,       /* greeted, no transaction */
-	SS_MAIL,        /* MAIL accepted */
-	SS_RCPT,        /* at least one RCPT accepted */
-	SS_BDAT,        /* BDAT chunks taken, more to come (RFC 3030) */
-	SS_DATA,        /* reading content */
-	SS_COMMIT,      /* content complete, waiting for the spool */
-	SS_AUTH,        /* AUTH: waiting for the client's next response line */
-	SS_AUTH_WAIT,   /* AUTH: the password is being checked */
-	SS_CLOSING,     /* final reply queued; close once it is written */
-	SS_LOOKUP_WAIT, /* the command in linebuf waits for a map lookup (ldap:) */
-};
-
 /* in which states a verb may be used; else 503 */
 #define ST(x) (1u << (x))
 #define ANY (ST(SS_INIT) | ST(SS_READY) | ST(SS_MAIL) | ST(SS_RCPT) | ST(SS_BDAT))
 
-struct session {
-	struct worker *w;
-	struct bufferevent *bev;
-	struct session *prev, *next;
-	const struct listener *listener;
-	int table_slot;
-	enum sstate state;
-	char addr[INET6_ADDRSTRLEN];
-	char *helo;
-	bool esmtp;
-	bool tls;
-	char tls_desc[160];            /* "TLSv1.3 with cipher ..." */
-	bool tls_failed;               /* its handshake failure was counted */
-	int errors;
-	bool long_line;                /* discarding the rest of an over-long line */
-	bool drain;                    /* end at the next command boundary ... */
-	const char *drain_reply;       /* ... with this 421 (NULL: shutting down) */
-	struct event *limit_ev;        /* smtpd_session_time_limit */
-	unsigned junk;                 /* NOOP, RSET, VRFY, HELP since the last message */
-	uint64_t data_start;           /* when DATA content began, usec */
-	bool gone;                     /* the client went away during a commit */
-	struct event *flush_ev;        /* TLS close: fires when the socket's output is written */
-	unsigned char key[16];         /* the client's address in session-table form */
-
-	/* AUTH (RFC 4954) */
-	char *login;                   /* the authenticated user, or NULL */
-	const char *auth_mech;         /* "PLAIN" or "LOGIN" */
-	int auth_step;                 /* LOGIN: 1 = user name next, 2 = password next */
-	char auth_user[ADDR_PATH_MAX + 1];
-	int auth_failures;
-	bool auth_busy;                /* a password check is in flight */
-	enum auth_result auth_result;
-	struct event *auth_delay_ev;   /* a guesser's reply waits for this */
-
-	/* the transaction */
-	char *sender;
-	char *sender_params;
-	bool smtputf8;                 /* MAIL FROM declared SMTPUTF8 (RFC 6531) */
-	char **rcpts;
-	char **rcpt_canon;             /* each recipient's canonical form, for duplicates */
-	size_t nrcpt;
-	uint64_t expanded;             /* addresses the recipients expand to, in all */
-	char id[QID_LEN + 1];
-	struct data_parser dp;
-	bool too_big;
-	struct spool_stream *stream;   /* the content on its way into the spool */
-	bool paused;                   /* the stream's buffers are full: wait for it */
-	bool committing;               /* the stream is being committed */
-	uint64_t msg_size;             /* the committed content's size, for the log */
-
-	/* the BDAT chunk being read: its octets are content, never commands */
-	bool in_chunk;
-	uint64_t chunk_size, chunk_left;
-	bool chunk_last;
-	const char *chunk_refused;     /* the error reply of a chunk read only to be dropped */
-
-	/* counters for the disconnect line */
-	unsigned n_msgs;
-	char *linebuf;
-	size_t line_len;               /* of the command being dispatched */
-	enum sstate wait_from;         /* SS_LOOKUP_WAIT: the state to run it again in */
-
-	/* milters (milter.c, the "milters" block below): a stage waits for their
-	 * answer, then its handler runs again and goes on */
-	struct milter_client *mc;
-	bool milter_busy;
-	int milter_wait;               /* the stage asked, + 1 (0: none) */
-	int milter_passed;             /* the stage they let through, + 1 */
-	struct smtp_cmd milter_cmd;    /* its command (arg points into linebuf) */
-	char *milter_deny;             /* refused at connect: MAIL gets this reply */
-	char *milter_refusal;          /* a refused first BDAT: its chunk's reply */
-	char *hold_reason;             /* quarantined: the message goes to hold/ */
-	struct spool_edit *edit;       /* the filters' edits: committed in place of the stream */
-	struct milter_source milter_src;
-	unsigned port;                 /* the client's */
-	char macro_buf[512];
-};
-
-static void process_input(struct session *s);
-static void session_close(struct session *s);
-static spool_stream_cb stream_resume;
-static spool_stream_done_cb stream_dropped;
 static void lookup_wait(struct session *s);
-static bool milter_hook(struct session *s, enum milter_stage st, struct smtp_cmd *c);
 
-static void
-reply(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void
+void
 reply(struct session *s, const char *fmt, ...)
 {
 	struct evbuffer *out = bufferevent_get_output(s->bev);
@@ -166,7 +71,7 @@ reply(struct session *s, const char *fmt, ...)
 }
 
 /* Queues a final reply and closes once it has been written. */
-static void
+void
 reply_close(struct session *s, const char *text)
 {
 	reply(s, "%s", text);
@@ -175,10 +80,7 @@ reply_close(struct session *s, const char *text)
 }
 
 /* An error reply: counted towards smtpd_hard_error_limit. */
-static void
-reply_error(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void
+void
 reply_error(struct session *s, const char *fmt, ...)
 {
 	struct evbuffer *out = bufferevent_get_output(s->bev);
@@ -197,7 +99,7 @@ reply_error(struct session *s, const char *fmt, ...)
 	}
 }
 
-static void
+void
 transaction_reset(struct session *s)
 {
 	size_t i;
@@ -232,7 +134,7 @@ transaction_reset(struct session *s)
 }
 
 /* RFC 3848 protocol names for Received: */
-static const char *
+const char *
 proto_name(const struct session *s)
 {
 	if (!s->esmtp)
@@ -246,7 +148,7 @@ proto_name(const struct session *s)
 }
 
 /* a submission listener, with or without implicit TLS */
-static bool
+bool
 submission(const struct session *s)
 {
 	return s->listener->spec.role != ROLE_MX;
@@ -259,7 +161,7 @@ auth_offered(const struct session *s)
 	return submission(s) && s->tls && s->w->auth != NULL;
 }
 
-static void
+void
 set_read_timeout(struct session *s, int secs)
 {
 	struct timeval rt = { secs, 0 }, wt = { s->w->cf->smtpd_timeout, 0 };
@@ -271,7 +173,7 @@ set_read_timeout(struct session *s, int secs)
 
 /* What goes into Received: of a HELO name Sorter was told to take anyway:
  * at most 255 bytes of host-name characters, the rest replaced. */
-static char *
+char *
 helo_sanitize(const char *in, size_t n)
 {
 	char *out = xmalloc(n > 255 ? 256 : n + 1);
@@ -489,137 +391,6 @@ do_rcpt(struct session *s, struct smtp_cmd *c)
 	reply(s, "250 2.1.5 Ok");
 }
 
-/* Header folding for Received: words are appended with a space, or on a
- * new line (CRLF TAB) when the line would pass 78 characters; a word is
- * never split, so only a single overlong word makes a longer line. */
-struct fold {
-	struct dstr *d;
-	size_t col;
-};
-
-static void
-fold_word(struct fold *f, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void
-fold_word(struct fold *f, const char *fmt, ...)
-{
-	char word[1024];
-	va_list ap;
-	size_t n;
-
-	va_start(ap, fmt);
-	vsnprintf(word, sizeof(word), fmt, ap);
-	va_end(ap);
-	n = strlen(word);
-	if (f->col > 8 && f->col + 1 + n > 78) {
-		dstr_printf(f->d, "\r\n\t%s", word);
-		f->col = 8 + n;
-	} else {
-		dstr_printf(f->d, " %s", word);
-		f->col += 1 + n;
-	}
-}
-
-static void
-add_received(struct session *s, struct dstr *out)
-{
-	struct fold f = { out, 9 };
-	char date[64];
-
-	rfc5322_date(time(NULL), date, sizeof(date));
-	dstr_printf(out, "Received:");
-	fold_word(&f, "from");
-	fold_word(&f, "%s", s->helo);
-	fold_word(&f, "([%s])", s->addr);
-	if (s->tls)
-		fold_word(&f, "(using %s)", s->tls_desc);
-	fold_word(&f, "by");
-	fold_word(&f, "%s", s->w->cf->hostname);
-	fold_word(&f, "(Sorter)");
-	fold_word(&f, "with %s", proto_name(s));
-	fold_word(&f, "id %s%s", s->id, s->nrcpt == 1 ? "" : ";");
-	if (s->nrcpt == 1)
-		fold_word(&f, "for <%.*s>;", (int)spool_rcpt_addr_len(s->rcpts[0]), s->rcpts[0]);
-	fold_word(&f, "%s", date);
-	dstr_printf(out, "\r\n");
-}
-
-/* The content of a new message, by DATA or (raw) by BDAT. */
-static void
-content_start(struct session *s, bool raw)
-{
-	struct spool_envelope env;
-	struct dstr head, received;
-
-	if (s->id[0] == '\0')          /* the milters were told one at MAIL */
-		qid_next(s->id);
-	/* the envelope is complete: the queue file starts now, and the content
-	 * streams into it as it comes */
-	env.arrival_usec = now_usec();
-	env.client = s->addr;
-	env.helo = s->helo;
-	env.proto = proto_name(s);
-	env.sender = s->sender;
-	env.sender_params = s->sender_params;
-	env.rcpts = (const char **)s->rcpts;
-	env.nrcpt = s->nrcpt;
-	env.hold_reason = NULL;         /* a quarantine is an edit (milter_message_done) */
-	dstr_init(&head, 0);
-	spool_encode_head(&env, 0, &head);
-	s->stream = spool_stream_open(s->w->commit, s->id, &head, stream_resume, s);
-	dstr_free(&head);
-	dstr_init(&received, 0);
-	add_received(s, &received);
-	(void)spool_stream_write(s->stream, received.s, received.len);
-	dstr_free(&received);
-	if (raw)
-		data_parser_init_raw(&s->dp);
-	else
-		data_parser_init(&s->dp);
-	s->data_start = now_usec();
-	s->too_big = false;
-}
-
-static void
-do_data(struct session *s, struct smtp_cmd *c)
-{
-	if (milter_hook(s, MS_DATA, c))
-		return;
-	content_start(s, false);
-	s->state = SS_DATA;
-	set_read_timeout(s, s->w->cf->smtpd_data_timeout);
-	reply(s, "354 End data with <CR><LF>.<CR><LF>");
-}
-
-static const char *out_of_state_text(struct session *s, enum smtp_verb v);
-
-/*
- * BDAT n [LAST] (RFC 3030): n octets of content follow the line, whatever
- * the reply to it will be. So this handler checks the state itself rather
- * than leave it to dispatch(): a chunk that is refused must still be read,
- * and dropped, or its octets would be taken for commands. The reply, a
- * refusal too, goes out once the whole chunk is in (end_of_chunk), which
- * keeps the replies to pipelined chunks in order.
- */
-static void
-do_bdat(struct session *s, struct smtp_cmd *c)
-{
-	/* the first chunk is DATA to the milters; it waits in the socket meanwhile */
-	if (s->state == SS_RCPT && milter_hook(s, MS_DATA, c))
-		return;
-	s->in_chunk = true;
-	s->chunk_size = s->chunk_left = c->chunk_size;
-	s->chunk_last = c->chunk_last;
-	s->chunk_refused = NULL;
-	if (s->state == SS_RCPT) {
-		content_start(s, true);
-		s->state = SS_BDAT;
-	} else if (s->state != SS_BDAT)
-		s->chunk_refused = out_of_state_text(s, VERB_BDAT);
-	if (s->chunk_left > 0)
-		set_read_timeout(s, s->w->cf->smtpd_data_timeout);
-}
-
 static void
 do_rset(struct session *s, struct smtp_cmd *c)
 {
@@ -656,231 +427,6 @@ static void
 do_not_implemented(struct session *s, struct smtp_cmd *c)
 {
 	reply_error(s, "502 5.5.1 Error: command not implemented");
-}
-
-
-/* ---- AUTH (RFC 4954): PLAIN (RFC 4616) and LOGIN ---- */
-
-#define AUTH_SESSION_FAILURES 3   /* per session, then 421 */
-#define AUTH_DELAY_MAX 30         /* seconds, the longest wait a guesser gets */
-
-static void auth_reply(struct session *s);
-
-static void
-auth_end(struct session *s)
-{
-	explicit_bzero(s->auth_user, sizeof(s->auth_user));
-	s->auth_step = 0;
-	if (s->state == SS_AUTH || s->state == SS_AUTH_WAIT)
-		s->state = SS_READY;
-}
-
-static void
-on_auth_delay(evutil_socket_t fd, short what, void *arg)
-{
-	auth_reply(arg);
-	process_input(arg);
-}
-
-static void
-on_auth_checked(void *arg, enum auth_result r)
-{
-	struct session *s = arg;
-	const struct config *cf = s->w->cf;
-	time_t now = time(NULL);
-	unsigned n, over;
-	struct timeval tv = { 0, 0 };
-
-	s->auth_busy = false;
-	if (s->gone) {
-		session_close(s);
-		return;
-	}
-	s->auth_result = r;
-	n = r == AUTH_FAIL ? session_table_auth_failed(s->w->st, s->key, now)
-			   : session_table_auth_failures(s->w->st, s->key, now);
-	if (n > (unsigned)cf->smtpd_client_auth_failure_limit) {
-		/* a guesser: every answer to this address comes later and later */
-		over = n - (unsigned)cf->smtpd_client_auth_failure_limit;
-		tv.tv_sec = over > 5 ? AUTH_DELAY_MAX : 1L << (over - 1);
-		if (tv.tv_sec > AUTH_DELAY_MAX)
-			tv.tv_sec = AUTH_DELAY_MAX;
-		if (s->auth_delay_ev == NULL)
-			s->auth_delay_ev = evtimer_new(s->w->base, on_auth_delay, s);
-		if (s->auth_delay_ev != NULL) {
-			evtimer_add(s->auth_delay_ev, &tv);
-			return;
-		}
-	}
-	auth_reply(s);
-	process_input(s);
-}
-
-static void
-auth_reply(struct session *s)
-{
-	char user[LOG_ESC_SIZE(ADDR_PATH_MAX)], buf[256];
-
-	log_esc(s->auth_user, user, sizeof(user));
-	switch (s->auth_result) {
-	case AUTH_OK:
-		s->login = xstrdup(s->auth_user);
-		metrics_auth(s->auth_mech, MAUTH_SUCCESS);
-		msg_info("[%s]: AUTH ok, sasl_method=%s, sasl_username=%s", s->addr, s->auth_mech, user);
-		reply(s, "235 2.7.0 Authentication successful");
-		break;
-	case AUTH_FAIL:
-		s->auth_failures++;
-		metrics_auth(s->auth_mech, MAUTH_FAILURE);
-		msg_warn("[%s]: SASL %s authentication failed, sasl_username=%s", s->addr,
-			 s->auth_mech, user);
-		reply(s, "535 5.7.8 Error: authentication failed");
-		break;
-	case AUTH_TEMPFAIL:
-		metrics_auth(s->auth_mech, MAUTH_TEMPFAIL);
-		reply(s, "454 4.7.0 Temporary authentication failure");
-		break;
-	}
-	auth_end(s);
-	if (s->auth_failures >= AUTH_SESSION_FAILURES) {
-		msg_info("too many AUTH failures from [%s]", s->addr);
-		snprintf(buf, sizeof(buf), "421 4.7.0 %s Error: too many authentication failures",
-			 s->w->cf->hostname);
-		reply_close(s, buf);
-	}
-}
-
-/* Hands user and password to the checker; the session waits, the loop does not. */
-static void
-auth_start_check(struct session *s, const char *user, const char *pass)
-{
-	size_t i;
-	bool plausible = user[0] != '\0' && strlen(user) <= ADDR_PATH_MAX;
-
-	for (i = 0; plausible && user[i] != '\0'; i++)
-		if ((unsigned char)user[i] <= ' ' || user[i] == 0x7f)
-			plausible = false;
-	/* an impossible name is looked up too, so that it takes as long */
-	snprintf(s->auth_user, sizeof(s->auth_user), "%s", plausible ? user : "");
-	s->state = SS_AUTH_WAIT;
-	s->auth_busy = true;
-	auth_check(s->w->auth, plausible ? user : "-", pass, on_auth_checked, s);
-}
-
-/* A base64 response; false (and the reply sent) when it is not one. */
-static bool
-auth_decode(struct session *s, const char *in, size_t len, unsigned char *out, size_t outmax,
-	    size_t *outlen)
-{
-	if (len == 1 && in[0] == '=') {
-		*outlen = 0;            /* RFC 4954 4: "=" is an empty response */
-		return true;
-	}
-	switch (sasl_b64_decode(in, len, out, outmax, outlen)) {
-	case 0:
-		return true;
-	case -2:
-		reply_error(s, "500 5.5.6 Authentication exchange line is too long");
-		break;
-	default:
-		reply_error(s, "501 5.5.2 Error: malformed base64 authentication data");
-		break;
-	}
-	auth_end(s);
-	return false;
-}
-
-static void
-auth_plain(struct session *s, const unsigned char *msg, size_t len)
-{
-	char user[ADDR_PATH_MAX + 2], pass[AUTH_PASS_MAX + 1];
-
-	switch (sasl_plain_parse(msg, len, user, sizeof(user), pass, sizeof(pass))) {
-	case SASL_PLAIN_OK:
-		auth_start_check(s, user, pass);
-		break;
-	case SASL_PLAIN_AUTHZID:
-	case SASL_PLAIN_TOO_LONG:
-	case SASL_PLAIN_MALFORMED:
-		/* answered like a wrong password, after the same work */
-		auth_start_check(s, "", "");
-		break;
-	}
-	explicit_bzero(pass, sizeof(pass));
-}
-
-/* One response line of the exchange (SS_AUTH). */
-static void
-auth_continue(struct session *s, const char *line, size_t len)
-{
-	unsigned char buf[AUTH_PASS_MAX + ADDR_PATH_MAX * 2 + 8];
-	size_t n;
-
-	if (len == 1 && line[0] == '*') {
-		auth_end(s);
-		reply_error(s, "501 5.0.0 Authentication aborted");
-		return;
-	}
-	if (!auth_decode(s, line, len, buf, sizeof(buf) - 1, &n))
-		return;
-	buf[n] = '\0';
-	if (strcmp(s->auth_mech, "PLAIN") == 0) {
-		auth_plain(s, buf, n);
-	} else if (s->auth_step == 1) {
-		/* LOGIN: the user name; a NUL inside it makes it no name */
-		s->auth_user[0] = '\0';
-		if (memchr(buf, '\0', n) == NULL && n < sizeof(s->auth_user))
-			memcpy(s->auth_user, buf, n + 1);
-		s->auth_step = 2;
-		reply(s, "334 UGFzc3dvcmQ6");               /* "Password:" */
-	} else {
-		char user[ADDR_PATH_MAX + 1];
-
-		snprintf(user, sizeof(user), "%s", s->auth_user);
-		if (memchr(buf, '\0', n) != NULL || n > AUTH_PASS_MAX)
-			user[0] = '\0';
-		auth_start_check(s, user, (char *)buf);
-	}
-	explicit_bzero(buf, sizeof(buf));
-}
-
-static void
-do_auth(struct session *s, struct smtp_cmd *c)
-{
-	size_t mlen = strcspn(c->arg, " ");
-	const char *init = c->arg + mlen;
-
-	if (!submission(s) || s->w->auth == NULL) {
-		reply_error(s, "503 5.5.1 Error: authentication not enabled");
-		return;
-	}
-	if (!s->tls) {
-		reply_error(s, "530 5.7.0 Must issue a STARTTLS command first");
-		return;
-	}
-	if (s->login != NULL) {
-		reply_error(s, "503 5.5.1 Error: already authenticated");
-		return;
-	}
-	if (mlen == 5 && strncasecmp(c->arg, "PLAIN", 5) == 0)
-		s->auth_mech = "PLAIN";
-	else if (mlen == 5 && strncasecmp(c->arg, "LOGIN", 5) == 0)
-		s->auth_mech = "LOGIN";
-	else {
-		reply_error(s, "504 5.5.4 Error: unsupported authentication mechanism");
-		return;
-	}
-	while (*init == ' ')
-		init++;
-	s->auth_step = 1;
-	if (*init == '\0' || (s->auth_mech[0] == 'P' && strcmp(init, "=") == 0)) {
-		/* no initial response (or an empty one to PLAIN): ask for it */
-		s->state = SS_AUTH;
-		reply(s, "%s", s->auth_mech[0] == 'P' ? "334 " : "334 VXNlcm5hbWU6");
-		return;
-	}
-	s->state = SS_AUTH;
-	auth_continue(s, init, strlen(init));
 }
 
 static void on_event(struct bufferevent *bev, short what, void *arg);
@@ -968,7 +514,7 @@ static const struct {
 	[VERB_BDAT] = { do_bdat, ANY, NULL },
 };
 
-static const char *
+const char *
 out_of_state_text(struct session *s, enum smtp_verb v)
 {
 	if (s->state == SS_INIT && v != VERB_STARTTLS)
@@ -1049,526 +595,12 @@ dispatch(struct session *s, const char *line, size_t len)
 	verbs[cmd.verb].fn(s, &cmd);
 }
 
-/* ---- milters: the stages handed to milter.c, and what comes back ----
- * A handler calls milter_hook() where it would accept the command: the
- * session then waits (milter_busy: no input is taken, as during a commit)
- * and on_milter() either sends the filters' refusal or runs the handler
- * again, which then goes on past the hook (milter_passed). */
-
-static void end_of_data(struct session *s);
-static void greet(struct session *s);
-
-static const char *
-role_name(const struct session *s)
+/* Runs the handler of c's verb again, past dispatch()'s checks: the
+ * milters let the command through. */
+void
+verb_run(struct session *s, struct smtp_cmd *c)
 {
-	return s->listener->spec.role == ROLE_MX ? "mx" :
-	       s->listener->spec.role == ROLE_SUBMISSION ? "submission" : "submissions";
-}
-
-/* The address of the MAIL or RCPT being asked about, else the sender's */
-static const char *
-macro_addr(struct session *s, enum milter_stage st)
-{
-	if (s->milter_wait == (int)st + 1) {
-		address_format(&s->milter_cmd.addr, s->macro_buf, sizeof(s->macro_buf));
-		return s->macro_buf;
-	}
-	return st == MS_MAIL ? s->sender : NULL;
-}
-
-/* Postfix's macros, from what the session knows (milter_*_macros say which
- * go with which stage); NULL when it has no value. */
-static const char *
-session_macro(void *arg, const char *name)
-{
-	struct session *s = arg;
-	char *b = s->macro_buf;
-	size_t bl = sizeof(s->macro_buf);
-	SSL *ssl = s->tls ? bufferevent_openssl_get_ssl(s->bev) : NULL;
-	const char *a, *at;
-
-	if (strcmp(name, "j") == 0)
-		return s->w->cf->hostname;
-	if (strcmp(name, "v") == 0)
-		return "Sorter " PACKAGE_VERSION;
-	if (strcmp(name, "_") == 0) {
-		snprintf(b, bl, "unknown [%s]", s->addr);
-		return b;
-	}
-	if (strcmp(name, "daemon_name") == 0)
-		return role_name(s);
-	if (strcmp(name, "daemon_addr") == 0)
-		return s->listener->spec.host;
-	if (strcmp(name, "daemon_port") == 0)
-		return s->listener->spec.port;
-	if (strcmp(name, "client_addr") == 0)
-		return s->addr;
-	if (strcmp(name, "client_name") == 0 || strcmp(name, "client_ptr") == 0)
-		return "unknown";       /* no reverse lookups here */
-	if (strcmp(name, "client_port") == 0) {
-		snprintf(b, bl, "%u", s->port);
-		return b;
-	}
-	if (strcmp(name, "i") == 0)
-		return s->id[0] ? s->id : NULL;
-	if (strcmp(name, "auth_type") == 0)
-		return s->login ? s->auth_mech : NULL;
-	if (strcmp(name, "auth_authen") == 0)
-		return s->login;
-	if (ssl != NULL && strcmp(name, "tls_version") == 0)
-		return SSL_get_version(ssl);
-	if (ssl != NULL && strcmp(name, "cipher") == 0)
-		return SSL_get_cipher_name(ssl);
-	if (ssl != NULL && strcmp(name, "cipher_bits") == 0) {
-		snprintf(b, bl, "%d", SSL_get_cipher_bits(ssl, NULL));
-		return b;
-	}
-	if (strcmp(name, "mail_addr") == 0 || strcmp(name, "mail_host") == 0 ||
-	    strcmp(name, "rcpt_addr") == 0 || strcmp(name, "rcpt_host") == 0) {
-		a = macro_addr(s, name[0] == 'm' ? MS_MAIL : MS_RCPT);
-		if (a == NULL || strstr(name, "host") == NULL)
-			return a;
-		return (at = strrchr(a, '@')) != NULL ? at + 1 : NULL;
-	}
-	return NULL;
-}
-
-/* The milters read the message back from its spool file */
-static void
-content_read(void *arg, uint64_t off, size_t n, milter_read_done *done, void *done_arg)
-{
-	struct session *s = arg;
-
-	spool_stream_read(s->stream, off, n, done, done_arg);
-}
-
-static void on_milter(void *arg, const struct milter_result *r);
-
-/* The content is in its file: the milters can be shown it. */
-static void
-content_flushed(void *arg, int error)
-{
-	struct session *s = arg;
-
-	if (error != 0) {
-		struct milter_result r = { MILTER_TEMPFAIL, "451 4.3.0 Error: queue file write error",
-					   NULL, NULL, NULL, 0 };
-
-		msg_warn("%s: queue file write error: %s", s->id, strerror(error));
-		on_milter(s, &r);
-		return;
-	}
-	s->milter_src.read = content_read;
-	s->milter_src.len = spool_stream_content_len(s->stream);
-	s->milter_src.arg = s;
-	milter_message(s->mc, &s->milter_src,
-		       (size_t)s->w->cf->message_size_limit + MILTER_EDIT_ROOM, on_milter, s);
-}
-
-/* Hands stage st to the milters: true when the session now waits for them
- * (the caller returns), false when there is nothing to ask (no milters, or
- * they already let this command through). */
-static bool
-milter_hook(struct session *s, enum milter_stage st, struct smtp_cmd *c)
-{
-	char addr[ADDR_PATH_MAX + 8], argbuf[1024], *helo;
-	const char *args[33];
-
-	if (s->mc == NULL)
-		return false;
-	if (s->milter_passed == (int)st + 1) {
-		s->milter_passed = 0;
-		return false;
-	}
-	if (st == MS_MAIL && s->milter_deny != NULL) {
-		/* the connection was refused: every transaction is */
-		if (s->milter_deny[0] == '5')
-			reply_error(s, "%s", s->milter_deny);
-		else
-			reply(s, "%s", s->milter_deny);
-		return true;
-	}
-	if (c != NULL)
-		s->milter_cmd = *c;
-	s->milter_wait = (int)st + 1;
-	s->milter_busy = true;
-	switch (st) {
-	case MS_CONNECT:
-		milter_connect(s->mc, s->addr, strchr(s->addr, ':') ? AF_INET6 : AF_INET, s->port,
-			       on_milter, s);
-		break;
-	case MS_HELO:
-		helo = helo_sanitize(c->arg, c->arglen);
-		milter_helo(s->mc, helo, on_milter, s);
-		free(helo);
-		break;
-	case MS_MAIL:
-	case MS_RCPT:
-		if (st == MS_MAIL && s->id[0] == '\0')
-			qid_next(s->id);        /* macro i from MAIL on, as in Postfix */
-		address_format(&c->addr, addr, sizeof(addr));
-		milter_esmtp_args(c->arg, argbuf, sizeof(argbuf), args, 33);
-		(st == MS_MAIL ? milter_mail : milter_rcpt)(s->mc, addr, args, on_milter, s);
-		break;
-	case MS_DATA:
-		milter_data(s->mc, on_milter, s);
-		break;
-	default:
-		spool_stream_flush(s->stream, content_flushed);
-		break;
-	}
-	return true;
-}
-
-/* A recipient a filter adds is checked as an RCPT would be */
-static int
-milter_check_rcpt(void *arg, const char *addr, const char *milter)
-{
-	struct session *s = arg;
-	char why[512], e1[LOG_ESC_SIZE(ADDR_PATH_MAX + 8)];
-
-	switch (router_check_rcpt_flags(s->w->router, addr,
-	    str_has_8bit(s->sender) ? RCPT_SENDER_UTF8 : 0, why, sizeof(why))) {
-	case RCPT_ACCEPT:
-		return 0;
-	case RCPT_RELAY_DENIED:
-		if (s->login != NULL)
-			return 0;
-		snprintf(why, sizeof(why), "Relay access denied");
-		break;
-	case RCPT_TEMPFAIL:
-		msg_warn("%s: milter %s: added recipient <%s>: %s", s->id, milter,
-			 log_esc(addr, e1, sizeof(e1)), why);
-		return -1;
-	default:
-		break;
-	}
-	msg_info("%s: milter %s: added recipient <%s> refused: %s", s->id, milter,
-		 log_esc(addr, e1, sizeof(e1)), why);
-	return 1;
-}
-
-/* The end of the message: the filters' edits go into the content and the
- * envelope, and the commit follows (end_of_data again). */
-static void
-milter_message_done(struct session *s, const struct milter_result *r)
-{
-	char why[512], from[LOG_ESC_SIZE(ADDR_PATH_MAX)];
-	struct milter_envelope env = {
-		&s->sender, &s->sender_params, &s->rcpts, &s->nrcpt, s->smtputf8,
-		(size_t)s->w->cf->smtpd_recipient_limit, milter_check_rcpt, s,
-	};
-	struct spool_envelope senv;
-	struct dstr prefix, body;
-	char addr[ADDR_PATH_MAX + 8];
-	bool new_body;
-	size_t i;
-	int rc;
-
-	log_esc(s->sender, from, sizeof(from));
-	if (r->verdict == MILTER_DISCARD) {
-		msg_info("%s: milter-discard: END-OF-MESSAGE from [%s]: milter %s triggers DISCARD "
-			 "action; from=<%s>", s->id, s->addr, r->milter, from);
-		goto accepted;
-	}
-	/* the recipients may change: their canonical forms are made again after */
-	for (i = 0; i < s->nrcpt; i++)
-		free(s->rcpt_canon[i]);
-	free(s->rcpt_canon);
-	s->rcpt_canon = NULL;
-	rc = milter_apply_envelope(r->mods, &env, why, sizeof(why));
-	s->rcpt_canon = xcalloc(s->nrcpt ? s->nrcpt : 1, sizeof(*s->rcpt_canon));
-	for (i = 0; i < s->nrcpt; i++) {
-		struct canon canon;
-		const char *cwhy;
-		size_t n = spool_rcpt_addr_len(s->rcpts[i]);
-
-		snprintf(addr, sizeof(addr), "%.*s", (int)n, s->rcpts[i]);
-		if (router_canon(addr, NULL, NULL, &canon, &cwhy) < 0)
-			snprintf(canon.address, sizeof(canon.address), "%.*s", ADDR_PATH_MAX, addr);
-		s->rcpt_canon[i] = xstrdup(canon.address);
-	}
-	if (rc < 0) {
-		msg_warn("%s: %s", s->id, why + 1);
-		reply(s, why[0] == '4' ? "451 4.3.0 <%s>: Temporary lookup failure"
-				       : "451 4.7.1 Error: a mail filter sent a change that cannot "
-					 "be applied%s", "");
-		transaction_reset(s);
-		return;
-	}
-	if (s->nrcpt == 0) {
-		msg_info("%s: milter-discard: END-OF-MESSAGE from [%s]: the milters removed every "
-			 "recipient; from=<%s>", s->id, s->addr, from);
-		goto accepted;
-	}
-	if (r->mods->quarantine != NULL) {
-		s->hold_reason = xasprintf("milter %s: %s", r->mods->quarantine_by,
-					   r->mods->quarantine);
-		msg_info("%s: milter-hold: END-OF-MESSAGE from [%s]: %s; from=<%s>", s->id, s->addr,
-			 s->hold_reason, from);
-	}
-	if (milter_mods_any(r->mods)) {
-		/* the edited message is committed in place of the one streamed */
-		dstr_init(&prefix, 0);
-		dstr_init(&body, 0);
-		mhdrs_serialize(r->headers, &prefix);
-		new_body = milter_mods_take_body(r->mods, &body);
-		memset(&senv, 0, sizeof(senv));
-		senv.arrival_usec = now_usec();
-		senv.client = s->addr;
-		senv.helo = s->helo;
-		senv.proto = proto_name(s);
-		senv.sender = s->sender;
-		senv.sender_params = s->sender_params;
-		senv.rcpts = (const char **)s->rcpts;
-		senv.nrcpt = s->nrcpt;
-		senv.hold_reason = s->hold_reason;
-		spool_edit_free(s->edit);
-		s->edit = spool_edit_new(s->stream, &senv, &prefix, new_body ? &body : NULL,
-					 r->body_off);
-		dstr_free(&prefix);
-		dstr_free(&body);
-		if (spool_edit_content_len(s->edit) >
-		    (uint64_t)s->w->cf->message_size_limit + MILTER_EDIT_ROOM) {
-			msg_info("%s: reject: message from [%s]: the edited message exceeds "
-				 "message_size_limit", s->id, s->addr);
-			reply_error(s, "552 5.3.4 Error: message file too big");
-			atomic_fetch_add(&s->w->ctr->rejected, 1);
-			transaction_reset(s);
-			return;
-		}
-	}
-	s->milter_passed = MS_EOM + 1;
-	end_of_data(s);
-	s->milter_passed = 0;
-	return;
-
-accepted:
-	/* the client is told it was taken: it was, and went nowhere */
-	reply(s, "250 2.0.0 Ok: queued as %s", s->id);
-	s->n_msgs++;
-	s->junk = 0;
-	transaction_reset(s);
-}
-
-static void
-on_milter(void *arg, const struct milter_result *r)
-{
-	struct session *s = arg;
-	enum milter_stage st = (enum milter_stage)(s->milter_wait - 1);
-	char from[LOG_ESC_SIZE(ADDR_PATH_MAX)] = "", to[LOG_ESC_SIZE(ADDR_PATH_MAX)] = "";
-	char addr[ADDR_PATH_MAX + 8];
-
-	s->milter_busy = false;
-	if (s->state == SS_CLOSING) {
-		s->milter_wait = 0;
-		return;                 /* a 421 went out meanwhile */
-	}
-	if (st == MS_EOM) {
-		s->milter_wait = 0;
-		if (r->verdict == MILTER_CONTINUE || r->verdict == MILTER_DISCARD)
-			milter_message_done(s, r);
-	} else if (st == MS_CONNECT) {
-		s->milter_wait = 0;
-		if (r->verdict == MILTER_REJECT || r->verdict == MILTER_TEMPFAIL) {
-			msg_info("NOQUEUE: milter-reject: CONNECT from [%s]: %s (milter %s)", s->addr,
-				 r->reply, r->milter);
-			s->milter_deny = xstrdup(r->reply);
-		}
-		greet(s);
-	} else if (r->verdict == MILTER_CONTINUE) {
-		s->milter_passed = (int)st + 1;
-		/* the handler again, past its hook this time; the macros no longer
-		 * need the pending command */
-		s->milter_wait = 0;
-		verbs[s->milter_cmd.verb].fn(s, &s->milter_cmd);
-		/* spent, even if the handler refused the command for a reason of
-		 * its own: the next command is asked about again; unless the
-		 * command waits for a map lookup and will run once more */
-		if (s->state != SS_LOOKUP_WAIT)
-			s->milter_passed = 0;
-	}
-	if (r->verdict == MILTER_REJECT || r->verdict == MILTER_TEMPFAIL) {
-		if (st != MS_CONNECT) {
-			if (st == MS_MAIL || st == MS_RCPT)
-				address_format(&s->milter_cmd.addr, addr, sizeof(addr));
-			if (s->sender != NULL)
-				log_esc(s->sender, from, sizeof(from));
-			else if (st == MS_MAIL)
-				log_esc(addr, from, sizeof(from));
-			if (st == MS_RCPT)
-				log_esc(addr, to, sizeof(to));
-			msg_info("%s: milter-reject: %s from [%s]: %s (milter %s); from=<%s>%s%s%s",
-				 s->id[0] ? s->id : "NOQUEUE", milter_stage_name(st), s->addr, r->reply,
-				 r->milter ? r->milter : "-", from, to[0] ? " to=<" : "", to,
-				 to[0] ? ">" : "");
-			s->milter_wait = 0;
-			if (st == MS_DATA && s->milter_cmd.verb == VERB_BDAT) {
-				/* the chunk comes anyway: it is read and dropped, and
-				 * this is its reply (end_of_chunk) */
-				free(s->milter_refusal);
-				s->milter_refusal = xstrdup(r->reply);
-				s->in_chunk = true;
-				s->chunk_size = s->chunk_left = s->milter_cmd.chunk_size;
-				s->chunk_last = s->milter_cmd.chunk_last;
-				s->chunk_refused = s->milter_refusal;
-				if (s->chunk_left > 0)
-					set_read_timeout(s, s->w->cf->smtpd_data_timeout);
-			} else if (r->reply[0] == '5') {
-				reply_error(s, "%s", r->reply);
-			} else {
-				reply(s, "%s", r->reply);
-			}
-			if (st == MS_EOM) {
-				atomic_fetch_add(&s->w->ctr->rejected, 1);
-				metrics_message_rejected((int)(s->listener - s->w->ls), MMR_MILTER);
-				transaction_reset(s);
-			}
-		}
-	}
-	process_input(s);
-}
-
-/* ---- end of data and the commit ---- */
-
-/* An aborted message's file is gone: nothing to tell anybody. */
-static void
-stream_dropped(void *arg, int error)
-{
-	(void)arg;
-	(void)error;
-}
-
-/* The stream has room again: take more of the client's input. */
-static void
-stream_resume(void *arg)
-{
-	struct session *s = arg;
-
-	s->paused = false;
-	process_input(s);
-}
-
-static void
-commit_done(void *arg, int error)
-{
-	struct session *s = arg;
-
-	if (error == 0) {
-		/* queued, whether or not the client is still there to hear it */
-		char user[LOG_ESC_SIZE(ADDR_PATH_MAX)] = "", from[LOG_ESC_SIZE(ADDR_PATH_MAX)];
-
-		if (s->login)
-			log_esc(s->login, user, sizeof(user));
-		msg_info("%s: from=<%s>, size=%llu, nrcpt=%zu, client=[%s]%s%s%s%s%s%s", s->id,
-			 log_esc(s->sender, from, sizeof(from)), (unsigned long long)s->msg_size,
-			 s->nrcpt, s->addr, s->tls ? ", tls=" : "", s->tls ? s->tls_desc : "",
-			 s->login ? ", sasl_method=" : "", s->login ? s->auth_mech : "",
-			 s->login ? ", sasl_username=" : "", user);
-		atomic_fetch_add(&s->w->ctr->messages_in, 1);
-		metrics_message_accepted((int)(s->listener - s->w->ls), s->msg_size);
-		if (s->hold_reason == NULL)     /* a quarantined message waits in hold/ */
-			qmgr_wake(s->w->cf->spool_dir, &s->w->wake_fd, s->id);
-		if (s->gone)
-			msg_info("%s: client [%s] left before the reply", s->id, s->addr);
-		else {
-			reply(s, "250 2.0.0 Ok: queued as %s", s->id);
-			s->n_msgs++;
-			s->junk = 0;    /* a client that moves mail may reset between messages */
-		}
-	} else {
-		msg_warn("%s: queue file write error: %s", s->id, strerror(error));
-		metrics_message_rejected((int)(s->listener - s->w->ls), MMR_STORAGE);
-		if (!s->gone)
-			reply(s, error == ENOSPC || error == EDQUOT ?
-			      "452 4.3.1 Insufficient system storage" :
-			      "451 4.3.0 Error: queue file write error");
-	}
-	s->stream = NULL;               /* it frees itself */
-	s->committing = false;
-	if (s->gone) {
-		session_close(s);
-		return;
-	}
-	s->state = SS_READY;
-	transaction_reset(s);
-	set_read_timeout(s, s->w->cf->smtpd_timeout);
-	process_input(s);
-}
-
-static void
-end_of_data(struct session *s)
-{
-	set_read_timeout(s, s->w->cf->smtpd_timeout);
-	if (s->dp.bare_cr_lf) {
-		msg_info("%s: reject: bare CR or LF in message content from [%s]", s->id, s->addr);
-		reply_error(s, "554 5.6.0 Error: message contains bare CR or LF (RFC 5321 2.3.8)");
-		atomic_fetch_add(&s->w->ctr->rejected, 1);
-		metrics_message_rejected((int)(s->listener - s->w->ls), MMR_BARE_CR_LF);
-		transaction_reset(s);
-		return;
-	}
-	if (s->too_big) {
-		msg_info("%s: reject: message from [%s] exceeds message_size_limit", s->id, s->addr);
-		reply_error(s, "552 5.3.4 Error: message file too big");
-		atomic_fetch_add(&s->w->ctr->rejected, 1);
-		metrics_message_rejected((int)(s->listener - s->w->ls), MMR_SIZE);
-		transaction_reset(s);
-		return;
-	}
-	if (milter_hook(s, MS_EOM, NULL))
-		return;
-	s->state = SS_COMMIT;
-	s->committing = true;
-	s->paused = false;
-	if (s->edit != NULL) {
-		/* the filters changed it: the edited message is committed instead */
-		s->msg_size = spool_edit_content_len(s->edit);
-		spool_stream_commit_edited(s->stream, s->edit, commit_done);
-		s->edit = NULL;         /* the stream owns it now */
-		return;
-	}
-	s->msg_size = spool_stream_content_len(s->stream);
-	spool_stream_commit(s->stream, commit_done);
-}
-
-/* Streams parsed content into the spool, until the message is over
- * message_size_limit: from then on it is still read, to stay in step, but
- * no longer kept. When the stream's buffers are full the session pauses
- * until it has room (stream_resume), and the client's input waits in the
- * socket: memory stays bounded however big the message. */
-static void
-content_add(struct session *s, const char *p, size_t n)
-{
-	if (s->too_big || s->stream == NULL)
-		return;
-	if (s->dp.bytes > (uint64_t)s->w->cf->message_size_limit) {
-		s->too_big = true;
-		return;
-	}
-	if (spool_stream_write(s->stream, p, n))
-		s->paused = true;
-}
-
-/* Feeds buffered DATA content to the parser. Returns true when the end of
- * data was reached. */
-static bool
-take_data(struct session *s, struct evbuffer *in)
-{
-	struct evbuffer_iovec v;
-	char chunk[16384 + 2];
-	size_t used, outlen, take;
-	bool done = false;
-
-	while (!done && !s->paused && evbuffer_get_length(in) > 0) {
-		if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
-			break;
-		take = v.iov_len < sizeof(chunk) - 2 ? v.iov_len : sizeof(chunk) - 2;
-		used = data_parse(&s->dp, v.iov_base, take, chunk, &outlen, &done);
-		content_add(s, chunk, outlen);
-		evbuffer_drain(in, used);
-	}
-	return done;
+	verbs[c->verb].fn(s, c);
 }
 
 static const char *
@@ -1576,27 +608,6 @@ drain_text(const struct session *s)
 {
 	return s->drain_reply ? s->drain_reply
 			      : "421 4.3.2 Service shutting down, closing transmission channel";
-}
-
-/* smtpd_min_data_rate: after the first 30 s, content must arrive at least
- * this fast, so that a client cannot hold a slot by dripping bytes. */
-#define DATA_RATE_GRACE 30
-static void
-data_rate_check(struct session *s)
-{
-	const struct config *cf = s->w->cf;
-	uint64_t secs = (now_usec() - s->data_start) / 1000000;
-	char buf[256];
-
-	if (cf->smtpd_min_data_rate == 0 || secs <= DATA_RATE_GRACE ||
-	    s->dp.bytes >= secs * (uint64_t)cf->smtpd_min_data_rate)
-		return;
-	msg_info("%s: content from [%s] slower than smtpd_min_data_rate=%d: %llu bytes in %llu s",
-		 s->id, s->addr, cf->smtpd_min_data_rate, (unsigned long long)s->dp.bytes,
-		 (unsigned long long)secs);
-	snprintf(buf, sizeof(buf), "421 4.4.2 %s Error: data rate too low", cf->hostname);
-	transaction_reset(s);
-	reply_close(s, buf);
 }
 
 /* An over-long line: in an AUTH exchange (or an AUTH command) it ends the
@@ -1616,75 +627,7 @@ line_too_long(struct session *s, struct evbuffer *in)
 	reply_error(s, "500 5.5.2 Error: line too long");
 }
 
-/* Takes the buffered octets of the current BDAT chunk, through the parser
- * in raw mode (or into the void when the chunk is refused). Returns true
- * when the whole chunk is in. */
-static bool
-take_chunk(struct session *s, struct evbuffer *in)
-{
-	struct evbuffer_iovec v;
-	char chunk[16384];
-	size_t outlen, take;
-	bool done;
-
-	while (s->chunk_left > 0 && !s->paused && evbuffer_get_length(in) > 0) {
-		if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
-			break;
-		take = v.iov_len < sizeof(chunk) ? v.iov_len : sizeof(chunk);
-		if (take > s->chunk_left)
-			take = (size_t)s->chunk_left;
-		if (s->chunk_refused == NULL) {
-			/* raw: every octet is content, and out is in */
-			(void)data_parse(&s->dp, v.iov_base, take, chunk, &outlen, &done);
-			content_add(s, chunk, outlen);
-		}
-		evbuffer_drain(in, take);
-		s->chunk_left -= take;
-	}
-	return s->chunk_left == 0;
-}
-
-/*
- * The reply to a BDAT, once its chunk is in. The LAST chunk ends the
- * message as "." ends DATA: the same checks, the same commit, 250 only
- * after it. A chunk that takes the message over the size limit fails the
- * transaction at once (RFC 3030 3); chunks pipelined behind it then find
- * no transaction and get 503, their octets read and dropped.
- * smtpd_min_data_rate applies to the chunks of a message as to DATA.
- */
-static void
-end_of_chunk(struct session *s)
-{
-	char end[2];
-	size_t n;
-
-	s->in_chunk = false;
-	if (s->chunk_size > 0)
-		set_read_timeout(s, s->w->cf->smtpd_timeout);
-	if (s->chunk_refused != NULL) {
-		reply_error(s, "%s", s->chunk_refused);
-		return;
-	}
-	if (s->chunk_last) {
-		n = data_parse_end(&s->dp, end);
-		content_add(s, end, n);
-		end_of_data(s);
-		return;
-	}
-	if (s->too_big) {
-		msg_info("%s: reject: message from [%s] exceeds message_size_limit", s->id, s->addr);
-		reply_error(s, "552 5.3.4 Error: message file too big");
-		atomic_fetch_add(&s->w->ctr->rejected, 1);
-		transaction_reset(s);
-		return;
-	}
-	reply(s, "250 2.0.0 Ok: %llu octets", (unsigned long long)s->chunk_size);
-	/* the rate counts from the first chunk, the waits between chunks included,
-	 * so that a trickle of small (or empty) chunks cannot hold a slot either */
-	data_rate_check(s);
-}
-
-static void
+void
 process_input(struct session *s)
 {
 	struct evbuffer *in = bufferevent_get_input(s->bev);
@@ -2022,13 +965,13 @@ session_start(struct worker *w, int fd, const struct sockaddr *sa, socklen_t sal
 	greet(s);
 }
 
-static void
+void
 greet(struct session *s)
 {
 	reply(s, "220 %s ESMTP Sorter", s->w->cf->hostname);
 }
 
-static void
+void
 session_close(struct session *s)
 {
 	struct worker *w = s->w;
