@@ -422,9 +422,13 @@ class Client:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         self.timeout = timeout
-        if source:
-            self.sock.bind((source, 0))
-        self.sock.connect((host, port))
+        try:
+            if source:
+                self.sock.bind((source, 0))
+            self.sock.connect((host, port))
+        except OSError:
+            self.sock.close()
+            raise
 
     def __enter__(self):
         return self

@@ -1,17 +1,34 @@
 """test_durability.py - a 250 after DATA means the message is on disk: kill -9 of every sorterd
 process right after it loses nothing, under concurrent load too; a spool file system that is
 full, or below queue_minfree, gets 452 4.3.1 / 451 4.3.0, never a 250 for a message that is not
-in the queue, and never leaves a corrupt queue file."""
+in the queue, and never leaves a corrupt queue file.
+
+FsyncOrderTest proves the order of the system calls behind each 250: sorterd runs under the
+LD_PRELOAD recorder (tests/durability/fsrec.c, fsrec.py), and for every acknowledged message the
+record must show its data written, an fsync of the file started after the last write, the rename
+into incoming/ and an fsync of incoming/ started after the rename, both returned before the
+client read the 250 (same CLOCK_MONOTONIC). KillLoopTest kills a random sorterd process (master,
+worker or qmgr) with SIGKILL 20 times under load from concurrent senders, delivering to an LMTP
+sink: every message that got a 250 is delivered, a message is delivered twice only when a
+queue manager died just after the sink took it, and no queue file is corrupt."""
 
 import os
+import random
+import re
+import signal
 import subprocess
 import threading
+import time
 import unittest
 
-from harness import (LOCAL_DOMAIN, SorterTestCase, blast, join_all, message, wait_until)
+import fsrec
+from harness import (LOCAL_DOMAIN, Client, Sorterd, SorterTestCase, blast, children_of, fd_links,
+                     join_all, listener_inode, message, pid_alive, wait_until)
+from smtpsink import SmtpSink, free_port_on, smtp_sink_missing
 
 RCPT = "user@" + LOCAL_DOMAIN
 SENDER = "sender@remote.test"
+BODY_LINES = 40     # KillLoopTest: each message's body is its marker on this many lines
 
 
 class KillTest(SorterTestCase):
@@ -59,6 +76,306 @@ def corrupt_files(d):
         return os.listdir(os.path.join(d.spool, "corrupt"))
     except FileNotFoundError:
         return []
+
+
+class FsyncOrderTest(SorterTestCase):
+    """Every 250 comes after a completed fsync of the file's data and of its directory entry."""
+
+    def recorded_sorterd(self, name="d", **overrides):
+        """A sorterd (master, workers, qmgr) under the recorder; returns (daemon, log path)."""
+        log = os.path.join(self.tmp, name + "-fsrec.log")
+        with open(log, "w"):
+            pass
+        os.chmod(log, 0o666)    # a child running as another user appends to it too
+        d = Sorterd(os.path.join(self.tmp, name), start=False, **overrides)
+        d.argv_prefix = ("env", "LD_PRELOAD=" + fsrec.preload(d.build), "FSREC_LOG=" + log)
+        self.daemons.append(d)
+        self.addCleanup(self._finish, d)
+        d.start()
+        return d, log
+
+    @staticmethod
+    def send(c, n, size):
+        """One message of about size bytes on client c: (qid, reply time in monotonic ns,
+        content bytes sent)."""
+        body = ("".join("fsync %d line %d %s\r\n" % (n, i, "y" * 60)
+                        for i in range(size // 80 + 1)))
+        content = message("fsync %d" % n, body).encode()
+        r, qid = c.send_message(SENDER, [RCPT], content, ehlo=False)
+        t250 = time.monotonic_ns()
+        if qid is None:
+            raise AssertionError("message %d: %s" % (n, r))
+        return qid, t250, len(content)
+
+    def test_fsync_before_250(self):
+        # deliveries fail (nobody listens at the node) and wait an hour: the queue files stay
+        closed = free_port_on("127.0.0.1")
+        d, log = self.recorded_sorterd(failover_node="lmtp:[127.0.0.1]:%d" % closed,
+                                       queue_run_delay=3600, minimal_backoff_time=3600,
+                                       maximal_backoff_time=3600)
+        acks = {}
+        sizes = (200, 5000, 150000)     # 150 KB goes to the file in several 64 KiB writes
+        c = self.connect(d)
+        self.assertEqual(c.ehlo().code, 250)
+        for n in range(24):             # one after the other
+            qid, t250, size = self.send(c, n, sizes[n % len(sizes)])
+            acks[qid] = (t250, size)
+        c.cmd("QUIT")
+        lock, errors = threading.Lock(), []
+
+        def sender(k):                  # then side by side, so that commits overlap
+            try:
+                with Client(d.port, timeout=60) as cc:
+                    if cc.reply().code != 220 or cc.ehlo().code != 250:
+                        raise AssertionError("no greeting or EHLO refused")
+                    for i in range(12):
+                        qid, t250, size = self.send(cc, 1000 * (k + 1) + i,
+                                                    sizes[(k + i) % len(sizes)])
+                        with lock:
+                            acks[qid] = (t250, size)
+                    cc.cmd("QUIT")
+            except Exception as e:  # noqa: BLE001 - reported below
+                with lock:
+                    errors.append("sender %d: %r" % (k, e))
+
+        threads = [threading.Thread(target=sender, args=(k,), daemon=True) for k in range(6)]
+        for t in threads:
+            t.start()
+        self.assertTrue(join_all(threads, 120), "senders hang")
+        self.assertEqual(errors, [])
+        self.assertEqual(len(acks), 24 + 6 * 12, "a queue id was given twice")
+        self.assertEqual(d.queue_ids(), set(acks))
+        records = fsrec.read_log(log)
+        pids = {r.pid for r in records}
+        self.assertGreaterEqual(len(pids), 3, "the recorder saw no workers or qmgr: %s" % pids)
+        problems = fsrec.durability_problems(records, d.spool, acks)
+        self.assertFalse(problems, "%d problems with %d acknowledged messages:\n%s"
+                         % (len(problems), len(acks), "\n".join(problems[:20])))
+
+    def test_recorder_sees_a_missing_fsync(self):
+        """The proof itself: the same record with the file's fsync, or the directory's,
+        taken out (or moved after the 250) no longer passes."""
+        d, log = self.recorded_sorterd()
+        c = self.connect(d)
+        self.assertEqual(c.ehlo().code, 250)
+        acks = {}
+        for n in range(3):
+            qid, t250, size = self.send(c, n, 5000)
+            acks[qid] = (t250, size)
+        c.cmd("QUIT")
+        records = fsrec.read_log(log)
+        spool = os.path.realpath(d.spool)
+        inc = os.path.join(spool, "incoming")
+        self.assertEqual(fsrec.durability_problems(records, d.spool, acks), [])
+        for qid in acks:
+            ino = next(r.ino for r in records if r.call in fsrec.RENAME_CALLS
+                       and r.path2 == os.path.join(inc, qid))
+            without_file_sync = [r for r in records
+                                 if not (r.call in fsrec.SYNC_CALLS and r.ino == ino)]
+            self.assertTrue(any(qid in p for p in
+                                fsrec.durability_problems(without_file_sync, d.spool, acks)))
+        without_dir_sync = [r for r in records
+                            if not (r.call in fsrec.SYNC_CALLS and r.path == inc)]
+        problems = fsrec.durability_problems(without_dir_sync, d.spool, acks)
+        self.assertEqual(len([p for p in problems if "incoming/ started" in p]), len(acks))
+        # the 250 read 1 ns before its message's last fsync returned
+        late = {qid: (max(r.t1 for r in records if r.call in fsrec.SYNC_CALLS
+                          and r.path == inc and r.t1 <= t) - 1, size)
+                for qid, (t, size) in acks.items()}
+        self.assertEqual(len(fsrec.durability_problems(records, d.spool, late)), len(acks))
+
+
+class KillLoopTest(SorterTestCase):
+    """kill -9 of a random sorterd process, 20 times, under load: no acknowledged message lost."""
+
+    KILLS = 20
+    SENDERS = 4
+    MARKER_RE = re.compile(rb"Message-ID: <(kl-[0-9a-f]+)@remote\.test>", re.I)
+
+    def setUp(self):
+        missing = smtp_sink_missing()
+        if missing:
+            self.fail(missing)
+
+    def roles(self, d):
+        """{pid: "worker" | "qmgr"} for the master's live children: a worker holds the
+        listener, the queue manager its lock file (read from /proc, not from the log)."""
+        kids = [k for k in children_of(d.pid) if pid_alive(k)]
+        d.known_children.update(kids)
+        listener = "socket:[%s]" % listener_inode(d.port)
+        lock = os.path.join(os.path.realpath(d.spool), "qmgr.lock")
+        out = {}
+        for k in kids:
+            links = fd_links(k)
+            if lock in links:
+                out[k] = "qmgr"
+            elif listener in links:
+                out[k] = "worker"
+        return out
+
+    def full(self, d):
+        """The master's roles once it runs 2 workers and a qmgr again, else None."""
+        if not d.running():
+            return None
+        roles = self.roles(d)
+        kinds = sorted(roles.values())
+        return roles if kinds == ["qmgr", "worker", "worker"] else None
+
+    def test_kill_loop(self):
+        sink = SmtpSink(os.path.join(self.tmp, "sink"), "127.0.0.1", free_port_on("127.0.0.1"),
+                        extra_args=["-L"])
+        sink.start()
+        self.addCleanup(sink.stop)
+        d = self.sorterd(failover_node="lmtp:[127.0.0.1]:%d" % sink.port, queue_run_delay=1,
+                         minimal_backoff_time=1, maximal_backoff_time=1, endpoint_dead_time=0)
+        rng = random.Random()
+        seed = rng.randrange(1 << 30)
+        rng.seed(seed)
+        self.assertTrue(wait_until(lambda: self.full(d), 10), "no 2 workers and qmgr at start")
+
+        stop = threading.Event()
+        lock = threading.Lock()
+        acked = {}          # marker -> queue id, for every 250
+        tried = set()       # every marker sent (acknowledged or not)
+
+        def sender(k):
+            n = 0
+            while not stop.is_set():
+                try:
+                    with Client(d.port, timeout=15) as c:
+                        if c.reply().code != 220 or c.ehlo().code != 250:
+                            raise ConnectionError("no service")
+                        while not stop.is_set():
+                            n += 1
+                            marker = "kl-%x%02x%06x%s" % (k, 0, n, os.urandom(4).hex())
+                            with lock:
+                                tried.add(marker)
+                            body = ("%s line\r\n" % marker) * BODY_LINES
+                            r, qid = c.send_message(SENDER, [RCPT], message(marker, body),
+                                                    ehlo=False)
+                            if qid is None:
+                                break
+                            with lock:
+                                acked[marker] = qid
+                except Exception:  # noqa: BLE001 - a killed process cuts sessions: reconnect
+                    pass
+                time.sleep(0.02)
+
+        threads = [threading.Thread(target=sender, args=(k,), daemon=True)
+                   for k in range(self.SENDERS)]
+        for t in threads:
+            t.start()
+        kills = []          # (wall clock time, role)
+        # (wall clock times between which a queue manager died, "qmgr" | "master")
+        qmgr_deaths = []
+        t_start = time.monotonic()
+        for i in range(self.KILLS):
+            roles = wait_until(lambda: self.full(d), 15)
+            self.assertIsNotNone(roles, "kill %d: the master did not bring its children back "
+                                 "(seed %d)" % (i, seed))
+            before = len(acked)
+            # at a random moment, with mail flowing
+            time.sleep(rng.uniform(0.1, 1.2))
+            self.assertTrue(wait_until(lambda: len(acked) > before, 10, interval=0.01),
+                            "kill %d: no message acknowledged for 10 s (seed %d)" % (i, seed))
+            target = rng.choice(["master"] + sorted(roles))
+            if target == "master":
+                kids = [k for k in children_of(d.pid) if pid_alive(k)]
+                d.known_children.update(kids)
+                t_kill = time.time()
+                os.kill(d.pid, signal.SIGKILL)
+                kills.append((t_kill, "master"))
+                d.proc.wait()
+                self.assertTrue(wait_until(lambda: not any(pid_alive(k) for k in kids), 20),
+                                "kill %d: children outlive the master: %s (seed %d)"
+                                % (i, [k for k in kids if pid_alive(k)], seed))
+                qmgr_deaths.append((t_kill, time.time(), "master"))
+                # the spool of a dead daemon reads
+                r = d.ctl("queue", "--json", check=False)
+                self.assertEqual(r.returncode, 0, "sorterctl queue after kill %d: %s"
+                                 % (i, r.stderr))
+                d.start()
+            else:
+                t_kill = time.time()
+                os.kill(target, signal.SIGKILL)
+                kills.append((t_kill, roles[target]))
+                if roles[target] == "qmgr":
+                    qmgr_deaths.append((t_kill, time.time(), "qmgr"))
+                wait_until(lambda: not pid_alive(target), 5, interval=0.01)
+        stop.set()
+        self.assertTrue(join_all(threads, 60), "senders hang")
+        loop_time = time.monotonic() - t_start
+        counts = {}
+        for role in ("master", "worker", "qmgr"):
+            counts[role] = len([k for k in kills if k[1] == role])
+        self.assertEqual(sum(counts.values()), self.KILLS)
+        got = dict(acked)
+        self.assertGreater(len(got), 100, "too little load: %d messages acknowledged" % len(got))
+        self.assertEqual(len(set(got.values())), len(got), "a queue id was given twice")
+
+        # every acknowledged message arrives
+        seen = {}           # dump file -> marker
+
+        def delivered():
+            for p in sink.dump_files():
+                if p in seen:
+                    continue
+                try:
+                    with open(p, "rb") as f:
+                        raw = f.read()
+                except FileNotFoundError:
+                    continue
+                m = self.MARKER_RE.search(raw)
+                if m and b"(smtp-sink)" in raw and raw.endswith(b"\n"):
+                    seen[p] = m.group(1).decode()
+            out = {}
+            for p, mk in seen.items():
+                out.setdefault(mk, []).append(p)
+            return out
+
+        ok = wait_until(lambda: set(got) <= set(delivered()) and d.wait_queue_empty(0.1), 90,
+                        interval=0.5)
+        copies = delivered()
+        lost = sorted(set(got) - set(copies))
+        self.assertTrue(ok and not lost,
+                        "%d of %d acknowledged messages not delivered (seed %d, kills %s): %s; "
+                        "queue: %s" % (len(lost), len(got), seed, counts,
+                                       [(m, got[m]) for m in lost[:10]], d.queue()[:5]))
+        self.assertEqual(set(copies) - tried, set(), "the sink holds messages nobody sent")
+        # no torn message: each copy holds its whole body (the queue is empty: the dumps are
+        # complete)
+        torn = []
+        for mk, paths in copies.items():
+            for p in paths:
+                with open(p, "rb") as f:
+                    if f.read().count(("%s line\n" % mk).encode()) != BODY_LINES:
+                        torn.append(p)
+        self.assertEqual(torn, [], "delivered with a body that is not the one sent")
+        # a second copy only of what a dying queue manager had in flight: between two copies
+        # of a message a queue manager died (killed, or gone with its master) before the next
+        # copy reached the sink, and not long before the first one did (the sink may finish
+        # reading what the dead process sent up to a second later; a file's mtime may lag the
+        # clock by a timer tick)
+        dup_causes = {}
+        for mk, paths in copies.items():
+            times = sorted(os.stat(p).st_mtime for p in paths)
+            for a, b in zip(times, times[1:]):
+                between = [why for t0, t1, why in qmgr_deaths if a <= t1 + 1 and b >= t0 - 0.02]
+                self.assertTrue(between,
+                                "%s (%s) delivered at %.3f and again at %.3f with no queue "
+                                "manager's death in between: %s (seed %d)"
+                                % (mk, got.get(mk), a, b, qmgr_deaths, seed))
+                dup_causes[between[0]] = dup_causes.get(between[0], 0) + 1
+        dups = sum(len(p) - 1 for p in copies.values())
+        self.assertLessEqual(dups, 50 * max(1, len(qmgr_deaths)), "too many duplicates")
+        self.assertEqual(corrupt_files(d), [])
+        self.assertEqual(d.queue(), [])
+        d.stop()
+        self.assertEqual(d.queue(), [], "sorterctl queue with the daemon down")
+        self.assertEqual(corrupt_files(d), [])
+        print("\nkill loop: %d kills %s in %.1f s, %d acknowledged, %d sent, %d duplicates "
+              "(by the death that followed: %s), seed %d"
+              % (len(kills), counts, loop_time, len(got), len(tried), dups, dup_causes, seed))
 
 
 class FullDiskTest(SorterTestCase):

@@ -1,0 +1,144 @@
+"""fsrec.py - runs sorterd under the file system call recorder (tests/durability/fsrec.c, built
+as BUILD/tests/durability/fsrec.so by every `make`) and reads what it recorded.
+
+preload(build) is the LD_PRELOAD value for the build's sorterd: the recorder alone, or, for a
+sanitizer build, the AddressSanitizer runtime that sorterd links first (ASan refuses to run
+unless its runtime comes first in the library list; its interceptors then call the recorder's
+wrappers, which call libc). read_log(path) parses the log into Rec objects. durability_problems()
+is the proof that the durability tests apply to every acknowledged message.
+"""
+
+import os
+import re
+import subprocess
+
+WRITE_CALLS = {"write", "pwrite", "pwrite64", "writev", "pwritev", "pwritev64", "pwritev2"}
+SYNC_CALLS = {"fsync", "fdatasync"}
+RENAME_CALLS = {"rename", "renameat", "renameat2"}
+OPEN_CALLS = {"open", "open64", "openat", "openat64"}
+O_CREAT = getattr(os, "O_CREAT", 0o100)
+_UNESCAPE = re.compile(r"%([0-9A-F]{2})")
+
+
+def recorder_path(build):
+    return os.path.join(build, "tests", "durability", "fsrec.so")
+
+
+def asan_runtime(prog):
+    """The AddressSanitizer runtime prog is linked with (from ldd), or None."""
+    r = subprocess.run(["ldd", prog], capture_output=True, text=True, timeout=30)
+    for line in r.stdout.splitlines():
+        parts = line.split()
+        if parts and parts[0].startswith("libasan.so") and len(parts) >= 3 and parts[1] == "=>":
+            return parts[2]
+    return None
+
+
+def preload(build):
+    """The LD_PRELOAD value that records build's sorterd. Raises AssertionError when the
+    recorder was not built."""
+    rec = recorder_path(build)
+    if not os.access(rec, os.R_OK):
+        raise AssertionError("no %s: the build makes it (make in %s)" % (rec, build))
+    libs = [rec]
+    asan = asan_runtime(os.path.join(build, "sorterd"))
+    if asan:
+        libs.insert(0, asan)
+    return ":".join(libs)
+
+
+class Rec:
+    """One recorded call: t0, t1 (CLOCK_MONOTONIC ns before and after), pid, tid, call, fd,
+    ino ("DEV:INO"), off, len (an open's flags), ret, errno, path, path2 (a rename's target)."""
+    __slots__ = ("t0", "t1", "pid", "tid", "call", "fd", "ino", "off", "len", "ret", "errno",
+                 "path", "path2")
+
+    def __repr__(self):
+        return "<%s %s fd=%d ino=%s ret=%d t0=%d t1=%d %s%s>" % (
+            self.call, self.pid, self.fd, self.ino, self.ret, self.t0, self.t1, self.path,
+            " -> " + self.path2 if self.path2 else "")
+
+
+def _path(s):
+    return "" if s == "-" else _UNESCAPE.sub(lambda m: chr(int(m.group(1), 16)), s)
+
+
+def read_log(path):
+    """Every record of the log at path, in the order written."""
+    out = []
+    with open(path, "rb") as f:
+        for raw in f:
+            line = raw.decode("utf-8", "surrogateescape").rstrip("\n")
+            fields = dict(kv.split("=", 1) for kv in line.split(" "))
+            r = Rec()
+            for k in ("t0", "t1", "pid", "tid", "fd", "off", "len", "ret", "errno"):
+                setattr(r, k, int(fields[k]))
+            r.call = fields["call"]
+            r.ino = fields["ino"]
+            r.path = _path(fields["path"])
+            r.path2 = _path(fields["path2"])
+            out.append(r)
+    return out
+
+
+def durability_problems(records, spool, acks):
+    """What the recorded calls fail to prove about the acknowledged messages: acks maps each
+    queue id to (the client's time.monotonic_ns() when the 250 arrived, content bytes sent).
+    For each message, the record must show:
+      - the rename of tmp/ID into incoming/ID (the queue file's inode is the renamed one),
+        completed before the 250;
+      - the file's creation (an open with O_CREAT returning that inode) and its data writes,
+        from the creation to the rename, at least as many bytes as the content sent;
+      - an fsync or fdatasync of that inode that succeeded, started after the last of those
+        writes had returned, and returned before the 250 arrived;
+      - an fsync of the incoming/ directory that succeeded, started after the rename had
+        returned, and returned before the 250 arrived.
+    Returns a list of strings, empty when every message is proven durable."""
+    spool = os.path.realpath(spool)
+    tmp_dir = os.path.join(spool, "tmp")
+    inc_dir = os.path.join(spool, "incoming")
+    by_ino, renames, dir_syncs = {}, {}, []
+    for r in records:
+        if r.ino != "0:0":
+            by_ino.setdefault(r.ino, []).append(r)
+        if r.call in RENAME_CALLS and r.ret == 0 and os.path.dirname(r.path2) == inc_dir:
+            renames.setdefault(os.path.basename(r.path2), []).append(r)
+        if r.call in SYNC_CALLS and r.ret == 0 and r.path == inc_dir:
+            dir_syncs.append(r)
+    problems = []
+    for qid, (t250, size) in sorted(acks.items()):
+        ren = [r for r in renames.get(qid, []) if r.t1 <= t250]
+        if len(ren) != 1:
+            problems.append("%s: %d renames into incoming/ before the 250, not 1: %s"
+                            % (qid, len(ren), renames.get(qid)))
+            continue
+        ren = ren[0]
+        if ren.path != os.path.join(tmp_dir, qid):
+            problems.append("%s: renamed into incoming/ from %s, not from tmp/" % (qid, ren.path))
+        calls = by_ino.get(ren.ino, [])
+        made = [r for r in calls if r.call in OPEN_CALLS and r.ret >= 0 and r.len & O_CREAT
+                and r.t1 <= ren.t0]
+        if not made:
+            problems.append("%s: no open with O_CREAT made inode %s before its rename"
+                            % (qid, ren.ino))
+            continue
+        made = max(made, key=lambda r: r.t0)
+        writes = [r for r in calls if r.call in WRITE_CALLS and made.t0 <= r.t0 <= ren.t0]
+        written = sum(max(r.ret, 0) for r in writes)
+        if written < size:
+            problems.append("%s: %d bytes written to inode %s before its rename, fewer than the "
+                            "%d sent" % (qid, written, ren.ino, size))
+            continue
+        last = max(r.t1 for r in writes)
+        syncs = [r for r in calls if r.call in SYNC_CALLS and r.ret == 0 and r.t0 >= last
+                 and r.t1 <= t250]
+        if not syncs:
+            problems.append("%s: no fsync/fdatasync of inode %s started after its last write "
+                            "(%d) and returned before the 250 (%d); its syncs: %s"
+                            % (qid, ren.ino, last, t250,
+                               [r for r in calls if r.call in SYNC_CALLS]))
+        dsync = [r for r in dir_syncs if r.t0 >= ren.t1 and r.t1 <= t250]
+        if not dsync:
+            problems.append("%s: no fsync of incoming/ started after the rename (%d) and "
+                            "returned before the 250 (%d)" % (qid, ren.t1, t250))
+    return problems
