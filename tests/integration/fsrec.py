@@ -87,8 +87,9 @@ def durability_problems(records, spool, acks):
     For each message, the record must show:
       - the rename of tmp/ID into incoming/ID (the queue file's inode is the renamed one),
         completed before the 250;
-      - the file's creation (an open with O_CREAT returning that inode) and its data writes,
-        from the creation to the rename, at least as many bytes as the content sent;
+      - the file's making (an open with O_CREAT returning that inode, or a recycled file's
+        rename from free/ into tmp/ID) and its data writes, from then to the rename, at
+        least as many bytes as the content sent;
       - an fsync or fdatasync of that inode that succeeded, started after the last of those
         writes had returned, and returned before the 250 arrived;
       - an fsync of the incoming/ directory that succeeded, started after the rename had
@@ -116,11 +117,13 @@ def durability_problems(records, spool, acks):
         if ren.path != os.path.join(tmp_dir, qid):
             problems.append("%s: renamed into incoming/ from %s, not from tmp/" % (qid, ren.path))
         calls = by_ino.get(ren.ino, [])
-        made = [r for r in calls if r.call in OPEN_CALLS and r.ret >= 0 and r.len & O_CREAT
-                and r.t1 <= ren.t0]
+        # made: created, or a recycled file taken from free/ into tmp/ID
+        made = [r for r in calls if r.t1 <= ren.t0 and (
+                (r.call in OPEN_CALLS and r.ret >= 0 and r.len & O_CREAT) or
+                (r.call in RENAME_CALLS and r.ret == 0 and r.path2 == os.path.join(tmp_dir, qid)))]
         if not made:
-            problems.append("%s: no open with O_CREAT made inode %s before its rename"
-                            % (qid, ren.ino))
+            problems.append("%s: no open with O_CREAT or take from free/ made inode %s before "
+                            "its rename" % (qid, ren.ino))
             continue
         made = max(made, key=lambda r: r.t0)
         writes = [r for r in calls if r.call in WRITE_CALLS and made.t0 <= r.t0 <= ren.t0]

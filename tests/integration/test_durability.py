@@ -152,6 +152,34 @@ class FsyncOrderTest(SorterTestCase):
         self.assertFalse(problems, "%d problems with %d acknowledged messages:\n%s"
                          % (len(problems), len(acks), "\n".join(problems[:20])))
 
+    def test_fsync_before_250_recycled_files(self):
+        """The same proof for messages written over recycled files (free/): delivered
+        messages leave their files there, and the next ones are written over them."""
+        sink = SmtpSink(os.path.join(self.tmp, "sink"), "127.0.0.1", free_port_on("127.0.0.1"),
+                        extra_args=["-L"])
+        sink.start()
+        self.addCleanup(sink.stop)
+        d, log = self.recorded_sorterd(failover_node="lmtp:[127.0.0.1]:%d" % sink.port)
+        free = os.path.join(d.spool, "free")
+        c = self.connect(d)
+        self.assertEqual(c.ehlo().code, 250)
+        for n in range(30):             # delivered: their files go to free/
+            self.send(c, n, 5000)
+        self.assertTrue(wait_until(lambda: len(os.listdir(free)) >= 30, 30), d.log_tail())
+        acks = {}
+        for n in range(30, 54):
+            qid, t250, size = self.send(c, n, (200, 5000, 150000)[n % 3])
+            acks[qid] = (t250, size)
+        c.cmd("QUIT")
+        records = fsrec.read_log(log)
+        spool = os.path.realpath(d.spool)
+        taken = {os.path.basename(r.path2) for r in records if r.call in fsrec.RENAME_CALLS
+                 and r.ret == 0 and os.path.dirname(r.path) == os.path.join(spool, "free")}
+        self.assertGreaterEqual(len(taken & set(acks)), 20, "recycled: %s" % (taken & set(acks)))
+        problems = fsrec.durability_problems(records, d.spool, acks)
+        self.assertFalse(problems, "%d problems with %d acknowledged messages:\n%s"
+                         % (len(problems), len(acks), "\n".join(problems[:20])))
+
     def test_recorder_sees_a_missing_fsync(self):
         """The proof itself: the same record with the file's fsync, or the directory's,
         taken out (or moved after the 250) no longer passes."""
