@@ -167,7 +167,10 @@ msg_finish(struct qmsg *mq)
 		for (k = 0; k < qr->nexps; k++) {
 			struct qexp *e = &qr->exps[k];
 
-			if (e->out == OUT_DEFERRED && lifetime > 0 && age >= (uint64_t)lifetime) {
+			/* a parked recipient (its node is drained) waits on
+			 * purpose: it never expires, and its sender hears nothing */
+			if (e->out == OUT_DEFERRED && !e->parked && lifetime > 0 &&
+			    age >= (uint64_t)lifetime) {
 				char d[sizeof(e->diag) + 64];
 
 				snprintf(d, sizeof(d), "delivery time expired; last error: %s", e->diag);
@@ -177,7 +180,7 @@ msg_finish(struct qmsg *mq)
 			if (e->out == OUT_DEFERRED) {
 				atomic_fetch_add(&q->ctr->deferred, 1);
 				log_result(mq, qr, e, "deferred");
-				if (notify_wants(qr, DSN_NOTIFY_DELAY))
+				if (!e->parked && notify_wants(qr, DSN_NOTIFY_DELAY))
 					delay[ndelay++] = e;
 			} else if (e->out == OUT_BOUNCED) {
 				atomic_fetch_add(&q->ctr->bounced, 1);
@@ -382,12 +385,15 @@ disk_done(void *arg)
 	msg_free(mq);
 }
 
+/* Parked recipients only: no backoff that grows with age (an undrain
+ * retries them at once anyway), a look every minimal_backoff_time in case
+ * the maps moved them elsewhere. */
 static time_t
-next_retry(const struct qmgr *q, const struct qmsg *mq)
+next_retry(const struct qmgr *q, const struct qmsg *mq, bool parked)
 {
 	time_t now = time(NULL);
 	uint64_t age = (now_usec() - mq->m.arrival_usec) / 1000000u;
-	uint64_t b = age;
+	uint64_t b = parked ? 0 : age;
 
 	if (b < (uint64_t)q->cf->minimal_backoff_time)
 		b = (uint64_t)q->cf->minimal_backoff_time;
@@ -401,6 +407,7 @@ disk_phase(struct qmsg *mq)
 {
 	struct diskjob *dj = xcalloc(1, sizeof(*dj));
 	size_t i, k, pending = 0;
+	bool parked = true;     /* every recipient still pending is parked */
 
 	dj->mq = mq;
 	dj->offsets = xcalloc(mq->nr + 1, sizeof(*dj->offsets));
@@ -416,6 +423,7 @@ disk_phase(struct qmsg *mq)
 			if (e->out == OUT_DEFERRED || e->out == OUT_PENDING) {
 				final = false;
 				err = e->diag;
+				parked = parked && e->parked;
 			} else if (e->out == OUT_BOUNCED) {
 				bounced = true;
 			}
@@ -423,6 +431,7 @@ disk_phase(struct qmsg *mq)
 		if (qr->nexps == 0) {
 			final = false;
 			err = "no route";
+			parked = false;
 		}
 		if (final) {
 			dj->offsets[dj->nmarks] = mq->m.rcpts[qr->index].type_offset;
@@ -438,8 +447,9 @@ disk_phase(struct qmsg *mq)
 		qstatus_set_error(&mq->st, qr->index, err ? err : "deferred");
 	}
 	if (pending) {
-		mq->st.attempts++;
-		mq->next_retry = next_retry(mq->q, mq);
+		if (!parked)
+			mq->st.attempts++;
+		mq->next_retry = next_retry(mq->q, mq, parked);
 	}
 	/* the requests as they stand now; later ones are disk_done()'s */
 	dj->fate = mq->delete_req ? QFATE_DELETE : pending == 0 ? QFATE_REMOVE :
