@@ -164,9 +164,10 @@ on_listed(const char *node, const struct endpoint *eps, size_t neps, void *arg)
 			e->seen = true;
 }
 
-/* Lists node_map (forgetting what left it), then probes every endpoint. */
+/* Lists node_map, forgetting what left it (a map that cannot be listed
+ * forgets nothing). */
 static void
-probe_round(struct nodes *ns)
+list_nodes(struct nodes *ns)
 {
 	struct nodeep *e, *next;
 	char err[512];
@@ -186,6 +187,14 @@ probe_round(struct nodes *ns)
 			free(e);
 		}
 	}
+}
+
+static void
+probe_round(struct nodes *ns)
+{
+	struct nodeep *e;
+
+	list_nodes(ns);
 	for (e = ns->eps; e != NULL; e = e->next)
 		probe(ns, e);
 }
@@ -273,6 +282,7 @@ nodes_report(struct nodes *ns, struct dstr *out)
 	struct nodeep *e;
 	size_t i;
 
+	list_nodes(ns);         /* node_map as it is now; states as last probed */
 	for (e = ns->eps; e != NULL; e = e->next)
 		if (!e->gone && !reported(ns, e, e->node))
 			report_node(ns, e->node, out);

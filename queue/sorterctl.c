@@ -50,6 +50,9 @@
 #define EXIT_RUNTIME 1
 #define EXIT_USAGE 2
 
+/* how long a queue manager that holds the lock may take to answer */
+#define CONTROL_WAIT_MS 10000
+
 /* Spool folders that hold queued messages, in pipeline order, and the
  * state each one means to an administrator. */
 static const struct {
@@ -490,6 +493,23 @@ spool_summary(const struct config *cf, struct routing *rt, int *rc)
 	return sum;
 }
 
+/* Someone (a queue manager) holds the spool's lock. */
+static bool
+lock_held(const char *spool_dir)
+{
+	char path[4096];
+	bool held;
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/qmgr.lock", spool_dir);
+	fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+	if (fd < 0)
+		return false;
+	held = flock(fd, LOCK_EX | LOCK_NB) < 0 && errno == EWOULDBLOCK;
+	close(fd);
+	return held;
+}
+
 /* The daemon's view when it runs; else what the spool and the maps say. */
 static int
 cmd_nodes(const struct config *cf, bool json)
@@ -502,7 +522,14 @@ cmd_nodes(const struct config *cf, bool json)
 	int rc = 0, r;
 
 	dstr_init(&out, 0);
-	if (control_request(cf->spool_dir, "nodes", &out, &ok) == 0) {
+	for (r = 0; control_request(cf->spool_dir, "nodes", &out, &ok) < 0; r += 100) {
+		/* a queue manager that holds the lock is starting: it answers soon */
+		if (r >= CONTROL_WAIT_MS || !lock_held(cf->spool_dir))
+			break;
+		dstr_reset(&out);
+		usleep(100000);
+	}
+	if (ok) {
 		if (!ok || strchr(out.s, '\n') == NULL) {
 			fprintf(stderr, "sorterctl: the queue manager said: %s", out.s);
 			dstr_free(&out);
@@ -679,8 +706,6 @@ cmd_show(const char *spool_dir, const char *id, bool raw)
  * acts in one turn of its loop, down it is done here under its lock) */
 
 #define IDS_PER_REQUEST 200
-
-#define CONTROL_WAIT_MS 10000
 
 /* With the daemon down: acts on the spool under the queue manager's lock,
  * so that a daemon starting meanwhile waits for us. Returns -1 (nothing
