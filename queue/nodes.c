@@ -222,18 +222,20 @@ on_soon(evutil_socket_t fd, short what, void *arg)
 }
 
 void
-nodes_delivery_failed(struct nodes *ns, const char *node, const struct endpoint *eps, size_t n)
+nodes_delivered(struct nodes *ns, const char *node, const struct endpoint *eps, size_t n,
+		bool failed)
 {
 	struct timeval tv = { PROBE_SOON_SECONDS, 0 };
 	struct nodeep *e;
 	size_t i;
 
-	if (ns == NULL)
+	if (ns == NULL || node[0] == '\0')
 		return;
+	/* known from now on, even when node_map cannot be listed */
 	for (i = 0; i < n; i++)
 		if (eps[i].proto == EP_LMTP && (e = ep_find(ns, node, &eps[i], true)) != NULL)
-			e->soon = true;
-	if (!evtimer_pending(ns->soon_ev, NULL))
+			e->soon = e->soon || failed;
+	if (failed && !evtimer_pending(ns->soon_ev, NULL))
 		evtimer_add(ns->soon_ev, &tv);
 }
 

@@ -177,7 +177,7 @@ dest_done(struct deliv_txn *txn, void *arg)
 	struct qdest *qd = arg;
 	struct qmsg *mq = qd->msg;
 	uint64_t took = metrics_now() - qd->start_usec;
-	bool probed = false;
+	bool failed = false;
 	size_t i;
 
 	for (i = 0; i < txn->nrcpt; i++) {
@@ -205,16 +205,17 @@ dest_done(struct deliv_txn *txn, void *arg)
 			e->out = OUT_BOUNCED;
 		} else {
 			e->out = OUT_DEFERRED;
-			if (!res->remote_said && e->node[0] && !probed) {
-				/* no server answered: is the node down? */
-				struct qrcpt *qr = rcpt_of(mq, e);
-				const struct route *rt = &qr->rl.v[e - qr->exps];
-
-				nodes_delivery_failed(mq->q->nodes, e->node, rt->endpoints,
-						      rt->nendpoints);
-				probed = true;
-			}
+			/* no server answered: is the node down? */
+			failed = failed || !res->remote_said;
 		}
+	}
+	if (txn->nrcpt > 0 && qd->exps[0]->node[0]) {
+		/* one destination per transaction: its first recipient's route */
+		struct qrcpt *qr = rcpt_of(mq, qd->exps[0]);
+		const struct route *rt = &qr->rl.v[qd->exps[0] - qr->exps];
+
+		nodes_delivered(mq->q->nodes, qd->exps[0]->node, rt->endpoints, rt->nendpoints,
+				failed);
 	}
 	free(qd->rcpts);
 	free(qd->rcpt_params);

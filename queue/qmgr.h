@@ -124,10 +124,10 @@ struct nodes;
 struct nodes *nodes_new(struct qmgr *q);
 void nodes_free(struct nodes *ns);
 bool nodes_drained(const struct nodes *ns, const char *node);
-/* A delivery to node failed to connect or was cut off: its endpoints are
- * probed soon. */
-void nodes_delivery_failed(struct nodes *ns, const char *node, const struct endpoint *eps,
-			   size_t n);
+/* A transaction to node ended; failed: it could not connect or was cut
+ * off, and the node's endpoints are probed soon. */
+void nodes_delivered(struct nodes *ns, const char *node, const struct endpoint *eps, size_t n,
+		     bool failed);
 /* The "nodes" control reply: nodestate records (queue.h) */
 void nodes_report(struct nodes *ns, struct dstr *out);
 /* Drains (on) or undrains node at once; done(arg, ok, text) runs from the
