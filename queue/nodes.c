@@ -2,9 +2,9 @@
  * nodes.c - node health and drains, inside the queue manager.
  *
  * Health: every endpoint of every node in node_map is probed through the
- * delivery client (client_probe: connect, greeting, LHLO, QUIT) every
- * node_probe_interval, and a second after a delivery to its node failed
- * to connect or was cut off. Each endpoint keeps its state (up, down,
+ * delivery client (client_probe: connect, greeting, LHLO, QUIT) a second
+ * after start and every node_probe_interval (0: neither), and a second
+ * after a delivery to its node failed to connect or was cut off. Each endpoint keeps its state (up, down,
  * unknown), last error, LHLO latency and last probe time; the LHLO's
  * capabilities go to spool_dir/nodecaps as a delivery's do. A probe's
  * verdict also feeds the client's list of failed endpoints, so deliveries
@@ -410,7 +410,8 @@ nodes_new(struct qmgr *q)
 	ns->soon_ev = evtimer_new(q->base, on_soon, ns);
 	if (ns->timer_ev == NULL || ns->soon_ev == NULL)
 		msg_fatal("nodes: cannot create events");
-	evtimer_add(ns->timer_ev, &tv);
+	if (q->cf->node_probe_interval > 0)
+		evtimer_add(ns->timer_ev, &tv);
 	return ns;
 }
 
