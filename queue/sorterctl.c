@@ -518,20 +518,22 @@ cmd_nodes(const struct config *cf, bool json)
 	struct qsummary *sum;
 	const char *reply = NULL;
 	struct dstr out;
-	bool ok = false;
+	bool ok = false, answered;
 	int rc = 0, r;
 
 	dstr_init(&out, 0);
-	for (r = 0; control_request(cf->spool_dir, "nodes", &out, &ok) < 0; r += 100) {
+	for (r = 0; !(answered = control_request(cf->spool_dir, "nodes", &out, &ok) == 0);
+	     r += 100) {
 		/* a queue manager that holds the lock is starting: it answers soon */
 		if (r >= CONTROL_WAIT_MS || !lock_held(cf->spool_dir))
 			break;
 		dstr_reset(&out);
 		usleep(100000);
 	}
-	if (ok) {
+	if (answered) {
 		if (!ok || strchr(out.s, '\n') == NULL) {
-			fprintf(stderr, "sorterctl: the queue manager said: %s", out.s);
+			fprintf(stderr, "sorterctl: the queue manager said: %.*s\n",
+				(int)strcspn(out.s, "\n"), out.s);
 			dstr_free(&out);
 			return EXIT_RUNTIME;
 		}
