@@ -146,11 +146,22 @@ queue_dsn(struct qmsg *mq, int kind, struct qexp **exps, size_t n, const char *t
 	commit_submit(q->commit, job);
 }
 
+/* Seconds since arrival, less the time spent parked (a drained node):
+ * what the queue lifetime, delay notices and the backoff count. */
+static uint64_t
+msg_age(const struct qmsg *mq)
+{
+	uint64_t age = (now_usec() - mq->m.arrival_usec) / 1000000u;
+	uint64_t parked = qstatus_parked(&mq->st, (unsigned long long)time(NULL));
+
+	return age > parked ? age - parked : 0;
+}
+
 void
 msg_finish(struct qmsg *mq)
 {
 	struct qmgr *q = mq->q;
-	uint64_t age = (now_usec() - mq->m.arrival_usec) / 1000000u;
+	uint64_t age = msg_age(mq);
 	int lifetime = sender_is_null(mq) ? q->cf->bounce_queue_lifetime : q->cf->maximal_queue_lifetime;
 	struct qexp **fail, **delay, **succ;
 	size_t nfail = 0, ndelay = 0, nsucc = 0, total = 0, i, k;
@@ -392,8 +403,7 @@ static time_t
 next_retry(const struct qmgr *q, const struct qmsg *mq, bool parked)
 {
 	time_t now = time(NULL);
-	uint64_t age = (now_usec() - mq->m.arrival_usec) / 1000000u;
-	uint64_t b = parked ? 0 : age;
+	uint64_t b = parked ? 0 : msg_age(mq);
 
 	if (b < (uint64_t)q->cf->minimal_backoff_time)
 		b = (uint64_t)q->cf->minimal_backoff_time;
@@ -450,6 +460,14 @@ disk_phase(struct qmsg *mq)
 		if (!parked)
 			mq->st.attempts++;
 		mq->next_retry = next_retry(mq->q, mq, parked);
+	}
+	/* a parked period starts with the first attempt that parks all that
+	 * is pending, and ends with the first that does not */
+	if (pending && parked && mq->st.parked_since == 0)
+		mq->st.parked_since = (unsigned long long)time(NULL);
+	else if (!(pending && parked) && mq->st.parked_since != 0) {
+		mq->st.parked = qstatus_parked(&mq->st, (unsigned long long)time(NULL));
+		mq->st.parked_since = 0;
 	}
 	/* the requests as they stand now; later ones are disk_done()'s */
 	dj->fate = mq->delete_req ? QFATE_DELETE : pending == 0 ? QFATE_REMOVE :

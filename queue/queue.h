@@ -411,11 +411,18 @@ struct qstatus_item {
 struct qstatus {
 	unsigned attempts;
 	bool warned;               /* a delay DSN went out */
+	/* time its recipients spent parked (their node drained), which the
+	 * queue lifetime and the delay notices do not count: seconds of the
+	 * periods that ended, and the start of the one under way (0: none) */
+	unsigned long long parked;
+	unsigned long long parked_since;
 	struct qstatus_item *items;
 	size_t nitems;
 };
 
 void qstatus_init(struct qstatus *st);
+/* The seconds spent parked up to now */
+unsigned long long qstatus_parked(const struct qstatus *st, unsigned long long now);
 void qstatus_free(struct qstatus *st);
 void qstatus_set_error(struct qstatus *st, size_t index, const char *text);
 const char *qstatus_error(const struct qstatus *st, size_t index);

@@ -174,6 +174,33 @@ class DrainTest(NodesTestCase):
         self.assertFalse(nodes["node-a"]["drained"])
         self.assertIsNone(nodes["node-a"]["drained_since"])
 
+    def test_parked_time_does_not_count_toward_the_lifetime(self):
+        """Parked past maximal_queue_lifetime, then undrained while the node is down: the
+        failure is a deferral, not a bounce (the parked time is not counted); once the node
+        is back the message goes."""
+        self.start_sorterd(timers=SLOW, maximal_queue_lifetime=6, **PROBE)
+        self.ctl_ok("drain", "node-a")
+        tok = token("aged")
+        qid = self.send(ALICE, tok)
+        self.wait_log(r"%s: .*status=deferred \(node node-a is drained\)" % qid)
+        time.sleep(7)
+        with open(os.path.join(self.d.spool, "defer", qid)) as f:
+            self.assertRegex(f.read(), r"(?m)^parked\t0\t\d+$")
+        self.node_a.stop()
+        self.ctl_ok("undrain", "node-a")
+        self.wait_log(r"%s: to=<%s>, node=node-a, .*status=deferred \(.*127\.0\.0\.1:%d"
+                      % (qid, re.escape(ALICE), self.node_a.port))
+        self.assertNothingBounced()
+        with open(os.path.join(self.d.spool, "defer", qid)) as f:
+            parked = re.search(r"(?m)^parked\t(\d+)\t0$", f.read())
+        self.assertTrue(parked)
+        self.assertGreaterEqual(int(parked.group(1)), 6)
+        self.node_a.start()
+        self.ctl_ok("flush")
+        self.wait_delivered(self.node_a, "alice", tok, timeout=10)
+        self.wait_queue_empty()
+        self.assertNothingBounced()
+
     def test_drain_survives_restart(self):
         self.start_sorterd(timers=SLOW, **PROBE)
         self.ctl_ok("drain", "node-b")
