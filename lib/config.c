@@ -172,6 +172,7 @@ static const struct param params[] = {
 	{ "lmtp_timeout", P_TIME, 0, "300", 1, 3600, INT(lmtp_timeout), 0, NULL },
 	{ "lmtp_idle_timeout", P_TIME, 0, "10", 1, 3600, INT(lmtp_idle_timeout), 0, NULL },
 	{ "endpoint_dead_time", P_TIME, 0, "60", 0, 3600, INT(endpoint_dead_time), 0, NULL },
+	{ "node_probe_interval", P_TIME, 0, "30", 0, 86400, INT(node_probe_interval), 0, NULL },
 	{ "hopcount_limit", P_INT, 0, "50", 1, 1000, INT(hopcount_limit), 0, NULL },
 	{ "bounce_notice_recipient", P_STR, 0, NULL, 0, 0, STR(bounce_notice_recipient), 0, NULL },
 	/* operations: logging and metrics */

@@ -9,6 +9,7 @@
 #define SORTER_LIB_H
 
 #include <stdarg.h>
+#include <stdio.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdatomic.h>
@@ -162,6 +163,8 @@ struct config {
 	char *smtp_tls_policy_map;      /* domain -> none|may|encrypt|verify */
 	int lmtp_connect_timeout, lmtp_timeout, lmtp_idle_timeout;
 	int endpoint_dead_time;         /* seconds a failed endpoint is skipped */
+	int node_probe_interval;        /* seconds between LHLO probes of node_map's
+					 * endpoints; 0 = only after a failure */
 	int hopcount_limit;             /* Received: headers before 5.4.6 */
 	char *bounce_notice_recipient;  /* gets DSNs that cannot be returned; NULL = drop */
 	/* operations */
@@ -363,6 +366,9 @@ struct counters *counters_create(void);
 int fsync_dir(const char *path);
 int fsync_path(const char *path);      /* e.g. a file Berkeley DB wrote */
 int write_all(int fd, const void *p, size_t n);
+/* s as a JSON string ("null" for NULL): '"' and '\\' escaped, control
+ * and non-ASCII bytes as \u00XX, so any bytes give valid JSON. */
+void json_put_str(FILE *out, const char *s);
 int mkdir_p(const char *path, mode_t mode);
 
 #endif

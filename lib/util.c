@@ -164,3 +164,24 @@ counters_create(void)
 	memset(c, 0, sizeof(*c));
 	return c;
 }
+
+void
+json_put_str(FILE *out, const char *s)
+{
+	const unsigned char *p;
+
+	if (s == NULL) {
+		fputs("null", out);
+		return;
+	}
+	fputc('"', out);
+	for (p = (const unsigned char *)s; *p; p++) {
+		if (*p == '"' || *p == '\\')
+			fprintf(out, "\\%c", *p);
+		else if (*p < 0x20 || *p >= 0x7f)
+			fprintf(out, "\\u%04x", *p);
+		else
+			fputc(*p, out);
+	}
+	fputc('"', out);
+}

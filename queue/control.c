@@ -199,8 +199,22 @@ struct control {
 	char path[108];
 };
 
+/* A drain's answer, once the drained set is on disk. */
 static void
-control_run(struct control *c, char *line, struct dstr *out)
+drain_answered(void *arg, bool ok, const char *text)
+{
+	struct bufferevent *bev = arg;
+	struct dstr out;
+
+	dstr_init(&out, 0);
+	dstr_printf(&out, "%s\n%s", ok ? "ok" : "error: not recorded on disk", text);
+	bufferevent_write(bev, out.s, out.len);
+	dstr_free(&out);
+}
+
+/* Returns false when the answer comes later (drain, undrain). */
+static bool
+control_run(struct control *c, char *line, struct dstr *out, struct bufferevent *bev)
 {
 	char *argv[256], *save = NULL, *tok;
 	struct dstr body;
@@ -212,13 +226,28 @@ control_run(struct control *c, char *line, struct dstr *out)
 	dstr_init(&body, CONTROL_REPLY_MAX);
 	if (argc == 0) {
 		dstr_printf(out, "error: empty request\n");
-		return;
+		return true;
 	}
 	if (strcmp(argv[0], "stats") == 0) {
 		qmgr_stats(c->q, &body);
 		dstr_printf(out, "ok\n%s", body.s ? body.s : "");
 		dstr_free(&body);
-		return;
+		return true;
+	}
+	if (strcmp(argv[0], "nodes") == 0 && argc == 1) {
+		nodes_report(c->q->nodes, &body);
+		dstr_printf(out, "ok\n%s", body.s ? body.s : "");
+		dstr_free(&body);
+		return true;
+	}
+	if (strcmp(argv[0], "drain") == 0 || strcmp(argv[0], "undrain") == 0) {
+		if (argc != 2 || !nodestate_name_ok(argv[1], strlen(argv[1]))) {
+			dstr_printf(out, "error: %s needs one node name (printable ASCII, at most "
+				    "%d bytes)\n", argv[0], NODESTATE_NODE_MAX);
+			return true;
+		}
+		nodes_drain(c->q->nodes, argv[1], argv[0][0] == 'd', drain_answered, bev);
+		return false;
 	}
 	if (strcmp(argv[0], "delete") == 0)
 		op = QOP_DELETE;
@@ -230,7 +259,7 @@ control_run(struct control *c, char *line, struct dstr *out)
 		op = QOP_FLUSH;
 	else {
 		dstr_printf(out, "error: unknown request '%s'\n", argv[0]);
-		return;
+		return true;
 	}
 	if (argc == 3 && strcmp(argv[1], "--select") == 0) {
 		struct qselect sel;
@@ -238,7 +267,7 @@ control_run(struct control *c, char *line, struct dstr *out)
 
 		if (qselect_decode(argv[2], strlen(argv[2]), &sel, why, sizeof(why)) < 0) {
 			dstr_printf(out, "error: %s\n", why);
-			return;
+			return true;
 		}
 		failed = qmgr_select(c->q, op, &sel, &body) < 0;
 		qselect_free(&sel);
@@ -247,7 +276,7 @@ control_run(struct control *c, char *line, struct dstr *out)
 		qmgr_control(c->q, op, NULL, &body);
 	} else if (argc == 1) {
 		dstr_printf(out, "error: %s needs a queue id\n", argv[0]);
-		return;
+		return true;
 	}
 	for (i = 1; i < argc; i++) {
 		if (!qid_valid(argv[i])) {
@@ -261,6 +290,7 @@ control_run(struct control *c, char *line, struct dstr *out)
 	dstr_printf(out, "%s\n%s", failed ? "error: some requests failed" : "ok",
 		    body.s ? body.s : "");
 	dstr_free(&body);
+	return true;
 }
 
 static void
@@ -279,11 +309,13 @@ on_control_read(struct bufferevent *bev, void *arg)
 		return;
 	}
 	dstr_init(&out, 0);
-	control_run(c, line, &out);
-	free(line);
-	bufferevent_write(bev, out.s, out.len);
-	dstr_free(&out);
+	/* reading stops before an answer that comes later: with nothing to
+	 * read or write, no event of this connection fires meanwhile */
 	bufferevent_disable(bev, EV_READ);
+	if (control_run(c, line, &out, bev))
+		bufferevent_write(bev, out.s, out.len);
+	free(line);
+	dstr_free(&out);
 }
 
 static void

@@ -162,11 +162,22 @@ queue_dsn(struct qmsg *mq, int kind, struct qexp **exps, size_t n, const char *t
 	commit_submit(q->commit, job);
 }
 
+/* Seconds since arrival, less the time spent parked (a drained node):
+ * what the queue lifetime, delay notices and the backoff count. */
+static uint64_t
+msg_age(const struct qmsg *mq)
+{
+	uint64_t age = (now_usec() - mq->m.arrival_usec) / 1000000u;
+	uint64_t parked = qstatus_parked(&mq->st, (unsigned long long)time(NULL));
+
+	return age > parked ? age - parked : 0;
+}
+
 void
 msg_finish(struct qmsg *mq)
 {
 	struct qmgr *q = mq->q;
-	uint64_t age = (now_usec() - mq->m.arrival_usec) / 1000000u;
+	uint64_t age = msg_age(mq);
 	int lifetime = sender_is_null(mq) ? q->cf->bounce_queue_lifetime : q->cf->maximal_queue_lifetime;
 	struct qexp **fail, **delay, **succ;
 	size_t nfail = 0, ndelay = 0, nsucc = 0, total = 0, i, k;
@@ -183,7 +194,10 @@ msg_finish(struct qmsg *mq)
 		for (k = 0; k < qr->nexps; k++) {
 			struct qexp *e = &qr->exps[k];
 
-			if (e->out == OUT_DEFERRED && lifetime > 0 && age >= (uint64_t)lifetime) {
+			/* a parked recipient (its node is drained) waits on
+			 * purpose: it never expires, and its sender hears nothing */
+			if (e->out == OUT_DEFERRED && !e->parked && lifetime > 0 &&
+			    age >= (uint64_t)lifetime) {
 				char d[sizeof(e->diag) + 64];
 
 				snprintf(d, sizeof(d), "delivery time expired; last error: %s", e->diag);
@@ -193,7 +207,7 @@ msg_finish(struct qmsg *mq)
 			if (e->out == OUT_DEFERRED) {
 				atomic_fetch_add(&q->ctr->deferred, 1);
 				log_result(mq, qr, e, "deferred");
-				if (notify_wants(qr, DSN_NOTIFY_DELAY))
+				if (!e->parked && notify_wants(qr, DSN_NOTIFY_DELAY))
 					delay[ndelay++] = e;
 			} else if (e->out == OUT_BOUNCED) {
 				atomic_fetch_add(&q->ctr->bounced, 1);
@@ -399,12 +413,14 @@ disk_done(void *arg)
 	msg_free(mq);
 }
 
+/* Parked recipients only: no backoff that grows with age (an undrain
+ * retries them at once anyway), a look every minimal_backoff_time in case
+ * the maps moved them elsewhere. */
 static time_t
-next_retry(const struct qmgr *q, const struct qmsg *mq)
+next_retry(const struct qmgr *q, const struct qmsg *mq, bool parked)
 {
 	time_t now = time(NULL);
-	uint64_t age = (now_usec() - mq->m.arrival_usec) / 1000000u;
-	uint64_t b = age;
+	uint64_t b = parked ? 0 : msg_age(mq);
 
 	if (b < (uint64_t)q->cf->minimal_backoff_time)
 		b = (uint64_t)q->cf->minimal_backoff_time;
@@ -418,6 +434,7 @@ disk_phase(struct qmsg *mq)
 {
 	struct diskjob *dj = xcalloc(1, sizeof(*dj));
 	size_t i, k, pending = 0;
+	bool parked = true;     /* every recipient still pending is parked */
 
 	dj->mq = mq;
 	dj->offsets = xcalloc(mq->nr + 1, sizeof(*dj->offsets));
@@ -433,6 +450,7 @@ disk_phase(struct qmsg *mq)
 			if (e->out == OUT_DEFERRED || e->out == OUT_PENDING) {
 				final = false;
 				err = e->diag;
+				parked = parked && e->parked;
 			} else if (e->out == OUT_BOUNCED) {
 				bounced = true;
 			}
@@ -440,6 +458,7 @@ disk_phase(struct qmsg *mq)
 		if (qr->nexps == 0) {
 			final = false;
 			err = "no route";
+			parked = false;
 		}
 		if (final) {
 			dj->offsets[dj->nmarks] = mq->m.rcpts[qr->index].type_offset;
@@ -455,8 +474,17 @@ disk_phase(struct qmsg *mq)
 		qstatus_set_error(&mq->st, qr->index, err ? err : "deferred");
 	}
 	if (pending) {
-		mq->st.attempts++;
-		mq->next_retry = next_retry(mq->q, mq);
+		if (!parked)
+			mq->st.attempts++;
+		mq->next_retry = next_retry(mq->q, mq, parked);
+	}
+	/* a parked period starts with the first attempt that parks all that
+	 * is pending, and ends with the first that does not */
+	if (pending && parked && mq->st.parked_since == 0)
+		mq->st.parked_since = (unsigned long long)time(NULL);
+	else if (!(pending && parked) && mq->st.parked_since != 0) {
+		mq->st.parked = qstatus_parked(&mq->st, (unsigned long long)time(NULL));
+		mq->st.parked_since = 0;
 	}
 	/* the requests as they stand now; later ones are disk_done()'s */
 	dj->fate = mq->delete_req ? QFATE_DELETE : pending == 0 ? QFATE_REMOVE :

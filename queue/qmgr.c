@@ -227,6 +227,7 @@ dest_done(struct deliv_txn *txn, void *arg)
 	struct qdest *qd = arg;
 	struct qmsg *mq = qd->msg;
 	uint64_t took = metrics_now() - qd->start_usec;
+	bool failed = false;
 	size_t i;
 
 	for (i = 0; i < txn->nrcpt; i++) {
@@ -254,7 +255,17 @@ dest_done(struct deliv_txn *txn, void *arg)
 			e->out = OUT_BOUNCED;
 		} else {
 			e->out = OUT_DEFERRED;
+			/* no server answered: is the node down? */
+			failed = failed || !res->remote_said;
 		}
+	}
+	if (txn->nrcpt > 0 && qd->exps[0]->node[0]) {
+		/* one destination per transaction: its first recipient's route */
+		struct qrcpt *qr = rcpt_of(mq, qd->exps[0]);
+		const struct route *rt = &qr->rl.v[qd->exps[0] - qr->exps];
+
+		nodes_delivered(mq->q->nodes, qd->exps[0]->node, rt->endpoints, rt->nendpoints,
+				failed);
 	}
 	free(qd->rcpts);
 	free(qd->rcpt_params);
@@ -412,6 +423,16 @@ msg_route(struct qmsg *mq)
 			case ROUTE_REMOTE:
 				if (rt->nendpoints == 0) {
 					exp_set(e, OUT_DEFERRED, "4.3.0", "no endpoints for this destination");
+					break;
+				}
+				if (rt->kind == ROUTE_LOCAL && nodes_drained(mq->q->nodes, rt->node)) {
+					/* RFC 3463 X.3.2: the host of the mailbox takes
+					 * no messages; parked until it is undrained */
+					char parked_why[ROUTER_NODE_MAX + 32];
+
+					snprintf(parked_why, sizeof(parked_why), "node %s is drained", rt->node);
+					exp_set(e, OUT_DEFERRED, "4.3.2", parked_why);
+					e->parked = true;
 					break;
 				}
 				e->out = OUT_PENDING;
@@ -682,6 +703,13 @@ qmgr_control(struct qmgr *q, enum queue_op op, const char *id, struct dstr *out)
 }
 
 void
+qmgr_resume(struct qmgr *q)
+{
+	scan_dir(q, D_DEFERRED, false);
+	scan_dir(q, D_INCOMING, false);
+}
+
+void
 qmgr_stats(struct qmgr *q, struct dstr *out)
 {
 	struct counters *c = q->ctr;
@@ -879,6 +907,7 @@ qmgr_main(struct config *cf, struct counters *ctr, int master_fd)
 	event_add(q.term_ev, NULL);
 	q.master_ev = event_new(q.base, master_fd, EV_READ | EV_PERSIST, on_master_gone, &q);
 	event_add(q.master_ev, NULL);
+	q.nodes = nodes_new(&q);
 	q.control = control_start(&q, q.base, cf->spool_dir);
 
 	/* what a crash left in flight, then what waits, then what is due */
@@ -892,6 +921,7 @@ qmgr_main(struct config *cf, struct counters *ctr, int master_fd)
 	client_pool_free(q.client);
 	commit_pool_destroy(q.commit);
 	iopool_destroy(q.io);
+	nodes_free(q.nodes);
 	event_free(q.wake_ev);
 	event_free(q.scan_ev);
 	event_free(q.catchup_ev);

@@ -28,6 +28,7 @@ struct qexp {                   /* one final address of a recipient */
 	char node[ROUTER_NODE_MAX + 1];
 	char dest[ADDR_PATH_MAX + 64];  /* the node name, or the first endpoint: the client's key */
 	bool claimed;           /* taken by a transaction */
+	bool parked;            /* deferred because its node is drained */
 };
 
 struct qrcpt {
@@ -96,6 +97,7 @@ struct qmgr {
 	struct control *control;
 	struct nodecaps *caps;          /* each LMTP endpoint's last LHLO, for smtpd */
 	struct map_waiter *waiter;      /* answers of threaded maps (ldap:) */
+	struct nodes *nodes;            /* node health and drains (nodes.c) */
 	bool stopping;
 	int lock_fd;
 };
@@ -111,7 +113,28 @@ void log_result(struct qmsg *mq, const struct qrcpt *qr, const struct qexp *e, c
 /* a message left memory: take more work if some waits */
 void msg_release_slot(struct qmgr *q, size_t bytes);
 
+/* deferred mail is retried now (an undrain) */
+void qmgr_resume(struct qmgr *q);
+
 /* outcome.c: every transaction of the attempt has reported */
 void msg_finish(struct qmsg *mq);
+
+/* nodes.c: node health (probes) and drains */
+struct nodes;
+/* Reads spool_dir/drained (fatal when it cannot be parsed) and starts
+ * the probe timer. */
+struct nodes *nodes_new(struct qmgr *q);
+void nodes_free(struct nodes *ns);
+bool nodes_drained(const struct nodes *ns, const char *node);
+/* A transaction to node ended; failed: it could not connect or was cut
+ * off, and the node's endpoints are probed soon. */
+void nodes_delivered(struct nodes *ns, const char *node, const struct endpoint *eps, size_t n,
+		     bool failed);
+/* The "nodes" control reply: nodestate records (queue.h) */
+void nodes_report(struct nodes *ns, struct dstr *out);
+/* Drains (on) or undrains node at once; done(arg, ok, text) runs from the
+ * loop once the drained set is on disk (ok false: it could not be). */
+typedef void nodes_reply_fn(void *arg, bool ok, const char *text);
+void nodes_drain(struct nodes *ns, const char *node, bool on, nodes_reply_fn *done, void *arg);
 
 #endif

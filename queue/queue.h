@@ -363,6 +363,59 @@ int qselect_apply(const char *spool_dir, const struct qselect *sel, enum queue_o
 		  qselect_node_fn node_of, void *node_arg, qselect_act_fn act, void *act_arg,
 		  struct dstr *out);
 
+/* ---- node health and drains (nodestate.c: the codec, pure) ----
+ * Records "node NODE", "drained NODE SINCE" and "endpoint NODE ENDPOINT
+ * STATE LATENCY_USEC PROBED [ERROR]", one per line (format in nodestate.c):
+ * the file spool_dir/drained holds drained records; the control request
+ * "nodes" is answered with all three. */
+#define NODESTATE_FILE "drained"
+#define NODESTATE_LINE_MAX 2048
+#define NODESTATE_EP_MAX 400            /* >= NODECAPS_KEY_MAX (router.h) */
+#define NODESTATE_NODE_MAX 64           /* = ROUTER_NODE_MAX (router.h) */
+
+enum node_ep_health { NODE_EP_UNKNOWN, NODE_EP_UP, NODE_EP_DOWN };
+enum nodestate_type { NSR_NODE, NSR_DRAINED, NSR_ENDPOINT };
+
+struct nodestate_rec {
+	enum nodestate_type type;
+	char node[NODESTATE_NODE_MAX + 1];
+	unsigned long long since;       /* drained: since when; endpoint: last probe, 0 = none */
+	char endpoint[NODESTATE_EP_MAX];
+	enum node_ep_health health;
+	unsigned long long latency_usec;
+	char error[512];
+};
+
+struct nodestate_source {
+	const char *p, *end;
+	unsigned long line;             /* lines consumed so far */
+};
+
+/* 1 = a record in *r, 0 = end, -1 = a malformed line ("line N: why"). */
+void nodestate_source_init(struct nodestate_source *s, const char *buf, size_t len);
+int nodestate_next(struct nodestate_source *s, struct nodestate_rec *r, char *err, size_t errlen);
+/* Appends r as one line; error text is made printable and trimmed. */
+void nodestate_format(const struct nodestate_rec *r, struct dstr *out);
+/* A node name these records can carry (and drain takes) */
+bool nodestate_name_ok(const char *s, size_t n);
+const char *nodestate_health_name(enum node_ep_health h);
+
+/* The drained nodes (drainfile.c): load and save spool_dir/drained (save
+ * is durable: temporary file, fsync, rename, directory fsync; it blocks). */
+struct drainset {
+	struct nodestate_rec *v;        /* NSR_DRAINED records */
+	size_t n;
+};
+/* A missing file is an empty set: 0. -1 with err when it cannot be read
+ * or parsed. */
+int drainset_load(const char *spool_dir, struct drainset *d, char *err, size_t errlen);
+/* 0, or an errno */
+int drainset_save(const char *spool_dir, const struct drainset *d);
+const struct nodestate_rec *drainset_find(const struct drainset *d, const char *node);
+/* Adds (on) or removes node; true when that changed the set */
+bool drainset_set(struct drainset *d, const char *node, bool on, unsigned long long now);
+void drainset_free(struct drainset *d);
+
 /* ---- sorterctl queue --summary (summary.c) ----
  * Messages, recipients, bytes and the oldest arrival by state, by node and
  * by remote domain (pending recipients only). */
@@ -372,6 +425,14 @@ void qsummary_add(struct qsummary *s, unsigned state, const struct spool_msg *m,
 		  qselect_node_fn node_of, void *arg);
 void qsummary_print(struct qsummary *s, bool json, FILE *out);
 void qsummary_free(struct qsummary *s);
+/* The i-th node row: false past the last */
+bool qsummary_node(const struct qsummary *s, size_t i, const char **name,
+		   unsigned long long *messages, unsigned long long *recipients);
+/* sorterctl nodes (ctlnodes.c): the daemon's report (reply, NULL when it
+ * does not run: node_map through r, the drained file) with each endpoint's
+ * capabilities (spool_dir/nodecaps) and each node's queued mail (sum). */
+int ctl_nodes(const struct config *cf, const char *reply, struct router *r,
+	      const struct qsummary *sum, bool json, FILE *out);
 
 /* ---- the metrics process (metrics_http.c) ---- */
 struct metrics;
@@ -394,11 +455,18 @@ struct qstatus_item {
 struct qstatus {
 	unsigned attempts;
 	bool warned;               /* a delay DSN went out */
+	/* time its recipients spent parked (their node drained), which the
+	 * queue lifetime and the delay notices do not count: seconds of the
+	 * periods that ended, and the start of the one under way (0: none) */
+	unsigned long long parked;
+	unsigned long long parked_since;
 	struct qstatus_item *items;
 	size_t nitems;
 };
 
 void qstatus_init(struct qstatus *st);
+/* The seconds spent parked up to now */
+unsigned long long qstatus_parked(const struct qstatus *st, unsigned long long now);
 void qstatus_free(struct qstatus *st);
 void qstatus_set_error(struct qstatus *st, size_t index, const char *text);
 const char *qstatus_error(const struct qstatus *st, size_t index);

@@ -53,6 +53,9 @@
 #define EXIT_RUNTIME 1
 #define EXIT_USAGE 2
 
+/* how long a queue manager that holds the lock may take to answer */
+#define CONTROL_WAIT_MS 10000
+
 /* Spool folders that hold queued messages, in pipeline order, and the
  * state each one means to an administrator. */
 static const struct {
@@ -86,6 +89,8 @@ usage(void)
 		"       sorterctl [-c FILE] stats\n"
 		"       sorterctl [-c FILE] route ADDRESS [--json]\n"
 		"       sorterctl [-c FILE] import DIR\n"
+		"       sorterctl [-c FILE] nodes [--json]\n"
+		"       sorterctl [-c FILE] drain NODE | undrain NODE\n"
 		"       sorterctl passwd\n"
 		"selectors: --sender GLOB --rcpt GLOB --node NODE --domain GLOB\n"
 		"           --older-than AGE --younger-than AGE --state active,deferred,hold\n");
@@ -499,6 +504,93 @@ routing_close(struct routing *rt)
 	router_close(rt->r);
 }
 
+/* The queue by node, for `sorterctl nodes` */
+static struct qsummary *
+spool_summary(const struct config *cf, struct routing *rt, int *rc)
+{
+	struct qsummary *sum = qsummary_new(cf);
+	uint64_t now = now_usec();
+	struct entry *v;
+	struct listed l;
+	size_t n, i;
+	int r;
+
+	if (collect(cf->spool_dir, &v, &n) < 0) {
+		*rc = EXIT_RUNTIME;
+		return sum;
+	}
+	for (i = 0; i < n; i++) {
+		r = load_entry(cf->spool_dir, &v[i], &l);
+		if (r < 0)
+			*rc = EXIT_RUNTIME;
+		if (r != 0)
+			continue;
+		if (l.reason[0] == '\0')
+			qsummary_add(sum, state_bit(l.state), &l.msg, now, qselect_router_node, rt->qr);
+		spool_msg_free(&l.msg);
+	}
+	free(v);
+	return sum;
+}
+
+/* Someone (a queue manager) holds the spool's lock. */
+static bool
+lock_held(const char *spool_dir)
+{
+	char path[4096];
+	bool held;
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/qmgr.lock", spool_dir);
+	fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+	if (fd < 0)
+		return false;
+	held = flock(fd, LOCK_EX | LOCK_NB) < 0 && errno == EWOULDBLOCK;
+	close(fd);
+	return held;
+}
+
+/* The daemon's view when it runs; else what the spool and the maps say. */
+static int
+cmd_nodes(const struct config *cf, bool json)
+{
+	struct routing rt = { NULL, NULL };
+	struct qsummary *sum;
+	const char *reply = NULL;
+	struct dstr out;
+	bool ok = false, answered;
+	int rc = 0, r;
+
+	dstr_init(&out, 0);
+	for (r = 0; !(answered = control_request(cf->spool_dir, "nodes", &out, &ok) == 0);
+	     r += 100) {
+		/* a queue manager that holds the lock is starting: it answers soon */
+		if (r >= CONTROL_WAIT_MS || !lock_held(cf->spool_dir))
+			break;
+		dstr_reset(&out);
+		usleep(100000);
+	}
+	if (answered) {
+		if (!ok || strchr(out.s, '\n') == NULL) {
+			fprintf(stderr, "sorterctl: the queue manager said: %.*s\n",
+				(int)strcspn(out.s, "\n"), out.s);
+			dstr_free(&out);
+			return EXIT_RUNTIME;
+		}
+		reply = strchr(out.s, '\n') + 1;
+	}
+	if (routing_open(cf, &rt) < 0) {
+		dstr_free(&out);
+		return EXIT_RUNTIME;
+	}
+	sum = spool_summary(cf, &rt, &rc);
+	r = ctl_nodes(cf, reply, rt.r, sum, json, stdout);
+	qsummary_free(sum);
+	routing_close(&rt);
+	dstr_free(&out);
+	return r ? EXIT_RUNTIME : rc;
+}
+
 static int
 cmd_queue(const struct config *cf, bool json, bool summary, const struct qselect *sel)
 {
@@ -658,8 +750,6 @@ cmd_show(const char *spool_dir, const char *id, bool raw)
 
 #define IDS_PER_REQUEST 200
 
-#define CONTROL_WAIT_MS 10000
-
 /* With the daemon down: acts on the spool under the queue manager's lock,
  * so that a daemon starting meanwhile waits for us. Returns -1 (nothing
  * done) when a queue manager holds the lock: it is running, the caller
@@ -718,6 +808,28 @@ offline(const struct config *cf, const char *verb, char **ids, size_t n,
 	if (strcmp(verb, "stats") == 0) {
 		dstr_printf(&out, "daemon not running: queue sizes only\n");
 		queue_count_dirs(fds, &out);
+	} else if (strcmp(verb, "drain") == 0 || strcmp(verb, "undrain") == 0) {
+		struct drainset ds;
+		char err[4200];
+		bool on = verb[0] == 'd';
+		int e;
+
+		/* under the lock: sorterd reads the file when it starts */
+		if (drainset_load(spool_dir, &ds, err, sizeof(err)) < 0) {
+			dstr_printf(&out, "%s\n", err);
+			rc = EXIT_RUNTIME;
+		} else if (!drainset_set(&ds, ids[0], on, (unsigned long long)time(NULL))) {
+			dstr_printf(&out, "node %s: %s\n", ids[0], on ? "already drained" : "not drained");
+		} else if ((e = drainset_save(spool_dir, &ds)) != 0) {
+			dstr_printf(&out, "%s/%s: %s\n", spool_dir, NODESTATE_FILE, strerror(e));
+			rc = EXIT_RUNTIME;
+		} else {
+			msg_info("node %s %s (sorterd not running)", ids[0], on ? "drained" : "undrained");
+			dstr_printf(&out, "node %s: %s (daemon not running: %s)\n", ids[0], on ?
+				    "drained" : "undrained", on ? "its mail will wait in the queue" :
+				    "its mail goes out at its next retry, or at once with sorterctl flush");
+		}
+		drainset_free(&ds);
 	} else if (sel != NULL) {
 		struct routing rt = { NULL, NULL };
 
@@ -756,7 +868,7 @@ steer(const struct config *cf, const char *verb, char **ids, size_t n, const str
 	bool ok;
 	int rc = 0, r, waited;
 
-	for (k = 0; k < n; k++)
+	for (k = 0; k < n && strcmp(verb, "drain") != 0 && strcmp(verb, "undrain") != 0; k++)
 		if (!qid_valid(ids[k])) {
 			fprintf(stderr, "sorterctl: %s: not a queue id\n", ids[k]);
 			return EXIT_USAGE;
@@ -1038,6 +1150,17 @@ main(int argc, char **argv)
 	} else if (strcmp(cmd, "stats") == 0) {
 		if (argc != 1)
 			usage();
+	} else if (strcmp(cmd, "nodes") == 0) {
+		if (argc > 2 || (argc == 2 && strcmp(argv[1], "--json") != 0))
+			usage();
+		json = argc == 2;
+	} else if (strcmp(cmd, "drain") == 0 || strcmp(cmd, "undrain") == 0) {
+		if (argc != 2)
+			usage();
+		if (!nodestate_name_ok(argv[1], strlen(argv[1]))) {
+			fprintf(stderr, "sorterctl: %s: not a node name\n", argv[1]);
+			return EXIT_USAGE;
+		}
 	} else if (strcmp(cmd, "route") == 0) {
 		if (argc < 2 || argc > 3 || (argc == 3 && strcmp(argv[2], "--json") != 0))
 			usage();
@@ -1064,6 +1187,8 @@ main(int argc, char **argv)
 	}
 	if (strcmp(cmd, "queue") == 0)
 		rc = cmd_queue(cf, json, summary, &sel);
+	else if (strcmp(cmd, "nodes") == 0)
+		rc = cmd_nodes(cf, json);
 	else if (strcmp(cmd, "show") == 0)
 		rc = cmd_show(cf->spool_dir, argv[1], argc == 3);
 	else if (strcmp(cmd, "route") == 0) {

@@ -14,6 +14,9 @@
  * Format, one item per line (TAB separated, no TAB/CR/LF inside fields):
  *   attempts N
  *   warned 0|1
+ *   parked SECONDS SINCE   time spent parked (a drained node) in periods that
+ *                          ended, and when the one under way began (0: none);
+ *                          absent when never parked
  *   error INDEX TEXT       last error of spool recipient INDEX
  *   done INDEX ADDRESS     ADDRESS, expanded from recipient INDEX, is final
  */
@@ -99,6 +102,13 @@ qstatus_is_done(const struct qstatus *st, size_t index, const char *address)
 	return false;
 }
 
+unsigned long long
+qstatus_parked(const struct qstatus *st, unsigned long long now)
+{
+	return st->parked + (st->parked_since != 0 && now > st->parked_since ?
+			     now - st->parked_since : 0);
+}
+
 const char *
 qstatus_error(const struct qstatus *st, size_t index)
 {
@@ -158,6 +168,11 @@ qstatus_parse(const char *buf, size_t len, struct qstatus *st)
 		else if (tab - p == 6 && memcmp(p, "warned", 6) == 0 && !tab2 &&
 			 parse_number(tab + 1, (size_t)(numend - tab - 1), 1, &v))
 			st->warned = v != 0;
+		else if (tab - p == 6 && memcmp(p, "parked", 6) == 0 && tab2 &&
+			 parse_number(tab + 1, (size_t)(numend - tab - 1), UINT32_MAX, &v) &&
+			 parse_number(tab2 + 1, (size_t)(nl - tab2 - 1), UINT32_MAX * 2ULL,
+				      &st->parked_since))
+			st->parked = v;
 		else if (tab - p == 5 && memcmp(p, "error", 5) == 0 && tab2 &&
 			 parse_number(tab + 1, (size_t)(numend - tab - 1), SIZE_MAX, &v))
 			add_item(st, QS_ERROR, (size_t)v, tab2 + 1, (size_t)(nl - tab2 - 1));
@@ -220,6 +235,8 @@ qstatus_format(const struct qstatus *st, struct dstr *out)
 	size_t i;
 
 	dstr_printf(out, "attempts\t%u\nwarned\t%d\n", st->attempts, st->warned ? 1 : 0);
+	if (st->parked || st->parked_since)
+		dstr_printf(out, "parked\t%llu\t%llu\n", st->parked, st->parked_since);
 	for (i = 0; i < st->nitems; i++)
 		dstr_printf(out, "%s\t%zu\t%s\n", st->items[i].kind == QS_DONE ? "done" : "error",
 			    st->items[i].index, st->items[i].text);

@@ -282,3 +282,15 @@ qsummary_free(struct qsummary *s)
 	table_free(&s->domains);
 	free(s);
 }
+
+bool
+qsummary_node(const struct qsummary *s, size_t i, const char **name,
+	      unsigned long long *messages, unsigned long long *recipients)
+{
+	if (i >= s->nodes.n)
+		return false;
+	*name = s->nodes.rows[i].name;
+	*messages = s->nodes.rows[i].messages;
+	*recipients = s->nodes.rows[i].recipients;
+	return true;
+}

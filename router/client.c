@@ -118,6 +118,11 @@ struct job {
 	size_t naddrs, next_addr;
 	bool fresh_retry;       /* retried once after a reused connection broke */
 	char err[ERR_MAX];      /* the last connection-level failure */
+	/* a probe (client_probe) instead of a transaction: txn is NULL */
+	client_probe_cb *probe;
+	void *probe_arg;
+	uint64_t hello_usec;    /* when the greeting command went out */
+	struct client_probe_result pres;
 	struct job *next;
 };
 
@@ -295,7 +300,9 @@ job_finish(struct job *j, int code, const char *status, const char *text)
 	struct client_pool *p = j->pool;
 	size_t i;
 
-	for (i = 0; i < j->txn->nrcpt; i++)
+	if (j->txn == NULL && !j->pres.up)       /* a probe that failed */
+		snprintf(j->pres.error, sizeof(j->pres.error), "%s", text);
+	for (i = 0; j->txn != NULL && i < j->txn->nrcpt; i++)
 		if (j->txn->results[i].code == 0)
 			set_result(&j->txn->results[i], code, status, text, "none");
 	free(j->eps);
@@ -326,6 +333,11 @@ on_done(evutil_socket_t fd, short what, void *arg)
 		p->done_tail = NULL;
 	else
 		event_active(p->done_ev, EV_TIMEOUT, 0);
+	if (j->probe != NULL) {
+		j->probe(&j->pres, j->probe_arg);
+		free(j);
+		return;
+	}
 	txn = j->txn;
 	free(j);
 	txn->done(txn, txn->arg);
@@ -731,6 +743,8 @@ send_hello(struct conn *c)
 {
 	evbuffer_add_printf(bufferevent_get_output(c->bev), "%s %s\r\n",
 			    c->helo_sent ? "HELO" : c->tp->hello, c->pool->helo_name);
+	if (c->job != NULL)
+		c->job->hello_usec = mono_usec();
 	memset(&c->caps, 0, sizeof(c->caps));
 	c->state = CS_LHLO;
 }
@@ -876,6 +890,35 @@ tls_established(struct conn *c)
 	send_hello(c);
 }
 
+/*
+ * A probe's LHLO was answered: the endpoint is up. It is taken off the
+ * dead list (deliveries try it in its turn again), the connection ends
+ * with QUIT, and the result goes out from the loop. Returns false: c is
+ * gone.
+ */
+static bool
+probe_end(struct conn *c)
+{
+	struct job *j = c->job;
+	struct epstate *s;
+
+	j->pres.up = true;
+	j->pres.latency_usec = mono_usec() - j->hello_usec;
+	j->pres.caps = c->caps;
+	j->pres.error[0] = '\0';
+	snprintf(j->pres.relay, sizeof(j->pres.relay), "%s", c->relay);
+	if ((s = epstate(c->pool, c->relay, false)) != NULL)
+		s->dead_until = 0;
+	if ((s = epstate(c->pool, j->epname, false)) != NULL)
+		s->dead_until = 0;
+	c->job = NULL;
+	c->state = CS_IDLE;
+	conn_quit(c);
+	job_finish(j, 250, "2.0.0", "");
+	conn_free(c);
+	return false;
+}
+
 /* Returns false when c is gone. */
 static bool
 handle_reply(struct conn *c, const struct reply *r)
@@ -902,6 +945,8 @@ handle_reply(struct conn *c, const struct reply *r)
 		if (!c->helo_sent && c->pool->set.hello_caps != NULL && c->job != NULL &&
 		    c->job->ep != NULL)
 			c->pool->set.hello_caps(c->job->ep, &c->caps, c->pool->set.hello_caps_arg);
+		if (c->job != NULL && c->job->probe != NULL)
+			return probe_end(c);
 		return after_hello(c);
 	case CS_STARTTLS:
 		if (r->code == 220)
@@ -1307,9 +1352,9 @@ conn_try(struct conn *c)
 	char err[ERR_MAX];
 	size_t i;
 
-	for (i = 0; i < j->txn->nrcpt && j->txn->results[i].code != 0; i++)
+	for (i = 0; j->txn != NULL && i < j->txn->nrcpt && j->txn->results[i].code != 0; i++)
 		;
-	if (i == j->txn->nrcpt) {       /* every recipient has its answer */
+	if (j->txn != NULL && i == j->txn->nrcpt) {     /* every recipient has its answer */
 		c->job = NULL;
 		job_finish(j, 451, "4.3.0", "");
 		conn_free(c);
@@ -1508,8 +1553,11 @@ client_pool_free(struct client_pool *p)
 		struct deliv_txn *t = j->txn;
 
 		done = j->next;
+		if (j->probe != NULL)
+			j->probe(&j->pres, j->probe_arg);
 		free(j);
-		t->done(t, t->arg);
+		if (t != NULL)
+			t->done(t, t->arg);
 	}
 }
 
@@ -1549,5 +1597,40 @@ client_deliver(struct client_pool *p, const char *dest, const struct endpoint *e
 		d->head = j;
 	d->tail = j;
 	/* connections start from the loop, so nothing happens in here */
+	schedule_kick(p);
+}
+
+void
+client_probe(struct client_pool *p, const struct endpoint *ep, client_probe_cb *cb, void *arg)
+{
+	struct job *j = xcalloc(1, sizeof(*j));
+	char name[EPKEY_MAX + 8];
+	struct dest *d;
+
+	j->pool = p;
+	j->probe = cb;
+	j->probe_arg = arg;
+	j->eps = xcalloc(1, sizeof(*j->eps));
+	j->eps[0] = *ep;
+	j->neps = 1;
+	endpoint_format(ep, j->pres.endpoint, sizeof(j->pres.endpoint));
+	/* a destination of its own: never an idle delivery connection, never
+	 * a place in the deliveries' queue */
+	snprintf(name, sizeof(name), "probe %s", j->pres.endpoint);
+	for (d = p->dests; d != NULL; d = d->next)
+		if (strcmp(d->name, name) == 0)
+			break;
+	if (d == NULL) {
+		d = xcalloc(1, sizeof(*d));
+		d->name = xstrdup(name);
+		d->tp = &transports[ep->proto == EP_SMTP ? EP_SMTP : EP_LMTP];
+		d->next = p->dests;
+		p->dests = d;
+	}
+	if (d->tail)
+		d->tail->next = j;
+	else
+		d->head = j;
+	d->tail = j;
 	schedule_kick(p);
 }

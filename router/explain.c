@@ -241,64 +241,43 @@ text_report(FILE *out, const struct config *cf, struct router *r, const char *ad
 /* ---- JSON ---- */
 
 static void
-json_str(FILE *out, const char *s)
-{
-	const unsigned char *p;
-
-	if (s == NULL) {
-		fputs("null", out);
-		return;
-	}
-	fputc('"', out);
-	for (p = (const unsigned char *)s; *p; p++) {
-		if (*p == '"' || *p == '\\')
-			fprintf(out, "\\%c", *p);
-		else if (*p < 0x20 || *p >= 0x7f)
-			fprintf(out, "\\u%04x", *p);
-		else
-			fputc(*p, out);
-	}
-	fputc('"', out);
-}
-
-static void
 json_route(FILE *out, const struct route *rt)
 {
 	char ep[ENDPOINT_PATH_MAX + 32];
 	size_t i;
 
 	fputs("{\"original\": ", out);
-	json_str(out, rt->original);
+	json_put_str(out, rt->original);
 	fputs(", \"address\": ", out);
-	json_str(out, rt->address);
+	json_put_str(out, rt->address);
 	fputs(", \"kind\": ", out);
-	json_str(out, route_kind_name(rt->kind));
+	json_put_str(out, route_kind_name(rt->kind));
 	fputs(", \"via\": ", out);
-	json_str(out, route_via_name(rt->via));
+	json_put_str(out, route_via_name(rt->via));
 	fputs(", \"node\": ", out);
-	json_str(out, rt->node[0] ? rt->node : NULL);
+	json_put_str(out, rt->node[0] ? rt->node : NULL);
 	fputs(", \"endpoints\": [", out);
 	for (i = 0; i < rt->nendpoints; i++) {
 		const struct endpoint *e = &rt->endpoints[i];
 
 		endpoint_format(e, ep, sizeof(ep));
 		fputs(i ? ", {\"endpoint\": " : "{\"endpoint\": ", out);
-		json_str(out, ep);
+		json_put_str(out, ep);
 		if (e->kind == EP_UNIX) {
 			fputs(", \"path\": ", out);
-			json_str(out, e->path);
+			json_put_str(out, e->path);
 		} else {
 			fputs(", \"host\": ", out);
-			json_str(out, e->host);
+			json_put_str(out, e->host);
 			fprintf(out, ", \"port\": %u, \"literal\": %s", e->port,
 				e->literal ? "true" : "false");
 		}
 		fputc('}', out);
 	}
 	fputs("], \"status\": ", out);
-	json_str(out, rt->status);
+	json_put_str(out, rt->status);
 	fputs(", \"reason\": ", out);
-	json_str(out, rt->reason);
+	json_put_str(out, rt->reason);
 	fputc('}', out);
 }
 
@@ -308,12 +287,12 @@ json_trace(FILE *out, const struct route_trace *t)
 	size_t i;
 
 	fputs("{\"address\": ", out);
-	json_str(out, t->address);
+	json_put_str(out, t->address);
 	fputs(", \"steps\": [", out);
 	for (i = 0; i < t->nnotes; i++) {
 		if (i)
 			fputs(", ", out);
-		json_str(out, t->notes[i]);
+		json_put_str(out, t->notes[i]);
 	}
 	fputs("], \"route\": ", out);
 	if (t->route >= 0)
@@ -339,13 +318,13 @@ json_report(FILE *out, const struct config *cf, struct router *r, const char *ad
 	size_t i;
 
 	fputs("{\"address\": ", out);
-	json_str(out, address);
+	json_put_str(out, address);
 	fputs(",\n \"rcpt\": {\"reply\": ", out);
-	json_str(out, rcpt_verdict_status(v));
+	json_put_str(out, rcpt_verdict_status(v));
 	fputs(", \"verdict\": ", out);
-	json_str(out, verdict_name(v));
+	json_put_str(out, verdict_name(v));
 	fputs(", \"reason\": ", out);
-	json_str(out, why);
+	json_put_str(out, why);
 	fputs("},\n \"maps\": {", out);
 	router_maps(r, maps);
 	for (i = 0; i < ROUTER_NMAPS; i++) {
@@ -355,23 +334,23 @@ json_report(FILE *out, const struct config *cf, struct router *r, const char *ad
 			continue;
 		}
 		fputs("{\"spec\": ", out);
-		json_str(out, map_spec(maps[i]));
+		json_put_str(out, map_spec(maps[i]));
 		if (map_ready(maps[i], err, sizeof(err)) == 0) {
 			fputs(", \"ok\": true, \"error\": null}", out);
 		} else {
 			fputs(", \"ok\": false, \"error\": ", out);
-			json_str(out, err);
+			json_put_str(out, err);
 			fputc('}', out);
 		}
 	}
 	fputs("},\n \"failover_node\": ", out);
-	json_str(out, cf->failover_node);
+	json_put_str(out, cf->failover_node);
 	fputs(", \"recipient_delimiter\": ", out);
-	json_str(out, cf->recipient_delimiter);
+	json_put_str(out, cf->recipient_delimiter);
 	fputs(", \"relay_host\": ", out);
-	json_str(out, cf->relay_host);
+	json_put_str(out, cf->relay_host);
 	fputs(", \"smtp_tls_security_level\": ", out);
-	json_str(out, tls_level_names[cf->smtp_tls_security_level]);
+	json_put_str(out, tls_level_names[cf->smtp_tls_security_level]);
 	fputs(",\n \"expansion\": ", out);
 	json_trace(out, t);
 	fputs(",\n \"recipients\": [", out);
@@ -399,9 +378,9 @@ router_explain(const struct config *cf, const char *address, bool json, FILE *ou
 	if (used < 0 || (size_t)used != len) {
 		if (json) {
 			fputs("{\"address\": ", out);
-			json_str(out, address);
+			json_put_str(out, address);
 			fputs(", \"error\": ", out);
-			json_str(out, used < 0 ? awhy : "trailing characters after the address");
+			json_put_str(out, used < 0 ? awhy : "trailing characters after the address");
 			fputs("}\n", out);
 		} else {
 			fprintf(out, "%s: not an address: %s\n", address,
@@ -413,9 +392,9 @@ router_explain(const struct config *cf, const char *address, bool json, FILE *ou
 	if ((r = router_open(cf, err, sizeof(err))) == NULL) {
 		if (json) {
 			fputs("{\"address\": ", out);
-			json_str(out, addr);
+			json_put_str(out, addr);
 			fputs(", \"error\": ", out);
-			json_str(out, err);
+			json_put_str(out, err);
 			fputs("}\n", out);
 		} else {
 			fprintf(out, "%s: cannot route: %s\n", addr, err);

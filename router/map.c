@@ -210,6 +210,43 @@ db_close(void *h)
 	db->close(db, 0);
 }
 
+static int
+db_each(void *h, void (*fn)(const char *key, const char *val, void *arg), void *arg,
+	char *err, size_t errlen)
+{
+	DB *db = h;
+	DBC *cur;
+	DBT k, v;
+	char key[MAP_KEY_MAX + 1], *val = xmalloc(MAP_VALUE_MAX + 1);
+	int ret;
+
+	if ((ret = db->cursor(db, NULL, &cur, 0)) != 0) {
+		snprintf(err, errlen, "cursor: %s", db_strerror(ret));
+		free(val);
+		return -1;
+	}
+	memset(&k, 0, sizeof(k));
+	memset(&v, 0, sizeof(v));
+	while ((ret = cur->get(cur, &k, &v, DB_NEXT)) == 0) {
+		/* what sortermap writes fits; anything else is skipped */
+		if (k.size > MAP_KEY_MAX || v.size > MAP_VALUE_MAX ||
+		    memchr(k.data, '\0', k.size) || memchr(v.data, '\0', v.size))
+			continue;
+		memcpy(key, k.data, k.size);
+		key[k.size] = '\0';
+		memcpy(val, v.data, v.size);
+		val[v.size] = '\0';
+		fn(key, val, arg);
+	}
+	cur->close(cur);
+	free(val);
+	if (ret != DB_NOTFOUND) {
+		snprintf(err, errlen, "listing: %s", db_strerror(ret));
+		return -1;
+	}
+	return 0;
+}
+
 /* The first line holding key, for "duplicate key" messages. */
 static unsigned long
 first_line_of(const char *name, const char *src, size_t len, const char *key)
@@ -350,10 +387,10 @@ btree_build(const char *arg, const char *name, const char *src, size_t len,
 }
 
 static const struct map_backend hash_backend = {
-	"hash", hash_open, db_lookup, db_stamp, db_close, hash_build, NULL,
+	"hash", hash_open, db_lookup, db_stamp, db_close, hash_build, NULL, db_each,
 };
 static const struct map_backend btree_backend = {
-	"btree", btree_open, db_lookup, db_stamp, db_close, btree_build, NULL,
+	"btree", btree_open, db_lookup, db_stamp, db_close, btree_build, NULL, db_each,
 };
 static const struct map_backend *const backends[] = {
 	&hash_backend, &btree_backend, &map_ldap_backend,
@@ -541,6 +578,27 @@ map_get(struct map *m, const char *key, char *val, size_t vallen, char *err, siz
 	if (st == MAP_TEMPFAIL)
 		snprintf(err, errlen, "%s: %s", m->spec, why);
 	return st;
+}
+
+int
+map_each(struct map *m, void (*fn)(const char *key, const char *val, void *arg), void *arg,
+	 char *err, size_t errlen)
+{
+	char why[256];
+
+	if (m->be->each == NULL) {
+		snprintf(err, errlen, "%s: a map of this type cannot be listed", m->spec);
+		return -1;
+	}
+	if (map_refresh(m) < 0) {
+		snprintf(err, errlen, "%s: %s", m->spec, m->err);
+		return -1;
+	}
+	if (m->be->each(m->h, fn, arg, why, sizeof(why)) < 0) {
+		snprintf(err, errlen, "%s: %s", m->spec, why);
+		return -1;
+	}
+	return 0;
 }
 
 int

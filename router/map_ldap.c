@@ -748,5 +748,5 @@ lmap_lookup(void *h, const char *key, size_t keylen, char *val, size_t vallen,
 }
 
 const struct map_backend map_ldap_backend = {
-	"ldap", lmap_open, lmap_lookup, NULL, lmap_close, NULL, lmap_set_wakeup,
+	"ldap", lmap_open, lmap_lookup, NULL, lmap_close, NULL, lmap_set_wakeup, NULL,
 };

@@ -365,6 +365,13 @@ nodecaps_smtputf8(struct nodecaps *nc, const struct endpoint *ep)
 	return e == NULL ? -1 : e->caps.smtputf8 ? 1 : 0;
 }
 
+const struct nodecaps_entry *
+nodecaps_get(struct nodecaps *nc, const char *key)
+{
+	refresh(nc);
+	return find(nc, key);
+}
+
 void
 nodecaps_load(struct nodecaps *nc)
 {

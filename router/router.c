@@ -1010,6 +1010,39 @@ router_check_maps(struct router *r, char *err, size_t errlen)
 	return 0;
 }
 
+struct nodes_walk {
+	void (*fn)(const char *node, const struct endpoint *eps, size_t neps, void *arg);
+	void *arg;
+};
+
+static void
+node_entry(const char *key, const char *val, void *arg)
+{
+	struct nodes_walk *w = arg;
+	struct endpoint eps[ROUTER_ENDPOINTS_MAX];
+	const char *why;
+	int n;
+
+	if (strlen(key) > ROUTER_NODE_MAX)
+		return;
+	n = endpoint_parse_list(val, eps, ROUTER_ENDPOINTS_MAX, &why);
+	w->fn(key, eps, n < 0 ? 0 : (size_t)n, w->arg);
+}
+
+int
+router_nodes(struct router *r,
+	     void (*fn)(const char *node, const struct endpoint *eps, size_t neps, void *arg),
+	     void *arg, char *err, size_t errlen)
+{
+	struct nodes_walk w = { fn, arg };
+
+	if (r->node == NULL) {
+		snprintf(err, errlen, "no node_map configured");
+		return -1;
+	}
+	return map_each(r->node, node_entry, &w, err, errlen);
+}
+
 void
 router_set_wakeup(struct router *r, int fd)
 {

@@ -88,6 +88,10 @@ struct map_backend {
 	 * fd -1 (the default) it waits for the answer, at most the map's own
 	 * timeout. Such a handle may be looked up from several threads. */
 	void (*set_wakeup)(void *h, int fd);
+	/* NULL when the map cannot be listed (ldap:). Else calls fn for each
+	 * entry, key and value NUL-terminated; 0, or -1 with err. */
+	int (*each)(void *h, void (*fn)(const char *key, const char *val, void *arg), void *arg,
+		    char *err, size_t errlen);
 };
 
 struct map;
@@ -115,6 +119,11 @@ bool map_thread_safe(const struct map *m);
 /* 0 when the map can answer right now, else -1 with the reason (sorterd -t). */
 int map_ready(struct map *m, char *err, size_t errlen);
 const char *map_spec(const struct map *m);
+/* Every entry of the map (after the check for a rebuilt file), for small
+ * maps that are listed (node_map for `sorterctl nodes`): 0, or -1 with err
+ * when the map cannot be read or listed (ldap:). */
+int map_each(struct map *m, void (*fn)(const char *key, const char *val, void *arg), void *arg,
+	     char *err, size_t errlen);
 void map_close(struct map *m);
 /*
  * Compiles map source text (len bytes, read from the file `name`) into the
@@ -342,6 +351,12 @@ void router_close(struct router *r);
  * smtp_tls_policy_map (NULL when not configured). */
 #define ROUTER_NMAPS 5
 void router_maps(struct router *r, struct map *maps[ROUTER_NMAPS]);
+/* Each node of node_map with its endpoints (those of an entry that does
+ * not parse: none), in the map's order: 0, or -1 with err when there is
+ * no node_map or it cannot be listed. */
+int router_nodes(struct router *r,
+		 void (*fn)(const char *node, const struct endpoint *eps, size_t neps, void *arg),
+		 void *arg, char *err, size_t errlen);
 /* Every map of the router answers MAP_PENDING rather than wait (see
  * map_set_wakeup); fd -1 = wait again. */
 void router_set_wakeup(struct router *r, int fd);
@@ -501,6 +516,9 @@ void nodecaps_close(struct nodecaps *nc);
  * when nothing is known (not lmtp, never seen, no file, a damaged file).
  * One stat() per call; the file is read again only when it was replaced. */
 int nodecaps_smtputf8(struct nodecaps *nc, const struct endpoint *ep);
+/* Reader: the entry of the endpoint written as key (endpoint_format), or
+ * NULL when nothing is known; valid until the next call. */
+const struct nodecaps_entry *nodecaps_get(struct nodecaps *nc, const char *key);
 /* Writer (the queue manager): reads the file as it is now, once at start;
  * then records what ep offered, rewriting the file (temporary file +
  * rename) only when that differs from what it holds. 1 = written, 0 = no
@@ -703,5 +721,27 @@ void client_pool_free(struct client_pool *p);
  */
 void client_deliver(struct client_pool *p, const char *dest, const struct endpoint *eps,
 		  size_t neps, struct deliv_txn *txn);
+
+/*
+ * A health probe of one endpoint: connect (each address of a DNS name in
+ * turn, until one answers), greeting, LHLO (EHLO for smtp), QUIT. Up when
+ * the greeting command is answered 2xx; its capabilities then go to
+ * hello_caps as a delivery's would, and the endpoint leaves the list of
+ * failed ones (deliveries try it in its turn again); a failure puts it
+ * there, as a delivery's failure does. cb runs from the loop, never from
+ * inside this call, once; at client_pool_free a probe under way reports
+ * down.
+ */
+struct client_probe_result {
+	char endpoint[ADDR_DOMAIN_MAX + ENDPOINT_PATH_MAX + 32];  /* endpoint_format() */
+	bool up;
+	char relay[RELAY_MAX];          /* the address that answered */
+	char error[512];                /* why not, when down */
+	uint64_t latency_usec;          /* from the greeting command to its reply */
+	struct ehlo_caps caps;
+};
+
+typedef void client_probe_cb(const struct client_probe_result *r, void *arg);
+void client_probe(struct client_pool *p, const struct endpoint *ep, client_probe_cb *cb, void *arg);
 
 #endif

@@ -46,6 +46,7 @@ check_same(const struct qstatus *a, const struct qstatus *b)
 
 	CHECK(a->attempts == b->attempts);
 	CHECK(a->warned == b->warned);
+	CHECK(a->parked == b->parked && a->parked_since == b->parked_since);
 	CHECK(a->nitems == b->nitems);
 	for (i = 0; i < a->nitems; i++) {
 		CHECK(a->items[i].kind == b->items[i].kind);
@@ -63,7 +64,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	if (qstatus_parse((const char *)data, size, &st) < 0) {
 		/* refused: nothing half-filled is left behind */
-		CHECK(st.nitems == 0 && st.items == NULL && st.attempts == 0 && !st.warned);
+		CHECK(st.nitems == 0 && st.items == NULL && st.attempts == 0 && !st.warned &&
+		      st.parked == 0 && st.parked_since == 0);
 		return 0;
 	}
 	for (i = 0; i < st.nitems; i++) {

@@ -954,6 +954,10 @@ static const struct status_case status_cases[] = {
 	{ .in = "error\tx\tfoo\n", .rc = -1 },
 	{ .in = "done\t99999999999999999999999\ta@b\n", .rc = -1 },
 	{ .in = "bogus\t1\n", .rc = -1 },
+	{ .in = "parked\t1\n", .rc = -1 },
+	{ .in = "parked\tx\t1\n", .rc = -1 },
+	{ .in = "parked\t1\t\n", .rc = -1 },
+	{ .in = "parked\t1\t2\t3\n", .rc = -1 },
 	{ .in = "error\t1\ta\0b\n", .len = 13, .rc = -1 },
 };
 
@@ -1010,6 +1014,23 @@ START_TEST(test_status_round_trip)
 	/* control characters never get into the file */
 	qstatus_set_error(&back, 2, "a\tb\rc\nd");
 	ck_assert_str_eq(qstatus_error(&back, 2), "a b c d");
+	qstatus_free(&back);
+	qstatus_free(&st);
+	dstr_free(&d);
+
+	/* time spent parked: written only when there is some, read back */
+	qstatus_init(&st);
+	ck_assert_uint_eq(qstatus_parked(&st, 1000), 0);
+	st.parked = 30;
+	st.parked_since = 900;
+	ck_assert_uint_eq(qstatus_parked(&st, 1000), 130);
+	ck_assert_uint_eq(qstatus_parked(&st, 800), 30);       /* a clock step back */
+	dstr_init(&d, 0);
+	qstatus_format(&st, &d);
+	ck_assert_str_eq(d.s, "attempts\t0\nwarned\t0\nparked\t30\t900\n");
+	ck_assert_int_eq(qstatus_parse(d.s, d.len, &back), 0);
+	ck_assert_uint_eq(back.parked, 30);
+	ck_assert_uint_eq(back.parked_since, 900);
 	qstatus_free(&back);
 	qstatus_free(&st);
 	dstr_free(&d);
