@@ -106,9 +106,19 @@ count_received(const unsigned char *p, size_t len)
 static bool
 has_8bit(const unsigned char *p, size_t len)
 {
-	size_t i;
+	size_t i = 0;
+	uint64_t w, acc = 0;
 
-	for (i = 0; i < len; i++)
+	/* eight bytes at a time: any high bit in any of them */
+	for (; i + 8 <= len; i += 8) {
+		memcpy(&w, p + i, 8);
+		acc |= w;
+		if ((i & 4095) == 4088 && (acc & 0x8080808080808080ull))
+			return true;
+	}
+	if (acc & 0x8080808080808080ull)
+		return true;
+	for (; i < len; i++)
 		if (p[i] & 0x80)
 			return true;
 	return false;
@@ -119,7 +129,7 @@ has_8bit(const unsigned char *p, size_t len)
 static int
 scan_content(struct qmsg *mq)
 {
-	unsigned char *buf = xmalloc(CONTENT_SCAN);
+	static unsigned char buf[CONTENT_SCAN];        /* the loop's, one scan at a time */
 	size_t off = 0, n, hlen = 0;
 	bool hdr8 = false, hdr_done = false;
 
@@ -128,13 +138,8 @@ scan_content(struct qmsg *mq)
 		n = mq->m.content_len - off;
 		if (n > CONTENT_SCAN)
 			n = CONTENT_SCAN;
-		if (spool_content_read(mq->fd, &mq->m, off, buf, n) < 0) {
-			int saved = errno;
-
-			free(buf);
-			errno = saved;
+		if (spool_content_read(mq->fd, &mq->m, off, buf, n) < 0)
 			return -1;
-		}
 		if (off == 0) {
 			hlen = header_end(buf, n);
 			hdr_done = hlen < n || n == mq->m.content_len;
@@ -147,7 +152,6 @@ scan_content(struct qmsg *mq)
 			break;  /* nothing more to learn */
 		off += n;
 	}
-	free(buf);
 	/* a header section past the first piece: 8-bit if the content is */
 	if (!hdr_done)
 		hdr8 = mq->eightbit;

@@ -143,6 +143,9 @@ int spool_load(const char *path, spool_read_fn rd, struct spool_file *f,
  * imported, importing/OLDID.NEWID.STATE: import.c); id names it. */
 int spool_load_as(const char *path, const char *id, spool_read_fn rd, struct spool_file *f,
 		  char *err, size_t errlen);
+/* What spool_load() reads first (16 KiB: all the records of most files);
+ * then more, doubling, up to the content. Tests make it small. */
+extern size_t spool_head_first;
 /* Reads n content bytes from offset off of the content (0 = its first
  * byte) of a file spool_load() opened as fd. Returns 0, or -1 with errno
  * (EIO when the file ends early). */

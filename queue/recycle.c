@@ -190,10 +190,11 @@ recycle_put(struct recycler *r, int from_fd, const char *id, uint64_t size)
 		pthread_mutex_lock(&r->lock);
 		now = now_usec();
 		if (r->count >= RECYCLE_POOL_MAX && now >= r->recount_after_usec) {
-			/* writers take files without saying so: count again, at
-			 * most once a second */
+			/* writers take files without saying so: the count only ever
+			 * overstates; count again when it says full, at most every
+			 * 20 ms (a readdir of at most RECYCLE_POOL_MAX names) */
 			r->count = read_free(r->free_fd, NULL, 0);
-			r->recount_after_usec = now + 1000000;
+			r->recount_after_usec = now + 20000;
 		}
 		if (r->count < RECYCLE_POOL_MAX) {
 			r->count++;

@@ -316,6 +316,8 @@ parse_view(const struct view *v, struct spool_msg *m, char *err, size_t errlen)
 			FAIL("duplicate record 'M' at offset %zu", off);
 		if (have_content && type != SPOOL_REC_END && !(have_end && type == SPOOL_REC_PAD))
 			FAIL("record %s at offset %zu after the content", type_name(type, tn), off);
+		if (type == SPOOL_REC_END && rlen != 0)       /* before its data is asked for */
+			FAIL("end marker at offset %zu has length %zu", off, rlen);
 		data = NULL;
 		if (type != SPOOL_REC_CONTENT && type != SPOOL_REC_PAD) {
 			if ((data = view_at(v, off + SPOOL_REC_HDR, rlen)) == NULL)
@@ -381,8 +383,6 @@ parse_view(const struct view *v, struct spool_msg *m, char *err, size_t errlen)
 		case SPOOL_REC_END:
 			if (!have_content)
 				FAIL("end marker at offset %zu before the content", off);
-			if (rlen != 0)
-				FAIL("end marker at offset %zu has length %zu", off, rlen);
 			have_end = true;
 			break;
 		case SPOOL_REC_PAD:
@@ -494,7 +494,7 @@ read_at(int fd, spool_read_fn rd, unsigned char *buf, size_t n, size_t off)
 	return 0;
 }
 
-#define HEAD_FIRST (16 * 1024)  /* read first: all the records of most files */
+size_t spool_head_first = 16 * 1024;
 
 int
 spool_load(const char *path, spool_read_fn rd, struct spool_file *f, char *err, size_t errlen)
@@ -547,7 +547,9 @@ spool_load_as(const char *path, const char *name, spool_read_fn rd, struct spool
 	size = (size_t)st.st_size;
 	memset(&v, 0, sizeof(v));
 	v.file_len = size;
-	cap = size < HEAD_FIRST ? size : HEAD_FIRST;
+	cap = size < spool_head_first ? size : spool_head_first;
+	if (cap == 0 && size > 0)
+		cap = 1;
 	for (;;) {
 		if (cap > f->head_len) {
 			f->head = xrealloc(f->head, cap ? cap : 1);

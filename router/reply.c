@@ -255,10 +255,11 @@ dotstuff_init(struct dotstuff *d)
 size_t
 dotstuff(struct dotstuff *d, const unsigned char *in, size_t len, unsigned char *out)
 {
-	size_t i, o = 0;
+	const unsigned char *cr, *lf;
+	size_t i = 0, o = 0, end;
 	unsigned char c;
 
-	for (i = 0; i < len; i++) {
+	while (i < len) {
 		c = in[i];
 		if (d->cr) {
 			/* the CR read before this byte ends a line either way:
@@ -267,22 +268,34 @@ dotstuff(struct dotstuff *d, const unsigned char *in, size_t len, unsigned char 
 			out[o++] = '\r';
 			out[o++] = '\n';
 			d->mid_line = false;
-			if (c == '\n')
+			if (c == '\n') {
+				i++;
 				continue;
+			}
 		}
 		if (c == '\r') {
 			d->cr = true;
+			i++;
 			continue;
 		}
 		if (c == '\n') {
 			out[o++] = '\r';
 			out[o++] = '\n';
 			d->mid_line = false;
+			i++;
 			continue;
 		}
 		if (c == '.' && !d->mid_line)
 			out[o++] = '.';
-		out[o++] = c;
+		/* the rest of the line up to its CR or LF goes as it is, in one copy */
+		cr = memchr(in + i, '\r', len - i);
+		end = cr != NULL ? (size_t)(cr - in) : len;
+		lf = memchr(in + i, '\n', end - i);
+		if (lf != NULL)
+			end = (size_t)(lf - in);
+		memcpy(out + o, in + i, end - i);
+		o += end - i;
+		i = end;
 		d->mid_line = true;
 	}
 	return o;
