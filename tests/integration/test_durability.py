@@ -166,6 +166,7 @@ class FsyncOrderTest(SorterTestCase):
         for n in range(30):             # delivered: their files go to free/
             self.send(c, n, 5000)
         self.assertTrue(wait_until(lambda: len(os.listdir(free)) >= 30, 30), d.log_tail())
+        time.sleep(0.3)     # a worker that found free/ empty looks again after 100 ms
         acks = {}
         for n in range(30, 54):
             qid, t250, size = self.send(c, n, (200, 5000, 150000)[n % 3])
