@@ -48,6 +48,7 @@ struct worker {
 	struct event *master_ev, *accept_resume_ev;
 	unsigned long accept_failures; /* since the last warning */
 	uint64_t accept_warned_usec;   /* when that warning went out */
+	uint64_t full_warned_usec;     /* when "smtpd_max_sessions reached" went out */
 	struct session *sessions;      /* doubly linked, for draining */
 	int nsessions;
 	bool draining;

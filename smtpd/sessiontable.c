@@ -149,6 +149,17 @@ session_table_enter(struct session_table *t, int w, const unsigned char addr[16]
 	return free_slot;
 }
 
+bool
+session_table_full(struct session_table *t, int max_total)
+{
+	bool full;
+
+	lock(t);
+	full = t->total >= max_total;
+	pthread_mutex_unlock(&t->lock);
+	return full;
+}
+
 void
 session_table_leave(struct session_table *t, int w, int slot)
 {

@@ -166,6 +166,8 @@ struct session_table *session_table_create(int nworkers, int max_sessions);
 int session_table_enter(struct session_table *t, int w, const unsigned char addr[16],
 			int max_total, int max_per_client, int rate_per_minute, time_t now);
 void session_table_leave(struct session_table *t, int w, int slot);
+/* Whether max_total sessions are open, all workers together. */
+bool session_table_full(struct session_table *t, int max_total);
 /* Forgets every session of worker w (after that worker died). */
 void session_table_clear(struct session_table *t, int w);
 /* The table's key for a client: 16 bytes, IPv4 mapped to IPv6. */

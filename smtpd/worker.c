@@ -52,6 +52,8 @@
 #define ACCEPTS_PER_WAKEUP 32
 #define ACCEPT_PAUSE_MSEC 1000
 #define ACCEPT_WARN_USEC 1000000
+#define FULL_PAUSE_MSEC 10              /* smtpd_max_sessions reached: look again after */
+#define FULL_WARN_USEC 60000000
 
 static void
 client_ip(const struct sockaddr *sa, char *buf, size_t len)
@@ -322,6 +324,23 @@ on_accept(evutil_socket_t lfd, short what, void *arg)
 	int fd, i;
 
 	for (i = 0; i < ACCEPTS_PER_WAKEUP; i++) {
+		/* at smtpd_max_sessions, new clients wait in the listen queue (as
+		 * with Postfix's process limit) until a session ends, instead of
+		 * being refused: a burst from a sender's pool of connections, or
+		 * a session that reconnects at once after its QUIT, goes through */
+		if (session_table_full(w->st, w->cf->smtpd_max_sessions)) {
+			struct timeval tv = { 0, FULL_PAUSE_MSEC * 1000 };
+			uint64_t now = now_usec();
+
+			if (w->full_warned_usec == 0 || now - w->full_warned_usec >= FULL_WARN_USEC) {
+				msg_warn("smtpd_max_sessions=%d reached: new clients wait until a "
+					 "session ends", w->cf->smtpd_max_sessions);
+				w->full_warned_usec = now;
+			}
+			listeners_off(w);
+			evtimer_add(w->accept_resume_ev, &tv);
+			return;
+		}
 		sl = sizeof(ss);
 		fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0) {
