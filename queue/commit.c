@@ -189,7 +189,7 @@ commit_pool_create(struct event_base *base, const char *spool_dir, int nthreads)
 	snprintf(path, sizeof(path), "%s/hold", spool_dir);
 	p->hold = dirsync_open(path);
 	p->io = iopool_create(base, nthreads);
-	p->rec = recycler_open(spool_dir);
+	p->rec = recycler_open(spool_dir, 0);      /* it only takes files */
 	return p;
 }
 

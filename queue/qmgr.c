@@ -453,6 +453,47 @@ msg_route(struct qmsg *mq)
 	}
 }
 
+/* ---- recycled files ---- */
+
+struct prefill {
+	struct recycler *rec;
+	char ids[RECYCLE_PREFILL][QID_LEN + 1];
+	int made, err;
+};
+
+static void
+prefill_work(void *arg)
+{
+	struct prefill *p = arg;
+
+	p->made = recycle_fill(p->rec, p->ids, RECYCLE_PREFILL);
+	p->err = p->made < 0 ? errno : 0;
+}
+
+static void
+prefill_done(void *arg)
+{
+	struct prefill *p = arg;
+
+	if (p->made < 0)
+		msg_warn("cannot make queue files to recycle in free/: %s", strerror(p->err));
+	free(p);
+}
+
+/* free/ gets its first files on an I/O thread, while mail already flows
+ * (a writer that finds none makes a new file, as always). */
+static void
+prefill_start(struct qmgr *q)
+{
+	struct prefill *p = xcalloc(1, sizeof(*p));
+	size_t i;
+
+	p->rec = q->rec;
+	for (i = 0; i < RECYCLE_PREFILL; i++)
+		qid_next(p->ids[i]);     /* on the loop: ids are not made on threads */
+	iopool_run(q->io, prefill_work, prefill_done, p);
+}
+
 /* ---- taking messages in ---- */
 
 /* The active set is bounded by count and by bytes (the bytes of the files
@@ -867,7 +908,7 @@ qmgr_main(struct config *cf, struct counters *ctr, int master_fd)
 		msg_fatal("open the spool %s: %s", cf->spool_dir, strerror(errno));
 	snprintf(path, sizeof(path), "%s/active", cf->spool_dir);
 	q.active_ds = dirsync_open(path);
-	q.rec = recycler_open(cf->spool_dir);
+	q.rec = recycler_open(cf->spool_dir, (uint64_t)cf->queue_minfree);
 	snprintf(path, sizeof(path), "%s/defer", cf->spool_dir);
 	q.defer_ds = dirsync_open(path);
 	q.base = event_base_new();
@@ -898,6 +939,7 @@ qmgr_main(struct config *cf, struct counters *ctr, int master_fd)
 	q.client = client_pool_new(q.base, &ls);
 	q.commit = commit_pool_create(q.base, cf->spool_dir, 4);
 	q.io = iopool_create(q.base, 8);
+	prefill_start(&q);
 
 	q.wake_fd = wake_socket(cf->spool_dir);
 	q.wake_ev = event_new(q.base, q.wake_fd, EV_READ | EV_PERSIST, on_wake, &q);

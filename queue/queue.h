@@ -280,9 +280,13 @@ void qmgr_stats(struct qmgr *q, struct dstr *out);
 #define RECYCLE_ROUND (16 * 1024)       /* a new queue file is padded to a multiple */
 #define RECYCLE_POOL_MAX 1024           /* files kept in free/ */
 #define RECYCLE_FILE_MAX (256 * 1024)   /* bigger ones are unlinked */
+#define RECYCLE_PREFILL 256             /* files in free/ after a start */
+#define RECYCLE_RESERVE (64ULL << 20)   /* free space beyond queue_minfree free/ leaves */
 
 struct recycler;
-struct recycler *recycler_open(const char *spool_dir);
+/* minfree: queue_minfree; free/ keeps files only while the file system has
+ * that much and RECYCLE_RESERVE more free, and gives them back below it. */
+struct recycler *recycler_open(const char *spool_dir, uint64_t minfree);
 void recycler_close(struct recycler *r);
 /* A file from free/, renamed into tmp_fd's folder as id and open for
  * writing (its length in *size), or -1 when there is none (r may be NULL). */
@@ -297,6 +301,10 @@ int recycle_pad(int fd, uint64_t end, uint64_t size);
  * or -1 with errno from the unlink. The caller makes from_fd's folder
  * durable (a directory fsync) as after an unlink. */
 int recycle_put(struct recycler *r, int from_fd, const char *id, uint64_t size);
+/* Fills free/ up to n files (each RECYCLE_ROUND zero bytes, fdatasync'd),
+ * named from ids (n unused queue ids). Slow (a new file's fsync each): for
+ * an I/O thread. Returns how many it made, or -1 with errno. */
+int recycle_fill(struct recycler *r, char (*ids)[QID_LEN + 1], size_t n);
 
 #define QUEUE_NDIRS 6
 int queue_open_dirs(const char *spool_dir, int fds[QUEUE_NDIRS]);

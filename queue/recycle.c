@@ -16,7 +16,11 @@
  * start-up removes it. The old bytes past the new message are covered by a
  * padding record (queue.h) and never read; a new file is padded with zeros
  * up to the next RECYCLE_ROUND bytes, so that the next message written
- * over it finds its blocks there. free/ holds at most RECYCLE_POOL_MAX
+ * over it finds its blocks there. At start the queue manager fills free/
+ * with RECYCLE_PREFILL such files, so that a new spool is fast from its
+ * first message. free/ keeps files only while the file system has
+ * queue_minfree and RECYCLE_RESERVE more free; short of that, what it
+ * holds is given back. free/ holds at most RECYCLE_POOL_MAX
  * files of at most RECYCLE_FILE_MAX bytes; the rest are unlinked. free/
  * is nobody's queue: nothing there is read, listed or delivered.
  *
@@ -32,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -42,6 +47,8 @@
 
 struct recycler {
 	int free_fd;                    /* free/ */
+	int tmp_fd;                     /* tmp/, where new files for free/ are made */
+	uint64_t minfree;               /* queue_minfree: free/ never eats into it */
 	pthread_mutex_t lock;
 	char names[NAMES_MAX][QID_LEN + 1];     /* the writer's: seen in free/, not taken yet */
 	size_t nnames;
@@ -51,14 +58,19 @@ struct recycler {
 };
 
 struct recycler *
-recycler_open(const char *spool_dir)
+recycler_open(const char *spool_dir, uint64_t minfree)
 {
 	struct recycler *r = xcalloc(1, sizeof(*r));
 	char path[4096];
 
+	r->minfree = minfree;
 	snprintf(path, sizeof(path), "%s/free", spool_dir);
 	r->free_fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (r->free_fd < 0)
+		msg_fatal("open %s: %s", path, strerror(errno));
+	snprintf(path, sizeof(path), "%s/tmp", spool_dir);
+	r->tmp_fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (r->tmp_fd < 0)
 		msg_fatal("open %s: %s", path, strerror(errno));
 	pthread_mutex_init(&r->lock, NULL);
 	r->count = RECYCLE_POOL_MAX;    /* unknown: counted before the first file goes in */
@@ -71,6 +83,7 @@ recycler_close(struct recycler *r)
 	if (r == NULL)
 		return;
 	close(r->free_fd);
+	close(r->tmp_fd);
 	pthread_mutex_destroy(&r->lock);
 	free(r);
 }
@@ -100,6 +113,30 @@ read_free(int free_fd, char (*names)[QID_LEN + 1], size_t max)
 	}
 	closedir(d);
 	return n;
+}
+
+/* Whether the file system has room for free/ to keep a file: more free
+ * than queue_minfree plus RECYCLE_RESERVE, so that recycled files never
+ * stand between a new message and the disk. */
+static bool
+room(const struct recycler *r)
+{
+	struct statvfs sv;
+
+	if (fstatvfs(r->free_fd, &sv) < 0)
+		return false;
+	return (uint64_t)sv.f_bavail * (uint64_t)sv.f_frsize >= r->minfree + RECYCLE_RESERVE;
+}
+
+/* Short of room: up to NAMES_MAX files of free/ are unlinked. */
+static void
+release(struct recycler *r)
+{
+	char names[NAMES_MAX][QID_LEN + 1];
+	size_t n = read_free(r->free_fd, names, NAMES_MAX), i;
+
+	for (i = 0; i < n; i++)
+		unlinkat(r->free_fd, names[i], 0);
 }
 
 int
@@ -186,6 +223,10 @@ recycle_put(struct recycler *r, int from_fd, const char *id, uint64_t size)
 	uint64_t now;
 	bool keep = false;
 
+	if (r != NULL && size <= RECYCLE_FILE_MAX && !room(r)) {
+		release(r);
+		return unlinkat(from_fd, id, 0);
+	}
 	if (r != NULL && size <= RECYCLE_FILE_MAX) {
 		pthread_mutex_lock(&r->lock);
 		now = now_usec();
@@ -205,4 +246,35 @@ recycle_put(struct recycler *r, int from_fd, const char *id, uint64_t size)
 	if (keep && renameat2(from_fd, id, r->free_fd, id, RENAME_NOREPLACE) == 0)
 		return 0;
 	return unlinkat(from_fd, id, 0);
+}
+
+int
+recycle_fill(struct recycler *r, char (*ids)[QID_LEN + 1], size_t n)
+{
+	static const char zeros[RECYCLE_ROUND];
+	size_t have = read_free(r->free_fd, NULL, 0), made = 0, i;
+	int fd, err;
+
+	for (i = 0; i < n && have + made < n && room(r); i++) {
+		/* made in tmp/ (start-up removes it there), complete before
+		 * free/ shows it: a writer must never take a file still growing */
+		fd = openat(r->tmp_fd, ids[i], O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+		if (fd < 0)
+			return -1;
+		err = write_all(fd, zeros, sizeof(zeros)) < 0 || fdatasync(fd) < 0;
+		if (close(fd) < 0)
+			err = 1;
+		if (err || renameat2(r->tmp_fd, ids[i], r->free_fd, ids[i], RENAME_NOREPLACE) < 0) {
+			int saved = errno;
+
+			unlinkat(r->tmp_fd, ids[i], 0);
+			errno = saved;
+			return -1;
+		}
+		made++;
+	}
+	pthread_mutex_lock(&r->lock);
+	r->count = RECYCLE_POOL_MAX;    /* counted again when next needed */
+	pthread_mutex_unlock(&r->lock);
+	return (int)made;
 }

@@ -455,6 +455,8 @@ class FullDiskTest(SorterTestCase):
             self.assertEqual(fields["id"], [m["id"]])
             self.assertIn(body.replace("\r\n", "\n"), stored, "message %s is cut" % m["id"])
         self.assertEqual(corrupt_files(d), [])
+        # recycled files never hold space a small or full file system needs
+        self.assertEqual(os.listdir(os.path.join(d.spool, "free")), [])
 
 
 if __name__ == "__main__":

@@ -414,7 +414,7 @@ END_TEST
  * small and free/ has room, else it is unlinked. */
 START_TEST(test_recycle_put)
 {
-	struct recycler *r = recycler_open(spool);
+	struct recycler *r = recycler_open(spool, 0);
 	char path[256], id[QID_LEN + 1];
 	int dfd, fd, i;
 
@@ -433,6 +433,31 @@ START_TEST(test_recycle_put)
 }
 END_TEST
 
+/* The start-up fill: free/ gets files of RECYCLE_ROUND bytes up to the
+ * count asked for, through tmp/, and a second fill finds it full. */
+START_TEST(test_recycle_fill)
+{
+	struct recycler *r = recycler_open(spool, 0);
+	char ids[5][QID_LEN + 1], path[256];
+	struct stat sb;
+	size_t i;
+
+	for (i = 0; i < 5; i++)
+		qid_next(ids[i]);
+	ck_assert_int_eq(recycle_fill(r, ids, 5), 5);
+	ck_assert_uint_eq(count("free"), 5);
+	ck_assert_uint_eq(count("tmp"), 0);
+	snprintf(path, sizeof(path), "%s/free/%s", spool, ids[4]);
+	ck_assert_int_eq(stat(path, &sb), 0);
+	ck_assert_int_eq(sb.st_size, RECYCLE_ROUND);
+	for (i = 0; i < 5; i++)
+		qid_next(ids[i]);
+	ck_assert_int_eq(recycle_fill(r, ids, 5), 0);
+	ck_assert_uint_eq(count("free"), 5);
+	recycler_close(r);
+}
+END_TEST
+
 static Suite *
 stream_suite(void)
 {
@@ -445,6 +470,7 @@ stream_suite(void)
 	tcase_add_test(tc, test_abort);
 	tcase_add_loop_test(tc, test_recycle, 0, 4);
 	tcase_add_test(tc, test_recycle_put);
+	tcase_add_test(tc, test_recycle_fill);
 	tcase_add_test(tc, test_edit);
 	suite_add_tcase(s, tc);
 	return s;
