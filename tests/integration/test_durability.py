@@ -456,7 +456,7 @@ class FullDiskTest(SorterTestCase):
             self.assertIn(body.replace("\r\n", "\n"), stored, "message %s is cut" % m["id"])
         self.assertEqual(corrupt_files(d), [])
         # recycled files never hold space a small or full file system needs
-        self.assertEqual(os.listdir(os.path.join(d.spool, "free")), [])
+        self.assertEqual(os.listdir(os.path.join(self.mnt, "spool", "free")), [])
 
 
 if __name__ == "__main__":
