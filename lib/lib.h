@@ -341,6 +341,15 @@ bool word_is(const char *s, size_t n, const char *w);
 void qid_init(unsigned slot);
 void qid_next(char out[QID_LEN + 1]);
 bool qid_valid(const char *s);
+
+/* The next line of a small strict text file of ours (spool_dir/nodecaps,
+ * spool_dir/drained, the queue manager's node report): every line ends
+ * with LF and holds printable ASCII only; empty lines and "#" lines are
+ * skipped. *p moves past what was read, *lineno counts the lines. Returns
+ * 1 with the line (without its LF) in *line and *len, 0 at the end, or -1
+ * with *why when a line breaks those rules or is longer than max. */
+int text_line_next(const char **p, const char *end, unsigned long *lineno, size_t max,
+		   const char **line, size_t *len, const char **why);
 /* When a valid id was issued: microseconds since the epoch */
 uint64_t qid_usec(const char *id);
 uint64_t now_usec(void);

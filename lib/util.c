@@ -185,3 +185,38 @@ json_put_str(FILE *out, const char *s)
 	}
 	fputc('"', out);
 }
+
+int
+text_line_next(const char **p, const char *end, unsigned long *lineno, size_t max,
+	       const char **line, size_t *len, const char **why)
+{
+	const char *l, *eol;
+	size_t n, i;
+
+	while (*p < end) {
+		l = *p;
+		eol = memchr(l, '\n', (size_t)(end - l));
+		(*lineno)++;
+		if (eol == NULL) {
+			*why = "last line has no newline";
+			return -1;
+		}
+		*p = eol + 1;
+		n = (size_t)(eol - l);
+		if (n > max) {
+			*why = "line too long";
+			return -1;
+		}
+		for (i = 0; i < n; i++)
+			if ((unsigned char)l[i] < 0x20 || (unsigned char)l[i] >= 0x7f) {
+				*why = "control or 8-bit byte";
+				return -1;
+			}
+		if (n == 0 || l[0] == '#')
+			continue;
+		*line = l;
+		*len = n;
+		return 1;
+	}
+	return 0;
+}

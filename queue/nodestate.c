@@ -109,74 +109,61 @@ nodestate_next(struct nodestate_source *s, struct nodestate_rec *r, char *err, s
 	char canon[NODESTATE_EP_MAX];
 	struct endpoint ep;
 	size_t n, i;
+	int rc;
 
-	while (s->p < s->end) {
-		line = s->p;
-		eol = memchr(line, '\n', (size_t)(s->end - line));
-		s->line++;
-		if (eol == NULL)
-			return fail(s, err, errlen, "last line has no newline");
-		s->p = eol + 1;
-		n = (size_t)(eol - line);
-		if (n > NODESTATE_LINE_MAX)
-			return fail(s, err, errlen, "line too long");
-		for (i = 0; i < n; i++)
-			if ((unsigned char)line[i] < 0x20 || (unsigned char)line[i] >= 0x7f)
-				return fail(s, err, errlen, "control or 8-bit byte");
-		if (n == 0 || line[0] == '#')
-			continue;
-
-		memset(r, 0, sizeof(*r));
-		p = line;
+	rc = text_line_next(&s->p, s->end, &s->line, NODESTATE_LINE_MAX, &line, &n, &why);
+	if (rc <= 0)
+		return rc < 0 ? fail(s, err, errlen, why) : 0;
+	eol = line + n;
+	memset(r, 0, sizeof(*r));
+	p = line;
+	if (!word(&p, eol, &w, &n))
+		return fail(s, err, errlen, "no record type");
+	if (n == 4 && memcmp(w, "node", 4) == 0)
+		r->type = NSR_NODE;
+	else if (n == 7 && memcmp(w, "drained", 7) == 0)
+		r->type = NSR_DRAINED;
+	else if (n == 8 && memcmp(w, "endpoint", 8) == 0)
+		r->type = NSR_ENDPOINT;
+	else
+		return fail(s, err, errlen, "unknown record type");
+	if (!word(&p, eol, &w, &n) || !nodestate_name_ok(w, n))
+		return fail(s, err, errlen, "bad node name");
+	memcpy(r->node, w, n);
+	if (r->type == NSR_DRAINED) {
+		if (!word(&p, eol, &w, &n) || !parse_u64(w, n, &r->since))
+			return fail(s, err, errlen, "bad time");
+	} else if (r->type == NSR_ENDPOINT) {
+		if (!word(&p, eol, &w, &n) || n >= sizeof(r->endpoint) ||
+		    endpoint_parse(w, n, &ep, &why) < 0)
+			return fail(s, err, errlen, "bad endpoint");
+		endpoint_format(&ep, canon, sizeof(canon));
+		if (strlen(canon) != n || memcmp(canon, w, n) != 0)
+			return fail(s, err, errlen, "endpoint not in its canonical form");
+		memcpy(r->endpoint, w, n);
 		if (!word(&p, eol, &w, &n))
-			return fail(s, err, errlen, "no record type");
-		if (n == 4 && memcmp(w, "node", 4) == 0)
-			r->type = NSR_NODE;
-		else if (n == 7 && memcmp(w, "drained", 7) == 0)
-			r->type = NSR_DRAINED;
-		else if (n == 8 && memcmp(w, "endpoint", 8) == 0)
-			r->type = NSR_ENDPOINT;
-		else
-			return fail(s, err, errlen, "unknown record type");
-		if (!word(&p, eol, &w, &n) || !nodestate_name_ok(w, n))
-			return fail(s, err, errlen, "bad node name");
-		memcpy(r->node, w, n);
-		if (r->type == NSR_DRAINED) {
-			if (!word(&p, eol, &w, &n) || !parse_u64(w, n, &r->since))
-				return fail(s, err, errlen, "bad time");
-		} else if (r->type == NSR_ENDPOINT) {
-			if (!word(&p, eol, &w, &n) || n >= sizeof(r->endpoint) ||
-			    endpoint_parse(w, n, &ep, &why) < 0)
-				return fail(s, err, errlen, "bad endpoint");
-			endpoint_format(&ep, canon, sizeof(canon));
-			if (strlen(canon) != n || memcmp(canon, w, n) != 0)
-				return fail(s, err, errlen, "endpoint not in its canonical form");
-			memcpy(r->endpoint, w, n);
-			if (!word(&p, eol, &w, &n))
-				return fail(s, err, errlen, "no state");
-			for (i = 0; i < sizeof(health_names) / sizeof(health_names[0]); i++)
-				if (strlen(health_names[i]) == n && memcmp(health_names[i], w, n) == 0)
-					break;
-			if (i == sizeof(health_names) / sizeof(health_names[0]))
-				return fail(s, err, errlen, "bad state");
-			r->health = (enum node_ep_health)i;
-			if (!word(&p, eol, &w, &n) || !parse_u64(w, n, &r->latency_usec))
-				return fail(s, err, errlen, "bad latency");
-			if (!word(&p, eol, &w, &n) || !parse_u64(w, n, &r->since))
-				return fail(s, err, errlen, "bad probe time");
-			if (eol[-1] == ' ' || (p < eol && p[0] == ' '))
-				return fail(s, err, errlen, "stray space");
-			n = (size_t)(eol - p);
-			if (n >= sizeof(r->error))
-				return fail(s, err, errlen, "error text too long");
-			memcpy(r->error, p, n);
-			return 1;
-		}
-		if (p != eol || eol[-1] == ' ')
-			return fail(s, err, errlen, "stray bytes at the end");
+			return fail(s, err, errlen, "no state");
+		for (i = 0; i < sizeof(health_names) / sizeof(health_names[0]); i++)
+			if (strlen(health_names[i]) == n && memcmp(health_names[i], w, n) == 0)
+				break;
+		if (i == sizeof(health_names) / sizeof(health_names[0]))
+			return fail(s, err, errlen, "bad state");
+		r->health = (enum node_ep_health)i;
+		if (!word(&p, eol, &w, &n) || !parse_u64(w, n, &r->latency_usec))
+			return fail(s, err, errlen, "bad latency");
+		if (!word(&p, eol, &w, &n) || !parse_u64(w, n, &r->since))
+			return fail(s, err, errlen, "bad probe time");
+		if (eol[-1] == ' ' || (p < eol && p[0] == ' '))
+			return fail(s, err, errlen, "stray space");
+		n = (size_t)(eol - p);
+		if (n >= sizeof(r->error))
+			return fail(s, err, errlen, "error text too long");
+		memcpy(r->error, p, n);
 		return 1;
 	}
-	return 0;
+	if (p != eol || eol[-1] == ' ')
+		return fail(s, err, errlen, "stray bytes at the end");
+	return 1;
 }
 
 /* Error text as the reader takes it: printable ASCII, no space at either

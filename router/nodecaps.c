@@ -141,52 +141,39 @@ nodecaps_next(struct nodecaps_source *s, struct nodecaps_entry *e, char *err, si
 	const char *line, *eol, *p, *t, *why = NULL;
 	char canon[NODECAPS_KEY_MAX];
 	struct endpoint ep;
-	size_t n, i;
+	size_t n;
+	int rc;
 
-	while (s->p < s->end) {
-		line = s->p;
-		eol = memchr(line, '\n', (size_t)(s->end - line));
-		s->line++;
-		if (eol == NULL)
-			return fail(s, err, errlen, "last line has no newline");
-		s->p = eol + 1;
-		n = (size_t)(eol - line);
-		if (n > NODECAPS_LINE_MAX)
-			return fail(s, err, errlen, "line too long");
-		for (i = 0; i < n; i++)
-			if ((unsigned char)line[i] < 0x20 || (unsigned char)line[i] >= 0x7f)
-				return fail(s, err, errlen, "control or 8-bit byte");
-		if (n == 0 || line[0] == '#')
-			continue;
-
-		memset(e, 0, sizeof(*e));
-		/* the endpoint, in the form endpoint_format() writes */
-		for (p = line; p < eol && *p != ' '; p++)
-			;
-		if ((size_t)(p - line) >= sizeof(e->endpoint) ||
-		    endpoint_parse(line, (size_t)(p - line), &ep, &why) < 0 || ep.proto != EP_LMTP)
-			return fail(s, err, errlen, "not an lmtp endpoint");
-		endpoint_format(&ep, canon, sizeof(canon));
-		if (strlen(canon) != (size_t)(p - line) || memcmp(canon, line, (size_t)(p - line)) != 0)
-			return fail(s, err, errlen, "endpoint not in its canonical form");
-		memcpy(e->endpoint, canon, strlen(canon) + 1);
-		if (p == eol || *p++ != ' ')
-			return fail(s, err, errlen, "no time after the endpoint");
+	rc = text_line_next(&s->p, s->end, &s->line, NODECAPS_LINE_MAX, &line, &n, &why);
+	if (rc <= 0)
+		return rc < 0 ? fail(s, err, errlen, why) : 0;
+	eol = line + n;
+	memset(e, 0, sizeof(*e));
+	/* the endpoint, in the form endpoint_format() writes */
+	for (p = line; p < eol && *p != ' '; p++)
+		;
+	if ((size_t)(p - line) >= sizeof(e->endpoint) ||
+	    endpoint_parse(line, (size_t)(p - line), &ep, &why) < 0 || ep.proto != EP_LMTP)
+		return fail(s, err, errlen, "not an lmtp endpoint");
+	endpoint_format(&ep, canon, sizeof(canon));
+	if (strlen(canon) != (size_t)(p - line) || memcmp(canon, line, (size_t)(p - line)) != 0)
+		return fail(s, err, errlen, "endpoint not in its canonical form");
+	memcpy(e->endpoint, canon, strlen(canon) + 1);
+	if (p == eol || *p++ != ' ')
+		return fail(s, err, errlen, "no time after the endpoint");
+	for (t = p; p < eol && *p != ' '; p++)
+		;
+	if (!parse_u64(t, (size_t)(p - t), &e->since))
+		return fail(s, err, errlen, "bad time");
+	while (p < eol) {
+		if (*p++ != ' ' || p == eol || *p == ' ')
+			return fail(s, err, errlen, "stray space");
 		for (t = p; p < eol && *p != ' '; p++)
 			;
-		if (!parse_u64(t, (size_t)(p - t), &e->since))
-			return fail(s, err, errlen, "bad time");
-		while (p < eol) {
-			if (*p++ != ' ' || p == eol || *p == ' ')
-				return fail(s, err, errlen, "stray space");
-			for (t = p; p < eol && *p != ' '; p++)
-				;
-			if (!caps_keyword(t, (size_t)(p - t), &e->caps, &why))
-				return fail(s, err, errlen, why);
-		}
-		return 1;
+		if (!caps_keyword(t, (size_t)(p - t), &e->caps, &why))
+			return fail(s, err, errlen, why);
 	}
-	return 0;
+	return 1;
 }
 
 void
