@@ -1561,12 +1561,36 @@ client_pool_free(struct client_pool *p)
 	}
 }
 
+/* Queues job j for destination name (made on first use, with the transport
+ * of proto); connections start from the loop, so nothing happens in here. */
+static void
+enqueue(struct client_pool *p, const char *name, enum endpoint_proto proto, struct job *j)
+{
+	struct dest *d;
+
+	for (d = p->dests; d != NULL; d = d->next)
+		if (strcmp(d->name, name) == 0)
+			break;
+	if (d == NULL) {
+		d = xcalloc(1, sizeof(*d));
+		d->name = xstrdup(name);
+		d->tp = &transports[proto == EP_SMTP ? EP_SMTP : EP_LMTP];
+		d->next = p->dests;
+		p->dests = d;
+	}
+	if (d->tail)
+		d->tail->next = j;
+	else
+		d->head = j;
+	d->tail = j;
+	schedule_kick(p);
+}
+
 void
 client_deliver(struct client_pool *p, const char *dest, const struct endpoint *eps,
 	     size_t neps, struct deliv_txn *txn)
 {
 	struct job *j = xcalloc(1, sizeof(*j));
-	struct dest *d;
 	size_t i;
 
 	j->pool = p;
@@ -1581,23 +1605,7 @@ client_deliver(struct client_pool *p, const char *dest, const struct endpoint *e
 	j->eps = xcalloc(neps, sizeof(*eps));
 	memcpy(j->eps, eps, neps * sizeof(*eps));
 	j->neps = neps;
-	for (d = p->dests; d != NULL; d = d->next)
-		if (strcmp(d->name, dest) == 0)
-			break;
-	if (d == NULL) {
-		d = xcalloc(1, sizeof(*d));
-		d->name = xstrdup(dest);
-		d->tp = &transports[eps[0].proto == EP_SMTP ? EP_SMTP : EP_LMTP];
-		d->next = p->dests;
-		p->dests = d;
-	}
-	if (d->tail)
-		d->tail->next = j;
-	else
-		d->head = j;
-	d->tail = j;
-	/* connections start from the loop, so nothing happens in here */
-	schedule_kick(p);
+	enqueue(p, dest, eps[0].proto, j);
 }
 
 void
@@ -1605,7 +1613,6 @@ client_probe(struct client_pool *p, const struct endpoint *ep, client_probe_cb *
 {
 	struct job *j = xcalloc(1, sizeof(*j));
 	char name[EPKEY_MAX + 8];
-	struct dest *d;
 
 	j->pool = p;
 	j->probe = cb;
@@ -1617,20 +1624,5 @@ client_probe(struct client_pool *p, const struct endpoint *ep, client_probe_cb *
 	/* a destination of its own: never an idle delivery connection, never
 	 * a place in the deliveries' queue */
 	snprintf(name, sizeof(name), "probe %s", j->pres.endpoint);
-	for (d = p->dests; d != NULL; d = d->next)
-		if (strcmp(d->name, name) == 0)
-			break;
-	if (d == NULL) {
-		d = xcalloc(1, sizeof(*d));
-		d->name = xstrdup(name);
-		d->tp = &transports[ep->proto == EP_SMTP ? EP_SMTP : EP_LMTP];
-		d->next = p->dests;
-		p->dests = d;
-	}
-	if (d->tail)
-		d->tail->next = j;
-	else
-		d->head = j;
-	d->tail = j;
-	schedule_kick(p);
+	enqueue(p, name, ep->proto, j);
 }
