@@ -9,7 +9,8 @@ import unittest
 
 import os
 
-from harness import LOCAL_DOMAIN, SorterTestCase, build_dir, message, wait_until, write_map
+from harness import (LOCAL_DOMAIN, Sorterd, SorterTestCase, build_dir, message, wait_until,
+                     write_map)
 from smtpsink import SmtpSink, free_port_on
 
 RCPT = "user@" + LOCAL_DOMAIN
@@ -291,30 +292,44 @@ class BigMessageMemoryTest(SorterTestCase):
     """The queue manager sends a message from its queue file in pieces: its memory does not
     grow with the size of the messages it delivers."""
 
+    @staticmethod
+    def peak_kib(pid):
+        with open("/proc/%d/status" % pid) as f:
+            return [int(l.split()[1]) for l in f if l.startswith("VmHWM:")][0]
+
     def test_qmgr_peak_memory_independent_of_message_size(self):
+        import fsrec
         sink = SmtpSink(os.path.join(self.tmp, "sink"), "127.0.0.1", free_port_on("127.0.0.1"),
                         extra_args=["-L"])
         sink.start()
         self.addCleanup(sink.stop)
-        d = self.sorterd(failover_node="lmtp:[127.0.0.1]:%d" % sink.port,
-                         message_size_limit="64m")
-        line = "y" * 998 + "\r\n"
-        body = line * 20000                  # 20 MB
-        qids = []
-        for k in range(3):
+        d = Sorterd(os.path.join(self.tmp, "d"), start=False,
+                    failover_node="lmtp:[127.0.0.1]:%d" % sink.port, message_size_limit="64m")
+        if fsrec.asan_runtime(os.path.join(d.build, "sorterd")):
+            # the sanitizer keeps freed memory in quarantine: it would count every piece
+            # that ever went through the qmgr, not what it holds
+            d.argv_prefix = ("env", "ASAN_OPTIONS=quarantine_size_mb=0")
+        self.daemons.append(d)
+        self.addCleanup(self._finish, d)
+        d.start()
+
+        def send(subject, body):
             c = self.connect(d)
-            r, qid = c.send_message(SENDER, [RCPT], message("big %d" % k, body))
+            r, qid = c.send_message(SENDER, [RCPT], message(subject, body))
             self.assertQueued(r, qid)
-            qids.append(qid)
             c.close()
-        for qid in qids:
             self.assertTrue(wait_until(lambda: d.log_lines(r"%s: to=<.*status=sent" % qid), 120),
                             d.log_tail())
+
+        # the peak after an ordinary message, then after three of 20 MB
+        send("small", "a small message\r\n")
+        base = self.peak_kib(d.qmgr_pid())
+        line = "y" * 998 + "\r\n"
+        for k in range(3):
+            send("big %d" % k, line * 20000)
         stored = [m["data"] for m in sink.messages()]
-        self.assertEqual(len(stored), 3)
-        for data in stored:
-            self.assertEqual(data.count(line.encode()), 20000)
-        with open("/proc/%d/status" % d.qmgr_pid()) as f:
-            hwm = [int(l.split()[1]) for l in f if l.startswith("VmHWM:")][0]
-        # a 20 MB message read whole would put the peak above 20 MiB
-        self.assertLess(hwm, 16 * 1024, "qmgr peak RSS %d KiB" % hwm)
+        self.assertEqual(len(stored), 4)
+        self.assertEqual(sorted(data.count(line.encode()) for data in stored), [0] + [20000] * 3)
+        grown = self.peak_kib(d.qmgr_pid()) - base
+        # a 20 MB message read whole would raise the peak by 20 MiB at least
+        self.assertLess(grown, 8 * 1024, "qmgr peak RSS grew by %d KiB" % grown)
