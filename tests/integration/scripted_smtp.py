@@ -133,17 +133,24 @@ class Session:
     # ---- replies ----
     def reply(self, cmd, arg, default):
         """The scripted reply to cmd (or default), sent; returns it."""
+        text = self.scripted_text(cmd, arg, default)
+        self.send_reply(text)
+        return text
+
+    def scripted_text(self, cmd, arg, default):
+        """The scripted reply to cmd (or default), not sent yet."""
         text = self.server._scripted(cmd, self, arg)
         if text is None:
             text = default
-        text = text.replace("{hostname}", self.server.hostname).replace(
+        return text.replace("{hostname}", self.server.hostname).replace(
             "{n}", str(len(self.server.transactions)))
+
+    def send_reply(self, text):
         if text == "DISCONNECT":
             raise _Closed()
         self.send(text)
         if text.startswith("421"):
             raise _Closed()
-        return text
 
     def keywords(self):
         kws = []
@@ -324,15 +331,17 @@ class Session:
         for rcpt in (txn["rcpts"] if self.server.lmtp else [""]):
             if limit is not None and len(body) > limit:
                 texts.append("552 5.3.4 Message size exceeds fixed limit")
-                self.send(texts[-1])
             else:
-                texts.append(self.reply("DOT", rcpt, DEFAULT_REPLIES["DOT"]))
-        text = texts[0]
+                texts.append(self.scripted_text("DOT", rcpt, DEFAULT_REPLIES["DOT"]))
+        # recorded before the replies go out: whoever sees the client's result finds the
+        # message here already
         with self.server.lock:
-            txn["data_reply"] = text
+            txn["data_reply"] = texts[0]
             txn["data_replies"] = texts
             txn["accepted"] = any(t.startswith("2") for t in texts)
         self.server._changed()
+        for text in texts:
+            self.send_reply(text)
 
     def do_RSET(self, arg):
         self.txn = None
