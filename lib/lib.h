@@ -350,6 +350,10 @@ bool qid_valid(const char *s);
  * with *why when a line breaks those rules or is longer than max. */
 int text_line_next(const char **p, const char *end, unsigned long *lineno, size_t max,
 		   const char **line, size_t *len, const char **why);
+/* CRC-32C (Castagnoli, as in iSCSI and ext4): crc32c(0, buf, len) for a
+ * whole buffer, or pass the previous result to continue over the next
+ * piece. The queue files' check record (queue.h). Thread-safe. */
+uint32_t crc32c(uint32_t crc, const void *buf, size_t len);
 /* When a valid id was issued: microseconds since the epoch */
 uint64_t qid_usec(const char *id);
 uint64_t now_usec(void);

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -32,6 +33,82 @@ qid_init(unsigned slot)
 {
 	qid_slot = slot & 31;
 	qid_last = 0;
+}
+
+/* ---- CRC-32C ----
+ * Slicing by 8 bytes in software; the SSE 4.2 instruction where the CPU
+ * has it (checked once, at start). Tables are made before main() runs, so
+ * threads only ever read them. */
+static uint32_t crc32c_table[8][256];
+static bool crc32c_hw;
+
+__attribute__((constructor)) static void
+crc32c_init(void)
+{
+	uint32_t c;
+	int i, k;
+
+	for (i = 0; i < 256; i++) {
+		c = (uint32_t)i;
+		for (k = 0; k < 8; k++)
+			c = c & 1 ? (c >> 1) ^ 0x82f63b78u : c >> 1;
+		crc32c_table[0][i] = c;
+	}
+	for (i = 0; i < 256; i++)
+		for (k = 1; k < 8; k++)
+			crc32c_table[k][i] = (crc32c_table[k - 1][i] >> 8) ^
+					     crc32c_table[0][crc32c_table[k - 1][i] & 0xff];
+#if defined(__x86_64__)
+	__builtin_cpu_init();
+	crc32c_hw = __builtin_cpu_supports("sse4.2");
+#endif
+}
+
+#if defined(__x86_64__)
+__attribute__((target("sse4.2"))) static uint32_t
+crc32c_sse42(uint32_t crc, const unsigned char *p, size_t len)
+{
+	uint64_t c = crc, v;
+
+	for (; len >= 8; p += 8, len -= 8) {
+		memcpy(&v, p, 8);
+		c = __builtin_ia32_crc32di(c, v);
+	}
+	crc = (uint32_t)c;
+	for (; len > 0; p++, len--)
+		crc = __builtin_ia32_crc32qi(crc, *p);
+	return crc;
+}
+#endif
+
+uint32_t
+crc32c(uint32_t crc, const void *buf, size_t len)
+{
+	const unsigned char *p = buf;
+	uint64_t v;
+
+	crc = ~crc;
+#if defined(__x86_64__)
+	if (crc32c_hw)
+		return ~crc32c_sse42(crc, p, len);
+#endif
+	for (; len > 0 && ((uintptr_t)p & 7) != 0; p++, len--)
+		crc = crc32c_table[0][(crc ^ *p) & 0xff] ^ (crc >> 8);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	for (; len >= 8; p += 8, len -= 8) {
+		memcpy(&v, p, 8);
+		v ^= crc;
+		crc = crc32c_table[7][v & 0xff] ^ crc32c_table[6][(v >> 8) & 0xff] ^
+		      crc32c_table[5][(v >> 16) & 0xff] ^ crc32c_table[4][(v >> 24) & 0xff] ^
+		      crc32c_table[3][(v >> 32) & 0xff] ^ crc32c_table[2][(v >> 40) & 0xff] ^
+		      crc32c_table[1][(v >> 48) & 0xff] ^ crc32c_table[0][v >> 56];
+	}
+#else
+	(void)v;
+#endif
+	for (; len > 0; p++, len--)
+		crc = crc32c_table[0][(crc ^ *p) & 0xff] ^ (crc >> 8);
+	return ~crc;
 }
 
 /* Not thread-safe: each process issues ids from its event loop only. */

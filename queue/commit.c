@@ -1,11 +1,19 @@
 /*
  * commit.c - the durable commit of new queue files, off the event loop.
  *
- * On an I/O thread the file is written into tmp/, fsync'd, renamed into
+ * On an I/O thread a new file is written into tmp/, fsync'd, renamed into
  * incoming/, and covered by a directory fsync of incoming/ that started
  * after the rename (a dirsync, shared with concurrent commits). Only then
  * does the job's callback run in the event loop, and only then may a 250
  * be sent.
+ *
+ * A stream written over a recycled file needs less: the file was claimed
+ * from free/ into tmp/ under its own name, and that name made durable, in a
+ * batch of claims sharing one fsync of tmp/ (the pool's reserve of slots)
+ * before the stream wrote a byte. Its id and check records (queue.h) make
+ * it a committed message where it stands once its data is fdatasync'd;
+ * the rename into incoming/ follows, not waited for (recycle.c says how a
+ * crash is recovered from).
  *
  * A spool stream does the same for a message whose content is still
  * arriving: the envelope and then the content go into the tmp/ file in
@@ -29,10 +37,12 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <stdint.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -40,12 +50,22 @@
 #include "lib/metrics.h"
 #include "queue/queue.h"
 
+#define SLOT_BATCH 32               /* files claimed from free/ per fsync of tmp/ */
+
 struct commit_pool {
 	struct iopool *io;
 	struct recycler *rec;       /* streams write over files from free/ */
 	int tmp_fd;
+	int free_fd;
+	struct dirsync *tmp;        /* claims */
 	struct dirsync *incoming;
 	struct dirsync *hold;
+	/* slots: files claimed into tmp/, their names durable, not written yet */
+	pthread_mutex_t slot_lock;
+	pthread_cond_t slot_cond;
+	bool claiming;              /* a thread is claiming a batch */
+	char slots[SLOT_BATCH][QID_LEN + 1];
+	size_t nslots;
 };
 
 #define STREAM_CHUNK (64 * 1024)    /* bytes handed to a thread at once */
@@ -53,8 +73,12 @@ struct commit_pool {
 struct spool_stream {
 	struct commit_pool *pool;
 	char id[QID_LEN + 1];
+	char name[QID_LEN + 1];     /* its name in tmp/: id, or a slot's own name */
+	bool slot;                  /* written over a claimed slot */
 	int fd;                     /* -1 until the first write job opened the file */
 	uint64_t file_size;         /* the file's length when taken (0: a new file) */
+	struct dstr head;           /* the records before the content, for the check */
+	uint32_t content_crc;       /* of the content written so far */
 	uint64_t off;               /* where the next write goes */
 	uint64_t content_hdr;       /* offset of the content record's header */
 	uint64_t content_len;       /* content bytes taken so far */
@@ -114,11 +138,13 @@ writev_all(int fd, struct iovec *iov, int n)
 static int
 commit_one(struct commit_pool *p, struct commit_job *job)
 {
-	unsigned char end[SPOOL_REC_HDR];
+	unsigned char end[SPOOL_REC_HDR], check[SPOOL_CHECK_REC];
 	int ifd = dirsync_fd(p->incoming);
-	struct iovec iov[3];
+	struct iovec iov[4];
 	int fd, err;
 
+	spool_check_encode(check, crc32c(0, job->head.s, job->head.len),
+			   crc32c(0, job->content.s, job->content.len));
 	spool_encode_end(end);
 	fd = openat(p->tmp_fd, job->id, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (fd < 0)
@@ -127,9 +153,11 @@ commit_one(struct commit_pool *p, struct commit_job *job)
 	iov[0].iov_len = job->head.len;
 	iov[1].iov_base = job->content.s;
 	iov[1].iov_len = job->content.len;
-	iov[2].iov_base = end;
-	iov[2].iov_len = sizeof(end);
-	if (writev_all(fd, iov, 3) < 0 || fsync(fd) < 0) {
+	iov[2].iov_base = check;
+	iov[2].iov_len = sizeof(check);
+	iov[3].iov_base = end;
+	iov[3].iov_len = sizeof(end);
+	if (writev_all(fd, iov, 4) < 0 || fsync(fd) < 0) {
 		err = errno;
 		close(fd);
 		unlinkat(p->tmp_fd, job->id, 0);
@@ -184,10 +212,18 @@ commit_pool_create(struct event_base *base, const char *spool_dir, int nthreads)
 	p->tmp_fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (p->tmp_fd < 0)
 		msg_fatal("open %s: %s", path, strerror(errno));
+	snprintf(path, sizeof(path), "%s/free", spool_dir);
+	p->free_fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (p->free_fd < 0)
+		msg_fatal("open %s: %s", path, strerror(errno));
+	snprintf(path, sizeof(path), "%s/tmp", spool_dir);
+	p->tmp = dirsync_open(path);
 	snprintf(path, sizeof(path), "%s/incoming", spool_dir);
 	p->incoming = dirsync_open(path);
 	snprintf(path, sizeof(path), "%s/hold", spool_dir);
 	p->hold = dirsync_open(path);
+	pthread_mutex_init(&p->slot_lock, NULL);
+	pthread_cond_init(&p->slot_cond, NULL);
 	p->io = iopool_create(base, nthreads);
 	p->rec = recycler_open(spool_dir, 0);      /* it only takes files */
 	return p;
@@ -205,10 +241,20 @@ commit_submit(struct commit_pool *p, struct commit_job *job)
 void
 commit_pool_destroy(struct commit_pool *p)
 {
+	size_t i;
+
 	iopool_destroy(p->io);
+	/* unused slots go back (their old content, never read) */
+	for (i = 0; i < p->nslots; i++)
+		if (renameat2(p->tmp_fd, p->slots[i], p->free_fd, p->slots[i], RENAME_NOREPLACE) < 0)
+			unlinkat(p->tmp_fd, p->slots[i], 0);
+	dirsync_close(p->tmp);
 	dirsync_close(p->incoming);
 	dirsync_close(p->hold);
 	recycler_close(p->rec);
+	pthread_mutex_destroy(&p->slot_lock);
+	pthread_cond_destroy(&p->slot_cond);
+	close(p->free_fd);
 	close(p->tmp_fd);
 	free(p);
 }
@@ -234,20 +280,78 @@ pwrite_all(int fd, const char *buf, size_t len, uint64_t off)
 	return 0;
 }
 
+/* on a thread: a slot (a claimed file of tmp/ whose name is durable),
+ * open for writing, its name in name and its length in *size; -1 when
+ * free/ has none. Claims a batch when the reserve is empty; one thread
+ * claims at a time, the others wait for its batch. */
+static int
+slot_take(struct commit_pool *p, char name[QID_LEN + 1], uint64_t *size)
+{
+	char names[SLOT_BATCH][QID_LEN + 1];
+	struct stat sb;
+	size_t n, i;
+	int fd, err;
+
+	pthread_mutex_lock(&p->slot_lock);
+	for (;;) {
+		if (p->nslots > 0) {
+			memcpy(name, p->slots[--p->nslots], QID_LEN + 1);
+			pthread_mutex_unlock(&p->slot_lock);
+			fd = openat(p->tmp_fd, name, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+			if (fd >= 0 && fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode)) {
+				*size = (uint64_t)sb.st_size;
+				return fd;
+			}
+			/* not a file we can use: gone, it will not come back */
+			if (fd >= 0)
+				close(fd);
+			unlinkat(p->tmp_fd, name, 0);
+			pthread_mutex_lock(&p->slot_lock);
+			continue;
+		}
+		if (p->claiming) {
+			pthread_cond_wait(&p->slot_cond, &p->slot_lock);
+			continue;
+		}
+		p->claiming = true;
+		pthread_mutex_unlock(&p->slot_lock);
+		n = recycle_claim(p->rec, p->tmp_fd, names, SLOT_BATCH);
+		err = n > 0 ? dirsync_wait(p->tmp) : 0;
+		if (err) {
+			/* names that may not survive a crash are no slots */
+			for (i = 0; i < n; i++)
+				unlinkat(p->tmp_fd, names[i], 0);
+			n = 0;
+		}
+		pthread_mutex_lock(&p->slot_lock);
+		p->claiming = false;
+		pthread_cond_broadcast(&p->slot_cond);
+		if (n == 0)
+			break;
+		memcpy(p->slots, names, n * sizeof(names[0]));
+		p->nslots = n;
+	}
+	pthread_mutex_unlock(&p->slot_lock);
+	return -1;
+}
+
 /* on a thread: the busy buffer goes to the file */
 static void
 stream_write_work(void *arg)
 {
 	struct spool_stream *st = arg;
+	uint64_t cstart = st->content_hdr + SPOOL_REC_HDR, skip;
 
 	if (st->error)
 		return;
 	if (st->fd < 0) {
 		/* a recycled file if there is one, else a new one */
-		st->fd = recycle_take(st->pool->rec, st->pool->tmp_fd, st->id, &st->file_size);
+		st->fd = slot_take(st->pool, st->name, &st->file_size);
+		st->slot = st->fd >= 0;
 		if (st->fd < 0) {
 			st->file_size = 0;
-			st->fd = openat(st->pool->tmp_fd, st->id,
+			memcpy(st->name, st->id, sizeof(st->name));
+			st->fd = openat(st->pool->tmp_fd, st->name,
 					O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 		}
 		if (st->fd < 0) {
@@ -255,8 +359,15 @@ stream_write_work(void *arg)
 			return;
 		}
 	}
-	if (pwrite_all(st->fd, st->busy.s, st->busy.len, st->off) < 0)
+	if (pwrite_all(st->fd, st->busy.s, st->busy.len, st->off) < 0) {
 		st->error = errno;
+		return;
+	}
+	if (st->off + st->busy.len > cstart) {
+		skip = st->off < cstart ? cstart - st->off : 0;
+		st->content_crc = crc32c(st->content_crc, st->busy.s + skip,
+					 st->busy.len - (size_t)skip);
+	}
 }
 
 static void stream_final(struct spool_stream *st);
@@ -313,7 +424,7 @@ static void
 stream_final_work(void *arg)
 {
 	struct spool_stream *st = arg;
-	unsigned char end[SPOOL_REC_HDR], len[4];
+	unsigned char end[SPOOL_REC_HDR], len[4], check[SPOOL_CHECK_REC];
 	int ifd = dirsync_fd(st->pool->incoming), err;
 
 	if (st->rfd >= 0) {
@@ -321,10 +432,10 @@ stream_final_work(void *arg)
 		st->rfd = -1;
 	}
 	if (st->end == STREAM_ABORT || st->error) {
-			if (st->fd >= 0) {
+		if (st->fd >= 0) {
 			close(st->fd);
 			st->fd = -1;
-			unlinkat(st->pool->tmp_fd, st->id, 0);
+			unlinkat(st->pool->tmp_fd, st->name, 0);
 		}
 		return;
 	}
@@ -341,10 +452,14 @@ stream_final_work(void *arg)
 	len[1] = (unsigned char)(st->content_len >> 16);
 	len[2] = (unsigned char)(st->content_len >> 8);
 	len[3] = (unsigned char)st->content_len;
-	/* fdatasync: the data and the length, all a reader needs; the name
-	 * is made durable by the directory fsync after the rename */
-	if (pwrite_all(st->fd, (const char *)end, sizeof(end), st->off) < 0 ||
-	    recycle_pad(st->fd, st->off + sizeof(end), st->file_size) < 0 ||
+	memcpy(st->head.s + st->content_hdr + 1, len, sizeof(len));
+	spool_check_encode(check, crc32c(0, st->head.s, st->head.len), st->content_crc);
+	/* fdatasync: the data and the length, all a reader needs; a new file's
+	 * name is made durable by the directory fsync after the rename, a
+	 * slot's was before the first write */
+	if (pwrite_all(st->fd, (const char *)check, sizeof(check), st->off) < 0 ||
+	    pwrite_all(st->fd, (const char *)end, sizeof(end), st->off + sizeof(check)) < 0 ||
+	    recycle_pad(st->fd, st->off + sizeof(check) + sizeof(end), st->file_size) < 0 ||
 	    pwrite_all(st->fd, (const char *)len, sizeof(len), st->content_hdr + 1) < 0 ||
 	    fdatasync(st->fd) < 0) {
 		st->error = errno;
@@ -354,14 +469,16 @@ stream_final_work(void *arg)
 	st->fd = -1;
 	if (err < 0) {
 		st->error = errno;
-		unlinkat(st->pool->tmp_fd, st->id, 0);
+		unlinkat(st->pool->tmp_fd, st->name, 0);
 		return;
 	}
-	if (renameat2(st->pool->tmp_fd, st->id, ifd, st->id, RENAME_NOREPLACE) < 0) {
+	if (renameat2(st->pool->tmp_fd, st->name, ifd, st->id, RENAME_NOREPLACE) < 0) {
 		st->error = errno;
-		unlinkat(st->pool->tmp_fd, st->id, 0);
+		unlinkat(st->pool->tmp_fd, st->name, 0);
 		return;
 	}
+	if (st->slot)
+		return;         /* committed at the fdatasync */
 	if ((st->error = dirsync_wait(st->pool->incoming)) != 0 && unlinkat(ifd, st->id, 0) < 0)
 		msg_warn("%s: cannot remove unacknowledged queue file: %s", st->id,
 			 strerror(errno));
@@ -369,7 +486,7 @@ stream_final_work(void *arg)
 fail:
 	close(st->fd);
 	st->fd = -1;
-	unlinkat(st->pool->tmp_fd, st->id, 0);
+	unlinkat(st->pool->tmp_fd, st->name, 0);
 }
 
 static void
@@ -383,6 +500,7 @@ stream_finished(void *arg)
 	st->done(st->arg, error);
 	dstr_free(&st->fill);
 	dstr_free(&st->busy);
+	dstr_free(&st->head);
 	spool_edit_free(st->edit);
 	free(st);
 }
@@ -418,7 +536,9 @@ spool_stream_open(struct commit_pool *p, const char *id, const struct dstr *head
 	st->content_hdr = head->len - SPOOL_REC_HDR;
 	dstr_init(&st->fill, 0);
 	dstr_init(&st->busy, 0);
+	dstr_init(&st->head, 0);
 	(void)dstr_append(&st->fill, head->s, head->len);
+	(void)dstr_append(&st->head, head->s, head->len);
 	st->resume = resume;
 	st->arg = arg;
 	return st;
@@ -499,7 +619,7 @@ read_work(void *arg)
 	struct spool_stream *st = rj->st;
 	ssize_t r;
 
-	if (st->rfd < 0 && (st->rfd = openat(st->pool->tmp_fd, st->id, O_RDONLY | O_CLOEXEC)) < 0) {
+	if (st->rfd < 0 && (st->rfd = openat(st->pool->tmp_fd, st->name, O_RDONLY | O_CLOEXEC)) < 0) {
 		rj->got = -errno;
 		return;
 	}
@@ -587,16 +707,18 @@ spool_edit_free(struct spool_edit *e)
 	free(e);
 }
 
-/* on a thread: the edited message into tmp/ID.edit, which then replaces
- * tmp/ID and goes where a commit goes */
+/* on a thread: the edited message into tmp/ID.edit, which goes where a
+ * commit goes (a new file: fsync, rename, directory fsync); the stream's
+ * own file is removed */
 static void
 stream_edit_work(struct spool_stream *st)
 {
 	struct spool_edit *e = st->edit;
 	struct dirsync *dir = e->hold ? st->pool->hold : st->pool->incoming;
-	unsigned char end[SPOOL_REC_HDR];
+	unsigned char end[SPOOL_REC_HDR], check[SPOOL_CHECK_REC];
 	char name[QID_LEN + 8], *buf = NULL;
 	uint64_t off, from, left;
+	uint32_t crc;
 	ssize_t r;
 	size_t n;
 	int nfd, dfd = dirsync_fd(dir);
@@ -615,13 +737,15 @@ stream_edit_work(struct spool_stream *st)
 	    pwrite_all(nfd, e->prefix.s, e->prefix.len, off + e->head.len) < 0)
 		goto fail_new;
 	off += e->head.len + e->prefix.len;
+	crc = crc32c(0, e->prefix.s, e->prefix.len);
 	if (e->body_new) {
 		if (pwrite_all(nfd, e->body.s, e->body.len, off) < 0)
 			goto fail_new;
 		off += e->body.len;
+		crc = crc32c(crc, e->body.s, e->body.len);
 	} else {
 		if (st->rfd < 0 &&
-		    (st->rfd = openat(st->pool->tmp_fd, st->id, O_RDONLY | O_CLOEXEC)) < 0)
+		    (st->rfd = openat(st->pool->tmp_fd, st->name, O_RDONLY | O_CLOEXEC)) < 0)
 			goto fail_new;
 		buf = xmalloc(STREAM_CHUNK);
 		from = st->content_hdr + SPOOL_REC_HDR + e->body_off;
@@ -638,14 +762,18 @@ stream_edit_work(struct spool_stream *st)
 			}
 			if (pwrite_all(nfd, buf, (size_t)r, off) < 0)
 				goto fail_new;
+			crc = crc32c(crc, buf, (size_t)r);
 			from += (uint64_t)r;
 			off += (uint64_t)r;
 		}
 		free(buf);
 		buf = NULL;
 	}
+	spool_check_encode(check, crc32c(0, e->head.s, e->head.len), crc);
 	spool_encode_end(end);
-	if (pwrite_all(nfd, (const char *)end, sizeof(end), off) < 0 || fsync(nfd) < 0)
+	if (pwrite_all(nfd, (const char *)check, sizeof(check), off) < 0 ||
+	    pwrite_all(nfd, (const char *)end, sizeof(end), off + sizeof(check)) < 0 ||
+	    fsync(nfd) < 0)
 		goto fail_new;
 	if (close(nfd) < 0) {
 		nfd = -1;
@@ -658,12 +786,11 @@ stream_edit_work(struct spool_stream *st)
 		close(st->rfd);
 		st->rfd = -1;
 	}
-	/* the edited file takes the original's name in tmp/, then goes on */
-	if (renameat(st->pool->tmp_fd, name, st->pool->tmp_fd, st->id) < 0 ||
-	    renameat2(st->pool->tmp_fd, st->id, dfd, st->id, RENAME_NOREPLACE) < 0) {
+	/* the original goes; the edited file takes its place */
+	unlinkat(st->pool->tmp_fd, st->name, 0);
+	if (renameat2(st->pool->tmp_fd, name, dfd, st->id, RENAME_NOREPLACE) < 0) {
 		st->error = errno;
 		unlinkat(st->pool->tmp_fd, name, 0);
-		unlinkat(st->pool->tmp_fd, st->id, 0);
 		return;
 	}
 	if ((st->error = dirsync_wait(dir)) != 0 && unlinkat(dfd, st->id, 0) < 0)
@@ -683,7 +810,7 @@ fail:
 	if (st->rfd >= 0)
 		close(st->rfd);
 	st->rfd = -1;
-	unlinkat(st->pool->tmp_fd, st->id, 0);
+	unlinkat(st->pool->tmp_fd, st->name, 0);
 }
 
 void

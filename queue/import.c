@@ -1,7 +1,8 @@
 /*
  * import.c - `sorterctl import DIR`: this sorter takes over the spool of a
  * dead peer (its disk moved over, or its spool on shared storage). Every
- * message in DIR's incoming/ active/ deferred/ hold/ is copied into this
+ * message in DIR's incoming/ active/ deferred/ hold/ (and any that its
+ * crash left committed in tmp/: recycle_recover_tmp) is copied into this
  * spool under a fresh id of this spool, with its recipient marks (the
  * file is copied byte for byte, in pieces, once spool_load() has accepted it)
  * and its status file (the alias-expanded addresses already delivered),
@@ -598,6 +599,14 @@ queue_import(const char *spool_dir, const char *src, FILE *out, struct import_re
 	for (i = 0; i < IMPORT_NSTATES; i++)
 		im.src_state[i] = im.dst_state[i] = -1;
 	if (importer_open(&im, spool_dir, src, err, errlen) < 0) {
+		importer_close(&im);
+		return -1;
+	}
+	/* what the peer's crash left committed in its tmp/ (written over a
+	 * recycled file, its rename into incoming/ lost) goes to its incoming/
+	 * first, as its own start would do */
+	if (im.src_state[STATE_INCOMING] >= 0 && recycle_recover_tmp(src, false) < 0 && errno != ENOENT) {
+		snprintf(err, errlen, "recover %s/tmp: %s", src, strerror(errno));
 		importer_close(&im);
 		return -1;
 	}

@@ -142,6 +142,7 @@ queue_dsn(struct qmsg *mq, int kind, struct qexp **exps, size_t n, const char *t
 	free(payload);
 	free(ents);
 	memset(&env, 0, sizeof(env));
+	env.id = job->id;
 	env.arrival_usec = now;
 	env.client = "127.0.0.1";
 	env.helo = q->cf->hostname;
@@ -291,11 +292,20 @@ disk_work(void *arg)
 
 	if (dj->fate == QFATE_REMOVE || dj->fate == QFATE_DELETE) {
 		/* every recipient is final (or the admin said so): the file goes,
-		 * to be written over by a new message (free/) or unlinked */
-		if (recycle_put(q->rec, afd, mq->id, mq->len) < 0 && errno != ENOENT)
-			err = errno;
+		 * to be written over by a new message (free/) or unlinked. A
+		 * delivered message's removal is not waited for (as under
+		 * Postfix): a power failure can bring back what was delivered in
+		 * the last seconds, to be delivered again, never lost; and a
+		 * claim's fsync covers it before the file is written again
+		 * (recycle.c). The administrator's delete is made durable. */
+		if (strcmp(mq->m.qid, mq->id) == 0)
+			err = recycle_put(q->rec, afd, mq->id, mq->len) < 0 ? errno : 0;
+		else
+			err = unlinkat(afd, mq->id, 0) < 0 ? errno : 0;
+		if (err == ENOENT)
+			err = 0;
 		unlinkat(q->dirfd[D_DEFER], mq->id, 0);
-		if (err == 0)
+		if (err == 0 && dj->fate == QFATE_DELETE)
 			err = dirsync_wait(q->active_ds);
 		dj->err = err;
 		return;

@@ -21,6 +21,17 @@
  * (its bytes are the file's old content, never looked at). The only
  * in-place change ever made to a committed file is the type byte of a
  * recipient record (SPOOL_REC_RCPT -> a final state).
+ *
+ * Every writer also puts the message's queue id in the file (SPOOL_REC_ID)
+ * and a check record (SPOOL_REC_CHECK) between the content and the end
+ * marker: CRC-32C of the bytes before the content (each recipient record's
+ * type byte counted as SPOOL_REC_RCPT, so marks do not change it) and of
+ * the content. A file written over a recycled one is committed where it
+ * was written, in tmp/ under the name it had in free/ (recycle.c): after a
+ * crash, such a file in tmp/ whose id record names another id and whose
+ * check matches is a committed message (spool_committed_in_tmp); nothing
+ * else in tmp/ ever is. Files without these records (older spools, other
+ * writers) are read as before.
  */
 #ifndef SORTER_QUEUE_H
 #define SORTER_QUEUE_H
@@ -39,6 +50,7 @@ struct event_base;
 
 enum spool_rec {
 	SPOOL_REC_VERSION = 'V',   /* "1" */
+	SPOOL_REC_ID = 'I',        /* the message's queue id (optional, at most once) */
 	SPOOL_REC_TIME = 'T',      /* arrival, microseconds since the epoch, decimal */
 	SPOOL_REC_CLIENT = 'C',    /* client address, e.g. "127.0.0.1" */
 	SPOOL_REC_HELO = 'H',      /* HELO/EHLO argument */
@@ -53,6 +65,9 @@ enum spool_rec {
 	SPOOL_REC_RCPT_BOUNCED = 'B', /* recipient bounced, DSN queued */
 	SPOOL_REC_RCPT_DELETED = 'X', /* recipient removed by the admin */
 	SPOOL_REC_CONTENT = 'M',   /* the message, CRLF line ends, Received: first */
+	SPOOL_REC_CHECK = 'K',     /* optional, right before the end marker: 16 lowercase
+				    * hex digits, the CRC-32C of the head, then of the
+				    * content (spool_check_encode) */
 	SPOOL_REC_END = 'E',       /* end marker, length 0 */
 	SPOOL_REC_PAD = 'Z',       /* after the end marker only, to the end of the file:
 				    * what a recycled file held before, never read */
@@ -62,6 +77,7 @@ enum spool_rec {
 
 /* What a new message needs to become a queue file. */
 struct spool_envelope {
+	const char *id;            /* the queue id (SPOOL_REC_ID) */
 	uint64_t arrival_usec;
 	const char *client;
 	const char *helo;
@@ -87,6 +103,13 @@ size_t spool_rcpt_addr_len(const char *r);
 char *spool_sender_params(const struct dsn_sender_params *p);
 /* The end-marker record (SPOOL_REC_HDR bytes) */
 void spool_encode_end(unsigned char out[SPOOL_REC_HDR]);
+/* The check record (SPOOL_CHECK_REC bytes) for a head whose CRC-32C is
+ * head_crc (over its bytes up to the content, as written: every recipient
+ * record still SPOOL_REC_RCPT) and a content whose CRC-32C is content_crc. */
+#define SPOOL_CHECK_LEN 16
+#define SPOOL_CHECK_REC (SPOOL_REC_HDR + SPOOL_CHECK_LEN)
+void spool_check_encode(unsigned char out[SPOOL_CHECK_REC], uint32_t head_crc,
+			uint32_t content_crc);
 /* The header of a padding record of len bytes (SPOOL_REC_HDR bytes) */
 void spool_encode_pad(unsigned char out[SPOOL_REC_HDR], size_t len);
 
@@ -111,6 +134,9 @@ struct spool_msg {
 	size_t content_offset;     /* file offset of the content */
 	size_t content_len;
 	size_t file_size;
+	char qid[QID_LEN + 1];     /* SPOOL_REC_ID, or "" when the file has none */
+	bool has_check;            /* SPOOL_REC_CHECK is there: */
+	uint32_t check_head, check_content;
 };
 
 /* Parses a whole queue file image. Returns 0, or -1 with a reason in err
@@ -151,6 +177,17 @@ extern size_t spool_head_first;
  * (EIO when the file ends early). */
 int spool_content_read(int fd, const struct spool_msg *m, size_t off, void *buf, size_t n);
 void spool_file_free(struct spool_file *f);
+/* Whether a file spool_load() opened matches its check record: 1 when it
+ * has one and both CRCs match (recipient marks aside), 0 when it has none
+ * or they differ, -1 when its bytes cannot be read (errno set). */
+int spool_check_verify(const struct spool_file *f);
+/* Whether the file tmp/NAME at path is a committed message left there by a
+ * crash (written over a recycled file, its rename into incoming/ not made
+ * durable): it parses, its check matches and its id record names an id
+ * other than NAME. Returns 1 with the file loaded into f (its id in
+ * f->m.qid), 0 when it is not (a file being or never finished being
+ * written, or a recycled file's old content), -2 when it cannot be read. */
+int spool_committed_in_tmp(const char *path, struct spool_file *f);
 /* spool_load() for the daemon: a corrupt file is moved to corrupt/
  * (spool_quarantine), an unreadable one is left where it is and logged.
  * The same return values. */
@@ -288,18 +325,30 @@ struct recycler;
  * that much and RECYCLE_RESERVE more free, and gives them back below it. */
 struct recycler *recycler_open(const char *spool_dir, uint64_t minfree);
 void recycler_close(struct recycler *r);
-/* A file from free/, renamed into tmp_fd's folder as id and open for
- * writing (its length in *size), or -1 when there is none (r may be NULL). */
-int recycle_take(struct recycler *r, int tmp_fd, const char *id, uint64_t *size);
+/* Claims up to max files of free/: each is renamed into tmp_fd's folder
+ * under the same name, written into names. Returns how many (0 when free/
+ * is empty; r may be NULL). The caller makes the renames durable (a
+ * directory fsync of tmp/) before writing into any of them. */
+size_t recycle_claim(struct recycler *r, int tmp_fd, char (*names)[QID_LEN + 1], size_t max);
+/* What a crash left in spool_dir/tmp/: a committed message written over a
+ * recycled file (spool_committed_in_tmp) is renamed into incoming/ under
+ * its id, and incoming/ fsync'd; everything else there was never
+ * acknowledged and, with remove_rest, is removed. For the start of the
+ * daemon, before any writer runs, and for an import. Returns how many
+ * messages it recovered, or -1 with errno. */
+int recycle_recover_tmp(const char *spool_dir, bool remove_rest);
 /* Covers a file of size bytes whose records end at offset end (after the
  * end marker) with a padding record to its end; a file shorter than that
  * plus a record header grows to the next RECYCLE_ROUND bytes, zeros
  * written. Returns 0, or -1 with errno. */
 int recycle_pad(int fd, uint64_t end, uint64_t size);
 /* A finished queue file (id in from_fd's folder, size bytes) goes to free/
- * while it has room and the file is small, else it is unlinked. Returns 0,
- * or -1 with errno from the unlink. The caller makes from_fd's folder
- * durable (a directory fsync) as after an unlink. */
+ * while it has room and the file is small, else it is unlinked. Only a
+ * file whose id record names id may go to free/ (a claim in tmp/ must
+ * never look like a committed message: see spool_committed_in_tmp); the
+ * caller unlinks any other. Returns 0, or -1 with errno from the unlink.
+ * Neither is made durable here: a claim's directory fsync covers it before
+ * the file is written again. */
 int recycle_put(struct recycler *r, int from_fd, const char *id, uint64_t size);
 /* Fills free/ up to n files (each RECYCLE_ROUND zero bytes, fdatasync'd),
  * named from ids (n unused queue ids). Slow (a new file's fsync each): for

@@ -6,14 +6,24 @@
  * the SMTP server's I/O threads. Overwriting blocks a file already has
  * costs the disk a data write and a cache flush at the fdatasync; a new
  * file costs a file system journal commit for its inode and blocks as well
- * (on ext4 many times more: see tests/bench/fsync-rate). The directory
- * entries still change (renames) and are made durable by the shared
- * directory fsyncs, as for any new file, so what a 250 promises is the
- * same.
+ * (on ext4 many times more: see tests/bench/fsync-rate), and so does every
+ * directory fsync.
  *
- * A writer takes a file by renaming it from free/ into tmp/ under the new
- * message's id: two writers never share one, and a crash leaves it where
- * start-up removes it. The old bytes past the new message are covered by a
+ * A writer claims files in batches: each is renamed from free/ into tmp/
+ * under the name it has (two writers never share one), and one fsync of
+ * tmp/ makes the batch durable before anything is written into them
+ * (commit.c). The new message is then committed where it is written: the
+ * file's data, fdatasync'd, is all its 250 waits for, since the name it
+ * has was durable before. The rename into incoming/ that follows is not
+ * waited for: after a crash, a file in tmp/ whose id record names another
+ * id than its own name and whose check record matches is such a message
+ * (spool_committed_in_tmp), and start-up moves it into incoming/
+ * (recycle_recover_tmp); anything else in tmp/ was never acknowledged and
+ * goes. That is why only a file whose id record is its own name may enter
+ * free/: its old content, under its own name in tmp/, is never taken for a
+ * message. Removals (the rename into free/) are not made durable by
+ * themselves: the next claim's fsync covers them before the file is
+ * written again. The old bytes past the new message are covered by a
  * padding record (queue.h) and never read; a new file is padded with zeros
  * up to the next RECYCLE_ROUND bytes, so that the next message written
  * over it finds its blocks there. At start the queue manager fills free/
@@ -139,18 +149,17 @@ release(struct recycler *r)
 		unlinkat(r->free_fd, names[i], 0);
 }
 
-int
-recycle_take(struct recycler *r, int tmp_fd, const char *id, uint64_t *size)
+size_t
+recycle_claim(struct recycler *r, int tmp_fd, char (*names)[QID_LEN + 1], size_t max)
 {
 	char name[QID_LEN + 1];
-	struct stat st;
 	uint64_t now;
-	int fd;
+	size_t n = 0;
 
 	if (r == NULL)
-		return -1;
+		return 0;
 	pthread_mutex_lock(&r->lock);
-	for (;;) {
+	while (n < max) {
 		if (r->nnames == 0) {
 			now = now_usec();
 			if (now < r->empty_until_usec)
@@ -163,22 +172,61 @@ recycle_take(struct recycler *r, int tmp_fd, const char *id, uint64_t *size)
 		}
 		memcpy(name, r->names[--r->nnames], sizeof(name));
 		/* another worker may have taken it: then the next one */
-		if (renameat2(r->free_fd, name, tmp_fd, id, RENAME_NOREPLACE) < 0)
+		if (renameat2(r->free_fd, name, tmp_fd, name, RENAME_NOREPLACE) < 0)
 			continue;
-		pthread_mutex_unlock(&r->lock);
-		fd = openat(tmp_fd, id, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
-		if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-			/* not a file we can use: gone, it will not come back */
-			if (fd >= 0)
-				close(fd);
-			unlinkat(tmp_fd, id, 0);
-			return -1;
-		}
-		*size = (uint64_t)st.st_size;
-		return fd;
+		memcpy(names[n++], name, sizeof(name));
 	}
 	pthread_mutex_unlock(&r->lock);
-	return -1;
+	return n;
+}
+
+int
+recycle_recover_tmp(const char *spool_dir, bool remove_rest)
+{
+	char path[4096], dpath[4096];
+	struct spool_file f;
+	struct dirent *de;
+	int tfd, ifd, found = 0, rc;
+	DIR *d;
+
+	snprintf(path, sizeof(path), "%s/tmp", spool_dir);
+	snprintf(dpath, sizeof(dpath), "%s/incoming", spool_dir);
+	if ((d = opendir(path)) == NULL)
+		return -1;
+	tfd = dirfd(d);
+	if ((ifd = open(dpath, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
+		closedir(d);
+		return -1;
+	}
+	while ((de = readdir(d)) != NULL) {
+		if (de->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "%s/tmp/%s", spool_dir, de->d_name);
+		rc = qid_valid(de->d_name) ? spool_committed_in_tmp(path, &f) : 0;
+		if (rc == 1) {
+			if (renameat2(tfd, de->d_name, ifd, f.m.qid, RENAME_NOREPLACE) == 0) {
+				msg_info("%s: recovered from %s (committed, its rename into "
+					 "incoming/ lost)", f.m.qid, path);
+				found++;
+			} else {
+				msg_warn("%s: cannot recover %s into incoming/: %s; left in tmp/",
+					 f.m.qid, path, strerror(errno));
+			}
+			spool_file_free(&f);
+			continue;
+		}
+		if (rc == -2) {
+			msg_warn("cannot read %s: %s; left in tmp/", path, strerror(errno));
+			continue;
+		}
+		if (remove_rest && unlinkat(tfd, de->d_name, 0) == 0)
+			msg_info("removed unacknowledged file %s", path);
+	}
+	closedir(d);
+	if (found > 0 && fsync(ifd) < 0)
+		msg_warn("fsync %s: %s", dpath, strerror(errno));
+	close(ifd);
+	return found;
 }
 
 int

@@ -73,7 +73,10 @@ spool_encode_head(const struct spool_envelope *env, size_t content_len,
 	size_t i;
 
 	snprintf(t, sizeof(t), "%llu", (unsigned long long)env->arrival_usec);
+	if (env->id == NULL || !qid_valid(env->id))
+		msg_panic("spool_encode_head: no queue id");
 	put_rec(out, SPOOL_REC_VERSION, SPOOL_VERSION);
+	put_rec(out, SPOOL_REC_ID, env->id);
 	put_rec(out, SPOOL_REC_TIME, t);
 	put_rec(out, SPOOL_REC_CLIENT, env->client);
 	put_rec(out, SPOOL_REC_HELO, env->helo);
@@ -117,6 +120,21 @@ spool_encode_end(unsigned char out[SPOOL_REC_HDR])
 {
 	out[0] = SPOOL_REC_END;
 	out[1] = out[2] = out[3] = out[4] = 0;
+}
+
+void
+spool_check_encode(unsigned char out[SPOOL_CHECK_REC], uint32_t head_crc, uint32_t content_crc)
+{
+	static const char hex[] = "0123456789abcdef";
+	int i;
+
+	out[0] = SPOOL_REC_CHECK;
+	out[1] = out[2] = out[3] = 0;
+	out[4] = SPOOL_CHECK_LEN;
+	for (i = 0; i < 8; i++) {
+		out[SPOOL_REC_HDR + i] = (unsigned char)hex[(head_crc >> (28 - 4 * i)) & 15];
+		out[SPOOL_REC_HDR + 8 + i] = (unsigned char)hex[(content_crc >> (28 - 4 * i)) & 15];
+	}
 }
 
 void
@@ -220,6 +238,25 @@ parse_time(const unsigned char *p, size_t len, uint64_t *out)
 	return 0;
 }
 
+/* 8 lowercase hex digits */
+static int
+parse_hex32(const unsigned char *p, uint32_t *out)
+{
+	uint32_t v = 0;
+	int i;
+
+	for (i = 0; i < 8; i++) {
+		if (p[i] >= '0' && p[i] <= '9')
+			v = v << 4 | (uint32_t)(p[i] - '0');
+		else if (p[i] >= 'a' && p[i] <= 'f')
+			v = v << 4 | (uint32_t)(p[i] - 'a' + 10);
+		else
+			return -1;
+	}
+	*out = v;
+	return 0;
+}
+
 static void
 add_rcpt(struct spool_msg *m, size_t *cap, const char *text, size_t len,
 	 enum rcpt_state state, size_t type_offset)
@@ -282,6 +319,7 @@ parse_view(const struct view *v, struct spool_msg *m, char *err, size_t errlen)
 	size_t off = 0, rlen, cap = 0, left, len = v->file_len;
 	const unsigned char *hdr, *data;
 	bool have_time = false, have_content = false, have_end = false, have_pad = false;
+	bool have_id = false;
 	char **field, tn[8], tv[20];
 	int type;
 
@@ -314,10 +352,17 @@ parse_view(const struct view *v, struct spool_msg *m, char *err, size_t errlen)
 			FAIL("first record is %s, not the version record", type_name(type, tn));
 		if (have_content && type == SPOOL_REC_CONTENT)
 			FAIL("duplicate record 'M' at offset %zu", off);
-		if (have_content && type != SPOOL_REC_END && !(have_end && type == SPOOL_REC_PAD))
+		if (have_content && type != SPOOL_REC_END && !(have_end && type == SPOOL_REC_PAD) &&
+		    !(type == SPOOL_REC_CHECK && !m->has_check && !have_end))
 			FAIL("record %s at offset %zu after the content", type_name(type, tn), off);
-		if (type == SPOOL_REC_END && rlen != 0)       /* before its data is asked for */
+		if (m->has_check && !have_end && type != SPOOL_REC_END)
+			FAIL("record %s at offset %zu after the check record", type_name(type, tn), off);
+		/* before their data is asked for: the reader reads only so much
+		 * after the content */
+		if (type == SPOOL_REC_END && rlen != 0)
 			FAIL("end marker at offset %zu has length %zu", off, rlen);
+		if (type == SPOOL_REC_CHECK && rlen != SPOOL_CHECK_LEN)
+			FAIL("bad check record at offset %zu", off);
 		data = NULL;
 		if (type != SPOOL_REC_CONTENT && type != SPOOL_REC_PAD) {
 			if ((data = view_at(v, off + SPOOL_REC_HDR, rlen)) == NULL)
@@ -334,6 +379,17 @@ parse_view(const struct view *v, struct spool_msg *m, char *err, size_t errlen)
 			if (rlen != strlen(SPOOL_VERSION) || memcmp(data, SPOOL_VERSION, rlen) != 0)
 				FAIL("unsupported spool version \"%s\"",
 				     printable(data, rlen, tv, sizeof(tv)));
+			break;
+		case SPOOL_REC_ID:
+			if (have_id)
+				FAIL("duplicate record 'I' at offset %zu", off);
+			if (rlen != QID_LEN)
+				FAIL("bad queue id in record 'I' at offset %zu", off);
+			memcpy(m->qid, data, QID_LEN);
+			m->qid[QID_LEN] = '\0';
+			if (!qid_valid(m->qid))
+				FAIL("bad queue id in record 'I' at offset %zu", off);
+			have_id = true;
 			break;
 		case SPOOL_REC_TIME:
 			if (have_time)
@@ -379,6 +435,14 @@ parse_view(const struct view *v, struct spool_msg *m, char *err, size_t errlen)
 			m->content_offset = off + SPOOL_REC_HDR;
 			m->content_len = rlen;
 			have_content = true;
+			break;
+		case SPOOL_REC_CHECK:
+			if (!have_content)
+				FAIL("check record at offset %zu before the content", off);
+			if (rlen != SPOOL_CHECK_LEN || parse_hex32(data, &m->check_head) < 0 ||
+			    parse_hex32(data + 8, &m->check_content) < 0)
+				FAIL("bad check record at offset %zu", off);
+			m->has_check = true;
 			break;
 		case SPOOL_REC_END:
 			if (!have_content)
@@ -570,12 +634,13 @@ spool_load_as(const char *path, const char *name, spool_read_fn rd, struct spool
 			continue;
 		}
 		if (rc == PARSE_NEED_TAIL && tail == NULL) {
-			/* the end marker and a padding record's header: never more */
+			/* the check record, the end marker and a padding record's
+			 * header: never more */
 			v.tail_off = f->m.content_offset + f->m.content_len;
 			spool_msg_free(&f->m);
 			v.tail_len = size - v.tail_off;
-			if (v.tail_len > 2 * SPOOL_REC_HDR)
-				v.tail_len = 2 * SPOOL_REC_HDR;
+			if (v.tail_len > SPOOL_CHECK_REC + 2 * SPOOL_REC_HDR)
+				v.tail_len = SPOOL_CHECK_REC + 2 * SPOOL_REC_HDR;
 			tail = xmalloc(v.tail_len + 1);
 			if (read_at(f->fd, rd, tail, v.tail_len, v.tail_off) < 0)
 				goto read_error;
@@ -634,6 +699,61 @@ spool_file_free(struct spool_file *f)
 		close(f->fd);
 	memset(f, 0, sizeof(*f));
 	f->fd = -1;
+}
+
+int
+spool_check_verify(const struct spool_file *f)
+{
+	const struct spool_msg *m = &f->m;
+	static const unsigned char rcpt = SPOOL_REC_RCPT;
+	unsigned char *buf;
+	uint32_t crc = 0;
+	size_t from = 0, i, off, n;
+	int rc = 1;
+
+	if (!m->has_check || f->head_len < m->content_offset)
+		return 0;
+	/* the head, each recipient's type byte read as pending (marks are
+	 * the one change made to a committed file); they come in file order */
+	for (i = 0; i < m->nrcpt; i++) {
+		crc = crc32c(crc, f->head + from, m->rcpts[i].type_offset - from);
+		crc = crc32c(crc, &rcpt, 1);
+		from = m->rcpts[i].type_offset + 1;
+	}
+	crc = crc32c(crc, f->head + from, m->content_offset - from);
+	if (crc != m->check_head)
+		return 0;
+	buf = xmalloc(64 * 1024);
+	crc = 0;
+	for (off = 0; off < m->content_len; off += n) {
+		n = m->content_len - off < 64 * 1024 ? m->content_len - off : 64 * 1024;
+		if (spool_content_read(f->fd, m, off, buf, n) < 0) {
+			rc = -1;
+			break;
+		}
+		crc = crc32c(crc, buf, n);
+	}
+	free(buf);
+	if (rc == 1 && crc != m->check_content)
+		rc = 0;
+	return rc;
+}
+
+int
+spool_committed_in_tmp(const char *path, struct spool_file *f)
+{
+	char err[256];
+	int rc = spool_load(path, NULL, f, err, sizeof(err));
+
+	if (rc == -2)
+		return -2;
+	if (rc < 0)
+		return 0;
+	if (f->m.qid[0] != '\0' && strcmp(f->m.qid, f->m.id) != 0 &&
+	    (rc = spool_check_verify(f)) == 1)
+		return 1;
+	spool_file_free(f);
+	return rc < 0 ? -2 : 0;
 }
 
 int

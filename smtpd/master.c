@@ -186,37 +186,31 @@ own_spool(struct master *m)
 		msg_fatal("chown %s: %s", m->cf->spool_dir, strerror(errno));
 }
 
-/* Unacknowledged leftovers in tmp/ go; torn files in incoming/ are moved
+/* What a crash left in tmp/: committed messages into incoming/, the rest
+ * removed (recycle_recover_tmp); then torn files in incoming/ are moved
  * aside so that nothing half-written is ever delivered. Runs in a child as
  * `user`: it parses what clients sent. */
 static void
 spool_startup_check(const char *spool_dir)
 {
-	static const char *const dirs[] = { "tmp", "incoming" };
 	char path[4096];
 	struct spool_file f;
 	struct dirent *de;
 	DIR *d;
-	size_t i;
 
-	for (i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
-		snprintf(path, sizeof(path), "%s/%s", spool_dir, dirs[i]);
-		if ((d = opendir(path)) == NULL)
-			msg_fatal("open %s: %s", path, strerror(errno));
-		while ((de = readdir(d)) != NULL) {
-			if (de->d_name[0] == '.')
-				continue;
-			snprintf(path, sizeof(path), "%s/%s/%s", spool_dir, dirs[i], de->d_name);
-			if (i == 0) {
-				if (unlink(path) == 0)
-					msg_info("removed unacknowledged file %s", path);
-				continue;
-			}
-			if (spool_take(spool_dir, path, NULL, &f) == 0)
-				spool_file_free(&f);
-		}
-		closedir(d);
+	if (recycle_recover_tmp(spool_dir, true) < 0)
+		msg_fatal("recover %s/tmp: %s", spool_dir, strerror(errno));
+	snprintf(path, sizeof(path), "%s/incoming", spool_dir);
+	if ((d = opendir(path)) == NULL)
+		msg_fatal("open %s: %s", path, strerror(errno));
+	while ((de = readdir(d)) != NULL) {
+		if (de->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "%s/incoming/%s", spool_dir, de->d_name);
+		if (spool_take(spool_dir, path, NULL, &f) == 0)
+			spool_file_free(&f);
 	}
+	closedir(d);
 }
 
 /* Prepares the spool as `user` before any worker or qmgr runs. */

@@ -89,6 +89,7 @@ void
 session_envelope(const struct session *s, const char *hold_reason, struct spool_envelope *env)
 {
 	memset(env, 0, sizeof(*env));
+	env->id = s->id;
 	env->arrival_usec = now_usec();
 	env->client = s->addr;
 	env->helo = s->helo;

@@ -19,9 +19,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 /*
  * The reader of files, spool_load(), reads the records in pieces (the
- * first piece as small as 1 byte here) and only the end marker and a
- * padding header after the content: it must accept exactly what
- * spool_parse() accepts of the whole image, with the same records.
+ * first piece as small as 1 byte here) and only the check record, the end
+ * marker and a padding header after the content: it must accept exactly what
+ * spool_parse() accepts of the whole image, with the same records; and
+ * checking a loaded file against its check record stays within it.
  */
 static char path[64];
 
@@ -66,7 +67,12 @@ check_load(const uint8_t *data, size_t size)
 	if (a == 0) {
 		if (f.m.nrcpt != m.nrcpt || f.m.content_offset != m.content_offset ||
 		    f.m.content_len != m.content_len || f.m.file_size != m.file_size ||
-		    f.m.arrival_usec != m.arrival_usec || strcmp(f.m.sender, m.sender) != 0)
+		    f.m.arrival_usec != m.arrival_usec || strcmp(f.m.sender, m.sender) != 0 ||
+		    strcmp(f.m.qid, m.qid) != 0 || f.m.has_check != m.has_check ||
+		    f.m.check_head != m.check_head || f.m.check_content != m.check_content)
+			__builtin_trap();
+		/* the check is verified over what the file holds, within its bounds */
+		if (spool_check_verify(&f) == 1 && !m.has_check)
 			__builtin_trap();
 		for (i = 0; i < m.nrcpt; i++)
 			if (strcmp(f.m.rcpts[i].addr, m.rcpts[i].addr) != 0 ||

@@ -84,28 +84,37 @@ def read_log(path):
 def durability_problems(records, spool, acks):
     """What the recorded calls fail to prove about the acknowledged messages: acks maps each
     queue id to (the client's time.monotonic_ns() when the 250 arrived, content bytes sent).
-    For each message, the record must show:
-      - the rename of tmp/ID into incoming/ID (the queue file's inode is the renamed one),
-        completed before the 250;
-      - the file's making (an open with O_CREAT returning that inode, or a recycled file's
-        rename from free/ into tmp/ID) and its data writes, from then to the rename, at
-        least as many bytes as the content sent;
+    For each message, the record must show the rename of its file into incoming/ID, completed
+    before the 250, and one of two ways of making it durable.
+
+    A new file, renamed from tmp/ID:
+      - the file's making (an open with O_CREAT returning that inode) and its data writes,
+        from then to the rename, at least as many bytes as the content sent;
       - an fsync or fdatasync of that inode that succeeded, started after the last of those
         writes had returned, and returned before the 250 arrived;
       - an fsync of the incoming/ directory that succeeded, started after the rename had
         returned, and returned before the 250 arrived.
+    A recycled file (a slot), renamed from tmp/NAME, NAME another id, where the file is
+    committed once written (start-up recovers it from there):
+      - its claim: the rename of that inode from free/NAME into tmp/NAME;
+      - an fsync of the tmp/ directory that succeeded, started after the claim had returned,
+        and returned before the 250 arrived (the name is durable);
+      - data writes to the inode from the claim to the rename, at least the content sent;
+      - an fsync or fdatasync of the inode, started after the last of those writes, returned
+        before the 250.
     Returns a list of strings, empty when every message is proven durable."""
     spool = os.path.realpath(spool)
     tmp_dir = os.path.join(spool, "tmp")
     inc_dir = os.path.join(spool, "incoming")
-    by_ino, renames, dir_syncs = {}, {}, []
+    free_dir = os.path.join(spool, "free")
+    by_ino, renames, dir_syncs = {}, {}, {inc_dir: [], tmp_dir: []}
     for r in records:
         if r.ino != "0:0":
             by_ino.setdefault(r.ino, []).append(r)
         if r.call in RENAME_CALLS and r.ret == 0 and os.path.dirname(r.path2) == inc_dir:
             renames.setdefault(os.path.basename(r.path2), []).append(r)
-        if r.call in SYNC_CALLS and r.ret == 0 and r.path == inc_dir:
-            dir_syncs.append(r)
+        if r.call in SYNC_CALLS and r.ret == 0 and r.path in dir_syncs:
+            dir_syncs[r.path].append(r)
     problems = []
     for qid, (t250, size) in sorted(acks.items()):
         ren = [r for r in renames.get(qid, []) if r.t1 <= t250]
@@ -114,16 +123,21 @@ def durability_problems(records, spool, acks):
                             % (qid, len(ren), renames.get(qid)))
             continue
         ren = ren[0]
-        if ren.path != os.path.join(tmp_dir, qid):
+        if os.path.dirname(ren.path) != tmp_dir:
             problems.append("%s: renamed into incoming/ from %s, not from tmp/" % (qid, ren.path))
+            continue
+        name = os.path.basename(ren.path)
+        slot = name != qid
         calls = by_ino.get(ren.ino, [])
-        # made: created, or a recycled file taken from free/ into tmp/ID
-        made = [r for r in calls if r.t1 <= ren.t0 and (
-                (r.call in OPEN_CALLS and r.ret >= 0 and r.len & O_CREAT) or
-                (r.call in RENAME_CALLS and r.ret == 0 and r.path2 == os.path.join(tmp_dir, qid)))]
+        if slot:
+            made = [r for r in calls if r.t1 <= ren.t0 and r.call in RENAME_CALLS and r.ret == 0
+                    and r.path == os.path.join(free_dir, name) and r.path2 == ren.path]
+        else:
+            made = [r for r in calls if r.t1 <= ren.t0 and r.call in OPEN_CALLS and r.ret >= 0
+                    and r.len & O_CREAT]
         if not made:
-            problems.append("%s: no open with O_CREAT or take from free/ made inode %s before "
-                            "its rename" % (qid, ren.ino))
+            problems.append("%s: no %s made inode %s before its rename" % (
+                qid, "claim from free/" if slot else "open with O_CREAT", ren.ino))
             continue
         made = max(made, key=lambda r: r.t0)
         writes = [r for r in calls if r.call in WRITE_CALLS and made.t0 <= r.t0 <= ren.t0]
@@ -140,8 +154,26 @@ def durability_problems(records, spool, acks):
                             "(%d) and returned before the 250 (%d); its syncs: %s"
                             % (qid, ren.ino, last, t250,
                                [r for r in calls if r.call in SYNC_CALLS]))
-        dsync = [r for r in dir_syncs if r.t0 >= ren.t1 and r.t1 <= t250]
-        if not dsync:
-            problems.append("%s: no fsync of incoming/ started after the rename (%d) and "
-                            "returned before the 250 (%d)" % (qid, ren.t1, t250))
+        if slot:
+            dsync = [r for r in dir_syncs[tmp_dir] if r.t0 >= made.t1 and r.t1 <= t250]
+            if not dsync:
+                problems.append("%s: no fsync of tmp/ started after its claim of %s (%d) and "
+                                "returned before the 250 (%d)" % (qid, name, made.t1, t250))
+        else:
+            dsync = [r for r in dir_syncs[inc_dir] if r.t0 >= ren.t1 and r.t1 <= t250]
+            if not dsync:
+                problems.append("%s: no fsync of incoming/ started after the rename (%d) and "
+                                "returned before the 250 (%d)" % (qid, ren.t1, t250))
     return problems
+
+
+def written_over_slots(records, spool, acks):
+    """The acknowledged queue ids whose files were renamed into incoming/ from a slot of tmp/
+    (a recycled file claimed under its own name, not tmp/ID)."""
+    spool = os.path.realpath(spool)
+    inc_dir = os.path.join(spool, "incoming")
+    tmp_dir = os.path.join(spool, "tmp")
+    return {os.path.basename(r.path2) for r in records
+            if r.call in RENAME_CALLS and r.ret == 0 and os.path.dirname(r.path2) == inc_dir
+            and os.path.dirname(r.path) == tmp_dir
+            and os.path.basename(r.path) != os.path.basename(r.path2)} & set(acks)

@@ -173,18 +173,29 @@ class FsyncOrderTest(SorterTestCase):
             acks[qid] = (t250, size)
         c.cmd("QUIT")
         records = fsrec.read_log(log)
-        spool = os.path.realpath(d.spool)
-        taken = {os.path.basename(r.path2) for r in records if r.call in fsrec.RENAME_CALLS
-                 and r.ret == 0 and os.path.dirname(r.path) == os.path.join(spool, "free")}
-        self.assertGreaterEqual(len(taken & set(acks)), 20, "recycled: %s" % (taken & set(acks)))
+        slots = fsrec.written_over_slots(records, d.spool, acks)
+        self.assertGreaterEqual(len(slots), 20, "written over slots: %s" % slots)
         problems = fsrec.durability_problems(records, d.spool, acks)
         self.assertFalse(problems, "%d problems with %d acknowledged messages:\n%s"
                          % (len(problems), len(acks), "\n".join(problems[:20])))
 
     def test_recorder_sees_a_missing_fsync(self):
-        """The proof itself: the same record with the file's fsync, or the directory's,
-        taken out (or moved after the 250) no longer passes."""
+        """The proof itself, for messages written over slots (free/ holds the start-up fill):
+        the same record with the file's fsync, or the directory's, taken out (or moved after
+        the 250) no longer passes."""
+        self.check_proof(slots=True)
+
+    def test_recorder_sees_a_missing_fsync_new_files(self):
+        """The same for new files: free/ emptied before the first message."""
+        self.check_proof(slots=False)
+
+    def check_proof(self, slots):
         d, log = self.recorded_sorterd()
+        free = os.path.join(d.spool, "free")
+        self.assertTrue(wait_until(lambda: len(os.listdir(free)) >= 256, 30), d.log_tail())
+        if not slots:
+            for name in os.listdir(free):
+                os.unlink(os.path.join(free, name))
         c = self.connect(d)
         self.assertEqual(c.ehlo().code, 250)
         acks = {}
@@ -194,24 +205,34 @@ class FsyncOrderTest(SorterTestCase):
         c.cmd("QUIT")
         records = fsrec.read_log(log)
         spool = os.path.realpath(d.spool)
-        inc = os.path.join(spool, "incoming")
+        inc, tmp = os.path.join(spool, "incoming"), os.path.join(spool, "tmp")
         self.assertEqual(fsrec.durability_problems(records, d.spool, acks), [])
+        self.assertEqual(fsrec.written_over_slots(records, d.spool, acks),
+                         set(acks) if slots else set())
+        inos = {}
         for qid in acks:
-            ino = next(r.ino for r in records if r.call in fsrec.RENAME_CALLS
-                       and r.path2 == os.path.join(inc, qid))
+            ino = inos[qid] = next(r.ino for r in records if r.call in fsrec.RENAME_CALLS
+                                   and r.path2 == os.path.join(inc, qid))
             without_file_sync = [r for r in records
                                  if not (r.call in fsrec.SYNC_CALLS and r.ino == ino)]
             self.assertTrue(any(qid in p for p in
                                 fsrec.durability_problems(without_file_sync, d.spool, acks)))
         without_dir_sync = [r for r in records
-                            if not (r.call in fsrec.SYNC_CALLS and r.path == inc)]
+                            if not (r.call in fsrec.SYNC_CALLS and r.path in (inc, tmp))]
         problems = fsrec.durability_problems(without_dir_sync, d.spool, acks)
-        self.assertEqual(len([p for p in problems if "incoming/ started" in p]), len(acks))
-        # the 250 read 1 ns before its message's last fsync returned
+        want = "fsync of tmp/ started" if slots else "fsync of incoming/ started"
+        self.assertEqual(len([p for p in problems if want in p]), len(acks), problems)
+        # the 250 read 1 ns before its message's own fsync returned
         late = {qid: (max(r.t1 for r in records if r.call in fsrec.SYNC_CALLS
-                          and r.path == inc and r.t1 <= t) - 1, size)
+                          and r.ino == inos[qid]) - 1, size)
                 for qid, (t, size) in acks.items()}
         self.assertEqual(len(fsrec.durability_problems(records, d.spool, late)), len(acks))
+        if not slots:
+            # and 1 ns before the last fsync of incoming/ that covers it
+            late = {qid: (max(r.t1 for r in records if r.call in fsrec.SYNC_CALLS
+                              and r.path == inc and r.t1 <= t) - 1, size)
+                    for qid, (t, size) in acks.items()}
+            self.assertEqual(len(fsrec.durability_problems(records, d.spool, late)), len(acks))
 
 
 class KillLoopTest(SorterTestCase):

@@ -86,20 +86,28 @@ teardown(void)
 	ck_assert_int_eq(system(cmd), 0);
 }
 
-/* A queue file image with two recipients, the first one marked delivered. */
+/* A queue file image with two recipients, the first one marked delivered;
+ * with an id, it has that id record and a check record, as sorterd writes
+ * them. */
 static void
-image(struct dstr *d, const char *tag)
+image_as(struct dstr *d, const char *tag, const char *id)
 {
 	const char *rcpts[] = { "alice@example.test", "bob@example.test" };
-	struct spool_envelope env = { 1700000000000000ULL, "127.0.0.1", "peer", "ESMTP",
-				      "sender@remote.test", NULL, rcpts, 2, NULL };
-	unsigned char end[SPOOL_REC_HDR];
+	struct spool_envelope env = {
+		.id = id ? id : "0000000000A1", .arrival_usec = 1700000000000000ULL, .client = "127.0.0.1",
+		.helo = "peer", .proto = "ESMTP", .sender = "sender@remote.test", .rcpts = rcpts,
+		.nrcpt = 2,
+	};
+	unsigned char end[SPOOL_REC_HDR], check[SPOOL_CHECK_REC];
 	char body[64];
 	size_t len = (size_t)snprintf(body, sizeof(body), "Subject: %s\r\n\r\nhi\r\n", tag);
 
 	dstr_init(d, 0);
 	spool_encode_head(&env, len, d);
+	spool_check_encode(check, crc32c(0, d->s, d->len), crc32c(0, body, len));
 	dstr_append(d, body, len);
+	if (id != NULL)
+		dstr_append(d, check, sizeof(check));
 	spool_encode_end(end);
 	dstr_append(d, end, sizeof(end));
 	{
@@ -110,6 +118,12 @@ image(struct dstr *d, const char *tag)
 		d->s[m.rcpts[0].type_offset] = SPOOL_REC_RCPT_DONE;
 		spool_msg_free(&m);
 	}
+}
+
+static void
+image(struct dstr *d, const char *tag)
+{
+	image_as(d, tag, NULL);
 }
 
 static void
@@ -203,8 +217,9 @@ new_id_of(const char *out, const char *old, char newid[QID_LEN + 1])
 START_TEST(test_import_states)
 {
 	struct import_result r;
-	struct dstr a, b, c;
+	struct dstr a, b, c, t;
 	char out[4096], l[1024], na[QID_LEN + 1], nb[QID_LEN + 1], nc[QID_LEN + 1], *got;
+	char nt[QID_LEN + 1];
 	const char *status = "attempts\t3\nwarned\t1\ndone\t1\tcarol@example.test\n";
 	size_t n;
 
@@ -217,9 +232,12 @@ START_TEST(test_import_states)
 	put(src, "hold", "1K0Y2Z6DVR72", c.s, c.len);
 	put(src, "deferred", "1K0Y2Z6DVR73", b.s, b.len / 2);          /* torn */
 	put(src, "tmp", "1K0Y2Z6DVR74", a.s, a.len);                   /* never acknowledged */
+	/* committed over a recycled file, the rename into incoming/ lost */
+	image_as(&t, "t", "1K0Y2Z6DVR76");
+	put(src, "tmp", "1K0Y2Z6DVR75", t.s, t.len);
 
 	ck_assert_int_eq(run(&r, out, sizeof(out)), 0);
-	ck_assert_uint_eq(r.imported, 3);
+	ck_assert_uint_eq(r.imported, 4);
 	ck_assert_uint_eq(r.held, 1);
 	ck_assert_uint_eq(r.quarantined, 1);
 	ck_assert_uint_eq(r.failed, 0);
@@ -227,6 +245,11 @@ START_TEST(test_import_states)
 	new_id_of(out, "1K0Y2Z6DVR70", na);
 	new_id_of(out, "1K0Y2Z6DVR71", nb);
 	new_id_of(out, "1K0Y2Z6DVR72", nc);
+	new_id_of(out, "1K0Y2Z6DVR76", nt);
+	ck_assert_ptr_nonnull(got = get(dst, "incoming", nt, &n));
+	ck_assert(n == t.len && memcmp(got, t.s, n) == 0);
+	free(got);
+	dstr_free(&t);
 	ck_assert_str_ne(na, nb);
 	ck_assert_str_ne(nb, nc);
 	ck_assert_ptr_null(strstr(out, "1K0Y2Z6DVR73"));
@@ -258,7 +281,7 @@ START_TEST(test_import_states)
 	ck_assert_int_eq(run(&r, out, sizeof(out)), 0);
 	ck_assert_uint_eq(r.imported + r.quarantined + r.failed, 0);
 	ck_assert_str_eq(out, "");
-	ck_assert_int_eq(names(dst, "incoming", l, sizeof(l)), 2);
+	ck_assert_int_eq(names(dst, "incoming", l, sizeof(l)), 3);
 	dstr_free(&a);
 	dstr_free(&b);
 	dstr_free(&c);

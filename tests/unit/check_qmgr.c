@@ -54,7 +54,7 @@ write_queue_file(struct fixture *f)
 	static const char content[] = "Subject: t\r\n\r\nbody\r\n";
 	const char *rcpts[] = { RCPT };
 	struct spool_envelope env = {
-		.arrival_usec = now_usec(), .client = "127.0.0.1", .helo = "c.test",
+		.id = f->id, .arrival_usec = now_usec(), .client = "127.0.0.1", .helo = "c.test",
 		.proto = "ESMTP", .sender = "a@remote.test", .rcpts = rcpts, .nrcpt = 1,
 	};
 	unsigned char end[SPOOL_REC_HDR];

@@ -67,6 +67,7 @@ build(const struct env_case *c, uint64_t arrival, const char *body, size_t bodyl
 	struct spool_envelope env;
 	unsigned char end[SPOOL_REC_HDR];
 
+	env.id = "0000000000A1";
 	env.arrival_usec = arrival;
 	env.client = "127.0.0.1";
 	env.helo = "client.test";
@@ -161,6 +162,7 @@ START_TEST(test_exact_bytes)
 {
 	static const unsigned char want[] =
 		"V\0\0\0\001" "1"
+		"I\0\0\0\014" "0000000000A1"
 		"T\0\0\0\002" "42"
 		"C\0\0\0\011" "127.0.0.1"
 		"H\0\0\0\013" "client.test"
@@ -185,7 +187,7 @@ START_TEST(test_hold_reason)
 {
 	const char *rcpts[] = { "bob@example.test" };
 	struct spool_envelope env = {
-		.arrival_usec = 7, .client = "127.0.0.1", .helo = "h", .proto = "ESMTP",
+		.id = "0000000000A1", .arrival_usec = 7, .client = "127.0.0.1", .helo = "h", .proto = "ESMTP",
 		.sender = "a@b.test", .rcpts = rcpts, .nrcpt = 1,
 		.hold_reason = "milter inet:127.0.0.1:1: looks like spam",
 	};
@@ -318,7 +320,7 @@ START_TEST(test_bad_lengths)
 	build_default(&d);
 	while (rec_offset(&d, (int)nrec) < d.len)
 		nrec++;
-	ck_assert_uint_eq(nrec, 11);   /* V T C H P S s R R M E */
+	ck_assert_uint_eq(nrec, 12);   /* V I T C H P S s R R M E */
 	for (r = 0; r < nrec; r++) {
 		off = rec_offset(&d, (int)r);
 		orig = (uint32_t)(rec_offset(&d, (int)r + 1) - off - SPOOL_REC_HDR);
@@ -378,7 +380,7 @@ START_TEST(test_unknown_type)
 	size_t off;
 
 	build_default(&d);
-	off = rec_offset(&d, 2);   /* the client record */
+	off = rec_offset(&d, 3);   /* the client record */
 	ck_assert_int_eq(d.s[off], 'C');
 	d.s[off] = 'z';
 	ck_assert_int_eq(parse_dstr(&d, &m, err, sizeof(err)), -1);
@@ -678,6 +680,7 @@ START_TEST(test_load_big_file)
 	for (i = 0; i < clen; i++)
 		body[i] = (char)('a' + i % 26);
 	memset(&env, 0, sizeof(env));
+	env.id = id;
 	env.arrival_usec = 1700000000000000ull;
 	env.sender = "s@remote.test";
 	env.rcpts = (const char **)rc;
@@ -1037,6 +1040,182 @@ START_TEST(test_status_round_trip)
 }
 END_TEST
 
+/* ---- the id and check records ---- */
+
+START_TEST(test_crc32c)
+{
+	static const char v[] = "123456789";
+	unsigned char big[1000];
+	uint32_t whole, parts;
+	size_t i;
+
+	ck_assert_uint_eq(crc32c(0, v, 9), 0xe3069283u);       /* the standard check value */
+	ck_assert_uint_eq(crc32c(0, "", 0), 0);
+	for (i = 0; i < sizeof(big); i++)
+		big[i] = (unsigned char)(i * 131 + 7);
+	whole = crc32c(0, big, sizeof(big));
+	for (i = 0; i <= 17; i++) {     /* any split, any alignment */
+		parts = crc32c(crc32c(0, big, i), big + i, sizeof(big) - i);
+		ck_assert_uint_eq(parts, whole);
+	}
+	parts = crc32c(crc32c(0, big + 1, 500), big + 501, sizeof(big) - 501);
+	ck_assert_uint_eq(parts, crc32c(0, big + 1, sizeof(big) - 1));
+}
+END_TEST
+
+/* A file as the writers make it: the head, the content, the check record
+ * over both, the end marker. */
+static void
+build_checked(const char *id, const char *body, struct dstr *out)
+{
+	const char *rcpts[] = { "alice@example.test", "bob@example.test" };
+	struct spool_envelope env = {
+		.id = id, .arrival_usec = 9, .client = "127.0.0.1", .helo = "h", .proto = "ESMTP",
+		.sender = "a@b.test", .rcpts = rcpts, .nrcpt = 2,
+	};
+	unsigned char check[SPOOL_CHECK_REC], end[SPOOL_REC_HDR];
+	uint32_t hcrc;
+
+	dstr_init(out, 0);
+	spool_encode_head(&env, strlen(body), out);
+	hcrc = crc32c(0, out->s, out->len);
+	dstr_append(out, body, strlen(body));
+	spool_check_encode(check, hcrc, crc32c(0, body, strlen(body)));
+	dstr_append(out, check, sizeof(check));
+	spool_encode_end(end);
+	dstr_append(out, end, sizeof(end));
+}
+
+START_TEST(test_check_record)
+{
+	struct spool_msg m;
+	struct dstr d;
+	char err[256];
+	size_t k;
+
+	build_checked("0000000000A1", "Subject: x\r\n\r\nbody\r\n", &d);
+	ck_assert_msg(parse_dstr(&d, &m, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_str_eq(m.qid, "0000000000A1");
+	ck_assert(m.has_check);
+	ck_assert_uint_eq(m.check_content, crc32c(0, "Subject: x\r\n\r\nbody\r\n", 20));
+	spool_msg_free(&m);
+	/* the check record's place: only right before the end marker */
+	k = d.len - SPOOL_REC_HDR - SPOOL_CHECK_REC;
+	ck_assert_int_eq(d.s[k], 'K');
+	d.s[k + SPOOL_REC_HDR] = 'G';           /* not a hex digit */
+	ck_assert_int_eq(parse_dstr(&d, &m, err, sizeof(err)), -1);
+	ck_assert_msg(strstr(err, "bad check record at offset") != NULL, "%s", err);
+	d.s[k + SPOOL_REC_HDR] = 'A';           /* lowercase only */
+	ck_assert_int_eq(parse_dstr(&d, &m, err, sizeof(err)), -1);
+	d.s[k + SPOOL_REC_HDR] = '0';
+	d.s[k] = 'E';                           /* an end marker with a length */
+	ck_assert_int_eq(parse_dstr(&d, &m, err, sizeof(err)), -1);
+	d.s[k] = 'K';
+	d.s[d.len - SPOOL_REC_HDR] = 'K';       /* two check records */
+	ck_assert_int_eq(parse_dstr(&d, &m, err, sizeof(err)), -1);
+	dstr_free(&d);
+	/* an id record must hold a queue id, once */
+	build_checked("0000000000A1", "x\r\n", &d);
+	k = rec_offset(&d, 1);
+	ck_assert_int_eq(d.s[k], 'I');
+	d.s[k + SPOOL_REC_HDR + 3] = 'U';       /* not in the alphabet */
+	ck_assert_int_eq(parse_dstr(&d, &m, err, sizeof(err)), -1);
+	ck_assert_msg(strstr(err, "bad queue id in record 'I'") != NULL, "%s", err);
+	d.s[k + SPOOL_REC_HDR + 3] = '0';
+	memcpy(d.s + rec_offset(&d, 2), "I\0\0\0\002" "42", 7);        /* T -> a short I */
+	ck_assert_int_eq(parse_dstr(&d, &m, err, sizeof(err)), -1);
+	ck_assert_msg(strstr(err, "record 'I'") != NULL, "%s", err);
+	dstr_free(&d);
+}
+END_TEST
+
+/* spool_check_verify: a file that matches its check record, whatever
+ * its recipients' marks; one with a changed byte anywhere does not. */
+START_TEST(test_check_verify)
+{
+	static const char body[] = "Subject: x\r\n\r\nthe body of the message\r\n";
+	struct spool_file f;
+	struct dstr d;
+	char path[512], id[QID_LEN + 1], err[256];
+	size_t i, cstart;
+
+	make_tmpdir();
+	qid_init(3);
+	qid_next(id);
+	snprintf(path, sizeof(path), "%s/%s", tmpdir, id);
+	build_checked(id, body, &d);
+	write_file(path, d.s, d.len);
+	ck_assert_msg(spool_load(path, NULL, &f, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_int_eq(spool_check_verify(&f), 1);
+	cstart = f.m.content_offset;
+	/* marks: the one in-place change */
+	d.s[f.m.rcpts[0].type_offset] = SPOOL_REC_RCPT_DONE;
+	d.s[f.m.rcpts[1].type_offset] = SPOOL_REC_RCPT_BOUNCED;
+	spool_file_free(&f);
+	write_file(path, d.s, d.len);
+	ck_assert_msg(spool_load(path, NULL, &f, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_int_eq(spool_check_verify(&f), 1);
+	spool_file_free(&f);
+	/* any other byte of the head or the content */
+	for (i = 0; i < cstart + sizeof(body) - 1; i++) {
+		d.s[i] ^= 0x01;         /* a file that no longer parses is not looked at */
+		write_file(path, d.s, d.len);
+		if (spool_load(path, NULL, &f, err, sizeof(err)) == 0) {
+			ck_assert_msg(spool_check_verify(&f) == 0, "byte %zu changed, check matches", i);
+			spool_file_free(&f);
+		}
+		d.s[i] ^= 0x01;
+	}
+	/* a file without the record: nothing to match */
+	build_default(&d);
+	write_file(path, d.s, d.len);
+	ck_assert_msg(spool_load(path, NULL, &f, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_int_eq(spool_check_verify(&f), 0);
+	spool_file_free(&f);
+	dstr_free(&d);
+	rm_rf(tmpdir);
+}
+END_TEST
+
+/* spool_committed_in_tmp: a checked file whose id record names another id
+ * than its name; not its own name, not without a check, not torn. */
+START_TEST(test_committed_in_tmp)
+{
+	struct spool_file f;
+	struct dstr d;
+	char path[512], slot[QID_LEN + 1], id[QID_LEN + 1];
+
+	make_tmpdir();
+	qid_init(3);
+	qid_next(slot);
+	qid_next(id);
+	snprintf(path, sizeof(path), "%s/%s", tmpdir, slot);
+	build_checked(id, "x\r\n", &d);
+	write_file(path, d.s, d.len);
+	ck_assert_int_eq(spool_committed_in_tmp(path, &f), 1);
+	ck_assert_str_eq(f.m.qid, id);
+	ck_assert_str_eq(f.m.id, slot);
+	spool_file_free(&f);
+	dstr_free(&d);
+	build_checked(slot, "x\r\n", &d);         /* a slot's old content */
+	write_file(path, d.s, d.len);
+	ck_assert_int_eq(spool_committed_in_tmp(path, &f), 0);
+	dstr_free(&d);
+	build_checked(id, "x\r\n", &d);
+	d.s[d.len - SPOOL_REC_HDR - 2] ^= 1;    /* the check's last digit */
+	write_file(path, d.s, d.len);
+	ck_assert_int_eq(spool_committed_in_tmp(path, &f), 0);
+	write_file(path, d.s, d.len - 1);       /* torn */
+	ck_assert_int_eq(spool_committed_in_tmp(path, &f), 0);
+	dstr_free(&d);
+	build_default(&d);                      /* no check record */
+	write_file(path, d.s, d.len);
+	ck_assert_int_eq(spool_committed_in_tmp(path, &f), 0);
+	dstr_free(&d);
+	rm_rf(tmpdir);
+}
+END_TEST
+
 static Suite *
 spool_suite(void)
 {
@@ -1052,11 +1231,15 @@ spool_suite(void)
 	tcase_add_test(tc, test_bad_lengths);
 	tcase_add_test(tc, test_trailing_byte);
 	tcase_add_test(tc, test_unknown_type);
+	tcase_add_test(tc, test_crc32c);
+	tcase_add_test(tc, test_check_record);
 	tcase_add_loop_test(tc, test_shapes, 0, sizeof(shape_cases) / sizeof(shape_cases[0]));
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("files");
 	tcase_add_test(tc, test_read_file);
+	tcase_add_test(tc, test_check_verify);
+	tcase_add_test(tc, test_committed_in_tmp);
 	tcase_add_test(tc, test_load_big_file);
 	tcase_add_test(tc, test_take_read_errors);
 	tcase_add_test(tc, test_prepare);

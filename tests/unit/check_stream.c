@@ -97,11 +97,11 @@ count(const char *sub)
 }
 
 static void
-head(struct dstr *h)
+head(struct dstr *h, const char *id)
 {
 	const char *rcpts[] = { "alice@example.test" };
 	struct spool_envelope env = {
-		.arrival_usec = 1700000000000000ull, .client = "127.0.0.1", .helo = "c.test",
+		.id = id, .arrival_usec = 1700000000000000ull, .client = "127.0.0.1", .helo = "c.test",
 		.proto = "ESMTP", .sender = "s@remote.test", .rcpts = rcpts, .nrcpt = 1,
 	};
 
@@ -121,7 +121,7 @@ stream_message(struct commit_pool *p, struct ctx *c, const char *id, size_t tota
 
 	for (i = 0; i < total; i++)
 		buf[i] = (unsigned char)("0123456789abcdef\r\n"[(i * 7) % 18]);
-	head(&h);
+	head(&h, id);
 	st = spool_stream_open(p, id, &h, on_resume, c);
 	dstr_free(&h);
 	for (i = 0; i < total; i += n) {
@@ -250,13 +250,13 @@ check_edit(bool new_body, const char *hold)
 	struct spool_file f;
 	struct dstr h, prefix, body;
 	const char *rcpts[] = { "bob@example.test", "carol@example.test" };
+	char id[QID_LEN + 1], path[256], err[256];
 	struct spool_envelope env = {
-		.arrival_usec = 1700000000000001ull, .client = "127.0.0.1", .helo = "c.test",
+		.id = id, .arrival_usec = 1700000000000001ull, .client = "127.0.0.1", .helo = "c.test",
 		.proto = "ESMTP", .sender = "new@remote.test", .rcpts = rcpts, .nrcpt = 2,
 		.hold_reason = hold,
 	};
 	static const char hdrs[] = "Subject: old\r\nX-Drop: 1\r\n\r\n";
-	char id[QID_LEN + 1], path[256], err[256];
 	unsigned char *content;
 	size_t total = 200000, i, n;
 
@@ -267,7 +267,7 @@ check_edit(bool new_body, const char *hold)
 	for (i = sizeof(hdrs) - 1; i < total; i++)
 		content[i] = (unsigned char)("0123456789abcdef\r\n"[(i * 5) % 18]);
 	qid_next(id);
-	head(&h);
+	head(&h, id);
 	st = spool_stream_open(p, id, &h, on_resume, &c);
 	dstr_free(&h);
 	for (i = 0; i < total; i += n) {
@@ -367,8 +367,9 @@ START_TEST(test_recycle)
 	ino_t ino = 0;
 	int fd;
 
-	head(&h);
-	end = h.len + total + SPOOL_REC_HDR;    /* the records end after the end marker */
+	head(&h, "0000000000A1");       /* as long as any id's */
+	/* the records end after the check record and the end marker */
+	end = h.len + total + SPOOL_CHECK_REC + SPOOL_REC_HDR;
 	dstr_free(&h);
 	if (_i < 3) {
 		old_size = _i == 0 ? 65536 : _i == 1 ? 16384 : end + 3;
@@ -406,6 +407,127 @@ START_TEST(test_recycle)
 	spool_file_free(&f);
 	free(sent);
 	commit_pool_destroy(p);
+	event_base_free(c.base);
+}
+END_TEST
+
+/* The name in dir of the file with inode ino, into name; false if none. */
+static bool
+name_of(const char *sub, ino_t ino, char name[QID_LEN + 1])
+{
+	char path[256];
+	struct dirent *e;
+	bool found = false;
+	DIR *d;
+
+	snprintf(path, sizeof(path), "%s/%s", spool, sub);
+	ck_assert_ptr_nonnull(d = opendir(path));
+	while ((e = readdir(d)) != NULL)
+		if (e->d_ino == ino && strlen(e->d_name) == QID_LEN) {
+			memcpy(name, e->d_name, QID_LEN + 1);
+			found = true;
+		}
+	closedir(d);
+	return found;
+}
+
+/* Slots: a stream is written over a file claimed from free/ into tmp/
+ * under its own name, in a batch (the pool keeps the rest for the next
+ * messages, and gives them back when it closes); the commit leaves it in
+ * incoming/ under the message's id, with its id and check records. When
+ * that last rename is lost (a crash before it reached the disk), the file
+ * waits in tmp/ under the slot's name, and start-up's recovery finds it
+ * there and puts it back; a slot's own old content, a torn file, a file
+ * whose check does not match and a file being made are removed, never
+ * recovered. */
+START_TEST(test_slots_and_recovery)
+{
+	struct ctx c = { 0 };
+	struct commit_pool *p;
+	struct spool_file f;
+	struct stat sb;
+	unsigned char *sent, *bytes;
+	char id[QID_LEN + 1], id2[QID_LEN + 1], name[QID_LEN + 1], name2[QID_LEN + 1];
+	char path[256], path2[256], err[256];
+	int fd, i;
+
+	for (i = 0; i < 40; i++) {
+		qid_next(name);
+		snprintf(path, sizeof(path), "%s/free/%s", spool, name);
+		ck_assert_int_ge(fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600), 0);
+		ck_assert_int_eq(write(fd, "old", 3), 3);
+		close(fd);
+	}
+	c.base = event_base_new();
+	p = commit_pool_create(c.base, spool, 2);
+	qid_next(id);
+	stream_message(p, &c, id, 5000, 1000, true, &sent);
+	ck_assert_int_eq(c.error, 0);
+	/* one batch claimed: one slot used, the rest kept in tmp/ */
+	ck_assert_uint_eq(count("incoming"), 1);
+	ck_assert_uint_gt(count("tmp"), 0);
+	ck_assert_uint_eq(count("free") + count("tmp"), 39);
+	snprintf(path, sizeof(path), "%s/incoming/%s", spool, id);
+	ck_assert_msg(spool_load(path, NULL, &f, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_str_eq(f.m.qid, id);
+	ck_assert_int_eq(spool_check_verify(&f), 1);
+	ck_assert(content_is(&f, 0, sent, 5000));
+	spool_file_free(&f);
+	free(sent);
+	qid_next(id2);
+	stream_message(p, &c, id2, 300, 300, true, &sent);
+	ck_assert_int_eq(c.error, 0);
+	free(sent);
+	commit_pool_destroy(p);
+	ck_assert_uint_eq(count("tmp"), 0);     /* unused slots went back */
+	ck_assert_uint_eq(count("free"), 38);
+
+	/* the commit's rename lost: the file is in tmp/ under its slot's name */
+	ck_assert_int_eq(stat(path, &sb), 0);
+	ck_assert(!name_of("free", sb.st_ino, name));
+	snprintf(path2, sizeof(path2), "%s/incoming/%s", spool, id2);
+	ck_assert_int_eq(stat(path2, &sb), 0);
+	ck_assert_uint_eq(sb.st_size, RECYCLE_ROUND);   /* a 3-byte slot, grown */
+	qid_next(name);
+	snprintf(path2, sizeof(path2), "%s/tmp/%s", spool, name);
+	ck_assert_int_eq(rename(path, path2), 0);
+	/* a slot's old content: a message under its own name (as free/ has them) */
+	snprintf(path, sizeof(path), "%s/incoming/%s", spool, id2);
+	snprintf(path2, sizeof(path2), "%s/tmp/%s", spool, id2);
+	ck_assert_int_eq(rename(path, path2), 0);
+	/* a committed file with one byte changed */
+	p = commit_pool_create(c.base, spool, 2);
+	qid_next(id2);
+	stream_message(p, &c, id2, 2000, 2000, true, &sent);
+	free(sent);
+	commit_pool_destroy(p);
+	snprintf(path, sizeof(path), "%s/incoming/%s", spool, id2);
+	ck_assert_int_eq(stat(path, &sb), 0);
+	qid_next(name2);
+	snprintf(path2, sizeof(path2), "%s/tmp/%s", spool, name2);
+	ck_assert_int_eq(rename(path, path2), 0);
+	ck_assert_msg(spool_load(path2, NULL, &f, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_int_ge(fd = open(path2, O_RDWR), 0);
+	bytes = (unsigned char *)"#";
+	ck_assert_int_eq(pwrite(fd, bytes, 1, (off_t)(f.m.content_offset + 1000)), 1);
+	close(fd);
+	spool_file_free(&f);
+	/* and a file being made (zeros) */
+	qid_next(name2);
+	snprintf(path2, sizeof(path2), "%s/tmp/%s", spool, name2);
+	ck_assert_int_ge(fd = open(path2, O_WRONLY | O_CREAT | O_EXCL, 0600), 0);
+	ck_assert_int_eq(ftruncate(fd, 4096), 0);
+	close(fd);
+
+	ck_assert_uint_eq(count("tmp"), 4);
+	ck_assert_int_eq(recycle_recover_tmp(spool, true), 1);
+	ck_assert_uint_eq(count("tmp"), 0);
+	ck_assert_uint_eq(count("incoming"), 1);
+	snprintf(path, sizeof(path), "%s/incoming/%s", spool, id);
+	ck_assert_msg(spool_load(path, NULL, &f, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_int_eq(spool_check_verify(&f), 1);
+	ck_assert_uint_eq(f.m.content_len, 5000);
+	spool_file_free(&f);
 	event_base_free(c.base);
 }
 END_TEST
@@ -469,6 +591,7 @@ stream_suite(void)
 	tcase_add_loop_test(tc, test_sizes, 0, 8);
 	tcase_add_test(tc, test_abort);
 	tcase_add_loop_test(tc, test_recycle, 0, 4);
+	tcase_add_test(tc, test_slots_and_recovery);
 	tcase_add_test(tc, test_recycle_put);
 	tcase_add_test(tc, test_recycle_fill);
 	tcase_add_test(tc, test_edit);
