@@ -13,9 +13,10 @@
  *
  * Results become durable before anything acts on them (outcome.c): a
  * bounce's DSN is committed before its recipient is marked bounced;
- * recipient marks are fdatasync'd before the file moves on; a finished
- * file is unlinked and the directory fsync'd (shared) before the next step
- * counts it gone. What a crash can repeat is only what was in flight.
+ * recipient marks are fdatasync'd before the file moves on. A finished
+ * file goes to free/ (or is unlinked) without waiting for the disk: a
+ * process crash repeats only what was in flight, a power failure also
+ * what finished in the last seconds (delivered again, never lost).
  *
  * When the master dies (EOF on its pipe) the queue manager takes nothing
  * new, gives the deliveries under way MASTER_GONE_GRACE_SECONDS to finish
