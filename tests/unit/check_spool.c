@@ -1167,6 +1167,7 @@ START_TEST(test_check_verify)
 		d.s[i] ^= 0x01;
 	}
 	/* a file without the record: nothing to match */
+	dstr_free(&d);
 	build_default(&d);
 	write_file(path, d.s, d.len);
 	ck_assert_msg(spool_load(path, NULL, &f, err, sizeof(err)) == 0, "%s", err);
