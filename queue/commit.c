@@ -9,7 +9,8 @@
  *
  * A stream written over a recycled file needs less: the file was claimed
  * from free/ into tmp/ under its own name, and that name made durable, in a
- * batch of claims sharing one fsync of tmp/ (the pool's reserve of slots)
+ * batch of claims sharing one fsync of free/ and one of tmp/ (the pool's
+ * reserve of slots)
  * before the stream wrote a byte. Its id and check records (queue.h) make
  * it a committed message where it stands once its data is fdatasync'd;
  * the rename into incoming/ follows, not waited for (recycle.c says how a
@@ -316,7 +317,9 @@ slot_take(struct commit_pool *p, char name[QID_LEN + 1], uint64_t *size)
 		p->claiming = true;
 		pthread_mutex_unlock(&p->slot_lock);
 		n = recycle_claim(p->rec, p->tmp_fd, names, SLOT_BATCH);
-		err = n > 0 ? dirsync_wait(p->tmp) : 0;
+		/* both folders: on a file system without a journal a rename is
+		 * two directory writes, and free/ must not keep the name */
+		err = n == 0 ? 0 : fsync(p->free_fd) < 0 ? errno : dirsync_wait(p->tmp);
 		if (err) {
 			/* names that may not survive a crash are no slots */
 			for (i = 0; i < n; i++)

@@ -10,8 +10,9 @@
  * directory fsync.
  *
  * A writer claims files in batches: each is renamed from free/ into tmp/
- * under the name it has (two writers never share one), and one fsync of
- * tmp/ makes the batch durable before anything is written into them
+ * under the name it has (two writers never share one), and an fsync of
+ * free/ and one of tmp/ make the batch durable before anything is written
+ * into them
  * (commit.c). The new message is then committed where it is written: the
  * file's data, fdatasync'd, is all its 250 waits for, since the name it
  * has was durable before. The rename into incoming/ that follows is not
