@@ -10,11 +10,10 @@
  * A stream written over a recycled file needs less: the file was claimed
  * from free/ into tmp/ under its own name, and that name made durable, in a
  * batch of claims sharing one fsync of free/ and one of tmp/ (the pool's
- * reserve of slots)
- * before the stream wrote a byte. Its id and check records (queue.h) make
- * it a committed message where it stands once its data is fdatasync'd;
- * the rename into incoming/ follows, not waited for (recycle.c says how a
- * crash is recovered from).
+ * reserve of slots) before the stream wrote a byte. Its id and check
+ * records (queue.h) make it a committed message where it stands once its
+ * data is fdatasync'd; the rename into incoming/ follows, not waited for
+ * (recycle.c says how a crash is recovered from).
  *
  * A spool stream does the same for a message whose content is still
  * arriving: the envelope and then the content go into the tmp/ file in
@@ -51,7 +50,7 @@
 #include "lib/metrics.h"
 #include "queue/queue.h"
 
-#define SLOT_BATCH 32               /* files claimed from free/ per fsync of tmp/ */
+#define SLOT_BATCH 32               /* files claimed from free/ per pair of fsyncs */
 
 struct commit_pool {
 	struct iopool *io;
