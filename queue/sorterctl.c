@@ -159,12 +159,16 @@ put_safe(const char *p, size_t n)
 
 /* Writes a message's content from its file, in pieces; safe: through
  * put_safe, cut at line ends so that no character is split. Returns 0, or
- * -1 with errno when the file cannot be read. */
+ * -1 with errno when the file cannot be read, or -2 when what was read
+ * does not match the file's check record (the message was delivered and
+ * its file written over by a new one while it was shown, or the file is
+ * damaged). */
 static int
 show_content(const struct spool_file *f, bool safe)
 {
 	static char buf[65536];
 	size_t off = 0, keep = 0, n, cut;
+	uint32_t crc = 0;
 	const char *nl;
 
 	while (off < f->m.content_len) {
@@ -173,6 +177,7 @@ show_content(const struct spool_file *f, bool safe)
 			n = f->m.content_len - off;
 		if (spool_content_read(f->fd, &f->m, off, buf + keep, n) < 0)
 			return -1;
+		crc = crc32c(crc, buf + keep, n);
 		off += n;
 		n += keep;
 		if (!safe) {
@@ -189,7 +194,7 @@ show_content(const struct spool_file *f, bool safe)
 	}
 	if (keep > 0)
 		put_safe(buf, keep);
-	return 0;
+	return f->m.has_check && crc != f->m.check_content ? -2 : 0;
 }
 
 /* Envelope fields come from the network: no control character of theirs,
@@ -735,8 +740,16 @@ cmd_show(const char *spool_dir, const char *id, bool raw)
 	putchar('\n');
 	/* the message as stored, unless a terminal would take its bytes for
 	 * commands (escape sequences in a header); --raw always */
-	if (show_content(&f, !raw && isatty(STDOUT_FILENO)) < 0) {
+	switch (show_content(&f, !raw && isatty(STDOUT_FILENO))) {
+	case -1:
 		fprintf(stderr, "sorterctl: read %s: %s\n", id, strerror(errno));
+		spool_file_free(&f);
+		return 1;
+	case -2:
+		fprintf(stderr, "sorterctl: %s: its content does not match its check record (the "
+			"message was delivered while it was shown and its queue file written over "
+			"by a new one, or the file is damaged): what was shown is not its content\n",
+			id);
 		spool_file_free(&f);
 		return 1;
 	}

@@ -167,5 +167,26 @@ class OfflineTest(QueueCtlCase):
                     self.assertIn("ZZZZZZZZZZZZ", r.stderr + r.stdout)
 
 
+class ShowTest(QueueCtlCase):
+    def test_content_that_does_not_match_its_check(self):
+        """sorterctl show checks the content it printed against the file's check record: a
+        message delivered while it is shown, its file written over by a new one, or a damaged
+        file, is reported (exit 1), never passed off as the message."""
+        m = self.defer_for_bob(["shown"])
+        qid, tok = m["shown"]
+        r = self.d.ctl("show", qid, check=False)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn(tok, r.stdout)
+        path = os.path.join(self.d.spool, "deferred", qid)
+        with open(path, "r+b") as f:
+            data = f.read()
+            at = data.index(tok.encode())
+            f.seek(at)
+            f.write(b"#")
+        r = self.d.ctl("show", qid, check=False)
+        self.assertEqual(r.returncode, 1, r)
+        self.assertIn("%s: its content does not match its check record" % qid, r.stderr)
+
+
 if __name__ == "__main__":
     unittest.main()
