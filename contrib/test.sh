@@ -2,14 +2,17 @@
 # test.sh - THE test command of Sorter: from the repository root of a clone, as root on a fresh
 # Debian machine, installs what is needed, builds twice out of tree (build/ plain, build-asan/
 # with AddressSanitizer and UndefinedBehaviorSanitizer), and runs for each the unit tests
-# (Check) and the integration suite against a private sorterd; then the fuzz targets briefly.
-# Stops at the first failure with a non-zero exit. Only 127.0.0.1 is ever used.
+# (Check) and the integration suite against a private sorterd (JOBS test modules side by
+# side, default 2); then the fuzz targets briefly (JOBS at a time). Each step says how long
+# the run has taken so far. Stops at the first failure with a non-zero exit. Only 127.0.0.0/8
+# is ever used.
 set -eu
 
 cd "$(dirname "$0")/.."
 JOBS=${JOBS:-2}
 
-step() { printf '\n==== %s ====\n' "$*"; }
+START=$(date +%s)
+step() { printf '\n==== %s (at %d s) ====\n' "$*" $(($(date +%s) - START)); }
 fail() { printf '\ntest.sh: FAILED: %s\n' "$*" >&2; exit 1; }
 
 step "packages (contrib/setup.sh)"
@@ -52,7 +55,7 @@ build() {
 # integration DIR: the Python suite against DIR/sorterd
 integration() {
     step "$1: integration tests"
-    tests/integration/run.sh "$1" || fail "$1: integration tests"
+    tests/integration/run.sh -j "$JOBS" "$1" || fail "$1: integration tests"
 }
 
 build build
@@ -66,8 +69,8 @@ build build-asan --enable-sanitizers
 integration build-asan
 
 if [ -f tests/fuzz/run.sh ]; then
-    step "fuzz targets (10 s each)"
-    sh tests/fuzz/run.sh 10 || fail "fuzz"
+    step "fuzz targets (10 s each, $JOBS at a time)"
+    FUZZ_JOBS=$JOBS sh tests/fuzz/run.sh 10 || fail "fuzz"
 else
     step "fuzz targets: tests/fuzz/run.sh not present, skipped"
 fi

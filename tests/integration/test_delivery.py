@@ -104,6 +104,8 @@ class DeliveryTestCase(SorterTestCase):
             self.skipTest(missing)
         self.build = build_dir()
         os.chmod(self.tmp, 0o755)
+        self.started_nodes = []
+        self.addCleanup(DovecotNode.stop_all, self.started_nodes)
         self.node_a = self.node("a", NODE_A_USERS)
         self.node_b = self.node("b", NODE_B_USERS)
         self.nodes = [self.node_a, self.node_b]
@@ -118,7 +120,7 @@ class DeliveryTestCase(SorterTestCase):
     def node(self, name, users, start=True):
         n = DovecotNode(os.path.join(self.tmp, "node-" + name), free_port(), users,
                         name="node-" + name)
-        self.addCleanup(n.stop)
+        self.started_nodes.append(n)     # stopped with the others, after sorterd
         self.daemons.append(n)   # its log is printed when the test fails, as sorterd's is
         if start:
             n.start()

@@ -585,9 +585,9 @@ class OpenDKIMTest(MilterTestCase):
         keyfile, txt = genkey(keydir, DOMAIN, "sel")
         signer = OpenDKIM(os.path.join(self.tmp, "dkim-s"), "s", DOMAIN, "sel", keyfile, txt)
         verifier = OpenDKIM(os.path.join(self.tmp, "dkim-v"), "v", DOMAIN, "sel", keyfile, txt)
+        self.addCleanup(OpenDKIM.stop_all, [signer, verifier])
         for o in (signer, verifier):
             o.start()
-            self.addCleanup(o.stop)
         cert, key = make_cert(self.tmp)
         maps = os.path.join(self.tmp, "maps")
         os.makedirs(maps)

@@ -101,11 +101,20 @@ class PostfixMXTest(Outbound2TestCase):
 class RoundRobinTest(Outbound2TestCase):
     """mx1.rr.test has two A records, 127.0.0.12 and 127.0.0.13. Every new connection looks
     the name up again and starts one address further (client.c on_dns); a connection is
-    kept lmtp_idle_timeout (1 s here) for the next message, so the messages are sent 2.5 s
-    apart to make each one take a new connection."""
+    kept lmtp_idle_timeout (1 s here) for the next message, so each message is sent only
+    once no connection to either address is open any more (read from /proc/net/tcp): each one
+    takes a new connection."""
 
     ALIASES = {FWD: "user@rr.test"}
     ROUNDS = 6
+
+    def open_to_mx(self):
+        """Connections to mx1.rr.test's addresses on the MX port that are neither closed nor
+        being closed by their client (ESTABLISHED, SYN_SENT, SYN_RECV, CLOSE_WAIT)."""
+        want = {"%s:%04X" % (a, self.mxport) for a in ("0C00007F", "0D00007F")}
+        with open("/proc/net/tcp") as f:
+            return [l for l in f.readlines()[1:]
+                    if l.split()[2] in want and l.split()[3] in ("01", "02", "03", "08")]
 
     def one_by_one(self, d, n, tag):
         """n messages, each delivered (status=sent) and its connection closed before the
@@ -115,7 +124,9 @@ class RoundRobinTest(Outbound2TestCase):
             qid = self.send(d, [FWD], message("%s %d" % (tag, i)))
             self.wait_log(d, r"%s: to=<user@rr\.test>.*status=sent" % qid)
             qids.append(qid)
-            time.sleep(2.5)
+            self.assertTrue(wait_until(lambda: not self.open_to_mx(), 10),
+                            "a connection to mx1.rr.test outlived lmtp_idle_timeout: %s"
+                            % self.open_to_mx())
         return qids
 
     def relays(self, d, qids):
