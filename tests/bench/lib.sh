@@ -4,6 +4,10 @@
 # shellcheck shell=bash
 
 now() { echo "$EPOCHREALTIME"; }   # bash >= 5
+# settle: what earlier runs left dirty (a spool removed, a queue written) reaches the disk before
+# the next timed run starts, so that no MTA's run pays for the one before it. The bench's own
+# sync, between runs, never during one; each MTA under test gets the same.
+settle() { sync; sleep 1; }
 
 # fdiv A B -> A/B with one decimal (awk: no bc dependency)
 fdiv() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1f", a / b; else print "nan" }'; }
