@@ -12,10 +12,9 @@
  * A writer claims files in batches: each is renamed from free/ into tmp/
  * under the name it has (two writers never share one), and an fsync of
  * free/ and one of tmp/ make the batch durable before anything is written
- * into them
- * (commit.c). The new message is then committed where it is written: the
- * file's data, fdatasync'd, is all its 250 waits for, since the name it
- * has was durable before. The rename into incoming/ that follows is not
+ * into them (commit.c). The new message is then committed where it is
+ * written: the file's data, fdatasync'd, is all its 250 waits for, since
+ * the name it has was durable before. The rename into incoming/ that follows is not
  * waited for: after a crash, a file in tmp/ whose id record names another
  * id than its own name and whose check record matches is such a message
  * (spool_committed_in_tmp), and start-up moves it into incoming/
