@@ -605,7 +605,8 @@ queue_import(const char *spool_dir, const char *src, FILE *out, struct import_re
 	/* what the peer's crash left committed in its tmp/ (written over a
 	 * recycled file, its rename into incoming/ lost) goes to its incoming/
 	 * first, as its own start would do */
-	if (im.src_state[STATE_INCOMING] >= 0 && recycle_recover_tmp(src, false) < 0 && errno != ENOENT) {
+	if (im.src_state[STATE_INCOMING] >= 0 && recycle_recover_tmp(src, false) < 0 &&
+	    errno != ENOENT) {
 		snprintf(err, errlen, "recover %s/tmp: %s", src, strerror(errno));
 		importer_close(&im);
 		return -1;
