@@ -3,7 +3,8 @@
  * messages (I/O threads, group directory fsync), and reading it back.
  *
  * Spool layout under spool_dir:
- *   tmp/       files being written; never acknowledged, removed at start
+ *   tmp/       files being written, and recycled files claimed for that;
+ *              at start, a committed one is recovered (recycle.c), the rest go
  *   free/      delivered messages' files, kept to be overwritten by new ones
  *              (recycle.c): never read, never delivered
  *   incoming/  committed messages waiting for the queue manager
