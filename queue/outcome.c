@@ -298,10 +298,7 @@ disk_work(void *arg)
 		 * the last seconds, to be delivered again, never lost; and a
 		 * claim's fsync covers it before the file is written again
 		 * (recycle.c). The administrator's delete is made durable. */
-		if (strcmp(mq->m.qid, mq->id) == 0)
-			err = recycle_put(q->rec, afd, mq->id, mq->len) < 0 ? errno : 0;
-		else
-			err = unlinkat(afd, mq->id, 0) < 0 ? errno : 0;
+		err = recycle_put(q->rec, afd, mq->id, mq->m.qid, mq->len) < 0 ? errno : 0;
 		if (err == ENOENT)
 			err = 0;
 		unlinkat(q->dirfd[D_DEFER], mq->id, 0);

@@ -343,14 +343,15 @@ int recycle_recover_tmp(const char *spool_dir, bool remove_rest);
  * plus a record header grows to the next RECYCLE_ROUND bytes, zeros
  * written. Returns 0, or -1 with errno. */
 int recycle_pad(int fd, uint64_t end, uint64_t size);
-/* A finished queue file (id in from_fd's folder, size bytes) goes to free/
- * while it has room and the file is small, else it is unlinked. Only a
- * file whose id record names id may go to free/ (a claim in tmp/ must
- * never look like a committed message: see spool_committed_in_tmp); the
- * caller unlinks any other. Returns 0, or -1 with errno from the unlink.
+/* A finished queue file (id in from_fd's folder, size bytes, id_rec its
+ * id record or "") goes to free/ while it has room and the file is small,
+ * else it is unlinked. Only a file whose id record names id may go to
+ * free/: a claim in tmp/ must never look like a committed message (see
+ * spool_committed_in_tmp). Returns 0, or -1 with errno from the unlink.
  * Neither is made durable here: a claim's directory fsync covers it before
  * the file is written again. */
-int recycle_put(struct recycler *r, int from_fd, const char *id, uint64_t size);
+int recycle_put(struct recycler *r, int from_fd, const char *id, const char *id_rec,
+		uint64_t size);
 /* Fills free/ up to n files (each RECYCLE_ROUND zero bytes, fdatasync'd),
  * named from ids (n unused queue ids). Slow (a new file's fsync each): for
  * an I/O thread. Returns how many it made, or -1 with errno. */

@@ -266,11 +266,14 @@ recycle_pad(int fd, uint64_t end, uint64_t size)
 }
 
 int
-recycle_put(struct recycler *r, int from_fd, const char *id, uint64_t size)
+recycle_put(struct recycler *r, int from_fd, const char *id, const char *id_rec,
+	    uint64_t size)
 {
 	uint64_t now;
 	bool keep = false;
 
+	if (strcmp(id_rec, id) != 0)
+		return unlinkat(from_fd, id, 0);       /* imported, or written before id records */
 	if (r != NULL && size <= RECYCLE_FILE_MAX && !room(r)) {
 		release(r);
 		return unlinkat(from_fd, id, 0);

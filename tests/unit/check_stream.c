@@ -533,7 +533,8 @@ START_TEST(test_slots_and_recovery)
 END_TEST
 
 /* The queue manager's side: a finished file goes to free/ while it is
- * small and free/ has room, else it is unlinked. */
+ * small and free/ has room, and only when its id record names it; else it
+ * is unlinked. */
 START_TEST(test_recycle_put)
 {
 	struct recycler *r = recycler_open(spool, 0);
@@ -542,11 +543,20 @@ START_TEST(test_recycle_put)
 
 	snprintf(path, sizeof(path), "%s/active", spool);
 	ck_assert_int_ge(dfd = open(path, O_RDONLY | O_DIRECTORY), 0);
+	/* imported (another spool's id) or without an id record: never free/ */
+	for (i = 0; i < 2; i++) {
+		qid_next(id);
+		ck_assert_int_ge(fd = openat(dfd, id, O_WRONLY | O_CREAT | O_EXCL, 0600), 0);
+		close(fd);
+		ck_assert_int_eq(recycle_put(r, dfd, id, i == 0 ? "0000000000A1" : "", 100), 0);
+	}
+	ck_assert_uint_eq(count("active"), 0);
+	ck_assert_uint_eq(count("free"), 0);
 	for (i = 0; i < RECYCLE_POOL_MAX + 5; i++) {
 		qid_next(id);
 		ck_assert_int_ge(fd = openat(dfd, id, O_WRONLY | O_CREAT | O_EXCL, 0600), 0);
 		close(fd);
-		ck_assert_int_eq(recycle_put(r, dfd, id, i == 0 ? RECYCLE_FILE_MAX + 1 : 100), 0);
+		ck_assert_int_eq(recycle_put(r, dfd, id, id, i == 0 ? RECYCLE_FILE_MAX + 1 : 100), 0);
 	}
 	ck_assert_uint_eq(count("active"), 0);
 	ck_assert_uint_eq(count("free"), RECYCLE_POOL_MAX);
