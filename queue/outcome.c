@@ -274,6 +274,7 @@ struct diskjob {
 	char *types;
 	size_t nmarks;
 	int err;
+	bool parked_any;        /* some recipient waits on a drained node */
 	/* a follow-up for a late request: the operation, and what it said */
 	bool late;
 	enum queue_op late_op;
@@ -382,6 +383,8 @@ disk_done(void *arg)
 	struct qmsg *mq = dj->mq;
 	struct qmgr *q = mq->q;
 	enum queue_op op;
+	char id[QID_LEN + 1];
+	bool retry;
 
 	if (dj->late && dj->err)
 		msg_warn("%s: cannot carry out the %s request: %s", mq->id,
@@ -412,12 +415,17 @@ disk_done(void *arg)
 		q->msgs = mq->next;
 	if (mq->next)
 		mq->next->prev = mq->prev;
+	retry = !dj->late && !dj->err && dj->fate == QFATE_DEFER && dj->parked_any &&
+		mq->resume_req;
+	snprintf(id, sizeof(id), "%s", mq->id);
 	dstr_free(&dj->late_out);
 	free(dj->offsets);
 	free(dj->types);
 	free(dj);
 	msg_release_slot(q, mq->len);
 	msg_free(mq);
+	if (retry)
+		qmgr_retry_now(q, id);
 }
 
 /* Parked recipients only: no backoff that grows with age (an undrain
@@ -458,6 +466,7 @@ disk_phase(struct qmsg *mq)
 				final = false;
 				err = e->diag;
 				parked = parked && e->parked;
+				dj->parked_any = dj->parked_any || e->parked;
 			} else if (e->out == OUT_BOUNCED) {
 				bounced = true;
 			}

@@ -751,8 +751,21 @@ qmgr_control(struct qmgr *q, enum queue_op op, const char *id, struct dstr *out)
 void
 qmgr_resume(struct qmgr *q)
 {
+	struct qmsg *mq;
+
+	/* an attempt under way may still park its recipients (routed before
+	 * the undrain, or its results not yet on disk): the scan below cannot
+	 * see it, so it is retried when it lands in deferred/ */
+	for (mq = q->msgs; mq != NULL; mq = mq->next)
+		mq->resume_req = true;
 	scan_dir(q, D_DEFERRED, false);
 	scan_dir(q, D_INCOMING, false);
+}
+
+void
+qmgr_retry_now(struct qmgr *q, const char *id)
+{
+	(void)msg_load(q, D_DEFERRED, id);
 }
 
 void

@@ -72,6 +72,8 @@ struct qmsg {
 	bool hold_req, delete_req;      /* sorterctl's, set and read on the loop thread only */
 	bool eightbit;          /* the content has bytes >= 0x80 */
 	bool route_wait;        /* a map lookup is under way: routed again when answered */
+	bool resume_req;        /* an undrain came while it was in memory: a deferral
+				 * is retried at once, not at next_retry */
 	time_t next_retry;
 	uint64_t start_usec;
 	struct qmsg *prev, *next;
@@ -113,8 +115,11 @@ void log_result(struct qmsg *mq, const struct qrcpt *qr, const struct qexp *e, c
 /* a message left memory: take more work if some waits */
 void msg_release_slot(struct qmgr *q, size_t bytes);
 
-/* deferred mail is retried now (an undrain) */
+/* deferred mail is retried now (an undrain), and so is mail in memory
+ * that is deferred when its attempt ends */
 void qmgr_resume(struct qmgr *q);
+/* a message just moved to deferred/ is taken in again at once */
+void qmgr_retry_now(struct qmgr *q, const char *id);
 
 /* outcome.c: every transaction of the attempt has reported */
 void msg_finish(struct qmsg *mq);

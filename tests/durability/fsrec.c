@@ -29,6 +29,11 @@
  * lock and allocates nothing; a thread-local flag keeps it from recording
  * itself. It must never change what the wrapped call does or returns, errno
  * included. Without $FSREC_LOG it only passes calls through.
+ *
+ * One knob changes when a call happens, never what it does: with
+ * $FSREC_SLOW_RENAME=SUBSTRING:MSEC, a recorded rename whose target path
+ * contains SUBSTRING sleeps MSEC milliseconds first (a slow disk, to widen
+ * a race a test proves closed).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE 1
@@ -605,16 +610,43 @@ fdatasync(int fd)
 
 /* ---- names: rename, unlink ---- */
 
+/* $FSREC_SLOW_RENAME: sleeps before a rename to a matching target */
+static void
+slow_rename(const char *target)
+{
+	const char *knob = getenv("FSREC_SLOW_RENAME"), *colon;
+	char sub[256];
+	size_t n;
+	long ms;
+	struct timespec ts;
+
+	if (knob == NULL || (colon = strrchr(knob, ':')) == NULL)
+		return;
+	n = (size_t)(colon - knob);
+	if (n == 0 || n >= sizeof(sub))
+		return;
+	memcpy(sub, knob, n);
+	sub[n] = '\0';
+	if (strstr(target, sub) == NULL || (ms = strtol(colon + 1, NULL, 10)) <= 0)
+		return;
+	ts.tv_sec = ms / 1000;
+	ts.tv_nsec = (ms % 1000) * 1000000L;
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
+}
+
 #define NAME_CALL(name, olddir, oldp, newdir, newp, call) \
 	do { \
 		struct rec r; \
 		long long ret; \
-		int err; \
+		int err, saved_errno = errno; \
 		if (!rec_enter()) \
 			return call; \
 		rec_start(&r, name, olddir); \
 		name_info(&r, olddir, oldp, r.path, 1); \
 		name_info(&r, newdir, newp, r.path2, 0); \
+		slow_rename(r.path2);   /* an unlink's is "" */ \
+		errno = saved_errno; \
 		r.t0 = now_ns(); \
 		ret = (long long)(call); \
 		err = errno; \

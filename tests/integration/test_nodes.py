@@ -16,7 +16,8 @@ import re
 import time
 import unittest
 
-from harness import wait_until, write_map
+import fsrec
+from harness import Sorterd, wait_until, write_map
 from test_delivery import ALICE, BOB, SLOW, DeliveryTestCase, token
 
 PROBE = {"node_probe_interval": 1}
@@ -248,6 +249,33 @@ class DrainTest(NodesTestCase):
         self.wait_log(r"%s: .*status=deferred \(node node-a is drained\)" % qid)
         self.ctl_ok("undrain", "node-a")
         self.wait_delivered(self.node_a, "alice", tok, timeout=10)
+
+    def test_undrain_while_an_attempt_parks(self):
+        """An undrain that comes while an attempt is still parking the node's mail (logged
+        as deferred, its move into deferred/ not yet done: that rename made 1.5 s slow)
+        delivers it at once all the same, not at the next retry an hour later."""
+        log = os.path.join(self.tmp, "fsrec.log")
+        with open(log, "w"):
+            pass
+        os.chmod(log, 0o666)
+        settings = dict(SLOW)
+        settings.update(self.write_maps())
+        settings.update(PROBE)
+        self.d = Sorterd(os.path.join(self.tmp, "d"), start=False, **settings)
+        self.d.argv_prefix = ("env", "LD_PRELOAD=" + fsrec.preload(self.d.build),
+                              "FSREC_LOG=" + log, "FSREC_SLOW_RENAME=/deferred/:1500")
+        self.daemons.append(self.d)
+        self.addCleanup(self._finish, self.d)
+        self.d.start()
+        self.ctl_ok("drain", "node-a")
+        tok = token("racing")
+        qid = self.send(ALICE, tok)
+        self.wait_log(r"%s: .*status=deferred \(node node-a is drained\)" % qid)
+        self.ctl_ok("undrain", "node-a")
+        self.wait_delivered(self.node_a, "alice", tok, timeout=10)
+        moves = [r for r in fsrec.read_log(log)
+                 if r.call in fsrec.RENAME_CALLS and "/deferred/" in r.path2]
+        self.assertTrue(moves, "the attempt never moved %s into deferred/" % qid)
 
     def test_bad_node_names(self):
         self.start_sorterd(**PROBE)
