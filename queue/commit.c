@@ -7,31 +7,27 @@
  * does the job's callback run in the event loop, and only then may a 250
  * be sent.
  *
- * A stream written over a recycled file needs less: the file was claimed
- * from free/ into tmp/ under its own name, and that name made durable, in a
- * batch of claims sharing one fsync of free/ and one of tmp/ (the pool's
- * reserve of slots) before the stream wrote a byte. Its id and check
- * records (queue.h) make it a committed message where it stands once its
- * data is fdatasync'd; the rename into incoming/ follows, not waited for
+ * A spool stream takes a message whose content is still arriving, and
+ * needs less: it writes into a slot (recycle.c), a file of slots/ whose
+ * name was durable before the stream wrote a byte. The envelope and then
+ * the content go into it in chunks as they come, one write at a time per
+ * message on an I/O thread, from at most two bounded buffers (one filling,
+ * one being written), so a message's size never decides the memory it
+ * takes. At the end the content record's length is written in place, then
+ * the check and end records; the message's id and check records (queue.h)
+ * make it a committed message where it stands once its data is
+ * fdatasync'd. The hard link into incoming/ follows, not waited for
  * (recycle.c says how a crash is recovered from).
- *
- * A spool stream does the same for a message whose content is still
- * arriving: the envelope and then the content go into the tmp/ file in
- * chunks as they come, one write at a time per message on an I/O thread,
- * from at most two bounded buffers (one filling, one being written), so a
- * message's size never decides the memory it takes. The content record's
- * length is written in place at the end, before the fsync, while the file
- * is still in tmp/ and nobody can have read it.
  *
  * Milters read a stream's content back before its commit (flush, then
  * reads on a thread), and what they edit is committed in the stream's
- * place: a second file in tmp/ gets the new envelope, the new header
- * section and the body (new, or copied from the first file), and replaces
- * the first one before the usual fsync, rename and directory fsync, into
- * incoming/ or, for a quarantine, hold/.
+ * place: a new file in tmp/ gets the new envelope, the new header section
+ * and the body (new, or copied from the slot), and goes where a whole job
+ * goes (fsync, rename, directory fsync) into incoming/ or, for a
+ * quarantine, hold/; the slot, never committed, is free again.
  *
- * This file must never let a job report success before its directory entry
- * is durable, and never leave a half-written file in incoming/.
+ * This file must never let a job report success before its message is
+ * durable and findable, and never leave a half-written file in incoming/.
  */
 #include "config.h"
 
@@ -50,22 +46,13 @@
 #include "lib/metrics.h"
 #include "queue/queue.h"
 
-#define SLOT_BATCH 32               /* files claimed from free/ per pair of fsyncs */
 
 struct commit_pool {
 	struct iopool *io;
-	struct recycler *rec;       /* streams write over files from free/ */
+	struct slots *slots;        /* where streams write */
 	int tmp_fd;
-	int free_fd;
-	struct dirsync *tmp;        /* claims */
 	struct dirsync *incoming;
 	struct dirsync *hold;
-	/* slots: files claimed into tmp/, their names durable, not written yet */
-	pthread_mutex_t slot_lock;
-	pthread_cond_t slot_cond;
-	bool claiming;              /* a thread is claiming a batch */
-	char slots[SLOT_BATCH][QID_LEN + 1];
-	size_t nslots;
 };
 
 #define STREAM_CHUNK (64 * 1024)    /* bytes handed to a thread at once */
@@ -73,10 +60,10 @@ struct commit_pool {
 struct spool_stream {
 	struct commit_pool *pool;
 	char id[QID_LEN + 1];
-	char name[QID_LEN + 1];     /* its name in tmp/: id, or a slot's own name */
-	bool slot;                  /* written over a claimed slot */
-	int fd;                     /* -1 until the first write job opened the file */
-	uint64_t file_size;         /* the file's length when taken (0: a new file) */
+	char new_name[QID_LEN + 1]; /* for a new slot, if one must be made */
+	struct slot_ref slot;       /* the slot written into */
+	int fd;                     /* the slot's; -1 until the first write job took one */
+	uint64_t file_size;         /* the slot's length when taken (0: a new one) */
 	struct dstr head;           /* the records before the content, for the check */
 	uint32_t content_crc;       /* of the content written so far */
 	uint64_t off;               /* where the next write goes */
@@ -94,7 +81,6 @@ struct spool_stream {
 	void *arg;
 	uint64_t commit_usec;       /* metrics_now() at the end of data */
 	spool_stream_done_cb *flushed; /* a flush waits for the writes */
-	int rfd;                    /* reading the content back: -1 until then */
 	bool reading;               /* a read is on a thread */
 	struct spool_edit *edit;    /* STREAM_EDITED: what is committed instead */
 };
@@ -212,20 +198,13 @@ commit_pool_create(struct event_base *base, const char *spool_dir, int nthreads)
 	p->tmp_fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (p->tmp_fd < 0)
 		msg_fatal("open %s: %s", path, strerror(errno));
-	snprintf(path, sizeof(path), "%s/free", spool_dir);
-	p->free_fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (p->free_fd < 0)
-		msg_fatal("open %s: %s", path, strerror(errno));
-	snprintf(path, sizeof(path), "%s/tmp", spool_dir);
-	p->tmp = dirsync_open(path);
 	snprintf(path, sizeof(path), "%s/incoming", spool_dir);
 	p->incoming = dirsync_open(path);
 	snprintf(path, sizeof(path), "%s/hold", spool_dir);
 	p->hold = dirsync_open(path);
-	pthread_mutex_init(&p->slot_lock, NULL);
-	pthread_cond_init(&p->slot_cond, NULL);
 	p->io = iopool_create(base, nthreads);
-	p->rec = recycler_open(spool_dir, 0);      /* it only takes files */
+	/* the SMTP server refuses mail short of queue_minfree itself */
+	p->slots = slots_open(spool_dir, 0);
 	return p;
 }
 
@@ -241,20 +220,10 @@ commit_submit(struct commit_pool *p, struct commit_job *job)
 void
 commit_pool_destroy(struct commit_pool *p)
 {
-	size_t i;
-
 	iopool_destroy(p->io);
-	/* unused slots go back (their old content, never read) */
-	for (i = 0; i < p->nslots; i++)
-		if (renameat2(p->tmp_fd, p->slots[i], p->free_fd, p->slots[i], RENAME_NOREPLACE) < 0)
-			unlinkat(p->tmp_fd, p->slots[i], 0);
-	dirsync_close(p->tmp);
 	dirsync_close(p->incoming);
 	dirsync_close(p->hold);
-	recycler_close(p->rec);
-	pthread_mutex_destroy(&p->slot_lock);
-	pthread_cond_destroy(&p->slot_cond);
-	close(p->free_fd);
+	slots_close(p->slots);
 	close(p->tmp_fd);
 	free(p);
 }
@@ -280,63 +249,6 @@ pwrite_all(int fd, const char *buf, size_t len, uint64_t off)
 	return 0;
 }
 
-/* on a thread: a slot (a claimed file of tmp/ whose name is durable),
- * open for writing, its name in name and its length in *size; -1 when
- * free/ has none. Claims a batch when the reserve is empty; one thread
- * claims at a time, the others wait for its batch. */
-static int
-slot_take(struct commit_pool *p, char name[QID_LEN + 1], uint64_t *size)
-{
-	char names[SLOT_BATCH][QID_LEN + 1];
-	struct stat sb;
-	size_t n, i;
-	int fd, err;
-
-	pthread_mutex_lock(&p->slot_lock);
-	for (;;) {
-		if (p->nslots > 0) {
-			memcpy(name, p->slots[--p->nslots], QID_LEN + 1);
-			pthread_mutex_unlock(&p->slot_lock);
-			fd = openat(p->tmp_fd, name, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
-			if (fd >= 0 && fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode)) {
-				*size = (uint64_t)sb.st_size;
-				return fd;
-			}
-			/* not a file we can use: gone, it will not come back */
-			if (fd >= 0)
-				close(fd);
-			unlinkat(p->tmp_fd, name, 0);
-			pthread_mutex_lock(&p->slot_lock);
-			continue;
-		}
-		if (p->claiming) {
-			pthread_cond_wait(&p->slot_cond, &p->slot_lock);
-			continue;
-		}
-		p->claiming = true;
-		pthread_mutex_unlock(&p->slot_lock);
-		n = recycle_claim(p->rec, p->tmp_fd, names, SLOT_BATCH);
-		/* both folders: on a file system without a journal a rename is
-		 * two directory writes, and free/ must not keep the name */
-		err = n == 0 ? 0 : fsync(p->free_fd) < 0 ? errno : dirsync_wait(p->tmp);
-		if (err) {
-			/* names that may not survive a crash are no slots */
-			for (i = 0; i < n; i++)
-				unlinkat(p->tmp_fd, names[i], 0);
-			n = 0;
-		}
-		pthread_mutex_lock(&p->slot_lock);
-		p->claiming = false;
-		pthread_cond_broadcast(&p->slot_cond);
-		if (n == 0)
-			break;
-		memcpy(p->slots, names, n * sizeof(names[0]));
-		p->nslots = n;
-	}
-	pthread_mutex_unlock(&p->slot_lock);
-	return -1;
-}
-
 /* on a thread: the busy buffer goes to the file */
 static void
 stream_write_work(void *arg)
@@ -347,19 +259,12 @@ stream_write_work(void *arg)
 	if (st->error)
 		return;
 	if (st->fd < 0) {
-		/* a recycled file if there is one, else a new one */
-		st->fd = slot_take(st->pool, st->name, &st->file_size);
-		st->slot = st->fd >= 0;
-		if (st->fd < 0) {
-			st->file_size = 0;
-			memcpy(st->name, st->id, sizeof(st->name));
-			st->fd = openat(st->pool->tmp_fd, st->name,
-					O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-		}
-		if (st->fd < 0) {
+		if (slot_take(st->pool->slots, st->new_name, &st->slot) < 0) {
 			st->error = errno;
 			return;
 		}
+		st->fd = st->slot.fd;
+		st->file_size = st->slot.size;
 	}
 	if (pwrite_all(st->fd, st->busy.s, st->busy.len, st->off) < 0) {
 		st->error = errno;
@@ -420,25 +325,27 @@ stream_written(void *arg)
 	}
 }
 
-/* on a thread: the rest, the content length, the end; fsync, rename, and
- * the directory fsync; or, for an abort, the file removed */
+/* on a thread: the slot back to the pool, whatever it holds (never a
+ * committed message) */
+static void
+stream_let_go(struct spool_stream *st)
+{
+	if (st->fd >= 0)
+		slot_drop(st->pool->slots, &st->slot);
+	st->fd = -1;
+}
+
+/* on a thread: the rest, the content length, the check and the end;
+ * fdatasync, and the link into incoming/; or, for an abort, the slot given
+ * back */
 static void
 stream_final_work(void *arg)
 {
 	struct spool_stream *st = arg;
 	unsigned char end[SPOOL_REC_HDR], len[4], check[SPOOL_CHECK_REC];
-	int ifd = dirsync_fd(st->pool->incoming), err;
 
-	if (st->rfd >= 0) {
-		close(st->rfd);
-		st->rfd = -1;
-	}
 	if (st->end == STREAM_ABORT || st->error) {
-		if (st->fd >= 0) {
-			close(st->fd);
-			st->fd = -1;
-			unlinkat(st->pool->tmp_fd, st->name, 0);
-		}
+		stream_let_go(st);
 		return;
 	}
 	if (st->end == STREAM_EDITED) {
@@ -456,9 +363,8 @@ stream_final_work(void *arg)
 	len[3] = (unsigned char)st->content_len;
 	memcpy(st->head.s + st->content_hdr + 1, len, sizeof(len));
 	spool_check_encode(check, crc32c(0, st->head.s, st->head.len), st->content_crc);
-	/* fdatasync: the data and the length, all a reader needs; a new file's
-	 * name is made durable by the directory fsync after the rename, a
-	 * slot's was before the first write */
+	/* fdatasync: the data and the length, all a reader needs; the slot's
+	 * name was durable before its first write */
 	if (pwrite_all(st->fd, (const char *)check, sizeof(check), st->off) < 0 ||
 	    pwrite_all(st->fd, (const char *)end, sizeof(end), st->off + sizeof(check)) < 0 ||
 	    recycle_pad(st->fd, st->off + sizeof(check) + sizeof(end), st->file_size) < 0 ||
@@ -467,28 +373,13 @@ stream_final_work(void *arg)
 		st->error = errno;
 		goto fail;
 	}
-	err = close(st->fd);
+	/* committed; the link (not waited for) hands it to the queue manager */
 	st->fd = -1;
-	if (err < 0) {
+	if (slot_link(st->pool->slots, &st->slot, dirsync_fd(st->pool->incoming), st->id) < 0)
 		st->error = errno;
-		unlinkat(st->pool->tmp_fd, st->name, 0);
-		return;
-	}
-	if (renameat2(st->pool->tmp_fd, st->name, ifd, st->id, RENAME_NOREPLACE) < 0) {
-		st->error = errno;
-		unlinkat(st->pool->tmp_fd, st->name, 0);
-		return;
-	}
-	if (st->slot)
-		return;         /* committed at the fdatasync */
-	if ((st->error = dirsync_wait(st->pool->incoming)) != 0 && unlinkat(ifd, st->id, 0) < 0)
-		msg_warn("%s: cannot remove unacknowledged queue file: %s", st->id,
-			 strerror(errno));
 	return;
 fail:
-	close(st->fd);
-	st->fd = -1;
-	unlinkat(st->pool->tmp_fd, st->name, 0);
+	stream_let_go(st);
 }
 
 static void
@@ -534,7 +425,7 @@ spool_stream_open(struct commit_pool *p, const char *id, const struct dstr *head
 	st->pool = p;
 	snprintf(st->id, sizeof(st->id), "%s", id);
 	st->fd = -1;
-	st->rfd = -1;
+	qid_next(st->new_name);
 	st->content_hdr = head->len - SPOOL_REC_HDR;
 	dstr_init(&st->fill, 0);
 	dstr_init(&st->busy, 0);
@@ -621,12 +512,12 @@ read_work(void *arg)
 	struct spool_stream *st = rj->st;
 	ssize_t r;
 
-	if (st->rfd < 0 && (st->rfd = openat(st->pool->tmp_fd, st->name, O_RDONLY | O_CLOEXEC)) < 0) {
-		rj->got = -errno;
+	if (st->fd < 0) {
+		rj->got = -EBADF;       /* nothing was written: flushed first, always */
 		return;
 	}
 	do
-		r = pread(st->rfd, rj->buf, rj->n,
+		r = pread(st->fd, rj->buf, rj->n,
 			  (off_t)(st->content_hdr + SPOOL_REC_HDR + rj->off));
 	while (r < 0 && errno == EINTR);
 	rj->got = r < 0 ? -errno : r;
@@ -710,8 +601,8 @@ spool_edit_free(struct spool_edit *e)
 }
 
 /* on a thread: the edited message into tmp/ID.edit, which goes where a
- * commit goes (a new file: fsync, rename, directory fsync); the stream's
- * own file is removed */
+ * whole job goes (a new file: fsync, rename, directory fsync); the slot
+ * is given back */
 static void
 stream_edit_work(struct spool_stream *st)
 {
@@ -746,14 +637,15 @@ stream_edit_work(struct spool_stream *st)
 		off += e->body.len;
 		crc = crc32c(crc, e->body.s, e->body.len);
 	} else {
-		if (st->rfd < 0 &&
-		    (st->rfd = openat(st->pool->tmp_fd, st->name, O_RDONLY | O_CLOEXEC)) < 0)
+		if (st->fd < 0) {
+			errno = EBADF;
 			goto fail_new;
+		}
 		buf = xmalloc(STREAM_CHUNK);
 		from = st->content_hdr + SPOOL_REC_HDR + e->body_off;
 		for (left = st->content_len - e->body_off; left > 0; left -= (uint64_t)r) {
 			n = left < STREAM_CHUNK ? (size_t)left : STREAM_CHUNK;
-			r = pread(st->rfd, buf, n, (off_t)from);
+			r = pread(st->fd, buf, n, (off_t)from);
 			if (r < 0 && errno == EINTR) {
 				r = 0;
 				continue;
@@ -782,14 +674,8 @@ stream_edit_work(struct spool_stream *st)
 		goto fail_new;
 	}
 	nfd = -1;
-	close(st->fd);
-	st->fd = -1;
-	if (st->rfd >= 0) {
-		close(st->rfd);
-		st->rfd = -1;
-	}
-	/* the original goes; the edited file takes its place */
-	unlinkat(st->pool->tmp_fd, st->name, 0);
+	/* the edited file takes the slot's place; the slot was never committed */
+	stream_let_go(st);
 	if (renameat2(st->pool->tmp_fd, name, dfd, st->id, RENAME_NOREPLACE) < 0) {
 		st->error = errno;
 		unlinkat(st->pool->tmp_fd, name, 0);
@@ -806,13 +692,7 @@ fail_new:
 		close(nfd);
 	unlinkat(st->pool->tmp_fd, name, 0);
 fail:
-	if (st->fd >= 0)
-		close(st->fd);
-	st->fd = -1;
-	if (st->rfd >= 0)
-		close(st->rfd);
-	st->rfd = -1;
-	unlinkat(st->pool->tmp_fd, st->name, 0);
+	stream_let_go(st);
 }
 
 void

@@ -2,7 +2,7 @@
  * import.c - `sorterctl import DIR`: this sorter takes over the spool of a
  * dead peer (its disk moved over, or its spool on shared storage). Every
  * message in DIR's incoming/ active/ deferred/ hold/ (and any that its
- * crash left committed in tmp/: recycle_recover_tmp) is copied into this
+ * crash left committed in a slot: slots_recover) is copied into this
  * spool under a fresh id of this spool, with its recipient marks (the
  * file is copied byte for byte, in pieces, once spool_load() has accepted it)
  * and its status file (the alias-expanded addresses already delivered),
@@ -301,7 +301,7 @@ remove_source(struct importer *im, const char *oldid, const char *newid, const c
 		return -1;
 	}
 	if ((err = dsync(im->src_defer)) != 0 ||
-	    (unlinkat(im->src_importing, marker, 0) < 0 && (err = errno) != ENOENT) ||
+	    (spool_remove(im->src_importing, marker) < 0 && (err = errno) != ENOENT) ||
 	    (err = dsync(im->src_importing)) != 0) {
 		fail(im, oldid, "copied in, but not removed from the source (run again to finish)",
 		     err ? err : errno);
@@ -602,12 +602,17 @@ queue_import(const char *spool_dir, const char *src, FILE *out, struct import_re
 		importer_close(&im);
 		return -1;
 	}
-	/* what the peer's crash left committed in its tmp/ (written over a
-	 * recycled file, its rename into incoming/ lost) goes to its incoming/
-	 * first, as its own start would do */
+	/* what the peer's crash left committed (in a slot, its link into
+	 * incoming/ lost; or, from an older spool, in tmp/) goes to its
+	 * incoming/ first, as its own start would do */
 	if (im.src_state[STATE_INCOMING] >= 0 && recycle_recover_tmp(src, false) < 0 &&
 	    errno != ENOENT) {
 		snprintf(err, errlen, "recover %s/tmp: %s", src, strerror(errno));
+		importer_close(&im);
+		return -1;
+	}
+	if (im.src_state[STATE_INCOMING] >= 0 && slots_recover(src, false) < 0) {
+		snprintf(err, errlen, "recover %s/slots: %s", src, strerror(errno));
 		importer_close(&im);
 		return -1;
 	}

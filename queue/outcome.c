@@ -292,14 +292,13 @@ disk_work(void *arg)
 	size_t i;
 
 	if (dj->fate == QFATE_REMOVE || dj->fate == QFATE_DELETE) {
-		/* every recipient is final (or the admin said so): the file goes,
-		 * to be written over by a new message (free/) or unlinked. A
-		 * delivered message's removal is not waited for (as under
-		 * Postfix): a power failure can bring back what was delivered in
-		 * the last seconds, to be delivered again, never lost; and a
-		 * claim's fsync covers it before the file is written again
-		 * (recycle.c). The administrator's delete is made durable. */
-		err = recycle_put(q->rec, afd, mq->id, mq->m.qid, mq->len) < 0 ? errno : 0;
+		/* every recipient is final (or the admin said so): the name
+		 * goes, and a slot is marked freed, to be written over by a new
+		 * message (recycle.c). A delivered message's removal is not
+		 * waited for (as under Postfix): a power failure can bring back
+		 * what was delivered in the last seconds, to be delivered again,
+		 * never lost. The administrator's delete is made durable. */
+		err = spool_remove(afd, mq->id) < 0 ? errno : 0;
 		if (err == ENOENT)
 			err = 0;
 		unlinkat(q->dirfd[D_DEFER], mq->id, 0);

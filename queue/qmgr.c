@@ -454,10 +454,11 @@ msg_route(struct qmsg *mq)
 	}
 }
 
-/* ---- recycled files ---- */
+/* ---- slots ---- */
 
 struct prefill {
-	struct recycler *rec;
+	const char *spool_dir;
+	uint64_t minfree;
 	char ids[RECYCLE_PREFILL][QID_LEN + 1];
 	int made, err;
 };
@@ -467,7 +468,7 @@ prefill_work(void *arg)
 {
 	struct prefill *p = arg;
 
-	p->made = recycle_fill(p->rec, p->ids, RECYCLE_PREFILL);
+	p->made = slots_fill(p->spool_dir, p->minfree, p->ids, RECYCLE_PREFILL);
 	p->err = p->made < 0 ? errno : 0;
 }
 
@@ -477,19 +478,20 @@ prefill_done(void *arg)
 	struct prefill *p = arg;
 
 	if (p->made < 0)
-		msg_warn("cannot make queue files to recycle in free/: %s", strerror(p->err));
+		msg_warn("cannot make free slots in slots/: %s", strerror(p->err));
 	free(p);
 }
 
-/* free/ gets its first files on an I/O thread, while mail already flows
- * (a writer that finds none makes a new file, as always). */
+/* slots/ gets its first free slots on an I/O thread, while mail already
+ * flows (a writer that finds none makes a new one, as always). */
 static void
 prefill_start(struct qmgr *q)
 {
 	struct prefill *p = xcalloc(1, sizeof(*p));
 	size_t i;
 
-	p->rec = q->rec;
+	p->spool_dir = q->cf->spool_dir;
+	p->minfree = (uint64_t)q->cf->queue_minfree;
 	for (i = 0; i < RECYCLE_PREFILL; i++)
 		qid_next(p->ids[i]);     /* on the loop: ids are not made on threads */
 	iopool_run(q->io, prefill_work, prefill_done, p);
@@ -922,7 +924,6 @@ qmgr_main(struct config *cf, struct counters *ctr, int master_fd)
 		msg_fatal("open the spool %s: %s", cf->spool_dir, strerror(errno));
 	snprintf(path, sizeof(path), "%s/active", cf->spool_dir);
 	q.active_ds = dirsync_open(path);
-	q.rec = recycler_open(cf->spool_dir, (uint64_t)cf->queue_minfree);
 	snprintf(path, sizeof(path), "%s/defer", cf->spool_dir);
 	q.defer_ds = dirsync_open(path);
 	q.base = event_base_new();
@@ -994,7 +995,6 @@ qmgr_main(struct config *cf, struct counters *ctr, int master_fd)
 	router_close(q.router);
 	nodecaps_close(q.caps);
 	dirsync_close(q.active_ds);
-	recycler_close(q.rec);
 	dirsync_close(q.defer_ds);
 	queue_close_dirs(q.dirfd);
 	event_base_free(q.base);

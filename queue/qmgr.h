@@ -88,7 +88,6 @@ struct qmgr {
 	struct commit_pool *commit;     /* for DSNs */
 	struct iopool *io;
 	struct dirsync *active_ds, *defer_ds;
-	struct recycler *rec;           /* finished files go to free/ (recycle.c) */
 	int dirfd[QUEUE_NDIRS];         /* incoming active deferred hold defer corrupt */
 	struct qmsg *msgs;
 	int nactive;

@@ -316,46 +316,67 @@ void qmgr_stats(struct qmgr *q, struct dstr *out);
 /* ---- recycled queue files (recycle.c) ---- */
 
 #define RECYCLE_ROUND (16 * 1024)       /* a new queue file is padded to a multiple */
-#define RECYCLE_POOL_MAX 1024           /* files kept in free/ */
+#define RECYCLE_POOL_MAX 1024           /* free slots kept across a start */
 #define RECYCLE_FILE_MAX (256 * 1024)   /* bigger ones are unlinked */
-#define RECYCLE_PREFILL 256             /* files in free/ after a start */
-#define RECYCLE_RESERVE (64ULL << 20)   /* free space beyond queue_minfree free/ leaves */
+#define RECYCLE_PREFILL 256             /* free slots after a start, at least */
+#define RECYCLE_RESERVE (64ULL << 20)   /* free space beyond queue_minfree free slots leave */
 
-struct recycler;
-/* minfree: queue_minfree; free/ keeps files only while the file system has
- * that much and RECYCLE_RESERVE more free, and gives them back below it. */
-struct recycler *recycler_open(const char *spool_dir, uint64_t minfree);
-void recycler_close(struct recycler *r);
-/* Claims up to max files of free/: each is renamed into tmp_fd's folder
- * under the same name, written into names. Returns how many (0 when free/
- * is empty; r may be NULL). The caller makes the renames durable (a
- * directory fsync of tmp/) before writing into any of them. */
-size_t recycle_claim(struct recycler *r, int tmp_fd, char (*names)[QID_LEN + 1], size_t max);
-/* What a crash left in spool_dir/tmp/: a committed message written over a
- * recycled file (spool_committed_in_tmp) is renamed into incoming/ under
- * its id, and incoming/ fsync'd; everything else there was never
- * acknowledged and, with remove_rest, is removed. For the start of the
- * daemon, before any writer runs, and for an import. Returns how many
- * messages it recovered, or -1 with errno. */
+/* Slots (recycle.c): the files new messages are written into, under
+ * slots/ for good. One pool per process, used from I/O threads. */
+struct slots;
+/* minfree: free slots stay only while the file system has that and
+ * RECYCLE_RESERVE more free. */
+struct slots *slots_open(const char *spool_dir, uint64_t minfree);
+/* Lets go of every slot (their locks); nothing on disk changes. */
+void slots_close(struct slots *s);
+struct slot_ref {
+	char name[QID_LEN + 1];    /* in slots/ */
+	int fd;                    /* O_RDWR, locked: the pool's, never closed by the caller */
+	uint64_t size;             /* the file's length when taken (0: a new slot) */
+	bool owned;                /* kept in the pool (else closed when given back) */
+};
+/* On a thread: a slot for a new message into out, its name durable;
+ * new_name (an unused queue id) names it if a new one must be made.
+ * Returns 0, or -1 with errno. */
+int slot_take(struct slots *s, const char *new_name, struct slot_ref *out);
+/* After the commit's fdatasync: the slot is linked into dir_fd's folder
+ * as id (not made durable: slots_recover finds it). 0, or -1 with errno
+ * (the slot is free again). Either way ref is given back. */
+int slot_link(struct slots *s, struct slot_ref *ref, int dir_fd, const char *id);
+/* An unused or abandoned slot goes back to the pool (its content is never
+ * a committed message: its check record does not match). */
+void slot_drop(struct slots *s, struct slot_ref *ref);
+/* What a crash left in spool_dir/slots/: a committed message whose id has
+ * no name in the queue's folders is linked into incoming/ (fsync'd). With
+ * trim (the daemon's start, before any writer runs), free slots beyond
+ * RECYCLE_POOL_MAX or bigger than RECYCLE_FILE_MAX are unlinked. Returns
+ * how many messages it recovered, or -1 with errno. */
+int slots_recover(const char *spool_dir, bool trim);
+/* Adds free slots to slots/ up to n (each RECYCLE_ROUND zero bytes,
+ * fdatasync'd, made in tmp/ and renamed in whole), named from ids (n
+ * unused queue ids), while the file system has minfree and
+ * RECYCLE_RESERVE more free. Slow (a new file's fsync each): for an I/O
+ * thread. Returns how many it made, or -1 with errno. */
+int slots_fill(const char *spool_dir, uint64_t minfree, char (*ids)[QID_LEN + 1], size_t n);
+/* The first byte of a finished slot (spool_remove) */
+#define SPOOL_FREED 'F'
+/* Removes the queue name id of dir_fd's folder; a slot's file is marked
+ * freed first. Not made durable. 0, or -1 with errno. */
+int spool_remove(int dir_fd, const char *id);
+/* Whether the open queue file fd was marked freed. */
+bool spool_is_freed(int fd);
+/* What a crash left in spool_dir/tmp/ (files being written, and from an
+ * older spool, messages committed in tmp/: spool_committed_in_tmp, renamed
+ * into incoming/ under their id, incoming/ fsync'd); the rest, with
+ * remove_rest, is removed. For the start of the daemon, before any writer
+ * runs, and for an import. Returns how many messages it recovered, or -1
+ * with errno. */
 int recycle_recover_tmp(const char *spool_dir, bool remove_rest);
 /* Covers a file of size bytes whose records end at offset end (after the
  * end marker) with a padding record to its end; a file shorter than that
  * plus a record header grows to the next RECYCLE_ROUND bytes, zeros
  * written. Returns 0, or -1 with errno. */
 int recycle_pad(int fd, uint64_t end, uint64_t size);
-/* A finished queue file (id in from_fd's folder, size bytes, id_rec its
- * id record or "") goes to free/ while it has room and the file is small,
- * else it is unlinked. Only a file whose id record names id may go to
- * free/: a claim in tmp/ must never look like a committed message (see
- * spool_committed_in_tmp). Returns 0, or -1 with errno from the unlink.
- * Neither is made durable here: a claim's directory fsync covers it before
- * the file is written again. */
-int recycle_put(struct recycler *r, int from_fd, const char *id, const char *id_rec,
-		uint64_t size);
-/* Fills free/ up to n files (each RECYCLE_ROUND zero bytes, fdatasync'd),
- * named from ids (n unused queue ids). Slow (a new file's fsync each): for
- * an I/O thread. Returns how many it made, or -1 with errno. */
-int recycle_fill(struct recycler *r, char (*ids)[QID_LEN + 1], size_t n);
 
 #define QUEUE_NDIRS 6
 int queue_open_dirs(const char *spool_dir, int fds[QUEUE_NDIRS]);

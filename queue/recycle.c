@@ -1,40 +1,47 @@
 /*
- * recycle.c - queue files used again.
+ * recycle.c - queue files used again: slots.
  *
- * A delivered message's file is not unlinked: the queue manager renames it
- * into free/, and a new message is written over one taken from there by
- * the SMTP server's I/O threads. Overwriting blocks a file already has
- * costs the disk a data write and a cache flush at the fdatasync; a new
- * file costs a file system journal commit for its inode and blocks as well
- * (on ext4 many times more: see tests/bench/fsync-rate), and so does every
- * directory fsync.
+ * A stream (commit.c) writes a new message into a slot: a file of slots/
+ * that keeps its name there for good. The message is committed where it is
+ * written: its data, fdatasync'd, is all its 250 waits for, since the
+ * slot's name in slots/ was durable before its first message. A hard link
+ * under the message's id in incoming/ then hands it to the queue manager;
+ * that link is not waited for. When the message is finished, whoever
+ * removes its queue name (the queue manager, `sorterctl delete`, an
+ * import) first marks the file freed (spool_remove: its first byte becomes
+ * SPOOL_FREED), then unlinks the name; the slot, down to one link, is free
+ * for the next message. Nothing of this is fsync'd: slots/ itself never
+ * changes while mail flows, so an fdatasync of a slot finds no directory
+ * of its own to write (on ext4 without a journal, an fsync of a file that
+ * entered a directory writes that directory too: a rename-based pool paid
+ * that on every message).
  *
- * A writer claims files in batches: each is renamed from free/ into tmp/
- * under the name it has (two writers never share one), and an fsync of
- * free/ and one of tmp/ make the batch durable before anything is written
- * into them (commit.c). The new message is then committed where it is
- * written: the file's data, fdatasync'd, is all its 250 waits for, since
- * the name it has was durable before. The rename into incoming/ that follows is not
- * waited for: after a crash, a file in tmp/ whose id record names another
- * id than its own name and whose check record matches is such a message
- * (spool_committed_in_tmp), and start-up moves it into incoming/
- * (recycle_recover_tmp); anything else in tmp/ was never acknowledged and
- * goes. That is why only a file whose id record is its own name may enter
- * free/: its old content, under its own name in tmp/, is never taken for a
- * message. Removals (the rename into free/) are not made durable by
- * themselves: the next claim's fsync covers them before the file is
- * written again. The old bytes past the new message are covered by a
- * padding record (queue.h) and never read; a new file is padded with zeros
- * up to the next RECYCLE_ROUND bytes, so that the next message written
- * over it finds its blocks there. At start the queue manager fills free/
- * with RECYCLE_PREFILL such files, so that a new spool is fast from its
- * first message. free/ keeps files only while the file system has
- * queue_minfree and RECYCLE_RESERVE more free; short of that, what it
- * holds is given back. free/ holds at most RECYCLE_POOL_MAX
- * files of at most RECYCLE_FILE_MAX bytes; the rest are unlinked. free/
- * is nobody's queue: nothing there is read, listed or delivered.
+ * After a crash (slots_recover, at start before any writer runs, and for
+ * an import): a slot that parses, whose check record matches and whose id
+ * has no name in incoming/, active/, deferred/ or hold/ is a committed
+ * message whose link was lost: it is linked into incoming/ under its id.
+ * A freed slot does not parse (its first byte), a slot being written does
+ * not match its check, so neither is ever taken for a message; a power
+ * failure that loses a freed mark brings back a delivered message, to be
+ * delivered again, never lost.
  *
- * Both sides run on I/O threads: everything here is under one mutex.
+ * Who may write a slot: the process that holds an flock(2) on it. A
+ * writer's pool (struct slots, one per process) keeps up to SLOTS_OWN
+ * slots locked and open: free ones, one per stream being written, and
+ * queued ones (two links), polled until the queue manager's removal
+ * brings them back to one. When it has none free it adopts unlocked free
+ * slots from slots/ (a scan, at most every SLOTS_SCAN_USEC), and failing
+ * that makes a new one (O_EXCL, then a shared fsync of slots/ before its
+ * first message is acknowledged). A process that dies lets go of its
+ * locks, and its slots are adopted by the others. A slot bigger than
+ * RECYCLE_FILE_MAX, or any free slot while the file system is short of
+ * queue_minfree and RECYCLE_RESERVE, is unlinked when found free; at start
+ * slots/ is trimmed to RECYCLE_POOL_MAX free slots and filled up to
+ * RECYCLE_PREFILL. A slot is longer than its message most of the time:
+ * the old bytes past the end marker are covered by a padding record
+ * (queue.h) and never read.
+ *
+ * The pool's state is under one mutex; it runs on I/O threads.
  */
 #include "config.h"
 
@@ -45,6 +52,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <time.h>
@@ -53,132 +61,495 @@
 #include "lib/lib.h"
 #include "queue/queue.h"
 
-#define NAMES_MAX 64            /* names a writer reads from free/ at once */
+#define SLOTS_OWN 256                   /* slots a process keeps locked */
+#define SLOTS_POLL 64                   /* queued slots looked at per take */
+#define SLOTS_ADOPT 32                  /* slots adopted per scan */
+#define SLOTS_SCAN_USEC 1000000         /* after a scan that found none, the next */
 
-struct recycler {
-	int free_fd;                    /* free/ */
-	int tmp_fd;                     /* tmp/, where new files for free/ are made */
-	uint64_t minfree;               /* queue_minfree: free/ never eats into it */
-	pthread_mutex_t lock;
-	char names[NAMES_MAX][QID_LEN + 1];     /* the writer's: seen in free/, not taken yet */
-	size_t nnames;
-	uint64_t empty_until_usec;      /* found free/ empty: do not look again before */
-	size_t count;                   /* the queue manager's: files in free/, at most */
-	uint64_t recount_after_usec;
+enum slot_state { SLOT_FREE, SLOT_BUSY, SLOT_QUEUED };
+
+struct slot {
+	char name[QID_LEN + 1];
+	int fd;                 /* O_RDWR, flock'd */
+	enum slot_state state;
 };
 
-struct recycler *
-recycler_open(const char *spool_dir, uint64_t minfree)
+struct slots {
+	int dir_fd;                     /* slots/ */
+	struct dirsync *ds;             /* its shared fsync, for new slots */
+	uint64_t minfree;
+	pthread_mutex_t lock;
+	struct slot v[SLOTS_OWN];
+	size_t n;
+	size_t cursor;                  /* where the next poll of queued slots starts */
+	uint64_t scan_after_usec;
+};
+
+struct slots *
+slots_open(const char *spool_dir, uint64_t minfree)
 {
-	struct recycler *r = xcalloc(1, sizeof(*r));
+	struct slots *s = xcalloc(1, sizeof(*s));
 	char path[4096];
 
-	r->minfree = minfree;
-	snprintf(path, sizeof(path), "%s/free", spool_dir);
-	r->free_fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (r->free_fd < 0)
+	snprintf(path, sizeof(path), "%s/slots", spool_dir);
+	s->dir_fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (s->dir_fd < 0)
 		msg_fatal("open %s: %s", path, strerror(errno));
-	snprintf(path, sizeof(path), "%s/tmp", spool_dir);
-	r->tmp_fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (r->tmp_fd < 0)
-		msg_fatal("open %s: %s", path, strerror(errno));
-	pthread_mutex_init(&r->lock, NULL);
-	r->count = RECYCLE_POOL_MAX;    /* unknown: counted before the first file goes in */
-	return r;
+	s->ds = dirsync_open(path);
+	s->minfree = minfree;
+	pthread_mutex_init(&s->lock, NULL);
+	return s;
 }
 
 void
-recycler_close(struct recycler *r)
+slots_close(struct slots *s)
 {
-	if (r == NULL)
+	size_t i;
+
+	if (s == NULL)
 		return;
-	close(r->free_fd);
-	close(r->tmp_fd);
-	pthread_mutex_destroy(&r->lock);
-	free(r);
+	for (i = 0; i < s->n; i++)
+		close(s->v[i].fd);      /* the locks go with them */
+	dirsync_close(s->ds);
+	close(s->dir_fd);
+	pthread_mutex_destroy(&s->lock);
+	free(s);
 }
 
-/* Up to max names of files in free/ into names; returns how many. With
- * names NULL, counts them all. */
-static size_t
-read_free(int free_fd, char (*names)[QID_LEN + 1], size_t max)
+/* Whether free slots may stay: the file system has queue_minfree and
+ * RECYCLE_RESERVE more free, so that they never stand between a new
+ * message and the disk. */
+static bool
+room(int dir_fd, uint64_t minfree)
+{
+	struct statvfs sv;
+
+	if (fstatvfs(dir_fd, &sv) < 0)
+		return false;
+	return (uint64_t)sv.f_bavail * (uint64_t)sv.f_frsize >= minfree + RECYCLE_RESERVE;
+}
+
+/* A free slot of ours found too big, or kept while space is short: gone. */
+static bool
+slot_unwanted(const struct slots *s, int fd)
+{
+	struct stat sb;
+
+	return fstat(fd, &sb) < 0 || (uint64_t)sb.st_size > RECYCLE_FILE_MAX ||
+	       !room(s->dir_fd, s->minfree);
+}
+
+static void
+forget(struct slots *s, size_t i, bool unlink_it)
+{
+	if (unlink_it)
+		unlinkat(s->dir_fd, s->v[i].name, 0);
+	close(s->v[i].fd);
+	s->v[i] = s->v[--s->n];
+	if (s->cursor >= s->n)
+		s->cursor = 0;
+}
+
+/* Opens and locks slots/name; the descriptor if it is a free slot (a
+ * regular file with one link) no one else holds, else -1. */
+static int
+adopt(int dir_fd, const char *name)
+{
+	struct stat sb;
+	int fd = openat(dir_fd, name, O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+
+	if (fd < 0)
+		return -1;
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0 || fstat(fd, &sb) < 0 || !S_ISREG(sb.st_mode) ||
+	    sb.st_nlink != 1) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/* Under the lock: up to SLOTS_ADOPT unlocked free slots of slots/ become
+ * ours (an flock taken on a slot we hold already fails: a lock belongs to
+ * one open file). */
+static void
+scan(struct slots *s)
 {
 	struct dirent *de;
-	size_t n = 0;
+	size_t got = 0;
 	DIR *d;
-	int fd = dup(free_fd);
+	int fd = dup(s->dir_fd);
 
 	if (fd < 0 || (d = fdopendir(fd)) == NULL) {
 		if (fd >= 0)
 			close(fd);
-		return 0;
+		return;
 	}
 	rewinddir(d);
-	while ((de = readdir(d)) != NULL && (names == NULL || n < max)) {
-		if (!qid_valid(de->d_name))
+	while (got < SLOTS_ADOPT && s->n < SLOTS_OWN && (de = readdir(d)) != NULL) {
+		struct stat sb;
+
+		/* most are queued (two links): a stat says so without an open */
+		if (!qid_valid(de->d_name) ||
+		    fstatat(s->dir_fd, de->d_name, &sb, AT_SYMLINK_NOFOLLOW) < 0 ||
+		    sb.st_nlink != 1 || (fd = adopt(s->dir_fd, de->d_name)) < 0)
 			continue;
-		if (names != NULL)
-			memcpy(names[n], de->d_name, QID_LEN + 1);
-		n++;
+		if (slot_unwanted(s, fd)) {
+			unlinkat(s->dir_fd, de->d_name, 0);
+			close(fd);
+			continue;
+		}
+		memcpy(s->v[s->n].name, de->d_name, QID_LEN + 1);
+		s->v[s->n].fd = fd;
+		s->v[s->n].state = SLOT_FREE;
+		s->n++;
+		got++;
 	}
 	closedir(d);
-	return n;
+	/* whoever made them (slots_fill renames them in), their names are
+	 * durable before a message is written into one */
+	if (got > 0 && dirsync_wait(s->ds) != 0)
+		while (got-- > 0)
+			forget(s, s->n - 1, false);
 }
 
-/* Whether the file system has room for free/ to keep a file: more free
- * than queue_minfree plus RECYCLE_RESERVE, so that recycled files never
- * stand between a new message and the disk. */
-static bool
-room(const struct recycler *r)
-{
-	struct statvfs sv;
-
-	if (fstatvfs(r->free_fd, &sv) < 0)
-		return false;
-	return (uint64_t)sv.f_bavail * (uint64_t)sv.f_frsize >= r->minfree + RECYCLE_RESERVE;
-}
-
-/* Short of room: up to NAMES_MAX files of free/ are unlinked. */
 static void
-release(struct recycler *r)
+give(struct slots *s, size_t i, struct slot_ref *out)
 {
-	char names[NAMES_MAX][QID_LEN + 1];
-	size_t n = read_free(r->free_fd, names, NAMES_MAX), i;
+	struct stat sb;
 
-	for (i = 0; i < n; i++)
-		unlinkat(r->free_fd, names[i], 0);
+	s->v[i].state = SLOT_BUSY;
+	memcpy(out->name, s->v[i].name, QID_LEN + 1);
+	out->fd = s->v[i].fd;
+	out->size = fstat(out->fd, &sb) == 0 ? (uint64_t)sb.st_size : 0;
+	out->owned = true;
 }
 
-size_t
-recycle_claim(struct recycler *r, int tmp_fd, char (*names)[QID_LEN + 1], size_t max)
+/* Under the lock: a free slot of ours, one of our queued slots the queue
+ * manager let go of, or an adopted one; false when there is none. */
+static bool
+take_known(struct slots *s, struct slot_ref *out)
 {
-	char name[QID_LEN + 1];
+	struct stat sb;
+	size_t i, k, tries;
 	uint64_t now;
-	size_t n = 0;
 
-	if (r == NULL)
-		return 0;
-	pthread_mutex_lock(&r->lock);
-	while (n < max) {
-		if (r->nnames == 0) {
-			now = now_usec();
-			if (now < r->empty_until_usec)
-				break;
-			r->nnames = read_free(r->free_fd, r->names, NAMES_MAX);
-			if (r->nnames == 0) {
-				r->empty_until_usec = now + 100000;
-				break;
-			}
+	for (i = 0; i < s->n; i++)
+		if (s->v[i].state == SLOT_FREE) {
+			give(s, i, out);
+			return true;
 		}
-		memcpy(name, r->names[--r->nnames], sizeof(name));
-		/* another worker may have taken it: then the next one */
-		if (renameat2(r->free_fd, name, tmp_fd, name, RENAME_NOREPLACE) < 0)
+	for (tries = 0; tries < SLOTS_POLL && s->n > 0; tries++) {
+		k = s->cursor++ % s->n;
+		if (s->v[k].state != SLOT_QUEUED)
 			continue;
-		memcpy(names[n++], name, sizeof(name));
+		if (fstat(s->v[k].fd, &sb) < 0 || sb.st_nlink > 1)
+			continue;
+		if (slot_unwanted(s, s->v[k].fd)) {
+			forget(s, k, true);
+			continue;
+		}
+		give(s, k, out);
+		return true;
 	}
-	pthread_mutex_unlock(&r->lock);
+	now = now_usec();
+	if (s->n < SLOTS_OWN && now >= s->scan_after_usec) {
+		size_t before = s->n;
+
+		scan(s);
+		if (s->n == before)
+			s->scan_after_usec = now + SLOTS_SCAN_USEC;
+		for (i = before; i < s->n; i++)
+			if (s->v[i].state == SLOT_FREE) {
+				give(s, i, out);
+				return true;
+			}
+	}
+	return false;
+}
+
+int
+slot_take(struct slots *s, const char *new_name, struct slot_ref *out)
+{
+	int fd, err;
+
+	pthread_mutex_lock(&s->lock);
+	if (take_known(s, out)) {
+		pthread_mutex_unlock(&s->lock);
+		return 0;
+	}
+	pthread_mutex_unlock(&s->lock);
+	/* a new slot: its name durable before its first message is */
+	fd = openat(s->dir_fd, new_name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return -1;
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0 || (err = dirsync_wait(s->ds)) != 0) {
+		err = errno;
+		unlinkat(s->dir_fd, new_name, 0);
+		close(fd);
+		errno = err;
+		return -1;
+	}
+	memcpy(out->name, new_name, QID_LEN + 1);
+	out->fd = fd;
+	out->size = 0;
+	out->owned = false;
+	pthread_mutex_lock(&s->lock);
+	if (s->n < SLOTS_OWN) {
+		memcpy(s->v[s->n].name, new_name, QID_LEN + 1);
+		s->v[s->n].fd = fd;
+		s->v[s->n].state = SLOT_BUSY;
+		s->n++;
+		out->owned = true;
+	}
+	pthread_mutex_unlock(&s->lock);
+	return 0;
+}
+
+/* Under the lock: the index of ref's slot in the pool, or -1. */
+static ssize_t
+find(const struct slots *s, const struct slot_ref *ref)
+{
+	size_t i;
+
+	for (i = 0; i < s->n; i++)
+		if (s->v[i].fd == ref->fd && strcmp(s->v[i].name, ref->name) == 0)
+			return (ssize_t)i;
+	return -1;
+}
+
+int
+slot_link(struct slots *s, struct slot_ref *ref, int dir_fd, const char *id)
+{
+	ssize_t i;
+	int rc = linkat(s->dir_fd, ref->name, dir_fd, id, 0), saved = errno;
+
+	pthread_mutex_lock(&s->lock);
+	i = ref->owned ? find(s, ref) : -1;
+	if (i >= 0)
+		s->v[i].state = rc == 0 ? SLOT_QUEUED : SLOT_FREE;
+	else
+		close(ref->fd);
+	pthread_mutex_unlock(&s->lock);
+	ref->fd = -1;
+	errno = saved;
+	return rc;
+}
+
+void
+slot_drop(struct slots *s, struct slot_ref *ref)
+{
+	ssize_t i;
+
+	if (ref->fd < 0)
+		return;
+	pthread_mutex_lock(&s->lock);
+	i = ref->owned ? find(s, ref) : -1;
+	if (i >= 0 && slot_unwanted(s, ref->fd))
+		forget(s, (size_t)i, true);
+	else if (i >= 0)
+		s->v[i].state = SLOT_FREE;
+	else
+		close(ref->fd);         /* unlocked: someone's scan adopts it */
+	pthread_mutex_unlock(&s->lock);
+	ref->fd = -1;
+}
+
+/* ---- a finished message's name ---- */
+
+int
+spool_remove(int dir_fd, const char *id)
+{
+	static const char freed = SPOOL_FREED;
+	struct stat sb;
+	int fd = openat(dir_fd, id, O_WRONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK), saved;
+
+	/* a slot (another link in slots/): marked before the name goes, so
+	 * that a start-up never takes it for a message whose link was lost */
+	if (fd >= 0) {
+		if (fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_nlink > 1 &&
+		    pwrite(fd, &freed, 1, 0) != 1) {
+			saved = errno;
+			close(fd);
+			errno = saved;
+			return -1;
+		}
+		close(fd);
+	}
+	return unlinkat(dir_fd, id, 0);
+}
+
+bool
+spool_is_freed(int fd)
+{
+	unsigned char c;
+
+	return pread(fd, &c, 1, 0) == 1 && c == SPOOL_FREED;
+}
+
+/* ---- start-up ---- */
+
+/* The ids with a name in the queue's folders, sorted. */
+static size_t
+queued_ids(const char *spool_dir, char (**ids)[QID_LEN + 1])
+{
+	static const char *const dirs[] = { "incoming", "active", "deferred", "hold" };
+	char path[4096];
+	struct dirent *de;
+	size_t n = 0, cap = 0, i;
+	DIR *d;
+
+	*ids = NULL;
+	for (i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
+		snprintf(path, sizeof(path), "%s/%s", spool_dir, dirs[i]);
+		if ((d = opendir(path)) == NULL)
+			continue;
+		while ((de = readdir(d)) != NULL) {
+			if (!qid_valid(de->d_name))
+				continue;
+			if (n == cap) {
+				cap = cap ? cap * 2 : 256;
+				*ids = xrealloc(*ids, cap * sizeof(**ids));
+			}
+			memcpy((*ids)[n++], de->d_name, QID_LEN + 1);
+		}
+		closedir(d);
+	}
+	if (n > 1)
+		qsort(*ids, n, sizeof(**ids), (int (*)(const void *, const void *))strcmp);
 	return n;
 }
+
+static int
+cmp_id(const void *key, const void *elem)
+{
+	return strcmp(key, elem);
+}
+
+int
+slots_recover(const char *spool_dir, bool trim)
+{
+	char path[4096], (*ids)[QID_LEN + 1];
+	size_t nids = queued_ids(spool_dir, &ids), nfree = 0;
+	struct spool_file f;
+	struct dirent *de;
+	struct stat sb;
+	int sfd, ifd, found = 0, rc, err;
+	DIR *d;
+
+	snprintf(path, sizeof(path), "%s/slots", spool_dir);
+	if ((d = opendir(path)) == NULL) {
+		free(ids);
+		return errno == ENOENT && !trim ? 0 : -1;
+	}
+	sfd = dirfd(d);
+	snprintf(path, sizeof(path), "%s/incoming", spool_dir);
+	if ((ifd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
+		closedir(d);
+		free(ids);
+		return -1;
+	}
+	while ((de = readdir(d)) != NULL) {
+		if (!qid_valid(de->d_name))
+			continue;
+		if (fstatat(sfd, de->d_name, &sb, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(sb.st_mode))
+			continue;
+		if (sb.st_nlink > 1)
+			continue;       /* queued */
+		snprintf(path, sizeof(path), "%s/slots/%s", spool_dir, de->d_name);
+		rc = spool_committed_in_tmp(path, &f);
+		if (rc == 1 && bsearch(f.m.qid, ids, nids, sizeof(*ids), cmp_id) == NULL) {
+			if (linkat(sfd, de->d_name, ifd, f.m.qid, 0) == 0) {
+				msg_info("%s: recovered from %s (committed, its link into "
+					 "incoming/ lost)", f.m.qid, path);
+				found++;
+			} else {
+				msg_warn("%s: cannot recover %s into incoming/: %s", f.m.qid,
+					 path, strerror(errno));
+			}
+			spool_file_free(&f);
+			continue;
+		}
+		if (rc == 1)
+			spool_file_free(&f);
+		if (rc == -2) {
+			msg_warn("cannot read %s: %s; left alone", path, strerror(errno));
+			continue;
+		}
+		/* free */
+		if (trim && (nfree >= RECYCLE_POOL_MAX || (uint64_t)sb.st_size > RECYCLE_FILE_MAX))
+			unlinkat(sfd, de->d_name, 0);
+		else
+			nfree++;
+	}
+	free(ids);
+	err = found > 0 && fsync(ifd) < 0 ? errno : 0;
+	close(ifd);
+	if (err) {
+		closedir(d);
+		errno = err;
+		return -1;
+	}
+	closedir(d);
+	return found;
+}
+
+int
+slots_fill(const char *spool_dir, uint64_t minfree, char (*ids)[QID_LEN + 1], size_t n)
+{
+	static const char zeros[RECYCLE_ROUND];
+	char path[4096];
+	struct dirent *de;
+	struct stat sb;
+	size_t have = 0, made = 0, i;
+	int sfd, tfd, fd, err = 0;
+	DIR *d;
+
+	snprintf(path, sizeof(path), "%s/slots", spool_dir);
+	if ((d = opendir(path)) == NULL)
+		return -1;
+	sfd = dirfd(d);
+	while ((de = readdir(d)) != NULL)
+		if (qid_valid(de->d_name) &&
+		    fstatat(sfd, de->d_name, &sb, AT_SYMLINK_NOFOLLOW) == 0 && sb.st_nlink == 1)
+			have++;
+	snprintf(path, sizeof(path), "%s/tmp", spool_dir);
+	if ((tfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
+		closedir(d);
+		return -1;
+	}
+	for (i = 0; i < n && have + made < n && room(sfd, minfree); i++) {
+		/* made in tmp/ (start-up removes it there), whole before slots/
+		 * shows it: a writer must never take a file still growing */
+		fd = openat(tfd, ids[i], O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+		if (fd < 0) {
+			err = errno;
+			break;
+		}
+		if (write_all(fd, zeros, sizeof(zeros)) < 0 || fdatasync(fd) < 0)
+			err = errno;
+		if (close(fd) < 0 && err == 0)
+			err = errno;
+		if (err || renameat2(tfd, ids[i], sfd, ids[i], RENAME_NOREPLACE) < 0) {
+			err = err ? err : errno;
+			unlinkat(tfd, ids[i], 0);
+			break;
+		}
+		made++;
+	}
+	/* both folders: on a file system without a journal a rename is two
+	 * directory writes, and tmp/ must not keep the name */
+	if (made > 0 && err == 0 && (fsync(tfd) < 0 || fsync(sfd) < 0))
+		err = errno;
+	close(tfd);
+	closedir(d);
+	if (err) {
+		errno = err;
+		return -1;
+	}
+	return (int)made;
+}
+
+/* ---- what a crash left in tmp/ ---- */
 
 int
 recycle_recover_tmp(const char *spool_dir, bool remove_rest)
@@ -229,6 +600,8 @@ recycle_recover_tmp(const char *spool_dir, bool remove_rest)
 	return found;
 }
 
+/* ---- padding ---- */
+
 int
 recycle_pad(int fd, uint64_t end, uint64_t size)
 {
@@ -263,69 +636,4 @@ recycle_pad(int fd, uint64_t end, uint64_t size)
 			return -1;
 	}
 	return 0;
-}
-
-int
-recycle_put(struct recycler *r, int from_fd, const char *id, const char *id_rec,
-	    uint64_t size)
-{
-	uint64_t now;
-	bool keep = false;
-
-	if (strcmp(id_rec, id) != 0)
-		return unlinkat(from_fd, id, 0);       /* imported, or written before id records */
-	if (r != NULL && size <= RECYCLE_FILE_MAX && !room(r)) {
-		release(r);
-		return unlinkat(from_fd, id, 0);
-	}
-	if (r != NULL && size <= RECYCLE_FILE_MAX) {
-		pthread_mutex_lock(&r->lock);
-		now = now_usec();
-		if (r->count >= RECYCLE_POOL_MAX && now >= r->recount_after_usec) {
-			/* writers take files without saying so: the count only ever
-			 * overstates; count again when it says full, at most every
-			 * 20 ms (a readdir of at most RECYCLE_POOL_MAX names) */
-			r->count = read_free(r->free_fd, NULL, 0);
-			r->recount_after_usec = now + 20000;
-		}
-		if (r->count < RECYCLE_POOL_MAX) {
-			r->count++;
-			keep = true;
-		}
-		pthread_mutex_unlock(&r->lock);
-	}
-	if (keep && renameat2(from_fd, id, r->free_fd, id, RENAME_NOREPLACE) == 0)
-		return 0;
-	return unlinkat(from_fd, id, 0);
-}
-
-int
-recycle_fill(struct recycler *r, char (*ids)[QID_LEN + 1], size_t n)
-{
-	static const char zeros[RECYCLE_ROUND];
-	size_t have = read_free(r->free_fd, NULL, 0), made = 0, i;
-	int fd, err;
-
-	for (i = 0; i < n && have + made < n && room(r); i++) {
-		/* made in tmp/ (start-up removes it there), complete before
-		 * free/ shows it: a writer must never take a file still growing */
-		fd = openat(r->tmp_fd, ids[i], O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-		if (fd < 0)
-			return -1;
-		err = write_all(fd, zeros, sizeof(zeros)) < 0 || fdatasync(fd) < 0;
-		if (close(fd) < 0)
-			err = 1;
-		if (err || renameat2(r->tmp_fd, ids[i], r->free_fd, ids[i], RENAME_NOREPLACE) < 0) {
-			int saved = errno;
-
-			unlinkat(r->tmp_fd, ids[i], 0);
-			errno = saved;
-			return -1;
-		}
-		made++;
-	}
-	pthread_mutex_lock(&r->lock);
-	r->count = RECYCLE_POOL_MAX;    /* counted again when next needed */
-	pthread_mutex_unlock(&r->lock);
-	return (int)made;
 }

@@ -29,7 +29,7 @@
 
 /* The folders spool_prepare() creates, besides spool_dir itself. */
 static const char *const spool_subdirs[] = {
-	"tmp", "incoming", "active", "deferred", "hold", "corrupt", "defer", "free",
+	"tmp", "incoming", "active", "deferred", "hold", "corrupt", "defer", "slots",
 };
 
 /* ---- writer ---- */
@@ -760,10 +760,21 @@ int
 spool_take(const char *spool_dir, const char *path, spool_read_fn rd, struct spool_file *f)
 {
 	char err[512];
-	int rc = spool_load(path, rd, f, err, sizeof(err)), saved = errno;
+	int rc = spool_load(path, rd, f, err, sizeof(err)), saved = errno, fd;
+	bool freed = false;
 
-	if (rc == -1)
+	if (rc == -1 && (fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)) >= 0) {
+		freed = spool_is_freed(fd);
+		close(fd);
+	}
+	if (freed && unlink(path) == 0) {
+		/* its removal was under way when the queue manager stopped */
+		msg_info("%s: finished before a restart: removed", path);
+		saved = ENOENT;
+		rc = -2;
+	} else if (rc == -1) {
 		spool_quarantine(spool_dir, path, err);
+	}
 	else if (rc == -2 && saved != ENOENT)   /* gone: someone else took it */
 		msg_warn("%s; left in place, to be read again later", err);
 	errno = saved;

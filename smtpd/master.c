@@ -186,10 +186,11 @@ own_spool(struct master *m)
 		msg_fatal("chown %s: %s", m->cf->spool_dir, strerror(errno));
 }
 
-/* What a crash left in tmp/: committed messages into incoming/, the rest
- * removed (recycle_recover_tmp); then torn files in incoming/ are moved
- * aside so that nothing half-written is ever delivered. Runs in a child as
- * `user`: it parses what clients sent. */
+/* What a crash left: files being written in tmp/ are removed
+ * (recycle_recover_tmp), committed messages whose link into incoming/ was
+ * lost are linked (slots_recover), and slots/ is trimmed; then torn files
+ * in incoming/ are moved aside so that nothing half-written is ever
+ * delivered. Runs in a child as `user`: it parses what clients sent. */
 static void
 spool_startup_check(const char *spool_dir)
 {
@@ -200,6 +201,8 @@ spool_startup_check(const char *spool_dir)
 
 	if (recycle_recover_tmp(spool_dir, true) < 0)
 		msg_fatal("recover %s/tmp: %s", spool_dir, strerror(errno));
+	if (slots_recover(spool_dir, true) < 0)
+		msg_fatal("recover %s/slots: %s", spool_dir, strerror(errno));
 	snprintf(path, sizeof(path), "%s/incoming", spool_dir);
 	if ((d = opendir(path)) == NULL)
 		msg_fatal("open %s: %s", path, strerror(errno));

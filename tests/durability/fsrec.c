@@ -4,7 +4,7 @@
  *
  * It wraps open/openat (and their 64-bit and _FORTIFY_SOURCE names),
  * write/pwrite/writev/pwritev, fsync/fdatasync, rename/renameat/renameat2,
- * unlink/unlinkat and close, calls the real function (the next one in the
+ * link/linkat, unlink/unlinkat and close, calls the real function (the next one in the
  * symbol search order: libc, or ASan's interceptor chain when libasan comes
  * first in LD_PRELOAD), and appends one line per call to the file named by
  * $FSREC_LOG:
@@ -18,7 +18,7 @@
  * descriptor (of the source file for rename/unlink), read before a close,
  * rename or unlink and after an open; path is where the descriptor points
  * (/proc/self/fd/N), or a name made absolute against its directory
- * descriptor; path2 is a rename's target. off is -1 where the call has no
+ * descriptor; path2 is a rename's or a link's target. off is -1 where the call has no
  * offset; len is the byte count asked for. Spaces, '%' and control bytes in
  * paths are written as %XX.
  *
@@ -31,7 +31,7 @@
  * included. Without $FSREC_LOG it only passes calls through.
  *
  * One knob changes when a call happens, never what it does: with
- * $FSREC_SLOW_RENAME=SUBSTRING:MSEC, a recorded rename whose target path
+ * $FSREC_SLOW_RENAME=SUBSTRING:MSEC, a recorded rename or link whose target path
  * contains SUBSTRING sleeps MSEC milliseconds first (a slow disk, to widen
  * a race a test proves closed).
  */
@@ -677,6 +677,22 @@ renameat2(int fromdir, const char *from, int todir, const char *to, unsigned int
 
 	NAME_CALL("renameat2", fromdir, from, todir, to,
 		  real_renameat2(fromdir, from, todir, to, flags));
+}
+
+int
+link(const char *from, const char *to)
+{
+	REAL(link);
+
+	NAME_CALL("link", AT_FDCWD, from, AT_FDCWD, to, real_link(from, to));
+}
+
+int
+linkat(int fromdir, const char *from, int todir, const char *to, int flags)
+{
+	REAL(linkat);
+
+	NAME_CALL("linkat", fromdir, from, todir, to, real_linkat(fromdir, from, todir, to, flags));
 }
 
 int

@@ -15,6 +15,7 @@ import subprocess
 WRITE_CALLS = {"write", "pwrite", "pwrite64", "writev", "pwritev", "pwritev64", "pwritev2"}
 SYNC_CALLS = {"fsync", "fdatasync"}
 RENAME_CALLS = {"rename", "renameat", "renameat2"}
+LINK_CALLS = {"link", "linkat"}
 OPEN_CALLS = {"open", "open64", "openat", "openat64"}
 O_CREAT = getattr(os, "O_CREAT", 0o100)
 _UNESCAPE = re.compile(r"%([0-9A-F]{2})")
@@ -84,67 +85,80 @@ def read_log(path):
 def durability_problems(records, spool, acks):
     """What the recorded calls fail to prove about the acknowledged messages: acks maps each
     queue id to (the client's time.monotonic_ns() when the 250 arrived, content bytes sent).
-    For each message, the record must show the rename of its file into incoming/ID, completed
-    before the 250, and one of two ways of making it durable.
+    For each message, the record must show its file entering incoming/ID before the 250, and
+    one of two ways of making it durable.
 
-    A new file, renamed from tmp/ID:
+    A slot, hard-linked from slots/NAME, where the file is committed once written (start-up
+    links it again if that link is lost):
+      - the slot's making: an open with O_CREAT of slots/NAME returning that inode, or a
+        rename of it into slots/NAME;
+      - an fsync of the slots/ directory that succeeded, started after the making had
+        returned, and returned before the 250 arrived (the name is durable);
+      - data writes to the inode after its previous link into incoming/ (or its making) and
+        before this link, at least as many bytes as the content sent;
+      - an fsync or fdatasync of the inode that succeeded, started after the last of those
+        writes had returned, and returned before the 250.
+    A new file (an edited message), renamed from tmp/ID:
       - the file's making (an open with O_CREAT returning that inode) and its data writes,
         from then to the rename, at least as many bytes as the content sent;
       - an fsync or fdatasync of that inode that succeeded, started after the last of those
         writes had returned, and returned before the 250 arrived;
       - an fsync of the incoming/ directory that succeeded, started after the rename had
         returned, and returned before the 250 arrived.
-    A recycled file (a slot), renamed from tmp/NAME, NAME another id, where the file is
-    committed once written (start-up recovers it from there):
-      - its claim: the rename of that inode from free/NAME into tmp/NAME;
-      - an fsync of the tmp/ directory that succeeded, started after the claim had returned,
-        and returned before the 250 arrived (the name is durable);
-      - data writes to the inode from the claim to the rename, at least the content sent;
-      - an fsync or fdatasync of the inode, started after the last of those writes, returned
-        before the 250.
     Returns a list of strings, empty when every message is proven durable."""
     spool = os.path.realpath(spool)
     tmp_dir = os.path.join(spool, "tmp")
     inc_dir = os.path.join(spool, "incoming")
-    free_dir = os.path.join(spool, "free")
-    by_ino, renames, dir_syncs = {}, {}, {inc_dir: [], tmp_dir: []}
+    slots_dir = os.path.join(spool, "slots")
+    by_ino, entries, dir_syncs = {}, {}, {inc_dir: [], slots_dir: []}
     for r in records:
         if r.ino != "0:0":
             by_ino.setdefault(r.ino, []).append(r)
-        if r.call in RENAME_CALLS and r.ret == 0 and os.path.dirname(r.path2) == inc_dir:
-            renames.setdefault(os.path.basename(r.path2), []).append(r)
+        if ((r.call in RENAME_CALLS or r.call in LINK_CALLS) and r.ret == 0
+                and os.path.dirname(r.path2) == inc_dir):
+            entries.setdefault(os.path.basename(r.path2), []).append(r)
         if r.call in SYNC_CALLS and r.ret == 0 and r.path in dir_syncs:
             dir_syncs[r.path].append(r)
     problems = []
     for qid, (t250, size) in sorted(acks.items()):
-        ren = [r for r in renames.get(qid, []) if r.t1 <= t250]
-        if len(ren) != 1:
-            problems.append("%s: %d renames into incoming/ before the 250, not 1: %s"
-                            % (qid, len(ren), renames.get(qid)))
+        ent = [r for r in entries.get(qid, []) if r.t1 <= t250]
+        if len(ent) != 1:
+            problems.append("%s: %d links or renames into incoming/ before the 250, not 1: %s"
+                            % (qid, len(ent), entries.get(qid)))
             continue
-        ren = ren[0]
-        if os.path.dirname(ren.path) != tmp_dir:
-            problems.append("%s: renamed into incoming/ from %s, not from tmp/" % (qid, ren.path))
+        ent = ent[0]
+        slot = ent.call in LINK_CALLS
+        src_dir = slots_dir if slot else tmp_dir
+        if os.path.dirname(ent.path) != src_dir:
+            problems.append("%s: %s into incoming/ from %s, not from %s" % (
+                qid, "linked" if slot else "renamed", ent.path, src_dir))
             continue
-        name = os.path.basename(ren.path)
-        slot = name != qid
-        calls = by_ino.get(ren.ino, [])
+        calls = by_ino.get(ent.ino, [])
         if slot:
-            made = [r for r in calls if r.t1 <= ren.t0 and r.call in RENAME_CALLS and r.ret == 0
-                    and r.path == os.path.join(free_dir, name) and r.path2 == ren.path]
+            made = [r for r in calls if r.t1 <= ent.t0 and (
+                (r.call in RENAME_CALLS and r.ret == 0 and r.path2 == ent.path) or
+                (r.call in OPEN_CALLS and r.ret >= 0 and r.len & O_CREAT and r.path == ent.path))]
         else:
-            made = [r for r in calls if r.t1 <= ren.t0 and r.call in OPEN_CALLS and r.ret >= 0
+            made = [r for r in calls if r.t1 <= ent.t0 and r.call in OPEN_CALLS and r.ret >= 0
                     and r.len & O_CREAT]
         if not made:
-            problems.append("%s: no %s made inode %s before its rename" % (
-                qid, "claim from free/" if slot else "open with O_CREAT", ren.ino))
+            problems.append("%s: no %s made inode %s before it entered incoming/" % (
+                qid, "open with O_CREAT or rename into slots/" if slot else
+                "open with O_CREAT", ent.ino))
             continue
         made = max(made, key=lambda r: r.t0)
-        writes = [r for r in calls if r.call in WRITE_CALLS and made.t0 <= r.t0 <= ren.t0]
+        start = made.t0
+        if slot:
+            # the slot's previous message ends where this one's writes begin
+            before = [r.t1 for r in calls if r.call in LINK_CALLS and r.ret == 0
+                      and os.path.dirname(r.path2) == inc_dir and r.t1 <= ent.t0
+                      and r is not ent]
+            start = max([start] + before)
+        writes = [r for r in calls if r.call in WRITE_CALLS and start <= r.t0 <= ent.t0]
         written = sum(max(r.ret, 0) for r in writes)
         if written < size:
-            problems.append("%s: %d bytes written to inode %s before its rename, fewer than the "
-                            "%d sent" % (qid, written, ren.ino, size))
+            problems.append("%s: %d bytes written to inode %s before it entered incoming/, "
+                            "fewer than the %d sent" % (qid, written, ent.ino, size))
             continue
         last = max(r.t1 for r in writes)
         syncs = [r for r in calls if r.call in SYNC_CALLS and r.ret == 0 and r.t0 >= last
@@ -152,28 +166,36 @@ def durability_problems(records, spool, acks):
         if not syncs:
             problems.append("%s: no fsync/fdatasync of inode %s started after its last write "
                             "(%d) and returned before the 250 (%d); its syncs: %s"
-                            % (qid, ren.ino, last, t250,
+                            % (qid, ent.ino, last, t250,
                                [r for r in calls if r.call in SYNC_CALLS]))
         if slot:
-            dsync = [r for r in dir_syncs[tmp_dir] if r.t0 >= made.t1 and r.t1 <= t250]
+            dsync = [r for r in dir_syncs[slots_dir] if r.t0 >= made.t1 and r.t1 <= t250]
             if not dsync:
-                problems.append("%s: no fsync of tmp/ started after its claim of %s (%d) and "
-                                "returned before the 250 (%d)" % (qid, name, made.t1, t250))
+                problems.append("%s: no fsync of slots/ started after %s was made (%d) and "
+                                "returned before the 250 (%d)" % (qid, ent.path, made.t1, t250))
         else:
-            dsync = [r for r in dir_syncs[inc_dir] if r.t0 >= ren.t1 and r.t1 <= t250]
+            dsync = [r for r in dir_syncs[inc_dir] if r.t0 >= ent.t1 and r.t1 <= t250]
             if not dsync:
                 problems.append("%s: no fsync of incoming/ started after the rename (%d) and "
-                                "returned before the 250 (%d)" % (qid, ren.t1, t250))
+                                "returned before the 250 (%d)" % (qid, ent.t1, t250))
     return problems
 
 
 def written_over_slots(records, spool, acks):
-    """The acknowledged queue ids whose files were renamed into incoming/ from a slot of tmp/
-    (a recycled file claimed under its own name, not tmp/ID)."""
+    """The acknowledged queue ids whose files were linked into incoming/ from a slot that
+    this process did not create for them (one made by the start-up fill, or one that held
+    an earlier message)."""
     spool = os.path.realpath(spool)
     inc_dir = os.path.join(spool, "incoming")
-    tmp_dir = os.path.join(spool, "tmp")
-    return {os.path.basename(r.path2) for r in records
-            if r.call in RENAME_CALLS and r.ret == 0 and os.path.dirname(r.path2) == inc_dir
-            and os.path.dirname(r.path) == tmp_dir
-            and os.path.basename(r.path) != os.path.basename(r.path2)} & set(acks)
+    slots_dir = os.path.join(spool, "slots")
+    created = {r.ino for r in records if r.call in OPEN_CALLS and r.ret >= 0 and r.len & O_CREAT
+               and os.path.dirname(r.path) == slots_dir}
+    out = set()
+    for r in records:
+        if (r.call in LINK_CALLS and r.ret == 0 and os.path.dirname(r.path2) == inc_dir
+                and os.path.dirname(r.path) == slots_dir):
+            reused = [x for x in records if x.call in LINK_CALLS and x.ret == 0
+                      and x.ino == r.ino and x.t1 < r.t0]
+            if r.ino not in created or reused:
+                out.add(os.path.basename(r.path2))
+    return out & set(acks)

@@ -153,49 +153,54 @@ class FsyncOrderTest(SorterTestCase):
                          % (len(problems), len(acks), "\n".join(problems[:20])))
 
     def test_fsync_before_250_recycled_files(self):
-        """The same proof for messages written over recycled files (free/): delivered
-        messages leave their files there, and the next ones are written over them."""
+        """The same proof for messages written over slots that held delivered messages:
+        the first ones are delivered, and the next ones are written over their slots."""
         sink = SmtpSink(os.path.join(self.tmp, "sink"), "127.0.0.1", free_port_on("127.0.0.1"),
                         extra_args=["-L"])
         sink.start()
         self.addCleanup(sink.stop)
         d, log = self.recorded_sorterd(failover_node="lmtp:[127.0.0.1]:%d" % sink.port)
-        free = os.path.join(d.spool, "free")
         c = self.connect(d)
         self.assertEqual(c.ehlo().code, 250)
-        for n in range(30):             # delivered: their files go to free/
-            self.send(c, n, 5000)
-        self.assertTrue(wait_until(lambda: len(os.listdir(free)) >= 30, 30), d.log_tail())
-        time.sleep(0.3)     # a worker that found free/ empty looks again after 100 ms
+        first = set()
+        for n in range(30):             # delivered: their slots are free again
+            first.add(self.send(c, n, 5000)[0])
+        self.assertTrue(wait_until(lambda: not d.queue_ids(), 30), d.log_tail())
         acks = {}
         for n in range(30, 54):
             qid, t250, size = self.send(c, n, (200, 5000, 150000)[n % 3])
             acks[qid] = (t250, size)
         c.cmd("QUIT")
         records = fsrec.read_log(log)
-        slots = fsrec.written_over_slots(records, d.spool, acks)
-        self.assertGreaterEqual(len(slots), 20, "written over slots: %s" % slots)
+        spool = os.path.realpath(d.spool)
+        inc = os.path.join(spool, "incoming")
+        first_inos = {r.ino for r in records if r.call in fsrec.LINK_CALLS
+                      and os.path.basename(r.path2) in first and os.path.dirname(r.path2) == inc}
+        again = {os.path.basename(r.path2) for r in records if r.call in fsrec.LINK_CALLS
+                 and r.ino in first_inos and os.path.basename(r.path2) in acks}
+        self.assertGreaterEqual(len(again), 20, "written over the first messages' slots: %s"
+                                % again)
         problems = fsrec.durability_problems(records, d.spool, acks)
         self.assertFalse(problems, "%d problems with %d acknowledged messages:\n%s"
                          % (len(problems), len(acks), "\n".join(problems[:20])))
 
     def test_recorder_sees_a_missing_fsync(self):
-        """The proof itself, for messages written over slots (free/ holds the start-up fill):
-        the same record with the file's fsync, or the directory's, taken out (or moved after
-        the 250) no longer passes."""
-        self.check_proof(slots=True)
+        """The proof itself, for messages written over slots of the start-up fill: the same
+        record with the file's fsync, or the directory's, taken out (or moved after the 250)
+        no longer passes."""
+        self.check_proof(new=False)
 
-    def test_recorder_sees_a_missing_fsync_new_files(self):
-        """The same for new files: free/ emptied before the first message."""
-        self.check_proof(slots=False)
+    def test_recorder_sees_a_missing_fsync_new_slots(self):
+        """The same for slots made for the message: slots/ emptied before the first one."""
+        self.check_proof(new=True)
 
-    def check_proof(self, slots):
+    def check_proof(self, new):
         d, log = self.recorded_sorterd()
-        free = os.path.join(d.spool, "free")
-        self.assertTrue(wait_until(lambda: len(os.listdir(free)) >= 256, 30), d.log_tail())
-        if not slots:
-            for name in os.listdir(free):
-                os.unlink(os.path.join(free, name))
+        slots = os.path.join(d.spool, "slots")
+        self.assertTrue(wait_until(lambda: len(os.listdir(slots)) >= 256, 30), d.log_tail())
+        if new:
+            for name in os.listdir(slots):
+                os.unlink(os.path.join(slots, name))
         c = self.connect(d)
         self.assertEqual(c.ehlo().code, 250)
         acks = {}
@@ -205,32 +210,32 @@ class FsyncOrderTest(SorterTestCase):
         c.cmd("QUIT")
         records = fsrec.read_log(log)
         spool = os.path.realpath(d.spool)
-        inc, tmp = os.path.join(spool, "incoming"), os.path.join(spool, "tmp")
+        inc, slots = os.path.join(spool, "incoming"), os.path.join(spool, "slots")
         self.assertEqual(fsrec.durability_problems(records, d.spool, acks), [])
         self.assertEqual(fsrec.written_over_slots(records, d.spool, acks),
-                         set(acks) if slots else set())
+                         set() if new else set(acks))
         inos = {}
         for qid in acks:
-            ino = inos[qid] = next(r.ino for r in records if r.call in fsrec.RENAME_CALLS
+            ino = inos[qid] = next(r.ino for r in records if r.call in fsrec.LINK_CALLS
                                    and r.path2 == os.path.join(inc, qid))
             without_file_sync = [r for r in records
                                  if not (r.call in fsrec.SYNC_CALLS and r.ino == ino)]
             self.assertTrue(any(qid in p for p in
                                 fsrec.durability_problems(without_file_sync, d.spool, acks)))
         without_dir_sync = [r for r in records
-                            if not (r.call in fsrec.SYNC_CALLS and r.path in (inc, tmp))]
+                            if not (r.call in fsrec.SYNC_CALLS and r.path == slots)]
         problems = fsrec.durability_problems(without_dir_sync, d.spool, acks)
-        want = "fsync of tmp/ started" if slots else "fsync of incoming/ started"
-        self.assertEqual(len([p for p in problems if want in p]), len(acks), problems)
+        self.assertEqual(len([p for p in problems if "fsync of slots/ started" in p]),
+                         len(acks), problems)
         # the 250 read 1 ns before its message's own fsync returned
         late = {qid: (max(r.t1 for r in records if r.call in fsrec.SYNC_CALLS
                           and r.ino == inos[qid]) - 1, size)
                 for qid, (t, size) in acks.items()}
         self.assertEqual(len(fsrec.durability_problems(records, d.spool, late)), len(acks))
-        if not slots:
-            # and 1 ns before the last fsync of incoming/ that covers it
+        if new:
+            # and 1 ns before the fsync of slots/ that made its new slot's name durable
             late = {qid: (max(r.t1 for r in records if r.call in fsrec.SYNC_CALLS
-                              and r.path == inc and r.t1 <= t) - 1, size)
+                              and r.path == slots and r.t1 <= t) - 1, size)
                     for qid, (t, size) in acks.items()}
             self.assertEqual(len(fsrec.durability_problems(records, d.spool, late)), len(acks))
 
@@ -476,8 +481,11 @@ class FullDiskTest(SorterTestCase):
             self.assertEqual(fields["id"], [m["id"]])
             self.assertIn(body.replace("\r\n", "\n"), stored, "message %s is cut" % m["id"])
         self.assertEqual(corrupt_files(d), [])
-        # recycled files never hold space a small or full file system needs
-        self.assertEqual(os.listdir(os.path.join(self.mnt, "spool", "free")), [])
+        # no free slot holds space a small or full file system needs: every slot holds a
+        # queued message, or is one the daemon was writing into when the disk filled
+        slots = os.path.join(self.mnt, "spool", "slots")
+        free = [n for n in os.listdir(slots) if os.stat(os.path.join(slots, n)).st_nlink == 1]
+        self.assertLessEqual(len(free), 1, free)
 
 
 if __name__ == "__main__":

@@ -345,13 +345,32 @@ START_TEST(test_edit)
 }
 END_TEST
 
+/* A slot of slots/ named name holding size bytes of 'x'; its inode. */
+static ino_t
+make_slot(const char *name, size_t size)
+{
+	char path[256];
+	struct stat sb;
+	unsigned char *old = xmalloc(size ? size : 1);
+	int fd;
+
+	memset(old, 'x', size);
+	snprintf(path, sizeof(path), "%s/slots/%s", spool, name);
+	ck_assert_int_ge(fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600), 0);
+	ck_assert_int_eq(write(fd, old, size), (ssize_t)size);
+	ck_assert_int_eq(fstat(fd, &sb), 0);
+	close(fd);
+	free(old);
+	return sb.st_ino;
+}
+
 /*
- * Recycled files: a message is written over a file from free/ (the same
- * inode, renamed), its old bytes covered by a padding record; a message
- * bigger than the file, or one leaving too little room for the padding
- * record's header, grows it to the next RECYCLE_ROUND bytes; with nothing
- * in free/ a new file is made and padded with zeros. Each loads as the
- * message, whole.
+ * Slots: a message is written over a free slot of slots/ (the same inode,
+ * hard-linked into incoming/ under its id), its old bytes covered by a
+ * padding record; a message bigger than the slot, or one leaving too
+ * little room for the padding record's header, grows it to the next
+ * RECYCLE_ROUND bytes; with no slot in slots/ a new one is made and padded
+ * with zeros. Each loads as the message, whole.
  */
 START_TEST(test_recycle)
 {
@@ -362,10 +381,9 @@ START_TEST(test_recycle)
 	struct spool_file f;
 	struct stat sb;
 	struct dstr h;
-	unsigned char *sent, *old;
+	unsigned char *sent;
 	char id[QID_LEN + 1], oldid[QID_LEN + 1], path[256], err[256];
 	ino_t ino = 0;
-	int fd;
 
 	head(&h, "0000000000A1");       /* as long as any id's */
 	/* the records end after the check record and the end marker */
@@ -373,26 +391,19 @@ START_TEST(test_recycle)
 	dstr_free(&h);
 	if (_i < 3) {
 		old_size = _i == 0 ? 65536 : _i == 1 ? 16384 : end + 3;
-		old = xmalloc(old_size);
-		memset(old, 'x', old_size);
 		qid_next(oldid);
-		snprintf(path, sizeof(path), "%s/free/%s", spool, oldid);
-		ck_assert_int_ge(fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600), 0);
-		ck_assert_int_eq(write(fd, old, old_size), (ssize_t)old_size);
-		ck_assert_int_eq(fstat(fd, &sb), 0);
-		ino = sb.st_ino;
-		close(fd);
-		free(old);
+		ino = make_slot(oldid, old_size);
 	}
 	c.base = event_base_new();
 	p = commit_pool_create(c.base, spool, 2);
 	qid_next(id);
 	stream_message(p, &c, id, total, 4096, true, &sent);
 	ck_assert_int_eq(c.error, 0);
-	ck_assert_uint_eq(count("free"), 0);
+	ck_assert_uint_eq(count("slots"), 1);
 	ck_assert_uint_eq(count("tmp"), 0);
 	snprintf(path, sizeof(path), "%s/incoming/%s", spool, id);
 	ck_assert_int_eq(stat(path, &sb), 0);
+	ck_assert_uint_eq(sb.st_nlink, 2);      /* incoming/ID and slots/NAME */
 	if (_i < 3)
 		ck_assert_uint_eq(sb.st_ino, ino);      /* the old file, written over */
 	if (_i == 0)
@@ -411,7 +422,7 @@ START_TEST(test_recycle)
 }
 END_TEST
 
-/* The name in dir of the file with inode ino, into name; false if none. */
+/* The name in sub of the file with inode ino, into name; false if none. */
 static bool
 name_of(const char *sub, ino_t ino, char name[QID_LEN + 1])
 {
@@ -431,14 +442,38 @@ name_of(const char *sub, ino_t ino, char name[QID_LEN + 1])
 	return found;
 }
 
-/* Slots: a stream is written over a file claimed from free/ into tmp/
- * under its own name, in a batch (the pool keeps the rest for the next
- * messages, and gives them back when it closes); the commit leaves it in
- * incoming/ under the message's id, with its id and check records. When
- * that last rename is lost (a crash before it reached the disk), the file
- * waits in tmp/ under the slot's name, and start-up's recovery finds it
- * there and puts it back; a slot's own old content, a torn file, a file
- * whose check does not match and a file being made are removed, never
+static ino_t
+ino_of(const char *sub, const char *name)
+{
+	char path[256];
+	struct stat sb;
+
+	snprintf(path, sizeof(path), "%s/%s/%s", spool, sub, name);
+	ck_assert_int_eq(stat(path, &sb), 0);
+	return sb.st_ino;
+}
+
+static int
+first_byte(const char *sub, const char *name)
+{
+	char path[256];
+	unsigned char b;
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/%s/%s", spool, sub, name);
+	ck_assert_int_ge(fd = open(path, O_RDONLY), 0);
+	ck_assert_int_eq(read(fd, &b, 1), 1);
+	close(fd);
+	return b;
+}
+
+/* Slots: a queued slot (two links) is never written; once the queue
+ * manager's removal (spool_remove) marks it freed and unlinks its queue
+ * name, the pool writes the next message over it. When a commit's link
+ * is lost (a crash before it reached the disk), start-up's recovery finds
+ * the committed message in its slot and links it again; a freed slot, a
+ * slot's old content, a file whose check does not match, a file being
+ * made and a slot whose id is queued under another file are never
  * recovered. */
 START_TEST(test_slots_and_recovery)
 {
@@ -447,146 +482,153 @@ START_TEST(test_slots_and_recovery)
 	struct spool_file f;
 	struct stat sb;
 	unsigned char *sent, *bytes;
-	char id[QID_LEN + 1], id2[QID_LEN + 1], name[QID_LEN + 1], name2[QID_LEN + 1];
-	char path[256], path2[256], err[256];
-	int fd, i;
+	char a[QID_LEN + 1], b[QID_LEN + 1], cc[QID_LEN + 1], slot[QID_LEN + 1];
+	char name[QID_LEN + 1], path[256], err[256];
+	ino_t only;
+	int fd, ifd;
 
-	for (i = 0; i < 40; i++) {
-		qid_next(name);
-		snprintf(path, sizeof(path), "%s/free/%s", spool, name);
-		ck_assert_int_ge(fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600), 0);
-		ck_assert_int_eq(write(fd, "old", 3), 3);
-		close(fd);
-	}
+	qid_next(slot);
+	only = make_slot(slot, 100);
 	c.base = event_base_new();
 	p = commit_pool_create(c.base, spool, 2);
-	qid_next(id);
-	stream_message(p, &c, id, 5000, 1000, true, &sent);
+	qid_next(a);
+	stream_message(p, &c, a, 5000, 1000, true, &sent);
 	ck_assert_int_eq(c.error, 0);
-	/* one batch claimed: one slot used, the rest kept in tmp/ */
+	free(sent);
+	ck_assert_uint_eq(ino_of("incoming", a), only);
+	/* the only slot is queued: the next message gets a new one */
+	qid_next(b);
+	stream_message(p, &c, b, 300, 300, true, &sent);
+	ck_assert_int_eq(c.error, 0);
+	free(sent);
+	ck_assert_uint_ne(ino_of("incoming", b), only);
+	ck_assert_uint_eq(count("slots"), 2);
+	/* delivered: marked freed, its name gone; the next message takes it */
+	snprintf(path, sizeof(path), "%s/incoming", spool);
+	ck_assert_int_ge(ifd = open(path, O_RDONLY | O_DIRECTORY), 0);
+	ck_assert_int_eq(spool_remove(ifd, a), 0);
+	ck_assert_int_eq(first_byte("slots", slot), SPOOL_FREED);
 	ck_assert_uint_eq(count("incoming"), 1);
-	ck_assert_uint_gt(count("tmp"), 0);
-	ck_assert_uint_eq(count("free") + count("tmp"), 39);
-	snprintf(path, sizeof(path), "%s/incoming/%s", spool, id);
-	ck_assert_msg(spool_load(path, NULL, &f, err, sizeof(err)) == 0, "%s", err);
-	ck_assert_str_eq(f.m.qid, id);
-	ck_assert_int_eq(spool_check_verify(&f), 1);
-	ck_assert(content_is(&f, 0, sent, 5000));
-	spool_file_free(&f);
-	free(sent);
-	qid_next(id2);
-	stream_message(p, &c, id2, 300, 300, true, &sent);
+	qid_next(cc);
+	stream_message(p, &c, cc, 2000, 700, true, &sent);
 	ck_assert_int_eq(c.error, 0);
-	free(sent);
+	ck_assert_uint_eq(ino_of("incoming", cc), only);
+	ck_assert_uint_eq(count("slots"), 2);
 	commit_pool_destroy(p);
-	ck_assert_uint_eq(count("tmp"), 0);     /* unused slots went back */
-	ck_assert_uint_eq(count("free"), 38);
+	ck_assert_uint_eq(count("tmp"), 0);
 
-	/* the commit's rename lost: the file is in tmp/ under its slot's name */
-	ck_assert_int_eq(stat(path, &sb), 0);
-	ck_assert(!name_of("free", sb.st_ino, name));
-	snprintf(path2, sizeof(path2), "%s/incoming/%s", spool, id2);
-	ck_assert_int_eq(stat(path2, &sb), 0);
-	ck_assert_uint_eq(sb.st_size, RECYCLE_ROUND);   /* a 3-byte slot, grown */
+	/* the link of cc lost: recovered, the same file, whole */
+	ck_assert_int_eq(unlinkat(ifd, cc, 0), 0);
+	/* a freed slot (a's old place is cc's now: make another) */
 	qid_next(name);
-	snprintf(path2, sizeof(path2), "%s/tmp/%s", spool, name);
-	ck_assert_int_eq(rename(path, path2), 0);
-	/* a slot's old content: a message under its own name (as free/ has them) */
-	snprintf(path, sizeof(path), "%s/incoming/%s", spool, id2);
-	snprintf(path2, sizeof(path2), "%s/tmp/%s", spool, id2);
-	ck_assert_int_eq(rename(path, path2), 0);
-	/* a committed file with one byte changed */
-	p = commit_pool_create(c.base, spool, 2);
-	qid_next(id2);
-	stream_message(p, &c, id2, 2000, 2000, true, &sent);
-	free(sent);
-	commit_pool_destroy(p);
-	snprintf(path, sizeof(path), "%s/incoming/%s", spool, id2);
-	ck_assert_int_eq(stat(path, &sb), 0);
-	qid_next(name2);
-	snprintf(path2, sizeof(path2), "%s/tmp/%s", spool, name2);
-	ck_assert_int_eq(rename(path, path2), 0);
-	ck_assert_msg(spool_load(path2, NULL, &f, err, sizeof(err)) == 0, "%s", err);
-	ck_assert_int_ge(fd = open(path2, O_RDWR), 0);
+	make_slot(name, 4096);
+	snprintf(path, sizeof(path), "%s/slots/%s", spool, name);
+	ck_assert_int_ge(fd = open(path, O_WRONLY), 0);
+	bytes = (unsigned char *)"F";
+	ck_assert_int_eq(pwrite(fd, bytes, 1, 0), 1);
+	close(fd);
+	/* b's slot, its link lost too, but with one byte of its content changed */
+	ck_assert(name_of("slots", ino_of("incoming", b), name));
+	ck_assert_int_eq(unlinkat(ifd, b, 0), 0);
+	snprintf(path, sizeof(path), "%s/slots/%s", spool, name);
+	ck_assert_msg(spool_load(path, NULL, &f, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_int_ge(fd = open(path, O_RDWR), 0);
 	bytes = (unsigned char *)"#";
-	ck_assert_int_eq(pwrite(fd, bytes, 1, (off_t)(f.m.content_offset + 1000)), 1);
+	ck_assert_int_eq(pwrite(fd, bytes, 1, (off_t)(f.m.content_offset + 100)), 1);
 	close(fd);
 	spool_file_free(&f);
-	/* and a file being made (zeros) */
-	qid_next(name2);
-	snprintf(path2, sizeof(path2), "%s/tmp/%s", spool, name2);
-	ck_assert_int_ge(fd = open(path2, O_WRONLY | O_CREAT | O_EXCL, 0600), 0);
+	/* a file being made (zeros), and one bigger than a slot may stay */
+	qid_next(name);
+	snprintf(path, sizeof(path), "%s/slots/%s", spool, name);
+	ck_assert_int_ge(fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600), 0);
 	ck_assert_int_eq(ftruncate(fd, 4096), 0);
 	close(fd);
+	qid_next(name);
+	make_slot(name, RECYCLE_FILE_MAX + 1);
+	ck_assert_uint_eq(count("slots"), 5);
+	ck_assert_uint_eq(count("incoming"), 0);
 
-	ck_assert_uint_eq(count("tmp"), 4);
-	ck_assert_int_eq(recycle_recover_tmp(spool, true), 1);
-	ck_assert_uint_eq(count("tmp"), 0);
+	/* an import's recovery (no trim) leaves the free ones alone */
+	ck_assert_int_eq(slots_recover(spool, false), 1);
 	ck_assert_uint_eq(count("incoming"), 1);
-	snprintf(path, sizeof(path), "%s/incoming/%s", spool, id);
+	ck_assert_uint_eq(ino_of("incoming", cc), only);
+	snprintf(path, sizeof(path), "%s/incoming/%s", spool, cc);
 	ck_assert_msg(spool_load(path, NULL, &f, err, sizeof(err)) == 0, "%s", err);
 	ck_assert_int_eq(spool_check_verify(&f), 1);
-	ck_assert_uint_eq(f.m.content_len, 5000);
+	ck_assert_str_eq(f.m.qid, cc);
+	ck_assert(content_is(&f, 0, sent, 2000));
 	spool_file_free(&f);
+	free(sent);
+	ck_assert_uint_eq(count("slots"), 5);
+	/* queued now: a second recovery finds nothing; the start's trims */
+	ck_assert_int_eq(slots_recover(spool, true), 0);
+	ck_assert_uint_eq(count("slots"), 4);
+	ck_assert_int_eq(stat(path, &sb), 0);
+	ck_assert_uint_eq(sb.st_nlink, 2);
+	/* a committed slot whose id is queued under another file: not taken */
+	ck_assert_int_eq(unlinkat(ifd, cc, 0), 0);
+	ck_assert_int_ge(fd = openat(ifd, cc, O_WRONLY | O_CREAT | O_EXCL, 0600), 0);
+	close(fd);
+	ck_assert_int_eq(slots_recover(spool, true), 0);
+	ck_assert_uint_eq(ino_of("incoming", cc) != only, 1);
+	close(ifd);
 	event_base_free(c.base);
 }
 END_TEST
 
-/* The queue manager's side: a finished file goes to free/ while it is
- * small and free/ has room, and only when its id record names it; else it
- * is unlinked. */
-START_TEST(test_recycle_put)
+/* A queue name's removal: a slot's file is marked freed first (its first
+ * byte), a file of one link is only unlinked. */
+START_TEST(test_spool_remove)
 {
-	struct recycler *r = recycler_open(spool, 0);
-	char path[256], id[QID_LEN + 1];
-	int dfd, fd, i;
+	char path[256], id[QID_LEN + 1], id2[QID_LEN + 1], slot[QID_LEN + 1];
+	int dfd, fd, keep;
+	unsigned char byte;
 
 	snprintf(path, sizeof(path), "%s/active", spool);
 	ck_assert_int_ge(dfd = open(path, O_RDONLY | O_DIRECTORY), 0);
-	/* imported (another spool's id) or without an id record: never free/ */
-	for (i = 0; i < 2; i++) {
-		qid_next(id);
-		ck_assert_int_ge(fd = openat(dfd, id, O_WRONLY | O_CREAT | O_EXCL, 0600), 0);
-		close(fd);
-		ck_assert_int_eq(recycle_put(r, dfd, id, i == 0 ? "0000000000A1" : "", 100), 0);
-	}
+	qid_next(slot);
+	make_slot(slot, 100);
+	qid_next(id);
+	snprintf(path, sizeof(path), "%s/slots/%s", spool, slot);
+	ck_assert_int_eq(linkat(AT_FDCWD, path, dfd, id, 0), 0);
+	ck_assert_int_eq(spool_remove(dfd, id), 0);
+	ck_assert_int_eq(first_byte("slots", slot), SPOOL_FREED);
+	qid_next(id2);
+	ck_assert_int_ge(fd = openat(dfd, id2, O_WRONLY | O_CREAT | O_EXCL, 0600), 0);
+	ck_assert_int_eq(write(fd, "V", 1), 1);
+	close(fd);
+	ck_assert_int_ge(keep = openat(dfd, id2, O_RDONLY), 0);
+	ck_assert_int_eq(spool_remove(dfd, id2), 0);
+	ck_assert_int_eq(pread(keep, &byte, 1, 0), 1);
+	ck_assert_int_eq(byte, 'V');
+	close(keep);
 	ck_assert_uint_eq(count("active"), 0);
-	ck_assert_uint_eq(count("free"), 0);
-	for (i = 0; i < RECYCLE_POOL_MAX + 5; i++) {
-		qid_next(id);
-		ck_assert_int_ge(fd = openat(dfd, id, O_WRONLY | O_CREAT | O_EXCL, 0600), 0);
-		close(fd);
-		ck_assert_int_eq(recycle_put(r, dfd, id, id, i == 0 ? RECYCLE_FILE_MAX + 1 : 100), 0);
-	}
-	ck_assert_uint_eq(count("active"), 0);
-	ck_assert_uint_eq(count("free"), RECYCLE_POOL_MAX);
+	ck_assert_int_eq(spool_remove(dfd, id2), -1);
+	ck_assert_int_eq(errno, ENOENT);
 	close(dfd);
-	recycler_close(r);
 }
 END_TEST
 
-/* The start-up fill: free/ gets files of RECYCLE_ROUND bytes up to the
- * count asked for, through tmp/, and a second fill finds it full. */
-START_TEST(test_recycle_fill)
+/* The start-up fill: slots/ gets free slots of RECYCLE_ROUND bytes up to
+ * the count asked for, through tmp/, and a second fill finds it full. */
+START_TEST(test_slots_fill)
 {
-	struct recycler *r = recycler_open(spool, 0);
 	char ids[5][QID_LEN + 1], path[256];
 	struct stat sb;
 	size_t i;
 
 	for (i = 0; i < 5; i++)
 		qid_next(ids[i]);
-	ck_assert_int_eq(recycle_fill(r, ids, 5), 5);
-	ck_assert_uint_eq(count("free"), 5);
+	ck_assert_int_eq(slots_fill(spool, 0, ids, 5), 5);
+	ck_assert_uint_eq(count("slots"), 5);
 	ck_assert_uint_eq(count("tmp"), 0);
-	snprintf(path, sizeof(path), "%s/free/%s", spool, ids[4]);
+	snprintf(path, sizeof(path), "%s/slots/%s", spool, ids[4]);
 	ck_assert_int_eq(stat(path, &sb), 0);
 	ck_assert_int_eq(sb.st_size, RECYCLE_ROUND);
 	for (i = 0; i < 5; i++)
 		qid_next(ids[i]);
-	ck_assert_int_eq(recycle_fill(r, ids, 5), 0);
-	ck_assert_uint_eq(count("free"), 5);
-	recycler_close(r);
+	ck_assert_int_eq(slots_fill(spool, 0, ids, 5), 0);
+	ck_assert_uint_eq(count("slots"), 5);
 }
 END_TEST
 
@@ -602,8 +644,8 @@ stream_suite(void)
 	tcase_add_test(tc, test_abort);
 	tcase_add_loop_test(tc, test_recycle, 0, 4);
 	tcase_add_test(tc, test_slots_and_recovery);
-	tcase_add_test(tc, test_recycle_put);
-	tcase_add_test(tc, test_recycle_fill);
+	tcase_add_test(tc, test_spool_remove);
+	tcase_add_test(tc, test_slots_fill);
 	tcase_add_test(tc, test_edit);
 	suite_add_tcase(s, tc);
 	return s;
