@@ -14,7 +14,8 @@
  * Results become durable before anything acts on them (outcome.c): a
  * bounce's DSN is committed before its recipient is marked bounced;
  * recipient marks are fdatasync'd before the file moves on. A finished
- * file goes to free/ (or is unlinked) without waiting for the disk: a
+ * file's name is removed (a slot marked freed first: spool_remove) without
+ * waiting for the disk: a
  * process crash repeats only what was in flight, a power failure also
  * what finished in the last seconds (delivered again, never lost).
  *

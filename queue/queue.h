@@ -3,10 +3,11 @@
  * messages (I/O threads, group directory fsync), and reading it back.
  *
  * Spool layout under spool_dir:
- *   tmp/       files being written, and recycled files claimed for that;
- *              at start, a committed one is recovered (recycle.c), the rest go
- *   free/      delivered messages' files, kept to be overwritten by new ones
- *              (recycle.c): never read, never delivered
+ *   slots/     the files new messages are written into (recycle.c), for
+ *              good: a queued message's file is also linked under its id
+ *              in a queue folder; a free one (one link) is written over
+ *   tmp/       whole files being written (edited messages, DSNs), removed
+ *              at start
  *   incoming/  committed messages waiting for the queue manager
  *   active/ deferred/ hold/   queue manager states
  *   corrupt/   files that failed to parse, moved aside (never deleted)
@@ -17,22 +18,23 @@
  * A queue file is a sequence of records: one type byte, a 4-byte big-endian
  * length, then that many bytes. The last record is SPOOL_REC_END with length
  * 0; a file without it, or with a record running past the end of the file,
- * is torn. A recycled file may be longer than its message: then one
- * SPOOL_REC_PAD record follows the end marker and covers the rest exactly
- * (its bytes are the file's old content, never looked at). The only
- * in-place change ever made to a committed file is the type byte of a
- * recipient record (SPOOL_REC_RCPT -> a final state).
+ * is torn. A slot may be longer than its message: then one SPOOL_REC_PAD
+ * record follows the end marker and covers the rest exactly (its bytes are
+ * the file's old content, never looked at). The only in-place changes ever
+ * made to a committed file are the type byte of a recipient record
+ * (SPOOL_REC_RCPT -> a final state), and, once it is finished, its first
+ * byte (SPOOL_FREED, spool_remove).
  *
  * Every writer also puts the message's queue id in the file (SPOOL_REC_ID)
  * and a check record (SPOOL_REC_CHECK) between the content and the end
  * marker: CRC-32C of the bytes before the content (each recipient record's
  * type byte counted as SPOOL_REC_RCPT, so marks do not change it) and of
- * the content. A file written over a recycled one is committed where it
- * was written, in tmp/ under the name it had in free/ (recycle.c): after a
- * crash, such a file in tmp/ whose id record names another id and whose
- * check matches is a committed message (spool_committed_in_tmp); nothing
- * else in tmp/ ever is. Files without these records (older spools, other
- * writers) are read as before.
+ * the content. A message written into a slot is committed where it was
+ * written (recycle.c): after a crash, a slot whose id record names an id
+ * the queue does not hold and whose check matches is a committed message
+ * (spool_committed_in_tmp). Files without these records (older spools,
+ * other writers) are read as before; an older spool's messages committed
+ * in tmp/ (under another name than their id) are recovered the same way.
  */
 #ifndef SORTER_QUEUE_H
 #define SORTER_QUEUE_H
@@ -182,12 +184,12 @@ void spool_file_free(struct spool_file *f);
  * has one and both CRCs match (recipient marks aside), 0 when it has none
  * or they differ, -1 when its bytes cannot be read (errno set). */
 int spool_check_verify(const struct spool_file *f);
-/* Whether the file tmp/NAME at path is a committed message left there by a
- * crash (written over a recycled file, its rename into incoming/ not made
- * durable): it parses, its check matches and its id record names an id
- * other than NAME. Returns 1 with the file loaded into f (its id in
- * f->m.qid), 0 when it is not (a file being or never finished being
- * written, or a recycled file's old content), -2 when it cannot be read. */
+/* Whether the file at path, named NAME (a slot, or from an older spool a
+ * file of tmp/), is a committed message: it parses, its check matches and
+ * its id record names an id other than NAME. Returns 1 with the file
+ * loaded into f (its id in f->m.qid), 0 when it is not (a file being or
+ * never finished being written, or a freed slot), -2 when it cannot be
+ * read. */
 int spool_committed_in_tmp(const char *path, struct spool_file *f);
 /* spool_load() for the daemon: a corrupt file is moved to corrupt/
  * (spool_quarantine), an unreadable one is left where it is and logged.
@@ -349,8 +351,9 @@ void slot_drop(struct slots *s, struct slot_ref *ref);
 /* What a crash left in spool_dir/slots/: a committed message whose id has
  * no name in the queue's folders is linked into incoming/ (fsync'd). With
  * trim (the daemon's start, before any writer runs), free slots beyond
- * RECYCLE_POOL_MAX or bigger than RECYCLE_FILE_MAX are unlinked. Returns
- * how many messages it recovered, or -1 with errno. */
+ * RECYCLE_POOL_MAX, empty or bigger than RECYCLE_FILE_MAX are unlinked,
+ * and an older spool's free/ goes. Returns how many messages it
+ * recovered, or -1 with errno. */
 int slots_recover(const char *spool_dir, bool trim);
 /* Adds free slots to slots/ up to n (each RECYCLE_ROUND zero bytes,
  * fdatasync'd, made in tmp/ and renamed in whole), named from ids (n

@@ -151,7 +151,9 @@ forget(struct slots *s, size_t i, bool unlink_it)
 }
 
 /* Opens and locks slots/name; the descriptor if it is a free slot (a
- * regular file with one link) no one else holds, else -1. */
+ * regular file with one link and some bytes) no one else holds, else -1.
+ * An empty one may have been made an instant ago, its maker about to
+ * lock it: only its maker uses it. */
 static int
 adopt(int dir_fd, const char *name)
 {
@@ -161,7 +163,7 @@ adopt(int dir_fd, const char *name)
 	if (fd < 0)
 		return -1;
 	if (flock(fd, LOCK_EX | LOCK_NB) < 0 || fstat(fd, &sb) < 0 || !S_ISREG(sb.st_mode) ||
-	    sb.st_nlink != 1) {
+	    sb.st_nlink != 1 || sb.st_size == 0) {
 		close(fd);
 		return -1;
 	}
@@ -191,7 +193,7 @@ scan(struct slots *s)
 		/* most are queued (two links): a stat says so without an open */
 		if (!qid_valid(de->d_name) ||
 		    fstatat(s->dir_fd, de->d_name, &sb, AT_SYMLINK_NOFOLLOW) < 0 ||
-		    sb.st_nlink != 1 || (fd = adopt(s->dir_fd, de->d_name)) < 0)
+		    sb.st_nlink != 1 || sb.st_size == 0 || (fd = adopt(s->dir_fd, de->d_name)) < 0)
 			continue;
 		if (slot_unwanted(s, fd)) {
 			unlinkat(s->dir_fd, de->d_name, 0);
@@ -282,8 +284,8 @@ slot_take(struct slots *s, const char *new_name, struct slot_ref *out)
 	fd = openat(s->dir_fd, new_name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return -1;
-	if (flock(fd, LOCK_EX | LOCK_NB) < 0 || (err = dirsync_wait(s->ds)) != 0) {
-		err = errno;
+	err = flock(fd, LOCK_EX | LOCK_NB) < 0 ? errno : dirsync_wait(s->ds);
+	if (err) {
 		unlinkat(s->dir_fd, new_name, 0);
 		close(fd);
 		errno = err;
@@ -425,6 +427,25 @@ cmp_id(const void *key, const void *elem)
 	return strcmp(key, elem);
 }
 
+/* An older spool's free/ (files kept to be written over): gone. */
+static void
+remove_old_free(const char *spool_dir)
+{
+	char path[4096];
+	struct dirent *de;
+	DIR *d;
+
+	snprintf(path, sizeof(path), "%s/free", spool_dir);
+	if ((d = opendir(path)) == NULL)
+		return;
+	while ((de = readdir(d)) != NULL)
+		if (de->d_name[0] != '.')
+			unlinkat(dirfd(d), de->d_name, 0);
+	closedir(d);
+	if (rmdir(path) == 0)
+		msg_info("removed %s (an older spool's; slots/ holds its kind now)", path);
+}
+
 int
 slots_recover(const char *spool_dir, bool trim)
 {
@@ -436,6 +457,8 @@ slots_recover(const char *spool_dir, bool trim)
 	int sfd, ifd, found = 0, rc, err;
 	DIR *d;
 
+	if (trim)
+		remove_old_free(spool_dir);
 	snprintf(path, sizeof(path), "%s/slots", spool_dir);
 	if ((d = opendir(path)) == NULL) {
 		free(ids);
@@ -476,7 +499,8 @@ slots_recover(const char *spool_dir, bool trim)
 			continue;
 		}
 		/* free */
-		if (trim && (nfree >= RECYCLE_POOL_MAX || (uint64_t)sb.st_size > RECYCLE_FILE_MAX))
+		if (trim && (nfree >= RECYCLE_POOL_MAX || sb.st_size == 0 ||
+			     (uint64_t)sb.st_size > RECYCLE_FILE_MAX))
 			unlinkat(sfd, de->d_name, 0);
 		else
 			nfree++;

@@ -664,8 +664,8 @@ class StreamTest(MilterTestCase):
         self.assertEqual(body_of(got).rstrip("\n"), "\n".join(lines))
         self.assertEqual(sum(e["len"] for e in a.events("body")), len(body) + 2)
         self.assertTrue(all(e["len"] <= 65535 for e in a.events("body")))
-        # nothing left behind: once stopped, tmp/ is empty (the files claimed from free/ and
-        # not used yet go back there)
+        # nothing left behind: once stopped, tmp/ is empty (the edit's file went into
+        # incoming/, the slot the original was written into is free again)
         d.stop()
         self.assertEqual(os.listdir(os.path.join(d.spool, "tmp")), [])
 

@@ -217,9 +217,9 @@ new_id_of(const char *out, const char *old, char newid[QID_LEN + 1])
 START_TEST(test_import_states)
 {
 	struct import_result r;
-	struct dstr a, b, c, t;
+	struct dstr a, b, c, t, u, v;
 	char out[4096], l[1024], na[QID_LEN + 1], nb[QID_LEN + 1], nc[QID_LEN + 1], *got;
-	char nt[QID_LEN + 1];
+	char nt[QID_LEN + 1], p1[512], p2[512];
 	const char *status = "attempts\t3\nwarned\t1\ndone\t1\tcarol@example.test\n";
 	size_t n;
 
@@ -232,12 +232,21 @@ START_TEST(test_import_states)
 	put(src, "hold", "1K0Y2Z6DVR72", c.s, c.len);
 	put(src, "deferred", "1K0Y2Z6DVR73", b.s, b.len / 2);          /* torn */
 	put(src, "tmp", "1K0Y2Z6DVR74", a.s, a.len);                   /* never acknowledged */
-	/* committed over a recycled file, the rename into incoming/ lost */
+	/* from an older spool: committed in tmp/, its rename into incoming/ lost */
 	image_as(&t, "t", "1K0Y2Z6DVR76");
 	put(src, "tmp", "1K0Y2Z6DVR75", t.s, t.len);
+	/* committed in a slot, its link into incoming/ lost; and a slot linked
+	 * into deferred/, to be marked freed when its name goes */
+	image_as(&u, "u", "1K0Y2Z6DVR78");
+	put(src, "slots", "1K0Y2Z6DVR77", u.s, u.len);
+	image_as(&v, "v", "1K0Y2Z6DVR7A");
+	put(src, "slots", "1K0Y2Z6DVR79", v.s, v.len);
+	snprintf(p1, sizeof(p1), "%s/slots/1K0Y2Z6DVR79", src);
+	snprintf(p2, sizeof(p2), "%s/deferred/1K0Y2Z6DVR7A", src);
+	ck_assert_int_eq(link(p1, p2), 0);
 
 	ck_assert_int_eq(run(&r, out, sizeof(out)), 0);
-	ck_assert_uint_eq(r.imported, 4);
+	ck_assert_uint_eq(r.imported, 6);
 	ck_assert_uint_eq(r.held, 1);
 	ck_assert_uint_eq(r.quarantined, 1);
 	ck_assert_uint_eq(r.failed, 0);
@@ -250,6 +259,25 @@ START_TEST(test_import_states)
 	ck_assert(n == t.len && memcmp(got, t.s, n) == 0);
 	free(got);
 	dstr_free(&t);
+	new_id_of(out, "1K0Y2Z6DVR78", nt);
+	ck_assert_ptr_nonnull(got = get(dst, "incoming", nt, &n));
+	ck_assert(n == u.len && memcmp(got, u.s, n) == 0);
+	free(got);
+	dstr_free(&u);
+	new_id_of(out, "1K0Y2Z6DVR7A", nt);
+	ck_assert_ptr_nonnull(got = get(dst, "incoming", nt, &n));
+	ck_assert(n == v.len && memcmp(got, v.s, n) == 0);
+	free(got);
+	dstr_free(&v);
+	/* both slots stay in the source, marked freed: its next start takes
+	 * neither for a message */
+	ck_assert_ptr_nonnull(got = get(src, "slots", "1K0Y2Z6DVR77", &n));
+	ck_assert_int_eq(got[0], SPOOL_FREED);
+	free(got);
+	ck_assert_ptr_nonnull(got = get(src, "slots", "1K0Y2Z6DVR79", &n));
+	ck_assert_int_eq(got[0], SPOOL_FREED);
+	free(got);
+	ck_assert_int_eq(slots_recover(src, false), 0);
 	ck_assert_str_ne(na, nb);
 	ck_assert_str_ne(nb, nc);
 	ck_assert_ptr_null(strstr(out, "1K0Y2Z6DVR73"));
@@ -281,7 +309,7 @@ START_TEST(test_import_states)
 	ck_assert_int_eq(run(&r, out, sizeof(out)), 0);
 	ck_assert_uint_eq(r.imported + r.quarantined + r.failed, 0);
 	ck_assert_str_eq(out, "");
-	ck_assert_int_eq(names(dst, "incoming", l, sizeof(l)), 3);
+	ck_assert_int_eq(names(dst, "incoming", l, sizeof(l)), 5);
 	dstr_free(&a);
 	dstr_free(&b);
 	dstr_free(&c);

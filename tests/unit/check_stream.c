@@ -609,6 +609,51 @@ START_TEST(test_spool_remove)
 }
 END_TEST
 
+/* Two pools (two processes: an flock belongs to one open file) never
+ * share a slot: one the first holds is not adopted by the second until
+ * the first lets go of it (a worker that dies lets go of all of them);
+ * an empty slot (an instant old, its maker about to lock it) is never
+ * adopted at all. */
+START_TEST(test_slots_two_pools)
+{
+	char path_of_empty[256];
+	struct slots *a = slots_open(spool, 0), *b;
+	struct slot_ref ra, rb, rb2;
+	char name[QID_LEN + 1], n2[QID_LEN + 1], n3[QID_LEN + 1];
+	int fd;
+
+	qid_next(name);
+	make_slot(name, 100);
+	qid_next(n2);
+	snprintf(n3, sizeof(n3), "%s", n2);
+	ck_assert_int_eq(slot_take(a, n2, &ra), 0);
+	ck_assert_str_eq(ra.name, name);        /* adopted, not made */
+	ck_assert_uint_eq(ra.size, 100);
+	/* b finds none free: it makes one (an empty file is not adopted) */
+	qid_next(n2);
+	snprintf(path_of_empty, sizeof(path_of_empty), "%s/slots/%s", spool, n2);
+	ck_assert_int_ge(fd = open(path_of_empty, O_WRONLY | O_CREAT | O_EXCL, 0600), 0);
+	close(fd);
+	b = slots_open(spool, 0);
+	qid_next(n3);
+	ck_assert_int_eq(slot_take(b, n3, &rb), 0);
+	ck_assert_str_eq(rb.name, n3);
+	ck_assert_uint_eq(rb.size, 0);
+	ck_assert_uint_eq(count("slots"), 3);
+	/* a lets go (it closes, as a dead worker's locks go): b adopts its slot */
+	slot_drop(a, &ra);
+	slots_close(a);
+	usleep(1100000);        /* b's scan that found none waits a second to look again */
+	qid_next(n3);
+	ck_assert_int_eq(slot_take(b, n3, &rb2), 0);
+	ck_assert_str_eq(rb2.name, name);
+	slot_drop(b, &rb);
+	slot_drop(b, &rb2);
+	slots_close(b);
+	ck_assert_uint_eq(count("slots"), 3);
+}
+END_TEST
+
 /* The start-up fill: slots/ gets free slots of RECYCLE_ROUND bytes up to
  * the count asked for, through tmp/, and a second fill finds it full. */
 START_TEST(test_slots_fill)
@@ -646,6 +691,7 @@ stream_suite(void)
 	tcase_add_test(tc, test_slots_and_recovery);
 	tcase_add_test(tc, test_spool_remove);
 	tcase_add_test(tc, test_slots_fill);
+	tcase_add_test(tc, test_slots_two_pools);
 	tcase_add_test(tc, test_edit);
 	suite_add_tcase(s, tc);
 	return s;
