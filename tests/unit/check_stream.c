@@ -654,6 +654,38 @@ START_TEST(test_slots_two_pools)
 }
 END_TEST
 
+/* A queue name left on a slot already marked freed (the queue manager
+ * stopped between the mark and the unlink): the daemon's reader removes
+ * it, never quarantines it as corrupt. */
+START_TEST(test_freed_left_in_queue)
+{
+	struct ctx c = { 0 };
+	struct commit_pool *p;
+	struct spool_file f;
+	unsigned char *sent;
+	char id[QID_LEN + 1], path[256];
+	int fd;
+
+	c.base = event_base_new();
+	p = commit_pool_create(c.base, spool, 2);
+	qid_next(id);
+	stream_message(p, &c, id, 1000, 1000, true, &sent);
+	ck_assert_int_eq(c.error, 0);
+	free(sent);
+	commit_pool_destroy(p);
+	event_base_free(c.base);
+	snprintf(path, sizeof(path), "%s/incoming/%s", spool, id);
+	ck_assert_int_ge(fd = open(path, O_WRONLY), 0);
+	ck_assert_int_eq(pwrite(fd, "F", 1, 0), 1);
+	close(fd);
+	ck_assert_int_eq(spool_take(spool, path, NULL, &f), -2);
+	ck_assert_int_eq(errno, ENOENT);
+	ck_assert_uint_eq(count("incoming"), 0);
+	ck_assert_uint_eq(count("corrupt"), 0);
+	ck_assert_uint_eq(count("slots"), 1);
+}
+END_TEST
+
 /* The start-up fill: slots/ gets free slots of RECYCLE_ROUND bytes up to
  * the count asked for, through tmp/, and a second fill finds it full. */
 START_TEST(test_slots_fill)
@@ -692,6 +724,7 @@ stream_suite(void)
 	tcase_add_test(tc, test_spool_remove);
 	tcase_add_test(tc, test_slots_fill);
 	tcase_add_test(tc, test_slots_two_pools);
+	tcase_add_test(tc, test_freed_left_in_queue);
 	tcase_add_test(tc, test_edit);
 	suite_add_tcase(s, tc);
 	return s;
