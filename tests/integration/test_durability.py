@@ -160,6 +160,10 @@ class FsyncOrderTest(SorterTestCase):
         sink.start()
         self.addCleanup(sink.stop)
         d, log = self.recorded_sorterd(failover_node="lmtp:[127.0.0.1]:%d" % sink.port)
+        # the start-up fill done first: a worker then takes its first slots from it, and,
+        # those used, the ones the first messages free
+        slots = os.path.join(d.spool, "slots")
+        self.assertTrue(wait_until(lambda: len(os.listdir(slots)) >= 256, 30), d.log_tail())
         c = self.connect(d)
         self.assertEqual(c.ehlo().code, 250)
         first = set()
