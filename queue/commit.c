@@ -46,7 +46,6 @@
 #include "lib/metrics.h"
 #include "queue/queue.h"
 
-
 struct commit_pool {
 	struct iopool *io;
 	struct slots *slots;        /* where streams write */
@@ -189,7 +188,8 @@ commit_finished(void *arg)
 }
 
 struct commit_pool *
-commit_pool_create(struct event_base *base, const char *spool_dir, int nthreads)
+commit_pool_create(struct event_base *base, const char *spool_dir, int nthreads,
+		   uint64_t minfree)
 {
 	struct commit_pool *p = xcalloc(1, sizeof(*p));
 	char path[4096];
@@ -203,8 +203,7 @@ commit_pool_create(struct event_base *base, const char *spool_dir, int nthreads)
 	snprintf(path, sizeof(path), "%s/hold", spool_dir);
 	p->hold = dirsync_open(path);
 	p->io = iopool_create(base, nthreads);
-	/* the SMTP server refuses mail short of queue_minfree itself */
-	p->slots = slots_open(spool_dir, 0);
+	p->slots = slots_open(spool_dir, minfree);
 	return p;
 }
 

@@ -953,7 +953,7 @@ qmgr_main(struct config *cf, struct counters *ctr, int master_fd)
 	ls.hello_caps = on_hello_caps;
 	ls.hello_caps_arg = &q;
 	q.client = client_pool_new(q.base, &ls);
-	q.commit = commit_pool_create(q.base, cf->spool_dir, 4);
+	q.commit = commit_pool_create(q.base, cf->spool_dir, 4, (uint64_t)cf->queue_minfree);
 	q.io = iopool_create(q.base, 8);
 	prefill_start(&q);
 

@@ -239,8 +239,9 @@ struct commit_job {
 	uint64_t submitted_usec;   /* for the commit latency histogram */
 };
 
+/* minfree: queue_minfree, for the pool's free slots (slots_open) */
 struct commit_pool *commit_pool_create(struct event_base *base, const char *spool_dir,
-				       int nthreads);
+				       int nthreads, uint64_t minfree);
 void commit_submit(struct commit_pool *p, struct commit_job *job);
 /* Waits for queued jobs, joins the threads. */
 void commit_pool_destroy(struct commit_pool *p);

@@ -466,7 +466,8 @@ worker_main(struct config *cf, struct listener *ls, size_t nls, struct session_t
 	w.base = event_base_new();
 	if (w.base == NULL)
 		msg_fatal("cannot create event loop");
-	w.commit = commit_pool_create(w.base, cf->spool_dir, cf->io_threads);
+	w.commit = commit_pool_create(w.base, cf->spool_dir, cf->io_threads,
+				      (uint64_t)cf->queue_minfree);
 	w.router = router_open(cf, err, sizeof(err));
 	if (w.router == NULL)
 		msg_fatal("router: %s", err);

@@ -153,7 +153,7 @@ check_sizes(size_t total, size_t piece)
 	char id[QID_LEN + 1], path[256], err[256];
 
 	c.base = event_base_new();
-	p = commit_pool_create(c.base, spool, 2);
+	p = commit_pool_create(c.base, spool, 2, 0);
 	qid_next(id);
 	stream_message(p, &c, id, total, piece, true, &sent);
 	ck_assert_int_eq(c.error, 0);
@@ -192,7 +192,7 @@ START_TEST(test_abort)
 	size_t i;
 
 	c.base = event_base_new();
-	p = commit_pool_create(c.base, spool, 2);
+	p = commit_pool_create(c.base, spool, 2, 0);
 	for (i = 0; i < 3; i++) {
 		qid_next(id);
 		stream_message(p, &c, id, sizes[i], 4096, false, &sent);
@@ -261,7 +261,7 @@ check_edit(bool new_body, const char *hold)
 	size_t total = 200000, i, n;
 
 	c.base = r->base = event_base_new();
-	p = commit_pool_create(c.base, spool, 2);
+	p = commit_pool_create(c.base, spool, 2, 0);
 	content = xmalloc(total);
 	memcpy(content, hdrs, sizeof(hdrs) - 1);
 	for (i = sizeof(hdrs) - 1; i < total; i++)
@@ -395,7 +395,7 @@ START_TEST(test_recycle)
 		ino = make_slot(oldid, old_size);
 	}
 	c.base = event_base_new();
-	p = commit_pool_create(c.base, spool, 2);
+	p = commit_pool_create(c.base, spool, 2, 0);
 	qid_next(id);
 	stream_message(p, &c, id, total, 4096, true, &sent);
 	ck_assert_int_eq(c.error, 0);
@@ -490,7 +490,7 @@ START_TEST(test_slots_and_recovery)
 	qid_next(slot);
 	only = make_slot(slot, 100);
 	c.base = event_base_new();
-	p = commit_pool_create(c.base, spool, 2);
+	p = commit_pool_create(c.base, spool, 2, 0);
 	qid_next(a);
 	stream_message(p, &c, a, 5000, 1000, true, &sent);
 	ck_assert_int_eq(c.error, 0);
@@ -667,7 +667,7 @@ START_TEST(test_freed_left_in_queue)
 	int fd;
 
 	c.base = event_base_new();
-	p = commit_pool_create(c.base, spool, 2);
+	p = commit_pool_create(c.base, spool, 2, 0);
 	qid_next(id);
 	stream_message(p, &c, id, 1000, 1000, true, &sent);
 	ck_assert_int_eq(c.error, 0);
