@@ -427,6 +427,12 @@ cmp_id(const void *key, const void *elem)
 	return strcmp(key, elem);
 }
 
+static bool
+queued(const char *id, char (*ids)[QID_LEN + 1], size_t nids)
+{
+	return nids > 0 && bsearch(id, ids, nids, sizeof(*ids), cmp_id) != NULL;
+}
+
 /* An older spool's free/ (files kept to be written over): gone. */
 static void
 remove_old_free(const char *spool_dir)
@@ -480,7 +486,7 @@ slots_recover(const char *spool_dir, bool trim)
 			continue;       /* queued */
 		snprintf(path, sizeof(path), "%s/slots/%s", spool_dir, de->d_name);
 		rc = spool_committed_in_tmp(path, &f);
-		if (rc == 1 && bsearch(f.m.qid, ids, nids, sizeof(*ids), cmp_id) == NULL) {
+		if (rc == 1 && !queued(f.m.qid, ids, nids)) {
 			if (linkat(sfd, de->d_name, ifd, f.m.qid, 0) == 0) {
 				msg_info("%s: recovered from %s (committed, its link into "
 					 "incoming/ lost)", f.m.qid, path);
