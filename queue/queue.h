@@ -338,6 +338,10 @@ struct slot_ref {
 	uint64_t size;             /* the file's length when taken (0: a new slot) */
 	bool owned;                /* kept in the pool (else closed when given back) */
 };
+/* Unlinks the free slots of slots/ no one holds beyond RECYCLE_POOL_MAX
+ * (all of them while the file system is short of minfree and
+ * RECYCLE_RESERVE). slot_take() calls it every minute. */
+void slots_prune(struct slots *s);
 /* On a thread: a slot for a new message into out, its name durable;
  * new_name (an unused queue id) names it if a new one must be made.
  * Returns 0, or -1 with errno. */

@@ -30,13 +30,15 @@
  * slots locked and open: free ones, one per stream being written, and
  * queued ones (two links), polled until the queue manager's removal
  * brings them back to one. When it has none free it adopts unlocked free
- * slots from slots/ (a scan, at most every SLOTS_SCAN_USEC), and failing
- * that makes a new one (O_EXCL, then a shared fsync of slots/ before its
- * first message is acknowledged). A process that dies lets go of its
- * locks, and its slots are adopted by the others. A slot bigger than
- * RECYCLE_FILE_MAX, or any free slot while the file system is short of
- * queue_minfree and RECYCLE_RESERVE, is unlinked when found free; at start
- * slots/ is trimmed to RECYCLE_POOL_MAX free slots and filled up to
+ * slots from slots/ (a scan, at most every SLOTS_SCAN_USEC after one that
+ * found none), and failing that makes a new one (O_EXCL, then a shared
+ * fsync of slots/ before its first message is acknowledged). A process
+ * that dies lets go of its locks, and its slots are adopted by the others.
+ * A slot bigger than RECYCLE_FILE_MAX, or any free slot while the file
+ * system is short of queue_minfree and RECYCLE_RESERVE, is unlinked when
+ * found free; every minute a writer unlinks the unlocked free slots beyond
+ * RECYCLE_POOL_MAX (slots_prune: a queue that grew and drained keeps no
+ * more); at start slots/ is trimmed the same way and filled up to
  * RECYCLE_PREFILL. A slot is longer than its message most of the time:
  * the old bytes past the end marker are covered by a padding record
  * (queue.h) and never read.
@@ -65,6 +67,7 @@
 #define SLOTS_POLL 64                   /* queued slots looked at per take */
 #define SLOTS_ADOPT 32                  /* slots adopted per scan */
 #define SLOTS_SCAN_USEC 1000000         /* after a scan that found none, the next */
+#define SLOTS_PRUNE_USEC (60 * 1000000ULL) /* slots_prune at most this often */
 
 enum slot_state { SLOT_FREE, SLOT_BUSY, SLOT_QUEUED };
 
@@ -83,6 +86,7 @@ struct slots {
 	size_t n;
 	size_t cursor;                  /* where the next poll of queued slots starts */
 	uint64_t scan_after_usec;
+	uint64_t prune_after_usec;
 };
 
 struct slots *
@@ -269,12 +273,48 @@ take_known(struct slots *s, struct slot_ref *out)
 	return false;
 }
 
+void
+slots_prune(struct slots *s)
+{
+	struct dirent *de;
+	struct stat sb;
+	size_t nfree = 0, max = room(s->dir_fd, s->minfree) ? RECYCLE_POOL_MAX : 0;
+	DIR *d;
+	int fd = dup(s->dir_fd);
+
+	if (fd < 0 || (d = fdopendir(fd)) == NULL) {
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	rewinddir(d);
+	while ((de = readdir(d)) != NULL) {
+		if (!qid_valid(de->d_name) ||
+		    fstatat(s->dir_fd, de->d_name, &sb, AT_SYMLINK_NOFOLLOW) < 0 ||
+		    sb.st_nlink != 1 || sb.st_size == 0 || nfree++ < max)
+			continue;
+		/* locked first: a slot someone holds is theirs */
+		if ((fd = adopt(s->dir_fd, de->d_name)) >= 0) {
+			unlinkat(s->dir_fd, de->d_name, 0);
+			close(fd);
+		}
+	}
+	closedir(d);
+}
+
 int
 slot_take(struct slots *s, const char *new_name, struct slot_ref *out)
 {
+	uint64_t now;
 	int fd, err;
 
 	pthread_mutex_lock(&s->lock);
+	now = now_usec();
+	if (now >= s->prune_after_usec) {
+		if (s->prune_after_usec != 0)
+			slots_prune(s);
+		s->prune_after_usec = now + SLOTS_PRUNE_USEC;
+	}
 	if (take_known(s, out)) {
 		pthread_mutex_unlock(&s->lock);
 		return 0;

@@ -654,6 +654,41 @@ START_TEST(test_slots_two_pools)
 }
 END_TEST
 
+/* Every minute a writer unlinks the free slots no one holds beyond
+ * RECYCLE_POOL_MAX: a queue that grew and drained keeps no more; a queued
+ * slot (two links) and one another pool holds stay. */
+START_TEST(test_slots_prune)
+{
+	struct slots *a = slots_open(spool, 0), *b = slots_open(spool, 0);
+	struct slot_ref ra;
+	char name[QID_LEN + 1], path[256], path2[256];
+	size_t i;
+
+	for (i = 0; i < RECYCLE_POOL_MAX + 5; i++) {
+		qid_next(name);
+		make_slot(name, 1);
+	}
+	qid_next(name);
+	ck_assert_int_eq(slot_take(a, name, &ra), 0);   /* a holds one */
+	qid_next(name);
+	make_slot(name, 1);
+	snprintf(path, sizeof(path), "%s/slots/%s", spool, name);
+	snprintf(path2, sizeof(path2), "%s/incoming/%s", spool, name);
+	ck_assert_int_eq(link(path, path2), 0);          /* queued */
+	slots_prune(b);
+	/* besides the held and the queued one, at most RECYCLE_POOL_MAX free
+	 * ones (one fewer when the held one counted among them) */
+	ck_assert_uint_le(count("slots"), RECYCLE_POOL_MAX + 2);
+	ck_assert_uint_ge(count("slots"), RECYCLE_POOL_MAX + 1);
+	ck_assert_int_eq(access(path, F_OK), 0);
+	snprintf(path, sizeof(path), "%s/slots/%s", spool, ra.name);
+	ck_assert_int_eq(access(path, F_OK), 0);
+	slot_drop(a, &ra);
+	slots_close(a);
+	slots_close(b);
+}
+END_TEST
+
 /* A queue name left on a slot already marked freed (the queue manager
  * stopped between the mark and the unlink): the daemon's reader removes
  * it, never quarantines it as corrupt. */
@@ -725,6 +760,7 @@ stream_suite(void)
 	tcase_add_test(tc, test_slots_fill);
 	tcase_add_test(tc, test_slots_two_pools);
 	tcase_add_test(tc, test_freed_left_in_queue);
+	tcase_add_test(tc, test_slots_prune);
 	tcase_add_test(tc, test_edit);
 	suite_add_tcase(s, tc);
 	return s;
