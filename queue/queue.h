@@ -73,7 +73,7 @@ enum spool_rec {
 				    * content (spool_check_encode) */
 	SPOOL_REC_END = 'E',       /* end marker, length 0 */
 	SPOOL_REC_PAD = 'Z',       /* after the end marker only, to the end of the file:
-				    * what a recycled file held before, never read */
+				    * what a slot held before, never read */
 };
 
 #define SPOOL_REC_HDR 5          /* type + 4-byte length */
@@ -316,7 +316,7 @@ void qmgr_stats(struct qmgr *q, struct dstr *out);
 
 /* The folders an operation needs, open: incoming active deferred hold
  * defer corrupt (that order). */
-/* ---- recycled queue files (recycle.c) ---- */
+/* ---- queue files used again: slots (recycle.c) ---- */
 
 #define RECYCLE_ROUND (16 * 1024)       /* a new queue file is padded to a multiple */
 #define RECYCLE_POOL_MAX 1024           /* free slots kept across a start */
@@ -339,8 +339,9 @@ struct slot_ref {
 	bool owned;                /* kept in the pool (else closed when given back) */
 };
 /* Unlinks the free slots of slots/ no one holds beyond RECYCLE_POOL_MAX
- * (all of them while the file system is short of minfree and
- * RECYCLE_RESERVE). slot_take() calls it every minute. */
+ * or bigger than RECYCLE_FILE_MAX (all of them while the file system is
+ * short of minfree and RECYCLE_RESERVE). slot_take() calls it every
+ * minute. */
 void slots_prune(struct slots *s);
 /* On a thread: a slot for a new message into out, its name durable;
  * new_name (an unused queue id) names it if a new one must be made.

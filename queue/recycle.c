@@ -37,8 +37,8 @@
  * A slot bigger than RECYCLE_FILE_MAX, or any free slot while the file
  * system is short of queue_minfree and RECYCLE_RESERVE, is unlinked when
  * found free; every minute a writer unlinks the unlocked free slots beyond
- * RECYCLE_POOL_MAX (slots_prune: a queue that grew and drained keeps no
- * more); at start slots/ is trimmed the same way and filled up to
+ * RECYCLE_POOL_MAX or bigger than RECYCLE_FILE_MAX (slots_prune: a queue
+ * that grew and drained keeps no more); at start slots/ is trimmed the same way and filled up to
  * RECYCLE_PREFILL. A slot is longer than its message most of the time:
  * the old bytes past the end marker are covered by a padding record
  * (queue.h) and never read.
@@ -291,7 +291,9 @@ slots_prune(struct slots *s)
 	while ((de = readdir(d)) != NULL) {
 		if (!qid_valid(de->d_name) ||
 		    fstatat(s->dir_fd, de->d_name, &sb, AT_SYMLINK_NOFOLLOW) < 0 ||
-		    sb.st_nlink != 1 || sb.st_size == 0 || nfree++ < max)
+		    sb.st_nlink != 1 || sb.st_size == 0)
+			continue;
+		if ((uint64_t)sb.st_size <= RECYCLE_FILE_MAX && nfree++ < max)
 			continue;
 		/* locked first: a slot someone holds is theirs */
 		if ((fd = adopt(s->dir_fd, de->d_name)) >= 0) {

@@ -655,13 +655,14 @@ START_TEST(test_slots_two_pools)
 END_TEST
 
 /* Every minute a writer unlinks the free slots no one holds beyond
- * RECYCLE_POOL_MAX: a queue that grew and drained keeps no more; a queued
- * slot (two links) and one another pool holds stay. */
+ * RECYCLE_POOL_MAX, and any bigger than RECYCLE_FILE_MAX: a queue that
+ * grew and drained keeps no more; a queued slot (two links) and one
+ * another pool holds stay. */
 START_TEST(test_slots_prune)
 {
 	struct slots *a = slots_open(spool, 0), *b = slots_open(spool, 0);
 	struct slot_ref ra;
-	char name[QID_LEN + 1], path[256], path2[256];
+	char name[QID_LEN + 1], big[QID_LEN + 1], path[256], path2[256];
 	size_t i;
 
 	for (i = 0; i < RECYCLE_POOL_MAX + 5; i++) {
@@ -675,7 +676,11 @@ START_TEST(test_slots_prune)
 	snprintf(path, sizeof(path), "%s/slots/%s", spool, name);
 	snprintf(path2, sizeof(path2), "%s/incoming/%s", spool, name);
 	ck_assert_int_eq(link(path, path2), 0);          /* queued */
+	qid_next(big);
+	make_slot(big, RECYCLE_FILE_MAX + 1);
+	snprintf(path2, sizeof(path2), "%s/slots/%s", spool, big);
 	slots_prune(b);
+	ck_assert_int_eq(access(path2, F_OK), -1);      /* too big to keep */
 	/* besides the held and the queued one, at most RECYCLE_POOL_MAX free
 	 * ones (one fewer when the held one counted among them) */
 	ck_assert_uint_le(count("slots"), RECYCLE_POOL_MAX + 2);
