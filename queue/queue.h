@@ -191,9 +191,18 @@ int spool_check_verify(const struct spool_file *f);
  * never finished being written, or a freed slot), -2 when it cannot be
  * read. */
 int spool_committed_in_tmp(const char *path, struct spool_file *f);
+/* The first byte of a finished slot (spool_remove) */
+#define SPOOL_FREED 'F'
+/* Removes the queue name id of dir_fd's folder; a slot's file (one with
+ * another link, in slots/) is marked freed first. Not made durable. 0, or
+ * -1 with errno. */
+int spool_remove(int dir_fd, const char *id);
+/* Whether the open queue file fd was marked freed. */
+bool spool_is_freed(int fd);
 /* spool_load() for the daemon: a corrupt file is moved to corrupt/
- * (spool_quarantine), an unreadable one is left where it is and logged.
- * The same return values. */
+ * (spool_quarantine), an unreadable one is left where it is and logged, a
+ * freed one (its removal cut short) is unlinked (-2, errno ENOENT). The
+ * same return values. */
 int spool_take(const char *spool_dir, const char *path, spool_read_fn rd,
 	       struct spool_file *f);
 
@@ -367,13 +376,6 @@ int slots_recover(const char *spool_dir, bool trim);
  * RECYCLE_RESERVE more free. Slow (a new file's fsync each): for an I/O
  * thread. Returns how many it made, or -1 with errno. */
 int slots_fill(const char *spool_dir, uint64_t minfree, char (*ids)[QID_LEN + 1], size_t n);
-/* The first byte of a finished slot (spool_remove) */
-#define SPOOL_FREED 'F'
-/* Removes the queue name id of dir_fd's folder; a slot's file is marked
- * freed first. Not made durable. 0, or -1 with errno. */
-int spool_remove(int dir_fd, const char *id);
-/* Whether the open queue file fd was marked freed. */
-bool spool_is_freed(int fd);
 /* What a crash left in spool_dir/tmp/ (files being written, and from an
  * older spool, messages committed in tmp/: spool_committed_in_tmp, renamed
  * into incoming/ under their id, incoming/ fsync'd); the rest, with

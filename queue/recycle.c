@@ -398,38 +398,6 @@ slot_drop(struct slots *s, struct slot_ref *ref)
 	ref->fd = -1;
 }
 
-/* ---- a finished message's name ---- */
-
-int
-spool_remove(int dir_fd, const char *id)
-{
-	static const char freed = SPOOL_FREED;
-	struct stat sb;
-	int fd = openat(dir_fd, id, O_WRONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK), saved;
-
-	/* a slot (another link in slots/): marked before the name goes, so
-	 * that a start-up never takes it for a message whose link was lost */
-	if (fd >= 0) {
-		if (fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_nlink > 1 &&
-		    pwrite(fd, &freed, 1, 0) != 1) {
-			saved = errno;
-			close(fd);
-			errno = saved;
-			return -1;
-		}
-		close(fd);
-	}
-	return unlinkat(dir_fd, id, 0);
-}
-
-bool
-spool_is_freed(int fd)
-{
-	unsigned char c;
-
-	return pread(fd, &c, 1, 0) == 1 && c == SPOOL_FREED;
-}
-
 /* ---- start-up ---- */
 
 /* The ids with a name in the queue's folders, sorted. */
