@@ -38,8 +38,10 @@
  * system is short of queue_minfree and RECYCLE_RESERVE, is unlinked when
  * found free; every minute a writer unlinks the unlocked free slots beyond
  * RECYCLE_POOL_MAX or bigger than RECYCLE_FILE_MAX (slots_prune: a queue
- * that grew and drained keeps no more); at start slots/ is trimmed the same way and filled up to
- * RECYCLE_PREFILL. A slot is longer than its message most of the time:
+ * that grew and drained keeps no more); at start slots/ is trimmed the
+ * same way (slots_recover), and the queue manager fills it up to
+ * RECYCLE_PREFILL (slots_fill). A slot is longer than its message most of
+ * the time:
  * the old bytes past the end marker are covered by a padding record
  * (queue.h) and never read.
  *
@@ -364,9 +366,13 @@ find(const struct slots *s, const struct slot_ref *ref)
 int
 slot_link(struct slots *s, struct slot_ref *ref, int dir_fd, const char *id)
 {
+	static const char freed = SPOOL_FREED;
 	ssize_t i;
 	int rc = linkat(s->dir_fd, ref->name, dir_fd, id, 0), saved = errno;
 
+	/* refused, so never to be recovered as a message after a crash */
+	if (rc < 0)
+		(void)pwrite(ref->fd, &freed, 1, 0);
 	pthread_mutex_lock(&s->lock);
 	i = ref->owned ? find(s, ref) : -1;
 	if (i >= 0)
