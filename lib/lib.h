@@ -8,6 +8,7 @@
 #ifndef SORTER_LIB_H
 #define SORTER_LIB_H
 
+#include <dirent.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stddef.h>
@@ -379,6 +380,9 @@ struct counters *counters_create(void);
 int fsync_dir(const char *path);
 int fsync_path(const char *path);      /* e.g. a file Berkeley DB wrote */
 int write_all(int fd, const void *p, size_t n);
+/* A directory stream over the folder open at dir_fd, from its first entry
+ * (on a dup: closedir() leaves dir_fd open); NULL with errno. */
+DIR *dir_read(int dir_fd);
 /* s as a JSON string ("null" for NULL): '"' and '\\' escaped, control
  * and non-ASCII bytes as \u00XX, so any bytes give valid JSON. */
 void json_put_str(FILE *out, const char *s);

@@ -3,6 +3,7 @@
  */
 #include "config.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -186,6 +187,24 @@ int
 fsync_path(const char *path)
 {
 	return fsync_open(path, 0);
+}
+
+DIR *
+dir_read(int dir_fd)
+{
+	int fd = dir_fd >= 0 ? dup(dir_fd) : -1, saved;
+	DIR *d;
+
+	if (fd < 0)
+		return NULL;
+	if ((d = fdopendir(fd)) == NULL) {
+		saved = errno;
+		close(fd);
+		errno = saved;
+		return NULL;
+	}
+	rewinddir(d);           /* the dup shares dir_fd's position */
+	return d;
 }
 
 int

@@ -60,9 +60,8 @@ struct spool_stream {
 	struct commit_pool *pool;
 	char id[QID_LEN + 1];
 	char new_name[QID_LEN + 1]; /* for a new slot, if one must be made */
-	struct slot_ref slot;       /* the slot written into */
-	int fd;                     /* the slot's; -1 until the first write job took one */
-	uint64_t file_size;         /* the slot's length when taken (0: a new one) */
+	struct slot_ref slot;       /* the slot written into: fd -1 until the first write
+				     * job took one, and again once it is given back */
 	struct dstr head;           /* the records before the content, for the check */
 	uint32_t content_crc;       /* of the content written so far */
 	uint64_t off;               /* where the next write goes */
@@ -257,15 +256,13 @@ stream_write_work(void *arg)
 
 	if (st->error)
 		return;
-	if (st->fd < 0) {
+	if (st->slot.fd < 0) {
 		if (slot_take(st->pool->slots, st->new_name, &st->slot) < 0) {
 			st->error = errno;
 			return;
 		}
-		st->fd = st->slot.fd;
-		st->file_size = st->slot.size;
 	}
-	if (pwrite_all(st->fd, st->busy.s, st->busy.len, st->off) < 0) {
+	if (pwrite_all(st->slot.fd, st->busy.s, st->busy.len, st->off) < 0) {
 		st->error = errno;
 		return;
 	}
@@ -324,16 +321,6 @@ stream_written(void *arg)
 	}
 }
 
-/* on a thread: the slot back to the pool, whatever it holds (never a
- * committed message) */
-static void
-stream_let_go(struct spool_stream *st)
-{
-	if (st->fd >= 0)
-		slot_drop(st->pool->slots, &st->slot);
-	st->fd = -1;
-}
-
 /* on a thread: the rest, the content length, the check and the end;
  * fdatasync, and the link into incoming/; or, for an abort, the slot given
  * back */
@@ -344,7 +331,7 @@ stream_final_work(void *arg)
 	unsigned char end[SPOOL_REC_HDR], len[4], check[SPOOL_CHECK_REC];
 
 	if (st->end == STREAM_ABORT || st->error) {
-		stream_let_go(st);
+		slot_drop(st->pool->slots, &st->slot);
 		return;
 	}
 	if (st->end == STREAM_EDITED) {
@@ -364,21 +351,20 @@ stream_final_work(void *arg)
 	spool_check_encode(check, crc32c(0, st->head.s, st->head.len), st->content_crc);
 	/* fdatasync: the data and the length, all a reader needs; the slot's
 	 * name was durable before its first write */
-	if (pwrite_all(st->fd, (const char *)check, sizeof(check), st->off) < 0 ||
-	    pwrite_all(st->fd, (const char *)end, sizeof(end), st->off + sizeof(check)) < 0 ||
-	    recycle_pad(st->fd, st->off + sizeof(check) + sizeof(end), st->file_size) < 0 ||
-	    pwrite_all(st->fd, (const char *)len, sizeof(len), st->content_hdr + 1) < 0 ||
-	    fdatasync(st->fd) < 0) {
+	if (pwrite_all(st->slot.fd, (const char *)check, sizeof(check), st->off) < 0 ||
+	    pwrite_all(st->slot.fd, (const char *)end, sizeof(end), st->off + sizeof(check)) < 0 ||
+	    recycle_pad(st->slot.fd, st->off + sizeof(check) + sizeof(end), st->slot.size) < 0 ||
+	    pwrite_all(st->slot.fd, (const char *)len, sizeof(len), st->content_hdr + 1) < 0 ||
+	    fdatasync(st->slot.fd) < 0) {
 		st->error = errno;
 		goto fail;
 	}
 	/* committed; the link (not waited for) hands it to the queue manager */
-	st->fd = -1;
 	if (slot_link(st->pool->slots, &st->slot, dirsync_fd(st->pool->incoming), st->id) < 0)
 		st->error = errno;
 	return;
 fail:
-	stream_let_go(st);
+	slot_drop(st->pool->slots, &st->slot);
 }
 
 static void
@@ -423,7 +409,7 @@ spool_stream_open(struct commit_pool *p, const char *id, const struct dstr *head
 		msg_panic("spool_stream_open: the head must end with the content record's header");
 	st->pool = p;
 	snprintf(st->id, sizeof(st->id), "%s", id);
-	st->fd = -1;
+	st->slot.fd = -1;
 	qid_next(st->new_name);
 	st->content_hdr = head->len - SPOOL_REC_HDR;
 	dstr_init(&st->fill, 0);
@@ -511,12 +497,12 @@ read_work(void *arg)
 	struct spool_stream *st = rj->st;
 	ssize_t r;
 
-	if (st->fd < 0) {
+	if (st->slot.fd < 0) {
 		rj->got = -EBADF;       /* nothing was written: flushed first, always */
 		return;
 	}
 	do
-		r = pread(st->fd, rj->buf, rj->n,
+		r = pread(st->slot.fd, rj->buf, rj->n,
 			  (off_t)(st->content_hdr + SPOOL_REC_HDR + rj->off));
 	while (r < 0 && errno == EINTR);
 	rj->got = r < 0 ? -errno : r;
@@ -636,7 +622,7 @@ stream_edit_work(struct spool_stream *st)
 		off += e->body.len;
 		crc = crc32c(crc, e->body.s, e->body.len);
 	} else {
-		if (st->fd < 0) {
+		if (st->slot.fd < 0) {
 			errno = EBADF;
 			goto fail_new;
 		}
@@ -644,7 +630,7 @@ stream_edit_work(struct spool_stream *st)
 		from = st->content_hdr + SPOOL_REC_HDR + e->body_off;
 		for (left = st->content_len - e->body_off; left > 0; left -= (uint64_t)r) {
 			n = left < STREAM_CHUNK ? (size_t)left : STREAM_CHUNK;
-			r = pread(st->fd, buf, n, (off_t)from);
+			r = pread(st->slot.fd, buf, n, (off_t)from);
 			if (r < 0 && errno == EINTR) {
 				r = 0;
 				continue;
@@ -674,7 +660,7 @@ stream_edit_work(struct spool_stream *st)
 	}
 	nfd = -1;
 	/* the edited file takes the slot's place; the slot was never committed */
-	stream_let_go(st);
+	slot_drop(st->pool->slots, &st->slot);
 	if (renameat2(st->pool->tmp_fd, name, dfd, st->id, RENAME_NOREPLACE) < 0) {
 		st->error = errno;
 		unlinkat(st->pool->tmp_fd, name, 0);
@@ -691,7 +677,7 @@ fail_new:
 		close(nfd);
 	unlinkat(st->pool->tmp_fd, name, 0);
 fail:
-	stream_let_go(st);
+	slot_drop(st->pool->slots, &st->slot);
 }
 
 void

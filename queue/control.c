@@ -155,19 +155,14 @@ queue_count_dirs(const int fds[QUEUE_NDIRS], struct dstr *out)
 	struct dirent *de;
 	size_t i, n;
 	DIR *dir;
-	int fd;
 
 	for (i = 0; i < sizeof(which) / sizeof(which[0]); i++) {
 		n = 0;
-		fd = dup(fds[which[i]]);
-		if (fd >= 0 && (dir = fdopendir(fd)) != NULL) {
-			rewinddir(dir);
+		if ((dir = dir_read(fds[which[i]])) != NULL) {
 			while ((de = readdir(dir)) != NULL)
 				if (de->d_name[0] != '.' && strchr(de->d_name, '.') == NULL)
 					n++;
 			closedir(dir);
-		} else if (fd >= 0) {
-			close(fd);
 		}
 		dstr_printf(out, "queue_%s %zu\n", dirnames[which[i]], n);
 	}

@@ -131,16 +131,10 @@ list_dir(int dirfd, bool (*keep)(const char *), size_t *n)
 	size_t cap = 0;
 	struct dirent *de;
 	DIR *d;
-	int fd;
 
 	*n = 0;
-	if (dirfd < 0 || (fd = dup(dirfd)) < 0)
+	if ((d = dir_read(dirfd)) == NULL)
 		return NULL;
-	if ((d = fdopendir(fd)) == NULL) {
-		close(fd);
-		return NULL;
-	}
-	rewinddir(d);
 	while ((de = readdir(d)) != NULL) {
 		if (!keep(de->d_name))
 			continue;

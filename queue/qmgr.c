@@ -657,15 +657,9 @@ scan_dir(struct qmgr *q, int d, bool due_only)
 	struct stat sb;
 	time_t now = time(NULL);
 	DIR *dir;
-	int fd;
 
-	fd = dup(q->dirfd[d]);
-	if (fd < 0 || (dir = fdopendir(fd)) == NULL) {
-		if (fd >= 0)
-			close(fd);
+	if ((dir = dir_read(q->dirfd[d])) == NULL)
 		return;
-	}
-	rewinddir(dir);
 	while ((de = readdir(dir)) != NULL) {
 		if (!qid_valid(de->d_name))
 			continue;

@@ -361,7 +361,8 @@ int slot_take(struct slots *s, const char *new_name, struct slot_ref *out);
  * (the slot is free again). Either way ref is given back. */
 int slot_link(struct slots *s, struct slot_ref *ref, int dir_fd, const char *id);
 /* An unused or abandoned slot goes back to the pool (its content is never
- * a committed message: its check record does not match). */
+ * a committed message: its check record does not match); nothing when ref
+ * holds none (fd -1). */
 void slot_drop(struct slots *s, struct slot_ref *ref);
 /* What a crash left in spool_dir/slots/: a committed message whose id has
  * no name in the queue's folders is linked into incoming/ (fsync'd). With

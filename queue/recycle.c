@@ -70,6 +70,7 @@
 #define SLOTS_ADOPT 32                  /* slots adopted per scan */
 #define SLOTS_SCAN_USEC 1000000         /* after a scan that found none, the next */
 #define SLOTS_PRUNE_USEC (60 * 1000000ULL) /* slots_prune at most this often */
+#define ROOM_USEC 1000000               /* a pool asks the file system for room this often */
 
 enum slot_state { SLOT_FREE, SLOT_BUSY, SLOT_QUEUED };
 
@@ -89,6 +90,8 @@ struct slots {
 	size_t cursor;                  /* where the next poll of queued slots starts */
 	uint64_t scan_after_usec;
 	uint64_t prune_after_usec;
+	bool room;                      /* room(), as of room_until_usec - ROOM_USEC */
+	uint64_t room_until_usec;
 };
 
 struct slots *
@@ -135,14 +138,35 @@ room(int dir_fd, uint64_t minfree)
 	return (uint64_t)sv.f_bavail * (uint64_t)sv.f_frsize >= minfree + RECYCLE_RESERVE;
 }
 
-/* A free slot of ours found too big, or kept while space is short: gone. */
+/* Under the lock: room() for the pool, asked at most every ROOM_USEC
+ * (it is asked on each reuse of a slot). */
 static bool
-slot_unwanted(const struct slots *s, int fd)
+pool_room(struct slots *s)
 {
-	struct stat sb;
+	uint64_t now = now_usec();
 
-	return fstat(fd, &sb) < 0 || (uint64_t)sb.st_size > RECYCLE_FILE_MAX ||
-	       !room(s->dir_fd, s->minfree);
+	if (now >= s->room_until_usec) {
+		s->room = room(s->dir_fd, s->minfree);
+		s->room_until_usec = now + ROOM_USEC;
+	}
+	return s->room;
+}
+
+/* Whether sb is a free slot's: a regular file of one link and some bytes
+ * (an empty one may have been made an instant ago, its maker about to
+ * lock it: only its maker uses it). */
+static bool
+looks_free(const struct stat *sb)
+{
+	return S_ISREG(sb->st_mode) && sb->st_nlink == 1 && sb->st_size > 0;
+}
+
+/* Under the lock: a free slot of ours found too big, or kept while space
+ * is short, is unlinked rather than used. */
+static bool
+slot_unwanted(struct slots *s, const struct stat *sb)
+{
+	return (uint64_t)sb->st_size > RECYCLE_FILE_MAX || !pool_room(s);
 }
 
 static void
@@ -156,24 +180,29 @@ forget(struct slots *s, size_t i, bool unlink_it)
 		s->cursor = 0;
 }
 
-/* Opens and locks slots/name; the descriptor if it is a free slot (a
- * regular file with one link and some bytes) no one else holds, else -1.
- * An empty one may have been made an instant ago, its maker about to
- * lock it: only its maker uses it. */
+/* Opens and locks slots/name; the descriptor if it is a free slot no one
+ * else holds (its stat into sb), else -1. */
 static int
-adopt(int dir_fd, const char *name)
+adopt(int dir_fd, const char *name, struct stat *sb)
 {
-	struct stat sb;
 	int fd = openat(dir_fd, name, O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
 
 	if (fd < 0)
 		return -1;
-	if (flock(fd, LOCK_EX | LOCK_NB) < 0 || fstat(fd, &sb) < 0 || !S_ISREG(sb.st_mode) ||
-	    sb.st_nlink != 1 || sb.st_size == 0) {
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0 || fstat(fd, sb) < 0 || !looks_free(sb)) {
 		close(fd);
 		return -1;
 	}
 	return fd;
+}
+
+/* The stat of slots/name if it looks free (most are queued, two links: a
+ * stat says so without an open). */
+static bool
+listed_free(int dir_fd, const char *name, struct stat *sb)
+{
+	return qid_valid(name) && fstatat(dir_fd, name, sb, AT_SYMLINK_NOFOLLOW) == 0 &&
+	       looks_free(sb);
 }
 
 /* Under the lock: up to SLOTS_ADOPT unlocked free slots of slots/ become
@@ -183,25 +212,18 @@ static void
 scan(struct slots *s)
 {
 	struct dirent *de;
+	struct stat sb;
 	size_t got = 0;
 	DIR *d;
-	int fd = dup(s->dir_fd);
+	int fd;
 
-	if (fd < 0 || (d = fdopendir(fd)) == NULL) {
-		if (fd >= 0)
-			close(fd);
+	if ((d = dir_read(s->dir_fd)) == NULL)
 		return;
-	}
-	rewinddir(d);
 	while (got < SLOTS_ADOPT && s->n < SLOTS_OWN && (de = readdir(d)) != NULL) {
-		struct stat sb;
-
-		/* most are queued (two links): a stat says so without an open */
-		if (!qid_valid(de->d_name) ||
-		    fstatat(s->dir_fd, de->d_name, &sb, AT_SYMLINK_NOFOLLOW) < 0 ||
-		    sb.st_nlink != 1 || sb.st_size == 0 || (fd = adopt(s->dir_fd, de->d_name)) < 0)
+		if (!listed_free(s->dir_fd, de->d_name, &sb) ||
+		    (fd = adopt(s->dir_fd, de->d_name, &sb)) < 0)
 			continue;
-		if (slot_unwanted(s, fd)) {
+		if (slot_unwanted(s, &sb)) {
 			unlinkat(s->dir_fd, de->d_name, 0);
 			close(fd);
 			continue;
@@ -221,14 +243,12 @@ scan(struct slots *s)
 }
 
 static void
-give(struct slots *s, size_t i, struct slot_ref *out)
+give(struct slots *s, size_t i, const struct stat *sb, struct slot_ref *out)
 {
-	struct stat sb;
-
 	s->v[i].state = SLOT_BUSY;
 	memcpy(out->name, s->v[i].name, QID_LEN + 1);
 	out->fd = s->v[i].fd;
-	out->size = fstat(out->fd, &sb) == 0 ? (uint64_t)sb.st_size : 0;
+	out->size = (uint64_t)sb->st_size;
 	out->owned = true;
 }
 
@@ -242,8 +262,8 @@ take_known(struct slots *s, struct slot_ref *out)
 	uint64_t now;
 
 	for (i = 0; i < s->n; i++)
-		if (s->v[i].state == SLOT_FREE) {
-			give(s, i, out);
+		if (s->v[i].state == SLOT_FREE && fstat(s->v[i].fd, &sb) == 0) {
+			give(s, i, &sb, out);
 			return true;
 		}
 	for (tries = 0; tries < SLOTS_POLL && s->n > 0; tries++) {
@@ -252,11 +272,11 @@ take_known(struct slots *s, struct slot_ref *out)
 			continue;
 		if (fstat(s->v[k].fd, &sb) < 0 || sb.st_nlink > 1)
 			continue;
-		if (slot_unwanted(s, s->v[k].fd)) {
+		if (slot_unwanted(s, &sb)) {
 			forget(s, k, true);
 			continue;
 		}
-		give(s, k, out);
+		give(s, k, &sb, out);
 		return true;
 	}
 	now = now_usec();
@@ -264,13 +284,13 @@ take_known(struct slots *s, struct slot_ref *out)
 		size_t before = s->n;
 
 		scan(s);
+		/* what the scan adopted is free */
+		if (s->n > before && fstat(s->v[before].fd, &sb) == 0) {
+			give(s, before, &sb, out);
+			return true;
+		}
 		if (s->n == before)
 			s->scan_after_usec = now + SLOTS_SCAN_USEC;
-		for (i = before; i < s->n; i++)
-			if (s->v[i].state == SLOT_FREE) {
-				give(s, i, out);
-				return true;
-			}
 	}
 	return false;
 }
@@ -282,23 +302,17 @@ slots_prune(struct slots *s)
 	struct stat sb;
 	size_t nfree = 0, max = room(s->dir_fd, s->minfree) ? RECYCLE_POOL_MAX : 0;
 	DIR *d;
-	int fd = dup(s->dir_fd);
+	int fd;
 
-	if (fd < 0 || (d = fdopendir(fd)) == NULL) {
-		if (fd >= 0)
-			close(fd);
+	if ((d = dir_read(s->dir_fd)) == NULL)
 		return;
-	}
-	rewinddir(d);
 	while ((de = readdir(d)) != NULL) {
-		if (!qid_valid(de->d_name) ||
-		    fstatat(s->dir_fd, de->d_name, &sb, AT_SYMLINK_NOFOLLOW) < 0 ||
-		    sb.st_nlink != 1 || sb.st_size == 0)
+		if (!listed_free(s->dir_fd, de->d_name, &sb))
 			continue;
 		if ((uint64_t)sb.st_size <= RECYCLE_FILE_MAX && nfree++ < max)
 			continue;
 		/* locked first: a slot someone holds is theirs */
-		if ((fd = adopt(s->dir_fd, de->d_name)) >= 0) {
+		if ((fd = adopt(s->dir_fd, de->d_name, &sb)) >= 0) {
 			unlinkat(s->dir_fd, de->d_name, 0);
 			close(fd);
 		}
@@ -388,13 +402,14 @@ slot_link(struct slots *s, struct slot_ref *ref, int dir_fd, const char *id)
 void
 slot_drop(struct slots *s, struct slot_ref *ref)
 {
+	struct stat sb;
 	ssize_t i;
 
 	if (ref->fd < 0)
 		return;
 	pthread_mutex_lock(&s->lock);
 	i = ref->owned ? find(s, ref) : -1;
-	if (i >= 0 && slot_unwanted(s, ref->fd))
+	if (i >= 0 && (fstat(ref->fd, &sb) < 0 || slot_unwanted(s, &sb)))
 		forget(s, (size_t)i, true);
 	else if (i >= 0)
 		s->v[i].state = SLOT_FREE;

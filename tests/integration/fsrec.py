@@ -190,12 +190,12 @@ def written_over_slots(records, spool, acks):
     slots_dir = os.path.join(spool, "slots")
     created = {r.ino for r in records if r.call in OPEN_CALLS and r.ret >= 0 and r.len & O_CREAT
                and os.path.dirname(r.path) == slots_dir}
-    out = set()
-    for r in records:
-        if (r.call in LINK_CALLS and r.ret == 0 and os.path.dirname(r.path2) == inc_dir
-                and os.path.dirname(r.path) == slots_dir):
-            reused = [x for x in records if x.call in LINK_CALLS and x.ret == 0
-                      and x.ino == r.ino and x.t1 < r.t0]
-            if r.ino not in created or reused:
-                out.add(os.path.basename(r.path2))
+    links = sorted((r for r in records if r.call in LINK_CALLS and r.ret == 0
+                    and os.path.dirname(r.path2) == inc_dir
+                    and os.path.dirname(r.path) == slots_dir), key=lambda r: r.t0)
+    out, linked_before = set(), set()
+    for r in links:
+        if r.ino not in created or r.ino in linked_before:
+            out.add(os.path.basename(r.path2))
+        linked_before.add(r.ino)
     return out & set(acks)
