@@ -192,8 +192,12 @@ class DrainTest(NodesTestCase):
         self.wait_log(r"%s: to=<%s>, node=node-a, .*status=deferred \(.*127\.0\.0\.1:%d"
                       % (qid, re.escape(ALICE), self.node_a.port))
         self.assertNothingBounced()
-        with open(os.path.join(self.d.spool, "defer", qid)) as f:
-            parked = re.search(r"(?m)^parked\t(\d+)\t0$", f.read())
+
+        def parked_status():
+            # the status file is written after the attempt's log line
+            with open(os.path.join(self.d.spool, "defer", qid)) as f:
+                return re.search(r"(?m)^parked\t(\d+)\t0$", f.read())
+        parked = wait_until(parked_status, 10)
         self.assertTrue(parked)
         self.assertGreaterEqual(int(parked.group(1)), 6)
         self.node_a.start()
