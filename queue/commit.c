@@ -94,18 +94,20 @@ struct spool_edit {
 	bool hold;                  /* into hold/ */
 };
 
+/* writes all of iov at off */
 static int
-writev_all(int fd, struct iovec *iov, int n)
+pwritev_all(int fd, struct iovec *iov, int n, off_t off)
 {
 	ssize_t w;
 
 	while (n > 0) {
-		w = writev(fd, iov, n);
+		w = pwritev(fd, iov, n, off);
 		if (w < 0) {
 			if (errno == EINTR)
 				continue;
 			return -1;
 		}
+		off += w;
 		while (n > 0 && (size_t)w >= iov->iov_len) {
 			w -= (ssize_t)iov->iov_len;
 			iov++;
@@ -141,7 +143,7 @@ commit_one(struct commit_pool *p, struct commit_job *job)
 	iov[2].iov_len = sizeof(check);
 	iov[3].iov_base = end;
 	iov[3].iov_len = sizeof(end);
-	if (writev_all(fd, iov, 4) < 0 || fsync(fd) < 0) {
+	if (pwritev_all(fd, iov, 4, 0) < 0 || fsync(fd) < 0) {
 		err = errno;
 		close(fd);
 		unlinkat(p->tmp_fd, job->id, 0);
@@ -321,6 +323,45 @@ stream_written(void *arg)
 	}
 }
 
+/* on a thread, at the end of a message none of which was written yet (the
+ * head and all the content are in the busy buffer): a slot is taken and
+ * the message written into it with one call, the content length in place,
+ * the check, the end and the padding's header (or, for a slot shorter than
+ * that, the padding after it) */
+static int
+stream_write_whole(struct spool_stream *st, unsigned char *check, const unsigned char *end)
+{
+	uint64_t cstart = st->content_hdr + SPOOL_REC_HDR, stop;
+	unsigned char pad[SPOOL_REC_HDR];
+	struct iovec iov[4];
+	int n = 3;
+
+	if (slot_take(st->pool->slots, st->new_name, &st->slot) < 0)
+		return -1;
+	memcpy(st->busy.s + st->content_hdr + 1, st->head.s + st->content_hdr + 1, 4);
+	st->content_crc = crc32c(0, st->busy.s + cstart, st->busy.len - (size_t)cstart);
+	spool_check_encode(check, crc32c(0, st->head.s, st->head.len), st->content_crc);
+	stop = st->busy.len + SPOOL_CHECK_REC + SPOOL_REC_HDR;
+	iov[0].iov_base = st->busy.s;
+	iov[0].iov_len = st->busy.len;
+	iov[1].iov_base = check;
+	iov[1].iov_len = SPOOL_CHECK_REC;
+	iov[2].iov_base = (void *)end;
+	iov[2].iov_len = SPOOL_REC_HDR;
+	if (st->slot.size >= stop + SPOOL_REC_HDR) {
+		/* the old bytes after it stay, covered */
+		spool_encode_pad(pad, (size_t)(st->slot.size - stop - SPOOL_REC_HDR));
+		iov[n].iov_base = pad;
+		iov[n++].iov_len = sizeof(pad);
+	}
+	if (pwritev_all(st->slot.fd, iov, n, 0) < 0)
+		return -1;
+	st->off = st->busy.len;
+	if (st->slot.size != stop && st->slot.size < stop + SPOOL_REC_HDR)
+		return recycle_pad(st->slot.fd, stop, st->slot.size);
+	return 0;
+}
+
 /* on a thread: the rest, the content length, the check and the end;
  * fdatasync, and the link into incoming/; or, for an abort, the slot given
  * back */
@@ -338,24 +379,37 @@ stream_final_work(void *arg)
 		stream_edit_work(st);
 		return;
 	}
-	stream_write_work(st);          /* the last bytes; opens the file if need be */
-	if (st->error)
-		goto fail;
-	st->off += st->busy.len;
 	spool_encode_end(end);
 	len[0] = (unsigned char)(st->content_len >> 24);
 	len[1] = (unsigned char)(st->content_len >> 16);
 	len[2] = (unsigned char)(st->content_len >> 8);
 	len[3] = (unsigned char)st->content_len;
 	memcpy(st->head.s + st->content_hdr + 1, len, sizeof(len));
-	spool_check_encode(check, crc32c(0, st->head.s, st->head.len), st->content_crc);
+	if (st->off == 0 && st->slot.fd < 0) {
+		/* nothing written yet: the whole message in one write */
+		if (stream_write_whole(st, check, end) < 0) {
+			st->error = errno;
+			goto fail;
+		}
+	} else {
+		stream_write_work(st);  /* the last bytes */
+		if (st->error)
+			goto fail;
+		st->off += st->busy.len;
+		spool_check_encode(check, crc32c(0, st->head.s, st->head.len), st->content_crc);
+		if (pwrite_all(st->slot.fd, (const char *)check, sizeof(check), st->off) < 0 ||
+		    pwrite_all(st->slot.fd, (const char *)end, sizeof(end),
+			       st->off + sizeof(check)) < 0 ||
+		    recycle_pad(st->slot.fd, st->off + sizeof(check) + sizeof(end),
+				st->slot.size) < 0 ||
+		    pwrite_all(st->slot.fd, (const char *)len, sizeof(len), st->content_hdr + 1) < 0) {
+			st->error = errno;
+			goto fail;
+		}
+	}
 	/* fdatasync: the data and the length, all a reader needs; the slot's
 	 * name was durable before its first write */
-	if (pwrite_all(st->slot.fd, (const char *)check, sizeof(check), st->off) < 0 ||
-	    pwrite_all(st->slot.fd, (const char *)end, sizeof(end), st->off + sizeof(check)) < 0 ||
-	    recycle_pad(st->slot.fd, st->off + sizeof(check) + sizeof(end), st->slot.size) < 0 ||
-	    pwrite_all(st->slot.fd, (const char *)len, sizeof(len), st->content_hdr + 1) < 0 ||
-	    fdatasync(st->slot.fd) < 0) {
+	if (fdatasync(st->slot.fd) < 0) {
 		st->error = errno;
 		goto fail;
 	}
