@@ -21,10 +21,12 @@
  *
  * Milters read a stream's content back before its commit (flush, then
  * reads on a thread), and what they edit is committed in the stream's
- * place: a new file in tmp/ gets the new envelope, the new header section
- * and the body (new, or copied from the slot), and goes where a whole job
- * goes (fsync, rename, directory fsync) into incoming/ or, for a
- * quarantine, hold/; the slot, never committed, is free again.
+ * place: a second slot gets the new envelope, the new header section and
+ * the body (new, or copied from the stream's slot), and is committed as a
+ * stream's message is (fdatasync, link into incoming/); for a quarantine
+ * the link goes into hold/ and is made durable by a shared fsync of hold/
+ * before the 250 (start-up would bring a lost one back into incoming/).
+ * The stream's slot, never committed, is free again.
  *
  * This file must never let a job report success before its message is
  * durable and findable, and never leave a half-written file in incoming/.
@@ -92,6 +94,7 @@ struct spool_edit {
 	uint64_t body_off;          /* else the stream's content from here to its end */
 	uint64_t content_len;
 	bool hold;                  /* into hold/ */
+	char slot_name[QID_LEN + 1]; /* for a new slot, if one must be made */
 };
 
 /* writes all of iov at off */
@@ -617,6 +620,7 @@ spool_edit_new(const struct spool_stream *st, const struct spool_envelope *env,
 	e->body_off = body_off < st->content_len ? body_off : st->content_len;
 	e->content_len = e->prefix.len + (e->body_new ? e->body.len : st->content_len - e->body_off);
 	e->hold = env->hold_reason != NULL;
+	qid_next(e->slot_name);         /* on the loop: ids are not made on threads */
 	dstr_init(&e->head, 0);
 	spool_encode_head(env, (size_t)e->content_len, &e->head);
 	return e;
@@ -639,39 +643,38 @@ spool_edit_free(struct spool_edit *e)
 	free(e);
 }
 
-/* on a thread: the edited message into tmp/ID.edit, which goes where a
- * whole job goes (a new file: fsync, rename, directory fsync); the slot
- * is given back */
+/* on a thread: the edited message into a slot of its own (the stream's
+ * slot holds the original, which it reads from), committed the way a
+ * stream's message is (fdatasync, link into incoming/); a quarantined one
+ * is linked into hold/ and that link made durable (a lost one would bring
+ * it back into incoming/). The stream's slot, never committed, is free
+ * again. */
 static void
 stream_edit_work(struct spool_stream *st)
 {
 	struct spool_edit *e = st->edit;
-	struct dirsync *dir = e->hold ? st->pool->hold : st->pool->incoming;
 	unsigned char end[SPOOL_REC_HDR], check[SPOOL_CHECK_REC];
-	char name[QID_LEN + 8], *buf = NULL;
+	struct slot_ref ns = { .fd = -1 };
+	char *buf = NULL;
 	uint64_t off, from, left;
 	uint32_t crc;
 	ssize_t r;
 	size_t n;
-	int nfd, dfd = dirsync_fd(dir);
+	int dfd = dirsync_fd(e->hold ? st->pool->hold : st->pool->incoming);
 
-	snprintf(name, sizeof(name), "%s.edit", st->id);
 	stream_write_work(st);          /* the last bytes of the original, if any */
 	if (st->error)
 		goto fail;
-	nfd = openat(st->pool->tmp_fd, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (nfd < 0) {
-		st->error = errno;
-		goto fail;
-	}
+	if (slot_take(st->pool->slots, e->slot_name, &ns) < 0)
+		goto fail_new;
 	off = 0;
-	if (pwrite_all(nfd, e->head.s, e->head.len, off) < 0 ||
-	    pwrite_all(nfd, e->prefix.s, e->prefix.len, off + e->head.len) < 0)
+	if (pwrite_all(ns.fd, e->head.s, e->head.len, off) < 0 ||
+	    pwrite_all(ns.fd, e->prefix.s, e->prefix.len, off + e->head.len) < 0)
 		goto fail_new;
 	off += e->head.len + e->prefix.len;
 	crc = crc32c(0, e->prefix.s, e->prefix.len);
 	if (e->body_new) {
-		if (pwrite_all(nfd, e->body.s, e->body.len, off) < 0)
+		if (pwrite_all(ns.fd, e->body.s, e->body.len, off) < 0)
 			goto fail_new;
 		off += e->body.len;
 		crc = crc32c(crc, e->body.s, e->body.len);
@@ -693,7 +696,7 @@ stream_edit_work(struct spool_stream *st)
 				errno = r < 0 ? errno : EIO;    /* the file was cut short */
 				goto fail_new;
 			}
-			if (pwrite_all(nfd, buf, (size_t)r, off) < 0)
+			if (pwrite_all(ns.fd, buf, (size_t)r, off) < 0)
 				goto fail_new;
 			crc = crc32c(crc, buf, (size_t)r);
 			from += (uint64_t)r;
@@ -704,32 +707,26 @@ stream_edit_work(struct spool_stream *st)
 	}
 	spool_check_encode(check, crc32c(0, e->head.s, e->head.len), crc);
 	spool_encode_end(end);
-	if (pwrite_all(nfd, (const char *)check, sizeof(check), off) < 0 ||
-	    pwrite_all(nfd, (const char *)end, sizeof(end), off + sizeof(check)) < 0 ||
-	    fsync(nfd) < 0)
+	if (pwrite_all(ns.fd, (const char *)check, sizeof(check), off) < 0 ||
+	    pwrite_all(ns.fd, (const char *)end, sizeof(end), off + sizeof(check)) < 0 ||
+	    recycle_pad(ns.fd, off + sizeof(check) + sizeof(end), ns.size) < 0 ||
+	    fdatasync(ns.fd) < 0)
 		goto fail_new;
-	if (close(nfd) < 0) {
-		nfd = -1;
-		goto fail_new;
-	}
-	nfd = -1;
-	/* the edited file takes the slot's place; the slot was never committed */
+	/* the edit takes the original's place; the original was never committed */
 	slot_drop(st->pool->slots, &st->slot);
-	if (renameat2(st->pool->tmp_fd, name, dfd, st->id, RENAME_NOREPLACE) < 0) {
+	if (slot_link(st->pool->slots, &ns, dfd, st->id) < 0) {
 		st->error = errno;
-		unlinkat(st->pool->tmp_fd, name, 0);
 		return;
 	}
-	if ((st->error = dirsync_wait(dir)) != 0 && unlinkat(dfd, st->id, 0) < 0)
+	if (e->hold && (st->error = dirsync_wait(st->pool->hold)) != 0 &&
+	    spool_remove(dfd, st->id) < 0)
 		msg_warn("%s: cannot remove unacknowledged queue file: %s", st->id,
 			 strerror(errno));
 	return;
 fail_new:
 	st->error = errno ? errno : EIO;
 	free(buf);
-	if (nfd >= 0)
-		close(nfd);
-	unlinkat(st->pool->tmp_fd, name, 0);
+	slot_drop(st->pool->slots, &ns);
 fail:
 	slot_drop(st->pool->slots, &st->slot);
 }

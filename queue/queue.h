@@ -6,7 +6,7 @@
  *   slots/     the files new messages are written into (recycle.c), for
  *              good: a queued message's file is also linked under its id
  *              in a queue folder; a free one (one link) is written over
- *   tmp/       whole files being written (edited messages, DSNs), removed
+ *   tmp/       whole files being written (DSNs, the start-up fill), removed
  *              at start
  *   incoming/  committed messages waiting for the queue manager
  *   active/ deferred/ hold/   queue manager states

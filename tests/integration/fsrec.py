@@ -85,8 +85,8 @@ def read_log(path):
 def durability_problems(records, spool, acks):
     """What the recorded calls fail to prove about the acknowledged messages: acks maps each
     queue id to (the client's time.monotonic_ns() when the 250 arrived, content bytes sent).
-    For each message, the record must show its file entering incoming/ID before the 250, and
-    one of two ways of making it durable.
+    For each message, the record must show its file entering incoming/ID (or hold/ID, a
+    message a milter quarantined) before the 250, and one of two ways of making it durable.
 
     A slot, hard-linked from slots/NAME, where the file is committed once written (start-up
     links it again if that link is lost):
@@ -97,25 +97,29 @@ def durability_problems(records, spool, acks):
       - data writes to the inode after its previous link into incoming/ (or its making) and
         before this link, at least as many bytes as the content sent;
       - an fsync or fdatasync of the inode that succeeded, started after the last of those
-        writes had returned, and returned before the 250.
-    A new file (an edited message), renamed from tmp/ID:
+        writes had returned, and returned before the 250;
+      - for a link into hold/ (where start-up would not put it again): an fsync of hold/ that
+        succeeded, started after the link had returned, and returned before the 250.
+    A new file, renamed from tmp/ID (how whole files are committed):
       - the file's making (an open with O_CREAT returning that inode) and its data writes,
         from then to the rename, at least as many bytes as the content sent;
       - an fsync or fdatasync of that inode that succeeded, started after the last of those
         writes had returned, and returned before the 250 arrived;
-      - an fsync of the incoming/ directory that succeeded, started after the rename had
-        returned, and returned before the 250 arrived.
+      - an fsync of the directory it was renamed into that succeeded, started after the
+        rename had returned, and returned before the 250 arrived.
     Returns a list of strings, empty when every message is proven durable."""
     spool = os.path.realpath(spool)
     tmp_dir = os.path.join(spool, "tmp")
     inc_dir = os.path.join(spool, "incoming")
+    hold_dir = os.path.join(spool, "hold")
     slots_dir = os.path.join(spool, "slots")
-    by_ino, entries, dir_syncs = {}, {}, {inc_dir: [], slots_dir: []}
+    queue_dirs = (inc_dir, hold_dir)
+    by_ino, entries, dir_syncs = {}, {}, {inc_dir: [], hold_dir: [], slots_dir: []}
     for r in records:
         if r.ino != "0:0":
             by_ino.setdefault(r.ino, []).append(r)
         if ((r.call in RENAME_CALLS or r.call in LINK_CALLS) and r.ret == 0
-                and os.path.dirname(r.path2) == inc_dir):
+                and os.path.dirname(r.path2) in queue_dirs):
             entries.setdefault(os.path.basename(r.path2), []).append(r)
         if r.call in SYNC_CALLS and r.ret == 0 and r.path in dir_syncs:
             dir_syncs[r.path].append(r)
@@ -123,15 +127,17 @@ def durability_problems(records, spool, acks):
     for qid, (t250, size) in sorted(acks.items()):
         ent = [r for r in entries.get(qid, []) if r.t1 <= t250]
         if len(ent) != 1:
-            problems.append("%s: %d links or renames into incoming/ before the 250, not 1: %s"
-                            % (qid, len(ent), entries.get(qid)))
+            problems.append("%s: %d links or renames into incoming/ or hold/ before the 250, "
+                            "not 1: %s" % (qid, len(ent), entries.get(qid)))
             continue
         ent = ent[0]
+        into = os.path.dirname(ent.path2)
         slot = ent.call in LINK_CALLS
         src_dir = slots_dir if slot else tmp_dir
         if os.path.dirname(ent.path) != src_dir:
-            problems.append("%s: %s into incoming/ from %s, not from %s" % (
-                qid, "linked" if slot else "renamed", ent.path, src_dir))
+            problems.append("%s: %s into %s/ from %s, not from %s" % (
+                qid, "linked" if slot else "renamed", os.path.basename(into), ent.path,
+                src_dir))
             continue
         calls = by_ino.get(ent.ino, [])
         if slot:
@@ -142,7 +148,7 @@ def durability_problems(records, spool, acks):
             made = [r for r in calls if r.t1 <= ent.t0 and r.call in OPEN_CALLS and r.ret >= 0
                     and r.len & O_CREAT]
         if not made:
-            problems.append("%s: no %s made inode %s before it entered incoming/" % (
+            problems.append("%s: no %s made inode %s before it was queued" % (
                 qid, "open with O_CREAT or rename into slots/" if slot else
                 "open with O_CREAT", ent.ino))
             continue
@@ -151,13 +157,13 @@ def durability_problems(records, spool, acks):
         if slot:
             # the slot's previous message ends where this one's writes begin
             before = [r.t1 for r in calls if r.call in LINK_CALLS and r.ret == 0
-                      and os.path.dirname(r.path2) == inc_dir and r.t1 <= ent.t0
+                      and os.path.dirname(r.path2) in queue_dirs and r.t1 <= ent.t0
                       and r is not ent]
             start = max([start] + before)
         writes = [r for r in calls if r.call in WRITE_CALLS and start <= r.t0 <= ent.t0]
         written = sum(max(r.ret, 0) for r in writes)
         if written < size:
-            problems.append("%s: %d bytes written to inode %s before it entered incoming/, "
+            problems.append("%s: %d bytes written to inode %s before it was queued, "
                             "fewer than the %d sent" % (qid, written, ent.ino, size))
             continue
         last = max(r.t1 for r in writes)
@@ -173,11 +179,13 @@ def durability_problems(records, spool, acks):
             if not dsync:
                 problems.append("%s: no fsync of slots/ started after %s was made (%d) and "
                                 "returned before the 250 (%d)" % (qid, ent.path, made.t1, t250))
-        else:
-            dsync = [r for r in dir_syncs[inc_dir] if r.t0 >= ent.t1 and r.t1 <= t250]
+        if not slot or into == hold_dir:
+            dsync = [r for r in dir_syncs[into] if r.t0 >= ent.t1 and r.t1 <= t250]
             if not dsync:
-                problems.append("%s: no fsync of incoming/ started after the rename (%d) and "
-                                "returned before the 250 (%d)" % (qid, ent.t1, t250))
+                problems.append("%s: no fsync of %s/ started after the %s (%d) and returned "
+                                "before the 250 (%d)" % (qid, os.path.basename(into),
+                                                         "link" if slot else "rename",
+                                                         ent.t1, t250))
     return problems
 
 

@@ -152,6 +152,68 @@ class FsyncOrderTest(SorterTestCase):
         self.assertFalse(problems, "%d problems with %d acknowledged messages:\n%s"
                          % (len(problems), len(acks), "\n".join(problems[:20])))
 
+    def test_fsync_before_250_edited(self):
+        """The proof for messages a milter edited (a header added): each is committed into a
+        slot of its own, the original read back from the stream's; a third of them are also
+        quarantined, linked into hold/, and there the 250 also waits for an fsync of hold/.
+        The proof fails without the edited file's fdatasync or without that fsync of hold/."""
+        from milters import TestFilter, milter_missing
+        missing = milter_missing()
+        if missing:
+            self.skipTest(missing)
+        f = TestFilter(os.path.join(self.tmp, "filter"), "A")
+        f.start()
+        self.addCleanup(f.stop)
+        closed = free_port_on("127.0.0.1")
+        d, log = self.recorded_sorterd(failover_node="lmtp:[127.0.0.1]:%d" % closed,
+                                       smtpd_milters=f.spec, queue_run_delay=3600,
+                                       minimal_backoff_time=3600, maximal_backoff_time=3600)
+        acks, held = {}, set()
+        sizes = (200, 5000, 150000)     # 150 KB is streamed to its first slot before the edit
+        c = self.connect(d)
+        self.assertEqual(c.ehlo().code, 250)
+        for n in range(12):
+            edits = ["X-Test-Milter: addheader X-Added edited %d" % n]
+            if n % 3 == 0:
+                edits.append("X-Test-Milter: quarantine held for the proof")
+            body = "".join("edit %d line %d %s\r\n" % (n, i, "z" * 60)
+                           for i in range(sizes[n % 3] // 80 + 1))
+            content = message("edit %d" % n, body, edits).encode()
+            r, qid = c.send_message(SENDER, [RCPT], content, ehlo=False)
+            t250 = time.monotonic_ns()
+            self.assertIsNotNone(qid, "message %d: %s" % (n, r))
+            acks[qid] = (t250, len(content))
+            if n % 3 == 0:
+                held.add(qid)
+        c.cmd("QUIT")
+        self.assertEqual(d.queue_ids(), set(acks))
+        spool = os.path.realpath(d.spool)
+        hold = os.path.join(spool, "hold")
+        self.assertEqual(set(os.listdir(hold)), held)
+        for qid in acks:
+            self.assertIn("X-Added: edited", d.show(qid)[1], qid)
+        records = fsrec.read_log(log)
+        self.assertEqual(fsrec.durability_problems(records, d.spool, acks), [])
+        # each edit went into a slot of its own: not the inode its original was streamed into
+        links = {os.path.basename(r.path2): r for r in records if r.call in fsrec.LINK_CALLS
+                 and r.ret == 0 and os.path.basename(r.path2) in acks}
+        self.assertEqual(set(links), set(acks))
+        for qid, link in links.items():
+            self.assertEqual(os.path.dirname(link.path), os.path.join(spool, "slots"))
+            self.assertEqual(os.path.dirname(link.path2),
+                             hold if qid in held else os.path.join(spool, "incoming"))
+        for qid in acks:
+            ino = links[qid].ino
+            without_file_sync = [r for r in records
+                                 if not (r.call in fsrec.SYNC_CALLS and r.ino == ino)]
+            self.assertTrue(any(qid in p for p in
+                                fsrec.durability_problems(without_file_sync, d.spool, acks)),
+                            qid)
+        without_hold_sync = [r for r in records
+                             if not (r.call in fsrec.SYNC_CALLS and r.path == hold)]
+        problems = fsrec.durability_problems(without_hold_sync, d.spool, acks)
+        self.assertEqual({qid for qid in acks if any(qid in p for p in problems)}, held)
+
     def test_fsync_before_250_recycled_files(self):
         """The same proof for messages written over slots that held delivered messages:
         the first ones are delivered, and the next ones are written over their slots."""
