@@ -365,7 +365,8 @@ int slot_link(struct slots *s, struct slot_ref *ref, int dir_fd, const char *id)
  * holds none (fd -1). */
 void slot_drop(struct slots *s, struct slot_ref *ref);
 /* What a crash left in spool_dir/slots/: a committed message whose id has
- * no name in the queue's folders is linked into incoming/ (fsync'd). With
+ * no name in the queue's folders is linked into incoming/, or hold/ when a
+ * milter quarantined it (fsync'd). With
  * trim (the daemon's start, before any writer runs), free slots beyond
  * RECYCLE_POOL_MAX, empty or bigger than RECYCLE_FILE_MAX are unlinked,
  * and an older spool's free/ goes. Returns how many messages it

@@ -491,7 +491,8 @@ slots_recover(const char *spool_dir, bool trim)
 	struct spool_file f;
 	struct dirent *de;
 	struct stat sb;
-	int sfd, ifd, found = 0, rc, err;
+	int sfd, qfd[2] = { -1, -1 }, found[2] = { 0, 0 }, rc, err = 0, i;
+	static const char *const into[2] = { "incoming", "hold" };
 	DIR *d;
 
 	if (trim)
@@ -502,11 +503,15 @@ slots_recover(const char *spool_dir, bool trim)
 		return errno == ENOENT && !trim ? 0 : -1;
 	}
 	sfd = dirfd(d);
-	snprintf(path, sizeof(path), "%s/incoming", spool_dir);
-	if ((ifd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
-		closedir(d);
-		free(ids);
-		return -1;
+	for (i = 0; i < 2; i++) {
+		snprintf(path, sizeof(path), "%s/%s", spool_dir, into[i]);
+		if ((qfd[i] = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
+			if (i > 0)
+				close(qfd[0]);
+			closedir(d);
+			free(ids);
+			return -1;
+		}
 	}
 	while ((de = readdir(d)) != NULL) {
 		if (!qid_valid(de->d_name))
@@ -518,13 +523,15 @@ slots_recover(const char *spool_dir, bool trim)
 		snprintf(path, sizeof(path), "%s/slots/%s", spool_dir, de->d_name);
 		rc = spool_committed_in_tmp(path, &f);
 		if (rc == 1 && !queued(f.m.qid, ids, nids)) {
-			if (linkat(sfd, de->d_name, ifd, f.m.qid, 0) == 0) {
+			/* a message a milter quarantined goes back where it was going */
+			i = f.m.hold_reason != NULL;
+			if (linkat(sfd, de->d_name, qfd[i], f.m.qid, 0) == 0) {
 				msg_info("%s: recovered from %s (committed, its link into "
-					 "incoming/ lost)", f.m.qid, path);
-				found++;
+					 "%s/ lost)", f.m.qid, path, into[i]);
+				found[i]++;
 			} else {
-				msg_warn("%s: cannot recover %s into incoming/: %s", f.m.qid,
-					 path, strerror(errno));
+				msg_warn("%s: cannot recover %s into %s/: %s", f.m.qid,
+					 path, into[i], strerror(errno));
 			}
 			spool_file_free(&f);
 			continue;
@@ -543,15 +550,17 @@ slots_recover(const char *spool_dir, bool trim)
 			nfree++;
 	}
 	free(ids);
-	err = found > 0 && fsync(ifd) < 0 ? errno : 0;
-	close(ifd);
+	for (i = 0; i < 2; i++) {
+		if (found[i] > 0 && fsync(qfd[i]) < 0 && err == 0)
+			err = errno;
+		close(qfd[i]);
+	}
+	closedir(d);
 	if (err) {
-		closedir(d);
 		errno = err;
 		return -1;
 	}
-	closedir(d);
-	return found;
+	return found[0] + found[1];
 }
 
 int

@@ -237,8 +237,9 @@ read_at(struct spool_stream *st, struct rd *r, uint64_t off, size_t n)
 }
 
 /* A stream flushed, read back in pieces, then committed as an edited
- * message: its new envelope, new header section and the original body
- * (copied from the first file) or a new one; into hold/ with a reason. */
+ * message into a slot of its own: its new envelope, new header section and
+ * the original body (copied from the stream's slot) or a new one; into
+ * hold/ with a reason, and recovered there when that link is lost. */
 static void
 check_edit(bool new_body, const char *hold)
 {
@@ -259,6 +260,8 @@ check_edit(bool new_body, const char *hold)
 	static const char hdrs[] = "Subject: old\r\nX-Drop: 1\r\n\r\n";
 	unsigned char *content;
 	size_t total = 200000, i, n;
+	struct stat sb, sb2;
+	int dfd;
 
 	c.base = r->base = event_base_new();
 	p = commit_pool_create(c.base, spool, 2, 0);
@@ -328,7 +331,23 @@ check_edit(bool new_body, const char *hold)
 				     total - (sizeof(hdrs) - 1)));
 	}
 	spool_file_free(&f);
-	unlink(path);
+	/* a slot of its own, linked there */
+	ck_assert_int_eq(stat(path, &sb), 0);
+	ck_assert_uint_eq(sb.st_nlink, 2);
+	if (hold) {
+		/* its link lost: recovered into hold/, where it was going, not incoming/ */
+		ck_assert_int_eq(unlink(path), 0);
+		ck_assert_int_eq(slots_recover(spool, false), 1);
+		ck_assert_uint_eq(count("incoming"), 0);
+		ck_assert_uint_eq(count("hold"), 1);
+		ck_assert_int_eq(stat(path, &sb2), 0);
+		ck_assert_uint_eq(sb2.st_ino, sb.st_ino);
+	}
+	snprintf(path, sizeof(path), "%s/%s", spool, hold ? "hold" : "incoming");
+	ck_assert_int_ge(dfd = open(path, O_RDONLY | O_DIRECTORY), 0);
+	ck_assert_int_eq(spool_remove(dfd, id), 0);
+	close(dfd);
+	ck_assert_int_eq(slots_recover(spool, false), 0);
 	dstr_free(&prefix);
 	dstr_free(&body);
 	free(content);
