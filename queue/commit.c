@@ -23,10 +23,9 @@
  * reads on a thread), and what they edit is committed in the stream's
  * place: a second slot gets the new envelope, the new header section and
  * the body (new, or copied from the stream's slot), and is committed as a
- * stream's message is (fdatasync, link into incoming/); for a quarantine
- * the link goes into hold/ and is made durable by a shared fsync of hold/
- * before the 250 (start-up would bring a lost one back into incoming/).
- * The stream's slot, never committed, is free again.
+ * stream's message is (fdatasync, link into incoming/, or hold/ for a
+ * quarantine: recycle.c brings a lost link back there). The stream's
+ * slot, never committed, is free again.
  *
  * This file must never let a job report success before its message is
  * durable and findable, and never leave a half-written file in incoming/.
@@ -645,10 +644,10 @@ spool_edit_free(struct spool_edit *e)
 
 /* on a thread: the edited message into a slot of its own (the stream's
  * slot holds the original, which it reads from), committed the way a
- * stream's message is (fdatasync, link into incoming/); a quarantined one
- * is linked into hold/ and that link made durable (a lost one would bring
- * it back into incoming/). The stream's slot, never committed, is free
- * again. */
+ * stream's message is: fdatasync, then the link (not waited for) into
+ * incoming/, or hold/ for a quarantine (its envelope says so, and a
+ * start-up that finds the link lost puts it back there). The stream's
+ * slot, never committed, is free again. */
 static void
 stream_edit_work(struct spool_stream *st)
 {
@@ -714,14 +713,8 @@ stream_edit_work(struct spool_stream *st)
 		goto fail_new;
 	/* the edit takes the original's place; the original was never committed */
 	slot_drop(st->pool->slots, &st->slot);
-	if (slot_link(st->pool->slots, &ns, dfd, st->id) < 0) {
+	if (slot_link(st->pool->slots, &ns, dfd, st->id) < 0)
 		st->error = errno;
-		return;
-	}
-	if (e->hold && (st->error = dirsync_wait(st->pool->hold)) != 0 &&
-	    spool_remove(dfd, st->id) < 0)
-		msg_warn("%s: cannot remove unacknowledged queue file: %s", st->id,
-			 strerror(errno));
 	return;
 fail_new:
 	st->error = errno ? errno : EIO;

@@ -97,9 +97,7 @@ def durability_problems(records, spool, acks):
       - data writes to the inode after its previous link into incoming/ (or its making) and
         before this link, at least as many bytes as the content sent;
       - an fsync or fdatasync of the inode that succeeded, started after the last of those
-        writes had returned, and returned before the 250;
-      - for a link into hold/ (where start-up would not put it again): an fsync of hold/ that
-        succeeded, started after the link had returned, and returned before the 250.
+        writes had returned, and returned before the 250.
     A new file, renamed from tmp/ID (how whole files are committed):
       - the file's making (an open with O_CREAT returning that inode) and its data writes,
         from then to the rename, at least as many bytes as the content sent;
@@ -179,7 +177,7 @@ def durability_problems(records, spool, acks):
             if not dsync:
                 problems.append("%s: no fsync of slots/ started after %s was made (%d) and "
                                 "returned before the 250 (%d)" % (qid, ent.path, made.t1, t250))
-        if not slot or into == hold_dir:
+        else:
             dsync = [r for r in dir_syncs[into] if r.t0 >= ent.t1 and r.t1 <= t250]
             if not dsync:
                 problems.append("%s: no fsync of %s/ started after the %s (%d) and returned "
