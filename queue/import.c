@@ -14,7 +14,9 @@
  *      the message itself now names its new id;
  *   2. DIR/defer/OLDID, if any, becomes defer/NEWID here; the file is
  *      copied to import/NEWID.msg, fsync, fsync import/;
- *   3. the record import/NEWID ("DIR/STATE/OLDID"), fsync, fsync import/;
+ *   3. the record import/NEWID ("DIR/STATE/OLDID"): written as
+ *      import/NEWID.rec, fsync, renamed, fsync import/ (so that a record
+ *      is there whole or not at all);
  *   4. import/NEWID.msg renamed to incoming/NEWID (hold/NEWID), fsync:
  *      from here this spool's queue manager may deliver it;
  *   5. DIR/defer/OLDID and the marker removed, fsync;
@@ -173,20 +175,28 @@ keep_any(const char *name)
 }
 
 /* Writes a whole file, fsync'd; 0 or an errno value (nothing left behind). */
+/* name in dirfd holding the n bytes at p, whole or not at all: written
+ * as name.rec, fsync'd, renamed (the caller fsyncs the folder). 0 or an
+ * errno value (nothing left behind). */
 static int
 write_file(int dirfd, const char *name, const void *p, size_t n)
 {
+	char tmp[NAME_MAX + 1];
 	int fd, err = 0;
 
-	fd = openat(dirfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if ((size_t)snprintf(tmp, sizeof(tmp), "%s.rec", name) >= sizeof(tmp))
+		return ENAMETOOLONG;
+	fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (fd < 0)
 		return errno;
 	if (write_all(fd, p, n) < 0 || fsync(fd) < 0)
 		err = errno;
 	if (close(fd) < 0 && err == 0)
 		err = errno;
+	if (err == 0 && renameat(dirfd, tmp, dirfd, name) < 0)
+		err = errno;
 	if (err)
-		unlinkat(dirfd, name, 0);
+		unlinkat(dirfd, tmp, 0);
 	return err;
 }
 

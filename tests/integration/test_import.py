@@ -344,6 +344,44 @@ class Import(SorterTestCase):
         got = self.assert_once(sink, [sent[ids[0]], sent[ids[1]]])
         self.assertNotIn(sent[ids[2]], {m for m, _ in got})
 
+    # kill -9 of sorterctl import while a record is being put in place: the record is
+    # there whole or not at all, so the next run copies again and leaves nothing behind
+    def test_kill9_before_the_record_is_in_place(self):
+        import fsrec
+        sink = self.sink("sink")
+        peer = self.sorterd("peer", failover_node="lmtp:[127.0.0.1]:%d" % dead_port(), **SLOW)
+        sent = self.send(peer, 3, "record")
+        self.kill_master_first(peer)
+        d = self.survivor(sink)
+        log = os.path.join(self.tmp, "fsrec.log")
+        imp = os.path.join(d.spool, "import")
+        # the rename of a record into import/ (nothing else is renamed into import/) waits 30 s
+        p = subprocess.Popen(["env", "LD_PRELOAD=" + fsrec.preload(self.build),
+                              "FSREC_LOG=" + log, "FSREC_SLOW_RENAME=/import/:30000",
+                              os.path.join(self.build, "sorterctl"), "-c", d.conf_path,
+                              "import", peer.spool], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+        self.addCleanup(lambda: p.poll() is not None or (p.kill(), p.wait()))
+        written = wait_until(lambda: os.path.isdir(imp) and [
+            n for n in os.listdir(imp) if n.endswith(".rec")] or None, 20)
+        self.assertTrue(written, "no record was written: %s" % os.listdir(imp))
+        time.sleep(0.2)          # its fsync done; the rename is held
+        p.kill()
+        p.wait()
+        newid = written[0][:-len(".rec")]
+        left = sorted(os.listdir(imp))
+        self.assertIn(newid + ".msg", left)
+        self.assertNotIn(newid, left, "a record before its rename")
+        with open(os.path.join(imp, written[0])) as f:
+            self.assertTrue(f.read().startswith(peer.spool), "the record's text")
+        pairs, summary, r = self.import_(d, peer.spool)
+        self.assertEqual(summary["failed"] + summary["quarantined"], 0, r.stderr)
+        self.assertEqual(summary["imported"], 3, r.stdout)
+        self.assert_source_empty(peer)
+        self.assert_once(sink, sent.values())
+        self.assertTrue(d.wait_queue_empty(WAIT), d.queue_files())
+        self.assertEqual(os.listdir(imp), [])
+
     # kill -9 of sorterctl import at random points, again and again, the survivor
     # delivering meanwhile: the last run completes; each message delivered once
     def test_kill9_during_import(self):
