@@ -174,7 +174,6 @@ keep_any(const char *name)
 	return name[0] != '.';
 }
 
-/* Writes a whole file, fsync'd; 0 or an errno value (nothing left behind). */
 /* name in dirfd holding the n bytes at p, whole or not at all: written
  * as name.rec, fsync'd, renamed (the caller fsyncs the folder). 0 or an
  * errno value (nothing left behind). */

@@ -18,6 +18,7 @@ import threading
 import time
 import unittest
 
+import fsrec
 from harness import (LOCAL_DOMAIN, SorterTestCase, blast, build_dir, join_all, message,
                      pid_alive, wait_until, write_map)
 from smtpsink import SmtpSink, free_port_on, smtp_sink_missing
@@ -347,7 +348,6 @@ class Import(SorterTestCase):
     # kill -9 of sorterctl import while a record is being put in place: the record is
     # there whole or not at all, so the next run copies again and leaves nothing behind
     def test_kill9_before_the_record_is_in_place(self):
-        import fsrec
         sink = self.sink("sink")
         peer = self.sorterd("peer", failover_node="lmtp:[127.0.0.1]:%d" % dead_port(), **SLOW)
         sent = self.send(peer, 3, "record")
@@ -362,18 +362,26 @@ class Import(SorterTestCase):
                               "import", peer.spool], stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE)
         self.addCleanup(lambda: p.poll() is not None or (p.kill(), p.wait()))
-        written = wait_until(lambda: os.path.isdir(imp) and [
-            n for n in os.listdir(imp) if n.endswith(".rec")] or None, 20)
-        self.assertTrue(written, "no record was written: %s" % os.listdir(imp))
-        time.sleep(0.2)          # its fsync done; the rename is held
+
+        def written():
+            # a record's text in import/NEWID.rec (its rename is held)
+            for n in os.listdir(imp) if os.path.isdir(imp) else []:
+                if n.endswith(".rec"):
+                    with open(os.path.join(imp, n)) as f:
+                        if f.read().startswith(peer.spool + "/"):
+                            return n
+            return None
+
+        rec = wait_until(written, 20)
+        self.assertTrue(rec, "no record was written: %s" % (
+            os.listdir(imp) if os.path.isdir(imp) else "no import/"))
         p.kill()
         p.wait()
-        newid = written[0][:-len(".rec")]
-        left = sorted(os.listdir(imp))
+        newid = rec[:-len(".rec")]
+        left = os.listdir(imp)
         self.assertIn(newid + ".msg", left)
+        self.assertIn(rec, left)
         self.assertNotIn(newid, left, "a record before its rename")
-        with open(os.path.join(imp, written[0])) as f:
-            self.assertTrue(f.read().startswith(peer.spool), "the record's text")
         pairs, summary, r = self.import_(d, peer.spool)
         self.assertEqual(summary["failed"] + summary["quarantined"], 0, r.stderr)
         self.assertEqual(summary["imported"], 3, r.stdout)
