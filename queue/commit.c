@@ -52,7 +52,7 @@ struct commit_pool {
 	struct slots *slots;        /* where streams write */
 	int tmp_fd;
 	struct dirsync *incoming;
-	struct dirsync *hold;
+	int hold_fd;                /* where quarantined edits are linked */
 };
 
 #define STREAM_CHUNK (64 * 1024)    /* bytes handed to a thread at once */
@@ -204,7 +204,9 @@ commit_pool_create(struct event_base *base, const char *spool_dir, int nthreads,
 	snprintf(path, sizeof(path), "%s/incoming", spool_dir);
 	p->incoming = dirsync_open(path);
 	snprintf(path, sizeof(path), "%s/hold", spool_dir);
-	p->hold = dirsync_open(path);
+	p->hold_fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (p->hold_fd < 0)
+		msg_fatal("open %s: %s", path, strerror(errno));
 	p->io = iopool_create(base, nthreads);
 	p->slots = slots_open(spool_dir, minfree);
 	return p;
@@ -224,7 +226,7 @@ commit_pool_destroy(struct commit_pool *p)
 {
 	iopool_destroy(p->io);
 	dirsync_close(p->incoming);
-	dirsync_close(p->hold);
+	close(p->hold_fd);
 	slots_close(p->slots);
 	close(p->tmp_fd);
 	free(p);
@@ -331,7 +333,8 @@ stream_written(void *arg)
  * the check, the end and the padding's header (or, for a slot shorter than
  * that, the padding after it) */
 static int
-stream_write_whole(struct spool_stream *st, unsigned char *check, const unsigned char *end)
+stream_write_whole(struct spool_stream *st, const unsigned char len[4], unsigned char *check,
+		   const unsigned char *end)
 {
 	uint64_t cstart = st->content_hdr + SPOOL_REC_HDR, stop;
 	unsigned char pad[SPOOL_REC_HDR];
@@ -340,7 +343,7 @@ stream_write_whole(struct spool_stream *st, unsigned char *check, const unsigned
 
 	if (slot_take(st->pool->slots, st->new_name, &st->slot) < 0)
 		return -1;
-	memcpy(st->busy.s + st->content_hdr + 1, st->head.s + st->content_hdr + 1, 4);
+	memcpy(st->busy.s + st->content_hdr + 1, len, 4);
 	st->content_crc = crc32c(0, st->busy.s + cstart, st->busy.len - (size_t)cstart);
 	spool_check_encode(check, crc32c(0, st->head.s, st->head.len), st->content_crc);
 	stop = st->busy.len + SPOOL_CHECK_REC + SPOOL_REC_HDR;
@@ -389,7 +392,7 @@ stream_final_work(void *arg)
 	memcpy(st->head.s + st->content_hdr + 1, len, sizeof(len));
 	if (st->off == 0 && st->slot.fd < 0) {
 		/* nothing written yet: the whole message in one write */
-		if (stream_write_whole(st, check, end) < 0) {
+		if (stream_write_whole(st, len, check, end) < 0) {
 			st->error = errno;
 			goto fail;
 		}
@@ -659,7 +662,7 @@ stream_edit_work(struct spool_stream *st)
 	uint32_t crc;
 	ssize_t r;
 	size_t n;
-	int dfd = dirsync_fd(e->hold ? st->pool->hold : st->pool->incoming);
+	int dfd = e->hold ? st->pool->hold_fd : dirsync_fd(st->pool->incoming);
 
 	stream_write_work(st);          /* the last bytes of the original, if any */
 	if (st->error)

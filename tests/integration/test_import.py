@@ -83,6 +83,14 @@ class Import(SorterTestCase):
                         "children of a killed master linger")
         d.stop()
 
+    def dead_peer(self, n, tag):
+        """A peer that queued n messages behind an unreachable node and was killed, master
+        first: (peer, {queue id: Message-ID})."""
+        peer = self.sorterd("peer", failover_node="lmtp:[127.0.0.1]:%d" % dead_port(), **SLOW)
+        sent = self.send(peer, n, tag)
+        self.kill_master_first(peer)
+        return peer, sent
+
     def send(self, d, n, tag, rcpts=None):
         """n messages, one connection; returns {queue id: Message-ID}."""
         out = {}
@@ -161,9 +169,7 @@ class Import(SorterTestCase):
     # the same with the survivor down: the files wait in incoming/ for its start
     def test_import_daemon_down(self):
         sink = self.sink("sink")
-        peer = self.sorterd("peer", failover_node="lmtp:[127.0.0.1]:%d" % dead_port(), **SLOW)
-        sent = self.send(peer, 5, "down")
-        self.kill_master_first(peer)
+        peer, sent = self.dead_peer(5, "down")
         d = self.survivor(sink)
         d.stop()
         pairs, _, _ = self.import_(d, peer.spool)
@@ -304,9 +310,7 @@ class Import(SorterTestCase):
     # interrupted at each step: a rerun finishes, nothing twice, nothing lost
     def test_rerun_after_interruption(self):
         sink = self.sink("sink")
-        peer = self.sorterd("peer", failover_node="lmtp:[127.0.0.1]:%d" % dead_port(), **SLOW)
-        sent = self.send(peer, 3, "resume")
-        self.kill_master_first(peer)
+        peer, sent = self.dead_peer(3, "resume")
         d = self.survivor(sink)
         src = os.path.join(peer.spool, "deferred")
         ids = sorted(sent)
@@ -349,9 +353,7 @@ class Import(SorterTestCase):
     # there whole or not at all, so the next run copies again and leaves nothing behind
     def test_kill9_before_the_record_is_in_place(self):
         sink = self.sink("sink")
-        peer = self.sorterd("peer", failover_node="lmtp:[127.0.0.1]:%d" % dead_port(), **SLOW)
-        sent = self.send(peer, 3, "record")
-        self.kill_master_first(peer)
+        peer, sent = self.dead_peer(3, "record")
         d = self.survivor(sink)
         log = os.path.join(self.tmp, "fsrec.log")
         imp = os.path.join(d.spool, "import")
@@ -394,9 +396,7 @@ class Import(SorterTestCase):
     # delivering meanwhile: the last run completes; each message delivered once
     def test_kill9_during_import(self):
         sink = self.sink("sink")
-        peer = self.sorterd("peer", failover_node="lmtp:[127.0.0.1]:%d" % dead_port(), **SLOW)
-        sent = self.send(peer, 150, "killed")
-        self.kill_master_first(peer)
+        peer, sent = self.dead_peer(150, "killed")
         d = self.survivor(sink)
         rnd = random.Random(int.from_bytes(os.urandom(4), "big"))
         kills = 0
