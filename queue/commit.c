@@ -412,9 +412,9 @@ stream_final_work(void *arg)
 			goto fail;
 		}
 	}
-	/* fdatasync: the data and the length, all a reader needs; the slot's
-	 * name was durable before its first write */
-	if (fdatasync(st->slot.fd) < 0) {
+	/* the data and the length made durable, all a reader needs; the
+	 * slot's name was durable before its first write */
+	if (slot_sync(st->pool->slots, &st->slot) < 0) {
 		st->error = errno;
 		goto fail;
 	}
@@ -712,7 +712,7 @@ stream_edit_work(struct spool_stream *st)
 	if (pwrite_all(ns.fd, (const char *)check, sizeof(check), off) < 0 ||
 	    pwrite_all(ns.fd, (const char *)end, sizeof(end), off + sizeof(check)) < 0 ||
 	    recycle_pad(ns.fd, off + sizeof(check) + sizeof(end), ns.size) < 0 ||
-	    fdatasync(ns.fd) < 0)
+	    slot_sync(st->pool->slots, &ns) < 0)
 		goto fail_new;
 	/* the edit takes the original's place; the original was never committed */
 	slot_drop(st->pool->slots, &st->slot);

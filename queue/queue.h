@@ -345,6 +345,8 @@ struct slot_ref {
 	char name[QID_LEN + 1];    /* in slots/ */
 	int fd;                    /* O_RDWR, locked: the pool's, never closed by the caller */
 	uint64_t size;             /* the file's length when taken (0: a new slot) */
+	uint64_t durable;          /* slot_sync: bytes from its start an fdatasync of this
+				    * pool made durable, its length then (0: none) */
 	bool owned;                /* kept in the pool (else closed when given back) */
 };
 /* Unlinks the free slots of slots/ no one holds beyond RECYCLE_POOL_MAX
@@ -356,6 +358,14 @@ void slots_prune(struct slots *s);
  * new_name (an unused queue id) names it if a new one must be made.
  * Returns 0, or -1 with errno. */
 int slot_take(struct slots *s, const char *new_name, struct slot_ref *out);
+/* Makes what was written into ref's slot durable: 0, or -1 with errno.
+ * A slot that has not grown past the length an fdatasync of this pool
+ * made durable is written over in place: sync_file_range() writes its
+ * data and waits for it, then an fdatasync of spool_dir/flush flushes the
+ * device's write cache (only on a file system that overwrites in place:
+ * ext4 without data journaling). Any other slot is fdatasync'd, and its
+ * length recorded as durable. */
+int slot_sync(struct slots *s, struct slot_ref *ref);
 /* After the commit's fdatasync: the slot is linked into dir_fd's folder
  * as id (not made durable: slots_recover finds it). 0, or -1 with errno
  * (the slot is free again). Either way ref is given back. */

@@ -52,11 +52,17 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <linux/fs.h>
+#include <linux/magic.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/ioctl.h>
+#include <sys/statfs.h>
+#include <sys/sysmacros.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <time.h>
@@ -78,6 +84,7 @@ struct slot {
 	char name[QID_LEN + 1];
 	int fd;                 /* O_RDWR, flock'd */
 	enum slot_state state;
+	uint64_t durable;       /* slot_sync: the length an fdatasync of ours made durable */
 };
 
 struct slots {
@@ -92,7 +99,69 @@ struct slots {
 	uint64_t prune_after_usec;
 	bool room;                      /* room(), as of room_until_usec - ROOM_USEC */
 	uint64_t room_until_usec;
+	int flush_fd;                   /* spool_dir/flush, when overwrites are synced in
+					 * place (slot_sync); else -1 */
 };
+
+/*
+ * Whether the file system of dir_fd writes a file's data over the blocks
+ * it has, so that an overwrite made durable needs no metadata: ext4
+ * without data journaling (data=journal puts data through the journal)
+ * and without DAX, as its options in /proc/fs/ext4/DEVICE/options say
+ * (that file lists every option in force, the defaults included). Any
+ * other file system, or options that cannot be read, get fdatasync alone.
+ */
+static bool
+overwrites_in_place(int dir_fd)
+{
+	char path[128], link[PATH_MAX], line[256];
+	struct statfs sf;
+	struct stat sb;
+	const char *dev;
+	bool ok = true;
+	ssize_t n;
+	FILE *f;
+
+	if (fstatfs(dir_fd, &sf) < 0 || sf.f_type != EXT4_SUPER_MAGIC || fstat(dir_fd, &sb) < 0)
+		return false;
+	snprintf(path, sizeof(path), "/sys/dev/block/%u:%u", major(sb.st_dev), minor(sb.st_dev));
+	if ((n = readlink(path, link, sizeof(link) - 1)) <= 0)
+		return false;
+	link[n] = '\0';
+	dev = strrchr(link, '/');
+	dev = dev != NULL ? dev + 1 : link;
+	if (snprintf(path, sizeof(path), "/proc/fs/ext4/%s/options", dev) >= (int)sizeof(path) ||
+	    (f = fopen(path, "re")) == NULL)
+		return false;
+	while (fgets(line, sizeof(line), f) != NULL) {
+		line[strcspn(line, "\n")] = '\0';
+		if (strcmp(line, "data=journal") == 0 || strncmp(line, "dax", 3) == 0)
+			ok = false;
+	}
+	fclose(f);
+	return ok;
+}
+
+/* The file whose fdatasync flushes the device's write cache for
+ * slot_sync: spool_dir/flush, on the device of slots/ (dir_fd). Its
+ * content is nothing; it is never written. -1 when it cannot be had. */
+static int
+open_flush_file(const char *path, int dir_fd)
+{
+	struct stat a, b;
+	int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+
+	if (fd < 0) {
+		msg_warn("open %s: %s; slots are fdatasync'd", path, strerror(errno));
+		return -1;
+	}
+	if (fstat(fd, &a) < 0 || fstat(dir_fd, &b) < 0 || a.st_dev != b.st_dev ||
+	    !S_ISREG(a.st_mode)) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
 
 struct slots *
 slots_open(const char *spool_dir, uint64_t minfree)
@@ -106,6 +175,11 @@ slots_open(const char *spool_dir, uint64_t minfree)
 		msg_fatal("open %s: %s", path, strerror(errno));
 	s->ds = dirsync_open(path);
 	s->minfree = minfree;
+	s->flush_fd = -1;
+	if (overwrites_in_place(s->dir_fd)) {
+		snprintf(path, sizeof(path), "%s/flush", spool_dir);
+		s->flush_fd = open_flush_file(path, s->dir_fd);
+	}
 	pthread_mutex_init(&s->lock, NULL);
 	return s;
 }
@@ -121,6 +195,8 @@ slots_close(struct slots *s)
 		close(s->v[i].fd);      /* the locks go with them */
 	dirsync_close(s->ds);
 	close(s->dir_fd);
+	if (s->flush_fd >= 0)
+		close(s->flush_fd);
 	pthread_mutex_destroy(&s->lock);
 	free(s);
 }
@@ -231,6 +307,7 @@ scan(struct slots *s)
 		memcpy(s->v[s->n].name, de->d_name, QID_LEN + 1);
 		s->v[s->n].fd = fd;
 		s->v[s->n].state = SLOT_FREE;
+		s->v[s->n].durable = 0;  /* whatever its last writer synced */
 		s->n++;
 		got++;
 	}
@@ -249,6 +326,7 @@ give(struct slots *s, size_t i, const struct stat *sb, struct slot_ref *out)
 	memcpy(out->name, s->v[i].name, QID_LEN + 1);
 	out->fd = s->v[i].fd;
 	out->size = (uint64_t)sb->st_size;
+	out->durable = s->v[i].durable;
 	out->owned = true;
 }
 
@@ -352,12 +430,14 @@ slot_take(struct slots *s, const char *new_name, struct slot_ref *out)
 	memcpy(out->name, new_name, QID_LEN + 1);
 	out->fd = fd;
 	out->size = 0;
+	out->durable = 0;
 	out->owned = false;
 	pthread_mutex_lock(&s->lock);
 	if (s->n < SLOTS_OWN) {
 		memcpy(s->v[s->n].name, new_name, QID_LEN + 1);
 		s->v[s->n].fd = fd;
 		s->v[s->n].state = SLOT_BUSY;
+		s->v[s->n].durable = 0;
 		s->n++;
 		out->owned = true;
 	}
@@ -378,6 +458,33 @@ find(const struct slots *s, const struct slot_ref *ref)
 }
 
 int
+slot_sync(struct slots *s, struct slot_ref *ref)
+{
+	struct stat sb;
+	int flags;
+
+	if (fstat(ref->fd, &sb) < 0)
+		return -1;
+	if (s->flush_fd >= 0 && ref->durable > 0 && (uint64_t)sb.st_size <= ref->durable) {
+		/* an overwrite: the data written in place and waited for, then
+		 * the device's cache flushed */
+		if (sync_file_range(ref->fd, 0, sb.st_size, SYNC_FILE_RANGE_WAIT_BEFORE |
+				    SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER) < 0 ||
+		    fdatasync(s->flush_fd) < 0)
+			return -1;
+		return 0;
+	}
+	if (fdatasync(ref->fd) < 0)
+		return -1;
+	/* from now on, up to st_size, the slot is written over in place:
+	 * unless its data lives in its inode or goes through the journal */
+	if (s->flush_fd >= 0 && ioctl(ref->fd, FS_IOC_GETFLAGS, &flags) == 0 &&
+	    !(flags & (FS_INLINE_DATA_FL | FS_JOURNAL_DATA_FL)))
+		ref->durable = (uint64_t)sb.st_size;
+	return 0;
+}
+
+int
 slot_link(struct slots *s, struct slot_ref *ref, int dir_fd, const char *id)
 {
 	static const char freed = SPOOL_FREED;
@@ -389,8 +496,10 @@ slot_link(struct slots *s, struct slot_ref *ref, int dir_fd, const char *id)
 		(void)pwrite(ref->fd, &freed, 1, 0);
 	pthread_mutex_lock(&s->lock);
 	i = ref->owned ? find(s, ref) : -1;
-	if (i >= 0)
+	if (i >= 0) {
 		s->v[i].state = rc == 0 ? SLOT_QUEUED : SLOT_FREE;
+		s->v[i].durable = ref->durable;
+	}
 	else
 		close(ref->fd);
 	pthread_mutex_unlock(&s->lock);
@@ -411,9 +520,10 @@ slot_drop(struct slots *s, struct slot_ref *ref)
 	i = ref->owned ? find(s, ref) : -1;
 	if (i >= 0 && (fstat(ref->fd, &sb) < 0 || slot_unwanted(s, &sb)))
 		forget(s, (size_t)i, true);
-	else if (i >= 0)
+	else if (i >= 0) {
 		s->v[i].state = SLOT_FREE;
-	else
+		s->v[i].durable = ref->durable;
+	} else
 		close(ref->fd);         /* unlocked: someone's scan adopts it */
 	pthread_mutex_unlock(&s->lock);
 	ref->fd = -1;

@@ -3,7 +3,8 @@
  * queue file durable, for tests/integration/test_durability.py.
  *
  * It wraps open/openat (and their 64-bit and _FORTIFY_SOURCE names),
- * write/pwrite/writev/pwritev, fsync/fdatasync, rename/renameat/renameat2,
+ * write/pwrite/writev/pwritev, fsync/fdatasync, sync_file_range,
+ * rename/renameat/renameat2,
  * link/linkat, unlink/unlinkat and close, calls the real function (the next one in the
  * symbol search order: libc, or ASan's interceptor chain when libasan comes
  * first in LD_PRELOAD), and appends one line per call to the file named by
@@ -18,8 +19,9 @@
  * descriptor (of the source file for rename/unlink), read before a close,
  * rename or unlink and after an open; path is where the descriptor points
  * (/proc/self/fd/N), or a name made absolute against its directory
- * descriptor; path2 is a rename's or a link's target. off is -1 where the call has no
- * offset; len is the byte count asked for. Spaces, '%' and control bytes in
+ * descriptor; path2 is a rename's or a link's target. off is the call's
+ * offset (for write and writev, the file position of a regular file not
+ * opened O_APPEND), or -1; len is the byte count asked for. Spaces, '%' and control bytes in
  * paths are written as %XX.
  *
  * Each line goes out in one write(2) to the log opened with O_APPEND (opened
@@ -532,12 +534,27 @@ close(int fd)
 		return ret; \
 	} while (0)
 
+/* where a write without an offset goes: the file position of a regular
+ * file not opened O_APPEND, else -1 (errno kept) */
+static long long
+file_pos(int fd)
+{
+	int saved = errno, fl = fcntl(fd, F_GETFL);
+	struct stat sb;
+	off_t pos = -1;
+
+	if (fl >= 0 && !(fl & O_APPEND) && fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode))
+		pos = lseek(fd, 0, SEEK_CUR);
+	errno = saved;
+	return (long long)pos;
+}
+
 ssize_t
 write(int fd, const void *buf, size_t n)
 {
 	REAL(write);
 
-	FD_CALL("write", fd, -1, (long long)n, real_write(fd, buf, n));
+	FD_CALL("write", fd, file_pos(fd), (long long)n, real_write(fd, buf, n));
 }
 
 ssize_t
@@ -561,7 +578,7 @@ writev(int fd, const struct iovec *iov, int cnt)
 {
 	REAL(writev);
 
-	FD_CALL("writev", fd, -1, iov_len(iov, cnt), real_writev(fd, iov, cnt));
+	FD_CALL("writev", fd, file_pos(fd), iov_len(iov, cnt), real_writev(fd, iov, cnt));
 }
 
 ssize_t
@@ -606,6 +623,21 @@ fdatasync(int fd)
 	REAL(fdatasync);
 
 	FD_CALL("fdatasync", fd, -1, -1, real_fdatasync(fd));
+}
+
+/* recorded as sync_file_range when it writes and waits (WAIT_BEFORE,
+ * WRITE and WAIT_AFTER), else as sync_file_range_partial; off and len
+ * are its offset and byte count (0: to the end of the file) */
+int
+sync_file_range(int fd, off_t off, off_t n, unsigned int flags)
+{
+	const unsigned int all = SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+				 SYNC_FILE_RANGE_WAIT_AFTER;
+
+	REAL(sync_file_range);
+
+	FD_CALL((flags & all) == all ? "sync_file_range" : "sync_file_range_partial", fd,
+		(long long)off, (long long)n, real_sync_file_range(fd, off, n, flags));
 }
 
 /* ---- names: rename, unlink ---- */

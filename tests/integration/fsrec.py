@@ -14,6 +14,7 @@ import subprocess
 
 WRITE_CALLS = {"write", "pwrite", "pwrite64", "writev", "pwritev", "pwritev64", "pwritev2"}
 SYNC_CALLS = {"fsync", "fdatasync"}
+RANGE_SYNC = "sync_file_range"  # recorded so only with WAIT_BEFORE, WRITE and WAIT_AFTER
 RENAME_CALLS = {"rename", "renameat", "renameat2"}
 LINK_CALLS = {"link", "linkat"}
 OPEN_CALLS = {"open", "open64", "openat", "openat64"}
@@ -96,8 +97,16 @@ def durability_problems(records, spool, acks):
         returned, and returned before the 250 arrived (the name is durable);
       - data writes to the inode after its previous link into incoming/ (or its making) and
         before this link, at least as many bytes as the content sent;
-      - an fsync or fdatasync of the inode that succeeded, started after the last of those
-        writes had returned, and returned before the 250.
+      - and either an fsync or fdatasync of the inode that succeeded, started after the last
+        of those writes had returned, and returned before the 250;
+      - or, for an overwrite in place: every one of those writes within the length that an
+        earlier fsync or fdatasync of the inode made durable (the end of the writes that
+        returned before it started; that sync returned before the first of them), a
+        sync_file_range of the inode (WAIT_BEFORE, WRITE and WAIT_AFTER) from offset 0
+        over all of them, started after the last one had returned, that succeeded, and an
+        fsync or fdatasync of the spool's flush file that succeeded, started after that
+        sync_file_range had returned, and returned before the 250 (the device's cache
+        flush).
     A new file, renamed from tmp/ID (how whole files are committed):
       - the file's making (an open with O_CREAT returning that inode) and its data writes,
         from then to the rename, at least as many bytes as the content sent;
@@ -111,6 +120,7 @@ def durability_problems(records, spool, acks):
     inc_dir = os.path.join(spool, "incoming")
     hold_dir = os.path.join(spool, "hold")
     slots_dir = os.path.join(spool, "slots")
+    flush_file = os.path.join(spool, "flush")
     queue_dirs = (inc_dir, hold_dir)
     by_ino, entries, dir_syncs = {}, {}, {inc_dir: [], hold_dir: [], slots_dir: []}
     for r in records:
@@ -121,6 +131,7 @@ def durability_problems(records, spool, acks):
             entries.setdefault(os.path.basename(r.path2), []).append(r)
         if r.call in SYNC_CALLS and r.ret == 0 and r.path in dir_syncs:
             dir_syncs[r.path].append(r)
+    flushes = [r for r in records if r.call in SYNC_CALLS and r.ret == 0 and r.path == flush_file]
     problems = []
     for qid, (t250, size) in sorted(acks.items()):
         ent = [r for r in entries.get(qid, []) if r.t1 <= t250]
@@ -167,7 +178,16 @@ def durability_problems(records, spool, acks):
         last = max(r.t1 for r in writes)
         syncs = [r for r in calls if r.call in SYNC_CALLS and r.ret == 0 and r.t0 >= last
                  and r.t1 <= t250]
-        if not syncs:
+        if not syncs and slot:
+            why = _overwrite_unproven(calls, writes, last, t250, flushes)
+            if why:
+                problems.append("%s: no fsync/fdatasync of inode %s started after its last "
+                                "write (%d) and returned before the 250 (%d), and not an "
+                                "overwrite synced in place: %s; its syncs: %s"
+                                % (qid, ent.ino, last, t250, why,
+                                   [r for r in calls if r.call in SYNC_CALLS
+                                    or r.call == RANGE_SYNC]))
+        elif not syncs:
             problems.append("%s: no fsync/fdatasync of inode %s started after its last write "
                             "(%d) and returned before the 250 (%d); its syncs: %s"
                             % (qid, ent.ino, last, t250,
@@ -185,6 +205,48 @@ def durability_problems(records, spool, acks):
                                                          "link" if slot else "rename",
                                                          ent.t1, t250))
     return problems
+
+
+def _overwrite_unproven(calls, writes, last, t250, flushes):
+    """Why the writes (calls: every recorded call on their inode) are not proven durable as an
+    overwrite in place before t250, or None when they are."""
+    first = min(w.t0 for w in writes)
+    if any(w.off < 0 for w in writes):
+        return "a write without an offset"
+    end = max(w.off + w.ret for w in writes)
+    durable = 0
+    for s in calls:
+        if s.call in SYNC_CALLS and s.ret == 0 and s.t1 <= first:
+            durable = max([durable] + [w.off + w.ret for w in calls if w.call in WRITE_CALLS
+                                       and w.ret > 0 and w.off >= 0 and w.t1 <= s.t0])
+    if end > durable:
+        return "written up to %d, beyond the %d an earlier sync made durable" % (end, durable)
+    ranges = [r for r in calls if r.call == RANGE_SYNC and r.ret == 0 and r.off == 0
+              and (r.len == 0 or r.len >= end) and r.t0 >= last and r.t1 <= t250]
+    if not ranges:
+        return "no sync_file_range over 0..%d started after it and returned before the 250" % end
+    if not any(f.t0 >= r.t1 and f.t1 <= t250 for r in ranges for f in flushes):
+        return "no fsync/fdatasync of the flush file after its sync_file_range, before the 250"
+    return None
+
+
+def in_place(records, spool, acks):
+    """The acknowledged queue ids whose slot was synced in place (a sync_file_range of it
+    after its last write and before its link into incoming/ or hold/), not fdatasync'd."""
+    spool = os.path.realpath(spool)
+    queue_dirs = (os.path.join(spool, "incoming"), os.path.join(spool, "hold"))
+    by_ino = {}
+    for c in records:
+        if c.call in SYNC_CALLS or c.call == RANGE_SYNC or c.call in WRITE_CALLS:
+            by_ino.setdefault(c.ino, []).append(c)
+    out = set()
+    for r in records:
+        if (r.call in LINK_CALLS and r.ret == 0 and os.path.dirname(r.path2) in queue_dirs
+                and os.path.basename(r.path2) in acks):
+            before = [c for c in by_ino.get(r.ino, []) if c.t1 <= r.t0]
+            if before and max(before, key=lambda c: c.t0).call == RANGE_SYNC:
+                out.add(os.path.basename(r.path2))
+    return out
 
 
 def written_over_slots(records, spool, acks):

@@ -210,9 +210,10 @@ class FsyncOrderTest(SorterTestCase):
                                 fsrec.durability_problems(without_file_sync, d.spool, acks)),
                             qid)
 
-    def test_fsync_before_250_recycled_files(self):
-        """The same proof for messages written over slots that held delivered messages:
-        the first ones are delivered, and the next ones are written over their slots."""
+    def recycled(self):
+        """Messages written over slots that held delivered messages: the first ones are
+        delivered, and the next ones are written over their slots. Returns (daemon, records,
+        acks of the next ones, the ids among them written over a first one's slot)."""
         sink = SmtpSink(os.path.join(self.tmp, "sink"), "127.0.0.1", free_port_on("127.0.0.1"),
                         extra_args=["-L"])
         sink.start()
@@ -242,9 +243,53 @@ class FsyncOrderTest(SorterTestCase):
                  and r.ino in first_inos and os.path.basename(r.path2) in acks}
         self.assertGreaterEqual(len(again), 20, "written over the first messages' slots: %s"
                                 % again)
+        return d, records, acks, again
+
+    def test_fsync_before_250_recycled_files(self):
+        """The same proof for messages written over slots that held delivered messages."""
+        d, records, acks, _ = self.recycled()
         problems = fsrec.durability_problems(records, d.spool, acks)
         self.assertFalse(problems, "%d problems with %d acknowledged messages:\n%s"
                          % (len(problems), len(acks), "\n".join(problems[:20])))
+
+    def test_overwrite_in_place(self):
+        """A slot this worker fdatasync'd before, written over within that length, is synced
+        in place: sync_file_range of the slot, then an fdatasync of the spool's flush file
+        (the device's cache flush). The proof holds, and fails without either call, without
+        the earlier fdatasync that made the slot's length durable, or with the 250 read
+        before the flush returned. (The spool must be on ext4, as the suite's temp dirs are:
+        elsewhere every slot is fdatasync'd.)"""
+        d, records, acks, again = self.recycled()
+        spool = os.path.realpath(d.spool)
+        fs = subprocess.run(["stat", "-f", "-c", "%T", spool], capture_output=True,
+                            text=True).stdout.strip()
+        self.assertEqual(fs, "ext2/ext3", "the spool is on %s, not ext4" % fs)
+        self.assertEqual(fsrec.durability_problems(records, d.spool, acks), [])
+        placed = fsrec.in_place(records, d.spool, acks)
+        # the 150 KB ones outgrow their 16 KiB slots: fdatasync'd
+        small = {q for q in again if acks[q][1] < 16000}
+        self.assertGreaterEqual(len(small), 10, again)
+        self.assertEqual(placed & small, small)
+        self.assertFalse(placed - again, "synced in place in a slot never fdatasync'd before")
+        flush = os.path.join(spool, "flush")
+
+        def failing(recs, late=None):
+            return {q for q in placed if any(q in p for p in fsrec.durability_problems(
+                recs, d.spool, late or acks))}
+
+        self.assertEqual(failing([r for r in records if not (
+            r.call in fsrec.SYNC_CALLS and r.path == flush)]), placed)
+        self.assertEqual(failing([r for r in records if r.call != fsrec.RANGE_SYNC]), placed)
+        inos = {os.path.basename(r.path2): r.ino for r in records
+                if r.call in fsrec.LINK_CALLS and os.path.basename(r.path2) in placed}
+        self.assertEqual(failing([r for r in records if not (
+            r.call in fsrec.SYNC_CALLS and r.ino in inos.values())]), placed)
+        flushes = sorted(r.t1 for r in records if r.call in fsrec.SYNC_CALLS and r.path == flush)
+        late = dict(acks)
+        for q in placed:
+            t250, size = acks[q]
+            late[q] = (max(t for t in flushes if t <= t250) - 1, size)
+        self.assertEqual(failing(records, late), placed)
 
     def test_recorder_sees_a_missing_fsync(self):
         """The proof itself, for messages written over slots of the start-up fill: the same
