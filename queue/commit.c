@@ -15,15 +15,16 @@
  * one being written), so a message's size never decides the memory it
  * takes. At the end the content record's length is written in place, then
  * the check and end records; the message's id and check records (queue.h)
- * make it a committed message where it stands once its data is
- * fdatasync'd. The hard link into incoming/ follows, not waited for
+ * make it a committed message where it stands once its data is durable
+ * (slot_sync: an fdatasync, or for an overwrite on ext4 a sync_file_range
+ * and a cache flush). The hard link into incoming/ follows, not waited for
  * (recycle.c says how a crash is recovered from).
  *
  * Milters read a stream's content back before its commit (flush, then
  * reads on a thread), and what they edit is committed in the stream's
  * place: a second slot gets the new envelope, the new header section and
  * the body (new, or copied from the stream's slot), and is committed as a
- * stream's message is (fdatasync, link into incoming/, or hold/ for a
+ * stream's message is (slot_sync, link into incoming/, or hold/ for a
  * quarantine: recycle.c brings a lost link back there). The stream's
  * slot, never committed, is free again.
  *
@@ -368,7 +369,7 @@ stream_write_whole(struct spool_stream *st, const unsigned char len[4], unsigned
 }
 
 /* on a thread: the rest, the content length, the check and the end;
- * fdatasync, and the link into incoming/; or, for an abort, the slot given
+ * slot_sync, and the link into incoming/; or, for an abort, the slot given
  * back */
 static void
 stream_final_work(void *arg)
@@ -647,7 +648,7 @@ spool_edit_free(struct spool_edit *e)
 
 /* on a thread: the edited message into a slot of its own (the stream's
  * slot holds the original, which it reads from), committed the way a
- * stream's message is: fdatasync, then the link (not waited for) into
+ * stream's message is: slot_sync, then the link (not waited for) into
  * incoming/, or hold/ for a quarantine (its envelope says so, and a
  * start-up that finds the link lost puts it back there). The stream's
  * slot, never committed, is free again. */

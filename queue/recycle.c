@@ -3,8 +3,18 @@
  *
  * A stream (commit.c) writes a new message into a slot: a file of slots/
  * that keeps its name there for good. The message is committed where it is
- * written: its data, fdatasync'd, is all its 250 waits for, since the
- * slot's name in slots/ was durable before its first message. A hard link
+ * written: its data made durable (slot_sync) is all its 250 waits for,
+ * since the slot's name in slots/ was durable before its first message.
+ * The first message a pool writes into a slot, and one that makes it
+ * longer, is fdatasync'd; after that, on ext4 without data journaling, a
+ * message that fits in the slot's length is an overwrite of blocks the
+ * file has on disk, made durable without its inode (whose new times an
+ * fdatasync would write there, one more device write per message):
+ * sync_file_range() writes the slot's data and waits for it, and an
+ * fdatasync of SPOOL/flush, a file never written, then only flushes the
+ * device's write cache, which makes every write completed before it
+ * durable. Slots are written from their start, never past their end and
+ * never cut short, so no slot has a hole under its length. A hard link
  * under the message's id in incoming/ then hands it to the queue manager;
  * that link is not waited for. When the message is finished, whoever
  * removes its queue name (the queue manager, `sorterctl delete`, an
