@@ -591,6 +591,11 @@ lmap_open(const char *arg, struct map_stamp *st, char *err, size_t errlen)
 	pthread_cond_init(&m->done, &ca);
 	pthread_condattr_destroy(&ca);
 	m->refs = 1;
+	/* libldap sets itself up on first use, SASL's plugins included (their
+	 * lookups leave an error buffer in the calling thread): done here,
+	 * in the opening thread, not in a detached lookup thread that may
+	 * still be on its way out when the process ends */
+	(void)ldap_get_option(NULL, LDAP_OPT_PROTOCOL_VERSION, &i);
 	pthread_attr_init(&ta);
 	pthread_attr_setdetachstate(&ta, PTHREAD_CREATE_DETACHED);
 	for (i = 0; i < m->cf.lookup_threads; i++) {
