@@ -479,13 +479,16 @@ slot_sync(struct slots *s, struct slot_ref *ref)
 		/* an overwrite: the data written in place and waited for, then
 		 * the device's cache flushed */
 		if (sync_file_range(ref->fd, 0, sb.st_size, SYNC_FILE_RANGE_WAIT_BEFORE |
-				    SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER) < 0 ||
-		    fdatasync(s->flush_fd) < 0)
-			return -1;
-		return 0;
-	}
-	if (fdatasync(ref->fd) < 0)
+				    SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER) == 0 &&
+		    fdatasync(s->flush_fd) == 0)
+			return 0;
+		ref->durable = 0;       /* after an error, the next message is fdatasync'd */
 		return -1;
+	}
+	if (fdatasync(ref->fd) < 0) {
+		ref->durable = 0;
+		return -1;
+	}
 	/* from now on, up to st_size, the slot is written over in place:
 	 * unless its data lives in its inode or goes through the journal */
 	if (s->flush_fd >= 0 && ioctl(ref->fd, FS_IOC_GETFLAGS, &flags) == 0 &&
