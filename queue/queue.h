@@ -363,10 +363,11 @@ int slot_take(struct slots *s, const char *new_name, struct slot_ref *out);
  * made durable is written over in place: sync_file_range() writes its
  * data and waits for it, then an fdatasync of spool_dir/flush flushes the
  * device's write cache (only on a file system that overwrites in place:
- * ext4 without data journaling). Any other slot is fdatasync'd, and its
- * length recorded as durable. */
+ * ext4 without data journaling). Any other slot is fdatasync'd, and on
+ * such a file system its length recorded as durable; after an error, the
+ * slot's next message is fdatasync'd. */
 int slot_sync(struct slots *s, struct slot_ref *ref);
-/* After the commit's fdatasync: the slot is linked into dir_fd's folder
+/* After the commit's slot_sync: the slot is linked into dir_fd's folder
  * as id (not made durable: slots_recover finds it). 0, or -1 with errno
  * (the slot is free again). Either way ref is given back. */
 int slot_link(struct slots *s, struct slot_ref *ref, int dir_fd, const char *id);

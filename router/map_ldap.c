@@ -562,7 +562,7 @@ lmap_open(const char *arg, struct map_stamp *st, char *err, size_t errlen)
 	pthread_condattr_t ca;
 	pthread_attr_t ta;
 	pthread_t t;
-	int i, started = 0;
+	int i, started = 0, version;
 
 	if (read_file(arg, &text, err, errlen) < 0)
 		return NULL;
@@ -595,7 +595,7 @@ lmap_open(const char *arg, struct map_stamp *st, char *err, size_t errlen)
 	 * lookups leave an error buffer in the calling thread): done here,
 	 * in the opening thread, not in a detached lookup thread that may
 	 * still be on its way out when the process ends */
-	(void)ldap_get_option(NULL, LDAP_OPT_PROTOCOL_VERSION, &i);
+	(void)ldap_get_option(NULL, LDAP_OPT_PROTOCOL_VERSION, &version);
 	pthread_attr_init(&ta);
 	pthread_attr_setdetachstate(&ta, PTHREAD_CREATE_DETACHED);
 	for (i = 0; i < m->cf.lookup_threads; i++) {
