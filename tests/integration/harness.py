@@ -21,6 +21,8 @@ import threading
 import time
 import unittest
 
+from smtpsink import free_port_on
+
 HOSTNAME = "mx.sorter.test"
 LOCAL_DOMAIN = "example.test"
 QID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{12}$")
@@ -39,10 +41,9 @@ def build_dir():
 
 
 def free_port():
-    """A loopback port nobody listens on right now (bind port 0, read it, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nobody listens on right now (bind port 0, read it, close), and none
+    this process was given before (smtpsink.free_port_on)."""
+    return free_port_on("127.0.0.1")
 
 
 def listening(port):

@@ -57,11 +57,20 @@ def smtp_sink_missing():
     return "smtp-sink is not installed (contrib/setup.sh installs postfix)"
 
 
+_HANDED_OUT = set()     # ports this process was given: never twice
+
+
 def free_port_on(host):
-    """A TCP port nobody listens on at host (e.g. 127.0.0.2) right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A TCP port nobody listens on at host (e.g. 127.0.0.2) right now, and none this process
+    was given before: the kernel may pick the same free port twice in a row, and a test that
+    asks for two ports (two listeners of one sorterd) must get two."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def tcp_listening(host, port):
