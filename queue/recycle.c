@@ -255,6 +255,18 @@ slot_unwanted(struct slots *s, const struct stat *sb)
 	return (uint64_t)sb->st_size > RECYCLE_FILE_MAX || !pool_room(s);
 }
 
+/* Under the lock, with room: the slot name (fd, locked) joins the pool;
+ * nothing of it is known durable to this pool yet (slot_sync). */
+static void
+keep(struct slots *s, const char *name, int fd, enum slot_state state)
+{
+	memcpy(s->v[s->n].name, name, QID_LEN + 1);
+	s->v[s->n].fd = fd;
+	s->v[s->n].state = state;
+	s->v[s->n].durable = 0;
+	s->n++;
+}
+
 static void
 forget(struct slots *s, size_t i, bool unlink_it)
 {
@@ -314,11 +326,7 @@ scan(struct slots *s)
 			close(fd);
 			continue;
 		}
-		memcpy(s->v[s->n].name, de->d_name, QID_LEN + 1);
-		s->v[s->n].fd = fd;
-		s->v[s->n].state = SLOT_FREE;
-		s->v[s->n].durable = 0;  /* whatever its last writer synced */
-		s->n++;
+		keep(s, de->d_name, fd, SLOT_FREE);
 		got++;
 	}
 	closedir(d);
@@ -444,11 +452,7 @@ slot_take(struct slots *s, const char *new_name, struct slot_ref *out)
 	out->owned = false;
 	pthread_mutex_lock(&s->lock);
 	if (s->n < SLOTS_OWN) {
-		memcpy(s->v[s->n].name, new_name, QID_LEN + 1);
-		s->v[s->n].fd = fd;
-		s->v[s->n].state = SLOT_BUSY;
-		s->v[s->n].durable = 0;
-		s->n++;
+		keep(s, new_name, fd, SLOT_BUSY);
 		out->owned = true;
 	}
 	pthread_mutex_unlock(&s->lock);
