@@ -36,10 +36,15 @@
  * delivered again, never lost.
  *
  * Who may write a slot: the process that holds an flock(2) on it. A
- * writer's pool (struct slots, one per process) keeps up to SLOTS_OWN
- * slots locked and open: free ones, one per stream being written, and
- * queued ones (two links), polled until the queue manager's removal
- * brings them back to one. When it has none free it adopts unlocked free
+ * writer's pool (struct slots, one per process) knows up to RECYCLE_KNOWN
+ * slots: free ones and one per stream being written, open and locked, and
+ * the ones it queued (two links), by name alone (no descriptor: a deep
+ * queue costs no open files), polled until the queue manager's removal
+ * brings them back to one link; such a slot is then opened and locked
+ * again (adopt), unless another pool was quicker. A pool that knows
+ * RECYCLE_KNOWN slots forgets the queued ones its poll finds still queued
+ * (a deferred message's, or a queue deeper than that): freed, they are
+ * for any pool's scan. When it has none free it adopts unlocked free
  * slots from slots/ (a scan, at most every SLOTS_SCAN_USEC after one that
  * found none), and failing that makes a new one (O_EXCL, then a shared
  * fsync of slots/ before its first message is acknowledged). A process
@@ -81,7 +86,6 @@
 #include "lib/lib.h"
 #include "queue/queue.h"
 
-#define SLOTS_OWN 256                   /* slots a process keeps locked */
 #define SLOTS_POLL 64                   /* queued slots looked at per take */
 #define SLOTS_ADOPT 32                  /* slots adopted per scan */
 #define SLOTS_SCAN_USEC 1000000         /* after a scan that found none, the next */
@@ -92,7 +96,7 @@ enum slot_state { SLOT_FREE, SLOT_BUSY, SLOT_QUEUED };
 
 struct slot {
 	char name[QID_LEN + 1];
-	int fd;                 /* O_RDWR, flock'd */
+	int fd;                 /* O_RDWR, flock'd; -1 while queued */
 	enum slot_state state;
 	uint64_t durable;       /* slot_sync: the length an fdatasync of ours made durable */
 };
@@ -102,7 +106,7 @@ struct slots {
 	struct dirsync *ds;             /* its shared fsync, for new slots */
 	uint64_t minfree;
 	pthread_mutex_t lock;
-	struct slot v[SLOTS_OWN];
+	struct slot v[RECYCLE_KNOWN];
 	size_t n;
 	size_t cursor;                  /* where the next poll of queued slots starts */
 	uint64_t scan_after_usec;
@@ -202,7 +206,8 @@ slots_close(struct slots *s)
 	if (s == NULL)
 		return;
 	for (i = 0; i < s->n; i++)
-		close(s->v[i].fd);      /* the locks go with them */
+		if (s->v[i].fd >= 0)
+			close(s->v[i].fd);      /* the locks go with them */
 	dirsync_close(s->ds);
 	close(s->dir_fd);
 	if (s->flush_fd >= 0)
@@ -272,7 +277,8 @@ forget(struct slots *s, size_t i, bool unlink_it)
 {
 	if (unlink_it)
 		unlinkat(s->dir_fd, s->v[i].name, 0);
-	close(s->v[i].fd);
+	if (s->v[i].fd >= 0)
+		close(s->v[i].fd);
 	s->v[i] = s->v[--s->n];
 	if (s->cursor >= s->n)
 		s->cursor = 0;
@@ -317,7 +323,7 @@ scan(struct slots *s)
 
 	if ((d = dir_read(s->dir_fd)) == NULL)
 		return;
-	while (got < SLOTS_ADOPT && s->n < SLOTS_OWN && (de = readdir(d)) != NULL) {
+	while (got < SLOTS_ADOPT && s->n < RECYCLE_KNOWN && (de = readdir(d)) != NULL) {
 		if (!listed_free(s->dir_fd, de->d_name, &sb) ||
 		    (fd = adopt(s->dir_fd, de->d_name, &sb)) < 0)
 			continue;
@@ -348,6 +354,29 @@ give(struct slots *s, size_t i, const struct stat *sb, struct slot_ref *out)
 	out->owned = true;
 }
 
+/* Under the lock: whether our queued slot i is free again, opened and
+ * locked anew if so (its stat into sb). One still queued is forgotten
+ * while the pool is full; one gone, or taken by another pool, is
+ * forgotten (i then names another slot, or none). */
+static bool
+released(struct slots *s, size_t i, struct stat *sb)
+{
+	int fd;
+
+	if (fstatat(s->dir_fd, s->v[i].name, sb, AT_SYMLINK_NOFOLLOW) == 0 &&
+	    sb->st_nlink > 1) {
+		if (s->n >= RECYCLE_KNOWN)
+			forget(s, i, false);
+		return false;
+	}
+	if ((fd = adopt(s->dir_fd, s->v[i].name, sb)) < 0) {
+		forget(s, i, false);
+		return false;
+	}
+	s->v[i].fd = fd;
+	return true;
+}
+
 /* Under the lock: a free slot of ours, one of our queued slots the queue
  * manager let go of, or an adopted one; false when there is none. */
 static bool
@@ -364,9 +393,7 @@ take_known(struct slots *s, struct slot_ref *out)
 		}
 	for (tries = 0; tries < SLOTS_POLL && s->n > 0; tries++) {
 		k = s->cursor++ % s->n;
-		if (s->v[k].state != SLOT_QUEUED)
-			continue;
-		if (fstat(s->v[k].fd, &sb) < 0 || sb.st_nlink > 1)
+		if (s->v[k].state != SLOT_QUEUED || !released(s, k, &sb))
 			continue;
 		if (slot_unwanted(s, &sb)) {
 			forget(s, k, true);
@@ -376,7 +403,7 @@ take_known(struct slots *s, struct slot_ref *out)
 		return true;
 	}
 	now = now_usec();
-	if (s->n < SLOTS_OWN && now >= s->scan_after_usec) {
+	if (s->n < RECYCLE_KNOWN && now >= s->scan_after_usec) {
 		size_t before = s->n;
 
 		scan(s);
@@ -451,7 +478,7 @@ slot_take(struct slots *s, const char *new_name, struct slot_ref *out)
 	out->durable = 0;
 	out->owned = false;
 	pthread_mutex_lock(&s->lock);
-	if (s->n < SLOTS_OWN) {
+	if (s->n < RECYCLE_KNOWN) {
 		keep(s, new_name, fd, SLOT_BUSY);
 		out->owned = true;
 	}
@@ -517,8 +544,13 @@ slot_link(struct slots *s, struct slot_ref *ref, int dir_fd, const char *id)
 		s->v[i].state = rc == 0 ? SLOT_QUEUED : SLOT_FREE;
 		s->v[i].durable = ref->durable;
 	}
-	else
+	if (i < 0 || rc == 0) {
+		/* a queued slot is known by name: the queue's link keeps it
+		 * from every scan, and the poll opens it again once free */
 		close(ref->fd);
+		if (i >= 0)
+			s->v[i].fd = -1;
+	}
 	pthread_mutex_unlock(&s->lock);
 	ref->fd = -1;
 	errno = saved;

@@ -28,6 +28,7 @@ from smtpsink import SmtpSink, free_port_on, smtp_sink_missing
 
 RCPT = "user@" + LOCAL_DOMAIN
 SENDER = "sender@remote.test"
+RECYCLE_PREFILL = 1024  # queue.h: the free slots the queue manager makes at start
 BODY_LINES = 40     # KillLoopTest: each message's body is its marker on this many lines
 
 
@@ -222,7 +223,8 @@ class FsyncOrderTest(SorterTestCase):
         # the start-up fill done first: a worker then takes its first slots from it, and,
         # those used, the ones the first messages free
         slots = os.path.join(d.spool, "slots")
-        self.assertTrue(wait_until(lambda: len(os.listdir(slots)) >= 256, 30), d.log_tail())
+        self.assertTrue(wait_until(lambda: len(os.listdir(slots)) >= RECYCLE_PREFILL, 30),
+                        d.log_tail())
         c = self.connect(d)
         self.assertEqual(c.ehlo().code, 250)
         first = set()
@@ -313,7 +315,8 @@ class FsyncOrderTest(SorterTestCase):
     def check_proof(self, new):
         d, log = self.recorded_sorterd()
         slots = os.path.join(d.spool, "slots")
-        self.assertTrue(wait_until(lambda: len(os.listdir(slots)) >= 256, 30), d.log_tail())
+        self.assertTrue(wait_until(lambda: len(os.listdir(slots)) >= RECYCLE_PREFILL, 30),
+                        d.log_tail())
         if new:
             for name in os.listdir(slots):
                 os.unlink(os.path.join(slots, name))

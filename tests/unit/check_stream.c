@@ -713,6 +713,84 @@ START_TEST(test_slots_prune)
 }
 END_TEST
 
+/* Descriptors this process has open. */
+static size_t
+count_fds(void)
+{
+	struct dirent *e;
+	size_t n = 0;
+	DIR *d;
+
+	ck_assert_ptr_nonnull(d = opendir("/proc/self/fd"));
+	while ((e = readdir(d)) != NULL)
+		if (e->d_name[0] != '.')
+			n++;
+	closedir(d);
+	return n;
+}
+
+/* Takes a slot from pool s (new_name if one is made), writes 100 bytes
+ * and links it into incoming/ (ifd) under a new id, into id. The slot's
+ * name into name. */
+static void
+queue_one(struct slots *s, int ifd, char id[QID_LEN + 1], char name[QID_LEN + 1])
+{
+	static const char x[100] = { 'x' };
+	struct slot_ref r;
+	char new_name[QID_LEN + 1];
+
+	qid_next(new_name);
+	ck_assert_int_eq(slot_take(s, new_name, &r), 0);
+	ck_assert_int_eq(pwrite(r.fd, x, sizeof(x), 0), (ssize_t)sizeof(x));
+	memcpy(name, r.name, QID_LEN + 1);
+	qid_next(id);
+	ck_assert_int_eq(slot_link(s, &r, ifd, id), 0);
+}
+
+/* A pool knows the slots it queued by name, with no descriptor open: a
+ * queue deeper than a process could keep files open for is written over
+ * again once the queue manager lets go of its slots, and no new file is
+ * made for it. A pool that knows RECYCLE_KNOWN slots forgets the ones
+ * still queued and adopts a free slot of slots/ rather than make one. */
+START_TEST(test_slots_deep_queue)
+{
+	enum { N = 300 };
+	static char ids[RECYCLE_KNOWN + 1][QID_LEN + 1];
+	struct slots *a = slots_open(spool, 0), *b;
+	char path[256], name[QID_LEN + 1], free_one[QID_LEN + 1];
+	size_t fds, i;
+	int ifd;
+
+	snprintf(path, sizeof(path), "%s/incoming", spool);
+	ck_assert_int_ge(ifd = open(path, O_RDONLY | O_DIRECTORY), 0);
+	fds = count_fds();
+	for (i = 0; i < N; i++)
+		queue_one(a, ifd, ids[i], name);
+	ck_assert_uint_eq(count("slots"), N);
+	ck_assert_uint_eq(count_fds(), fds);            /* none for a queued slot */
+	for (i = 0; i < N; i++)                         /* delivered */
+		ck_assert_int_eq(unlinkat(ifd, ids[i], 0), 0);
+	for (i = 0; i < N; i++)
+		queue_one(a, ifd, ids[i], name);
+	ck_assert_uint_eq(count("slots"), N);           /* every one written over */
+	ck_assert_uint_eq(count("incoming"), N);
+	slots_close(a);
+
+	/* b knows RECYCLE_KNOWN queued slots, and one more it made is queued */
+	b = slots_open(spool, 0);
+	for (i = 0; i < RECYCLE_KNOWN + 1; i++)
+		queue_one(b, ifd, ids[i], name);
+	qid_next(free_one);
+	make_slot(free_one, 100);
+	usleep(1100000);        /* b's scan that found none waits a second to look again */
+	queue_one(b, ifd, ids[0], name);
+	ck_assert_str_eq(name, free_one);               /* adopted, not made */
+	ck_assert_uint_eq(count("slots"), N + RECYCLE_KNOWN + 2);
+	slots_close(b);
+	close(ifd);
+}
+END_TEST
+
 /* A queue name left on a slot already marked freed (the queue manager
  * stopped between the mark and the unlink): the daemon's reader removes
  * it, never quarantines it as corrupt. */
@@ -785,6 +863,7 @@ stream_suite(void)
 	tcase_add_test(tc, test_slots_two_pools);
 	tcase_add_test(tc, test_freed_left_in_queue);
 	tcase_add_test(tc, test_slots_prune);
+	tcase_add_test(tc, test_slots_deep_queue);
 	tcase_add_test(tc, test_edit);
 	suite_add_tcase(s, tc);
 	return s;
