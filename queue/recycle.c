@@ -38,10 +38,12 @@
  * Who may write a slot: the process that holds an flock(2) on it. A
  * writer's pool (struct slots, one per process) knows up to RECYCLE_KNOWN
  * slots: free ones and one per stream being written, open and locked, and
- * the ones it queued (two links), by name alone (no descriptor: a deep
- * queue costs no open files), polled until the queue manager's removal
- * brings them back to one link; such a slot is then opened and locked
- * again (adopt), unless another pool was quicker. A pool that knows
+ * the ones it queued (two links), polled until the queue manager's
+ * removal brings them back to one link. A queued slot stays open and
+ * locked while the pool holds no more than RECYCLE_OPEN descriptors; past
+ * that it is known by name alone (a deep queue costs no more open files),
+ * and once free it is opened and locked again (adopt), unless another
+ * pool was quicker. A pool that knows
  * RECYCLE_KNOWN slots forgets the queued ones its poll finds still queued
  * (a deferred message's, or a queue deeper than that): freed, they are
  * for any pool's scan. When it has none free it adopts unlocked free
@@ -96,7 +98,7 @@ enum slot_state { SLOT_FREE, SLOT_BUSY, SLOT_QUEUED };
 
 struct slot {
 	char name[QID_LEN + 1];
-	int fd;                 /* O_RDWR, flock'd; -1 while queued */
+	int fd;                 /* O_RDWR, flock'd; -1 for a queued one known by name */
 	enum slot_state state;
 	uint64_t durable;       /* slot_sync: the length an fdatasync of ours made durable */
 };
@@ -108,6 +110,7 @@ struct slots {
 	pthread_mutex_t lock;
 	struct slot v[RECYCLE_KNOWN];
 	size_t n;
+	size_t nopen;                   /* of them, with a descriptor */
 	size_t cursor;                  /* where the next poll of queued slots starts */
 	uint64_t scan_after_usec;
 	uint64_t prune_after_usec;
@@ -270,6 +273,7 @@ keep(struct slots *s, const char *name, int fd, enum slot_state state)
 	s->v[s->n].state = state;
 	s->v[s->n].durable = 0;
 	s->n++;
+	s->nopen++;
 }
 
 static void
@@ -277,8 +281,10 @@ forget(struct slots *s, size_t i, bool unlink_it)
 {
 	if (unlink_it)
 		unlinkat(s->dir_fd, s->v[i].name, 0);
-	if (s->v[i].fd >= 0)
+	if (s->v[i].fd >= 0) {
 		close(s->v[i].fd);
+		s->nopen--;
+	}
 	s->v[i] = s->v[--s->n];
 	if (s->cursor >= s->n)
 		s->cursor = 0;
@@ -354,26 +360,30 @@ give(struct slots *s, size_t i, const struct stat *sb, struct slot_ref *out)
 	out->owned = true;
 }
 
-/* Under the lock: whether our queued slot i is free again, opened and
- * locked anew if so (its stat into sb). One still queued is forgotten
- * while the pool is full; one gone, or taken by another pool, is
- * forgotten (i then names another slot, or none). */
+/* Under the lock: whether our queued slot i is free again, open and
+ * locked (one known by name opened and locked anew), its stat into sb.
+ * One still queued is forgotten while the pool is full; one known by name
+ * that is gone, or taken by another pool, is forgotten (i then names
+ * another slot, or none). */
 static bool
 released(struct slots *s, size_t i, struct stat *sb)
 {
-	int fd;
+	int fd = s->v[i].fd;
 
-	if (fstatat(s->dir_fd, s->v[i].name, sb, AT_SYMLINK_NOFOLLOW) == 0 &&
-	    sb->st_nlink > 1) {
+	if (fd >= 0 ? fstat(fd, sb) < 0 || sb->st_nlink > 1 :
+	    fstatat(s->dir_fd, s->v[i].name, sb, AT_SYMLINK_NOFOLLOW) == 0 && sb->st_nlink > 1) {
 		if (s->n >= RECYCLE_KNOWN)
 			forget(s, i, false);
 		return false;
 	}
+	if (fd >= 0)
+		return true;
 	if ((fd = adopt(s->dir_fd, s->v[i].name, sb)) < 0) {
 		forget(s, i, false);
 		return false;
 	}
 	s->v[i].fd = fd;
+	s->nopen++;
 	return true;
 }
 
@@ -544,12 +554,14 @@ slot_link(struct slots *s, struct slot_ref *ref, int dir_fd, const char *id)
 		s->v[i].state = rc == 0 ? SLOT_QUEUED : SLOT_FREE;
 		s->v[i].durable = ref->durable;
 	}
-	if (i < 0 || rc == 0) {
-		/* a queued slot is known by name: the queue's link keeps it
-		 * from every scan, and the poll opens it again once free */
+	if (i < 0) {
 		close(ref->fd);
-		if (i >= 0)
-			s->v[i].fd = -1;
+	} else if (rc == 0 && s->nopen > RECYCLE_OPEN) {
+		/* known by name: the queue's link keeps it from every scan,
+		 * and the poll opens it again once free */
+		close(ref->fd);
+		s->v[i].fd = -1;
+		s->nopen--;
 	}
 	pthread_mutex_unlock(&s->lock);
 	ref->fd = -1;

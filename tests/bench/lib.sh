@@ -9,6 +9,22 @@ now() { echo "$EPOCHREALTIME"; }   # bash >= 5
 # sync, between runs, never during one; each MTA under test gets the same.
 settle() { sync; sleep 1; }
 
+# slots_filled SPOOL [SECONDS] -> 0 once sorterd's start-up fill of SPOOL/slots is done: a fresh
+# spool gets 1,024 free queue files (RECYCLE_PREFILL), made off the event loop while mail may
+# already flow. A timed load starts after it, as on a sorterd that kept its slots from before:
+# the fill is start-up work, paid once (each new file costs ext4 an inode allocation, which
+# after another MTA's run has just deleted its queue files can take a millisecond of CPU).
+slots_filled() {
+    local i n=0
+    for ((i = 0; i < ${2:-60} * 10; i++)); do
+        n=$(find "$1/slots" -maxdepth 1 -type f 2>/dev/null | wc -l)
+        [ "$n" -ge 1024 ] && return 0
+        sleep 0.1
+    done
+    echo "slots/ of $1 holds $n queue files after ${2:-60}s, not 1024" >&2
+    return 1
+}
+
 # fdiv A B -> A/B with one decimal (awk: no bc dependency)
 fdiv() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1f", a / b; else print "nan" }'; }
 fsub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
