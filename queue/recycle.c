@@ -43,14 +43,14 @@
  * locked while the pool holds no more than RECYCLE_OPEN descriptors; past
  * that it is known by name alone (a deep queue costs no more open files),
  * and once free it is opened and locked again (adopt), unless another
- * pool was quicker. A pool that knows
- * RECYCLE_KNOWN slots forgets the queued ones its poll finds still queued
- * (a deferred message's, or a queue deeper than that): freed, they are
- * for any pool's scan. When it has none free it adopts unlocked free
- * slots from slots/ (a scan, at most every SLOTS_SCAN_USEC after one that
- * found none), and failing that makes a new one (O_EXCL, then a shared
- * fsync of slots/ before its first message is acknowledged). A process
- * that dies lets go of its locks, and its slots are adopted by the others.
+ * pool was quicker. A pool that knows RECYCLE_KNOWN slots forgets the
+ * queued ones its poll finds still queued (a deferred message's, or a
+ * queue deeper than that): freed, they are for any pool's scan. When it
+ * has none free it adopts unlocked free slots from slots/ (a scan, at most
+ * every SLOTS_SCAN_USEC after one that found none), and failing that
+ * makes a new one (O_EXCL, then a shared fsync of slots/ before its first
+ * message is acknowledged). A process that dies lets go of its locks, and
+ * its slots are adopted by the others.
  * A slot bigger than RECYCLE_FILE_MAX, or any free slot while the file
  * system is short of queue_minfree and RECYCLE_RESERVE, is unlinked when
  * found free; every minute a writer unlinks the unlocked free slots beyond
@@ -369,9 +369,14 @@ static bool
 released(struct slots *s, size_t i, struct stat *sb)
 {
 	int fd = s->v[i].fd;
+	bool queued;
 
-	if (fd >= 0 ? fstat(fd, sb) < 0 || sb->st_nlink > 1 :
-	    fstatat(s->dir_fd, s->v[i].name, sb, AT_SYMLINK_NOFOLLOW) == 0 && sb->st_nlink > 1) {
+	if (fd >= 0)
+		queued = fstat(fd, sb) < 0 || sb->st_nlink > 1;
+	else    /* a name that cannot be looked at is for adopt() to judge */
+		queued = fstatat(s->dir_fd, s->v[i].name, sb, AT_SYMLINK_NOFOLLOW) == 0 &&
+			 sb->st_nlink > 1;
+	if (queued) {
 		if (s->n >= RECYCLE_KNOWN)
 			forget(s, i, false);
 		return false;
