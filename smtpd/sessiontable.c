@@ -48,8 +48,9 @@ struct session_table {
 	struct client clients[CLIENT_SLOTS];
 	int nworkers;
 	int per_worker;
-	int total;
+	int total;                     /* sessions, and places reserved */
 	int high[64];                  /* per worker: slots ever used, to bound scans */
+	int reserved[64];              /* per worker: places held for a client being accepted */
 	struct slot slots[];
 };
 
@@ -98,6 +99,10 @@ session_table_enter(struct session_table *t, int w, const unsigned char addr[16]
 
 	client_key(addr, key);
 	lock(t);
+	if (t->reserved[w] > 0) {       /* the place held for this client */
+		t->reserved[w]--;
+		t->total--;
+	}
 	if (t->total >= max_total) {
 		pthread_mutex_unlock(&t->lock);
 		return -1;
@@ -150,14 +155,28 @@ session_table_enter(struct session_table *t, int w, const unsigned char addr[16]
 }
 
 bool
-session_table_full(struct session_table *t, int max_total)
+session_table_reserve(struct session_table *t, int w, int max_total)
 {
-	bool full;
+	bool ok;
 
 	lock(t);
-	full = t->total >= max_total;
+	if ((ok = t->total < max_total)) {
+		t->total++;
+		t->reserved[w]++;
+	}
 	pthread_mutex_unlock(&t->lock);
-	return full;
+	return ok;
+}
+
+void
+session_table_unreserve(struct session_table *t, int w)
+{
+	lock(t);
+	if (t->reserved[w] > 0) {
+		t->reserved[w]--;
+		t->total--;
+	}
+	pthread_mutex_unlock(&t->lock);
 }
 
 void
@@ -190,6 +209,8 @@ session_table_clear(struct session_table *t, int w)
 			t->total--;
 		}
 	t->high[w] = 0;
+	t->total -= t->reserved[w];
+	t->reserved[w] = 0;
 	pthread_mutex_unlock(&t->lock);
 }
 

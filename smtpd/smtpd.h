@@ -159,15 +159,20 @@ struct listener {
 struct session_table;
 struct session_table *session_table_create(int nworkers, int max_sessions);
 /* Registers a session for `addr` (16 bytes, IPv4 mapped to IPv6) in worker
- * `w`'s slice. Clients are counted by address, IPv6 ones by /64; a limit
- * of 0 is no limit. Returns a slot number, or -1 (total limit), -2
- * (concurrent sessions of the client) or -3 (its connections in the last
- * minute). */
+ * `w`'s slice, in the place w reserved for it if it did (taken, or given
+ * back when the client is refused). Clients are counted by address, IPv6
+ * ones by /64; a limit of 0 is no limit. Returns a slot number, or -1
+ * (total limit), -2 (concurrent sessions of the client) or -3 (its
+ * connections in the last minute). */
 int session_table_enter(struct session_table *t, int w, const unsigned char addr[16],
 			int max_total, int max_per_client, int rate_per_minute, time_t now);
 void session_table_leave(struct session_table *t, int w, int slot);
-/* Whether max_total sessions are open, all workers together. */
-bool session_table_full(struct session_table *t, int max_total);
+/* Holds a place for the client worker w is about to accept, unless
+ * max_total sessions (and places held) are open, all workers together:
+ * then false. Two workers can never both accept a client for the last
+ * place. The place goes with session_table_enter, or unreserve. */
+bool session_table_reserve(struct session_table *t, int w, int max_total);
+void session_table_unreserve(struct session_table *t, int w);
 /* Forgets every session of worker w (after that worker died). */
 void session_table_clear(struct session_table *t, int w);
 /* The table's key for a client: 16 bytes, IPv4 mapped to IPv6. */

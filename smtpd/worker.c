@@ -328,7 +328,7 @@ on_accept(evutil_socket_t lfd, short what, void *arg)
 		 * with Postfix's process limit) until a session ends, instead of
 		 * being refused: a burst from a sender's pool of connections, or
 		 * a session that reconnects at once after its QUIT, goes through */
-		if (session_table_full(w->st, w->cf->smtpd_max_sessions)) {
+		if (!session_table_reserve(w->st, w->index, w->cf->smtpd_max_sessions)) {
 			struct timeval tv = { 0, FULL_PAUSE_MSEC * 1000 };
 			uint64_t now = now_usec();
 
@@ -344,12 +344,16 @@ on_accept(evutil_socket_t lfd, short what, void *arg)
 		sl = sizeof(ss);
 		fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0) {
+			session_table_unreserve(w->st, w->index);
 			if (errno == ECONNABORTED || errno == EINTR)
 				continue;
 			if (errno != EAGAIN && errno != EWOULDBLOCK)
 				accept_pause(w, errno);
 			return;
 		}
+		if (w->draining || l->spec.proxy)
+			/* a PROXY client is counted once its header names it */
+			session_table_unreserve(w->st, w->index);
 		if (w->draining) {
 			refuse(fd, w->cf->hostname, "service shutting down");
 			metrics_session_rejected((int)(l - w->ls), MSR_SHUTDOWN);
@@ -358,7 +362,7 @@ on_accept(evutil_socket_t lfd, short what, void *arg)
 		if (l->spec.proxy)
 			proxy_begin(w, fd, l, &ss);
 		else
-			admit(w, fd, l, &ss, sl);
+			admit(w, fd, l, &ss, sl);       /* in the place reserved */
 	}
 }
 

@@ -50,6 +50,42 @@ START_TEST(test_per_client_ipv6_by_64)
 }
 END_TEST
 
+/* A worker holds a place before it accepts a client: two workers can
+ * never both accept a client for the last place (the second one's client
+ * waits in the listen queue). A refused client gives its place back; a
+ * place given back, or a dead worker's, is free again. */
+START_TEST(test_reserve)
+{
+	struct session_table *t = session_table_create(2, 10);
+	unsigned char a[16], b[16];
+	int s0;
+
+	key("192.0.2.1", a);
+	key("192.0.2.2", b);
+	ck_assert_int_ge(s0 = session_table_enter(t, 0, a, 2, 0, 0, 1000), 0);
+	/* one place left: the first worker to ask gets it, the other waits */
+	ck_assert(session_table_reserve(t, 1, 2));
+	ck_assert(!session_table_reserve(t, 0, 2));
+	ck_assert_int_ge(session_table_enter(t, 1, b, 2, 0, 0, 1000), 0);
+	ck_assert(!session_table_reserve(t, 0, 2));
+	/* a session ends: its place is one worker's again */
+	session_table_leave(t, 0, s0);
+	ck_assert(session_table_reserve(t, 0, 2));
+	ck_assert(!session_table_reserve(t, 1, 2));
+	/* an accept that failed gives it back */
+	session_table_unreserve(t, 0);
+	ck_assert(session_table_reserve(t, 1, 2));
+	/* a client refused for its own limit gives it back too */
+	ck_assert_int_eq(session_table_enter(t, 1, b, 2, 1, 0, 1000), -2);
+	ck_assert(session_table_reserve(t, 0, 2));
+	/* a worker that died holding a place: cleared with its sessions */
+	session_table_clear(t, 0);
+	ck_assert(session_table_reserve(t, 1, 2));
+	ck_assert_int_ge(session_table_enter(t, 1, a, 2, 0, 0, 1000), 0);
+	ck_assert(!session_table_reserve(t, 0, 2));
+}
+END_TEST
+
 START_TEST(test_rate)
 {
 	struct session_table *t = session_table_create(2, 100);
@@ -154,6 +190,7 @@ table_suite(void)
 	TCase *tc = tcase_create("core");
 
 	tcase_add_test(tc, test_per_client_ipv6_by_64);
+	tcase_add_test(tc, test_reserve);
 	tcase_add_test(tc, test_rate);
 	tcase_add_test(tc, test_auth_failures);
 	tcase_add_test(tc, test_many_clients);
