@@ -79,21 +79,29 @@ teardown(void)
 	strcpy(spool, "/tmp/check_stream.XXXXXX");
 }
 
+/* The names in directory path, but . and .. */
 static size_t
-count(const char *sub)
+entries(const char *path)
 {
-	char path[256];
 	struct dirent *e;
 	size_t n = 0;
 	DIR *d;
 
-	snprintf(path, sizeof(path), "%s/%s", spool, sub);
 	ck_assert_ptr_nonnull(d = opendir(path));
 	while ((e = readdir(d)) != NULL)
 		if (e->d_name[0] != '.')
 			n++;
 	closedir(d);
 	return n;
+}
+
+static size_t
+count(const char *sub)
+{
+	char path[256];
+
+	snprintf(path, sizeof(path), "%s/%s", spool, sub);
+	return entries(path);
 }
 
 static void
@@ -713,22 +721,6 @@ START_TEST(test_slots_prune)
 }
 END_TEST
 
-/* Descriptors this process has open. */
-static size_t
-count_fds(void)
-{
-	struct dirent *e;
-	size_t n = 0;
-	DIR *d;
-
-	ck_assert_ptr_nonnull(d = opendir("/proc/self/fd"));
-	while ((e = readdir(d)) != NULL)
-		if (e->d_name[0] != '.')
-			n++;
-	closedir(d);
-	return n;
-}
-
 /* Takes a slot from pool s (new_name if one is made), writes 100 bytes
  * and links it into incoming/ (ifd) under a new id, into id. The slot's
  * name into name. */
@@ -764,11 +756,11 @@ START_TEST(test_slots_deep_queue)
 
 	snprintf(path, sizeof(path), "%s/incoming", spool);
 	ck_assert_int_ge(ifd = open(path, O_RDONLY | O_DIRECTORY), 0);
-	fds = count_fds();
+	fds = entries("/proc/self/fd");
 	for (i = 0; i < N; i++)
 		queue_one(a, ifd, ids[i], name);
 	ck_assert_uint_eq(count("slots"), N);
-	ck_assert_uint_eq(count_fds(), fds + RECYCLE_OPEN);     /* the others by name */
+	ck_assert_uint_eq(entries("/proc/self/fd"), fds + RECYCLE_OPEN);     /* the others by name */
 	for (i = 0; i < N; i++)                         /* delivered */
 		ck_assert_int_eq(unlinkat(ifd, ids[i], 0), 0);
 	for (i = 0; i < N; i++)
