@@ -34,12 +34,17 @@ port_free() {
     ! (exec 3<>"/dev/tcp/${2:-127.0.0.1}/$1") 2>/dev/null
 }
 
-# free_port [HOST] -> a port in 20000..59999 on which nothing listens on HOST now. A race with another
-# program binding it meanwhile is possible but harmless: the server's start then fails loudly.
+# free_port [HOST] -> a port below the kernel's ephemeral range (ip_local_port_range; 20000..59999
+# if that leaves too few) on which nothing listens on HOST now: a load's own connections take
+# their local ports from that range, and one that holds the port makes the server's bind fail
+# (end-to-end lost a run so). A race with another program binding it meanwhile is possible but
+# harmless: the server's start then fails loudly.
 free_port() {
-    local p i
+    local p i lo=20000 n=40000 eph
+    eph=$(awk '{ print $1 }' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 0)
+    if [ "${eph:-0}" -ge 12000 ]; then lo=10000 n=$(( eph - 10000 )); fi
     for i in $(seq 1 200); do
-        p=$(( 20000 + (RANDOM * 32768 + RANDOM) % 40000 ))
+        p=$(( lo + (RANDOM * 32768 + RANDOM) % n ))
         if port_free "$p" "${1:-127.0.0.1}"; then echo "$p"; return 0; fi
     done
     return 1
