@@ -332,7 +332,7 @@ void qmgr_stats(struct qmgr *q, struct dstr *out);
 #define RECYCLE_FILE_MAX (256 * 1024)   /* bigger ones are unlinked */
 #define RECYCLE_PREFILL 1024            /* free slots after a start, at least */
 #define RECYCLE_KNOWN 1024              /* slots a writer's pool keeps track of */
-#define RECYCLE_OPEN 256                /* of them, open at most (a queued one past that by name) */
+#define RECYCLE_OPEN 256                /* a queued slot past this many open is known by name */
 #define RECYCLE_RESERVE (64ULL << 20)   /* free space beyond queue_minfree free slots leave */
 
 /* Slots (recycle.c): the files new messages are written into, under
