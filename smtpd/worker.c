@@ -351,18 +351,19 @@ on_accept(evutil_socket_t lfd, short what, void *arg)
 				accept_pause(w, errno);
 			return;
 		}
-		if (w->draining || l->spec.proxy)
-			/* a PROXY client is counted once its header names it */
-			session_table_unreserve(w->st, w->index);
 		if (w->draining) {
+			session_table_unreserve(w->st, w->index);
 			refuse(fd, w->cf->hostname, "service shutting down");
 			metrics_session_rejected((int)(l - w->ls), MSR_SHUTDOWN);
 			continue;
 		}
-		if (l->spec.proxy)
+		if (l->spec.proxy) {
+			/* a PROXY client is counted once its header names it (admit) */
+			session_table_unreserve(w->st, w->index);
 			proxy_begin(w, fd, l, &ss);
-		else
+		} else {
 			admit(w, fd, l, &ss, sl);       /* in the place reserved */
+		}
 	}
 }
 
