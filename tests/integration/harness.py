@@ -89,6 +89,30 @@ def pid_alive(pid):
     return stat[stat.rfind(")") + 2:].split()[0] != "Z"
 
 
+def freeze(pid, timeout=10):
+    """SIGSTOP to pid, returning once every one of its threads is stopped. kill() returns
+    before that: the stop spreads to the threads when one of them takes the signal, and on a
+    busy machine the others may still run (answer a request) for some milliseconds."""
+    os.kill(pid, signal.SIGSTOP)
+
+    def stopped():
+        try:
+            tids = os.listdir("/proc/%d/task" % pid)
+        except OSError:
+            return True     # gone: nothing of it runs either
+        for tid in tids:
+            try:
+                with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if stat[stat.rfind(")") + 2:].split()[0] not in ("T", "t"):
+                return False
+        return True
+    if not wait_until(stopped, timeout, 0.005):
+        raise AssertionError("process %d did not stop within %d s" % (pid, timeout))
+
+
 def wait_until(cond, timeout, interval=0.05):
     """Polls cond() until it returns a true value (returned) or timeout s pass (None)."""
     deadline = time.monotonic() + timeout
@@ -276,7 +300,7 @@ class Sorterd:
     def kill_all(self):
         """kill -9 of the master and every child at once: the master is stopped first so that
         it cannot fork a replacement between the listing and the kill."""
-        os.kill(self.proc.pid, signal.SIGSTOP)
+        freeze(self.proc.pid)
         kids = children_of(self.proc.pid)
         self.known_children.update(kids)
         self.proc.kill()

@@ -5,8 +5,8 @@ misc schemas; one mdb database for dc=example,dc=test; rootdn cn=admin,dc=exampl
 password "secret"; read access for everyone) and runs `slapd -d 0` in the foreground on
 ldap://127.0.0.1:PORT/ with its database, pid and args files under the directory. start()
 waits until the server answers a real search; stop() signals only the PID it started.
-pause()/resume() send SIGSTOP/SIGCONT to that PID: a server that accepts connections and
-never answers.
+pause()/resume() send SIGSTOP/SIGCONT to that PID (pause returns once all its threads have
+stopped): a server that accepts connections and never answers.
 
 The data model the tests use (ldif helpers below):
   users    uid=NAME,ou=people,...  inetOrgPerson: mail = address, departmentNumber = node name
@@ -22,6 +22,8 @@ import shutil
 import signal
 import subprocess
 import time
+
+from harness import freeze
 
 SUFFIX = "dc=example,dc=test"
 ROOTDN = "cn=admin," + SUFFIX
@@ -194,7 +196,7 @@ access to * by * read
             proc.wait(5)
 
     def pause(self):
-        os.kill(self.proc.pid, signal.SIGSTOP)
+        freeze(self.proc.pid)
 
     def resume(self):
         os.kill(self.proc.pid, signal.SIGCONT)

@@ -19,7 +19,7 @@ import unittest
 import urllib.error
 import urllib.request
 
-from harness import (Client, SorterTestCase, blast, build_dir, fd_links, free_port,
+from harness import (Client, SorterTestCase, blast, build_dir, fd_links, free_port, freeze,
                      join_all, listener_inode, listening, message, pid_alive, wait_until,
                      write_map)
 from test_delivery import (ALICE, BOB, CAROL, GHOST, SENDER, SLOW, FAST, WAIT,
@@ -403,7 +403,7 @@ class LogFileTest(SorterTestCase):
                          smtpd_client_connection_limit=100)
         writer = self.logger_pid(d, path)
         self.assertIsNotNone(writer)
-        os.kill(writer, signal.SIGSTOP)
+        freeze(writer)
         try:
             t0 = time.monotonic()
             threads, acked, errors = blast(d.port, 10, 150, timeout=60)
