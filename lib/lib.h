@@ -208,7 +208,8 @@ void config_free(struct config *cf);
 const char *config_where(const struct config *cf, const char *key, char *buf, size_t len);
 bool config_is_local_domain(const struct config *cf, const char *domain);
 /* File descriptors one smtpd worker may need at once for this config
- * (smtpd_max_sessions, io_threads, listeners), to compare with RLIMIT_NOFILE. */
+ * (smtpd_max_sessions, io_threads, listeners), to compare with RLIMIT_NOFILE
+ * once the pool of queue files (RECYCLE_FDS, queue.h) is added. */
 long long config_fd_need(const struct config *cf);
 
 /* ---- milter endpoints and macro lists (milterspec.c): pure ---- */

@@ -333,6 +333,10 @@ void qmgr_stats(struct qmgr *q, struct dstr *out);
 #define RECYCLE_PREFILL 1024            /* free slots after a start, at least */
 #define RECYCLE_KNOWN 1024              /* slots a writer's pool keeps track of */
 #define RECYCLE_OPEN 256                /* a queued slot past this many open is known by name */
+#define RECYCLE_ADOPT 32                /* free slots of slots/ a pool adopts per scan */
+/* Descriptors a writer's pool may hold beyond the slots its sessions are
+ * writing: queued slots kept open, and one scan's adoptions. */
+#define RECYCLE_FDS (RECYCLE_OPEN + RECYCLE_ADOPT)
 #define RECYCLE_RESERVE (64ULL << 20)   /* free space beyond queue_minfree free slots leave */
 
 /* Slots (recycle.c): the files new messages are written into, under

@@ -89,7 +89,6 @@
 #include "queue/queue.h"
 
 #define SLOTS_POLL 64                   /* queued slots looked at per take */
-#define SLOTS_ADOPT 32                  /* slots adopted per scan */
 #define SLOTS_SCAN_USEC 1000000         /* after a scan that found none, the next */
 #define SLOTS_PRUNE_USEC (60 * 1000000ULL) /* slots_prune at most this often */
 #define ROOM_USEC 1000000               /* a pool asks the file system for room this often */
@@ -315,7 +314,7 @@ listed_free(int dir_fd, const char *name, struct stat *sb)
 	       looks_free(sb);
 }
 
-/* Under the lock: up to SLOTS_ADOPT unlocked free slots of slots/ become
+/* Under the lock: up to RECYCLE_ADOPT unlocked free slots of slots/ become
  * ours (an flock taken on a slot we hold already fails: a lock belongs to
  * one open file). */
 static void
@@ -329,7 +328,7 @@ scan(struct slots *s)
 
 	if ((d = dir_read(s->dir_fd)) == NULL)
 		return;
-	while (got < SLOTS_ADOPT && s->n < RECYCLE_KNOWN && (de = readdir(d)) != NULL) {
+	while (got < RECYCLE_ADOPT && s->n < RECYCLE_KNOWN && (de = readdir(d)) != NULL) {
 		if (!listed_free(s->dir_fd, de->d_name, &sb) ||
 		    (fd = adopt(s->dir_fd, de->d_name, &sb)) < 0)
 			continue;

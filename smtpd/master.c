@@ -695,13 +695,14 @@ master_main(const char *config_path, struct config *cf)
 	return 0;
 }
 
-/* Descriptors a worker may need for smtpd_max_sessions (config_fd_need)
- * against RLIMIT_NOFILE: the hard limit (what a start could raise the soft
- * one to) when checking, the soft one after raising it when starting. */
+/* Descriptors a worker may need for smtpd_max_sessions (config_fd_need,
+ * and its pool of slots: RECYCLE_FDS) against RLIMIT_NOFILE: the hard limit
+ * (what a start could raise the soft one to) when checking, the soft one
+ * after raising it when starting. */
 int
 fd_limit_check(const struct config *cf, bool raise, char *err, size_t errlen)
 {
-	long long need = config_fd_need(cf);
+	long long need = config_fd_need(cf) + RECYCLE_FDS;
 	struct rlimit rl;
 	rlim_t have;
 

@@ -334,7 +334,7 @@ class DescriptorTest(MasterTestCase):
         c = self.connect(d)
         r, qid = c.send_message(SENDER, [RCPT], message("after emfile"))
         self.assertQueued(r, qid)
-        self.assertTrue(d.log_lines(r"smtpd_max_sessions = 1000 needs about 2067 open files"),
+        self.assertTrue(d.log_lines(r"smtpd_max_sessions = 1000 needs about 2355 open files"),
                         "no warning at start about the descriptor limit")
 
     def test_config_check_names_the_key(self):
@@ -350,15 +350,19 @@ class DescriptorTest(MasterTestCase):
                                capture_output=True, text=True, timeout=30)
             return r.returncode, r.stdout + r.stderr
 
-        # 2 per session + 16 io_threads + 1 listener + 64: 281 for 100 sessions
-        rc, out = check("64:300", 100)
+        # 2 per session + 16 io_threads + 1 listener + 64 + 288 for the pool of queue files:
+        # 569 for 100 sessions
+        rc, out = check("64:600", 100)
         self.assertEqual(rc, 0, out)         # the soft limit is raised at start
-        rc, out = check("64:300", 200)
+        rc, out = check("64:568", 100)
+        self.assertEqual(rc, 1, out)
+        self.assertIn("569", out)
+        rc, out = check("64:600", 200)
         self.assertEqual(rc, 1, out)
         self.assertIn("smtpd_max_sessions = 200", out)
-        self.assertIn("481", out)
-        self.assertIn("300", out)
-        rc, out = check("4096:4096", 2000)
+        self.assertIn("769", out)
+        self.assertIn("600", out)
+        rc, out = check("4400:4400", 2000)
         self.assertEqual(rc, 0, out)
 
 
