@@ -92,6 +92,7 @@
 #define SLOTS_SCAN_USEC 1000000         /* after a scan that found none, the next */
 #define SLOTS_PRUNE_USEC (60 * 1000000ULL) /* slots_prune at most this often */
 #define ROOM_USEC 1000000               /* a pool asks the file system for room this often */
+#define FLUSH_GATHER_USEC 1000          /* a flush waits this long at most for writes under way */
 
 enum slot_state { SLOT_FREE, SLOT_BUSY, SLOT_QUEUED };
 
@@ -117,6 +118,13 @@ struct slots {
 	uint64_t room_until_usec;
 	int flush_fd;                   /* spool_dir/flush, when overwrites are synced in
 					 * place (slot_sync); else -1 */
+	/* the shared flush of overwrites (flush_wait), under flush_lock */
+	pthread_mutex_t flush_lock;
+	pthread_cond_t flush_cond;      /* a write or a flush completed */
+	unsigned writing;               /* overwrites whose data is being written */
+	uint64_t written;               /* overwrites whose data write completed */
+	uint64_t flushed;               /* of those, the first this many are flushed */
+	bool flushing;
 };
 
 /*
@@ -183,6 +191,7 @@ struct slots *
 slots_open(const char *spool_dir, uint64_t minfree)
 {
 	struct slots *s = xcalloc(1, sizeof(*s));
+	pthread_condattr_t ca;
 	char path[4096];
 
 	snprintf(path, sizeof(path), "%s/slots", spool_dir);
@@ -197,6 +206,11 @@ slots_open(const char *spool_dir, uint64_t minfree)
 		s->flush_fd = open_flush_file(path, s->dir_fd);
 	}
 	pthread_mutex_init(&s->lock, NULL);
+	pthread_mutex_init(&s->flush_lock, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&s->flush_cond, &ca);
+	pthread_condattr_destroy(&ca);
 	return s;
 }
 
@@ -215,6 +229,8 @@ slots_close(struct slots *s)
 	if (s->flush_fd >= 0)
 		close(s->flush_fd);
 	pthread_mutex_destroy(&s->lock);
+	pthread_mutex_destroy(&s->flush_lock);
+	pthread_cond_destroy(&s->flush_cond);
 	free(s);
 }
 
@@ -512,6 +528,76 @@ find(const struct slots *s, const struct slot_ref *ref)
 	return -1;
 }
 
+/*
+ * The flush of overwrites, shared: an overwrite whose data write has
+ * completed (number seq of the pool's) returns once an fdatasync of
+ * SPOOL/flush that started after that completion has completed. Whoever
+ * finds no flush running starts one covering every write completed so
+ * far; the rest wait for it. While other overwrites of the pool are still
+ * being written (a few hundred microseconds), the one about to flush waits
+ * for them first, FLUSH_GATHER_USEC at most: one flush then makes several
+ * messages durable, where each would have paid its own device request.
+ * Called with flush_lock held; 0, or -1 with errno from the fdatasync.
+ */
+static int
+flush_wait(struct slots *s, uint64_t seq)
+{
+	struct timespec deadline;
+	uint64_t upto;
+	int err = 0;
+
+	clock_gettime(CLOCK_MONOTONIC, &deadline);
+	deadline.tv_nsec += FLUSH_GATHER_USEC * 1000L;
+	if (deadline.tv_nsec >= 1000000000L) {
+		deadline.tv_sec++;
+		deadline.tv_nsec -= 1000000000L;
+	}
+	while (s->flushed < seq) {
+		if (s->flushing) {
+			pthread_cond_wait(&s->flush_cond, &s->flush_lock);
+			continue;
+		}
+		if (s->writing > 0 &&
+		    pthread_cond_timedwait(&s->flush_cond, &s->flush_lock, &deadline) != ETIMEDOUT)
+			continue;
+		s->flushing = true;
+		upto = s->written;
+		pthread_mutex_unlock(&s->flush_lock);
+		err = fdatasync(s->flush_fd) < 0 ? errno : 0;
+		pthread_mutex_lock(&s->flush_lock);
+		s->flushing = false;
+		if (err == 0 && upto > s->flushed)
+			s->flushed = upto;
+		pthread_cond_broadcast(&s->flush_cond);
+		if (err != 0)
+			break;
+	}
+	errno = err;
+	return err != 0 ? -1 : 0;
+}
+
+/* An overwrite made durable: the data written in place and waited for,
+ * then the device's cache flushed (flush_wait). */
+static int
+overwrite_sync(struct slots *s, int fd, off_t len)
+{
+	int rc;
+
+	pthread_mutex_lock(&s->flush_lock);
+	s->writing++;
+	pthread_mutex_unlock(&s->flush_lock);
+	rc = sync_file_range(fd, 0, len, SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+			     SYNC_FILE_RANGE_WAIT_AFTER);
+	pthread_mutex_lock(&s->flush_lock);
+	s->writing--;
+	if (rc == 0)
+		rc = flush_wait(s, ++s->written);
+	else
+		pthread_cond_broadcast(&s->flush_cond);   /* one fewer under way */
+	pthread_mutex_unlock(&s->flush_lock);
+	return rc;
+}
+
 int
 slot_sync(struct slots *s, struct slot_ref *ref)
 {
@@ -521,11 +607,7 @@ slot_sync(struct slots *s, struct slot_ref *ref)
 	if (fstat(ref->fd, &sb) < 0)
 		return -1;
 	if (s->flush_fd >= 0 && ref->durable > 0 && (uint64_t)sb.st_size <= ref->durable) {
-		/* an overwrite: the data written in place and waited for, then
-		 * the device's cache flushed */
-		if (sync_file_range(ref->fd, 0, sb.st_size, SYNC_FILE_RANGE_WAIT_BEFORE |
-				    SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER) == 0 &&
-		    fdatasync(s->flush_fd) == 0)
+		if (overwrite_sync(s, ref->fd, sb.st_size) == 0)
 			return 0;
 		ref->durable = 0;       /* after an error, the next message is fdatasync'd */
 		return -1;
