@@ -107,6 +107,23 @@ tree_cpu() {
     done | awk -v t="$tck" '{ s += $12 + $13 + $14 + $15 } END { printf "%.2f", s / t }'
 }
 
+# dev_stat DIR -> "WRITES FLUSHES": the write and flush requests completed so far by the block
+# device holding DIR (/sys/dev/block/MAJ:MIN/stat, fields 5 and 16), for every process of the
+# machine; nothing for a DIR on no block device (tmpfs).
+dev_stat() {
+    local f
+    f=/sys/dev/block/$(stat -c '%Hd:%Ld' "$1" 2>/dev/null)/stat
+    [ -r "$f" ] && awk 'NF >= 16 { print $5, $16 }' "$f"
+    return 0
+}
+
+# dev_per_msg "BEFORE" "AFTER" MSGS -> ", device W writes + F flushes per msg", or nothing
+dev_per_msg() {
+    [ -n "$1" ] && [ -n "$2" ] || return 0
+    awk -v a="$1" -v b="$2" -v n="$3" 'BEGIN { split(a, x, " "); split(b, y, " ");
+        printf ", device %.2f writes + %.2f flushes per msg", (y[1] - x[1]) / n, (y[2] - x[2]) / n }'
+}
+
 # summary LABEL VALUES... -> "LABEL min/median/max: a / b / c"
 summary() {
     local label=$1
