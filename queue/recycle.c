@@ -13,7 +13,8 @@
  * sync_file_range() writes the slot's data and waits for it, and an
  * fdatasync of SPOOL/flush, a file never written, then only flushes the
  * device's write cache, which makes every write completed before it
- * durable. Slots are written from their start, never past their end and
+ * durable: one such flush serves every overwrite of the pool completed
+ * before it started (flush_wait). Slots are written from their start, never past their end and
  * never cut short, so no slot has a hole under its length. A hard link
  * under the message's id in incoming/ then hands it to the queue manager;
  * that link is not waited for. When the message is finished, whoever
