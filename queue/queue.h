@@ -371,8 +371,14 @@ int slot_take(struct slots *s, const char *new_name, struct slot_ref *out);
  * device's write cache (only on a file system that overwrites in place:
  * ext4 without data journaling). Any other slot is fdatasync'd, and on
  * such a file system its length recorded as durable; after an error, the
- * slot's next message is fdatasync'd. */
+ * slot's next message is fdatasync'd. The flush is shared: one serves
+ * every overwrite of the pool whose write completed before it started,
+ * and one about to start waits (1 ms at most) for the pool's overwrites
+ * still being written. */
 int slot_sync(struct slots *s, struct slot_ref *ref);
+/* The pool's overwrites made durable so far by slot_sync, and the device
+ * cache flushes they took. */
+void slots_flush_counts(struct slots *s, uint64_t *overwrites, uint64_t *flushes);
 /* After the commit's slot_sync: the slot is linked into dir_fd's folder
  * as id (not made durable: slots_recover finds it). 0, or -1 with errno
  * (the slot is free again). Either way ref is given back. */

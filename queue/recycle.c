@@ -126,6 +126,7 @@ struct slots {
 	uint64_t written;               /* overwrites whose data write completed */
 	uint64_t flushed;               /* of those, the first this many are flushed */
 	bool flushing;
+	uint64_t nflushes;              /* fdatasyncs of SPOOL/flush that succeeded */
 };
 
 /*
@@ -567,8 +568,11 @@ flush_wait(struct slots *s, uint64_t seq)
 		err = fdatasync(s->flush_fd) < 0 ? errno : 0;
 		pthread_mutex_lock(&s->flush_lock);
 		s->flushing = false;
-		if (err == 0 && upto > s->flushed)
-			s->flushed = upto;
+		if (err == 0) {
+			s->nflushes++;
+			if (upto > s->flushed)
+				s->flushed = upto;
+		}
 		pthread_cond_broadcast(&s->flush_cond);
 		if (err != 0)
 			break;
@@ -597,6 +601,15 @@ overwrite_sync(struct slots *s, int fd, off_t len)
 		pthread_cond_broadcast(&s->flush_cond);   /* one fewer under way */
 	pthread_mutex_unlock(&s->flush_lock);
 	return rc;
+}
+
+void
+slots_flush_counts(struct slots *s, uint64_t *overwrites, uint64_t *flushes)
+{
+	pthread_mutex_lock(&s->flush_lock);
+	*overwrites = s->flushed;
+	*flushes = s->nflushes;
+	pthread_mutex_unlock(&s->flush_lock);
 }
 
 int
