@@ -109,7 +109,8 @@ tree_cpu() {
 
 # dev_stat DIR -> "WRITES FLUSHES": the write and flush requests completed so far by the block
 # device holding DIR (/sys/dev/block/MAJ:MIN/stat, fields 5 and 16), for every process of the
-# machine; nothing for a DIR on no block device (tmpfs).
+# machine; nothing for a DIR on no block device (tmpfs). The kernel counts each cache flush
+# among the writes too (the empty write that asked for it): dev_per_msg takes it out.
 dev_stat() {
     local f
     f=/sys/dev/block/$(stat -c '%Hd:%Ld' "$1" 2>/dev/null)/stat
@@ -117,11 +118,12 @@ dev_stat() {
     return 0
 }
 
-# dev_per_msg "BEFORE" "AFTER" MSGS -> ", device W writes + F flushes per msg", or nothing
+# dev_per_msg "BEFORE" "AFTER" MSGS -> ", device W data writes + F flushes per msg", or nothing
 dev_per_msg() {
     [ -n "$1" ] && [ -n "$2" ] || return 0
     awk -v a="$1" -v b="$2" -v n="$3" 'BEGIN { split(a, x, " "); split(b, y, " ");
-        printf ", device %.2f writes + %.2f flushes per msg", (y[1] - x[1]) / n, (y[2] - x[2]) / n }'
+        f = y[2] - x[2]; w = y[1] - x[1] - f
+        printf ", device %.2f data writes + %.2f flushes per msg", w / n, f / n }'
 }
 
 # summary LABEL VALUES... -> "LABEL min/median/max: a / b / c"
