@@ -11,7 +11,8 @@
  * file has on disk, made durable without its inode (whose new times an
  * fdatasync would write there, one more device write per message):
  * sync_file_range() writes the slot's data and waits for it, and an
- * fdatasync of SPOOL/flush, a file never written, then only flushes the
+ * fdatasync of a file of SPOOL/flush/, never written and alone in its
+ * block of the inode table (open_flush_file), then only flushes the
  * device's write cache, which makes every write completed before it
  * durable: one such flush serves every overwrite of the pool completed
  * before it started (flush_wait). Slots are written from their start, never past their end and
@@ -117,7 +118,7 @@ struct slots {
 	uint64_t prune_after_usec;
 	bool room;                      /* room(), as of room_until_usec - ROOM_USEC */
 	uint64_t room_until_usec;
-	int flush_fd;                   /* spool_dir/flush, when overwrites are synced in
+	int flush_fd;                   /* a file of SPOOL/flush/, when overwrites are synced in
 					 * place (slot_sync); else -1 */
 	/* the shared flush of overwrites (flush_wait), under flush_lock */
 	pthread_mutex_t flush_lock;
@@ -126,7 +127,7 @@ struct slots {
 	uint64_t written;               /* overwrites whose data write completed */
 	uint64_t flushed;               /* of those, the first this many are flushed */
 	bool flushing;
-	uint64_t nflushes;              /* fdatasyncs of SPOOL/flush that succeeded */
+	uint64_t nflushes;              /* fdatasyncs of flush_fd that succeeded */
 };
 
 /*
@@ -168,17 +169,160 @@ overwrites_in_place(int dir_fd)
 	return ok;
 }
 
-/* The file whose fdatasync flushes the device's write cache for
- * slot_sync: spool_dir/flush, on the device of slots/ (dir_fd). Its
- * content is nothing; it is never written. -1 when it cannot be had. */
-static int
-open_flush_file(const char *path, int dir_fd)
-{
-	struct stat a, b;
-	int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+/*
+ * The file whose fdatasync flushes the device's write cache for
+ * slot_sync: SPOOL/flush/use, on the device of slots/ (dir_fd), never
+ * written. On ext4 without a journal every fsync of a file also writes the
+ * block of the inode table that holds its inode, when that block is dirty:
+ * a block shared with slots, whose times change with every overwrite,
+ * would cost each flush one more device write. So the first process to
+ * need it makes empty files in SPOOL/flush/ (FLUSH_FILES_MAX at most) and
+ * links as `use` the one whose run of inode numbers (flush_run(): every
+ * inode of one block of the inode table lies in one run, whatever the
+ * inode size) holds the most of them and no slot; slots_fill() never
+ * makes a slot in that run. A spool of an earlier layout, where
+ * SPOOL/flush was the file itself, gets the folder. -1 when no file can be
+ * had.
+ */
+#define FLUSH_FILES_MAX 256
 
+/* Inode numbers per run: as many as one block of the inode table holds
+ * at most (inodes are 128 bytes at least). */
+static unsigned long
+flush_run(int fd)
+{
+	struct statfs sf;
+
+	if (fstatfs(fd, &sf) < 0 || sf.f_bsize < 128)
+		return 1;
+	return (unsigned long)sf.f_bsize / 128;
+}
+
+/* The inode numbers of the entries of folder fd whose names pass keep,
+ * FLUSH_FILES_MAX * 8 at most: their count; *names gets each numeric
+ * name (-1 for others). */
+static size_t
+list_inos(int fd, bool numeric, ino_t *inos, long *names, size_t max)
+{
+	struct dirent *de;
+	size_t n = 0;
+	char *end;
+	long v;
+	DIR *d;
+
+	if ((d = dir_read(fd)) == NULL)
+		return 0;
+	while ((de = readdir(d)) != NULL && n < max) {
+		if (de->d_name[0] == '.')
+			continue;
+		v = strtol(de->d_name, &end, 10);
+		if (numeric && (de->d_name[0] < '0' || de->d_name[0] > '9' || *end != '\0'))
+			continue;
+		inos[n] = de->d_ino;
+		if (names != NULL)
+			names[n] = numeric ? v : -1;
+		n++;
+	}
+	closedir(d);
+	return n;
+}
+
+/* Under SPOOL/flush/ (ffd): `use` made if missing, linked to the file of
+ * the best run (see above). */
+static void
+flush_choose(int ffd, int sfd)
+{
+	static ino_t slot_inos[RECYCLE_KNOWN * 8];
+	ino_t inos[FLUSH_FILES_MAX];
+	long names[FLUSH_FILES_MAX], best = -1, nfiles = 0, i;
+	unsigned long run = flush_run(ffd);
+	size_t n, nslots, j, k, own, best_own = 0;
+	char name[32];
+	bool clash;
+	int fd;
+
+	if (faccessat(ffd, "use", F_OK, AT_SYMLINK_NOFOLLOW) == 0)
+		return;
+	nslots = list_inos(sfd, false, slot_inos, NULL, sizeof(slot_inos) / sizeof(slot_inos[0]));
+	for (;;) {
+		n = list_inos(ffd, true, inos, names, FLUSH_FILES_MAX);
+		for (j = 0; j < n; j++) {
+			if (names[j] + 1 > nfiles)
+				nfiles = names[j] + 1;
+			for (own = 0, k = 0; k < n; k++)
+				own += (inos[k] - 1) / run == (inos[j] - 1) / run;
+			for (clash = false, k = 0; k < nslots && !clash; k++)
+				clash = (slot_inos[k] - 1) / run == (inos[j] - 1) / run;
+			if (!clash && own > best_own) {
+				best_own = own;
+				best = names[j];
+			}
+		}
+		if (best_own >= run || nfiles >= FLUSH_FILES_MAX)
+			break;
+		for (i = nfiles; i < nfiles + (long)run && i < FLUSH_FILES_MAX; i++) {
+			snprintf(name, sizeof(name), "%ld", i);
+			fd = openat(ffd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+			if (fd >= 0)
+				close(fd);
+			else if (errno != EEXIST)
+				break;
+		}
+		if (i < nfiles + (long)run && i < FLUSH_FILES_MAX)
+			break;                  /* cannot make files: the best so far */
+	}
+	if (best < 0) {
+		best = 0;
+		if ((fd = openat(ffd, "0", O_WRONLY | O_CREAT | O_CLOEXEC, 0600)) >= 0)
+			close(fd);
+	}
+	snprintf(name, sizeof(name), "%ld", best);
+	(void)linkat(ffd, name, ffd, "use", 0);         /* EEXIST: another chose */
+}
+
+/* The inode of SPOOL/flush/use and the run it is in, or 0. */
+static ino_t
+flush_use_ino(const char *spool_dir, unsigned long *run)
+{
+	char path[4096];
+	struct stat sb;
+
+	snprintf(path, sizeof(path), "%s/flush/use", spool_dir);
+	if (lstat(path, &sb) < 0 || !S_ISREG(sb.st_mode))
+		return 0;
+	snprintf(path, sizeof(path), "%s/flush", spool_dir);
+	*run = 1;
+	{
+		int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+		if (fd >= 0) {
+			*run = flush_run(fd);
+			close(fd);
+		}
+	}
+	return sb.st_ino;
+}
+
+static int
+open_flush_file(const char *spool_dir, int dir_fd)
+{
+	char path[4096];
+	struct stat a, b;
+	int ffd, fd;
+
+	snprintf(path, sizeof(path), "%s/flush", spool_dir);
+	if (lstat(path, &a) == 0 && !S_ISDIR(a.st_mode))
+		(void)unlink(path);             /* the earlier layout's file */
+	if ((mkdir(path, 0700) < 0 && errno != EEXIST) ||
+	    (ffd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0) {
+		msg_warn("%s: %s; slots are fdatasync'd", path, strerror(errno));
+		return -1;
+	}
+	flush_choose(ffd, dir_fd);
+	fd = openat(ffd, "use", O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	close(ffd);
 	if (fd < 0) {
-		msg_warn("open %s: %s; slots are fdatasync'd", path, strerror(errno));
+		msg_warn("open %s/use: %s; slots are fdatasync'd", path, strerror(errno));
 		return -1;
 	}
 	if (fstat(fd, &a) < 0 || fstat(dir_fd, &b) < 0 || a.st_dev != b.st_dev ||
@@ -203,10 +347,8 @@ slots_open(const char *spool_dir, uint64_t minfree)
 	s->ds = dirsync_open(path);
 	s->minfree = minfree;
 	s->flush_fd = -1;
-	if (overwrites_in_place(s->dir_fd)) {
-		snprintf(path, sizeof(path), "%s/flush", spool_dir);
-		s->flush_fd = open_flush_file(path, s->dir_fd);
-	}
+	if (overwrites_in_place(s->dir_fd))
+		s->flush_fd = open_flush_file(spool_dir, s->dir_fd);
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_mutex_init(&s->flush_lock, NULL);
 	pthread_condattr_init(&ca);
@@ -533,7 +675,7 @@ find(const struct slots *s, const struct slot_ref *ref)
 /*
  * The flush of overwrites, shared: an overwrite whose data write has
  * completed (number seq of the pool's) returns once an fdatasync of
- * SPOOL/flush that started after that completion has completed. Whoever
+ * flush_fd that started after that completion has completed. Whoever
  * finds no flush running starts one covering every write completed so
  * far; the rest wait for it. While other overwrites of the pool are still
  * being written (a few hundred microseconds), the one about to flush waits
@@ -842,6 +984,8 @@ slots_fill(const char *spool_dir, uint64_t minfree, char (*ids)[QID_LEN + 1], si
 	struct dirent *de;
 	struct stat sb;
 	size_t have = 0, made = 0, i;
+	unsigned long run = 1, clashes = 0;
+	ino_t use_ino = flush_use_ino(spool_dir, &run);
 	int sfd, tfd, fd, err = 0;
 	DIR *d;
 
@@ -865,6 +1009,17 @@ slots_fill(const char *spool_dir, uint64_t minfree, char (*ids)[QID_LEN + 1], si
 		if (fd < 0) {
 			err = errno;
 			break;
+		}
+		if (use_ino != 0 && clashes <= run && fstat(fd, &sb) == 0 &&
+		    (sb.st_ino - 1) / run == (use_ino - 1) / run) {
+			/* in the flush file's run: kept as an empty file of
+			 * SPOOL/flush/, never a slot; the id is tried again */
+			close(fd);
+			snprintf(path, sizeof(path), "%s/flush/s%s.%lu", spool_dir, ids[i], clashes++);
+			if (renameat(tfd, ids[i], AT_FDCWD, path) < 0)
+				unlinkat(tfd, ids[i], 0);
+			i--;
+			continue;
 		}
 		if (write_all(fd, zeros, sizeof(zeros)) < 0 || fdatasync(fd) < 0)
 			err = errno;

@@ -120,7 +120,7 @@ def durability_problems(records, spool, acks):
     inc_dir = os.path.join(spool, "incoming")
     hold_dir = os.path.join(spool, "hold")
     slots_dir = os.path.join(spool, "slots")
-    flush_file = os.path.join(spool, "flush")
+    flush_file = os.path.join(spool, "flush", "use")
     queue_dirs = (inc_dir, hold_dir)
     by_ino, entries, dir_syncs = {}, {}, {inc_dir: [], hold_dir: [], slots_dir: []}
     for r in records:

@@ -282,7 +282,7 @@ class FsyncOrderTest(SorterTestCase):
                 reused.add(os.path.basename(r.path2))
             seen.add(r.ino)
         self.assertFalse(placed - reused, "synced in place in a slot that held no message")
-        flush = os.path.join(spool, "flush")
+        flush = os.path.join(spool, "flush", "use")
 
         def failing(recs, late=None):
             return {q for q in placed if any(q in p for p in fsrec.durability_problems(

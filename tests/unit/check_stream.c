@@ -11,9 +11,12 @@
 
 #include <check.h>
 #include <dirent.h>
-#include <sys/stat.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <linux/magic.h>
 #include <pthread.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -853,6 +856,133 @@ START_TEST(test_shared_flush)
 }
 END_TEST
 
+/* The file whose fdatasync flushes the device's cache for overwrites is
+ * SPOOL/flush/use, whose run of inode numbers (as many as one block of
+ * the inode table can hold: f_bsize / 128) holds no slot, before or after
+ * a fill: the slots' inodes, whose times change with every message, never
+ * share its block, which an fsync on ext4 without a journal writes
+ * whenever it is dirty. Every process uses the same file. A spool whose
+ * SPOOL/flush is a file (the earlier layout) gets the folder. Only where
+ * slots are written over in place (ext4 without data journaling, as /tmp
+ * is where this runs); elsewhere there is no flush file at all. */
+START_TEST(test_flush_file_alone)
+{
+	static char ids[200][QID_LEN + 1];
+	char path[PATH_MAX], link[PATH_MAX], want[300];
+	struct slots *a, *b;
+	struct statfs sf;
+	struct stat sb, fb;
+	struct dirent *de;
+	unsigned long run, mine = 0, slots = 0;
+	ino_t ino = 0;
+	size_t i;
+	DIR *d;
+	ssize_t n;
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/flush", spool);
+	ck_assert_int_ge(fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600), 0);
+	close(fd);
+	a = slots_open(spool, 0);
+	for (i = 0; i < 200; i++)
+		qid_next(ids[i]);
+	ck_assert_int_eq(slots_fill(spool, 0, ids, 200), 200);
+	b = slots_open(spool, 0);       /* another process, after the fill */
+	snprintf(want, sizeof(want), "%s/flush/use", spool);
+	ck_assert_ptr_nonnull(d = opendir("/proc/self/fd"));
+	while ((de = readdir(d)) != NULL) {
+		snprintf(path, sizeof(path), "/proc/self/fd/%s", de->d_name);
+		if ((n = readlink(path, link, sizeof(link) - 1)) <= 0)
+			continue;
+		link[n] = '\0';
+		if (strncmp(link, want, strlen(want)) == 0 && stat(link, &sb) == 0) {
+			ck_assert(ino == 0 || ino == sb.st_ino);        /* both use one file */
+			ino = sb.st_ino;
+			mine++;
+		}
+	}
+	closedir(d);
+	snprintf(path, sizeof(path), "%s/slots", spool);
+	ck_assert_int_eq(statfs(path, &sf), 0);
+	snprintf(path, sizeof(path), "%s/flush", spool);
+	ck_assert_int_eq(lstat(path, &fb), 0);
+	if (mine == 0) {
+		/* no file: slots are fdatasync'd here (not ext4) */
+		ck_assert(sf.f_type != EXT4_SUPER_MAGIC || !S_ISDIR(fb.st_mode));
+	} else {
+		ck_assert_uint_eq(mine, 2);
+		ck_assert(S_ISDIR(fb.st_mode));
+		ck_assert_int_eq(stat(want, &sb), 0);
+		ck_assert_uint_eq(sb.st_ino, ino);
+		run = (unsigned long)sf.f_bsize / 128;
+		snprintf(path, sizeof(path), "%s/slots", spool);
+		ck_assert_ptr_nonnull(d = opendir(path));
+		while ((de = readdir(d)) != NULL) {
+			if (de->d_name[0] == '.')
+				continue;
+			slots++;
+			ck_assert_msg((de->d_ino - 1) / run != (ino - 1) / run,
+				      "slot %s (inode %lu) in the run of the flush file (inode %lu)",
+				      de->d_name, (unsigned long)de->d_ino, (unsigned long)ino);
+		}
+		closedir(d);
+		ck_assert_uint_eq(slots, 200);
+	}
+	slots_close(a);
+	slots_close(b);
+}
+END_TEST
+
+/* A fill never makes a slot in the run of inode numbers of SPOOL/flush/use,
+ * even when that run holds free inodes (here the flush folder has one
+ * file, made just before): a new file that lands there stays in
+ * SPOOL/flush/ as an empty file and the fill goes on with another. */
+START_TEST(test_fill_avoids_flush_run)
+{
+	static char ids[64][QID_LEN + 1];
+	char path[PATH_MAX], target[PATH_MAX];
+	struct statfs sf;
+	struct stat use;
+	struct dirent *de;
+	unsigned long run, slots = 0, kept = 0;
+	size_t i;
+	DIR *d;
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/flush", spool);
+	ck_assert_int_eq(mkdir(path, 0700), 0);
+	snprintf(target, sizeof(target), "%s/flush/0", spool);
+	ck_assert_int_ge(fd = open(target, O_WRONLY | O_CREAT | O_EXCL, 0600), 0);
+	close(fd);
+	ck_assert_int_eq(stat(target, &use), 0);
+	snprintf(path, sizeof(path), "%s/flush/use", spool);
+	ck_assert_int_eq(link(target, path), 0);
+	for (i = 0; i < 64; i++)
+		qid_next(ids[i]);
+	ck_assert_int_eq(slots_fill(spool, 0, ids, 64), 64);
+	snprintf(path, sizeof(path), "%s/slots", spool);
+	ck_assert_int_eq(statfs(path, &sf), 0);
+	run = (unsigned long)sf.f_bsize / 128;
+	ck_assert_ptr_nonnull(d = opendir(path));
+	while ((de = readdir(d)) != NULL) {
+		if (de->d_name[0] == '.')
+			continue;
+		slots++;
+		ck_assert_msg((de->d_ino - 1) / run != (use.st_ino - 1) / run,
+			      "slot %s (inode %lu) in the run of the flush file (inode %lu)",
+			      de->d_name, (unsigned long)de->d_ino, (unsigned long)use.st_ino);
+	}
+	closedir(d);
+	ck_assert_uint_eq(slots, 64);
+	snprintf(path, sizeof(path), "%s/flush", spool);
+	ck_assert_ptr_nonnull(d = opendir(path));
+	while ((de = readdir(d)) != NULL)
+		kept += de->d_name[0] == 's';
+	closedir(d);
+	ck_assert_uint_lt(kept, run + 2);
+}
+END_TEST
+
 /* A queue name left on a slot already marked freed (the queue manager
  * stopped between the mark and the unlink): the daemon's reader removes
  * it, never quarantines it as corrupt. */
@@ -927,6 +1057,8 @@ stream_suite(void)
 	tcase_add_test(tc, test_slots_prune);
 	tcase_add_test(tc, test_slots_deep_queue);
 	tcase_add_test(tc, test_shared_flush);
+	tcase_add_test(tc, test_flush_file_alone);
+	tcase_add_test(tc, test_fill_avoids_flush_run);
 	tcase_add_test(tc, test_edit);
 	suite_add_tcase(s, tc);
 	return s;
