@@ -367,7 +367,7 @@ int slot_take(struct slots *s, const char *new_name, struct slot_ref *out);
 /* Makes what was written into ref's slot durable: 0, or -1 with errno.
  * A slot that has not grown past the length an fdatasync of this pool
  * made durable is written over in place: sync_file_range() writes its
- * data and waits for it, then an fdatasync of spool_dir/flush flushes the
+ * data and waits for it, then an fdatasync of spool_dir/flush/use flushes the
  * device's write cache (only on a file system that overwrites in place:
  * ext4 without data journaling). Any other slot is fdatasync'd, and on
  * such a file system its length recorded as durable; after an error, the
