@@ -198,9 +198,9 @@ flush_run(int fd)
 	return (unsigned long)sf.f_bsize / 128;
 }
 
-/* The inode numbers of the entries of folder fd whose names pass keep,
- * FLUSH_FILES_MAX * 8 at most: their count; *names gets each numeric
- * name (-1 for others). */
+/* The inode numbers of the entries of folder fd (only those named by a
+ * number when numeric, that number then into names), max at most: their
+ * count. */
 static size_t
 list_inos(int fd, bool numeric, ino_t *inos, long *names, size_t max)
 {
@@ -232,18 +232,18 @@ list_inos(int fd, bool numeric, ino_t *inos, long *names, size_t max)
 static void
 flush_choose(int ffd, int sfd)
 {
-	static ino_t slot_inos[RECYCLE_KNOWN * 8];
-	ino_t inos[FLUSH_FILES_MAX];
+	size_t slots_max = RECYCLE_KNOWN * 8, n, nslots, j, k, own, best_own = 0;
+	ino_t *slot_inos, inos[FLUSH_FILES_MAX];
 	long names[FLUSH_FILES_MAX], best = -1, nfiles = 0, i;
 	unsigned long run = flush_run(ffd);
-	size_t n, nslots, j, k, own, best_own = 0;
 	char name[32];
 	bool clash;
 	int fd;
 
 	if (faccessat(ffd, "use", F_OK, AT_SYMLINK_NOFOLLOW) == 0)
 		return;
-	nslots = list_inos(sfd, false, slot_inos, NULL, sizeof(slot_inos) / sizeof(slot_inos[0]));
+	slot_inos = xcalloc(slots_max, sizeof(*slot_inos));
+	nslots = list_inos(sfd, false, slot_inos, NULL, slots_max);
 	for (;;) {
 		n = list_inos(ffd, true, inos, names, FLUSH_FILES_MAX);
 		for (j = 0; j < n; j++) {
@@ -278,6 +278,7 @@ flush_choose(int ffd, int sfd)
 	}
 	snprintf(name, sizeof(name), "%ld", best);
 	(void)linkat(ffd, name, ffd, "use", 0);         /* EEXIST: another chose */
+	free(slot_inos);
 }
 
 /* The inode of SPOOL/flush/use and the run it is in, or 0. */
@@ -286,20 +287,15 @@ flush_use_ino(const char *spool_dir, unsigned long *run)
 {
 	char path[4096];
 	struct stat sb;
+	int fd;
 
 	snprintf(path, sizeof(path), "%s/flush/use", spool_dir);
-	if (lstat(path, &sb) < 0 || !S_ISREG(sb.st_mode))
+	if ((fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)) < 0)
 		return 0;
-	snprintf(path, sizeof(path), "%s/flush", spool_dir);
-	*run = 1;
-	{
-		int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-
-		if (fd >= 0) {
-			*run = flush_run(fd);
-			close(fd);
-		}
-	}
+	if (fstat(fd, &sb) < 0 || !S_ISREG(sb.st_mode))
+		sb.st_ino = 0;
+	*run = flush_run(fd);
+	close(fd);
 	return sb.st_ino;
 }
 
