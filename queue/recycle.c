@@ -683,6 +683,7 @@ static int
 flush_wait(struct slots *s, uint64_t seq)
 {
 	struct timespec deadline;
+	bool gathered = false;
 	uint64_t upto;
 	int err = 0;
 
@@ -697,9 +698,13 @@ flush_wait(struct slots *s, uint64_t seq)
 			pthread_cond_wait(&s->flush_cond, &s->flush_lock);
 			continue;
 		}
-		if (s->writing > 0 &&
-		    pthread_cond_timedwait(&s->flush_cond, &s->flush_lock, &deadline) != ETIMEDOUT)
+		if (s->writing > 0 && !gathered) {
+			/* woken or not, the state is looked at again: another
+			 * may have started the flush meanwhile */
+			gathered = pthread_cond_timedwait(&s->flush_cond, &s->flush_lock,
+							  &deadline) == ETIMEDOUT;
 			continue;
+		}
 		s->flushing = true;
 		upto = s->written;
 		pthread_mutex_unlock(&s->flush_lock);
@@ -1011,7 +1016,8 @@ slots_fill(const char *spool_dir, uint64_t minfree, char (*ids)[QID_LEN + 1], si
 			/* in the flush file's run: kept as an empty file of
 			 * SPOOL/flush/, never a slot; the id is tried again */
 			close(fd);
-			snprintf(path, sizeof(path), "%s/flush/s%s.%lu", spool_dir, ids[i], clashes++);
+			snprintf(path, sizeof(path), "%s/flush/s%s.%lu", spool_dir, ids[i],
+				 clashes++);
 			if (renameat(tfd, ids[i], AT_FDCWD, path) < 0)
 				unlinkat(tfd, ids[i], 0);
 			i--;
