@@ -126,6 +126,17 @@ dev_per_msg() {
         printf ", device %.2f data writes + %.2f flushes per msg", w / n, f / n }'
 }
 
+# cpu_stat -> "TOTAL STEAL": the machine's CPU time so far (every field of /proc/stat's cpu
+# line) and the part of it the hypervisor gave to others (steal), in ticks
+cpu_stat() { awk '$1 == "cpu" { for (i = 2; i <= NF; i++) t += $i; print t, $9; exit }' /proc/stat; }
+
+# steal_pct "BEFORE" "AFTER" -> ", host steal N% of CPU": the share of the machine's CPU time
+# over the run that the hypervisor gave to other guests
+steal_pct() {
+    awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " ")
+        if (y[1] > x[1]) printf ", host steal %.1f%% of CPU", 100 * (y[2] - x[2]) / (y[1] - x[1]) }'
+}
+
 # summary LABEL VALUES... -> "LABEL min/median/max: a / b / c"
 summary() {
     local label=$1
