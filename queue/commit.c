@@ -3,7 +3,7 @@
  *
  * On an I/O thread a new file is written into tmp/, fsync'd, renamed into
  * incoming/, and covered by a directory fsync of incoming/ that started
- * after the rename (a dirsync, shared with concurrent commits). Only then
+ * after the rename (groupsync_wait, shared with concurrent commits). Only then
  * does the job's callback run in the event loop, and only then may a 250
  * be sent.
  *
@@ -52,7 +52,7 @@ struct commit_pool {
 	struct iopool *io;
 	struct slots *slots;        /* where streams write */
 	int tmp_fd;
-	struct dirsync *incoming;
+	struct groupsync *incoming;
 	int hold_fd;                /* where quarantined edits are linked */
 };
 
@@ -128,7 +128,7 @@ static int
 commit_one(struct commit_pool *p, struct commit_job *job)
 {
 	unsigned char end[SPOOL_REC_HDR], check[SPOOL_CHECK_REC];
-	int ifd = dirsync_fd(p->incoming);
+	int ifd = groupsync_fd(p->incoming);
 	struct iovec iov[4];
 	int fd, err;
 
@@ -162,7 +162,7 @@ commit_one(struct commit_pool *p, struct commit_job *job)
 		unlinkat(p->tmp_fd, job->id, 0);
 		return err;
 	}
-	err = dirsync_wait(p->incoming);
+	err = groupsync_wait(p->incoming);
 	if (err) {
 		/* The file may or may not survive a crash: do not acknowledge it,
 		 * and take it back so it is not delivered behind the client's back. */
@@ -203,7 +203,7 @@ commit_pool_create(struct event_base *base, const char *spool_dir, int nthreads,
 	if (p->tmp_fd < 0)
 		msg_fatal("open %s: %s", path, strerror(errno));
 	snprintf(path, sizeof(path), "%s/incoming", spool_dir);
-	p->incoming = dirsync_open(path);
+	p->incoming = groupsync_open_dir(path);
 	snprintf(path, sizeof(path), "%s/hold", spool_dir);
 	p->hold_fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (p->hold_fd < 0)
@@ -226,7 +226,7 @@ void
 commit_pool_destroy(struct commit_pool *p)
 {
 	iopool_destroy(p->io);
-	dirsync_close(p->incoming);
+	groupsync_close(p->incoming);
 	close(p->hold_fd);
 	slots_close(p->slots);
 	close(p->tmp_fd);
@@ -420,7 +420,7 @@ stream_final_work(void *arg)
 		goto fail;
 	}
 	/* committed; the link (not waited for) hands it to the queue manager */
-	if (slot_link(st->pool->slots, &st->slot, dirsync_fd(st->pool->incoming), st->id) < 0)
+	if (slot_link(st->pool->slots, &st->slot, groupsync_fd(st->pool->incoming), st->id) < 0)
 		st->error = errno;
 	return;
 fail:
@@ -663,7 +663,7 @@ stream_edit_work(struct spool_stream *st)
 	uint32_t crc;
 	ssize_t r;
 	size_t n;
-	int dfd = e->hold ? st->pool->hold_fd : dirsync_fd(st->pool->incoming);
+	int dfd = e->hold ? st->pool->hold_fd : groupsync_fd(st->pool->incoming);
 
 	stream_write_work(st);          /* the last bytes of the original, if any */
 	if (st->error)

@@ -5,11 +5,16 @@
  * completion back to the event loop that owns the pool (through a pipe the
  * loop watches), in completion order. The loop never waits for the disk.
  *
- * A dirsync makes directory changes (renames, unlinks) durable in batches:
- * a thread that changed the directory calls dirsync_wait(), which returns
- * only after an fsync of the directory that *started after that change*
- * has completed. Whoever finds no fsync running starts one covering every
- * change made so far; the rest wait for it. N commits, a few fsyncs.
+ * A groupsync makes changes to one file or directory durable in batches:
+ * a thread that changed a directory (rename, unlink) calls
+ * groupsync_wait(), which returns only after an fsync of the directory
+ * that *started after that change* has completed. Whoever finds no fsync
+ * running starts one covering every change made so far; the rest wait for
+ * it. N commits, a few fsyncs. The slot pool (recycle.c) shares its
+ * device cache flushes the same way: a write announced before it starts
+ * (groupsync_writing) and waited for once it is done (groupsync_written),
+ * so that a flush about to start can wait a little for the writes under
+ * way, to cover them too.
  */
 #include "config.h"
 
@@ -19,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -169,68 +175,153 @@ iopool_destroy(struct iopool *p)
 	free(p);
 }
 
-struct dirsync {
+struct groupsync {
 	int fd;
+	bool datasync;                  /* fdatasync, else fsync */
+	unsigned gather_usec;
 	pthread_mutex_t lock;
-	pthread_cond_t synced;
-	uint64_t changes;               /* changes announced */
-	uint64_t synced_upto;           /* changes covered by a completed fsync */
+	pthread_cond_t cond;            /* a write or a sync completed */
+	unsigned writing;               /* writes under way (groupsync_writing) */
+	uint64_t ready;                 /* changes and completed writes announced */
+	uint64_t synced;                /* the first this many are covered by a completed sync */
 	bool syncing;
+	uint64_t nsyncs;                /* syncs that succeeded */
 };
 
-struct dirsync *
-dirsync_open(const char *path)
+struct groupsync *
+groupsync_new(int fd, bool datasync, unsigned gather_usec)
 {
-	struct dirsync *d = xcalloc(1, sizeof(*d));
+	struct groupsync *g = xcalloc(1, sizeof(*g));
+	pthread_condattr_t ca;
 
-	d->fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (d->fd < 0)
+	g->fd = fd;
+	g->datasync = datasync;
+	g->gather_usec = gather_usec;
+	pthread_mutex_init(&g->lock, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&g->cond, &ca);
+	pthread_condattr_destroy(&ca);
+	return g;
+}
+
+struct groupsync *
+groupsync_open_dir(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+	if (fd < 0)
 		msg_fatal("open %s: %s", path, strerror(errno));
-	pthread_mutex_init(&d->lock, NULL);
-	pthread_cond_init(&d->synced, NULL);
-	return d;
+	return groupsync_new(fd, false, 0);
 }
 
 int
-dirsync_fd(const struct dirsync *d)
+groupsync_fd(const struct groupsync *g)
 {
-	return d->fd;
+	return g->fd;
 }
 
-int
-dirsync_wait(struct dirsync *d)
+/*
+ * Returns once announcement seq is covered: a sync that started after it
+ * has completed. Whoever finds no sync running starts one covering every
+ * announcement so far; the rest wait for it. While writes are under way
+ * (a few hundred microseconds), the one about to sync first waits for
+ * them, gather_usec at most, so that one sync covers them too. Called
+ * with the lock held; 0 or an errno value from the sync.
+ */
+static int
+wait_covered(struct groupsync *g, uint64_t seq)
 {
-	uint64_t seq, upto;
+	struct timespec deadline;
+	bool gathered = g->gather_usec == 0;
+	uint64_t upto;
 	int err = 0;
 
-	pthread_mutex_lock(&d->lock);
-	seq = ++d->changes;
-	while (d->synced_upto < seq) {
-		if (d->syncing) {
-			pthread_cond_wait(&d->synced, &d->lock);
+	if (!gathered) {
+		clock_gettime(CLOCK_MONOTONIC, &deadline);
+		deadline.tv_nsec += (long)g->gather_usec * 1000L;
+		deadline.tv_sec += deadline.tv_nsec / 1000000000L;
+		deadline.tv_nsec %= 1000000000L;
+	}
+	while (g->synced < seq) {
+		if (g->syncing) {
+			pthread_cond_wait(&g->cond, &g->lock);
 			continue;
 		}
-		d->syncing = true;
-		upto = d->changes;
-		pthread_mutex_unlock(&d->lock);
-		err = fsync(d->fd) < 0 ? errno : 0;
-		pthread_mutex_lock(&d->lock);
-		d->syncing = false;
-		if (err == 0)
-			d->synced_upto = upto;
-		pthread_cond_broadcast(&d->synced);
-		if (err)
+		if (g->writing > 0 && !gathered) {
+			/* woken or not, the state is looked at again: another
+			 * may have started the sync meanwhile */
+			gathered = pthread_cond_timedwait(&g->cond, &g->lock, &deadline) == ETIMEDOUT;
+			continue;
+		}
+		g->syncing = true;
+		upto = g->ready;
+		pthread_mutex_unlock(&g->lock);
+		err = (g->datasync ? fdatasync(g->fd) : fsync(g->fd)) < 0 ? errno : 0;
+		pthread_mutex_lock(&g->lock);
+		g->syncing = false;
+		if (err == 0) {
+			g->nsyncs++;
+			if (upto > g->synced)
+				g->synced = upto;
+		}
+		pthread_cond_broadcast(&g->cond);
+		if (err != 0)
 			break;
 	}
-	pthread_mutex_unlock(&d->lock);
+	return err;
+}
+
+int
+groupsync_wait(struct groupsync *g)
+{
+	int err;
+
+	pthread_mutex_lock(&g->lock);
+	err = wait_covered(g, ++g->ready);
+	pthread_mutex_unlock(&g->lock);
 	return err;
 }
 
 void
-dirsync_close(struct dirsync *d)
+groupsync_writing(struct groupsync *g)
 {
-	close(d->fd);
-	pthread_mutex_destroy(&d->lock);
-	pthread_cond_destroy(&d->synced);
-	free(d);
+	pthread_mutex_lock(&g->lock);
+	g->writing++;
+	pthread_mutex_unlock(&g->lock);
+}
+
+int
+groupsync_written(struct groupsync *g, bool ok)
+{
+	int err = 0;
+
+	pthread_mutex_lock(&g->lock);
+	g->writing--;
+	if (ok)
+		err = wait_covered(g, ++g->ready);
+	else
+		pthread_cond_broadcast(&g->cond);       /* one fewer under way */
+	pthread_mutex_unlock(&g->lock);
+	return err;
+}
+
+void
+groupsync_counts(struct groupsync *g, uint64_t *covered, uint64_t *syncs)
+{
+	pthread_mutex_lock(&g->lock);
+	*covered = g->synced;
+	*syncs = g->nsyncs;
+	pthread_mutex_unlock(&g->lock);
+}
+
+void
+groupsync_close(struct groupsync *g)
+{
+	if (g == NULL)
+		return;
+	close(g->fd);
+	pthread_mutex_destroy(&g->lock);
+	pthread_cond_destroy(&g->cond);
+	free(g);
 }

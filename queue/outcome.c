@@ -303,7 +303,7 @@ disk_work(void *arg)
 			err = 0;
 		unlinkat(q->dirfd[D_DEFER], mq->id, 0);
 		if (err == 0 && dj->fate == QFATE_DELETE)
-			err = dirsync_wait(q->active_ds);
+			err = groupsync_wait(q->active_ds);
 		dj->err = err;
 		return;
 	}

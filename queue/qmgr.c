@@ -918,9 +918,9 @@ qmgr_main(struct config *cf, struct counters *ctr, int master_fd)
 	if (queue_open_dirs(cf->spool_dir, q.dirfd) < 0)
 		msg_fatal("open the spool %s: %s", cf->spool_dir, strerror(errno));
 	snprintf(path, sizeof(path), "%s/active", cf->spool_dir);
-	q.active_ds = dirsync_open(path);
+	q.active_ds = groupsync_open_dir(path);
 	snprintf(path, sizeof(path), "%s/defer", cf->spool_dir);
-	q.defer_ds = dirsync_open(path);
+	q.defer_ds = groupsync_open_dir(path);
 	q.base = event_base_new();
 	if (q.base == NULL)
 		msg_fatal("cannot create event loop");
@@ -989,8 +989,8 @@ qmgr_main(struct config *cf, struct counters *ctr, int master_fd)
 	map_waiter_free(q.waiter);
 	router_close(q.router);
 	nodecaps_close(q.caps);
-	dirsync_close(q.active_ds);
-	dirsync_close(q.defer_ds);
+	groupsync_close(q.active_ds);
+	groupsync_close(q.defer_ds);
 	queue_close_dirs(q.dirfd);
 	event_base_free(q.base);
 	close(q.lock_fd);

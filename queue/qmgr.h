@@ -87,7 +87,7 @@ struct qmgr {
 	struct client_pool *client;
 	struct commit_pool *commit;     /* for DSNs */
 	struct iopool *io;
-	struct dirsync *active_ds, *defer_ds;
+	struct groupsync *active_ds, *defer_ds;
 	int dirfd[QUEUE_NDIRS];         /* incoming active deferred hold defer corrupt */
 	struct qmsg *msgs;
 	int nactive;

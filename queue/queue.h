@@ -219,14 +219,26 @@ void iopool_run(struct iopool *p, void (*work)(void *), void (*done)(void *), vo
 /* Finishes queued work, runs the pending done() calls, joins the threads. */
 void iopool_destroy(struct iopool *p);
 
-/* Shared directory fsyncs: call dirsync_wait() after changing the
- * directory (rename, unlink); it returns 0 once an fsync of it that began
- * after the change has completed, else an errno value. Thread-safe. */
-struct dirsync;
-struct dirsync *dirsync_open(const char *path);
-int dirsync_fd(const struct dirsync *d);
-int dirsync_wait(struct dirsync *d);
-void dirsync_close(struct dirsync *d);
+/* Shared syncs of one file or directory (iopool.c). Thread-safe.
+ * groupsync_wait(), called after changing it (a rename or unlink in a
+ * directory), returns 0 once an fsync (with datasync, an fdatasync) of it
+ * that began after the change has completed, else an errno value.
+ * groupsync_writing() announces a write that will want such a sync when
+ * it ends; groupsync_written() says it ended: if ok, it returns as
+ * groupsync_wait() does, where a sync about to start first waits up to
+ * gather_usec for the writes still under way, to cover them too. */
+struct groupsync;
+struct groupsync *groupsync_new(int fd, bool datasync, unsigned gather_usec);
+/* a directory's, fsync'd, no gathering; exits if it cannot be opened */
+struct groupsync *groupsync_open_dir(const char *path);
+int groupsync_fd(const struct groupsync *g);
+int groupsync_wait(struct groupsync *g);
+void groupsync_writing(struct groupsync *g);
+int groupsync_written(struct groupsync *g, bool ok);
+/* announcements covered by a completed sync, and the syncs that succeeded */
+void groupsync_counts(struct groupsync *g, uint64_t *covered, uint64_t *syncs);
+/* closes its descriptor too */
+void groupsync_close(struct groupsync *g);
 
 /* ---- durable commit (commit.c) ----
  * A job is written to tmp/, fsync'd, renamed into incoming/ and covered by
@@ -599,7 +611,7 @@ int qstatus_parse(const char *buf, size_t len, struct qstatus *st);
 void qstatus_format(const struct qstatus *st, struct dstr *out);
 /* Atomically replaces dirfd/id; with ds, waits for the directory fsync.
  * Returns 0 or an errno value. */
-int qstatus_write(int dirfd, struct dirsync *ds, const char *id, const struct qstatus *st);
+int qstatus_write(int dirfd, struct groupsync *ds, const char *id, const struct qstatus *st);
 
 /* ---- taking over another sorter's spool (import.c) ----
  * Each message of the peer's spool src is copied in under a fresh id of

@@ -15,7 +15,7 @@
  * block of the inode table (open_flush_file), then only flushes the
  * device's write cache, which makes every write completed before it
  * durable: one such flush serves every overwrite of the pool completed
- * before it started (flush_wait). Slots are written from their start, never past their end and
+ * before it started (overwrite_sync). Slots are written from their start, never past their end and
  * never cut short, so no slot has a hole under its length. A hard link
  * under the message's id in incoming/ then hands it to the queue manager;
  * that link is not waited for. When the message is finished, whoever
@@ -84,7 +84,6 @@
 #include <sys/sysmacros.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "lib/lib.h"
@@ -107,7 +106,7 @@ struct slot {
 
 struct slots {
 	int dir_fd;                     /* slots/ */
-	struct dirsync *ds;             /* its shared fsync, for new slots */
+	struct groupsync *ds;             /* its shared fsync, for new slots */
 	uint64_t minfree;
 	pthread_mutex_t lock;
 	struct slot v[RECYCLE_KNOWN];
@@ -118,16 +117,9 @@ struct slots {
 	uint64_t prune_after_usec;
 	bool room;                      /* room(), as of room_until_usec - ROOM_USEC */
 	uint64_t room_until_usec;
-	int flush_fd;                   /* a file of SPOOL/flush/, when overwrites are synced in
-					 * place (slot_sync); else -1 */
-	/* the shared flush of overwrites (flush_wait), under flush_lock */
-	pthread_mutex_t flush_lock;
-	pthread_cond_t flush_cond;      /* a write or a flush completed */
-	unsigned writing;               /* overwrites whose data is being written */
-	uint64_t written;               /* overwrites whose data write completed */
-	uint64_t flushed;               /* of those, the first this many are flushed */
-	bool flushing;
-	uint64_t nflushes;              /* fdatasyncs of flush_fd that succeeded */
+	/* when overwrites are synced in place (slot_sync): the shared
+	 * fdatasync of a file of SPOOL/flush/ (overwrite_sync); else NULL */
+	struct groupsync *flush;
 };
 
 /*
@@ -333,24 +325,18 @@ struct slots *
 slots_open(const char *spool_dir, uint64_t minfree)
 {
 	struct slots *s = xcalloc(1, sizeof(*s));
-	pthread_condattr_t ca;
 	char path[4096];
+	int fd;
 
 	snprintf(path, sizeof(path), "%s/slots", spool_dir);
 	s->dir_fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (s->dir_fd < 0)
 		msg_fatal("open %s: %s", path, strerror(errno));
-	s->ds = dirsync_open(path);
+	s->ds = groupsync_open_dir(path);
 	s->minfree = minfree;
-	s->flush_fd = -1;
-	if (overwrites_in_place(s->dir_fd))
-		s->flush_fd = open_flush_file(spool_dir, s->dir_fd);
+	if (overwrites_in_place(s->dir_fd) && (fd = open_flush_file(spool_dir, s->dir_fd)) >= 0)
+		s->flush = groupsync_new(fd, true, FLUSH_GATHER_USEC);
 	pthread_mutex_init(&s->lock, NULL);
-	pthread_mutex_init(&s->flush_lock, NULL);
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&s->flush_cond, &ca);
-	pthread_condattr_destroy(&ca);
 	return s;
 }
 
@@ -364,13 +350,10 @@ slots_close(struct slots *s)
 	for (i = 0; i < s->n; i++)
 		if (s->v[i].fd >= 0)
 			close(s->v[i].fd);      /* the locks go with them */
-	dirsync_close(s->ds);
+	groupsync_close(s->ds);
 	close(s->dir_fd);
-	if (s->flush_fd >= 0)
-		close(s->flush_fd);
+	groupsync_close(s->flush);
 	pthread_mutex_destroy(&s->lock);
-	pthread_mutex_destroy(&s->flush_lock);
-	pthread_cond_destroy(&s->flush_cond);
 	free(s);
 }
 
@@ -499,7 +482,7 @@ scan(struct slots *s)
 	closedir(d);
 	/* whoever made them (slots_fill renames them in), their names are
 	 * durable before a message is written into one */
-	if (got > 0 && dirsync_wait(s->ds) != 0)
+	if (got > 0 && groupsync_wait(s->ds) != 0)
 		while (got-- > 0)
 			forget(s, s->n - 1, false);
 }
@@ -635,7 +618,7 @@ slot_take(struct slots *s, const char *new_name, struct slot_ref *out)
 	fd = openat(s->dir_fd, new_name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return -1;
-	err = flock(fd, LOCK_EX | LOCK_NB) < 0 ? errno : dirsync_wait(s->ds);
+	err = flock(fd, LOCK_EX | LOCK_NB) < 0 ? errno : groupsync_wait(s->ds);
 	if (err) {
 		unlinkat(s->dir_fd, new_name, 0);
 		close(fd);
@@ -669,90 +652,36 @@ find(const struct slots *s, const struct slot_ref *ref)
 }
 
 /*
- * The flush of overwrites, shared: an overwrite whose data write has
- * completed (number seq of the pool's) returns once an fdatasync of
- * flush_fd that started after that completion has completed. Whoever
- * finds no flush running starts one covering every write completed so
- * far; the rest wait for it. While other overwrites of the pool are still
- * being written (a few hundred microseconds), the one about to flush waits
- * for them first, FLUSH_GATHER_USEC at most: one flush then makes several
- * messages durable, where each would have paid its own device request.
- * Called with flush_lock held; 0, or -1 with errno from the fdatasync.
+ * An overwrite made durable: the data written in place and waited for,
+ * then the device's cache flushed by an fdatasync of the flush file that
+ * started after the write completed. That flush is shared (groupsync):
+ * one makes every overwrite of the pool completed before it durable, and
+ * one about to start waits FLUSH_GATHER_USEC at most for the overwrites
+ * of the pool still being written (a few hundred microseconds), where
+ * each would have paid its own device request.
  */
-static int
-flush_wait(struct slots *s, uint64_t seq)
-{
-	struct timespec deadline;
-	bool gathered = false;
-	uint64_t upto;
-	int err = 0;
-
-	clock_gettime(CLOCK_MONOTONIC, &deadline);
-	deadline.tv_nsec += FLUSH_GATHER_USEC * 1000L;
-	if (deadline.tv_nsec >= 1000000000L) {
-		deadline.tv_sec++;
-		deadline.tv_nsec -= 1000000000L;
-	}
-	while (s->flushed < seq) {
-		if (s->flushing) {
-			pthread_cond_wait(&s->flush_cond, &s->flush_lock);
-			continue;
-		}
-		if (s->writing > 0 && !gathered) {
-			/* woken or not, the state is looked at again: another
-			 * may have started the flush meanwhile */
-			gathered = pthread_cond_timedwait(&s->flush_cond, &s->flush_lock,
-							  &deadline) == ETIMEDOUT;
-			continue;
-		}
-		s->flushing = true;
-		upto = s->written;
-		pthread_mutex_unlock(&s->flush_lock);
-		err = fdatasync(s->flush_fd) < 0 ? errno : 0;
-		pthread_mutex_lock(&s->flush_lock);
-		s->flushing = false;
-		if (err == 0) {
-			s->nflushes++;
-			if (upto > s->flushed)
-				s->flushed = upto;
-		}
-		pthread_cond_broadcast(&s->flush_cond);
-		if (err != 0)
-			break;
-	}
-	errno = err;
-	return err != 0 ? -1 : 0;
-}
-
-/* An overwrite made durable: the data written in place and waited for,
- * then the device's cache flushed (flush_wait). */
 static int
 overwrite_sync(struct slots *s, int fd, off_t len)
 {
-	int rc;
+	int err = 0, flush_err;
 
-	pthread_mutex_lock(&s->flush_lock);
-	s->writing++;
-	pthread_mutex_unlock(&s->flush_lock);
-	rc = sync_file_range(fd, 0, len, SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
-			     SYNC_FILE_RANGE_WAIT_AFTER);
-	pthread_mutex_lock(&s->flush_lock);
-	s->writing--;
-	if (rc == 0)
-		rc = flush_wait(s, ++s->written);
-	else
-		pthread_cond_broadcast(&s->flush_cond);   /* one fewer under way */
-	pthread_mutex_unlock(&s->flush_lock);
-	return rc;
+	groupsync_writing(s->flush);
+	if (sync_file_range(fd, 0, len, SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+			    SYNC_FILE_RANGE_WAIT_AFTER) < 0)
+		err = errno;
+	flush_err = groupsync_written(s->flush, err == 0);
+	if (err == 0)
+		err = flush_err;
+	errno = err;
+	return err != 0 ? -1 : 0;
 }
 
 void
 slots_flush_counts(struct slots *s, uint64_t *overwrites, uint64_t *flushes)
 {
-	pthread_mutex_lock(&s->flush_lock);
-	*overwrites = s->flushed;
-	*flushes = s->nflushes;
-	pthread_mutex_unlock(&s->flush_lock);
+	*overwrites = *flushes = 0;
+	if (s->flush != NULL)
+		groupsync_counts(s->flush, overwrites, flushes);
 }
 
 int
@@ -763,7 +692,7 @@ slot_sync(struct slots *s, struct slot_ref *ref)
 
 	if (fstat(ref->fd, &sb) < 0)
 		return -1;
-	if (s->flush_fd >= 0 && ref->durable > 0 && (uint64_t)sb.st_size <= ref->durable) {
+	if (s->flush != NULL && ref->durable > 0 && (uint64_t)sb.st_size <= ref->durable) {
 		if (overwrite_sync(s, ref->fd, sb.st_size) == 0)
 			return 0;
 		ref->durable = 0;       /* after an error, the next message is fdatasync'd */
@@ -775,7 +704,7 @@ slot_sync(struct slots *s, struct slot_ref *ref)
 	}
 	/* from now on, up to st_size, the slot is written over in place:
 	 * unless its data lives in its inode or goes through the journal */
-	if (s->flush_fd >= 0 && ioctl(ref->fd, FS_IOC_GETFLAGS, &flags) == 0 &&
+	if (s->flush != NULL && ioctl(ref->fd, FS_IOC_GETFLAGS, &flags) == 0 &&
 	    !(flags & (FS_INLINE_DATA_FL | FS_JOURNAL_DATA_FL)))
 		ref->durable = (uint64_t)sb.st_size;
 	return 0;

@@ -243,7 +243,7 @@ qstatus_format(const struct qstatus *st, struct dstr *out)
 }
 
 int
-qstatus_write(int dirfd, struct dirsync *ds, const char *id, const struct qstatus *st)
+qstatus_write(int dirfd, struct groupsync *ds, const char *id, const struct qstatus *st)
 {
 	char tmp[QID_LEN + 8];
 	struct dstr d;
@@ -267,5 +267,5 @@ qstatus_write(int dirfd, struct dirsync *ds, const char *id, const struct qstatu
 		unlinkat(dirfd, tmp, 0);
 		return err;
 	}
-	return ds ? dirsync_wait(ds) : 0;
+	return ds ? groupsync_wait(ds) : 0;
 }

@@ -24,7 +24,7 @@
 #include "queue/status.c"
 
 int
-dirsync_wait(struct dirsync *d)
+groupsync_wait(struct groupsync *d)
 {
 	(void)d;
 	abort();        /* never called: nothing here writes a status file */

@@ -98,9 +98,9 @@ setup(struct fixture *f)
 	q->io = iopool_create(q->base, 1);
 	ck_assert_int_eq(queue_open_dirs(f->spool, q->dirfd), 0);
 	snprintf(path, sizeof(path), "%s/active", f->spool);
-	q->active_ds = dirsync_open(path);
+	q->active_ds = groupsync_open_dir(path);
 	snprintf(path, sizeof(path), "%s/defer", f->spool);
-	q->defer_ds = dirsync_open(path);
+	q->defer_ds = groupsync_open_dir(path);
 	q->wake_fd = -1;
 	qid_init(5);
 	qid_next(f->id);
@@ -113,8 +113,8 @@ teardown(struct fixture *f)
 	struct qmgr *q = &f->q;
 
 	iopool_destroy(q->io);
-	dirsync_close(q->active_ds);
-	dirsync_close(q->defer_ds);
+	groupsync_close(q->active_ds);
+	groupsync_close(q->defer_ds);
 	queue_close_dirs(q->dirfd);
 	event_base_free(q->base);
 	config_free(f->cf);
