@@ -50,8 +50,8 @@
  * queue deeper than that): freed, they are for any pool's scan. When it
  * has none free it adopts unlocked free slots from slots/ (a scan, at most
  * every SLOTS_SCAN_USEC after one that found none), and failing that
- * makes a new one (O_EXCL, then a shared fsync of slots/ before its first
- * message is acknowledged). A process that dies lets go of its locks, and
+ * makes a new one (O_EXCL, never in the flush file's run, then a shared
+ * fsync of slots/ before its first message is acknowledged). A process that dies lets go of its locks, and
  * its slots are adopted by the others.
  * A slot bigger than RECYCLE_FILE_MAX, or any free slot while the file
  * system is short of queue_minfree and RECYCLE_RESERVE, is unlinked when
@@ -120,6 +120,9 @@ struct slots {
 	/* when overwrites are synced in place (slot_sync): the shared
 	 * fdatasync of a file of SPOOL/flush/ (overwrite_sync); else NULL */
 	struct groupsync *flush;
+	int flush_dfd;                  /* SPOOL/flush/, with flush; else -1 */
+	ino_t flush_ino;                /* its use: no new slot in its run (set_aside) */
+	unsigned long flush_run;
 };
 
 /*
@@ -171,8 +174,8 @@ overwrites_in_place(int dir_fd)
  * need it makes empty files in SPOOL/flush/ (FLUSH_FILES_MAX at most) and
  * links as `use` the one whose run of inode numbers (flush_run(): every
  * inode of one block of the inode table lies in one run, whatever the
- * inode size) holds the most of them and no slot; slots_fill() never
- * makes a slot in that run. A spool of an earlier layout, where
+ * inode size) holds the most of them and no slot; no new slot is ever
+ * made in that run (set_aside: the start-up fill and a pool's new slot). A spool of an earlier layout, where
  * SPOOL/flush was the file itself, gets the folder. -1 when no file can be
  * had.
  */
@@ -291,8 +294,32 @@ flush_use_ino(const char *spool_dir, unsigned long *run)
 	return sb.st_ino;
 }
 
+/* Whether inode ino lies in the run of inode use_ino (0: none): in the
+ * block of the inode table that holds the flush file. */
+static bool
+in_flush_run(ino_t ino, ino_t use_ino, unsigned long run)
+{
+	return use_ino != 0 && (ino - 1) / run == (use_ino - 1) / run;
+}
+
+/* A new file name of folder dfd whose inode landed in the flush file's
+ * run: kept there as an empty file of SPOOL/flush/ (flush_dfd), named
+ * s<name>.<k>, never a slot, so that its inode stays taken; the name is
+ * free to be tried again. Unlinked if it cannot be moved. */
+static void
+set_aside(int dfd, const char *name, int flush_dfd, unsigned long k)
+{
+	char kept[QID_LEN + 32];
+
+	snprintf(kept, sizeof(kept), "s%s.%lu", name, k);
+	if (flush_dfd < 0 || renameat(dfd, name, flush_dfd, kept) < 0)
+		unlinkat(dfd, name, 0);
+}
+
+/* SPOOL/flush/use opened for its fdatasync, and SPOOL/flush/ into
+ * *flush_dfd; -1 (and *flush_dfd -1) when it cannot be had. */
 static int
-open_flush_file(const char *spool_dir, int dir_fd)
+open_flush_file(const char *spool_dir, int dir_fd, int *flush_dfd)
 {
 	char path[4096];
 	struct stat a, b;
@@ -308,16 +335,18 @@ open_flush_file(const char *spool_dir, int dir_fd)
 	}
 	flush_choose(ffd, dir_fd);
 	fd = openat(ffd, "use", O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-	close(ffd);
 	if (fd < 0) {
 		msg_warn("open %s/use: %s; slots are fdatasync'd", path, strerror(errno));
+		close(ffd);
 		return -1;
 	}
 	if (fstat(fd, &a) < 0 || fstat(dir_fd, &b) < 0 || a.st_dev != b.st_dev ||
 	    !S_ISREG(a.st_mode)) {
 		close(fd);
+		close(ffd);
 		return -1;
 	}
+	*flush_dfd = ffd;
 	return fd;
 }
 
@@ -326,6 +355,7 @@ slots_open(const char *spool_dir, uint64_t minfree)
 {
 	struct slots *s = xcalloc(1, sizeof(*s));
 	char path[4096];
+	struct stat sb;
 	int fd;
 
 	snprintf(path, sizeof(path), "%s/slots", spool_dir);
@@ -334,8 +364,13 @@ slots_open(const char *spool_dir, uint64_t minfree)
 		msg_fatal("open %s: %s", path, strerror(errno));
 	s->ds = groupsync_open_dir(path);
 	s->minfree = minfree;
-	if (overwrites_in_place(s->dir_fd) && (fd = open_flush_file(spool_dir, s->dir_fd)) >= 0)
+	s->flush_dfd = -1;
+	if (overwrites_in_place(s->dir_fd) &&
+	    (fd = open_flush_file(spool_dir, s->dir_fd, &s->flush_dfd)) >= 0) {
 		s->flush = groupsync_new(fd, true, FLUSH_GATHER_USEC);
+		s->flush_run = flush_run(fd);
+		s->flush_ino = fstat(fd, &sb) == 0 ? sb.st_ino : 0;
+	}
 	pthread_mutex_init(&s->lock, NULL);
 	return s;
 }
@@ -353,6 +388,8 @@ slots_close(struct slots *s)
 	groupsync_close(s->ds);
 	close(s->dir_fd);
 	groupsync_close(s->flush);
+	if (s->flush_dfd >= 0)
+		close(s->flush_dfd);
 	pthread_mutex_destroy(&s->lock);
 	free(s);
 }
@@ -599,6 +636,8 @@ slots_prune(struct slots *s)
 int
 slot_take(struct slots *s, const char *new_name, struct slot_ref *out)
 {
+	struct stat sb;
+	unsigned long clashes = 0;
 	uint64_t now;
 	int fd, err;
 
@@ -614,11 +653,21 @@ slot_take(struct slots *s, const char *new_name, struct slot_ref *out)
 		return 0;
 	}
 	pthread_mutex_unlock(&s->lock);
-	/* a new slot: its name durable before its first message is */
-	fd = openat(s->dir_fd, new_name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-	if (fd < 0)
-		return -1;
-	err = flock(fd, LOCK_EX | LOCK_NB) < 0 ? errno : groupsync_wait(s->ds);
+	/* a new slot: its name durable before its first message is; never in
+	 * the flush file's run (once locked, it is ours to set aside) */
+	for (;;) {
+		fd = openat(s->dir_fd, new_name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+		if (fd < 0)
+			return -1;
+		err = flock(fd, LOCK_EX | LOCK_NB) < 0 ? errno : 0;
+		if (err || clashes > s->flush_run || fstat(fd, &sb) < 0 ||
+		    !in_flush_run(sb.st_ino, s->flush_ino, s->flush_run))
+			break;
+		set_aside(s->dir_fd, new_name, s->flush_dfd, clashes++);
+		close(fd);
+	}
+	if (err == 0)
+		err = groupsync_wait(s->ds);
 	if (err) {
 		unlinkat(s->dir_fd, new_name, 0);
 		close(fd);
@@ -916,7 +965,7 @@ slots_fill(const char *spool_dir, uint64_t minfree, char (*ids)[QID_LEN + 1], si
 	size_t have = 0, made = 0, i;
 	unsigned long run = 1, clashes = 0;
 	ino_t use_ino = flush_use_ino(spool_dir, &run);
-	int sfd, tfd, fd, err = 0;
+	int sfd, tfd, ffd, fd, err = 0;
 	DIR *d;
 
 	snprintf(path, sizeof(path), "%s/slots", spool_dir);
@@ -932,6 +981,8 @@ slots_fill(const char *spool_dir, uint64_t minfree, char (*ids)[QID_LEN + 1], si
 		closedir(d);
 		return -1;
 	}
+	snprintf(path, sizeof(path), "%s/flush", spool_dir);
+	ffd = use_ino != 0 ? open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) : -1;
 	for (i = 0; i < n && have + made < n && room(sfd, minfree); i++) {
 		/* made in tmp/ (start-up removes it there), whole before slots/
 		 * shows it: a writer must never take a file still growing */
@@ -940,15 +991,10 @@ slots_fill(const char *spool_dir, uint64_t minfree, char (*ids)[QID_LEN + 1], si
 			err = errno;
 			break;
 		}
-		if (use_ino != 0 && clashes <= run && fstat(fd, &sb) == 0 &&
-		    (sb.st_ino - 1) / run == (use_ino - 1) / run) {
-			/* in the flush file's run: kept as an empty file of
-			 * SPOOL/flush/, never a slot; the id is tried again */
+		if (clashes <= run && fstat(fd, &sb) == 0 && in_flush_run(sb.st_ino, use_ino, run)) {
+			/* the id is tried again */
 			close(fd);
-			snprintf(path, sizeof(path), "%s/flush/s%s.%lu", spool_dir, ids[i],
-				 clashes++);
-			if (renameat(tfd, ids[i], AT_FDCWD, path) < 0)
-				unlinkat(tfd, ids[i], 0);
+			set_aside(tfd, ids[i], ffd, clashes++);
 			i--;
 			continue;
 		}
@@ -967,6 +1013,8 @@ slots_fill(const char *spool_dir, uint64_t minfree, char (*ids)[QID_LEN + 1], si
 	 * directory writes, and tmp/ must not keep the name */
 	if (made > 0 && err == 0 && (fsync(tfd) < 0 || fsync(sfd) < 0))
 		err = errno;
+	if (ffd >= 0)
+		close(ffd);
 	close(tfd);
 	closedir(d);
 	if (err) {

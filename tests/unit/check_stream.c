@@ -933,30 +933,54 @@ START_TEST(test_flush_file_alone)
 }
 END_TEST
 
+/* SPOOL/flush/use, linked to an empty file whose inode is the first of its
+ * run, made in SPOOL/FOLDER (where the code under test makes its new
+ * files) and moved into SPOOL/flush/: ext4 gives a new file the lowest free
+ * inode of its folder's group, so the files made next in FOLDER land in
+ * that run, as they could beside a flush file chosen by chance. The files
+ * made before it go into SPOOL/flush/ too (their inodes stay taken). */
+static void
+make_flush_use(const char *folder, struct stat *use)
+{
+	char path[PATH_MAX], made[PATH_MAX], kept[PATH_MAX];
+	struct statfs sf;
+	unsigned long run;
+	int fd, i;
+
+	snprintf(path, sizeof(path), "%s/flush", spool);
+	ck_assert_int_eq(mkdir(path, 0700), 0);
+	ck_assert_int_eq(statfs(path, &sf), 0);
+	run = (unsigned long)sf.f_bsize / 128;
+	for (i = 0; i < (int)(3 * run); i++) {
+		snprintf(made, sizeof(made), "%s/%s/probe", spool, folder);
+		ck_assert_int_ge(fd = open(made, O_WRONLY | O_CREAT | O_EXCL, 0600), 0);
+		close(fd);
+		ck_assert_int_eq(stat(made, use), 0);
+		snprintf(kept, sizeof(kept), "%s/flush/%d", spool, i);
+		ck_assert_int_eq(rename(made, kept), 0);
+		if ((use->st_ino - 1) % run == 0)
+			break;
+	}
+	snprintf(path, sizeof(path), "%s/flush/use", spool);
+	ck_assert_int_eq(link(kept, path), 0);
+}
+
 /* A fill never makes a slot in the run of inode numbers of SPOOL/flush/use,
- * even when that run holds free inodes (here the flush folder has one
- * file, made just before): a new file that lands there stays in
- * SPOOL/flush/ as an empty file and the fill goes on with another. */
+ * even when that run holds free inodes (make_flush_use): a new file that
+ * lands there stays in SPOOL/flush/ as an empty file and the fill goes on
+ * with another. */
 START_TEST(test_fill_avoids_flush_run)
 {
 	static char ids[64][QID_LEN + 1];
-	char path[PATH_MAX], target[PATH_MAX];
+	char path[PATH_MAX];
 	struct statfs sf;
 	struct stat use;
 	struct dirent *de;
 	unsigned long run, slots = 0, kept = 0;
 	size_t i;
 	DIR *d;
-	int fd;
 
-	snprintf(path, sizeof(path), "%s/flush", spool);
-	ck_assert_int_eq(mkdir(path, 0700), 0);
-	snprintf(target, sizeof(target), "%s/flush/0", spool);
-	ck_assert_int_ge(fd = open(target, O_WRONLY | O_CREAT | O_EXCL, 0600), 0);
-	close(fd);
-	ck_assert_int_eq(stat(target, &use), 0);
-	snprintf(path, sizeof(path), "%s/flush/use", spool);
-	ck_assert_int_eq(link(target, path), 0);
+	make_flush_use("tmp", &use);
 	for (i = 0; i < 64; i++)
 		qid_next(ids[i]);
 	ck_assert_int_eq(slots_fill(spool, 0, ids, 64), 64);
@@ -979,7 +1003,56 @@ START_TEST(test_fill_avoids_flush_run)
 	while ((de = readdir(d)) != NULL)
 		kept += de->d_name[0] == 's';
 	closedir(d);
+	ck_assert_uint_gt(kept, 0);     /* some landed there: the test tests something */
 	ck_assert_uint_lt(kept, run + 2);
+}
+END_TEST
+
+/* A pool that finds no free slot makes a new one: never in the flush
+ * file's run either (it is set aside in SPOOL/flush/ and the name tried
+ * again), so that no slot's inode shares the flush file's block. */
+START_TEST(test_new_slot_avoids_flush_run)
+{
+	static struct slot_ref refs[64];
+	char path[PATH_MAX], name[QID_LEN + 1];
+	struct statfs sf;
+	struct stat use;
+	struct dirent *de;
+	struct slots *pool;
+	unsigned long run, slots = 0, kept = 0;
+	size_t i;
+	DIR *d;
+
+	make_flush_use("slots", &use);
+	pool = slots_open(spool, 0);
+	for (i = 0; i < 64; i++) {
+		qid_next(name);
+		ck_assert_int_eq(slot_take(pool, name, &refs[i]), 0);
+	}
+	snprintf(path, sizeof(path), "%s/slots", spool);
+	ck_assert_int_eq(statfs(path, &sf), 0);
+	run = (unsigned long)sf.f_bsize / 128;
+	ck_assert_ptr_nonnull(d = opendir(path));
+	while ((de = readdir(d)) != NULL) {
+		if (de->d_name[0] == '.')
+			continue;
+		slots++;
+		ck_assert_msg((de->d_ino - 1) / run != (use.st_ino - 1) / run,
+			      "slot %s (inode %lu) in the run of the flush file (inode %lu)",
+			      de->d_name, (unsigned long)de->d_ino, (unsigned long)use.st_ino);
+	}
+	closedir(d);
+	ck_assert_uint_eq(slots, 64);
+	snprintf(path, sizeof(path), "%s/flush", spool);
+	ck_assert_ptr_nonnull(d = opendir(path));
+	while ((de = readdir(d)) != NULL)
+		kept += de->d_name[0] == 's';
+	closedir(d);
+	ck_assert_uint_gt(kept, 0);     /* some landed there: the test tests something */
+	ck_assert_uint_lt(kept, run + 2);
+	for (i = 0; i < 64; i++)
+		slot_drop(pool, &refs[i]);
+	slots_close(pool);
 }
 END_TEST
 
@@ -1059,6 +1132,7 @@ stream_suite(void)
 	tcase_add_test(tc, test_shared_flush);
 	tcase_add_test(tc, test_flush_file_alone);
 	tcase_add_test(tc, test_fill_avoids_flush_run);
+	tcase_add_test(tc, test_new_slot_avoids_flush_run);
 	tcase_add_test(tc, test_edit);
 	suite_add_tcase(s, tc);
 	return s;
