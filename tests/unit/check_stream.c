@@ -965,25 +965,18 @@ make_flush_use(const char *folder, struct stat *use)
 	ck_assert_int_eq(link(kept, path), 0);
 }
 
-/* A fill never makes a slot in the run of inode numbers of SPOOL/flush/use,
- * even when that run holds free inodes (make_flush_use): a new file that
- * lands there stays in SPOOL/flush/ as an empty file and the fill goes on
- * with another. */
-START_TEST(test_fill_avoids_flush_run)
+/* slots/ holds nslots slots, none in the run of the flush file (use), and
+ * SPOOL/flush/ the files set aside because they landed there: some (so
+ * that the test tested something), never more than the run holds. */
+static void
+check_flush_run_alone(const struct stat *use, unsigned long nslots)
 {
-	static char ids[64][QID_LEN + 1];
 	char path[PATH_MAX];
 	struct statfs sf;
-	struct stat use;
 	struct dirent *de;
 	unsigned long run, slots = 0, kept = 0;
-	size_t i;
 	DIR *d;
 
-	make_flush_use("tmp", &use);
-	for (i = 0; i < 64; i++)
-		qid_next(ids[i]);
-	ck_assert_int_eq(slots_fill(spool, 0, ids, 64), 64);
 	snprintf(path, sizeof(path), "%s/slots", spool);
 	ck_assert_int_eq(statfs(path, &sf), 0);
 	run = (unsigned long)sf.f_bsize / 128;
@@ -992,19 +985,36 @@ START_TEST(test_fill_avoids_flush_run)
 		if (de->d_name[0] == '.')
 			continue;
 		slots++;
-		ck_assert_msg((de->d_ino - 1) / run != (use.st_ino - 1) / run,
+		ck_assert_msg((de->d_ino - 1) / run != (use->st_ino - 1) / run,
 			      "slot %s (inode %lu) in the run of the flush file (inode %lu)",
-			      de->d_name, (unsigned long)de->d_ino, (unsigned long)use.st_ino);
+			      de->d_name, (unsigned long)de->d_ino, (unsigned long)use->st_ino);
 	}
 	closedir(d);
-	ck_assert_uint_eq(slots, 64);
+	ck_assert_uint_eq(slots, nslots);
 	snprintf(path, sizeof(path), "%s/flush", spool);
 	ck_assert_ptr_nonnull(d = opendir(path));
 	while ((de = readdir(d)) != NULL)
 		kept += de->d_name[0] == 's';
 	closedir(d);
-	ck_assert_uint_gt(kept, 0);     /* some landed there: the test tests something */
+	ck_assert_uint_gt(kept, 0);
 	ck_assert_uint_lt(kept, run + 2);
+}
+
+/* A fill never makes a slot in the run of inode numbers of SPOOL/flush/use,
+ * even when that run holds free inodes (make_flush_use): a new file that
+ * lands there stays in SPOOL/flush/ as an empty file and the fill goes on
+ * with another. */
+START_TEST(test_fill_avoids_flush_run)
+{
+	static char ids[64][QID_LEN + 1];
+	struct stat use;
+	size_t i;
+
+	make_flush_use("tmp", &use);
+	for (i = 0; i < 64; i++)
+		qid_next(ids[i]);
+	ck_assert_int_eq(slots_fill(spool, 0, ids, 64), 64);
+	check_flush_run_alone(&use, 64);
 }
 END_TEST
 
@@ -1014,14 +1024,10 @@ END_TEST
 START_TEST(test_new_slot_avoids_flush_run)
 {
 	static struct slot_ref refs[64];
-	char path[PATH_MAX], name[QID_LEN + 1];
-	struct statfs sf;
+	char name[QID_LEN + 1];
 	struct stat use;
-	struct dirent *de;
 	struct slots *pool;
-	unsigned long run, slots = 0, kept = 0;
 	size_t i;
-	DIR *d;
 
 	make_flush_use("slots", &use);
 	pool = slots_open(spool, 0);
@@ -1029,27 +1035,7 @@ START_TEST(test_new_slot_avoids_flush_run)
 		qid_next(name);
 		ck_assert_int_eq(slot_take(pool, name, &refs[i]), 0);
 	}
-	snprintf(path, sizeof(path), "%s/slots", spool);
-	ck_assert_int_eq(statfs(path, &sf), 0);
-	run = (unsigned long)sf.f_bsize / 128;
-	ck_assert_ptr_nonnull(d = opendir(path));
-	while ((de = readdir(d)) != NULL) {
-		if (de->d_name[0] == '.')
-			continue;
-		slots++;
-		ck_assert_msg((de->d_ino - 1) / run != (use.st_ino - 1) / run,
-			      "slot %s (inode %lu) in the run of the flush file (inode %lu)",
-			      de->d_name, (unsigned long)de->d_ino, (unsigned long)use.st_ino);
-	}
-	closedir(d);
-	ck_assert_uint_eq(slots, 64);
-	snprintf(path, sizeof(path), "%s/flush", spool);
-	ck_assert_ptr_nonnull(d = opendir(path));
-	while ((de = readdir(d)) != NULL)
-		kept += de->d_name[0] == 's';
-	closedir(d);
-	ck_assert_uint_gt(kept, 0);     /* some landed there: the test tests something */
-	ck_assert_uint_lt(kept, run + 2);
+	check_flush_run_alone(&use, 64);
 	for (i = 0; i < 64; i++)
 		slot_drop(pool, &refs[i]);
 	slots_close(pool);
