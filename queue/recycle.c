@@ -15,14 +15,14 @@
  * block of the inode table (open_flush_file), then only flushes the
  * device's write cache, which makes every write completed before it
  * durable: one such flush serves every overwrite of the pool completed
- * before it started (overwrite_sync). Slots are written from their start, never past their end and
- * never cut short, so no slot has a hole under its length. A hard link
- * under the message's id in incoming/ then hands it to the queue manager;
- * that link is not waited for. When the message is finished, whoever
- * removes its queue name (the queue manager, `sorterctl delete`, an
- * import) first marks the file freed (spool_remove: its first byte becomes
- * SPOOL_FREED), then unlinks the name; the slot, down to one link, is free
- * for the next message. Nothing of this is fsync'd: slots/ itself never
+ * before it started (overwrite_sync). Slots are written from their start,
+ * never past their end and never cut short, so no slot has a hole under
+ * its length. A hard link under the message's id in incoming/ then hands
+ * it to the queue manager; that link is not waited for. When the message
+ * is finished, whoever removes its queue name (the queue manager,
+ * `sorterctl delete`, an import) first marks the file freed (spool_remove:
+ * its first byte becomes SPOOL_FREED), then unlinks the name; the slot,
+ * down to one link, is free for the next message. Nothing of this is fsync'd: slots/ itself never
  * changes while mail flows, so an fdatasync of a slot finds no directory
  * of its own to write (on ext4 without a journal, an fsync of a file that
  * entered a directory writes that directory too: a rename-based pool paid
@@ -51,8 +51,8 @@
  * has none free it adopts unlocked free slots from slots/ (a scan, at most
  * every SLOTS_SCAN_USEC after one that found none), and failing that
  * makes a new one (O_EXCL, never in the flush file's run, then a shared
- * fsync of slots/ before its first message is acknowledged). A process that dies lets go of its locks, and
- * its slots are adopted by the others.
+ * fsync of slots/ before its first message is acknowledged). A process
+ * that dies lets go of its locks, and its slots are adopted by the others.
  * A slot bigger than RECYCLE_FILE_MAX, or any free slot while the file
  * system is short of queue_minfree and RECYCLE_RESERVE, is unlinked when
  * found free; every minute a writer unlinks the unlocked free slots beyond
@@ -106,7 +106,7 @@ struct slot {
 
 struct slots {
 	int dir_fd;                     /* slots/ */
-	struct groupsync *ds;             /* its shared fsync, for new slots */
+	struct groupsync *ds;           /* its shared fsync, for new slots */
 	uint64_t minfree;
 	pthread_mutex_t lock;
 	struct slot v[RECYCLE_KNOWN];
@@ -175,9 +175,9 @@ overwrites_in_place(int dir_fd)
  * links as `use` the one whose run of inode numbers (flush_run(): every
  * inode of one block of the inode table lies in one run, whatever the
  * inode size) holds the most of them and no slot; no new slot is ever
- * made in that run (set_aside: the start-up fill and a pool's new slot). A spool of an earlier layout, where
- * SPOOL/flush was the file itself, gets the folder. -1 when no file can be
- * had.
+ * made in that run (set_aside: the start-up fill and a pool's new slot).
+ * A spool of an earlier layout, where SPOOL/flush was the file itself,
+ * gets the folder. -1 when no file can be had.
  */
 #define FLUSH_FILES_MAX 256
 
