@@ -22,11 +22,11 @@
  * is finished, whoever removes its queue name (the queue manager,
  * `sorterctl delete`, an import) first marks the file freed (spool_remove:
  * its first byte becomes SPOOL_FREED), then unlinks the name; the slot,
- * down to one link, is free for the next message. Nothing of this is fsync'd: slots/ itself never
- * changes while mail flows, so an fdatasync of a slot finds no directory
- * of its own to write (on ext4 without a journal, an fsync of a file that
- * entered a directory writes that directory too: a rename-based pool paid
- * that on every message).
+ * down to one link, is free for the next message. Nothing of this is
+ * fsync'd: slots/ itself never changes while mail flows, so an fdatasync
+ * of a slot finds no directory of its own to write (on ext4 without a
+ * journal, an fsync of a file that entered a directory writes that
+ * directory too: a rename-based pool paid that on every message).
  *
  * After a crash (slots_recover, at start before any writer runs, and for
  * an import): a slot that parses, whose check record matches and whose id
