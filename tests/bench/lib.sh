@@ -126,9 +126,10 @@ dev_per_msg() {
         printf ", device %.2f data writes + %.2f flushes per msg", w / n, f / n }'
 }
 
-# cpu_stat -> "TOTAL STEAL": the machine's CPU time so far (every field of /proc/stat's cpu
-# line) and the part of it the hypervisor gave to others (steal), in ticks
-cpu_stat() { awk '$1 == "cpu" { for (i = 2; i <= NF; i++) t += $i; print t, $9; exit }' /proc/stat; }
+# cpu_stat -> "TOTAL STEAL": the machine's CPU time so far (user through steal on /proc/stat's
+# cpu line: guest time is counted in user already) and the part of it the hypervisor gave to
+# others (steal), in ticks
+cpu_stat() { awk '$1 == "cpu" { for (i = 2; i <= 9; i++) t += $i; print t, $9; exit }' /proc/stat; }
 
 # steal_pct "BEFORE" "AFTER" -> ", host steal N% of CPU": the share of the machine's CPU time
 # over the run that the hypervisor gave to other guests
