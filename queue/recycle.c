@@ -193,6 +193,13 @@ flush_run(int fd)
 	return (unsigned long)sf.f_bsize / 128;
 }
 
+/* Whether inodes a and b lie in one run: in one block of the inode table. */
+static bool
+same_run(ino_t a, ino_t b, unsigned long run)
+{
+	return (a - 1) / run == (b - 1) / run;
+}
+
 /* The inode numbers of the entries of folder fd (only those named by a
  * number when numeric, that number then into names), max at most: their
  * count. */
@@ -245,9 +252,9 @@ flush_choose(int ffd, int sfd)
 			if (names[j] + 1 > nfiles)
 				nfiles = names[j] + 1;
 			for (own = 0, k = 0; k < n; k++)
-				own += (inos[k] - 1) / run == (inos[j] - 1) / run;
+				own += same_run(inos[k], inos[j], run);
 			for (clash = false, k = 0; k < nslots && !clash; k++)
-				clash = (slot_inos[k] - 1) / run == (inos[j] - 1) / run;
+				clash = same_run(slot_inos[k], inos[j], run);
 			if (!clash && own > best_own) {
 				best_own = own;
 				best = names[j];
@@ -276,22 +283,24 @@ flush_choose(int ffd, int sfd)
 	free(slot_inos);
 }
 
-/* The inode of SPOOL/flush/use and the run it is in, or 0. */
+/* SPOOL/flush/ opened into *ffd, and the inode of its `use` with the run
+ * it is in; 0 (and *ffd -1) when there is none. */
 static ino_t
-flush_use_ino(const char *spool_dir, unsigned long *run)
+flush_use_ino(const char *spool_dir, int *ffd, unsigned long *run)
 {
 	char path[4096];
 	struct stat sb;
-	int fd;
 
-	snprintf(path, sizeof(path), "%s/flush/use", spool_dir);
-	if ((fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)) < 0)
+	snprintf(path, sizeof(path), "%s/flush", spool_dir);
+	if ((*ffd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0)
 		return 0;
-	if (fstat(fd, &sb) < 0 || !S_ISREG(sb.st_mode))
-		sb.st_ino = 0;
-	*run = flush_run(fd);
-	close(fd);
-	return sb.st_ino;
+	if (fstatat(*ffd, "use", &sb, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(sb.st_mode)) {
+		*run = flush_run(*ffd);
+		return sb.st_ino;
+	}
+	close(*ffd);
+	*ffd = -1;
+	return 0;
 }
 
 /* Whether inode ino lies in the run of inode use_ino (0: none): in the
@@ -299,7 +308,7 @@ flush_use_ino(const char *spool_dir, unsigned long *run)
 static bool
 in_flush_run(ino_t ino, ino_t use_ino, unsigned long run)
 {
-	return use_ino != 0 && (ino - 1) / run == (use_ino - 1) / run;
+	return use_ino != 0 && same_run(ino, use_ino, run);
 }
 
 /* A new file name of folder dfd whose inode landed in the flush file's
@@ -964,7 +973,7 @@ slots_fill(const char *spool_dir, uint64_t minfree, char (*ids)[QID_LEN + 1], si
 	struct stat sb;
 	size_t have = 0, made = 0, i;
 	unsigned long run = 1, clashes = 0;
-	ino_t use_ino = flush_use_ino(spool_dir, &run);
+	ino_t use_ino;
 	int sfd, tfd, ffd, fd, err = 0;
 	DIR *d;
 
@@ -981,8 +990,7 @@ slots_fill(const char *spool_dir, uint64_t minfree, char (*ids)[QID_LEN + 1], si
 		closedir(d);
 		return -1;
 	}
-	snprintf(path, sizeof(path), "%s/flush", spool_dir);
-	ffd = use_ino != 0 ? open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) : -1;
+	use_ino = flush_use_ino(spool_dir, &ffd, &run);
 	for (i = 0; i < n && have + made < n && room(sfd, minfree); i++) {
 		/* made in tmp/ (start-up removes it there), whole before slots/
 		 * shows it: a writer must never take a file still growing */
