@@ -1,11 +1,11 @@
 /*
  * master.c - the sorterd master process.
  *
- * Binds the listeners and loads TLS keys, then forks and supervises the
- * children: a crashed worker is restarted; SIGHUP reloads the config and
- * the keys (a new generation of workers starts on the same listeners with
- * the new SSL_CTX while the old one finishes its sessions); SIGTERM drains
- * everything and exits.
+ * Binds the listeners and loads TLS keys, locks and checks the spool, then
+ * listens, forks and supervises the children: a crashed worker is
+ * restarted; SIGHUP reloads the config and the keys (a new generation of
+ * workers starts on the same listeners with the new SSL_CTX while the old
+ * one finishes its sessions); SIGTERM drains everything and exits.
  *
  * Started as root, the master stays root so that a reload can read keys
  * only root may read; every child (workers, qmgr, the spool check at start)
@@ -38,6 +38,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -84,6 +85,7 @@ struct master {
 	uid_t uid;
 	gid_t gid;
 	int watch[2];                   /* the children's read end, our write end */
+	int spool_lock;                 /* the spool directory, flock'd (lock_spool) */
 	struct metrics *metrics;        /* the shared counters; NULL without metrics_listen */
 	int metrics_fd;                 /* the bound metrics_listen socket, or -1 */
 	struct child metricsd;          /* the process that serves it */
@@ -123,6 +125,8 @@ child_setup(const struct master *m, const char *progname, int slab)
 	sigprocmask(SIG_SETMASK, &m->oldmask, NULL);
 	log_set_progname(progname);
 	close(m->watch[1]);
+	if (m->spool_lock >= 0)
+		close(m->spool_lock);
 	metrics_attach(m->metrics, slab);
 	/* what only one kind of child needs: kept by that one below */
 	if (m->metrics_fd >= 0 && slab != METRICS_SLAB_HTTP)
@@ -160,28 +164,27 @@ bind_addr(const char *host, const char *port)
 		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof(on));
 	if (bind(fd, res->ai_addr, res->ai_addrlen) < 0)
 		msg_fatal("bind %s:%s: %s", host, port, strerror(errno));
-	if (listen(fd, 1024) < 0)
-		msg_fatal("listen %s:%s: %s", host, port, strerror(errno));
 	freeaddrinfo(res);
 	return fd;
 }
 
-static int
-bind_one(struct listener *l)
+static void
+listen_on(int fd, const char *host, const char *port)
 {
-	return bind_addr(l->spec.host, l->spec.port);
+	if (listen(fd, 1024) < 0)
+		msg_fatal("listen %s:%s: %s", host, port, strerror(errno));
 }
 
-/* The spool directory itself is made (as root, where its parent may be
- * root's) and given to `user`; everything inside it is made by children
+/* The spool directory itself is made here (as root, where its parent may
+ * be root's) and given to `user`; everything inside it is made by children
  * running as `user`. */
 static void
 own_spool(struct master *m)
 {
-	if (!m->drop)
-		return;
 	if (mkdir_p(m->cf->spool_dir, 0700) < 0)
 		msg_fatal("create %s: %s", m->cf->spool_dir, strerror(errno));
+	if (!m->drop)
+		return;
 	if (chown(m->cf->spool_dir, m->uid, m->gid) < 0)
 		msg_fatal("chown %s: %s", m->cf->spool_dir, strerror(errno));
 }
@@ -216,6 +219,24 @@ spool_startup_check(const char *spool_dir)
 	closedir(d);
 }
 
+/* One sorterd per spool: the master holds an flock on the spool directory
+ * for as long as it runs (its children do not: a master killed with -9
+ * lets go of it at once, as of its listeners). A second master on the
+ * same spool, whatever its listeners, stops here, before its start-up
+ * check could move another's files. */
+static void
+lock_spool(struct master *m)
+{
+	m->spool_lock = open(m->cf->spool_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (m->spool_lock < 0)
+		msg_fatal("open %s: %s", m->cf->spool_dir, strerror(errno));
+	if (flock(m->spool_lock, LOCK_EX | LOCK_NB) < 0) {
+		if (errno == EWOULDBLOCK)
+			msg_fatal("the spool %s is in use by another sorterd", m->cf->spool_dir);
+		msg_fatal("lock %s: %s", m->cf->spool_dir, strerror(errno));
+	}
+}
+
 /* Prepares the spool as `user` before any worker or qmgr runs. */
 static void
 prepare_spool(struct master *m)
@@ -224,6 +245,7 @@ prepare_spool(struct master *m)
 	pid_t pid;
 
 	own_spool(m);
+	lock_spool(m);
 	pid = fork();
 	if (pid < 0)
 		msg_fatal("fork: %s", strerror(errno));
@@ -592,6 +614,7 @@ master_main(const char *config_path, struct config *cf)
 	m.config_path = config_path;
 	m.cf = cf;
 	m.metrics_fd = -1;
+	m.spool_lock = -1;
 	setup_log(&m, cf);
 	log_open("sorterd", cf->log);
 	if (resolve_user(&m, cf, err, sizeof(err)) < 0)
@@ -610,7 +633,7 @@ master_main(const char *config_path, struct config *cf)
 		m.ls[i].spec.host = xstrdup(cf->listen[i].host);
 		m.ls[i].spec.port = xstrdup(cf->listen[i].port);
 		m.ls[i].spec.milters = NULL;    /* workers take it from their config */
-		m.ls[i].fd = bind_one(&m.ls[i]);
+		m.ls[i].fd = bind_addr(m.ls[i].spec.host, m.ls[i].spec.port);
 	}
 	if (cf->metrics_listen.host != NULL) {
 		m.metrics_fd = bind_addr(cf->metrics_listen.host, cf->metrics_listen.port);
@@ -623,6 +646,14 @@ master_main(const char *config_path, struct config *cf)
 			msg_fatal("%s", err);
 	}
 	prepare_spool(&m);
+	/* bound above, so that a port in use stops us before the spool is
+	 * touched; listening only now, with the spool ready: until then a
+	 * client (or a balancer's health check) is refused, not left waiting
+	 * in the backlog of a sorterd that is still checking its spool */
+	for (i = 0; i < m.nls; i++)
+		listen_on(m.ls[i].fd, m.ls[i].spec.host, m.ls[i].spec.port);
+	if (m.metrics_fd >= 0)
+		listen_on(m.metrics_fd, cf->metrics_listen.host, cf->metrics_listen.port);
 	m.st = session_table_create(NSLOTS, cf->smtpd_max_sessions);
 	m.ctr = counters_create();
 

@@ -10,6 +10,9 @@
   rate-limited and counted, service resumes once connections close; `sorterd -t` refuses a
   smtpd_max_sessions the hard limit cannot hold.
 - sorterctl as root on a stopped spool with planted symlinks follows none of them.
+- at start, the listeners take no client until the spool's start-up check is over (thousands of
+  torn files already moved aside at the first moment the port listens), and a second sorterd on
+  a spool in use stops with a message instead of touching it.
 """
 
 import hashlib
@@ -201,6 +204,53 @@ class MasterDeathTest(MasterTestCase):
         self.assertTrue(wait_until(lambda: not any(pid_alive(k) for k in kids), CHILD_EXIT_BOUND),
                         [k for k in kids if pid_alive(k)])
         self.assertEqual(d.queue(), [], "a message without a 250 was queued")
+
+
+class StartTest(MasterTestCase):
+    def test_listens_once_the_spool_is_checked(self):
+        # torn files in incoming/ that the start-up check must move to corrupt/ (thousands of
+        # them: long enough to be seen under way) before the first client is taken
+        n = 5000
+        d = Sorterd(os.path.join(self.tmp, "d"), start=False)
+        self.daemons.append(d)
+        self.addCleanup(self._finish, d)
+        incoming = os.path.join(d.spool, "incoming")
+        os.makedirs(incoming)
+        for i in range(n):
+            with open(os.path.join(incoming, "torn%05d" % i), "wb") as f:
+                f.write(b"not a queue file %d\n" % i)
+        d._log = open(d.log_path, "ab")     # closed by d.stop()
+        d.proc = subprocess.Popen([os.path.join(d.build, "sorterd"), "-c", d.conf_path],
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=d._log)
+        # the first moment a client could connect, the check is over
+        self.assertTrue(wait_until(lambda: listening(d.port) or d.proc.poll() is not None, 60,
+                                   interval=0.001), "sorterd never listened")
+        left = len(os.listdir(incoming))
+        self.assertIsNone(d.proc.poll(), d.log_tail())
+        self.assertEqual(left, 0, "listening while %d of %d torn files still wait for the "
+                         "start-up check" % (left, n))
+        self.assertEqual(len(os.listdir(os.path.join(d.spool, "corrupt"))), n)
+        wait_until(lambda: d.children(), 5)
+        self.assertTrue(greeted(d.port))
+
+    def test_one_master_per_spool(self):
+        d = self.sorterd()
+        other = Sorterd(os.path.join(self.tmp, "other"), start=False, spool_dir=d.spool)
+        self.daemons.append(other)
+        self.addCleanup(other.stop)
+        with self.assertRaises(RuntimeError):
+            other.start()
+        self.assertIn("the spool %s is in use by another sorterd" % d.spool, other.log())
+        self.assertFalse(listening(other.port))
+        # the first one goes on; once it has stopped, the spool is free for the other
+        c = self.connect(d)
+        r, qid = c.send_message(SENDER, [RCPT], message("still here", "body\r\n"))
+        self.assertEqual(r.code, 250, str(r))
+        self.assertEqual(d.stop(), 0)
+        other.start()
+        self.assertTrue(greeted(other.port))
+        self.assertIn(qid, [e["id"] for e in other.queue()])
 
 
 class PrivilegeTest(MasterTestCase):
