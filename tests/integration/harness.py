@@ -247,10 +247,7 @@ class Sorterd:
         if self.proc.poll() is not None:
             raise RuntimeError("sorterd exited with %d at start\n%s"
                                % (self.proc.returncode, self.log_tail()))
-        # the master binds its listeners before a child prepares the spool (slots/ is the
-        # last folder it makes): a test that looks into the spool right away must find it
-        slots = os.path.join(str(self.settings.get("spool_dir") or self.spool), "slots")
-        wait_until(lambda: os.path.isdir(slots) or self.proc.poll() is not None, timeout)
+        # (the master listens only once the spool is prepared and checked)
         # workers come up just after the listener: remember them for the cleanup
         wait_until(lambda: self.children(), 5)
 
