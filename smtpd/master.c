@@ -175,9 +175,9 @@ listen_on(int fd, const char *host, const char *port)
 		msg_fatal("listen %s:%s: %s", host, port, strerror(errno));
 }
 
-/* The spool directory itself is made here (as root, where its parent may
- * be root's) and given to `user`; everything inside it is made by children
- * running as `user`. */
+/* The spool directory itself is made here (by a master started as root,
+ * where its parent may be root's, and then given to `user`); everything
+ * inside it is made by children running as `user`. */
 static void
 own_spool(struct master *m)
 {
