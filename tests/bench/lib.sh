@@ -87,24 +87,42 @@ median_of() {
 min_of() { printf '%s\n' "$@" | sort -g | head -n 1; }
 max_of() { printf '%s\n' "$@" | sort -g | tail -n 1; }
 
-# tree_cpu PID -> CPU seconds (user + system) used so far by PID and every process below it,
-# including children they have already reaped (cutime/cstime): an MTA's whole cost, whatever
-# processes came and went. Reads /proc only.
-tree_cpu() {
-    local pids=$1 frontier=$1 next p tck
+# tree_pids PID -> PID and every process below it, now
+tree_pids() {
+    local pids=$1 frontier=$1 next p
     while [ -n "$frontier" ]; do
         next=""
         for p in $frontier; do
             next="$next $(cat /proc/"$p"/task/*/children 2>/dev/null | tr '\n' ' ')"
         done
+        # shellcheck disable=SC2086,SC2116  # the splitting leaves nothing for no children
         frontier=$(echo $next)
         pids="$pids $frontier"
     done
+    echo "$pids"
+}
+
+# tree_cpu PID -> CPU seconds (user + system) used so far by PID and every process below it,
+# including children they have already reaped (cutime/cstime): an MTA's whole cost, whatever
+# processes came and went. Reads /proc only.
+tree_cpu() {
+    local p tck
     tck=$(getconf CLK_TCK)
-    for p in $pids; do
+    for p in $(tree_pids "$1"); do
         # fields after the command name (which may hold spaces): utime is the 12th of them
         sed -e 's/^.*) //' "/proc/$p/stat" 2>/dev/null || true
     done | awk -v t="$tck" '{ s += $12 + $13 + $14 + $15 } END { printf "%.2f", s / t }'
+}
+
+# tree_switches PID -> the context switches (voluntary and not) made so far by every thread of
+# PID and of every process below it that is still running: each is a sleep and a wake-up, the
+# cost a device request adds beside its own (a thread waits for it). Threads that have ended
+# are not counted: for a daemon whose threads live as long as it does.
+tree_switches() {
+    local p
+    for p in $(tree_pids "$1"); do
+        cat /proc/"$p"/task/*/status 2>/dev/null || true
+    done | awk '/^(non)?voluntary_ctxt_switches:/ { s += $2 } END { print s + 0 }'
 }
 
 # dev_stat DIR -> "WRITES FLUSHES": the write and flush requests completed so far by the block
