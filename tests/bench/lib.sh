@@ -144,16 +144,18 @@ dev_per_msg() {
         printf ", device %.2f data writes + %.2f flushes per msg", w / n, f / n }'
 }
 
-# cpu_stat -> "TOTAL STEAL": the machine's CPU time so far (user through steal on /proc/stat's
-# cpu line: guest time is counted in user already) and the part of it the hypervisor gave to
-# others (steal), in ticks
-cpu_stat() { awk '$1 == "cpu" { for (i = 2; i <= 9; i++) t += $i; print t, $9; exit }' /proc/stat; }
+# cpu_stat -> "TOTAL STEAL IDLE": the machine's CPU time so far (user through steal on
+# /proc/stat's cpu line: guest time is counted in user already), the part of it the hypervisor
+# gave to others (steal) and the part no one used (idle and iowait), in ticks
+cpu_stat() { awk '$1 == "cpu" { for (i = 2; i <= 9; i++) t += $i; print t, $9, $5 + $6; exit }' /proc/stat; }
 
-# steal_pct "BEFORE" "AFTER" -> ", host steal N% of CPU": the share of the machine's CPU time
-# over the run that the hypervisor gave to other guests
-steal_pct() {
-    awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " ")
-        if (y[1] > x[1]) printf ", host steal %.1f%% of CPU", 100 * (y[2] - x[2]) / (y[1] - x[1]) }'
+# host_shares "BEFORE" "AFTER" -> ", host steal N% of CPU, idle M%": the shares of the
+# machine's CPU time over the run that the hypervisor gave to other guests, and that no one
+# used (near 0, the cores were the limit; well above, the run waited on something else)
+host_shares() {
+    awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " "); t = y[1] - x[1]
+        if (t > 0) printf ", host steal %.1f%% of CPU, idle %.1f%%", 100 * (y[2] - x[2]) / t,
+            100 * (y[3] - x[3]) / t }'
 }
 
 # summary LABEL VALUES... -> "LABEL min/median/max: a / b / c"
