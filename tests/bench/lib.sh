@@ -151,7 +151,7 @@ cpu_stat() { awk '$1 == "cpu" { for (i = 2; i <= 9; i++) t += $i; print t, $9, $
 
 # host_shares "BEFORE" "AFTER" -> ", host steal N% of CPU, idle M%": the shares of the
 # machine's CPU time over the run that the hypervisor gave to other guests, and that no one
-# used (near 0, the cores were the limit; well above, the run waited on something else)
+# used (low: the cores were the limit; high: the run waited on something else)
 host_shares() {
     awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " "); t = y[1] - x[1]
         if (t > 0) printf ", host steal %.1f%% of CPU, idle %.1f%%", 100 * (y[2] - x[2]) / t,
