@@ -451,6 +451,8 @@ helo_valid(const char *s, size_t n)
 			return false;
 		memcpy(lit, s + 1, n - 2);
 		lit[n - 2] = '\0';
+		if (strlen(lit) != n - 2)
+			return false;   /* a NUL inside would hide what follows it */
 		if (strncasecmp(lit, "IPv6:", 5) == 0)
 			return inet_pton(AF_INET6, lit + 5, bin) == 1;
 		return inet_pton(AF_INET, lit, bin) == 1;

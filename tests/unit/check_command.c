@@ -600,6 +600,17 @@ START_TEST(test_helo_length)
 }
 END_TEST
 
+/* a NUL inside an address literal is not the literal's end */
+START_TEST(test_helo_literal_nul)
+{
+	static const char v6[] = "[IPv6:::\0\0\0\x15::::::::]", v4[] = "[1.2.3.4\0x]";
+
+	ck_assert(!helo_valid(v6, sizeof(v6) - 1));
+	ck_assert(!helo_valid(v4, sizeof(v4) - 1));
+	ck_assert(helo_valid("[IPv6:::1]", 10));
+}
+END_TEST
+
 static Suite *
 command_suite(void)
 {
@@ -612,6 +623,7 @@ command_suite(void)
 	tcase_add_test(tc, test_why_optional);
 	tcase_add_test(tc, test_exact_length);
 	tcase_add_loop_test(tc, test_helo_valid, 0, N_(helos));
+	tcase_add_test(tc, test_helo_literal_nul);
 	tcase_add_test(tc, test_helo_length);
 	suite_add_tcase(s, tc);
 	return s;
