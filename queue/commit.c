@@ -265,12 +265,12 @@ stream_write_work(void *arg)
 		return;
 	if (st->slot.fd < 0) {
 		if (slot_take(st->pool->slots, st->new_name, &st->slot) < 0) {
-			st->error = errno;
+			st->error = errno ? errno : EIO;
 			return;
 		}
 	}
 	if (pwrite_all(st->slot.fd, st->busy.s, st->busy.len, st->off) < 0) {
-		st->error = errno;
+		st->error = errno ? errno : EIO;
 		return;
 	}
 	if (st->off + st->busy.len > cstart) {
@@ -394,7 +394,7 @@ stream_final_work(void *arg)
 	if (st->off == 0 && st->slot.fd < 0) {
 		/* nothing written yet: the whole message in one write */
 		if (stream_write_whole(st, len, check, end) < 0) {
-			st->error = errno;
+			st->error = errno ? errno : EIO;
 			goto fail;
 		}
 	} else {
@@ -409,19 +409,19 @@ stream_final_work(void *arg)
 		    recycle_pad(st->slot.fd, st->off + sizeof(check) + sizeof(end),
 				st->slot.size) < 0 ||
 		    pwrite_all(st->slot.fd, (const char *)len, sizeof(len), st->content_hdr + 1) < 0) {
-			st->error = errno;
+			st->error = errno ? errno : EIO;
 			goto fail;
 		}
 	}
 	/* the data and the length made durable, all a reader needs; the
 	 * slot's name was durable before its first write */
 	if (slot_sync(st->pool->slots, &st->slot) < 0) {
-		st->error = errno;
+		st->error = errno ? errno : EIO;
 		goto fail;
 	}
 	/* committed; the link (not waited for) hands it to the queue manager */
 	if (slot_link(st->pool->slots, &st->slot, groupsync_fd(st->pool->incoming), st->id) < 0)
-		st->error = errno;
+		st->error = errno ? errno : EIO;
 	return;
 fail:
 	slot_drop(st->pool->slots, &st->slot);
@@ -718,7 +718,7 @@ stream_edit_work(struct spool_stream *st)
 	/* the edit takes the original's place; the original was never committed */
 	slot_drop(st->pool->slots, &st->slot);
 	if (slot_link(st->pool->slots, &ns, dfd, st->id) < 0)
-		st->error = errno;
+		st->error = errno ? errno : EIO;
 	return;
 fail_new:
 	st->error = errno ? errno : EIO;

@@ -105,7 +105,7 @@ queue_op_offline(const int fds[QUEUE_NDIRS], enum queue_op op, const char *id,
 	}
 	switch (op) {
 	case QOP_DELETE:
-		if (spool_remove(fds[d], id) < 0 || fsync(fds[d]) < 0)
+		if (spool_remove(fds[d], id, true) < 0 || fsync(fds[d]) < 0)
 			goto fail;
 		unlinkat(fds[D_DEFER], id, 0);
 		msg_info("%s: removed by the administrator", id);

@@ -304,7 +304,7 @@ remove_source(struct importer *im, const char *oldid, const char *newid, const c
 		return -1;
 	}
 	if ((err = dsync(im->src_defer)) != 0 ||
-	    (spool_remove(im->src_importing, marker) < 0 && (err = errno) != ENOENT) ||
+	    (spool_remove(im->src_importing, marker, true) < 0 && (err = errno) != ENOENT) ||
 	    (err = dsync(im->src_importing)) != 0) {
 		fail(im, oldid, "copied in, but not removed from the source (run again to finish)",
 		     err ? err : errno);

@@ -298,7 +298,7 @@ disk_work(void *arg)
 		 * waited for (as under Postfix): a power failure can bring back
 		 * what was delivered in the last seconds, to be delivered again,
 		 * never lost. The administrator's delete is made durable. */
-		err = spool_remove(afd, mq->id) < 0 ? errno : 0;
+		err = spool_remove(afd, mq->id, dj->fate == QFATE_DELETE) < 0 ? errno : 0;
 		if (err == ENOENT)
 			err = 0;
 		unlinkat(q->dirfd[D_DEFER], mq->id, 0);

@@ -194,9 +194,11 @@ int spool_committed_in_tmp(const char *path, struct spool_file *f);
 /* The first byte of a finished slot (spool_remove) */
 #define SPOOL_FREED 'F'
 /* Removes the queue name id of dir_fd's folder; a slot's file (one with
- * another link, in slots/) is marked freed first. Not made durable. 0, or
- * -1 with errno. */
-int spool_remove(int dir_fd, const char *id);
+ * another link, in slots/) is marked freed first, and when `durable`, that
+ * mark is fdatasync'd before the name goes (a deletion a crash must not
+ * undo); the name's removal itself is never waited for here. A file that
+ * cannot be opened or marked keeps its name. 0, or -1 with errno. */
+int spool_remove(int dir_fd, const char *id, bool durable);
 /* Whether the open queue file fd was marked freed. */
 bool spool_is_freed(int fd);
 /* spool_load() for the daemon: a corrupt file is moved to corrupt/
@@ -395,9 +397,10 @@ void slots_flush_counts(struct slots *s, uint64_t *overwrites, uint64_t *flushes
  * as id (not made durable: slots_recover finds it). 0, or -1 with errno
  * (the slot is free again). Either way ref is given back. */
 int slot_link(struct slots *s, struct slot_ref *ref, int dir_fd, const char *id);
-/* An unused or abandoned slot goes back to the pool (its content is never
- * a committed message: its check record does not match); nothing when ref
- * holds none (fd -1). */
+/* An unused or abandoned slot goes back to the pool, marked freed (its
+ * first byte, not made durable): what it holds is never taken for a
+ * committed message, not even a whole one whose sync failed and was
+ * refused to its client; nothing when ref holds none (fd -1). */
 void slot_drop(struct slots *s, struct slot_ref *ref);
 /* What a crash left in spool_dir/slots/: a committed message whose id has
  * no name in the queue's folders is linked into incoming/, or hold/ when a

@@ -802,11 +802,13 @@ slot_link(struct slots *s, struct slot_ref *ref, int dir_fd, const char *id)
 void
 slot_drop(struct slots *s, struct slot_ref *ref)
 {
+	static const char freed = SPOOL_FREED;
 	struct stat sb;
 	ssize_t i;
 
 	if (ref->fd < 0)
 		return;
+	(void)pwrite(ref->fd, &freed, 1, 0);
 	pthread_mutex_lock(&s->lock);
 	i = ref->owned ? find(s, ref) : -1;
 	if (i >= 0 && (fstat(ref->fd, &sb) < 0 || slot_unwanted(s, &sb)))
@@ -1105,8 +1107,11 @@ recycle_pad(int fd, uint64_t end, uint64_t size)
 		want = (end + SPOOL_REC_HDR + RECYCLE_ROUND - 1) / RECYCLE_ROUND * RECYCLE_ROUND;
 	}
 	spool_encode_pad(hdr, (size_t)(want - end - SPOOL_REC_HDR));
-	if (pwrite(fd, hdr, sizeof(hdr), (off_t)end) != (ssize_t)sizeof(hdr))
+	if ((w = pwrite(fd, hdr, sizeof(hdr), (off_t)end)) != (ssize_t)sizeof(hdr)) {
+		if (w >= 0)
+			errno = ENOSPC;         /* short: the file system is full */
 		return -1;
+	}
 	for (off = size > end + SPOOL_REC_HDR ? size : end + SPOOL_REC_HDR; off < want;
 	     off += (uint64_t)w) {
 		n = want - off < sizeof(zeros) ? (size_t)(want - off) : sizeof(zeros);
@@ -1115,8 +1120,11 @@ recycle_pad(int fd, uint64_t end, uint64_t size)
 			w = 0;
 			continue;
 		}
-		if (w <= 0)
+		if (w <= 0) {
+			if (w == 0)
+				errno = ENOSPC;
 			return -1;
+		}
 	}
 	return 0;
 }

@@ -759,23 +759,33 @@ spool_committed_in_tmp(const char *path, struct spool_file *f)
 /* ---- a finished message's name ---- */
 
 int
-spool_remove(int dir_fd, const char *id)
+spool_remove(int dir_fd, const char *id, bool durable)
 {
 	static const char freed = SPOOL_FREED;
 	struct stat sb;
-	int fd = openat(dir_fd, id, O_WRONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK), saved;
+	int fd = openat(dir_fd, id, O_WRONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK), err = 0;
+	ssize_t w;
 
 	/* a slot (another link in slots/): marked before the name goes, so
-	 * that a start-up never takes it for a message whose link was lost */
-	if (fd >= 0) {
-		if (fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_nlink > 1 &&
-		    pwrite(fd, &freed, 1, 0) != 1) {
-			saved = errno;
-			close(fd);
-			errno = saved;
-			return -1;
-		}
-		close(fd);
+	 * that a start-up never takes it for a message whose link was lost.
+	 * A file that could not be looked at (out of descriptors, say) keeps
+	 * its name: unmarked, its slot would come back as a message. A
+	 * symbolic link (ELOOP) or a FIFO (ENXIO) is no slot: its name goes. */
+	if (fd < 0)
+		return errno == ELOOP || errno == ENXIO ? unlinkat(dir_fd, id, 0) : -1;
+	if (fstat(fd, &sb) < 0)
+		err = errno;
+	else if (S_ISREG(sb.st_mode) && sb.st_nlink > 1) {
+		w = pwrite(fd, &freed, 1, 0);
+		if (w != 1)
+			err = w < 0 ? errno : EIO;
+		else if (durable && fdatasync(fd) < 0)
+			err = errno;
+	}
+	close(fd);
+	if (err != 0) {
+		errno = err;
+		return -1;
 	}
 	return unlinkat(dir_fd, id, 0);
 }

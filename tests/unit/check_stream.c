@@ -15,6 +15,7 @@
 #include <limits.h>
 #include <linux/magic.h>
 #include <pthread.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <stdio.h>
@@ -357,7 +358,7 @@ check_edit(bool new_body, const char *hold)
 	}
 	snprintf(path, sizeof(path), "%s/%s", spool, hold ? "hold" : "incoming");
 	ck_assert_int_ge(dfd = open(path, O_RDONLY | O_DIRECTORY), 0);
-	ck_assert_int_eq(spool_remove(dfd, id), 0);
+	ck_assert_int_eq(spool_remove(dfd, id, false), 0);
 	close(dfd);
 	ck_assert_int_eq(slots_recover(spool, false), 0);
 	dstr_free(&prefix);
@@ -537,7 +538,7 @@ START_TEST(test_slots_and_recovery)
 	/* delivered: marked freed, its name gone; the next message takes it */
 	snprintf(path, sizeof(path), "%s/incoming", spool);
 	ck_assert_int_ge(ifd = open(path, O_RDONLY | O_DIRECTORY), 0);
-	ck_assert_int_eq(spool_remove(ifd, a), 0);
+	ck_assert_int_eq(spool_remove(ifd, a, false), 0);
 	ck_assert_int_eq(first_byte("slots", slot), SPOOL_FREED);
 	ck_assert_uint_eq(count("incoming"), 1);
 	qid_next(cc);
@@ -622,20 +623,58 @@ START_TEST(test_spool_remove)
 	qid_next(id);
 	snprintf(path, sizeof(path), "%s/slots/%s", spool, slot);
 	ck_assert_int_eq(linkat(AT_FDCWD, path, dfd, id, 0), 0);
-	ck_assert_int_eq(spool_remove(dfd, id), 0);
+	ck_assert_int_eq(spool_remove(dfd, id, false), 0);
 	ck_assert_int_eq(first_byte("slots", slot), SPOOL_FREED);
 	qid_next(id2);
 	ck_assert_int_ge(fd = openat(dfd, id2, O_WRONLY | O_CREAT | O_EXCL, 0600), 0);
 	ck_assert_int_eq(write(fd, "V", 1), 1);
 	close(fd);
 	ck_assert_int_ge(keep = openat(dfd, id2, O_RDONLY), 0);
-	ck_assert_int_eq(spool_remove(dfd, id2), 0);
+	ck_assert_int_eq(spool_remove(dfd, id2, false), 0);
 	ck_assert_int_eq(pread(keep, &byte, 1, 0), 1);
 	ck_assert_int_eq(byte, 'V');
 	close(keep);
 	ck_assert_uint_eq(count("active"), 0);
-	ck_assert_int_eq(spool_remove(dfd, id2), -1);
+	ck_assert_int_eq(spool_remove(dfd, id2, false), -1);
 	ck_assert_int_eq(errno, ENOENT);
+	close(dfd);
+}
+END_TEST
+
+/* A slot that cannot be opened to be marked (no descriptor left) keeps
+ * its queue name: unmarked and nameless, a start-up would bring it back as
+ * a message. Once it can be, it is marked (durably when asked) and goes. */
+START_TEST(test_spool_remove_keeps_unmarkable)
+{
+	char path[256], id[QID_LEN + 1], slot[QID_LEN + 1];
+	int dfd, fds[256];
+	size_t n = 0, i;
+	struct rlimit was, low;
+
+	snprintf(path, sizeof(path), "%s/active", spool);
+	ck_assert_int_ge(dfd = open(path, O_RDONLY | O_DIRECTORY), 0);
+	qid_next(slot);
+	make_slot(slot, 100);
+	qid_next(id);
+	snprintf(path, sizeof(path), "%s/slots/%s", spool, slot);
+	ck_assert_int_eq(linkat(AT_FDCWD, path, dfd, id, 0), 0);
+	ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, &was), 0);
+	low = was;
+	low.rlim_cur = 128;     /* few enough to run out of */
+	ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &low), 0);
+	while (n < sizeof(fds) / sizeof(fds[0]) && (fds[n] = dup(dfd)) >= 0)
+		n++;
+	ck_assert_int_eq(errno, EMFILE);
+	ck_assert_int_eq(spool_remove(dfd, id, true), -1);
+	ck_assert_int_eq(errno, EMFILE);
+	for (i = 0; i < n; i++)
+		close(fds[i]);
+	ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &was), 0);
+	ck_assert_uint_eq(count("active"), 1);
+	ck_assert_int_ne(first_byte("slots", slot), SPOOL_FREED);
+	ck_assert_int_eq(spool_remove(dfd, id, true), 0);
+	ck_assert_int_eq(first_byte("slots", slot), SPOOL_FREED);
+	ck_assert_uint_eq(count("active"), 0);
 	close(dfd);
 }
 END_TEST
@@ -1138,6 +1177,7 @@ stream_suite(void)
 	tcase_add_loop_test(tc, test_recycle, 0, 4);
 	tcase_add_test(tc, test_slots_and_recovery);
 	tcase_add_test(tc, test_spool_remove);
+	tcase_add_test(tc, test_spool_remove_keeps_unmarkable);
 	tcase_add_test(tc, test_slots_fill);
 	tcase_add_test(tc, test_slots_two_pools);
 	tcase_add_test(tc, test_freed_left_in_queue);
