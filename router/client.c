@@ -18,7 +18,10 @@
  * last for dead_endpoint_seconds. Each recipient ends with exactly one
  * result: the server's reply to its RCPT, to DATA, or after the content;
  * or one made up here (451 4.4.1 when no server could answer, the DNS
- * verdicts for a domain: 5.1.2, 5.1.10, 4.4.3, 5.4.6).
+ * verdicts for a domain: 5.1.2, 5.1.10, 4.4.3, 5.4.6, and 5.4.4 when none
+ * of its mail hosts has an address). A reply that is no answer to its
+ * command (a 250 to DATA, a 3xx to RCPT) ends the connection: its
+ * recipients go on to the next address. 552 to RCPT is taken for 452.
  *
  * It must never block, never send a bare CR or LF (reply.c's encoder
  * makes every line end CR LF), never send a message larger than the
@@ -118,6 +121,11 @@ struct job {
 	size_t naddrs, next_addr;
 	bool fresh_retry;       /* retried once after a reused connection broke */
 	char err[ERR_MAX];      /* the last connection-level failure */
+	/* endpoints given up on: hosts of an MX answer that have no address
+	 * (DNS said so), and the rest; only the first, and every endpoint
+	 * given up on, is a permanent failure (conn_try) */
+	size_t nnotfound, nother;
+	bool ep_notfound;       /* the endpoint being tried has no address */
 	/* a probe (client_probe) instead of a transaction: txn is NULL */
 	client_probe_cb *probe;
 	void *probe_arg;
@@ -457,6 +465,7 @@ conn_fail(struct conn *c, const char *why)
 	snprintf(j->err, sizeof(j->err), "%s", why);
 	if (stale) {            /* from the first endpoint again */
 		j->fresh_retry = true;
+		j->nother++;    /* a server was reached: not a name without address */
 		free(j->order);
 		j->order = NULL;
 	}
@@ -698,8 +707,28 @@ static bool
 txn_reply(struct conn *c, const struct reply *r)
 {
 	size_t i = c->tx.replied++, off = c->tx.rset ? 1 : 0, k;
-	bool ok = r->code / 100 == 2;
+	bool ok = r->code / 100 == 2, data = i > off + c->tx.nrcpt;
+	struct reply r552;
 
+	/* RFC 5321 4.2: RSET, MAIL and RCPT succeed with 2xx, DATA with 354;
+	 * anything else but 4xx and 5xx means the server lost track (or an
+	 * extra reply under pipelining): taken for a success it could mark
+	 * recipients delivered that were never sent, so the connection goes
+	 * and they are tried again */
+	if (!(data ? r->code == 354 : ok) && r->code / 100 != 4 && r->code / 100 != 5)
+		return fail_reply(c, r, "said", i < off ? "in reply to RSET command, a protocol error" :
+				  i == off ? "in reply to MAIL FROM command, a protocol error" :
+				  !data ? "in reply to RCPT TO command, a protocol error" :
+				  "in reply to DATA command, a protocol error");
+	if (i > off && !data && r->code == 552) {
+		/* RFC 5321 4.5.3.1.10: 552 to RCPT from old servers means
+		 * "too many recipients", to be tried again */
+		r552 = *r;
+		r552.code = 452;
+		if (r552.status[0] == '5')
+			r552.status[0] = '4';
+		r = &r552;
+	}
 	if (i < off) {
 		if (!ok)
 			return fail_reply(c, r, "said", "in reply to RSET command");
@@ -1211,6 +1240,14 @@ on_mx(const struct dns_mx_answer *a, void *arg)
 	case DNS_MX_TEMPFAIL:
 		fmtbuf(text, sizeof(text), "Host or domain name not found. Name service error "
 		       "for name=%s type=MX: %s", mxep.host, a->err ? a->err : "try again");
+		if (j->next_ep < j->neps) {
+			/* a temporary failure: the endpoints after it get their turn */
+			snprintf(j->err, sizeof(j->err), "%s", text);
+			j->nother++;
+			j->ep = NULL;
+			conn_try(c);
+			return;
+		}
 		conn_give_up(c, 451, "4.4.3", text);
 		return;
 	case DNS_MX_NONE:
@@ -1236,11 +1273,13 @@ on_mx(const struct dns_mx_answer *a, void *arg)
 	eps = xcalloc((a->status == DNS_MX_OK ? nmx : 1) + j->neps, sizeof(*eps));
 	if (a->status == DNS_MX_NONE) {
 		eps[n] = mxep;
-		eps[n++].mx = false;
+		eps[n].mx = false;
+		eps[n++].mx_host = true;
 	}
 	for (i = 0; a->status == DNS_MX_OK && i < nmx; i++) {
 		eps[n] = mxep;
 		eps[n].mx = false;
+		eps[n].mx_host = true;
 		snprintf(eps[n].host, sizeof(eps[n].host), "%s", a->mx[i].host);
 		n++;
 	}
@@ -1289,6 +1328,7 @@ on_dns(const struct dns_answer *a, void *arg)
 	if (a->error) {
 		fmtbuf(j->err, sizeof(j->err), "connect to %s:%u: %s", j->ep->host,
 		       ep_port(c->pool, j->ep), a->err);
+		j->ep_notfound = a->notfound;
 		conn_try(c);
 		return;
 	}
@@ -1369,8 +1409,14 @@ conn_try(struct conn *c)
 			mark_dead(p, c->relay, j->naddrs > 1, j->err);
 			continue;
 		}
-		if (j->ep != NULL)
+		if (j->ep != NULL) {
 			mark_dead(p, j->epname, true, j->err);
+			if (j->ep_notfound && j->ep->mx_host)
+				j->nnotfound++;
+			else
+				j->nother++;
+		}
+		j->ep_notfound = false;
 		if (j->next_ep >= j->neps)
 			break;
 		j->ep = &j->eps[j->order[j->next_ep++]];
@@ -1391,7 +1437,13 @@ conn_try(struct conn *c)
 		return;
 	}
 	c->job = NULL;
-	job_finish(j, 451, "4.4.1", j->err[0] ? j->err : "no endpoint");
+	if (j->nnotfound > 0 && j->nother == 0)
+		/* RFC 5321 5.1: the domain's mail hosts (or the domain itself,
+		 * without MX records) have no address at all: no retry will
+		 * find one (Postfix: "Host or domain name not found") */
+		job_finish(j, 550, "5.4.4", j->err);
+	else
+		job_finish(j, 451, "4.4.1", j->err[0] ? j->err : "no endpoint");
 	conn_free(c);
 }
 

@@ -247,6 +247,8 @@ struct endpoint {
 	enum endpoint_proto proto;
 	bool literal;                       /* [IP]: no DNS lookup */
 	bool mx;                            /* smtp:DOMAIN: look up its MX records */
+	bool mx_host;                       /* a host an MX lookup gave (or the domain
+					     * itself, without MX records): set by the client */
 	signed char tls;                    /* enum tls_level from smtp_tls_policy_map, or -1:
 					     * smtp_tls_security_level (set by the router) */
 	char host[ADDR_DOMAIN_MAX + 1];     /* DNS name, or the IP without brackets */
@@ -554,7 +556,8 @@ struct dns_query;
 
 struct dns_answer {
 	int error;                      /* 0; else no usable answer, see err */
-	bool notfound;                  /* the name has no address (permanent) */
+	bool notfound;                  /* the name has no address (permanent: NXDOMAIN or
+					 * no A/AAAA records) */
 	const char *err;                /* "host not found", "timeout", ... */
 	const struct sockaddr_storage *addrs;   /* port 0, in the server's order */
 	size_t naddrs;

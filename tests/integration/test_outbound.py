@@ -48,12 +48,15 @@ class OutboundTestCase(SorterTestCase):
           "seven.test": [(10, "mx.seven.test")],
           "grey.test": [(10, "mx.grey.test")],
           "tls.test": [(10, "mx.tls.test")],
-          "loop.test": [(10, "mx.sorter.test")]}
+          "loop.test": [(10, "mx.sorter.test")],
+          "noaddr.test": [(10, "mx1.gone.test"), (20, "mx2.gone.test")],
+          "halfaddr.test": [(10, "mx.gone.test"), (20, "mx.broken.test")],
+          "strict.test": [(10, "mx.strict.test")]}
     HOSTS = {"mx1.remote.test": "127.0.0.2", "mx2.remote.test": "127.0.0.3",
              "mx.origin.test": "127.0.0.4", "mx.big.test": "127.0.0.5",
              "mx.seven.test": "127.0.0.6", "mx.grey.test": "127.0.0.7",
              "mx.tls.test": "127.0.0.8", "mx.sorter.test": "127.0.0.1",
-             "nomx.test": "127.0.0.10"}
+             "nomx.test": "127.0.0.10", "mx.strict.test": "127.0.0.12"}
 
     def setUp(self):
         self.mxport = free_port_on("127.0.0.2")
@@ -180,6 +183,36 @@ class MXTest(OutboundTestCase):
         self.wait_log(d, r"%s: to=<user@broken\.test>.*dsn=4\.4\.3, status=deferred" % qid)
         self.assertIn(qid, d.queue_ids())
 
+    def test_mx_hosts_without_address_bounce(self):
+        """Every MX host of the domain has no address (NXDOMAIN): no retry finds one, so
+        the mail bounces at once (Postfix's "Host or domain name not found"), 5.4.4."""
+        d = self.sorter(aliases={"fwd@" + LOCAL_DOMAIN: "user@noaddr.test"})
+        qid = self.send(d, ["fwd@" + LOCAL_DOMAIN], sender="")
+        self.wait_log(d, r"%s: to=<user@noaddr\.test>.*dsn=5\.4\.4, status=bounced.*"
+                         r"mx2\.gone\.test.*host not found" % qid)
+        self.wait_gone(d, qid)
+
+    def test_mx_host_without_address_and_one_failing_defers(self):
+        """One MX host has no address, the other's lookup fails (SERVFAIL): that one may
+        answer later, so the mail waits."""
+        d = self.sorter(aliases={"fwd@" + LOCAL_DOMAIN: "user@halfaddr.test"})
+        qid = self.send(d, ["fwd@" + LOCAL_DOMAIN], sender="")
+        self.wait_log(d, r"%s: to=<user@halfaddr\.test>.*dsn=4\.4\.1, status=deferred" % qid)
+        self.assertIn(qid, d.queue_ids())
+        self.assertEqual(d.log_lines(r"%s: to=<user@halfaddr\.test>.*status=bounced" % qid), [])
+
+    def test_mx_tempfail_tries_the_next_endpoint(self):
+        """A transport whose first endpoint's MX lookup fails (SERVFAIL) goes on to the
+        endpoints after it."""
+        relay = self.sink("127.0.0.9")
+        tmap = write_map(self.build(), os.path.join(self.tmp, "transport"),
+                         {"broken.test": "smtp:broken.test, smtp:[127.0.0.9]:%d" % self.mxport})
+        d = self.sorter(transport_map=tmap,
+                        aliases={"fwd@" + LOCAL_DOMAIN: "user@broken.test"})
+        qid = self.send(d, ["fwd@" + LOCAL_DOMAIN])
+        self.wait_log(d, r"%s: to=<user@broken\.test>.*relay=127\.0\.0\.9\[.*status=sent" % qid)
+        self.assertEqual(relay.count(), 1)
+
     def test_mx_is_myself_bounces(self):
         d = self.sorter(aliases={"fwd@" + LOCAL_DOMAIN: "user@loop.test"})
         qid = self.send(d, ["fwd@" + LOCAL_DOMAIN], sender="")
@@ -197,6 +230,30 @@ class RemoteReplyTest(OutboundTestCase):
                       % qid)
         self.wait_log(d, r"%s: to=<user@grey\.test>.*status=sent" % qid, timeout=30)
         self.assertEqual(len(grey.messages()), 1)
+
+    def test_2xx_to_data_is_a_protocol_error(self):
+        """A 250 where DATA wants 354 sends no message: the recipients are not taken
+        for delivered, but tried again (RFC 5321 4.3.2)."""
+        strict = self.scripted("127.0.0.12", replies={"DATA": ["250 2.0.0 Ok", None]})
+        d = self.sorter(aliases={"fwd@" + LOCAL_DOMAIN: "user@strict.test"})
+        qid = self.send(d, ["fwd@" + LOCAL_DOMAIN])
+        self.wait_log(d, r"%s: to=<user@strict\.test>.*status=deferred.*250 2\.0\.0 Ok.*"
+                         r"in reply to DATA command, a protocol error" % qid)
+        self.wait_log(d, r"%s: to=<user@strict\.test>.*status=sent" % qid)
+        self.wait_gone(d, qid)
+        self.assertEqual(len(strict.messages()), 1)
+
+    def test_552_to_rcpt_is_temporary(self):
+        """552 to RCPT is "too many recipients" from an old server (RFC 5321
+        4.5.3.1.10): deferred and tried again, not bounced."""
+        strict = self.scripted("127.0.0.12", replies={
+            "RCPT": ["552 5.5.3 Too many recipients", None]})
+        d = self.sorter(aliases={"fwd@" + LOCAL_DOMAIN: "user@strict.test"})
+        qid = self.send(d, ["fwd@" + LOCAL_DOMAIN])
+        self.wait_log(d, r"%s: to=<user@strict\.test>.*dsn=4\.5\.3, status=deferred.*"
+                         r"452 4\.5\.3 Too many recipients" % qid)
+        self.wait_log(d, r"%s: to=<user@strict\.test>.*status=sent" % qid)
+        self.assertEqual(len(strict.messages()), 1)
 
     def test_550_bounces_to_remote_sender_with_remote_mta(self):
         origin = self.sink("127.0.0.4")
