@@ -52,6 +52,7 @@
  * two buffers it bounds what one session's message costs, whatever its size */
 #define READ_HIGH_WATER (64 * 1024)
 
+
 /* in which states a verb may be used; else 503 */
 #define ST(x) (1u << (x))
 #define ANY (ST(SS_INIT) | ST(SS_READY) | ST(SS_MAIL) | ST(SS_RCPT) | ST(SS_BDAT))
@@ -433,6 +434,44 @@ static void on_event(struct bufferevent *bev, short what, void *arg);
 static void on_read(struct bufferevent *bev, void *arg);
 static void on_write(struct bufferevent *bev, void *arg);
 
+/*
+ * Replies not yet on the wire. Under TLS the filter encrypts what is queued
+ * on it into the socket's own stream at once, so its output is near empty
+ * even when the client reads nothing: what piles up is counted there.
+ */
+static size_t
+output_backlog(const struct session *s, struct evbuffer *out)
+{
+	struct bufferevent *under = s->tls ? bufferevent_get_underlying(s->bev) : NULL;
+
+	return evbuffer_get_length(out) +
+	       (under != NULL ? evbuffer_get_length(bufferevent_get_output(under)) : 0);
+}
+
+static void
+on_backlog_gone(evutil_socket_t fd, short what, void *arg)
+{
+	struct session *s = arg;
+
+	if (s->state != SS_CLOSING)
+		process_input(s);
+}
+
+/* The socket's output under TLS changed: once a backlog that stopped
+ * reading is half gone, reading resumes (from the loop: this runs inside
+ * libevent's write path). */
+static void
+on_socket_output(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+	struct session *s = arg;
+
+	if (s->backlogged && info->n_deleted > 0 &&
+	    evbuffer_get_length(buf) <= PIPELINE_OUTPUT_MAX / 2) {
+		s->backlogged = false;
+		event_active(s->backlog_ev, EV_TIMEOUT, 0);
+	}
+}
+
 /* Puts a TLS server filter on the session's stream: what is queued on it
  * from now on goes out after the handshake. False when it cannot. */
 static bool
@@ -440,13 +479,23 @@ tls_wrap(struct session *s, SSL *ssl)
 {
 	struct bufferevent *tbev;
 
+	if (s->backlog_ev == NULL &&
+	    (s->backlog_ev = event_new(s->w->base, -1, 0, on_backlog_gone, s)) == NULL) {
+		SSL_free(ssl);
+		return false;
+	}
+	/* deferred callbacks: the filter reads from the socket's stream as
+	 * soon as its input goes below the high-water mark, inside the drain
+	 * of a line; a callback run there would enter process_input (or free
+	 * the session, at EOF) under the very call that drained it */
 	tbev = bufferevent_openssl_filter_new(s->w->base, s->bev, ssl, BUFFEREVENT_SSL_ACCEPTING,
-					      BEV_OPT_CLOSE_ON_FREE);
+					      BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
 	if (tbev == NULL) {
 		SSL_free(ssl);
 		return false;
 	}
 	bufferevent_openssl_set_allow_dirty_shutdown(tbev, 1);
+	evbuffer_add_cb(bufferevent_get_output(s->bev), on_socket_output, s);
 	s->bev = tbev;
 	bufferevent_setcb(tbev, on_read, on_write, on_event, s);
 	bufferevent_setwatermark(tbev, EV_READ, 0, READ_HIGH_WATER);
@@ -640,8 +689,11 @@ process_input(struct session *s)
 		if (s->state == SS_COMMIT || s->state == SS_AUTH_WAIT || s->state == SS_CLOSING ||
 		    s->state == SS_LOOKUP_WAIT || s->paused || s->milter_busy)
 			return;
-		if (evbuffer_get_length(out) > PIPELINE_OUTPUT_MAX)
-			return;         /* on_write resumes once the client reads */
+		if (output_backlog(s, out) > PIPELINE_OUTPUT_MAX) {
+			s->backlogged = true;   /* on_write, or under TLS on_socket_output,
+						 * resumes once the client reads */
+			return;
+		}
 		if (s->in_chunk) {
 			if (take_chunk(s, in)) {
 				end_of_chunk(s);
@@ -991,6 +1043,12 @@ session_close(struct session *s)
 		evbuffer_remove_cb(bufferevent_get_output(bufferevent_get_underlying(s->bev)),
 				   on_tls_output, s);
 		event_free(s->flush_ev);
+	}
+	if (s->backlog_ev) {
+		if (s->tls)
+			evbuffer_remove_cb(bufferevent_get_output(bufferevent_get_underlying(s->bev)),
+					   on_socket_output, s);
+		event_free(s->backlog_ev);
 	}
 	if (s->bev)
 		bufferevent_free(s->bev);

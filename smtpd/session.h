@@ -92,6 +92,8 @@ struct session {
 	uint64_t data_start;           /* when DATA content began, usec */
 	bool gone;                     /* the client went away during a commit */
 	struct event *flush_ev;        /* TLS close: fires when the socket's output is written */
+	bool backlogged;               /* reading stopped: replies pile up unread */
+	struct event *backlog_ev;      /* TLS: the socket's output went down (on_socket_output) */
 	unsigned char key[16];         /* the client's address in session-table form */
 
 	/* AUTH (RFC 4954) */

@@ -11,6 +11,7 @@ import ssl
 import subprocess
 import tempfile
 import threading
+import time
 import unittest
 import warnings
 
@@ -76,6 +77,38 @@ class TLSTest(SorterTestCase):
         self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 503, "5.5.1")
         self.assertEqual(c.ehlo().code, 250)
         self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 250, "2.1.0")
+
+    @staticmethod
+    def rss_kib(pids):
+        total = 0
+        for pid in pids:
+            try:
+                with open("/proc/%d/status" % pid) as f:
+                    total += [int(l.split()[1]) for l in f if l.startswith("VmRSS:")][0]
+            except OSError:
+                pass
+        return total
+
+    def test_client_that_never_reads_is_not_read_either(self):
+        """A client that pipelines commands under TLS and never reads the replies stops
+        being read once they pile up, as in plaintext: the worker's memory does not grow
+        with what it sends (16 MiB of EHLO would make some 150 MB of replies)."""
+        c = self.tls_client()
+        before = self.rss_kib(self.d.children())
+        chunk = b"EHLO client.remote.test\r\n" * 4096
+        sent = 0
+        c.sock.settimeout(3)
+        try:
+            while sent < 16 * 1024 * 1024:
+                c.sock.sendall(chunk)
+                sent += len(chunk)
+        except (socket.timeout, TimeoutError):
+            pass
+        time.sleep(1)
+        grown = self.rss_kib(self.d.children()) - before
+        c.close()
+        self.assertLess(sent, 16 * 1024 * 1024, "every command was read: nothing held back")
+        self.assertLess(grown, 32 * 1024, "the workers grew by %d KiB" % grown)
 
     def test_starttls_twice(self):
         c = self.tls_client()
