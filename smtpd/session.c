@@ -381,9 +381,11 @@ do_rcpt(struct session *s, struct smtp_cmd *c)
 		reply(s, "452 4.5.3 Error: too many recipients after alias expansion");
 		return;
 	}
-	s->expanded += fanout;
+	/* counted once the milters said yes: a recipient they are asked
+	 * about comes through here again with their answer */
 	if (milter_hook(s, MS_RCPT, c))
 		return;
+	s->expanded += fanout;
 	s->rcpts = xrealloc(s->rcpts, (s->nrcpt + 1) * sizeof(*s->rcpts));
 	s->rcpt_canon = xrealloc(s->rcpt_canon, (s->nrcpt + 1) * sizeof(*s->rcpt_canon));
 	s->rcpt_canon[s->nrcpt] = xstrdup(canon.address);

@@ -184,6 +184,19 @@ class RepliesTest(MilterTestCase):
                                     r"from=<sender@remote\.test> to=<rcpt-reject@example\.test>"),
                         d.log_tail())
 
+    def test_each_recipient_counts_once_toward_the_expansion_limit(self):
+        """A recipient the milter is asked about counts once toward alias_expansion_limit
+        when it says yes, and not at all when it refuses it."""
+        a = self.filter("A")
+        self.start(a.spec, alias_expansion_limit="3")
+        c = self.session()
+        self.assertReply(c.ehlo(), 250)
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+        self.assertReply(c.cmd("RCPT TO:<rcpt-reject@%s>" % DOMAIN), 550, "5.7.1")
+        for rcpt in (ALICE, BOB, CAROL):
+            self.assertReply(c.cmd("RCPT TO:<%s>" % rcpt), 250)
+        self.assertReply(c.cmd("RCPT TO:<rcpt-accept@%s>" % DOMAIN), 452, "4.5.3")
+
     def test_refusals_in_the_message(self):
         """DATA, a header, the end of headers, the body and the end of the message: each can
         refuse the message, and the session goes on to the next one."""
