@@ -901,8 +901,22 @@ on_event(struct bufferevent *bev, short what, void *arg)
 		return;
 	}
 	if (what & BEV_EVENT_TIMEOUT) {
+		if ((s->state == SS_COMMIT || s->auth_busy) && (what & BEV_EVENT_READING)) {
+			/* the client waits for the answer to its last command
+			 * (a slow disk, a slow password check): its silence
+			 * is no timeout; the answer comes when that is done */
+			bufferevent_enable(bev, EV_READ);
+			return;
+		}
 		msg_info("timeout after %s from [%s]", s->state == SS_DATA ? "DATA" :
+			 s->state == SS_COMMIT ? "END-OF-MESSAGE" :
 			 s->in_chunk ? "BDAT" : "command", s->addr);
+		if (s->state == SS_COMMIT || s->auth_busy) {
+			/* it does not read: it is gone, once that is done */
+			s->gone = true;
+			bufferevent_disable(bev, EV_READ | EV_WRITE);
+			return;
+		}
 		if (s->state == SS_CLOSING) {
 			session_close(s);       /* the client does not read its last reply */
 			return;

@@ -257,6 +257,30 @@ class SlowClientTest(SorterTestCase):
         self.assertEqual(set(d.queue_ids()), set())
         self.assertTrue(d.log_lines(r"slower than smtpd_min_data_rate=50"))
 
+    def test_slow_commit_is_not_the_clients_timeout(self):
+        """A client waits in silence while its message is committed: a commit slower than
+        smtpd_timeout (the link into incoming/ made 3 s slow, a slow disk) still ends with
+        its 250, and nothing but that."""
+        import fsrec
+        log = os.path.join(self.tmp, "fsrec.log")
+        with open(log, "w"):
+            pass
+        os.chmod(log, 0o666)
+        d = Sorterd(os.path.join(self.tmp, "d"), start=False, smtpd_timeout="1")
+        d.argv_prefix = ("env", "LD_PRELOAD=" + fsrec.preload(d.build), "FSREC_LOG=" + log,
+                         "FSREC_SLOW_RENAME=/incoming/:3000")
+        self.daemons.append(d)
+        self.addCleanup(self._finish, d)
+        d.start()
+        c = self.connect(d)
+        t0 = time.monotonic()
+        r, qid = c.send_message(SENDER, [RCPT], message("slow commit"))
+        self.assertQueued(r, qid)
+        self.assertGreater(time.monotonic() - t0, 2.5, "the commit was not slowed")
+        # at once (smtpd_timeout is 1 s): a reply sent beside the 250 would answer the QUIT
+        self.assertReply(c.cmd("QUIT"), 221)
+        self.assertTrue(d.log_lines(r"%s: from=<%s>" % (qid, re.escape(SENDER))), d.log_tail())
+
     def test_session_time_limit(self):
         d = self.sorterd(smtpd_session_time_limit="10s")
         c = self.connect(d)
