@@ -265,6 +265,22 @@ dest_done(struct deliv_txn *txn, void *arg)
 			failed = failed || !res->remote_said;
 		}
 	}
+	for (i = 0; i < qd->ndups; i++) {
+		struct qexp *e = qd->dups[i];
+		const struct qexp *like = qd->exps[qd->dup_of[i]];
+
+		e->out = like->out;
+		snprintf(e->status, sizeof(e->status), "%s", like->status);
+		snprintf(e->diag, sizeof(e->diag), "%s", like->diag);
+		snprintf(e->relay, sizeof(e->relay), "%s", like->relay);
+		snprintf(e->tls, sizeof(e->tls), "%s", like->tls);
+		e->relayed = like->relayed;
+		e->dsn_passed = like->dsn_passed;
+		if (e->out == OUT_DELIVERED) {
+			atomic_fetch_add(&mq->q->ctr->delivered, 1);
+			log_result(mq, rcpt_of(mq, e), e, "sent");
+		}
+	}
 	if (txn->nrcpt > 0 && qd->exps[0]->node[0]) {
 		/* one destination per transaction: its first recipient's route */
 		struct qrcpt *qr = rcpt_of(mq, qd->exps[0]);
@@ -277,6 +293,8 @@ dest_done(struct deliv_txn *txn, void *arg)
 	free(qd->rcpt_params);
 	free(qd->exps);
 	free(qd->results);
+	free(qd->dups);
+	free(qd->dup_of);
 	free(qd);
 	if (--mq->inflight == 0)
 		msg_finish(mq);
@@ -319,10 +337,27 @@ msg_deliver(struct qmsg *mq)
 			qd->results = xcalloc(n, sizeof(*qd->results));
 			n = 0;
 			for (a = i; a < mq->nr; a++) {
-				for (b = 0; b < mq->r[a].nexps && n < limit; b++) {
+				for (b = 0; b < mq->r[a].nexps; b++) {
 					struct qexp *x = &mq->r[a].exps[b];
+					size_t d;
 
 					if (x->out != OUT_PENDING || x->claimed || strcmp(x->dest, e->dest) != 0)
+						continue;
+					/* one copy per mailbox, as Postfix's duplicate
+					 * filter does: a second recipient that leads to
+					 * an address already sent takes its result */
+					for (d = 0; d < n && strcmp(qd->rcpts[d], x->addr) != 0; d++)
+						;
+					if (d < n) {
+						qd->dups = xrealloc(qd->dups, (qd->ndups + 1) * sizeof(*qd->dups));
+						qd->dup_of = xrealloc(qd->dup_of,
+								      (qd->ndups + 1) * sizeof(*qd->dup_of));
+						qd->dups[qd->ndups] = x;
+						qd->dup_of[qd->ndups++] = d;
+						x->claimed = true;
+						continue;
+					}
+					if (n == limit)
 						continue;
 					x->claimed = true;
 					qd->rcpts[n] = x->addr;

@@ -49,6 +49,12 @@ struct qdest {                  /* one transaction: a message's share for one de
 	const char **rcpt_params;
 	struct qexp **exps;
 	struct deliv_result *results;
+	/* expansions of other recipients to an address already in the
+	 * transaction (an alias and its member both named): not sent again,
+	 * they take the result of exps[dup_of[i]] */
+	struct qexp **dups;
+	size_t *dup_of;
+	size_t ndups;
 	uint64_t start_usec;    /* metrics_now() when handed to the client */
 	bool smtp;              /* the transport, for the metrics */
 };

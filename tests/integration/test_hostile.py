@@ -142,6 +142,28 @@ class FanoutTest(SorterTestCase):
         self.assertEqual(len(self.sent(d, qid)), 200)
         self.assertEqual(len(d.log_lines(r"%s: from=<.*nrcpt=1," % qid)), 1)
 
+    def test_one_copy_per_mailbox(self):
+        """An alias, one of its members and a second alias sharing that member, all named by
+        the sender: the member is sent once in the transaction (a mailbox server would store
+        it twice), and every recipient the sender named is logged as sent."""
+        from scripted_smtp import ScriptedSMTPServer
+        node = ScriptedSMTPServer("127.0.0.1", free_port_on("127.0.0.1"), lmtp=True)
+        node.start()
+        self.addCleanup(node.stop)
+        alice, bob = "alice@" + LOCAL_DOMAIN, "bob@" + LOCAL_DOMAIN
+        team, crew = "team@" + LOCAL_DOMAIN, "crew@" + LOCAL_DOMAIN
+        aliases = write_map(build_dir(), os.path.join(self.tmp, "dup-aliases"),
+                            {team: "%s, %s" % (alice, bob), crew: alice})
+        d = self.sorterd(alias_map=aliases, failover_node="lmtp:[127.0.0.1]:%d" % node.port)
+        c = self.connect(d)
+        r, qid = c.send_message(SENDER, [team, alice, crew], message("one copy"))
+        self.assertQueued(r, qid)
+        self.assertTrue(wait_until(lambda: len(self.sent(d, qid)) == 4, 30), d.log_tail())
+        self.assertEqual([sorted(t["rcpts"]) for t in node.messages()], [[alice, bob]])
+        for orig in (team, crew):
+            self.assertTrue(d.log_lines(r"%s: to=<%s>, orig_to=<%s>,.*status=sent"
+                                        % (qid, re.escape(alice), re.escape(orig))))
+
     def test_alias_expansion_limit(self):
         d = self.sorterd_with_lists(alias_expansion_limit=1000)
         c = self.connect(d)
