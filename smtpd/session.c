@@ -167,7 +167,8 @@ set_read_timeout(struct session *s, int secs)
 {
 	struct timeval rt = { secs, 0 }, wt = { s->w->cf->smtpd_timeout, 0 };
 
-	bufferevent_set_timeouts(s->bev, &rt, &wt);
+	/* under TLS the socket's stream has the write timeout (tls_wrap) */
+	bufferevent_set_timeouts(s->bev, &rt, s->tls ? NULL : &wt);
 }
 
 /* ---- command handlers ---- */
@@ -479,6 +480,7 @@ on_socket_output(struct evbuffer *buf, const struct evbuffer_cb_info *info, void
 static bool
 tls_wrap(struct session *s, SSL *ssl)
 {
+	struct timeval wt = { s->w->cf->smtpd_timeout, 0 };
 	struct bufferevent *tbev;
 
 	if (s->backlog_ev == NULL &&
@@ -498,12 +500,20 @@ tls_wrap(struct session *s, SSL *ssl)
 	}
 	bufferevent_openssl_set_allow_dirty_shutdown(tbev, 1);
 	evbuffer_add_cb(bufferevent_get_output(s->bev), on_socket_output, s);
+	/* Timeouts under TLS: the filter's read timeout follows the
+	 * session's state (set_read_timeout), as in plaintext; the socket's
+	 * stream keeping the plaintext one would cut a DATA pause that
+	 * smtpd_data_timeout allows, and its read, once timed out, would stay
+	 * off when the filter's is turned back on. The write timeout is the
+	 * socket's, where unread replies wait: the filter's fires after each
+	 * write, with nothing left to write. */
+	bufferevent_set_timeouts(s->bev, NULL, &wt);
 	s->bev = tbev;
+	s->tls = true;
 	bufferevent_setcb(tbev, on_read, on_write, on_event, s);
 	bufferevent_setwatermark(tbev, EV_READ, 0, READ_HIGH_WATER);
 	set_read_timeout(s, s->w->cf->smtpd_timeout);
 	bufferevent_enable(tbev, EV_READ | EV_WRITE);
-	s->tls = true;
 	return true;
 }
 

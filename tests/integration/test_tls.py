@@ -110,6 +110,24 @@ class TLSTest(SorterTestCase):
         self.assertLess(sent, 16 * 1024 * 1024, "every command was read: nothing held back")
         self.assertLess(grown, 32 * 1024, "the workers grew by %d KiB" % grown)
 
+    def test_data_timeout_holds_under_tls(self):
+        """Under TLS, a pause in DATA that smtpd_data_timeout allows is not cut off by the
+        shorter smtpd_timeout."""
+        d = self.sorterd(name="slowdata", tls_cert_file=self.cert, tls_key_file=self.key,
+                         smtpd_timeout="1", smtpd_data_timeout="6")
+        c = self.connect(d)
+        self.assertIn("STARTTLS", c.ehlo().keywords())
+        self.assertReply(c.starttls(), 220, "2.0.0")
+        self.assertReply(c.ehlo(), 250)
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+        self.assertReply(c.cmd("RCPT TO:<%s>" % RCPT), 250)
+        self.assertReply(c.cmd("DATA"), 354)
+        c.send("Subject: pause\r\n\r\nfirst half\r\n")
+        time.sleep(2.5)
+        c.send("second half\r\n.\r\n")
+        self.assertReply(c.reply(), 250, "2.0.0")
+        self.assertReply(c.cmd("QUIT"), 221)
+
     def test_starttls_twice(self):
         c = self.tls_client()
         self.assertEqual(c.ehlo().code, 250)
