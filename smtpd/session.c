@@ -966,12 +966,26 @@ on_event(struct bufferevent *bev, short what, void *arg)
 /* ---- life cycle ---- */
 
 /* smtpd_session_time_limit: the session ends at its next command boundary
- * (a transaction in progress finishes; slow content meets the data rate) */
+ * (a transaction in progress finishes; slow content meets the data rate).
+ * A transaction gets smtpd_timeout more to finish: one kept open with
+ * recipients or NOOPs, each within smtpd_timeout, ends then. */
 static void
 on_time_limit(evutil_socket_t fd, short what, void *arg)
 {
 	struct session *s = arg;
+	struct timeval grace = { s->w->cf->smtpd_timeout, 0 };
 
+	if (s->drain && s->drain_reply != NULL) {
+		/* the grace is over */
+		if (s->state == SS_MAIL || s->state == SS_RCPT ||
+		    (s->state == SS_BDAT && !s->in_chunk)) {
+			msg_info("session time limit: transaction not finished in %ds more from [%s]",
+				 s->w->cf->smtpd_timeout, s->addr);
+			reply_close(s, s->drain_reply);
+			bufferevent_enable(s->bev, EV_WRITE);
+		}
+		return;
+	}
 	msg_info("session time limit (smtpd_session_time_limit=%d) reached for [%s]",
 		 s->w->cf->smtpd_session_time_limit, s->addr);
 	s->drain = true;
@@ -979,7 +993,9 @@ on_time_limit(evutil_socket_t fd, short what, void *arg)
 	if (s->state <= SS_READY && evbuffer_get_length(bufferevent_get_input(s->bev)) == 0) {
 		reply_close(s, s->drain_reply);
 		bufferevent_enable(s->bev, EV_WRITE);
+		return;
 	}
+	evtimer_add(s->limit_ev, &grace);
 }
 
 void

@@ -321,6 +321,27 @@ class SlowClientTest(SorterTestCase):
         self.assertGreaterEqual(time.monotonic() - t0, 8)
         self.assertTrue(c.closed())
 
+    def test_transaction_kept_open_ends_after_the_limit(self):
+        """A transaction kept open past smtpd_session_time_limit (a recipient every second,
+        each within smtpd_timeout) gets smtpd_timeout more to finish, then 421."""
+        d = self.sorterd(smtpd_session_time_limit="10s", smtpd_timeout="2")
+        c = self.connect(d)
+        self.assertReply(c.ehlo(), 250)
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+        t0 = time.monotonic()
+        got = None
+        while time.monotonic() - t0 < 20:
+            r = c.cmd("RCPT TO:<%s>" % RCPT)
+            if r.code == 421:
+                got = r
+                break
+            self.assertReply(r, 250)
+            time.sleep(1)
+        self.assertIsNotNone(got, "the transaction outlived the session time limit")
+        self.assertReply(got, 421, "4.4.2")
+        self.assertGreaterEqual(time.monotonic() - t0, 10)
+        self.assertTrue(c.closed())
+
     def test_idle_at_the_limit_gets_421(self):
         d = self.sorterd(smtpd_session_time_limit="10s")
         c = self.connect(d)
