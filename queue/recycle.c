@@ -886,15 +886,57 @@ remove_old_free(const char *spool_dir)
 		msg_info("removed %s (an older spool's; slots/ holds its kind now)", path);
 }
 
+/* slots_recover for one slot of one link, under its lock: a committed
+ * message whose queue name was lost is linked back, a free one is kept or
+ * (trim) unlinked. */
+static void
+recover_slot(const char *spool_dir, int sfd, const char *name, const struct stat *sb,
+	     char (*ids)[QID_LEN + 1], size_t nids, const int qfd[2], int found[2], bool trim,
+	     size_t *nfree)
+{
+	static const char *const into[2] = { "incoming", "hold" };
+	char path[4096];
+	struct spool_file f;
+	int rc, i;
+
+	snprintf(path, sizeof(path), "%s/slots/%s", spool_dir, name);
+	rc = spool_committed_in_tmp(path, &f);
+	if (rc == 1 && !queued(f.m.qid, ids, nids)) {
+		/* a message a milter quarantined goes back where it was going */
+		i = f.m.hold_reason != NULL;
+		if (linkat(sfd, name, qfd[i], f.m.qid, 0) == 0) {
+			msg_info("%s: recovered from %s (committed, its link into "
+				 "%s/ lost)", f.m.qid, path, into[i]);
+			found[i]++;
+		} else {
+			msg_warn("%s: cannot recover %s into %s/: %s", f.m.qid,
+				 path, into[i], strerror(errno));
+		}
+		spool_file_free(&f);
+		return;
+	}
+	if (rc == 1)
+		spool_file_free(&f);
+	if (rc == -2) {
+		msg_warn("cannot read %s: %s; left alone", path, strerror(errno));
+		return;
+	}
+	/* free */
+	if (trim && (*nfree >= RECYCLE_POOL_MAX || sb->st_size == 0 ||
+		     (uint64_t)sb->st_size > RECYCLE_FILE_MAX))
+		unlinkat(sfd, name, 0);
+	else
+		(*nfree)++;
+}
+
 int
 slots_recover(const char *spool_dir, bool trim)
 {
 	char path[4096], (*ids)[QID_LEN + 1];
 	size_t nids = queued_ids(spool_dir, &ids), nfree = 0;
-	struct spool_file f;
 	struct dirent *de;
 	struct stat sb;
-	int sfd, qfd[2] = { -1, -1 }, found[2] = { 0, 0 }, rc, err = 0, i;
+	int sfd, lfd, qfd[2] = { -1, -1 }, found[2] = { 0, 0 }, err = 0, i;
 	static const char *const into[2] = { "incoming", "hold" };
 	DIR *d;
 
@@ -923,34 +965,16 @@ slots_recover(const char *spool_dir, bool trim)
 			continue;
 		if (sb.st_nlink > 1)
 			continue;       /* queued */
-		snprintf(path, sizeof(path), "%s/slots/%s", spool_dir, de->d_name);
-		rc = spool_committed_in_tmp(path, &f);
-		if (rc == 1 && !queued(f.m.qid, ids, nids)) {
-			/* a message a milter quarantined goes back where it was going */
-			i = f.m.hold_reason != NULL;
-			if (linkat(sfd, de->d_name, qfd[i], f.m.qid, 0) == 0) {
-				msg_info("%s: recovered from %s (committed, its link into "
-					 "%s/ lost)", f.m.qid, path, into[i]);
-				found[i]++;
-			} else {
-				msg_warn("%s: cannot recover %s into %s/: %s", f.m.qid,
-					 path, into[i], strerror(errno));
-			}
-			spool_file_free(&f);
+		/* one a live process holds (a writer of a sorterd that is
+		 * still finishing its sessions, or of this one during an
+		 * import) is that process's to write, link or free */
+		if ((lfd = openat(sfd, de->d_name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW |
+				  O_NONBLOCK)) < 0)
 			continue;
-		}
-		if (rc == 1)
-			spool_file_free(&f);
-		if (rc == -2) {
-			msg_warn("cannot read %s: %s; left alone", path, strerror(errno));
-			continue;
-		}
-		/* free */
-		if (trim && (nfree >= RECYCLE_POOL_MAX || sb.st_size == 0 ||
-			     (uint64_t)sb.st_size > RECYCLE_FILE_MAX))
-			unlinkat(sfd, de->d_name, 0);
-		else
-			nfree++;
+		if (flock(lfd, LOCK_EX | LOCK_NB) == 0)
+			recover_slot(spool_dir, sfd, de->d_name, &sb, ids, nids, qfd, found, trim,
+				     &nfree);
+		close(lfd);
 	}
 	free(ids);
 	for (i = 0; i < 2; i++) {

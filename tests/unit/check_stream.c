@@ -15,6 +15,7 @@
 #include <limits.h>
 #include <linux/magic.h>
 #include <pthread.h>
+#include <sys/file.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
@@ -344,6 +345,9 @@ check_edit(bool new_body, const char *hold)
 				     total - (sizeof(hdrs) - 1)));
 	}
 	spool_file_free(&f);
+	/* the writer goes (its locks with it): a slot a live writer holds is
+	 * never recovered from under it */
+	commit_pool_destroy(p);
 	/* a slot of its own, linked there */
 	ck_assert_int_eq(stat(path, &sb), 0);
 	ck_assert_uint_eq(sb.st_nlink, 2);
@@ -364,7 +368,6 @@ check_edit(bool new_body, const char *hold)
 	dstr_free(&prefix);
 	dstr_free(&body);
 	free(content);
-	commit_pool_destroy(p);
 	event_base_free(c.base);
 	free(r);
 }
@@ -580,6 +583,20 @@ START_TEST(test_slots_and_recovery)
 	ck_assert_uint_eq(count("slots"), 5);
 	ck_assert_uint_eq(count("incoming"), 0);
 
+	/* one a live writer holds (its flock: an older sorterd's worker still
+	 * finishing) is left to it, even committed */
+	{
+		char held[QID_LEN + 1];
+		int hfd;
+
+		ck_assert(name_of("slots", only, held));
+		snprintf(path, sizeof(path), "%s/slots/%s", spool, held);
+		ck_assert_int_ge(hfd = open(path, O_RDONLY), 0);
+		ck_assert_int_eq(flock(hfd, LOCK_EX), 0);
+		ck_assert_int_eq(slots_recover(spool, false), 0);
+		ck_assert_uint_eq(count("incoming"), 0);
+		close(hfd);
+	}
 	/* an import's recovery (no trim) leaves the free ones alone */
 	ck_assert_int_eq(slots_recover(spool, false), 1);
 	ck_assert_uint_eq(count("incoming"), 1);
