@@ -560,6 +560,39 @@ msg_release_slot(struct qmgr *q, size_t bytes)
 		event_base_loopexit(q->base, NULL);
 }
 
+/*
+ * A queue name whose slot holds another message: after a power failure,
+ * the removal of a finished message's name can be lost while the slot,
+ * marked freed and written over by a new message, kept the new data (its
+ * sync does not wait for the names). The slot is that message's: it is
+ * linked into incoming/ under its own id, if it has no name there yet,
+ * and the stale name and its status file go (read as this message's,
+ * they would skip recipients the old one had done). The new link is not
+ * waited for: lost with the stale name, it leaves the slot with one link,
+ * which slots_recover links back at the next start. An imported file
+ * keeps its old id inside under a new name, but it is no slot (one link).
+ */
+static bool
+stale_name(struct qmgr *q, const char *id, const struct spool_file *f)
+{
+	struct stat sb;
+
+	if (f->m.qid[0] == '\0' || strcmp(f->m.qid, id) == 0 || !qid_valid(f->m.qid) ||
+	    fstat(f->fd, &sb) < 0 || sb.st_nlink < 2)
+		return false;
+	if (linkat(q->dirfd[D_ACTIVE], id, q->dirfd[D_INCOMING], f->m.qid, 0) < 0 &&
+	    errno != EEXIST) {
+		msg_warn("%s: its slot holds message %s, which cannot be linked into incoming/: "
+			 "%s; left in active/", id, f->m.qid, strerror(errno));
+		return true;
+	}
+	msg_warn("%s: a stale queue name (a removal lost to a crash): its slot holds message "
+		 "%s, queued under its own id", id, f->m.qid);
+	unlinkat(q->dirfd[D_DEFER], id, 0);
+	unlinkat(q->dirfd[D_ACTIVE], id, 0);
+	return true;
+}
+
 /* Claims `id` from folder `from` (rename into active/, unless it is there
  * already) and starts its delivery. Returns 0, or -1 when it was not there
  * or the active limit is reached (then the backlog flag is set). */
@@ -587,6 +620,10 @@ msg_load(struct qmgr *q, int from, const char *id)
 	snprintf(path, sizeof(path), "%s/active/%s", q->cf->spool_dir, id);
 	if (spool_take(q->cf->spool_dir, path, NULL, &f) < 0)
 		return -1;
+	if (stale_name(q, id, &f)) {
+		spool_file_free(&f);
+		return -1;
+	}
 	snprintf(path, sizeof(path), "%s/defer/%s", q->cf->spool_dir, id);
 	if ((rc = qstatus_read(path, &st)) == -2) {
 		msg_warn("%s: read %s: %s; left in active/, to be read again later", id, path,

@@ -359,6 +359,48 @@ class FsyncOrderTest(SorterTestCase):
             self.assertEqual(len(fsrec.durability_problems(records, d.spool, late)), len(acks))
 
 
+class StaleNameTest(SorterTestCase):
+    """After a power failure a finished message's queue name can come back pointing at its
+    slot, which a new message wrote over in the meantime (removals are not waited for). The
+    queue manager takes the slot for the message it holds, under that message's own id, and
+    forgets the stale name's status: a recipient the old message had done is not skipped."""
+
+    def test_stale_name_of_a_reused_slot(self):
+        from scripted_smtp import ScriptedSMTPServer
+        port = free_port_on("127.0.0.1")
+        d = Sorterd(os.path.join(self.tmp, "d"), start=False,
+                    failover_node="lmtp:[127.0.0.1]:%d" % port, minimal_backoff_time="1h",
+                    maximal_backoff_time="2h", queue_run_delay="1h")
+        self.daemons.append(d)
+        self.addCleanup(self._finish, d)
+        d.start()
+        c = self.connect(d)
+        r, qid = c.send_message(SENDER, [RCPT], message("reused slot"))
+        self.assertQueued(r, qid)
+        c.close()
+        deferred = os.path.join(d.spool, "deferred", qid)
+        self.assertTrue(wait_until(lambda: os.path.exists(deferred), 30), d.log_tail())
+        d.stop()
+        # the stale name: another id, its status file saying the recipient was done
+        stale = qid[:-1] + ("0" if qid[-1] != "0" else "1")
+        os.rename(deferred, os.path.join(d.spool, "deferred", stale))
+        self.assertGreater(os.stat(os.path.join(d.spool, "deferred", stale)).st_nlink, 1)
+        with open(os.path.join(d.spool, "defer", stale), "w") as f:
+            f.write("attempts\t1\ndone\t0\t%s\n" % RCPT)
+        node = ScriptedSMTPServer("127.0.0.1", port, lmtp=True)
+        node.start()
+        self.addCleanup(node.stop)
+        d.start()
+        d.ctl("flush")
+        self.assertTrue(wait_until(lambda: d.log_lines(r"%s: to=<%s>.*status=sent"
+                                                       % (qid, re.escape(RCPT))), 30),
+                        d.log_tail())
+        self.assertEqual([t["rcpts"] for t in node.messages()], [[RCPT]])
+        self.assertTrue(d.log_lines(r"%s: a stale queue name.*holds message %s" % (stale, qid)))
+        self.assertTrue(wait_until(lambda: d.queue_ids() == set(), 30), d.queue())
+        self.assertFalse(os.path.exists(os.path.join(d.spool, "defer", stale)))
+
+
 class KillLoopTest(SorterTestCase):
     """kill -9 of a random sorterd process, 20 times, under load: no acknowledged message lost."""
 
