@@ -952,6 +952,14 @@ on_event(struct bufferevent *bev, short what, void *arg)
 		}
 	}
 	/* EOF or error: the client is gone */
+	if (s->state == SS_COMMIT && (what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR)) {
+		/* it only stopped sending (shutdown, or a TLS close_notify
+		 * after a pipelined QUIT): it may still read its 250, and
+		 * what it sent before is answered; then the session ends */
+		s->read_eof = true;
+		bufferevent_disable(bev, EV_READ);
+		return;
+	}
 	if (s->state == SS_COMMIT || s->auth_busy) {
 		s->gone = true;
 		bufferevent_disable(bev, EV_READ | EV_WRITE);

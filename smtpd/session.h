@@ -91,6 +91,8 @@ struct session {
 	unsigned junk;                 /* NOOP, RSET, VRFY, HELP since the last message */
 	uint64_t data_start;           /* when DATA content began, usec */
 	bool gone;                     /* the client went away during a commit */
+	bool read_eof;                 /* it stopped sending during a commit: once the rest
+					* is answered, the session ends */
 	struct event *flush_ev;        /* TLS close: fires when the socket's output is written */
 	bool backlogged;               /* reading stopped: replies pile up unread */
 	struct event *backlog_ev;      /* TLS: the socket's output went down (on_socket_output) */

@@ -20,6 +20,7 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/event.h>
 
 #include "lib/lib.h"
 #include "lib/metrics.h"
@@ -203,6 +204,14 @@ commit_done(void *arg, int error)
 	transaction_reset(s);
 	set_read_timeout(s, s->w->cf->smtpd_timeout);
 	process_input(s);
+	if (s->read_eof && s->state != SS_CLOSING &&
+	    evbuffer_get_length(bufferevent_get_input(s->bev)) == 0) {
+		/* nothing more will come: close once the replies are written
+		 * (what is left unanswered waits for smtpd_timeout) */
+		s->state = SS_CLOSING;
+		bufferevent_disable(s->bev, EV_READ);
+		bufferevent_enable(s->bev, EV_WRITE);
+	}
 }
 
 void

@@ -303,6 +303,34 @@ class SlowClientTest(SorterTestCase):
         self.assertReply(c.cmd("QUIT"), 221)
         self.assertTrue(d.log_lines(r"%s: from=<%s>" % (qid, re.escape(SENDER))), d.log_tail())
 
+    def test_client_that_stops_sending_during_the_commit_gets_its_250(self):
+        """A client that sends the final dot and QUIT and then shuts down its sending side
+        while the message is committed (made slow here) still reads its 250 and 221: taken for
+        gone, it would send the message again."""
+        import fsrec
+        log = os.path.join(self.tmp, "fsrec.log")
+        with open(log, "w"):
+            pass
+        os.chmod(log, 0o666)
+        d = Sorterd(os.path.join(self.tmp, "d"), start=False)
+        d.argv_prefix = ("env", "LD_PRELOAD=" + fsrec.preload(d.build), "FSREC_LOG=" + log,
+                         "FSREC_SLOW_RENAME=/incoming/:1500")
+        self.daemons.append(d)
+        self.addCleanup(self._finish, d)
+        d.start()
+        c = self.connect(d)
+        self.assertReply(c.ehlo(), 250)
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+        self.assertReply(c.cmd("RCPT TO:<%s>" % RCPT), 250)
+        self.assertReply(c.cmd("DATA"), 354)
+        c.send(message("half close") + "\r\n.\r\nQUIT\r\n")
+        c.sock.shutdown(socket.SHUT_WR)
+        r = c.reply(timeout=15)
+        self.assertReply(r, 250, "2.0.0")
+        self.assertReply(c.reply(timeout=5), 221)
+        self.assertTrue(c.closed())
+        self.assertEqual(d.log_lines(r"left before the reply"), [])
+
     def test_session_time_limit(self):
         d = self.sorterd(smtpd_session_time_limit="10s")
         c = self.connect(d)
