@@ -766,6 +766,11 @@ process_input(struct session *s)
 			return;
 		}
 		dispatch(s, s->linebuf, len);
+		/* an AUTH command's initial response carries the password;
+		 * a line waiting for a lookup is run again from linebuf */
+		if (len >= 4 && strncasecmp(s->linebuf, "AUTH", 4) == 0 &&
+		    s->state != SS_LOOKUP_WAIT)
+			explicit_bzero(s->linebuf, len);
 	}
 }
 
