@@ -29,6 +29,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/statvfs.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -162,10 +163,22 @@ auth_offered(const struct session *s)
 	return submission(s) && s->tls && s->w->auth != NULL;
 }
 
+static uint64_t
+mono_usec(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
 void
 set_read_timeout(struct session *s, int secs)
 {
 	struct timeval rt = { secs, 0 }, wt = { s->w->cf->smtpd_timeout, 0 };
+
+	s->read_timeout_usec = (uint64_t)secs * 1000000u;
+	s->read_armed_usec = mono_usec();
 
 	/* under TLS the socket's stream has the write timeout (tls_wrap) */
 	bufferevent_set_timeouts(s->bev, &rt, s->tls ? NULL : &wt);
@@ -916,6 +929,13 @@ on_event(struct bufferevent *bev, short what, void *arg)
 		return;
 	}
 	if (what & BEV_EVENT_TIMEOUT) {
+		if ((what & BEV_EVENT_READING) && !(what & BEV_EVENT_WRITING) &&
+		    mono_usec() - s->read_armed_usec < s->read_timeout_usec) {
+			/* it went off in the same turn of the loop that set it
+			 * again (a commit done just then): no timeout */
+			bufferevent_enable(bev, EV_READ);
+			return;
+		}
 		if ((s->state == SS_COMMIT || s->auth_busy) && (what & BEV_EVENT_READING)) {
 			/* the client waits for the answer to its last command
 			 * (a slow disk, a slow password check): its silence
