@@ -625,13 +625,13 @@ START_TEST(test_slots_and_recovery)
 }
 END_TEST
 
-/* A queue name's removal: a slot's file is marked freed first (its first
- * byte), a file of one link is only unlinked. */
-START_TEST(test_spool_remove)
+/* A new slot of 100 bytes queued in active/ under a new id; returns
+ * active/, open. */
+static int
+queued_slot(char slot[QID_LEN + 1], char id[QID_LEN + 1])
 {
-	char path[256], id[QID_LEN + 1], id2[QID_LEN + 1], slot[QID_LEN + 1];
-	int dfd, fd, keep;
-	unsigned char byte;
+	char path[256];
+	int dfd;
 
 	snprintf(path, sizeof(path), "%s/active", spool);
 	ck_assert_int_ge(dfd = open(path, O_RDONLY | O_DIRECTORY), 0);
@@ -640,6 +640,18 @@ START_TEST(test_spool_remove)
 	qid_next(id);
 	snprintf(path, sizeof(path), "%s/slots/%s", spool, slot);
 	ck_assert_int_eq(linkat(AT_FDCWD, path, dfd, id, 0), 0);
+	return dfd;
+}
+
+/* A queue name's removal: a slot's file is marked freed first (its first
+ * byte), a file of one link is only unlinked. */
+START_TEST(test_spool_remove)
+{
+	char id[QID_LEN + 1], id2[QID_LEN + 1], slot[QID_LEN + 1];
+	int dfd, fd, keep;
+	unsigned char byte;
+
+	dfd = queued_slot(slot, id);
 	ck_assert_int_eq(spool_remove(dfd, id, false), 0);
 	ck_assert_int_eq(first_byte("slots", slot), SPOOL_FREED);
 	qid_next(id2);
@@ -663,18 +675,12 @@ END_TEST
  * a message. Once it can be, it is marked (durably when asked) and goes. */
 START_TEST(test_spool_remove_keeps_unmarkable)
 {
-	char path[256], id[QID_LEN + 1], slot[QID_LEN + 1];
+	char id[QID_LEN + 1], slot[QID_LEN + 1];
 	int dfd, fds[256];
 	size_t n = 0, i;
 	struct rlimit was, low;
 
-	snprintf(path, sizeof(path), "%s/active", spool);
-	ck_assert_int_ge(dfd = open(path, O_RDONLY | O_DIRECTORY), 0);
-	qid_next(slot);
-	make_slot(slot, 100);
-	qid_next(id);
-	snprintf(path, sizeof(path), "%s/slots/%s", spool, slot);
-	ck_assert_int_eq(linkat(AT_FDCWD, path, dfd, id, 0), 0);
+	dfd = queued_slot(slot, id);
 	ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, &was), 0);
 	low = was;
 	low.rlim_cur = 128;     /* few enough to run out of */
