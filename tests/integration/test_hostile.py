@@ -279,21 +279,27 @@ class SlowClientTest(SorterTestCase):
         self.assertEqual(set(d.queue_ids()), set())
         self.assertTrue(d.log_lines(r"slower than smtpd_min_data_rate=50"))
 
-    def test_slow_commit_is_not_the_clients_timeout(self):
-        """A client waits in silence while its message is committed: a commit slower than
-        smtpd_timeout (the link into incoming/ made 3 s slow, a slow disk) still ends with
-        its 250, and nothing but that."""
+    def slow_commit_sorterd(self, msec, **settings):
+        """A sorterd whose commits take msec more: the link into incoming/ made slow (the
+        file system call recorder's knob, a slow disk)."""
         import fsrec
         log = os.path.join(self.tmp, "fsrec.log")
         with open(log, "w"):
             pass
         os.chmod(log, 0o666)
-        d = Sorterd(os.path.join(self.tmp, "d"), start=False, smtpd_timeout="1")
+        d = Sorterd(os.path.join(self.tmp, "d"), start=False, **settings)
         d.argv_prefix = ("env", "LD_PRELOAD=" + fsrec.preload(d.build), "FSREC_LOG=" + log,
-                         "FSREC_SLOW_RENAME=/incoming/:3000")
+                         "FSREC_SLOW_RENAME=/incoming/:%d" % msec)
         self.daemons.append(d)
         self.addCleanup(self._finish, d)
         d.start()
+        return d
+
+    def test_slow_commit_is_not_the_clients_timeout(self):
+        """A client waits in silence while its message is committed: a commit slower than
+        smtpd_timeout (the link into incoming/ made 3 s slow, a slow disk) still ends with
+        its 250, and nothing but that."""
+        d = self.slow_commit_sorterd(3000, smtpd_timeout="1")
         c = self.connect(d)
         t0 = time.monotonic()
         r, qid = c.send_message(SENDER, [RCPT], message("slow commit"))
@@ -307,17 +313,7 @@ class SlowClientTest(SorterTestCase):
         """A client that sends the final dot and QUIT and then shuts down its sending side
         while the message is committed (made slow here) still reads its 250 and 221: taken for
         gone, it would send the message again."""
-        import fsrec
-        log = os.path.join(self.tmp, "fsrec.log")
-        with open(log, "w"):
-            pass
-        os.chmod(log, 0o666)
-        d = Sorterd(os.path.join(self.tmp, "d"), start=False)
-        d.argv_prefix = ("env", "LD_PRELOAD=" + fsrec.preload(d.build), "FSREC_LOG=" + log,
-                         "FSREC_SLOW_RENAME=/incoming/:1500")
-        self.daemons.append(d)
-        self.addCleanup(self._finish, d)
-        d.start()
+        d = self.slow_commit_sorterd(1500)
         c = self.connect(d)
         self.assertReply(c.ehlo(), 250)
         self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
