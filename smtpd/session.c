@@ -53,7 +53,6 @@
  * two buffers it bounds what one session's message costs, whatever its size */
 #define READ_HIGH_WATER (64 * 1024)
 
-
 /* in which states a verb may be used; else 503 */
 #define ST(x) (1u << (x))
 #define ANY (ST(SS_INIT) | ST(SS_READY) | ST(SS_MAIL) | ST(SS_RCPT) | ST(SS_BDAT))
@@ -179,7 +178,6 @@ set_read_timeout(struct session *s, int secs)
 
 	s->read_timeout_usec = (uint64_t)secs * 1000000u;
 	s->read_armed_usec = mono_usec();
-
 	/* under TLS the socket's stream has the write timeout (tls_wrap) */
 	bufferevent_set_timeouts(s->bev, &rt, s->tls ? NULL : &wt);
 }
