@@ -15,7 +15,8 @@ import time
 import unittest
 import warnings
 
-from harness import LOCAL_DOMAIN, SorterTestCase, client_tls_context, message, unfold_header
+from harness import (LOCAL_DOMAIN, Sorterd, SorterTestCase, client_tls_context, message,
+                     unfold_header)
 
 RCPT = "user@" + LOCAL_DOMAIN
 SENDER = "sender@remote.test"
@@ -93,8 +94,20 @@ class TLSTest(SorterTestCase):
         """A client that pipelines commands under TLS and never reads the replies stops
         being read once they pile up, as in plaintext: the worker's memory does not grow
         with what it sends (16 MiB of EHLO would make some 150 MB of replies)."""
-        c = self.tls_client()
-        before = self.rss_kib(self.d.children())
+        import fsrec
+        d = Sorterd(os.path.join(self.tmp, "unread"), start=False, tls_cert_file=self.cert,
+                    tls_key_file=self.key)
+        if fsrec.asan_runtime(os.path.join(d.build, "sorterd")):
+            # the sanitizer keeps freed memory in quarantine: every reply ever made would
+            # count, not what is held
+            d.argv_prefix = ("env", "ASAN_OPTIONS=quarantine_size_mb=0")
+        self.daemons.append(d)
+        self.addCleanup(self._finish, d)
+        d.start()
+        c = self.connect(d)
+        self.assertIn("STARTTLS", c.ehlo().keywords())
+        self.assertReply(c.starttls(), 220, "2.0.0")
+        before = self.rss_kib(d.children())
         chunk = b"EHLO client.remote.test\r\n" * 4096
         sent = 0
         c.sock.settimeout(3)
@@ -105,7 +118,7 @@ class TLSTest(SorterTestCase):
         except (socket.timeout, TimeoutError):
             pass
         time.sleep(1)
-        grown = self.rss_kib(self.d.children()) - before
+        grown = self.rss_kib(d.children()) - before
         c.close()
         self.assertLess(sent, 16 * 1024 * 1024, "every command was read: nothing held back")
         self.assertLess(grown, 32 * 1024, "the workers grew by %d KiB" % grown)
