@@ -12,7 +12,9 @@
  * only a parse error moves a file to corrupt/. It reads the records and
  * the end marker, never the content: the content stays on disk, read in
  * pieces by whoever sends or shows it (spool_content_read), so no reader
- * holds a whole message in memory. Nothing here may delete a queue file.
+ * holds a whole message in memory. Nothing here deletes a queue file but
+ * a finished message's name: spool_remove(), and spool_take() for a name
+ * whose slot was marked freed (a removal a stop interrupted).
  */
 #include "config.h"
 
