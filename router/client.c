@@ -122,8 +122,8 @@ struct job {
 	bool fresh_retry;       /* retried once after a reused connection broke */
 	char err[ERR_MAX];      /* the last connection-level failure */
 	/* endpoints given up on: hosts of an MX answer that have no address
-	 * (DNS said so), and the rest; only the first, and every endpoint
-	 * given up on, is a permanent failure (conn_try) */
+	 * (DNS said so), and all others; when every one given up on is of the
+	 * first kind, the failure is permanent (conn_try) */
 	size_t nnotfound, nother;
 	bool ep_notfound;       /* the endpoint being tried has no address */
 	/* a probe (client_probe) instead of a transaction: txn is NULL */
