@@ -103,7 +103,8 @@ enum cstate {
 /* What the pool remembers of an endpoint, an address or a host name. */
 struct epstate {
 	char key[EPKEY_MAX];
-	uint64_t dead_until;    /* monotonic microseconds */
+	uint64_t dead_until;    /* metrics_now() microseconds: monotonic, so a clock step
+				 * neither revives nor buries an endpoint */
 	unsigned rr;            /* next first address, for a host name */
 	struct epstate *next;
 };
@@ -233,22 +234,12 @@ epstate(struct client_pool *p, const char *key, bool create)
 	return s;
 }
 
-/* monotonic: a clock step must not revive or bury an endpoint */
-static uint64_t
-mono_usec(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
 static bool
 is_dead(struct client_pool *p, const char *key)
 {
 	struct epstate *s = epstate(p, key, false);
 
-	return s != NULL && s->dead_until > mono_usec();
+	return s != NULL && s->dead_until > metrics_now();
 }
 
 /* Marks key dead; warns when it was alive and `warn`. */
@@ -256,7 +247,7 @@ static void
 mark_dead(struct client_pool *p, const char *key, bool warn, const char *why)
 {
 	struct epstate *s;
-	uint64_t now = mono_usec();
+	uint64_t now = metrics_now();
 
 	if (p->set.dead_endpoint_seconds == 0)
 		return;         /* never set aside */
@@ -773,7 +764,7 @@ send_hello(struct conn *c)
 	evbuffer_add_printf(bufferevent_get_output(c->bev), "%s %s\r\n",
 			    c->helo_sent ? "HELO" : c->tp->hello, c->pool->helo_name);
 	if (c->job != NULL)
-		c->job->hello_usec = mono_usec();
+		c->job->hello_usec = metrics_now();
 	memset(&c->caps, 0, sizeof(c->caps));
 	c->state = CS_LHLO;
 }
@@ -932,7 +923,7 @@ probe_end(struct conn *c)
 	struct epstate *s;
 
 	j->pres.up = true;
-	j->pres.latency_usec = mono_usec() - j->hello_usec;
+	j->pres.latency_usec = metrics_now() - j->hello_usec;
 	j->pres.caps = c->caps;
 	j->pres.error[0] = '\0';
 	snprintf(j->pres.relay, sizeof(j->pres.relay), "%s", c->relay);

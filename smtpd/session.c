@@ -29,7 +29,6 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/statvfs.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -162,22 +161,13 @@ auth_offered(const struct session *s)
 	return submission(s) && s->tls && s->w->auth != NULL;
 }
 
-static uint64_t
-mono_usec(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
 void
 set_read_timeout(struct session *s, int secs)
 {
 	struct timeval rt = { secs, 0 }, wt = { s->w->cf->smtpd_timeout, 0 };
 
 	s->read_timeout_usec = (uint64_t)secs * 1000000u;
-	s->read_armed_usec = mono_usec();
+	s->read_armed_usec = metrics_now();
 	/* under TLS the socket's stream has the write timeout (tls_wrap) */
 	bufferevent_set_timeouts(s->bev, &rt, s->tls ? NULL : &wt);
 }
@@ -928,7 +918,7 @@ on_event(struct bufferevent *bev, short what, void *arg)
 	}
 	if (what & BEV_EVENT_TIMEOUT) {
 		if ((what & BEV_EVENT_READING) && !(what & BEV_EVENT_WRITING) &&
-		    mono_usec() - s->read_armed_usec < s->read_timeout_usec) {
+		    metrics_now() - s->read_armed_usec < s->read_timeout_usec) {
 			/* it went off in the same turn of the loop that set it
 			 * again (a commit done just then): no timeout */
 			bufferevent_enable(bev, EV_READ);

@@ -94,7 +94,7 @@ struct session {
 	bool read_eof;                 /* it stopped sending during a commit: once the rest
 					* is answered, the session ends */
 	uint64_t read_timeout_usec;    /* set_read_timeout: the read timeout ... */
-	uint64_t read_armed_usec;      /* ... and when it was set (monotonic) */
+	uint64_t read_armed_usec;      /* ... and when it was set (metrics_now()) */
 	struct event *flush_ev;        /* TLS close: fires when the socket's output is written */
 	bool backlogged;               /* reading stopped: replies pile up unread */
 	struct event *backlog_ev;      /* TLS: the socket's output went down (on_socket_output) */
