@@ -300,10 +300,53 @@ dest_done(struct deliv_txn *txn, void *arg)
 		msg_finish(mq);
 }
 
+/*
+ * A transaction's addresses by hash (open addressing, at most half full):
+ * each expansion for its destination is looked up there, one copy per
+ * mailbox, in a probe or two however long the list (one of thousands to
+ * one node meets a transaction's limit of addresses each time).
+ */
+struct addrset {
+	size_t *slot;           /* index + 1 into rcpts; 0: empty */
+	size_t mask;
+	const char **rcpts;
+};
+
+static void
+addrset_init(struct addrset *set, size_t max, const char **rcpts)
+{
+	size_t cap = 16;
+
+	while (cap < 2 * max)
+		cap *= 2;
+	set->slot = xcalloc(cap, sizeof(*set->slot));
+	set->mask = cap - 1;
+	set->rcpts = rcpts;
+}
+
+/* Where addr is (*found) or would go. */
+static size_t
+addrset_find(const struct addrset *set, const char *addr, bool *found)
+{
+	size_t h = 14695981039346656037u, i;    /* FNV-1a */
+	const unsigned char *p;
+
+	for (p = (const unsigned char *)addr; *p; p++)
+		h = (h ^ *p) * 1099511628211u;
+	for (i = h & set->mask; set->slot[i] != 0; i = (i + 1) & set->mask)
+		if (strcmp(set->rcpts[set->slot[i] - 1], addr) == 0) {
+			*found = true;
+			return i;
+		}
+	*found = false;
+	return i;
+}
+
 static void
 msg_deliver(struct qmsg *mq)
 {
 	struct qmgr *q = mq->q;
+	struct addrset seen;
 	size_t i, k, a, b, n, limit;
 
 	mq->inflight++;         /* held until every transaction has started */
@@ -335,25 +378,26 @@ msg_deliver(struct qmsg *mq)
 			qd->rcpt_params = xcalloc(n, sizeof(*qd->rcpt_params));
 			qd->exps = xcalloc(n, sizeof(*qd->exps));
 			qd->results = xcalloc(n, sizeof(*qd->results));
+			addrset_init(&seen, n, qd->rcpts);
 			n = 0;
 			for (a = i; a < mq->nr; a++) {
 				for (b = 0; b < mq->r[a].nexps; b++) {
 					struct qexp *x = &mq->r[a].exps[b];
-					size_t d;
+					size_t at;
+					bool dup;
 
 					if (x->out != OUT_PENDING || x->claimed || strcmp(x->dest, e->dest) != 0)
 						continue;
 					/* one copy per mailbox, as Postfix's duplicate
 					 * filter does: a second recipient that leads to
 					 * an address already sent takes its result */
-					for (d = 0; d < n && strcmp(qd->rcpts[d], x->addr) != 0; d++)
-						;
-					if (d < n) {
+					at = addrset_find(&seen, x->addr, &dup);
+					if (dup) {
 						qd->dups = xrealloc(qd->dups, (qd->ndups + 1) * sizeof(*qd->dups));
 						qd->dup_of = xrealloc(qd->dup_of,
 								      (qd->ndups + 1) * sizeof(*qd->dup_of));
 						qd->dups[qd->ndups] = x;
-						qd->dup_of[qd->ndups++] = d;
+						qd->dup_of[qd->ndups++] = seen.slot[at] - 1;
 						x->claimed = true;
 						continue;
 					}
@@ -363,9 +407,10 @@ msg_deliver(struct qmsg *mq)
 					qd->rcpts[n] = x->addr;
 					qd->rcpt_params[n] = mq->r[a].params;
 					qd->exps[n] = x;
-					n++;
+					seen.slot[at] = ++n;
 				}
 			}
+			free(seen.slot);
 			qd->txn.sender = mq->m.sender;
 			qd->txn.sender_params = mq->sender_params;
 			qd->txn.smtputf8 = mq->sp.smtputf8;
