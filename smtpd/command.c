@@ -172,7 +172,9 @@ param_smtputf8(const char *v, size_t n, struct smtp_params *p)
 
 /*
  * Mail-parameters: SP-separated esmtp-param = esmtp-keyword ["=" esmtp-value]
- * (RFC 5321 4.1.2). `s` starts right after the path.
+ * (RFC 5321 4.1.2). `s` starts right after the path. A well-formed keyword
+ * this verb does not take is CMD_ERR_PARAM (555); anything malformed, a
+ * duplicate, or a value its parameter refuses is CMD_ERR_SYNTAX (501).
  */
 static enum cmd_status
 parse_params(const char *s, size_t len, struct smtp_cmd *cmd, const char **why)
@@ -202,12 +204,12 @@ parse_params(const char *s, size_t len, struct smtp_cmd *cmd, const char **why)
 		/* esmtp-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-") */
 		if (eq == kw || !is_letdig((unsigned char)*kw)) {
 			*why = "malformed parameter";
-			return CMD_ERR_PARAM;
+			return CMD_ERR_SYNTAX;
 		}
 		for (v = kw; v < eq; v++) {
 			if (!is_letdig((unsigned char)*v) && *v != '-') {
 				*why = "malformed parameter";
-				return CMD_ERR_PARAM;
+				return CMD_ERR_SYNTAX;
 			}
 		}
 		for (i = 0; i < NPARAMS; i++)
@@ -220,14 +222,14 @@ parse_params(const char *s, size_t len, struct smtp_cmd *cmd, const char **why)
 		}
 		if (seen & (1u << i)) {
 			*why = "duplicate parameter";
-			return CMD_ERR_PARAM;
+			return CMD_ERR_SYNTAX;
 		}
 		seen |= 1u << i;
 
 		if (params[i].no_value) {
 			if (eq != tok_end) {
 				*why = "parameter takes no value";
-				return CMD_ERR_PARAM;
+				return CMD_ERR_SYNTAX;
 			}
 			(void)params[i].parse(NULL, 0, &cmd->params);
 			continue;
@@ -235,17 +237,17 @@ parse_params(const char *s, size_t len, struct smtp_cmd *cmd, const char **why)
 		/* esmtp-value = 1*(%d33-60 / %d62-126) */
 		if (eq == tok_end || eq + 1 == tok_end) {
 			*why = "missing parameter value";
-			return CMD_ERR_PARAM;
+			return CMD_ERR_SYNTAX;
 		}
 		for (v = eq + 1; v < tok_end; v++) {
 			if ((unsigned char)*v < 33 || (unsigned char)*v > 126 || *v == '=') {
 				*why = "malformed parameter value";
-				return CMD_ERR_PARAM;
+				return CMD_ERR_SYNTAX;
 			}
 		}
 		if ((*why = params[i].parse(eq + 1, (size_t)(tok_end - eq - 1),
 					    &cmd->params)) != NULL)
-			return CMD_ERR_PARAM;
+			return CMD_ERR_SYNTAX;
 	}
 	return CMD_OK;
 }

@@ -54,7 +54,7 @@ enum cmd_status {
 	CMD_ERR_UNKNOWN,        /* 500 5.5.2 unrecognized command */
 	CMD_ERR_SYNTAX,         /* 501 5.5.4 syntax error in parameters */
 	CMD_ERR_ADDRESS,        /* 501 5.1.7 (MAIL) / 501 5.1.3 (RCPT) bad address */
-	CMD_ERR_PARAM,          /* 555 5.5.4 unsupported or malformed parameter */
+	CMD_ERR_PARAM,          /* 555 5.5.4 a parameter this command does not take */
 	CMD_ERR_UTF8,           /* 553 5.6.7 a UTF-8 address without SMTPUTF8 */
 	CMD_ERR_BDAT,           /* 501 5.5.4, then 421: a line that starts with BDAT but is
 				 * not a well-formed BDAT, so the size of the chunk behind

@@ -471,18 +471,19 @@ class NotifyTest(DeliveryTestCase):
         self.assertEqual(self.dsns(), [])
 
     def test_orcpt_the_spool_cannot_keep_is_refused(self):
-        """What the DSN codec cannot store is refused at RCPT (555 5.5.4), never accepted and
-        then dropped: an address type over 64 characters, an ORCPT over 500."""
+        """What the DSN codec cannot store is refused at RCPT (501 5.5.4, RFC 3461 4.2's
+        limits), never accepted and then dropped: an address type over 64 characters, an
+        ORCPT over 500."""
         self.start_sorterd()
         c = self.connect(self.d)
         self.assertReply(c.ehlo(), 250)
         self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
         long_type = "x-" + "t" * 63
         r = c.cmd("RCPT TO:<%s> NOTIFY=NEVER ORCPT=%s;ghost@example.test" % (GHOST, long_type))
-        self.assertReply(r, 555, "5.5.4")
+        self.assertReply(r, 501, "5.5.4")
         self.assertIn("ORCPT address type too long", str(r))
         r = c.cmd("RCPT TO:<%s> NOTIFY=NEVER ORCPT=rfc822;%s@x.test" % (GHOST, "o" * 487))
-        self.assertReply(r, 555, "5.5.4")
+        self.assertReply(r, 501, "5.5.4")
         self.assertIn("ORCPT too long", str(r))
         # the session goes on; a recipient whose parameters fit is taken
         self.assertReply(c.cmd("RCPT TO:<%s> NOTIFY=NEVER ORCPT=rfc822;%s@x.test"

@@ -99,6 +99,11 @@ class SMTPTest(SorterTestCase):
             ([mail], "RCPT TO:<user@>", 501, "5.1.3"),
             ([], "MAIL FROM:<%s> FOO=BAR" % SENDER, 555, "5.5.4"),
             ([mail], "RCPT TO:<%s> BAR=1" % RCPT, 555, "5.5.4"),
+            ([mail], "RCPT TO:<%s> SIZE=1" % RCPT, 555, "5.5.4"),
+            # a parameter this command takes, with a value it refuses: a syntax error
+            ([], "MAIL FROM:<%s> SIZE=1k" % SENDER, 501, "5.5.4"),
+            ([], "MAIL FROM:<%s> BODY=7BIT BODY=7BIT" % SENDER, 501, "5.5.4"),
+            ([mail], "RCPT TO:<%s> NOTIFY=BOGUS" % RCPT, 501, "5.5.4"),
         ]
         for before, line, code, enh in table:
             with self.subTest(line=line):

@@ -205,7 +205,7 @@ class SMTPUTF8Test(SorterTestCase):
         r = c.cmd("MAIL FROM:<%s>" % UTF8_SENDER)
         self.assertReply(r, 553, "5.6.7")
         self.assertIn("Must declare SMTPUTF8 to send UTF-8 addresses", str(r))
-        self.assertReply(c.cmd("MAIL FROM:<%s> SMTPUTF8=yes" % UTF8_SENDER), 555, "5.5.4")
+        self.assertReply(c.cmd("MAIL FROM:<%s> SMTPUTF8=yes" % UTF8_SENDER), 501, "5.5.4")
         self.assertReply(c.cmd("MAIL FROM:<a@remote.test>"), 250)
         r = c.cmd("RCPT TO:<%s>" % JUERGEN)
         self.assertReply(r, 553, "5.6.7")
