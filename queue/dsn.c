@@ -490,7 +490,10 @@ build_status(const struct dsn_report *r, const struct dsn_entry *e, size_t n,
 			free(v);
 		}
 		if (e[i].diagnostic != NULL && e[i].diagnostic[0] != '\0') {
-			v = xasprintf("smtp; %s", e[i].diagnostic);
+			/* RFC 3464 2.3.6: "smtp" types an SMTP reply; other
+			 * words are the reporting MTA's own, X- typed */
+			v = xasprintf("%s; %s", e[i].diagnostic_is_reply ? "smtp" : "X-Sorter",
+				      e[i].diagnostic);
 			put_field(s, "Diagnostic-Code", v);
 			free(v);
 		}

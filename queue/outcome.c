@@ -130,6 +130,7 @@ queue_dsn(struct qmsg *mq, int kind, struct qexp **exps, size_t n, const char *t
 		ents[i].status = exps[i]->status;
 		ents[i].remote_mta = exps[i]->relay[0] ? exps[i]->relay : NULL;
 		ents[i].diagnostic = exps[i]->diag[0] ? exps[i]->diag : NULL;
+		ents[i].diagnostic_is_reply = exps[i]->diag_reply;
 		ents[i].last_attempt_usec = now;
 		if (kind == DSN_DELAY)
 			ents[i].will_retry_until_usec = mq->m.arrival_usec +
@@ -203,6 +204,7 @@ msg_finish(struct qmsg *mq)
 
 				snprintf(d, sizeof(d), "delivery time expired; last error: %s", e->diag);
 				snprintf(e->diag, sizeof(e->diag), "%.*s", (int)sizeof(e->diag) - 1, d);
+				e->diag_reply = false;
 				e->out = OUT_BOUNCED;
 			}
 			if (e->out == OUT_DEFERRED) {

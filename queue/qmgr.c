@@ -187,6 +187,7 @@ exp_set(struct qexp *e, enum outcome out, const char *status, const char *diag)
 	e->out = out;
 	snprintf(e->status, sizeof(e->status), "%s", status);
 	snprintf(e->diag, sizeof(e->diag), "%s", diag);
+	e->diag_reply = false;
 }
 
 static void
@@ -249,6 +250,7 @@ dest_done(struct deliv_txn *txn, void *arg)
 		e->dsn_passed = res->dsn_passed;
 		snprintf(e->diag, sizeof(e->diag), "%d %s%s%.400s", res->code, res->status,
 			 res->status[0] ? " " : "", res->text);
+		e->diag_reply = res->remote_said;
 		if (res->status[0])
 			snprintf(e->status, sizeof(e->status), "%s", res->status);
 		else
@@ -272,6 +274,7 @@ dest_done(struct deliv_txn *txn, void *arg)
 		e->out = like->out;
 		snprintf(e->status, sizeof(e->status), "%s", like->status);
 		snprintf(e->diag, sizeof(e->diag), "%s", like->diag);
+		e->diag_reply = like->diag_reply;
 		snprintf(e->relay, sizeof(e->relay), "%s", like->relay);
 		snprintf(e->tls, sizeof(e->tls), "%s", like->tls);
 		e->relayed = like->relayed;

@@ -21,6 +21,7 @@ struct qexp {                   /* one final address of a recipient */
 	enum outcome out;
 	char status[16];
 	char diag[512];
+	bool diag_reply;        /* diag is the reply of the server delivered to */
 	char relay[300];
 	char tls[96];           /* the TLS of the last attempt, for the log */
 	bool relayed;           /* handed to an SMTP server without DSN: success is "relayed" */

@@ -671,7 +671,9 @@ struct dsn_entry {
 	const char *action;             /* "failed", "delayed", "delivered", "relayed", "expanded" */
 	const char *status;             /* "5.1.1" */
 	const char *remote_mta;         /* may be NULL */
-	const char *diagnostic;         /* the remote reply text; may be NULL */
+	const char *diagnostic;         /* why; may be NULL */
+	bool diagnostic_is_reply;       /* diagnostic is a server's SMTP/LMTP reply ("smtp;"),
+					 * not Sorter's own words ("X-Sorter;") */
 	uint64_t last_attempt_usec;     /* 0 = omit */
 	uint64_t will_retry_until_usec; /* delays only; 0 = omit */
 };

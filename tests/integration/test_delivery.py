@@ -308,6 +308,8 @@ class DeliverTest(DeliveryTestCase):
         dsn = self.wait_dsn("failed", GHOST)
         r = self.assertDSN(dsn, "failed", "5", GHOST)
         self.assertEqual(r["status"], "5.1.1")
+        # the node's own reply, typed as an SMTP reply (RFC 3464 2.3.6)
+        self.assertRegex(r.get("diagnostic-code", ""), r"^smtp; 550 5\.1\.1 ")
         self.assertIsNotNone(dsn["returned"], "no returned message or headers: %s" % dsn["parts"])
         self.assertIn(tok, dsn["returned"])
         self.wait_queue_empty()
@@ -503,6 +505,8 @@ class LoopTest(DeliveryTestCase):
         dsn = self.wait_dsn("failed", ALICE)
         r = self.assertDSN(dsn, "failed", "5", ALICE)
         self.assertEqual(r["status"], "5.4.6")
+        # no server said this: Sorter's own reason is not dressed up as an SMTP reply
+        self.assertRegex(r.get("diagnostic-code", ""), r"^X-Sorter; \S")
         self.wait_queue_empty()
         for n in self.nodes:
             self.assertEqual(self.found(n, "alice", looping), [], "a looping message went out")

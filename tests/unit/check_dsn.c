@@ -393,7 +393,7 @@ fixture(struct dsn_report *r, struct dsn_entry e[2])
 	e[0] = (struct dsn_entry){ .final_rcpt = "bob@example.test", .orcpt_type = "rfc822",
 		.orcpt = "bob+orig@example.test", .action = "failed", .status = "5.1.1",
 		.remote_mta = "127.0.0.1", .diagnostic = "550 5.1.1 <bob@example.test>: user unknown",
-		.last_attempt_usec = ATTEMPT, .will_retry_until_usec = RETRY };
+		.diagnostic_is_reply = true, .last_attempt_usec = ATTEMPT, .will_retry_until_usec = RETRY };
 	/* "5.1" is not a valid code: it is replaced */
 	e[1] = (struct dsn_entry){ .final_rcpt = "carol@example.test", .action = "failed",
 		.status = "5.1" };
@@ -728,12 +728,15 @@ START_TEST(test_build_delay)
 	e[0].action = "delayed";
 	e[0].status = "4.4.1";
 	e[0].diagnostic = "connect to 127.0.0.1:24: Connection refused";
+	e[0].diagnostic_is_reply = false;
 	build_msg(&r, e, 1, &m);
 	field_eq(m.raw.s, m.hdrlen, "Subject", "Delayed Mail (still being retried)");
 	part_type_eq(&m, 2, "text/rfc822-headers");
 	ck_assert(!has(m.raw.s, m.raw.len, "secret body line"));
 	block_eq(&m, 1, "Action", "delayed");
 	block_eq(&m, 1, "Status", "4.4.1");
+	/* Sorter's own words, not a server's reply (RFC 3464 2.3.6) */
+	block_eq(&m, 1, "Diagnostic-Code", "X-Sorter; connect to 127.0.0.1:24: Connection refused");
 	date_eq(&m, 1, "Will-Retry-Until", RETRY);
 	ck_assert(has(m.parts[0].body, m.parts[0].bodylen, "WARNING ONLY"));
 	dstr_free(&m.raw);
