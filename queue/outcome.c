@@ -77,6 +77,26 @@ dsn_committed(struct commit_job *job, void *arg)
 		disk_phase(mq);
 }
 
+/* Seconds since arrival, less the time spent parked (a drained node):
+ * what the queue lifetime, delay notices and the backoff count. */
+static uint64_t
+msg_age(const struct qmsg *mq)
+{
+	uint64_t age = (now_usec() - mq->m.arrival_usec) / 1000000u;
+	uint64_t parked = qstatus_parked(&mq->st, (unsigned long long)time(NULL));
+
+	return age > parked ? age - parked : 0;
+}
+
+/* How long the message may stay in the queue, in seconds of msg_age. */
+static int
+msg_lifetime(const struct qmsg *mq)
+{
+	const struct config *cf = mq->q->cf;
+
+	return sender_is_null(mq) ? cf->bounce_queue_lifetime : cf->maximal_queue_lifetime;
+}
+
 /* Queues one DSN about the listed expansions, to `to` from <>. */
 static void
 queue_dsn(struct qmsg *mq, int kind, struct qexp **exps, size_t n, const char *to)
@@ -87,7 +107,7 @@ queue_dsn(struct qmsg *mq, int kind, struct qexp **exps, size_t n, const char *t
 	struct spool_envelope env;
 	struct commit_job *job = xcalloc(1, sizeof(*job));
 	struct dsnjob *dj = xcalloc(1, sizeof(*dj));
-	uint64_t now = now_usec();
+	uint64_t now = now_usec(), age = msg_age(mq), life = (uint64_t)msg_lifetime(mq);
 	char mid[64];
 	const char *rcpt = to;
 	unsigned char *payload;
@@ -132,9 +152,9 @@ queue_dsn(struct qmsg *mq, int kind, struct qexp **exps, size_t n, const char *t
 		ents[i].diagnostic = exps[i]->diag[0] ? exps[i]->diag : NULL;
 		ents[i].diagnostic_is_reply = exps[i]->diag_reply;
 		ents[i].last_attempt_usec = now;
+		/* the lifetime's end moves on by the time spent parked */
 		if (kind == DSN_DELAY)
-			ents[i].will_retry_until_usec = mq->m.arrival_usec +
-				(uint64_t)q->cf->maximal_queue_lifetime * 1000000u;
+			ents[i].will_retry_until_usec = now + (life > age ? life - age : 0) * 1000000u;
 	}
 	qid_next(job->id);
 	snprintf(mid, sizeof(mid), "%s.%s", job->id, mq->id);
@@ -164,23 +184,12 @@ queue_dsn(struct qmsg *mq, int kind, struct qexp **exps, size_t n, const char *t
 	commit_submit(q->commit, job);
 }
 
-/* Seconds since arrival, less the time spent parked (a drained node):
- * what the queue lifetime, delay notices and the backoff count. */
-static uint64_t
-msg_age(const struct qmsg *mq)
-{
-	uint64_t age = (now_usec() - mq->m.arrival_usec) / 1000000u;
-	uint64_t parked = qstatus_parked(&mq->st, (unsigned long long)time(NULL));
-
-	return age > parked ? age - parked : 0;
-}
-
 void
 msg_finish(struct qmsg *mq)
 {
 	struct qmgr *q = mq->q;
 	uint64_t age = msg_age(mq);
-	int lifetime = sender_is_null(mq) ? q->cf->bounce_queue_lifetime : q->cf->maximal_queue_lifetime;
+	int lifetime = msg_lifetime(mq);
 	struct qexp **fail, **delay, **succ;
 	size_t nfail = 0, ndelay = 0, nsucc = 0, total = 0, i, k;
 	const char *to;

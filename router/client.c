@@ -303,7 +303,7 @@ job_finish(struct job *j, int code, const char *status, const char *text)
 		snprintf(j->pres.error, sizeof(j->pres.error), "%s", text);
 	for (i = 0; j->txn != NULL && i < j->txn->nrcpt; i++)
 		if (j->txn->results[i].code == 0)
-			set_result(&j->txn->results[i], code, status, text, "none");
+			set_result(&j->txn->results[i], code, status, text, "");
 	free(j->eps);
 	free(j->order);
 	j->eps = NULL;
@@ -572,14 +572,14 @@ conn_begin_txn(struct conn *c)
 		if (t->results[i].code != 0)
 			continue;
 		if (!no_controls(t->rcpts[i]))
-			set_result(&t->results[i], 501, "5.1.3", "bad recipient address syntax", "none");
+			set_result(&t->results[i], 501, "5.1.3", "bad recipient address syntax", "");
 		else
 			c->tx.rcpts[c->tx.nrcpt++] = i;
 	}
 	if (!no_controls(t->sender)) {
 		for (i = 0; i < c->tx.nrcpt; i++)
 			set_result(&t->results[c->tx.rcpts[i]], 501, "5.1.7",
-				   "bad sender address syntax", "none");
+				   "bad sender address syntax", "");
 		c->tx.nrcpt = 0;
 	}
 	if (c->tx.nrcpt > 0 && c->caps.size && c->caps.size_max > 0 &&

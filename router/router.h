@@ -674,7 +674,8 @@ struct deliv_result {
 	char status[16];                /* "2.1.5"; "X.0.0" when the server gave none */
 	char text[512];
 	char relay[RELAY_MAX];          /* LMTP "127.0.0.1:24", "[::1]:24", "unix:/path";
-					 * SMTP "mx1.remote.test[127.0.0.2]:25"; or "none" */
+					 * SMTP "mx1.remote.test[127.0.0.2]:25"; "" when no
+					 * server was reached (the DSN then has no Remote-MTA) */
 	char tls[96];                   /* "TLSv1.3 TLS_AES_256_GCM_SHA384 verified" or "" */
 	bool remote_said;               /* code and text are the server's own reply */
 	bool relayed;                   /* SMTP: the next hop did not take the DSN

@@ -10,6 +10,7 @@ bounced message.
 The two Dovecot nodes, the maps and the sending helpers are test_delivery.py's.
 """
 
+import email.utils
 import json
 import os
 import re
@@ -205,6 +206,34 @@ class DrainTest(NodesTestCase):
         self.wait_delivered(self.node_a, "alice", tok, timeout=10)
         self.wait_queue_empty()
         self.assertNothingBounced()
+
+    def test_delay_notice_counts_the_parked_time(self):
+        """A delay notice sent after a parked spell promises the retries up to the end of
+        a lifetime that the parked time has moved on: Will-Retry-Until is the arrival plus
+        maximal_queue_lifetime plus the time spent parked."""
+        parked_for = 5
+        self.start_sorterd(timers=SLOW, maximal_queue_lifetime=600, delay_warning_time=1,
+                           **PROBE)
+        self.ctl_ok("drain", "node-b")
+        qid = self.send(BOB, token("late"))
+        self.wait_log(r"%s: .*status=deferred \(node node-b is drained\)" % qid)
+        time.sleep(parked_for)
+        self.node_b.stop()
+        self.ctl_ok("undrain", "node-b")
+        self.wait_log(r"%s: to=<%s>, node=node-b, .*status=deferred \(.*127\.0\.0\.1:%d"
+                      % (qid, re.escape(BOB), self.node_b.port))
+        # past delay_warning_time of unparked age, the next attempt warns
+        time.sleep(1.5)
+        self.ctl_ok("flush")
+        dsn = self.wait_dsn("delayed", BOB)
+        r = self.assertDSN(dsn, "delayed", "4", BOB)
+        arrival = email.utils.parsedate_to_datetime(dsn["per_message"]["arrival-date"])
+        until = email.utils.parsedate_to_datetime(r["will-retry-until"])
+        # no server was reached: the report names none (RFC 3464 2.3.5)
+        self.assertNotIn("remote-mta", r)
+        self.assertNotIn("host none", dsn["msg"].get_payload()[0].get_payload())
+        self.assertGreaterEqual((until - arrival).total_seconds(), 600 + parked_for - 1, r)
+        self.assertLess((until - arrival).total_seconds(), 600 + parked_for + 15, r)
 
     def test_drain_survives_restart(self):
         self.start_sorterd(timers=SLOW, **PROBE)

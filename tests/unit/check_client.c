@@ -878,8 +878,8 @@ START_TEST(test_all_down)
 	else
 		snprintf(want, sizeof(want), "timeout with 127.0.0.1:%u while receiving the initial "
 			 "server greeting", f.port);
-	check_result(&m.res[0], 451, "4.4.1", want, "none");
-	check_result(&m.res[1], 451, "4.4.1", want, "none");
+	check_result(&m.res[0], 451, "4.4.1", want, "");
+	check_result(&m.res[1], 451, "4.4.1", want, "");
 	ck_assert_int_eq(f.nmsg, 0);
 	client_pool_free(p);
 	fake_stop(&f);
