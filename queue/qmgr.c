@@ -859,7 +859,15 @@ qmgr_control(struct qmgr *q, enum queue_op op, const char *id, struct dstr *out)
 			dstr_printf(out, "%s: being retried\n", id);
 			return 0;
 		}
-		dstr_printf(out, "%s: not in the deferred queue\n", id);
+		/* say why: a full active queue takes no message, a held one waits */
+		if (active_full(q) && (faccessat(q->dirfd[D_DEFERRED], id, F_OK, 0) == 0 ||
+				       faccessat(q->dirfd[D_INCOMING], id, F_OK, 0) == 0))
+			dstr_printf(out, "%s: not retried: the active queue is full (%d messages "
+				    "in delivery); flush it again later\n", id, q->nactive);
+		else if (faccessat(q->dirfd[D_HOLD], id, F_OK, 0) == 0)
+			dstr_printf(out, "%s: on hold; release it to deliver it\n", id);
+		else
+			dstr_printf(out, "%s: not in the deferred queue\n", id);
 		return -1;
 	}
 	return -1;

@@ -7,6 +7,7 @@ can make a deferred message go out within a test's wait.
 """
 
 import os
+import socket
 import time
 import unittest
 
@@ -165,6 +166,48 @@ class OfflineTest(QueueCtlCase):
                     r = self.d.ctl(verb, "ZZZZZZZZZZZZ", check=False)
                     self.assertNotEqual(r.returncode, 0, "%s of an unknown id succeeded" % verb)
                     self.assertIn("ZZZZZZZZZZZZ", r.stderr + r.stdout)
+
+
+class FlushTest(QueueCtlCase):
+    def test_flush_says_why_a_message_is_not_retried(self):
+        """`sorterctl flush ID` fails with the reason: the active queue is full (one
+        delivery in memory at qmgr_message_active_limit = 1, stuck on a node that never
+        greets), or the message is on hold; it is retried once the way is clear."""
+        mute = socket.socket()
+        mute.bind(("127.0.0.1", 0))
+        mute.listen(8)          # connects, never greets: the delivery to it waits
+        self.addCleanup(mute.close)
+        self.node_map["node-b"] = "lmtp:[127.0.0.1]:%d" % mute.getsockname()[1]
+        self.node_a.stop()
+        self.start_sorterd(timers=SLOW, qmgr_message_active_limit=1)
+        tok_a, tok_h = token("waits"), token("held")
+        qid_a = self.send(ALICE, tok_a)
+        qid_h = self.send(CAROL, tok_h)
+        self.wait_state(qid_a, "deferred")
+        self.wait_state(qid_h, "deferred")
+        self.ctl_ok("hold", qid_h)
+        qid_b = self.send(BOB, token("stuck"))
+        self.wait_state(qid_b, "active")
+        self.node_a.start()
+
+        r = self.d.ctl("flush", qid_a, check=False)
+        self.assertNotEqual(r.returncode, 0, r.stdout)
+        self.assertIn("%s: not retried: the active queue is full" % qid_a, r.stdout + r.stderr)
+        self.assertEqual(self.folder_of(qid_a), ["deferred"])
+        r = self.d.ctl("flush", qid_h, check=False)
+        self.assertNotEqual(r.returncode, 0, r.stdout)
+        self.assertIn("%s: on hold; release it to deliver it" % qid_h, r.stdout + r.stderr)
+        r = self.d.ctl("flush", "ZZZZZZZZZZZZ", check=False)
+        self.assertNotEqual(r.returncode, 0, r.stdout)
+        self.assertIn("ZZZZZZZZZZZZ: not in the deferred queue", r.stdout + r.stderr)
+
+        # the stuck delivery given up (its message deleted): the flush goes through
+        self.ctl_ok("delete", qid_b)
+        mute.close()
+        self.assertTrue(test_delivery.wait_until(
+            lambda: self.d.ctl("flush", qid_a, check=False).returncode == 0, WAIT),
+            self.d.log_tail())
+        self.wait_delivered(self.node_a, "alice", tok_a)
 
 
 class ShowTest(QueueCtlCase):
