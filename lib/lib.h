@@ -338,9 +338,12 @@ bool word_is(const char *s, size_t n, const char *w);
 /* ---- queue ids and time (util.c) ----
  * Ids are 12 characters of Crockford base32: 11 for the microseconds since
  * the epoch (monotonic within a process) and 1 for the issuing process's
- * slot, so they sort by time and never repeat. */
+ * slot, so they sort by time. qid_init's after_usec is the time of the
+ * newest id already in the spool (spool_newest_qid): the process's ids
+ * come after it, so an id is never issued twice even when the clock was
+ * set back between two runs. */
 #define QID_LEN 12
-void qid_init(unsigned slot);
+void qid_init(unsigned slot, uint64_t after_usec);
 void qid_next(char out[QID_LEN + 1]);
 bool qid_valid(const char *s);
 

@@ -30,10 +30,10 @@ now_usec(void)
 }
 
 void
-qid_init(unsigned slot)
+qid_init(unsigned slot, uint64_t after_usec)
 {
 	qid_slot = slot & 31;
-	qid_last = 0;
+	qid_last = after_usec;
 }
 
 /* ---- CRC-32C ----

@@ -78,11 +78,13 @@ dsn_committed(struct commit_job *job, void *arg)
 }
 
 /* Seconds since arrival, less the time spent parked (a drained node):
- * what the queue lifetime, delay notices and the backoff count. */
+ * what the queue lifetime, delay notices and the backoff count. A clock
+ * set back behind the arrival makes it 0, not a lifetime long gone. */
 static uint64_t
 msg_age(const struct qmsg *mq)
 {
-	uint64_t age = (now_usec() - mq->m.arrival_usec) / 1000000u;
+	uint64_t now = now_usec();
+	uint64_t age = now > mq->m.arrival_usec ? (now - mq->m.arrival_usec) / 1000000u : 0;
 	uint64_t parked = qstatus_parked(&mq->st, (unsigned long long)time(NULL));
 
 	return age > parked ? age - parked : 0;

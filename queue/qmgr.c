@@ -205,7 +205,8 @@ void
 log_result(struct qmsg *mq, const struct qrcpt *qr, const struct qexp *e, const char *what)
 {
 	const char *orig = mq->m.rcpts[qr->index].addr;
-	double delay = (double)(now_usec() - mq->m.arrival_usec) / 1e6;
+	uint64_t now = now_usec();
+	double delay = now > mq->m.arrival_usec ? (double)(now - mq->m.arrival_usec) / 1e6 : 0;
 	char to[LOG_ESC_SIZE(ADDR_PATH_MAX)], oto[LOG_ESC_SIZE(ADDR_PATH_MAX)];
 
 	/* addresses escaped: a quoted local part cannot forge a field */
@@ -1036,7 +1037,7 @@ qmgr_main(struct config *cf, struct counters *ctr, int master_fd)
 	memset(&q, 0, sizeof(q));
 	q.cf = cf;
 	q.ctr = ctr;
-	qid_init(QID_SLOT_QMGR);
+	qid_init(QID_SLOT_QMGR, spool_newest_qid(cf->spool_dir));
 	signal(SIGPIPE, SIG_IGN);
 	signal(SIGHUP, SIG_IGN);
 	snprintf(path, sizeof(path), "%s/qmgr.lock", cf->spool_dir);

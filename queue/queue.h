@@ -210,6 +210,9 @@ int spool_take(const char *spool_dir, const char *path, spool_read_fn rd,
 
 /* Creates spool_dir and its folders (0700). Returns 0 or -1 with errno. */
 int spool_prepare(const char *spool_dir);
+/* The issue time (qid_usec) of the newest queue id that names a file in
+ * the spool's folders, 0 when there is none: qid_init's after_usec. */
+uint64_t spool_newest_qid(const char *spool_dir);
 /* Moves a bad file into corrupt/ and logs why. */
 void spool_quarantine(const char *spool_dir, const char *path, const char *why);
 

@@ -1193,7 +1193,7 @@ main(int argc, char **argv)
 		fprintf(stderr, "sorterctl: %s\n", err);
 		return EXIT_RUNTIME;
 	}
-	qid_init(QID_SLOT_CTL);
+	qid_init(QID_SLOT_CTL, 0);
 	if (strcmp(cmd, "route") != 0 && become_spool_owner(cf->spool_dir) < 0) {
 		config_free(cf);
 		return EXIT_RUNTIME;
@@ -1209,8 +1209,11 @@ main(int argc, char **argv)
 		signal(SIGPIPE, SIG_IGN);
 		rc = router_explain(cf, argv[1], argc == 3, stdout);
 	}
-	else if (strcmp(cmd, "import") == 0)
+	else if (strcmp(cmd, "import") == 0) {
+		/* the imported messages get new ids: after every id in the spool */
+		qid_init(QID_SLOT_CTL, spool_newest_qid(cf->spool_dir));
 		rc = cmd_import(cf->spool_dir, argv[1]);
+	}
 	else if (strcmp(cmd, "delete") == 0 && argc == 2 && strcmp(argv[1], "--all") == 0)
 		rc = cmd_delete_all(cf);
 	else if (selecting)

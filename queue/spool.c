@@ -18,6 +18,7 @@
  */
 #include "config.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -853,6 +854,38 @@ spool_prepare(const char *spool_dir)
 		}
 	}
 	return 0;
+}
+
+uint64_t
+spool_newest_qid(const char *spool_dir)
+{
+	/* where a name is a queue id; corrupt/ adds ".N" to a name taken */
+	static const char *const named[] = {
+		"incoming", "active", "deferred", "hold", "defer", "corrupt",
+	};
+	char path[4096], id[QID_LEN + 1];
+	uint64_t newest = 0, t;
+	struct dirent *de;
+	size_t i;
+	DIR *d;
+
+	for (i = 0; i < sizeof(named) / sizeof(named[0]); i++) {
+		snprintf(path, sizeof(path), "%s/%s", spool_dir, named[i]);
+		if ((d = opendir(path)) == NULL)
+			continue;
+		while ((de = readdir(d)) != NULL) {
+			if (strnlen(de->d_name, QID_LEN) < QID_LEN)
+				continue;
+			memcpy(id, de->d_name, QID_LEN);
+			id[QID_LEN] = '\0';
+			if (qid_valid(id) && (de->d_name[QID_LEN] == '\0' ||
+					      de->d_name[QID_LEN] == '.') &&
+			    (t = qid_usec(id)) > newest)
+				newest = t;
+		}
+		closedir(d);
+	}
+	return newest;
 }
 
 void

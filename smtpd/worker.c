@@ -465,7 +465,7 @@ worker_main(struct config *cf, struct listener *ls, size_t nls, struct session_t
 	w.ls = ls;
 	w.nls = nls;
 	w.master_fd = master_fd;
-	qid_init((unsigned)index);
+	qid_init((unsigned)index, spool_newest_qid(cf->spool_dir));
 	signal(SIGPIPE, SIG_IGN);
 	signal(SIGHUP, SIG_IGN);
 	w.base = event_base_new();

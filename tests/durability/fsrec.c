@@ -36,6 +36,11 @@
  * $FSREC_SLOW_RENAME=SUBSTRING:MSEC, a recorded rename or link whose target path
  * contains SUBSTRING sleeps MSEC milliseconds first (a slow disk, to widen
  * a race a test proves closed).
+ *
+ * And one changes what the wall clock says: with $FSREC_CLOCK_BACK=SECONDS,
+ * gettimeofday, time and clock_gettime(CLOCK_REALTIME) answer SECONDS
+ * earlier (a clock set back, as by an NTP step, between two runs). Other
+ * clocks are left alone.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE 1
@@ -52,6 +57,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/time.h>
 #include <sys/types.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -741,4 +747,49 @@ unlinkat(int dirfd, const char *path, int flags)
 	REAL(unlinkat);
 
 	NAME_CALL("unlinkat", dirfd, path, AT_FDCWD, NULL, real_unlinkat(dirfd, path, flags));
+}
+
+/* ---- the wall clock: $FSREC_CLOCK_BACK ---- */
+
+static long long
+clock_back_sec(void)
+{
+	const char *knob = getenv("FSREC_CLOCK_BACK");
+
+	return knob != NULL ? strtoll(knob, NULL, 10) : 0;
+}
+
+int
+clock_gettime(clockid_t id, struct timespec *ts)
+{
+	REAL(clock_gettime);
+	int rc = real_clock_gettime(id, ts);
+
+	if (rc == 0 && id == CLOCK_REALTIME)
+		ts->tv_sec -= (time_t)clock_back_sec();
+	return rc;
+}
+
+int
+gettimeofday(struct timeval *restrict tv, void *restrict tz)
+{
+	REAL(gettimeofday);
+	int rc = real_gettimeofday(tv, tz);
+
+	if (rc == 0)
+		tv->tv_sec -= (time_t)clock_back_sec();
+	return rc;
+}
+
+time_t
+time(time_t *out)
+{
+	REAL(time);
+	time_t t = real_time(NULL);
+
+	if (t != (time_t)-1)
+		t -= (time_t)clock_back_sec();
+	if (out != NULL)
+		*out = t;
+	return t;
 }

@@ -401,6 +401,46 @@ class StaleNameTest(SorterTestCase):
         self.assertFalse(os.path.exists(os.path.join(d.spool, "defer", stale)))
 
 
+class ClockBackTest(SorterTestCase):
+    """The clock set back an hour between two runs (fsrec's FSREC_CLOCK_BACK): the new run's
+    queue ids still come after every id in the spool, so none can be issued twice, and a
+    message deferred before it is not taken for one past its lifetime."""
+
+    def test_ids_and_ages_survive_a_clock_set_back(self):
+        port = free_port_on("127.0.0.1")   # nobody listens: deliveries defer
+        d = Sorterd(os.path.join(self.tmp, "d"), start=False,
+                    failover_node="lmtp:[127.0.0.1]:%d" % port, minimal_backoff_time="1h",
+                    maximal_backoff_time="2h", queue_run_delay="1h")
+        self.daemons.append(d)
+        self.addCleanup(self._finish, d)
+        d.start()
+        c = self.connect(d)
+        r, first = c.send_message(SENDER, [RCPT], message("before the step"))
+        self.assertQueued(r, first)
+        c.close()
+        self.assertTrue(wait_until(lambda: os.path.exists(
+            os.path.join(d.spool, "deferred", first)), 30), d.log_tail())
+        d.stop()
+
+        d.argv_prefix = ("env", "LD_PRELOAD=" + fsrec.preload(d.build), "FSREC_CLOCK_BACK=3600")
+        d.start()
+        c = self.connect(d)
+        r, second = c.send_message(SENDER, [RCPT], message("after the step"))
+        self.assertQueued(r, second)
+        c.close()
+        # ids sort by their time: the new one comes after the one in the spool
+        self.assertGreater(second, first)
+        self.assertTrue(wait_until(lambda: d.log_lines(
+            r"%s: to=<%s>.*status=deferred" % (second, re.escape(RCPT))), 30), d.log_tail())
+        # the old message, retried an hour "before" it arrived, is deferred again
+        d.ctl("flush", first)
+        self.assertTrue(wait_until(lambda: len(d.log_lines(
+            r"%s: to=<%s>.*status=deferred" % (first, re.escape(RCPT)))) >= 2, 30),
+            d.log_tail())
+        self.assertEqual(d.log_lines(r"%s: .*(status=bounced|expired)" % first), [])
+        self.assertEqual(d.queue_ids(), {first, second})
+
+
 class KillLoopTest(SorterTestCase):
     """kill -9 of a random sorterd process, 20 times, under load: no acknowledged message lost."""
 

@@ -74,7 +74,7 @@ setup(void)
 	snprintf(dst, sizeof(dst), "%s/spool", top);
 	ck_assert_int_eq(spool_prepare(src), 0);
 	ck_assert_int_eq(spool_prepare(dst), 0);
-	qid_init(QID_SLOT_CTL);
+	qid_init(QID_SLOT_CTL, 0);
 }
 
 static void

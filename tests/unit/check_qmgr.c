@@ -102,7 +102,7 @@ setup(struct fixture *f)
 	snprintf(path, sizeof(path), "%s/defer", f->spool);
 	q->defer_ds = groupsync_open_dir(path);
 	q->wake_fd = -1;
-	qid_init(5);
+	qid_init(5, 0);
 	qid_next(f->id);
 	write_queue_file(f);
 }

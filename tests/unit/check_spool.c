@@ -538,7 +538,7 @@ START_TEST(test_read_file)
 	char path[512], id[QID_LEN + 1], err[256];
 
 	make_tmpdir();
-	qid_init(3);
+	qid_init(3, 0);
 	qid_next(id);
 	build_default(&d);
 	snprintf(path, sizeof(path), "%s/%s", tmpdir, id);
@@ -673,7 +673,7 @@ START_TEST(test_load_big_file)
 	size_t i;
 
 	make_tmpdir();
-	qid_init(5);
+	qid_init(5, 0);
 	qid_next(id);
 	for (i = 0; i < nr; i++)
 		rc[i] = xasprintf("user%zu@example.test NOTIFY=FAILURE", i);
@@ -783,7 +783,7 @@ START_TEST(test_take_read_errors)
 	make_tmpdir();
 	snprintf(spool, sizeof(spool), "%s/spool", tmpdir);
 	ck_assert_int_eq(spool_prepare(spool), 0);
-	qid_init(4);
+	qid_init(4, 0);
 	qid_next(id);
 	build_default(&d);
 	snprintf(path, sizeof(path), "%s/active/%s", spool, id);
@@ -880,6 +880,44 @@ START_TEST(test_prepare)
 }
 END_TEST
 
+/* the newest id named in the queue folders, whatever else lies there */
+START_TEST(test_newest_qid)
+{
+	char spool[512], path[700], a[QID_LEN + 1], b[QID_LEN + 1], c[QID_LEN + 1];
+
+	make_tmpdir();
+	snprintf(spool, sizeof(spool), "%s/spool", tmpdir);
+	ck_assert_int_eq(spool_prepare(spool), 0);
+	ck_assert_uint_eq(spool_newest_qid(spool), 0);
+	qid_init(2, 0);
+	qid_next(a);
+	qid_next(b);
+	qid_next(c);
+	snprintf(path, sizeof(path), "%s/deferred/%s", spool, a);
+	write_file(path, "x", 1);
+	snprintf(path, sizeof(path), "%s/defer/%s", spool, b);
+	write_file(path, "x", 1);
+	ck_assert_uint_eq(spool_newest_qid(spool), qid_usec(b));
+	/* corrupt/ keeps a second file of a name as NAME.1 */
+	snprintf(path, sizeof(path), "%s/corrupt/%s.1", spool, c);
+	write_file(path, "x", 1);
+	ck_assert_uint_eq(spool_newest_qid(spool), qid_usec(c));
+	/* names that are no ids, and files outside the queue folders, do not count */
+	snprintf(path, sizeof(path), "%s/hold/ZZZZZZZZZZZZ-x", spool);
+	write_file(path, "x", 1);
+	snprintf(path, sizeof(path), "%s/hold/zzzzzzzzzzzzz", spool);
+	write_file(path, "x", 1);
+	snprintf(path, sizeof(path), "%s/tmp/ZZZZZZZZZZZZ", spool);
+	write_file(path, "x", 1);
+	ck_assert_uint_eq(spool_newest_qid(spool), qid_usec(c));
+	/* a process told of it issues later ids, even with the clock behind */
+	qid_init(2, qid_usec(c) + 60000000u);
+	qid_next(a);
+	ck_assert_uint_eq(qid_usec(a), qid_usec(c) + 60000001u);
+	rm_rf(tmpdir);
+}
+END_TEST
+
 START_TEST(test_quarantine)
 {
 	char spool[512], src[600], dst[600], id[QID_LEN + 1];
@@ -888,7 +926,7 @@ START_TEST(test_quarantine)
 	make_tmpdir();
 	snprintf(spool, sizeof(spool), "%s/spool", tmpdir);
 	ck_assert_int_eq(spool_prepare(spool), 0);
-	qid_init(1);
+	qid_init(1, 0);
 	qid_next(id);
 	snprintf(src, sizeof(src), "%s/incoming/%s", spool, id);
 	snprintf(dst, sizeof(dst), "%s/corrupt/%s", spool, id);
@@ -1140,7 +1178,7 @@ START_TEST(test_check_verify)
 	size_t i, cstart;
 
 	make_tmpdir();
-	qid_init(3);
+	qid_init(3, 0);
 	qid_next(id);
 	snprintf(path, sizeof(path), "%s/%s", tmpdir, id);
 	build_checked(id, body, &d);
@@ -1187,7 +1225,7 @@ START_TEST(test_committed_in_tmp)
 	char path[512], slot[QID_LEN + 1], id[QID_LEN + 1];
 
 	make_tmpdir();
-	qid_init(3);
+	qid_init(3, 0);
 	qid_next(slot);
 	qid_next(id);
 	snprintf(path, sizeof(path), "%s/%s", tmpdir, slot);
@@ -1244,6 +1282,7 @@ spool_suite(void)
 	tcase_add_test(tc, test_load_big_file);
 	tcase_add_test(tc, test_take_read_errors);
 	tcase_add_test(tc, test_prepare);
+	tcase_add_test(tc, test_newest_qid);
 	tcase_add_test(tc, test_quarantine);
 	suite_add_tcase(s, tc);
 

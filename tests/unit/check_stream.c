@@ -1221,7 +1221,7 @@ main(void)
 	SRunner *sr = srunner_create(stream_suite());
 	int failed;
 
-	qid_init(3);
+	qid_init(3, 0);
 	srunner_run_all(sr, CK_NORMAL);
 	failed = srunner_ntests_failed(sr);
 	srunner_free(sr);
