@@ -48,6 +48,7 @@ enum pflag {
 	F_REPEAT = 2,		/* may appear more than once */
 	F_DEF_HOST = 4,		/* default: the hostname (configured or the system's) */
 	F_DOMAIN = 8,		/* a domain name: goes into EHLO, Received: and local_domains */
+	F_ZERO_OFF = 16,	/* P_INT: 0 turns the feature off, below min otherwise */
 };
 
 struct param {
@@ -111,6 +112,8 @@ static const struct param params[] = {
 	  INT(smtpd_client_auth_failure_limit), 0, NULL },
 	{ "recipient_delimiter", P_STR, 0, NULL, 0, 0, STR(recipient_delimiter), 0, NULL },
 	{ "smtp_port", P_INT, 0, "25", 1, 65535, INT(smtp_port), 0, NULL },
+	{ "smtp_line_length_limit", P_INT, F_ZERO_OFF, "998", 80, 1000000,
+	  INT(smtp_line_length_limit), 0, NULL },
 	{ "message_size_limit", P_SIZE, 0, "10240000", 1024, 2147483647LL,
 	  LLONG(message_size_limit), 0, NULL },
 	{ "log", P_LOG, 0, "stderr", 0, 0, FIELD(log, enum log_sink), STR(log_file), NULL },
@@ -344,9 +347,10 @@ set_number(struct config *cf, const struct param *p, const char *v,
 	if (rc == 2 || n > p->max)
 		return reason(why, whylen, "%s: %s is above the maximum %lld",
 			      p->name, show(v, shown, sizeof(shown)), p->max);
-	if (n < p->min)
-		return reason(why, whylen, "%s: %s is below the minimum %lld",
-			      p->name, show(v, shown, sizeof(shown)), p->min);
+	if (n < p->min && !(n == 0 && (p->flags & F_ZERO_OFF)))
+		return reason(why, whylen, "%s: %s is below the minimum %lld%s",
+			      p->name, show(v, shown, sizeof(shown)), p->min,
+			      p->flags & F_ZERO_OFF ? " (0 turns it off)" : "");
 	if (p->type == P_SIZE)
 		*AT(cf, p->off, long long) = n;
 	else

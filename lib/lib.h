@@ -116,6 +116,7 @@ struct config {
 	char *alias_map, *user_map, *node_map, *failover_node;
 	char *relay_host;
 	int smtp_port;
+	int smtp_line_length_limit;     /* longest line sent over SMTP; 0 = no limit */
 	char *recipient_delimiter;
 	char *dns_servers;
 	char *tls_cert_file, *tls_key_file;

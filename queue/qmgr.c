@@ -1062,6 +1062,7 @@ qmgr_main(struct config *cf, struct counters *ctr, int master_fd)
 	ls.per_dest_concurrency = cf->lmtp_destination_concurrency_limit;
 	ls.smtp_per_dest_concurrency = cf->smtp_destination_concurrency_limit;
 	ls.smtp_port = (unsigned short)cf->smtp_port;
+	ls.smtp_line_length_limit = cf->smtp_line_length_limit;
 	ls.smtp_tls_level = (enum tls_level)cf->smtp_tls_security_level;
 	ls.smtp_tls_ca_file = cf->smtp_tls_ca_file;
 	ls.connect_timeout = cf->lmtp_connect_timeout;

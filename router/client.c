@@ -746,7 +746,10 @@ txn_reply(struct conn *c, const struct reply *r)
 			if (c->tx.nacc == 0)       /* nothing to send: the server lost track */
 				return txn_end(c, false, false);
 			c->state = CS_CONTENT;
-			dotstuff_init(&c->tx.ds);
+			/* SMTP lines past the limit are broken; LMTP to our own
+			 * nodes keeps the message as it came */
+			dotstuff_init(&c->tx.ds, c->tp->reply_per_rcpt ? 0 :
+				      (size_t)c->pool->set.smtp_line_length_limit);
 			return content_fill(c);
 		}
 		for (k = 0; k < c->tx.nacc; k++)

@@ -246,10 +246,12 @@ ehlo_parse(const char *buf, size_t len, struct ehlo_caps *c)
 }
 
 void
-dotstuff_init(struct dotstuff *d)
+dotstuff_init(struct dotstuff *d, size_t line_limit)
 {
 	d->mid_line = false;
 	d->cr = false;
+	d->col = 0;
+	d->limit = line_limit > 0 && line_limit < 4 ? 4 : line_limit;
 }
 
 size_t
@@ -268,6 +270,7 @@ dotstuff(struct dotstuff *d, const unsigned char *in, size_t len, unsigned char 
 			out[o++] = '\r';
 			out[o++] = '\n';
 			d->mid_line = false;
+			d->col = 0;
 			if (c == '\n') {
 				i++;
 				continue;
@@ -282,20 +285,37 @@ dotstuff(struct dotstuff *d, const unsigned char *in, size_t len, unsigned char 
 			out[o++] = '\r';
 			out[o++] = '\n';
 			d->mid_line = false;
+			d->col = 0;
 			i++;
 			continue;
 		}
 		if (c == '.' && !d->mid_line)
 			out[o++] = '.';
-		/* the rest of the line up to its CR or LF goes as it is, in one copy */
+		/* the rest of the line up to its CR or LF goes as it is, in one
+		 * copy, or in pieces of the limit with CR LF SP between them */
 		cr = memchr(in + i, '\r', len - i);
 		end = cr != NULL ? (size_t)(cr - in) : len;
 		lf = memchr(in + i, '\n', end - i);
 		if (lf != NULL)
 			end = (size_t)(lf - in);
-		memcpy(out + o, in + i, end - i);
-		o += end - i;
-		i = end;
+		while (i < end) {
+			size_t run = end - i;
+
+			if (d->limit > 0) {
+				if (d->col >= d->limit) {
+					out[o++] = '\r';
+					out[o++] = '\n';
+					out[o++] = ' ';
+					d->col = 1;
+				}
+				if (run > d->limit - d->col)
+					run = d->limit - d->col;
+			}
+			memcpy(out + o, in + i, run);
+			o += run;
+			i += run;
+			d->col += run;
+		}
 		d->mid_line = true;
 	}
 	return o;
@@ -312,6 +332,7 @@ dotstuff_end(struct dotstuff *d, unsigned char out[5])
 	}
 	d->cr = false;
 	d->mid_line = false;
+	d->col = 0;
 	out[o++] = '.';
 	out[o++] = '\r';
 	out[o++] = '\n';

@@ -537,9 +537,16 @@ int nodecaps_record(struct nodecaps *nc, const struct endpoint *ep, const struct
 struct dotstuff {
 	bool mid_line;                  /* bytes were written since the last CR LF */
 	bool cr;                        /* a CR was read and not written yet */
+	size_t col;                     /* bytes of the line written so far (no stuffed dot) */
+	size_t limit;                   /* the longest line written; 0 = no limit */
 };
 
-void dotstuff_init(struct dotstuff *d);
+/* line_limit: a line longer than this many bytes (CR LF and a stuffed dot
+ * not counted) is broken by CR LF SP, as Postfix's smtp_line_length_limit
+ * does: the first piece has line_limit bytes, each next one SP and
+ * line_limit - 1. 0 sends lines as they are; 1 to 3 are taken as 4 (the
+ * bound on out below needs it). */
+void dotstuff_init(struct dotstuff *d, size_t line_limit);
 /* Encodes len bytes of in into out, which must have room for 2 * len + 2
  * bytes; returns the bytes written. */
 size_t dotstuff(struct dotstuff *d, const unsigned char *in, size_t len, unsigned char *out);
@@ -659,6 +666,8 @@ struct client_settings {
 	const char *helo_name;          /* LHLO/EHLO argument; NULL = the host name */
 	const char *dns_servers;        /* as for dns_new() */
 	unsigned short smtp_port;       /* for smtp endpoints without a port; 0 = 25 */
+	int smtp_line_length_limit;     /* SMTP content: longer lines are broken (CR LF SP);
+					 * 0 = sent as they are. LMTP lines always are */
 	enum tls_level smtp_tls_level;  /* STARTTLS on SMTP connections */
 	const char *smtp_tls_ca_file;   /* trust anchors for TLS_VERIFY; NULL = the system's */
 	/* NULL, or called with what an endpoint offered each time a new

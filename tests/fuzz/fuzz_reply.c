@@ -66,12 +66,12 @@ check_reply(const char *in, size_t size)
 }
 
 static size_t
-encode(const unsigned char *in, size_t size, size_t cut, unsigned char *out)
+encode(const unsigned char *in, size_t size, size_t cut, size_t limit, unsigned char *out)
 {
 	struct dotstuff d;
 	size_t o = 0;
 
-	dotstuff_init(&d);
+	dotstuff_init(&d, limit);
 	o += dotstuff(&d, in, cut, out + o);
 	o += dotstuff(&d, in + cut, size - cut, out + o);
 	o += dotstuff_end(&d, out + o);
@@ -101,6 +101,59 @@ normalise(const unsigned char *in, size_t size, unsigned char *out)
 	return o;
 }
 
+/* What a line limit must make of enc, the encoding without one: each line,
+ * its stuffed dot first, in pieces of the limit's length, the first of
+ * limit bytes and each next one SP and limit - 1; the end of data as it is. */
+static size_t
+wrap_ref(const unsigned char *enc, size_t n, size_t limit, unsigned char *out)
+{
+	size_t i = 0, o = 0, end, piece;
+
+	while (i < n - 3) {
+		end = (size_t)((const unsigned char *)memchr(enc + i, '\n', n - i) - enc) - 1;
+		if (enc[i] == '.')
+			out[o++] = enc[i++];
+		piece = limit;
+		while (i < end) {
+			size_t k = end - i < piece ? end - i : piece;
+
+			memcpy(out + o, enc + i, k);
+			o += k;
+			i += k;
+			if (i < end) {
+				memcpy(out + o, "\r\n ", 3);
+				o += 3;
+				piece = limit - 1;
+			}
+		}
+		memcpy(out + o, "\r\n", 2);
+		o += 2;
+		i = end + 2;
+	}
+	memcpy(out + o, ".\r\n", 3);
+	return o + 3;
+}
+
+/* a line limit from the input (4 to 11), at two cuts: as the reference */
+static void
+check_line_limit(const unsigned char *in, size_t size, const unsigned char *enc, size_t n)
+{
+	size_t limit = size ? 4 + in[size - 1] % 8 : 4, cap = 4 * size + 16, na, nb, nr;
+	size_t cut = size ? in[0] % (size + 1) : 0;
+	unsigned char *a = malloc(cap), *b = malloc(cap), *r = malloc(cap);
+
+	CHECK(a && b && r);
+	na = encode(in, size, 0, limit, a);
+	nb = encode(in, size, cut, limit, b);
+	CHECK(na == nb && memcmp(a, b, na) == 0);
+	CHECK(na <= 2 * size + 5);
+	nr = wrap_ref(enc, n, limit, r);
+	CHECK(na == nr && memcmp(a, r, na) == 0);
+	free(a);
+	free(b);
+	free(r);
+}
+
 static void
 check_dotstuff(const unsigned char *in, size_t size)
 {
@@ -110,8 +163,8 @@ check_dotstuff(const unsigned char *in, size_t size)
 	bool line_start = true;
 
 	CHECK(a && b && norm && dec);
-	na = encode(in, size, 0, a);
-	nb = encode(in, size, cut, b);
+	na = encode(in, size, 0, 0, a);
+	nb = encode(in, size, cut, 0, b);
 	CHECK(na == nb && memcmp(a, b, na) == 0);
 	CHECK(na <= 2 * size + 5);
 	CHECK(na >= 3 && memcmp(a + na - 3, ".\r\n", 3) == 0);
@@ -134,6 +187,7 @@ check_dotstuff(const unsigned char *in, size_t size)
 	CHECK(line_start);
 	nn = normalise(in, size, norm);
 	CHECK(nd == nn && memcmp(dec, norm, nn) == 0);
+	check_line_limit(in, size, a, na);
 	free(a);
 	free(b);
 	free(norm);

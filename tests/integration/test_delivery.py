@@ -301,6 +301,16 @@ class DeliverTest(DeliveryTestCase):
         text = m.replace("\r\n", "\n").split("\n\n", 1)[1]
         self.assertEqual(text.rstrip("\n"), "\n".join([".", "..", ".leading dot", "end"]))
 
+    def test_long_line_reaches_the_mailbox_whole(self):
+        """LMTP to a node keeps a line of 3000 bytes as it came: only SMTP breaks them
+        (smtp_line_length_limit)."""
+        self.start_sorterd()
+        tok = token("long")
+        line = "".join("%04d" % i for i in range(750))
+        self.send(ALICE, tok, body="before\r\n%s\r\nafter" % line)
+        [m] = self.wait_delivered(self.node_a, "alice", tok)
+        self.assertIn("\n%s\n" % line, m.replace("\r\n", "\n"))
+
     def test_unknown_to_node_bounces(self):
         self.start_sorterd()
         tok = token("ghost")

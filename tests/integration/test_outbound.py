@@ -133,6 +133,34 @@ class MXTest(OutboundTestCase):
         self.assertIn(b"Subject: outbound", msgs[0]["data"])
         self.assertEqual(mx2.count(), 0)
 
+    def test_long_lines_are_broken(self):
+        """A line over smtp_line_length_limit (998) goes out in pieces joined by CR LF SP
+        (RFC 5321 4.5.3.1.6: 1000 bytes with the CR LF), as Postfix sends it; a line of 998
+        goes as it is, and with the limit at 0 every line does."""
+        long_line, fits = "x" * 1500 + "y" * 1500, "." + "z" * 997
+        # send_message does not stuff dots: the line is stuffed here
+        body = "short\r\n%s\r\n.%s\r\nend" % (long_line, fits)
+        mx1 = self.scripted("127.0.0.2")
+        d = self.sorter()
+        qid = self.send(d, ["fwd@" + LOCAL_DOMAIN], content=message("long", body))
+        self.wait_log(d, r"%s: to=<user@remote\.test>.*status=sent" % qid)
+        [m] = mx1.messages()
+        lines = m["data"].split(b"\r\n")
+        self.assertLessEqual(max(len(l) for l in lines), 998)
+        at = lines.index(b"short")
+        self.assertEqual(lines[at + 1:], [b"x" * 998, b" " + b"x" * 502 + b"y" * 495,
+                                          b" " + b"y" * 997, b" " + b"y" * 8,
+                                          # the stuffed dot is not counted: 998 unstuffed
+                                          fits.encode(), b"end", b""])
+
+        mx1.stop()
+        mx2 = self.scripted("127.0.0.2")
+        d2 = self.sorter(name="d2", smtp_line_length_limit=0)
+        qid = self.send(d2, ["fwd@" + LOCAL_DOMAIN], content=message("long", body))
+        self.wait_log(d2, r"%s: to=<user@remote\.test>.*status=sent" % qid)
+        [m] = mx2.messages()
+        self.assertIn(b"\r\n" + long_line.encode() + b"\r\n", m["data"])
+
     def test_preferred_mx_down_next_one(self):
         mx2 = self.sink("127.0.0.3")
         d = self.sorter()
@@ -283,14 +311,15 @@ class RemoteReplyTest(OutboundTestCase):
         d = self.sorter(aliases={"fwd@" + LOCAL_DOMAIN: "bad@remote.test"},
                         bounce_size_limit="10k")
         for subject, size in (("small one", 2000), ("big one", 200000)):
-            qid = self.send(d, ["fwd@" + LOCAL_DOMAIN], message(subject, "z" * size))
+            body = "\r\n".join(["z" * 100] * (size // 100))
+            qid = self.send(d, ["fwd@" + LOCAL_DOMAIN], message(subject, body))
             self.wait_log(d, r"%s: to=<bad@remote\.test>.*status=bounced" % qid)
         self.assertTrue(wait_until(lambda: origin.count() == 2, 30), d.log_tail())
         bodies = [m["data"].decode("utf-8", "replace") for m in origin.messages()]
         small = [b for b in bodies if "Subject: small one" in b][0]
         big = [b for b in bodies if "Subject: big one" in b][0]
         self.assertIn("Content-Type: message/rfc822", small)
-        self.assertIn("z" * 1000, small)
+        self.assertIn("\r\n".join(["z" * 100] * 20), small)
         self.assertIn("Content-Type: text/rfc822-headers", big)
         self.assertNotIn("z" * 100, big)
         self.assertLess(len(big), 20000)

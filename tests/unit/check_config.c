@@ -69,6 +69,7 @@ START_TEST(test_defaults)
 	ck_assert_ptr_null(cf->auth_map);
 	ck_assert_ptr_null(cf->recipient_delimiter);
 	ck_assert_int_eq(cf->smtp_port, 25);
+	ck_assert_int_eq(cf->smtp_line_length_limit, 998);
 	ck_assert_int_eq(cf->message_size_limit, 10240000);
 	ck_assert_int_eq(cf->log, LOG_SINK_STDERR);
 	ck_assert_int_eq(cf->workers, expected_workers());
@@ -110,6 +111,8 @@ static const struct numcase numcases[] = {
 	{ "smtp_port = 1", INTF(smtp_port), 1 },
 	{ "smtp_port = 65535", INTF(smtp_port), 65535 },
 	{ "smtp_port = +7", INTF(smtp_port), 7 },
+	{ "smtp_line_length_limit = 0", INTF(smtp_line_length_limit), 0 },
+	{ "smtp_line_length_limit = 80", INTF(smtp_line_length_limit), 80 },
 	{ "workers = 3", INTF(workers), 3 },
 	{ "workers = 15", INTF(workers), 15 },
 	{ "io_threads = 256", INTF(io_threads), 256 },
@@ -178,6 +181,10 @@ static const struct errcase errcases[] = {
 	{ "user=", "t.conf:1: user: missing value" },
 	{ "smtp_port =", "t.conf:1: smtp_port: missing value" },
 	{ "smtp_port = 0", "t.conf:1: smtp_port: 0 is below the minimum 1" },
+	{ "smtp_line_length_limit = 79",
+	  "t.conf:1: smtp_line_length_limit: 79 is below the minimum 80 (0 turns it off)" },
+	{ "smtp_line_length_limit = -1",
+	  "t.conf:1: smtp_line_length_limit: -1 is below the minimum 80 (0 turns it off)" },
 	{ "smtp_port = 65536", "t.conf:1: smtp_port: 65536 is above the maximum 65535" },
 	{ "smtp_port = 25x", "t.conf:1: smtp_port: '25x' is not a number" },
 	{ "smtp_port = x", "t.conf:1: smtp_port: 'x' is not a number" },

@@ -261,12 +261,12 @@ static const struct dcase dcases[] = {
 };
 
 static size_t
-encode(const char *in, size_t len, size_t step, unsigned char *out)
+encode(const char *in, size_t len, size_t step, size_t limit, unsigned char *out)
 {
 	struct dotstuff d;
 	size_t i, n, o = 0;
 
-	dotstuff_init(&d);
+	dotstuff_init(&d, limit);
 	for (i = 0; i < len; i += n) {
 		n = len - i < step ? len - i : step;
 		o += dotstuff(&d, (const unsigned char *)in + i, n, out + o);
@@ -283,7 +283,7 @@ START_TEST(test_dotstuff)
 
 	for (step = 1; step <= len + 1; step++) {
 		memset(out, 0, sizeof(out));
-		n = encode(c->in, len, step, out);
+		n = encode(c->in, len, step, 0, out);
 		ck_assert_msg(n == strlen(c->out) && memcmp(out, c->out, n) == 0,
 			      "input #%d in steps of %zu: got \"%.*s\"", _i, step, (int)n, out);
 	}
@@ -296,10 +296,57 @@ START_TEST(test_dotstuff_bound)
 	struct dotstuff d;
 	unsigned char out[8];
 
-	dotstuff_init(&d);
+	dotstuff_init(&d, 0);
 	ck_assert_uint_eq(dotstuff(&d, (const unsigned char *)"\r", 1, out), 0);
 	ck_assert_uint_eq(dotstuff(&d, (const unsigned char *)".", 1, out), 4);
 	ck_assert(memcmp(out, "\r\n..", 4) == 0);
+}
+END_TEST
+
+/* lines past the limit are broken by CR LF SP, in whatever steps they come */
+static const struct lcase {
+	size_t limit;
+	const char *in, *out;
+} lcases[] = {
+	{ 5, "abcde\n", "abcde\r\n.\r\n" },
+	{ 5, "abcdef\n", "abcde\r\n f\r\n.\r\n" },
+	{ 5, "abcdefghijklm", "abcde\r\n fghi\r\n jklm\r\n.\r\n" },
+	/* the stuffed dot is not counted; the pieces after a break need none */
+	{ 5, ".bcdef\r\n.", "..bcde\r\n f\r\n..\r\n.\r\n" },
+	{ 5, "abcde.fg\r\n", "abcde\r\n .fg\r\n.\r\n" },
+	/* a CR LF, bare CR or bare LF right at the limit ends the line unbroken */
+	{ 5, "abcde\rabcde\r\nabcde", "abcde\r\nabcde\r\nabcde\r\n.\r\n" },
+	{ 4, "abcdefghij", "abcd\r\n efg\r\n hij\r\n.\r\n" },
+	/* 1 to 3 are 4 */
+	{ 1, "abcdefg", "abcd\r\n efg\r\n.\r\n" },
+	{ 0, "abcdefghij", "abcdefghij\r\n.\r\n" },
+};
+
+START_TEST(test_dotstuff_line_limit)
+{
+	const struct lcase *c = &lcases[_i];
+	size_t len = strlen(c->in), step, n;
+	unsigned char out[256];
+
+	for (step = 1; step <= len + 1; step++) {
+		memset(out, 0, sizeof(out));
+		n = encode(c->in, len, step, c->limit, out);
+		ck_assert_msg(n == strlen(c->out) && memcmp(out, c->out, n) == 0,
+			      "input #%d in steps of %zu: got \"%.*s\"", _i, step, (int)n, out);
+	}
+}
+END_TEST
+
+/* a break right after a carried CR's line: still within 2 * len + 2 */
+START_TEST(test_dotstuff_line_limit_bound)
+{
+	struct dotstuff d;
+	unsigned char out[8];
+
+	dotstuff_init(&d, 4);
+	ck_assert_uint_eq(dotstuff(&d, (const unsigned char *)"abcd", 4, out), 4);
+	ck_assert_uint_eq(dotstuff(&d, (const unsigned char *)"e", 1, out), 4);
+	ck_assert(memcmp(out, "\r\n e", 4) == 0);
 }
 END_TEST
 
@@ -314,6 +361,8 @@ reply_suite(void)
 	tcase_add_loop_test(tc, test_ehlo, 0, N_(ecases));
 	tcase_add_loop_test(tc, test_dotstuff, 0, N_(dcases));
 	tcase_add_test(tc, test_dotstuff_bound);
+	tcase_add_loop_test(tc, test_dotstuff_line_limit, 0, N_(lcases));
+	tcase_add_test(tc, test_dotstuff_line_limit_bound);
 	suite_add_tcase(s, tc);
 	return s;
 }
