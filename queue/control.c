@@ -87,9 +87,34 @@ locate(const int fds[QUEUE_NDIRS], const char *id, bool *regular)
 	return -1;
 }
 
+/* Folder d changed: fsynced now, or left to queue_sync_dirs */
+static int
+dir_changed(const int fds[QUEUE_NDIRS], int d, unsigned *unsynced)
+{
+	if (unsynced == NULL)
+		return fsync(fds[d]);
+	*unsynced |= 1u << d;
+	return 0;
+}
+
+int
+queue_sync_dirs(const int fds[QUEUE_NDIRS], unsigned unsynced, struct dstr *out)
+{
+	int d, rc = 0;
+
+	for (d = 0; d < QUEUE_NDIRS; d++) {
+		if ((unsynced & (1u << d)) && fsync(fds[d]) < 0) {
+			dstr_printf(out, "%s/: fsync: %s: the changes above may not survive a "
+				    "crash\n", dirnames[d], strerror(errno));
+			rc = -1;
+		}
+	}
+	return rc;
+}
+
 int
 queue_op_offline(const int fds[QUEUE_NDIRS], enum queue_op op, const char *id,
-		 struct dstr *out)
+		 struct dstr *out, unsigned *unsynced)
 {
 	struct timespec ts[2] = { { 0, 0 }, { 0, 0 } };
 	bool regular = false;
@@ -105,7 +130,7 @@ queue_op_offline(const int fds[QUEUE_NDIRS], enum queue_op op, const char *id,
 	}
 	switch (op) {
 	case QOP_DELETE:
-		if (spool_remove(fds[d], id, true) < 0 || fsync(fds[d]) < 0)
+		if (spool_remove(fds[d], id, true) < 0 || dir_changed(fds, d, unsynced) < 0)
 			goto fail;
 		unlinkat(fds[D_DEFER], id, 0);
 		msg_info("%s: removed by the administrator", id);
@@ -116,7 +141,8 @@ queue_op_offline(const int fds[QUEUE_NDIRS], enum queue_op op, const char *id,
 			dstr_printf(out, "%s: already on hold\n", id);
 			return 0;
 		}
-		if (renameat(fds[d], id, fds[D_HOLD], id) < 0 || fsync(fds[D_HOLD]) < 0)
+		if (renameat(fds[d], id, fds[D_HOLD], id) < 0 ||
+		    dir_changed(fds, D_HOLD, unsynced) < 0)
 			goto fail;
 		msg_info("%s: placed on hold", id);
 		dstr_printf(out, "%s: placed on hold\n", id);
@@ -126,7 +152,8 @@ queue_op_offline(const int fds[QUEUE_NDIRS], enum queue_op op, const char *id,
 			dstr_printf(out, "%s: not on hold\n", id);
 			return -1;
 		}
-		if (renameat(fds[D_HOLD], id, fds[D_INCOMING], id) < 0 || fsync(fds[D_INCOMING]) < 0)
+		if (renameat(fds[D_HOLD], id, fds[D_INCOMING], id) < 0 ||
+		    dir_changed(fds, D_INCOMING, unsynced) < 0)
 			goto fail;
 		msg_info("%s: released from hold", id);
 		dstr_printf(out, "%s: released\n", id);
@@ -170,20 +197,30 @@ queue_count_dirs(const int fds[QUEUE_NDIRS], struct dstr *out)
 
 /* ---- server (inside the queue manager) ---- */
 
+struct batch {
+	struct qmgr *q;
+	unsigned *unsynced;
+};
+
 static int
 act_in_qmgr(void *arg, enum queue_op op, const char *id, struct dstr *out)
 {
-	return qmgr_control(arg, op, id, out);
+	struct batch *b = arg;
+
+	return qmgr_control(b->q, op, id, out, b->unsynced);
 }
 
-/* Selection and action in one go: nothing else runs on the loop meanwhile */
+/* Selection and action in one go: nothing else runs on the loop meanwhile.
+ * The folders are synced once, by the caller (qmgr_control_sync). */
 static int
-qmgr_select(struct qmgr *q, enum queue_op op, const struct qselect *sel, struct dstr *out)
+qmgr_select(struct qmgr *q, enum queue_op op, const struct qselect *sel, struct dstr *out,
+	    unsigned *unsynced)
 {
 	struct qselect_router *qr = qselect_router_new(q->router);
+	struct batch b = { q, unsynced };
 	int rc;
 
-	rc = qselect_apply(q->cf->spool_dir, sel, op, qselect_router_node, qr, act_in_qmgr, q, out);
+	rc = qselect_apply(q->cf->spool_dir, sel, op, qselect_router_node, qr, act_in_qmgr, &b, out);
 	qselect_router_free(qr);
 	return rc;
 }
@@ -214,6 +251,7 @@ control_run(struct control *c, char *line, struct dstr *out, struct bufferevent 
 	char *argv[256], *save = NULL, *tok;
 	struct dstr body;
 	int argc = 0, i, failed = 0;
+	unsigned unsynced = 0;
 	enum queue_op op;
 
 	for (tok = strtok_r(line, " \t", &save); tok && argc < 256; tok = strtok_r(NULL, " \t", &save))
@@ -264,11 +302,11 @@ control_run(struct control *c, char *line, struct dstr *out, struct bufferevent 
 			dstr_printf(out, "error: %s\n", why);
 			return true;
 		}
-		failed = qmgr_select(c->q, op, &sel, &body) < 0;
+		failed = qmgr_select(c->q, op, &sel, &body, &unsynced) < 0;
 		qselect_free(&sel);
 		argc = 1;       /* no ids follow */
 	} else if (op == QOP_FLUSH && argc == 1) {
-		qmgr_control(c->q, op, NULL, &body);
+		qmgr_control(c->q, op, NULL, &body, NULL);
 	} else if (argc == 1) {
 		dstr_printf(out, "error: %s needs a queue id\n", argv[0]);
 		return true;
@@ -279,9 +317,12 @@ control_run(struct control *c, char *line, struct dstr *out, struct bufferevent 
 			failed++;
 			continue;
 		}
-		if (qmgr_control(c->q, op, argv[i], &body) < 0)
+		if (qmgr_control(c->q, op, argv[i], &body, &unsynced) < 0)
 			failed++;
 	}
+	/* the reply says done only once it is on disk */
+	if (qmgr_control_sync(c->q, unsynced, &body) < 0)
+		failed++;
 	dstr_printf(out, "%s\n%s", failed ? "error: some requests failed" : "ok",
 		    body.s ? body.s : "");
 	dstr_free(&body);

@@ -360,7 +360,7 @@ late_work(void *arg)
 	struct qmsg *mq = dj->mq;
 
 	dstr_reset(&dj->late_out);
-	if (queue_op_offline(mq->q->dirfd, dj->late_op, mq->id, &dj->late_out) < 0) {
+	if (queue_op_offline(mq->q->dirfd, dj->late_op, mq->id, &dj->late_out, NULL) < 0) {
 		dj->err = EIO;
 		return;
 	}

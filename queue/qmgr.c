@@ -813,7 +813,8 @@ scan_dir(struct qmgr *q, int d, bool due_only)
 /* ---- control (called by control.c for sorterctl) ---- */
 
 int
-qmgr_control(struct qmgr *q, enum queue_op op, const char *id, struct dstr *out)
+qmgr_control(struct qmgr *q, enum queue_op op, const char *id, struct dstr *out,
+	     unsigned *unsynced)
 {
 	struct qmsg *mq = id ? find_active(q, id) : NULL;
 	int rc;
@@ -825,14 +826,14 @@ qmgr_control(struct qmgr *q, enum queue_op op, const char *id, struct dstr *out)
 			dstr_printf(out, "%s: will be removed when the delivery under way ends\n", id);
 			return 0;
 		}
-		return queue_op_offline(q->dirfd, op, id, out);
+		return queue_op_offline(q->dirfd, op, id, out, unsynced);
 	case QOP_HOLD:
 		if (mq) {
 			mq->hold_req = true;
 			dstr_printf(out, "%s: will be held when the delivery under way ends\n", id);
 			return 0;
 		}
-		return queue_op_offline(q->dirfd, op, id, out);
+		return queue_op_offline(q->dirfd, op, id, out, unsynced);
 	case QOP_RELEASE:
 		if (mq) {
 			/* its file may be on its way to hold/ right now: releasing
@@ -841,9 +842,9 @@ qmgr_control(struct qmgr *q, enum queue_op op, const char *id, struct dstr *out)
 				    mq->hold_req ? " yet" : "");
 			return -1;
 		}
-		rc = queue_op_offline(q->dirfd, op, id, out);
-		if (rc == 0)
-			qmgr_pickup(q, id);
+		rc = queue_op_offline(q->dirfd, op, id, out, unsynced);
+		if (rc == 0 && unsynced == NULL)
+			qmgr_pickup(q, id);     /* in a batch: once synced */
 		return rc;
 	case QOP_FLUSH:
 		if (id == NULL) {
@@ -872,6 +873,16 @@ qmgr_control(struct qmgr *q, enum queue_op op, const char *id, struct dstr *out)
 		return -1;
 	}
 	return -1;
+}
+
+int
+qmgr_control_sync(struct qmgr *q, unsigned unsynced, struct dstr *out)
+{
+	if (queue_sync_dirs(q->dirfd, unsynced, out) < 0)
+		return -1;
+	if (unsynced & (1u << D_INCOMING))      /* released: delivered from now */
+		scan_dir(q, D_INCOMING, false);
+	return 0;
 }
 
 void

@@ -336,8 +336,14 @@ void qmgr_wake(const char *spool_dir, int *fd, const char *id);
 enum queue_op { QOP_DELETE, QOP_HOLD, QOP_RELEASE, QOP_FLUSH };
 
 /* Acts on message id (NULL = all, for flush) on behalf of sorterctl; a
- * line per message into out. 0 or -1. */
-int qmgr_control(struct qmgr *q, enum queue_op op, const char *id, struct dstr *out);
+ * line per message into out. 0 or -1. unsynced as for queue_op_offline:
+ * non-NULL, a batch that qmgr_control_sync ends (a release is picked up
+ * then, once on disk). */
+int qmgr_control(struct qmgr *q, enum queue_op op, const char *id, struct dstr *out,
+		 unsigned *unsynced);
+/* Ends a batch of qmgr_control calls: syncs its folders (queue_sync_dirs),
+ * then takes in what it released. 0, or -1 with a line in out. */
+int qmgr_control_sync(struct qmgr *q, unsigned unsynced, struct dstr *out);
 void qmgr_stats(struct qmgr *q, struct dstr *out);
 
 /* The folders an operation needs, open: incoming active deferred hold
@@ -437,9 +443,14 @@ int queue_open_dirs(const char *spool_dir, int fds[QUEUE_NDIRS]);
 void queue_close_dirs(int fds[QUEUE_NDIRS]);
 /* The file-level operation, for a message nobody is delivering: hold
  * moves it to hold/, release from hold/ to incoming/, delete removes it
- * (with its status file), flush makes a deferred message due now. */
+ * (with its status file), flush makes a deferred message due now. With
+ * unsynced NULL the change is on disk when it returns; else the folder it
+ * changed is added to *unsynced (a bit per D_* index) and is on disk only
+ * after queue_sync_dirs: a batch of operations syncs each folder once. */
 int queue_op_offline(const int fds[QUEUE_NDIRS], enum queue_op op, const char *id,
-		     struct dstr *out);
+		     struct dstr *out, unsigned *unsynced);
+/* fsyncs the folders of *unsynced's bits. 0, or -1 with a line in out. */
+int queue_sync_dirs(const int fds[QUEUE_NDIRS], unsigned unsynced, struct dstr *out);
 void queue_count_dirs(const int fds[QUEUE_NDIRS], struct dstr *out);
 
 /* Control socket (spool_dir/control, owner only): one request line

@@ -767,10 +767,17 @@ cmd_show(const char *spool_dir, const char *id, bool raw)
  * so that a daemon starting meanwhile waits for us. Returns -1 (nothing
  * done) when a queue manager holds the lock: it is running, the caller
  * asks it again. */
+struct offline_batch {
+	const int *fds;
+	unsigned unsynced;      /* synced once, at the end */
+};
+
 static int
 act_offline(void *arg, enum queue_op op, const char *id, struct dstr *out)
 {
-	return queue_op_offline(arg, op, id, out);
+	struct offline_batch *b = arg;
+
+	return queue_op_offline(b->fds, op, id, out, &b->unsynced);
 }
 
 static enum queue_op
@@ -786,6 +793,7 @@ offline(const struct config *cf, const char *verb, char **ids, size_t n,
 {
 	const char *spool_dir = cf->spool_dir;
 	int fds[QUEUE_NDIRS], lock, rc = 0;
+	struct offline_batch b = { fds, 0 };
 	char path[4096];
 	struct stat sb;
 	struct dstr out;
@@ -850,7 +858,7 @@ offline(const struct config *cf, const char *verb, char **ids, size_t n,
 			rc = EXIT_RUNTIME;
 		} else {
 			if (qselect_apply(spool_dir, sel, verb_op(verb), qselect_router_node, rt.qr,
-					  act_offline, fds, &out) < 0)
+					  act_offline, &b, &out) < 0)
 				rc = EXIT_RUNTIME;
 			if (rt.r)
 				routing_close(&rt);
@@ -860,9 +868,11 @@ offline(const struct config *cf, const char *verb, char **ids, size_t n,
 		if (op == QOP_FLUSH && n == 0)
 			dstr_printf(&out, "daemon not running: deferred mail is retried when it starts\n");
 		for (i = 0; i < n; i++)
-			if (queue_op_offline(fds, op, ids[i], &out) < 0)
+			if (act_offline(&b, op, ids[i], &out) < 0)
 				rc = EXIT_RUNTIME;
 	}
+	if (queue_sync_dirs(fds, b.unsynced, &out) < 0)
+		rc = EXIT_RUNTIME;
 	fputs(out.s ? out.s : "", rc ? stderr : stdout);
 	dstr_free(&out);
 	queue_close_dirs(fds);

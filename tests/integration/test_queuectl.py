@@ -11,7 +11,9 @@ import socket
 import time
 import unittest
 
+import fsrec
 import test_delivery
+from harness import Sorterd
 
 BOB, ALICE, CAROL, GHOST = (test_delivery.BOB, test_delivery.ALICE, test_delivery.CAROL,
                             test_delivery.GHOST)
@@ -208,6 +210,53 @@ class FlushTest(QueueCtlCase):
             lambda: self.d.ctl("flush", qid_a, check=False).returncode == 0, WAIT),
             self.d.log_tail())
         self.wait_delivered(self.node_a, "alice", tok_a)
+
+
+class BatchSyncTest(QueueCtlCase):
+    def test_a_selection_syncs_each_folder_once_before_it_answers(self):
+        """`sorterctl hold --rcpt BOB` over 30 deferred messages renames each into hold/, then
+        fsyncs hold/ once (not once a message: the queue manager's loop waits for each),
+        and answers only after that fsync; `release --rcpt BOB` does the same with incoming/,
+        and the released mail is delivered."""
+        log = os.path.join(self.tmp, "fsrec.log")
+        with open(log, "w"):
+            pass
+        os.chmod(log, 0o666)
+        self.node_b.stop()
+        settings = dict(SLOW)
+        settings.update(self.write_maps())
+        self.d = Sorterd(os.path.join(self.tmp, "d"), start=False, **settings)
+        self.d.argv_prefix = ("env", "LD_PRELOAD=" + fsrec.preload(self.d.build),
+                              "FSREC_LOG=" + log)
+        self.daemons.append(self.d)
+        self.addCleanup(self._finish, self.d)
+        self.d.start()
+        toks = [token("batch%d" % i) for i in range(30)]
+        qids = [self.send(BOB, t) for t in toks]
+        for qid in qids:
+            self.wait_state(qid, "deferred")
+
+        def one_batch(verb, folder):
+            start = time.monotonic_ns()
+            self.ctl_ok(verb, "--rcpt", BOB)
+            answered = time.monotonic_ns()
+            recs = [r for r in fsrec.read_log(log) if start <= r.t0 <= answered]
+            moves = [r for r in recs if r.call in fsrec.RENAME_CALLS and
+                     os.path.dirname(r.path2) == os.path.join(self.d.spool, folder)]
+            syncs = [r for r in recs if r.call in fsrec.SYNC_CALLS and r.ret == 0 and
+                     r.path == os.path.join(self.d.spool, folder)]
+            self.assertEqual(len(moves), 30, moves)
+            self.assertEqual(len(syncs), 1, syncs)
+            self.assertGreater(syncs[0].t0, max(r.t1 for r in moves))
+            self.assertLess(syncs[0].t1, answered)
+
+        one_batch("hold", "hold")
+        self.assertEqual({e["state"] for e in self.d.queue()}, {"hold"})
+        self.node_b.start()
+        one_batch("release", "incoming")
+        for t in toks:
+            self.wait_delivered(self.node_b, "bob", t)
+        self.wait_queue_empty()
 
 
 class ShowTest(QueueCtlCase):

@@ -206,7 +206,7 @@ control(struct fixture *f, enum queue_op op)
 	int rc;
 
 	dstr_init(&out, 0);
-	rc = qmgr_control(&f->q, op, f->id, &out);
+	rc = qmgr_control(&f->q, op, f->id, &out, NULL);
 	dstr_free(&out);
 	return rc;
 }
