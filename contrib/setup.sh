@@ -20,7 +20,7 @@ if command -v debconf-set-selections >/dev/null 2>&1; then
     echo "slapd slapd/no_configuration boolean true" | debconf-set-selections
 fi
 PKGS="build-essential autoconf automake libtool pkg-config clang
-libevent-dev libssl-dev libc-ares-dev libdb5.3-dev libmilter-dev check libcrypt-dev
+libevent-dev libssl-dev libc-ares-dev libidn2-dev libdb5.3-dev libmilter-dev check libcrypt-dev
 postfix swaks dovecot-core dovecot-lmtpd dnsmasq-base opendkim opendkim-tools python3 db-util
 python3-milter python3-dkim
 procps time openssl util-linux iproute2 msmtp libsasl2-modules libnet-ssleay-perl

@@ -14,6 +14,10 @@
  * share one handle, one hand-over from the loop, and dns_cancel().
  * The address helpers at the end serve the callers: numeric addresses
  * that need no lookup, ports, and the "IP:PORT" form used in logs.
+ *
+ * A name with UTF-8 labels (an SMTPUTF8 address's domain) is asked in its
+ * IDNA A-label form (libidn2: IDNA2008 with the UTS #46 mapping, as
+ * Postfix asks); one that has none is answered "not found".
  */
 #include "config.h"
 
@@ -28,6 +32,7 @@
 
 #include <ares.h>
 #include <event2/event.h>
+#include <idn2.h>
 
 #include "lib/lib.h"
 #include "router/router.h"
@@ -373,11 +378,36 @@ query_new(struct dns *d, enum query_kind kind, void *arg)
 	return q;
 }
 
+/* The name to ask for: name itself when it is ASCII, else its A-label
+ * form in *alloc (the caller frees it), or NULL when it has none. */
+static const char *
+ascii_name(const char *name, char **alloc)
+{
+	const unsigned char *p;
+	int rc;
+
+	*alloc = NULL;
+	for (p = (const unsigned char *)name; *p != '\0' && *p < 0x80; p++)
+		;
+	if (*p == '\0')
+		return name;
+	rc = idn2_to_ascii_8z(name, alloc, IDN2_NFC_INPUT | IDN2_NONTRANSITIONAL);
+	if (rc != IDN2_OK)      /* as Postfix: a name valid only the old way */
+		rc = idn2_to_ascii_8z(name, alloc, IDN2_NFC_INPUT | IDN2_TRANSITIONAL);
+	if (rc != IDN2_OK) {
+		*alloc = NULL;
+		return NULL;
+	}
+	return *alloc;
+}
+
 struct dns_query *
 dns_lookup(struct dns *d, const char *host, dns_callback *cb, void *arg)
 {
 	struct dns_query *q = query_new(d, Q_ADDR, arg);
 	struct ares_addrinfo_hints h;
+	const char *name;
+	char *alloc;
 
 	q->cb = cb;
 	memset(&h, 0, sizeof(h));
@@ -385,7 +415,13 @@ dns_lookup(struct dns *d, const char *host, dns_callback *cb, void *arg)
 	h.ai_socktype = SOCK_STREAM;
 	h.ai_flags = ARES_AI_NOSORT;
 	d->pending++;
-	ares_getaddrinfo(d->channel, host, NULL, &h, on_addrinfo, q);
+	if ((name = ascii_name(host, &alloc)) == NULL) {
+		on_addrinfo(q, ARES_ENOTFOUND, 0, NULL);        /* answered from the loop */
+		snprintf(q->err, sizeof(q->err), "not a valid international domain name");
+		return q;
+	}
+	ares_getaddrinfo(d->channel, name, NULL, &h, on_addrinfo, q);
+	idn2_free(alloc);
 	dns_timer_update(d);
 	return q;
 }
@@ -459,10 +495,18 @@ dns_mx_lookup(struct dns *d, const char *domain, dns_mx_callback *cb, void *arg)
 {
 	struct dns_query *q = query_new(d, Q_MX, arg);
 
+	const char *name;
+	char *alloc;
+
 	q->mxcb = cb;
 	d->pending++;
+	if ((name = ascii_name(domain, &alloc)) == NULL) {
+		on_mx(q, ARES_ENOTFOUND, 0, NULL, 0);           /* answered from the loop */
+		return q;
+	}
 	/* ares_query, not ares_search: a mail domain is never relative */
-	ares_query(d->channel, domain, ns_c_in, ns_t_mx, on_mx, q);
+	ares_query(d->channel, name, ns_c_in, ns_t_mx, on_mx, q);
+	idn2_free(alloc);
 	dns_timer_update(d);
 	return q;
 }

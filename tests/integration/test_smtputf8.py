@@ -21,6 +21,7 @@ import unittest
 from dovecot import DovecotNode, dovecot_missing
 from harness import (LOCAL_DOMAIN, Sorterd, SorterTestCase, build_dir, free_port, wait_until,
                      write_map)
+from dnsmasq import PrivateDNS, free_dns_port
 from scripted_smtp import ScriptedSMTPServer
 from smtpsink import free_port_on
 from test_delivery import parse_dsn
@@ -99,9 +100,10 @@ class SMTPUTF8Test(SorterTestCase):
         self.node_utf8.start()
         self.addCleanup(self.node_utf8.stop)
 
-    def start_sorterd(self, submission_port=None):
+    def start_sorterd(self, submission_port=None, **extra):
         settings = dict(FAST)
         settings.update(self.maps)
+        settings.update(extra)
         d = Sorterd(os.path.join(self.tmp, "d"), start=False, **settings)
         if submission_port:
             # a submission listener needs TLS and logins to start at all
@@ -368,6 +370,28 @@ class SMTPUTF8Test(SorterTestCase):
             [t] = [t for t in self.remote_utf8.transactions if t["accepted"]]
         self.assertIn("SMTPUTF8", t["mail_params"])
         self.assertEqual(t["rcpts"], ["j\u00fcrgen@utf8.test"])
+        self.assertLogClean()
+
+    def test_mx_of_an_international_domain(self):
+        """A UTF-8 domain is looked up by its A-label (IDNA): its MX host, found that way,
+        gets the mail with the recipient as it was written."""
+        dns = PrivateDNS(os.path.join(self.tmp, "dns"), free_dns_port(),
+                         mx={"xn--bcher-kva.test": [(10, "mx.xn--bcher-kva.test")]},
+                         hosts={"mx.xn--bcher-kva.test": "127.0.0.3"})
+        dns.start()
+        self.addCleanup(dns.stop)
+        aliases = os.path.join(self.tmp, "maps", "aliases2")
+        self.start_sorterd(dns_servers="127.0.0.1:%d" % dns.port, smtp_port=self.smtp_port,
+                           alias_map=write_map(self.build, aliases, [
+                               ("buch@" + LOCAL_DOMAIN, "j\u00fcrgen@b\u00fccher.test")]))
+        qid = self.transaction(SENDER, ["buch@" + LOCAL_DOMAIN], utf8_message(token("idn")))
+        self.wait_log(r"%s: to=<j\u00fcrgen@b\u00fccher\.test>, .*"
+                      r"relay=mx\.xn--bcher-kva\.test\[127\.0\.0\.3\]:%d, .*status=sent"
+                      % (qid, self.smtp_port))
+        with self.remote_utf8.lock:
+            [t] = [t for t in self.remote_utf8.transactions if t["accepted"]]
+        self.assertEqual(t["rcpts"], ["j\u00fcrgen@b\u00fccher.test"])
+        self.assertIn("SMTPUTF8", t["mail_params"])
         self.assertLogClean()
 
 

@@ -529,6 +529,8 @@ static const struct zone zones[] = {
 	{ "refused.test", .b = B_REFUSED },
 	{ "bad.test", .b = B_BAD },
 	{ "silent.test", .b = B_SILENT },
+	/* "bücher.test" (IDNA) */
+	{ "xn--bcher-kva.test", B_ANSWER, .prefs = { 5 }, .hosts = { "mx.xn--bcher-kva.test" } },
 };
 
 struct fakedns {
@@ -736,6 +738,21 @@ START_TEST(test_lookup)
 	lookup(d, &r, "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.test", 5);
 	ck_assert_int_eq(r.status, DNS_MX_TEMPFAIL);
 	ck_assert_int_ge(f.queries, 7);
+
+	/* a UTF-8 domain is asked by its A-label; one without any is not asked */
+	lookup(d, &r, "B\xc3\xbc" "cher.test", 5);
+	ck_assert_int_eq(r.status, DNS_MX_OK);
+	ck_assert_uint_eq(r.nmx, 1);
+	ck_assert_str_eq(r.mx[0].host, "mx.xn--bcher-kva.test");
+	{
+		int before = f.queries;
+
+		/* a label that starts with a combining mark (U+0301): no IDNA
+		 * name at all (UTS #46 4.1 V5) */
+		lookup(d, &r, "\xcc\x81" "a.test", 5);
+		ck_assert_int_eq(r.status, DNS_MX_NXDOMAIN);
+		ck_assert_int_eq(f.queries, before);
+	}
 
 	dns_free(d);
 	fakedns_stop(&f);
