@@ -359,6 +359,25 @@ class FsyncOrderTest(SorterTestCase):
             self.assertEqual(len(fsrec.durability_problems(records, d.spool, late)), len(acks))
 
 
+def deferred_one(t, subject):
+    """A sorterd of test t whose one node (the failover node) nobody listens on, retries an
+    hour apart, and one message sent to it and deferred: (sorterd, queue id, node port)."""
+    port = free_port_on("127.0.0.1")
+    d = Sorterd(os.path.join(t.tmp, "d"), start=False,
+                failover_node="lmtp:[127.0.0.1]:%d" % port, minimal_backoff_time="1h",
+                maximal_backoff_time="2h", queue_run_delay="1h")
+    t.daemons.append(d)
+    t.addCleanup(t._finish, d)
+    d.start()
+    c = t.connect(d)
+    r, qid = c.send_message(SENDER, [RCPT], message(subject))
+    t.assertQueued(r, qid)
+    c.close()
+    t.assertTrue(wait_until(lambda: os.path.exists(os.path.join(d.spool, "deferred", qid)), 30),
+                 d.log_tail())
+    return d, qid, port
+
+
 class StaleNameTest(SorterTestCase):
     """After a power failure a finished message's queue name can come back pointing at its
     slot, which a new message wrote over in the meantime (removals are not waited for). The
@@ -367,19 +386,8 @@ class StaleNameTest(SorterTestCase):
 
     def test_stale_name_of_a_reused_slot(self):
         from scripted_smtp import ScriptedSMTPServer
-        port = free_port_on("127.0.0.1")
-        d = Sorterd(os.path.join(self.tmp, "d"), start=False,
-                    failover_node="lmtp:[127.0.0.1]:%d" % port, minimal_backoff_time="1h",
-                    maximal_backoff_time="2h", queue_run_delay="1h")
-        self.daemons.append(d)
-        self.addCleanup(self._finish, d)
-        d.start()
-        c = self.connect(d)
-        r, qid = c.send_message(SENDER, [RCPT], message("reused slot"))
-        self.assertQueued(r, qid)
-        c.close()
+        d, qid, port = deferred_one(self, "reused slot")
         deferred = os.path.join(d.spool, "deferred", qid)
-        self.assertTrue(wait_until(lambda: os.path.exists(deferred), 30), d.log_tail())
         d.stop()
         # the stale name: another id, its status file saying the recipient was done
         stale = qid[:-1] + ("0" if qid[-1] != "0" else "1")
@@ -407,19 +415,7 @@ class ClockBackTest(SorterTestCase):
     message deferred before it is not taken for one past its lifetime."""
 
     def test_ids_and_ages_survive_a_clock_set_back(self):
-        port = free_port_on("127.0.0.1")   # nobody listens: deliveries defer
-        d = Sorterd(os.path.join(self.tmp, "d"), start=False,
-                    failover_node="lmtp:[127.0.0.1]:%d" % port, minimal_backoff_time="1h",
-                    maximal_backoff_time="2h", queue_run_delay="1h")
-        self.daemons.append(d)
-        self.addCleanup(self._finish, d)
-        d.start()
-        c = self.connect(d)
-        r, first = c.send_message(SENDER, [RCPT], message("before the step"))
-        self.assertQueued(r, first)
-        c.close()
-        self.assertTrue(wait_until(lambda: os.path.exists(
-            os.path.join(d.spool, "deferred", first)), 30), d.log_tail())
+        d, first, _ = deferred_one(self, "before the step")
         d.stop()
 
         d.argv_prefix = ("env", "LD_PRELOAD=" + fsrec.preload(d.build), "FSREC_CLOCK_BACK=3600")

@@ -275,18 +275,26 @@ encode(const char *in, size_t len, size_t step, size_t limit, unsigned char *out
 	return o;
 }
 
-START_TEST(test_dotstuff)
+/* in, fed in steps of every size, encodes to want */
+static void
+encodes_to(const char *in, size_t limit, const char *want, int i)
 {
-	const struct dcase *c = &dcases[_i];
-	size_t len = strlen(c->in), step, n;
+	size_t len = strlen(in), step, n;
 	unsigned char out[256];
 
 	for (step = 1; step <= len + 1; step++) {
 		memset(out, 0, sizeof(out));
-		n = encode(c->in, len, step, 0, out);
-		ck_assert_msg(n == strlen(c->out) && memcmp(out, c->out, n) == 0,
-			      "input #%d in steps of %zu: got \"%.*s\"", _i, step, (int)n, out);
+		n = encode(in, len, step, limit, out);
+		ck_assert_msg(n == strlen(want) && memcmp(out, want, n) == 0,
+			      "input #%d in steps of %zu: got \"%.*s\"", i, step, (int)n, out);
 	}
+}
+
+START_TEST(test_dotstuff)
+{
+	const struct dcase *c = &dcases[_i];
+
+	encodes_to(c->in, 0, c->out, _i);
 }
 END_TEST
 
@@ -325,15 +333,8 @@ static const struct lcase {
 START_TEST(test_dotstuff_line_limit)
 {
 	const struct lcase *c = &lcases[_i];
-	size_t len = strlen(c->in), step, n;
-	unsigned char out[256];
 
-	for (step = 1; step <= len + 1; step++) {
-		memset(out, 0, sizeof(out));
-		n = encode(c->in, len, step, c->limit, out);
-		ck_assert_msg(n == strlen(c->out) && memcmp(out, c->out, n) == 0,
-			      "input #%d in steps of %zu: got \"%.*s\"", _i, step, (int)n, out);
-	}
+	encodes_to(c->in, c->limit, c->out, _i);
 }
 END_TEST
 
