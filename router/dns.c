@@ -494,7 +494,6 @@ struct dns_query *
 dns_mx_lookup(struct dns *d, const char *domain, dns_mx_callback *cb, void *arg)
 {
 	struct dns_query *q = query_new(d, Q_MX, arg);
-
 	const char *name;
 	char *alloc;
 
