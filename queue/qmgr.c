@@ -1082,6 +1082,8 @@ qmgr_main(struct config *cf, struct counters *ctr, int master_fd)
 	ls.idle_timeout = cf->lmtp_idle_timeout;
 	ls.dead_endpoint_seconds = cf->endpoint_dead_time;
 	ls.helo_name = cf->hostname;
+	ls.self = cf->listen;
+	ls.nself = cf->nlisten;
 	ls.dns_servers = cf->dns_servers;
 	q.caps = nodecaps_open(cf->spool_dir);
 	nodecaps_load(q.caps);

@@ -44,6 +44,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <ifaddrs.h>
 #include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -127,6 +128,8 @@ struct job {
 	 * first kind, the failure is permanent (conn_try) */
 	size_t nnotfound, nother;
 	bool ep_notfound;       /* the endpoint being tried has no address */
+	bool looped;            /* an MX host was ourselves: it and those after it skipped */
+	char mx_domain[256];    /* the domain of the MX answer, for the loop's message */
 	/* a probe (client_probe) instead of a transaction: txn is NULL */
 	client_probe_cb *probe;
 	void *probe_arg;
@@ -190,6 +193,10 @@ struct client_pool {
 	struct job *done_head, *done_tail;
 	struct event *done_ev;          /* reports finished transactions */
 	struct event *kick_ev;          /* gives waiting transactions a connection */
+	struct sockaddr_storage *self;  /* our listeners' addresses and ports */
+	size_t nself;
+	struct sockaddr_storage *local; /* this host's addresses, for a wildcard listener */
+	size_t nlocal;
 };
 
 static void conn_try(struct conn *c);
@@ -1248,6 +1255,7 @@ on_mx(const struct dns_mx_answer *a, void *arg)
 	case DNS_MX_OK:
 		break;
 	}
+	snprintf(j->mx_domain, sizeof(j->mx_domain), "%s", mxep.host);
 	if (a->status == DNS_MX_OK) {
 		for (i = 0; i < a->nmx; i++)
 			if (strcasecmp(a->mx[i].host, c->pool->helo_name) == 0)
@@ -1378,6 +1386,115 @@ ep_addresses(struct job *j, const struct endpoint *ep)
  * endpoint; when there is none left, the recipients without a result get
  * 451 4.4.1 and the slot goes.
  */
+/* ---- our own addresses: the mail loop ---- */
+
+static unsigned short
+addr_port(const struct sockaddr_storage *ss)
+{
+	return ss->ss_family == AF_INET ? ntohs(((const struct sockaddr_in *)ss)->sin_port) :
+	       ss->ss_family == AF_INET6 ? ntohs(((const struct sockaddr_in6 *)ss)->sin6_port) : 0;
+}
+
+static bool
+same_addr(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+	if (a->ss_family != b->ss_family)
+		return false;
+	if (a->ss_family == AF_INET)
+		return ((const struct sockaddr_in *)a)->sin_addr.s_addr ==
+		       ((const struct sockaddr_in *)b)->sin_addr.s_addr;
+	return a->ss_family == AF_INET6 &&
+	       memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
+		      &((const struct sockaddr_in6 *)b)->sin6_addr, 16) == 0;
+}
+
+/* 0.0.0.0 or :: */
+static bool
+addr_any(const struct sockaddr_storage *ss)
+{
+	if (ss->ss_family == AF_INET)
+		return ((const struct sockaddr_in *)ss)->sin_addr.s_addr == htonl(INADDR_ANY);
+	return ss->ss_family == AF_INET6 &&
+	       IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)ss)->sin6_addr);
+}
+
+/* An address this host answers on: loopback, or one of its interfaces' */
+static bool
+addr_local(const struct client_pool *p, const struct sockaddr_storage *ss)
+{
+	size_t i;
+
+	if (ss->ss_family == AF_INET &&
+	    (ntohl(((const struct sockaddr_in *)ss)->sin_addr.s_addr) >> 24) == 127)
+		return true;
+	if (ss->ss_family == AF_INET6 &&
+	    IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)ss)->sin6_addr))
+		return true;
+	for (i = 0; i < p->nlocal; i++)
+		if (same_addr(&p->local[i], ss))
+			return true;
+	return false;
+}
+
+/* ss (address and port) is one of our listeners: connecting is a loop. A
+ * wildcard listener on :: takes IPv4 too (not IPV6_V6ONLY). */
+static bool
+is_self(const struct client_pool *p, const struct sockaddr_storage *ss)
+{
+	size_t i;
+
+	for (i = 0; i < p->nself; i++) {
+		const struct sockaddr_storage *l = &p->self[i];
+
+		if (addr_port(l) != addr_port(ss))
+			continue;
+		if (same_addr(l, ss) ||
+		    (addr_any(l) && (l->ss_family == ss->ss_family || l->ss_family == AF_INET6) &&
+		     addr_local(p, ss)))
+			return true;
+	}
+	return false;
+}
+
+/* The listeners as addresses, and this host's own, once */
+static void
+self_init(struct client_pool *p, const struct listen_spec *ls, size_t n)
+{
+	struct ifaddrs *ifa, *i;
+	size_t k;
+
+	p->self = xcalloc(n + 1, sizeof(*p->self));
+	for (k = 0; k < n; k++) {
+		struct sockaddr_in *s4 = (struct sockaddr_in *)&p->self[p->nself];
+		struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&p->self[p->nself];
+		unsigned short port = (unsigned short)atoi(ls[k].port);
+
+		if (inet_pton(AF_INET, ls[k].host, &s4->sin_addr) == 1) {
+			s4->sin_family = AF_INET;
+			s4->sin_port = htons(port);
+			p->nself++;
+		} else if (inet_pton(AF_INET6, ls[k].host, &s6->sin6_addr) == 1) {
+			s6->sin6_family = AF_INET6;
+			s6->sin6_port = htons(port);
+			p->nself++;
+		}
+	}
+	if (getifaddrs(&ifa) < 0)
+		return;
+	for (i = ifa; i != NULL; i = i->ifa_next)
+		if (i->ifa_addr != NULL && (i->ifa_addr->sa_family == AF_INET ||
+					    i->ifa_addr->sa_family == AF_INET6))
+			p->nlocal++;
+	p->local = xcalloc(p->nlocal + 1, sizeof(*p->local));
+	p->nlocal = 0;
+	for (i = ifa; i != NULL; i = i->ifa_next)
+		if (i->ifa_addr != NULL && (i->ifa_addr->sa_family == AF_INET ||
+					    i->ifa_addr->sa_family == AF_INET6))
+			memcpy(&p->local[p->nlocal++], i->ifa_addr, i->ifa_addr->sa_family == AF_INET ?
+			       sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6));
+	freeifaddrs(ifa);
+}
+
 static void
 conn_try(struct conn *c)
 {
@@ -1398,7 +1515,19 @@ conn_try(struct conn *c)
 		job_start_eps(j);
 	for (;;) {
 		if (j->ep != NULL && j->next_addr < j->naddrs) {
-			if (conn_connect(c, &j->addrs[j->next_addr++]) == 0)
+			const struct sockaddr_storage *ss = &j->addrs[j->next_addr++];
+
+			if (j->ep->mx_host && is_self(p, ss)) {
+				/* RFC 5321 5.1: this MX host is ourselves; the ones
+				 * after it (no better preference) are not tried */
+				j->looped = true;
+				while (j->next_ep < j->neps && j->eps[j->order[j->next_ep]].mx_host)
+					j->next_ep++;
+				j->ep = NULL;
+				j->naddrs = j->next_addr = 0;
+				continue;
+			}
+			if (conn_connect(c, ss) == 0)
 				return;
 			mark_dead(p, c->relay, j->naddrs > 1, j->err);
 			continue;
@@ -1431,7 +1560,11 @@ conn_try(struct conn *c)
 		return;
 	}
 	c->job = NULL;
-	if (j->nnotfound > 0 && j->nother == 0)
+	if (j->looped && j->nnotfound == 0 && j->nother == 0) {
+		/* the best MX host is ourselves (as Postfix says it) */
+		fmtbuf(j->err, sizeof(j->err), "mail for %s loops back to myself", j->mx_domain);
+		job_finish(j, 554, "5.4.6", j->err);
+	} else if (j->nnotfound > 0 && j->nother == 0)
 		/* RFC 5321 5.1: the domain's mail hosts (or the domain itself,
 		 * without MX records) have no address at all: no retry will
 		 * find one (Postfix: "Host or domain name not found") */
@@ -1546,6 +1679,9 @@ client_pool_new(struct event_base *base, const struct client_settings *s)
 	/* also with level none: smtp_tls_policy_map may ask for TLS per destination */
 	p->tls_ctx = client_tls_ctx(s->smtp_tls_ca_file);
 	p->set.smtp_tls_ca_file = NULL;
+	self_init(p, s->self, s->self != NULL ? s->nself : 0);
+	p->set.self = NULL;
+	p->set.nself = 0;
 	p->done_ev = event_new(base, -1, 0, on_done, p);
 	p->kick_ev = event_new(base, -1, 0, on_kick, p);
 	if (p->done_ev == NULL || p->kick_ev == NULL)
@@ -1593,6 +1729,8 @@ client_pool_free(struct client_pool *p)
 	event_free(p->done_ev);
 	event_free(p->kick_ev);
 	free(p->helo_name);
+	free(p->self);
+	free(p->local);
 	free(p->dns_servers);
 	free(p);
 	while ((j = done) != NULL) {

@@ -670,6 +670,11 @@ struct client_settings {
 					 * 0 = sent as they are. LMTP lines always are */
 	enum tls_level smtp_tls_level;  /* STARTTLS on SMTP connections */
 	const char *smtp_tls_ca_file;   /* trust anchors for TLS_VERIFY; NULL = the system's */
+	/* sorterd's own listeners (listen =): an MX host reached at one of
+	 * them is ourselves, a mail loop (a wildcard address stands for every
+	 * address of this host); NULL/0 = none */
+	const struct listen_spec *self;
+	size_t nself;
 	/* NULL, or called with what an endpoint offered each time a new
 	 * connection's LHLO/EHLO (not HELO) is answered */
 	void (*hello_caps)(const struct endpoint *ep, const struct ehlo_caps *caps, void *arg);

@@ -12,7 +12,7 @@ import time
 import unittest
 
 from dnsmasq import PrivateDNS, dnsmasq_missing, free_dns_port
-from harness import LOCAL_DOMAIN, SorterTestCase, message, wait_until, write_map
+from harness import LOCAL_DOMAIN, Sorterd, SorterTestCase, message, wait_until, write_map
 from scripted_smtp import ScriptedSMTPServer
 from smtpsink import SmtpSink, free_port_on, smtp_sink_missing
 
@@ -49,6 +49,9 @@ class OutboundTestCase(SorterTestCase):
           "grey.test": [(10, "mx.grey.test")],
           "tls.test": [(10, "mx.tls.test")],
           "loop.test": [(10, "mx.sorter.test")],
+          "selfaddr.test": [(10, "mx.selfaddr.test")],
+          "selfsecond.test": [(10, "mx1.remote.test"), (20, "mx.selfaddr.test"),
+                              (30, "mx2.remote.test")],
           "noaddr.test": [(10, "mx1.gone.test"), (20, "mx2.gone.test")],
           "halfaddr.test": [(10, "mx.gone.test"), (20, "mx.broken.test")],
           "strict.test": [(10, "mx.strict.test")]}
@@ -56,7 +59,8 @@ class OutboundTestCase(SorterTestCase):
              "mx.origin.test": "127.0.0.4", "mx.big.test": "127.0.0.5",
              "mx.seven.test": "127.0.0.6", "mx.grey.test": "127.0.0.7",
              "mx.tls.test": "127.0.0.8", "mx.sorter.test": "127.0.0.1",
-             "nomx.test": "127.0.0.10", "mx.strict.test": "127.0.0.12"}
+             "nomx.test": "127.0.0.10", "mx.strict.test": "127.0.0.12",
+             "mx.selfaddr.test": "127.0.0.1"}
 
     def setUp(self):
         self.mxport = free_port_on("127.0.0.2")
@@ -81,6 +85,9 @@ class OutboundTestCase(SorterTestCase):
         return s
 
     def sorter(self, aliases=None, name="d", **kw):
+        return self.sorterd(name=name, **self.sorter_settings(aliases, **kw))
+
+    def sorter_settings(self, aliases=None, **kw):
         aliases = dict(aliases or {})
         aliases.setdefault("fwd@" + LOCAL_DOMAIN, "user@remote.test")
         os.makedirs(os.path.join(self.tmp, "maps"), exist_ok=True)
@@ -95,7 +102,7 @@ class OutboundTestCase(SorterTestCase):
             "lmtp_connect_timeout": "5",
         }
         settings.update(kw)
-        return self.sorterd(name=name, **settings)
+        return settings
 
     def build(self):
         return os.environ["SORTER_BUILD"]
@@ -302,6 +309,28 @@ class RemoteReplyTest(OutboundTestCase):
         self.assertRegex(body, r"Diagnostic-Code: smtp; ?550 5\.1\.1")
         self.assertTrue(wait_until(lambda: d.queue_ids() == set(), 30), d.queue())
         self.assertEqual(mx1.messages(), [])
+
+    def test_mx_at_our_own_address_is_a_loop(self):
+        """An MX host of another name whose address and port are one of our listeners is
+        ourselves: the mail bounces as a loop (5.4.6) without a connection to ourselves; as
+        a second MX it ends the list there (the third is not tried) and the mail waits."""
+        settings = self.sorter_settings(aliases={"fwd@" + LOCAL_DOMAIN: "user@selfaddr.test",
+                                                 "fwd2@" + LOCAL_DOMAIN: "user@selfsecond.test"})
+        d = Sorterd(os.path.join(self.tmp, "d"), start=False, **settings)
+        d.write_config(smtp_port=d.port)        # MX hosts are asked on our own port
+        self.daemons.append(d)
+        self.addCleanup(self._finish, d)
+        d.start()
+        qid = self.send(d, ["fwd@" + LOCAL_DOMAIN], sender="")
+        self.wait_log(d, r"%s: to=<user@selfaddr\.test>.*dsn=5\.4\.6, status=bounced "
+                         r"\(554 5\.4\.6 mail for selfaddr\.test loops back to myself\)" % qid)
+        qid2 = self.send(d, ["fwd2@" + LOCAL_DOMAIN], sender="")
+        # the last error is mx1's: mx2, after ourselves, was not tried
+        self.wait_log(d, r"%s: to=<user@selfsecond\.test>.*status=deferred "
+                         r"\(.*connect to mx1\.remote\.test\[127\.0\.0\.2\]" % qid2)
+        self.assertEqual(d.log_lines(r"mx2\.remote\.test"), [])
+        # only the test's own two sessions ever reached us
+        self.assertEqual(len(d.log_lines(r"\bconnect from")), 2, d.log_tail())
 
     def test_big_message_returned_as_headers(self):
         """A bounce returns a message bigger than bounce_size_limit as its header section."""
