@@ -763,15 +763,16 @@ cmd_show(const char *spool_dir, const char *id, bool raw)
 
 #define IDS_PER_REQUEST 200
 
-/* With the daemon down: acts on the spool under the queue manager's lock,
- * so that a daemon starting meanwhile waits for us. Returns -1 (nothing
- * done) when a queue manager holds the lock: it is running, the caller
- * asks it again. */
+/* The folders of one request, and those it changed and has not synced */
 struct offline_batch {
 	const int *fds;
 	unsigned unsynced;      /* synced once, at the end */
 };
 
+/* With the daemon down: acts on the spool under the queue manager's lock,
+ * so that a daemon starting meanwhile waits for us. Returns -1 (nothing
+ * done) when a queue manager holds the lock: it is running, the caller
+ * asks it again. */
 static int
 act_offline(void *arg, enum queue_op op, const char *id, struct dstr *out)
 {

@@ -1381,11 +1381,6 @@ ep_addresses(struct job *j, const struct endpoint *ep)
 	return true;
 }
 
-/*
- * Moves the slot c on to the transaction's next address, or the next
- * endpoint; when there is none left, the recipients without a result get
- * 451 4.4.1 and the slot goes.
- */
 /* ---- our own addresses: the mail loop ---- */
 
 static unsigned short
@@ -1393,19 +1388,6 @@ addr_port(const struct sockaddr_storage *ss)
 {
 	return ss->ss_family == AF_INET ? ntohs(((const struct sockaddr_in *)ss)->sin_port) :
 	       ss->ss_family == AF_INET6 ? ntohs(((const struct sockaddr_in6 *)ss)->sin6_port) : 0;
-}
-
-static bool
-same_addr(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
-{
-	if (a->ss_family != b->ss_family)
-		return false;
-	if (a->ss_family == AF_INET)
-		return ((const struct sockaddr_in *)a)->sin_addr.s_addr ==
-		       ((const struct sockaddr_in *)b)->sin_addr.s_addr;
-	return a->ss_family == AF_INET6 &&
-	       memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
-		      &((const struct sockaddr_in6 *)b)->sin6_addr, 16) == 0;
 }
 
 /* 0.0.0.0 or :: */
@@ -1431,7 +1413,7 @@ addr_local(const struct client_pool *p, const struct sockaddr_storage *ss)
 	    IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)ss)->sin6_addr))
 		return true;
 	for (i = 0; i < p->nlocal; i++)
-		if (same_addr(&p->local[i], ss))
+		if (addr_cmp(&p->local[i], ss) == 0)
 			return true;
 	return false;
 }
@@ -1448,7 +1430,7 @@ is_self(const struct client_pool *p, const struct sockaddr_storage *ss)
 
 		if (addr_port(l) != addr_port(ss))
 			continue;
-		if (same_addr(l, ss) ||
+		if (addr_cmp(l, ss) == 0 ||
 		    (addr_any(l) && (l->ss_family == ss->ss_family || l->ss_family == AF_INET6) &&
 		     addr_local(p, ss)))
 			return true;
@@ -1464,37 +1446,28 @@ self_init(struct client_pool *p, const struct listen_spec *ls, size_t n)
 	size_t k;
 
 	p->self = xcalloc(n + 1, sizeof(*p->self));
-	for (k = 0; k < n; k++) {
-		struct sockaddr_in *s4 = (struct sockaddr_in *)&p->self[p->nself];
-		struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&p->self[p->nself];
-		unsigned short port = (unsigned short)atoi(ls[k].port);
-
-		if (inet_pton(AF_INET, ls[k].host, &s4->sin_addr) == 1) {
-			s4->sin_family = AF_INET;
-			s4->sin_port = htons(port);
+	for (k = 0; k < n; k++)
+		if (dns_addr_numeric(ls[k].host, (unsigned short)atoi(ls[k].port),
+				     &p->self[p->nself]) == 0)
 			p->nself++;
-		} else if (inet_pton(AF_INET6, ls[k].host, &s6->sin6_addr) == 1) {
-			s6->sin6_family = AF_INET6;
-			s6->sin6_port = htons(port);
-			p->nself++;
-		}
-	}
 	if (getifaddrs(&ifa) < 0)
 		return;
+	for (k = 0, i = ifa; i != NULL; i = i->ifa_next)
+		k++;
+	p->local = xcalloc(k + 1, sizeof(*p->local));
 	for (i = ifa; i != NULL; i = i->ifa_next)
 		if (i->ifa_addr != NULL && (i->ifa_addr->sa_family == AF_INET ||
 					    i->ifa_addr->sa_family == AF_INET6))
-			p->nlocal++;
-	p->local = xcalloc(p->nlocal + 1, sizeof(*p->local));
-	p->nlocal = 0;
-	for (i = ifa; i != NULL; i = i->ifa_next)
-		if (i->ifa_addr != NULL && (i->ifa_addr->sa_family == AF_INET ||
-					    i->ifa_addr->sa_family == AF_INET6))
-			memcpy(&p->local[p->nlocal++], i->ifa_addr, i->ifa_addr->sa_family == AF_INET ?
-			       sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6));
+			memcpy(&p->local[p->nlocal++], i->ifa_addr,
+			       dns_addr_len((const struct sockaddr_storage *)i->ifa_addr));
 	freeifaddrs(ifa);
 }
 
+/*
+ * Moves the slot c on to the transaction's next address, or the next
+ * endpoint; when there is none left, the recipients without a result get
+ * 451 4.4.1 and the slot goes.
+ */
 static void
 conn_try(struct conn *c)
 {
