@@ -129,6 +129,9 @@ struct job {
 	size_t nnotfound, nother;
 	bool ep_notfound;       /* the endpoint being tried has no address */
 	bool looped;            /* an MX host was ourselves: it and those after it skipped */
+	/* MX hosts of one preference are all looked up before any of them is
+	 * tried (group_check): those before checked_to (in order) were */
+	size_t checked_to, gc_next;
 	char mx_domain[256];    /* the domain of the MX answer, for the loop's message */
 	/* a probe (client_probe) instead of a transaction: txn is NULL */
 	client_probe_cb *probe;
@@ -1166,7 +1169,7 @@ job_start_eps(struct job *j)
 			if (is_dead(j->pool, name) == (pass == 1))
 				j->order[n++] = i;
 		}
-	j->next_ep = 0;
+	j->next_ep = j->checked_to = 0;
 	j->ep = NULL;
 	j->naddrs = j->next_addr = 0;
 }
@@ -1282,6 +1285,7 @@ on_mx(const struct dns_mx_answer *a, void *arg)
 		eps[n] = mxep;
 		eps[n].mx = false;
 		eps[n].mx_host = true;
+		eps[n].mx_pref = a->mx[i].pref;
 		snprintf(eps[n].host, sizeof(eps[n].host), "%s", a->mx[i].host);
 		n++;
 	}
@@ -1294,7 +1298,7 @@ on_mx(const struct dns_mx_answer *a, void *arg)
 	j->order = xcalloc(n, sizeof(*j->order));
 	for (i = 0; i < n; i++)
 		j->order[i] = i;
-	j->next_ep = 0;
+	j->next_ep = j->checked_to = 0;
 	j->ep = NULL;
 	j->naddrs = j->next_addr = 0;
 	conn_try(c);
@@ -1463,6 +1467,95 @@ self_init(struct client_pool *p, const struct listen_spec *ls, size_t n)
 	freeifaddrs(ifa);
 }
 
+/* One of the addresses of the endpoint being tried (j->addrs) is ours. */
+static bool
+any_self(const struct job *j)
+{
+	size_t i;
+
+	for (i = 0; i < j->naddrs; i++)
+		if (is_self(j->pool, &j->addrs[i]))
+			return true;
+	return false;
+}
+
+/* An MX host is ourselves: it and every MX host after it, of its
+ * preference or a worse one, are not tried (RFC 5321 5.1). */
+static void
+skip_self(struct job *j)
+{
+	j->looped = true;
+	while (j->next_ep < j->neps && j->eps[j->order[j->next_ep]].mx_host)
+		j->next_ep++;
+	j->ep = NULL;
+	j->naddrs = j->next_addr = 0;
+}
+
+static void on_group_dns(const struct dns_answer *a, void *arg);
+
+/* Looks up the next host of the group being checked, or ends the check. */
+static void
+group_next(struct conn *c)
+{
+	struct job *j = c->job;
+
+	if (j->gc_next >= j->checked_to) {
+		conn_try(c);
+		return;
+	}
+	c->state = CS_RESOLVING;
+	c->dq = dns_lookup(c->pool->dns, j->eps[j->order[j->gc_next++]].host, on_group_dns, c);
+}
+
+static void
+on_group_dns(const struct dns_answer *a, void *arg)
+{
+	struct conn *c = arg;
+	struct job *j = c->job;
+	struct sockaddr_storage ss;
+	size_t i;
+
+	c->dq = NULL;
+	for (i = 0; a->error == 0 && i < a->naddrs; i++) {
+		memcpy(&ss, &a->addrs[i], sizeof(ss));
+		dns_addr_set_port(&ss, ep_port(c->pool, &j->eps[j->order[j->gc_next - 1]]));
+		if (is_self(c->pool, &ss)) {
+			skip_self(j);
+			conn_try(c);
+			return;
+		}
+	}
+	/* a failed lookup is left to the host's own turn */
+	group_next(c);
+}
+
+/*
+ * Before the first of several MX hosts of one preference is tried, the
+ * addresses of all of them are looked up: if one of them is ourselves,
+ * none of them is tried (RFC 5321 5.1 drops the MX records of our
+ * preference and worse ones), not just those after us in the random
+ * order. True when a lookup is under way (its answer goes on).
+ */
+static bool
+group_check(struct conn *c)
+{
+	struct job *j = c->job;
+	const struct endpoint *ep = &j->eps[j->order[j->next_ep]];
+	size_t end = j->next_ep + 1;
+
+	if (!ep->mx_host || j->next_ep < j->checked_to)
+		return false;
+	while (end < j->neps && j->eps[j->order[end]].mx_host &&
+	       j->eps[j->order[end]].mx_pref == ep->mx_pref)
+		end++;
+	j->checked_to = end;
+	if (end - j->next_ep < 2 || c->pool->dns == NULL)
+		return false;
+	j->gc_next = j->next_ep;
+	group_next(c);
+	return true;
+}
+
 /*
  * Moves the slot c on to the transaction's next address, or the next
  * endpoint; when there is none left, the recipients without a result get
@@ -1490,14 +1583,11 @@ conn_try(struct conn *c)
 		if (j->ep != NULL && j->next_addr < j->naddrs) {
 			const struct sockaddr_storage *ss = &j->addrs[j->next_addr++];
 
-			if (j->ep->mx_host && is_self(p, ss)) {
-				/* RFC 5321 5.1: this MX host is ourselves; the ones
-				 * after it (no better preference) are not tried */
-				j->looped = true;
-				while (j->next_ep < j->neps && j->eps[j->order[j->next_ep]].mx_host)
-					j->next_ep++;
-				j->ep = NULL;
-				j->naddrs = j->next_addr = 0;
+			if (j->next_addr == 1 && j->ep->mx_host && any_self(j)) {
+				/* RFC 5321 5.1: this MX host is ourselves (one of
+				 * its addresses is); the ones after it (no better
+				 * preference) are not tried */
+				skip_self(j);
 				continue;
 			}
 			if (conn_connect(c, ss) == 0)
@@ -1515,6 +1605,8 @@ conn_try(struct conn *c)
 		j->ep_notfound = false;
 		if (j->next_ep >= j->neps)
 			break;
+		if (group_check(c))
+			return;
 		j->ep = &j->eps[j->order[j->next_ep++]];
 		endpoint_format(j->ep, j->epname, sizeof(j->epname));
 		j->next_addr = 0;

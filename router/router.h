@@ -249,6 +249,8 @@ struct endpoint {
 	bool mx;                            /* smtp:DOMAIN: look up its MX records */
 	bool mx_host;                       /* a host an MX lookup gave (or the domain
 					     * itself, without MX records): set by the client */
+	unsigned short mx_pref;             /* with mx_host: its MX preference (0 without
+					     * MX records) */
 	signed char tls;                    /* enum tls_level from smtp_tls_policy_map, or -1:
 					     * smtp_tls_security_level (set by the router) */
 	char host[ADDR_DOMAIN_MAX + 1];     /* DNS name, or the IP without brackets */

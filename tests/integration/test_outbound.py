@@ -52,6 +52,9 @@ class OutboundTestCase(SorterTestCase):
           "selfaddr.test": [(10, "mx.selfaddr.test")],
           "selfsecond.test": [(10, "mx1.remote.test"), (20, "mx.selfaddr.test"),
                               (30, "mx2.remote.test")],
+          "selfpeer.test": [(10, "mx1.remote.test"), (10, "mx.selfaddr.test"),
+                            (10, "mx2.remote.test"), (20, "mx.origin.test")],
+          "twoaddr.test": [(10, "mx.twoaddr.test")],
           "noaddr.test": [(10, "mx1.gone.test"), (20, "mx2.gone.test")],
           "halfaddr.test": [(10, "mx.gone.test"), (20, "mx.broken.test")],
           "strict.test": [(10, "mx.strict.test")]}
@@ -60,7 +63,7 @@ class OutboundTestCase(SorterTestCase):
              "mx.seven.test": "127.0.0.6", "mx.grey.test": "127.0.0.7",
              "mx.tls.test": "127.0.0.8", "mx.sorter.test": "127.0.0.1",
              "nomx.test": "127.0.0.10", "mx.strict.test": "127.0.0.12",
-             "mx.selfaddr.test": "127.0.0.1"}
+             "mx.selfaddr.test": "127.0.0.1", "mx.twoaddr.test": ["127.0.0.2", "127.0.0.1"]}
 
     def setUp(self):
         self.mxport = free_port_on("127.0.0.2")
@@ -331,6 +334,31 @@ class RemoteReplyTest(OutboundTestCase):
         self.assertEqual(d.log_lines(r"mx2\.remote\.test"), [])
         # only the test's own two sessions ever reached us
         self.assertEqual(len(d.log_lines(r"\bconnect from")), 2, d.log_tail())
+
+    def test_mx_hosts_of_our_preference_are_not_tried(self):
+        """RFC 5321 5.1: every MX host of our own preference is dropped, not only those after
+        us in the random order of equal preferences; and a host one of whose addresses is
+        ours is ourselves, whichever address comes first. Both domains' mail bounces as a
+        loop, and no other host is ever connected to."""
+        settings = self.sorter_settings(aliases={"grp@" + LOCAL_DOMAIN: "user@selfpeer.test",
+                                                 "two@" + LOCAL_DOMAIN: "user@twoaddr.test"})
+        d = Sorterd(os.path.join(self.tmp, "d"), start=False, **settings)
+        d.write_config(smtp_port=d.port)        # MX hosts are asked on our own port
+        self.daemons.append(d)
+        self.addCleanup(self._finish, d)
+        d.start()
+        # one of three equal hosts: ourselves first in 1 of 3 orders; the two addresses
+        # of mx.twoaddr.test are tried in turn, ours first every other time
+        qids = [(self.send(d, ["grp@" + LOCAL_DOMAIN], sender=""), "selfpeer")
+                for _ in range(6)]
+        qids += [(self.send(d, ["two@" + LOCAL_DOMAIN], sender=""), "twoaddr")
+                 for _ in range(2)]
+        for qid, domain in qids:
+            self.wait_log(d, r"%s: to=<user@%s\.test>.*dsn=5\.4\.6, status=bounced \(554 5\.4\.6 "
+                             r"mail for %s\.test loops back to myself\)" % (qid, domain, domain))
+        self.assertEqual(d.log_lines(r"mx1\.remote\.test|mx2\.remote\.test|127\.0\.0\.2|"
+                                     r"mx\.origin\.test|status=deferred"), [])
+        self.assertEqual(len(d.log_lines(r"\bconnect from")), 8, d.log_tail())
 
     def test_big_message_returned_as_headers(self):
         """A bounce returns a message bigger than bounce_size_limit as its header section."""
