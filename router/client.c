@@ -1601,6 +1601,7 @@ conn_try(struct conn *c)
 				j->nnotfound++;
 			else
 				j->nother++;
+			j->ep = NULL;
 		}
 		j->ep_notfound = false;
 		if (j->next_ep >= j->neps)
