@@ -313,17 +313,21 @@ class RemoteReplyTest(OutboundTestCase):
         self.assertTrue(wait_until(lambda: d.queue_ids() == set(), 30), d.queue())
         self.assertEqual(mx1.messages(), [])
 
+    def sorter_on_own_port(self, aliases):
+        """A sorterd that asks MX hosts on its own port: one at its address is itself."""
+        d = Sorterd(os.path.join(self.tmp, "d"), start=False, **self.sorter_settings(aliases))
+        d.write_config(smtp_port=d.port)
+        self.daemons.append(d)
+        self.addCleanup(self._finish, d)
+        d.start()
+        return d
+
     def test_mx_at_our_own_address_is_a_loop(self):
         """An MX host of another name whose address and port are one of our listeners is
         ourselves: the mail bounces as a loop (5.4.6) without a connection to ourselves; as
         a second MX it ends the list there (the third is not tried) and the mail waits."""
-        settings = self.sorter_settings(aliases={"fwd@" + LOCAL_DOMAIN: "user@selfaddr.test",
-                                                 "fwd2@" + LOCAL_DOMAIN: "user@selfsecond.test"})
-        d = Sorterd(os.path.join(self.tmp, "d"), start=False, **settings)
-        d.write_config(smtp_port=d.port)        # MX hosts are asked on our own port
-        self.daemons.append(d)
-        self.addCleanup(self._finish, d)
-        d.start()
+        d = self.sorter_on_own_port({"fwd@" + LOCAL_DOMAIN: "user@selfaddr.test",
+                                     "fwd2@" + LOCAL_DOMAIN: "user@selfsecond.test"})
         qid = self.send(d, ["fwd@" + LOCAL_DOMAIN], sender="")
         self.wait_log(d, r"%s: to=<user@selfaddr\.test>.*dsn=5\.4\.6, status=bounced "
                          r"\(554 5\.4\.6 mail for selfaddr\.test loops back to myself\)" % qid)
@@ -340,13 +344,8 @@ class RemoteReplyTest(OutboundTestCase):
         us in the random order of equal preferences; and a host one of whose addresses is
         ours is ourselves, whichever address comes first. Both domains' mail bounces as a
         loop, and no other host is ever connected to."""
-        settings = self.sorter_settings(aliases={"grp@" + LOCAL_DOMAIN: "user@selfpeer.test",
-                                                 "two@" + LOCAL_DOMAIN: "user@twoaddr.test"})
-        d = Sorterd(os.path.join(self.tmp, "d"), start=False, **settings)
-        d.write_config(smtp_port=d.port)        # MX hosts are asked on our own port
-        self.daemons.append(d)
-        self.addCleanup(self._finish, d)
-        d.start()
+        d = self.sorter_on_own_port({"grp@" + LOCAL_DOMAIN: "user@selfpeer.test",
+                                     "two@" + LOCAL_DOMAIN: "user@twoaddr.test"})
         # one of three equal hosts: ourselves first in 1 of 3 orders; the two addresses
         # of mx.twoaddr.test are tried in turn, ours first every other time
         qids = [(self.send(d, ["grp@" + LOCAL_DOMAIN], sender=""), "selfpeer")
