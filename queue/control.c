@@ -87,35 +87,80 @@ locate(const int fds[QUEUE_NDIRS], const char *id, bool *regular)
 	return -1;
 }
 
-/* Folder d changed: fsynced now, or left to queue_sync_dirs */
+/* Folder d changed: fsynced now, or left to queue_batch_end */
 static int
-dir_changed(const int fds[QUEUE_NDIRS], int d, unsigned *unsynced)
+dir_changed(const int fds[QUEUE_NDIRS], int d, struct queue_batch *b)
 {
-	if (unsynced == NULL)
+	if (b == NULL)
 		return fsync(fds[d]);
-	*unsynced |= 1u << d;
+	b->unsynced |= 1u << d;
 	return 0;
 }
 
+/* The end of a delete: its name (and its status file) gone */
+static int
+removed(const int fds[QUEUE_NDIRS], int d, const char *id, struct dstr *out,
+	struct queue_batch *b)
+{
+	if (unlinkat(fds[d], id, 0) < 0 || dir_changed(fds, d, b) < 0)
+		return -1;
+	unlinkat(fds[D_DEFER], id, 0);
+	msg_info("%s: removed by the administrator", id);
+	dstr_printf(out, "%s: removed\n", id);
+	return 0;
+}
+
+/* The batch's deletes: their marks made durable together, then their names
+ * removed (each folder synced later, once) */
+static void
+batch_deletes(const int fds[QUEUE_NDIRS], struct queue_batch *b, struct dstr *out)
+{
+	int marked[QUEUE_BATCH_MARKS], errs[QUEUE_BATCH_MARKS];
+	size_t i, k = 0;
+
+	for (i = 0; i < b->n; i++)
+		if (b->rm[i].fd >= 0)
+			marked[k++] = b->rm[i].fd;
+	slots_sync_marks(fds[D_DEFERRED], marked, k, errs);
+	for (i = k = 0; i < b->n; i++) {
+		int err = b->rm[i].fd >= 0 ? errs[k++] : 0;
+
+		if (b->rm[i].fd >= 0)
+			close(b->rm[i].fd);
+		if (err == 0 && removed(fds, b->rm[i].d, b->rm[i].id, out, b) < 0)
+			err = errno;
+		if (err != 0) {
+			dstr_printf(out, "%s: %s\n", b->rm[i].id, strerror(err));
+			b->failed = true;
+		}
+	}
+	b->n = 0;
+}
+
 int
-queue_sync_dirs(const int fds[QUEUE_NDIRS], unsigned unsynced, struct dstr *out)
+queue_batch_end(const int fds[QUEUE_NDIRS], struct queue_batch *b, struct dstr *out)
 {
 	int d, rc = 0;
 
+	if (b->n > 0)
+		batch_deletes(fds, b, out);
 	for (d = 0; d < QUEUE_NDIRS; d++) {
-		if ((unsynced & (1u << d)) && fsync(fds[d]) < 0) {
+		if ((b->unsynced & (1u << d)) && fsync(fds[d]) < 0) {
 			dstr_printf(out, "%s/: fsync: %s: the changes above may not survive a "
 				    "crash\n", dirnames[d], strerror(errno));
 			rc = -1;
 		}
 	}
-	return rc;
+	b->unsynced = 0;
+	return rc < 0 || b->failed ? -1 : 0;
 }
 
 int
 queue_op_offline(const int fds[QUEUE_NDIRS], enum queue_op op, const char *id,
-		 struct dstr *out, unsigned *unsynced)
+		 struct dstr *out, struct queue_batch *b)
 {
+	int fd;
+
 	struct timespec ts[2] = { { 0, 0 }, { 0, 0 } };
 	bool regular = false;
 	int d = locate(fds, id, &regular);
@@ -130,11 +175,25 @@ queue_op_offline(const int fds[QUEUE_NDIRS], enum queue_op op, const char *id,
 	}
 	switch (op) {
 	case QOP_DELETE:
-		if (spool_remove(fds[d], id, true) < 0 || dir_changed(fds, d, unsynced) < 0)
+		if (spool_mark_freed(fds[d], id, &fd) < 0)
 			goto fail;
-		unlinkat(fds[D_DEFER], id, 0);
-		msg_info("%s: removed by the administrator", id);
-		dstr_printf(out, "%s: removed\n", id);
+		if (b == NULL) {
+			if (fd >= 0 && fdatasync(fd) < 0) {
+				close(fd);
+				goto fail;
+			}
+			if (fd >= 0)
+				close(fd);
+			if (removed(fds, d, id, out, NULL) < 0)
+				goto fail;
+			return 0;
+		}
+		if (b->n == QUEUE_BATCH_MARKS)
+			batch_deletes(fds, b, out);
+		b->rm[b->n].d = (signed char)d;
+		b->rm[b->n].fd = fd;
+		snprintf(b->rm[b->n].id, sizeof(b->rm[b->n].id), "%s", id);
+		b->n++;
 		return 0;
 	case QOP_HOLD:
 		if (d == D_HOLD) {
@@ -142,7 +201,7 @@ queue_op_offline(const int fds[QUEUE_NDIRS], enum queue_op op, const char *id,
 			return 0;
 		}
 		if (renameat(fds[d], id, fds[D_HOLD], id) < 0 ||
-		    dir_changed(fds, D_HOLD, unsynced) < 0)
+		    dir_changed(fds, D_HOLD, b) < 0)
 			goto fail;
 		msg_info("%s: placed on hold", id);
 		dstr_printf(out, "%s: placed on hold\n", id);
@@ -153,7 +212,7 @@ queue_op_offline(const int fds[QUEUE_NDIRS], enum queue_op op, const char *id,
 			return -1;
 		}
 		if (renameat(fds[D_HOLD], id, fds[D_INCOMING], id) < 0 ||
-		    dir_changed(fds, D_INCOMING, unsynced) < 0)
+		    dir_changed(fds, D_INCOMING, b) < 0)
 			goto fail;
 		msg_info("%s: released from hold", id);
 		dstr_printf(out, "%s: released\n", id);
@@ -199,7 +258,7 @@ queue_count_dirs(const int fds[QUEUE_NDIRS], struct dstr *out)
 
 struct batch {
 	struct qmgr *q;
-	unsigned *unsynced;
+	struct queue_batch *qb;
 };
 
 static int
@@ -207,17 +266,17 @@ act_in_qmgr(void *arg, enum queue_op op, const char *id, struct dstr *out)
 {
 	struct batch *b = arg;
 
-	return qmgr_control(b->q, op, id, out, b->unsynced);
+	return qmgr_control(b->q, op, id, out, b->qb);
 }
 
 /* Selection and action in one go: nothing else runs on the loop meanwhile.
  * The folders are synced once, by the caller (qmgr_control_sync). */
 static int
 qmgr_select(struct qmgr *q, enum queue_op op, const struct qselect *sel, struct dstr *out,
-	    unsigned *unsynced)
+	    struct queue_batch *qb)
 {
 	struct qselect_router *qr = qselect_router_new(q->router);
-	struct batch b = { q, unsynced };
+	struct batch b = { q, qb };
 	int rc;
 
 	rc = qselect_apply(q->cf->spool_dir, sel, op, qselect_router_node, qr, act_in_qmgr, &b, out);
@@ -251,9 +310,10 @@ control_run(struct control *c, char *line, struct dstr *out, struct bufferevent 
 	char *argv[256], *save = NULL, *tok;
 	struct dstr body;
 	int argc = 0, i, failed = 0;
-	unsigned unsynced = 0;
+	struct queue_batch qb;
 	enum queue_op op;
 
+	memset(&qb, 0, sizeof(qb));
 	for (tok = strtok_r(line, " \t", &save); tok && argc < 256; tok = strtok_r(NULL, " \t", &save))
 		argv[argc++] = tok;
 	dstr_init(&body, CONTROL_REPLY_MAX);
@@ -302,7 +362,7 @@ control_run(struct control *c, char *line, struct dstr *out, struct bufferevent 
 			dstr_printf(out, "error: %s\n", why);
 			return true;
 		}
-		failed = qmgr_select(c->q, op, &sel, &body, &unsynced) < 0;
+		failed = qmgr_select(c->q, op, &sel, &body, &qb) < 0;
 		qselect_free(&sel);
 		argc = 1;       /* no ids follow */
 	} else if (op == QOP_FLUSH && argc == 1) {
@@ -317,11 +377,11 @@ control_run(struct control *c, char *line, struct dstr *out, struct bufferevent 
 			failed++;
 			continue;
 		}
-		if (qmgr_control(c->q, op, argv[i], &body, &unsynced) < 0)
+		if (qmgr_control(c->q, op, argv[i], &body, &qb) < 0)
 			failed++;
 	}
 	/* the reply says done only once it is on disk */
-	if (qmgr_control_sync(c->q, unsynced, &body) < 0)
+	if (qmgr_control_sync(c->q, &qb, &body) < 0)
 		failed++;
 	dstr_printf(out, "%s\n%s", failed ? "error: some requests failed" : "ok",
 		    body.s ? body.s : "");

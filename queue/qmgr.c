@@ -814,7 +814,7 @@ scan_dir(struct qmgr *q, int d, bool due_only)
 
 int
 qmgr_control(struct qmgr *q, enum queue_op op, const char *id, struct dstr *out,
-	     unsigned *unsynced)
+	     struct queue_batch *batch)
 {
 	struct qmsg *mq = id ? find_active(q, id) : NULL;
 	int rc;
@@ -826,14 +826,14 @@ qmgr_control(struct qmgr *q, enum queue_op op, const char *id, struct dstr *out,
 			dstr_printf(out, "%s: will be removed when the delivery under way ends\n", id);
 			return 0;
 		}
-		return queue_op_offline(q->dirfd, op, id, out, unsynced);
+		return queue_op_offline(q->dirfd, op, id, out, batch);
 	case QOP_HOLD:
 		if (mq) {
 			mq->hold_req = true;
 			dstr_printf(out, "%s: will be held when the delivery under way ends\n", id);
 			return 0;
 		}
-		return queue_op_offline(q->dirfd, op, id, out, unsynced);
+		return queue_op_offline(q->dirfd, op, id, out, batch);
 	case QOP_RELEASE:
 		if (mq) {
 			/* its file may be on its way to hold/ right now: releasing
@@ -842,8 +842,8 @@ qmgr_control(struct qmgr *q, enum queue_op op, const char *id, struct dstr *out,
 				    mq->hold_req ? " yet" : "");
 			return -1;
 		}
-		rc = queue_op_offline(q->dirfd, op, id, out, unsynced);
-		if (rc == 0 && unsynced == NULL)
+		rc = queue_op_offline(q->dirfd, op, id, out, batch);
+		if (rc == 0 && batch == NULL)
 			qmgr_pickup(q, id);     /* in a batch: once synced */
 		return rc;
 	case QOP_FLUSH:
@@ -876,11 +876,13 @@ qmgr_control(struct qmgr *q, enum queue_op op, const char *id, struct dstr *out,
 }
 
 int
-qmgr_control_sync(struct qmgr *q, unsigned unsynced, struct dstr *out)
+qmgr_control_sync(struct qmgr *q, struct queue_batch *batch, struct dstr *out)
 {
-	if (queue_sync_dirs(q->dirfd, unsynced, out) < 0)
+	bool released = batch->unsynced & (1u << D_INCOMING);
+
+	if (queue_batch_end(q->dirfd, batch, out) < 0)
 		return -1;
-	if (unsynced & (1u << D_INCOMING))      /* released: delivered from now */
+	if (released)           /* delivered from now */
 		scan_dir(q, D_INCOMING, false);
 	return 0;
 }

@@ -199,6 +199,11 @@ int spool_committed_in_tmp(const char *path, struct spool_file *f);
  * undo); the name's removal itself is never waited for here. A file that
  * cannot be opened or marked keeps its name. 0, or -1 with errno. */
 int spool_remove(int dir_fd, const char *id, bool durable);
+/* spool_remove's first half, for a batch of removals: if id names a slot's
+ * file, it is marked freed and *marked is its descriptor, open for
+ * slots_sync_marks (the caller closes it), else -1. 0 (the name may go),
+ * or -1 with errno (it must stay). */
+int spool_mark_freed(int dir_fd, const char *id, int *marked);
 /* Whether the open queue file fd was marked freed. */
 bool spool_is_freed(int fd);
 /* spool_load() for the daemon: a corrupt file is moved to corrupt/
@@ -334,16 +339,17 @@ void qmgr_pickup(struct qmgr *q, const char *id);
 void qmgr_wake(const char *spool_dir, int *fd, const char *id);
 
 enum queue_op { QOP_DELETE, QOP_HOLD, QOP_RELEASE, QOP_FLUSH };
+struct queue_batch;
 
 /* Acts on message id (NULL = all, for flush) on behalf of sorterctl; a
- * line per message into out. 0 or -1. unsynced as for queue_op_offline:
+ * line per message into out. 0 or -1. batch as for queue_op_offline:
  * non-NULL, a batch that qmgr_control_sync ends (a release is picked up
  * then, once on disk). */
 int qmgr_control(struct qmgr *q, enum queue_op op, const char *id, struct dstr *out,
-		 unsigned *unsynced);
-/* Ends a batch of qmgr_control calls: syncs its folders (queue_sync_dirs),
- * then takes in what it released. 0, or -1 with a line in out. */
-int qmgr_control_sync(struct qmgr *q, unsigned unsynced, struct dstr *out);
+		 struct queue_batch *batch);
+/* Ends a batch of qmgr_control calls (queue_batch_end), then takes in what
+ * it released. 0, or -1 with a line in out. */
+int qmgr_control_sync(struct qmgr *q, struct queue_batch *batch, struct dstr *out);
 void qmgr_stats(struct qmgr *q, struct dstr *out);
 
 /* The folders an operation needs, open: incoming active deferred hold
@@ -399,6 +405,18 @@ int slot_take(struct slots *s, const char *new_name, struct slot_ref *out);
  * and one about to start waits (1 ms at most) for the pool's overwrites
  * still being written. */
 int slot_sync(struct slots *s, struct slot_ref *ref);
+/* Whether the file system of dir_fd writes a file's data over the blocks
+ * it has (ext4 without data journaling or DAX), so that an overwrite is
+ * made durable by sync_file_range() and a flush of the device's cache. */
+bool slots_overwrite_in_place(int dir_fd);
+/* Whether the data of the open file fd lives in its blocks (neither in its
+ * inode nor journaled): on such a file system, written over in place. */
+bool slot_data_in_place(int fd);
+/* Makes the freed marks (spool_mark_freed) of the n files fds durable
+ * (dir_fd: a folder of their spool): one cache flush for them all where
+ * the file system overwrites in place, else an fdatasync each. errs[i]
+ * gets fds[i]'s errno, or 0. */
+void slots_sync_marks(int dir_fd, const int *fds, size_t n, int *errs);
 /* The pool's overwrites made durable so far by slot_sync, and the device
  * cache flushes they took. */
 void slots_flush_counts(struct slots *s, uint64_t *overwrites, uint64_t *flushes);
@@ -441,16 +459,32 @@ int recycle_pad(int fd, uint64_t end, uint64_t size);
 #define QUEUE_NDIRS 6
 int queue_open_dirs(const char *spool_dir, int fds[QUEUE_NDIRS]);
 void queue_close_dirs(int fds[QUEUE_NDIRS]);
+/* A batch of queue operations (one sorterctl request) whose changes reach
+ * the disk together, at queue_batch_end: each folder it changed is fsynced
+ * once, and the messages it deletes are marked freed at once, their marks
+ * made durable together (slots_sync_marks), and only then their names
+ * removed. Zeroed to begin. */
+#define QUEUE_BATCH_MARKS 256
+struct queue_batch {
+	unsigned unsynced;              /* a bit per D_* folder changed */
+	size_t n;                       /* deletes waiting for their marks */
+	struct {
+		signed char d;          /* the folder */
+		int fd;                 /* the marked slot, or -1 */
+		char id[QID_LEN + 1];
+	} rm[QUEUE_BATCH_MARKS];
+	bool failed;                    /* a delete failed at its end */
+};
 /* The file-level operation, for a message nobody is delivering: hold
  * moves it to hold/, release from hold/ to incoming/, delete removes it
  * (with its status file), flush makes a deferred message due now. With
- * unsynced NULL the change is on disk when it returns; else the folder it
- * changed is added to *unsynced (a bit per D_* index) and is on disk only
- * after queue_sync_dirs: a batch of operations syncs each folder once. */
+ * batch NULL the change is on disk when it returns; else it is on disk
+ * only after queue_batch_end (a delete's line is written then). */
 int queue_op_offline(const int fds[QUEUE_NDIRS], enum queue_op op, const char *id,
-		     struct dstr *out, unsigned *unsynced);
-/* fsyncs the folders of *unsynced's bits. 0, or -1 with a line in out. */
-int queue_sync_dirs(const int fds[QUEUE_NDIRS], unsigned unsynced, struct dstr *out);
+		     struct dstr *out, struct queue_batch *batch);
+/* Ends a batch: its deletes done, its folders fsynced. 0, or -1 with a
+ * line in out. */
+int queue_batch_end(const int fds[QUEUE_NDIRS], struct queue_batch *batch, struct dstr *out);
 void queue_count_dirs(const int fds[QUEUE_NDIRS], struct dstr *out);
 
 /* Control socket (spool_dir/control, owner only): one request line

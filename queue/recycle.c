@@ -133,8 +133,8 @@ struct slots {
  * (that file lists every option in force, the defaults included). Any
  * other file system, or options that cannot be read, get fdatasync alone.
  */
-static bool
-overwrites_in_place(int dir_fd)
+bool
+slots_overwrite_in_place(int dir_fd)
 {
 	char path[128], link[PATH_MAX], line[256];
 	struct statfs sf;
@@ -374,7 +374,7 @@ slots_open(const char *spool_dir, uint64_t minfree)
 	s->ds = groupsync_open_dir(path);
 	s->minfree = minfree;
 	s->flush_dfd = -1;
-	if (overwrites_in_place(s->dir_fd) &&
+	if (slots_overwrite_in_place(s->dir_fd) &&
 	    (fd = open_flush_file(spool_dir, s->dir_fd, &s->flush_dfd)) >= 0) {
 		s->flush = groupsync_new(fd, true, FLUSH_GATHER_USEC);
 		s->flush_run = flush_run(fd);
@@ -746,7 +746,6 @@ int
 slot_sync(struct slots *s, struct slot_ref *ref)
 {
 	struct stat sb;
-	int flags;
 
 	if (fstat(ref->fd, &sb) < 0)
 		return -1;
@@ -760,12 +759,53 @@ slot_sync(struct slots *s, struct slot_ref *ref)
 		ref->durable = 0;
 		return -1;
 	}
-	/* from now on, up to st_size, the slot is written over in place:
-	 * unless its data lives in its inode or goes through the journal */
-	if (s->flush != NULL && ioctl(ref->fd, FS_IOC_GETFLAGS, &flags) == 0 &&
-	    !(flags & (FS_INLINE_DATA_FL | FS_JOURNAL_DATA_FL)))
+	/* from now on, up to st_size, the slot is written over in place */
+	if (s->flush != NULL && slot_data_in_place(ref->fd))
 		ref->durable = (uint64_t)sb.st_size;
 	return 0;
+}
+
+bool
+slot_data_in_place(int fd)
+{
+	int flags;
+
+	return ioctl(fd, FS_IOC_GETFLAGS, &flags) == 0 &&
+	       !(flags & (FS_INLINE_DATA_FL | FS_JOURNAL_DATA_FL));
+}
+
+void
+slots_sync_marks(int dir_fd, const int *fds, size_t n, int *errs)
+{
+	size_t i, last = n;
+	int err;
+
+	/* every write under way at once, then each waited for */
+	for (i = 0; i < n; i++)
+		(void)sync_file_range(fds[i], 0, 1, SYNC_FILE_RANGE_WRITE);
+	if (!slots_overwrite_in_place(dir_fd)) {
+		for (i = 0; i < n; i++)
+			errs[i] = fdatasync(fds[i]) < 0 ? errno : 0;
+		return;
+	}
+	for (i = 0; i < n; i++) {
+		if (!slot_data_in_place(fds[i]))
+			errs[i] = fdatasync(fds[i]) < 0 ? errno : 0;
+		else if (sync_file_range(fds[i], 0, 1, SYNC_FILE_RANGE_WAIT_BEFORE |
+					 SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER) < 0)
+			errs[i] = errno;
+		else {
+			errs[i] = -1;   /* written: durable with the flush below */
+			last = i;
+		}
+	}
+	/* its data written, the file's fdatasync only flushes the device's
+	 * cache (the new times of its inode are no data): every write
+	 * completed before it is durable */
+	err = last < n && fdatasync(fds[last]) < 0 ? errno : 0;
+	for (i = 0; i < n; i++)
+		if (errs[i] == -1)
+			errs[i] = err;
 }
 
 int

@@ -766,7 +766,7 @@ cmd_show(const char *spool_dir, const char *id, bool raw)
 /* The folders of one request, and those it changed and has not synced */
 struct offline_batch {
 	const int *fds;
-	unsigned unsynced;      /* synced once, at the end */
+	struct queue_batch qb;  /* on disk at the end */
 };
 
 /* With the daemon down: acts on the spool under the queue manager's lock,
@@ -778,7 +778,7 @@ act_offline(void *arg, enum queue_op op, const char *id, struct dstr *out)
 {
 	struct offline_batch *b = arg;
 
-	return queue_op_offline(b->fds, op, id, out, &b->unsynced);
+	return queue_op_offline(b->fds, op, id, out, &b->qb);
 }
 
 static enum queue_op
@@ -794,13 +794,15 @@ offline(const struct config *cf, const char *verb, char **ids, size_t n,
 {
 	const char *spool_dir = cf->spool_dir;
 	int fds[QUEUE_NDIRS], lock, rc = 0;
-	struct offline_batch b = { fds, 0 };
+	struct offline_batch b;
 	char path[4096];
 	struct stat sb;
 	struct dstr out;
 	enum queue_op op;
 	size_t i;
 
+	memset(&b, 0, sizeof(b));
+	b.fds = fds;
 	/* the queue manager creates the lock: without one, this is no spool
 	 * sorterd ever ran on (or the wrong spool_dir) */
 	snprintf(path, sizeof(path), "%s/qmgr.lock", spool_dir);
@@ -872,7 +874,7 @@ offline(const struct config *cf, const char *verb, char **ids, size_t n,
 			if (act_offline(&b, op, ids[i], &out) < 0)
 				rc = EXIT_RUNTIME;
 	}
-	if (queue_sync_dirs(fds, b.unsynced, &out) < 0)
+	if (queue_batch_end(fds, &b.qb, &out) < 0)
 		rc = EXIT_RUNTIME;
 	fputs(out.s ? out.s : "", rc ? stderr : stdout);
 	dstr_free(&out);

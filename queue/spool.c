@@ -762,7 +762,7 @@ spool_committed_in_tmp(const char *path, struct spool_file *f)
 /* ---- a finished message's name ---- */
 
 int
-spool_remove(int dir_fd, const char *id, bool durable)
+spool_mark_freed(int dir_fd, const char *id, int *marked)
 {
 	static const char freed = SPOOL_FREED;
 	struct stat sb;
@@ -774,18 +774,37 @@ spool_remove(int dir_fd, const char *id, bool durable)
 	 * A file that could not be looked at (out of descriptors, say) keeps
 	 * its name: unmarked, its slot would come back as a message. A
 	 * symbolic link (ELOOP) or a FIFO (ENXIO) is no slot: its name goes. */
+	*marked = -1;
 	if (fd < 0)
-		return errno == ELOOP || errno == ENXIO ? unlinkat(dir_fd, id, 0) : -1;
+		return errno == ELOOP || errno == ENXIO ? 0 : -1;
 	if (fstat(fd, &sb) < 0)
 		err = errno;
 	else if (S_ISREG(sb.st_mode) && sb.st_nlink > 1) {
 		w = pwrite(fd, &freed, 1, 0);
 		if (w != 1)
 			err = w < 0 ? errno : EIO;
-		else if (durable && fdatasync(fd) < 0)
-			err = errno;
+		else {
+			*marked = fd;
+			return 0;
+		}
 	}
 	close(fd);
+	errno = err;
+	return err != 0 ? -1 : 0;
+}
+
+int
+spool_remove(int dir_fd, const char *id, bool durable)
+{
+	int fd, err = 0;
+
+	if (spool_mark_freed(dir_fd, id, &fd) < 0)
+		return -1;
+	if (fd >= 0) {
+		if (durable && fdatasync(fd) < 0)
+			err = errno;
+		close(fd);
+	}
 	if (err != 0) {
 		errno = err;
 		return -1;

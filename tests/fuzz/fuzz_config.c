@@ -74,7 +74,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	for (i = 0; i < cf->nlisten; i++) {
 		CHECK(cf->listen[i].host != NULL && cf->listen[i].port != NULL);
 		CHECK(IN(atoi(cf->listen[i].port), 1, 65535));
-		CHECK(cf->listen[i].role == ROLE_MX || cf->listen[i].role == ROLE_SUBMISSION);
+		CHECK(cf->listen[i].role == ROLE_MX || cf->listen[i].role == ROLE_SUBMISSION ||
+		      cf->listen[i].role == ROLE_SUBMISSIONS);
 	}
 	CHECK(cf->local_domains != NULL);
 	for (i = 0; i < cf->nlocal_domains; i++) {

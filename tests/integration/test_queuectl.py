@@ -8,6 +8,7 @@ can make a deferred message go out within a test's wait.
 
 import os
 import socket
+import subprocess
 import time
 import unittest
 
@@ -22,6 +23,13 @@ SLOW, WAIT, token = test_delivery.SLOW, test_delivery.WAIT, test_delivery.token
 QUEUE_DIRS = ("incoming", "active", "deferred", "hold")
 COUNTERS = ("connections", "messages_in", "rcpts_delivered", "rcpt_deferrals", "rcpts_bounced",
             "dsns_queued", "queue_incoming", "queue_active", "queue_deferred", "queue_hold")
+
+
+def on_ext4(path):
+    """Whether path is on ext4 (its magic number, 0xEF53), where sorterd overwrites in place."""
+    r = subprocess.run(["stat", "-f", "-c", "%t", path], capture_output=True, text=True,
+                       timeout=10, check=True)
+    return r.stdout.strip() == "ef53"
 
 
 class QueueCtlCase(test_delivery.DeliveryTestCase):
@@ -213,11 +221,9 @@ class FlushTest(QueueCtlCase):
 
 
 class BatchSyncTest(QueueCtlCase):
-    def test_a_selection_syncs_each_folder_once_before_it_answers(self):
-        """`sorterctl hold --rcpt BOB` over 30 deferred messages renames each into hold/, then
-        fsyncs hold/ once (not once a message: the queue manager's loop waits for each),
-        and answers only after that fsync; `release --rcpt BOB` does the same with incoming/,
-        and the released mail is delivered."""
+    def recorded_deferred(self, n):
+        """sorterd under the file system call recorder, and n messages to BOB deferred (his
+        node is down): the recorder's log and the messages' tokens."""
         log = os.path.join(self.tmp, "fsrec.log")
         with open(log, "w"):
             pass
@@ -231,16 +237,28 @@ class BatchSyncTest(QueueCtlCase):
         self.daemons.append(self.d)
         self.addCleanup(self._finish, self.d)
         self.d.start()
-        toks = [token("batch%d" % i) for i in range(30)]
+        toks = [token("batch%d" % i) for i in range(n)]
         qids = [self.send(BOB, t) for t in toks]
         for qid in qids:
             self.wait_state(qid, "deferred")
+        return log, toks
+
+    def recorded_request(self, log, *args):
+        """Runs sorterctl args (it must succeed): the recorded calls made while it ran."""
+        start = time.monotonic_ns()
+        self.ctl_ok(*args)
+        answered = time.monotonic_ns()
+        return [r for r in fsrec.read_log(log) if start <= r.t0 <= answered], answered
+
+    def test_a_selection_syncs_each_folder_once_before_it_answers(self):
+        """`sorterctl hold --rcpt BOB` over 30 deferred messages renames each into hold/, then
+        fsyncs hold/ once (not once a message: the queue manager's loop waits for each),
+        and answers only after that fsync; `release --rcpt BOB` does the same with incoming/,
+        and the released mail is delivered."""
+        log, toks = self.recorded_deferred(30)
 
         def one_batch(verb, folder):
-            start = time.monotonic_ns()
-            self.ctl_ok(verb, "--rcpt", BOB)
-            answered = time.monotonic_ns()
-            recs = [r for r in fsrec.read_log(log) if start <= r.t0 <= answered]
+            recs, answered = self.recorded_request(log, verb, "--rcpt", BOB)
             moves = [r for r in recs if r.call in fsrec.RENAME_CALLS and
                      os.path.dirname(r.path2) == os.path.join(self.d.spool, folder)]
             syncs = [r for r in recs if r.call in fsrec.SYNC_CALLS and r.ret == 0 and
@@ -258,6 +276,41 @@ class BatchSyncTest(QueueCtlCase):
             self.wait_delivered(self.node_b, "bob", t)
         self.wait_queue_empty()
 
+    def test_a_selected_delete_makes_its_marks_durable_before_the_names_go(self):
+        """`sorterctl delete --rcpt BOB` over 30 deferred messages marks each one's slot freed,
+        and every mark is durable (its own fdatasync, or a sync_file_range of it followed by
+        a cache flush, an fdatasync) before its name in deferred/ goes, so that a crash never
+        brings a deleted message back; deferred/ is fsynced once, after the last removal and
+        before the answer. On ext4 the 30 marks share one flush, where an fdatasync each
+        made the queue manager's loop wait for 30 device round trips."""
+        log, toks = self.recorded_deferred(30)
+        recs, answered = self.recorded_request(log, "delete", "--rcpt", BOB)
+        deferred = os.path.join(self.d.spool, "deferred")
+        names = [r for r in recs if r.call in ("unlink", "unlinkat") and r.ret == 0 and
+                 os.path.dirname(r.path) == deferred]
+        self.assertEqual(len(names), 30, names)
+        fsyncs = [r for r in recs if r.call in fsrec.SYNC_CALLS and r.ret == 0]
+        for name in names:
+            mark = [r for r in recs if r.call in fsrec.WRITE_CALLS and r.ino == name.ino and
+                    r.off == 0 and r.len == 1 and r.ret == 1 and r.t1 <= name.t0]
+            self.assertEqual(len(mark), 1, (name, mark))
+            own = [r for r in fsyncs if r.ino == name.ino and r.t0 >= mark[0].t1 and
+                   r.t1 <= name.t0]
+            ranged = [r for r in recs if r.call == fsrec.RANGE_SYNC and r.ret == 0 and
+                      r.ino == name.ino and r.off == 0 and r.t0 >= mark[0].t1]
+            flush = [r for r in fsyncs if ranged and r.t0 >= ranged[0].t1 and r.t1 <= name.t0]
+            self.assertTrue(own or flush, "%s: its mark %s is not durable before %s"
+                            % (name.path, mark, name))
+        dir_syncs = [r for r in fsyncs if r.path == deferred]
+        self.assertEqual(len(dir_syncs), 1, dir_syncs)
+        self.assertGreater(dir_syncs[0].t0, max(r.t1 for r in names))
+        self.assertLess(dir_syncs[0].t1, answered)
+        slot_syncs = [r for r in fsyncs if r.ino in {name.ino for name in names}]
+        if on_ext4(deferred):   # elsewhere an fdatasync each
+            self.assertEqual(len(slot_syncs), 1, slot_syncs)
+        self.assertEqual(self.d.queue(), [])
+        for t in toks:
+            self.assertFalse(self.delivered(t))
 
 class ShowTest(QueueCtlCase):
     def test_content_that_does_not_match_its_check(self):
