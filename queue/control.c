@@ -97,6 +97,22 @@ dir_changed(const int fds[QUEUE_NDIRS], int d, struct queue_batch *b)
 	return 0;
 }
 
+/* Moves id from folder `from` to folder `to`, never over a file of that
+ * name (a second message under one id would be lost): 0, or -1 with a
+ * line in out. */
+static int
+move(const int fds[QUEUE_NDIRS], int from, int to, const char *id, struct dstr *out)
+{
+	if (renameat2(fds[from], id, fds[to], id, RENAME_NOREPLACE) == 0)
+		return 0;
+	if (errno == EEXIST)
+		dstr_printf(out, "%s: %s/%s exists already: left in %s/\n", id, dirnames[to], id,
+			    dirnames[from]);
+	else
+		dstr_printf(out, "%s: %s\n", id, strerror(errno));
+	return -1;
+}
+
 /* The end of a delete: its name (and its status file) gone */
 static int
 removed(const int fds[QUEUE_NDIRS], int d, const char *id, struct dstr *out,
@@ -200,8 +216,9 @@ queue_op_offline(const int fds[QUEUE_NDIRS], enum queue_op op, const char *id,
 			dstr_printf(out, "%s: already on hold\n", id);
 			return 0;
 		}
-		if (renameat(fds[d], id, fds[D_HOLD], id) < 0 ||
-		    dir_changed(fds, D_HOLD, b) < 0)
+		if (move(fds, d, D_HOLD, id, out) < 0)
+			return -1;
+		if (dir_changed(fds, D_HOLD, b) < 0)
 			goto fail;
 		msg_info("%s: placed on hold", id);
 		dstr_printf(out, "%s: placed on hold\n", id);
@@ -211,8 +228,9 @@ queue_op_offline(const int fds[QUEUE_NDIRS], enum queue_op op, const char *id,
 			dstr_printf(out, "%s: not on hold\n", id);
 			return -1;
 		}
-		if (renameat(fds[D_HOLD], id, fds[D_INCOMING], id) < 0 ||
-		    dir_changed(fds, D_INCOMING, b) < 0)
+		if (move(fds, D_HOLD, D_INCOMING, id, out) < 0)
+			return -1;
+		if (dir_changed(fds, D_INCOMING, b) < 0)
 			goto fail;
 		msg_info("%s: released from hold", id);
 		dstr_printf(out, "%s: released\n", id);

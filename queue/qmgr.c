@@ -662,8 +662,12 @@ msg_load(struct qmgr *q, int from, const char *id)
 		return -1;
 	}
 	if (from != D_ACTIVE &&
-	    renameat(q->dirfd[from], id, q->dirfd[D_ACTIVE], id) < 0)
-		return -1;      /* gone, or someone else took it */
+	    renameat2(q->dirfd[from], id, q->dirfd[D_ACTIVE], id, RENAME_NOREPLACE) < 0) {
+		/* gone, or someone else took it; never over another file */
+		if (errno == EEXIST)
+			msg_warn("%s: active/%s exists already: left where it is", id, id);
+		return -1;
+	}
 	/* a file that cannot be read now stays in active/: the next scan of
 	 * active/ tries again; only one that does not parse goes to corrupt/ */
 	snprintf(path, sizeof(path), "%s/active/%s", q->cf->spool_dir, id);

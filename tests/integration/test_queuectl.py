@@ -177,6 +177,41 @@ class OfflineTest(QueueCtlCase):
                     self.assertNotEqual(r.returncode, 0, "%s of an unknown id succeeded" % verb)
                     self.assertIn("ZZZZZZZZZZZZ", r.stderr + r.stdout)
 
+    def test_a_move_never_replaces_a_file_of_the_same_name(self):
+        """hold and release never move a message over a file of the same name (a second
+        message under one id, planted or left over): the request fails and says why, and both
+        files stay, daemon down (hold and release) and up (hold: a file planted in incoming/
+        would be taken in at once)."""
+        m = self.defer_for_bob(["moved", "other"])
+        qid = m["moved"][0]
+        spool = self.d.spool
+        with open(os.path.join(spool, "deferred", m["other"][0]), "rb") as f:
+            other = f.read()
+
+        def refused(verb, src, dst, why):
+            planted = os.path.join(spool, dst, qid)
+            with open(planted, "wb") as f:
+                f.write(other)
+            r = self.d.ctl(verb, qid, check=False)
+            self.assertNotEqual(r.returncode, 0, r.stdout)
+            self.assertIn("%s: %s" % (qid, why), r.stdout + r.stderr)
+            with open(planted, "rb") as f:
+                self.assertEqual(f.read(), other, "the file in %s/ was replaced" % dst)
+            self.assertTrue(os.path.exists(os.path.join(spool, src, qid)))
+            os.unlink(planted)
+
+        exists = "hold/%s exists already: left in deferred/" % qid
+        self.d.stop()
+        refused("hold", "deferred", "hold", exists)
+        # (a release looks in incoming/ first, and finds the message not on hold)
+        os.rename(os.path.join(spool, "deferred", qid), os.path.join(spool, "hold", qid))
+        refused("release", "hold", "incoming", "not on hold")
+        os.rename(os.path.join(spool, "hold", qid), os.path.join(spool, "deferred", qid))
+        self.d.start()
+        refused("hold", "deferred", "hold", exists)
+        self.assertEqual({e["id"]: e["state"] for e in self.d.queue()},
+                         {qid: "deferred", m["other"][0]: "deferred"})
+
 
 class FlushTest(QueueCtlCase):
     def test_flush_says_why_a_message_is_not_retried(self):
