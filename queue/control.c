@@ -175,11 +175,9 @@ int
 queue_op_offline(const int fds[QUEUE_NDIRS], enum queue_op op, const char *id,
 		 struct dstr *out, struct queue_batch *b)
 {
-	int fd;
-
 	struct timespec ts[2] = { { 0, 0 }, { 0, 0 } };
 	bool regular = false;
-	int d = locate(fds, id, &regular);
+	int d = locate(fds, id, &regular), fd, err;
 
 	if (d < 0) {
 		dstr_printf(out, "%s: no such message in the queue\n", id);
@@ -194,13 +192,11 @@ queue_op_offline(const int fds[QUEUE_NDIRS], enum queue_op op, const char *id,
 		if (spool_mark_freed(fds[d], id, &fd) < 0)
 			goto fail;
 		if (b == NULL) {
-			if (fd >= 0 && fdatasync(fd) < 0) {
-				close(fd);
-				goto fail;
-			}
+			err = fd >= 0 && fdatasync(fd) < 0 ? errno : 0;
 			if (fd >= 0)
 				close(fd);
-			if (removed(fds, d, id, out, NULL) < 0)
+			errno = err;
+			if (err != 0 || removed(fds, d, id, out, NULL) < 0)
 				goto fail;
 			return 0;
 		}
