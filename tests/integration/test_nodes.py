@@ -222,8 +222,10 @@ class DrainTest(NodesTestCase):
         self.ctl_ok("undrain", "node-b")
         self.wait_log(r"%s: to=<%s>, node=node-b, .*status=deferred \(.*127\.0\.0\.1:%d"
                       % (qid, re.escape(BOB), self.node_b.port))
-        # past delay_warning_time of unparked age, the next attempt warns
-        time.sleep(1.5)
+        # past delay_warning_time of unparked age, the next attempt warns. The age and
+        # the parked time are counted in whole seconds, each cut down on its own
+        # clock: the unparked age can come out up to 2 s short of the real one.
+        time.sleep(3.2)
         self.ctl_ok("flush")
         dsn = self.wait_dsn("delayed", BOB)
         r = self.assertDSN(dsn, "delayed", "4", BOB)
