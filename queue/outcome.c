@@ -300,7 +300,7 @@ disk_work(void *arg)
 	struct diskjob *dj = arg;
 	struct qmsg *mq = dj->mq;
 	struct qmgr *q = mq->q;
-	int afd = q->dirfd[D_ACTIVE], fd, err = 0;
+	int afd = q->dirfd[D_ACTIVE], fd, to, err = 0;
 	struct timespec ts[2];
 	size_t i;
 
@@ -338,6 +338,14 @@ disk_work(void *arg)
 			return;
 		}
 	}
+	/* a file of the same name there (planted, or left over) is neither
+	 * replaced nor given this message's status: the message stays in
+	 * active/, retried at the next queue run */
+	to = q->dirfd[dj->fate == QFATE_HOLD ? D_HOLD : D_DEFERRED];
+	if (faccessat(to, mq->id, F_OK, AT_SYMLINK_NOFOLLOW) == 0) {
+		dj->err = EEXIST;
+		return;
+	}
 	err = qstatus_write(q->dirfd[D_DEFER], q->defer_ds, mq->id, &mq->st);
 	if (err) {
 		dj->err = err;
@@ -346,8 +354,7 @@ disk_work(void *arg)
 	ts[0].tv_sec = ts[1].tv_sec = mq->next_retry;
 	ts[0].tv_nsec = ts[1].tv_nsec = 0;
 	utimensat(afd, mq->id, ts, 0);
-	if (renameat(afd, mq->id, q->dirfd[dj->fate == QFATE_HOLD ? D_HOLD : D_DEFERRED],
-		     mq->id) < 0)
+	if (renameat2(afd, mq->id, to, mq->id, RENAME_NOREPLACE) < 0)
 		dj->err = errno;
 }
 
@@ -404,6 +411,9 @@ disk_done(void *arg)
 			 dj->late_out.s ? dj->late_out.s : "failed");
 	else if (dj->late)
 		;       /* queue_op_offline() said what it did */
+	else if (dj->err == EEXIST)
+		msg_warn("%s: %s/%s exists already: the message stays in active/", mq->id,
+			 dj->fate == QFATE_HOLD ? "hold" : "deferred", mq->id);
 	else if (dj->err)
 		msg_warn("%s: cannot record delivery results: %s (the message stays in active/)",
 			 mq->id, strerror(dj->err));

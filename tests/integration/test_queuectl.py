@@ -213,6 +213,38 @@ class OfflineTest(QueueCtlCase):
                          {qid: "deferred", m["other"][0]: "deferred"})
 
 
+class OutcomeTest(QueueCtlCase):
+    def test_a_deferral_never_replaces_a_file_of_the_same_name(self):
+        """A delivery that defers while a file of its id sits in deferred/ (planted, or
+        left over) leaves that file as it was, gives it no status, and keeps the message
+        in active/ with a warning; once the file is gone, the next attempt (here at start)
+        defers it as usual."""
+        mute = socket.socket()
+        mute.bind(("127.0.0.1", 0))
+        mute.listen(8)          # connects, never greets: the delivery to it waits
+        self.addCleanup(mute.close)
+        self.node_map["node-b"] = "lmtp:[127.0.0.1]:%d" % mute.getsockname()[1]
+        self.start_sorterd(timers=SLOW)
+        qid = self.send(BOB, token("stays"))
+        self.wait_state(qid, "active")
+        planted = os.path.join(self.d.spool, "deferred", qid)
+        with open(planted, "wb") as f:
+            f.write(b"planted\n")
+        mute.close()            # the waiting connection is reset: the attempt defers
+        self.wait_log(r"%s: deferred/%s exists already: the message stays in active/"
+                      % (qid, qid))
+        with open(planted, "rb") as f:
+            self.assertEqual(f.read(), b"planted\n", "the file in deferred/ was replaced")
+        self.assertFalse(self.status_file(qid))
+        self.assertEqual(sorted(self.folder_of(qid)), ["active", "deferred"])
+        os.unlink(planted)
+        self.assertEqual(self.d.stop(), 0)
+        self.d.start()
+        self.wait_state(qid, "deferred")
+        self.assertEqual(self.folder_of(qid), ["deferred"])
+        self.assertTrue(self.status_file(qid))
+
+
 class FlushTest(QueueCtlCase):
     def test_flush_says_why_a_message_is_not_retried(self):
         """`sorterctl flush ID` fails with the reason: the active queue is full (one
