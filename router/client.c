@@ -44,7 +44,6 @@
 #include "config.h"
 
 #include <errno.h>
-#include <ifaddrs.h>
 #include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -196,10 +195,7 @@ struct client_pool {
 	struct job *done_head, *done_tail;
 	struct event *done_ev;          /* reports finished transactions */
 	struct event *kick_ev;          /* gives waiting transactions a connection */
-	struct sockaddr_storage *self;  /* our listeners' addresses and ports */
-	size_t nself;
-	struct sockaddr_storage *local; /* this host's addresses, for a wildcard listener */
-	size_t nlocal;
+	struct self_addrs self;         /* our listeners: an MX host there is a loop */
 };
 
 static void conn_try(struct conn *c);
@@ -1304,22 +1300,6 @@ on_mx(const struct dns_mx_answer *a, void *arg)
 	conn_try(c);
 }
 
-static int
-addr_cmp(const void *x, const void *y)
-{
-	const struct sockaddr_storage *a = x, *b = y;
-
-	if (a->ss_family != b->ss_family)
-		return a->ss_family < b->ss_family ? -1 : 1;
-	if (a->ss_family == AF_INET)
-		return memcmp(&((const struct sockaddr_in *)a)->sin_addr,
-			      &((const struct sockaddr_in *)b)->sin_addr, 4);
-	if (a->ss_family == AF_INET6)
-		return memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
-			      &((const struct sockaddr_in6 *)b)->sin6_addr, 16);
-	return 0;
-}
-
 static void
 on_dns(const struct dns_answer *a, void *arg)
 {
@@ -1344,7 +1324,7 @@ on_dns(const struct dns_answer *a, void *arg)
 	snprintf(name, sizeof(name), "dns:%s", j->ep->host);
 	st = epstate(c->pool, name, true);
 	memcpy(sorted, a->addrs, a->naddrs * sizeof(sorted[0]));
-	qsort(sorted, a->naddrs, sizeof(sorted[0]), addr_cmp);
+	qsort(sorted, a->naddrs, sizeof(sorted[0]), dns_addr_cmp);
 	for (i = 0; i < a->naddrs; i++) {
 		k = (st->rr + i) % a->naddrs;
 		memcpy(&live[nlive], &sorted[k], sizeof(live[0]));
@@ -1387,86 +1367,6 @@ ep_addresses(struct job *j, const struct endpoint *ep)
 
 /* ---- our own addresses: the mail loop ---- */
 
-static unsigned short
-addr_port(const struct sockaddr_storage *ss)
-{
-	return ss->ss_family == AF_INET ? ntohs(((const struct sockaddr_in *)ss)->sin_port) :
-	       ss->ss_family == AF_INET6 ? ntohs(((const struct sockaddr_in6 *)ss)->sin6_port) : 0;
-}
-
-/* 0.0.0.0 or :: */
-static bool
-addr_any(const struct sockaddr_storage *ss)
-{
-	if (ss->ss_family == AF_INET)
-		return ((const struct sockaddr_in *)ss)->sin_addr.s_addr == htonl(INADDR_ANY);
-	return ss->ss_family == AF_INET6 &&
-	       IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)ss)->sin6_addr);
-}
-
-/* An address this host answers on: loopback, or one of its interfaces' */
-static bool
-addr_local(const struct client_pool *p, const struct sockaddr_storage *ss)
-{
-	size_t i;
-
-	if (ss->ss_family == AF_INET &&
-	    (ntohl(((const struct sockaddr_in *)ss)->sin_addr.s_addr) >> 24) == 127)
-		return true;
-	if (ss->ss_family == AF_INET6 &&
-	    IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)ss)->sin6_addr))
-		return true;
-	for (i = 0; i < p->nlocal; i++)
-		if (addr_cmp(&p->local[i], ss) == 0)
-			return true;
-	return false;
-}
-
-/* ss (address and port) is one of our listeners: connecting is a loop. A
- * wildcard listener on :: takes IPv4 too (not IPV6_V6ONLY). */
-static bool
-is_self(const struct client_pool *p, const struct sockaddr_storage *ss)
-{
-	size_t i;
-
-	for (i = 0; i < p->nself; i++) {
-		const struct sockaddr_storage *l = &p->self[i];
-
-		if (addr_port(l) != addr_port(ss))
-			continue;
-		if (addr_cmp(l, ss) == 0 ||
-		    (addr_any(l) && (l->ss_family == ss->ss_family || l->ss_family == AF_INET6) &&
-		     addr_local(p, ss)))
-			return true;
-	}
-	return false;
-}
-
-/* The listeners as addresses, and this host's own, once */
-static void
-self_init(struct client_pool *p, const struct listen_spec *ls, size_t n)
-{
-	struct ifaddrs *ifa, *i;
-	size_t k;
-
-	p->self = xcalloc(n + 1, sizeof(*p->self));
-	for (k = 0; k < n; k++)
-		if (dns_addr_numeric(ls[k].host, (unsigned short)atoi(ls[k].port),
-				     &p->self[p->nself]) == 0)
-			p->nself++;
-	if (getifaddrs(&ifa) < 0)
-		return;
-	for (k = 0, i = ifa; i != NULL; i = i->ifa_next)
-		k++;
-	p->local = xcalloc(k + 1, sizeof(*p->local));
-	for (i = ifa; i != NULL; i = i->ifa_next)
-		if (i->ifa_addr != NULL && (i->ifa_addr->sa_family == AF_INET ||
-					    i->ifa_addr->sa_family == AF_INET6))
-			memcpy(&p->local[p->nlocal++], i->ifa_addr,
-			       dns_addr_len((const struct sockaddr_storage *)i->ifa_addr));
-	freeifaddrs(ifa);
-}
-
 /* One of the addresses of the endpoint being tried (j->addrs) is ours. */
 static bool
 any_self(const struct job *j)
@@ -1474,7 +1374,7 @@ any_self(const struct job *j)
 	size_t i;
 
 	for (i = 0; i < j->naddrs; i++)
-		if (is_self(j->pool, &j->addrs[i]))
+		if (self_addrs_has(&j->pool->self, &j->addrs[i]))
 			return true;
 	return false;
 }
@@ -1519,7 +1419,7 @@ on_group_dns(const struct dns_answer *a, void *arg)
 	for (i = 0; a->error == 0 && i < a->naddrs; i++) {
 		memcpy(&ss, &a->addrs[i], sizeof(ss));
 		dns_addr_set_port(&ss, ep_port(c->pool, &j->eps[j->order[j->gc_next - 1]]));
-		if (is_self(c->pool, &ss)) {
+		if (self_addrs_has(&c->pool->self, &ss)) {
 			skip_self(j);
 			conn_try(c);
 			return;
@@ -1745,7 +1645,7 @@ client_pool_new(struct event_base *base, const struct client_settings *s)
 	/* also with level none: smtp_tls_policy_map may ask for TLS per destination */
 	p->tls_ctx = client_tls_ctx(s->smtp_tls_ca_file);
 	p->set.smtp_tls_ca_file = NULL;
-	self_init(p, s->self, s->self != NULL ? s->nself : 0);
+	self_addrs_init(&p->self, s->self, s->self != NULL ? s->nself : 0);
 	p->set.self = NULL;
 	p->set.nself = 0;
 	p->done_ev = event_new(base, -1, 0, on_done, p);
@@ -1795,8 +1695,7 @@ client_pool_free(struct client_pool *p)
 	event_free(p->done_ev);
 	event_free(p->kick_ev);
 	free(p->helo_name);
-	free(p->self);
-	free(p->local);
+	self_addrs_free(&p->self);
 	free(p->dns_servers);
 	free(p);
 	while ((j = done) != NULL) {

@@ -523,6 +523,22 @@ dns_cancel(struct dns_query *q)
 
 /* ---- addresses ---- */
 
+int
+dns_addr_cmp(const void *x, const void *y)
+{
+	const struct sockaddr_storage *a = x, *b = y;
+
+	if (a->ss_family != b->ss_family)
+		return a->ss_family < b->ss_family ? -1 : 1;
+	if (a->ss_family == AF_INET)
+		return memcmp(&((const struct sockaddr_in *)a)->sin_addr,
+			      &((const struct sockaddr_in *)b)->sin_addr, 4);
+	if (a->ss_family == AF_INET6)
+		return memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
+			      &((const struct sockaddr_in6 *)b)->sin6_addr, 16);
+	return 0;
+}
+
 size_t
 dns_addr_len(const struct sockaddr_storage *ss)
 {

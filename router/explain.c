@@ -61,6 +61,9 @@ struct live {
 	struct dns_mx mx[DNS_MX_MAX];
 	size_t nmx;
 	char addrs[512];
+	struct self_addrs self;     /* our listeners, as delivery checks them */
+	unsigned short port;        /* the port delivery would connect to */
+	bool looped;                /* an address of a host is one of our listeners */
 };
 
 static void
@@ -89,9 +92,15 @@ on_live_addr(const struct dns_answer *a, void *arg)
 		return;
 	}
 	for (i = 0; i < a->naddrs; i++) {
+		struct sockaddr_storage ss = a->addrs[i];
+		bool self;
+
+		dns_addr_set_port(&ss, lv->port);
+		self = self_addrs_has(&lv->self, &ss);
+		lv->looped = lv->looped || self;
 		dns_addr_ip(&a->addrs[i], buf, sizeof(buf));
 		n += (size_t)snprintf(lv->addrs + n, n < sizeof(lv->addrs) ? sizeof(lv->addrs) - n : 0,
-				      "%s%s", i ? " " : "", buf);
+				      "%s%s%s", i ? " " : "", buf, self ? " (this host)" : "");
 		if (n >= sizeof(lv->addrs))
 			break;
 	}
@@ -106,7 +115,7 @@ live_wait(struct live *lv)
 }
 
 static void
-text_live_mx(FILE *out, const struct config *cf, const char *domain)
+text_live_mx(FILE *out, const struct config *cf, const char *domain, unsigned short port)
 {
 	struct live lv;
 	struct dns *d;
@@ -121,6 +130,8 @@ text_live_mx(FILE *out, const struct config *cf, const char *domain)
 		event_base_free(lv.base);
 		return;
 	}
+	self_addrs_init(&lv.self, cf->listen, cf->nlisten);
+	lv.port = port != 0 ? port : (unsigned short)cf->smtp_port;
 	dns_mx_lookup(d, domain, on_live_mx, &lv);
 	live_wait(&lv);
 	switch (lv.status) {
@@ -146,8 +157,13 @@ text_live_mx(FILE *out, const struct config *cf, const char *domain)
 			live_wait(&lv);
 			fprintf(out, "    MX %u %s: %s\n", lv.mx[i].pref, lv.mx[i].host, lv.addrs);
 		}
+		if (lv.looped)
+			fprintf(out, "    (a host at one of our listeners is ourselves: it and every "
+				"MX host of its preference or a worse one are not tried; as the best, "
+				"a loop: would bounce 5.4.6)\n");
 		break;
 	}
+	self_addrs_free(&lv.self);
 	dns_free(d);
 	event_base_free(lv.base);
 }
@@ -233,7 +249,7 @@ text_report(FILE *out, const struct config *cf, struct router *r, const char *ad
 		fprintf(out, "  ");
 		text_route(out, &l->v[i]);
 		if (l->v[i].kind == ROUTE_REMOTE && l->v[i].nendpoints > 0 && l->v[i].endpoints[0].mx)
-			text_live_mx(out, cf, l->v[i].endpoints[0].host);
+			text_live_mx(out, cf, l->v[i].endpoints[0].host, l->v[i].endpoints[0].port);
 	}
 	fprintf(out, "rcpt: %s %s (%s)\n", rcpt_verdict_status(v), verdict_name(v), why);
 }

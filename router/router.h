@@ -647,6 +647,21 @@ int dns_addr_numeric(const char *host, unsigned short port, struct sockaddr_stor
 void dns_addr_format(const struct sockaddr_storage *ss, char *buf, size_t len);
 /* The IP address alone ("127.0.0.1", "::1"); "?" for any other family. */
 void dns_addr_ip(const struct sockaddr_storage *ss, char *buf, size_t len);
+/* Orders addresses by family, then address; the port is not compared */
+int dns_addr_cmp(const void *a, const void *b);
+
+/* ---- our own listeners (self.c): the mail loop check of RFC 5321 5.1 ---- */
+struct self_addrs {
+	struct sockaddr_storage *listen;  /* the listeners' addresses and ports */
+	size_t nlisten;
+	struct sockaddr_storage *local;   /* this host's addresses, for a wildcard listener */
+	size_t nlocal;
+};
+/* The listeners of ls[0..n), and this host's interface addresses as they are now */
+void self_addrs_init(struct self_addrs *sa, const struct listen_spec *ls, size_t n);
+/* ss (address and port) is one of our listeners: connecting to it is a loop */
+bool self_addrs_has(const struct self_addrs *sa, const struct sockaddr_storage *ss);
+void self_addrs_free(struct self_addrs *sa);
 
 /* ---- the delivery client (client.c): LMTP and SMTP, a pool on the caller's loop ----
  * One client state machine for both transports; what differs between them

@@ -358,6 +358,18 @@ class RemoteReplyTest(OutboundTestCase):
         self.assertEqual(d.log_lines(r"mx1\.remote\.test|mx2\.remote\.test|127\.0\.0\.2|"
                                      r"mx\.origin\.test|status=deferred"), [])
         self.assertEqual(len(d.log_lines(r"\bconnect from")), 8, d.log_tail())
+        # sorterctl route marks the address that is ours, by the same check
+        r = d.ctl("route", "user@selfpeer.test", check=False)
+        self.assertRegex(r.stdout, r"(?m)^    MX 10 mx\.selfaddr\.test: 127\.0\.0\.1 \(this host\)$")
+        self.assertRegex(r.stdout, r"(?m)^    MX 10 mx1\.remote\.test: 127\.0\.0\.2$")
+        self.assertRegex(r.stdout, r"(?m)^    MX 20 mx\.origin\.test: 127\.0\.0\.4$")
+        self.assertIn("is ourselves: it and every MX host of its preference or a worse one "
+                      "are not tried", r.stdout)
+        r = d.ctl("route", "user@twoaddr.test", check=False)
+        line = re.search(r"(?m)^    MX 10 mx\.twoaddr\.test: (.*)$", r.stdout)
+        self.assertTrue(line, r.stdout)
+        self.assertEqual(dict(re.findall(r"(127\.0\.0\.\d+)( \(this host\))?", line.group(1))),
+                         {"127.0.0.1": " (this host)", "127.0.0.2": ""}, r.stdout)
 
     def test_big_message_returned_as_headers(self):
         """A bounce returns a message bigger than bounce_size_limit as its header section."""
@@ -465,6 +477,10 @@ class RelayTest(OutboundTestCase):
         self.assertIn("MX 10 mx1.remote.test: 127.0.0.2", r.stdout)
         self.assertIn("MX 20 mx2.remote.test: 127.0.0.3", r.stdout)
         self.assertRegex(r.stdout, r"smtp_tls\s+encrypt")
+        # 127.0.0.1 at another port than our listener's: not ourselves
+        r = d.ctl("route", "user@loop.test", check=False)
+        self.assertRegex(r.stdout, r"(?m)^    MX 10 mx\.sorter\.test: 127\.0\.0\.1$")
+        self.assertNotIn("ourselves", r.stdout)
         r = d.ctl("route", "user@nullmx.test", check=False)
         self.assertIn("null MX: would bounce 5.1.10", r.stdout)
 
