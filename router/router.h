@@ -651,16 +651,19 @@ void dns_addr_ip(const struct sockaddr_storage *ss, char *buf, size_t len);
 int dns_addr_cmp(const void *a, const void *b);
 
 /* ---- our own listeners (self.c): the mail loop check of RFC 5321 5.1 ---- */
+#define SELF_REREAD_SECONDS 60     /* the interface addresses may be this old */
 struct self_addrs {
 	struct sockaddr_storage *listen;  /* the listeners' addresses and ports */
 	size_t nlisten;
 	struct sockaddr_storage *local;   /* this host's addresses, for a wildcard listener */
 	size_t nlocal;
+	time_t read_at;                   /* when local was read (CLOCK_MONOTONIC seconds) */
 };
 /* The listeners of ls[0..n), and this host's interface addresses as they are now */
 void self_addrs_init(struct self_addrs *sa, const struct listen_spec *ls, size_t n);
-/* ss (address and port) is one of our listeners: connecting to it is a loop */
-bool self_addrs_has(const struct self_addrs *sa, const struct sockaddr_storage *ss);
+/* ss (address and port) is one of our listeners: connecting to it is a
+ * loop. May read the interface addresses again (self.c says when). */
+bool self_addrs_has(struct self_addrs *sa, const struct sockaddr_storage *ss);
 void self_addrs_free(struct self_addrs *sa);
 
 /* ---- the delivery client (client.c): LMTP and SMTP, a pool on the caller's loop ----

@@ -6,7 +6,11 @@
  *
  * A listener's address and port are ours; a wildcard listener (0.0.0.0,
  * ::) stands for every address of this host at its port: loopback, and
- * the interface addresses read when the set is made.
+ * the interface addresses. Those are read when the set is made, and again
+ * when an address is not among them and they were read SELF_REREAD_SECONDS
+ * ago or more: an address added to the host is known as ours within that
+ * time, without a restart (a Postfix smtp process reads them at its
+ * start, and lives a few minutes at most).
  */
 #include "config.h"
 
@@ -15,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #include "lib/lib.h"
 #include "router/router.h"
@@ -54,18 +59,26 @@ addr_local(const struct self_addrs *sa, const struct sockaddr_storage *ss)
 	return false;
 }
 
-void
-self_addrs_init(struct self_addrs *sa, const struct listen_spec *ls, size_t n)
+static time_t
+now_monotonic(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec;
+}
+
+/* This host's interface addresses, as they are now */
+static void
+read_local(struct self_addrs *sa)
 {
 	struct ifaddrs *ifa, *i;
 	size_t k;
 
-	memset(sa, 0, sizeof(*sa));
-	sa->listen = xcalloc(n + 1, sizeof(*sa->listen));
-	for (k = 0; k < n; k++)
-		if (dns_addr_numeric(ls[k].host, (unsigned short)atoi(ls[k].port),
-				     &sa->listen[sa->nlisten]) == 0)
-			sa->nlisten++;
+	free(sa->local);
+	sa->local = NULL;
+	sa->nlocal = 0;
+	sa->read_at = now_monotonic();
 	if (getifaddrs(&ifa) < 0)
 		return;
 	for (k = 0, i = ifa; i != NULL; i = i->ifa_next)
@@ -79,9 +92,23 @@ self_addrs_init(struct self_addrs *sa, const struct listen_spec *ls, size_t n)
 	freeifaddrs(ifa);
 }
 
+void
+self_addrs_init(struct self_addrs *sa, const struct listen_spec *ls, size_t n)
+{
+	size_t k;
+
+	memset(sa, 0, sizeof(*sa));
+	sa->listen = xcalloc(n + 1, sizeof(*sa->listen));
+	for (k = 0; k < n; k++)
+		if (dns_addr_numeric(ls[k].host, (unsigned short)atoi(ls[k].port),
+				     &sa->listen[sa->nlisten]) == 0)
+			sa->nlisten++;
+	read_local(sa);
+}
+
 /* A wildcard listener on :: takes IPv4 too (not IPV6_V6ONLY). */
 bool
-self_addrs_has(const struct self_addrs *sa, const struct sockaddr_storage *ss)
+self_addrs_has(struct self_addrs *sa, const struct sockaddr_storage *ss)
 {
 	size_t i;
 
@@ -90,10 +117,17 @@ self_addrs_has(const struct self_addrs *sa, const struct sockaddr_storage *ss)
 
 		if (addr_port(l) != addr_port(ss))
 			continue;
-		if (dns_addr_cmp(l, ss) == 0 ||
-		    (addr_any(l) && (l->ss_family == ss->ss_family || l->ss_family == AF_INET6) &&
-		     addr_local(sa, ss)))
+		if (dns_addr_cmp(l, ss) == 0)
 			return true;
+		if (!addr_any(l) || (l->ss_family != ss->ss_family && l->ss_family != AF_INET6))
+			continue;
+		if (addr_local(sa, ss))
+			return true;
+		if (now_monotonic() - sa->read_at >= SELF_REREAD_SECONDS) {
+			read_local(sa);
+			if (addr_local(sa, ss))
+				return true;
+		}
 	}
 	return false;
 }

@@ -28,7 +28,7 @@ addr(const char *host, unsigned short port)
 }
 
 static bool
-ours(const struct self_addrs *sa, const char *host, unsigned short port)
+ours(struct self_addrs *sa, const char *host, unsigned short port)
 {
 	struct sockaddr_storage ss = addr(host, port);
 
@@ -109,7 +109,7 @@ interface_addr(int family, char *buf, size_t len)
 /* A wildcard listener at 2525 (sa) takes this host's address of family,
  * when it has one, at its port only */
 static void
-interface_ours(const struct self_addrs *sa, int family)
+interface_ours(struct self_addrs *sa, int family)
 {
 	char ip[64];
 
@@ -170,6 +170,35 @@ START_TEST(test_ipv6_wildcard)
 }
 END_TEST
 
+/* The list is read again when an address is not in it and the list is
+ * SELF_REREAD_SECONDS old, not before; an address the host gained after the
+ * first read (played by emptying the list) is then ours */
+START_TEST(test_interfaces_read_again)
+{
+	struct self_addrs sa;
+	char ip[64];
+	size_t n;
+
+	init(&sa, "0.0.0.0", "2525");
+	n = sa.nlocal;
+	ck_assert_uint_gt(n, 0);                        /* loopback's, at least */
+	sa.nlocal = 0;
+	ck_assert(!ours(&sa, foreign(AF_INET), 2525));
+	ck_assert_uint_eq(sa.nlocal, 0);                /* not read again yet */
+	sa.read_at -= SELF_REREAD_SECONDS;
+	ck_assert(!ours(&sa, foreign(AF_INET), 2525));
+	ck_assert_uint_eq(sa.nlocal, n);                /* read again */
+	interface_addr(AF_INET, ip, sizeof(ip));
+	if (ip[0] != '\0') {
+		sa.nlocal = 0;
+		ck_assert(!ours(&sa, ip, 2525));
+		sa.read_at -= SELF_REREAD_SECONDS;
+		ck_assert_msg(ours(&sa, ip, 2525), "%s is this host's", ip);
+	}
+	self_addrs_free(&sa);
+}
+END_TEST
+
 START_TEST(test_no_listener)
 {
 	struct self_addrs sa;
@@ -189,6 +218,7 @@ self_suite(void)
 	tcase_add_test(tc, test_exact_listener);
 	tcase_add_test(tc, test_ipv4_wildcard);
 	tcase_add_test(tc, test_ipv6_wildcard);
+	tcase_add_test(tc, test_interfaces_read_again);
 	tcase_add_test(tc, test_no_listener);
 	suite_add_tcase(s, tc);
 	return s;
