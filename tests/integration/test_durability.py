@@ -152,6 +152,10 @@ class FsyncOrderTest(SorterTestCase):
         problems = fsrec.durability_problems(records, d.spool, acks)
         self.assertFalse(problems, "%d problems with %d acknowledged messages:\n%s"
                          % (len(problems), len(acks), "\n".join(problems[:20])))
+        # the small ones went through the writers' journals, the 150 KB ones were synced in
+        # their slots (the journal takes 64 KiB at most)
+        self.assertEqual(fsrec.journaled(records, d.spool, acks),
+                         {q for q, (t, size) in acks.items() if size < 60000})
 
     def test_fsync_before_250_edited(self):
         """The proof for messages a milter edited (a header added): each is committed into a
@@ -203,18 +207,26 @@ class FsyncOrderTest(SorterTestCase):
             self.assertEqual(os.path.dirname(link.path), os.path.join(spool, "slots"))
             self.assertEqual(os.path.dirname(link.path2),
                              hold if qid in held else os.path.join(spool, "incoming"))
+        journaled = fsrec.journaled(records, d.spool, acks)
+        self.assertEqual(journaled, {q for q, (t, size) in acks.items() if size < 60000})
+        jdir = os.path.join(spool, "journal")
         for qid in acks:
             ino = links[qid].ino
-            without_file_sync = [r for r in records
-                                 if not (r.call in fsrec.SYNC_CALLS and r.ino == ino)]
+            if qid in journaled:    # the journal's sync taken out
+                without_file_sync = [r for r in records if not (
+                    r.call == fsrec.RANGE_SYNC and os.path.dirname(r.path) == jdir)]
+            else:
+                without_file_sync = [r for r in records
+                                     if not (r.call in fsrec.SYNC_CALLS and r.ino == ino)]
             self.assertTrue(any(qid in p for p in
                                 fsrec.durability_problems(without_file_sync, d.spool, acks)),
                             qid)
 
-    def recycled(self):
-        """Messages written over slots that held delivered messages: the first ones are
-        delivered, and the next ones are written over their slots. Returns (daemon, records,
-        acks of the next ones, the ids among them written over a first one's slot)."""
+    def recycled(self, first_size=5000, sizes=(200, 5000, 150000)):
+        """Messages written over slots that held delivered messages: the first ones (of
+        first_size bytes) are delivered, and the next ones (of sizes, in turn) are written
+        over their slots. Returns (daemon, records, acks of the next ones, the ids among them
+        written over a first one's slot)."""
         sink = SmtpSink(os.path.join(self.tmp, "sink"), "127.0.0.1", free_port_on("127.0.0.1"),
                         extra_args=["-L"])
         sink.start()
@@ -229,11 +241,11 @@ class FsyncOrderTest(SorterTestCase):
         self.assertEqual(c.ehlo().code, 250)
         first = set()
         for n in range(30):             # delivered: their slots are free again
-            first.add(self.send(c, n, 5000)[0])
+            first.add(self.send(c, n, first_size)[0])
         self.assertTrue(wait_until(lambda: not d.queue_ids(), 30), d.log_tail())
         acks = {}
         for n in range(30, 54):
-            qid, t250, size = self.send(c, n, (200, 5000, 150000)[n % 3])
+            qid, t250, size = self.send(c, n, sizes[n % len(sizes)])
             acks[qid] = (t250, size)
         c.cmd("QUIT")
         records = fsrec.read_log(log)
@@ -260,18 +272,18 @@ class FsyncOrderTest(SorterTestCase):
         (the device's cache flush). The proof holds, and fails without either call, without
         the earlier fdatasync that made the slot's length durable, or with the 250 read
         before the flush returned. (The spool must be on ext4, as the suite's temp dirs are:
-        elsewhere every slot is fdatasync'd.)"""
-        d, records, acks, again = self.recycled()
+        elsewhere every slot is fdatasync'd.) The messages are too big for the journal (64
+        KiB): the first ones make their slots that long, the next ones fit."""
+        d, records, acks, again = self.recycled(first_size=75000, sizes=(70000,))
         spool = os.path.realpath(d.spool)
         fs = subprocess.run(["stat", "-f", "-c", "%T", spool], capture_output=True,
                             text=True).stdout.strip()
         self.assertEqual(fs, "ext2/ext3", "the spool is on %s, not ext4" % fs)
         self.assertEqual(fsrec.durability_problems(records, d.spool, acks), [])
         placed = fsrec.in_place(records, d.spool, acks)
-        # the 150 KB ones outgrow their 16 KiB slots: fdatasync'd
-        small = {q for q in again if acks[q][1] < 16000}
-        self.assertGreaterEqual(len(small), 10, again)
-        self.assertEqual(placed & small, small)
+        self.assertEqual(fsrec.journaled(records, d.spool, acks), set())
+        self.assertGreaterEqual(len(again), 10, again)
+        self.assertEqual(placed & again, again)
         # only a slot that held an earlier message of this worker (fdatasync'd then)
         links = sorted((r for r in records if r.call in fsrec.LINK_CALLS and r.ret == 0
                         and os.path.dirname(r.path) == os.path.join(spool, "slots")),
@@ -303,10 +315,48 @@ class FsyncOrderTest(SorterTestCase):
         self.assertEqual(failing(records, late), placed)
 
     def test_recorder_sees_a_missing_fsync(self):
-        """The proof itself, for messages written over slots of the start-up fill: the same
-        record with the file's fsync, or the directory's, taken out (or moved after the 250)
-        no longer passes."""
+        """The proof itself, for messages written over slots of the start-up fill (too big
+        for the journal): the same record with the file's fsync, or the directory's, taken
+        out (or moved after the 250) no longer passes."""
         self.check_proof(new=False)
+
+    def test_recorder_sees_a_missing_journal_sync(self):
+        """The proof for messages made durable by the journal: it fails without the entry's
+        write, without the journal's sync_file_range or the flush after it, without the
+        fdatasync that made the journal file's length durable when it was made, and with
+        the 250 read before the flush returned."""
+        d, log = self.recorded_sorterd()
+        c = self.connect(d)
+        self.assertEqual(c.ehlo().code, 250)
+        acks = {}
+        for n in range(3):
+            qid, t250, size = self.send(c, n, 5000)
+            acks[qid] = (t250, size)
+        c.cmd("QUIT")
+        records = fsrec.read_log(log)
+        spool = os.path.realpath(d.spool)
+        jdir, flush = os.path.join(spool, "journal"), os.path.join(spool, "flush", "use")
+        self.assertEqual(fsrec.durability_problems(records, d.spool, acks), [])
+        self.assertEqual(fsrec.journaled(records, d.spool, acks), set(acks))
+
+        def failing(recs, late=None):
+            return {q for q in acks if any(q in p for p in fsrec.durability_problems(
+                recs, d.spool, late or acks))}
+
+        in_journal = lambda r: os.path.dirname(r.path) == jdir  # noqa: E731
+        entry_writes = [r for r in records if r.call in fsrec.WRITE_CALLS and in_journal(r)
+                        and fsrec.journal_entry(r)]
+        self.assertEqual(failing([r for r in records if r not in entry_writes]), set(acks))
+        self.assertEqual(failing([r for r in records if not (
+            r.call == fsrec.RANGE_SYNC and in_journal(r))]), set(acks))
+        self.assertEqual(failing([r for r in records if not (
+            r.call in fsrec.SYNC_CALLS and r.path == flush)]), set(acks))
+        self.assertEqual(failing([r for r in records if not (
+            r.call in fsrec.SYNC_CALLS and in_journal(r))]), set(acks))
+        flushes = sorted(r.t1 for r in records if r.call in fsrec.SYNC_CALLS and r.path == flush)
+        late = {q: (max(t for t in flushes if t <= t250) - 1, size)
+                for q, (t250, size) in acks.items()}
+        self.assertEqual(failing(records, late), set(acks))
 
     def test_recorder_sees_a_missing_fsync_new_slots(self):
         """The same for slots made for the message: slots/ emptied before the first one."""
@@ -324,12 +374,13 @@ class FsyncOrderTest(SorterTestCase):
         self.assertEqual(c.ehlo().code, 250)
         acks = {}
         for n in range(3):
-            qid, t250, size = self.send(c, n, 5000)
+            qid, t250, size = self.send(c, n, 70000)
             acks[qid] = (t250, size)
         c.cmd("QUIT")
         records = fsrec.read_log(log)
         spool = os.path.realpath(d.spool)
         inc, slots = os.path.join(spool, "incoming"), os.path.join(spool, "slots")
+        self.assertEqual(fsrec.journaled(records, d.spool, acks), set())
         self.assertEqual(fsrec.durability_problems(records, d.spool, acks), [])
         self.assertEqual(fsrec.written_over_slots(records, d.spool, acks),
                          set() if new else set(acks))
