@@ -738,3 +738,162 @@ class FullDiskTest(SorterTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+def crc32c(data, crc=0):
+    """CRC-32C (Castagnoli), as lib/util.c's crc32c()."""
+    crc ^= 0xFFFFFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
+def set_journal_boot(path, boot):
+    """Rewrites the header of the journal file at path (queue/journal.c: "SORTERJ1", epoch,
+    boot id, CRC-32C of the first 60 bytes) with another boot id, as if the host had
+    rebooted since its epoch began."""
+    with open(path, "r+b") as f:
+        hdr = bytearray(f.read(64))
+        if hdr[:8] != b"SORTERJ1":
+            raise AssertionError("%s: no journal header: %r" % (path, bytes(hdr[:16])))
+        if crc32c(bytes(hdr[:60])).to_bytes(4, "big") != bytes(hdr[60:64]):
+            raise AssertionError("%s: the header's CRC does not match this test's" % path)
+        hdr[16:52] = boot.encode().ljust(36, b"\0")
+        hdr[60:64] = crc32c(bytes(hdr[:60])).to_bytes(4, "big")
+        f.seek(0)
+        f.write(bytes(hdr))
+
+
+class JournalTest(SorterTestCase):
+    """A writer's journal (queue/journal.c) holds each small new message until it is finished
+    or its slot synced: after a crash that lost the slots' writes (the host rebooted before the
+    kernel wrote them back), start-up writes the messages back from it."""
+
+    def queued_sorterd(self):
+        closed = free_port_on("127.0.0.1")
+        d = Sorterd(os.path.join(self.tmp, "d"), start=False,
+                    failover_node="lmtp:[127.0.0.1]:%d" % closed, queue_run_delay=3600,
+                    minimal_backoff_time=3600, maximal_backoff_time=3600)
+        self.daemons.append(d)
+        self.addCleanup(self._finish, d)
+        d.start()
+        return d
+
+    def test_lost_slot_writes_come_back_from_the_journal(self):
+        d = self.queued_sorterd()
+        c = self.connect(d)
+        self.assertEqual(c.ehlo().code, 250)
+        sent = {}
+        for n in range(6):
+            body = "".join("journal %d line %d %s\r\n" % (n, i, "j" * 60) for i in range(60))
+            r, qid = c.send_message(SENDER, [RCPT], message("journal %d" % n, body))
+            self.assertQueued(r, qid)
+            sent[qid] = "journal %d line 59 " % n
+        c.cmd("QUIT")
+        c.close()
+        d.kill_all()
+        spool = os.path.realpath(d.spool)
+        slots = os.path.join(spool, "slots")
+        by_ino = {os.stat(os.path.join(slots, s)).st_ino: s for s in os.listdir(slots)}
+        names = {}
+        for folder in ("incoming", "active", "deferred"):
+            for q in os.listdir(os.path.join(spool, folder)):
+                if q in sent:
+                    names[q] = (folder, by_ino[os.stat(os.path.join(spool, folder, q)).st_ino])
+        self.assertEqual(set(names), set(sent))
+        # what the disk would hold had the slots' writes been lost: their old zeros; and one
+        # message's queue name lost too
+        ids = sorted(sent)
+        for q in ids:
+            path = os.path.join(slots, names[q][1])
+            size = os.path.getsize(path)
+            with open(path, "r+b") as f:
+                f.write(b"\0" * size)
+        os.unlink(os.path.join(spool, names[ids[0]][0], ids[0]))
+        journals = [os.path.join(spool, "journal", j) for j in os.listdir(
+            os.path.join(spool, "journal")) if re.fullmatch(r"j[0-9]+", j)]
+        self.assertTrue(journals)
+        for j in journals:
+            set_journal_boot(j, "00000000-0000-4000-8000-000000000000")
+        d.start()
+        log = d.log()
+        for q in ids:
+            self.assertIn("%s: restored from the journal" % q, log)
+        self.assertEqual(set(sent) - d.queue_ids(), set(), d.log_tail())
+        for q, marker in sent.items():
+            fields, stored = d.show(q)
+            self.assertIn(marker, stored, q)
+        self.assertEqual(corrupt_files(d), [])
+        # a second start finds nothing more to restore: the journals' epochs were renewed
+        d.stop()
+        before = log.count("restored from the journal")
+        d.start()
+        self.assertEqual(d.log().count("restored from the journal"),
+                         before)
+        self.assertEqual(set(sent) - d.queue_ids(), set())
+
+    def test_the_same_boot_needs_no_restore(self):
+        """After a kill -9 on the same boot the page cache holds every slot as written: the
+        journal's messages are synced in their slots, none is written back, and the queue is
+        whole."""
+        d = self.queued_sorterd()
+        c = self.connect(d)
+        self.assertEqual(c.ehlo().code, 250)
+        ids = set()
+        for n in range(5):
+            r, qid = c.send_message(SENDER, [RCPT], message("same boot %d" % n))
+            self.assertQueued(r, qid)
+            ids.add(qid)
+        c.cmd("QUIT")
+        c.close()
+        d.kill_all()
+        d.start()
+        self.assertNotIn("restored from the journal", d.log())
+        self.assertEqual(ids - d.queue_ids(), set())
+        for q in ids:
+            self.assertTrue(d.show(q)[1].startswith("Received:"), q)
+
+    def test_the_ring_comes_round_past_queued_messages(self):
+        """More small messages than the 8 MiB journal holds, none delivered: the ring comes
+        round to entries still needed, whose slots are synced first. Every message is
+        acknowledged, and whole after a kill -9 and a start."""
+        d = self.queued_sorterd()
+        total, lock, errors = 0, threading.Lock(), []
+        body = "".join("ring line %d %s\r\n" % (i, "r" * 70) for i in range(360))  # 30 KB
+        acked = []
+
+        def sender(k):
+            try:
+                with Client(d.port, timeout=60) as cc:
+                    if cc.reply().code != 220 or cc.ehlo().code != 250:
+                        raise AssertionError("no greeting or EHLO refused")
+                    for i in range(300):
+                        r, qid = cc.send_message(SENDER, [RCPT],
+                                                 message("ring %d %d" % (k, i), body),
+                                                 ehlo=False)
+                        if qid is None:
+                            raise AssertionError("message %d/%d: %s" % (k, i, r))
+                        with lock:
+                            acked.append(qid)
+                    cc.cmd("QUIT")
+            except Exception as e:  # noqa: BLE001 - reported below
+                with lock:
+                    errors.append("sender %d: %r" % (k, e))
+
+        threads = [threading.Thread(target=sender, args=(k,), daemon=True) for k in range(4)]
+        for t in threads:
+            t.start()
+        self.assertTrue(join_all(threads, 300), "senders hang")
+        self.assertEqual(errors, [])
+        total = len(acked)
+        self.assertEqual(total, 1200)
+        # two workers' journals, each gone round more than once
+        self.assertGreater(total * 30000, 4 * (8 << 20))
+        self.assertRegex(d.log(), r"journal/j[0-9]+: round [0-9]+ done, [1-9][0-9]* of its "
+                         r"entries' slots synced")
+        d.kill_all()
+        d.start()
+        self.assertEqual(set(acked) - d.queue_ids(), set(), d.log_tail())
+        self.assertEqual(corrupt_files(d), [])
