@@ -7,13 +7,16 @@
  * disk. A writer's journal is one file of SPOOL/journal/ that only its
  * process writes (it holds an flock on it): each new message up to
  * JOURNAL_BODY_MAX is copied from its slot into the journal as one entry,
- * right after the one before, and a shared sync (groupsync: a
- * sync_file_range of the journal and a flush of the device's cache, the
- * flush file's fdatasync) makes every entry written before it started
- * durable. Entries written together lie together, so one write request
- * carries them all: the device sees a request and a flush per batch, not
- * per message. The slot itself is not synced; the kernel writes it back in
- * its own time, or never when the message is delivered before that.
+ * right after the one before. The journal's own thread (syncer_main) then
+ * makes every entry written so far durable at once: a sync_file_range of
+ * the journal, and a flush of the device's cache (the spool's flush file's
+ * fdatasync, recycle.c); only then is each message linked into the queue
+ * and its 250 sent. Entries written together lie together, so one write
+ * request carries them all: the device sees a write and a flush per batch,
+ * not per message, and the I/O threads hand their commits over instead of
+ * each sleeping until its own sync is done. The slot itself is not synced;
+ * the kernel writes it back in its own time, or never when the message is
+ * delivered before that.
  *
  * The journal is a ring: a file of JOURNAL_SIZE bytes, written in full
  * (zeros) and fdatasync'd when it is made, so that entries overwrite
@@ -95,6 +98,7 @@ struct journal {
 	int slots_dfd;                  /* not ours */
 	int flush_fd;                   /* a dup of the spool's flush file */
 	char name[64];
+	char path[4096];                /* for the log */
 	pthread_mutex_t lock;
 	pthread_cond_t cond;            /* an entry was synced or linked */
 	pthread_cond_t wake;            /* for the syncer: entries to sync, or stop */
@@ -109,6 +113,7 @@ struct journal {
 	struct jent *q;                 /* entries not released, oldest first (a ring) */
 	size_t qcap, qfirst, qn;
 	uint64_t entries, forced, syncs; /* counters */
+	uint64_t rounds, forced_logged;
 };
 
 /* ---- helpers ---- */
@@ -328,9 +333,17 @@ make_room(struct journal *j, uint64_t size)
 	for (;;) {
 		e = j->qn > 0 ? qat(j, 0) : NULL;
 		if (j->head + size > JOURNAL_SIZE) {
-			if (e == NULL || e->off < j->head)
+			if (e == NULL || e->off < j->head) {
 				j->head = JOURNAL_HDR_SIZE;
-			else if (release_front(j) < 0)
+				j->rounds++;
+				/* a queue that outgrows the ring costs a sync each */
+				if (j->forced > j->forced_logged)
+					msg_info("%s: round %llu done, %llu of its entries' slots "
+						 "synced for it (their messages still queued)",
+						 j->path, (unsigned long long)j->rounds,
+						 (unsigned long long)(j->forced - j->forced_logged));
+				j->forced_logged = j->forced;
+			} else if (release_front(j) < 0)
 				return -1;
 			continue;
 		}
@@ -438,10 +451,11 @@ journal_commit_async(struct journal *j, int slot_fd, const char *slot, const cha
  * The syncer: the entries written so far made durable at once, by a
  * sync_file_range of the journal (its dirty pages, which lie together)
  * and the flush file's fdatasync (the device's cache), then each one's
- * done() called, in the order written. Before it syncs, it waits up to
- * JOURNAL_LINGER_USEC after the first entry for JOURNAL_BATCH of them, so
- * that one sync serves several: a few hundred microseconds of a message's
- * time for fewer device requests, and fewer threads put to sleep.
+ * done() called, in the order written. When its last sync served more
+ * than one entry, it first waits up to JOURNAL_LINGER_USEC after the first
+ * entry for JOURNAL_BATCH of them, so that one sync serves several: a few
+ * hundred microseconds of a message's time for fewer device requests and
+ * fewer wake-ups. A lone sender's messages are synced at once.
  */
 static void *
 syncer_main(void *arg)
@@ -449,6 +463,7 @@ syncer_main(void *arg)
 	struct journal *j = arg;
 	struct jwait *list, *w, *next;
 	struct timespec until;
+	size_t last_batch = 0;
 	uint64_t at;
 	struct jent *e;
 	int err;
@@ -459,12 +474,15 @@ syncer_main(void *arg)
 			pthread_cond_wait(&j->wake, &j->lock);
 		if (j->npending == 0)
 			break;
+		/* a lone sender is not kept waiting: only when the last sync
+		 * served several is the next one worth waiting for */
 		at = j->pending_since + JOURNAL_LINGER_USEC * 1000ULL;
 		until.tv_sec = (time_t)(at / 1000000000ULL);
 		until.tv_nsec = (long)(at % 1000000000ULL);
-		while (j->npending < JOURNAL_BATCH && !j->stopping &&
+		while (last_batch > 1 && j->npending < JOURNAL_BATCH && !j->stopping &&
 		       pthread_cond_timedwait(&j->wake, &j->lock, &until) != ETIMEDOUT)
 			;
+		last_batch = j->npending;
 		list = j->pending;
 		j->pending = NULL;
 		j->pending_tail = &j->pending;
@@ -1027,6 +1045,7 @@ journal_open(const char *spool_dir, int slots_dfd, int flush_fd,
 	j->fd = fd;
 	j->slots_dfd = slots_dfd;
 	snprintf(j->name, sizeof(j->name), "%s", name);
+	snprintf(j->path, sizeof(j->path), "%s/journal/%s", spool_dir, name);
 	if (new_epoch(fd, &j->epoch) < 0) {
 		close(fd);
 		free(j);

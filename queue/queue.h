@@ -14,6 +14,9 @@
  *   defer/     status beside a deferred message (status.c), same name
  *   import/    `sorterctl import` at work (import.c): copies being made and
  *              the records of copies made; the daemon never looks inside
+ *   journal/   the writers' journals (journal.c): copies of new messages,
+ *              made durable together, until their slots are finished or
+ *              synced; start-up writes back what a crash lost
  *
  * A queue file is a sequence of records: one type byte, a 4-byte big-endian
  * length, then that many bytes. The last record is SPOOL_REC_END with length
