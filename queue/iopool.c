@@ -37,7 +37,6 @@ struct iotask {
 	void (*done)(void *);
 	void *arg;
 	struct iopool *pool;
-	bool deferred;                  /* iopool_defer: iopool_finish ends it */
 	struct iotask *next;
 };
 
@@ -55,7 +54,10 @@ struct iopool {
 	struct event *notify_ev;
 };
 
+/* the task this thread runs, and whether its work() handed it on (the
+ * task itself may be finished and freed by then: never looked at again) */
 static __thread struct iotask *current_task;
+static __thread bool current_deferred;
 
 /* Under the lock: t joins the finished ones; the loop is told when it is
  * the first. */
@@ -79,7 +81,7 @@ iopool_defer(void)
 	if (t == NULL)
 		msg_panic("iopool_defer outside of a task");
 	pthread_mutex_lock(&t->pool->lock);
-	t->deferred = true;
+	current_deferred = true;
 	t->pool->deferred++;
 	pthread_mutex_unlock(&t->pool->lock);
 	return t;
@@ -89,7 +91,7 @@ void
 iopool_undefer(struct iotask *t)
 {
 	pthread_mutex_lock(&t->pool->lock);
-	t->deferred = false;
+	current_deferred = false;
 	t->pool->deferred--;
 	pthread_mutex_unlock(&t->pool->lock);
 }
@@ -126,11 +128,12 @@ iopool_thread(void *arg)
 		pthread_mutex_unlock(&p->lock);
 
 		current_task = t;
+		current_deferred = false;
 		t->work(t->arg);
 		current_task = NULL;
 
 		pthread_mutex_lock(&p->lock);
-		if (!t->deferred)
+		if (!current_deferred)
 			finished(p, t);
 	}
 	pthread_mutex_unlock(&p->lock);
@@ -199,7 +202,6 @@ iopool_run(struct iopool *p, void (*work)(void *), void (*done)(void *), void *a
 	t->done = done;
 	t->arg = arg;
 	t->pool = p;
-	t->deferred = false;
 	t->next = NULL;
 	pthread_mutex_lock(&p->lock);
 	if (p->tail)

@@ -852,7 +852,8 @@ recover_files(const char *spool_dir, struct jfile *files, size_t nf)
 			err = err ? err : errno;
 		}
 	}
-	qsort(v, n, sizeof(*v), cmp_seq_desc);
+	if (n > 1)
+		qsort(v, n, sizeof(*v), cmp_seq_desc);
 	for (i = 0; i < n; i++) {
 		newer = false;
 		for (k = 0; k < i && !newer; k++)
