@@ -112,8 +112,8 @@ struct journal {
 	uint64_t last_seq;
 	struct jent *q;                 /* entries not released, oldest first (a ring) */
 	size_t qcap, qfirst, qn;
-	uint64_t entries, forced, syncs; /* counters */
-	uint64_t rounds, forced_logged;
+	uint64_t forced;                /* slots fdatasync'd for the ring */
+	uint64_t rounds, forced_logged; /* for its log line */
 };
 
 /* ---- helpers ---- */
@@ -495,14 +495,12 @@ syncer_main(void *arg)
 			err = errno ? errno : EIO;
 
 		pthread_mutex_lock(&j->lock);
-		j->syncs += err == 0;
 		for (w = list; w; w = w->next) {
 			if ((e = find_entry(j, w->seq)) != NULL) {
 				e->written = true;
 				if (err != 0)
 					e->linked = true;   /* its slot is synced instead */
 			}
-			j->entries += err == 0;
 		}
 		pthread_cond_broadcast(&j->cond);
 		pthread_mutex_unlock(&j->lock);
@@ -573,15 +571,6 @@ journal_linked(struct journal *j, uint64_t ticket)
 	pthread_mutex_unlock(&j->lock);
 }
 
-void
-journal_counts(struct journal *j, uint64_t *entries, uint64_t *forced, uint64_t *syncs)
-{
-	pthread_mutex_lock(&j->lock);
-	*entries = j->entries;
-	*forced = j->forced;
-	*syncs = j->syncs;
-	pthread_mutex_unlock(&j->lock);
-}
 
 /* ---- recovery ---- */
 
@@ -711,14 +700,11 @@ restore(const char *spool_dir, const struct journal_entry *e)
 	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (fd < 0)
 		return -1;
-	if (pwrite_full(fd, e->body, e->body_len, 0) < 0 || fsync(fd) < 0) {
-		saved = errno;
-		close(fd);
-		unlink(tmp);
-		errno = saved;
-		return -1;
-	}
+	rc = pwrite_full(fd, e->body, e->body_len, 0) < 0 || fsync(fd) < 0 ? -1 : 0;
+	saved = errno;
 	close(fd);
+	if (rc < 0)
+		goto fail;
 	into = queued_in(spool_dir, e->id, &dfd);
 	if (into == NULL) {
 		rc = spool_load_as(tmp, e->id, NULL, &f, err, sizeof(err));
@@ -727,22 +713,23 @@ restore(const char *spool_dir, const struct journal_entry *e)
 			spool_file_free(&f);
 		snprintf(path, sizeof(path), "%s/%s", spool_dir, into);
 		if ((dfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
-			unlink(tmp);
-			return -1;
+			saved = errno;
+			goto fail;
 		}
 	}
 	snprintf(path, sizeof(path), "%s/%s/%s", spool_dir, into, e->id);
-	if (rename(tmp, path) < 0 || fsync(dfd) < 0) {
-		saved = errno;
-		close(dfd);
-		unlink(tmp);
-		errno = saved;
-		return -1;
-	}
+	rc = rename(tmp, path) < 0 || fsync(dfd) < 0 ? -1 : 0;
+	saved = errno;
 	close(dfd);
+	if (rc < 0)
+		goto fail;
 	msg_info("%s: restored from the journal into %s/ (its slot %s lost it in a crash)",
 		 e->id, into, e->slot);
 	return 0;
+fail:
+	unlink(tmp);
+	errno = saved;
+	return -1;
 }
 
 /* Whether the slot holds the entry's message whole (it parses, its check

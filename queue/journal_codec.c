@@ -25,34 +25,6 @@
 #define JOURNAL_MAGIC "SORTERJ1"
 #define ENTRY_MAGIC "SJE1"
 
-static void
-put32(unsigned char *p, uint32_t v)
-{
-	p[0] = (unsigned char)(v >> 24);
-	p[1] = (unsigned char)(v >> 16);
-	p[2] = (unsigned char)(v >> 8);
-	p[3] = (unsigned char)v;
-}
-
-static void
-put64(unsigned char *p, uint64_t v)
-{
-	put32(p, (uint32_t)(v >> 32));
-	put32(p + 4, (uint32_t)v);
-}
-
-static uint32_t
-get32(const unsigned char *p)
-{
-	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
-static uint64_t
-get64(const unsigned char *p)
-{
-	return (uint64_t)get32(p) << 32 | get32(p + 4);
-}
-
 uint64_t
 journal_entry_size(uint64_t body_len)
 {
@@ -65,13 +37,13 @@ journal_entry_encode(unsigned char hdr[JOURNAL_ENTRY_HDR], const struct journal_
 {
 	memset(hdr, 0, JOURNAL_ENTRY_HDR);
 	memcpy(hdr, ENTRY_MAGIC, 4);
-	put32(hdr + 4, e->body_len);
-	put64(hdr + 8, e->epoch);
-	put64(hdr + 16, e->seq);
-	put64(hdr + 24, e->tail);
+	be32_put(hdr + 4, e->body_len);
+	be64_put(hdr + 8, e->epoch);
+	be64_put(hdr + 16, e->seq);
+	be64_put(hdr + 24, e->tail);
 	memcpy(hdr + 32, e->slot, strnlen(e->slot, QID_LEN));
 	memcpy(hdr + 32 + QID_LEN + 1, e->id, strnlen(e->id, QID_LEN));
-	put32(hdr + 60, crc32c(crc32c(0, hdr, 60), body, e->body_len));
+	be32_put(hdr + 60, crc32c(crc32c(0, hdr, 60), body, e->body_len));
 }
 
 static bool
@@ -88,19 +60,19 @@ journal_entry_parse(const unsigned char *p, size_t avail, struct journal_entry *
 
 	if (avail < JOURNAL_ENTRY_HDR || memcmp(p, ENTRY_MAGIC, 4) != 0)
 		return -1;
-	len = get32(p + 4);
+	len = be32_get(p + 4);
 	if (len == 0 || len > JOURNAL_BODY_MAX || len > avail - JOURNAL_ENTRY_HDR)
 		return -1;
 	if (p[58] != 0 || p[59] != 0)
 		return -1;
 	e->body_len = len;
-	e->epoch = get64(p + 8);
-	e->seq = get64(p + 16);
-	e->tail = get64(p + 24);
+	e->epoch = be64_get(p + 8);
+	e->seq = be64_get(p + 16);
+	e->tail = be64_get(p + 24);
 	if (!name_ok(p + 32, e->slot) || !name_ok(p + 32 + QID_LEN + 1, e->id))
 		return -1;
 	if (e->tail > e->seq ||
-	    crc32c(crc32c(0, p, 60), p + JOURNAL_ENTRY_HDR, len) != get32(p + 60))
+	    crc32c(crc32c(0, p, 60), p + JOURNAL_ENTRY_HDR, len) != be32_get(p + 60))
 		return -1;
 	e->body = p + JOURNAL_ENTRY_HDR;
 	return 0;
@@ -111,9 +83,9 @@ journal_header_encode(unsigned char out[JOURNAL_HDR_LEN], uint64_t epoch, const 
 {
 	memset(out, 0, JOURNAL_HDR_LEN);
 	memcpy(out, JOURNAL_MAGIC, 8);
-	put64(out + 8, epoch);
+	be64_put(out + 8, epoch);
 	memcpy(out + 16, boot, strnlen(boot, JOURNAL_BOOT_LEN));
-	put32(out + JOURNAL_HDR_LEN - 4, crc32c(0, out, JOURNAL_HDR_LEN - 4));
+	be32_put(out + JOURNAL_HDR_LEN - 4, crc32c(0, out, JOURNAL_HDR_LEN - 4));
 }
 
 int
@@ -121,9 +93,9 @@ journal_header_parse(const unsigned char *p, size_t avail, uint64_t *epoch,
 		     char boot[JOURNAL_BOOT_LEN + 1])
 {
 	if (avail < JOURNAL_HDR_LEN || memcmp(p, JOURNAL_MAGIC, 8) != 0 ||
-	    crc32c(0, p, JOURNAL_HDR_LEN - 4) != get32(p + JOURNAL_HDR_LEN - 4))
+	    crc32c(0, p, JOURNAL_HDR_LEN - 4) != be32_get(p + JOURNAL_HDR_LEN - 4))
 		return -1;
-	*epoch = get64(p + 8);
+	*epoch = be64_get(p + 8);
 	memcpy(boot, p + 16, JOURNAL_BOOT_LEN);
 	boot[JOURNAL_BOOT_LEN] = '\0';
 	return 0;
@@ -142,7 +114,7 @@ journal_file_id(const unsigned char *p, size_t n, char id[QID_LEN + 1], bool *fr
 	*freed = n > 0 && p[0] == SPOOL_FREED;
 	while (off + SPOOL_REC_HDR <= n) {
 		type = off == 0 && *freed ? SPOOL_REC_VERSION : p[off];
-		len = get32(p + off + 1);
+		len = be32_get(p + off + 1);
 		if (type == SPOOL_REC_CONTENT || type == SPOOL_REC_END || len > n - off - SPOOL_REC_HDR)
 			return -1;
 		if (type == SPOOL_REC_ID) {

@@ -450,8 +450,6 @@ int slot_commit(struct slots *s, struct slot_ref *ref, const char *id, uint64_t 
  * uses slot_commit. */
 bool slot_commit_async(struct slots *s, struct slot_ref *ref, const char *id, uint64_t len,
 		       journal_done_cb *done, void *arg);
-/* The pool's journal_counts (zeros without a journal). */
-void slots_journal_counts(struct slots *s, uint64_t *entries, uint64_t *forced, uint64_t *syncs);
 /* An unused or abandoned slot goes back to the pool, marked freed (its
  * first byte, not made durable): what it holds is never taken for a
  * committed message, not even a whole one whose sync failed and was
@@ -523,8 +521,6 @@ int journal_commit_async(struct journal *j, int slot_fd, const char *slot, const
 int journal_commit(struct journal *j, int slot_fd, const char *slot, const char *id,
 		   uint64_t len, uint64_t *ticket);
 void journal_linked(struct journal *j, uint64_t ticket);
-/* entries made durable, slots fdatasync'd for the ring, syncs */
-void journal_counts(struct journal *j, uint64_t *entries, uint64_t *forced, uint64_t *syncs);
 /* At the daemon's start, before the slots are looked at: what the
  * journals no live writer holds say is made durable, or restored (see
  * journal.c). 0, or -1 with errno (logged). */

@@ -784,13 +784,6 @@ slot_commit_async(struct slots *s, struct slot_ref *ref, const char *id, uint64_
 				    arg) == 0;
 }
 
-void
-slots_journal_counts(struct slots *s, uint64_t *entries, uint64_t *forced, uint64_t *syncs)
-{
-	*entries = *forced = *syncs = 0;
-	if (s->journal != NULL)
-		journal_counts(s->journal, entries, forced, syncs);
-}
 
 int
 slot_sync(struct slots *s, struct slot_ref *ref)
