@@ -83,6 +83,7 @@ struct spool_stream {
 	spool_stream_done_cb *flushed; /* a flush waits for the writes */
 	bool reading;               /* a read is on a thread */
 	struct spool_edit *edit;    /* STREAM_EDITED: what is committed instead */
+	struct iotask *task;        /* the final job, while the journal has it */
 };
 
 /* An edited message, committed in a stream's place. */
@@ -368,6 +369,31 @@ stream_write_whole(struct spool_stream *st, const unsigned char len[4], unsigned
 	return 0;
 }
 
+/* committed; the link (not waited for) hands it to the queue manager */
+static void
+stream_link(struct spool_stream *st)
+{
+	if (slot_link(st->pool->slots, &st->slot, groupsync_fd(st->pool->incoming), st->id) < 0)
+		st->error = errno ? errno : EIO;
+}
+
+/* On the journal's thread, once the stream's entry is durable (err 0) or
+ * its sync failed: then the slot is synced instead. The final job ends
+ * here. */
+static void
+stream_journaled(void *arg, int err)
+{
+	struct spool_stream *st = arg;
+	struct iotask *t = st->task;
+
+	if (err != 0 && slot_sync(st->pool->slots, &st->slot) < 0) {
+		st->error = errno ? errno : EIO;
+		slot_drop(st->pool->slots, &st->slot);
+	} else
+		stream_link(st);
+	iopool_finish(t);       /* st may be gone from here on */
+}
+
 /* on a thread: the rest, the content length, the check and the end;
  * slot_sync, and the link into incoming/; or, for an abort, the slot given
  * back */
@@ -376,6 +402,7 @@ stream_final_work(void *arg)
 {
 	struct spool_stream *st = arg;
 	unsigned char end[SPOOL_REC_HDR], len[4], check[SPOOL_CHECK_REC];
+	uint64_t stop;
 
 	if (st->end == STREAM_ABORT || st->error) {
 		slot_drop(st->pool->slots, &st->slot);
@@ -391,6 +418,8 @@ stream_final_work(void *arg)
 	len[2] = (unsigned char)(st->content_len >> 8);
 	len[3] = (unsigned char)st->content_len;
 	memcpy(st->head.s + st->content_hdr + 1, len, sizeof(len));
+	/* where the message's records end, after its end marker */
+	stop = st->off + st->busy.len + sizeof(check) + sizeof(end);
 	if (st->off == 0 && st->slot.fd < 0) {
 		/* nothing written yet: the whole message in one write */
 		if (stream_write_whole(st, len, check, end) < 0) {
@@ -413,15 +442,19 @@ stream_final_work(void *arg)
 			goto fail;
 		}
 	}
-	/* the data and the length made durable, all a reader needs; the
-	 * slot's name was durable before its first write */
-	if (slot_sync(st->pool->slots, &st->slot) < 0) {
+	/* the data and the length made durable, all a reader needs: in the
+	 * journal, whose thread then ends this job (stream_journaled); or in
+	 * the slot, whose name was durable before its first write */
+	st->task = iopool_defer();
+	if (slot_commit_async(st->pool->slots, &st->slot, st->id, stop, stream_journaled, st))
+		return;
+	iopool_undefer(st->task);
+	st->task = NULL;
+	if (slot_commit(st->pool->slots, &st->slot, st->id, stop) < 0) {
 		st->error = errno ? errno : EIO;
 		goto fail;
 	}
-	/* committed; the link (not waited for) hands it to the queue manager */
-	if (slot_link(st->pool->slots, &st->slot, groupsync_fd(st->pool->incoming), st->id) < 0)
-		st->error = errno ? errno : EIO;
+	stream_link(st);
 	return;
 fail:
 	slot_drop(st->pool->slots, &st->slot);
@@ -713,7 +746,7 @@ stream_edit_work(struct spool_stream *st)
 	if (pwrite_all(ns.fd, (const char *)check, sizeof(check), off) < 0 ||
 	    pwrite_all(ns.fd, (const char *)end, sizeof(end), off + sizeof(check)) < 0 ||
 	    recycle_pad(ns.fd, off + sizeof(check) + sizeof(end), ns.size) < 0 ||
-	    slot_sync(st->pool->slots, &ns) < 0)
+	    slot_commit(st->pool->slots, &ns, st->id, off + sizeof(check) + sizeof(end)) < 0)
 		goto fail_new;
 	/* the edit takes the original's place; the original was never committed */
 	slot_drop(st->pool->slots, &st->slot);

@@ -606,11 +606,17 @@ queue_import(const char *spool_dir, const char *src, FILE *out, struct import_re
 		return -1;
 	}
 	/* what the peer's crash left committed (in a slot, its link into
-	 * incoming/ lost; or, from an older spool, in tmp/) goes to its
-	 * incoming/ first, as its own start would do */
+	 * incoming/ lost; in its journal, its slot's writes lost; or, from an
+	 * older spool, in tmp/) goes to its incoming/ first, as its own start
+	 * would do */
 	if (im.src_state[STATE_INCOMING] >= 0 && recycle_recover_tmp(src, false) < 0 &&
 	    errno != ENOENT) {
 		snprintf(err, errlen, "recover %s/tmp: %s", src, strerror(errno));
+		importer_close(&im);
+		return -1;
+	}
+	if (im.src_state[STATE_INCOMING] >= 0 && journal_recover(src) < 0) {
+		snprintf(err, errlen, "recover %s/journal: %s", src, strerror(errno));
 		importer_close(&im);
 		return -1;
 	}

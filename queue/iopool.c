@@ -36,6 +36,7 @@ struct iotask {
 	void (*work)(void *);
 	void (*done)(void *);
 	void *arg;
+	struct iopool *pool;
 	struct iotask *next;
 };
 
@@ -47,16 +48,72 @@ struct iopool {
 	struct iotask *head, *tail;     /* waiting for a thread */
 	struct iotask *finished;        /* waiting for the loop, newest first */
 	bool stopping;
+	size_t deferred;                /* tasks handed on, not yet finished */
+	pthread_cond_t drained;         /* for iopool_destroy: none is */
 	int notify[2];
 	struct event *notify_ev;
 };
+
+/* the task this thread runs, and whether its work() handed it on (the
+ * task itself may be finished and freed by then: never looked at again) */
+static __thread struct iotask *current_task;
+static __thread bool current_deferred;
+
+/* Under the lock: t joins the finished ones; the loop is told when it is
+ * the first. */
+static void
+finished(struct iopool *p, struct iotask *t)
+{
+	char c = 1;
+
+	t->next = p->finished;
+	p->finished = t;
+	if (t->next == NULL)
+		while (write(p->notify[1], &c, 1) < 0 && errno == EINTR)
+			;
+}
+
+struct iotask *
+iopool_defer(void)
+{
+	struct iotask *t = current_task;
+
+	if (t == NULL)
+		msg_panic("iopool_defer outside of a task");
+	pthread_mutex_lock(&t->pool->lock);
+	current_deferred = true;
+	t->pool->deferred++;
+	pthread_mutex_unlock(&t->pool->lock);
+	return t;
+}
+
+void
+iopool_undefer(struct iotask *t)
+{
+	pthread_mutex_lock(&t->pool->lock);
+	current_deferred = false;
+	t->pool->deferred--;
+	pthread_mutex_unlock(&t->pool->lock);
+}
+
+void
+iopool_finish(struct iotask *t)
+{
+	struct iopool *p = t->pool;
+
+	pthread_mutex_lock(&p->lock);
+	p->deferred--;
+	finished(p, t);
+	if (p->deferred == 0 && p->stopping)
+		pthread_cond_signal(&p->drained);
+	pthread_mutex_unlock(&p->lock);
+}
 
 static void *
 iopool_thread(void *arg)
 {
 	struct iopool *p = arg;
 	struct iotask *t;
-	char c = 1;
 
 	pthread_mutex_lock(&p->lock);
 	for (;;) {
@@ -70,14 +127,14 @@ iopool_thread(void *arg)
 			p->tail = NULL;
 		pthread_mutex_unlock(&p->lock);
 
+		current_task = t;
+		current_deferred = false;
 		t->work(t->arg);
+		current_task = NULL;
 
 		pthread_mutex_lock(&p->lock);
-		t->next = p->finished;
-		p->finished = t;
-		if (t->next == NULL)
-			while (write(p->notify[1], &c, 1) < 0 && errno == EINTR)
-				;
+		if (!current_deferred)
+			finished(p, t);
 	}
 	pthread_mutex_unlock(&p->lock);
 	return NULL;
@@ -123,6 +180,7 @@ iopool_create(struct event_base *base, int nthreads)
 
 	pthread_mutex_init(&p->lock, NULL);
 	pthread_cond_init(&p->cond, NULL);
+	pthread_cond_init(&p->drained, NULL);
 	if (pipe2(p->notify, O_NONBLOCK | O_CLOEXEC) < 0)
 		msg_fatal("pipe: %s", strerror(errno));
 	p->notify_ev = event_new(base, p->notify[0], EV_READ | EV_PERSIST, on_notify, p);
@@ -143,6 +201,7 @@ iopool_run(struct iopool *p, void (*work)(void *), void (*done)(void *), void *a
 	t->work = work;
 	t->done = done;
 	t->arg = arg;
+	t->pool = p;
 	t->next = NULL;
 	pthread_mutex_lock(&p->lock);
 	if (p->tail)
@@ -165,12 +224,17 @@ iopool_destroy(struct iopool *p)
 	pthread_mutex_unlock(&p->lock);
 	for (i = 0; i < p->nthreads; i++)
 		pthread_join(p->threads[i], NULL);
+	pthread_mutex_lock(&p->lock);
+	while (p->deferred > 0)
+		pthread_cond_wait(&p->drained, &p->lock);
+	pthread_mutex_unlock(&p->lock);
 	iopool_run_finished(p);
 	event_free(p->notify_ev);
 	close(p->notify[0]);
 	close(p->notify[1]);
 	pthread_mutex_destroy(&p->lock);
 	pthread_cond_destroy(&p->cond);
+	pthread_cond_destroy(&p->drained);
 	free(p->threads);
 	free(p);
 }

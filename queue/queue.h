@@ -14,6 +14,9 @@
  *   defer/     status beside a deferred message (status.c), same name
  *   import/    `sorterctl import` at work (import.c): copies being made and
  *              the records of copies made; the daemon never looks inside
+ *   journal/   the writers' journals (journal.c): copies of new messages,
+ *              made durable together, until their slots are finished or
+ *              synced; start-up writes back what a crash lost
  *
  * A queue file is a sequence of records: one type byte, a 4-byte big-endian
  * length, then that many bytes. The last record is SPOOL_REC_END with length
@@ -226,7 +229,16 @@ void spool_quarantine(const char *spool_dir, const char *path, const char *why);
 struct iopool;
 struct iopool *iopool_create(struct event_base *base, int nthreads);
 void iopool_run(struct iopool *p, void (*work)(void *), void (*done)(void *), void *arg);
-/* Finishes queued work, runs the pending done() calls, joins the threads. */
+/* Called by a work() that hands its task on (to a journal's thread): the
+ * task's done() waits for iopool_finish(task), from any thread, instead of
+ * the end of work(). */
+struct iotask;
+struct iotask *iopool_defer(void);
+/* the work() that deferred t ends it after all */
+void iopool_undefer(struct iotask *t);
+void iopool_finish(struct iotask *t);
+/* Finishes queued work (and deferred tasks), runs the pending done()
+ * calls, joins the threads. */
 void iopool_destroy(struct iopool *p);
 
 /* Shared syncs of one file or directory (iopool.c). Thread-safe.
@@ -371,6 +383,8 @@ void qmgr_stats(struct qmgr *q, struct dstr *out);
 /* Slots (recycle.c): the files new messages are written into, under
  * slots/ for good. One pool per process, used from I/O threads. */
 struct slots;
+/* a journal commit's end (journal.c): 0, or an errno value */
+typedef void journal_done_cb(void *arg, int err);
 /* minfree: free slots stay only while the file system has that and
  * RECYCLE_RESERVE more free. */
 struct slots *slots_open(const char *spool_dir, uint64_t minfree);
@@ -383,6 +397,7 @@ struct slot_ref {
 	uint64_t durable;          /* slot_sync: bytes from its start an fdatasync of this
 				    * pool made durable, its length then (0: none) */
 	bool owned;                /* kept in the pool (else closed when given back) */
+	uint64_t jticket;          /* slot_commit: its journal entry's seq (0: none) */
 };
 /* Unlinks the free slots of slots/ no one holds beyond RECYCLE_POOL_MAX
  * or bigger than RECYCLE_FILE_MAX (all of them while the file system is
@@ -424,6 +439,17 @@ void slots_flush_counts(struct slots *s, uint64_t *overwrites, uint64_t *flushes
  * as id (not made durable: slots_recover finds it). 0, or -1 with errno
  * (the slot is free again). Either way ref is given back. */
 int slot_link(struct slots *s, struct slot_ref *ref, int dir_fd, const char *id);
+/* Makes the message written into ref's slot, id, whose records end at
+ * offset len (after its end marker), durable: by the pool's journal when it
+ * has one and len is at most JOURNAL_BODY_MAX (journal.c), else slot_sync.
+ * 0, or -1 with errno. */
+int slot_commit(struct slots *s, struct slot_ref *ref, const char *id, uint64_t len);
+/* slot_commit's other half, for a caller that must not wait: when the
+ * pool's journal takes the message (true), done(arg, err) follows on the
+ * journal's thread once it is durable or that failed; false: the caller
+ * uses slot_commit. */
+bool slot_commit_async(struct slots *s, struct slot_ref *ref, const char *id, uint64_t len,
+		       journal_done_cb *done, void *arg);
 /* An unused or abandoned slot goes back to the pool, marked freed (its
  * first byte, not made durable): what it holds is never taken for a
  * committed message, not even a whole one whose sync failed and was
@@ -455,6 +481,59 @@ int recycle_recover_tmp(const char *spool_dir, bool remove_rest);
  * plus a record header grows to the next RECYCLE_ROUND bytes, zeros
  * written. Returns 0, or -1 with errno. */
 int recycle_pad(int fd, uint64_t end, uint64_t size);
+
+/* ---- a writer's journal (journal.c) ---- */
+#define JOURNAL_SIZE (8ULL << 20)       /* the ring file's length */
+#define JOURNAL_HDR_LEN 64              /* the header record */
+#define JOURNAL_HDR_SIZE 4096           /* where the first entry goes */
+#define JOURNAL_BOOT_LEN 36             /* /proc/sys/kernel/random/boot_id */
+#define JOURNAL_ENTRY_HDR 64
+#define JOURNAL_ALIGN 64                /* entries start at multiples of this */
+#define JOURNAL_BODY_MAX (64U << 10)    /* bigger messages are synced in their slot */
+#define JOURNAL_BATCH 8                 /* a sync waits for this many entries, */
+#define JOURNAL_LINGER_USEC 1000        /* or this long after the first one */
+struct journal;
+struct journal_entry {
+	uint32_t body_len;
+	uint64_t epoch, seq, tail;
+	char slot[QID_LEN + 1];
+	char id[QID_LEN + 1];
+	const unsigned char *body;      /* parse: points into the parsed bytes */
+};
+/* The journal of this writer: an unlocked one of spool_dir/journal/
+ * (whatever its last owner left made durable first, journal_recover's way)
+ * or a new one; NULL when it cannot be had (the caller syncs slots).
+ * flush_fd: the spool's flush file (recycle.c); avoid(ino, ctx): an inode
+ * a new journal file must not have (it is set aside). */
+struct journal *journal_open(const char *spool_dir, int slots_dfd, int flush_fd,
+			     bool (*avoid)(ino_t, void *), void *ctx);
+void journal_close(struct journal *j);
+/* On a thread: the len bytes at the start of the slot open on slot_fd,
+ * message id, copied into the journal, to be made durable with the entries
+ * written beside it by the journal's thread, which then calls done(arg, 0),
+ * or done(arg, errno) when that failed. -1 with errno (and no done call)
+ * when the entry could not be written. On 0, *ticket names the entry for
+ * journal_linked(), which must follow once the message is linked into the
+ * queue, or refused: the ring does not come round to it before. */
+int journal_commit_async(struct journal *j, int slot_fd, const char *slot, const char *id,
+			 uint64_t len, uint64_t *ticket, journal_done_cb *done, void *arg);
+/* The same, returning once the entry is durable: 0, or -1 with errno. */
+int journal_commit(struct journal *j, int slot_fd, const char *slot, const char *id,
+		   uint64_t len, uint64_t *ticket);
+void journal_linked(struct journal *j, uint64_t ticket);
+/* At the daemon's start, before the slots are looked at: what the
+ * journals no live writer holds say is made durable, or restored (see
+ * journal.c). 0, or -1 with errno (logged). */
+int journal_recover(const char *spool_dir);
+/* The codec, for journal.c and its fuzz target */
+uint64_t journal_entry_size(uint64_t body_len);
+void journal_entry_encode(unsigned char hdr[JOURNAL_ENTRY_HDR], const struct journal_entry *e,
+			  const void *body);
+int journal_entry_parse(const unsigned char *p, size_t avail, struct journal_entry *e);
+void journal_header_encode(unsigned char out[JOURNAL_HDR_LEN], uint64_t epoch, const char *boot);
+int journal_header_parse(const unsigned char *p, size_t avail, uint64_t *epoch,
+			 char boot[JOURNAL_BOOT_LEN + 1]);
+int journal_file_id(const unsigned char *p, size_t n, char id[QID_LEN + 1], bool *freed);
 
 #define QUEUE_NDIRS 6
 int queue_open_dirs(const char *spool_dir, int fds[QUEUE_NDIRS]);

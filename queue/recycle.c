@@ -123,6 +123,8 @@ struct slots {
 	int flush_dfd;                  /* SPOOL/flush/, with flush; else -1 */
 	ino_t flush_ino;                /* its use: no new slot in its run (set_aside) */
 	unsigned long flush_run;
+	/* with flush: the pool's journal (journal.c), NULL when it has none */
+	struct journal *journal;
 };
 
 /*
@@ -311,6 +313,15 @@ in_flush_run(ino_t ino, ino_t use_ino, unsigned long run)
 	return use_ino != 0 && same_run(ino, use_ino, run);
 }
 
+/* journal_open's avoid: a new journal file's inode in the flush file's run */
+static bool
+journal_avoid(ino_t ino, void *arg)
+{
+	const struct slots *s = arg;
+
+	return in_flush_run(ino, s->flush_ino, s->flush_run);
+}
+
 /* A new file name of folder dfd whose inode landed in the flush file's
  * run: kept there as an empty file of SPOOL/flush/ (flush_dfd), named
  * s<name>.<k>, never a slot, so that its inode stays taken; the name is
@@ -379,6 +390,10 @@ slots_open(const char *spool_dir, uint64_t minfree)
 		s->flush = groupsync_new(fd, true, FLUSH_GATHER_USEC);
 		s->flush_run = flush_run(fd);
 		s->flush_ino = fstat(fd, &sb) == 0 ? sb.st_ino : 0;
+		s->journal = journal_open(spool_dir, s->dir_fd, fd, journal_avoid, s);
+		if (s->journal == NULL)
+			msg_warn("%s/journal: %s; every new message is synced in its slot",
+				 spool_dir, strerror(errno));
 	}
 	pthread_mutex_init(&s->lock, NULL);
 	return s;
@@ -395,6 +410,7 @@ slots_close(struct slots *s)
 		if (s->v[i].fd >= 0)
 			close(s->v[i].fd);      /* the locks go with them */
 	groupsync_close(s->ds);
+	journal_close(s->journal);
 	close(s->dir_fd);
 	groupsync_close(s->flush);
 	if (s->flush_dfd >= 0)
@@ -541,6 +557,7 @@ give(struct slots *s, size_t i, const struct stat *sb, struct slot_ref *out)
 	out->fd = s->v[i].fd;
 	out->size = (uint64_t)sb->st_size;
 	out->durable = s->v[i].durable;
+	out->jticket = 0;
 	out->owned = true;
 }
 
@@ -687,6 +704,7 @@ slot_take(struct slots *s, const char *new_name, struct slot_ref *out)
 	out->fd = fd;
 	out->size = 0;
 	out->durable = 0;
+	out->jticket = 0;
 	out->owned = false;
 	pthread_mutex_lock(&s->lock);
 	if (s->n < RECYCLE_KNOWN) {
@@ -741,6 +759,31 @@ slots_flush_counts(struct slots *s, uint64_t *overwrites, uint64_t *flushes)
 	if (s->flush != NULL)
 		groupsync_counts(s->flush, overwrites, flushes);
 }
+
+int
+slot_commit(struct slots *s, struct slot_ref *ref, const char *id, uint64_t len)
+{
+	ref->jticket = 0;
+	if (s->journal != NULL && len <= JOURNAL_BODY_MAX &&
+	    journal_commit(s->journal, ref->fd, ref->name, id, len, &ref->jticket) == 0)
+		return 0;
+	/* a failed entry: let go of it at once, the slot is synced instead */
+	if (ref->jticket != 0)
+		journal_linked(s->journal, ref->jticket);
+	ref->jticket = 0;
+	return slot_sync(s, ref);
+}
+
+bool
+slot_commit_async(struct slots *s, struct slot_ref *ref, const char *id, uint64_t len,
+		  journal_done_cb *done, void *arg)
+{
+	ref->jticket = 0;
+	return s->journal != NULL && len <= JOURNAL_BODY_MAX &&
+	       journal_commit_async(s->journal, ref->fd, ref->name, id, len, &ref->jticket, done,
+				    arg) == 0;
+}
+
 
 int
 slot_sync(struct slots *s, struct slot_ref *ref)
@@ -818,6 +861,9 @@ slot_link(struct slots *s, struct slot_ref *ref, int dir_fd, const char *id)
 	/* refused, so never to be recovered as a message after a crash */
 	if (rc < 0)
 		(void)pwrite(ref->fd, &freed, 1, 0);
+	if (ref->jticket != 0)
+		journal_linked(s->journal, ref->jticket);
+	ref->jticket = 0;
 	pthread_mutex_lock(&s->lock);
 	i = ref->owned ? find(s, ref) : -1;
 	if (i >= 0) {
@@ -849,6 +895,9 @@ slot_drop(struct slots *s, struct slot_ref *ref)
 	if (ref->fd < 0)
 		return;
 	(void)pwrite(ref->fd, &freed, 1, 0);
+	if (ref->jticket != 0)
+		journal_linked(s->journal, ref->jticket);
+	ref->jticket = 0;
 	pthread_mutex_lock(&s->lock);
 	i = ref->owned ? find(s, ref) : -1;
 	if (i >= 0 && (fstat(ref->fd, &sb) < 0 || slot_unwanted(s, &sb)))

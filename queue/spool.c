@@ -33,6 +33,7 @@
 /* The folders spool_prepare() creates, besides spool_dir itself. */
 static const char *const spool_subdirs[] = {
 	"tmp", "incoming", "active", "deferred", "hold", "corrupt", "defer", "slots",
+	"journal",
 };
 
 /* ---- writer ---- */

@@ -204,6 +204,8 @@ spool_startup_check(const char *spool_dir)
 
 	if (recycle_recover_tmp(spool_dir, true) < 0)
 		msg_fatal("recover %s/tmp: %s", spool_dir, strerror(errno));
+	if (journal_recover(spool_dir) < 0)
+		msg_fatal("recover %s/journal: %s", spool_dir, strerror(errno));
 	if (slots_recover(spool_dir, true) < 0)
 		msg_fatal("recover %s/slots: %s", spool_dir, strerror(errno));
 	snprintf(path, sizeof(path), "%s/incoming", spool_dir);

@@ -29,21 +29,6 @@ milter_stage_name(enum milter_stage st)
 	return (unsigned)st < MS_MAX ? stage_names[st] : "?";
 }
 
-static uint32_t
-get32(const unsigned char *p)
-{
-	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
-static void
-put32(unsigned char *p, uint32_t v)
-{
-	p[0] = (unsigned char)(v >> 24);
-	p[1] = (unsigned char)(v >> 16);
-	p[2] = (unsigned char)(v >> 8);
-	p[3] = (unsigned char)v;
-}
-
 enum milter_frame_status
 milter_frame(const unsigned char *buf, size_t len, size_t *pktlen, const char **why)
 {
@@ -51,7 +36,7 @@ milter_frame(const unsigned char *buf, size_t len, size_t *pktlen, const char **
 
 	if (len < MILTER_LEN_BYTES)
 		return MILTER_FRAME_NEED_MORE;
-	n = get32(buf);
+	n = be32_get(buf);
 	if (n == 0) {
 		*why = "a packet of length 0";
 		return MILTER_FRAME_ERROR;
@@ -82,7 +67,7 @@ begin_packet(struct dstr *out, char cmd)
 static void
 end_packet(struct dstr *out, size_t at)
 {
-	put32((unsigned char *)out->s + at, (uint32_t)(out->len - at - MILTER_LEN_BYTES));
+	be32_put((unsigned char *)out->s + at, (uint32_t)(out->len - at - MILTER_LEN_BYTES));
 }
 
 static void
@@ -106,9 +91,9 @@ milter_put_optneg(struct dstr *out, uint32_t version, uint32_t actions, uint32_t
 {
 	unsigned char b[12];
 
-	put32(b, version);
-	put32(b + 4, actions);
-	put32(b + 8, proto);
+	be32_put(b, version);
+	be32_put(b + 4, actions);
+	be32_put(b + 8, proto);
 	milter_put(out, SMFIC_OPTNEG, b, sizeof(b));
 }
 
@@ -194,7 +179,7 @@ take32(struct cursor *c, uint32_t *v)
 		*c->why = "a packet too short for its fields";
 		return false;
 	}
-	*v = get32(c->p);
+	*v = be32_get(c->p);
 	c->p += 4;
 	c->left -= 4;
 	return true;

@@ -11,7 +11,7 @@
  * $FSREC_LOG:
  *
  *   t0=NS t1=NS pid=P tid=T call=NAME fd=N ino=DEV:INO off=O len=L ret=R
- *   errno=E path=P path2=P
+ *   errno=E path=P path2=P head=HEX
  *
  * t0 and t1 are CLOCK_MONOTONIC nanoseconds before and after the real call
  * (the clock of Python's time.monotonic_ns()). fd is the descriptor used,
@@ -64,7 +64,8 @@
 #include <unistd.h>
 
 #define PATH_CAP 1024           /* bytes of a path kept in a record */
-#define LINE_CAP (4 * PATH_CAP + 512)
+#define HEAD_CAP 64
+#define LINE_CAP (4 * PATH_CAP + 2 * HEAD_CAP + 512)
 
 static char log_path[PATH_MAX];
 static int log_state;           /* 0 not looked at, 1 recording, -1 off */
@@ -146,7 +147,14 @@ struct rec {
 	int err;
 	char path[PATH_CAP];
 	char path2[PATH_CAP];
+	unsigned char head[HEAD_CAP];   /* a write's first bytes */
+	size_t headn;
 };
+
+/* the data of the write about to be recorded (HEAD), for rec_start */
+static __thread const unsigned char *next_head;
+static __thread size_t next_head_n;
+#define HEAD(b, n) (next_head = (const unsigned char *)(b), next_head_n = (n))
 
 struct line {
 	char buf[LINE_CAP];
@@ -179,6 +187,22 @@ put_path(struct line *l, const char *s)
 		} else {
 			l->buf[l->len++] = (char)c;
 		}
+	}
+}
+
+static void
+put_hex(struct line *l, const unsigned char *p, size_t n)
+{
+	static const char hex[] = "0123456789abcdef";
+	size_t i;
+
+	if (n == 0) {
+		put_str(l, "-");
+		return;
+	}
+	for (i = 0; i < n && l->len < sizeof(l->buf) - 3; i++) {
+		l->buf[l->len++] = hex[p[i] >> 4];
+		l->buf[l->len++] = hex[p[i] & 15];
 	}
 }
 
@@ -246,6 +270,8 @@ rec_write(const struct rec *r)
 	put_path(&l, r->path);
 	put_str(&l, " path2=");
 	put_path(&l, r->path2);
+	put_str(&l, " head=");
+	put_hex(&l, r->head, r->headn);
 	l.buf[l.len++] = '\n';
 
 	fd = syscall(SYS_openat, AT_FDCWD, log_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC,
@@ -328,6 +354,10 @@ rec_start(struct rec *r, const char *call, int fd)
 	r->err = 0;
 	r->path[0] = '\0';
 	r->path2[0] = '\0';
+	r->headn = next_head == NULL ? 0 : next_head_n < HEAD_CAP ? next_head_n : HEAD_CAP;
+	if (r->headn > 0)
+		memcpy(r->head, next_head, r->headn);
+	next_head = NULL;
 	r->t0 = now_ns();
 }
 
@@ -527,8 +557,10 @@ close(int fd)
 		struct rec r; \
 		long long ret; \
 		int err; \
-		if (!rec_enter()) \
+		if (!rec_enter()) { \
+			next_head = NULL; \
 			return call; \
+		} \
 		rec_start(&r, name, fdv); \
 		fd_info(&r, fdv); \
 		r.off = (offv); \
@@ -560,6 +592,7 @@ write(int fd, const void *buf, size_t n)
 {
 	REAL(write);
 
+	HEAD(buf, n);
 	FD_CALL("write", fd, file_pos(fd), (long long)n, real_write(fd, buf, n));
 }
 
@@ -568,6 +601,7 @@ pwrite(int fd, const void *buf, size_t n, off_t off)
 {
 	REAL(pwrite);
 
+	HEAD(buf, n);
 	FD_CALL("pwrite", fd, (long long)off, (long long)n, real_pwrite(fd, buf, n, off));
 }
 
@@ -576,6 +610,7 @@ pwrite64(int fd, const void *buf, size_t n, off64_t off)
 {
 	REAL(pwrite64);
 
+	HEAD(buf, n);
 	FD_CALL("pwrite64", fd, (long long)off, (long long)n, real_pwrite64(fd, buf, n, off));
 }
 
@@ -584,6 +619,8 @@ writev(int fd, const struct iovec *iov, int cnt)
 {
 	REAL(writev);
 
+	if (cnt > 0)
+		HEAD(iov[0].iov_base, iov[0].iov_len);
 	FD_CALL("writev", fd, file_pos(fd), iov_len(iov, cnt), real_writev(fd, iov, cnt));
 }
 
@@ -592,6 +629,8 @@ pwritev(int fd, const struct iovec *iov, int cnt, off_t off)
 {
 	REAL(pwritev);
 
+	if (cnt > 0)
+		HEAD(iov[0].iov_base, iov[0].iov_len);
 	FD_CALL("pwritev", fd, (long long)off, iov_len(iov, cnt), real_pwritev(fd, iov, cnt, off));
 }
 
@@ -600,6 +639,8 @@ pwritev64(int fd, const struct iovec *iov, int cnt, off64_t off)
 {
 	REAL(pwritev64);
 
+	if (cnt > 0)
+		HEAD(iov[0].iov_base, iov[0].iov_len);
 	FD_CALL("pwritev64", fd, (long long)off, iov_len(iov, cnt),
 		real_pwritev64(fd, iov, cnt, off));
 }
@@ -609,6 +650,8 @@ pwritev2(int fd, const struct iovec *iov, int cnt, off_t off, int flags)
 {
 	REAL(pwritev2);
 
+	if (cnt > 0)
+		HEAD(iov[0].iov_base, iov[0].iov_len);
 	FD_CALL("pwritev2", fd, (long long)off, iov_len(iov, cnt),
 		real_pwritev2(fd, iov, cnt, off, flags));
 }

@@ -50,7 +50,7 @@ for f in lib/alloc.c lib/log.c lib/util.c lib/config.c lib/address.c lib/xtext.c
     lib/dsnparam.c lib/milterspec.c smtpd/command.c smtpd/data.c smtpd/sasl.c \
     smtpd/milter_proto.c smtpd/milter_apply.c queue/spool.c router/reply.c \
     router/mapsource.c router/canon.c router/mx.c router/nodecaps.c router/ldapconf.c \
-    smtpd/proxy.c queue/import_marker.c queue/nodestate.c; do
+    smtpd/proxy.c queue/import_marker.c queue/nodestate.c queue/journal_codec.c; do
 	[ -f "$f" ] && pure="$pure $f"
 done
 

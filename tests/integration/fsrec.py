@@ -51,9 +51,10 @@ def preload(build):
 
 class Rec:
     """One recorded call: t0, t1 (CLOCK_MONOTONIC ns before and after), pid, tid, call, fd,
-    ino ("DEV:INO"), off, len (an open's flags), ret, errno, path, path2 (a rename's target)."""
+    ino ("DEV:INO"), off, len (an open's flags), ret, errno, path, path2 (a rename's target),
+    head (a write's first bytes, b"" for other calls)."""
     __slots__ = ("t0", "t1", "pid", "tid", "call", "fd", "ino", "off", "len", "ret", "errno",
-                 "path", "path2")
+                 "path", "path2", "head")
 
     def __repr__(self):
         return "<%s %s fd=%d ino=%s ret=%d t0=%d t1=%d %s%s>" % (
@@ -79,8 +80,31 @@ def read_log(path):
             r.ino = fields["ino"]
             r.path = _path(fields["path"])
             r.path2 = _path(fields["path2"])
+            h = fields.get("head", "-")
+            r.head = b"" if h == "-" else bytes.fromhex(h)
             out.append(r)
     return out
+
+
+JOURNAL_ENTRY_MAGIC = b"SJE1"
+JOURNAL_ENTRY_HDR = 64
+
+
+def journal_entry(r):
+    """(slot name, queue id, body length) of the journal entry a write r begins with, or
+    None (queue/journal.c: "SJE1", body length, epoch, seq, tail, slot, id, CRC)."""
+    h = r.head
+    if len(h) < JOURNAL_ENTRY_HDR or h[:4] != JOURNAL_ENTRY_MAGIC:
+        return None
+    return (h[32:44].decode("ascii", "replace"), h[45:57].decode("ascii", "replace"),
+            int.from_bytes(h[4:8], "big"))
+
+
+def journaled(records, spool, acks):
+    """The acknowledged queue ids a journal entry was written for before their link."""
+    jdir = os.path.join(os.path.realpath(spool), "journal")
+    return {e[1] for e in (journal_entry(r) for r in records if r.call in WRITE_CALLS
+                           and r.ret > 0 and os.path.dirname(r.path) == jdir) if e} & set(acks)
 
 
 def durability_problems(records, spool, acks):
@@ -107,6 +131,16 @@ def durability_problems(records, spool, acks):
         fsync or fdatasync of the spool's flush file that succeeded, started after that
         sync_file_range had returned, and returned before the 250 (the device's cache
         flush).
+    Or, for a slot's message made durable by the writer's journal (queue/journal.c):
+      - a write to a file of the spool's journal/ whose bytes begin with an entry for this
+        queue id and the linked slot's name, whose body is at least as long as the content
+        sent, returned before the link;
+      - that write within the length an earlier fsync or fdatasync of the journal file made
+        durable (as for an overwrite in place), a sync_file_range of the journal file from
+        offset 0 over it, started after it returned, that succeeded, and an fsync or
+        fdatasync of the spool's flush file that succeeded, started after that
+        sync_file_range had returned, and returned before the 250. The slot's own syncs and
+        its name's are then not needed: start-up writes the message back from the journal.
     A new file, renamed from tmp/ID (how whole files are committed):
       - the file's making (an open with O_CREAT returning that inode) and its data writes,
         from then to the rename, at least as many bytes as the content sent;
@@ -121,6 +155,7 @@ def durability_problems(records, spool, acks):
     hold_dir = os.path.join(spool, "hold")
     slots_dir = os.path.join(spool, "slots")
     flush_file = os.path.join(spool, "flush", "use")
+    jdir = os.path.join(spool, "journal")
     queue_dirs = (inc_dir, hold_dir)
     by_ino, entries, dir_syncs = {}, {}, {inc_dir: [], hold_dir: [], slots_dir: []}
     for r in records:
@@ -132,6 +167,12 @@ def durability_problems(records, spool, acks):
         if r.call in SYNC_CALLS and r.ret == 0 and r.path in dir_syncs:
             dir_syncs[r.path].append(r)
     flushes = [r for r in records if r.call in SYNC_CALLS and r.ret == 0 and r.path == flush_file]
+    jwrites = {}
+    for r in records:
+        if r.call in WRITE_CALLS and r.ret > 0 and os.path.dirname(r.path) == jdir:
+            e = journal_entry(r)
+            if e:
+                jwrites.setdefault(e[1], []).append((r, e))
     problems = []
     for qid, (t250, size) in sorted(acks.items()):
         ent = [r for r in entries.get(qid, []) if r.t1 <= t250]
@@ -162,6 +203,19 @@ def durability_problems(records, spool, acks):
                 "open with O_CREAT", ent.ino))
             continue
         made = max(made, key=lambda r: r.t0)
+        jw = [(r, e) for r, e in jwrites.get(qid, []) if slot and r.t1 <= ent.t0
+              and e[0] == os.path.basename(ent.path)]
+        if jw:
+            r, e = max(jw, key=lambda x: x[0].t0)
+            why = None
+            if e[2] < size or r.ret < JOURNAL_ENTRY_HDR + e[2]:
+                why = "its entry holds %d bytes, fewer than the %d sent" % (e[2], size)
+            else:
+                why = _overwrite_unproven(by_ino.get(r.ino, []), [r], r.t1, t250, flushes)
+            if why:
+                problems.append("%s: its journal entry (%s) is not proven durable before the "
+                                "250 (%d): %s" % (qid, r, t250, why))
+            continue
         start = made.t0
         if slot:
             # the slot's previous message ends where this one's writes begin

@@ -152,6 +152,10 @@ class FsyncOrderTest(SorterTestCase):
         problems = fsrec.durability_problems(records, d.spool, acks)
         self.assertFalse(problems, "%d problems with %d acknowledged messages:\n%s"
                          % (len(problems), len(acks), "\n".join(problems[:20])))
+        # the small ones went through the writers' journals, the 150 KB ones were synced in
+        # their slots (the journal takes 64 KiB at most)
+        self.assertEqual(fsrec.journaled(records, d.spool, acks),
+                         {q for q, (t, size) in acks.items() if size < 60000})
 
     def test_fsync_before_250_edited(self):
         """The proof for messages a milter edited (a header added): each is committed into a
@@ -203,18 +207,26 @@ class FsyncOrderTest(SorterTestCase):
             self.assertEqual(os.path.dirname(link.path), os.path.join(spool, "slots"))
             self.assertEqual(os.path.dirname(link.path2),
                              hold if qid in held else os.path.join(spool, "incoming"))
+        journaled = fsrec.journaled(records, d.spool, acks)
+        self.assertEqual(journaled, {q for q, (t, size) in acks.items() if size < 60000})
+        jdir = os.path.join(spool, "journal")
         for qid in acks:
             ino = links[qid].ino
-            without_file_sync = [r for r in records
-                                 if not (r.call in fsrec.SYNC_CALLS and r.ino == ino)]
+            if qid in journaled:    # the journal's sync taken out
+                without_file_sync = [r for r in records if not (
+                    r.call == fsrec.RANGE_SYNC and os.path.dirname(r.path) == jdir)]
+            else:
+                without_file_sync = [r for r in records
+                                     if not (r.call in fsrec.SYNC_CALLS and r.ino == ino)]
             self.assertTrue(any(qid in p for p in
                                 fsrec.durability_problems(without_file_sync, d.spool, acks)),
                             qid)
 
-    def recycled(self):
-        """Messages written over slots that held delivered messages: the first ones are
-        delivered, and the next ones are written over their slots. Returns (daemon, records,
-        acks of the next ones, the ids among them written over a first one's slot)."""
+    def recycled(self, first_size=5000, sizes=(200, 5000, 150000)):
+        """Messages written over slots that held delivered messages: the first ones (of
+        first_size bytes) are delivered, and the next ones (of sizes, in turn) are written
+        over their slots. Returns (daemon, records, acks of the next ones, the ids among them
+        written over a first one's slot)."""
         sink = SmtpSink(os.path.join(self.tmp, "sink"), "127.0.0.1", free_port_on("127.0.0.1"),
                         extra_args=["-L"])
         sink.start()
@@ -229,11 +241,11 @@ class FsyncOrderTest(SorterTestCase):
         self.assertEqual(c.ehlo().code, 250)
         first = set()
         for n in range(30):             # delivered: their slots are free again
-            first.add(self.send(c, n, 5000)[0])
+            first.add(self.send(c, n, first_size)[0])
         self.assertTrue(wait_until(lambda: not d.queue_ids(), 30), d.log_tail())
         acks = {}
         for n in range(30, 54):
-            qid, t250, size = self.send(c, n, (200, 5000, 150000)[n % 3])
+            qid, t250, size = self.send(c, n, sizes[n % len(sizes)])
             acks[qid] = (t250, size)
         c.cmd("QUIT")
         records = fsrec.read_log(log)
@@ -260,18 +272,18 @@ class FsyncOrderTest(SorterTestCase):
         (the device's cache flush). The proof holds, and fails without either call, without
         the earlier fdatasync that made the slot's length durable, or with the 250 read
         before the flush returned. (The spool must be on ext4, as the suite's temp dirs are:
-        elsewhere every slot is fdatasync'd.)"""
-        d, records, acks, again = self.recycled()
+        elsewhere every slot is fdatasync'd.) The messages are too big for the journal (64
+        KiB): the first ones make their slots that long, the next ones fit."""
+        d, records, acks, again = self.recycled(first_size=75000, sizes=(70000,))
         spool = os.path.realpath(d.spool)
         fs = subprocess.run(["stat", "-f", "-c", "%T", spool], capture_output=True,
                             text=True).stdout.strip()
         self.assertEqual(fs, "ext2/ext3", "the spool is on %s, not ext4" % fs)
         self.assertEqual(fsrec.durability_problems(records, d.spool, acks), [])
         placed = fsrec.in_place(records, d.spool, acks)
-        # the 150 KB ones outgrow their 16 KiB slots: fdatasync'd
-        small = {q for q in again if acks[q][1] < 16000}
-        self.assertGreaterEqual(len(small), 10, again)
-        self.assertEqual(placed & small, small)
+        self.assertEqual(fsrec.journaled(records, d.spool, acks), set())
+        self.assertGreaterEqual(len(again), 10, again)
+        self.assertEqual(placed & again, again)
         # only a slot that held an earlier message of this worker (fdatasync'd then)
         links = sorted((r for r in records if r.call in fsrec.LINK_CALLS and r.ret == 0
                         and os.path.dirname(r.path) == os.path.join(spool, "slots")),
@@ -303,10 +315,48 @@ class FsyncOrderTest(SorterTestCase):
         self.assertEqual(failing(records, late), placed)
 
     def test_recorder_sees_a_missing_fsync(self):
-        """The proof itself, for messages written over slots of the start-up fill: the same
-        record with the file's fsync, or the directory's, taken out (or moved after the 250)
-        no longer passes."""
+        """The proof itself, for messages written over slots of the start-up fill (too big
+        for the journal): the same record with the file's fsync, or the directory's, taken
+        out (or moved after the 250) no longer passes."""
         self.check_proof(new=False)
+
+    def test_recorder_sees_a_missing_journal_sync(self):
+        """The proof for messages made durable by the journal: it fails without the entry's
+        write, without the journal's sync_file_range or the flush after it, without the
+        fdatasync that made the journal file's length durable when it was made, and with
+        the 250 read before the flush returned."""
+        d, log = self.recorded_sorterd()
+        c = self.connect(d)
+        self.assertEqual(c.ehlo().code, 250)
+        acks = {}
+        for n in range(3):
+            qid, t250, size = self.send(c, n, 5000)
+            acks[qid] = (t250, size)
+        c.cmd("QUIT")
+        records = fsrec.read_log(log)
+        spool = os.path.realpath(d.spool)
+        jdir, flush = os.path.join(spool, "journal"), os.path.join(spool, "flush", "use")
+        self.assertEqual(fsrec.durability_problems(records, d.spool, acks), [])
+        self.assertEqual(fsrec.journaled(records, d.spool, acks), set(acks))
+
+        def failing(recs, late=None):
+            return {q for q in acks if any(q in p for p in fsrec.durability_problems(
+                recs, d.spool, late or acks))}
+
+        in_journal = lambda r: os.path.dirname(r.path) == jdir  # noqa: E731
+        entry_writes = [r for r in records if r.call in fsrec.WRITE_CALLS and in_journal(r)
+                        and fsrec.journal_entry(r)]
+        self.assertEqual(failing([r for r in records if r not in entry_writes]), set(acks))
+        self.assertEqual(failing([r for r in records if not (
+            r.call == fsrec.RANGE_SYNC and in_journal(r))]), set(acks))
+        self.assertEqual(failing([r for r in records if not (
+            r.call in fsrec.SYNC_CALLS and r.path == flush)]), set(acks))
+        self.assertEqual(failing([r for r in records if not (
+            r.call in fsrec.SYNC_CALLS and in_journal(r))]), set(acks))
+        flushes = sorted(r.t1 for r in records if r.call in fsrec.SYNC_CALLS and r.path == flush)
+        late = {q: (max(t for t in flushes if t <= t250) - 1, size)
+                for q, (t250, size) in acks.items()}
+        self.assertEqual(failing(records, late), set(acks))
 
     def test_recorder_sees_a_missing_fsync_new_slots(self):
         """The same for slots made for the message: slots/ emptied before the first one."""
@@ -324,12 +374,13 @@ class FsyncOrderTest(SorterTestCase):
         self.assertEqual(c.ehlo().code, 250)
         acks = {}
         for n in range(3):
-            qid, t250, size = self.send(c, n, 5000)
+            qid, t250, size = self.send(c, n, 70000)
             acks[qid] = (t250, size)
         c.cmd("QUIT")
         records = fsrec.read_log(log)
         spool = os.path.realpath(d.spool)
         inc, slots = os.path.join(spool, "incoming"), os.path.join(spool, "slots")
+        self.assertEqual(fsrec.journaled(records, d.spool, acks), set())
         self.assertEqual(fsrec.durability_problems(records, d.spool, acks), [])
         self.assertEqual(fsrec.written_over_slots(records, d.spool, acks),
                          set() if new else set(acks))
@@ -687,3 +738,162 @@ class FullDiskTest(SorterTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+def crc32c(data, crc=0):
+    """CRC-32C (Castagnoli), as lib/util.c's crc32c()."""
+    crc ^= 0xFFFFFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
+def set_journal_boot(path, boot):
+    """Rewrites the header of the journal file at path (queue/journal.c: "SORTERJ1", epoch,
+    boot id, CRC-32C of the first 60 bytes) with another boot id, as if the host had
+    rebooted since its epoch began."""
+    with open(path, "r+b") as f:
+        hdr = bytearray(f.read(64))
+        if hdr[:8] != b"SORTERJ1":
+            raise AssertionError("%s: no journal header: %r" % (path, bytes(hdr[:16])))
+        if crc32c(bytes(hdr[:60])).to_bytes(4, "big") != bytes(hdr[60:64]):
+            raise AssertionError("%s: the header's CRC does not match this test's" % path)
+        hdr[16:52] = boot.encode().ljust(36, b"\0")
+        hdr[60:64] = crc32c(bytes(hdr[:60])).to_bytes(4, "big")
+        f.seek(0)
+        f.write(bytes(hdr))
+
+
+class JournalTest(SorterTestCase):
+    """A writer's journal (queue/journal.c) holds each small new message until it is finished
+    or its slot synced: after a crash that lost the slots' writes (the host rebooted before the
+    kernel wrote them back), start-up writes the messages back from it."""
+
+    def queued_sorterd(self):
+        closed = free_port_on("127.0.0.1")
+        d = Sorterd(os.path.join(self.tmp, "d"), start=False,
+                    failover_node="lmtp:[127.0.0.1]:%d" % closed, queue_run_delay=3600,
+                    minimal_backoff_time=3600, maximal_backoff_time=3600)
+        self.daemons.append(d)
+        self.addCleanup(self._finish, d)
+        d.start()
+        return d
+
+    def test_lost_slot_writes_come_back_from_the_journal(self):
+        d = self.queued_sorterd()
+        c = self.connect(d)
+        self.assertEqual(c.ehlo().code, 250)
+        sent = {}
+        for n in range(6):
+            body = "".join("journal %d line %d %s\r\n" % (n, i, "j" * 60) for i in range(60))
+            r, qid = c.send_message(SENDER, [RCPT], message("journal %d" % n, body))
+            self.assertQueued(r, qid)
+            sent[qid] = "journal %d line 59 " % n
+        c.cmd("QUIT")
+        c.close()
+        d.kill_all()
+        spool = os.path.realpath(d.spool)
+        slots = os.path.join(spool, "slots")
+        by_ino = {os.stat(os.path.join(slots, s)).st_ino: s for s in os.listdir(slots)}
+        names = {}
+        for folder in ("incoming", "active", "deferred"):
+            for q in os.listdir(os.path.join(spool, folder)):
+                if q in sent:
+                    names[q] = (folder, by_ino[os.stat(os.path.join(spool, folder, q)).st_ino])
+        self.assertEqual(set(names), set(sent))
+        # what the disk would hold had the slots' writes been lost: their old zeros; and one
+        # message's queue name lost too
+        ids = sorted(sent)
+        for q in ids:
+            path = os.path.join(slots, names[q][1])
+            size = os.path.getsize(path)
+            with open(path, "r+b") as f:
+                f.write(b"\0" * size)
+        os.unlink(os.path.join(spool, names[ids[0]][0], ids[0]))
+        journals = [os.path.join(spool, "journal", j) for j in os.listdir(
+            os.path.join(spool, "journal")) if re.fullmatch(r"j[0-9]+", j)]
+        self.assertTrue(journals)
+        for j in journals:
+            set_journal_boot(j, "00000000-0000-4000-8000-000000000000")
+        d.start()
+        log = d.log()
+        for q in ids:
+            self.assertIn("%s: restored from the journal" % q, log)
+        self.assertEqual(set(sent) - d.queue_ids(), set(), d.log_tail())
+        for q, marker in sent.items():
+            fields, stored = d.show(q)
+            self.assertIn(marker, stored, q)
+        self.assertEqual(corrupt_files(d), [])
+        # a second start finds nothing more to restore: the journals' epochs were renewed
+        d.stop()
+        before = log.count("restored from the journal")
+        d.start()
+        self.assertEqual(d.log().count("restored from the journal"),
+                         before)
+        self.assertEqual(set(sent) - d.queue_ids(), set())
+
+    def test_the_same_boot_needs_no_restore(self):
+        """After a kill -9 on the same boot the page cache holds every slot as written: the
+        journal's messages are synced in their slots, none is written back, and the queue is
+        whole."""
+        d = self.queued_sorterd()
+        c = self.connect(d)
+        self.assertEqual(c.ehlo().code, 250)
+        ids = set()
+        for n in range(5):
+            r, qid = c.send_message(SENDER, [RCPT], message("same boot %d" % n))
+            self.assertQueued(r, qid)
+            ids.add(qid)
+        c.cmd("QUIT")
+        c.close()
+        d.kill_all()
+        d.start()
+        self.assertNotIn("restored from the journal", d.log())
+        self.assertEqual(ids - d.queue_ids(), set())
+        for q in ids:
+            self.assertTrue(d.show(q)[1].startswith("Received:"), q)
+
+    def test_the_ring_comes_round_past_queued_messages(self):
+        """More small messages than the 8 MiB journal holds, none delivered: the ring comes
+        round to entries still needed, whose slots are synced first. Every message is
+        acknowledged, and whole after a kill -9 and a start."""
+        d = self.queued_sorterd()
+        total, lock, errors = 0, threading.Lock(), []
+        body = "".join("ring line %d %s\r\n" % (i, "r" * 70) for i in range(360))  # 30 KB
+        acked = []
+
+        def sender(k):
+            try:
+                with Client(d.port, timeout=60) as cc:
+                    if cc.reply().code != 220 or cc.ehlo().code != 250:
+                        raise AssertionError("no greeting or EHLO refused")
+                    for i in range(300):
+                        r, qid = cc.send_message(SENDER, [RCPT],
+                                                 message("ring %d %d" % (k, i), body),
+                                                 ehlo=False)
+                        if qid is None:
+                            raise AssertionError("message %d/%d: %s" % (k, i, r))
+                        with lock:
+                            acked.append(qid)
+                    cc.cmd("QUIT")
+            except Exception as e:  # noqa: BLE001 - reported below
+                with lock:
+                    errors.append("sender %d: %r" % (k, e))
+
+        threads = [threading.Thread(target=sender, args=(k,), daemon=True) for k in range(4)]
+        for t in threads:
+            t.start()
+        self.assertTrue(join_all(threads, 300), "senders hang")
+        self.assertEqual(errors, [])
+        total = len(acked)
+        self.assertEqual(total, 1200)
+        # two workers' journals, each gone round more than once
+        self.assertGreater(total * 30000, 4 * (8 << 20))
+        self.assertRegex(d.log(), r"journal/j[0-9]+: round [0-9]+ done, [1-9][0-9]* of its "
+                         r"entries' slots synced")
+        d.kill_all()
+        d.start()
+        self.assertEqual(set(acked) - d.queue_ids(), set(), d.log_tail())
+        self.assertEqual(corrupt_files(d), [])

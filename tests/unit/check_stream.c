@@ -972,7 +972,8 @@ START_TEST(test_flush_file_alone)
 		/* no file: slots are fdatasync'd here (not ext4) */
 		ck_assert(sf.f_type != EXT4_SUPER_MAGIC || !S_ISDIR(fb.st_mode));
 	} else {
-		ck_assert_uint_eq(mine, 2);
+		/* each pool's, and a copy for each pool's journal */
+		ck_assert_uint_eq(mine, 4);
 		ck_assert(S_ISDIR(fb.st_mode));
 		ck_assert_int_eq(stat(want, &sb), 0);
 		ck_assert_uint_eq(sb.st_ino, ino);
@@ -987,6 +988,13 @@ START_TEST(test_flush_file_alone)
 				      "slot %s (inode %lu) in the run of the flush file (inode %lu)",
 				      de->d_name, (unsigned long)de->d_ino, (unsigned long)ino);
 		}
+		closedir(d);
+		/* nor a journal file */
+		snprintf(path, sizeof(path), "%s/journal", spool);
+		ck_assert_ptr_nonnull(d = opendir(path));
+		while ((de = readdir(d)) != NULL)
+			if (de->d_name[0] == 'j')
+				ck_assert((de->d_ino - 1) / run != (ino - 1) / run);
 		closedir(d);
 		ck_assert_uint_eq(slots, 200);
 	}
