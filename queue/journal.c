@@ -448,6 +448,44 @@ journal_commit_async(struct journal *j, int slot_fd, const char *slot, const cha
 }
 
 /*
+ * Under the lock, on the syncer: an oldest entry still needed
+ * JOURNAL_PIN_NSEC after it was written (its message stays queued: deferred,
+ * or its node is down) would keep every later one needed after a reboot,
+ * finished or not, and what a power failure can bring back to be delivered
+ * again would grow to the whole ring. So its slot is fdatasync'd (outside
+ * the lock) and it is released: one such sync per batch at most.
+ */
+static void
+unpin(struct journal *j)
+{
+	char slot[QID_LEN + 1], id[QID_LEN + 1];
+	struct jent *e;
+	uint64_t seq;
+	int fd, rc;
+
+	if (j->qn == 0)
+		return;
+	e = qat(j, 0);
+	if (!e->written || !e->linked || mono_ns() - e->seq < JOURNAL_PIN_NSEC ||
+	    release_oldest(j, false) == 1)
+		return;
+	memcpy(slot, e->slot, sizeof(slot));
+	memcpy(id, e->id, sizeof(id));
+	seq = e->seq;
+	pthread_mutex_unlock(&j->lock);
+	rc = slot_holds(j->slots_dfd, slot, id, &fd);
+	if (rc == 1) {
+		rc = fdatasync(fd) < 0 ? -1 : 1;
+		close(fd);
+	}
+	pthread_mutex_lock(&j->lock);
+	if (rc >= 0 && j->qn > 0 && qat(j, 0)->seq == seq) {
+		qpop(j);
+		j->forced += rc == 1;
+	}
+}
+
+/*
  * The syncer: the entries written so far made durable at once, by a
  * sync_file_range of the journal (its dirty pages, which lie together)
  * and the flush file's fdatasync (the device's cache), then each one's
@@ -510,6 +548,7 @@ syncer_main(void *arg)
 			free(w);
 		}
 		pthread_mutex_lock(&j->lock);
+		unpin(j);
 	}
 	pthread_mutex_unlock(&j->lock);
 	return NULL;
@@ -590,8 +629,7 @@ struct jfile {
 /* The needed entries of the journal open on fd (its header's epoch, CRC
  * matching, seq at least the newest's tail), appended to *v. */
 static int
-read_entries(int fd, const char *path, bool *same_boot, struct found **v, size_t *n,
-	     size_t *cap, int jfd_index)
+read_entries(int fd, bool *same_boot, struct found **v, size_t *n, size_t *cap, int jfd_index)
 {
 	char boot[JOURNAL_BOOT_LEN + 1], mine[JOURNAL_BOOT_LEN + 1];
 	unsigned char *map;
@@ -652,7 +690,6 @@ read_entries(int fd, const char *path, bool *same_boot, struct found **v, size_t
 			free((*v)[i].body);
 	}
 	*n = k;
-	(void)path;
 	return 0;
 }
 
@@ -832,8 +869,7 @@ recover_files(const char *spool_dir, struct jfile *files, size_t nf)
 	if ((slots_dfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
 		return -1;
 	for (i = 0; i < nf; i++) {
-		files[i].ok = read_entries(files[i].fd, files[i].name, &files[i].same_boot, &v, &n,
-					   &cap, (int)i) == 0;
+		files[i].ok = read_entries(files[i].fd, &files[i].same_boot, &v, &n, &cap, (int)i) == 0;
 		if (!files[i].ok) {
 			msg_warn("%s/journal/%s: %s", spool_dir, files[i].name, strerror(errno));
 			err = err ? err : errno;

@@ -492,6 +492,7 @@ int recycle_pad(int fd, uint64_t end, uint64_t size);
 #define JOURNAL_BODY_MAX (64U << 10)    /* bigger messages are synced in their slot */
 #define JOURNAL_BATCH 8                 /* a sync waits for this many entries, */
 #define JOURNAL_LINGER_USEC 1000        /* or this long after the first one */
+#define JOURNAL_PIN_NSEC 2000000000ULL  /* an entry still needed this long has its slot synced */
 struct journal;
 struct journal_entry {
 	uint32_t body_len;

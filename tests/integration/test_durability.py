@@ -855,6 +855,49 @@ class JournalTest(SorterTestCase):
         for q in ids:
             self.assertTrue(d.show(q)[1].startswith("Received:"), q)
 
+    def test_a_message_that_stays_queued_is_synced_in_its_slot(self):
+        """An entry still needed 2 s after it was written (its message deferred) has its slot
+        fdatasync'd by the writer's journal thread at its next sync, so that it does not keep
+        every later entry needed: the record shows that fdatasync, by the process that wrote
+        the entry, after the next message's entry."""
+        log = os.path.join(self.tmp, "fsrec.log")
+        with open(log, "w"):
+            pass
+        os.chmod(log, 0o666)
+        closed = free_port_on("127.0.0.1")
+        d = Sorterd(os.path.join(self.tmp, "d"), start=False,
+                    failover_node="lmtp:[127.0.0.1]:%d" % closed, queue_run_delay=3600,
+                    minimal_backoff_time=3600, maximal_backoff_time=3600, workers=1)
+        d.argv_prefix = ("env", "LD_PRELOAD=" + fsrec.preload(d.build), "FSREC_LOG=" + log)
+        self.daemons.append(d)
+        self.addCleanup(self._finish, d)
+        d.start()
+        c = self.connect(d)
+        self.assertEqual(c.ehlo().code, 250)
+        r, first = c.send_message(SENDER, [RCPT], message("stays queued"), ehlo=False)
+        self.assertQueued(r, first)
+        time.sleep(2.5)
+        r, second = c.send_message(SENDER, [RCPT], message("the next one"), ehlo=False)
+        self.assertQueued(r, second)
+        c.cmd("QUIT")
+        records = fsrec.read_log(log)
+        spool = os.path.realpath(d.spool)
+        jdir = os.path.join(spool, "journal")
+        entries = {}
+        for r in records:
+            e = fsrec.journal_entry(r) if (r.call in fsrec.WRITE_CALLS and r.ret > 0 and
+                                           os.path.dirname(r.path) == jdir) else None
+            if e:
+                entries[e[1]] = r
+        self.assertEqual(set(entries), {first, second})
+        slot_ino = next(r.ino for r in records if r.call in fsrec.LINK_CALLS and r.ret == 0
+                        and r.path2 == os.path.join(spool, "incoming", first))
+        writer = entries[first].pid
+        synced = [r for r in records if r.call in fsrec.SYNC_CALLS and r.ret == 0
+                  and r.ino == slot_ino and r.pid == writer and r.t0 > entries[second].t1]
+        self.assertTrue(synced, "no fdatasync of %s's slot by its writer after the next entry"
+                        % first)
+
     def test_the_ring_comes_round_past_queued_messages(self):
         """More small messages than the 8 MiB journal holds, none delivered: the ring comes
         round to entries still needed, whose slots are synced first. Every message is
