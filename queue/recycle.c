@@ -18,9 +18,9 @@
  * before it started (overwrite_sync). Where the pool has a journal
  * (journal.c), a message of up to JOURNAL_BODY_MAX is made durable as a
  * copy there instead (slot_commit, slot_commit_async), several to one
- * device write, and its slot is not synced at all. Slots are written from their start,
- * never past their end and never cut short, so no slot has a hole under
- * its length. A hard link under the message's id in incoming/ then hands
+ * device write, and its slot is not synced at all. Slots are written from
+ * their start, never past their end and never cut short, so no slot has a
+ * hole under its length. A hard link under the message's id in incoming/ then hands
  * it to the queue manager; that link is not waited for. When the message
  * is finished, whoever removes its queue name (the queue manager,
  * `sorterctl delete`, an import) first marks the file freed (spool_remove:
