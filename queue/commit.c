@@ -333,14 +333,14 @@ stream_written(void *arg)
  * head and all the content are in the busy buffer): a slot is taken and
  * the message written into it with one call, the content length in place,
  * the check, the end and the padding's header (or, for a slot shorter than
- * that, the padding after it) */
+ * that, the padding after it); iov[0..2] then point at the message's
+ * records up to its end marker (the head and content, the check, the end) */
 static int
 stream_write_whole(struct spool_stream *st, const unsigned char len[4], unsigned char *check,
-		   const unsigned char *end)
+		   const unsigned char *end, struct iovec iov[4])
 {
 	uint64_t cstart = st->content_hdr + SPOOL_REC_HDR, stop;
 	unsigned char pad[SPOOL_REC_HDR];
-	struct iovec iov[4];
 	int n = 3;
 
 	if (slot_take(st->pool->slots, st->new_name, &st->slot) < 0)
@@ -402,7 +402,9 @@ stream_final_work(void *arg)
 {
 	struct spool_stream *st = arg;
 	unsigned char end[SPOOL_REC_HDR], len[4], check[SPOOL_CHECK_REC];
+	struct iovec iov[4];
 	uint64_t stop;
+	int niov = 0;
 
 	if (st->end == STREAM_ABORT || st->error) {
 		slot_drop(st->pool->slots, &st->slot);
@@ -422,10 +424,11 @@ stream_final_work(void *arg)
 	stop = st->off + st->busy.len + sizeof(check) + sizeof(end);
 	if (st->off == 0 && st->slot.fd < 0) {
 		/* nothing written yet: the whole message in one write */
-		if (stream_write_whole(st, len, check, end) < 0) {
+		if (stream_write_whole(st, len, check, end, iov) < 0) {
 			st->error = errno ? errno : EIO;
 			goto fail;
 		}
+		niov = 3;       /* the bytes up to stop, for the journal's copy */
 	} else {
 		stream_write_work(st);  /* the last bytes */
 		if (st->error)
@@ -446,7 +449,8 @@ stream_final_work(void *arg)
 	 * journal, whose thread then ends this job (stream_journaled); or in
 	 * the slot, whose name was durable before its first write */
 	st->task = iopool_defer();
-	if (slot_commit_async(st->pool->slots, &st->slot, st->id, stop, stream_journaled, st))
+	if (slot_commit_async(st->pool->slots, &st->slot, st->id, stop, niov ? iov : NULL, niov,
+			      stream_journaled, st))
 		return;
 	iopool_undefer(st->task);
 	st->task = NULL;

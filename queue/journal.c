@@ -259,16 +259,21 @@ qpush(struct journal *j)
 	return qat(j, j->qn - 1);
 }
 
-/* Under the lock: the entry of seq, or NULL (released) */
+/* Under the lock: the entry of seq, or NULL (released). The ring holds
+ * its entries in the order of their seqs. */
 static struct jent *
 find_entry(struct journal *j, uint64_t seq)
 {
-	size_t k;
+	size_t lo = 0, hi = j->qn, mid;
 
-	for (k = j->qn; k-- > 0;)
-		if (qat(j, k)->seq == seq)
-			return qat(j, k);
-	return NULL;
+	while (lo < hi) {
+		mid = lo + (hi - lo) / 2;
+		if (qat(j, mid)->seq < seq)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < j->qn && qat(j, lo)->seq == seq ? qat(j, lo) : NULL;
 }
 
 /* Under the lock: the oldest entry, written, released if its message is
@@ -354,9 +359,27 @@ make_room(struct journal *j, uint64_t size)
 	}
 }
 
+/* The len bytes of iov[0..iovcnt) copied to dst: 0, or -1 when they are
+ * not len bytes. */
+static int
+copy_iov(unsigned char *dst, uint64_t len, const struct iovec *iov, int iovcnt)
+{
+	uint64_t got = 0;
+	int i;
+
+	for (i = 0; i < iovcnt; i++) {
+		if (iov[i].iov_len > len - got)
+			return -1;
+		memcpy(dst + got, iov[i].iov_base, iov[i].iov_len);
+		got += iov[i].iov_len;
+	}
+	return got == len ? 0 : -1;
+}
+
 int
 journal_commit_async(struct journal *j, int slot_fd, const char *slot, const char *id,
-		     uint64_t len, uint64_t *ticket, journal_done_cb *done, void *arg)
+		     uint64_t len, const struct iovec *iov, int iovcnt, uint64_t *ticket,
+		     journal_done_cb *done, void *arg)
 {
 	struct journal_entry je;
 	struct jwait *w;
@@ -372,8 +395,13 @@ journal_commit_async(struct journal *j, int slot_fd, const char *slot, const cha
 		return -1;
 	}
 	buf = xmalloc((size_t)size);
-	n = pread_full(slot_fd, buf + JOURNAL_ENTRY_HDR, (size_t)len, 0);
-	if (n != (ssize_t)len) {
+	if (iov != NULL && copy_iov(buf + JOURNAL_ENTRY_HDR, len, iov, iovcnt) < 0) {
+		free(buf);
+		errno = EINVAL;
+		return -1;
+	}
+	if (iov == NULL &&
+	    (n = pread_full(slot_fd, buf + JOURNAL_ENTRY_HDR, (size_t)len, 0)) != (ssize_t)len) {
 		err = n < 0 ? errno : EIO;
 		free(buf);
 		errno = err;
@@ -582,7 +610,7 @@ journal_commit(struct journal *j, int slot_fd, const char *slot, const char *id,
 
 	pthread_mutex_init(&b.lock, NULL);
 	pthread_cond_init(&b.cond, NULL);
-	rc = journal_commit_async(j, slot_fd, slot, id, len, ticket, blocking_done, &b);
+	rc = journal_commit_async(j, slot_fd, slot, id, len, NULL, 0, ticket, blocking_done, &b);
 	if (rc == 0) {
 		pthread_mutex_lock(&b.lock);
 		while (!b.done)
@@ -919,37 +947,50 @@ journal_name(const char *s)
 	return true;
 }
 
+/* The next journal file of the folder d that no live writer holds: open,
+ * locked, its name in name[64]; or -1 when there is none left. */
+static int
+next_unheld(DIR *d, char name[64], struct stat *sb)
+{
+	struct dirent *de;
+	int fd;
+
+	while ((de = readdir(d)) != NULL) {
+		if (!journal_name(de->d_name))
+			continue;
+		fd = openat(dirfd(d), de->d_name, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+		if (fd < 0)
+			continue;
+		if (flock(fd, LOCK_EX | LOCK_NB) == 0 && fstat(fd, sb) == 0 &&
+		    S_ISREG(sb->st_mode)) {
+			snprintf(name, 64, "%.20s", de->d_name);
+			return fd;
+		}
+		close(fd);
+	}
+	return -1;
+}
+
 int
 journal_recover(const char *spool_dir)
 {
 	struct jfile *files = NULL;
 	size_t nf = 0, cap = 0, i;
-	char path[4096];
-	struct dirent *de;
-	int fd, dfd, rc;
+	char path[4096], name[64];
+	struct stat sb;
+	int fd, rc;
 	DIR *d;
 
 	snprintf(path, sizeof(path), "%s/journal", spool_dir);
 	if ((d = opendir(path)) == NULL)
 		return errno == ENOENT ? 0 : -1;
-	dfd = dirfd(d);
-	while ((de = readdir(d)) != NULL) {
-		if (!journal_name(de->d_name))
-			continue;
-		fd = openat(dfd, de->d_name, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
-		if (fd < 0)
-			continue;
-		/* one a live writer holds is that writer's */
-		if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
-			close(fd);
-			continue;
-		}
+	while ((fd = next_unheld(d, name, &sb)) >= 0) {
 		if (nf == cap) {
 			cap = cap ? cap * 2 : 8;
 			files = xrealloc(files, cap * sizeof(*files));
 		}
 		files[nf].fd = fd;
-		snprintf(files[nf].name, sizeof(files[nf].name), "%.20s", de->d_name);
+		snprintf(files[nf].name, sizeof(files[nf].name), "%s", name);
 		nf++;
 	}
 	closedir(d);
@@ -962,52 +1003,71 @@ journal_recover(const char *spool_dir)
 
 /* ---- opening one ---- */
 
-/* A new journal file of JOURNAL_SIZE zero bytes, fdatasync'd, its name
- * fsync'd into dfd: its descriptor, locked, or -1. */
+/* The unnamed file fd given a name of the folder dfd: prefix and the
+ * first number free (into name), not yet fsync'd into it. 0, or -1. */
+static int
+give_name(int fd, int dfd, const char *prefix, char *name, size_t namelen)
+{
+	char proc[64];
+	unsigned k;
+
+	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+	for (k = 0; k < 100000; k++) {
+		snprintf(name, namelen, "%s%u", prefix, k);
+		if (linkat(AT_FDCWD, proc, dfd, name, AT_SYMLINK_FOLLOW) == 0)
+			return 0;
+		if (errno != EEXIST)
+			return -1;
+	}
+	errno = EEXIST;
+	return -1;
+}
+
+/* A new journal file of JOURNAL_SIZE zero bytes, fdatasync'd and locked
+ * before it is given its name (fsync'd into dfd): no one sees it
+ * unfinished, and a writer killed while making it leaves nothing behind.
+ * Its descriptor, or -1. */
 static int
 make_file(int dfd, char *name, size_t namelen, bool (*avoid)(ino_t, void *), void *ctx)
 {
 	static const char zeros[1 << 16];
+	char aside[64];
 	struct stat sb;
 	uint64_t off;
-	unsigned k;
 	int fd = -1, tries;
 
 	for (tries = 0; tries < 64; tries++) {
-		for (k = 0; k < 100000; k++) {
-			snprintf(name, namelen, "j%u", k);
-			fd = openat(dfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,
-				    0600);
-			if (fd >= 0 || errno != EEXIST)
-				break;
-		}
+		fd = openat(dfd, ".", O_RDWR | O_TMPFILE | O_CLOEXEC, 0600);
 		if (fd < 0)
 			return -1;
-		if (fstat(fd, &sb) == 0 && avoid && avoid(sb.st_ino, ctx)) {
-			/* an inode the flush file must not share its block with:
-			 * kept aside, under a name no one takes for a journal */
-			char aside[64];
-
-			snprintf(aside, sizeof(aside), "aside.%.20s", name);
-			(void)renameat(dfd, name, dfd, aside);
-			close(fd);
-			fd = -1;
-			continue;
-		}
-		break;
+		if (fstat(fd, &sb) < 0)
+			goto fail;
+		if (avoid == NULL || !avoid(sb.st_ino, ctx))
+			break;
+		/* an inode the flush file must not share its block with: kept,
+		 * under a name no one takes for a journal, so that it stays
+		 * taken */
+		(void)give_name(fd, dfd, "aside.j", aside, sizeof(aside));
+		close(fd);
+		fd = -1;
 	}
-	if (fd < 0)
+	if (fd < 0) {
+		errno = ENOSPC;
 		return -1;
+	}
 	if (flock(fd, LOCK_EX | LOCK_NB) < 0)
 		goto fail;
 	for (off = 0; off < JOURNAL_SIZE; off += sizeof(zeros))
 		if (pwrite_full(fd, zeros, sizeof(zeros), (off_t)off) < 0)
 			goto fail;
-	if (fdatasync(fd) < 0 || fsync(dfd) < 0)
+	if (fdatasync(fd) < 0 || give_name(fd, dfd, "j", name, namelen) < 0)
 		goto fail;
+	if (fsync(dfd) < 0) {
+		(void)unlinkat(dfd, name, 0);
+		goto fail;
+	}
 	return fd;
 fail:
-	(void)unlinkat(dfd, name, 0);
 	close(fd);
 	return -1;
 }
@@ -1019,9 +1079,8 @@ journal_open(const char *spool_dir, int slots_dfd, int flush_fd,
 	struct journal *j;
 	struct jfile jf;
 	char path[4096], name[64];
-	struct dirent *de;
 	struct stat sb;
-	int dfd, fd = -1;
+	int fd;
 	DIR *d;
 
 	snprintf(path, sizeof(path), "%s/journal", spool_dir);
@@ -1029,22 +1088,9 @@ journal_open(const char *spool_dir, int slots_dfd, int flush_fd,
 		return NULL;
 	if ((d = opendir(path)) == NULL)
 		return NULL;
-	dfd = dirfd(d);
 	/* one an earlier writer left, else a new one */
-	while ((de = readdir(d)) != NULL) {
-		if (!journal_name(de->d_name))
-			continue;
-		fd = openat(dfd, de->d_name, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
-		if (fd < 0)
-			continue;
-		if (flock(fd, LOCK_EX | LOCK_NB) == 0 && fstat(fd, &sb) == 0 &&
-		    S_ISREG(sb.st_mode) && sb.st_size == JOURNAL_SIZE) {
-			snprintf(name, sizeof(name), "%.20s", de->d_name);
-			break;
-		}
+	while ((fd = next_unheld(d, name, &sb)) >= 0 && sb.st_size != JOURNAL_SIZE)
 		close(fd);
-		fd = -1;
-	}
 	if (fd >= 0) {
 		jf.fd = fd;
 		snprintf(jf.name, sizeof(jf.name), "%s", name);
@@ -1054,7 +1100,7 @@ journal_open(const char *spool_dir, int slots_dfd, int flush_fd,
 			return NULL;
 		}
 	} else {
-		fd = make_file(dfd, name, sizeof(name), avoid, ctx);
+		fd = make_file(dirfd(d), name, sizeof(name), avoid, ctx);
 		if (fd < 0) {
 			closedir(d);
 			return NULL;

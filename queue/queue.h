@@ -47,6 +47,7 @@
 #include <stdint.h>
 #include <stdbool.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 
 #include "lib/lib.h"
 
@@ -447,9 +448,11 @@ int slot_commit(struct slots *s, struct slot_ref *ref, const char *id, uint64_t 
 /* slot_commit's other half, for a caller that must not wait: when the
  * pool's journal takes the message (true), done(arg, err) follows on the
  * journal's thread once it is durable or that failed; false: the caller
- * uses slot_commit. */
+ * uses slot_commit. iov[0..iovcnt), when not NULL, are the len bytes as
+ * they were written into the slot (the journal then does not read them
+ * back). */
 bool slot_commit_async(struct slots *s, struct slot_ref *ref, const char *id, uint64_t len,
-		       journal_done_cb *done, void *arg);
+		       const struct iovec *iov, int iovcnt, journal_done_cb *done, void *arg);
 /* An unused or abandoned slot goes back to the pool, marked freed (its
  * first byte, not made durable): what it holds is never taken for a
  * committed message, not even a whole one whose sync failed and was
@@ -509,15 +512,17 @@ struct journal_entry {
 struct journal *journal_open(const char *spool_dir, int slots_dfd, int flush_fd,
 			     bool (*avoid)(ino_t, void *), void *ctx);
 void journal_close(struct journal *j);
-/* On a thread: the len bytes at the start of the slot open on slot_fd,
- * message id, copied into the journal, to be made durable with the entries
+/* On a thread: the len bytes at the start of the slot open on slot_fd
+ * (iov[0..iovcnt) when not NULL: those bytes as written), message id,
+ * copied into the journal, to be made durable with the entries
  * written beside it by the journal's thread, which then calls done(arg, 0),
  * or done(arg, errno) when that failed. -1 with errno (and no done call)
  * when the entry could not be written. On 0, *ticket names the entry for
  * journal_linked(), which must follow once the message is linked into the
  * queue, or refused: the ring does not come round to it before. */
 int journal_commit_async(struct journal *j, int slot_fd, const char *slot, const char *id,
-			 uint64_t len, uint64_t *ticket, journal_done_cb *done, void *arg);
+			 uint64_t len, const struct iovec *iov, int iovcnt, uint64_t *ticket,
+			 journal_done_cb *done, void *arg);
 /* The same, returning once the entry is durable: 0, or -1 with errno. */
 int journal_commit(struct journal *j, int slot_fd, const char *slot, const char *id,
 		   uint64_t len, uint64_t *ticket);

@@ -779,12 +779,12 @@ slot_commit(struct slots *s, struct slot_ref *ref, const char *id, uint64_t len)
 
 bool
 slot_commit_async(struct slots *s, struct slot_ref *ref, const char *id, uint64_t len,
-		  journal_done_cb *done, void *arg)
+		  const struct iovec *iov, int iovcnt, journal_done_cb *done, void *arg)
 {
 	ref->jticket = 0;
 	return s->journal != NULL && len <= JOURNAL_BODY_MAX &&
-	       journal_commit_async(s->journal, ref->fd, ref->name, id, len, &ref->jticket, done,
-				    arg) == 0;
+	       journal_commit_async(s->journal, ref->fd, ref->name, id, len, iov, iovcnt,
+				    &ref->jticket, done, arg) == 0;
 }
 
 

@@ -841,8 +841,8 @@ class JournalTest(SorterTestCase):
 
     def test_the_same_boot_needs_no_restore(self):
         """After a kill -9 on the same boot the page cache holds every slot as written: the
-        journal's messages are synced in their slots, none is written back, and the queue is
-        whole."""
+        start-up check fdatasyncs the journal's messages in their slots (the recorder shows
+        it), none is written back, and the queue is whole."""
         d = self.queued_sorterd()
         c = self.connect(d)
         self.assertEqual(c.ehlo().code, 250)
@@ -854,11 +854,34 @@ class JournalTest(SorterTestCase):
         c.cmd("QUIT")
         c.close()
         d.kill_all()
+        spool = os.path.realpath(d.spool)
+        slot_of = {}
+        for folder in ("incoming", "active", "deferred"):
+            for q in os.listdir(os.path.join(spool, folder)):
+                if q in ids:
+                    st = os.stat(os.path.join(spool, folder, q))
+                    slot_of[q] = "%d:%d" % (st.st_dev, st.st_ino)
+        self.assertEqual(set(slot_of), ids)
+        # the start, under the recorder: the start-up check fdatasyncs each message's slot,
+        # since the page cache that holds it may not be written back before a power failure
+        log = os.path.join(self.tmp, "fsrec.log")
+        with open(log, "w"):
+            pass
+        os.chmod(log, 0o666)
+        d.argv_prefix = ("env", "LD_PRELOAD=" + fsrec.preload(d.build), "FSREC_LOG=" + log)
         d.start()
         self.assertNotIn("restored from the journal", d.log())
         self.assertEqual(ids - d.queue_ids(), set())
         for q in ids:
             self.assertTrue(d.show(q)[1].startswith("Received:"), q)
+        records = fsrec.read_log(log)
+        # the check runs in a child of its own, which opens the journals first and is gone
+        checker = min((r for r in records if "/journal/" in r.path), key=lambda r: r.t0).pid
+        self.assertNotIn(checker, d.children() + [d.pid])
+        synced = {r.ino for r in records
+                  if r.call in fsrec.SYNC_CALLS and r.ret == 0 and r.pid == checker}
+        self.assertEqual({q for q, ino in slot_of.items() if ino not in synced}, set(),
+                         "slots not synced at the start")
 
     def test_a_message_that_stays_queued_is_synced_in_its_slot(self):
         """An entry still needed 2 s after it was written (its message deferred) has its slot

@@ -1109,9 +1109,28 @@ START_TEST(test_fill_avoids_flush_run)
 }
 END_TEST
 
+/* SP/journal/j0, a journal file an earlier writer left (zeros): the pool
+ * opened next takes it rather than making one. */
+static void
+make_journal(const char *sp)
+{
+	static const char zeros[1 << 16];
+	char path[PATH_MAX + 64];
+	uint64_t off;
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/journal/j0", sp);
+	ck_assert_int_ge(fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600), 0);
+	for (off = 0; off < JOURNAL_SIZE; off += sizeof(zeros))
+		ck_assert_int_eq(pwrite(fd, zeros, sizeof(zeros), (off_t)off), sizeof(zeros));
+	close(fd);
+}
+
 /* A pool that finds no free slot makes a new one: never in the flush
  * file's run either (it is set aside in SPOOL/flush/ and the name tried
- * again), so that no slot's inode shares the flush file's block. */
+ * again), so that no slot's inode shares the flush file's block. (The
+ * pool's journal is one made before, which would take the run's free
+ * inodes itself: next test.) */
 START_TEST(test_new_slot_avoids_flush_run)
 {
 	static struct slot_ref refs[64];
@@ -1124,6 +1143,7 @@ START_TEST(test_new_slot_avoids_flush_run)
 
 	for (try = 0; try < FLUSH_RUN_TRIES && kept == 0; try++) {
 		fresh_spool(sp, sizeof(sp), try);
+		make_journal(sp);
 		make_flush_use(sp, "slots", &use);
 		pool = slots_open(sp, 0);
 		for (i = 0; i < 64; i++) {
@@ -1136,6 +1156,55 @@ START_TEST(test_new_slot_avoids_flush_run)
 		slots_close(pool);
 	}
 	ck_assert_msg(kept > 0, "in %d tries no new file landed in the flush file's run",
+		      FLUSH_RUN_TRIES);
+}
+END_TEST
+
+/* A pool's new journal file is never in the flush file's run either: one
+ * that lands there stays in SPOOL/journal/ as aside.jN, and the journal is
+ * made with another. */
+START_TEST(test_new_journal_avoids_flush_run)
+{
+	char sp[PATH_MAX], path[PATH_MAX + 300];
+	struct statfs sf;
+	struct dirent *de;
+	struct stat use, sb;
+	struct slots *pool;
+	unsigned long run, kept = 0, journals;
+	int try;
+	DIR *d;
+
+	for (try = 0; try < FLUSH_RUN_TRIES && kept == 0; try++) {
+		fresh_spool(sp, sizeof(sp), try);
+		make_flush_use(sp, "journal", &use);
+		pool = slots_open(sp, 0);
+		snprintf(path, sizeof(path), "%s/journal", sp);
+		ck_assert_int_eq(statfs(path, &sf), 0);
+		run = (unsigned long)sf.f_bsize / 128;
+		journals = 0;
+		ck_assert_ptr_nonnull(d = opendir(path));
+		while ((de = readdir(d)) != NULL) {
+			if (strncmp(de->d_name, "aside.j", 7) == 0) {
+				kept++;
+				continue;
+			}
+			if (de->d_name[0] != 'j')
+				continue;
+			journals++;
+			ck_assert_msg((de->d_ino - 1) / run != (use.st_ino - 1) / run,
+				      "journal %s (inode %lu) in the run of the flush file "
+				      "(inode %lu)", de->d_name, (unsigned long)de->d_ino,
+				      (unsigned long)use.st_ino);
+			snprintf(path, sizeof(path), "%s/journal/%s", sp, de->d_name);
+			ck_assert_int_eq(stat(path, &sb), 0);
+			ck_assert_int_eq(sb.st_size, JOURNAL_SIZE);
+		}
+		closedir(d);
+		ck_assert_uint_eq(journals, 1);
+		ck_assert_uint_lt(kept, run + 2);
+		slots_close(pool);
+	}
+	ck_assert_msg(kept > 0, "in %d tries no new journal landed in the flush file's run",
 		      FLUSH_RUN_TRIES);
 }
 END_TEST
@@ -1218,6 +1287,7 @@ stream_suite(void)
 	tcase_add_test(tc, test_flush_file_alone);
 	tcase_add_test(tc, test_fill_avoids_flush_run);
 	tcase_add_test(tc, test_new_slot_avoids_flush_run);
+	tcase_add_test(tc, test_new_journal_avoids_flush_run);
 	tcase_add_test(tc, test_edit);
 	suite_add_tcase(s, tc);
 	return s;
