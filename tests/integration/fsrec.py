@@ -5,7 +5,9 @@ preload(build) is the LD_PRELOAD value for the build's sorterd: the recorder alo
 sanitizer build, the AddressSanitizer runtime that sorterd links first (ASan refuses to run
 unless its runtime comes first in the library list; its interceptors then call the recorder's
 wrappers, which call libc). read_log(path) parses the log into Rec objects. durability_problems()
-is the proof that the durability tests apply to every acknowledged message.
+is the proof that the durability tests apply to every acknowledged message. feign_reboot()
+makes a stopped daemon's spool look as it would after the host lost its page cache, for the
+writers' journals (queue/journal.c) to restore.
 """
 
 import os
@@ -321,3 +323,58 @@ def written_over_slots(records, spool, acks):
             out.add(os.path.basename(r.path2))
         linked_before.add(r.ino)
     return out & set(acks)
+
+
+def crc32c(data, crc=0):
+    """CRC-32C (Castagnoli), as lib/util.c's crc32c()."""
+    crc ^= 0xFFFFFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
+def set_journal_boot(path, boot):
+    """Rewrites the header of the journal file at path (queue/journal.c: "SORTERJ1", epoch,
+    boot id, CRC-32C of the first 60 bytes) with another boot id, as if the host had
+    rebooted since its epoch began. False for a journal whose header was never written (a
+    process was still making it, zero-filled, when it was killed): it holds no entry."""
+    with open(path, "r+b") as f:
+        hdr = bytearray(f.read(64))
+        if hdr == bytearray(64):
+            return False
+        if hdr[:8] != b"SORTERJ1":
+            raise AssertionError("%s: no journal header: %r" % (path, bytes(hdr[:16])))
+        if crc32c(bytes(hdr[:60])).to_bytes(4, "big") != bytes(hdr[60:64]):
+            raise AssertionError("%s: the header's CRC does not match this test's" % path)
+        hdr[16:52] = boot.encode().ljust(36, b"\0")
+        hdr[60:64] = crc32c(bytes(hdr[:60])).to_bytes(4, "big")
+        f.seek(0)
+        f.write(bytes(hdr))
+    return True
+
+
+def feign_reboot(spool, ids):
+    """What the disk of a spool whose daemon is down would hold had the host lost its page
+    cache: the slots of the queued messages ids zeroed (their old contents), and every
+    journal's boot id another (set_journal_boot). {id: (folder, path of its queue name)};
+    fails unless each id is queued and some journal was rewritten."""
+    spool = os.path.realpath(spool)
+    names = {}
+    for folder in ("incoming", "active", "deferred", "hold"):
+        for q in os.listdir(os.path.join(spool, folder)):
+            if q in ids:
+                names[q] = (folder, os.path.join(spool, folder, q))
+    if set(names) != set(ids):
+        raise AssertionError("not queued: %s" % sorted(set(ids) - set(names)))
+    for q, (_, path) in names.items():
+        size = os.path.getsize(path)
+        with open(path, "r+b") as f:     # the queue name is a link to the slot
+            f.write(b"\0" * size)
+    jdir = os.path.join(spool, "journal")
+    journals = [os.path.join(jdir, j) for j in os.listdir(jdir) if re.fullmatch(r"j[0-9]+", j)]
+    # a journal still in the making when its writer was killed has no header and no entry
+    if not [j for j in journals if set_journal_boot(j, "00000000-0000-4000-8000-000000000000")]:
+        raise AssertionError("no journal to rewrite among %s" % journals)
+    return names

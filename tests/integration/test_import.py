@@ -166,6 +166,22 @@ class Import(SorterTestCase):
         time.sleep(1)
         self.assertEqual(len(deliveries(sink)), 20)
 
+    # a source whose host lost its page cache: the queued messages' slots hold zeros, and
+    # only the peer's journals hold them; the import writes them back from the journals first
+    def test_import_restores_from_the_source_journal(self):
+        sink = self.sink("sink")
+        peer, sent = self.dead_peer(6, "journal")
+        fsrec.feign_reboot(peer.spool, set(sent))
+        d = self.survivor(sink)
+        pairs, summary, r = self.import_(d, peer.spool)
+        self.assertEqual({o for o, _ in pairs}, set(sent), r.stdout + r.stderr)
+        self.assertEqual(summary["quarantined"] + summary["failed"], 0, r.stdout)
+        for q in sent:
+            self.assertIn("%s: restored from the journal" % q, r.stderr)
+        self.assert_source_empty(peer)
+        got = self.assert_once(sink, sent.values())
+        self.assertEqual(len(got), 6)
+
     # the same with the survivor down: the files wait in incoming/ for its start
     def test_import_daemon_down(self):
         sink = self.sink("sink")
