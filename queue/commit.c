@@ -415,10 +415,7 @@ stream_final_work(void *arg)
 		return;
 	}
 	spool_encode_end(end);
-	len[0] = (unsigned char)(st->content_len >> 24);
-	len[1] = (unsigned char)(st->content_len >> 16);
-	len[2] = (unsigned char)(st->content_len >> 8);
-	len[3] = (unsigned char)st->content_len;
+	be32_put(len, (uint32_t)st->content_len);
 	memcpy(st->head.s + st->content_hdr + 1, len, sizeof(len));
 	/* where the message's records end, after its end marker */
 	stop = st->off + st->busy.len + sizeof(check) + sizeof(end);

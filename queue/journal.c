@@ -196,10 +196,11 @@ pread_full(int fd, void *buf, size_t n, off_t off)
 	return (ssize_t)got;
 }
 
-/* Whether the slot NAME of slots_dfd holds the message id, not freed; 1
- * yes (*fd_out open on it when fd_out), 0 no, -1 cannot tell (errno). */
+/* Whether the slot NAME of slots_dfd holds the message id, marked freed
+ * or not as freed_mark says; 1 yes (*fd_out open on it when fd_out), 0 no,
+ * -1 cannot tell (errno). */
 static int
-slot_holds(int slots_dfd, const char *name, const char *id, int *fd_out)
+slot_has(int slots_dfd, const char *name, const char *id, bool freed_mark, int *fd_out)
 {
 	unsigned char buf[512];
 	char got[QID_LEN + 1];
@@ -214,7 +215,8 @@ slot_holds(int slots_dfd, const char *name, const char *id, int *fd_out)
 		close(fd);
 		return -1;
 	}
-	if (journal_file_id(buf, (size_t)n, got, &freed) < 0 || freed || strcmp(got, id) != 0) {
+	if (journal_file_id(buf, (size_t)n, got, &freed) < 0 || freed != freed_mark ||
+	    strcmp(got, id) != 0) {
 		close(fd);
 		return 0;
 	}
@@ -295,7 +297,7 @@ release_oldest(struct journal *j, bool force)
 	}
 	if (!force)
 		return 0;
-	rc = slot_holds(j->slots_dfd, e->slot, e->id, &fd);
+	rc = slot_has(j->slots_dfd, e->slot, e->id, false, &fd);
 	if (rc < 0)
 		return -1;
 	if (rc == 1) {
@@ -501,7 +503,7 @@ unpin(struct journal *j)
 	memcpy(id, e->id, sizeof(id));
 	seq = e->seq;
 	pthread_mutex_unlock(&j->lock);
-	rc = slot_holds(j->slots_dfd, slot, id, &fd);
+	rc = slot_has(j->slots_dfd, slot, id, false, &fd);
 	if (rc == 1) {
 		rc = fdatasync(fd) < 0 ? -1 : 1;
 		close(fd);
@@ -823,15 +825,11 @@ static int
 recover_entry(const char *spool_dir, int slots_dfd, const struct journal_entry *e,
 	      bool same_boot, bool newer)
 {
-	unsigned char buf[512];
-	char got[QID_LEN + 1];
-	bool freed;
-	ssize_t n;
 	int fd, rc;
 
 	if (same_boot) {
 		/* the page cache is as the writers left it */
-		rc = slot_holds(slots_dfd, e->slot, e->id, &fd);
+		rc = slot_has(slots_dfd, e->slot, e->id, false, &fd);
 		if (rc != 1)
 			return rc;
 		rc = fdatasync(fd);
@@ -851,13 +849,8 @@ recover_entry(const char *spool_dir, int slots_dfd, const struct journal_entry *
 		return rc;
 	}
 	/* freed with this id: it was finished */
-	if ((fd = openat(slots_dfd, e->slot, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)) >= 0) {
-		n = pread_full(fd, buf, sizeof(buf), 0);
-		close(fd);
-		if (n > 0 && journal_file_id(buf, (size_t)n, got, &freed) == 0 && freed &&
-		    strcmp(got, e->id) == 0)
-			return 0;
-	}
+	if (slot_has(slots_dfd, e->slot, e->id, true, NULL) == 1)
+		return 0;
 	return restore(spool_dir, e);
 }
 

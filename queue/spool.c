@@ -48,10 +48,7 @@ put_rec_hdr(struct dstr *out, int type, size_t len)
 	if (len > UINT32_MAX)
 		msg_panic("spool record '%c' too long: %zu bytes", type, len);
 	h[0] = (unsigned char)type;
-	h[1] = (unsigned char)(len >> 24);
-	h[2] = (unsigned char)(len >> 16);
-	h[3] = (unsigned char)(len >> 8);
-	h[4] = (unsigned char)len;
+	be32_put(h + 1, (uint32_t)len);
 	if (dstr_append(out, h, sizeof(h)) < 0)
 		msg_panic("spool head exceeds its buffer limit");
 }
@@ -147,10 +144,7 @@ spool_encode_pad(unsigned char out[SPOOL_REC_HDR], size_t len)
 	if (len > UINT32_MAX)
 		msg_panic("spool padding too long: %zu bytes", len);
 	out[0] = SPOOL_REC_PAD;
-	out[1] = (unsigned char)(len >> 24);
-	out[2] = (unsigned char)(len >> 16);
-	out[3] = (unsigned char)(len >> 8);
-	out[4] = (unsigned char)len;
+	be32_put(out + 1, (uint32_t)len);
 }
 
 /* ---- parser ---- */
@@ -345,8 +339,7 @@ parse_view(const struct view *v, struct spool_msg *m, char *err, size_t errlen)
 		if ((hdr = view_at(v, off, SPOOL_REC_HDR)) == NULL)
 			goto more;
 		type = hdr[0];
-		rlen = (size_t)hdr[1] << 24 | (size_t)hdr[2] << 16 |
-		       (size_t)hdr[3] << 8 | (size_t)hdr[4];
+		rlen = be32_get(hdr + 1);
 		left -= SPOOL_REC_HDR;
 		/* the length is checked against what remains: no sum can overflow */
 		if (rlen > left)

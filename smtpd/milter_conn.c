@@ -290,8 +290,7 @@ on_mread(struct bufferevent *bev, void *arg)
 			mconn_fail(m, "%s", why);
 			return;
 		}
-		pktlen = MILTER_LEN_BYTES + ((size_t)head[0] << 24 | (size_t)head[1] << 16 |
-					     (size_t)head[2] << 8 | head[3]);
+		pktlen = MILTER_LEN_BYTES + (size_t)be32_get(head);
 		if (evbuffer_get_length(in) < pktlen)
 			return;         /* the rest of the packet is still on its way */
 		evbuffer_drain(in, MILTER_LEN_BYTES);
