@@ -736,10 +736,6 @@ class FullDiskTest(SorterTestCase):
         self.assertLessEqual(len(free), 1, free)
 
 
-if __name__ == "__main__":
-    unittest.main()
-
-
 class JournalTest(SorterTestCase):
     """A writer's journal (queue/journal.c) holds each small new message until it is finished
     or its slot synced: after a crash that lost the slots' writes (the host rebooted before the
@@ -919,3 +915,7 @@ class JournalTest(SorterTestCase):
         d.start()
         self.assertEqual(set(acked) - d.queue_ids(), set(), d.log_tail())
         self.assertEqual(corrupt_files(d), [])
+
+
+if __name__ == "__main__":
+    unittest.main()
