@@ -8,13 +8,17 @@
  * process writes (it holds an flock on it): each new message up to
  * JOURNAL_BODY_MAX is copied from its slot into the journal as one entry,
  * right after the one before. The journal's own thread (syncer_main) then
- * makes every entry written so far durable at once: a sync_file_range of
- * the journal, and a flush of the device's cache (the spool's flush file's
- * fdatasync, recycle.c); only then is each message linked into the queue
- * and its 250 sent. Entries written together lie together, so one write
- * request carries them all: the device sees a write and a flush per batch,
- * not per message, and the I/O threads hand their commits over instead of
- * each sleeping until its own sync is done. The slot itself is not synced;
+ * makes every entry so far durable at once: it writes their bytes to the
+ * device itself, with direct I/O, from the entries' own buffers (where the
+ * file has no direct I/O, each writer puts its entry in the page cache and
+ * a sync_file_range of the journal writes them), then flushes the device's
+ * cache (the spool's flush file's fdatasync, recycle.c); only then is each
+ * message linked into the queue and its 250 sent. Entries written together
+ * lie together, so one write request carries them all: the device sees a
+ * write and a flush per batch, not per message, and the I/O threads hand
+ * their commits over instead of each sleeping until its own sync is done.
+ * With direct I/O an entry starts at, and is padded to, a multiple of the
+ * device's alignment (512 bytes on most disks). The slot itself is not synced;
  * the kernel writes it back in its own time, or never when the message is
  * delivered before that.
  *
@@ -85,16 +89,22 @@ struct jent {
 	bool linked;            /* its queue name was made (or refused) */
 };
 
-/* a written entry waiting for the syncer */
+/* an entry waiting for the syncer, at the end of its buffer (one allocation) */
 struct jwait {
 	uint64_t seq;
+	uint64_t off, size;     /* where it goes in the file */
+	unsigned char *buf;     /* its bytes */
+	bool direct;            /* for the syncer to write; else written by its writer */
 	journal_done_cb *done;
 	void *arg;
 	struct jwait *next;
 };
 
 struct journal {
-	int fd;
+	int fd;                         /* O_DIRECT when direct */
+	bool direct;                    /* the syncer writes the entries (direct I/O) */
+	size_t align;                   /* entries start at multiples of this */
+	size_t mem_align;               /* and their buffers at multiples of this */
 	int slots_dfd;                  /* not ours */
 	int flush_fd;                   /* a dup of the spool's flush file */
 	char name[64];
@@ -378,6 +388,16 @@ copy_iov(unsigned char *dst, uint64_t len, const struct iovec *iov, int iovcnt)
 	return got == len ? 0 : -1;
 }
 
+/* The bytes an entry of a body of len takes in j's file: its encoded
+ * size (journal_entry_size), padded with zeros to j's alignment. */
+static uint64_t
+entry_span(const struct journal *j, uint64_t len)
+{
+	uint64_t size = journal_entry_size(len);
+
+	return (size + j->align - 1) / j->align * j->align;
+}
+
 int
 journal_commit_async(struct journal *j, int slot_fd, const char *slot, const char *id,
 		     uint64_t len, const struct iovec *iov, int iovcnt, uint64_t *ticket,
@@ -386,17 +406,22 @@ journal_commit_async(struct journal *j, int slot_fd, const char *slot, const cha
 	struct journal_entry je;
 	struct jwait *w;
 	unsigned char *buf;
-	uint64_t size = journal_entry_size(len), seq, off;
+	uint64_t size = entry_span(j, len), seq, off;
 	struct jent *e;
+	bool direct;
 	ssize_t n;
 	int err = 0, i;
+	void *p;
 
 	*ticket = 0;
 	if (len == 0 || len > JOURNAL_BODY_MAX) {
 		errno = EFBIG;
 		return -1;
 	}
-	buf = xmalloc((size_t)size);
+	if ((err = posix_memalign(&p, j->mem_align, (size_t)size + sizeof(*w))) != 0)
+		msg_fatal("out of memory: %s", strerror(err));
+	buf = p;
+	w = (struct jwait *)(buf + size);       /* size: a multiple of JOURNAL_ALIGN */
 	if (iov != NULL && copy_iov(buf + JOURNAL_ENTRY_HDR, len, iov, iovcnt) < 0) {
 		free(buf);
 		errno = EINVAL;
@@ -442,12 +467,14 @@ journal_commit_async(struct journal *j, int slot_fd, const char *slot, const cha
 	je.tail = qat(j, 0)->seq;
 	snprintf(je.slot, sizeof(je.slot), "%s", slot);
 	snprintf(je.id, sizeof(je.id), "%s", id);
+	direct = j->direct;
 	pthread_mutex_unlock(&j->lock);
 
 	journal_entry_encode(buf, &je, buf + JOURNAL_ENTRY_HDR);
-	if (pwrite_full(j->fd, buf, (size_t)size, (off_t)off) < 0)
+	/* with direct I/O the syncer writes it; else into the page cache here,
+	 * for the syncer's sync_file_range */
+	if (!direct && pwrite_full(j->fd, buf, (size_t)size, (off_t)off) < 0)
 		err = errno ? errno : EIO;
-	free(buf);
 
 	pthread_mutex_lock(&j->lock);
 	if (err != 0) {
@@ -457,12 +484,16 @@ journal_commit_async(struct journal *j, int slot_fd, const char *slot, const cha
 			e->written = e->linked = true;
 		pthread_cond_broadcast(&j->cond);
 		pthread_mutex_unlock(&j->lock);
+		free(buf);
 		*ticket = 0;
 		errno = err;
 		return -1;
 	}
-	w = xmalloc(sizeof(*w));
 	w->seq = seq;
+	w->off = off;
+	w->size = size;
+	w->buf = buf;
+	w->direct = direct;
 	w->done = done;
 	w->arg = arg;
 	w->next = NULL;
@@ -515,11 +546,86 @@ unpin(struct journal *j)
 	}
 }
 
+static int
+cmp_off(const void *a, const void *b)
+{
+	const struct jwait *x = *(struct jwait *const *)a, *y = *(struct jwait *const *)b;
+
+	return x->off < y->off ? -1 : x->off > y->off;
+}
+
 /*
- * The syncer: the entries written so far made durable at once, by a
- * sync_file_range of the journal (its dirty pages, which lie together)
- * and the flush file's fdatasync (the device's cache), then each one's
- * done() called, in the order written. When its last sync served more
+ * On the syncer, outside the lock: the entries of list it writes itself
+ * (direct) written where they go, each run of entries that lie side by
+ * side in the file by one pwritev of at most JOURNAL_WRITE_IOV of them. On
+ * the O_DIRECT descriptor each returns once the device has the bytes (in
+ * its cache: the flush follows). 0, or an errno value.
+ */
+static int
+write_entries(struct journal *j, struct jwait *list)
+{
+	struct iovec iov[JOURNAL_WRITE_IOV];
+	struct jwait **v, *w;
+	size_t n = 0, i, k;
+	uint64_t off, len;
+	ssize_t got;
+	int err = 0;
+
+	for (w = list; w; w = w->next)
+		n += w->direct;
+	if (n == 0)
+		return 0;
+	v = xmalloc(n * sizeof(*v));
+	n = 0;
+	for (w = list; w; w = w->next)
+		if (w->direct)
+			v[n++] = w;
+	/* in the order of the file: a round of the ring splits them */
+	qsort(v, n, sizeof(*v), cmp_off);
+	for (i = 0; i < n && err == 0; i = k) {
+		off = v[i]->off;
+		len = 0;
+		for (k = i; k < n && k - i < JOURNAL_WRITE_IOV && v[k]->off == off + len; k++) {
+			iov[k - i].iov_base = v[k]->buf;
+			iov[k - i].iov_len = (size_t)v[k]->size;
+			len += v[k]->size;
+		}
+		do
+			got = pwritev(j->fd, iov, (int)(k - i), (off_t)off);
+		while (got < 0 && errno == EINTR);
+		if (got < 0)
+			err = errno ? errno : EIO;
+		else if ((uint64_t)got != len)
+			err = EIO;      /* a short direct write: the slots are synced */
+	}
+	free(v);
+	return err;
+}
+
+/* On the syncer, after a direct write the file refused (EINVAL): entries
+ * go through the page cache from now on, as where direct I/O is not had. */
+static void
+stop_direct(struct journal *j)
+{
+	int fl = fcntl(j->fd, F_GETFL);
+
+	pthread_mutex_lock(&j->lock);
+	if (j->direct && fl >= 0 && fcntl(j->fd, F_SETFL, fl & ~O_DIRECT) == 0) {
+		j->direct = false;
+		msg_warn("%s: a direct write refused (%s); written through the page cache "
+			 "from now on", j->path, strerror(EINVAL));
+	}
+	pthread_mutex_unlock(&j->lock);
+}
+
+/*
+ * The syncer: the entries written so far made durable at once. With
+ * direct I/O (j->direct) it writes their bytes itself, straight from each
+ * entry's buffer to the device, one request for the batch; otherwise each
+ * writer put its entry in the page cache and a sync_file_range of the
+ * journal (its dirty pages, which lie together) writes them. Then the
+ * flush file's fdatasync flushes the device's cache, and each one's
+ * done() is called, in the order written. When its last sync served more
  * than one entry, it first waits up to JOURNAL_LINGER_USEC after the first
  * entry for JOURNAL_BATCH of them, so that one sync serves several: a few
  * hundred microseconds of a message's time for fewer device requests and
@@ -532,6 +638,7 @@ syncer_main(void *arg)
 	struct jwait *list, *w, *next;
 	struct timespec until;
 	size_t last_batch = 0;
+	bool direct, paged;
 	uint64_t at;
 	struct jent *e;
 	int err;
@@ -555,11 +662,20 @@ syncer_main(void *arg)
 		j->pending = NULL;
 		j->pending_tail = &j->pending;
 		j->npending = 0;
+		direct = j->direct;
 		pthread_mutex_unlock(&j->lock);
 
-		err = 0;
-		if (sync_file_range(j->fd, 0, 0, SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
-				    SYNC_FILE_RANGE_WAIT_AFTER) < 0 || fdatasync(j->flush_fd) < 0)
+		paged = !direct;
+		for (w = list; w && !paged; w = w->next)
+			paged = !w->direct;
+		err = write_entries(j, list);
+		if (err == EINVAL && direct)
+			stop_direct(j);
+		if (err == 0 && paged &&
+		    sync_file_range(j->fd, 0, 0, SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+				    SYNC_FILE_RANGE_WAIT_AFTER) < 0)
+			err = errno ? errno : EIO;
+		if (err == 0 && fdatasync(j->flush_fd) < 0)
 			err = errno ? errno : EIO;
 
 		pthread_mutex_lock(&j->lock);
@@ -575,7 +691,7 @@ syncer_main(void *arg)
 		for (w = list; w; w = next) {
 			next = w->next;
 			w->done(w->arg, err);
-			free(w);
+			free(w->buf);   /* and w */
 		}
 		pthread_mutex_lock(&j->lock);
 		unpin(j);
@@ -1065,6 +1181,37 @@ fail:
 	return -1;
 }
 
+static bool
+pow2_upto(uint32_t v, uint32_t max)
+{
+	return v != 0 && v <= max && (v & (v - 1)) == 0;
+}
+
+/* Direct I/O for j's file where it has it (statx's STATX_DIOALIGN; ext4
+ * gives none where data does not go straight to the device: data
+ * journaling, DAX, encryption without inline crypto): its descriptor made
+ * O_DIRECT, entries and their buffers aligned as the device needs. Else
+ * entries go through the page cache. */
+static void
+try_direct(struct journal *j)
+{
+	struct statx sx;
+	int fl;
+
+	if (statx(j->fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) < 0 ||
+	    !(sx.stx_mask & STATX_DIOALIGN) ||
+	    !pow2_upto(sx.stx_dio_offset_align, JOURNAL_HDR_SIZE) ||
+	    !pow2_upto(sx.stx_dio_mem_align, JOURNAL_HDR_SIZE))
+		return;
+	if ((fl = fcntl(j->fd, F_GETFL)) < 0 || fcntl(j->fd, F_SETFL, fl | O_DIRECT) < 0)
+		return;
+	j->direct = true;
+	if (sx.stx_dio_offset_align > j->align)
+		j->align = sx.stx_dio_offset_align;
+	if (sx.stx_dio_mem_align > j->mem_align)
+		j->mem_align = sx.stx_dio_mem_align;
+}
+
 struct journal *
 journal_open(const char *spool_dir, int slots_dfd, int flush_fd,
 	     bool (*avoid)(ino_t, void *), void *ctx)
@@ -1123,6 +1270,9 @@ journal_open(const char *spool_dir, int slots_dfd, int flush_fd,
 	pthread_cond_init(&j->cond, NULL);
 	monotonic_cond_init(&j->wake);
 	j->pending_tail = &j->pending;
+	j->align = JOURNAL_ALIGN;
+	j->mem_align = JOURNAL_ALIGN;
+	try_direct(j);
 	j->head = JOURNAL_HDR_SIZE;
 	j->qcap = 256;
 	j->q = xcalloc(j->qcap, sizeof(*j->q));

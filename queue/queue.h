@@ -491,10 +491,12 @@ int recycle_pad(int fd, uint64_t end, uint64_t size);
 #define JOURNAL_HDR_SIZE 4096           /* where the first entry goes */
 #define JOURNAL_BOOT_LEN 36             /* /proc/sys/kernel/random/boot_id */
 #define JOURNAL_ENTRY_HDR 64
-#define JOURNAL_ALIGN 64                /* entries start at multiples of this */
+#define JOURNAL_ALIGN 64                /* entries start at multiples of this (or of the
+					 * device's direct I/O alignment, a multiple) */
 #define JOURNAL_BODY_MAX (64U << 10)    /* bigger messages are synced in their slot */
 #define JOURNAL_BATCH 8                 /* a sync waits for this many entries, */
 #define JOURNAL_LINGER_USEC 1000        /* or this long after the first one */
+#define JOURNAL_WRITE_IOV 32            /* entries per write of the syncer at most */
 #define JOURNAL_PIN_NSEC 2000000000ULL  /* an entry still needed this long has its slot synced */
 struct journal;
 struct journal_entry {

@@ -11,7 +11,7 @@
  * $FSREC_LOG:
  *
  *   t0=NS t1=NS pid=P tid=T call=NAME fd=N ino=DEV:INO off=O len=L ret=R
- *   errno=E path=P path2=P head=HEX
+ *   errno=E path=P path2=P head=HEX direct=D segs=LEN:HEX,...
  *
  * t0 and t1 are CLOCK_MONOTONIC nanoseconds before and after the real call
  * (the clock of Python's time.monotonic_ns()). fd is the descriptor used,
@@ -22,7 +22,10 @@
  * descriptor; path2 is a rename's or a link's target. off is the call's
  * offset (for write and writev, the file position of a regular file not
  * opened O_APPEND), or -1; len is the byte count asked for. Spaces, '%' and control bytes in
- * paths are written as %XX.
+ * paths are written as %XX. head is a write's first bytes (of its first buffer, for the
+ * vectored ones); segs, for a vectored write, each buffer's length and first bytes (- for
+ * other calls), SEG_CAP of them at most; direct is 1 when the descriptor is O_DIRECT (a
+ * write on it returns once the device has the bytes), else 0.
  *
  * Each line goes out in one write(2) to the log opened with O_APPEND (opened
  * and closed around each line with raw system calls, so that a process that
@@ -41,6 +44,11 @@
  * gettimeofday, time and clock_gettime(CLOCK_REALTIME) answer SECONDS
  * earlier (a clock set back, as by an NTP step, between two runs). Other
  * clocks are left alone.
+ *
+ * And with $FSREC_NO_DIRECT=1, statx answers that no file takes direct I/O
+ * (no STATX_DIOALIGN), as on a file system without it; with
+ * $FSREC_DIRECT_EINVAL=1, a vectored write on an O_DIRECT descriptor fails
+ * with EINVAL, as where the device refuses what it was told it takes.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE 1
@@ -65,7 +73,8 @@
 
 #define PATH_CAP 1024           /* bytes of a path kept in a record */
 #define HEAD_CAP 64
-#define LINE_CAP (4 * PATH_CAP + 2 * HEAD_CAP + 512)
+#define SEG_CAP 32              /* buffers of a vectored write recorded */
+#define LINE_CAP (4 * PATH_CAP + 2 * HEAD_CAP + SEG_CAP * (2 * HEAD_CAP + 24) + 512)
 
 static char log_path[PATH_MAX];
 static int log_state;           /* 0 not looked at, 1 recording, -1 off */
@@ -149,12 +158,22 @@ struct rec {
 	char path2[PATH_CAP];
 	unsigned char head[HEAD_CAP];   /* a write's first bytes */
 	size_t headn;
+	int direct;                     /* its descriptor is O_DIRECT */
+	int nsegs;                      /* a vectored write's buffers, SEG_CAP at most */
+	long long seglen[SEG_CAP];
+	unsigned char seghead[SEG_CAP][HEAD_CAP];
 };
 
 /* the data of the write about to be recorded (HEAD), for rec_start */
 static __thread const unsigned char *next_head;
 static __thread size_t next_head_n;
 #define HEAD(b, n) (next_head = (const unsigned char *)(b), next_head_n = (n))
+/* and the buffers of the vectored write about to be recorded (HEADV) */
+static __thread const struct iovec *next_iov;
+static __thread int next_iovcnt;
+#define HEADV(v, cnt) \
+	(next_iov = (v), next_iovcnt = (cnt), \
+	 (cnt) > 0 ? HEAD((v)[0].iov_base, (v)[0].iov_len) : (next_head = NULL, (size_t)0))
 
 struct line {
 	char buf[LINE_CAP];
@@ -240,6 +259,7 @@ rec_write(const struct rec *r)
 {
 	struct line l;
 	long fd;
+	int i;
 
 	l.len = 0;
 	put_str(&l, "t0=");
@@ -272,6 +292,19 @@ rec_write(const struct rec *r)
 	put_path(&l, r->path2);
 	put_str(&l, " head=");
 	put_hex(&l, r->head, r->headn);
+	put_str(&l, " direct=");
+	put_num(&l, r->direct);
+	put_str(&l, " segs=");
+	if (r->nsegs == 0)
+		put_str(&l, "-");
+	for (i = 0; i < r->nsegs; i++) {
+		if (i > 0)
+			put_str(&l, ",");
+		put_num(&l, r->seglen[i]);
+		put_str(&l, ":");
+		put_hex(&l, r->seghead[i],
+			r->seglen[i] < HEAD_CAP ? (size_t)r->seglen[i] : HEAD_CAP);
+	}
 	l.buf[l.len++] = '\n';
 
 	fd = syscall(SYS_openat, AT_FDCWD, log_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC,
@@ -358,6 +391,14 @@ rec_start(struct rec *r, const char *call, int fd)
 	if (r->headn > 0)
 		memcpy(r->head, next_head, r->headn);
 	next_head = NULL;
+	r->direct = 0;
+	r->nsegs = 0;
+	for (; next_iov != NULL && r->nsegs < next_iovcnt && r->nsegs < SEG_CAP; r->nsegs++) {
+		r->seglen[r->nsegs] = (long long)next_iov[r->nsegs].iov_len;
+		memcpy(r->seghead[r->nsegs], next_iov[r->nsegs].iov_base,
+		       next_iov[r->nsegs].iov_len < HEAD_CAP ? next_iov[r->nsegs].iov_len : HEAD_CAP);
+	}
+	next_iov = NULL;
 	r->t0 = now_ns();
 }
 
@@ -559,10 +600,12 @@ close(int fd)
 		int err; \
 		if (!rec_enter()) { \
 			next_head = NULL; \
+			next_iov = NULL; \
 			return call; \
 		} \
 		rec_start(&r, name, fdv); \
 		fd_info(&r, fdv); \
+		r.direct = fd_direct(fdv); \
 		r.off = (offv); \
 		r.len = (lenv); \
 		r.t0 = now_ns(); \
@@ -571,6 +614,27 @@ close(int fd)
 		rec_end(&r, ret, err); \
 		return ret; \
 	} while (0)
+
+/* whether fd is O_DIRECT (errno kept) */
+static int
+fd_direct(int fd)
+{
+	int saved = errno, fl = fcntl(fd, F_GETFL);
+
+	errno = saved;
+	return fl >= 0 && (fl & O_DIRECT) ? 1 : 0;
+}
+
+/* $FSREC_DIRECT_EINVAL: whether a vectored write on fd is refused */
+static int
+direct_refused(int fd)
+{
+	const char *knob = getenv("FSREC_DIRECT_EINVAL");
+
+	return knob != NULL && strcmp(knob, "1") == 0 && fd_direct(fd);
+}
+
+#define REFUSED_OR(fd, call) (direct_refused(fd) ? (errno = EINVAL, (ssize_t)-1) : (call))
 
 /* where a write without an offset goes: the file position of a regular
  * file not opened O_APPEND, else -1 (errno kept) */
@@ -619,8 +683,7 @@ writev(int fd, const struct iovec *iov, int cnt)
 {
 	REAL(writev);
 
-	if (cnt > 0)
-		HEAD(iov[0].iov_base, iov[0].iov_len);
+	HEADV(iov, cnt);
 	FD_CALL("writev", fd, file_pos(fd), iov_len(iov, cnt), real_writev(fd, iov, cnt));
 }
 
@@ -629,9 +692,9 @@ pwritev(int fd, const struct iovec *iov, int cnt, off_t off)
 {
 	REAL(pwritev);
 
-	if (cnt > 0)
-		HEAD(iov[0].iov_base, iov[0].iov_len);
-	FD_CALL("pwritev", fd, (long long)off, iov_len(iov, cnt), real_pwritev(fd, iov, cnt, off));
+	HEADV(iov, cnt);
+	FD_CALL("pwritev", fd, (long long)off, iov_len(iov, cnt),
+		REFUSED_OR(fd, real_pwritev(fd, iov, cnt, off)));
 }
 
 ssize_t
@@ -639,10 +702,9 @@ pwritev64(int fd, const struct iovec *iov, int cnt, off64_t off)
 {
 	REAL(pwritev64);
 
-	if (cnt > 0)
-		HEAD(iov[0].iov_base, iov[0].iov_len);
+	HEADV(iov, cnt);
 	FD_CALL("pwritev64", fd, (long long)off, iov_len(iov, cnt),
-		real_pwritev64(fd, iov, cnt, off));
+		REFUSED_OR(fd, real_pwritev64(fd, iov, cnt, off)));
 }
 
 ssize_t
@@ -650,10 +712,9 @@ pwritev2(int fd, const struct iovec *iov, int cnt, off_t off, int flags)
 {
 	REAL(pwritev2);
 
-	if (cnt > 0)
-		HEAD(iov[0].iov_base, iov[0].iov_len);
+	HEADV(iov, cnt);
 	FD_CALL("pwritev2", fd, (long long)off, iov_len(iov, cnt),
-		real_pwritev2(fd, iov, cnt, off, flags));
+		REFUSED_OR(fd, real_pwritev2(fd, iov, cnt, off, flags)));
 }
 
 /* ---- syncs ---- */
@@ -835,4 +896,21 @@ time(time_t *out)
 	if (out != NULL)
 		*out = t;
 	return t;
+}
+
+/* ---- direct I/O: $FSREC_NO_DIRECT ---- */
+
+int
+statx(int dirfd, const char *restrict path, int flags, unsigned int mask,
+      struct statx *restrict sx)
+{
+	REAL(statx);
+	const char *knob = getenv("FSREC_NO_DIRECT");
+	int rc = real_statx(dirfd, path, flags, mask, sx);
+
+	if (rc == 0 && knob != NULL && strcmp(knob, "1") == 0) {
+		sx->stx_mask &= ~(unsigned int)STATX_DIOALIGN;
+		sx->stx_dio_mem_align = sx->stx_dio_offset_align = 0;
+	}
+	return rc;
 }

@@ -54,9 +54,10 @@ def preload(build):
 class Rec:
     """One recorded call: t0, t1 (CLOCK_MONOTONIC ns before and after), pid, tid, call, fd,
     ino ("DEV:INO"), off, len (an open's flags), ret, errno, path, path2 (a rename's target),
-    head (a write's first bytes, b"" for other calls)."""
+    head (a write's first bytes, b"" for other calls), direct (the descriptor was O_DIRECT),
+    segs (a vectored write's buffers: [(length, first bytes)], [] for other calls)."""
     __slots__ = ("t0", "t1", "pid", "tid", "call", "fd", "ino", "off", "len", "ret", "errno",
-                 "path", "path2", "head")
+                 "path", "path2", "head", "direct", "segs")
 
     def __repr__(self):
         return "<%s %s fd=%d ino=%s ret=%d t0=%d t1=%d %s%s>" % (
@@ -84,6 +85,11 @@ def read_log(path):
             r.path2 = _path(fields["path2"])
             h = fields.get("head", "-")
             r.head = b"" if h == "-" else bytes.fromhex(h)
+            r.direct = fields.get("direct", "0") == "1"
+            segs = fields.get("segs", "-")
+            r.segs = [] if segs == "-" else [
+                (int(n), b"" if x == "-" else bytes.fromhex(x))
+                for n, x in (seg.split(":", 1) for seg in segs.split(","))]
             out.append(r)
     return out
 
@@ -92,21 +98,32 @@ JOURNAL_ENTRY_MAGIC = b"SJE1"
 JOURNAL_ENTRY_HDR = 64
 
 
-def journal_entry(r):
-    """(slot name, queue id, body length) of the journal entry a write r begins with, or
-    None (queue/journal.c: "SJE1", body length, epoch, seq, tail, slot, id, CRC)."""
-    h = r.head
-    if len(h) < JOURNAL_ENTRY_HDR or h[:4] != JOURNAL_ENTRY_MAGIC:
-        return None
-    return (h[32:44].decode("ascii", "replace"), h[45:57].decode("ascii", "replace"),
-            int.from_bytes(h[4:8], "big"))
+def journal_entries(r):
+    """The journal entries a write r wrote whole (queue/journal.c: "SJE1", body length, epoch,
+    seq, tail, slot, id, CRC; then the body): one per buffer a vectored write begins with
+    one, the buffer's length at least the entry's, within the bytes the write returned. A
+    list of (slot name, queue id, body length)."""
+    segs = r.segs or [(r.len, r.head)]
+    out, at = [], 0
+    for n, h in segs:
+        if (len(h) >= JOURNAL_ENTRY_HDR and h[:4] == JOURNAL_ENTRY_MAGIC
+                and JOURNAL_ENTRY_HDR + int.from_bytes(h[4:8], "big") <= min(n, r.ret - at)):
+            out.append((h[32:44].decode("ascii", "replace"), h[45:57].decode("ascii", "replace"),
+                        int.from_bytes(h[4:8], "big")))
+        at += n
+    return out
+
+
+def journal_writes(records, spool):
+    """(write, entry) for every journal entry written whole into the spool's journal/."""
+    jdir = os.path.join(os.path.realpath(spool), "journal")
+    return [(r, e) for r in records if r.call in WRITE_CALLS and r.ret > 0
+            and os.path.dirname(r.path) == jdir for e in journal_entries(r)]
 
 
 def journaled(records, spool, acks):
-    """The acknowledged queue ids a journal entry was written for before their link."""
-    jdir = os.path.join(os.path.realpath(spool), "journal")
-    return {e[1] for e in (journal_entry(r) for r in records if r.call in WRITE_CALLS
-                           and r.ret > 0 and os.path.dirname(r.path) == jdir) if e} & set(acks)
+    """The acknowledged queue ids a journal entry was written for."""
+    return {e[1] for r, e in journal_writes(records, spool)} & set(acks)
 
 
 def durability_problems(records, spool, acks):
@@ -134,15 +151,19 @@ def durability_problems(records, spool, acks):
         sync_file_range had returned, and returned before the 250 (the device's cache
         flush).
     Or, for a slot's message made durable by the writer's journal (queue/journal.c):
-      - a write to a file of the spool's journal/ whose bytes begin with an entry for this
-        queue id and the linked slot's name, whose body is at least as long as the content
-        sent, returned before the link;
+      - a write to a file of the spool's journal/ that holds whole an entry for this queue
+        id and the linked slot's name (its bytes, or one of a vectored write's buffers, begin
+        with it), whose body is at least as long as the content sent, that returned before
+        the link;
       - that write within the length an earlier fsync or fdatasync of the journal file made
-        durable (as for an overwrite in place), a sync_file_range of the journal file from
-        offset 0 over it, started after it returned, that succeeded, and an fsync or
-        fdatasync of the spool's flush file that succeeded, started after that
-        sync_file_range had returned, and returned before the 250. The slot's own syncs and
-        its name's are then not needed: start-up writes the message back from the journal.
+        durable (as for an overwrite in place);
+      - on an O_DIRECT descriptor (the write returned once the device had the bytes), an
+        fsync or fdatasync of the spool's flush file that succeeded, started after the write
+        returned, and returned before the 250;
+      - else a sync_file_range of the journal file from offset 0 over it, started after it
+        returned, that succeeded, and such a flush started after that sync_file_range had
+        returned. The slot's own syncs and its name's are then not needed: start-up writes
+        the message back from the journal.
     A new file, renamed from tmp/ID (how whole files are committed):
       - the file's making (an open with O_CREAT returning that inode) and its data writes,
         from then to the rename, at least as many bytes as the content sent;
@@ -170,11 +191,8 @@ def durability_problems(records, spool, acks):
             dir_syncs[r.path].append(r)
     flushes = [r for r in records if r.call in SYNC_CALLS and r.ret == 0 and r.path == flush_file]
     jwrites = {}
-    for r in records:
-        if r.call in WRITE_CALLS and r.ret > 0 and os.path.dirname(r.path) == jdir:
-            e = journal_entry(r)
-            if e:
-                jwrites.setdefault(e[1], []).append((r, e))
+    for r, e in journal_writes(records, spool):
+        jwrites.setdefault(e[1], []).append((r, e))
     problems = []
     for qid, (t250, size) in sorted(acks.items()):
         ent = [r for r in entries.get(qid, []) if r.t1 <= t250]
@@ -210,7 +228,7 @@ def durability_problems(records, spool, acks):
         if jw:
             r, e = max(jw, key=lambda x: x[0].t0)
             why = None
-            if e[2] < size or r.ret < JOURNAL_ENTRY_HDR + e[2]:
+            if e[2] < size:
                 why = "its entry holds %d bytes, fewer than the %d sent" % (e[2], size)
             else:
                 why = _overwrite_unproven(by_ino.get(r.ino, []), [r], r.t1, t250, flushes)
@@ -277,6 +295,10 @@ def _overwrite_unproven(calls, writes, last, t250, flushes):
                                        and w.ret > 0 and w.off >= 0 and w.t1 <= s.t0])
     if end > durable:
         return "written up to %d, beyond the %d an earlier sync made durable" % (end, durable)
+    if all(w.direct for w in writes):
+        if not any(f.t0 >= last and f.t1 <= t250 for f in flushes):
+            return "no fsync/fdatasync of the flush file after its direct write, before the 250"
+        return None
     ranges = [r for r in calls if r.call == RANGE_SYNC and r.ret == 0 and r.off == 0
               and (r.len == 0 or r.len >= end) and r.t0 >= last and r.t1 <= t250]
     if not ranges:

@@ -12,6 +12,8 @@ worker or qmgr) with SIGKILL 20 times under load from concurrent senders, delive
 sink: every message that got a 250 is delivered, a message is delivered twice only when a
 queue manager died just after the sink took it, and no queue file is corrupt."""
 
+import copy
+import errno
 import os
 import random
 import re
@@ -79,17 +81,34 @@ def corrupt_files(d):
         return []
 
 
+def without_journal_sync(records, jdir):
+    """records with the journal's writes left in the page cache: its sync_file_range calls
+    taken out, its direct writes made buffered ones."""
+    out = []
+    for r in records:
+        if os.path.dirname(r.path) != jdir:
+            out.append(r)
+        elif r.call != fsrec.RANGE_SYNC:
+            r = copy.copy(r)
+            r.direct = False
+            out.append(r)
+    return out
+
+
 class FsyncOrderTest(SorterTestCase):
     """Every 250 comes after a completed fsync of the file's data and of its directory entry."""
 
-    def recorded_sorterd(self, name="d", **overrides):
-        """A sorterd (master, workers, qmgr) under the recorder; returns (daemon, log path)."""
+    def recorded_sorterd(self, name="d", direct=True, knobs=(), **overrides):
+        """A sorterd (master, workers, qmgr) under the recorder; returns (daemon, log path).
+        direct=False: its journals go through the page cache, as where the file system has
+        no direct I/O (fsrec's FSREC_NO_DIRECT); knobs: more of fsrec's settings."""
         log = os.path.join(self.tmp, name + "-fsrec.log")
         with open(log, "w"):
             pass
         os.chmod(log, 0o666)    # a child running as another user appends to it too
         d = Sorterd(os.path.join(self.tmp, name), start=False, **overrides)
-        d.argv_prefix = ("env", "LD_PRELOAD=" + fsrec.preload(d.build), "FSREC_LOG=" + log)
+        d.argv_prefix = ("env", "LD_PRELOAD=" + fsrec.preload(d.build), "FSREC_LOG=" + log,
+                         "FSREC_NO_DIRECT=%d" % (not direct)) + tuple(knobs)
         self.daemons.append(d)
         self.addCleanup(self._finish, d)
         d.start()
@@ -108,10 +127,30 @@ class FsyncOrderTest(SorterTestCase):
             raise AssertionError("message %d: %s" % (n, r))
         return qid, t250, len(content)
 
+    def send_in_turn(self, d, count, size):
+        """count messages of about size bytes to d, one after the other on one session:
+        {qid: (reply time, content bytes sent)}."""
+        c = self.connect(d)
+        self.assertEqual(c.ehlo().code, 250)
+        acks = {}
+        for n in range(count):
+            qid, t250, sent = self.send(c, n, size)
+            acks[qid] = (t250, sent)
+        c.cmd("QUIT")
+        return acks
+
     def test_fsync_before_250(self):
+        self.check_fsync_before_250(direct=True)
+
+    def test_fsync_before_250_page_cache(self):
+        """The same where the journals have no direct I/O."""
+        self.check_fsync_before_250(direct=False)
+
+    def check_fsync_before_250(self, direct):
         # deliveries fail (nobody listens at the node) and wait an hour: the queue files stay
         closed = free_port_on("127.0.0.1")
-        d, log = self.recorded_sorterd(failover_node="lmtp:[127.0.0.1]:%d" % closed,
+        d, log = self.recorded_sorterd(direct=direct,
+                                       failover_node="lmtp:[127.0.0.1]:%d" % closed,
                                        queue_run_delay=3600, minimal_backoff_time=3600,
                                        maximal_backoff_time=3600)
         acks = {}
@@ -156,6 +195,10 @@ class FsyncOrderTest(SorterTestCase):
         # their slots (the journal takes 64 KiB at most)
         self.assertEqual(fsrec.journaled(records, d.spool, acks),
                          {q for q, (t, size) in acks.items() if size < 60000})
+        # written by the journals' threads straight to the device, or by the I/O threads
+        # into the page cache
+        self.assertEqual({r.direct for r, e in fsrec.journal_writes(records, d.spool)},
+                         {direct})
 
     def test_fsync_before_250_edited(self):
         """The proof for messages a milter edited (a header added): each is committed into a
@@ -213,8 +256,7 @@ class FsyncOrderTest(SorterTestCase):
         for qid in acks:
             ino = links[qid].ino
             if qid in journaled:    # the journal's sync taken out
-                without_file_sync = [r for r in records if not (
-                    r.call == fsrec.RANGE_SYNC and os.path.dirname(r.path) == jdir)]
+                without_file_sync = without_journal_sync(records, jdir)
             else:
                 without_file_sync = [r for r in records
                                      if not (r.call in fsrec.SYNC_CALLS and r.ino == ino)]
@@ -320,19 +362,44 @@ class FsyncOrderTest(SorterTestCase):
         out (or moved after the 250) no longer passes."""
         self.check_proof(new=False)
 
+    def test_direct_write_refused(self):
+        """A journal whose direct write is refused (fsrec's FSREC_DIRECT_EINVAL: EINVAL, as
+        from a device that does not take the alignment it gave) writes through the page cache
+        from then on, with a warning: the refused batch's messages are synced in their slots,
+        the later ones' entries go through the page cache, and every 250 is proven."""
+        d, log = self.recorded_sorterd(knobs=("FSREC_DIRECT_EINVAL=1",), workers=1)
+        acks = self.send_in_turn(d, 4, 5000)
+        self.assertEqual(d.queue_ids(), set(acks))
+        records = fsrec.read_log(log)
+        self.assertEqual(fsrec.durability_problems(records, d.spool, acks), [])
+        jdir = os.path.join(os.path.realpath(d.spool), "journal")
+        refused = [r for r in records if r.call in fsrec.WRITE_CALLS and r.direct
+                   and os.path.dirname(r.path) == jdir]
+        self.assertEqual([(r.ret, r.errno) for r in refused], [(-1, errno.EINVAL)])
+        # the refused batch: the first message's entry alone (one sender, one at a time)
+        self.assertEqual(len(refused[0].segs), 1)
+        first = refused[0].segs[0][1][45:57].decode()
+        self.assertIn(first, acks)
+        self.assertEqual(fsrec.journaled(records, d.spool, acks), set(acks) - {first})
+        self.assertEqual({r.direct for r, e in fsrec.journal_writes(records, d.spool)}, {False})
+        self.assertEqual(d.log().count("a direct write refused"), 1, d.log_tail())
+
     def test_recorder_sees_a_missing_journal_sync(self):
-        """The proof for messages made durable by the journal: it fails without the entry's
-        write, without the journal's sync_file_range or the flush after it, without the
-        fdatasync that made the journal file's length durable when it was made, and with
-        the 250 read before the flush returned."""
-        d, log = self.recorded_sorterd()
-        c = self.connect(d)
-        self.assertEqual(c.ehlo().code, 250)
-        acks = {}
-        for n in range(3):
-            qid, t250, size = self.send(c, n, 5000)
-            acks[qid] = (t250, size)
-        c.cmd("QUIT")
+        """The proof for messages made durable by the journal, its entries written with
+        direct I/O: it fails without the entry's write, with that write not direct (no
+        sync_file_range follows it), without the flush after it, without the fdatasync that
+        made the journal file's length durable when it was made, and with the 250 read
+        before the flush returned."""
+        self.check_journal_proof(direct=True)
+
+    def test_recorder_sees_a_missing_journal_sync_page_cache(self):
+        """The same for entries written through the page cache: it also fails without the
+        journal's sync_file_range."""
+        self.check_journal_proof(direct=False)
+
+    def check_journal_proof(self, direct):
+        d, log = self.recorded_sorterd(direct=direct)
+        acks = self.send_in_turn(d, 3, 5000)
         records = fsrec.read_log(log)
         spool = os.path.realpath(d.spool)
         jdir, flush = os.path.join(spool, "journal"), os.path.join(spool, "flush", "use")
@@ -344,11 +411,12 @@ class FsyncOrderTest(SorterTestCase):
                 recs, d.spool, late or acks))}
 
         in_journal = lambda r: os.path.dirname(r.path) == jdir  # noqa: E731
-        entry_writes = [r for r in records if r.call in fsrec.WRITE_CALLS and in_journal(r)
-                        and fsrec.journal_entry(r)]
+        entry_writes = [r for r, e in fsrec.journal_writes(records, d.spool)]
+        self.assertEqual({r.direct for r in entry_writes}, {direct})
         self.assertEqual(failing([r for r in records if r not in entry_writes]), set(acks))
         self.assertEqual(failing([r for r in records if not (
-            r.call == fsrec.RANGE_SYNC and in_journal(r))]), set(acks))
+            r.call == fsrec.RANGE_SYNC and in_journal(r))]), set() if direct else set(acks))
+        self.assertEqual(failing(without_journal_sync(records, jdir)), set(acks))
         self.assertEqual(failing([r for r in records if not (
             r.call in fsrec.SYNC_CALLS and r.path == flush)]), set(acks))
         self.assertEqual(failing([r for r in records if not (
@@ -859,11 +927,8 @@ class JournalTest(SorterTestCase):
         spool = os.path.realpath(d.spool)
         jdir = os.path.join(spool, "journal")
         entries = {}
-        for r in records:
-            e = fsrec.journal_entry(r) if (r.call in fsrec.WRITE_CALLS and r.ret > 0 and
-                                           os.path.dirname(r.path) == jdir) else None
-            if e:
-                entries[e[1]] = r
+        for r, e in fsrec.journal_writes(records, d.spool):
+            entries[e[1]] = r
         self.assertEqual(set(entries), {first, second})
         slot_ino = next(r.ino for r in records if r.call in fsrec.LINK_CALLS and r.ret == 0
                         and r.path2 == os.path.join(spool, "incoming", first))
