@@ -224,6 +224,12 @@ commit_submit(struct commit_pool *p, struct commit_job *job)
 }
 
 void
+commit_pool_set_writers(struct commit_pool *p, unsigned n)
+{
+	slots_set_writers(p->slots, n);
+}
+
+void
 commit_pool_destroy(struct commit_pool *p)
 {
 	iopool_destroy(p->io);

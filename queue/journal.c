@@ -117,6 +117,7 @@ struct journal {
 	size_t npending;
 	uint64_t pending_since;         /* CLOCK_MONOTONIC ns of the first pending */
 	bool stopping;
+	unsigned writers;               /* journal_set_writers */
 	uint64_t epoch;
 	uint64_t head;                  /* where the next entry goes */
 	uint64_t last_seq;
@@ -398,6 +399,23 @@ entry_span(const struct journal *j, uint64_t len)
 	return (size + j->align - 1) / j->align * j->align;
 }
 
+/* Under the lock: how many entries a sync waits for (see syncer_main). */
+static size_t
+batch_target(const struct journal *j)
+{
+	size_t n = j->writers / JOURNAL_WRITERS_PER_ENTRY;
+
+	return n < 1 ? 1 : n > JOURNAL_BATCH ? JOURNAL_BATCH : n;
+}
+
+void
+journal_set_writers(struct journal *j, unsigned n)
+{
+	pthread_mutex_lock(&j->lock);
+	j->writers = n;
+	pthread_mutex_unlock(&j->lock);
+}
+
 int
 journal_commit_async(struct journal *j, int slot_fd, const char *slot, const char *id,
 		     uint64_t len, const struct iovec *iov, int iovcnt, uint64_t *ticket,
@@ -502,7 +520,7 @@ journal_commit_async(struct journal *j, int slot_fd, const char *slot, const cha
 	*j->pending_tail = w;
 	j->pending_tail = &w->next;
 	j->npending++;
-	if (j->npending == 1 || j->npending >= JOURNAL_BATCH)
+	if (j->npending == 1 || j->npending >= batch_target(j))
 		pthread_cond_signal(&j->wake);
 	pthread_mutex_unlock(&j->lock);
 	return 0;
@@ -627,9 +645,13 @@ stop_direct(struct journal *j)
  * flush file's fdatasync flushes the device's cache, and each one's
  * done() is called, in the order written. When its last sync served more
  * than one entry, it first waits up to JOURNAL_LINGER_USEC after the first
- * entry for JOURNAL_BATCH of them, so that one sync serves several: a few
- * hundred microseconds of a message's time for fewer device requests and
- * fewer wake-ups. A lone sender's messages are synced at once.
+ * entry for more, so that one sync serves several: a millisecond or two of
+ * a message's time for fewer device requests and fewer wake-ups. How many
+ * it waits for follows how many writers there are (batch_target): one
+ * for every JOURNAL_WRITERS_PER_ENTRY of them, up to JOURNAL_BATCH. With
+ * few, a sync that waited for most of them would leave the worker idle;
+ * with many, the rest keep it busy meanwhile, and a bigger batch saves
+ * more. A lone sender's messages are synced at once.
  */
 static void *
 syncer_main(void *arg)
@@ -654,7 +676,7 @@ syncer_main(void *arg)
 		at = j->pending_since + JOURNAL_LINGER_USEC * 1000ULL;
 		until.tv_sec = (time_t)(at / 1000000000ULL);
 		until.tv_nsec = (long)(at % 1000000000ULL);
-		while (last_batch > 1 && j->npending < JOURNAL_BATCH && !j->stopping &&
+		while (last_batch > 1 && j->npending < batch_target(j) && !j->stopping &&
 		       pthread_cond_timedwait(&j->wake, &j->lock, &until) != ETIMEDOUT)
 			;
 		last_batch = j->npending;

@@ -287,6 +287,9 @@ struct commit_job {
 struct commit_pool *commit_pool_create(struct event_base *base, const char *spool_dir,
 				       int nthreads, uint64_t minfree);
 void commit_submit(struct commit_pool *p, struct commit_job *job);
+/* How many sessions may commit through p now (the worker's open sessions):
+ * how many entries its journal's sync waits for (journal_set_writers). */
+void commit_pool_set_writers(struct commit_pool *p, unsigned n);
 /* Waits for queued jobs, joins the threads. */
 void commit_pool_destroy(struct commit_pool *p);
 
@@ -391,6 +394,8 @@ typedef void journal_done_cb(void *arg, int err);
 struct slots *slots_open(const char *spool_dir, uint64_t minfree);
 /* Lets go of every slot (their locks); nothing on disk changes. */
 void slots_close(struct slots *s);
+/* journal_set_writers for the pool's journal, if it has one */
+void slots_set_writers(struct slots *s, unsigned n);
 struct slot_ref {
 	char name[QID_LEN + 1];    /* in slots/ */
 	int fd;                    /* O_RDWR, locked: the pool's, never closed by the caller */
@@ -494,8 +499,9 @@ int recycle_pad(int fd, uint64_t end, uint64_t size);
 #define JOURNAL_ALIGN 64                /* entries start at multiples of this (or of the
 					 * device's direct I/O alignment, a multiple) */
 #define JOURNAL_BODY_MAX (64U << 10)    /* bigger messages are synced in their slot */
-#define JOURNAL_BATCH 8                 /* a sync waits for this many entries, */
-#define JOURNAL_LINGER_USEC 1000        /* or this long after the first one */
+#define JOURNAL_BATCH 16                /* a sync waits for at most this many entries, */
+#define JOURNAL_WRITERS_PER_ENTRY 3     /* one per this many writers (journal_set_writers), */
+#define JOURNAL_LINGER_USEC 2000        /* or this long after the first one */
 #define JOURNAL_WRITE_IOV 32            /* entries per write of the syncer at most */
 #define JOURNAL_PIN_NSEC 2000000000ULL  /* an entry still needed this long has its slot synced */
 struct journal;
@@ -529,6 +535,10 @@ int journal_commit_async(struct journal *j, int slot_fd, const char *slot, const
 int journal_commit(struct journal *j, int slot_fd, const char *slot, const char *id,
 		   uint64_t len, uint64_t *ticket);
 void journal_linked(struct journal *j, uint64_t ticket);
+/* How many writers may have entries under way (the sessions of the
+ * worker); a sync waits for a third of them (JOURNAL_WRITERS_PER_ENTRY), at
+ * most JOURNAL_BATCH, no longer than JOURNAL_LINGER_USEC. */
+void journal_set_writers(struct journal *j, unsigned n);
 /* At the daemon's start, before the slots are looked at: what the
  * journals no live writer holds say is made durable, or restored (see
  * journal.c). 0, or -1 with errno (logged). */

@@ -403,6 +403,13 @@ slots_open(const char *spool_dir, uint64_t minfree)
 }
 
 void
+slots_set_writers(struct slots *s, unsigned n)
+{
+	if (s->journal != NULL)
+		journal_set_writers(s->journal, n);
+}
+
+void
 slots_close(struct slots *s)
 {
 	size_t i;

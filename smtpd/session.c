@@ -1051,6 +1051,7 @@ session_start(struct worker *w, int fd, const struct sockaddr *sa, socklen_t sal
 		w->sessions->prev = s;
 	w->sessions = s;
 	w->nsessions++;
+	commit_pool_set_writers(w->commit, (unsigned)w->nsessions);
 	metrics_session_open((int)(l - w->ls));
 	client_addr_key(sa, s->key);
 	bufferevent_setcb(s->bev, on_read, on_write, on_event, s);
@@ -1122,6 +1123,7 @@ session_close(struct session *s)
 	if (s->next)
 		s->next->prev = s->prev;
 	w->nsessions--;
+	commit_pool_set_writers(w->commit, (unsigned)w->nsessions);
 	metrics_session_close((int)(s->listener - w->ls));
 	session_table_leave(w->st, w->index, s->table_slot);
 	free(s->helo);
