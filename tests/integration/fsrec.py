@@ -51,6 +51,16 @@ def preload(build):
     return ":".join(libs)
 
 
+def recorder_argv(build, log, *knobs):
+    """The argv prefix that runs a program of build under the recorder, logging to log (made
+    empty and writable by all: a child that runs as another user appends to it too), with
+    fsrec's knobs ("FSREC_SLOW_RENAME=...", ...)."""
+    with open(log, "w"):
+        pass
+    os.chmod(log, 0o666)
+    return ("env", "LD_PRELOAD=" + preload(build), "FSREC_LOG=" + log) + tuple(knobs)
+
+
 class Rec:
     """One recorded call: t0, t1 (CLOCK_MONOTONIC ns before and after), pid, tid, call, fd,
     ino ("DEV:INO"), off, len (an open's flags), ret, errno, path, path2 (a rename's target),

@@ -103,12 +103,9 @@ class FsyncOrderTest(SorterTestCase):
         direct=False: its journals go through the page cache, as where the file system has
         no direct I/O (fsrec's FSREC_NO_DIRECT); knobs: more of fsrec's settings."""
         log = os.path.join(self.tmp, name + "-fsrec.log")
-        with open(log, "w"):
-            pass
-        os.chmod(log, 0o666)    # a child running as another user appends to it too
         d = Sorterd(os.path.join(self.tmp, name), start=False, **overrides)
-        d.argv_prefix = ("env", "LD_PRELOAD=" + fsrec.preload(d.build), "FSREC_LOG=" + log,
-                         "FSREC_NO_DIRECT=%d" % (not direct)) + tuple(knobs)
+        d.argv_prefix = fsrec.recorder_argv(d.build, log, "FSREC_NO_DIRECT=%d" % (not direct),
+                                            *knobs)
         self.daemons.append(d)
         self.addCleanup(self._finish, d)
         d.start()
@@ -880,10 +877,7 @@ class JournalTest(SorterTestCase):
         # the start, under the recorder: the start-up check fdatasyncs each message's slot,
         # since the page cache that holds it may not be written back before a power failure
         log = os.path.join(self.tmp, "fsrec.log")
-        with open(log, "w"):
-            pass
-        os.chmod(log, 0o666)
-        d.argv_prefix = ("env", "LD_PRELOAD=" + fsrec.preload(d.build), "FSREC_LOG=" + log)
+        d.argv_prefix = fsrec.recorder_argv(d.build, log)
         d.start()
         self.assertNotIn("restored from the journal", d.log())
         self.assertEqual(ids - d.queue_ids(), set())
@@ -904,14 +898,11 @@ class JournalTest(SorterTestCase):
         every later entry needed: the record shows that fdatasync, by the process that wrote
         the entry, after the next message's entry."""
         log = os.path.join(self.tmp, "fsrec.log")
-        with open(log, "w"):
-            pass
-        os.chmod(log, 0o666)
         closed = free_port_on("127.0.0.1")
         d = Sorterd(os.path.join(self.tmp, "d"), start=False,
                     failover_node="lmtp:[127.0.0.1]:%d" % closed, queue_run_delay=3600,
                     minimal_backoff_time=3600, maximal_backoff_time=3600, workers=1)
-        d.argv_prefix = ("env", "LD_PRELOAD=" + fsrec.preload(d.build), "FSREC_LOG=" + log)
+        d.argv_prefix = fsrec.recorder_argv(d.build, log)
         self.daemons.append(d)
         self.addCleanup(self._finish, d)
         d.start()

@@ -284,12 +284,8 @@ class SlowClientTest(SorterTestCase):
         file system call recorder's knob, a slow disk)."""
         import fsrec
         log = os.path.join(self.tmp, "fsrec.log")
-        with open(log, "w"):
-            pass
-        os.chmod(log, 0o666)
         d = Sorterd(os.path.join(self.tmp, "d"), start=False, **settings)
-        d.argv_prefix = ("env", "LD_PRELOAD=" + fsrec.preload(d.build), "FSREC_LOG=" + log,
-                         "FSREC_SLOW_RENAME=/incoming/:%d" % msec)
+        d.argv_prefix = fsrec.recorder_argv(d.build, log, "FSREC_SLOW_RENAME=/incoming/:%d" % msec)
         self.daemons.append(d)
         self.addCleanup(self._finish, d)
         d.start()

@@ -374,9 +374,9 @@ class Import(SorterTestCase):
         log = os.path.join(self.tmp, "fsrec.log")
         imp = os.path.join(d.spool, "import")
         # the rename of a record into import/ (nothing else is renamed into import/) waits 30 s
-        p = subprocess.Popen(["env", "LD_PRELOAD=" + fsrec.preload(self.build),
-                              "FSREC_LOG=" + log, "FSREC_SLOW_RENAME=/import/:30000",
-                              os.path.join(self.build, "sorterctl"), "-c", d.conf_path,
+        p = subprocess.Popen(list(fsrec.recorder_argv(self.build, log,
+                                                      "FSREC_SLOW_RENAME=/import/:30000")) +
+                             [os.path.join(self.build, "sorterctl"), "-c", d.conf_path,
                               "import", peer.spool], stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE)
         self.addCleanup(lambda: p.poll() is not None or (p.kill(), p.wait()))

@@ -290,15 +290,12 @@ class DrainTest(NodesTestCase):
         as deferred, its move into deferred/ not yet done: that rename made 1.5 s slow)
         delivers it at once all the same, not at the next retry an hour later."""
         log = os.path.join(self.tmp, "fsrec.log")
-        with open(log, "w"):
-            pass
-        os.chmod(log, 0o666)
         settings = dict(SLOW)
         settings.update(self.write_maps())
         settings.update(PROBE)
         self.d = Sorterd(os.path.join(self.tmp, "d"), start=False, **settings)
-        self.d.argv_prefix = ("env", "LD_PRELOAD=" + fsrec.preload(self.d.build),
-                              "FSREC_LOG=" + log, "FSREC_SLOW_RENAME=/deferred/:1500")
+        self.d.argv_prefix = fsrec.recorder_argv(self.d.build, log,
+                                                 "FSREC_SLOW_RENAME=/deferred/:1500")
         self.daemons.append(self.d)
         self.addCleanup(self._finish, self.d)
         self.d.start()

@@ -292,15 +292,11 @@ class BatchSyncTest(QueueCtlCase):
         """sorterd under the file system call recorder, and n messages to BOB deferred (his
         node is down): the recorder's log and the messages' tokens."""
         log = os.path.join(self.tmp, "fsrec.log")
-        with open(log, "w"):
-            pass
-        os.chmod(log, 0o666)
         self.node_b.stop()
         settings = dict(SLOW)
         settings.update(self.write_maps())
         self.d = Sorterd(os.path.join(self.tmp, "d"), start=False, **settings)
-        self.d.argv_prefix = ("env", "LD_PRELOAD=" + fsrec.preload(self.d.build),
-                              "FSREC_LOG=" + log)
+        self.d.argv_prefix = fsrec.recorder_argv(self.d.build, log)
         self.daemons.append(self.d)
         self.addCleanup(self._finish, self.d)
         self.d.start()
