@@ -1071,10 +1071,13 @@ check_flush_run_alone(const char *sp, const struct stat *use, unsigned long nslo
 }
 
 /* Each try in a fresh spool under the test's own: other processes of the
- * machine may take the inodes next to the flush file meanwhile, so a try
- * where none of the new files landed in its run tested nothing, and the
- * next try makes another. */
-#define FLUSH_RUN_TRIES 8
+ * machine may take the inodes next to the flush file meanwhile (the other
+ * unit tests, run beside this one by make -j, make their files in the
+ * same group), and ext4 without a journal passes over inodes freed in the
+ * last minutes, so a try where none of the new files landed in its run
+ * tested nothing, and the next try makes another. A try costs a few
+ * milliseconds; 8 of them all failed once under make -j2 check. */
+#define FLUSH_RUN_TRIES 32
 
 static void
 fresh_spool(char *sp, size_t size, int try)
